@@ -1,0 +1,157 @@
+//! `ggrok`: expose a local port through a ggrok server.
+
+use std::{process::ExitCode, time::Duration};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use ggrok_tunnel::{
+    protocol::Heartbeat, Exchange, LocalTarget, Secret, Status, Tunnel, TunnelConfig,
+};
+use tokio::sync::broadcast::error::RecvError;
+
+/// Expose a local port at a fixed public URL through your own ggrok server.
+#[derive(Parser, Debug)]
+#[command(name = "ggrok", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Forward HTTP (and WebSocket) traffic from a public URL to a local port.
+    Http(HttpArgs),
+}
+
+#[derive(Parser, Debug)]
+struct HttpArgs {
+    /// Local port to expose.
+    #[arg(value_parser = clap::value_parser!(u16).range(1..))]
+    port: u16,
+    /// ggrok server, e.g. https://tunnel.example.com or http://127.0.0.1:8080.
+    #[arg(long, env = "GGROK_SERVER")]
+    server: String,
+    /// Fixed subdomain to ask for (random if omitted).
+    #[arg(long)]
+    subdomain: Option<String>,
+    /// Token the server expects.
+    #[arg(long, env = "GGROK_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Host of the local service.
+    #[arg(long, default_value = "localhost")]
+    local_host: String,
+    /// Pass the public Host header through instead of rewriting it to the local target.
+    #[arg(long)]
+    keep_host: bool,
+    /// Seconds between pings to the server.
+    #[arg(long, default_value_t = 20, hide = true)]
+    heartbeat_interval: u64,
+    /// Seconds of silence after which the session counts as lost.
+    #[arg(long, default_value_t = 45, hide = true)]
+    heartbeat_timeout: u64,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let Command::Http(args) = Cli::parse().command;
+    match http(args).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("ggrok: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn http(args: HttpArgs) -> anyhow::Result<ExitCode> {
+    let mut config = TunnelConfig::new(args.server, args.port);
+    config.token = args.token.filter(|t| !t.is_empty()).map(Secret::new);
+    config.subdomain = args.subdomain;
+    config.local = LocalTarget {
+        host: args.local_host,
+        port: args.port,
+        keep_host: args.keep_host,
+    };
+    config.heartbeat = Heartbeat {
+        interval: Duration::from_secs(args.heartbeat_interval),
+        timeout: Duration::from_secs(args.heartbeat_timeout),
+    };
+    let target = config.local.authority();
+    let tunnel = Tunnel::start(config).context("cannot start the tunnel")?;
+    let mut status = tunnel.status();
+    let mut traffic = tunnel.traffic().subscribe();
+    let mut shown_url: Option<String> = None;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {
+                tunnel.stop().await;
+                return Ok(ExitCode::SUCCESS);
+            }
+            changed = status.changed() => {
+                if changed.is_err() {
+                    return Ok(ExitCode::FAILURE);
+                }
+                let now = status.borrow_and_update().clone();
+                match now {
+                    Status::Online { url, .. } => {
+                        if shown_url.as_deref() != Some(url.as_str()) {
+                            println!("{url}");
+                            eprintln!("ggrok: forwarding {url} -> http://{target}");
+                            shown_url = Some(url);
+                        } else {
+                            eprintln!("ggrok: back online");
+                        }
+                    }
+                    Status::Reconnecting { attempt, reason } => {
+                        eprintln!("ggrok: {reason}; reconnecting (attempt {attempt})");
+                    }
+                    Status::Failed { message, .. } => {
+                        eprintln!("ggrok: refused: {message}");
+                        return Ok(ExitCode::FAILURE);
+                    }
+                    Status::Connecting | Status::Stopped => {}
+                }
+            }
+            event = traffic.recv() => match event {
+                Ok(e) => println!("{}", log_line(&e)),
+                Err(RecvError::Lagged(n)) => eprintln!("ggrok: {n} requests not shown (log too slow)"),
+                Err(RecvError::Closed) => return Ok(ExitCode::FAILURE),
+            },
+        }
+    }
+}
+
+/// `12:01:02 GET /path 200 12ms 1.2 KB` (UTC time).
+fn log_line(e: &Exchange) -> String {
+    let secs = e.started_ms / 1000 % 86_400;
+    let status = match (e.status, e.upgraded) {
+        (_, true) => "101 upgraded".to_owned(),
+        (Some(s), _) => s.to_string(),
+        (None, _) => "---".to_owned(),
+    };
+    format!(
+        "{:02}:{:02}:{:02} {} {} {} {}ms {}",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60,
+        e.method,
+        e.path.escape_debug(),
+        status,
+        e.duration_ms,
+        human_bytes(e.response_body.size)
+    )
+}
+
+fn human_bytes(n: u64) -> String {
+    match n {
+        n if n < 1024 => format!("{n} B"),
+        n if n < 1024 * 1024 => format!("{:.1} KB", n as f64 / 1024.0),
+        n => format!("{:.1} MB", n as f64 / (1024.0 * 1024.0)),
+    }
+}

@@ -1,0 +1,509 @@
+//! The client engine: keeps one tunnel online, reconnecting with jittered backoff, and forwards
+//! every stream the server opens to the local service.
+//!
+//! [`Tunnel::start`] returns at once; progress arrives on the [`Status`] watch and requests on the
+//! [`Traffic`] sink. The CLI and the desktop app are two consumers of the same handle.
+
+use std::{sync::Arc, time::Duration};
+
+use futures_util::StreamExt;
+use http::HeaderValue;
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use crate::{
+    forward::{Forwarder, LocalTarget, ReplayError},
+    protocol::{self, Heartbeat, Refusal, RefusalKind},
+    traffic::{Exchange, Traffic, DEFAULT_CAPTURE_LIMIT, DEFAULT_RING_SIZE},
+    ws_io::WsIo,
+};
+
+/// A secret whose `Debug` and `Display` never show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+    /// The secret itself, for the one place that must send it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    /// A form safe to show: the first 4 characters of long secrets, then stars.
+    pub fn masked(&self) -> String {
+        mask(&self.0)
+    }
+}
+
+/// Masks a secret for display: `abcd****` for long ones, `****` otherwise.
+pub fn mask(s: &str) -> String {
+    if s.chars().count() >= 12 {
+        format!("{}****", s.chars().take(4).collect::<String>())
+    } else {
+        "****".to_owned()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MASKED")
+    }
+}
+
+/// Reconnect delays: exponential from `min` to `max`, each scaled by a random factor in
+/// 0.5–1.0 so that clients dropped together do not return together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    /// Delay before the first retry.
+    pub min: Duration,
+    /// Longest delay.
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            min: Duration::from_millis(250),
+            max: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Backoff {
+    /// Delay before retry number `attempt` (1-based).
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let exp = self
+            .min
+            .saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
+        let capped = exp.min(self.max);
+        capped.mul_f64(0.5 + rand::random::<f64>() / 2.0)
+    }
+}
+
+/// Everything needed to run one tunnel.
+#[derive(Debug, Clone)]
+pub struct TunnelConfig {
+    /// Server URL: `http(s)://host[:port]` or `ws(s)://host[:port]`.
+    pub server: String,
+    /// Bearer token, if the server requires one.
+    pub token: Option<Secret>,
+    /// Fixed subdomain; `None` lets the server pick (and the engine then keeps that one).
+    pub subdomain: Option<String>,
+    /// The local service.
+    pub local: LocalTarget,
+    /// Liveness settings.
+    pub heartbeat: Heartbeat,
+    /// Reconnect delays.
+    pub backoff: Backoff,
+    /// Exchanges kept for inspection.
+    pub ring_size: usize,
+    /// Bytes of each body kept for inspection.
+    pub capture_limit: usize,
+}
+
+impl TunnelConfig {
+    /// A tunnel from `server` to `localhost:port` with defaults for the rest.
+    pub fn new(server: impl Into<String>, port: u16) -> Self {
+        Self {
+            server: server.into(),
+            token: None,
+            subdomain: None,
+            local: LocalTarget {
+                host: "localhost".to_owned(),
+                port,
+                keep_host: false,
+            },
+            heartbeat: Heartbeat::default(),
+            backoff: Backoff::default(),
+            ring_size: DEFAULT_RING_SIZE,
+            capture_limit: DEFAULT_CAPTURE_LIMIT,
+        }
+    }
+
+    /// The WebSocket URL of the server's control endpoint.
+    pub fn connect_url(&self) -> Result<String, ConfigError> {
+        let s = self.server.trim().trim_end_matches('/');
+        let (scheme, rest) = s.split_once("://").unwrap_or(("http", s));
+        let ws = match scheme.to_ascii_lowercase().as_str() {
+            "http" | "ws" => "ws",
+            "https" | "wss" => "wss",
+            other => return Err(ConfigError::Server(format!("unsupported scheme {other:?}"))),
+        };
+        if rest.is_empty() || rest.contains('/') || rest.contains('?') {
+            return Err(ConfigError::Server(format!(
+                "{:?} should be just a scheme and host, like https://tunnel.example.com",
+                self.server
+            )));
+        }
+        Ok(format!("{ws}://{rest}{}", protocol::CONNECT_PATH))
+    }
+}
+
+/// A configuration that cannot work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// The server URL is unusable.
+    #[error("bad server URL: {0}")]
+    Server(String),
+    /// The subdomain is not a DNS label.
+    #[error("bad subdomain: {0}")]
+    Subdomain(#[from] protocol::NameError),
+    /// Port 0 is not a service.
+    #[error("local port must be between 1 and 65535")]
+    Port,
+}
+
+/// Where a tunnel is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum Status {
+    /// First connection attempt under way.
+    Connecting,
+    /// Serving at `url`.
+    Online {
+        /// The public URL.
+        url: String,
+        /// The subdomain.
+        name: String,
+    },
+    /// Waiting to retry after `reason`; `attempt` counts retries since the last success.
+    Reconnecting {
+        /// Retry number.
+        attempt: u32,
+        /// Why the last attempt or session ended.
+        reason: String,
+    },
+    /// Refused for good (bad token, name taken...): retrying would not help.
+    Failed {
+        /// The server's reason.
+        kind: RefusalKind,
+        /// A sentence for a human.
+        message: String,
+    },
+    /// Stopped by its owner.
+    Stopped,
+}
+
+/// A running tunnel. Dropping it stops the tunnel.
+pub struct Tunnel {
+    status: watch::Receiver<Status>,
+    forwarder: Arc<Forwarder>,
+    cancel: CancellationToken,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Tunnel {
+    /// Validates `config` and starts connecting in the background.
+    pub fn start(config: TunnelConfig) -> Result<Tunnel, ConfigError> {
+        let url = config.connect_url()?;
+        if let Some(name) = &config.subdomain {
+            protocol::validate_name(name)?;
+        }
+        if config.local.port == 0 {
+            return Err(ConfigError::Port);
+        }
+        let traffic = Traffic::new(config.ring_size, config.capture_limit);
+        let forwarder = Forwarder::new(config.local.clone(), traffic);
+        let (tx, rx) = watch::channel(Status::Connecting);
+        let cancel = CancellationToken::new();
+        let engine = Engine {
+            url,
+            config,
+            client_id: format!("{:032x}", rand::random::<u128>()),
+            forwarder: forwarder.clone(),
+            status: tx,
+            cancel: cancel.clone(),
+        };
+        let span = info_span!("tunnel", port = engine.config.local.port);
+        let task = tokio::spawn(engine.run().instrument(span));
+        Ok(Tunnel {
+            status: rx,
+            forwarder,
+            cancel,
+            task: Some(task),
+        })
+    }
+
+    /// The status now and its changes.
+    pub fn status(&self) -> watch::Receiver<Status> {
+        self.status.clone()
+    }
+
+    /// Requests through this tunnel.
+    pub fn traffic(&self) -> &Traffic {
+        self.forwarder.traffic()
+    }
+
+    /// Waits until the tunnel is online (returns its URL) or has failed for good.
+    pub async fn online(&self) -> Result<String, Status> {
+        let mut rx = self.status.clone();
+        loop {
+            match &*rx.borrow_and_update() {
+                Status::Online { url, .. } => return Ok(url.clone()),
+                s @ (Status::Failed { .. } | Status::Stopped) => return Err(s.clone()),
+                _ => {}
+            }
+            if rx.changed().await.is_err() {
+                return Err(Status::Stopped);
+            }
+        }
+    }
+
+    /// Re-sends a recorded request to the local service; the result is a new exchange.
+    pub async fn replay(&self, id: u64) -> Result<Arc<Exchange>, ReplayError> {
+        self.forwarder.replay(id).await
+    }
+
+    /// Stops the tunnel and waits until its session is closed.
+    pub async fn stop(mut self) {
+        self.cancel.cancel();
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Tunnel {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+struct Engine {
+    url: String,
+    config: TunnelConfig,
+    client_id: String,
+    forwarder: Arc<Forwarder>,
+    status: watch::Sender<Status>,
+    cancel: CancellationToken,
+}
+
+/// Why a connection attempt failed.
+#[derive(Debug, thiserror::Error)]
+enum ConnectError {
+    #[error("{0}")]
+    Refused(Refusal),
+    #[error("{0}")]
+    Network(String),
+}
+
+/// Sessions shorter than this do not reset the backoff, so a server that accepts and then drops
+/// at once is not hammered.
+const STABLE_SESSION: Duration = Duration::from_secs(5);
+
+impl Engine {
+    async fn run(mut self) {
+        let mut attempt: u32 = 0;
+        loop {
+            let reason = tokio::select! {
+                _ = self.cancel.cancelled() => break,
+                r = self.connect() => match r {
+                    Ok(session) => {
+                        let started = tokio::time::Instant::now();
+                        let reason = self.serve(session).await;
+                        if self.cancel.is_cancelled() {
+                            break;
+                        }
+                        if started.elapsed() >= STABLE_SESSION {
+                            attempt = 0;
+                        }
+                        reason
+                    }
+                    Err(ConnectError::Refused(r)) if r.error.is_final() => {
+                        warn!(kind = ?r.error, "server refused the tunnel: {}", r.message);
+                        self.status.send_replace(Status::Failed { kind: r.error, message: r.message });
+                        return;
+                    }
+                    Err(e) => e.to_string(),
+                },
+            };
+            attempt = attempt.saturating_add(1);
+            info!(attempt, %reason, "reconnecting");
+            self.status
+                .send_replace(Status::Reconnecting { attempt, reason });
+            tokio::select! {
+                _ = self.cancel.cancelled() => break,
+                _ = tokio::time::sleep(self.config.backoff.delay(attempt)) => {}
+            }
+        }
+        self.status.send_replace(Status::Stopped);
+    }
+
+    async fn connect(&self) -> Result<Session, ConnectError> {
+        let mut req = self
+            .url
+            .as_str()
+            .into_client_request()
+            .map_err(|e| ConnectError::Network(e.to_string()))?;
+        let h = req.headers_mut();
+        h.insert(
+            protocol::HEADER_VERSION,
+            HeaderValue::from(protocol::PROTOCOL_VERSION),
+        );
+        h.insert(protocol::HEADER_CLIENT_ID, header_value(&self.client_id)?);
+        if let Some(name) = &self.config.subdomain {
+            h.insert(protocol::HEADER_SUBDOMAIN, header_value(name)?);
+        }
+        if let Some(token) = &self.config.token {
+            h.insert(
+                http::header::AUTHORIZATION,
+                header_value(&format!("Bearer {}", token.expose()))?,
+            );
+        }
+        let ws_config = protocol::websocket_config();
+        let (ws, resp) = tokio_tungstenite::connect_async_with_config(req, Some(ws_config), true)
+            .await
+            .map_err(refusal_from)?;
+        let get = |name: &str| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let (Some(name), Some(url)) = (get(protocol::HEADER_NAME), get(protocol::HEADER_URL))
+        else {
+            return Err(ConnectError::Refused(Refusal::new(
+                RefusalKind::BadRequest,
+                "the server accepted the WebSocket but sent no tunnel name: is it a ggrok server?",
+            )));
+        };
+        Ok(Session {
+            ws: WsIo::new(ws, self.config.heartbeat),
+            name,
+            url,
+        })
+    }
+
+    /// Runs an online session until it ends; returns why it ended.
+    async fn serve(&mut self, session: Session) -> String {
+        let Session { ws, name, url } = session;
+        info!(%url, "online");
+        // Reconnects ask for the same name, so a server restart gives it back.
+        self.config.subdomain = Some(name.clone());
+        self.status.send_replace(Status::Online { url, name });
+        let mut mux = tokio_yamux::Session::new_server(ws, protocol::yamux_config());
+        let streams = self.cancel.child_token();
+        let reason = loop {
+            tokio::select! {
+                _ = self.cancel.cancelled() => {
+                    // Closing the session tells the server at once instead of at its timeout.
+                    mux.control().close().await;
+                    break "stopped".to_owned();
+                }
+                next = mux.next() => match next {
+                    Some(Ok(stream)) => {
+                        let forwarder = self.forwarder.clone();
+                        let cancel = streams.clone();
+                        tokio::spawn(async move {
+                            tokio::select! {
+                                _ = cancel.cancelled() => {}
+                                r = forwarder.serve(stream) => if let Err(e) = r {
+                                    debug!(%e, "stream ended with an error");
+                                }
+                            }
+                        });
+                    }
+                    Some(Err(e)) => break format!("session lost: {e}"),
+                    None => break "session closed by the server".to_owned(),
+                }
+            }
+        };
+        // Streams of a dead session cannot finish; end them now rather than at their timeouts.
+        streams.cancel();
+        reason
+    }
+}
+
+struct Session {
+    ws: WsIo<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    name: String,
+    url: String,
+}
+
+fn header_value(s: &str) -> Result<HeaderValue, ConnectError> {
+    HeaderValue::from_str(s).map_err(|_| {
+        ConnectError::Refused(Refusal::new(
+            RefusalKind::BadRequest,
+            "a header value has invalid characters",
+        ))
+    })
+}
+
+/// Turns a failed WebSocket handshake into a refusal (the server said no) or a network error.
+fn refusal_from(e: tungstenite::Error) -> ConnectError {
+    match e {
+        tungstenite::Error::Http(resp) => {
+            let status = resp.status();
+            let body = resp.body().as_deref().unwrap_or_default();
+            if let Ok(r) = serde_json::from_slice::<Refusal>(body) {
+                return ConnectError::Refused(r);
+            }
+            let message = format!("the server answered {status} instead of opening a tunnel: is the URL a ggrok server?");
+            if status.is_server_error() {
+                ConnectError::Network(message)
+            } else {
+                ConnectError::Refused(Refusal::new(RefusalKind::BadRequest, message))
+            }
+        }
+        other => ConnectError::Network(format!("cannot reach the server: {other}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connect_urls() {
+        let mut c = TunnelConfig::new("http://127.0.0.1:8080", 3000);
+        assert_eq!(
+            c.connect_url().unwrap(),
+            "ws://127.0.0.1:8080/_ggrok/connect"
+        );
+        c.server = "https://tunnel.example.com/".into();
+        assert_eq!(
+            c.connect_url().unwrap(),
+            "wss://tunnel.example.com/_ggrok/connect"
+        );
+        c.server = "tunnel.example.com:9000".into();
+        assert_eq!(
+            c.connect_url().unwrap(),
+            "ws://tunnel.example.com:9000/_ggrok/connect"
+        );
+        c.server = "ftp://x".into();
+        assert!(c.connect_url().is_err());
+        c.server = "http://x/path".into();
+        assert!(c.connect_url().is_err());
+    }
+
+    #[test]
+    fn backoff_grows_is_capped_and_jittered() {
+        let b = Backoff {
+            min: Duration::from_millis(100),
+            max: Duration::from_secs(2),
+        };
+        for attempt in 1..40 {
+            let d = b.delay(attempt);
+            let full = Duration::from_millis(100)
+                .saturating_mul(1 << (attempt - 1).min(16))
+                .min(b.max);
+            assert!(
+                d >= full / 2 && d <= full,
+                "attempt {attempt}: {d:?} vs {full:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn secrets_are_masked() {
+        let s = Secret::new("supersecrettoken");
+        assert_eq!(format!("{s:?}"), "MASKED");
+        assert_eq!(s.masked(), "supe****");
+        assert_eq!(mask("short"), "****");
+    }
+}

@@ -1,0 +1,242 @@
+//! HTTP helpers shared by the client engine and the server: the body type, hop-by-hop header
+//! handling and ggrok's own error pages.
+
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
+
+/// Error type of bodies flowing through ggrok.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The one body type ggrok passes around: streamed, never buffered whole.
+pub type Body = BoxBody<Bytes, BoxError>;
+
+/// A body holding `data`.
+pub fn full(data: impl Into<Bytes>) -> Body {
+    Full::new(data.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// An empty body.
+pub fn empty() -> Body {
+    full(Bytes::new())
+}
+
+/// Turns any hyper body into a [`Body`].
+pub fn boxed<B>(body: B) -> Body
+where
+    B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
+    B::Error: Into<BoxError>,
+{
+    body.map_err(Into::into).boxed()
+}
+
+/// Headers that describe one hop, not the message (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [header::HeaderName; 7] = [
+    header::CONNECTION,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Whether a request or response asks to switch protocols (WebSocket, HMR...).
+pub fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Removes hop-by-hop headers, including those named in `Connection`. When the message is an
+/// upgrade, `Connection: upgrade` and `Upgrade` are kept so the next hop can switch too.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let upgrade = is_upgrade(headers);
+    let upgrade_value = headers.get(header::UPGRADE).cloned();
+    let named: Vec<header::HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| header::HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+    if let (true, Some(value)) = (upgrade, upgrade_value) {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, value);
+    }
+}
+
+/// Joins two upgraded connections (visitor side and origin side) until either closes.
+pub async fn splice_upgrades(a: hyper::upgrade::OnUpgrade, b: hyper::upgrade::OnUpgrade) {
+    let (a, b) = match tokio::try_join!(a, b) {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::debug!(%e, "upgrade failed");
+            return;
+        }
+    };
+    let mut a = hyper_util::rt::TokioIo::new(a);
+    let mut b = hyper_util::rt::TokioIo::new(b);
+    // 64 KiB buffers: WebSocket messages of several MiB (HMR bundles) cross in few reads.
+    match tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, 64 * 1024, 64 * 1024).await {
+        Ok((up, down)) => tracing::debug!(up, down, "upgraded connection closed"),
+        Err(e) => tracing::debug!(%e, "upgraded connection broke"),
+    }
+}
+
+/// Kinds of error page ggrok generates itself, sent in [`crate::protocol::HEADER_ERROR`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PageKind {
+    /// No tunnel holds the requested name.
+    TunnelNotFound,
+    /// The tunnel is online but the local service refused or failed.
+    LocalUnreachable,
+    /// The tunnel's session broke while the request was in flight.
+    TunnelLost,
+    /// The request itself is unusable.
+    BadRequest,
+    /// Anything on the server's own endpoints that does not exist.
+    NotFound,
+}
+
+impl PageKind {
+    fn code(self) -> &'static str {
+        match self {
+            Self::TunnelNotFound => "tunnel_not_found",
+            Self::LocalUnreachable => "local_unreachable",
+            Self::TunnelLost => "tunnel_lost",
+            Self::BadRequest => "bad_request",
+            Self::NotFound => "not_found",
+        }
+    }
+}
+
+/// Whether the client prefers JSON (an `Accept` naming `application/json` before any HTML).
+pub fn wants_json(headers: &HeaderMap) -> bool {
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    match (accept.find("application/json"), accept.find("text/html")) {
+        (Some(j), Some(h)) => j < h,
+        (Some(_), None) => true,
+        _ => false,
+    }
+}
+
+/// A small page naming the problem: HTML, or JSON when the client asked for it.
+pub fn error_page(status: StatusCode, kind: PageKind, message: &str, json: bool) -> Response<Body> {
+    let (content_type, body) = if json {
+        let body = serde_json::json!({ "error": kind.code(), "status": status.as_u16(), "message": message });
+        ("application/json", body.to_string())
+    } else {
+        let title = format!(
+            "{} {}",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or("")
+        );
+        let body = format!(
+            "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{t}</title></head>\
+             <body style=\"font-family:sans-serif;max-width:40em;margin:4em auto\">\
+             <h1>{t}</h1><p>{m}</p><hr><p><small>ggrok</small></p></body></html>\n",
+            t = escape_html(&title),
+            m = escape_html(message)
+        );
+        ("text/html; charset=utf-8", body)
+    };
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, content_type)
+        .header(header::CACHE_CONTROL, "no-store")
+        .header(crate::protocol::HEADER_ERROR, kind.code())
+        .body(full(body))
+        .expect("static response parts are valid")
+}
+
+/// Escapes text for HTML element content and attribute values.
+pub fn escape_html(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_hop_by_hop_but_keeps_upgrade() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        assert!(is_upgrade(&h));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.get(header::UPGRADE).unwrap(), "websocket");
+        assert!(is_upgrade(&h));
+    }
+
+    #[test]
+    fn error_pages_escape_and_negotiate() {
+        let r = error_page(
+            StatusCode::BAD_GATEWAY,
+            PageKind::LocalUnreachable,
+            "<b>x</b>",
+            false,
+        );
+        assert_eq!(r.status(), 502);
+        assert_eq!(
+            r.headers()[crate::protocol::HEADER_ERROR],
+            "local_unreachable"
+        );
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("application/json, text/html"),
+        );
+        assert!(wants_json(&h));
+        h.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("text/html,application/json"),
+        );
+        assert!(!wants_json(&h));
+        assert_eq!(
+            escape_html("<a href='x'>&"),
+            "&lt;a href=&#39;x&#39;&gt;&amp;"
+        );
+    }
+}

@@ -1,0 +1,28 @@
+//! ggrok's tunnel core: the wire protocol and the client engine.
+//!
+//! A client holds one WebSocket to the server. Over it runs a yamux session; the server opens one
+//! stream per public request and writes the request as plain HTTP/1.1, the client forwards it to
+//! the local service and streams the response back. Upgrades (WebSocket, HMR) turn the stream into
+//! a byte pipe. yamux gives every stream its own flow-control window, so a slow visitor stalls only
+//! its own stream and memory stays bounded.
+//!
+//! Layout:
+//! - [`protocol`]: every constant, header and message on the wire, name validation, limits.
+//! - [`ws_io`]: a WebSocket as a byte stream, with ping/pong liveness.
+//! - [`client`]: [`Tunnel::start`], status, reconnect with backoff.
+//! - [`forward`]: the client's side of a stream: forward to the local service, replay.
+//! - [`traffic`]: recorded exchanges for the log, the inspector and replay.
+//! - [`http_util`]: body type, hop-by-hop headers and ggrok's own error pages.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod client;
+pub mod forward;
+pub mod http_util;
+pub mod protocol;
+pub mod traffic;
+pub mod ws_io;
+
+pub use client::{Backoff, ConfigError, Secret, Status, Tunnel, TunnelConfig};
+pub use forward::{LocalTarget, ReplayError};
+pub use traffic::{Exchange, Traffic};

@@ -1,0 +1,389 @@
+//! What went through a tunnel: one [`Exchange`] per request, with headers and the first bytes of
+//! each body, for the CLI's log, the desktop inspector and replay.
+//!
+//! Bodies are teed, never buffered: [`Recorded`] passes every frame on and keeps a copy of at most
+//! `capture_limit` bytes. The exchange is published when the response body ends (or is dropped,
+//! or the connection upgraded), so its duration and sizes are final.
+
+use std::{
+    collections::VecDeque,
+    pin::Pin,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    task::{Context, Poll},
+    time::{Instant, SystemTime, UNIX_EPOCH},
+};
+
+use bytes::{Bytes, BytesMut};
+use http::HeaderMap;
+use http_body::{Body as _, Frame, SizeHint};
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+use crate::http_util::{Body, BoxError};
+
+/// Default number of bytes of each body kept for inspection.
+pub const DEFAULT_CAPTURE_LIMIT: usize = 64 * 1024;
+/// Default number of exchanges kept in the ring.
+pub const DEFAULT_RING_SIZE: usize = 500;
+/// Events buffered per subscriber before a slow subscriber starts missing (lagging) events.
+pub const EVENT_BUFFER: usize = 1024;
+
+/// One captured body.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CapturedBody {
+    /// The first bytes, up to the capture limit.
+    #[serde(serialize_with = "serialize_bytes")]
+    pub data: Bytes,
+    /// Bytes seen in total.
+    pub size: u64,
+    /// Whether `data` is shorter than the body.
+    pub truncated: bool,
+}
+
+fn serialize_bytes<S: serde::Serializer>(b: &Bytes, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(b.iter())
+}
+
+/// A request and its response as seen by the client engine.
+#[derive(Debug, Clone, Serialize)]
+pub struct Exchange {
+    /// Unique within the process.
+    pub id: u64,
+    /// Unix time in milliseconds when the request arrived.
+    pub started_ms: u64,
+    /// Request method.
+    pub method: String,
+    /// Path and query.
+    pub path: String,
+    /// Response status; `None` when no response came (local service down is a 502, not `None`).
+    pub status: Option<u16>,
+    /// From arrival to the end of the response body, in milliseconds.
+    pub duration_ms: u64,
+    /// The visitor's address as the server reported it (`X-Forwarded-For`).
+    pub remote_addr: Option<String>,
+    /// Whether the connection switched protocols (WebSocket).
+    pub upgraded: bool,
+    /// Request headers as forwarded to the local service.
+    pub request_headers: Vec<(String, String)>,
+    /// Response headers.
+    pub response_headers: Vec<(String, String)>,
+    /// Request body.
+    pub request_body: CapturedBody,
+    /// Response body.
+    pub response_body: CapturedBody,
+    /// Why the exchange failed, if it did.
+    pub error: Option<String>,
+}
+
+/// Header map as text pairs; values that are not UTF-8 are shown lossily.
+pub fn header_pairs(h: &HeaderMap) -> Vec<(String, String)> {
+    h.iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Where exchanges go: a broadcast for live consumers and a bounded ring for inspection.
+#[derive(Clone)]
+pub struct Traffic {
+    inner: Arc<TrafficInner>,
+}
+
+struct TrafficInner {
+    events: broadcast::Sender<Arc<Exchange>>,
+    ring: Mutex<VecDeque<Arc<Exchange>>>,
+    ring_size: usize,
+    capture_limit: usize,
+    next_id: AtomicU64,
+}
+
+impl Traffic {
+    /// A sink keeping `ring_size` exchanges with bodies captured up to `capture_limit` bytes.
+    pub fn new(ring_size: usize, capture_limit: usize) -> Self {
+        Self {
+            inner: Arc::new(TrafficInner {
+                events: broadcast::channel(EVENT_BUFFER).0,
+                ring: Mutex::new(VecDeque::with_capacity(ring_size.min(1024))),
+                ring_size,
+                capture_limit,
+                next_id: AtomicU64::new(1),
+            }),
+        }
+    }
+
+    /// Live exchanges from now on. A subscriber that falls more than [`EVENT_BUFFER`] behind
+    /// gets `Lagged` and misses events rather than growing memory.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Exchange>> {
+        self.inner.events.subscribe()
+    }
+
+    /// The recent exchanges, oldest first.
+    pub fn recent(&self) -> Vec<Arc<Exchange>> {
+        self.inner
+            .ring
+            .lock()
+            .expect("ring lock")
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    /// One recent exchange by id.
+    pub fn get(&self, id: u64) -> Option<Arc<Exchange>> {
+        self.inner
+            .ring
+            .lock()
+            .expect("ring lock")
+            .iter()
+            .find(|e| e.id == id)
+            .cloned()
+    }
+
+    /// Forgets the recent exchanges.
+    pub fn clear(&self) {
+        self.inner.ring.lock().expect("ring lock").clear();
+    }
+
+    /// Bytes of each body kept.
+    pub fn capture_limit(&self) -> usize {
+        self.inner.capture_limit
+    }
+
+    pub(crate) fn next_id(&self) -> u64 {
+        self.inner.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Stores and broadcasts a finished exchange.
+    pub fn publish(&self, exchange: Exchange) {
+        let exchange = Arc::new(exchange);
+        {
+            let mut ring = self.inner.ring.lock().expect("ring lock");
+            if self.inner.ring_size == 0 {
+                ring.clear();
+            } else {
+                while ring.len() >= self.inner.ring_size {
+                    ring.pop_front();
+                }
+                ring.push_back(exchange.clone());
+            }
+        }
+        // No subscribers is fine: the ring still has it.
+        let _ = self.inner.events.send(exchange);
+    }
+}
+
+impl Default for Traffic {
+    fn default() -> Self {
+        Self::new(DEFAULT_RING_SIZE, DEFAULT_CAPTURE_LIMIT)
+    }
+}
+
+/// An exchange being assembled while its bodies stream. Published once, when the last
+/// [`Recorded`] body referring to it is done with the response.
+pub(crate) struct Pending {
+    traffic: Traffic,
+    started: Instant,
+    exchange: Mutex<Option<Exchange>>,
+}
+
+impl Pending {
+    pub(crate) fn new(traffic: Traffic, exchange: Exchange) -> Arc<Self> {
+        Arc::new(Self {
+            traffic,
+            started: Instant::now(),
+            exchange: Mutex::new(Some(exchange)),
+        })
+    }
+
+    /// Changes the exchange if it is not published yet.
+    pub(crate) fn update(&self, f: impl FnOnce(&mut Exchange)) {
+        if let Some(e) = self.exchange.lock().expect("pending lock").as_mut() {
+            f(e);
+        }
+    }
+
+    /// Publishes the exchange (once).
+    pub(crate) fn finish(&self) {
+        let taken = self.exchange.lock().expect("pending lock").take();
+        if let Some(mut e) = taken {
+            e.duration_ms = self.started.elapsed().as_millis() as u64;
+            self.traffic.publish(e);
+        }
+    }
+}
+
+/// Which body of the exchange a [`Recorded`] copies.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Side {
+    Request,
+    Response,
+}
+
+/// A body that passes frames through and copies the first bytes into a [`Pending`] exchange.
+/// A recorded response finishes the exchange when it ends or is dropped.
+pub(crate) struct Recorded {
+    inner: Body,
+    pending: Arc<Pending>,
+    side: Side,
+    captured: BytesMut,
+    size: u64,
+    limit: usize,
+    done: bool,
+}
+
+impl Recorded {
+    pub(crate) fn new(inner: Body, pending: Arc<Pending>, side: Side) -> Self {
+        let limit = pending.traffic.capture_limit();
+        Self {
+            inner,
+            pending,
+            side,
+            captured: BytesMut::new(),
+            size: 0,
+            limit,
+            done: false,
+        }
+    }
+
+    fn store(&mut self, error: Option<String>) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        let body = CapturedBody {
+            data: std::mem::take(&mut self.captured).freeze(),
+            size: self.size,
+            truncated: self.size > self.limit as u64,
+        };
+        let side = self.side;
+        self.pending.update(|e| {
+            match side {
+                Side::Request => e.request_body = body,
+                Side::Response => e.response_body = body,
+            }
+            if error.is_some() && e.error.is_none() {
+                e.error = error;
+            }
+        });
+        if let Side::Response = side {
+            self.pending.finish();
+        }
+    }
+}
+
+impl http_body::Body for Recorded {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.size += data.len() as u64;
+                    let room = this.limit.saturating_sub(this.captured.len());
+                    this.captured
+                        .extend_from_slice(&data[..room.min(data.len())]);
+                }
+            }
+            Poll::Ready(Some(Err(e))) => {
+                let msg = format!("body aborted: {e}");
+                this.store(Some(msg));
+            }
+            Poll::Ready(None) => this.store(None),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Recorded {
+    fn drop(&mut self) {
+        // Dropped before its end: the visitor went away mid-body.
+        let error = (!self.inner.is_end_stream()).then(|| "body not read to the end".to_owned());
+        self.store(error);
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    fn blank(t: &Traffic) -> Exchange {
+        Exchange {
+            id: t.next_id(),
+            started_ms: now_ms(),
+            method: "GET".into(),
+            path: "/".into(),
+            status: Some(200),
+            duration_ms: 0,
+            remote_addr: None,
+            upgraded: false,
+            request_headers: vec![],
+            response_headers: vec![],
+            request_body: CapturedBody::default(),
+            response_body: CapturedBody::default(),
+            error: None,
+        }
+    }
+
+    #[test]
+    fn ring_is_bounded() {
+        let t = Traffic::new(3, 16);
+        for _ in 0..10 {
+            t.publish(blank(&t));
+        }
+        let ids: Vec<u64> = t.recent().iter().map(|e| e.id).collect();
+        assert_eq!(ids, vec![8, 9, 10]);
+        assert!(t.get(1).is_none());
+        assert!(t.get(9).is_some());
+    }
+
+    #[tokio::test]
+    async fn recorded_body_captures_a_capped_prefix_and_publishes_once() {
+        let t = Traffic::new(10, 4);
+        let mut rx = t.subscribe();
+        let pending = Pending::new(t.clone(), blank(&t));
+        let body = Recorded::new(
+            crate::http_util::full("hello world"),
+            pending.clone(),
+            Side::Response,
+        );
+        let bytes = body.collect().await.unwrap().to_bytes();
+        assert_eq!(bytes, "hello world");
+        let e = rx.recv().await.unwrap();
+        assert_eq!(&e.response_body.data[..], b"hell");
+        assert_eq!(e.response_body.size, 11);
+        assert!(e.response_body.truncated);
+        pending.finish();
+        assert!(rx.try_recv().is_err(), "published twice");
+    }
+}
