@@ -12,7 +12,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, info_span, warn, Instrument};
+use tracing::{debug, info, info_span, Instrument};
 
 use crate::{
     forward::{Forwarder, LocalTarget, ReplayError},
@@ -315,7 +315,7 @@ impl Engine {
                         reason
                     }
                     Err(ConnectError::Refused(r)) if r.error.is_final() => {
-                        warn!(kind = ?r.error, "server refused the tunnel: {}", r.message);
+                        info!(kind = ?r.error, "server refused the tunnel: {}", r.message);
                         self.status.send_replace(Status::Failed { kind: r.error, message: r.message });
                         return;
                     }

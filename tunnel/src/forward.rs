@@ -223,6 +223,7 @@ impl Forwarder {
         }
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
+        parts.version = http::Version::default();
         let body = Recorded::new(boxed(body), pending, Side::Response).boxed();
         (id, Response::from_parts(parts, body))
     }

@@ -1,0 +1,112 @@
+//! Server settings and the token set.
+
+use std::{collections::HashSet, time::Duration};
+
+use ggrok_tunnel::protocol::Heartbeat;
+use sha2::{Digest, Sha256};
+
+/// SHA-256 of a token. Only hashes are kept in memory, so a heap dump or a `Debug` print of the
+/// configuration never shows a token.
+pub type TokenHash = [u8; 32];
+
+/// Hashes a token.
+pub fn hash_token(token: &str) -> TokenHash {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// The tokens the server accepts. Empty means open mode: anyone may connect.
+#[derive(Clone, Default)]
+pub struct Tokens(HashSet<TokenHash>);
+
+impl Tokens {
+    /// A set from plain tokens (flags, env), hashed at once. Blank entries are ignored.
+    pub fn from_plain<I, S>(tokens: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        Self(
+            tokens
+                .into_iter()
+                .map(|t| t.as_ref().trim().to_owned())
+                .filter(|t| !t.is_empty())
+                .map(|t| hash_token(&t))
+                .collect(),
+        )
+    }
+
+    /// Whether no token is configured.
+    pub fn is_open(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The hash of `token` if it is accepted.
+    pub fn check(&self, token: &str) -> Option<TokenHash> {
+        let h = hash_token(token);
+        self.0.contains(&h).then_some(h)
+    }
+
+    /// How many tokens are configured.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether the set is empty (same as [`Tokens::is_open`]).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tokens({} MASKED)", self.0.len())
+    }
+}
+
+/// Everything `run` needs besides the listener.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Tunnels are served at `NAME.domain`; the apex serves the control endpoint.
+    pub domain: String,
+    /// Accepted tokens; empty for open mode.
+    pub tokens: Tokens,
+    /// Ping interval and peer timeout for sessions.
+    pub heartbeat: Heartbeat,
+    /// How long a dropped client's name stays held for it to reconnect.
+    pub reconnect_grace: Duration,
+    /// How long a visitor may take to send request headers (slowloris guard).
+    pub header_read_timeout: Duration,
+}
+
+impl Config {
+    /// Open mode for `domain` with default timings.
+    pub fn new(domain: impl Into<String>) -> Self {
+        Self {
+            domain: domain.into().trim_end_matches('.').to_ascii_lowercase(),
+            tokens: Tokens::default(),
+            heartbeat: Heartbeat::default(),
+            reconnect_grace: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_hashed_and_masked() {
+        let t = Tokens::from_plain(["s3cret-token", " ", ""]);
+        assert_eq!(t.len(), 1);
+        assert!(t.check("s3cret-token").is_some());
+        assert!(t.check("s3cret-tokeN").is_none());
+        assert!(!format!("{t:?}").contains("s3cret"));
+        let c = Config {
+            tokens: t,
+            ..Config::new("Example.COM.")
+        };
+        assert_eq!(c.domain, "example.com");
+        assert!(!format!("{c:?}").contains("s3cret"));
+    }
+}

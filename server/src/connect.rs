@@ -1,0 +1,219 @@
+//! The control endpoint: a client asks for a tunnel, gets a name, and its WebSocket becomes a
+//! yamux session until it ends.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use futures_util::StreamExt;
+use ggrok_tunnel::{
+    http_util::{full, Body},
+    protocol::{self, Refusal, RefusalKind},
+    ws_io::WsIo,
+};
+use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::{
+    tungstenite::{handshake::derive_accept_key, protocol::Role},
+    WebSocketStream,
+};
+use tracing::{info, info_span, warn, Instrument};
+
+use crate::{registry::Claimant, Shared};
+
+/// Answers a connect request: `101` and a session task, or a refusal.
+pub(crate) fn accept(
+    shared: &Arc<Shared>,
+    peer: SocketAddr,
+    mut req: Request<Incoming>,
+) -> Response<Body> {
+    let (who, wanted, key) = match check(shared, req.headers()) {
+        Ok(ok) => ok,
+        Err(refusal) => {
+            warn!(%peer, kind = ?refusal.error, "refused a session: {}", refusal.message);
+            return refuse(&refusal);
+        }
+    };
+    let claim = match shared.registry.claim(wanted.as_deref(), &who) {
+        Ok(claim) => claim,
+        Err(refusal) => {
+            warn!(%peer, kind = ?refusal.error, "refused a session: {}", refusal.message);
+            return refuse(&refusal);
+        }
+    };
+    let url = public_url(req.headers(), &claim.name, &shared.config.domain);
+    let name = claim.name.clone();
+    let on_upgrade = hyper::upgrade::on(&mut req);
+
+    let task_shared = shared.clone();
+    let span = info_span!("session", name = %claim.name, %peer);
+    shared.spawn(
+        async move {
+            let shared = task_shared;
+            let upgraded = match on_upgrade.await {
+                Ok(u) => u,
+                Err(e) => {
+                    warn!(%e, "upgrade failed");
+                    shared.registry.release(&claim.name, claim.session);
+                    return;
+                }
+            };
+            let ws = WebSocketStream::from_raw_socket(
+                TokioIo::new(upgraded),
+                Role::Server,
+                Some(protocol::websocket_config()),
+            )
+            .await;
+            let mut mux = tokio_yamux::Session::new_client(
+                WsIo::new(ws, shared.config.heartbeat),
+                protocol::yamux_config(),
+            );
+            shared.registry.attach(&claim.name, claim.session, mux.control());
+            info!("tunnel online");
+            let reason = loop {
+                tokio::select! {
+                    _ = claim.cancel.cancelled() => break "replaced by a new session of the same client".to_owned(),
+                    next = mux.next() => match next {
+                        // Clients have no reason to open streams; refuse by dropping.
+                        Some(Ok(stream)) => drop(stream),
+                        Some(Err(e)) => break e.to_string(),
+                        None => break "closed".to_owned(),
+                    },
+                }
+            };
+            shared.registry.release(&claim.name, claim.session);
+            info!(%reason, "tunnel offline");
+        }
+        .instrument(span),
+    );
+
+    let mut resp = Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, "websocket")
+        .header(
+            header::SEC_WEBSOCKET_ACCEPT,
+            derive_accept_key(key.as_bytes()),
+        );
+    if let (Ok(name), Ok(url)) = (HeaderValue::from_str(&name), HeaderValue::from_str(&url)) {
+        resp = resp
+            .header(protocol::HEADER_NAME, name)
+            .header(protocol::HEADER_URL, url);
+    }
+    resp.body(ggrok_tunnel::http_util::empty())
+        .expect("valid 101 response")
+}
+
+/// Validates a connect request; returns who asks, for which name, and the WebSocket key.
+fn check(shared: &Shared, h: &HeaderMap) -> Result<(Claimant, Option<String>, String), Refusal> {
+    let get = |name: &str| h.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+    let bad = |m: &str| Refusal::new(RefusalKind::BadRequest, m);
+
+    let websocket =
+        get(header::UPGRADE.as_str()).is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let key = get(header::SEC_WEBSOCKET_KEY.as_str());
+    let (true, Some(key)) = (websocket, key) else {
+        return Err(bad(
+            "this endpoint opens ggrok tunnels over WebSocket; use the ggrok client",
+        ));
+    };
+    if h.contains_key(header::ORIGIN) {
+        // Browsers always send Origin; ggrok clients never do. A page must not open tunnels
+        // with a visitor's ambient credentials.
+        return Err(bad("browser pages may not open tunnels"));
+    }
+    let version = get(protocol::HEADER_VERSION)
+        .ok_or_else(|| bad("missing ggrok-protocol header; use the ggrok client"))?;
+    if version != protocol::PROTOCOL_VERSION.to_string() {
+        return Err(Refusal::new(
+            RefusalKind::VersionMismatch,
+            format!(
+                "this server speaks ggrok protocol {}, the client speaks {version:?}; use matching versions",
+                protocol::PROTOCOL_VERSION
+            ),
+        ));
+    }
+    let token =
+        if shared.config.tokens.is_open() {
+            None
+        } else {
+            let presented = get(header::AUTHORIZATION.as_str())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .map(str::trim)
+                .ok_or_else(|| {
+                    Refusal::new(RefusalKind::Unauthorized, "this server requires a token")
+                })?;
+            Some(shared.config.tokens.check(presented).ok_or_else(|| {
+                Refusal::new(RefusalKind::Unauthorized, "the token was not accepted")
+            })?)
+        };
+    let wanted = match get(protocol::HEADER_SUBDOMAIN) {
+        Some(name) => {
+            let name = name.to_ascii_lowercase();
+            protocol::validate_name(&name)
+                .map_err(|e| Refusal::new(RefusalKind::InvalidName, e.to_string()))?;
+            Some(name)
+        }
+        None => None,
+    };
+    let client_id = match get(protocol::HEADER_CLIENT_ID) {
+        Some(id) if !id.is_empty() && id.len() <= 128 => id.to_owned(),
+        // No id: a fresh random one, so this client can never take over anyone's session.
+        _ => format!("anon-{:032x}", rand::random::<u128>()),
+    };
+    Ok((Claimant { client_id, token }, wanted, key.to_owned()))
+}
+
+/// The URL visitors use: the scheme and port the client itself reached the server with.
+fn public_url(h: &HeaderMap, name: &str, domain: &str) -> String {
+    let host = h
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let port = host
+        .rsplit_once(':')
+        .map(|(_, p)| p)
+        .filter(|p| p.chars().all(|c| c.is_ascii_digit()));
+    let https = h
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("https"));
+    let scheme = if https { "https" } else { "http" };
+    match port {
+        Some(p) if !((https && p == "443") || (!https && p == "80")) => {
+            format!("{scheme}://{name}.{domain}:{p}")
+        }
+        _ => format!("{scheme}://{name}.{domain}"),
+    }
+}
+
+fn refuse(refusal: &Refusal) -> Response<Body> {
+    let status = StatusCode::from_u16(refusal.error.status()).unwrap_or(StatusCode::BAD_REQUEST);
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(full(
+            serde_json::to_string(refusal).expect("refusal serializes"),
+        ))
+        .expect("valid refusal response")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn public_urls_follow_how_the_client_came_in() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("127.0.0.1:8080"));
+        assert_eq!(
+            public_url(&h, "app", "localhost"),
+            "http://app.localhost:8080"
+        );
+        h.insert(header::HOST, HeaderValue::from_static("tunnel.example.com"));
+        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        assert_eq!(
+            public_url(&h, "app", "tunnel.example.com"),
+            "https://app.tunnel.example.com"
+        );
+    }
+}

@@ -1,0 +1,237 @@
+//! ggrok-server: routes `NAME.DOMAIN` to the client holding NAME.
+//!
+//! One listener serves everything. Requests for the apex domain (or an IP address) reach the
+//! server's own endpoints: the control endpoint [`CONNECT_PATH`] where clients open their
+//! session, `/healthz` and a landing page. Requests for `NAME.DOMAIN` are forwarded over NAME's
+//! session: one yamux stream per request, carrying the request as HTTP/1.1.
+//!
+//! Layout:
+//! - [`config`]: settings and the hashed token set.
+//! - [`registry`]: the name table (live sessions, names held for reconnect).
+//! - `connect`: the control endpoint: checks, name claim, the session's life.
+//! - `proxy`: public requests through a session.
+//!
+//! The caller binds, the library serves: see [`run`].
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod config;
+mod connect;
+mod proxy;
+pub mod registry;
+
+use std::{convert::Infallible, future::Future, net::SocketAddr, sync::Arc};
+
+use ggrok_tunnel::{
+    http_util::{error_page, full, wants_json, Body, PageKind},
+    protocol::CONNECT_PATH,
+};
+use http::{header, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::{debug, info, warn};
+
+pub use config::{Config, Tokens};
+
+/// Largest request head a visitor may send; hyper answers 431 past it.
+const MAX_HEAD: usize = 64 * 1024;
+
+/// State every connection shares.
+struct Shared {
+    config: Config,
+    registry: registry::Registry,
+    /// Fires on shutdown; every task the server spawns watches it.
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Shared {
+    /// Spawns `fut` so that shutdown ends it and waits for it.
+    fn spawn<F>(&self, fut: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let cancel = self.cancel.clone();
+        self.tasks.spawn(async move {
+            tokio::select! {
+                _ = cancel.cancelled() => {}
+                _ = fut => {}
+            }
+        });
+    }
+}
+
+/// Serves `listener` until `shutdown` completes; then closes every connection and session.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    if config.tokens.is_open() {
+        warn!("no tokens configured: open mode, anyone who can reach this server may open tunnels");
+    }
+    let shared = Arc::new(Shared {
+        registry: registry::Registry::new(config.reconnect_grace),
+        config,
+        cancel: CancellationToken::new(),
+        tasks: TaskTracker::new(),
+    });
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    let conn_shared = shared.clone();
+                    shared.spawn(serve_connection(conn_shared, stream, peer));
+                }
+                Err(e) => {
+                    // Usually EMFILE: back off instead of spinning.
+                    warn!(%e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+    info!("shutting down");
+    drop(listener);
+    shared.cancel.cancel();
+    shared.tasks.close();
+    shared.tasks.wait().await;
+    Ok(())
+}
+
+async fn serve_connection(shared: Arc<Shared>, stream: tokio::net::TcpStream, peer: SocketAddr) {
+    let timeout = shared.config.header_read_timeout;
+    let service = hyper::service::service_fn(move |req| {
+        let shared = shared.clone();
+        async move { Ok::<_, Infallible>(route(shared, peer, req).await) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(timeout)
+        .max_buf_size(MAX_HEAD)
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    if let Err(e) = conn.await {
+        debug!(%e, %peer, "connection ended with an error");
+    }
+}
+
+/// Where a request goes, decided by its Host.
+#[derive(Debug, PartialEq, Eq)]
+enum Route<'a> {
+    Apex,
+    Tunnel(&'a str),
+    Foreign,
+}
+
+fn classify<'a>(host: &'a str, domain: &str) -> Route<'a> {
+    if host.is_empty() || host == domain || host.parse::<std::net::IpAddr>().is_ok() {
+        return Route::Apex;
+    }
+    match host.strip_suffix(domain).and_then(|p| p.strip_suffix('.')) {
+        Some(name) if !name.is_empty() && !name.contains('.') => Route::Tunnel(name),
+        _ => Route::Foreign,
+    }
+}
+
+/// The request's host, lowercased, without port or brackets.
+fn request_host<B>(req: &Request<B>) -> String {
+    let raw = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| req.uri().host())
+        .unwrap_or("");
+    let host = if let Some(rest) = raw.strip_prefix('[') {
+        rest.split(']').next().unwrap_or("")
+    } else {
+        raw.rsplit_once(':').map(|(h, _)| h).unwrap_or(raw)
+    };
+    host.trim_end_matches('.').to_ascii_lowercase()
+}
+
+async fn route(shared: Arc<Shared>, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+    let host = request_host(&req);
+    let json = wants_json(req.headers());
+    match classify(&host, &shared.config.domain) {
+        Route::Tunnel(name) => {
+            let name = name.to_owned();
+            proxy::forward(&shared, peer, &name, req).await
+        }
+        Route::Apex => match req.uri().path() {
+            CONNECT_PATH => connect::accept(&shared, peer, req),
+            "/healthz" => text(StatusCode::OK, "ok\n"),
+            "/" => landing(&shared),
+            _ => error_page(
+                StatusCode::NOT_FOUND,
+                PageKind::NotFound,
+                "This ggrok server has no such page.",
+                json,
+            ),
+        },
+        Route::Foreign => error_page(
+            StatusCode::NOT_FOUND,
+            PageKind::TunnelNotFound,
+            &format!(
+                "This server only serves tunnels at *.{}.",
+                shared.config.domain
+            ),
+            json,
+        ),
+    }
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .body(full(body))
+        .expect("static response")
+}
+
+fn landing(shared: &Shared) -> Response<Body> {
+    let body = format!(
+        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>ggrok server</title></head>\
+         <body style=\"font-family:sans-serif;max-width:40em;margin:4em auto\"><h1>ggrok server</h1>\
+         <p>Tunnels are served at <code>NAME.{}</code>. {} online.</p></body></html>\n",
+        ggrok_tunnel::http_util::escape_html(&shared.config.domain),
+        shared.registry.online()
+    );
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/html; charset=utf-8")
+        .body(full(body))
+        .expect("static response")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_route_by_subdomain() {
+        assert_eq!(classify("app.localhost", "localhost"), Route::Tunnel("app"));
+        assert_eq!(classify("localhost", "localhost"), Route::Apex);
+        assert_eq!(classify("127.0.0.1", "localhost"), Route::Apex);
+        assert_eq!(classify("::1", "localhost"), Route::Apex);
+        assert_eq!(classify("a.b.localhost", "localhost"), Route::Foreign);
+        assert_eq!(classify("evil.com", "localhost"), Route::Foreign);
+        assert_eq!(classify("xlocalhost", "localhost"), Route::Foreign);
+        assert_eq!(classify(".localhost", "localhost"), Route::Foreign);
+    }
+
+    #[test]
+    fn host_header_parsing() {
+        let req = |h: &str| Request::builder().header(header::HOST, h).body(()).unwrap();
+        assert_eq!(
+            request_host(&req("App.Example.com:8080")),
+            "app.example.com"
+        );
+        assert_eq!(request_host(&req("[::1]:80")), "::1");
+        assert_eq!(request_host(&req("example.com.")), "example.com");
+    }
+}

@@ -1,0 +1,102 @@
+//! `ggrok-server`: flags, logging and signals; [`ggrok_server::run`] does the work.
+
+use std::{net::SocketAddr, time::Duration};
+
+use anyhow::Context as _;
+use clap::Parser;
+use ggrok_server::{Config, Tokens};
+use ggrok_tunnel::protocol::Heartbeat;
+
+/// The self-hosted ggrok tunnel server: routes NAME.DOMAIN to the client holding NAME.
+#[derive(Parser, Debug)]
+#[command(name = "ggrok-server", version, about)]
+struct Args {
+    /// Address to listen on [default: 0.0.0.0:$PORT when PORT is set, else 127.0.0.1:8080].
+    #[arg(long, env = "GGROK_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Domain whose subdomains are tunnels (NAME.DOMAIN); the apex serves the control endpoint.
+    #[arg(long, env = "GGROK_DOMAIN", default_value = "localhost")]
+    domain: String,
+    /// Token clients must present (repeatable). None: open mode, anyone may connect.
+    #[arg(
+        long = "token",
+        env = "GGROK_TOKENS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    tokens: Vec<String>,
+    /// Seconds a dropped client's name stays held for it to reconnect.
+    #[arg(long, env = "GGROK_RECONNECT_GRACE", default_value_t = 10)]
+    reconnect_grace: u64,
+    /// Seconds between pings to each client.
+    #[arg(long, env = "GGROK_HEARTBEAT_INTERVAL", default_value_t = 20)]
+    heartbeat_interval: u64,
+    /// Seconds of silence after which a client counts as gone and its name is freed.
+    #[arg(long, env = "GGROK_HEARTBEAT_TIMEOUT", default_value_t = 45)]
+    heartbeat_timeout: u64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let args = Args::parse();
+    let listen = match args.listen {
+        Some(addr) => addr,
+        None => match std::env::var("PORT") {
+            Ok(port) => {
+                let port: u16 = port
+                    .trim()
+                    .parse()
+                    .with_context(|| format!("PORT={port:?} is not a port"))?;
+                SocketAddr::from(([0, 0, 0, 0], port))
+            }
+            Err(_) => SocketAddr::from(([127, 0, 0, 1], 8080)),
+        },
+    };
+    let config = Config {
+        tokens: Tokens::from_plain(&args.tokens),
+        heartbeat: Heartbeat {
+            interval: Duration::from_secs(args.heartbeat_interval.max(1)),
+            timeout: Duration::from_secs(args.heartbeat_timeout.max(1)),
+        },
+        reconnect_grace: Duration::from_secs(args.reconnect_grace),
+        ..Config::new(args.domain)
+    };
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    tracing::info!(
+        addr = %listener.local_addr()?,
+        domain = %config.domain,
+        tokens = config.tokens.len(),
+        "listening"
+    );
+    ggrok_server::run(listener, config, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

@@ -1,0 +1,273 @@
+//! Which client holds which name.
+//!
+//! A name is `Live` while a session holds it. When the session ends it becomes `Held` for the
+//! reconnect grace period: only the same client (same client id) or the same token may take it
+//! then, so a client that drops and comes back gets its URL back and nobody else can grab it
+//! in between. A live name can be taken over only by the client that holds it (its old session
+//! is stale: the client reconnected before the server noticed the drop).
+
+use std::{
+    collections::HashMap,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use ggrok_tunnel::protocol::{Refusal, RefusalKind};
+use rand::Rng;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::TokenHash;
+
+/// Who is asking for a name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claimant {
+    /// The client's random id, kept across its reconnects.
+    pub client_id: String,
+    /// Hash of the token it presented (None in open mode).
+    pub token: Option<TokenHash>,
+}
+
+impl Claimant {
+    fn owns(&self, other: &Claimant) -> bool {
+        self.client_id == other.client_id && self.token == other.token
+    }
+}
+
+enum Slot {
+    Live {
+        session: u64,
+        owner: Claimant,
+        control: Option<tokio_yamux::Control>,
+        cancel: CancellationToken,
+    },
+    Held {
+        owner: Claimant,
+        until: Instant,
+    },
+}
+
+/// A granted claim: the name, and a token that fires when the session must end (taken over).
+#[derive(Debug)]
+pub struct Claim {
+    /// The name now held.
+    pub name: String,
+    /// Identifies this session in later calls.
+    pub session: u64,
+    /// Cancelled when another session of the same client replaces this one.
+    pub cancel: CancellationToken,
+}
+
+/// The name table.
+pub struct Registry {
+    slots: Mutex<State>,
+    grace: Duration,
+}
+
+struct State {
+    slots: HashMap<String, Slot>,
+    next_session: u64,
+    last_sweep: Instant,
+}
+
+/// Length of generated names: 36^8 ≈ 2.8e12, so guessing a live name is hopeless.
+const RANDOM_NAME_LEN: usize = 8;
+
+impl Registry {
+    /// An empty table whose released names are held for `grace`.
+    pub fn new(grace: Duration) -> Self {
+        Self {
+            slots: Mutex::new(State {
+                slots: HashMap::new(),
+                next_session: 1,
+                last_sweep: Instant::now(),
+            }),
+            grace,
+        }
+    }
+
+    /// Claims `wanted` (or a random free name) for `who`.
+    pub fn claim(&self, wanted: Option<&str>, who: &Claimant) -> Result<Claim, Refusal> {
+        let mut st = self.slots.lock().expect("registry lock");
+        let now = Instant::now();
+        if now.duration_since(st.last_sweep) > Duration::from_secs(1) {
+            st.slots
+                .retain(|_, s| !matches!(s, Slot::Held { until, .. } if *until <= now));
+            st.last_sweep = now;
+        }
+        let name = match wanted {
+            Some(name) => {
+                match st.slots.get(name) {
+                    Some(Slot::Live { owner, cancel, .. }) => {
+                        if !owner.owns(who) {
+                            return Err(Refusal::new(
+                                RefusalKind::NameTaken,
+                                format!("the subdomain {name:?} is in use by another client"),
+                            ));
+                        }
+                        // Our own stale session: replace it.
+                        cancel.cancel();
+                    }
+                    Some(Slot::Held { owner, until }) if *until > now => {
+                        let same_token = who.token.is_some() && owner.token == who.token;
+                        if !(owner.owns(who) || same_token) {
+                            let secs = until.duration_since(now).as_secs() + 1;
+                            return Err(Refusal::new(
+                                RefusalKind::NameTaken,
+                                format!(
+                                    "the subdomain {name:?} is held for its previous client to reconnect; \
+                                     try again in {secs} s"
+                                ),
+                            ));
+                        }
+                    }
+                    _ => {}
+                }
+                name.to_owned()
+            }
+            None => loop {
+                let name = random_name();
+                if !st.slots.contains_key(&name) {
+                    break name;
+                }
+            },
+        };
+        let session = st.next_session;
+        st.next_session += 1;
+        let cancel = CancellationToken::new();
+        st.slots.insert(
+            name.clone(),
+            Slot::Live {
+                session,
+                owner: who.clone(),
+                control: None,
+                cancel: cancel.clone(),
+            },
+        );
+        Ok(Claim {
+            name,
+            session,
+            cancel,
+        })
+    }
+
+    /// Makes a claimed name routable once its session is up.
+    pub fn attach(&self, name: &str, session: u64, control: tokio_yamux::Control) {
+        let mut st = self.slots.lock().expect("registry lock");
+        if let Some(Slot::Live {
+            session: s,
+            control: c,
+            ..
+        }) = st.slots.get_mut(name)
+        {
+            if *s == session {
+                *c = Some(control);
+            }
+        }
+    }
+
+    /// Ends `session`'s hold on `name`; the name is then held for the grace period.
+    pub fn release(&self, name: &str, session: u64) {
+        let mut st = self.slots.lock().expect("registry lock");
+        let until = Instant::now() + self.grace;
+        if let Some(slot) = st.slots.get_mut(name) {
+            if let Slot::Live {
+                session: s, owner, ..
+            } = slot
+            {
+                if *s == session {
+                    *slot = Slot::Held {
+                        owner: owner.clone(),
+                        until,
+                    };
+                }
+            }
+        }
+    }
+
+    /// The session handle for routing a request to `name`, if it is online.
+    pub fn control(&self, name: &str) -> Option<tokio_yamux::Control> {
+        match self.slots.lock().expect("registry lock").slots.get(name) {
+            Some(Slot::Live {
+                control: Some(c), ..
+            }) => Some(c.clone()),
+            _ => None,
+        }
+    }
+
+    /// Number of names with a live session.
+    pub fn online(&self) -> usize {
+        let st = self.slots.lock().expect("registry lock");
+        st.slots
+            .values()
+            .filter(|s| matches!(s, Slot::Live { .. }))
+            .count()
+    }
+}
+
+fn random_name() -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rng();
+    // Start with a letter so names never look like numbers.
+    let first = ALPHABET[rng.random_range(0..26)] as char;
+    std::iter::once(first)
+        .chain((1..RANDOM_NAME_LEN).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn who(id: &str, token: Option<u8>) -> Claimant {
+        Claimant {
+            client_id: id.into(),
+            token: token.map(|t| [t; 32]),
+        }
+    }
+
+    #[test]
+    fn live_names_cannot_be_taken_but_the_owner_can_replace_its_session() {
+        let r = Registry::new(Duration::from_secs(60));
+        let a = r.claim(Some("app"), &who("a", None)).unwrap();
+        let err = r.claim(Some("app"), &who("b", None)).unwrap_err();
+        assert_eq!(err.error, RefusalKind::NameTaken);
+        let a2 = r.claim(Some("app"), &who("a", None)).unwrap();
+        assert!(a.cancel.is_cancelled(), "stale session is told to end");
+        // The stale session's release must not free the new one's name.
+        r.release("app", a.session);
+        assert!(r.claim(Some("app"), &who("b", None)).is_err());
+        r.release("app", a2.session);
+    }
+
+    #[test]
+    fn released_names_are_held_for_the_same_client_or_token() {
+        let r = Registry::new(Duration::from_secs(60));
+        let a = r.claim(Some("app"), &who("a", Some(1))).unwrap();
+        r.release("app", a.session);
+        assert!(r.claim(Some("app"), &who("b", Some(2))).is_err());
+        assert!(
+            r.claim(Some("app"), &who("b", Some(1))).is_ok(),
+            "same token may take it"
+        );
+    }
+
+    #[test]
+    fn held_names_free_up_after_the_grace_period() {
+        let r = Registry::new(Duration::ZERO);
+        let a = r.claim(Some("app"), &who("a", None)).unwrap();
+        r.release("app", a.session);
+        assert!(r.claim(Some("app"), &who("b", None)).is_ok());
+    }
+
+    #[test]
+    fn random_names_are_valid_and_distinct() {
+        let r = Registry::new(Duration::ZERO);
+        let mut names = std::collections::HashSet::new();
+        for i in 0..200 {
+            let c = r.claim(None, &who(&i.to_string(), None)).unwrap();
+            ggrok_tunnel::protocol::validate_name(&c.name).unwrap();
+            assert!(names.insert(c.name));
+        }
+        assert_eq!(r.online(), 200);
+    }
+}
