@@ -1,0 +1,378 @@
+//! HTTP through a real tunnel: bodies, headers, statuses, concurrency, streaming, WebSocket,
+//! error pages.
+
+mod common;
+
+use std::{sync::atomic::Ordering, time::Duration};
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use ggrok_tunnel::{LocalTarget, TunnelConfig};
+use http::header;
+use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+
+fn all_bytes() -> Vec<u8> {
+    (0..=255u8).cycle().take(256 * 4).collect()
+}
+
+#[tokio::test]
+async fn bodies_are_byte_exact_for_every_method() {
+    let server = Server::start(config()).await;
+    let origin = Origin::start().await;
+    let (_t, url) = tunnel(&server, origin.port(), Some("methods")).await;
+    assert_eq!(
+        url,
+        format!("http://methods.localhost:{}", server.addr.port())
+    );
+
+    for method in ["GET", "POST", "PUT", "PATCH", "DELETE"] {
+        for body in [Vec::new(), all_bytes()] {
+            let r = visitor()
+                .request(
+                    method.parse().unwrap(),
+                    format!("{}/echo?q=1", server.url()),
+                )
+                .header(header::HOST, host(&server, "methods"))
+                .body(body.clone())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200, "{method}");
+            assert_eq!(r.headers()["x-echo-method"], method);
+            assert_eq!(r.headers()["x-echo-uri"], "/echo?q=1");
+            assert_eq!(
+                r.bytes().await.unwrap(),
+                body,
+                "{method} with {} bytes",
+                body.len()
+            );
+        }
+    }
+    let r = visitor()
+        .head(format!("{}/bytes?1000", server.url()))
+        .header(header::HOST, host(&server, "methods"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()[header::CONTENT_LENGTH], "1000");
+    assert!(r.bytes().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn headers_statuses_redirects_and_encodings_pass_through() {
+    let server = Server::start(config()).await;
+    let origin = Origin::start().await;
+    let (_t, _) = tunnel(&server, origin.port(), Some("hdr")).await;
+
+    let r = get(&server, "hdr", "/cookies").send().await.unwrap();
+    let cookies: Vec<_> = r.headers().get_all(header::SET_COOKIE).iter().collect();
+    assert_eq!(cookies, ["a=1; Path=/", "b=2; HttpOnly", "c=3"]);
+    let multi: Vec<_> = r.headers().get_all("x-multi").iter().collect();
+    assert_eq!(multi, ["one", "two"]);
+
+    let r = get(&server, "hdr", "/echo")
+        .header("x-multi", "1")
+        .header("x-multi", "2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-echo-x-multi"], "1|2");
+
+    for code in [204u16, 304, 400, 404, 418, 500, 503] {
+        let r = get(&server, "hdr", &format!("/status?{code}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), code);
+        assert!(r
+            .headers()
+            .get(ggrok_tunnel::protocol::HEADER_ERROR)
+            .is_none());
+    }
+    let r = get(&server, "hdr", "/status?302").send().await.unwrap();
+    assert_eq!(r.status(), 302, "redirects are passed on, not followed");
+    assert_eq!(r.headers()[header::LOCATION], "/elsewhere");
+
+    let r = get(&server, "hdr", "/gzip")
+        .header(header::ACCEPT_ENCODING, "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()[header::CONTENT_ENCODING], "gzip");
+    assert_eq!(r.bytes().await.unwrap(), gzip_bytes());
+}
+
+#[tokio::test]
+async fn forwarded_headers_and_host_rewrite() {
+    let server = Server::start(config()).await;
+    let origin = Origin::start().await;
+    let (_t, _) = tunnel(&server, origin.port(), Some("fwd")).await;
+    let r = get(&server, "fwd", "/echo").send().await.unwrap();
+    let h = r.headers();
+    assert_eq!(h["x-echo-host"], format!("localhost:{}", origin.port()));
+    assert_eq!(h["x-echo-x-forwarded-host"], host(&server, "fwd"));
+    assert_eq!(h["x-echo-x-forwarded-for"], "127.0.0.1");
+    assert_eq!(h["x-echo-x-forwarded-proto"], "http");
+
+    let mut cfg = TunnelConfig::new(server.url(), origin.port());
+    cfg.subdomain = Some("keep".into());
+    cfg.local = LocalTarget {
+        host: "127.0.0.1".into(),
+        port: origin.port(),
+        keep_host: true,
+    };
+    let (_k, _) = tunnel_with(cfg).await;
+    let r = get(&server, "keep", "/echo")
+        .header("x-forwarded-for", "203.0.113.9")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-echo-host"], host(&server, "keep"));
+    assert_eq!(
+        r.headers()["x-echo-x-forwarded-for"],
+        "203.0.113.9, 127.0.0.1"
+    );
+}
+
+#[tokio::test]
+async fn many_slow_requests_run_concurrently() {
+    let server = Server::start(config()).await;
+    let origin = Origin::start().await;
+    let (_t, _) = tunnel(&server, origin.port(), Some("conc")).await;
+    let started = std::time::Instant::now();
+    let requests = (0..200).map(|_| async {
+        let r = get(&server, "conc", "/slow").send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.text().await.unwrap(), "slow");
+    });
+    futures_util::future::join_all(requests).await;
+    let elapsed = started.elapsed();
+    let peak = origin.state.max_in_flight.load(Ordering::SeqCst);
+    // Serialised, 200 × 500 ms would be 100 s and the origin would never see two at once.
+    assert!(peak >= 50, "only {peak} requests were in flight at once");
+    assert!(elapsed < Duration::from_secs(10), "took {elapsed:?}");
+    eprintln!("200 concurrent 500 ms requests took {elapsed:?}, peak in flight {peak}");
+}
+
+#[tokio::test]
+async fn two_hundred_requests_are_in_flight_at_once() {
+    let server = Server::start(config()).await;
+    let origin = Origin::start().await;
+    let (_t, _) = tunnel(&server, origin.port(), Some("barrier")).await;
+    // The origin answers none until all 200 wait there together.
+    let requests = (0..200).map(|_| async {
+        let r = get(&server, "barrier", "/barrier?200")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.text().await.unwrap(), "together");
+    });
+    futures_util::future::join_all(requests).await;
+}
+
+#[tokio::test]
+async fn responses_stream_before_they_end() {
+    let server = Server::start(config()).await;
+    let origin = Origin::start().await;
+    let (_t, _) = tunnel(&server, origin.port(), Some("stream")).await;
+
+    // The origin holds the rest of the body until we have the first chunk.
+    let mut r = get(&server, "stream", "/gate").send().await.unwrap();
+    assert_eq!(r.chunk().await.unwrap().unwrap(), "first\n");
+    origin.state.gate.notify_one();
+    assert_eq!(r.chunk().await.unwrap().unwrap(), "rest\n");
+    assert!(r.chunk().await.unwrap().is_none());
+
+    // Server-Sent Events arrive one by one.
+    let mut r = get(&server, "stream", "/sse")
+        .header(header::ACCEPT, "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()[header::CONTENT_TYPE], "text/event-stream");
+    for i in 0..3 {
+        let chunk = r.chunk().await.unwrap().unwrap();
+        assert_eq!(chunk, format!("id: {i}\ndata: event {i}\n\n"));
+        origin.state.gate.notify_one();
+    }
+}
+
+#[tokio::test]
+async fn uploads_stream_to_the_origin_as_they_arrive() {
+    let server = Server::start(config()).await;
+    let origin = Origin::start().await;
+    let (_t, _) = tunnel(&server, origin.port(), Some("up")).await;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
+    let body = reqwest::Body::wrap_stream(tokio_stream_from(rx));
+    let request = tokio::spawn(
+        visitor()
+            .post(format!("{}/upload", server.url()))
+            .header(header::HOST, host(&server, "up"))
+            .body(body)
+            .send(),
+    );
+    tx.send(Ok(b"first chunk".to_vec())).await.unwrap();
+    // The origin must see the first chunk while the upload is still open.
+    origin.state.reached.notified().await;
+    tx.send(Ok(b" and the rest".to_vec())).await.unwrap();
+    drop(tx);
+    let r = request.await.unwrap().unwrap();
+    let expected = format!("24 {}", sha256(b"first chunk and the rest"));
+    assert_eq!(r.text().await.unwrap(), expected);
+}
+
+fn tokio_stream_from<T>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures_util::Stream<Item = T> {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+#[tokio::test]
+async fn websockets_pass_through() {
+    let server = Server::start(config()).await;
+    let origin = Origin::start().await;
+    let (t, _) = tunnel(&server, origin.port(), Some("ws")).await;
+    let mut req = format!("ws://{}/ws", server.addr)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert(header::HOST, host(&server, "ws").parse().unwrap());
+    let cfg = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(Some(64 << 20))
+        .max_frame_size(Some(64 << 20));
+    let (mut ws, resp) = tokio_tungstenite::connect_async_with_config(req, Some(cfg), true)
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 101);
+
+    ws.send(Message::text("hello through the tunnel"))
+        .await
+        .unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::text("hello through the tunnel")
+    );
+    let big: Vec<u8> = pattern(0, 8 << 20);
+    ws.send(Message::binary(big.clone())).await.unwrap();
+    match ws.next().await.unwrap().unwrap() {
+        Message::Binary(b) => assert!(b == big, "8 MiB message corrupted"),
+        other => panic!("expected binary, got {other:?}"),
+    }
+    ws.close(None).await.unwrap();
+    let ex = t.traffic().recent();
+    assert!(ex
+        .iter()
+        .any(|e| e.upgraded && e.path == "/ws" && e.status == Some(101)));
+}
+
+#[tokio::test]
+async fn clear_error_pages() {
+    let server = Server::start(config()).await;
+    // Unknown tunnel: 404, HTML or JSON.
+    let r = get(&server, "nobody", "/").send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(
+        r.headers()[ggrok_tunnel::protocol::HEADER_ERROR],
+        "tunnel_not_found"
+    );
+    assert!(r
+        .text()
+        .await
+        .unwrap()
+        .contains("No tunnel is online at nobody.localhost"));
+    let r = get(&server, "nobody", "/")
+        .header(header::ACCEPT, "application/json")
+        .send()
+        .await
+        .unwrap();
+    let v: serde_json::Value = r.json_value().await;
+    assert_eq!(v["error"], "tunnel_not_found");
+
+    // Online tunnel, nothing listening locally: 502 naming the port.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let (_t, _) = tunnel(&server, dead, Some("dead")).await;
+    let r = get(&server, "dead", "/x").send().await.unwrap();
+    assert_eq!(r.status(), 502);
+    assert_eq!(
+        r.headers()[ggrok_tunnel::protocol::HEADER_ERROR],
+        "local_unreachable"
+    );
+    assert!(r
+        .text()
+        .await
+        .unwrap()
+        .contains(&format!("localhost:{dead}")));
+}
+
+trait JsonValue {
+    async fn json_value(self) -> serde_json::Value;
+}
+
+impl JsonValue for reqwest::Response {
+    async fn json_value(self) -> serde_json::Value {
+        serde_json::from_slice(&self.bytes().await.unwrap()).unwrap()
+    }
+}
+
+#[tokio::test]
+async fn a_live_name_stays_with_its_holder() {
+    let server = Server::start(config()).await;
+    let origin = Origin::start().await;
+    let (holder, _) = tunnel(&server, origin.port(), Some("mine")).await;
+    let other = Origin::start().await;
+    let newcomer = ggrok_tunnel::Tunnel::start({
+        let mut c = TunnelConfig::new(server.url(), other.port());
+        c.subdomain = Some("mine".into());
+        c
+    })
+    .unwrap();
+    match newcomer.online().await {
+        Err(ggrok_tunnel::Status::Failed { kind, message }) => {
+            assert_eq!(kind, ggrok_tunnel::protocol::RefusalKind::NameTaken);
+            assert!(message.contains("in use"), "{message}");
+        }
+        other => panic!("newcomer should be refused, got {other:?}"),
+    }
+    let r = get(&server, "mine", "/echo")
+        .body("still mine")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), "still mine");
+    assert!(matches!(
+        *holder.status().borrow(),
+        ggrok_tunnel::Status::Online { .. }
+    ));
+}
+
+#[tokio::test]
+async fn random_names_and_traffic_records() {
+    let server = Server::start(config()).await;
+    let origin = Origin::start().await;
+    let (t, url) = tunnel(&server, origin.port(), None).await;
+    let name = name_of(&url);
+    ggrok_tunnel::protocol::validate_name(&name).unwrap();
+    let mut events = t.traffic().subscribe();
+    let r = get(&server, &name, "/echo?x=<img src=x onerror=alert(1)>")
+        .body("abc")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let e = events.recv().await.unwrap();
+    assert_eq!(e.method, "GET");
+    assert_eq!(e.status, Some(200));
+    assert_eq!(&e.request_body.data[..], b"abc");
+    assert_eq!(&e.response_body.data[..], b"abc");
+    assert_eq!(e.remote_addr.as_deref(), Some("127.0.0.1"));
+
+    // Replay goes to the origin again and is recorded as a new exchange.
+    let again = t.replay(e.id).await.unwrap();
+    assert_ne!(again.id, e.id);
+    assert_eq!(again.status, Some(200));
+    assert_eq!(&again.response_body.data[..], b"abc");
+}
