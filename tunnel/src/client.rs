@@ -295,6 +295,8 @@ enum ConnectError {
 /// Sessions shorter than this do not reset the backoff, so a server that accepts and then drops
 /// at once is not hammered.
 const STABLE_SESSION: Duration = Duration::from_secs(5);
+/// How long a stopping tunnel waits for the server to acknowledge the close.
+const CLOSE_TIMEOUT: Duration = Duration::from_millis(500);
 
 impl Engine {
     async fn run(mut self) {
@@ -356,8 +358,14 @@ impl Engine {
             );
         }
         let ws_config = protocol::websocket_config();
-        let (ws, resp) = tokio_tungstenite::connect_async_with_config(req, Some(ws_config), true)
+        // A black-holed server must not hang the engine: the handshake gets the same budget as
+        // a silent peer.
+        let handshake = tokio_tungstenite::connect_async_with_config(req, Some(ws_config), true);
+        let (ws, resp) = tokio::time::timeout(self.config.heartbeat.timeout, handshake)
             .await
+            .map_err(|_| {
+                ConnectError::Network("the server did not answer the handshake in time".into())
+            })?
             .map_err(refusal_from)?;
         let get = |name: &str| {
             resp.headers()
@@ -391,8 +399,12 @@ impl Engine {
         let reason = loop {
             tokio::select! {
                 _ = self.cancel.cancelled() => {
+                    streams.cancel();
                     // Closing the session tells the server at once instead of at its timeout.
-                    mux.control().close().await;
+                    // The session only acts while polled, so drive it until the close is done.
+                    let mut control = mux.control();
+                    let drive = async { while mux.next().await.is_some() {} };
+                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async { tokio::join!(control.close(), drive) }).await;
                     break "stopped".to_owned();
                 }
                 next = mux.next() => match next {

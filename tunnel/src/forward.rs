@@ -273,9 +273,8 @@ impl Forwarder {
         let (new_id, resp) = self.forward(req, Some("replay".to_owned()), None).await;
         // Reading the body to its end publishes the exchange.
         let _ = resp.into_body().collect().await;
-        Ok(self
-            .traffic
+        self.traffic
             .get(new_id)
-            .ok_or(ReplayError::NotFound(new_id))?)
+            .ok_or(ReplayError::NotFound(new_id))
     }
 }

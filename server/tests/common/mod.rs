@@ -29,7 +29,7 @@ use tokio::{
     sync::{oneshot, Notify},
     task::JoinHandle,
 };
-use tokio_tungstenite::tungstenite::{protocol::Role, Message};
+use tokio_tungstenite::tungstenite::protocol::Role;
 
 /// A ggrok server running in this process.
 pub struct Server {
@@ -214,20 +214,42 @@ fn resp(status: u16, body: impl Into<Bytes>) -> Response<Body> {
         .unwrap()
 }
 
-/// A streamed body made of `n` bytes of [`pattern`] in 64 KiB chunks.
+/// Size of the chunks of [`big_chunk`].
+pub const CHUNK: u64 = 64 * 1024;
+
+/// Chunk `k` of a large test body: a fixed pseudo-random block stamped with `k`, so that
+/// gigabytes cost a copy per chunk, not arithmetic per byte, and any reordering shows.
+pub fn big_chunk(k: u64, len: usize) -> Bytes {
+    static BLOCK: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    let block = BLOCK.get_or_init(|| pattern(12345, CHUNK as usize));
+    let mut chunk = block[..len].to_vec();
+    let stamp = k.to_be_bytes();
+    let n = stamp.len().min(len);
+    chunk[..n].copy_from_slice(&stamp[..n]);
+    Bytes::from(chunk)
+}
+
+/// The chunks of an `n`-byte large test body.
+pub fn big_chunks(n: u64) -> impl futures_util::Stream<Item = Bytes> {
+    futures_util::stream::iter(
+        (0..n.div_ceil(CHUNK)).map(move |k| big_chunk(k, CHUNK.min(n - k * CHUNK) as usize)),
+    )
+}
+
+/// SHA-256 of the `n`-byte large test body.
+pub fn big_sha256(n: u64) -> String {
+    let mut h = Sha256::new();
+    for k in 0..n.div_ceil(CHUNK) {
+        h.update(big_chunk(k, CHUNK.min(n - k * CHUNK) as usize));
+    }
+    format!("{:x}", h.finalize())
+}
+
+/// A streamed body of `n` bytes (see [`big_chunk`]).
 pub fn pattern_body(n: u64) -> Body {
-    const CHUNK: u64 = 64 * 1024;
-    let stream = futures_util::stream::unfold(0u64, move |off| async move {
-        if off >= n {
-            return None;
-        }
-        let len = CHUNK.min(n - off) as usize;
-        Some((
-            Ok::<_, Infallible>(Frame::data(Bytes::from(pattern(off, len)))),
-            off + len as u64,
-        ))
-    });
-    boxed(StreamBody::new(stream))
+    boxed(StreamBody::new(
+        big_chunks(n).map(|b| Ok::<_, Infallible>(Frame::data(b))),
+    ))
 }
 
 async fn origin(st: Arc<OriginState>, mut req: Request<Incoming>) -> Response<Body> {
@@ -405,14 +427,11 @@ async fn origin(st: Arc<OriginState>, mut req: Request<Incoming>) -> Response<Bo
                 )
                 .await;
                 while let Some(Ok(msg)) = ws.next().await {
-                    match msg {
-                        Message::Text(_) | Message::Binary(_) => {
-                            if ws.send(msg).await.is_err() {
-                                break;
-                            }
-                        }
-                        Message::Close(_) => break,
-                        _ => {}
+                    if msg.is_close() {
+                        break;
+                    }
+                    if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+                        break;
                     }
                 }
             });

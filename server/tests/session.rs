@@ -1,0 +1,305 @@
+//! Session life: reconnect after a server restart, in-flight requests on a dropped session,
+//! liveness of a vanished client, authentication and bad input on the control endpoint.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use ggrok_server::{Config, Tokens};
+use ggrok_tunnel::{
+    protocol::{self, Heartbeat, RefusalKind},
+    Backoff, Secret, Status, Tunnel, TunnelConfig,
+};
+use http::header;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+
+fn quick(server: &Server, port: u16) -> TunnelConfig {
+    let mut c = TunnelConfig::new(server.url(), port);
+    c.backoff = Backoff {
+        min: Duration::from_millis(50),
+        max: Duration::from_millis(500),
+    };
+    c
+}
+
+#[tokio::test]
+async fn reconnects_with_the_same_name_after_a_server_restart() {
+    let server = Server::start(config()).await;
+    let addr = server.addr;
+    let origin = Origin::start().await;
+    // A random name: the client must keep the one it was given.
+    let (t, url) = tunnel_with(quick(&server, origin.port())).await;
+    let name = name_of(&url);
+
+    server.stop().await;
+    wait_status(&t, |s| matches!(s, Status::Reconnecting { .. })).await;
+    let server = Server::start_at(addr, config()).await;
+    let back = tokio::time::timeout(
+        Duration::from_secs(5),
+        wait_status(&t, |s| matches!(s, Status::Online { .. })),
+    )
+    .await
+    .expect("client should be back online within 5 s");
+    assert_eq!(
+        back,
+        Status::Online {
+            url: url.clone(),
+            name: name.clone()
+        }
+    );
+    let r = get(&server, &name, "/echo")
+        .body("again")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), "again");
+}
+
+#[tokio::test]
+async fn requests_in_flight_on_a_dropped_session_end_in_502() {
+    let server = Server::start(config()).await;
+    let origin = Origin::start().await;
+    let (t, _) = tunnel(&server, origin.port(), Some("inflight")).await;
+    let pending = tokio::spawn(get(&server, "inflight", "/hang").send());
+    origin.state.reached.notified().await;
+    t.stop().await;
+    let r = tokio::time::timeout(Duration::from_secs(10), pending)
+        .await
+        .expect("request must not hang")
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    assert_eq!(r.headers()[protocol::HEADER_ERROR], "tunnel_lost");
+}
+
+/// Polls until `name` is no longer routed (404). Bounded by the caller's timeout.
+async fn until_gone(server: &Server, name: &str) {
+    loop {
+        if get(server, name, "/").send().await.unwrap().status() == 404 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_vanished_client_is_detected_and_its_name_freed() {
+    let server = Server::start(Config {
+        heartbeat: Heartbeat {
+            interval: Duration::from_millis(100),
+            timeout: Duration::from_millis(600),
+        },
+        reconnect_grace: Duration::ZERO,
+        ..config()
+    })
+    .await;
+    let origin = Origin::start().await;
+    let relay = Relay::start(server.addr).await;
+    let mut cfg = TunnelConfig::new(format!("http://{}", relay.addr), origin.port());
+    cfg.subdomain = Some("vanish".into());
+    let (_ghost, _) = tunnel_with(cfg).await;
+    assert_eq!(
+        get(&server, "vanish", "/echo")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    // The network stops delivering; nothing is closed.
+    relay.pause();
+    tokio::time::timeout(Duration::from_secs(10), until_gone(&server, "vanish"))
+        .await
+        .expect("server should notice the silent client");
+    // A restarted client (new client id) may take the name.
+    let (_new, url) = tunnel(&server, origin.port(), Some("vanish")).await;
+    assert!(url.starts_with("http://vanish.localhost:"));
+}
+
+#[tokio::test]
+async fn the_client_notices_a_silent_server_and_reconnects() {
+    let server = Server::start(config()).await;
+    let origin = Origin::start().await;
+    let relay = Relay::start(server.addr).await;
+    let mut cfg = TunnelConfig::new(format!("http://{}", relay.addr), origin.port());
+    cfg.heartbeat = Heartbeat {
+        interval: Duration::from_millis(100),
+        timeout: Duration::from_millis(600),
+    };
+    let (t, _) = tunnel_with(cfg).await;
+    relay.pause();
+    let s = tokio::time::timeout(
+        Duration::from_secs(10),
+        wait_status(&t, |s| matches!(s, Status::Reconnecting { .. })),
+    )
+    .await
+    .expect("client should notice the silent server");
+    let Status::Reconnecting { reason, .. } = s else {
+        unreachable!()
+    };
+    assert!(reason.contains("silent"), "{reason}");
+}
+
+#[tokio::test]
+async fn tokens_are_required_when_configured() {
+    let server = Server::start(Config {
+        tokens: Tokens::from_plain(["right-token"]),
+        ..config()
+    })
+    .await;
+    let origin = Origin::start().await;
+    for token in [None, Some("wrong-token")] {
+        let mut c = quick(&server, origin.port());
+        c.token = token.map(Secret::new);
+        let t = Tunnel::start(c).unwrap();
+        match t.online().await {
+            Err(Status::Failed { kind, .. }) => assert_eq!(kind, RefusalKind::Unauthorized),
+            other => panic!("{token:?} should be refused, got {other:?}"),
+        }
+    }
+    let mut c = quick(&server, origin.port());
+    c.token = Some(Secret::new("right-token"));
+    tunnel_with(c).await;
+}
+
+/// A hand-made connect request, so tests can send what no ggrok client would.
+fn connect_request(server: &Server) -> http::Request<()> {
+    let mut req = format!("ws://{}{}", server.addr, protocol::CONNECT_PATH)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert(protocol::HEADER_VERSION, protocol::PROTOCOL_VERSION.into());
+    req
+}
+
+async fn refused(req: http::Request<()>) -> (u16, serde_json::Value) {
+    match tokio_tungstenite::connect_async(req).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            let body = resp.body().clone().unwrap_or_default();
+            (
+                resp.status().as_u16(),
+                serde_json::from_slice(&body).unwrap(),
+            )
+        }
+        Ok(_) => panic!("connect should be refused"),
+        Err(e) => panic!("unexpected error {e}"),
+    }
+}
+
+#[tokio::test]
+async fn the_control_endpoint_refuses_bad_requests_clearly() {
+    let server = Server::start(config()).await;
+
+    let mut req = connect_request(&server);
+    req.headers_mut()
+        .insert(protocol::HEADER_VERSION, 99.into());
+    let (status, body) = refused(req).await;
+    assert_eq!(
+        (status, body["error"].as_str().unwrap()),
+        (426, "version_mismatch")
+    );
+
+    let mut req = connect_request(&server);
+    req.headers_mut()
+        .insert(protocol::HEADER_SUBDOMAIN, "Not_A_Label".parse().unwrap());
+    let (status, body) = refused(req).await;
+    assert_eq!(
+        (status, body["error"].as_str().unwrap()),
+        (400, "invalid_name")
+    );
+    let mut req = connect_request(&server);
+    req.headers_mut()
+        .insert(protocol::HEADER_SUBDOMAIN, "a".repeat(64).parse().unwrap());
+    assert_eq!(refused(req).await.1["error"], "invalid_name");
+
+    let mut req = connect_request(&server);
+    req.headers_mut()
+        .insert(header::ORIGIN, "https://evil.example".parse().unwrap());
+    assert_eq!(refused(req).await.0, 400);
+
+    // Not a WebSocket at all.
+    let r = visitor()
+        .get(format!("{}{}", server.url(), protocol::CONNECT_PATH))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let body: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    assert!(body["message"].as_str().unwrap().contains("WebSocket"));
+
+    // Garbage instead of HTTP: an error response and a closed connection.
+    let mut s = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    s.write_all(b"\x16\x03\x01 definitely not http\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out).starts_with("HTTP/1.1 400"),
+        "{out:?}"
+    );
+
+    // The server is unharmed.
+    let origin = Origin::start().await;
+    let (_t, _) = tunnel(&server, origin.port(), Some("fine")).await;
+    assert_eq!(
+        get(&server, "fine", "/echo").send().await.unwrap().status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn malformed_and_oversized_frames_close_only_their_session() {
+    let server = Server::start(Config {
+        reconnect_grace: Duration::ZERO,
+        ..config()
+    })
+    .await;
+    let origin = Origin::start().await;
+    let (_good, _) = tunnel(&server, origin.port(), Some("good")).await;
+
+    let junk_frames = [
+        Message::binary(vec![0xffu8; 64]), // not a yamux header
+        Message::binary(vec![0u8; 2 * protocol::MAX_MESSAGE]), // over the message limit
+        Message::text("{\"hello\":1}"),    // text is not part of the protocol
+    ];
+    for (i, junk) in junk_frames.into_iter().enumerate() {
+        let name = format!("bad{i}");
+        let mut req = connect_request(&server);
+        req.headers_mut()
+            .insert(protocol::HEADER_SUBDOMAIN, name.parse().unwrap());
+        let big = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+            .max_message_size(None)
+            .max_frame_size(None);
+        let (mut ws, _) = tokio_tungstenite::connect_async_with_config(req, Some(big), true)
+            .await
+            .unwrap();
+        let _ = ws.send(junk).await;
+        // The server closes the session: the stream ends (close frame, reset or EOF).
+        let ended = tokio::time::timeout(Duration::from_secs(10), async {
+            while let Some(Ok(m)) = ws.next().await {
+                if m.is_close() {
+                    break;
+                }
+            }
+        })
+        .await;
+        assert!(ended.is_ok(), "session {name} was not closed");
+        tokio::time::timeout(Duration::from_secs(10), until_gone(&server, &name))
+            .await
+            .unwrap();
+    }
+    let r = get(&server, "good", "/echo")
+        .body("unaffected")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), "unaffected");
+}
