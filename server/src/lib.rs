@@ -158,6 +158,20 @@ fn request_host<B>(req: &Request<B>) -> String {
 async fn route(shared: Arc<Shared>, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
     let host = request_host(&req);
     let json = wants_json(req.headers());
+    // hyper's read buffer bounds memory, not the head: enforce the documented limit here.
+    let head: usize = req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    if head + req.uri().to_string().len() > MAX_HEAD {
+        return error_page(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            PageKind::BadRequest,
+            &format!("Request headers over {} KiB are refused.", MAX_HEAD / 1024),
+            json,
+        );
+    }
     match classify(&host, &shared.config.domain) {
         Route::Tunnel(name) => {
             let name = name.to_owned();

@@ -9,7 +9,7 @@ use ggrok_tunnel::protocol::Heartbeat;
 
 /// The self-hosted ggrok tunnel server: routes NAME.DOMAIN to the client holding NAME.
 #[derive(Parser, Debug)]
-#[command(name = "ggrok-server", version, about)]
+#[command(name = "ggrok-server", version)]
 struct Args {
     /// Address to listen on [default: 0.0.0.0:$PORT when PORT is set, else 127.0.0.1:8080].
     #[arg(long, env = "GGROK_LISTEN")]

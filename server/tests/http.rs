@@ -376,3 +376,38 @@ async fn random_names_and_traffic_records() {
     assert_eq!(again.status, Some(200));
     assert_eq!(&again.response_body.data[..], b"abc");
 }
+
+#[tokio::test]
+async fn hostile_public_requests_get_clear_errors() {
+    let server = Server::start(config()).await;
+    let origin = Origin::start().await;
+    let (_t, _) = tunnel(&server, origin.port(), Some("edge")).await;
+
+    let r = get(&server, "edge", "/echo")
+        .header("x-huge", "a".repeat(100 * 1024))
+        .send()
+        .await;
+    match r {
+        Ok(r) => assert_eq!(r.status(), 431),
+        // hyper may close before the client finished sending the head: also a clear refusal.
+        Err(e) => assert!(e.is_request() || e.is_connect(), "{e}"),
+    }
+    let long = "a".repeat(64);
+    let r = get(&server, &long, "/").send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    let r = visitor()
+        .get(server.url())
+        .header(header::HOST, "edge.evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    // A path that is not UTF-8 (percent-encoded) passes through untouched.
+    let r = get(&server, "edge", "/echo?%ff%fe").send().await.unwrap();
+    assert_eq!(r.headers()["x-echo-uri"], "/echo?%ff%fe");
+    // The tunnel still works.
+    assert_eq!(
+        get(&server, "edge", "/echo").send().await.unwrap().status(),
+        200
+    );
+}

@@ -11,7 +11,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 /// Expose a local port at a fixed public URL through your own ggrok server.
 #[derive(Parser, Debug)]
-#[command(name = "ggrok", version, about)]
+#[command(name = "ggrok", version)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
