@@ -1,0 +1,121 @@
+//! The `ggrok` binary against a real server: URL on its own line, a log line per request, and a
+//! one-line reason with a non-zero exit when refused.
+
+use std::{process::Stdio, time::Duration};
+
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    net::TcpListener,
+    process::Command,
+};
+
+async fn server(config: ggrok_server::Config) -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(ggrok_server::run(listener, config, std::future::pending()));
+    addr
+}
+
+/// A one-route origin answering `hello` to anything.
+async fn origin() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\nhello",
+                    )
+                    .await;
+            });
+        }
+    });
+    port
+}
+
+fn ggrok(args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_ggrok"));
+    c.args(args)
+        .env_remove("GGROK_SERVER")
+        .env_remove("GGROK_TOKEN")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    c
+}
+
+#[tokio::test]
+async fn prints_the_url_then_one_line_per_request() {
+    let addr = server(ggrok_server::Config::new("localhost")).await;
+    let port = origin().await.to_string();
+    let server_url = format!("http://{addr}");
+    let mut child = ggrok(&["http", &port, "--server", &server_url, "--subdomain", "cli"])
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+    let url = out.next_line().await.unwrap().unwrap();
+    assert_eq!(url, format!("http://cli.localhost:{}", addr.port()));
+
+    let body = raw_get(addr, "cli.localhost", "/some/path?x=1").await;
+    assert!(body.ends_with("hello"), "{body}");
+    let line = tokio::time::timeout(Duration::from_secs(10), out.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(fields[1..4], ["GET", "/some/path?x=1", "200"], "{line}");
+    assert!(fields[4].ends_with("ms") && line.ends_with("5 B"), "{line}");
+}
+
+#[tokio::test]
+async fn refusals_exit_non_zero_with_one_line() {
+    let addr = server(ggrok_server::Config {
+        tokens: ggrok_server::Tokens::from_plain(["the-token"]),
+        ..ggrok_server::Config::new("localhost")
+    })
+    .await;
+    let server_url = format!("http://{addr}");
+    let out = ggrok(&["http", "3000", "--server", &server_url, "--token", "wrong"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(err.trim(), "ggrok: refused: the token was not accepted");
+
+    let out = ggrok(&[
+        "http",
+        "3000",
+        "--server",
+        &server_url,
+        "--subdomain",
+        "Bad_Name",
+    ])
+    .output()
+    .await
+    .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.starts_with("ggrok: cannot start the tunnel: bad subdomain"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
+
+/// A minimal HTTP/1.1 GET over a raw socket, with an explicit Host.
+async fn raw_get(addr: std::net::SocketAddr, host: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
