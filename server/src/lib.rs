@@ -106,9 +106,12 @@ pub async fn run(
 
 async fn serve_connection(shared: Arc<Shared>, stream: tokio::net::TcpStream, peer: SocketAddr) {
     let timeout = shared.config.header_read_timeout;
+    // Requests on one visitor connection come one after another, so they can share one stream.
+    let upstream = Arc::new(proxy::Upstream::default());
     let service = hyper::service::service_fn(move |req| {
         let shared = shared.clone();
-        async move { Ok::<_, Infallible>(route(shared, peer, req).await) }
+        let upstream = upstream.clone();
+        async move { Ok::<_, Infallible>(route(shared, peer, &upstream, req).await) }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
@@ -155,7 +158,12 @@ fn request_host<B>(req: &Request<B>) -> String {
     host.trim_end_matches('.').to_ascii_lowercase()
 }
 
-async fn route(shared: Arc<Shared>, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+async fn route(
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    upstream: &proxy::Upstream,
+    req: Request<Incoming>,
+) -> Response<Body> {
     let host = request_host(&req);
     let json = wants_json(req.headers());
     // hyper's read buffer bounds memory, not the head: enforce the documented limit here.
@@ -175,7 +183,7 @@ async fn route(shared: Arc<Shared>, peer: SocketAddr, req: Request<Incoming>) ->
     match classify(&host, &shared.config.domain) {
         Route::Tunnel(name) => {
             let name = name.to_owned();
-            proxy::forward(&shared, peer, &name, req).await
+            proxy::forward(&shared, peer, &name, upstream, req).await
         }
         Route::Apex => match req.uri().path() {
             CONNECT_PATH => connect::accept(&shared, peer, req),

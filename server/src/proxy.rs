@@ -1,25 +1,38 @@
-//! Public requests through a tunnel: one yamux stream per request, HTTP/1.1 on it.
+//! Public requests through a tunnel: HTTP/1.1 over yamux streams of the tunnel's session.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, sync::Mutex};
 
 use ggrok_tunnel::http_util::{
     self, boxed, error_page, is_upgrade, strip_hop_by_hop, wants_json, Body, PageKind,
 };
 use http::{header, HeaderValue, Request, Response, StatusCode, Uri};
-use hyper::body::Incoming;
+use hyper::{body::Incoming, client::conn::http1::SendRequest};
 use hyper_util::rt::TokioIo;
 use tracing::debug;
 
 use crate::Shared;
 
+/// The tunnel stream a visitor connection last used, kept for its next request: HTTP/1.1
+/// requests on one connection are sequential, so one stream serves them all, saving a stream
+/// open and a handshake per request.
+#[derive(Default)]
+pub(crate) struct Upstream(Mutex<Option<Cached>>);
+
+struct Cached {
+    name: String,
+    session: u64,
+    sender: SendRequest<Body>,
+}
+
 pub(crate) async fn forward(
     shared: &Shared,
     peer: SocketAddr,
     name: &str,
+    upstream: &Upstream,
     mut req: Request<Incoming>,
 ) -> Response<Body> {
     let json = wants_json(req.headers());
-    let Some(mut control) = shared.registry.control(name) else {
+    let Some((session, control)) = shared.registry.route(name) else {
         let message = format!("No tunnel is online at {name}.{}.", shared.config.domain);
         return error_page(
             StatusCode::NOT_FOUND,
@@ -51,26 +64,24 @@ pub(crate) async fn forward(
         .and_then(|p| Uri::try_from(p.as_str()).ok())
         .unwrap_or_else(|| Uri::from_static("/"));
 
-    let stream = match control.open_stream().await {
-        Ok(s) => s,
-        Err(e) => {
-            debug!(%e, "open stream failed");
-            return lost("is not answering (session closing)");
-        }
+    let cached = upstream
+        .0
+        .lock()
+        .expect("upstream lock")
+        .take()
+        .filter(|c| c.name == name && c.session == session && !c.sender.is_closed());
+    let reusable = match cached {
+        // Ready once the previous response has been read to its end.
+        Some(mut c) => c.sender.ready().await.is_ok().then_some(c.sender),
+        None => None,
     };
-    let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
-    {
-        Ok(pair) => pair,
-        Err(e) => {
-            debug!(%e, "stream handshake failed");
-            return lost("is not answering");
-        }
+    let mut sender = match reusable {
+        Some(sender) => sender,
+        None => match open(shared, control).await {
+            Ok(sender) => sender,
+            Err(what) => return lost(what),
+        },
     };
-    shared.spawn(async move {
-        if let Err(e) = conn.with_upgrades().await {
-            debug!(%e, "tunnel stream ended with an error");
-        }
-    });
     let mut resp = match sender
         .send_request(Request::from_parts(parts, boxed(body)))
         .await
@@ -82,6 +93,7 @@ pub(crate) async fn forward(
         }
     };
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        // The stream now belongs to the upgraded connection; it is not cached.
         if let Some(visitor) = visitor_upgrade {
             let tunnel = hyper::upgrade::on(&mut resp);
             shared.spawn(http_util::splice_upgrades(visitor, tunnel));
@@ -89,11 +101,39 @@ pub(crate) async fn forward(
         let (parts, _) = resp.into_parts();
         return Response::from_parts(parts, http_util::empty());
     }
+    *upstream.0.lock().expect("upstream lock") = Some(Cached {
+        name: name.to_owned(),
+        session,
+        sender,
+    });
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     // The visitor speaks to us, not to the origin: answer in our own HTTP version.
     parts.version = http::Version::default();
     Response::from_parts(parts, boxed(body))
+}
+
+/// Opens a stream on the session and starts HTTP/1.1 on it.
+async fn open(
+    shared: &Shared,
+    mut control: tokio_yamux::Control,
+) -> Result<SendRequest<Body>, &'static str> {
+    let stream = control.open_stream().await.map_err(|e| {
+        debug!(%e, "open stream failed");
+        "is not answering (session closing)"
+    })?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| {
+            debug!(%e, "stream handshake failed");
+            "is not answering"
+        })?;
+    shared.spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            debug!(%e, "tunnel stream ended with an error");
+        }
+    });
+    Ok(sender)
 }
 
 /// Adds `X-Forwarded-For/-Proto/-Host` the way common proxies do (appending to a visitor's

@@ -184,12 +184,14 @@ impl Registry {
         }
     }
 
-    /// The session handle for routing a request to `name`, if it is online.
-    pub fn control(&self, name: &str) -> Option<tokio_yamux::Control> {
+    /// The session serving `name`, if it is online: its id and its handle for opening streams.
+    pub fn route(&self, name: &str) -> Option<(u64, tokio_yamux::Control)> {
         match self.slots.lock().expect("registry lock").slots.get(name) {
             Some(Slot::Live {
-                control: Some(c), ..
-            }) => Some(c.clone()),
+                session,
+                control: Some(c),
+                ..
+            }) => Some((*session, c.clone())),
             _ => None,
         }
     }

@@ -411,3 +411,32 @@ async fn hostile_public_requests_get_clear_errors() {
         200
     );
 }
+
+#[tokio::test]
+async fn keep_alive_visitors_send_many_requests_on_one_connection() {
+    let server = Server::start(config()).await;
+    let origin = Origin::start().await;
+    let (_t, _) = tunnel(&server, origin.port(), Some("ka")).await;
+    // One pooled connection carries every request (and so one tunnel stream serves them all).
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(1)
+        .build()
+        .unwrap();
+    for i in 0..30 {
+        let path = ["/echo", "/status?404", "/bytes?100000"][i % 3];
+        let r = client
+            .post(format!("{}{path}", server.url()))
+            .header(header::HOST, host(&server, "ka"))
+            .body(format!("request {i}"))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        let body = r.bytes().await.unwrap();
+        match i % 3 {
+            0 => assert_eq!(body, format!("request {i}")),
+            1 => assert_eq!(status, 404),
+            _ => assert_eq!(body.len(), 100_000),
+        }
+    }
+}

@@ -43,7 +43,7 @@ pub const MAX_WRITE_BUFFER: usize = 4 * MAX_CHUNK;
 
 /// Streams one session may have open at once. Each holds at most one yamux window (256 KiB) of
 /// unread data, so this also bounds a session's buffered bytes.
-pub const MAX_STREAMS: usize = 1024;
+pub const MAX_STREAMS: usize = 4096;
 
 /// How often each side pings. PaaS routers drop WebSockets idle for about 55 s.
 pub const PING_INTERVAL: Duration = Duration::from_secs(20);
