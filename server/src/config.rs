@@ -76,6 +76,8 @@ pub struct Config {
     pub reconnect_grace: Duration,
     /// How long a visitor may take to send request headers (slowloris guard).
     pub header_read_timeout: Duration,
+    /// On shutdown, how long requests in flight may take to finish.
+    pub drain_timeout: Duration,
 }
 
 impl Config {
@@ -87,6 +89,7 @@ impl Config {
             heartbeat: Heartbeat::default(),
             reconnect_grace: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(10),
         }
     }
 }

@@ -42,28 +42,43 @@ const MAX_HEAD: usize = 64 * 1024;
 struct Shared {
     config: Config,
     registry: registry::Registry,
-    /// Fires on shutdown; every task the server spawns watches it.
+    /// Fires when shutdown begins: connections finish their request in flight, then close.
+    draining: CancellationToken,
+    /// Fires when shutdown ends (drained or past the deadline); every task watches it.
     cancel: CancellationToken,
+    /// Visitor and client HTTP connections: what a drain waits for.
+    conns: TaskTracker,
+    /// Sessions, tunnel streams and upgraded connections.
     tasks: TaskTracker,
 }
 
 impl Shared {
-    /// Spawns `fut` so that shutdown ends it and waits for it.
-    fn spawn<F>(&self, fut: F)
+    /// Spawns `fut` on `tracker` so that shutdown ends it and waits for it.
+    fn spawn_on<F>(&self, tracker: &TaskTracker, fut: F)
     where
         F: Future<Output = ()> + Send + 'static,
     {
         let cancel = self.cancel.clone();
-        self.tasks.spawn(async move {
+        tracker.spawn(async move {
             tokio::select! {
                 _ = cancel.cancelled() => {}
                 _ = fut => {}
             }
         });
     }
+
+    /// Spawns a background task that shutdown ends.
+    fn spawn<F>(&self, fut: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.spawn_on(&self.tasks, fut);
+    }
 }
 
-/// Serves `listener` until `shutdown` completes; then closes every connection and session.
+/// Serves `listener` until `shutdown` completes. Then it stops accepting, lets requests in
+/// flight finish for up to `config.drain_timeout`, and closes every connection and session
+/// (clients then reconnect, to this server's successor or another node).
 pub async fn run(
     listener: TcpListener,
     config: Config,
@@ -75,7 +90,9 @@ pub async fn run(
     let shared = Arc::new(Shared {
         registry: registry::Registry::new(config.reconnect_grace),
         config,
+        draining: CancellationToken::new(),
         cancel: CancellationToken::new(),
+        conns: TaskTracker::new(),
         tasks: TaskTracker::new(),
     });
     tokio::pin!(shutdown);
@@ -86,7 +103,7 @@ pub async fn run(
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
                     let conn_shared = shared.clone();
-                    shared.spawn(serve_connection(conn_shared, stream, peer));
+                    shared.spawn_on(&shared.conns, serve_connection(conn_shared, stream, peer));
                 }
                 Err(e) => {
                     // Usually EMFILE: back off instead of spinning.
@@ -96,16 +113,35 @@ pub async fn run(
             }
         }
     }
-    info!("shutting down");
     drop(listener);
+    let deadline = shared.config.drain_timeout;
+    info!(
+        in_flight = shared.conns.len(),
+        ?deadline,
+        "shutting down: draining connections"
+    );
+    shared.draining.cancel();
+    shared.conns.close();
+    if tokio::time::timeout(deadline, shared.conns.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            left = shared.conns.len(),
+            "drain deadline passed; closing what is left"
+        );
+    }
     shared.cancel.cancel();
     shared.tasks.close();
     shared.tasks.wait().await;
+    shared.conns.wait().await;
+    info!("stopped");
     Ok(())
 }
 
 async fn serve_connection(shared: Arc<Shared>, stream: tokio::net::TcpStream, peer: SocketAddr) {
     let timeout = shared.config.header_read_timeout;
+    let draining = shared.draining.clone();
     // Requests on one visitor connection come one after another, so they can share one stream.
     let upstream = Arc::new(proxy::Upstream::default());
     let service = hyper::service::service_fn(move |req| {
@@ -119,7 +155,16 @@ async fn serve_connection(shared: Arc<Shared>, stream: tokio::net::TcpStream, pe
         .max_buf_size(MAX_HEAD)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
-    if let Err(e) = conn.await {
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = draining.cancelled() => {
+            // Finish the request in flight (if any), then close instead of keeping alive.
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
         debug!(%e, %peer, "connection ended with an error");
     }
 }

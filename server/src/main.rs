@@ -28,6 +28,9 @@ struct Args {
     /// Seconds a dropped client's name stays held for it to reconnect.
     #[arg(long, env = "GGROK_RECONNECT_GRACE", default_value_t = 10)]
     reconnect_grace: u64,
+    /// On SIGTERM, seconds that requests in flight may take to finish.
+    #[arg(long, env = "GGROK_DRAIN_TIMEOUT", default_value_t = 10)]
+    drain_timeout: u64,
     /// Seconds between pings to each client.
     #[arg(long, env = "GGROK_HEARTBEAT_INTERVAL", default_value_t = 20)]
     heartbeat_interval: u64,
@@ -66,6 +69,7 @@ async fn main() -> anyhow::Result<()> {
             timeout: Duration::from_secs(args.heartbeat_timeout.max(1)),
         },
         reconnect_grace: Duration::from_secs(args.reconnect_grace),
+        drain_timeout: Duration::from_secs(args.drain_timeout),
         ..Config::new(args.domain)
     };
     let listener = tokio::net::TcpListener::bind(listen)

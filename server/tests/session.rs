@@ -303,3 +303,62 @@ async fn malformed_and_oversized_frames_close_only_their_session() {
         .unwrap();
     assert_eq!(r.text().await.unwrap(), "unaffected");
 }
+
+#[tokio::test]
+async fn shutdown_lets_requests_in_flight_finish() {
+    let server = Server::start(Config {
+        drain_timeout: Duration::from_secs(30),
+        ..config()
+    })
+    .await;
+    let addr = server.addr;
+    let origin = Origin::start().await;
+    let (_t, _) = tunnel(&server, origin.port(), Some("drain")).await;
+    let pending = tokio::spawn(get(&server, "drain", "/hang").send());
+    origin.state.reached.notified().await;
+
+    let stopping = tokio::spawn(server.stop());
+    // Draining: no new connections...
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while tokio::net::TcpStream::connect(addr).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("listener should close when shutdown begins");
+    assert!(
+        !stopping.is_finished(),
+        "server must wait for the request in flight"
+    );
+    // ...but the request in flight completes.
+    origin.state.gate.notify_one();
+    let r = pending.await.unwrap().unwrap();
+    assert_eq!(r.text().await.unwrap(), "released");
+    tokio::time::timeout(Duration::from_secs(10), stopping)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_cuts_requests_past_the_drain_deadline() {
+    let server = Server::start(Config {
+        drain_timeout: Duration::from_millis(200),
+        ..config()
+    })
+    .await;
+    let origin = Origin::start().await;
+    let (_t, _) = tunnel(&server, origin.port(), Some("cut")).await;
+    let pending = tokio::spawn(get(&server, "cut", "/hang").send());
+    origin.state.reached.notified().await;
+    tokio::time::timeout(Duration::from_secs(10), server.stop())
+        .await
+        .expect("shutdown must not hang");
+    let outcome = tokio::time::timeout(Duration::from_secs(10), pending)
+        .await
+        .expect("visitor must not hang");
+    assert!(
+        outcome.unwrap().is_err(),
+        "the cut request ends with a closed connection"
+    );
+}
