@@ -78,6 +78,8 @@ pub struct Config {
     pub header_read_timeout: Duration,
     /// On shutdown, how long requests in flight may take to finish.
     pub drain_timeout: Duration,
+    /// Hash of the bearer token that `/metrics` requires; `None` disables `/metrics`.
+    pub metrics_token: Option<TokenHash>,
 }
 
 impl Config {
@@ -90,6 +92,7 @@ impl Config {
             reconnect_grace: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(10),
+            metrics_token: None,
         }
     }
 }

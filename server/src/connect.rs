@@ -28,17 +28,11 @@ pub(crate) fn accept(
 ) -> Response<Body> {
     let (who, wanted, key) = match check(shared, req.headers()) {
         Ok(ok) => ok,
-        Err(refusal) => {
-            warn!(%peer, kind = ?refusal.error, "refused a session: {}", refusal.message);
-            return refuse(&refusal);
-        }
+        Err(refusal) => return refuse(shared, peer, &refusal),
     };
     let claim = match shared.registry.claim(wanted.as_deref(), &who) {
         Ok(claim) => claim,
-        Err(refusal) => {
-            warn!(%peer, kind = ?refusal.error, "refused a session: {}", refusal.message);
-            return refuse(&refusal);
-        }
+        Err(refusal) => return refuse(shared, peer, &refusal),
     };
     let url = public_url(req.headers(), &claim.name, &shared.config.domain);
     let name = claim.name.clone();
@@ -81,6 +75,7 @@ pub(crate) fn accept(
                 }
             };
             shared.registry.release(&claim.name, claim.session);
+            shared.metrics.forget(&claim.name);
             info!(%reason, "tunnel offline");
         }
         .instrument(span),
@@ -186,7 +181,9 @@ fn public_url(h: &HeaderMap, name: &str, domain: &str) -> String {
     }
 }
 
-fn refuse(refusal: &Refusal) -> Response<Body> {
+fn refuse(shared: &Shared, peer: SocketAddr, refusal: &Refusal) -> Response<Body> {
+    warn!(%peer, kind = refusal.error.as_str(), "refused a session: {}", refusal.message);
+    shared.metrics.connect_failure(refusal.error.as_str());
     let status = StatusCode::from_u16(refusal.error.status()).unwrap_or(StatusCode::BAD_REQUEST);
     Response::builder()
         .status(status)

@@ -17,6 +17,7 @@
 
 pub mod config;
 mod connect;
+pub mod metrics;
 mod proxy;
 pub mod registry;
 
@@ -42,6 +43,7 @@ const MAX_HEAD: usize = 64 * 1024;
 struct Shared {
     config: Config,
     registry: registry::Registry,
+    metrics: metrics::Metrics,
     /// Fires when shutdown begins: connections finish their request in flight, then close.
     draining: CancellationToken,
     /// Fires when shutdown ends (drained or past the deadline); every task watches it.
@@ -89,6 +91,7 @@ pub async fn run(
     }
     let shared = Arc::new(Shared {
         registry: registry::Registry::new(config.reconnect_grace),
+        metrics: metrics::Metrics::default(),
         config,
         draining: CancellationToken::new(),
         cancel: CancellationToken::new(),
@@ -218,10 +221,12 @@ async fn route(
         .map(|(k, v)| k.as_str().len() + v.len() + 4)
         .sum();
     if head + req.uri().to_string().len() > MAX_HEAD {
-        return error_page(
+        let message = format!("Request headers over {} KiB are refused.", MAX_HEAD / 1024);
+        return ggrok_error(
+            &shared,
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             PageKind::BadRequest,
-            &format!("Request headers over {} KiB are refused.", MAX_HEAD / 1024),
+            &message,
             json,
         );
     }
@@ -233,6 +238,7 @@ async fn route(
         Route::Apex => match req.uri().path() {
             CONNECT_PATH => connect::accept(&shared, peer, req),
             "/healthz" => text(StatusCode::OK, "ok\n"),
+            "/metrics" => metrics_endpoint(&shared, &req),
             "/" => landing(&shared),
             _ => error_page(
                 StatusCode::NOT_FOUND,
@@ -241,16 +247,64 @@ async fn route(
                 json,
             ),
         },
-        Route::Foreign => error_page(
-            StatusCode::NOT_FOUND,
-            PageKind::TunnelNotFound,
-            &format!(
+        Route::Foreign => {
+            let message = format!(
                 "This server only serves tunnels at *.{}.",
                 shared.config.domain
-            ),
-            json,
-        ),
+            );
+            ggrok_error(
+                &shared,
+                StatusCode::NOT_FOUND,
+                PageKind::TunnelNotFound,
+                &message,
+                json,
+            )
+        }
     }
+}
+
+/// An error page of ggrok's own, counted in the metrics.
+fn ggrok_error(
+    shared: &Shared,
+    status: StatusCode,
+    kind: PageKind,
+    message: &str,
+    json: bool,
+) -> Response<Body> {
+    shared.metrics.error(kind.code());
+    error_page(status, kind, message, json)
+}
+
+/// `/metrics`, only with the configured bearer token.
+fn metrics_endpoint<B>(shared: &Shared, req: &Request<B>) -> Response<Body> {
+    let Some(expected) = shared.config.metrics_token else {
+        return error_page(
+            StatusCode::NOT_FOUND,
+            PageKind::NotFound,
+            "Metrics are not enabled on this server.",
+            false,
+        );
+    };
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| config::hash_token(t.trim()));
+    if presented != Some(expected) {
+        return Response::builder()
+            .status(StatusCode::UNAUTHORIZED)
+            .header(header::WWW_AUTHENTICATE, "Bearer")
+            .body(full("metrics need the metrics token\n"))
+            .expect("static response");
+    }
+    Response::builder()
+        .header(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )
+        .body(full(shared.metrics.encode(shared.registry.online())))
+        .expect("static response")
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Body> {

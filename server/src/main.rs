@@ -31,6 +31,9 @@ struct Args {
     /// On SIGTERM, seconds that requests in flight may take to finish.
     #[arg(long, env = "GGROK_DRAIN_TIMEOUT", default_value_t = 10)]
     drain_timeout: u64,
+    /// Bearer token that enables Prometheus metrics at /metrics on the apex domain.
+    #[arg(long, env = "GGROK_METRICS_TOKEN", hide_env_values = true)]
+    metrics_token: Option<String>,
     /// Seconds between pings to each client.
     #[arg(long, env = "GGROK_HEARTBEAT_INTERVAL", default_value_t = 20)]
     heartbeat_interval: u64,
@@ -70,6 +73,12 @@ async fn main() -> anyhow::Result<()> {
         },
         reconnect_grace: Duration::from_secs(args.reconnect_grace),
         drain_timeout: Duration::from_secs(args.drain_timeout),
+        metrics_token: args
+            .metrics_token
+            .as_deref()
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(ggrok_server::config::hash_token),
         ..Config::new(args.domain)
     };
     let listener = tokio::net::TcpListener::bind(listen)

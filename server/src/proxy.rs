@@ -1,9 +1,10 @@
 //! Public requests through a tunnel: HTTP/1.1 over yamux streams of the tunnel's session.
 
-use std::{net::SocketAddr, sync::Mutex};
+use std::{net::SocketAddr, sync::Mutex, time::Instant};
 
-use ggrok_tunnel::http_util::{
-    self, boxed, error_page, is_upgrade, strip_hop_by_hop, wants_json, Body, PageKind,
+use ggrok_tunnel::{
+    http_util::{self, boxed, is_upgrade, strip_hop_by_hop, wants_json, Body, PageKind},
+    protocol::HEADER_ERROR,
 };
 use http::{header, HeaderValue, Request, Response, StatusCode, Uri};
 use hyper::{body::Incoming, client::conn::http1::SendRequest};
@@ -32,9 +33,11 @@ pub(crate) async fn forward(
     mut req: Request<Incoming>,
 ) -> Response<Body> {
     let json = wants_json(req.headers());
+    let started = Instant::now();
     let Some((session, control)) = shared.registry.route(name) else {
         let message = format!("No tunnel is online at {name}.{}.", shared.config.domain);
-        return error_page(
+        return crate::ggrok_error(
+            shared,
             StatusCode::NOT_FOUND,
             PageKind::TunnelNotFound,
             &message,
@@ -45,7 +48,8 @@ pub(crate) async fn forward(
         let message = format!(
             "The tunnel {name} is registered but its client {what}. Try again in a moment."
         );
-        error_page(
+        crate::ggrok_error(
+            shared,
             StatusCode::BAD_GATEWAY,
             PageKind::TunnelLost,
             &message,
@@ -55,6 +59,7 @@ pub(crate) async fn forward(
 
     let visitor_upgrade = is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
+    let body = shared.metrics.count_body(name, true, boxed(body));
     let public_host = parts.headers.get(header::HOST).cloned();
     strip_hop_by_hop(&mut parts.headers);
     add_forwarded(&mut parts.headers, peer, public_host);
@@ -82,16 +87,21 @@ pub(crate) async fn forward(
             Err(what) => return lost(what),
         },
     };
-    let mut resp = match sender
-        .send_request(Request::from_parts(parts, boxed(body)))
-        .await
-    {
+    let mut resp = match sender.send_request(Request::from_parts(parts, body)).await {
         Ok(r) => r,
         Err(e) => {
             debug!(%e, "request through tunnel failed");
             return lost("went away while handling the request");
         }
     };
+    shared.metrics.request(name, started.elapsed());
+    if let Some(kind) = resp
+        .headers()
+        .get(HEADER_ERROR)
+        .and_then(|v| v.to_str().ok())
+    {
+        shared.metrics.error(kind);
+    }
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         // The stream now belongs to the upgraded connection; it is not cached.
         if let Some(visitor) = visitor_upgrade {
@@ -110,7 +120,7 @@ pub(crate) async fn forward(
     strip_hop_by_hop(&mut parts.headers);
     // The visitor speaks to us, not to the origin: answer in our own HTTP version.
     parts.version = http::Version::default();
-    Response::from_parts(parts, boxed(body))
+    Response::from_parts(parts, shared.metrics.count_body(name, false, boxed(body)))
 }
 
 /// Opens a stream on the session and starts HTTP/1.1 on it.

@@ -440,3 +440,53 @@ async fn keep_alive_visitors_send_many_requests_on_one_connection() {
         }
     }
 }
+
+#[tokio::test]
+async fn health_and_metrics_on_the_apex() {
+    let server = Server::start(ggrok_server::Config {
+        metrics_token: Some(ggrok_server::config::hash_token("metrics-secret")),
+        ..config()
+    })
+    .await;
+    let origin = Origin::start().await;
+    let (_t, _) = tunnel(&server, origin.port(), Some("metered")).await;
+    let r = get(&server, "metered", "/echo")
+        .body("12345")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.bytes().await.unwrap(), "12345");
+    get(&server, "ghost", "/").send().await.unwrap();
+
+    let r = visitor()
+        .get(format!("{}/healthz", server.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), "ok\n");
+    let r = visitor()
+        .get(format!("{}/metrics", server.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = visitor()
+        .get(format!("{}/metrics", server.url()))
+        .bearer_auth("metrics-secret")
+        .send()
+        .await
+        .unwrap();
+    let text = r.text().await.unwrap();
+    for line in [
+        "ggrok_tunnels_online 1",
+        r#"ggrok_requests_total{tunnel="metered"} 1"#,
+        r#"ggrok_bytes_total{tunnel="metered",direction="In"} 5"#,
+        r#"ggrok_bytes_total{tunnel="metered",direction="Out"} 5"#,
+        r#"ggrok_errors_total{kind="tunnel_not_found"} 1"#,
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in\n{text}"
+        );
+    }
+}

@@ -110,7 +110,8 @@ pub enum PageKind {
 }
 
 impl PageKind {
-    fn code(self) -> &'static str {
+    /// The code sent in the `ggrok-error` header.
+    pub fn code(self) -> &'static str {
         match self {
             Self::TunnelNotFound => "tunnel_not_found",
             Self::LocalUnreachable => "local_unreachable",

@@ -97,6 +97,19 @@ impl RefusalKind {
         }
     }
 
+    /// The wire name (as in the JSON body).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unauthorized => "unauthorized",
+            Self::NameTaken => "name_taken",
+            Self::NameReserved => "name_reserved",
+            Self::InvalidName => "invalid_name",
+            Self::VersionMismatch => "version_mismatch",
+            Self::BadRequest => "bad_request",
+            Self::Unavailable => "unavailable",
+        }
+    }
+
     /// Whether a client should give up rather than retry.
     pub fn is_final(self) -> bool {
         !matches!(self, Self::Unavailable)
@@ -220,5 +233,12 @@ mod tests {
         let json = serde_json::to_string(&r).unwrap();
         assert_eq!(json, r#"{"error":"name_taken","message":"taken"}"#);
         assert_eq!(serde_json::from_str::<Refusal>(&json).unwrap(), r);
+        for kind in [
+            RefusalKind::Unauthorized,
+            RefusalKind::VersionMismatch,
+            RefusalKind::Unavailable,
+        ] {
+            assert_eq!(serde_json::to_value(kind).unwrap(), kind.as_str());
+        }
     }
 }
