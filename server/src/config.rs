@@ -1,6 +1,6 @@
 //! Server settings and the token set.
 
-use std::{collections::HashSet, time::Duration};
+use std::{collections::HashSet, path::Path, sync::Arc, time::Duration};
 
 use ggrok_tunnel::protocol::Heartbeat;
 use sha2::{Digest, Sha256};
@@ -12,6 +12,55 @@ pub type TokenHash = [u8; 32];
 /// Hashes a token.
 pub fn hash_token(token: &str) -> TokenHash {
     Sha256::digest(token.as_bytes()).into()
+}
+
+/// Loads a PEM certificate chain (e.g. a wildcard `*.DOMAIN` plus `DOMAIN` certificate) and
+/// its private key into a TLS config that offers HTTP/2 and HTTP/1.1 by ALPN.
+pub fn load_tls(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    use rustls_pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+    fn read(p: &Path, what: &'static str) -> impl FnOnce(rustls_pki_types::pem::Error) -> TlsError {
+        let path = p.display().to_string();
+        move |e| TlsError::Read {
+            what,
+            path,
+            reason: e.to_string(),
+        }
+    }
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(read(cert, "certificate"))?;
+    if chain.is_empty() {
+        return Err(TlsError::Read {
+            what: "certificate",
+            path: cert.display().to_string(),
+            reason: "no certificate in file".into(),
+        });
+    }
+    let key = PrivateKeyDer::from_pem_file(key).map_err(read(key, "private key"))?;
+    let mut config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| TlsError::Invalid(e.to_string()))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Why TLS could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A file is missing or not PEM.
+    #[error("cannot read the TLS {what} from {path}: {reason}")]
+    Read {
+        /// Certificate or key.
+        what: &'static str,
+        /// The file.
+        path: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// Certificate and key do not form a usable pair.
+    #[error("unusable TLS certificate or key: {0}")]
+    Invalid(String),
 }
 
 /// The tokens the server accepts. Empty means open mode: anyone may connect.
@@ -80,6 +129,9 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Hash of the bearer token that `/metrics` requires; `None` disables `/metrics`.
     pub metrics_token: Option<TokenHash>,
+    /// Serve HTTPS (and `wss://` for clients) with this certificate; `None` serves plain HTTP,
+    /// for loopback or behind a TLS-terminating proxy.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Config {
@@ -93,6 +145,7 @@ impl Config {
             header_read_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(10),
             metrics_token: None,
+            tls: None,
         }
     }
 }

@@ -18,14 +18,15 @@ use tokio_tungstenite::{
 };
 use tracing::{info, info_span, warn, Instrument};
 
-use crate::{registry::Claimant, Shared};
+use crate::{registry::Claimant, Shared, Visitor};
 
 /// Answers a connect request: `101` and a session task, or a refusal.
 pub(crate) fn accept(
     shared: &Arc<Shared>,
-    peer: SocketAddr,
+    visitor: Visitor,
     mut req: Request<Incoming>,
 ) -> Response<Body> {
+    let peer = visitor.peer;
     let (who, wanted, key) = match check(shared, req.headers()) {
         Ok(ok) => ok,
         Err(refusal) => return refuse(shared, peer, &refusal),
@@ -34,7 +35,12 @@ pub(crate) fn accept(
         Ok(claim) => claim,
         Err(refusal) => return refuse(shared, peer, &refusal),
     };
-    let url = public_url(req.headers(), &claim.name, &shared.config.domain);
+    let url = public_url(
+        req.headers(),
+        visitor.secure,
+        &claim.name,
+        &shared.config.domain,
+    );
     let name = claim.name.clone();
     let on_upgrade = hyper::upgrade::on(&mut req);
 
@@ -159,7 +165,7 @@ fn check(shared: &Shared, h: &HeaderMap) -> Result<(Claimant, Option<String>, St
 }
 
 /// The URL visitors use: the scheme and port the client itself reached the server with.
-fn public_url(h: &HeaderMap, name: &str, domain: &str) -> String {
+fn public_url(h: &HeaderMap, secure: bool, name: &str, domain: &str) -> String {
     let host = h
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())
@@ -168,10 +174,10 @@ fn public_url(h: &HeaderMap, name: &str, domain: &str) -> String {
         .rsplit_once(':')
         .map(|(_, p)| p)
         .filter(|p| p.chars().all(|c| c.is_ascii_digit()));
-    let https = h
-        .get("x-forwarded-proto")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("https"));
+    let https = secure
+        || h.get("x-forwarded-proto")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("https"));
     let scheme = if https { "https" } else { "http" };
     match port {
         Some(p) if !((https && p == "443") || (!https && p == "80")) => {
@@ -203,13 +209,13 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(header::HOST, HeaderValue::from_static("127.0.0.1:8080"));
         assert_eq!(
-            public_url(&h, "app", "localhost"),
+            public_url(&h, false, "app", "localhost"),
             "http://app.localhost:8080"
         );
         h.insert(header::HOST, HeaderValue::from_static("tunnel.example.com"));
         h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
         assert_eq!(
-            public_url(&h, "app", "tunnel.example.com"),
+            public_url(&h, false, "app", "tunnel.example.com"),
             "https://app.tunnel.example.com"
         );
     }

@@ -29,7 +29,7 @@ use ggrok_tunnel::{
 };
 use http::{header, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{debug, info, warn};
@@ -106,7 +106,7 @@ pub async fn run(
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
                     let conn_shared = shared.clone();
-                    shared.spawn_on(&shared.conns, serve_connection(conn_shared, stream, peer));
+                    shared.spawn_on(&shared.conns, accept_connection(conn_shared, stream, peer));
                 }
                 Err(e) => {
                     // Usually EMFILE: back off instead of spinning.
@@ -142,33 +142,84 @@ pub async fn run(
     Ok(())
 }
 
-async fn serve_connection(shared: Arc<Shared>, stream: tokio::net::TcpStream, peer: SocketAddr) {
+/// Who sent a request and how: what routing, forwarding headers and URLs depend on.
+#[derive(Debug, Clone, Copy)]
+struct Visitor {
+    peer: SocketAddr,
+    /// Came over TLS (ours); decides `X-Forwarded-Proto` and public URL schemes.
+    secure: bool,
+}
+
+/// Completes TLS when configured (HTTP/2 or HTTP/1.1 by ALPN), then serves HTTP.
+async fn accept_connection(shared: Arc<Shared>, stream: tokio::net::TcpStream, peer: SocketAddr) {
+    let Some(tls) = shared.config.tls.clone() else {
+        return serve_connection(
+            shared,
+            stream,
+            Visitor {
+                peer,
+                secure: false,
+            },
+            false,
+        )
+        .await;
+    };
+    let handshake = tokio_rustls::TlsAcceptor::from(tls).accept(stream);
+    let stream = match tokio::time::timeout(shared.config.header_read_timeout, handshake).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return debug!(%e, %peer, "TLS handshake failed"),
+        Err(_) => return debug!(%peer, "TLS handshake timed out"),
+    };
+    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+    serve_connection(shared, stream, Visitor { peer, secure: true }, h2).await;
+}
+
+async fn serve_connection<I>(shared: Arc<Shared>, io: I, visitor: Visitor, h2: bool)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let timeout = shared.config.header_read_timeout;
     let draining = shared.draining.clone();
     // Requests on one visitor connection come one after another, so they can share one stream.
+    // (HTTP/2 requests are concurrent: each opens its own.)
     let upstream = Arc::new(proxy::Upstream::default());
     let service = hyper::service::service_fn(move |req| {
         let shared = shared.clone();
-        let upstream = upstream.clone();
-        async move { Ok::<_, Infallible>(route(shared, peer, &upstream, req).await) }
+        let upstream = (!h2).then(|| upstream.clone());
+        async move { Ok::<_, Infallible>(route(shared, visitor, upstream.as_deref(), req).await) }
     });
-    let conn = hyper::server::conn::http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(timeout)
-        .max_buf_size(MAX_HEAD)
-        .serve_connection(TokioIo::new(stream), service)
-        .with_upgrades();
-    tokio::pin!(conn);
-    let result = tokio::select! {
-        r = conn.as_mut() => r,
-        _ = draining.cancelled() => {
-            // Finish the request in flight (if any), then close instead of keeping alive.
-            conn.as_mut().graceful_shutdown();
-            conn.await
+    let result = if h2 {
+        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .max_header_list_size(MAX_HEAD as u32)
+            .serve_connection(TokioIo::new(io), service);
+        tokio::pin!(conn);
+        tokio::select! {
+            r = conn.as_mut() => r,
+            _ = draining.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        }
+    } else {
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(timeout)
+            .max_buf_size(MAX_HEAD)
+            .serve_connection(TokioIo::new(io), service)
+            .with_upgrades();
+        tokio::pin!(conn);
+        tokio::select! {
+            r = conn.as_mut() => r,
+            _ = draining.cancelled() => {
+                // Finish the request in flight (if any), then close instead of keeping alive.
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
         }
     };
     if let Err(e) = result {
-        debug!(%e, %peer, "connection ended with an error");
+        debug!(%e, peer = %visitor.peer, "connection ended with an error");
     }
 }
 
@@ -208,8 +259,8 @@ fn request_host<B>(req: &Request<B>) -> String {
 
 async fn route(
     shared: Arc<Shared>,
-    peer: SocketAddr,
-    upstream: &proxy::Upstream,
+    visitor: Visitor,
+    upstream: Option<&proxy::Upstream>,
     req: Request<Incoming>,
 ) -> Response<Body> {
     let host = request_host(&req);
@@ -233,10 +284,10 @@ async fn route(
     match classify(&host, &shared.config.domain) {
         Route::Tunnel(name) => {
             let name = name.to_owned();
-            proxy::forward(&shared, peer, &name, upstream, req).await
+            proxy::forward(&shared, visitor, &name, upstream, req).await
         }
         Route::Apex => match req.uri().path() {
-            CONNECT_PATH => connect::accept(&shared, peer, req),
+            CONNECT_PATH => connect::accept(&shared, visitor, req),
             "/healthz" => text(StatusCode::OK, "ok\n"),
             "/metrics" => metrics_endpoint(&shared, &req),
             "/" => landing(&shared),

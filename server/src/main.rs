@@ -31,6 +31,12 @@ struct Args {
     /// On SIGTERM, seconds that requests in flight may take to finish.
     #[arg(long, env = "GGROK_DRAIN_TIMEOUT", default_value_t = 10)]
     drain_timeout: u64,
+    /// PEM certificate chain for HTTPS/wss (a wildcard *.DOMAIN certificate that also covers DOMAIN).
+    #[arg(long, env = "GGROK_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "GGROK_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
     /// Bearer token that enables Prometheus metrics at /metrics on the apex domain.
     #[arg(long, env = "GGROK_METRICS_TOKEN", hide_env_values = true)]
     metrics_token: Option<String>,
@@ -81,6 +87,11 @@ async fn main() -> anyhow::Result<()> {
             .map(ggrok_server::config::hash_token),
         ..Config::new(args.domain)
     };
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(ggrok_server::config::load_tls(cert, key)?),
+        _ => None,
+    };
+    let config = Config { tls, ..config };
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
@@ -88,6 +99,7 @@ async fn main() -> anyhow::Result<()> {
         addr = %listener.local_addr()?,
         domain = %config.domain,
         tokens = config.tokens.len(),
+        tls = config.tls.is_some(),
         "listening"
     );
     ggrok_server::run(listener, config, shutdown_signal()).await?;

@@ -1,6 +1,6 @@
 //! Public requests through a tunnel: HTTP/1.1 over yamux streams of the tunnel's session.
 
-use std::{net::SocketAddr, sync::Mutex, time::Instant};
+use std::{sync::Mutex, time::Instant};
 
 use ggrok_tunnel::{
     http_util::{self, boxed, is_upgrade, strip_hop_by_hop, wants_json, Body, PageKind},
@@ -11,7 +11,7 @@ use hyper::{body::Incoming, client::conn::http1::SendRequest};
 use hyper_util::rt::TokioIo;
 use tracing::debug;
 
-use crate::Shared;
+use crate::{Shared, Visitor};
 
 /// The tunnel stream a visitor connection last used, kept for its next request: HTTP/1.1
 /// requests on one connection are sequential, so one stream serves them all, saving a stream
@@ -27,9 +27,9 @@ struct Cached {
 
 pub(crate) async fn forward(
     shared: &Shared,
-    peer: SocketAddr,
+    visitor: Visitor,
     name: &str,
-    upstream: &Upstream,
+    upstream: Option<&Upstream>,
     mut req: Request<Incoming>,
 ) -> Response<Body> {
     let json = wants_json(req.headers());
@@ -60,9 +60,14 @@ pub(crate) async fn forward(
     let visitor_upgrade = is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     let body = shared.metrics.count_body(name, true, boxed(body));
-    let public_host = parts.headers.get(header::HOST).cloned();
+    // HTTP/2 visitors name the host in the URI authority instead of a Host header.
+    let public_host = parts.headers.get(header::HOST).cloned().or_else(|| {
+        let authority = parts.uri.authority()?;
+        HeaderValue::from_str(authority.as_str()).ok()
+    });
+    parts.version = http::Version::HTTP_11;
     strip_hop_by_hop(&mut parts.headers);
-    add_forwarded(&mut parts.headers, peer, public_host);
+    add_forwarded(&mut parts.headers, visitor, public_host);
     parts.uri = parts
         .uri
         .path_and_query()
@@ -70,10 +75,7 @@ pub(crate) async fn forward(
         .unwrap_or_else(|| Uri::from_static("/"));
 
     let cached = upstream
-        .0
-        .lock()
-        .expect("upstream lock")
-        .take()
+        .and_then(|u| u.0.lock().expect("upstream lock").take())
         .filter(|c| c.name == name && c.session == session && !c.sender.is_closed());
     let reusable = match cached {
         // Ready once the previous response has been read to its end.
@@ -104,18 +106,20 @@ pub(crate) async fn forward(
     }
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         // The stream now belongs to the upgraded connection; it is not cached.
-        if let Some(visitor) = visitor_upgrade {
-            let tunnel = hyper::upgrade::on(&mut resp);
-            shared.spawn(http_util::splice_upgrades(visitor, tunnel));
+        if let Some(visitor_io) = visitor_upgrade {
+            let tunnel_io = hyper::upgrade::on(&mut resp);
+            shared.spawn(http_util::splice_upgrades(visitor_io, tunnel_io));
         }
         let (parts, _) = resp.into_parts();
         return Response::from_parts(parts, http_util::empty());
     }
-    *upstream.0.lock().expect("upstream lock") = Some(Cached {
-        name: name.to_owned(),
-        session,
-        sender,
-    });
+    if let Some(u) = upstream {
+        *u.0.lock().expect("upstream lock") = Some(Cached {
+            name: name.to_owned(),
+            session,
+            sender,
+        });
+    }
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     // The visitor speaks to us, not to the origin: answer in our own HTTP version.
@@ -148,8 +152,8 @@ async fn open(
 
 /// Adds `X-Forwarded-For/-Proto/-Host` the way common proxies do (appending to a visitor's
 /// `X-Forwarded-For` rather than trusting or discarding it).
-fn add_forwarded(h: &mut http::HeaderMap, peer: SocketAddr, public_host: Option<HeaderValue>) {
-    let ip = peer.ip().to_canonical().to_string();
+fn add_forwarded(h: &mut http::HeaderMap, visitor: Visitor, public_host: Option<HeaderValue>) {
+    let ip = visitor.peer.ip().to_canonical().to_string();
     let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
         Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
         _ => ip,
@@ -157,7 +161,8 @@ fn add_forwarded(h: &mut http::HeaderMap, peer: SocketAddr, public_host: Option<
     if let Ok(v) = HeaderValue::from_str(&xff) {
         h.insert("x-forwarded-for", v);
     }
-    h.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    let proto = if visitor.secure { "https" } else { "http" };
+    h.insert("x-forwarded-proto", HeaderValue::from_static(proto));
     if let Some(host) = public_host {
         h.insert("x-forwarded-host", host.clone());
         // The client rewrites Host for the local service; it needs one to start from.

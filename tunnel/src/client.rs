@@ -104,6 +104,8 @@ pub struct TunnelConfig {
     pub ring_size: usize,
     /// Bytes of each body kept for inspection.
     pub capture_limit: usize,
+    /// Extra CA certificate (PEM) to trust for `wss://`, for servers with a private CA.
+    pub ca_cert: Option<std::path::PathBuf>,
 }
 
 impl TunnelConfig {
@@ -122,6 +124,7 @@ impl TunnelConfig {
             backoff: Backoff::default(),
             ring_size: DEFAULT_RING_SIZE,
             capture_limit: DEFAULT_CAPTURE_LIMIT,
+            ca_cert: None,
         }
     }
 
@@ -153,6 +156,9 @@ pub enum ConfigError {
     /// The subdomain is not a DNS label.
     #[error("bad subdomain: {0}")]
     Subdomain(#[from] protocol::NameError),
+    /// The CA certificate file is unusable.
+    #[error("bad CA certificate: {0}")]
+    CaCert(String),
     /// Port 0 is not a service.
     #[error("local port must be between 1 and 65535")]
     Port,
@@ -207,6 +213,10 @@ impl Tunnel {
         if config.local.port == 0 {
             return Err(ConfigError::Port);
         }
+        let connector = match &config.ca_cert {
+            Some(path) => Some(tls_connector(path)?),
+            None => None,
+        };
         let traffic = Traffic::new(config.ring_size, config.capture_limit);
         let forwarder = Forwarder::new(config.local.clone(), traffic);
         let (tx, rx) = watch::channel(Status::Connecting);
@@ -215,6 +225,7 @@ impl Tunnel {
             url,
             config,
             client_id: format!("{:032x}", rand::random::<u128>()),
+            connector,
             forwarder: forwarder.clone(),
             status: tx,
             cancel: cancel.clone(),
@@ -276,6 +287,8 @@ impl Drop for Tunnel {
 
 struct Engine {
     url: String,
+    /// TLS settings when a private CA is trusted; `None` uses the system's roots.
+    connector: Option<tokio_tungstenite::Connector>,
     config: TunnelConfig,
     client_id: String,
     forwarder: Arc<Forwarder>,
@@ -360,7 +373,12 @@ impl Engine {
         let ws_config = protocol::websocket_config();
         // A black-holed server must not hang the engine: the handshake gets the same budget as
         // a silent peer.
-        let handshake = tokio_tungstenite::connect_async_with_config(req, Some(ws_config), true);
+        let handshake = tokio_tungstenite::connect_async_tls_with_config(
+            req,
+            Some(ws_config),
+            true,
+            self.connector.clone(),
+        );
         let (ws, resp) = tokio::time::timeout(self.config.heartbeat.timeout, handshake)
             .await
             .map_err(|_| {
@@ -429,6 +447,29 @@ impl Engine {
         streams.cancel();
         reason
     }
+}
+
+/// A TLS connector trusting the system roots plus the CA in `path`.
+fn tls_connector(path: &std::path::Path) -> Result<tokio_tungstenite::Connector, ConfigError> {
+    use rustls_pki_types::{pem::PemObject, CertificateDer};
+    let bad = |e: &dyn std::fmt::Display| ConfigError::CaCert(format!("{}: {e}", path.display()));
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(cert);
+    }
+    let certs = CertificateDer::pem_file_iter(path).map_err(|e| bad(&e))?;
+    let mut added = 0;
+    for cert in certs {
+        roots.add(cert.map_err(|e| bad(&e))?).map_err(|e| bad(&e))?;
+        added += 1;
+    }
+    if added == 0 {
+        return Err(bad(&"no certificate in file"));
+    }
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_tungstenite::Connector::Rustls(Arc::new(config)))
 }
 
 struct Session {

@@ -40,6 +40,9 @@ struct HttpArgs {
     /// Host of the local service.
     #[arg(long, default_value = "localhost")]
     local_host: String,
+    /// Extra CA certificate (PEM) to trust, for a server with a private or self-signed CA.
+    #[arg(long, env = "GGROK_CA_CERT")]
+    ca_cert: Option<std::path::PathBuf>,
     /// Pass the public Host header through instead of rewriting it to the local target.
     #[arg(long)]
     keep_host: bool,
@@ -74,6 +77,7 @@ async fn http(args: HttpArgs) -> anyhow::Result<ExitCode> {
     let mut config = TunnelConfig::new(args.server, args.port);
     config.token = args.token.filter(|t| !t.is_empty()).map(Secret::new);
     config.subdomain = args.subdomain;
+    config.ca_cert = args.ca_cert;
     config.local = LocalTarget {
         host: args.local_host,
         port: args.port,
