@@ -113,7 +113,7 @@ impl std::fmt::Debug for Tokens {
 }
 
 /// Everything `run` needs besides the listener.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Config {
     /// Tunnels are served at `NAME.domain`; the apex serves the control endpoint.
     pub domain: String,
@@ -132,6 +132,24 @@ pub struct Config {
     /// Serve HTTPS (and `wss://` for clients) with this certificate; `None` serves plain HTTP,
     /// for loopback or behind a TLS-terminating proxy.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Tokens and reserved names created with `ggrok-server token ...`; read on every connect.
+    pub store: Option<Arc<crate::store::Store>>,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("domain", &self.domain)
+            .field("tokens", &self.tokens)
+            .field("heartbeat", &self.heartbeat)
+            .field("reconnect_grace", &self.reconnect_grace)
+            .field("header_read_timeout", &self.header_read_timeout)
+            .field("drain_timeout", &self.drain_timeout)
+            .field("metrics_token", &self.metrics_token.map(|_| "MASKED"))
+            .field("tls", &self.tls.is_some())
+            .field("store", &self.store.is_some())
+            .finish()
+    }
 }
 
 impl Config {
@@ -146,6 +164,7 @@ impl Config {
             drain_timeout: Duration::from_secs(10),
             metrics_token: None,
             tls: None,
+            store: None,
         }
     }
 }

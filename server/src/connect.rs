@@ -133,20 +133,44 @@ fn check(shared: &Shared, h: &HeaderMap) -> Result<(Claimant, Option<String>, St
             ),
         ));
     }
-    let token =
-        if shared.config.tokens.is_open() {
-            None
-        } else {
-            let presented = get(header::AUTHORIZATION.as_str())
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .map(str::trim)
-                .ok_or_else(|| {
-                    Refusal::new(RefusalKind::Unauthorized, "this server requires a token")
-                })?;
-            Some(shared.config.tokens.check(presented).ok_or_else(|| {
-                Refusal::new(RefusalKind::Unauthorized, "the token was not accepted")
-            })?)
-        };
+    let unavailable = |e: crate::store::StoreError| {
+        warn!(%e, "token database error");
+        Refusal::new(
+            RefusalKind::Unavailable,
+            "the server cannot check tokens right now",
+        )
+    };
+    let store = shared.config.store.as_deref();
+    let open = shared.config.tokens.is_open()
+        && !store
+            .map(|s| s.has_tokens())
+            .transpose()
+            .map_err(unavailable)?
+            .unwrap_or(false);
+    let (token, token_id) = if open {
+        (None, None)
+    } else {
+        let presented = get(header::AUTHORIZATION.as_str())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .ok_or_else(|| {
+                Refusal::new(RefusalKind::Unauthorized, "this server requires a token")
+            })?;
+        let not_accepted = || Refusal::new(RefusalKind::Unauthorized, "the token was not accepted");
+        match shared.config.tokens.check(presented) {
+            Some(hash) => (Some(hash), None),
+            None => {
+                let hash = crate::config::hash_token(presented);
+                let id = store
+                    .map(|s| s.token_by_hash(&hash))
+                    .transpose()
+                    .map_err(unavailable)?
+                    .flatten()
+                    .ok_or_else(not_accepted)?;
+                (Some(hash), Some(id))
+            }
+        }
+    };
     let wanted = match get(protocol::HEADER_SUBDOMAIN) {
         Some(name) => {
             let name = name.to_ascii_lowercase();
@@ -156,6 +180,17 @@ fn check(shared: &Shared, h: &HeaderMap) -> Result<(Claimant, Option<String>, St
         }
         None => None,
     };
+    if let (Some(name), Some(store)) = (&wanted, store) {
+        match store.reserved_for(name).map_err(unavailable)? {
+            Some(owner) if Some(owner) != token_id => {
+                return Err(Refusal::new(
+                    RefusalKind::NameReserved,
+                    format!("the subdomain {name:?} is reserved for another token"),
+                ));
+            }
+            _ => {}
+        }
+    }
     let client_id = match get(protocol::HEADER_CLIENT_ID) {
         Some(id) if !id.is_empty() && id.len() <= 128 => id.to_owned(),
         // No id: a fresh random one, so this client can never take over anyone's session.

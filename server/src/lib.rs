@@ -20,6 +20,7 @@ mod connect;
 pub mod metrics;
 mod proxy;
 pub mod registry;
+pub mod store;
 
 use std::{convert::Infallible, future::Future, net::SocketAddr, sync::Arc};
 
@@ -86,7 +87,12 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    if config.tokens.is_open() {
+    let stored = config
+        .store
+        .as_ref()
+        .map(|s| s.has_tokens().unwrap_or(true))
+        .unwrap_or(false);
+    if config.tokens.is_open() && !stored {
         warn!("no tokens configured: open mode, anyone who can reach this server may open tunnels");
     }
     let shared = Arc::new(Shared {

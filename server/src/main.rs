@@ -3,8 +3,8 @@
 use std::{net::SocketAddr, time::Duration};
 
 use anyhow::Context as _;
-use clap::Parser;
-use ggrok_server::{Config, Tokens};
+use clap::{Parser, Subcommand};
+use ggrok_server::{store::Store, Config, Tokens};
 use ggrok_tunnel::protocol::Heartbeat;
 
 /// The self-hosted ggrok tunnel server: routes NAME.DOMAIN to the client holding NAME.
@@ -40,12 +40,119 @@ struct Args {
     /// Bearer token that enables Prometheus metrics at /metrics on the apex domain.
     #[arg(long, env = "GGROK_METRICS_TOKEN", hide_env_values = true)]
     metrics_token: Option<String>,
+    /// SQLite database of tokens and reserved subdomains (created if missing).
+    #[arg(long, env = "GGROK_DB", default_value = "ggrok.db", global = true)]
+    db: std::path::PathBuf,
+    #[command(subcommand)]
+    command: Option<Admin>,
     /// Seconds between pings to each client.
     #[arg(long, env = "GGROK_HEARTBEAT_INTERVAL", default_value_t = 20)]
     heartbeat_interval: u64,
     /// Seconds of silence after which a client counts as gone and its name is freed.
     #[arg(long, env = "GGROK_HEARTBEAT_TIMEOUT", default_value_t = 45)]
     heartbeat_timeout: u64,
+}
+
+/// Administration of the token database; takes effect on a running server without a restart.
+#[derive(Subcommand, Debug)]
+enum Admin {
+    /// Manage client tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Reserve a subdomain so only one token may use it.
+    Reserve {
+        /// The subdomain.
+        subdomain: String,
+        /// Name of the token it is for.
+        #[arg(long = "for")]
+        token_name: String,
+    },
+    /// Free a reserved subdomain.
+    Release {
+        /// The subdomain.
+        subdomain: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum TokenCommand {
+    /// Create a token and print it (only this once: it is stored hashed).
+    Create {
+        /// A name to recognise it by (a person or machine).
+        #[arg(long)]
+        name: String,
+        /// Subdomain to reserve for it (repeatable).
+        #[arg(long = "reserve")]
+        reserve: Vec<String>,
+    },
+    /// List tokens (never the tokens themselves).
+    List,
+    /// Revoke a token: new sessions with it are refused at once.
+    Revoke {
+        /// The token's name.
+        name: String,
+    },
+}
+
+fn admin(db: &std::path::Path, command: Admin) -> anyhow::Result<()> {
+    let store = Store::open(db).with_context(|| format!("cannot open {}", db.display()))?;
+    match command {
+        Admin::Token(TokenCommand::Create { name, reserve }) => {
+            let token = store.create_token(&name, &reserve)?;
+            eprintln!("token {name:?} created; it is shown only now:");
+            println!("{token}");
+        }
+        Admin::Token(TokenCommand::List) => {
+            println!("{:<24} {:<12} {:<10} RESERVED", "NAME", "CREATED", "STATUS");
+            for t in store.list()? {
+                let status = if t.revoked.is_some() {
+                    "revoked"
+                } else {
+                    "active"
+                };
+                println!(
+                    "{:<24} {:<12} {:<10} {}",
+                    t.name,
+                    date(t.created),
+                    status,
+                    t.reserved.join(",")
+                );
+            }
+        }
+        Admin::Token(TokenCommand::Revoke { name }) => {
+            store.revoke(&name)?;
+            eprintln!("token {name:?} revoked");
+        }
+        Admin::Reserve {
+            subdomain,
+            token_name,
+        } => {
+            store.reserve(&subdomain, &token_name)?;
+            eprintln!("{subdomain:?} reserved for token {token_name:?}");
+        }
+        Admin::Release { subdomain } => {
+            if store.release(&subdomain)? {
+                eprintln!("{subdomain:?} released");
+            } else {
+                anyhow::bail!("{subdomain:?} was not reserved");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `YYYY-MM-DD` (UTC) of a Unix time, by the days-from-civil inverse.
+fn date(unix: i64) -> String {
+    let z = unix.div_euclid(86_400) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}")
 }
 
 #[tokio::main]
@@ -57,7 +164,16 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let args = Args::parse();
+    let mut args = Args::parse();
+    if let Some(command) = args.command.take() {
+        return admin(&args.db, command);
+    }
+    let store = Store::open(&args.db).with_context(|| {
+        format!(
+            "cannot open the token database {} (set --db or GGROK_DB to a writable path)",
+            args.db.display()
+        )
+    })?;
     let listen = match args.listen {
         Some(addr) => addr,
         None => match std::env::var("PORT") {
@@ -91,7 +207,11 @@ async fn main() -> anyhow::Result<()> {
         (Some(cert), Some(key)) => Some(ggrok_server::config::load_tls(cert, key)?),
         _ => None,
     };
-    let config = Config { tls, ..config };
+    let config = Config {
+        tls,
+        store: Some(std::sync::Arc::new(store)),
+        ..config
+    };
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;

@@ -34,7 +34,14 @@ impl Drop for ServerProcess {
 /// Starts the real `ggrok-server` binary on an ephemeral port and reads the address it logs.
 fn spawn_server() -> ServerProcess {
     let mut child = Command::new(env!("CARGO_BIN_EXE_ggrok-server"))
-        .args(["--listen", "127.0.0.1:0", "--domain", "localhost"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--domain",
+            "localhost",
+            "--db",
+            ":memory:",
+        ])
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -1,0 +1,305 @@
+//! Tokens and reserved subdomains in an embedded SQLite database.
+//!
+//! Tokens are random 256-bit strings shown once at creation; only their SHA-256 is stored. The
+//! server reads the database on every connect attempt, so `token create`, `revoke`, `reserve`
+//! and `release` (run by another process on the same file) take effect without a restart.
+
+use std::{path::Path, sync::Mutex};
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::config::{hash_token, TokenHash};
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite said no.
+    #[error("token database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// No token by that name.
+    #[error("no token named {0:?}")]
+    NoSuchToken(String),
+    /// A token by that name exists already.
+    #[error("a token named {0:?} exists already")]
+    DuplicateName(String),
+    /// The subdomain is reserved for another token.
+    #[error("{name:?} is already reserved for token {owner:?}")]
+    Reserved {
+        /// The subdomain.
+        name: String,
+        /// The token holding it.
+        owner: String,
+    },
+    /// Not a valid subdomain.
+    #[error("{0}")]
+    InvalidName(#[from] ggrok_tunnel::protocol::NameError),
+}
+
+/// A token as listed (never the token itself).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenInfo {
+    /// Its name.
+    pub name: String,
+    /// Unix seconds.
+    pub created: i64,
+    /// Unix seconds, if revoked.
+    pub revoked: Option<i64>,
+    /// Subdomains reserved for it.
+    pub reserved: Vec<String>,
+}
+
+/// The database.
+pub struct Store {
+    conn: Mutex<Connection>,
+}
+
+/// Identifies a stored token in the registry (its row id).
+pub type TokenId = i64;
+
+impl Store {
+    /// Opens (creating if needed) the database at `path`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::init(Connection::open(path)?)
+    }
+
+    /// A private in-memory database (tests).
+    pub fn in_memory() -> Result<Self, StoreError> {
+        Self::init(Connection::open_in_memory()?)
+    }
+
+    fn init(conn: Connection) -> Result<Self, StoreError> {
+        // Another process (the admin CLI) may write while the server reads.
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             PRAGMA foreign_keys = ON;
+             CREATE TABLE IF NOT EXISTS tokens (
+                 id INTEGER PRIMARY KEY,
+                 name TEXT NOT NULL UNIQUE,
+                 hash BLOB NOT NULL UNIQUE,
+                 created INTEGER NOT NULL,
+                 revoked INTEGER
+             );
+             CREATE TABLE IF NOT EXISTS reservations (
+                 name TEXT PRIMARY KEY,
+                 token INTEGER NOT NULL REFERENCES tokens(id) ON DELETE CASCADE
+             );",
+        )?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().expect("store lock")
+    }
+
+    /// Creates a token named `name`, reserving `reserve`; returns the token (shown only now).
+    pub fn create_token(&self, name: &str, reserve: &[String]) -> Result<String, StoreError> {
+        for sub in reserve {
+            ggrok_tunnel::protocol::validate_name(sub)?;
+        }
+        let token = format!(
+            "ggrok_{:032x}{:032x}",
+            rand::random::<u128>(),
+            rand::random::<u128>()
+        );
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let inserted = tx.execute(
+            "INSERT INTO tokens (name, hash, created) VALUES (?1, ?2, unixepoch())",
+            params![name, &hash_token(&token)[..]],
+        );
+        if let Err(rusqlite::Error::SqliteFailure(e, _)) = &inserted {
+            if e.code == rusqlite::ErrorCode::ConstraintViolation {
+                return Err(StoreError::DuplicateName(name.to_owned()));
+            }
+        }
+        inserted?;
+        let id = tx.last_insert_rowid();
+        for sub in reserve {
+            reserve_in(&tx, sub, id)?;
+        }
+        tx.commit()?;
+        Ok(token)
+    }
+
+    /// All tokens, oldest first.
+    pub fn list(&self) -> Result<Vec<TokenInfo>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT t.name, t.created, t.revoked, group_concat(r.name, ',')
+             FROM tokens t LEFT JOIN reservations r ON r.token = t.id
+             GROUP BY t.id ORDER BY t.id",
+        )?;
+        let rows = stmt.query_map([], |row| {
+            let reserved: Option<String> = row.get(3)?;
+            let mut reserved: Vec<String> = reserved
+                .unwrap_or_default()
+                .split(',')
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect();
+            reserved.sort();
+            Ok(TokenInfo {
+                name: row.get(0)?,
+                created: row.get(1)?,
+                revoked: row.get(2)?,
+                reserved,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Revokes a token: it stops working for new sessions at once. Its reservations are freed.
+    pub fn revoke(&self, name: &str) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let id: Option<TokenId> = tx
+            .query_row(
+                "SELECT id FROM tokens WHERE name = ?1 AND revoked IS NULL",
+                [name],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let id = id.ok_or_else(|| StoreError::NoSuchToken(name.to_owned()))?;
+        tx.execute(
+            "UPDATE tokens SET revoked = unixepoch() WHERE id = ?1",
+            [id],
+        )?;
+        tx.execute("DELETE FROM reservations WHERE token = ?1", [id])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Reserves subdomain `sub` for the token named `token_name`.
+    pub fn reserve(&self, sub: &str, token_name: &str) -> Result<(), StoreError> {
+        ggrok_tunnel::protocol::validate_name(sub)?;
+        let conn = self.conn();
+        let id: TokenId = conn
+            .query_row(
+                "SELECT id FROM tokens WHERE name = ?1 AND revoked IS NULL",
+                [token_name],
+                |r| r.get(0),
+            )
+            .optional()?
+            .ok_or_else(|| StoreError::NoSuchToken(token_name.to_owned()))?;
+        reserve_in(&conn, sub, id)
+    }
+
+    /// Frees a reserved subdomain; returns whether it was reserved.
+    pub fn release(&self, sub: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .conn()
+            .execute("DELETE FROM reservations WHERE name = ?1", [sub])?
+            > 0)
+    }
+
+    /// The live token with this hash.
+    pub fn token_by_hash(&self, hash: &TokenHash) -> Result<Option<TokenId>, StoreError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT id FROM tokens WHERE hash = ?1 AND revoked IS NULL",
+                [&hash[..]],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// The token a subdomain is reserved for.
+    pub fn reserved_for(&self, sub: &str) -> Result<Option<TokenId>, StoreError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT token FROM reservations WHERE name = ?1",
+                [sub],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Whether any live token exists (otherwise, without flag tokens, the server is open).
+    pub fn has_tokens(&self) -> Result<bool, StoreError> {
+        Ok(self.conn().query_row(
+            "SELECT EXISTS (SELECT 1 FROM tokens WHERE revoked IS NULL)",
+            [],
+            |r| r.get(0),
+        )?)
+    }
+}
+
+fn reserve_in(conn: &Connection, sub: &str, id: TokenId) -> Result<(), StoreError> {
+    let owner: Option<(TokenId, String)> = conn
+        .query_row(
+            "SELECT t.id, t.name FROM reservations r JOIN tokens t ON t.id = r.token WHERE r.name = ?1",
+            [sub],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    match owner {
+        Some((owner, _)) if owner == id => Ok(()),
+        Some((_, owner)) => Err(StoreError::Reserved {
+            name: sub.to_owned(),
+            owner,
+        }),
+        None => {
+            conn.execute(
+                "INSERT INTO reservations (name, token) VALUES (?1, ?2)",
+                params![sub, id],
+            )?;
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_stored_hashed_and_revocable() {
+        let s = Store::in_memory().unwrap();
+        assert!(!s.has_tokens().unwrap());
+        let token = s.create_token("laptop", &["myapp".into()]).unwrap();
+        assert!(token.starts_with("ggrok_") && token.len() > 60);
+        let id = s.token_by_hash(&hash_token(&token)).unwrap().unwrap();
+        assert_eq!(s.reserved_for("myapp").unwrap(), Some(id));
+        assert!(matches!(
+            s.create_token("laptop", &[]),
+            Err(StoreError::DuplicateName(_))
+        ));
+        let other = s.create_token("ci", &[]).unwrap();
+        assert!(matches!(
+            s.reserve("myapp", "ci"),
+            Err(StoreError::Reserved { .. })
+        ));
+        s.reserve("ci-app", "ci").unwrap();
+        let list = s.list().unwrap();
+        assert_eq!(list.len(), 2);
+        assert_eq!(list[0].reserved, vec!["myapp".to_owned()]);
+        // The plain token is nowhere in the database.
+        let conn = s.conn();
+        let stored: Vec<u8> = conn
+            .query_row("SELECT hash FROM tokens WHERE name = 'ci'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(stored, hash_token(&other).to_vec());
+        drop(conn);
+
+        s.revoke("laptop").unwrap();
+        assert_eq!(s.token_by_hash(&hash_token(&token)).unwrap(), None);
+        assert_eq!(s.reserved_for("myapp").unwrap(), None);
+        assert!(matches!(
+            s.revoke("laptop"),
+            Err(StoreError::NoSuchToken(_))
+        ));
+        assert!(s.release("ci-app").unwrap());
+        assert!(!s.release("ci-app").unwrap());
+        assert!(matches!(
+            s.reserve("Bad_Name", "ci"),
+            Err(StoreError::InvalidName(_))
+        ));
+    }
+}

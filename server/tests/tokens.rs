@@ -1,0 +1,125 @@
+//! Tokens and reserved names from the SQLite store, administered with the real binary while a
+//! server runs: changes take effect without a restart.
+
+mod common;
+
+use std::{path::PathBuf, process::Command, sync::Arc};
+
+use common::*;
+use ggrok_server::{store::Store, Config};
+use ggrok_tunnel::{protocol::RefusalKind, Secret, Status, Tunnel, TunnelConfig};
+
+struct Db(PathBuf);
+
+impl Db {
+    fn new() -> Db {
+        Db(std::env::temp_dir().join(format!("ggrok-test-{:x}.db", rand::random::<u64>())))
+    }
+
+    /// Runs `ggrok-server --db THIS ARGS...`; returns stdout.
+    fn admin(&self, args: &[&str]) -> String {
+        let out = Command::new(env!("CARGO_BIN_EXE_ggrok-server"))
+            .arg("--db")
+            .arg(&self.0)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", self.0.display()));
+        }
+    }
+}
+
+async fn attempt(
+    server: &Server,
+    port: u16,
+    token: Option<&str>,
+    name: &str,
+) -> Result<String, Status> {
+    let mut c = TunnelConfig::new(server.url(), port);
+    c.token = token.map(Secret::new);
+    c.subdomain = Some(name.into());
+    let t = Tunnel::start(c).unwrap();
+    let result = t.online().await;
+    t.stop().await;
+    result
+}
+
+fn refusal(r: Result<String, Status>) -> RefusalKind {
+    match r {
+        Err(Status::Failed { kind, .. }) => kind,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn stored_tokens_and_reservations_apply_without_restart() {
+    let db = Db::new();
+    let laptop = db
+        .admin(&["token", "create", "--name", "laptop", "--reserve", "myapp"])
+        .trim()
+        .to_owned();
+    let store = Arc::new(Store::open(&db.0).unwrap());
+    let grace = std::time::Duration::ZERO;
+    let server = Server::start(Config {
+        store: Some(store),
+        reconnect_grace: grace,
+        ..config()
+    })
+    .await;
+    let origin = Origin::start().await;
+
+    assert_eq!(
+        refusal(attempt(&server, origin.port(), None, "free").await),
+        RefusalKind::Unauthorized
+    );
+    assert!(attempt(&server, origin.port(), Some(&laptop), "myapp")
+        .await
+        .is_ok());
+
+    // Created while the server runs: works at once, but not for a name reserved to another.
+    let ci = db
+        .admin(&["token", "create", "--name", "ci"])
+        .trim()
+        .to_owned();
+    assert_eq!(
+        refusal(attempt(&server, origin.port(), Some(&ci), "myapp").await),
+        RefusalKind::NameReserved
+    );
+    assert!(attempt(&server, origin.port(), Some(&ci), "ci-app")
+        .await
+        .is_ok());
+
+    let list = db.admin(&["token", "list"]);
+    assert!(
+        list.contains("laptop") && list.contains("myapp") && !list.contains(&laptop),
+        "{list}"
+    );
+
+    db.admin(&["release", "myapp"]);
+    assert!(attempt(&server, origin.port(), Some(&ci), "myapp")
+        .await
+        .is_ok());
+    db.admin(&["reserve", "myapp", "--for", "laptop"]);
+    assert_eq!(
+        refusal(attempt(&server, origin.port(), Some(&ci), "myapp").await),
+        RefusalKind::NameReserved
+    );
+
+    db.admin(&["token", "revoke", "laptop"]);
+    assert_eq!(
+        refusal(attempt(&server, origin.port(), Some(&laptop), "myapp").await),
+        RefusalKind::Unauthorized
+    );
+}
