@@ -20,6 +20,7 @@ mod connect;
 pub mod metrics;
 mod proxy;
 pub mod registry;
+pub mod settings;
 pub mod store;
 
 use std::{convert::Infallible, future::Future, net::SocketAddr, sync::Arc};

@@ -1,56 +1,23 @@
 //! `ggrok-server`: flags, logging and signals; [`ggrok_server::run`] does the work.
 
-use std::{net::SocketAddr, time::Duration};
-
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use ggrok_server::{store::Store, Config, Tokens};
-use ggrok_tunnel::protocol::Heartbeat;
+use ggrok_server::{settings::Settings, store::Store, Config};
 
 /// The self-hosted ggrok tunnel server: routes NAME.DOMAIN to the client holding NAME.
+///
+/// Settings come from flags, then GGROK_* environment variables (and PORT), then the TOML file
+/// given with --config, in that order.
 #[derive(Parser, Debug)]
 #[command(name = "ggrok-server", version)]
 struct Args {
-    /// Address to listen on [default: 0.0.0.0:$PORT when PORT is set, else 127.0.0.1:8080].
-    #[arg(long, env = "GGROK_LISTEN")]
-    listen: Option<SocketAddr>,
-    /// Domain whose subdomains are tunnels (NAME.DOMAIN); the apex serves the control endpoint.
-    #[arg(long, env = "GGROK_DOMAIN", default_value = "localhost")]
-    domain: String,
-    /// Token clients must present (repeatable). None: open mode, anyone may connect.
-    #[arg(
-        long = "token",
-        env = "GGROK_TOKENS",
-        value_delimiter = ',',
-        hide_env_values = true
-    )]
-    tokens: Vec<String>,
-    /// Seconds a dropped client's name stays held for it to reconnect.
-    #[arg(long, env = "GGROK_RECONNECT_GRACE", default_value_t = 10)]
-    reconnect_grace: u64,
-    /// On SIGTERM, seconds that requests in flight may take to finish.
-    #[arg(long, env = "GGROK_DRAIN_TIMEOUT", default_value_t = 10)]
-    drain_timeout: u64,
-    /// PEM certificate chain for HTTPS/wss (a wildcard *.DOMAIN certificate that also covers DOMAIN).
-    #[arg(long, env = "GGROK_TLS_CERT", requires = "tls_key")]
-    tls_cert: Option<std::path::PathBuf>,
-    /// PEM private key of --tls-cert.
-    #[arg(long, env = "GGROK_TLS_KEY", requires = "tls_cert")]
-    tls_key: Option<std::path::PathBuf>,
-    /// Bearer token that enables Prometheus metrics at /metrics on the apex domain.
-    #[arg(long, env = "GGROK_METRICS_TOKEN", hide_env_values = true)]
-    metrics_token: Option<String>,
-    /// SQLite database of tokens and reserved subdomains (created if missing).
-    #[arg(long, env = "GGROK_DB", default_value = "ggrok.db", global = true)]
-    db: std::path::PathBuf,
+    /// TOML file with any of the settings below (keys as the flags, with underscores).
+    #[arg(long, env = "GGROK_CONFIG", global = true)]
+    config: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    settings: Settings,
     #[command(subcommand)]
     command: Option<Admin>,
-    /// Seconds between pings to each client.
-    #[arg(long, env = "GGROK_HEARTBEAT_INTERVAL", default_value_t = 20)]
-    heartbeat_interval: u64,
-    /// Seconds of silence after which a client counts as gone and its name is freed.
-    #[arg(long, env = "GGROK_HEARTBEAT_TIMEOUT", default_value_t = 45)]
-    heartbeat_timeout: u64,
 }
 
 /// Administration of the token database; takes effect on a running server without a restart.
@@ -72,6 +39,8 @@ enum Admin {
         /// The subdomain.
         subdomain: String,
     },
+    /// Check the settings (flags, environment, --config file) and explain any problem.
+    CheckConfig,
 }
 
 #[derive(Subcommand, Debug)]
@@ -95,6 +64,9 @@ enum TokenCommand {
 }
 
 fn admin(db: &std::path::Path, command: Admin) -> anyhow::Result<()> {
+    if let Admin::CheckConfig = command {
+        unreachable!("handled before the database is opened");
+    }
     let store = Store::open(db).with_context(|| format!("cannot open {}", db.display()))?;
     match command {
         Admin::Token(TokenCommand::Create { name, reserve }) => {
@@ -130,6 +102,7 @@ fn admin(db: &std::path::Path, command: Admin) -> anyhow::Result<()> {
             store.reserve(&subdomain, &token_name)?;
             eprintln!("{subdomain:?} reserved for token {token_name:?}");
         }
+        Admin::CheckConfig => {}
         Admin::Release { subdomain } => {
             if store.release(&subdomain)? {
                 eprintln!("{subdomain:?} released");
@@ -156,7 +129,17 @@ fn date(unix: i64) -> String {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
+    match serve().await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("ggrok-server: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve() -> anyhow::Result<std::process::ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -164,54 +147,49 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let mut args = Args::parse();
-    if let Some(command) = args.command.take() {
-        return admin(&args.db, command);
+    let args = Args::parse();
+    let file = args.config.as_deref().map(Settings::from_file).transpose();
+    let settings = match (file, &args.command) {
+        (Ok(file), _) => args.settings.or(file.unwrap_or_default()),
+        (Err(e), Some(Admin::CheckConfig)) => {
+            println!("error: {e}");
+            return Ok(std::process::ExitCode::FAILURE);
+        }
+        (Err(e), _) => return Err(e.into()),
+    };
+    let port = std::env::var("PORT").ok();
+    match args.command {
+        Some(Admin::CheckConfig) => {
+            let (ok, report) = settings.check(port.as_deref());
+            print!("{report}");
+            return Ok(if ok {
+                std::process::ExitCode::SUCCESS
+            } else {
+                std::process::ExitCode::FAILURE
+            });
+        }
+        Some(command) => {
+            let db = settings.db.unwrap_or_else(|| "ggrok.db".into());
+            admin(&db, command)?;
+            return Ok(std::process::ExitCode::SUCCESS);
+        }
+        None => {}
     }
-    let store = Store::open(&args.db).with_context(|| {
+    let resolved = match settings.resolve(port.as_deref()) {
+        Ok(r) => r,
+        Err(problems) => anyhow::bail!("invalid settings:\n  {}", problems.join("\n  ")),
+    };
+    let store = Store::open(&resolved.db).with_context(|| {
         format!(
             "cannot open the token database {} (set --db or GGROK_DB to a writable path)",
-            args.db.display()
+            resolved.db.display()
         )
     })?;
-    let listen = match args.listen {
-        Some(addr) => addr,
-        None => match std::env::var("PORT") {
-            Ok(port) => {
-                let port: u16 = port
-                    .trim()
-                    .parse()
-                    .with_context(|| format!("PORT={port:?} is not a port"))?;
-                SocketAddr::from(([0, 0, 0, 0], port))
-            }
-            Err(_) => SocketAddr::from(([127, 0, 0, 1], 8080)),
-        },
-    };
     let config = Config {
-        tokens: Tokens::from_plain(&args.tokens),
-        heartbeat: Heartbeat {
-            interval: Duration::from_secs(args.heartbeat_interval.max(1)),
-            timeout: Duration::from_secs(args.heartbeat_timeout.max(1)),
-        },
-        reconnect_grace: Duration::from_secs(args.reconnect_grace),
-        drain_timeout: Duration::from_secs(args.drain_timeout),
-        metrics_token: args
-            .metrics_token
-            .as_deref()
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .map(ggrok_server::config::hash_token),
-        ..Config::new(args.domain)
-    };
-    let tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => Some(ggrok_server::config::load_tls(cert, key)?),
-        _ => None,
-    };
-    let config = Config {
-        tls,
         store: Some(std::sync::Arc::new(store)),
-        ..config
+        ..resolved.config
     };
+    let listen = resolved.listen;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
@@ -223,7 +201,7 @@ async fn main() -> anyhow::Result<()> {
         "listening"
     );
     ggrok_server::run(listener, config, shutdown_signal()).await?;
-    Ok(())
+    Ok(std::process::ExitCode::SUCCESS)
 }
 
 /// Ctrl-C or SIGTERM.

@@ -123,3 +123,49 @@ async fn stored_tokens_and_reservations_apply_without_restart() {
         RefusalKind::Unauthorized
     );
 }
+
+#[test]
+fn check_config_explains_problems_and_masks_secrets() {
+    let dir = std::env::temp_dir().join(format!("ggrok-cfg-{:x}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("server.toml");
+    let db = dir.join("t.db");
+    let run = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_ggrok-server"))
+            .arg("--config")
+            .arg(&file)
+            .arg("--db")
+            .arg(&db)
+            .args(extra)
+            .arg("check-config")
+            .env_remove("PORT")
+            .env("GGROK_DRAIN_TIMEOUT", "5")
+            .output()
+            .unwrap();
+        (out.status.success(), String::from_utf8(out.stdout).unwrap())
+    };
+    std::fs::write(
+        &file,
+        "domain = \"tunnel.example.com\"\ntokens = [\"a-long-secret-token-value\"]\n",
+    )
+    .unwrap();
+    let (ok, report) = run(&[]);
+    assert!(ok, "{report}");
+    assert!(
+        report.contains("tunnels at *.tunnel.example.com, 1 flag token(s)"),
+        "{report}"
+    );
+    assert!(!report.contains("a-long-secret"), "{report}");
+    // A flag beats the file.
+    let (ok, report) = run(&["--domain", "other.example.org"]);
+    assert!(ok && report.contains("*.other.example.org"), "{report}");
+    let (ok, report) = run(&["--heartbeat-interval", "60"]);
+    assert!(
+        !ok && report.contains("heartbeat_timeout (45s) must be longer"),
+        "{report}"
+    );
+    std::fs::write(&file, "domian = \"typo.example.com\"\n").unwrap();
+    let (ok, report) = run(&[]);
+    assert!(!ok && report.contains("unknown field `domian`"), "{report}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

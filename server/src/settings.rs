@@ -1,0 +1,342 @@
+//! Settings from flags, environment (`GGROK_*`, `PORT`) and an optional TOML file, in that order
+//! of precedence, turned into a [`Config`] with every problem explained.
+//!
+//! The same struct is the clap argument group and the TOML schema, so a setting cannot exist in
+//! one and not the other. Unknown TOML keys are errors: a typo must not silently do nothing.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use ggrok_tunnel::{client::mask, protocol::Heartbeat};
+use serde::Deserialize;
+
+use crate::{
+    config::{hash_token, load_tls, Config, Tokens},
+    store::Store,
+};
+
+/// Every server setting; `None` means "not given here".
+#[derive(Clone, Default, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Address to listen on [default: 0.0.0.0:$PORT when PORT is set, else 127.0.0.1:8080].
+    #[arg(long, env = "GGROK_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Domain whose subdomains are tunnels (NAME.DOMAIN); the apex serves the control endpoint
+    /// [default: localhost].
+    #[arg(long, env = "GGROK_DOMAIN")]
+    pub domain: Option<String>,
+    /// Token clients must present (repeatable). None here or in the database: open mode.
+    #[arg(
+        long = "token",
+        env = "GGROK_TOKENS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    #[serde(default)]
+    pub tokens: Vec<String>,
+    /// SQLite database of tokens and reserved subdomains, created if missing [default: ggrok.db].
+    #[arg(long, env = "GGROK_DB", global = true)]
+    pub db: Option<PathBuf>,
+    /// PEM certificate chain for HTTPS/wss (a wildcard *.DOMAIN certificate that also covers DOMAIN).
+    #[arg(long, env = "GGROK_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "GGROK_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Bearer token that enables Prometheus metrics at /metrics on the apex domain.
+    #[arg(long, env = "GGROK_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
+    /// Seconds a dropped client's name stays held for it to reconnect [default: 10].
+    #[arg(long, env = "GGROK_RECONNECT_GRACE")]
+    pub reconnect_grace: Option<u64>,
+    /// On SIGTERM, seconds that requests in flight may take to finish [default: 10].
+    #[arg(long, env = "GGROK_DRAIN_TIMEOUT")]
+    pub drain_timeout: Option<u64>,
+    /// Seconds between pings to each client [default: 20].
+    #[arg(long, env = "GGROK_HEARTBEAT_INTERVAL")]
+    pub heartbeat_interval: Option<u64>,
+    /// Seconds of silence after which a client counts as gone and its name is freed [default: 45].
+    #[arg(long, env = "GGROK_HEARTBEAT_TIMEOUT")]
+    pub heartbeat_timeout: Option<u64>,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("listen", &self.listen)
+            .field("domain", &self.domain)
+            .field(
+                "tokens",
+                &self.tokens.iter().map(|t| mask(t)).collect::<Vec<_>>(),
+            )
+            .field("db", &self.db)
+            .field("tls_cert", &self.tls_cert)
+            .field("tls_key", &self.tls_key)
+            .field("metrics_token", &self.metrics_token.as_deref().map(mask))
+            .field("reconnect_grace", &self.reconnect_grace)
+            .field("drain_timeout", &self.drain_timeout)
+            .field("heartbeat_interval", &self.heartbeat_interval)
+            .field("heartbeat_timeout", &self.heartbeat_timeout)
+            .finish()
+    }
+}
+
+/// A settings file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    /// Not readable.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Not valid TOML for these settings (unknown keys included).
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// What and where.
+        message: String,
+    },
+}
+
+/// Settings resolved into what the server runs with.
+pub struct Resolved {
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// The token database path.
+    pub db: PathBuf,
+    /// Everything else (the store is opened by the caller, which may be a check only).
+    pub config: Config,
+}
+
+impl Settings {
+    /// Reads a TOML settings file.
+    pub fn from_file(path: &std::path::Path) -> Result<Settings, FileError> {
+        let p = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| FileError::Read {
+            path: p.clone(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| FileError::Parse {
+            path: p,
+            message: e.to_string(),
+        })
+    }
+
+    /// `self` where given, else `lower`.
+    pub fn or(self, lower: Settings) -> Settings {
+        Settings {
+            listen: self.listen.or(lower.listen),
+            domain: self.domain.or(lower.domain),
+            tokens: if self.tokens.is_empty() {
+                lower.tokens
+            } else {
+                self.tokens
+            },
+            db: self.db.or(lower.db),
+            tls_cert: self.tls_cert.or(lower.tls_cert),
+            tls_key: self.tls_key.or(lower.tls_key),
+            metrics_token: self.metrics_token.or(lower.metrics_token),
+            reconnect_grace: self.reconnect_grace.or(lower.reconnect_grace),
+            drain_timeout: self.drain_timeout.or(lower.drain_timeout),
+            heartbeat_interval: self.heartbeat_interval.or(lower.heartbeat_interval),
+            heartbeat_timeout: self.heartbeat_timeout.or(lower.heartbeat_timeout),
+        }
+    }
+
+    /// Applies defaults and checks everything that can be checked without binding: `port` is
+    /// the `PORT` environment variable. Returns every problem, not just the first.
+    pub fn resolve(&self, port: Option<&str>) -> Result<Resolved, Vec<String>> {
+        let mut problems = Vec::new();
+        let listen = match (self.listen, port) {
+            (Some(addr), _) => addr,
+            (None, Some(port)) => match port.trim().parse::<u16>() {
+                Ok(port) => SocketAddr::from(([0, 0, 0, 0], port)),
+                Err(_) => {
+                    problems.push(format!("PORT={port:?} is not a port number"));
+                    SocketAddr::from(([127, 0, 0, 1], 8080))
+                }
+            },
+            (None, None) => SocketAddr::from(([127, 0, 0, 1], 8080)),
+        };
+        let domain = self
+            .domain
+            .clone()
+            .unwrap_or_else(|| "localhost".to_owned());
+        let normalized = domain.trim_end_matches('.').to_ascii_lowercase();
+        if normalized.is_empty()
+            || normalized
+                .split('.')
+                .any(|label| ggrok_tunnel::protocol::validate_name(label).is_err())
+        {
+            problems.push(format!(
+                "domain {domain:?} is not a DNS name like tunnel.example.com"
+            ));
+        }
+        let secs = |v: Option<u64>, default: u64| Duration::from_secs(v.unwrap_or(default));
+        let heartbeat = Heartbeat {
+            interval: secs(self.heartbeat_interval, 20),
+            timeout: secs(self.heartbeat_timeout, 45),
+        };
+        if heartbeat.interval.is_zero() {
+            problems.push("heartbeat_interval must be at least 1 second".to_owned());
+        }
+        if heartbeat.timeout <= heartbeat.interval {
+            problems.push(format!(
+                "heartbeat_timeout ({}s) must be longer than heartbeat_interval ({}s), or live clients are dropped",
+                heartbeat.timeout.as_secs(),
+                heartbeat.interval.as_secs()
+            ));
+        }
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => match load_tls(cert, key) {
+                Ok(tls) => Some(tls),
+                Err(e) => {
+                    problems.push(e.to_string());
+                    None
+                }
+            },
+            (None, None) => None,
+            _ => {
+                problems.push("tls_cert and tls_key must be given together".to_owned());
+                None
+            }
+        };
+        if self.tokens.iter().any(|t| t.trim().len() < 16) {
+            problems.push(
+                "tokens must be at least 16 characters (use `ggrok-server token create`)"
+                    .to_owned(),
+            );
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        let config = Config {
+            tokens: Tokens::from_plain(&self.tokens),
+            heartbeat,
+            reconnect_grace: secs(self.reconnect_grace, 10),
+            drain_timeout: secs(self.drain_timeout, 10),
+            metrics_token: self
+                .metrics_token
+                .as_deref()
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(hash_token),
+            tls,
+            ..Config::new(normalized)
+        };
+        Ok(Resolved {
+            listen,
+            db: self.db.clone().unwrap_or_else(|| PathBuf::from("ggrok.db")),
+            config,
+        })
+    }
+
+    /// `check-config`: every problem and warning, and a summary with secrets masked.
+    pub fn check(&self, port: Option<&str>) -> (bool, String) {
+        let mut out = String::new();
+        let resolved = match self.resolve(port) {
+            Ok(r) => r,
+            Err(problems) => {
+                for p in problems {
+                    out.push_str(&format!("error: {p}\n"));
+                }
+                return (false, out);
+            }
+        };
+        let stored = match Store::open(&resolved.db) {
+            Ok(store) => store.has_tokens().unwrap_or(false),
+            Err(e) => {
+                out.push_str(&format!(
+                    "error: token database {}: {e}\n",
+                    resolved.db.display()
+                ));
+                return (false, out);
+            }
+        };
+        let c = &resolved.config;
+        if c.tokens.is_open() && !stored {
+            out.push_str(
+                "warning: no tokens: open mode, anyone who can reach the server may open tunnels\n",
+            );
+        }
+        if c.tls.is_none() && !resolved.listen.ip().is_loopback() {
+            out.push_str(
+                "warning: no TLS: serve behind a TLS-terminating proxy, or give tls_cert and tls_key\n",
+            );
+        }
+        out.push_str(&format!(
+            "ok: listening on {}, tunnels at *.{}, {} flag token(s), database {} ({}), TLS {}, metrics {}\n",
+            resolved.listen,
+            c.domain,
+            c.tokens.len(),
+            resolved.db.display(),
+            if stored { "has tokens" } else { "no tokens" },
+            if c.tls.is_some() { "on" } else { "off" },
+            if c.metrics_token.is_some() { "on" } else { "off" },
+        ));
+        (true, out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_beat_the_file_and_defaults_fill_the_rest() {
+        let file: Settings = toml::from_str(
+            "domain = \"tunnel.example.com\"\nreconnect_grace = 30\ntokens = [\"file-token-0123456789\"]\n",
+        )
+        .unwrap();
+        let flags = Settings {
+            reconnect_grace: Some(5),
+            ..Settings::default()
+        };
+        let r = flags.or(file).resolve(None).unwrap();
+        assert_eq!(r.config.domain, "tunnel.example.com");
+        assert_eq!(r.config.reconnect_grace, Duration::from_secs(5));
+        assert!(r.config.tokens.check("file-token-0123456789").is_some());
+        assert_eq!(r.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(
+            Settings::default().resolve(Some("9000")).unwrap().listen,
+            "0.0.0.0:9000".parse().unwrap()
+        );
+    }
+
+    #[test]
+    fn problems_are_all_reported() {
+        let bad = Settings {
+            domain: Some("not a domain".into()),
+            heartbeat_interval: Some(30),
+            heartbeat_timeout: Some(10),
+            tls_cert: Some("/nonexistent.pem".into()),
+            tokens: vec!["short".into()],
+            ..Settings::default()
+        };
+        let problems = bad.resolve(Some("eighty")).err().unwrap();
+        assert_eq!(problems.len(), 5, "{problems:#?}");
+        let unknown = toml::from_str::<Settings>("domian = \"x\"")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(unknown.contains("unknown field `domian`"), "{unknown}");
+    }
+
+    #[test]
+    fn secrets_are_masked_in_debug() {
+        let s = Settings {
+            tokens: vec!["supersecret-token-value".into()],
+            metrics_token: Some("metrics-secret-value".into()),
+            ..Settings::default()
+        };
+        let shown = format!("{s:?}");
+        assert!(
+            !shown.contains("supersecret") && !shown.contains("metrics-secret"),
+            "{shown}"
+        );
+    }
+}
