@@ -132,6 +132,12 @@ pub struct Config {
     /// Serve HTTPS (and `wss://` for clients) with this certificate; `None` serves plain HTTP,
     /// for loopback or behind a TLS-terminating proxy.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Connect attempts allowed per client IP per minute (token guessing guard); 0: no limit.
+    pub connect_rate: u32,
+    /// Public requests allowed per tunnel per second; 0: no limit.
+    pub tunnel_rate: u32,
+    /// Live tunnels one token may hold; 0: no limit.
+    pub max_tunnels_per_token: usize,
     /// Tokens and reserved names created with `ggrok-server token ...`; read on every connect.
     pub store: Option<Arc<crate::store::Store>>,
 }
@@ -148,6 +154,9 @@ impl std::fmt::Debug for Config {
             .field("metrics_token", &self.metrics_token.map(|_| "MASKED"))
             .field("tls", &self.tls.is_some())
             .field("store", &self.store.is_some())
+            .field("connect_rate", &self.connect_rate)
+            .field("tunnel_rate", &self.tunnel_rate)
+            .field("max_tunnels_per_token", &self.max_tunnels_per_token)
             .finish()
     }
 }
@@ -165,6 +174,9 @@ impl Config {
             metrics_token: None,
             tls: None,
             store: None,
+            connect_rate: 60,
+            tunnel_rate: 0,
+            max_tunnels_per_token: 20,
         }
     }
 }

@@ -18,7 +18,7 @@ use tokio_tungstenite::{
 };
 use tracing::{info, info_span, warn, Instrument};
 
-use crate::{registry::Claimant, Shared, Visitor};
+use crate::{policy::Policy, registry::Claimant, Shared, Visitor};
 
 /// Answers a connect request: `101` and a session task, or a refusal.
 pub(crate) fn accept(
@@ -27,11 +27,23 @@ pub(crate) fn accept(
     mut req: Request<Incoming>,
 ) -> Response<Body> {
     let peer = visitor.peer;
+    if !shared.connect_limit.allow(&peer.ip().to_canonical()) {
+        let refusal = Refusal::new(
+            RefusalKind::RateLimited,
+            "too many connect attempts from this address; retry later",
+        );
+        return refuse(shared, peer, &refusal);
+    }
     let (who, wanted, key) = match check(shared, req.headers()) {
         Ok(ok) => ok,
         Err(refusal) => return refuse(shared, peer, &refusal),
     };
-    let claim = match shared.registry.claim(wanted.as_deref(), &who) {
+    let policy = match Policy::from_headers(req.headers()) {
+        Ok(p) => Arc::new(p),
+        Err(refusal) => return refuse(shared, peer, &refusal),
+    };
+    let max = shared.config.max_tunnels_per_token;
+    let claim = match shared.registry.claim(wanted.as_deref(), &who, policy, max) {
         Ok(claim) => claim,
         Err(refusal) => return refuse(shared, peer, &refusal),
     };

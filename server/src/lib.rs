@@ -18,6 +18,7 @@
 pub mod config;
 mod connect;
 pub mod metrics;
+pub mod policy;
 mod proxy;
 pub mod registry;
 pub mod settings;
@@ -46,6 +47,10 @@ struct Shared {
     config: Config,
     registry: registry::Registry,
     metrics: metrics::Metrics,
+    /// Connect attempts per client IP.
+    connect_limit: policy::Limiter<std::net::IpAddr>,
+    /// Public requests per tunnel name.
+    request_limit: policy::Limiter<String>,
     /// Fires when shutdown begins: connections finish their request in flight, then close.
     draining: CancellationToken,
     /// Fires when shutdown ends (drained or past the deadline); every task watches it.
@@ -99,11 +104,22 @@ pub async fn run(
     let shared = Arc::new(Shared {
         registry: registry::Registry::new(config.reconnect_grace),
         metrics: metrics::Metrics::default(),
+        connect_limit: policy::Limiter::per_minute(config.connect_rate),
+        request_limit: policy::Limiter::per_second(config.tunnel_rate),
         config,
         draining: CancellationToken::new(),
         cancel: CancellationToken::new(),
         conns: TaskTracker::new(),
         tasks: TaskTracker::new(),
+    });
+    let sweeper = shared.clone();
+    shared.spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
+        loop {
+            every.tick().await;
+            sweeper.connect_limit.sweep();
+            sweeper.request_limit.sweep();
+        }
     });
     tokio::pin!(shutdown);
     loop {

@@ -34,7 +34,12 @@ pub(crate) async fn forward(
 ) -> Response<Body> {
     let json = wants_json(req.headers());
     let started = Instant::now();
-    let Some((session, control)) = shared.registry.route(name) else {
+    let Some(crate::registry::Route {
+        session,
+        control,
+        policy,
+    }) = shared.registry.route(name)
+    else {
         let message = format!("No tunnel is online at {name}.{}.", shared.config.domain);
         return crate::ggrok_error(
             shared,
@@ -44,6 +49,27 @@ pub(crate) async fn forward(
             json,
         );
     };
+    if let Some(refused) = policy.check(name, visitor.peer.ip(), req.headers(), json) {
+        shared
+            .metrics
+            .error(if refused.status() == StatusCode::FORBIDDEN {
+                "forbidden"
+            } else {
+                "unauthorized"
+            });
+        return refused;
+    }
+    if !shared.request_limit.allow(&name.to_owned()) {
+        let message =
+            format!("The tunnel {name} gets more requests than this server allows. Slow down.");
+        return crate::ggrok_error(
+            shared,
+            StatusCode::TOO_MANY_REQUESTS,
+            PageKind::RateLimited,
+            &message,
+            json,
+        );
+    }
     let lost = |what: &str| {
         let message = format!(
             "The tunnel {name} is registered but its client {what}. Try again in a moment."
@@ -67,6 +93,10 @@ pub(crate) async fn forward(
     });
     parts.version = http::Version::HTTP_11;
     strip_hop_by_hop(&mut parts.headers);
+    if policy.consumes_authorization() {
+        // The tunnel's password is for ggrok, not for the local service.
+        parts.headers.remove(header::AUTHORIZATION);
+    }
     add_forwarded(&mut parts.headers, visitor, public_host);
     parts.uri = parts
         .uri

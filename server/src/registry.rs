@@ -16,7 +16,7 @@ use ggrok_tunnel::protocol::{Refusal, RefusalKind};
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::TokenHash;
+use crate::{config::TokenHash, policy::SharedPolicy};
 
 /// Who is asking for a name.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,6 +39,7 @@ enum Slot {
         owner: Claimant,
         control: Option<tokio_yamux::Control>,
         cancel: CancellationToken,
+        policy: SharedPolicy,
     },
     Held {
         owner: Claimant,
@@ -55,6 +56,16 @@ pub struct Claim {
     pub session: u64,
     /// Cancelled when another session of the same client replaces this one.
     pub cancel: CancellationToken,
+}
+
+/// Where requests for a name go.
+pub struct Route {
+    /// The session's id.
+    pub session: u64,
+    /// Opens streams on the session.
+    pub control: tokio_yamux::Control,
+    /// What the tunnel requires of visitors.
+    pub policy: SharedPolicy,
 }
 
 /// The name table.
@@ -85,9 +96,35 @@ impl Registry {
         }
     }
 
-    /// Claims `wanted` (or a random free name) for `who`.
-    pub fn claim(&self, wanted: Option<&str>, who: &Claimant) -> Result<Claim, Refusal> {
+    /// Claims `wanted` (or a random free name) for `who`, whose token may hold at most
+    /// `max_per_token` live names (0: any number).
+    pub fn claim(
+        &self,
+        wanted: Option<&str>,
+        who: &Claimant,
+        policy: SharedPolicy,
+        max_per_token: usize,
+    ) -> Result<Claim, Refusal> {
         let mut st = self.slots.lock().expect("registry lock");
+        if let (Some(token), true) = (who.token, max_per_token > 0) {
+            let held = st
+                .slots
+                .iter()
+                .filter(|(name, s)| {
+                    // A session of the same client replacing itself does not count twice.
+                    matches!(s, Slot::Live { owner, .. } if owner.token == Some(token)
+                        && !(Some(name.as_str()) == wanted && owner.client_id == who.client_id))
+                })
+                .count();
+            if held >= max_per_token {
+                return Err(Refusal::new(
+                    RefusalKind::TooManyTunnels,
+                    format!(
+                        "this token already has {held} tunnels online, the most this server allows"
+                    ),
+                ));
+            }
+        }
         let now = Instant::now();
         if now.duration_since(st.last_sweep) > Duration::from_secs(1) {
             st.slots
@@ -141,6 +178,7 @@ impl Registry {
                 owner: who.clone(),
                 control: None,
                 cancel: cancel.clone(),
+                policy,
             },
         );
         Ok(Claim {
@@ -185,13 +223,18 @@ impl Registry {
     }
 
     /// The session serving `name`, if it is online: its id and its handle for opening streams.
-    pub fn route(&self, name: &str) -> Option<(u64, tokio_yamux::Control)> {
+    pub fn route(&self, name: &str) -> Option<Route> {
         match self.slots.lock().expect("registry lock").slots.get(name) {
             Some(Slot::Live {
                 session,
                 control: Some(c),
+                policy,
                 ..
-            }) => Some((*session, c.clone())),
+            }) => Some(Route {
+                session: *session,
+                control: c.clone(),
+                policy: policy.clone(),
+            }),
             _ => None,
         }
     }
@@ -230,25 +273,38 @@ mod tests {
     #[test]
     fn live_names_cannot_be_taken_but_the_owner_can_replace_its_session() {
         let r = Registry::new(Duration::from_secs(60));
-        let a = r.claim(Some("app"), &who("a", None)).unwrap();
-        let err = r.claim(Some("app"), &who("b", None)).unwrap_err();
+        let a = r
+            .claim(Some("app"), &who("a", None), Default::default(), 0)
+            .unwrap();
+        let err = r
+            .claim(Some("app"), &who("b", None), Default::default(), 0)
+            .unwrap_err();
         assert_eq!(err.error, RefusalKind::NameTaken);
-        let a2 = r.claim(Some("app"), &who("a", None)).unwrap();
+        let a2 = r
+            .claim(Some("app"), &who("a", None), Default::default(), 0)
+            .unwrap();
         assert!(a.cancel.is_cancelled(), "stale session is told to end");
         // The stale session's release must not free the new one's name.
         r.release("app", a.session);
-        assert!(r.claim(Some("app"), &who("b", None)).is_err());
+        assert!(r
+            .claim(Some("app"), &who("b", None), Default::default(), 0)
+            .is_err());
         r.release("app", a2.session);
     }
 
     #[test]
     fn released_names_are_held_for_the_same_client_or_token() {
         let r = Registry::new(Duration::from_secs(60));
-        let a = r.claim(Some("app"), &who("a", Some(1))).unwrap();
+        let a = r
+            .claim(Some("app"), &who("a", Some(1)), Default::default(), 0)
+            .unwrap();
         r.release("app", a.session);
-        assert!(r.claim(Some("app"), &who("b", Some(2))).is_err());
+        assert!(r
+            .claim(Some("app"), &who("b", Some(2)), Default::default(), 0)
+            .is_err());
         assert!(
-            r.claim(Some("app"), &who("b", Some(1))).is_ok(),
+            r.claim(Some("app"), &who("b", Some(1)), Default::default(), 0)
+                .is_ok(),
             "same token may take it"
         );
     }
@@ -256,9 +312,31 @@ mod tests {
     #[test]
     fn held_names_free_up_after_the_grace_period() {
         let r = Registry::new(Duration::ZERO);
-        let a = r.claim(Some("app"), &who("a", None)).unwrap();
+        let a = r
+            .claim(Some("app"), &who("a", None), Default::default(), 0)
+            .unwrap();
         r.release("app", a.session);
-        assert!(r.claim(Some("app"), &who("b", None)).is_ok());
+        assert!(r
+            .claim(Some("app"), &who("b", None), Default::default(), 0)
+            .is_ok());
+    }
+
+    #[test]
+    fn tunnels_per_token_are_limited() {
+        let r = Registry::new(Duration::ZERO);
+        r.claim(Some("a1"), &who("a", Some(1)), Default::default(), 2)
+            .unwrap();
+        r.claim(Some("a2"), &who("b", Some(1)), Default::default(), 2)
+            .unwrap();
+        let err = r
+            .claim(Some("a3"), &who("c", Some(1)), Default::default(), 2)
+            .unwrap_err();
+        assert_eq!(err.error, RefusalKind::TooManyTunnels);
+        // Replacing one's own session is not a new tunnel; other tokens are unaffected.
+        r.claim(Some("a1"), &who("a", Some(1)), Default::default(), 2)
+            .unwrap();
+        r.claim(Some("b1"), &who("d", Some(2)), Default::default(), 2)
+            .unwrap();
     }
 
     #[test]
@@ -266,7 +344,9 @@ mod tests {
         let r = Registry::new(Duration::ZERO);
         let mut names = std::collections::HashSet::new();
         for i in 0..200 {
-            let c = r.claim(None, &who(&i.to_string(), None)).unwrap();
+            let c = r
+                .claim(None, &who(&i.to_string(), None), Default::default(), 0)
+                .unwrap();
             ggrok_tunnel::protocol::validate_name(&c.name).unwrap();
             assert!(names.insert(c.name));
         }

@@ -52,6 +52,15 @@ pub struct Settings {
     /// On SIGTERM, seconds that requests in flight may take to finish [default: 10].
     #[arg(long, env = "GGROK_DRAIN_TIMEOUT")]
     pub drain_timeout: Option<u64>,
+    /// Connect attempts allowed per client IP per minute, 0 for no limit [default: 60].
+    #[arg(long, env = "GGROK_CONNECT_RATE")]
+    pub connect_rate: Option<u32>,
+    /// Public requests allowed per tunnel per second, 0 for no limit [default: 0].
+    #[arg(long, env = "GGROK_TUNNEL_RATE")]
+    pub tunnel_rate: Option<u32>,
+    /// Tunnels one token may have online at once, 0 for no limit [default: 20].
+    #[arg(long, env = "GGROK_MAX_TUNNELS_PER_TOKEN")]
+    pub max_tunnels_per_token: Option<usize>,
     /// Seconds between pings to each client [default: 20].
     #[arg(long, env = "GGROK_HEARTBEAT_INTERVAL")]
     pub heartbeat_interval: Option<u64>,
@@ -77,6 +86,9 @@ impl std::fmt::Debug for Settings {
             .field("drain_timeout", &self.drain_timeout)
             .field("heartbeat_interval", &self.heartbeat_interval)
             .field("heartbeat_timeout", &self.heartbeat_timeout)
+            .field("connect_rate", &self.connect_rate)
+            .field("tunnel_rate", &self.tunnel_rate)
+            .field("max_tunnels_per_token", &self.max_tunnels_per_token)
             .finish()
     }
 }
@@ -144,6 +156,9 @@ impl Settings {
             drain_timeout: self.drain_timeout.or(lower.drain_timeout),
             heartbeat_interval: self.heartbeat_interval.or(lower.heartbeat_interval),
             heartbeat_timeout: self.heartbeat_timeout.or(lower.heartbeat_timeout),
+            connect_rate: self.connect_rate.or(lower.connect_rate),
+            tunnel_rate: self.tunnel_rate.or(lower.tunnel_rate),
+            max_tunnels_per_token: self.max_tunnels_per_token.or(lower.max_tunnels_per_token),
         }
     }
 
@@ -214,7 +229,13 @@ impl Settings {
         if !problems.is_empty() {
             return Err(problems);
         }
+        let defaults = Config::new("localhost");
         let config = Config {
+            connect_rate: self.connect_rate.unwrap_or(defaults.connect_rate),
+            tunnel_rate: self.tunnel_rate.unwrap_or(defaults.tunnel_rate),
+            max_tunnels_per_token: self
+                .max_tunnels_per_token
+                .unwrap_or(defaults.max_tunnels_per_token),
             tokens: Tokens::from_plain(&self.tokens),
             heartbeat,
             reconnect_grace: secs(self.reconnect_grace, 10),

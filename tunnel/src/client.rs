@@ -106,6 +106,10 @@ pub struct TunnelConfig {
     pub capture_limit: usize,
     /// Extra CA certificate (PEM) to trust for `wss://`, for servers with a private CA.
     pub ca_cert: Option<std::path::PathBuf>,
+    /// `user:password` visitors must give (HTTP Basic), enforced by the server.
+    pub basic_auth: Option<Secret>,
+    /// IP addresses or CIDR ranges allowed to use the public URL (empty: everyone).
+    pub allow_ips: Vec<String>,
 }
 
 impl TunnelConfig {
@@ -125,6 +129,8 @@ impl TunnelConfig {
             ring_size: DEFAULT_RING_SIZE,
             capture_limit: DEFAULT_CAPTURE_LIMIT,
             ca_cert: None,
+            basic_auth: None,
+            allow_ips: Vec::new(),
         }
     }
 
@@ -159,6 +165,9 @@ pub enum ConfigError {
     /// The CA certificate file is unusable.
     #[error("bad CA certificate: {0}")]
     CaCert(String),
+    /// Basic auth must be `user:password`.
+    #[error("basic auth must look like user:password")]
+    BasicAuth,
     /// Port 0 is not a service.
     #[error("local port must be between 1 and 65535")]
     Port,
@@ -212,6 +221,11 @@ impl Tunnel {
         }
         if config.local.port == 0 {
             return Err(ConfigError::Port);
+        }
+        if let Some(auth) = &config.basic_auth {
+            if !auth.expose().contains(':') || auth.expose().starts_with(':') {
+                return Err(ConfigError::BasicAuth);
+            }
         }
         let connector = match &config.ca_cert {
             Some(path) => Some(tls_connector(path)?),
@@ -363,6 +377,15 @@ impl Engine {
         h.insert(protocol::HEADER_CLIENT_ID, header_value(&self.client_id)?);
         if let Some(name) = &self.config.subdomain {
             h.insert(protocol::HEADER_SUBDOMAIN, header_value(name)?);
+        }
+        if let Some(auth) = &self.config.basic_auth {
+            h.insert(protocol::HEADER_BASIC_AUTH, header_value(auth.expose())?);
+        }
+        if !self.config.allow_ips.is_empty() {
+            h.insert(
+                protocol::HEADER_ALLOW_IPS,
+                header_value(&self.config.allow_ips.join(","))?,
+            );
         }
         if let Some(token) = &self.config.token {
             h.insert(

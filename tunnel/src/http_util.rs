@@ -105,6 +105,12 @@ pub enum PageKind {
     TunnelLost,
     /// The request itself is unusable.
     BadRequest,
+    /// The visitor's address is not on the tunnel's allowlist.
+    Forbidden,
+    /// The tunnel needs credentials the visitor did not give.
+    Unauthorized,
+    /// Too many requests.
+    RateLimited,
     /// Anything on the server's own endpoints that does not exist.
     NotFound,
 }
@@ -117,6 +123,9 @@ impl PageKind {
             Self::LocalUnreachable => "local_unreachable",
             Self::TunnelLost => "tunnel_lost",
             Self::BadRequest => "bad_request",
+            Self::Forbidden => "forbidden",
+            Self::Unauthorized => "unauthorized",
+            Self::RateLimited => "rate_limited",
             Self::NotFound => "not_found",
         }
     }

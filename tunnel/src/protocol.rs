@@ -24,6 +24,12 @@ pub const HEADER_SUBDOMAIN: &str = "ggrok-subdomain";
 /// Request header: a random id the client keeps across reconnects, so the server can give a
 /// dropped client its name back and let it replace its own stale session.
 pub const HEADER_CLIENT_ID: &str = "ggrok-client-id";
+/// Request header: `user:password` that visitors must present (HTTP Basic) to use the tunnel.
+/// Sent only to the server; the server keeps a hash and checks every public request.
+pub const HEADER_BASIC_AUTH: &str = "ggrok-basic-auth";
+/// Request header: comma-separated IP addresses or CIDR ranges; the server refuses public
+/// requests from anywhere else.
+pub const HEADER_ALLOW_IPS: &str = "ggrok-allow-ips";
 /// Response header on `101`: the subdomain assigned to this session.
 pub const HEADER_NAME: &str = "ggrok-name";
 /// Response header on `101`: the public URL of the tunnel.
@@ -63,8 +69,8 @@ pub struct Refusal {
     pub message: String,
 }
 
-/// The kinds of [`Refusal`]. Every kind except [`RefusalKind::Unavailable`] is final: retrying
-/// the same request cannot succeed.
+/// The kinds of [`Refusal`]. Every kind except [`RefusalKind::Unavailable`] and
+/// [`RefusalKind::RateLimited`] is final: retrying the same request cannot succeed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RefusalKind {
@@ -80,8 +86,12 @@ pub enum RefusalKind {
     VersionMismatch,
     /// The upgrade request itself was malformed.
     BadRequest,
-    /// The server cannot take the session now (shutting down, rate limited); retry later.
+    /// The server cannot take the session now (shutting down, database down); retry later.
     Unavailable,
+    /// Too many connect attempts from this address; retry later.
+    RateLimited,
+    /// The token already has as many tunnels as the server allows.
+    TooManyTunnels,
 }
 
 impl RefusalKind {
@@ -94,6 +104,8 @@ impl RefusalKind {
             Self::InvalidName | Self::BadRequest => 400,
             Self::VersionMismatch => 426,
             Self::Unavailable => 503,
+            Self::RateLimited => 429,
+            Self::TooManyTunnels => 403,
         }
     }
 
@@ -107,12 +119,14 @@ impl RefusalKind {
             Self::VersionMismatch => "version_mismatch",
             Self::BadRequest => "bad_request",
             Self::Unavailable => "unavailable",
+            Self::RateLimited => "rate_limited",
+            Self::TooManyTunnels => "too_many_tunnels",
         }
     }
 
     /// Whether a client should give up rather than retry.
     pub fn is_final(self) -> bool {
-        !matches!(self, Self::Unavailable)
+        !matches!(self, Self::Unavailable | Self::RateLimited)
     }
 }
 

@@ -267,6 +267,7 @@ async fn origin(st: Arc<OriginState>, mut req: Request<Incoming>) -> Response<Bo
                 "x-forwarded-proto",
                 "x-forwarded-host",
                 "x-multi",
+                "authorization",
             ] {
                 let values: Vec<_> = req
                     .headers()

@@ -43,6 +43,17 @@ struct HttpArgs {
     /// Extra CA certificate (PEM) to trust, for a server with a private or self-signed CA.
     #[arg(long, env = "GGROK_CA_CERT")]
     ca_cert: Option<std::path::PathBuf>,
+    /// Require visitors to log in with HTTP Basic auth (checked by the server).
+    #[arg(
+        long,
+        value_name = "USER:PASSWORD",
+        env = "GGROK_BASIC_AUTH",
+        hide_env_values = true
+    )]
+    basic_auth: Option<String>,
+    /// Allow only these visitor addresses (IP or CIDR, repeatable); everyone else gets 403.
+    #[arg(long = "allow-ip", value_name = "CIDR")]
+    allow_ips: Vec<String>,
     /// Pass the public Host header through instead of rewriting it to the local target.
     #[arg(long)]
     keep_host: bool,
@@ -78,6 +89,8 @@ async fn http(args: HttpArgs) -> anyhow::Result<ExitCode> {
     config.token = args.token.filter(|t| !t.is_empty()).map(Secret::new);
     config.subdomain = args.subdomain;
     config.ca_cert = args.ca_cert;
+    config.basic_auth = args.basic_auth.map(Secret::new);
+    config.allow_ips = args.allow_ips;
     config.local = LocalTarget {
         host: args.local_host,
         port: args.port,

@@ -1,0 +1,145 @@
+//! Protection of public URLs and of the server: per-tunnel basic auth and IP allowlists asked
+//! for by the client and enforced by the server, rate limits and tunnels per token.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use ggrok_server::{Config, Tokens};
+use ggrok_tunnel::{protocol, Secret, Status, Tunnel, TunnelConfig};
+use http::header;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+#[tokio::test]
+async fn basic_auth_is_enforced_by_the_server_and_not_forwarded() {
+    let server = Server::start(config()).await;
+    let origin = Origin::start().await;
+    let mut c = TunnelConfig::new(server.url(), origin.port());
+    c.subdomain = Some("locked".into());
+    c.basic_auth = Some(Secret::new("alice:wonderland"));
+    let (_t, _) = tunnel_with(c).await;
+
+    let r = get(&server, "locked", "/echo").send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        r.headers()[header::WWW_AUTHENTICATE],
+        "Basic realm=\"ggrok locked\", charset=\"UTF-8\""
+    );
+    let r = get(&server, "locked", "/echo")
+        .basic_auth("alice", Some("wrong"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = get(&server, "locked", "/echo")
+        .basic_auth("alice", Some("wonderland"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["x-echo-authorization"],
+        "",
+        "the tunnel password must not reach the origin"
+    );
+}
+
+#[tokio::test]
+async fn ip_allowlists_are_enforced() {
+    let server = Server::start(config()).await;
+    let origin = Origin::start().await;
+    for (name, allow, status) in [
+        ("elsewhere", "10.0.0.0/8", 403),
+        ("here", "10.0.0.0/8,127.0.0.1", 200),
+    ] {
+        let mut c = TunnelConfig::new(server.url(), origin.port());
+        c.subdomain = Some(name.into());
+        c.allow_ips = allow.split(',').map(str::to_owned).collect();
+        let (t, _) = tunnel_with(c).await;
+        let r = get(&server, name, "/echo").send().await.unwrap();
+        assert_eq!(r.status(), status, "{name}");
+        t.stop().await;
+    }
+    let mut c = TunnelConfig::new(server.url(), origin.port());
+    c.allow_ips = vec!["not-an-ip".into()];
+    match Tunnel::start(c).unwrap().online().await {
+        Err(Status::Failed { message, .. }) => assert!(message.contains("not-an-ip"), "{message}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn requests_per_tunnel_are_rate_limited() {
+    let server = Server::start(Config {
+        tunnel_rate: 5,
+        ..config()
+    })
+    .await;
+    let origin = Origin::start().await;
+    let (_t, _) = tunnel(&server, origin.port(), Some("busy")).await;
+    let mut statuses = Vec::new();
+    for _ in 0..20 {
+        statuses.push(
+            get(&server, "busy", "/echo")
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16(),
+        );
+    }
+    assert!(
+        statuses.contains(&200) && statuses.contains(&429),
+        "{statuses:?}"
+    );
+}
+
+#[tokio::test]
+async fn connect_attempts_per_address_are_rate_limited() {
+    let server = Server::start(Config {
+        connect_rate: 3,
+        ..config()
+    })
+    .await;
+    let mut kinds = Vec::new();
+    for _ in 0..5 {
+        let mut req = format!("ws://{}{}", server.addr, protocol::CONNECT_PATH)
+            .into_client_request()
+            .unwrap();
+        // A wrong version: each attempt is refused, but only the rate limit says 429.
+        req.headers_mut()
+            .insert(protocol::HEADER_VERSION, 999.into());
+        match tokio_tungstenite::connect_async(req).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                kinds.push(resp.status().as_u16())
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(kinds, [426, 426, 426, 429, 429]);
+}
+
+#[tokio::test]
+async fn tunnels_per_token_are_capped() {
+    let server = Server::start(Config {
+        tokens: Tokens::from_plain(["one-token-for-all-0123"]),
+        max_tunnels_per_token: 2,
+        ..config()
+    })
+    .await;
+    let origin = Origin::start().await;
+    let start = || {
+        let mut c = TunnelConfig::new(server.url(), origin.port());
+        c.token = Some(Secret::new("one-token-for-all-0123"));
+        c.backoff.min = Duration::from_millis(50);
+        Tunnel::start(c).unwrap()
+    };
+    let (a, b, c) = (start(), start(), start());
+    let results = [a.online().await, b.online().await, c.online().await];
+    let refused = results
+        .iter()
+        .filter(|r| matches!(r, Err(Status::Failed { .. })))
+        .count();
+    assert_eq!(refused, 1, "{results:?}");
+}
