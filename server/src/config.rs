@@ -132,6 +132,9 @@ pub struct Config {
     /// Serve HTTPS (and `wss://` for clients) with this certificate; `None` serves plain HTTP,
     /// for loopback or behind a TLS-terminating proxy.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Proxies whose `X-Forwarded-Proto`/`-For` are believed (a TLS-terminating proxy or PaaS
+    /// router); from anyone else those headers are only passed along.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Connect attempts allowed per client IP per minute (token guessing guard); 0: no limit.
     pub connect_rate: u32,
     /// Public requests allowed per tunnel per second; 0: no limit.
@@ -154,6 +157,7 @@ impl std::fmt::Debug for Config {
             .field("metrics_token", &self.metrics_token.map(|_| "MASKED"))
             .field("tls", &self.tls.is_some())
             .field("store", &self.store.is_some())
+            .field("trusted_proxies", &self.trusted_proxies)
             .field("connect_rate", &self.connect_rate)
             .field("tunnel_rate", &self.tunnel_rate)
             .field("max_tunnels_per_token", &self.max_tunnels_per_token)
@@ -174,6 +178,7 @@ impl Config {
             metrics_token: None,
             tls: None,
             store: None,
+            trusted_proxies: Vec::new(),
             connect_rate: 60,
             tunnel_rate: 0,
             max_tunnels_per_token: 20,

@@ -27,7 +27,7 @@ pub(crate) fn accept(
     mut req: Request<Incoming>,
 ) -> Response<Body> {
     let peer = visitor.peer;
-    if !shared.connect_limit.allow(&peer.ip().to_canonical()) {
+    if !shared.connect_limit.allow(&visitor.ip) {
         let refusal = Refusal::new(
             RefusalKind::RateLimited,
             "too many connect attempts from this address; retry later",
@@ -221,10 +221,8 @@ fn public_url(h: &HeaderMap, secure: bool, name: &str, domain: &str) -> String {
         .rsplit_once(':')
         .map(|(_, p)| p)
         .filter(|p| p.chars().all(|c| c.is_ascii_digit()));
-    let https = secure
-        || h.get("x-forwarded-proto")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.eq_ignore_ascii_case("https"));
+    // `secure` already believes X-Forwarded-Proto from trusted proxies (and nobody else).
+    let https = secure;
     let scheme = if https { "https" } else { "http" };
     match port {
         Some(p) if !((https && p == "443") || (!https && p == "80")) => {
@@ -260,9 +258,8 @@ mod tests {
             "http://app.localhost:8080"
         );
         h.insert(header::HOST, HeaderValue::from_static("tunnel.example.com"));
-        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
         assert_eq!(
-            public_url(&h, false, "app", "tunnel.example.com"),
+            public_url(&h, true, "app", "tunnel.example.com"),
             "https://app.tunnel.example.com"
         );
     }

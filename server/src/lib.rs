@@ -169,23 +169,51 @@ pub async fn run(
 #[derive(Debug, Clone, Copy)]
 struct Visitor {
     peer: SocketAddr,
-    /// Came over TLS (ours); decides `X-Forwarded-Proto` and public URL schemes.
+    /// The visitor's address: the peer's, or what a trusted proxy says in `X-Forwarded-For`.
+    ip: std::net::IpAddr,
+    /// Came over TLS (ours, or a trusted proxy's); decides `X-Forwarded-Proto` and URL schemes.
     secure: bool,
+    /// Came through a trusted proxy, whose `X-Forwarded-For` already names the visitor.
+    proxied: bool,
+}
+
+impl Visitor {
+    fn direct(peer: SocketAddr, secure: bool) -> Self {
+        Visitor {
+            peer,
+            ip: peer.ip().to_canonical(),
+            secure,
+            proxied: false,
+        }
+    }
+
+    /// Believes `X-Forwarded-Proto`/`-For` only from a trusted proxy.
+    fn through(self, trusted: &[ipnet::IpNet], h: &http::HeaderMap) -> Self {
+        if !trusted.iter().any(|net| net.contains(&self.ip)) {
+            return self;
+        }
+        let get = |name: &str| h.get(name).and_then(|v| v.to_str().ok());
+        let secure = self.secure
+            || get("x-forwarded-proto").is_some_and(|p| p.trim().eq_ignore_ascii_case("https"));
+        let ip = get("x-forwarded-for")
+            .and_then(|v| v.rsplit(',').next())
+            .and_then(|v| v.trim().parse::<std::net::IpAddr>().ok());
+        match ip {
+            Some(ip) => Visitor {
+                ip: ip.to_canonical(),
+                secure,
+                proxied: true,
+                ..self
+            },
+            None => Visitor { secure, ..self },
+        }
+    }
 }
 
 /// Completes TLS when configured (HTTP/2 or HTTP/1.1 by ALPN), then serves HTTP.
 async fn accept_connection(shared: Arc<Shared>, stream: tokio::net::TcpStream, peer: SocketAddr) {
     let Some(tls) = shared.config.tls.clone() else {
-        return serve_connection(
-            shared,
-            stream,
-            Visitor {
-                peer,
-                secure: false,
-            },
-            false,
-        )
-        .await;
+        return serve_connection(shared, stream, Visitor::direct(peer, false), false).await;
     };
     let handshake = tokio_rustls::TlsAcceptor::from(tls).accept(stream);
     let stream = match tokio::time::timeout(shared.config.header_read_timeout, handshake).await {
@@ -194,7 +222,7 @@ async fn accept_connection(shared: Arc<Shared>, stream: tokio::net::TcpStream, p
         Err(_) => return debug!(%peer, "TLS handshake timed out"),
     };
     let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-    serve_connection(shared, stream, Visitor { peer, secure: true }, h2).await;
+    serve_connection(shared, stream, Visitor::direct(peer, true), h2).await;
 }
 
 async fn serve_connection<I>(shared: Arc<Shared>, io: I, visitor: Visitor, h2: bool)
@@ -288,6 +316,7 @@ async fn route(
 ) -> Response<Body> {
     let host = request_host(&req);
     let json = wants_json(req.headers());
+    let visitor = visitor.through(&shared.config.trusted_proxies, req.headers());
     // hyper's read buffer bounds memory, not the head: enforce the documented limit here.
     let head: usize = req
         .headers()

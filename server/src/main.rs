@@ -14,10 +14,21 @@ struct Args {
     /// TOML file with any of the settings below (keys as the flags, with underscores).
     #[arg(long, env = "GGROK_CONFIG", global = true)]
     config: Option<std::path::PathBuf>,
+    /// Log format on stderr.
+    #[arg(long, env = "GGROK_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
     #[command(flatten)]
     settings: Settings,
     #[command(subcommand)]
     command: Option<Admin>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
 }
 
 /// Administration of the token database; takes effect on a running server without a restart.
@@ -140,14 +151,18 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn serve() -> anyhow::Result<std::process::ExitCode> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let args = Args::parse();
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Json => logs.json().init(),
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
     let file = args.config.as_deref().map(Settings::from_file).transpose();
     let settings = match (file, &args.command) {
         (Ok(file), _) => args.settings.or(file.unwrap_or_default()),

@@ -40,9 +40,8 @@ impl Policy {
                 .map(str::trim)
                 .filter(|s| !s.is_empty())
                 .map(|s| {
-                    s.parse::<IpNet>()
-                        .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
-                        .map_err(|_| bad(format!("{s:?} is not an IP address or CIDR range")))
+                    parse_net(s)
+                        .ok_or_else(|| bad(format!("{s:?} is not an IP address or CIDR range")))
                 })
                 .collect::<Result<Vec<_>, _>>()?,
             None => Vec::new(),
@@ -102,6 +101,14 @@ impl Policy {
     pub fn consumes_authorization(&self) -> bool {
         self.basic_auth.is_some()
     }
+}
+
+/// An IP address (as a /32 or /128) or a CIDR range.
+pub fn parse_net(s: &str) -> Option<IpNet> {
+    let s = s.trim();
+    s.parse::<IpNet>()
+        .ok()
+        .or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))
 }
 
 /// Per-key token buckets; `None` when the limit is off.

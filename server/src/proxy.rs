@@ -49,7 +49,7 @@ pub(crate) async fn forward(
             json,
         );
     };
-    if let Some(refused) = policy.check(name, visitor.peer.ip(), req.headers(), json) {
+    if let Some(refused) = policy.check(name, visitor.ip, req.headers(), json) {
         shared
             .metrics
             .error(if refused.status() == StatusCode::FORBIDDEN {
@@ -183,8 +183,10 @@ async fn open(
 /// Adds `X-Forwarded-For/-Proto/-Host` the way common proxies do (appending to a visitor's
 /// `X-Forwarded-For` rather than trusting or discarding it).
 fn add_forwarded(h: &mut http::HeaderMap, visitor: Visitor, public_host: Option<HeaderValue>) {
-    let ip = visitor.peer.ip().to_canonical().to_string();
+    let ip = visitor.ip.to_string();
     let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        // A trusted proxy already appended the visitor; the rightmost entry is theirs.
+        Some(prev) if visitor.proxied => prev.to_owned(),
         Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
         _ => ip,
     };

@@ -52,6 +52,15 @@ pub struct Settings {
     /// On SIGTERM, seconds that requests in flight may take to finish [default: 10].
     #[arg(long, env = "GGROK_DRAIN_TIMEOUT")]
     pub drain_timeout: Option<u64>,
+    /// Address or CIDR of a TLS-terminating proxy in front of the server (repeatable): its
+    /// X-Forwarded-Proto and X-Forwarded-For are believed; nobody else's are.
+    #[arg(
+        long = "trusted-proxy",
+        env = "GGROK_TRUSTED_PROXIES",
+        value_delimiter = ','
+    )]
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
     /// Connect attempts allowed per client IP per minute, 0 for no limit [default: 60].
     #[arg(long, env = "GGROK_CONNECT_RATE")]
     pub connect_rate: Option<u32>,
@@ -86,6 +95,7 @@ impl std::fmt::Debug for Settings {
             .field("drain_timeout", &self.drain_timeout)
             .field("heartbeat_interval", &self.heartbeat_interval)
             .field("heartbeat_timeout", &self.heartbeat_timeout)
+            .field("trusted_proxies", &self.trusted_proxies)
             .field("connect_rate", &self.connect_rate)
             .field("tunnel_rate", &self.tunnel_rate)
             .field("max_tunnels_per_token", &self.max_tunnels_per_token)
@@ -156,6 +166,11 @@ impl Settings {
             drain_timeout: self.drain_timeout.or(lower.drain_timeout),
             heartbeat_interval: self.heartbeat_interval.or(lower.heartbeat_interval),
             heartbeat_timeout: self.heartbeat_timeout.or(lower.heartbeat_timeout),
+            trusted_proxies: if self.trusted_proxies.is_empty() {
+                lower.trusted_proxies
+            } else {
+                self.trusted_proxies
+            },
             connect_rate: self.connect_rate.or(lower.connect_rate),
             tunnel_rate: self.tunnel_rate.or(lower.tunnel_rate),
             max_tunnels_per_token: self.max_tunnels_per_token.or(lower.max_tunnels_per_token),
@@ -220,6 +235,15 @@ impl Settings {
                 None
             }
         };
+        let mut trusted_proxies = Vec::new();
+        for p in &self.trusted_proxies {
+            match crate::policy::parse_net(p) {
+                Some(net) => trusted_proxies.push(net),
+                None => problems.push(format!(
+                    "trusted proxy {p:?} is not an IP address or CIDR range"
+                )),
+            }
+        }
         if self.tokens.iter().any(|t| t.trim().len() < 16) {
             problems.push(
                 "tokens must be at least 16 characters (use `ggrok-server token create`)"
@@ -231,6 +255,7 @@ impl Settings {
         }
         let defaults = Config::new("localhost");
         let config = Config {
+            trusted_proxies,
             connect_rate: self.connect_rate.unwrap_or(defaults.connect_rate),
             tunnel_rate: self.tunnel_rate.unwrap_or(defaults.tunnel_rate),
             max_tunnels_per_token: self

@@ -143,3 +143,40 @@ async fn tunnels_per_token_are_capped() {
         .count();
     assert_eq!(refused, 1, "{results:?}");
 }
+
+#[tokio::test]
+async fn forwarded_headers_are_believed_only_from_trusted_proxies() {
+    let origin = Origin::start().await;
+    for trusted in [false, true] {
+        let proxies = if trusted {
+            vec![ggrok_server::policy::parse_net("127.0.0.0/8").unwrap()]
+        } else {
+            vec![]
+        };
+        let server = Server::start(Config {
+            trusted_proxies: proxies,
+            ..config()
+        })
+        .await;
+        let mut c = TunnelConfig::new(server.url(), origin.port());
+        c.subdomain = Some("proxied".into());
+        c.allow_ips = vec!["203.0.113.0/24".into()];
+        let (_t, _) = tunnel_with(c).await;
+        let r = get(&server, "proxied", "/echo")
+            .header("x-forwarded-proto", "https")
+            .header("x-forwarded-for", "203.0.113.5")
+            .send()
+            .await
+            .unwrap();
+        if trusted {
+            // The proxy vouches for the visitor's address and scheme.
+            assert_eq!(r.status(), 200);
+            assert_eq!(r.headers()["x-echo-x-forwarded-proto"], "https");
+            assert_eq!(r.headers()["x-echo-x-forwarded-for"], "203.0.113.5");
+        } else {
+            // Anyone else claiming to be 203.0.113.5 is still 127.0.0.1.
+            assert_eq!(r.status(), 403);
+        }
+        server.stop().await;
+    }
+}
