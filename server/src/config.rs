@@ -141,6 +141,8 @@ pub struct Config {
     pub tunnel_rate: u32,
     /// Live tunnels one token may hold; 0: no limit.
     pub max_tunnels_per_token: usize,
+    /// Certificates over ACME; when set, `tls` is its resolver's config.
+    pub acme: Option<Arc<crate::acme::Acme>>,
     /// Tokens and reserved names created with `ggrok-server token ...`; read on every connect.
     pub store: Option<Arc<crate::store::Store>>,
 }
@@ -156,6 +158,7 @@ impl std::fmt::Debug for Config {
             .field("drain_timeout", &self.drain_timeout)
             .field("metrics_token", &self.metrics_token.map(|_| "MASKED"))
             .field("tls", &self.tls.is_some())
+            .field("acme", &self.acme)
             .field("store", &self.store.is_some())
             .field("trusted_proxies", &self.trusted_proxies)
             .field("connect_rate", &self.connect_rate)
@@ -177,6 +180,7 @@ impl Config {
             drain_timeout: Duration::from_secs(10),
             metrics_token: None,
             tls: None,
+            acme: None,
             store: None,
             trusted_proxies: Vec::new(),
             connect_rate: 60,

@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod acme;
 pub mod config;
 mod connect;
 pub mod metrics;
@@ -112,6 +113,15 @@ pub async fn run(
         conns: TaskTracker::new(),
         tasks: TaskTracker::new(),
     });
+    if let Some(acme) = shared.config.acme.clone() {
+        let routable = shared.clone();
+        acme.request(&shared.config.domain);
+        shared.spawn(acme.manage(move |name| {
+            let domain = &routable.config.domain;
+            name == domain
+                || matches!(classify(name, domain), Route::Tunnel(sub) if routable.registry.route(sub).is_some())
+        }));
+    }
     let sweeper = shared.clone();
     shared.spawn(async move {
         let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
@@ -221,7 +231,12 @@ async fn accept_connection(shared: Arc<Shared>, stream: tokio::net::TcpStream, p
         Ok(Err(e)) => return debug!(%e, %peer, "TLS handshake failed"),
         Err(_) => return debug!(%peer, "TLS handshake timed out"),
     };
-    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+    let alpn = stream.get_ref().1.alpn_protocol();
+    if alpn == Some(acme::ACME_TLS_ALPN) {
+        // An ACME validation handshake: the certificate was the answer.
+        return;
+    }
+    let h2 = alpn == Some(b"h2");
     serve_connection(shared, stream, Visitor::direct(peer, true), h2).await;
 }
 

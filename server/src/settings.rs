@@ -43,6 +43,23 @@ pub struct Settings {
     /// PEM private key of --tls-cert.
     #[arg(long, env = "GGROK_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
+    /// Get certificates automatically over ACME (TLS-ALPN-01 on this listener, which must be
+    /// reachable on port 443): from Let's Encrypt, or from --acme-directory.
+    #[arg(long, env = "GGROK_ACME")]
+    #[serde(default)]
+    pub acme: bool,
+    /// ACME directory URL [default: Let's Encrypt production].
+    #[arg(long, env = "GGROK_ACME_DIRECTORY")]
+    pub acme_directory: Option<String>,
+    /// Contact e-mail for the ACME account.
+    #[arg(long, env = "GGROK_ACME_EMAIL")]
+    pub acme_email: Option<String>,
+    /// Directory for the ACME account and certificates [default: acme-cache].
+    #[arg(long, env = "GGROK_ACME_CACHE")]
+    pub acme_cache: Option<PathBuf>,
+    /// Extra CA (PEM) to trust for the ACME directory itself (private or test ACME servers).
+    #[arg(long, env = "GGROK_ACME_DIRECTORY_CA")]
+    pub acme_directory_ca: Option<PathBuf>,
     /// Bearer token that enables Prometheus metrics at /metrics on the apex domain.
     #[arg(long, env = "GGROK_METRICS_TOKEN", hide_env_values = true)]
     pub metrics_token: Option<String>,
@@ -91,6 +108,10 @@ impl std::fmt::Debug for Settings {
             .field("tls_cert", &self.tls_cert)
             .field("tls_key", &self.tls_key)
             .field("metrics_token", &self.metrics_token.as_deref().map(mask))
+            .field("acme", &self.acme)
+            .field("acme_directory", &self.acme_directory)
+            .field("acme_email", &self.acme_email)
+            .field("acme_cache", &self.acme_cache)
             .field("reconnect_grace", &self.reconnect_grace)
             .field("drain_timeout", &self.drain_timeout)
             .field("heartbeat_interval", &self.heartbeat_interval)
@@ -162,6 +183,11 @@ impl Settings {
             tls_cert: self.tls_cert.or(lower.tls_cert),
             tls_key: self.tls_key.or(lower.tls_key),
             metrics_token: self.metrics_token.or(lower.metrics_token),
+            acme: self.acme || lower.acme,
+            acme_directory: self.acme_directory.or(lower.acme_directory),
+            acme_email: self.acme_email.or(lower.acme_email),
+            acme_cache: self.acme_cache.or(lower.acme_cache),
+            acme_directory_ca: self.acme_directory_ca.or(lower.acme_directory_ca),
             reconnect_grace: self.reconnect_grace.or(lower.reconnect_grace),
             drain_timeout: self.drain_timeout.or(lower.drain_timeout),
             heartbeat_interval: self.heartbeat_interval.or(lower.heartbeat_interval),
@@ -235,6 +261,38 @@ impl Settings {
                 None
             }
         };
+        let acme_on = self.acme || self.acme_directory.is_some();
+        if acme_on && tls.is_some() {
+            problems.push("use either tls_cert/tls_key or ACME, not both".to_owned());
+        }
+        let acme = if acme_on && problems.is_empty() {
+            let settings = crate::acme::AcmeSettings {
+                directory: self
+                    .acme_directory
+                    .clone()
+                    .unwrap_or_else(|| "https://acme-v02.api.letsencrypt.org/directory".to_owned()),
+                contact: self
+                    .acme_email
+                    .iter()
+                    .map(|e| format!("mailto:{e}"))
+                    .collect(),
+                cache_dir: self
+                    .acme_cache
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from("acme-cache")),
+                directory_root: self.acme_directory_ca.clone(),
+            };
+            match crate::acme::Acme::new(settings) {
+                Ok(acme) => Some(acme),
+                Err(e) => {
+                    problems.push(e.to_string());
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let tls = acme.as_ref().map(|a| a.server_config()).or(tls);
         let mut trusted_proxies = Vec::new();
         for p in &self.trusted_proxies {
             match crate::policy::parse_net(p) {
@@ -256,6 +314,7 @@ impl Settings {
         let defaults = Config::new("localhost");
         let config = Config {
             trusted_proxies,
+            acme,
             connect_rate: self.connect_rate.unwrap_or(defaults.connect_rate),
             tunnel_rate: self.tunnel_rate.unwrap_or(defaults.tunnel_rate),
             max_tunnels_per_token: self
