@@ -65,7 +65,7 @@ pub(crate) fn accept(
                 Ok(u) => u,
                 Err(e) => {
                     warn!(%e, "upgrade failed");
-                    shared.registry.release(&claim.name, claim.session);
+                    shared.registry.release(&claim.name, claim.session, true);
                     return;
                 }
             };
@@ -75,10 +75,9 @@ pub(crate) fn accept(
                 Some(protocol::websocket_config()),
             )
             .await;
-            let mut mux = tokio_yamux::Session::new_client(
-                WsIo::new(ws, shared.config.heartbeat),
-                protocol::yamux_config(),
-            );
+            let io = WsIo::new(ws, shared.config.heartbeat);
+            let closing = io.closing();
+            let mut mux = tokio_yamux::Session::new_client(io, protocol::yamux_config());
             shared.registry.attach(&claim.name, claim.session, mux.control());
             info!("tunnel online");
             let reason = loop {
@@ -92,7 +91,9 @@ pub(crate) fn accept(
                     },
                 }
             };
-            shared.registry.release(&claim.name, claim.session);
+            // A client that stopped on purpose gives its name up; one that dropped keeps it for
+            // the grace period.
+            shared.registry.release(&claim.name, claim.session, !closing.peer_closed());
             shared.metrics.forget(&claim.name);
             info!(%reason, "tunnel offline");
         }

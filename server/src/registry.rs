@@ -203,22 +203,26 @@ impl Registry {
         }
     }
 
-    /// Ends `session`'s hold on `name`; the name is then held for the grace period.
-    pub fn release(&self, name: &str, session: u64) {
+    /// Ends `session`'s hold on `name`: the name is then held for the grace period when `hold`
+    /// (a dropped client may come back), else freed at once (the client stopped on purpose).
+    pub fn release(&self, name: &str, session: u64, hold: bool) {
         let mut st = self.slots.lock().expect("registry lock");
         let until = Instant::now() + self.grace;
-        if let Some(slot) = st.slots.get_mut(name) {
-            if let Slot::Live {
-                session: s, owner, ..
-            } = slot
-            {
-                if *s == session {
-                    *slot = Slot::Held {
-                        owner: owner.clone(),
-                        until,
-                    };
-                }
-            }
+        let Some(Slot::Live {
+            session: s, owner, ..
+        }) = st.slots.get(name)
+        else {
+            return;
+        };
+        if *s != session {
+            return;
+        }
+        if hold {
+            let owner = owner.clone();
+            st.slots
+                .insert(name.to_owned(), Slot::Held { owner, until });
+        } else {
+            st.slots.remove(name);
         }
     }
 
@@ -285,11 +289,11 @@ mod tests {
             .unwrap();
         assert!(a.cancel.is_cancelled(), "stale session is told to end");
         // The stale session's release must not free the new one's name.
-        r.release("app", a.session);
+        r.release("app", a.session, true);
         assert!(r
             .claim(Some("app"), &who("b", None), Default::default(), 0)
             .is_err());
-        r.release("app", a2.session);
+        r.release("app", a2.session, true);
     }
 
     #[test]
@@ -298,7 +302,7 @@ mod tests {
         let a = r
             .claim(Some("app"), &who("a", Some(1)), Default::default(), 0)
             .unwrap();
-        r.release("app", a.session);
+        r.release("app", a.session, true);
         assert!(r
             .claim(Some("app"), &who("b", Some(2)), Default::default(), 0)
             .is_err());
@@ -315,7 +319,7 @@ mod tests {
         let a = r
             .claim(Some("app"), &who("a", None), Default::default(), 0)
             .unwrap();
-        r.release("app", a.session);
+        r.release("app", a.session, true);
         assert!(r
             .claim(Some("app"), &who("b", None), Default::default(), 0)
             .is_ok());

@@ -362,3 +362,22 @@ async fn shutdown_cuts_requests_past_the_drain_deadline() {
         "the cut request ends with a closed connection"
     );
 }
+
+#[tokio::test]
+async fn a_stopped_tunnel_gives_its_name_up_at_once() {
+    // A long grace period: only a deliberate stop can free the name this fast.
+    let server = Server::start(Config {
+        reconnect_grace: Duration::from_secs(600),
+        ..config()
+    })
+    .await;
+    let origin = Origin::start().await;
+    let (first, _) = tunnel(&server, origin.port(), Some("again")).await;
+    first.stop().await;
+    tokio::time::timeout(Duration::from_secs(10), until_gone(&server, "again"))
+        .await
+        .unwrap();
+    // Another process (another client id) may take it right away.
+    let (_second, url) = tunnel(&server, origin.port(), Some("again")).await;
+    assert!(url.starts_with("http://again.localhost:"));
+}

@@ -110,6 +110,10 @@ pub struct TunnelConfig {
     pub basic_auth: Option<Secret>,
     /// IP addresses or CIDR ranges allowed to use the public URL (empty: everyone).
     pub allow_ips: Vec<String>,
+    /// This tunnel's identity towards the server across restarts of the process (an app that
+    /// saves tunnels keeps one per tunnel); `None` picks a random one per [`Tunnel::start`].
+    /// The server gives a held name back to the same id at once.
+    pub client_id: Option<String>,
 }
 
 impl TunnelConfig {
@@ -131,6 +135,7 @@ impl TunnelConfig {
             ca_cert: None,
             basic_auth: None,
             allow_ips: Vec::new(),
+            client_id: None,
         }
     }
 
@@ -233,12 +238,16 @@ impl Tunnel {
         };
         let traffic = Traffic::new(config.ring_size, config.capture_limit);
         let forwarder = Forwarder::new(config.local.clone(), traffic);
+        let client_id = config
+            .client_id
+            .clone()
+            .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()));
         let (tx, rx) = watch::channel(Status::Connecting);
         let cancel = CancellationToken::new();
         let engine = Engine {
             url,
             config,
-            client_id: format!("{:032x}", rand::random::<u128>()),
+            client_id,
             connector,
             forwarder: forwarder.clone(),
             status: tx,
@@ -435,17 +444,21 @@ impl Engine {
         // Reconnects ask for the same name, so a server restart gives it back.
         self.config.subdomain = Some(name.clone());
         self.status.send_replace(Status::Online { url, name });
+        let closing = ws.closing();
         let mut mux = tokio_yamux::Session::new_server(ws, protocol::yamux_config());
         let streams = self.cancel.child_token();
         let reason = loop {
             tokio::select! {
                 _ = self.cancel.cancelled() => {
                     streams.cancel();
-                    // Closing the session tells the server at once instead of at its timeout.
-                    // The session only acts while polled, so drive it until the close is done.
-                    let mut control = mux.control();
-                    let drive = async { while mux.next().await.is_some() {} };
-                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async { tokio::join!(control.close(), drive) }).await;
+                    // A WebSocket Close frame tells the server this is a stop, not a drop, so it
+                    // frees the name at once. It must go before anything else that could end
+                    // the session first (a yamux GoAway would). The session only acts while
+                    // polled: drive it until the server answers, fails (a failed session keeps
+                    // failing, never pending) or the timeout passes.
+                    closing.close();
+                    let drive = async { while let Some(Ok(_)) = mux.next().await {} };
+                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, drive).await;
                     break "stopped".to_owned();
                 }
                 next = mux.next() => match next {

@@ -8,17 +8,27 @@
 use std::{
     io,
     pin::Pin,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
     task::{ready, Context, Poll},
     time::Duration,
 };
 
 use bytes::{Buf, Bytes};
-use futures_util::{Sink, Stream};
+use futures_util::{task::AtomicWaker, Sink, Stream};
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     time::{Instant, Interval, MissedTickBehavior, Sleep},
 };
-use tokio_tungstenite::{tungstenite::Message, WebSocketStream};
+use tokio_tungstenite::{
+    tungstenite::{
+        protocol::{frame::coding::CloseCode, CloseFrame},
+        Message,
+    },
+    WebSocketStream,
+};
 
 use crate::protocol::{Heartbeat, MAX_CHUNK};
 
@@ -31,6 +41,38 @@ pub struct WsIo<S> {
     ping_due: bool,
     silence: Pin<Box<Sleep>>,
     timeout: Duration,
+    shared: Arc<Shared>,
+    close_sent: bool,
+}
+
+/// State shared with [`Closing`] handles.
+#[derive(Default)]
+struct Shared {
+    /// Our side asked to end the session on purpose.
+    close_requested: AtomicBool,
+    /// The peer ended the session on purpose (sent a Close frame).
+    peer_closed: AtomicBool,
+    waker: AtomicWaker,
+}
+
+/// A handle to end a [`WsIo`] deliberately and to learn whether the peer did.
+///
+/// A deliberate end is a WebSocket Close frame; a dropped connection is not. The server uses the
+/// difference to free a stopped tunnel's name at once instead of holding it for a reconnect.
+#[derive(Clone)]
+pub struct Closing(Arc<Shared>);
+
+impl Closing {
+    /// Sends a Close frame at the next chance; reads then end once the peer answers.
+    pub fn close(&self) {
+        self.0.close_requested.store(true, Ordering::SeqCst);
+        self.0.waker.wake();
+    }
+
+    /// Whether the peer closed the session with a Close frame.
+    pub fn peer_closed(&self) -> bool {
+        self.0.peer_closed.load(Ordering::SeqCst)
+    }
 }
 
 impl<S> WsIo<S>
@@ -49,7 +91,37 @@ where
             ping_due: false,
             silence: Box::pin(tokio::time::sleep(heartbeat.timeout)),
             timeout: heartbeat.timeout,
+            shared: Arc::default(),
+            close_sent: false,
         }
+    }
+
+    /// A handle to close this session on purpose, or to see whether the peer did.
+    pub fn closing(&self) -> Closing {
+        Closing(self.shared.clone())
+    }
+
+    /// Sends the Close frame once it was requested and the socket can take it.
+    fn poll_close_request(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        self.shared.waker.register(cx.waker());
+        if self.close_sent || !self.shared.close_requested.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        if let Poll::Ready(r) = Pin::new(&mut self.ws).poll_ready(cx) {
+            r.map_err(to_io)?;
+            let frame = CloseFrame {
+                code: CloseCode::Normal,
+                reason: "stopped".into(),
+            };
+            Pin::new(&mut self.ws)
+                .start_send(Message::Close(Some(frame)))
+                .map_err(to_io)?;
+            self.close_sent = true;
+            if let Poll::Ready(r) = Pin::new(&mut self.ws).poll_flush(cx) {
+                r.map_err(to_io)?;
+            }
+        }
+        Ok(())
     }
 
     /// Sends a ping if one is due and the socket can take it; never blocks reads on it.
@@ -107,6 +179,7 @@ where
                 )));
             }
             this.poll_ping(cx)?;
+            this.poll_close_request(cx)?;
             match ready!(Pin::new(&mut this.ws).poll_next(cx)) {
                 None => return Poll::Ready(Ok(())),
                 Some(Err(e)) => return Poll::Ready(Err(to_io(e))),
@@ -115,7 +188,10 @@ where
                     this.silence.as_mut().reset(deadline);
                     match msg {
                         Message::Binary(data) => this.pending = data,
-                        Message::Close(_) => return Poll::Ready(Ok(())),
+                        Message::Close(_) => {
+                            this.shared.peer_closed.store(true, Ordering::SeqCst);
+                            return Poll::Ready(Ok(()));
+                        }
                         Message::Text(_) => {
                             return Poll::Ready(Err(io::Error::new(
                                 io::ErrorKind::InvalidData,
@@ -225,6 +301,31 @@ mod tests {
         assert!(
             quiet.is_err(),
             "a session with a live peer must not time out"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_deliberate_close_is_told_apart_from_a_drop() {
+        let (mut a, mut b) = pair(Heartbeat::default()).await;
+        let (ca, cb) = (a.closing(), b.closing());
+        ca.close();
+        let reader = tokio::spawn(async move {
+            let mut buf = Vec::new();
+            b.read_to_end(&mut buf).await.map(|_| b)
+        });
+        // `a` sends its Close frame while reading, then ends when the peer answers.
+        let _ = a.read(&mut [0u8; 16]).await;
+        reader.await.unwrap().unwrap();
+        assert!(cb.peer_closed(), "b saw a deliberate close");
+        assert!(!ca.peer_closed());
+
+        let (a, mut b) = pair(Heartbeat::default()).await;
+        let cb = b.closing();
+        drop(a);
+        let _ = b.read(&mut [0u8; 16]).await;
+        assert!(
+            !cb.peer_closed(),
+            "a dropped connection is no deliberate close"
         );
     }
 
