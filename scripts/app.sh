@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
-# Runs ggrok locally: a ggrok-server on loopback (domain localhost). Expose a port with
-#   ./target/release/ggrok http PORT --server http://127.0.0.1:8080
+# Runs the ggrok desktop app on a fresh Debian 12 / Ubuntu desktop (installs what is missing
+# first). The app starts its own ggrok-server on 127.0.0.1:7070 (domain localhost), so
+# "Expose port" works at once and http://NAME.localhost:7070 opens in any browser.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release -p ggrok-server -p ggrok-tunnel
-echo "ggrok-server on http://127.0.0.1:8080 — in another terminal:"
-echo "  ./target/release/ggrok http 3000 --server http://127.0.0.1:8080 --subdomain myapp"
-exec ./target/release/ggrok-server --listen 127.0.0.1:8080 --domain localhost
+./scripts/deps.sh
+exec npm run app

@@ -1,17 +1,41 @@
 #!/usr/bin/env bash
-# Runs every test of the project on a fresh Debian/Ubuntu machine: installs what is missing,
-# then the Rust unit and loopback integration tests of every crate.
+# Runs every test of the project on a fresh Debian 12 / Ubuntu machine (installs what is
+# missing first). Everything listens on 127.0.0.1 only.
+#   1. Rust: unit and loopback integration tests of every crate, under a private D-Bus session
+#      with an unlocked gnome-keyring so the real Secret Service test runs too;
+#   2. UI: type-check + build, Vitest, Playwright in Debian's Chromium with the IPC mocked;
+#   3. E2E: the real desktop app under Xvfb via tauri-driver + WebKitWebDriver against a real
+#      ggrok-server and origin (skip with GGROK_SKIP_E2E=1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+start=$(date +%s)
+step() { printf '\n== %s (%ss)\n' "$*" "$(( $(date +%s) - start ))"; }
 
-SUDO=""
-[ "$(id -u)" -eq 0 ] || SUDO="sudo"
-# pebble: the ACME test server the certificate tests run against, on loopback.
-if ! command -v pebble >/dev/null || ! command -v pebble-challtestsrv >/dev/null; then
-  echo "== apt-get install pebble"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends pebble
+./scripts/deps.sh
+
+step "Rust: cargo test --workspace (with a real Secret Service)"
+# The keyring lives in a throwaway XDG_DATA_HOME: a fresh "login" keyring that the password
+# below unlocks, and a developer's own keyrings are never touched.
+keyring_home=$(mktemp -d)
+trap 'rm -rf "$keyring_home"' EXIT
+XDG_DATA_HOME="$keyring_home" dbus-run-session -- bash -c '
+  set -e
+  eval "$(printf ci-keyring-pw | gnome-keyring-daemon --unlock --components=secrets)"
+  export GGROK_TEST_SECRET_SERVICE=1
+  cargo test --workspace --all-targets
+'
+
+step "UI: tsc + vite build, vitest, playwright (chromium, mocked IPC)"
+npm run test:ui
+
+if [ "${GGROK_SKIP_E2E:-0}" != "1" ]; then
+  step "E2E: tauri-driver"
+  command -v tauri-driver >/dev/null || cargo install tauri-driver --locked
+  step "E2E: build the app with the UI embedded (what \`tauri build --debug --no-bundle\` does)"
+  npm run build:ui
+  cargo build -p ggrok-desktop --features tauri/custom-protocol
+  step "E2E: the real app under Xvfb"
+  xvfb-run -a dbus-run-session -- node ui/tests/e2e.mjs
 fi
 
-echo "== Rust: unit and loopback integration tests"
-cargo test --workspace --all-targets
+step "all tests passed"

@@ -1,0 +1,27 @@
+// The app's commands, so `tauri-build` generates an `allow-<command>` permission for each and
+// `capabilities/main.json` can grant exactly these.
+const COMMANDS: &[&str] = &[
+    "app_info",
+    "list_tunnels",
+    "expose",
+    "update_tunnel",
+    "delete_tunnel",
+    "start_tunnel",
+    "stop_tunnel",
+    "list_traffic",
+    "get_exchange",
+    "replay",
+    "list_servers",
+    "save_server",
+    "delete_server",
+    "copy_url",
+    "open_url",
+];
+
+fn main() {
+    tauri_build::try_build(
+        tauri_build::Attributes::new()
+            .app_manifest(tauri_build::AppManifest::new().commands(COMMANDS)),
+    )
+    .expect("tauri build script");
+}

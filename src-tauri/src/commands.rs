@@ -1,0 +1,118 @@
+//! Thin `#[tauri::command]` wrappers over [`AppState`]. Each returns `Result<T, Error>` where
+//! `Error` serializes as `{ kind, message, field? }`. The list here, `build.rs` and
+//! `capabilities/main.json` name the same commands.
+
+use std::sync::Arc;
+
+use tauri::{AppHandle, Runtime, State};
+use tauri_plugin_clipboard_manager::ClipboardExt;
+
+use crate::{
+    error::Error,
+    state::{AppInfo, AppState, ServerInput, ServerView, TunnelInput, TunnelView},
+    tunnels::{Detail, Summary},
+};
+
+type S<'a> = State<'a, Arc<AppState>>;
+
+/// Startup facts and warnings.
+#[tauri::command]
+pub fn app_info(state: S<'_>) -> Result<AppInfo, Error> {
+    Ok(state.info())
+}
+
+/// Saved tunnels with live state.
+#[tauri::command]
+pub fn list_tunnels(state: S<'_>) -> Result<Vec<TunnelView>, Error> {
+    Ok(state.tunnels())
+}
+
+/// Validates, saves and starts a tunnel.
+#[tauri::command]
+pub async fn expose(state: S<'_>, input: TunnelInput) -> Result<TunnelView, Error> {
+    state.expose(input).await
+}
+
+/// Edits a saved tunnel.
+#[tauri::command]
+pub async fn update_tunnel(
+    state: S<'_>,
+    id: String,
+    input: TunnelInput,
+) -> Result<TunnelView, Error> {
+    state.update_tunnel(&id, input).await
+}
+
+/// Deletes a saved tunnel.
+#[tauri::command]
+pub async fn delete_tunnel(state: S<'_>, id: String) -> Result<(), Error> {
+    state.delete_tunnel(&id).await
+}
+
+/// Starts a saved tunnel.
+#[tauri::command]
+pub async fn start_tunnel(state: S<'_>, id: String) -> Result<TunnelView, Error> {
+    state.start(&id).await
+}
+
+/// Stops a tunnel.
+#[tauri::command]
+pub async fn stop_tunnel(state: S<'_>, id: String) -> Result<TunnelView, Error> {
+    state.stop(&id).await
+}
+
+/// Recent traffic, newest first.
+#[tauri::command]
+pub fn list_traffic(state: S<'_>, id: String) -> Result<Vec<Summary>, Error> {
+    state.traffic(&id)
+}
+
+/// One exchange with headers and bodies.
+#[tauri::command]
+pub fn get_exchange(state: S<'_>, id: String, exchange: u64) -> Result<Detail, Error> {
+    state.exchange(&id, exchange)
+}
+
+/// Replays an exchange against the local service.
+#[tauri::command]
+pub async fn replay(state: S<'_>, id: String, exchange: u64) -> Result<Summary, Error> {
+    state.replay(&id, exchange).await
+}
+
+/// Servers, tokens masked.
+#[tauri::command]
+pub async fn list_servers(state: S<'_>) -> Result<Vec<ServerView>, Error> {
+    // Async: keyring look-ups may block on D-Bus and must not run on the UI thread.
+    Ok(state.servers())
+}
+
+/// Adds or edits a server.
+#[tauri::command]
+pub async fn save_server(state: S<'_>, input: ServerInput) -> Result<ServerView, Error> {
+    state.save_server(input)
+}
+
+/// Removes a server.
+#[tauri::command]
+pub async fn delete_server(state: S<'_>, id: String) -> Result<(), Error> {
+    state.delete_server(&id)
+}
+
+/// Copies an online tunnel's URL. Only tunnel URLs: the page cannot write arbitrary text.
+#[tauri::command]
+pub fn copy_url<R: Runtime>(app: AppHandle<R>, state: S<'_>, id: String) -> Result<String, Error> {
+    let url = state.public_url(&id)?;
+    app.clipboard()
+        .write_text(url.clone())
+        .map_err(|e| Error::System(format!("could not copy: {e}")))?;
+    Ok(url)
+}
+
+/// Opens an online tunnel's URL in the default browser. Only tunnel URLs, for the same reason.
+#[tauri::command]
+pub fn open_url(state: S<'_>, id: String) -> Result<String, Error> {
+    let url = state.public_url(&id)?;
+    open::that_detached(&url)
+        .map_err(|e| Error::System(format!("could not open a browser: {e}")))?;
+    Ok(url)
+}

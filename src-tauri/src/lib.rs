@@ -1,0 +1,226 @@
+//! ggrok-desktop: the Tauri v2 app that manages tunnels from a window and the system tray.
+//!
+//! On launch it starts a ggrok server in-process on loopback (domain `localhost`), so a new
+//! user can expose a port and open `http://NAME.localhost:PORT` without owning a server.
+//!
+//! Layout:
+//! - [`store`]: saved tunnels, servers and settings as JSON, written atomically.
+//! - [`secrets`]: server tokens in the OS keyring, with a run-only memory fallback.
+//! - [`tunnels`]: the manager of running tunnels, their status, counts and traffic.
+//! - [`state`]: every user action over store + secrets + manager, without Tauri types.
+//! - [`commands`]: thin `#[tauri::command]` wrappers; [`error`]: the error they return.
+//! - [`tray`]: the tray menu and icon.
+//! - [`embedded`]: the in-process server.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod commands;
+pub mod embedded;
+pub mod error;
+pub mod secrets;
+pub mod state;
+pub mod store;
+pub mod tray;
+pub mod tunnels;
+
+#[cfg(test)]
+mod test_support;
+
+use std::{path::PathBuf, sync::Arc};
+
+use tauri::{AppHandle, Builder, Emitter, Manager as _, RunEvent, Runtime, WindowEvent};
+use tauri_plugin_clipboard_manager::ClipboardExt;
+use tracing::{info, warn};
+
+use crate::{
+    embedded::EmbeddedServer,
+    secrets::{KeyringStore, Secrets, SERVICE},
+    state::AppState,
+    store::Store,
+    tunnels::Manager,
+};
+
+/// Event carrying a [`tunnels::Event`] (status or traffic) to the window.
+pub const EVENT_TUNNEL: &str = "tunnel-event";
+/// Event telling the window that saved tunnels or servers changed.
+pub const EVENT_CHANGED: &str = "tunnels-changed";
+/// Label of the main window.
+pub const MAIN_WINDOW: &str = "main";
+
+/// Registers the app's state and commands on `builder`. `run` passes the real builder, tests
+/// pass `tauri::test::mock_builder()`.
+pub fn builder<R: Runtime>(builder: Builder<R>, state: Arc<AppState>) -> Builder<R> {
+    builder
+        .manage(state)
+        .invoke_handler(tauri::generate_handler![
+            commands::app_info,
+            commands::list_tunnels,
+            commands::expose,
+            commands::update_tunnel,
+            commands::delete_tunnel,
+            commands::start_tunnel,
+            commands::stop_tunnel,
+            commands::list_traffic,
+            commands::get_exchange,
+            commands::replay,
+            commands::list_servers,
+            commands::save_server,
+            commands::delete_server,
+            commands::copy_url,
+            commands::open_url,
+        ])
+}
+
+/// Forwards manager events and saved-data changes to the window and keeps the tray in step.
+/// Must be called inside the async runtime.
+pub fn forward_events<R: Runtime>(app: &AppHandle<R>, state: Arc<AppState>) {
+    let mut events = state.manager().subscribe();
+    let mut changes = state.subscribe_changes();
+    let app = app.clone();
+    tauri::async_runtime::spawn(async move {
+        let mut shown = None;
+        loop {
+            tokio::select! {
+                ev = events.recv() => match ev {
+                    Ok(ev) => { let _ = app.emit(EVENT_TUNNEL, &ev); }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        // Missed some: have the window re-read everything.
+                        let _ = app.emit(EVENT_CHANGED, ());
+                    }
+                    Err(_) => break,
+                },
+                ch = changes.recv() => match ch {
+                    Ok(()) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        let _ = app.emit(EVENT_CHANGED, ());
+                    }
+                    Err(_) => break,
+                },
+            }
+            // Rebuild the tray only when what it shows changed, not on every request count.
+            let tunnels = state.tunnels();
+            let menu = tray::entries(&tunnels);
+            if shown.as_ref() != Some(&menu) {
+                if let Err(err) = tray::update(&app, &tunnels) {
+                    warn!(%err, "tray update failed");
+                }
+                shown = Some(menu);
+            }
+        }
+    });
+}
+
+fn show_main<R: Runtime>(app: &AppHandle<R>) {
+    if let Some(w) = app.get_webview_window(MAIN_WINDOW) {
+        let _ = w.show();
+        let _ = w.unminimize();
+        let _ = w.set_focus();
+    }
+}
+
+fn on_tray<R: Runtime>(app: &AppHandle<R>, action: tray::Action) {
+    let state = app.state::<Arc<AppState>>().inner().clone();
+    match action {
+        tray::Action::Open => show_main(app),
+        tray::Action::Quit => {
+            let app = app.clone();
+            tauri::async_runtime::spawn(async move {
+                state.manager().stop_all().await;
+                app.exit(0);
+            });
+        }
+        tray::Action::Toggle(id) => {
+            tauri::async_runtime::spawn(async move {
+                if let Err(err) = state.toggle(&id).await {
+                    warn!(%err, "tray toggle failed");
+                }
+            });
+        }
+        tray::Action::Copy(id) => match state.public_url(&id) {
+            Ok(url) => {
+                if let Err(err) = app.clipboard().write_text(url) {
+                    warn!(%err, "copy failed");
+                }
+            }
+            Err(err) => warn!(%err, "copy failed"),
+        },
+    }
+}
+
+/// Where settings live: `GGROK_CONFIG_DIR` (tests, portable installs) or the OS config dir.
+fn config_path() -> PathBuf {
+    match std::env::var_os("GGROK_CONFIG_DIR") {
+        Some(dir) => PathBuf::from(dir).join(store::FILE_NAME),
+        None => Store::default_path().unwrap_or_else(|| PathBuf::from(store::FILE_NAME)),
+    }
+}
+
+/// Starts the embedded server and loads settings and tokens.
+async fn boot() -> std::io::Result<(Arc<AppState>, EmbeddedServer)> {
+    let port = std::env::var("GGROK_SERVER_PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(embedded::DEFAULT_PORT);
+    let server = EmbeddedServer::start(port).await?;
+    let (store, warning) = Store::load(config_path());
+    info!(path = %store.path().display(), "settings");
+    let secrets = if std::env::var("GGROK_NO_KEYRING").as_deref() == Ok("1") {
+        Secrets::in_memory()
+    } else {
+        let s = Secrets::new(Box::new(KeyringStore::new(SERVICE)));
+        // Probe once so a missing keyring is reported at start, not at the first token.
+        let _ = s.get("__probe__");
+        s
+    };
+    let state = AppState::new(store, warning, secrets, Manager::new(), server.url.clone());
+    Ok((Arc::new(state), server))
+}
+
+/// Runs the desktop app.
+pub fn run() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .try_init();
+
+    let (state, server) = tauri::async_runtime::block_on(boot()).expect("start embedded server");
+    let app = builder(Builder::default(), state.clone())
+        // First plugin, so a second launch exits before doing anything else.
+        .plugin(tauri_plugin_single_instance::init(|app, _args, _cwd| {
+            show_main(app)
+        }))
+        .plugin(tauri_plugin_clipboard_manager::init())
+        .manage(server)
+        .setup(move |app| {
+            let handle = app.handle().clone();
+            tray::create(&handle, &state.tunnels(), on_tray)?;
+            let st = state.clone();
+            tauri::async_runtime::spawn(async move {
+                forward_events(&handle, st.clone());
+                st.start_on_launch().await;
+            });
+            Ok(())
+        })
+        .on_window_event(|window, event| {
+            // Closing the window keeps the app (and its tunnels) running in the tray.
+            if let WindowEvent::CloseRequested { api, .. } = event {
+                if window.label() == MAIN_WINDOW {
+                    api.prevent_close();
+                    let _ = window.hide();
+                }
+            }
+        })
+        .build(tauri::generate_context!())
+        .expect("build tauri app");
+    app.run(|_app, event| {
+        if let RunEvent::ExitRequested {
+            api, code: None, ..
+        } = event
+        {
+            api.prevent_exit();
+        }
+    });
+}
+
+#[cfg(test)]
+mod wiring_tests;

@@ -1,0 +1,139 @@
+//! Command wiring through Tauri's mock runtime: the real `builder`, real IPC requests from a
+//! `tauri://localhost` webview, the real state over the embedded server and a real origin.
+
+use std::{sync::mpsc, sync::Arc, time::Duration};
+
+use serde_json::{json, Value};
+use tauri::async_runtime::block_on as rt;
+use tauri::{
+    ipc::{CallbackFn, InvokeBody},
+    test::{get_ipc_response, mock_builder, mock_context, noop_assets, MockRuntime, INVOKE_KEY},
+    webview::InvokeRequest,
+    Listener, WebviewWindow, WebviewWindowBuilder,
+};
+
+use crate::{
+    builder, forward_events,
+    secrets::Secrets,
+    state::AppState,
+    store::{Store, FILE_NAME},
+    test_support::{get, Origin, TestServer},
+    tunnels::Manager,
+    EVENT_TUNNEL,
+};
+
+fn invoke(w: &WebviewWindow<MockRuntime>, cmd: &str, args: Value) -> Result<Value, Value> {
+    get_ipc_response(
+        w,
+        InvokeRequest {
+            cmd: cmd.into(),
+            callback: CallbackFn(0),
+            error: CallbackFn(1),
+            url: "tauri://localhost".parse().unwrap(),
+            body: InvokeBody::Json(args),
+            headers: Default::default(),
+            invoke_key: INVOKE_KEY.to_string(),
+        },
+    )
+    .map(|b| b.deserialize::<Value>().unwrap())
+}
+
+#[test]
+fn commands_drive_a_real_tunnel() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = rt(TestServer::start());
+    let origin = rt(Origin::start());
+    let (store, warning) = Store::load(dir.path().join(FILE_NAME));
+    let state = Arc::new(AppState::new(
+        store,
+        warning,
+        Secrets::in_memory(),
+        Manager::new(),
+        server.url.clone(),
+    ));
+    let app = builder(mock_builder(), state.clone())
+        .build(mock_context(noop_assets()))
+        .unwrap();
+    let w = WebviewWindowBuilder::new(&app, "main", Default::default())
+        .build()
+        .unwrap();
+    let (tx, rx) = mpsc::channel::<Value>();
+    app.listen_any(EVENT_TUNNEL, move |e| {
+        let _ = tx.send(serde_json::from_str(e.payload()).unwrap());
+    });
+    let handle = app.handle().clone();
+    rt(async { forward_events(&handle, state.clone()) });
+
+    let info = invoke(&w, "app_info", json!({})).unwrap();
+    assert_eq!(info["builtinServerUrl"], server.url);
+
+    // Typed errors reach the page as { kind, message, field }.
+    let bad = invoke(
+        &w,
+        "expose",
+        json!({"input": {"serverId": "local", "localPort": 70000}}),
+    )
+    .unwrap_err();
+    assert_eq!(
+        (bad["kind"].as_str(), bad["field"].as_str()),
+        (Some("invalid"), Some("port"))
+    );
+
+    let t = invoke(
+        &w,
+        "expose",
+        json!({"input": {"serverId": "local", "subdomain": "wired", "localHost": "127.0.0.1", "localPort": origin.port}}),
+    )
+    .unwrap();
+    let url = format!("http://wired.localhost:{}", server.port);
+    assert_eq!(
+        t["status"],
+        json!({"state": "online", "url": url, "name": "wired"})
+    );
+    let id = t["id"].as_str().unwrap().to_owned();
+
+    let (status, body) = rt(get(server.port, "wired.localhost", "/via/ipc"));
+    assert_eq!((status, body.as_str()), (200, "origin saw /via/ipc"));
+    // The traffic event reaches listeners.
+    let ev = loop {
+        let ev = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("traffic event");
+        if ev["type"] == "traffic" {
+            break ev;
+        }
+    };
+    assert_eq!(ev["tunnelId"], id.as_str());
+    assert_eq!(ev["exchange"]["path"], "/via/ipc");
+
+    let rows = invoke(&w, "list_traffic", json!({"id": id})).unwrap();
+    assert_eq!(rows.as_array().unwrap().len(), 1);
+    let xid = rows[0]["id"].as_u64().unwrap();
+    let detail = invoke(&w, "get_exchange", json!({"id": id, "exchange": xid})).unwrap();
+    assert_eq!(detail["responseBody"]["text"], "origin saw /via/ipc");
+    let replayed = invoke(&w, "replay", json!({"id": id, "exchange": xid})).unwrap();
+    assert_eq!(replayed["path"], "/via/ipc");
+    assert_eq!(origin.hits(), 2);
+
+    let listed = invoke(&w, "list_tunnels", json!({})).unwrap();
+    assert_eq!(listed[0]["requests"], 2);
+
+    let stopped = invoke(&w, "stop_tunnel", json!({"id": id})).unwrap();
+    assert_eq!(stopped["status"], json!({"state": "stopped"}));
+    assert_eq!(rt(get(server.port, "wired.localhost", "/")).0, 404);
+    invoke(&w, "delete_tunnel", json!({"id": id})).unwrap();
+    assert_eq!(invoke(&w, "list_tunnels", json!({})).unwrap(), json!([]));
+    let missing = invoke(&w, "start_tunnel", json!({"id": id})).unwrap_err();
+    assert_eq!(missing["kind"], "notFound");
+
+    // Servers: the token never comes back unmasked.
+    let s = invoke(
+        &w,
+        "save_server",
+        json!({"input": {"name": "work", "url": "https://tunnel.example.com", "token": "abcdefghijklmnop"}}),
+    )
+    .unwrap();
+    assert_eq!(s["tokenMasked"], "abcd****");
+    let all = invoke(&w, "list_servers", json!({})).unwrap().to_string();
+    assert!(!all.contains("abcdefghijklmnop"));
+}

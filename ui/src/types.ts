@@ -1,0 +1,94 @@
+// Wire types: mirror src-tauri/src/{state,tunnels,error}.rs (serde camelCase).
+
+export type Status =
+  | { state: "connecting" }
+  | { state: "online"; url: string; name: string }
+  | { state: "reconnecting"; attempt: number; reason: string }
+  | { state: "failed"; kind: string; message: string }
+  | { state: "stopped" };
+
+export interface TunnelState {
+  status: Status;
+  requests: number;
+}
+
+export interface TunnelView {
+  id: string;
+  serverId: string;
+  serverName: string;
+  subdomain: string | null;
+  localHost: string;
+  localPort: number;
+  startOnLaunch: boolean;
+  status: Status;
+  requests: number;
+}
+
+export interface ServerView {
+  id: string;
+  name: string;
+  url: string;
+  builtin: boolean;
+  tokenMasked: string | null;
+  tokenStorage: "keyring" | "memory" | null;
+}
+
+export interface AppInfo {
+  builtinServerUrl: string;
+  warnings: string[];
+  trafficCap: number;
+}
+
+export interface TunnelInput {
+  serverId: string;
+  subdomain: string | null;
+  localHost: string | null;
+  localPort: number;
+  startOnLaunch: boolean;
+}
+
+export interface ServerInput {
+  id: string | null;
+  name: string;
+  url: string;
+  /** null keeps the current token, "" removes it. */
+  token: string | null;
+}
+
+export interface Summary {
+  id: number;
+  startedMs: number;
+  method: string;
+  path: string;
+  status: number | null;
+  durationMs: number;
+  size: number;
+  error: string | null;
+}
+
+export interface BodyView {
+  kind: "empty" | "json" | "text" | "binary";
+  text: string;
+  size: number;
+  truncated: boolean;
+}
+
+export interface Detail extends Summary {
+  remoteAddr: string | null;
+  upgraded: boolean;
+  requestHeaders: [string, string][];
+  responseHeaders: [string, string][];
+  requestBody: BodyView;
+  responseBody: BodyView;
+}
+
+export type TunnelEvent =
+  | { type: "status"; tunnelId: string; state: TunnelState }
+  | { type: "traffic"; tunnelId: string; exchange: Summary };
+
+/** What every command rejects with. */
+export interface ApiError {
+  kind: "invalid" | "notFound" | "inUse" | "store" | "tunnel" | "system";
+  message: string;
+  field: string | null;
+}

@@ -1,0 +1,59 @@
+import { describe, expect, it } from "vitest";
+import { filterRows, pushRow, statusLabel, validatePort, validateSubdomain } from "./format";
+import type { Summary } from "../types";
+
+const row = (id: number, path = "/", method = "GET", status: number | null = 200): Summary => ({
+  id,
+  startedMs: 0,
+  method,
+  path,
+  status,
+  durationMs: 1,
+  size: 1,
+  error: null,
+});
+
+describe("validatePort", () => {
+  it("accepts 1..65535", () => {
+    expect(validatePort("1")).toEqual({ port: 1 });
+    expect(validatePort(" 65535 ")).toEqual({ port: 65535 });
+  });
+  it("rejects the rest", () => {
+    for (const bad of ["", "0", "65536", "-1", "80a", "1.5"]) {
+      expect(validatePort(bad)).toHaveProperty("error");
+    }
+  });
+});
+
+describe("validateSubdomain", () => {
+  it("empty means server picks", () => expect(validateSubdomain(" ")).toEqual({ name: null }));
+  it("lowercases", () => expect(validateSubdomain("My-App")).toEqual({ name: "my-app" }));
+  it("rejects bad labels", () => {
+    for (const bad of ["-a", "a-", "a.b", "a_b", "x".repeat(64), "ü"]) {
+      expect(validateSubdomain(bad)).toHaveProperty("error");
+    }
+  });
+});
+
+describe("rows", () => {
+  it("caps newest first", () => {
+    let rows: Summary[] = [];
+    for (let i = 1; i <= 5; i++) rows = pushRow(rows, row(i), 3);
+    expect(rows.map((r) => r.id)).toEqual([5, 4, 3]);
+  });
+  it("filters by every word", () => {
+    const rows = [row(1, "/api/users", "POST", 201), row(2, "/index.html"), row(3, "/api/x", "GET", 500)];
+    expect(filterRows(rows, "api 500").map((r) => r.id)).toEqual([3]);
+    expect(filterRows(rows, "post").map((r) => r.id)).toEqual([1]);
+    expect(filterRows(rows, "").length).toBe(3);
+  });
+});
+
+describe("statusLabel", () => {
+  it("shows attempt and reason", () => {
+    expect(statusLabel({ state: "reconnecting", attempt: 3, reason: "refused" })).toBe(
+      "reconnecting (attempt 3): refused",
+    );
+    expect(statusLabel({ state: "failed", kind: "name_taken", message: "taken" })).toBe("error: taken");
+  });
+});

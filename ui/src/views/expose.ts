@@ -1,0 +1,172 @@
+// The Expose port form (also used to edit a saved tunnel). Validates inline, then starts,
+// saves and shows the public URL with Copy.
+import * as api from "../api";
+import { refreshTunnels, reportError, select, ui, upsertTunnel } from "../store";
+import type { TunnelView } from "../types";
+import { h, replace } from "../util/dom";
+import { statusLabel, validatePort, validateSubdomain } from "../util/format";
+
+let modal: HTMLElement;
+export function mountExpose(el: HTMLElement): void {
+  modal = el;
+}
+
+function close(): void {
+  replace(modal);
+  modal.hidden = true;
+}
+
+export function openExposeForm(editing?: TunnelView): void {
+  const port = h("input", {
+    id: "f-port",
+    "data-testid": "port",
+    inputmode: "numeric",
+    autocomplete: "off",
+    placeholder: "3000",
+    value: editing ? String(editing.localPort) : "",
+  });
+  const sub = h("input", {
+    id: "f-sub",
+    "data-testid": "subdomain",
+    autocomplete: "off",
+    placeholder: "random",
+    value: editing?.subdomain ?? "",
+  });
+  const host = h("input", {
+    id: "f-host",
+    "data-testid": "host",
+    autocomplete: "off",
+    value: editing?.localHost ?? "localhost",
+  });
+  const server = h(
+    "select",
+    { id: "f-server", "data-testid": "server" },
+    ui.servers.map((s) =>
+      h("option", { value: s.id, selected: editing ? editing.serverId === s.id : s.builtin }, `${s.name} (${s.url})`),
+    ),
+  );
+  const onLaunch = h("input", {
+    id: "f-launch",
+    type: "checkbox",
+    "data-testid": "start-on-launch",
+    checked: editing?.startOnLaunch ?? false,
+  });
+  const errs: Record<string, HTMLElement> = {
+    port: h("div", { class: "field-error", "data-testid": "port-error", role: "alert" }),
+    subdomain: h("div", { class: "field-error", "data-testid": "subdomain-error", role: "alert" }),
+    host: h("div", { class: "field-error", "data-testid": "host-error", role: "alert" }),
+    serverId: h("div", { class: "field-error", "data-testid": "server-error", role: "alert" }),
+    form: h("div", { class: "field-error", "data-testid": "form-error", role: "alert" }),
+  };
+  const result = h("div", { class: "result", "data-testid": "expose-result" });
+  const submit = h("button", { type: "submit", class: "primary", "data-testid": "submit" }, editing ? "Save" : "Start tunnel");
+
+  const check = (): { port: number; name: string | null } | null => {
+    for (const e of Object.values(errs)) e.textContent = "";
+    const p = validatePort(port.value);
+    const s = validateSubdomain(sub.value);
+    if ("error" in p) errs.port.textContent = p.error;
+    if ("error" in s) errs.subdomain.textContent = s.error;
+    if ("error" in p || "error" in s) return null;
+    return { port: p.port, name: s.name };
+  };
+  port.addEventListener("input", () => {
+    const p = validatePort(port.value);
+    errs.port.textContent = "error" in p && port.value !== "" ? p.error : "";
+  });
+  sub.addEventListener("input", () => {
+    const s = validateSubdomain(sub.value);
+    errs.subdomain.textContent = "error" in s ? s.error : "";
+  });
+
+  const form = h(
+    "form",
+    { class: "card form", "data-testid": "expose-form", novalidate: true },
+    h("h2", {}, editing ? "Edit tunnel" : "Expose port"),
+    h("label", { for: "f-port" }, "Local port"),
+    port,
+    errs.port,
+    h("label", { for: "f-sub" }, "Subdomain (optional)"),
+    sub,
+    errs.subdomain,
+    h("label", { for: "f-server" }, "Server"),
+    server,
+    errs.serverId,
+    h("label", { for: "f-host" }, "Local host"),
+    host,
+    errs.host,
+    h("label", { class: "check" }, onLaunch, " Start on launch"),
+    errs.form,
+    h(
+      "div",
+      { class: "actions" },
+      submit,
+      h("button", { type: "button", "data-testid": "cancel", onclick: close }, "Close"),
+    ),
+    result,
+  );
+  form.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const ok = check();
+    if (!ok) return;
+    submit.disabled = true;
+    replace(result, h("span", { class: "muted" }, "Starting…"));
+    const input = {
+      serverId: server.value,
+      subdomain: ok.name,
+      localHost: host.value.trim() || null,
+      localPort: ok.port,
+      startOnLaunch: onLaunch.checked,
+    };
+    (editing ? api.updateTunnel(editing.id, input) : api.expose(input))
+      .then(async (t) => {
+        upsertTunnel(t);
+        await select(t.id);
+        showResult(result, t);
+        if (editing) close();
+      })
+      .catch((e) => {
+        const err = api.toApiError(e);
+        (errs[err.field ?? "form"] ?? errs.form).textContent = err.message;
+        replace(result);
+        refreshTunnels().catch(reportError);
+      })
+      .finally(() => {
+        submit.disabled = false;
+      });
+  });
+  replace(modal, h("div", { class: "backdrop", onclick: (e: Event) => e.target === e.currentTarget && close() }, form));
+  modal.hidden = false;
+  port.focus();
+}
+
+/** A result still waiting for its tunnel to come online; status events finish it. */
+let pending: { el: HTMLElement; id: string } | null = null;
+
+export function refreshResult(): void {
+  if (!pending || !pending.el.isConnected) {
+    pending = null;
+    return;
+  }
+  const t = ui.tunnels.find((x) => x.id === pending?.id);
+  if (t) showResult(pending.el, t);
+}
+
+function showResult(el: HTMLElement, t: TunnelView): void {
+  pending = t.status.state === "online" ? null : { el, id: t.id };
+  if (t.status.state === "online") {
+    replace(
+      el,
+      h("div", { class: "muted" }, "Your tunnel is online:"),
+      h("div", { class: "url big", "data-testid": "result-url" }, t.status.url),
+      h(
+        "div",
+        { class: "actions" },
+        h("button", { type: "button", "data-testid": "result-copy", onclick: () => api.copyUrl(t.id).catch(reportError) }, "Copy"),
+        h("button", { type: "button", onclick: () => api.openUrl(t.id).catch(reportError) }, "Open in browser"),
+      ),
+    );
+  } else {
+    replace(el, h("div", { "data-testid": "result-status" }, `Saved. Status: ${statusLabel(t.status)}`));
+  }
+}

@@ -1,0 +1,220 @@
+// End to end: the real desktop app (debug build with assets embedded) under Xvfb, driven by
+// tauri-driver + WebKitWebDriver, against its embedded ggrok server and a real origin.
+// Expose a port through the form, fetch through the public URL, see the row, replay it, stop
+// the tunnel, see the public URL answer 404. Screenshots go to docs/screenshots/.
+//
+// Run inside a display: `xvfb-run -a node ui/tests/e2e.mjs` (see scripts/test.sh).
+// Env: GGROK_APP (binary; default target/debug/ggrok-desktop), TAURI_DRIVER (default tauri-driver).
+// A small WebDriver client over fetch: no extra npm dependencies.
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { mkdtemp, mkdir, rm, writeFile } from "node:fs/promises";
+import http from "node:http";
+import net from "node:net";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+
+const ROOT = resolve(fileURLToPath(new URL("../..", import.meta.url)));
+const APP = resolve(
+  process.env.GGROK_APP ?? join(process.env.CARGO_TARGET_DIR ?? join(ROOT, "target"), "debug", "ggrok-desktop"),
+);
+const SHOTS = join(ROOT, "docs", "screenshots");
+const DEADLINE_MS = 20_000;
+
+const freePort = () =>
+  new Promise((res, rej) => {
+    const s = net.createServer().listen(0, "127.0.0.1", () => {
+      const { port } = s.address();
+      s.close(() => res(port));
+    });
+    s.on("error", rej);
+  });
+
+async function until(what, f) {
+  const end = Date.now() + DEADLINE_MS;
+  for (;;) {
+    try {
+      const v = await f();
+      if (v) return v;
+    } catch (e) {
+      if (Date.now() > end) throw new Error(`${what}: ${e}`);
+    }
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+/** GET through 127.0.0.1:port with a Host header, so NAME.localhost needs no resolver. */
+function get(port, host, path) {
+  return new Promise((res, rej) => {
+    const req = http.request({ host: "127.0.0.1", port, path, headers: { host } }, (r) => {
+      let body = "";
+      r.setEncoding("utf8");
+      r.on("data", (c) => (body += c));
+      r.on("end", () => res({ status: r.statusCode, body }));
+    });
+    req.on("error", rej);
+    req.end();
+  });
+}
+
+class Driver {
+  constructor(base) {
+    this.base = base;
+  }
+  async cmd(method, path, body) {
+    const r = await fetch(`${this.base}${path}`, {
+      method,
+      headers: { "content-type": "application/json" },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    const json = await r.json();
+    if (!r.ok) throw new Error(`${method} ${path}: ${JSON.stringify(json.value)}`);
+    return json.value;
+  }
+  async start(app) {
+    const v = await this.cmd("POST", "/session", {
+      capabilities: {
+        alwaysMatch: { browserName: "wry", "tauri:options": { application: app } },
+      },
+    });
+    this.sid = `/session/${v.sessionId}`;
+  }
+  s(path, method = "GET", body) {
+    return this.cmd(method, `${this.sid}${path}`, body);
+  }
+  async find(testid) {
+    const v = await this.s("/element", "POST", { using: "css selector", value: `[data-testid="${testid}"]` });
+    return Object.values(v)[0];
+  }
+  async all(testid) {
+    const v = await this.s("/elements", "POST", { using: "css selector", value: `[data-testid="${testid}"]` });
+    return v.map((e) => Object.values(e)[0]);
+  }
+  text(el) {
+    return this.s(`/element/${el}/text`);
+  }
+  click(el) {
+    return this.s(`/element/${el}/click`, "POST", {});
+  }
+  type(el, text) {
+    return this.s(`/element/${el}/value`, "POST", { text });
+  }
+  js(script, args = []) {
+    return this.s("/execute/sync", "POST", { script, args });
+  }
+  async shot(name) {
+    const b64 = await this.s("/screenshot");
+    await writeFile(join(SHOTS, name), Buffer.from(b64, "base64"));
+  }
+  /** textContent of every element with this test id (independent of scrolling/visibility). */
+  texts(testid) {
+    return this.js(
+      "return [...document.querySelectorAll(`[data-testid='${arguments[0]}']`)].map((e) => e.textContent)",
+      [testid],
+    );
+  }
+  async waitText(testid, pred) {
+    return until(`${testid}`, async () => {
+      const [t] = await this.texts(testid);
+      return t !== undefined && pred(t) ? t : null;
+    });
+  }
+  quit() {
+    return this.sid ? this.cmd("DELETE", this.sid).catch(() => {}) : Promise.resolve();
+  }
+}
+
+async function main() {
+  await mkdir(SHOTS, { recursive: true });
+  const configDir = await mkdtemp(join(tmpdir(), "ggrok-e2e-"));
+
+  // The local service being exposed.
+  let hits = 0;
+  const origin = http.createServer((req, res) => {
+    hits++;
+    res.writeHead(200, { "content-type": "application/json" });
+    res.end(JSON.stringify({ hello: "from origin", path: req.url }));
+  });
+  await new Promise((r) => origin.listen(0, "127.0.0.1", r));
+  const originPort = origin.address().port;
+
+  const [port, nativePort] = [await freePort(), await freePort()];
+  const driverProc = spawn(
+    process.env.TAURI_DRIVER ?? "tauri-driver",
+    ["--port", String(port), "--native-port", String(nativePort)],
+    {
+      stdio: ["ignore", "inherit", "inherit"],
+      // The app inherits this through WebKitWebDriver: its own settings dir, no keyring, and
+      // the embedded server on an ephemeral port.
+      env: { ...process.env, GGROK_CONFIG_DIR: configDir, GGROK_NO_KEYRING: "1", GGROK_SERVER_PORT: "0" },
+    },
+  );
+  const driver = new Driver(`http://127.0.0.1:${port}`);
+  try {
+    await until("tauri-driver", () => fetch(`http://127.0.0.1:${port}/status`).then((r) => r.ok));
+    await driver.start(APP);
+
+    const builtin = await driver.waitText("builtin-url", (t) => /localhost:\d+/.test(t));
+    const serverPort = Number(builtin.match(/localhost:(\d+)/)[1]);
+    console.log(`app up; embedded server on ${serverPort}`);
+    await driver.waitText("no-tunnels", (t) => t.includes("No tunnels"));
+
+    // Expose through the form.
+    await driver.click(await driver.find("expose"));
+    await driver.type(await driver.find("port"), "99999");
+    await driver.waitText("port-error", (t) => t.includes("between 1 and 65535"));
+    await driver.js("document.querySelector('[data-testid=port]').value = ''");
+    await driver.type(await driver.find("port"), String(originPort));
+    await driver.type(await driver.find("subdomain"), "e2e-demo");
+    await driver.click(await driver.find("submit"));
+    const url = await driver.waitText("result-url", (t) => t.startsWith("http"));
+    assert.equal(url, `http://e2e-demo.localhost:${serverPort}`);
+    await driver.shot("expose-form.png");
+    await driver.click(await driver.find("cancel"));
+
+    // Fetch through the public URL; the row appears.
+    const xssPath = "/<img src=x onerror=alert(1)>";
+    const r = await get(serverPort, `e2e-demo.localhost:${serverPort}`, "/api/hello?x=1");
+    assert.equal(r.status, 200);
+    assert.deepEqual(JSON.parse(r.body), { hello: "from origin", path: "/api/hello?x=1" });
+    await get(serverPort, `e2e-demo.localhost:${serverPort}`, encodeURI(xssPath));
+    await until("two rows", async () => (await driver.all("traffic-row")).length === 2);
+    const paths = await driver.texts("row-path");
+    assert.deepEqual(paths, [encodeURI(xssPath), "/api/hello?x=1"]);
+    await driver.waitText("tunnel-count", (t) => t === "2 req");
+    assert.equal(await driver.js("return document.querySelectorAll('main img').length"), 0);
+
+    // Inspect and replay.
+    // Click a cell: WebKitWebDriver does not treat <tr> as interactable.
+    await driver.click((await driver.all("row-path"))[1]);
+    await driver.waitText("res-body", (t) => t.includes('"hello": "from origin"'));
+    await driver.shot("traffic-inspector.png");
+    await driver.click(await driver.find("replay"));
+    await until("replayed row", async () => (await driver.all("traffic-row")).length === 3);
+    assert.equal(hits, 3);
+    await driver.shot("main-window.png");
+
+    // Stop: the public URL is gone.
+    await driver.click(await driver.find("toggle"));
+    await driver.waitText("tunnel-status", (t) => t === "offline");
+    const gone = await get(serverPort, `e2e-demo.localhost:${serverPort}`, "/api/hello");
+    assert.equal(gone.status, 404);
+    assert.equal(hits, 3);
+    console.log("e2e: ok");
+  } catch (e) {
+    await driver.shot("../../target/e2e-failure.png").catch(() => {});
+    throw e;
+  } finally {
+    await driver.quit();
+    driverProc.kill("SIGTERM");
+    origin.close();
+    await rm(configDir, { recursive: true, force: true });
+  }
+}
+
+main().catch((e) => {
+  console.error(e);
+  process.exit(1);
+});

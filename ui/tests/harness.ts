@@ -1,0 +1,122 @@
+// The real UI over a fake backend: Tauri's IPC is mocked with @tauri-apps/api/mocks, so
+// Playwright can drive the built UI in plain Chromium. `window.__fake` lets tests push events.
+import { emit } from "@tauri-apps/api/event";
+import { mockIPC, mockWindows } from "@tauri-apps/api/mocks";
+import type { Detail, ServerView, Status, TunnelInput, TunnelView } from "../src/types";
+
+const PORT = 7070;
+const servers: ServerView[] = [
+  { id: "local", name: "This computer", url: `http://localhost:${PORT}`, builtin: true, tokenMasked: null, tokenStorage: null },
+];
+const tunnels: TunnelView[] = [];
+const traffic = new Map<string, Detail[]>();
+const calls: { cmd: string; args: unknown }[] = [];
+let nextId = 1;
+let nextExchange = 100;
+
+const online = (name: string): Status => ({ state: "online", url: `http://${name}.localhost:${PORT}`, name });
+const reject = (kind: string, message: string, field: string | null = null) => Promise.reject({ kind, message, field });
+const find = (id: string) => tunnels.find((t) => t.id === id);
+const summary = (d: Detail) => ({
+  id: d.id, startedMs: d.startedMs, method: d.method, path: d.path, status: d.status,
+  durationMs: d.durationMs, size: d.size, error: d.error,
+});
+
+function addTraffic(tunnelId: string, partial: Partial<Detail>): number {
+  const d: Detail = {
+    id: 0, startedMs: Date.now(), method: "GET", path: "/", status: 200, durationMs: 3,
+    size: 0, error: null, remoteAddr: "127.0.0.1", upgraded: false, requestHeaders: [], responseHeaders: [],
+    requestBody: { kind: "empty", text: "", size: 0, truncated: false },
+    responseBody: { kind: "empty", text: "", size: 0, truncated: false },
+    ...partial,
+  };
+  d.id = nextExchange++;
+  traffic.set(tunnelId, [d, ...(traffic.get(tunnelId) ?? [])]);
+  const t = find(tunnelId);
+  if (t) t.requests += 1;
+  void emit("tunnel-event", { type: "traffic", tunnelId, exchange: summary(d) });
+  if (t) void emit("tunnel-event", { type: "status", tunnelId, state: { status: t.status, requests: t.requests } });
+  return d.id;
+}
+
+function setStatus(tunnelId: string, status: Status): void {
+  const t = find(tunnelId);
+  if (t) t.status = status;
+  void emit("tunnel-event", { type: "status", tunnelId, state: { status, requests: t?.requests ?? 0 } });
+}
+
+function view(input: TunnelInput, id: string): TunnelView {
+  return {
+    id, serverId: input.serverId, serverName: "This computer", subdomain: input.subdomain,
+    localHost: input.localHost ?? "localhost", localPort: input.localPort, startOnLaunch: input.startOnLaunch,
+    status: online(input.subdomain ?? `rand${id}`), requests: 0,
+  };
+}
+
+// Like the real IPC, every answer is a fresh copy (JSON), never a shared object.
+const wire = (v: unknown) => (v === undefined ? null : JSON.parse(JSON.stringify(v)));
+
+mockIPC(
+  async (cmd, raw) => wire(await backend(cmd, raw)),
+  { shouldMockEvents: true },
+);
+
+function backend(cmd: string, raw: unknown): unknown {
+  {
+    const args = (raw ?? {}) as Record<string, any>;
+    calls.push({ cmd, args });
+    switch (cmd) {
+      case "app_info":
+        return { builtinServerUrl: `http://localhost:${PORT}`, warnings: [], trafficCap: 500 };
+      case "list_servers":
+        return servers;
+      case "list_tunnels":
+        return tunnels;
+      case "expose": {
+        const input = args.input as TunnelInput;
+        if (input.localPort < 1 || input.localPort > 65535) return reject("invalid", "port must be between 1 and 65535", "port");
+        if (input.subdomain === "taken") return reject("invalid", "that name is taken", "subdomain");
+        const t = view(input, String(nextId++));
+        tunnels.push(t);
+        return t;
+      }
+      case "update_tunnel": {
+        const i = tunnels.findIndex((t) => t.id === args.id);
+        tunnels[i] = { ...view(args.input, args.id), requests: tunnels[i].requests };
+        return tunnels[i];
+      }
+      case "delete_tunnel":
+        tunnels.splice(tunnels.findIndex((t) => t.id === args.id), 1);
+        return null;
+      case "start_tunnel": {
+        const t = find(args.id)!;
+        t.status = online(t.subdomain ?? `rand${t.id}`);
+        return t;
+      }
+      case "stop_tunnel": {
+        const t = find(args.id)!;
+        t.status = { state: "stopped" };
+        return t;
+      }
+      case "list_traffic":
+        return (traffic.get(args.id) ?? []).map(summary);
+      case "get_exchange":
+        return (traffic.get(args.id) ?? []).find((d) => d.id === args.exchange) ?? reject("tunnel", "gone");
+      case "replay": {
+        const orig = (traffic.get(args.id) ?? []).find((d) => d.id === args.exchange)!;
+        const id = addTraffic(args.id, { ...orig, startedMs: Date.now() });
+        return summary(traffic.get(args.id)!.find((d) => d.id === id)!);
+      }
+      case "copy_url":
+      case "open_url":
+        return (find(args.id)?.status as { url: string }).url;
+      default:
+        return reject("system", `unknown command ${cmd}`);
+    }
+  }
+}
+
+mockWindows("main");
+(window as any).__fake = { calls, tunnels, addTraffic, setStatus };
+await import("../src/main");
+(window as any).__ready = true;
