@@ -260,13 +260,7 @@ where
             .max_header_list_size(MAX_HEAD as u32)
             .serve_connection(TokioIo::new(io), service);
         tokio::pin!(conn);
-        tokio::select! {
-            r = conn.as_mut() => r,
-            _ = draining.cancelled() => {
-                conn.as_mut().graceful_shutdown();
-                conn.await
-            }
-        }
+        until_drained(conn, &draining, |c| c.graceful_shutdown()).await
     } else {
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
@@ -275,17 +269,29 @@ where
             .serve_connection(TokioIo::new(io), service)
             .with_upgrades();
         tokio::pin!(conn);
-        tokio::select! {
-            r = conn.as_mut() => r,
-            _ = draining.cancelled() => {
-                // Finish the request in flight (if any), then close instead of keeping alive.
-                conn.as_mut().graceful_shutdown();
-                conn.await
-            }
-        }
+        until_drained(conn, &draining, |c| c.graceful_shutdown()).await
     };
     if let Err(e) = result {
         debug!(%e, peer = %visitor.peer, "connection ended with an error");
+    }
+}
+
+/// Serves `conn` to its end; once draining starts, it finishes the request in flight (if any)
+/// and then closes instead of keeping alive.
+async fn until_drained<C, E>(
+    mut conn: std::pin::Pin<&mut C>,
+    draining: &CancellationToken,
+    graceful: impl FnOnce(std::pin::Pin<&mut C>),
+) -> Result<(), E>
+where
+    C: Future<Output = Result<(), E>>,
+{
+    tokio::select! {
+        r = conn.as_mut() => r,
+        _ = draining.cancelled() => {
+            graceful(conn.as_mut());
+            conn.await
+        }
     }
 }
 
