@@ -1,7 +1,8 @@
 // End to end: the real desktop app (debug build with assets embedded) under Xvfb, driven by
 // tauri-driver + WebKitWebDriver, against its embedded ggrok server and a real origin.
 // Expose a port through the form, fetch through the public URL, see the row, replay it, stop
-// the tunnel, see the public URL answer 404. Screenshots go to docs/screenshots/.
+// the tunnel, see the public URL answer 404, start it again at once under the same URL.
+// Screenshots go to docs/screenshots/.
 //
 // Run inside a display: `xvfb-run -a node ui/tests/e2e.mjs` (see scripts/test.sh).
 // Env: GGROK_APP (binary; default target/debug/ggrok-desktop), TAURI_DRIVER (default tauri-driver).
@@ -202,6 +203,12 @@ async function main() {
     const gone = await get(serverPort, `e2e-demo.localhost:${serverPort}`, "/api/hello");
     assert.equal(gone.status, 404);
     assert.equal(hits, 3);
+
+    // Start it again at once: a deliberate stop gave the name up, so the same URL comes back.
+    await driver.click(await driver.find("toggle"));
+    await driver.waitText("tunnel-status", (t) => t === "online");
+    const back = await get(serverPort, `e2e-demo.localhost:${serverPort}`, "/api/hello");
+    assert.equal(back.status, 200);
     console.log("e2e: ok");
   } catch (e) {
     await driver.shot("../../target/e2e-failure.png").catch(() => {});
