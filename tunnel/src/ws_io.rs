@@ -309,13 +309,14 @@ mod tests {
         let (mut a, mut b) = pair(Heartbeat::default()).await;
         let (ca, cb) = (a.closing(), b.closing());
         ca.close();
-        let reader = tokio::spawn(async move {
-            let mut buf = Vec::new();
-            b.read_to_end(&mut buf).await.map(|_| b)
+        // `a` sends its Close frame while it reads.
+        let closer = tokio::spawn(async move {
+            let _ = a.read(&mut [0u8; 16]).await;
         });
-        // `a` sends its Close frame while reading, then ends when the peer answers.
-        let _ = a.read(&mut [0u8; 16]).await;
-        reader.await.unwrap().unwrap();
+        let mut buf = Vec::new();
+        b.read_to_end(&mut buf).await.unwrap();
+        drop(b);
+        closer.await.unwrap();
         assert!(cb.peer_closed(), "b saw a deliberate close");
         assert!(!ca.peer_closed());
 
