@@ -228,15 +228,19 @@ impl AppState {
         }
     }
 
-    /// Saved tunnels with live state, in saved order.
-    pub fn tunnels(&self) -> Vec<TunnelView> {
-        let saved = self
-            .store
+    /// A snapshot of the saved tunnels, so no lock is held while they are used.
+    fn saved_tunnels(&self) -> Vec<SavedTunnel> {
+        self.store
             .lock()
             .expect("store lock")
             .data()
             .tunnels
-            .clone();
+            .clone()
+    }
+
+    /// Saved tunnels with live state, in saved order.
+    pub fn tunnels(&self) -> Vec<TunnelView> {
+        let saved = self.saved_tunnels();
         saved.iter().map(|t| self.view(t)).collect()
     }
 
@@ -394,13 +398,7 @@ impl AppState {
 
     /// Starts every tunnel marked "start on launch".
     pub async fn start_on_launch(&self) {
-        let saved = self
-            .store
-            .lock()
-            .expect("store lock")
-            .data()
-            .tunnels
-            .clone();
+        let saved = self.saved_tunnels();
         for t in saved.iter().filter(|t| t.start_on_launch) {
             if let Ok(spec) = self.spec(t) {
                 if let Err(err) = self.manager.start(&t.id, spec).await {

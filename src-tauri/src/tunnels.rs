@@ -448,14 +448,18 @@ impl Manager {
             .and_then(|e| e.tunnel.clone())
     }
 
-    /// Recent rows of tunnel `id`, newest first.
-    pub fn traffic(&self, id: &str) -> Vec<Summary> {
-        let traffic = self
-            .entries
+    /// The traffic sink of tunnel `id`, cloned so no lock is held while it is read.
+    fn traffic_of(&self, id: &str) -> Option<Traffic> {
+        self.entries
             .lock()
             .expect("entries lock")
             .get(id)
-            .map(|e| e.traffic.clone());
+            .map(|e| e.traffic.clone())
+    }
+
+    /// Recent rows of tunnel `id`, newest first.
+    pub fn traffic(&self, id: &str) -> Vec<Summary> {
+        let traffic = self.traffic_of(id);
         traffic
             .map(|t| {
                 t.recent()
@@ -469,12 +473,7 @@ impl Manager {
 
     /// One exchange of tunnel `id` for the inspector.
     pub fn exchange(&self, id: &str, exchange: u64) -> Result<Detail, ManagerError> {
-        let traffic = self
-            .entries
-            .lock()
-            .expect("entries lock")
-            .get(id)
-            .map(|e| e.traffic.clone());
+        let traffic = self.traffic_of(id);
         traffic
             .and_then(|t| t.get(exchange))
             .map(|e| Detail::from(&*e))
