@@ -13,6 +13,9 @@ use tracing::debug;
 
 use crate::{Shared, Visitor};
 
+/// How long a request waits for a tunnel whose session is still starting.
+const SESSION_START: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The tunnel stream a visitor connection last used, kept for its next request: HTTP/1.1
 /// requests on one connection are sequential, so one stream serves them all, saving a stream
 /// open and a handshake per request.
@@ -38,7 +41,7 @@ pub(crate) async fn forward(
         session,
         control,
         policy,
-    }) = shared.registry.route(name)
+    }) = shared.registry.route_when_ready(name, SESSION_START).await
     else {
         let message = format!("No tunnel is online at {name}.{}.", shared.config.domain);
         return crate::ggrok_error(

@@ -72,6 +72,9 @@ pub struct Route {
 pub struct Registry {
     slots: Mutex<State>,
     grace: Duration,
+    /// Woken when a session attaches or a name is released, for requests waiting on a tunnel
+    /// whose client got its `101` but whose session is not up yet.
+    changed: tokio::sync::Notify,
 }
 
 struct State {
@@ -87,6 +90,7 @@ impl Registry {
     /// An empty table whose released names are held for `grace`.
     pub fn new(grace: Duration) -> Self {
         Self {
+            changed: tokio::sync::Notify::new(),
             slots: Mutex::new(State {
                 slots: HashMap::new(),
                 next_session: 1,
@@ -201,6 +205,8 @@ impl Registry {
                 *c = Some(control);
             }
         }
+        drop(st);
+        self.changed.notify_waiters();
     }
 
     /// Ends `session`'s hold on `name`: the name is then held for the grace period when `hold`
@@ -217,12 +223,41 @@ impl Registry {
         if *s != session {
             return;
         }
+        self.changed.notify_waiters();
         if hold {
             let owner = owner.clone();
             st.slots
                 .insert(name.to_owned(), Slot::Held { owner, until });
         } else {
             st.slots.remove(name);
+        }
+    }
+
+    /// Like [`Registry::route`], but a name whose session is still starting (its client already
+    /// has the `101`) is waited for, up to `limit`, instead of being reported missing.
+    pub async fn route_when_ready(&self, name: &str, limit: Duration) -> Option<Route> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            // Registered before looking, so an attach in between is not missed.
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let starting = {
+                let st = self.slots.lock().expect("registry lock");
+                match st.slots.get(name) {
+                    Some(Slot::Live {
+                        control: Some(_), ..
+                    }) => false,
+                    Some(Slot::Live { control: None, .. }) => true,
+                    _ => return None,
+                }
+            };
+            if !starting {
+                return self.route(name);
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return None;
+            }
         }
     }
 
@@ -341,6 +376,33 @@ mod tests {
             .unwrap();
         r.claim(Some("b1"), &who("d", Some(2)), Default::default(), 2)
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn requests_wait_for_a_session_that_is_still_starting() {
+        let r = std::sync::Arc::new(Registry::new(Duration::ZERO));
+        let c = r
+            .claim(Some("app"), &who("a", None), Default::default(), 0)
+            .unwrap();
+        assert!(r.route("app").is_none(), "not attached yet");
+        let waiting = tokio::spawn({
+            let r = r.clone();
+            async move {
+                r.route_when_ready("app", Duration::from_secs(30))
+                    .await
+                    .map(|x| x.session)
+            }
+        });
+        let (io, _peer) = tokio::io::duplex(64);
+        let session = tokio_yamux::Session::new_client(io, tokio_yamux::Config::default());
+        r.attach("app", c.session, session.control());
+        assert_eq!(waiting.await.unwrap(), Some(c.session));
+        assert!(
+            r.route_when_ready("nobody", Duration::from_secs(30))
+                .await
+                .is_none(),
+            "absent names do not wait"
+        );
     }
 
     #[test]
