@@ -46,6 +46,10 @@ pub const MAX_CHUNK: usize = 256 * 1024;
 /// Bytes the WebSocket writer may buffer before a write must wait for the socket, so a slow
 /// network applies backpressure instead of growing memory.
 pub const MAX_WRITE_BUFFER: usize = 4 * MAX_CHUNK;
+/// Most bytes one socket read of the WebSocket takes. tungstenite zeroes and keeps this much
+/// per connection (its default of 128 KiB made an idle tunnel cost ~140 KiB on the server and
+/// zeroed 128 KiB per read); 32 KiB reads still move a large body with few system calls.
+pub const READ_BUFFER: usize = 32 * 1024;
 
 /// Streams one session may have open at once. Each holds at most one yamux window (256 KiB) of
 /// unread data, so this also bounds a session's buffered bytes.
@@ -202,6 +206,7 @@ pub fn websocket_config() -> tokio_tungstenite::tungstenite::protocol::WebSocket
     tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
         .max_message_size(Some(MAX_MESSAGE))
         .max_frame_size(Some(MAX_MESSAGE))
+        .read_buffer_size(READ_BUFFER)
         .write_buffer_size(MAX_CHUNK)
         .max_write_buffer_size(MAX_WRITE_BUFFER + MAX_MESSAGE)
 }

@@ -1,23 +1,36 @@
 //! A WebSocket seen as a byte stream, with a heartbeat.
 //!
-//! yamux needs `AsyncRead + AsyncWrite`; a WebSocket is a stream of messages. [`WsIo`] writes each
-//! chunk as one binary message (at most [`MAX_CHUNK`] bytes) and reads binary messages back as
-//! bytes. It also owns liveness: it pings every `interval` and fails reads with `TimedOut` when
-//! nothing at all (data, ping or pong) arrived for `timeout`, which ends the yamux session above it.
+//! yamux needs `AsyncRead + AsyncWrite`; a WebSocket is a stream of messages. [`WsIo`] reads
+//! binary messages back as bytes, and hands written bytes to a writer task that sends whatever
+//! has piled up as one binary message (at most [`MAX_CHUNK`] bytes each) and one flush.
+//!
+//! The writer task is what makes many streams cheap: yamux flushes after every frame, so writing
+//! inline would cost one message and one `send` per frame. With the hand-off, frames of all the
+//! requests in flight that arrive while the previous batch is on its way leave together, and
+//! the peer reads them with one `recv`. Bytes handed over are bounded by [`MAX_OUTBOX`]; a
+//! writer past it waits.
+//!
+//! It also owns liveness: it pings every `interval` and fails reads with `TimedOut` when nothing
+//! at all (data, ping or pong) arrived for `timeout`, which ends the yamux session above it.
 
 use std::{
+    future::Future,
     io,
     pin::Pin,
     sync::{
         atomic::{AtomicBool, Ordering},
-        Arc,
+        Arc, Mutex,
     },
-    task::{ready, Context, Poll},
+    task::{ready, Context, Poll, Waker},
     time::Duration,
 };
 
-use bytes::{Buf, Bytes};
-use futures_util::{task::AtomicWaker, Sink, Stream};
+use bytes::{Buf, Bytes, BytesMut};
+use futures_util::{
+    stream::{SplitSink, SplitStream},
+    task::AtomicWaker,
+    SinkExt, Stream, StreamExt,
+};
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     time::{Instant, Interval, MissedTickBehavior, Sleep},
@@ -32,27 +45,62 @@ use tokio_tungstenite::{
 
 use crate::protocol::{Heartbeat, MAX_CHUNK};
 
+/// Bytes written but not yet taken by the writer task. Past it, writes wait; with the batch
+/// the task is sending, a session holds at most twice this in our buffers.
+pub const MAX_OUTBOX: usize = MAX_CHUNK;
+
 /// A WebSocket carrying a byte stream. See the module docs.
 pub struct WsIo<S> {
-    ws: WebSocketStream<S>,
+    read: SplitStream<WebSocketStream<S>>,
     /// The unread rest of the last binary message.
     pending: Bytes,
     ping: Interval,
-    ping_due: bool,
     silence: Pin<Box<Sleep>>,
     timeout: Duration,
     shared: Arc<Shared>,
-    close_sent: bool,
 }
 
-/// State shared with [`Closing`] handles.
+/// State shared with [`Closing`] handles and the writer task.
 #[derive(Default)]
 struct Shared {
     /// Our side asked to end the session on purpose.
     close_requested: AtomicBool,
     /// The peer ended the session on purpose (sent a Close frame).
     peer_closed: AtomicBool,
-    waker: AtomicWaker,
+    outbox: Mutex<Outbox>,
+    /// The writer task, when it waits for work.
+    writer: AtomicWaker,
+}
+
+/// Work for the writer task, and what it tells writers back.
+#[derive(Default)]
+struct Outbox {
+    data: BytesMut,
+    ping: bool,
+    /// `poll_shutdown` was called, or the [`WsIo`] was dropped (`dropped`).
+    shutdown: bool,
+    dropped: bool,
+    /// The writer task has ended; later writes fail.
+    finished: bool,
+    /// Why the writer task ended, if it failed.
+    error: Option<(io::ErrorKind, String)>,
+    /// A writer waiting for room, or for the shutdown to complete.
+    blocked: Option<Waker>,
+}
+
+impl Outbox {
+    fn failure(&self) -> io::Error {
+        match &self.error {
+            Some((kind, msg)) => io::Error::new(*kind, msg.clone()),
+            None => io::ErrorKind::BrokenPipe.into(),
+        }
+    }
+
+    fn wake_blocked(&mut self) {
+        if let Some(w) = self.blocked.take() {
+            w.wake();
+        }
+    }
 }
 
 /// A handle to end a [`WsIo`] deliberately and to learn whether the peer did.
@@ -66,7 +114,7 @@ impl Closing {
     /// Sends a Close frame at the next chance; reads then end once the peer answers.
     pub fn close(&self) {
         self.0.close_requested.store(true, Ordering::SeqCst);
-        self.0.waker.wake();
+        self.0.writer.wake();
     }
 
     /// Whether the peer closed the session with a Close frame.
@@ -77,73 +125,132 @@ impl Closing {
 
 impl<S> WsIo<S>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    /// Wraps an established WebSocket.
+    /// Wraps an established WebSocket and spawns its writer task on the current runtime.
     pub fn new(ws: WebSocketStream<S>, heartbeat: Heartbeat) -> Self {
         let mut ping =
             tokio::time::interval_at(Instant::now() + heartbeat.interval, heartbeat.interval);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let (sink, read) = ws.split();
+        let shared = Arc::<Shared>::default();
+        tokio::spawn(write_task(sink, shared.clone()));
         Self {
-            ws,
+            read,
             pending: Bytes::new(),
             ping,
-            ping_due: false,
             silence: Box::pin(tokio::time::sleep(heartbeat.timeout)),
             timeout: heartbeat.timeout,
-            shared: Arc::default(),
-            close_sent: false,
+            shared,
         }
     }
+}
 
+impl<S> WsIo<S> {
     /// A handle to close this session on purpose, or to see whether the peer did.
     pub fn closing(&self) -> Closing {
         Closing(self.shared.clone())
     }
 
-    /// Sends the Close frame once it was requested and the socket can take it.
-    fn poll_close_request(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
-        self.shared.waker.register(cx.waker());
-        if self.close_sent || !self.shared.close_requested.load(Ordering::SeqCst) {
-            return Ok(());
-        }
-        if let Poll::Ready(r) = Pin::new(&mut self.ws).poll_ready(cx) {
-            r.map_err(to_io)?;
-            let frame = CloseFrame {
-                code: CloseCode::Normal,
-                reason: "stopped".into(),
-            };
-            Pin::new(&mut self.ws)
-                .start_send(Message::Close(Some(frame)))
-                .map_err(to_io)?;
-            self.close_sent = true;
-            if let Poll::Ready(r) = Pin::new(&mut self.ws).poll_flush(cx) {
-                r.map_err(to_io)?;
-            }
-        }
-        Ok(())
+    fn outbox(&self) -> std::sync::MutexGuard<'_, Outbox> {
+        self.shared.outbox.lock().expect("outbox lock")
     }
+}
 
-    /// Sends a ping if one is due and the socket can take it; never blocks reads on it.
-    fn poll_ping(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
-        if self.ping.poll_tick(cx).is_ready() {
-            self.ping_due = true;
-        }
-        if self.ping_due {
-            if let Poll::Ready(r) = Pin::new(&mut self.ws).poll_ready(cx) {
-                r.map_err(to_io)?;
-                Pin::new(&mut self.ws)
-                    .start_send(Message::Ping(Bytes::new()))
-                    .map_err(to_io)?;
-                self.ping_due = false;
-                // Push it out now; a pending flush is retried by the next read or write.
-                if let Poll::Ready(r) = Pin::new(&mut self.ws).poll_flush(cx) {
-                    r.map_err(to_io)?;
+impl<S> Drop for WsIo<S> {
+    fn drop(&mut self) {
+        let mut out = self.outbox();
+        out.dropped = true;
+        out.shutdown = true;
+        drop(out);
+        self.shared.writer.wake();
+    }
+}
+
+/// What the writer task takes from the [`Outbox`] in one go.
+struct Batch {
+    data: Bytes,
+    ping: bool,
+    close: bool,
+    shutdown: bool,
+    dropped: bool,
+}
+
+/// Sends what writers hand over, in batches, until the session is shut down or fails.
+async fn write_task<S>(mut sink: SplitSink<WebSocketStream<S>, Message>, shared: Arc<Shared>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut close_sent = false;
+    let result: Result<(), tokio_tungstenite::tungstenite::Error> = async {
+        loop {
+            // Wait for work, then let every other task that is ready run first: what they write
+            // meanwhile joins this batch. When nothing else is ready this costs no time.
+            std::future::poll_fn(|cx| {
+                shared.writer.register(cx.waker());
+                let close = !close_sent && shared.close_requested.load(Ordering::SeqCst);
+                let out = shared.outbox.lock().expect("outbox lock");
+                if out.data.is_empty() && !out.ping && !out.shutdown && !close {
+                    return Poll::Pending;
                 }
+                Poll::Ready(())
+            })
+            .await;
+            tokio::task::yield_now().await;
+            let batch = std::future::poll_fn(|cx| {
+                shared.writer.register(cx.waker());
+                let close = !close_sent && shared.close_requested.load(Ordering::SeqCst);
+                let mut out = shared.outbox.lock().expect("outbox lock");
+                if out.data.is_empty() && !out.ping && !out.shutdown && !close {
+                    return Poll::Pending;
+                }
+                let batch = Batch {
+                    data: std::mem::take(&mut out.data).freeze(),
+                    ping: std::mem::take(&mut out.ping),
+                    close,
+                    shutdown: out.shutdown,
+                    dropped: out.dropped,
+                };
+                // Room again: a writer blocked on a full outbox can go on.
+                out.wake_blocked();
+                Poll::Ready(batch)
+            })
+            .await;
+            if batch.dropped {
+                // Nobody reads or writes any more: closing the socket is all that is left.
+                return Ok(());
+            }
+            let mut data = batch.data;
+            while !data.is_empty() {
+                let n = data.len().min(MAX_CHUNK);
+                sink.feed(Message::Binary(data.split_to(n))).await?;
+            }
+            if batch.ping {
+                sink.feed(Message::Ping(Bytes::new())).await?;
+            }
+            if batch.close {
+                let frame = CloseFrame {
+                    code: CloseCode::Normal,
+                    reason: "stopped".into(),
+                };
+                sink.feed(Message::Close(Some(frame))).await?;
+                close_sent = true;
+            }
+            sink.flush().await?;
+            if batch.shutdown {
+                return sink.close().await;
             }
         }
-        Ok(())
     }
+    .await;
+    let mut out = shared.outbox.lock().expect("outbox lock");
+    out.finished = true;
+    if let Err(e) = result {
+        let e = to_io(e);
+        // A session already closed is not worth reporting to the next writer as a failure.
+        out.error = Some((e.kind(), e.to_string()));
+    }
+    out.wake_blocked();
 }
 
 fn to_io(e: tokio_tungstenite::tungstenite::Error) -> io::Error {
@@ -178,9 +285,11 @@ where
                     format!("peer silent for {:?}", this.timeout),
                 )));
             }
-            this.poll_ping(cx)?;
-            this.poll_close_request(cx)?;
-            match ready!(Pin::new(&mut this.ws).poll_next(cx)) {
+            if this.ping.poll_tick(cx).is_ready() {
+                this.outbox().ping = true;
+                this.shared.writer.wake();
+            }
+            match ready!(Pin::new(&mut this.read).poll_next(cx)) {
                 None => return Poll::Ready(Ok(())),
                 Some(Err(e)) => return Poll::Ready(Err(to_io(e))),
                 Some(Ok(msg)) => {
@@ -206,38 +315,54 @@ where
     }
 }
 
-use std::future::Future;
-
-impl<S> AsyncWrite for WsIo<S>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
+impl<S> AsyncWrite for WsIo<S> {
     fn poll_write(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let ws = &mut self.ws;
-        ready!(Pin::new(&mut *ws).poll_ready(cx)).map_err(to_io)?;
-        let n = buf.len().min(MAX_CHUNK);
-        Pin::new(ws)
-            .start_send(Message::Binary(Bytes::copy_from_slice(&buf[..n])))
-            .map_err(to_io)?;
+        let mut out = self.outbox();
+        if out.finished || out.shutdown {
+            return Poll::Ready(Err(out.failure()));
+        }
+        let room = MAX_OUTBOX.saturating_sub(out.data.len());
+        if room == 0 {
+            out.blocked = Some(cx.waker().clone());
+            return Poll::Pending;
+        }
+        let n = buf.len().min(room);
+        let was_empty = out.data.is_empty();
+        out.data.extend_from_slice(&buf[..n]);
+        drop(out);
+        if was_empty {
+            self.shared.writer.wake();
+        }
         Poll::Ready(Ok(n))
     }
 
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.ws).poll_flush(cx).map_err(to_io)
+    /// Written bytes are the writer task's from here on: they leave with its next batch.
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let out = self.outbox();
+        if out.finished && out.error.is_some() {
+            return Poll::Ready(Err(out.failure()));
+        }
+        Poll::Ready(Ok(()))
     }
 
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match ready!(Pin::new(&mut self.ws).poll_close(cx)) {
-            Ok(()) => Poll::Ready(Ok(())),
-            Err(e) => match to_io(e) {
-                e if e.kind() == io::ErrorKind::BrokenPipe => Poll::Ready(Ok(())),
-                e => Poll::Ready(Err(e)),
-            },
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut out = self.outbox();
+        if out.finished {
+            // A session that ended before or during the close is closed all the same.
+            return match &out.error {
+                Some((io::ErrorKind::BrokenPipe, _)) | None => Poll::Ready(Ok(())),
+                Some(_) => Poll::Ready(Err(out.failure())),
+            };
         }
+        out.shutdown = true;
+        out.blocked = Some(cx.waker().clone());
+        drop(out);
+        self.shared.writer.wake();
+        Poll::Pending
     }
 }
 
