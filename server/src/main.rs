@@ -67,7 +67,7 @@ enum TokenCommand {
     },
     /// List tokens (never the tokens themselves).
     List,
-    /// Revoke a token: new sessions with it are refused at once.
+    /// Revoke a token: new sessions with it are refused and open ones ended at once.
     Revoke {
         /// The token's name.
         name: String,
@@ -139,6 +139,11 @@ fn date(unix: i64) -> String {
     format!("{year:04}-{month:02}-{day:02}")
 }
 
+// Many small short-lived allocations per request (headers, frames, bodies): mimalloc takes
+// them at a fraction of the system allocator's cost; see docs/benchmarks.md.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     match serve().await {
@@ -152,8 +157,9 @@ async fn main() -> std::process::ExitCode {
 
 async fn serve() -> anyhow::Result<std::process::ExitCode> {
     let args = Args::parse();
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    // Trace-level tungstenite would print visitors' bytes and clients' upgrade requests.
+    let filter = ggrok_tunnel::client::log_filter("info");
+
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -1,13 +1,27 @@
 //! Public requests through a tunnel: HTTP/1.1 over yamux streams of the tunnel's session.
 
-use std::{sync::Mutex, time::Instant};
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::{
+        atomic::{AtomicU8, Ordering},
+        Arc, Mutex,
+    },
+    task::{ready, Context, Poll},
+    time::Instant,
+};
+
+use bytes::Bytes;
 
 use ggrok_tunnel::{
-    http_util::{self, boxed, is_upgrade, strip_hop_by_hop, wants_json, Body, PageKind},
+    http_util::{self, boxed, is_upgrade, strip_hop_by_hop, wants_json, Body, BoxError, PageKind},
     protocol::HEADER_ERROR,
 };
 use http::{header, HeaderValue, Request, Response, StatusCode, Uri};
-use hyper::{body::Incoming, client::conn::http1::SendRequest};
+use hyper::{
+    body::{Frame, Incoming},
+    client::conn::http1::SendRequest,
+};
 use hyper_util::rt::TokioIo;
 use tracing::debug;
 
@@ -19,20 +33,143 @@ const SESSION_START: std::time::Duration = std::time::Duration::from_secs(5);
 /// The tunnel stream a visitor connection last used, kept for its next request: HTTP/1.1
 /// requests on one connection are sequential, so one stream serves them all, saving a stream
 /// open and a handshake per request.
+///
+/// The stream's HTTP/1.1 connection is driven by the visitor connection's own task (while it
+/// waits for the response head, then by the response body) rather than by a task of its own:
+/// that saves two task hand-offs per request, which on a busy multi-threaded runtime are
+/// wake-ups of other threads. See docs/benchmarks.md.
 #[derive(Default)]
 pub(crate) struct Upstream(Mutex<Option<Cached>>);
+
+/// A stream's HTTP/1.1 connection (hyper does not name the type `with_upgrades` returns).
+type Conn = dyn Future<Output = hyper::Result<()>> + Send;
 
 struct Cached {
     name: String,
     session: u64,
     sender: SendRequest<Body>,
+    /// The connection, when no task of its own drives it: whoever holds this polls it.
+    conn: Option<Pin<Box<Conn>>>,
+}
+
+impl Cached {
+    /// Polls the connection if we drive it; `false` once it has ended.
+    fn drive(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(conn) = self.conn.as_mut() else {
+            return !self.sender.is_closed();
+        };
+        match conn.as_mut().poll(cx) {
+            Poll::Pending => true,
+            Poll::Ready(r) => {
+                if let Err(e) = r {
+                    debug!(%e, "tunnel stream ended with an error");
+                }
+                self.conn = None;
+                false
+            }
+        }
+    }
+
+    /// Waits until the stream can take the next request, driving it meanwhile.
+    async fn ready(&mut self) -> bool {
+        std::future::poll_fn(|cx| {
+            let alive = self.drive(cx);
+            match self.sender.poll_ready(cx) {
+                Poll::Ready(r) => Poll::Ready(r.is_ok()),
+                Poll::Pending if alive => Poll::Pending,
+                Poll::Pending => Poll::Ready(false),
+            }
+        })
+        .await
+    }
+
+    /// Keeps the stream for the visitor connection's next request. If the exchange is not over
+    /// yet (the request body may still be on its way after an early response), a task drives
+    /// the connection until it is, as it must move on without us.
+    fn keep(mut self, shared: &Shared, upstream: &Upstream) {
+        let idle = {
+            let waker = std::task::Waker::noop();
+            let mut cx = Context::from_waker(waker);
+            self.drive(&mut cx) && self.sender.poll_ready(&mut cx).is_ready()
+        };
+        if !idle {
+            if let Some(conn) = self.conn.take() {
+                shared.spawn(async move {
+                    if let Err(e) = conn.await {
+                        debug!(%e, "tunnel stream ended with an error");
+                    }
+                });
+            }
+        }
+        *upstream.0.lock().expect("upstream lock") = Some(self);
+    }
+}
+
+/// A response body that drives its stream's connection while it is read, and hands the stream
+/// back to the visitor connection once the body has ended.
+struct Driven {
+    inner: Body,
+    /// Only ever used through `&mut` (`get_mut`, no locking): the mutex makes the body `Sync`
+    /// as boxed bodies must be, which the connection future is not.
+    stream: Mutex<Option<Cached>>,
+    shared: Arc<Shared>,
+    upstream: Option<Arc<Upstream>>,
+}
+
+impl Driven {
+    fn finish(&mut self) {
+        if let Some(stream) = self.stream.get_mut().expect("stream lock").take() {
+            // Without a visitor connection to reuse it (HTTP/2), dropping it closes the stream.
+            if let Some(upstream) = &self.upstream {
+                stream.keep(&self.shared, upstream);
+            }
+        }
+    }
+}
+
+impl http_body::Body for Driven {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if let Some(stream) = this.stream.get_mut().expect("stream lock").as_mut() {
+            stream.drive(cx);
+        }
+        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        if frame.is_none() || this.inner.is_end_stream() {
+            this.finish();
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Driven {
+    fn drop(&mut self) {
+        // Read to its end but not seen ending (hyper stops at the length it knew): reusable.
+        // Otherwise the response is cut off and the stream, mid-message, is closed.
+        if http_body::Body::is_end_stream(&self.inner) {
+            self.finish();
+        }
+    }
 }
 
 pub(crate) async fn forward(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     visitor: Visitor,
     name: &str,
-    upstream: Option<&Upstream>,
+    upstream: Option<&Arc<Upstream>>,
     mut req: Request<Incoming>,
 ) -> Response<Body> {
     let json = wants_json(req.headers());
@@ -88,12 +225,21 @@ pub(crate) async fn forward(
 
     let visitor_upgrade = is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
-    let body = shared.metrics.count_body(name, true, boxed(body));
-    // HTTP/2 visitors name the host in the URI authority instead of a Host header.
-    let public_host = parts.headers.get(header::HOST).cloned().or_else(|| {
-        let authority = parts.uri.authority()?;
-        HeaderValue::from_str(authority.as_str()).ok()
-    });
+    let broken = Arc::new(AtomicU8::new(BODY_OK));
+    let body = IdleLimited {
+        inner: shared.metrics.count_body(name, true, boxed(body)),
+        limit: shared.config.body_idle_timeout,
+        deadline: Box::pin(tokio::time::sleep(shared.config.body_idle_timeout)),
+        waiting: false,
+        broken: broken.clone(),
+    };
+    // The host the request was routed by: the URI authority (HTTP/2, absolute-form targets)
+    // before `Host`, so the origin sees the name the visitor actually reached.
+    let public_host = parts
+        .uri
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        .or_else(|| parts.headers.get(header::HOST).cloned());
     parts.version = http::Version::HTTP_11;
     strip_hop_by_hop(&mut parts.headers);
     if policy.consumes_authorization() {
@@ -109,21 +255,62 @@ pub(crate) async fn forward(
 
     let cached = upstream
         .and_then(|u| u.0.lock().expect("upstream lock").take())
-        .filter(|c| c.name == name && c.session == session && !c.sender.is_closed());
+        .filter(|c| c.name == name && c.session == session);
     let reusable = match cached {
-        // Ready once the previous response has been read to its end.
-        Some(mut c) => c.sender.ready().await.is_ok().then_some(c.sender),
+        // Ready once the previous exchange is over.
+        Some(mut c) => c.ready().await.then_some(c),
         None => None,
     };
-    let mut sender = match reusable {
-        Some(sender) => sender,
-        None => match open(shared, control).await {
-            Ok(sender) => sender,
+    let mut stream = match reusable {
+        Some(stream) => stream,
+        None => match open(control).await {
+            Ok((sender, conn)) => Cached {
+                name: name.to_owned(),
+                session,
+                sender,
+                conn: Some(conn),
+            },
             Err(what) => return lost(what),
         },
     };
-    let mut resp = match sender.send_request(Request::from_parts(parts, body)).await {
+    let sent = {
+        let mut sending = std::pin::pin!(stream
+            .sender
+            .send_request(Request::from_parts(parts, boxed(body))));
+        let mut conn = stream.conn.take();
+        let sent = std::future::poll_fn(|cx| {
+            if let Some(c) = conn.as_mut() {
+                if let Poll::Ready(r) = c.as_mut().poll(cx) {
+                    if let Err(e) = r {
+                        debug!(%e, "tunnel stream ended with an error");
+                    }
+                    conn = None;
+                }
+            }
+            sending.as_mut().poll(cx)
+        })
+        .await;
+        stream.conn = conn;
+        sent
+    };
+    let mut resp = match sent {
         Ok(r) => r,
+        Err(_) if broken.load(Ordering::SeqCst) != BODY_OK => {
+            let (status, message) = if broken.load(Ordering::SeqCst) == BODY_STALLED {
+                let secs = shared.config.body_idle_timeout.as_secs_f64();
+                let message =
+                    format!("The request body stalled for {secs} s; the request was abandoned.");
+                (StatusCode::REQUEST_TIMEOUT, message)
+            } else {
+                let message = "The request body was malformed or cut off.".to_owned();
+                (StatusCode::BAD_REQUEST, message)
+            };
+            let mut resp = crate::ggrok_error(shared, status, PageKind::BadRequest, &message, json);
+            // The rest of the body may still come: it must not be read as a new request.
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return resp;
+        }
         Err(e) => {
             debug!(%e, "request through tunnel failed");
             return lost("went away while handling the request");
@@ -138,7 +325,13 @@ pub(crate) async fn forward(
         shared.metrics.error(kind);
     }
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        // The stream now belongs to the upgraded connection; it is not cached.
+        // The stream now belongs to the upgraded connection; it is not cached. The connection
+        // hands the stream over to the upgrade once driven to its end.
+        if let Some(conn) = stream.conn.take() {
+            shared.spawn(async move {
+                let _ = conn.await;
+            });
+        }
         if let Some(visitor_io) = visitor_upgrade {
             let tunnel_io = hyper::upgrade::on(&mut resp);
             shared.spawn(http_util::splice_upgrades(visitor_io, tunnel_io));
@@ -146,25 +339,87 @@ pub(crate) async fn forward(
         let (parts, _) = resp.into_parts();
         return Response::from_parts(parts, http_util::empty());
     }
-    if let Some(u) = upstream {
-        *u.0.lock().expect("upstream lock") = Some(Cached {
-            name: name.to_owned(),
-            session,
-            sender,
-        });
-    }
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     // The visitor speaks to us, not to the origin: answer in our own HTTP version.
     parts.version = http::Version::default();
-    Response::from_parts(parts, shared.metrics.count_body(name, false, boxed(body)))
+    let body = shared.metrics.count_body(name, false, boxed(body));
+    let mut body = Driven {
+        inner: body,
+        stream: Mutex::new(Some(stream)),
+        shared: shared.clone(),
+        upstream: upstream.cloned(),
+    };
+    if http_body::Body::is_end_stream(&body.inner) {
+        // Nothing to read (HEAD, 204, 304, empty): hyper may never poll this body.
+        body.finish();
+    }
+    Response::from_parts(parts, boxed(body))
 }
 
-/// Opens a stream on the session and starts HTTP/1.1 on it.
+/// A visitor's request body that fails once the visitor sends nothing for `limit` while the
+/// tunnel waits for more, so a slow sender cannot hold a visitor connection, a tunnel stream
+/// and an origin connection forever. Only time spent waiting on the visitor counts: while the
+/// origin is slow to read, the body is not polled and the clock is stopped.
+struct IdleLimited {
+    inner: Body,
+    limit: std::time::Duration,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    /// The last poll found no data: the clock runs.
+    waiting: bool,
+    /// Why the body failed, if it did: the visitor's fault, not the tunnel's.
+    broken: Arc<AtomicU8>,
+}
+
+const BODY_OK: u8 = 0;
+/// Nothing arrived for the idle limit.
+const BODY_STALLED: u8 = 1;
+/// Bad chunked framing, or the visitor hung up mid-body.
+const BODY_BROKEN: u8 = 2;
+
+impl http_body::Body for IdleLimited {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                this.waiting = false;
+                if let Some(Err(_)) = &frame {
+                    this.broken.store(BODY_BROKEN, Ordering::SeqCst);
+                }
+                Poll::Ready(frame)
+            }
+            Poll::Pending => {
+                if !this.waiting {
+                    this.waiting = true;
+                    let at = tokio::time::Instant::now() + this.limit;
+                    this.deadline.as_mut().reset(at);
+                }
+                ready!(this.deadline.as_mut().poll(cx));
+                this.broken.store(BODY_STALLED, Ordering::SeqCst);
+                Poll::Ready(Some(Err("the request body stalled".into())))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Opens a stream on the session and starts HTTP/1.1 on it; the caller drives the connection.
 async fn open(
-    shared: &Shared,
     mut control: tokio_yamux::Control,
-) -> Result<SendRequest<Body>, &'static str> {
+) -> Result<(SendRequest<Body>, Pin<Box<Conn>>), &'static str> {
     let stream = control.open_stream().await.map_err(|e| {
         debug!(%e, "open stream failed");
         "is not answering (session closing)"
@@ -175,12 +430,7 @@ async fn open(
             debug!(%e, "stream handshake failed");
             "is not answering"
         })?;
-    shared.spawn(async move {
-        if let Err(e) = conn.with_upgrades().await {
-            debug!(%e, "tunnel stream ended with an error");
-        }
-    });
-    Ok(sender)
+    Ok((sender, Box::pin(conn.with_upgrades())))
 }
 
 /// Adds `X-Forwarded-For/-Proto/-Host` the way common proxies do (appending to a visitor's

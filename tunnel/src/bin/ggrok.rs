@@ -57,6 +57,10 @@ struct HttpArgs {
     /// Pass the public Host header through instead of rewriting it to the local target.
     #[arg(long)]
     keep_host: bool,
+    /// Identity towards the server, kept across restarts of this command: a restarted ggrok with
+    /// the same id gets its held subdomain back at once (random per run if omitted).
+    #[arg(long, env = "GGROK_CLIENT_ID", hide = true)]
+    client_id: Option<String>,
     /// Seconds between pings to the server.
     #[arg(long, default_value_t = 20, hide = true)]
     heartbeat_interval: u64,
@@ -65,12 +69,18 @@ struct HttpArgs {
     heartbeat_timeout: u64,
 }
 
-#[tokio::main]
+// Many small short-lived allocations per request (headers, frames, bodies): mimalloc takes
+// them at a fraction of the system allocator's cost; see docs/benchmarks.md.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+// One thread: a tunnel client's work is a chain of hand-offs between tasks (session, stream,
+// local connection), and across worker threads every hand-off is a futex wake-up and a context
+// switch. On one thread the same chain costs a queue push; see docs/benchmarks.md.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
+        .with_env_filter(ggrok_tunnel::client::log_filter("warn"))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
@@ -91,6 +101,7 @@ async fn http(args: HttpArgs) -> anyhow::Result<ExitCode> {
     config.ca_cert = args.ca_cert;
     config.basic_auth = args.basic_auth.map(Secret::new);
     config.allow_ips = args.allow_ips;
+    config.client_id = args.client_id.filter(|id| !id.is_empty());
     config.local = LocalTarget {
         host: args.local_host,
         port: args.port,
@@ -137,12 +148,28 @@ async fn http(args: HttpArgs) -> anyhow::Result<ExitCode> {
                 }
             }
             event = traffic.recv() => match event {
-                Ok(e) => println!("{}", log_line(&e)),
+                Ok(e) => print_lines(e, &mut traffic),
                 Err(RecvError::Lagged(n)) => eprintln!("ggrok: {n} requests not shown (log too slow)"),
                 Err(RecvError::Closed) => return Ok(ExitCode::FAILURE),
             },
         }
     }
+}
+
+/// Prints `first` and every exchange already queued behind it with one write, not one per line.
+fn print_lines(
+    first: std::sync::Arc<Exchange>,
+    traffic: &mut tokio::sync::broadcast::Receiver<std::sync::Arc<Exchange>>,
+) {
+    use std::io::Write;
+    let mut out = log_line(&first);
+    out.push('\n');
+    // Bounded by the broadcast queue; a lag is reported by the next `recv`.
+    while let Ok(e) = traffic.try_recv() {
+        out.push_str(&log_line(&e));
+        out.push('\n');
+    }
+    let _ = std::io::stdout().write_all(out.as_bytes());
 }
 
 /// `12:01:02 GET /path 200 12ms 1.2 KB` (UTC time).
