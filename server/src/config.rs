@@ -95,6 +95,11 @@ impl Tokens {
         self.0.contains(&h).then_some(h)
     }
 
+    /// Whether `hash` is one of these tokens' hashes.
+    pub fn contains_hash(&self, hash: &TokenHash) -> bool {
+        self.0.contains(hash)
+    }
+
     /// How many tokens are configured.
     pub fn len(&self) -> usize {
         self.0.len()
@@ -125,6 +130,9 @@ pub struct Config {
     pub reconnect_grace: Duration,
     /// How long a visitor may take to send request headers (slowloris guard).
     pub header_read_timeout: Duration,
+    /// How long a request body may stall (nothing arrives while the tunnel waits for more)
+    /// before the request is abandoned with 408 (slow-body guard).
+    pub body_idle_timeout: Duration,
     /// On shutdown, how long requests in flight may take to finish.
     pub drain_timeout: Duration,
     /// Hash of the bearer token that `/metrics` requires; `None` disables `/metrics`.
@@ -145,6 +153,9 @@ pub struct Config {
     pub acme: Option<Arc<crate::acme::Acme>>,
     /// Tokens and reserved names created with `ggrok-server token ...`; read on every connect.
     pub store: Option<Arc<crate::store::Store>>,
+    /// How often the server looks whether `store` changed, to end the sessions of revoked
+    /// tokens. A look while nothing changed costs one `PRAGMA data_version`.
+    pub revocation_check: Duration,
 }
 
 impl std::fmt::Debug for Config {
@@ -155,11 +166,13 @@ impl std::fmt::Debug for Config {
             .field("heartbeat", &self.heartbeat)
             .field("reconnect_grace", &self.reconnect_grace)
             .field("header_read_timeout", &self.header_read_timeout)
+            .field("body_idle_timeout", &self.body_idle_timeout)
             .field("drain_timeout", &self.drain_timeout)
             .field("metrics_token", &self.metrics_token.map(|_| "MASKED"))
             .field("tls", &self.tls.is_some())
             .field("acme", &self.acme)
             .field("store", &self.store.is_some())
+            .field("revocation_check", &self.revocation_check)
             .field("trusted_proxies", &self.trusted_proxies)
             .field("connect_rate", &self.connect_rate)
             .field("tunnel_rate", &self.tunnel_rate)
@@ -177,11 +190,13 @@ impl Config {
             heartbeat: Heartbeat::default(),
             reconnect_grace: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(30),
+            body_idle_timeout: Duration::from_secs(60),
             drain_timeout: Duration::from_secs(10),
             metrics_token: None,
             tls: None,
             acme: None,
             store: None,
+            revocation_check: Duration::from_secs(2),
             trusted_proxies: Vec::new(),
             connect_rate: 60,
             tunnel_rate: 0,

@@ -20,6 +20,9 @@ use tracing::{info, info_span, warn, Instrument};
 
 use crate::{policy::Policy, registry::Claimant, Shared, Visitor};
 
+/// How long a session whose token was revoked waits for the client to acknowledge the close.
+const REVOKED_CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Answers a connect request: `101` and a session task, or a refusal.
 pub(crate) fn accept(
     shared: &Arc<Shared>,
@@ -83,6 +86,15 @@ pub(crate) fn accept(
             let reason = loop {
                 tokio::select! {
                     _ = claim.cancel.cancelled() => break "replaced by a new session of the same client".to_owned(),
+                    _ = claim.revoked.cancelled() => {
+                        // A Close frame, so the client sees a deliberate end rather than a
+                        // network drop; its reconnect is then refused for the token. The
+                        // session only sends while polled: drive it until the client answers.
+                        closing.close();
+                        let drive = async { while let Some(Ok(_)) = mux.next().await {} };
+                        let _ = tokio::time::timeout(REVOKED_CLOSE_TIMEOUT, drive).await;
+                        break "its token was revoked".to_owned();
+                    }
                     next = mux.next() => match next {
                         // Clients have no reason to open streams; refuse by dropping.
                         Some(Ok(stream)) => drop(stream),
@@ -118,7 +130,10 @@ pub(crate) fn accept(
 }
 
 /// Validates a connect request; returns who asks, for which name, and the WebSocket key.
-fn check(shared: &Shared, h: &HeaderMap) -> Result<(Claimant, Option<String>, String), Refusal> {
+pub(crate) fn check(
+    shared: &Shared,
+    h: &HeaderMap,
+) -> Result<(Claimant, Option<String>, String), Refusal> {
     let get = |name: &str| h.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
     let bad = |m: &str| Refusal::new(RefusalKind::BadRequest, m);
 
@@ -169,7 +184,6 @@ fn check(shared: &Shared, h: &HeaderMap) -> Result<(Claimant, Option<String>, St
             .ok_or_else(|| {
                 Refusal::new(RefusalKind::Unauthorized, "this server requires a token")
             })?;
-        let not_accepted = || Refusal::new(RefusalKind::Unauthorized, "the token was not accepted");
         match shared.config.tokens.check(presented) {
             Some(hash) => (Some(hash), None),
             None => {
@@ -178,8 +192,22 @@ fn check(shared: &Shared, h: &HeaderMap) -> Result<(Claimant, Option<String>, St
                     .map(|s| s.token_by_hash(&hash))
                     .transpose()
                     .map_err(unavailable)?
-                    .flatten()
-                    .ok_or_else(not_accepted)?;
+                    .flatten();
+                let Some(id) = id else {
+                    // Only a holder of the token learns it was revoked, and it tells them
+                    // why their tunnel stopped.
+                    let revoked = store
+                        .map(|s| s.is_revoked(&hash))
+                        .transpose()
+                        .map_err(unavailable)?
+                        .unwrap_or(false);
+                    let message = if revoked {
+                        "the token was revoked"
+                    } else {
+                        "the token was not accepted"
+                    };
+                    return Err(Refusal::new(RefusalKind::Unauthorized, message));
+                };
                 (Some(hash), Some(id))
             }
         }
@@ -213,7 +241,7 @@ fn check(shared: &Shared, h: &HeaderMap) -> Result<(Claimant, Option<String>, St
 }
 
 /// The URL visitors use: the scheme and port the client itself reached the server with.
-fn public_url(h: &HeaderMap, secure: bool, name: &str, domain: &str) -> String {
+pub(crate) fn public_url(h: &HeaderMap, secure: bool, name: &str, domain: &str) -> String {
     let host = h
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())
@@ -233,7 +261,7 @@ fn public_url(h: &HeaderMap, secure: bool, name: &str, domain: &str) -> String {
     }
 }
 
-fn refuse(shared: &Shared, peer: SocketAddr, refusal: &Refusal) -> Response<Body> {
+pub(crate) fn refuse(shared: &Shared, peer: SocketAddr, refusal: &Refusal) -> Response<Body> {
     warn!(%peer, kind = refusal.error.as_str(), "refused a session: {}", refusal.message);
     shared.metrics.connect_failure(refusal.error.as_str());
     let status = StatusCode::from_u16(refusal.error.status()).unwrap_or(StatusCode::BAD_REQUEST);

@@ -18,6 +18,8 @@
 pub mod acme;
 pub mod config;
 mod connect;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod metrics;
 pub mod policy;
 mod proxy;
@@ -122,6 +124,9 @@ pub async fn run(
                 || matches!(classify(name, domain), Route::Tunnel(sub) if routable.registry.route(sub).is_some())
         }));
     }
+    if let Some(store) = shared.config.store.clone() {
+        shared.spawn(watch_revocations(shared.clone(), store));
+    }
     let sweeper = shared.clone();
     shared.spawn(async move {
         let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
@@ -173,6 +178,55 @@ pub async fn run(
     shared.conns.wait().await;
     info!("stopped");
     Ok(())
+}
+
+/// Ends the sessions of tokens revoked in the store (by `ggrok-server token revoke`, another
+/// process) while they are open. Polls: SQLite has no cross-process change notification, and
+/// a poll that finds the database unchanged costs one pragma.
+async fn watch_revocations(shared: Arc<Shared>, store: Arc<store::Store>) {
+    let mut every = tokio::time::interval(shared.config.revocation_check);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seen = None;
+    // One more look after a change: a connect that read the token just before the revoke may
+    // register its session just after this look.
+    let mut again = false;
+    loop {
+        every.tick().await;
+        let version = match store.version() {
+            Ok(v) => v,
+            Err(e) => {
+                warn!(%e, "cannot check the token database for revocations");
+                continue;
+            }
+        };
+        let changed = seen != Some(version);
+        if !changed && !again {
+            continue;
+        }
+        again = changed;
+        let mut checked = true;
+        for token in shared.registry.tokens() {
+            if shared.config.tokens.contains_hash(&token) {
+                // Flag tokens live in the configuration, not the store.
+                continue;
+            }
+            match store.token_by_hash(&token) {
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    let ended = shared.registry.revoke(&token);
+                    // Never the token or its hash: the log names what ended, not who.
+                    info!(sessions = ended, "token revoked: ending its sessions");
+                }
+                Err(e) => {
+                    warn!(%e, "cannot check a token against the database");
+                    checked = false;
+                }
+            }
+        }
+        if checked {
+            seen = Some(version);
+        }
+    }
 }
 
 /// Who sent a request and how: what routing, forwarding headers and URLs depend on.
@@ -252,7 +306,7 @@ where
     let service = hyper::service::service_fn(move |req| {
         let shared = shared.clone();
         let upstream = (!h2).then(|| upstream.clone());
-        async move { Ok::<_, Infallible>(route(shared, visitor, upstream.as_deref(), req).await) }
+        async move { Ok::<_, Infallible>(route(shared, visitor, upstream.as_ref(), req).await) }
     });
     let result = if h2 {
         let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
@@ -313,30 +367,100 @@ fn classify<'a>(host: &'a str, domain: &str) -> Route<'a> {
     }
 }
 
-/// The request's host, lowercased, without port or brackets.
-fn request_host<B>(req: &Request<B>) -> String {
-    let raw = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .or_else(|| req.uri().host())
-        .unwrap_or("");
-    let host = if let Some(rest) = raw.strip_prefix('[') {
-        rest.split(']').next().unwrap_or("")
-    } else {
-        raw.rsplit_once(':').map(|(h, _)| h).unwrap_or(raw)
+/// The request's host, lowercased, without port, brackets or a trailing dot; or why there is
+/// no usable one. The request-target's authority (absolute form, HTTP/2 `:authority`) wins over
+/// `Host`, as RFC 9112 §3.2.2 says, so a proxy in front that follows the RFC routes the same way.
+fn request_host<B>(req: &Request<B>) -> Result<String, &'static str> {
+    let authority = match req.uri().authority() {
+        Some(a) => a.clone(),
+        None => {
+            let mut hosts = req.headers().get_all(header::HOST).iter();
+            let (first, second) = (hosts.next(), hosts.next());
+            let value = match (first, second) {
+                (_, Some(_)) => return Err("A request may carry only one Host header."),
+                (Some(v), None) => v,
+                // HTTP/1.0 predates Host: such a request is for the server itself.
+                (None, None) if req.version() <= http::Version::HTTP_10 => return Ok(String::new()),
+                (None, None) if req.version() == http::Version::HTTP_11 => {
+                    return Err("HTTP/1.1 requests need a Host header.")
+                }
+                (None, None) => return Ok(String::new()),
+            };
+            let value = value.to_str().map_err(|_| {
+                "The Host header must be ASCII: write international names in their xn-- form."
+            })?;
+            if value.is_empty() {
+                // Allowed when the target has no authority: the server's own endpoints.
+                return Ok(String::new());
+            }
+            value
+                .parse::<http::uri::Authority>()
+                .map_err(|_| "The Host header is not a valid host[:port].")?
+        }
     };
-    host.trim_end_matches('.').to_ascii_lowercase()
+    if authority.as_str().contains('@') {
+        return Err("A host may not carry user information (user@host).");
+    }
+    // The port plays no part in routing, but a malformed one makes the whole host doubtful.
+    let port = &authority.as_str()[authority.host().len()..];
+    let port_ok = port.is_empty()
+        || port
+            .strip_prefix(':')
+            .is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u16>().is_ok());
+    if !port_ok {
+        return Err("The Host header is not a valid host[:port].");
+    }
+    let host = authority.host();
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    // One trailing dot is a fully qualified name; more is no name at all.
+    let host = host.strip_suffix('.').unwrap_or(host);
+    if host.ends_with('.') {
+        return Err("The Host header is not a valid host[:port].");
+    }
+    Ok(host.to_ascii_lowercase())
+}
+
+/// Transfer codings other than plain `chunked` (hyper accepts `gzip, chunked`): relaying them
+/// would drop the coding the sender applied, so they are refused instead (RFC 9112 §6.1: 501).
+fn unsupported_transfer_coding(h: &http::HeaderMap) -> bool {
+    h.get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .any(|v| !v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked"))
+}
+
+/// A refusal after which the connection closes: a request hyper framed but ggrok refuses to
+/// relay may have a body ggrok will not read, and nothing after it on the connection can be
+/// trusted to start a new request.
+fn refuse_and_close(
+    shared: &Shared,
+    status: StatusCode,
+    message: &str,
+    json: bool,
+) -> Response<Body> {
+    let mut resp = ggrok_error(shared, status, PageKind::BadRequest, message, json);
+    resp.headers_mut()
+        .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+    resp
 }
 
 async fn route(
     shared: Arc<Shared>,
     visitor: Visitor,
-    upstream: Option<&proxy::Upstream>,
+    upstream: Option<&Arc<proxy::Upstream>>,
     req: Request<Incoming>,
 ) -> Response<Body> {
-    let host = request_host(&req);
     let json = wants_json(req.headers());
+    let host = match request_host(&req) {
+        Ok(host) => host,
+        Err(message) => return refuse_and_close(&shared, StatusCode::BAD_REQUEST, message, json),
+    };
+    if unsupported_transfer_coding(req.headers()) {
+        let message = "Only the chunked transfer coding is supported.";
+        return refuse_and_close(&shared, StatusCode::NOT_IMPLEMENTED, message, json);
+    }
     let visitor = visitor.through(&shared.config.trusted_proxies, req.headers());
     // hyper's read buffer bounds memory, not the head: enforce the documented limit here.
     let head: usize = req
@@ -356,6 +480,17 @@ async fn route(
     }
     match classify(&host, &shared.config.domain) {
         Route::Tunnel(name) => {
+            if let Err(e) = ggrok_tunnel::protocol::validate_name(name) {
+                // No client can hold such a name, and no DNS name has such a label.
+                let message = format!("{name:?} cannot be a tunnel name: {e}.");
+                return ggrok_error(
+                    &shared,
+                    StatusCode::BAD_REQUEST,
+                    PageKind::BadRequest,
+                    &message,
+                    json,
+                );
+            }
             let name = name.to_owned();
             proxy::forward(&shared, visitor, &name, upstream, req).await
         }
@@ -472,11 +607,41 @@ mod tests {
     #[test]
     fn host_header_parsing() {
         let req = |h: &str| Request::builder().header(header::HOST, h).body(()).unwrap();
-        assert_eq!(
-            request_host(&req("App.Example.com:8080")),
-            "app.example.com"
-        );
-        assert_eq!(request_host(&req("[::1]:80")), "::1");
-        assert_eq!(request_host(&req("example.com.")), "example.com");
+        let host = |h: &str| request_host(&req(h));
+        assert_eq!(host("App.Example.com:8080").unwrap(), "app.example.com");
+        assert_eq!(host("[::1]:80").unwrap(), "::1");
+        assert_eq!(host("example.com.").unwrap(), "example.com");
+        assert_eq!(host("").unwrap(), "");
+        for bad in [
+            "a@b.example.com",
+            "example.com:",
+            "example.com:http",
+            "example.com:99999",
+            "example.com:+80",
+            "exa mple.com",
+            "example.com/x",
+            "example.com..",
+        ] {
+            assert!(host(bad).is_err(), "{bad}");
+        }
+        let two = Request::builder()
+            .header(header::HOST, "a.example.com")
+            .header(header::HOST, "b.example.com")
+            .body(())
+            .unwrap();
+        assert!(request_host(&two).is_err());
+        let none = Request::builder().body(()).unwrap();
+        assert!(request_host(&none).is_err(), "HTTP/1.1 without Host");
+        let old = Request::builder()
+            .version(http::Version::HTTP_10)
+            .body(())
+            .unwrap();
+        assert_eq!(request_host(&old).unwrap(), "");
+        let absolute = Request::builder()
+            .uri("http://a.example.com/x")
+            .header(header::HOST, "b.example.com")
+            .body(())
+            .unwrap();
+        assert_eq!(request_host(&absolute).unwrap(), "a.example.com");
     }
 }

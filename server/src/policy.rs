@@ -25,17 +25,21 @@ pub struct Policy {
 impl Policy {
     /// Reads the policy headers of a connect request.
     pub fn from_headers(h: &HeaderMap) -> Result<Policy, Refusal> {
-        let get = |name: &str| h.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
         let bad = |m: String| Refusal::new(RefusalKind::BadRequest, m);
-        let basic_auth = match get(protocol::HEADER_BASIC_AUTH) {
-            Some(v) if v.contains(':') && !v.starts_with(':') => {
-                Some(Sha256::digest(v.as_bytes()).into())
-            }
+        // A header that is there must count: read as text, a password with non-ASCII
+        // characters used to count as no password at all and leave the tunnel open.
+        let basic_auth = match h
+            .get(protocol::HEADER_BASIC_AUTH)
+            .map(|v| v.as_bytes().trim_ascii())
+        {
+            Some(v) if v.contains(&b':') && !v.starts_with(b":") => Some(Sha256::digest(v).into()),
             Some(_) => return Err(bad("basic auth must look like user:password".into())),
             None => None,
         };
-        let allow = match get(protocol::HEADER_ALLOW_IPS) {
+        let allow = match h.get(protocol::HEADER_ALLOW_IPS) {
             Some(list) => list
+                .to_str()
+                .map_err(|_| bad("the allowed IP list must be ASCII".into()))?
                 .split(',')
                 .map(str::trim)
                 .filter(|s| !s.is_empty())
@@ -58,7 +62,17 @@ impl Policy {
         json: bool,
     ) -> Option<Response<Body>> {
         let ip = ip.to_canonical();
-        if !self.allow.is_empty() && !self.allow.iter().any(|net| net.contains(&ip)) {
+        // A range may be written in either form (found by fuzzing: `::ffff:0:0/95`).
+        let mapped = match ip {
+            IpAddr::V4(v4) => IpAddr::V6(v4.to_ipv6_mapped()),
+            v6 => v6,
+        };
+        if !self.allow.is_empty()
+            && !self
+                .allow
+                .iter()
+                .any(|net| net.contains(&ip) || net.contains(&mapped))
+        {
             let message = format!("Your address {ip} may not use this tunnel.");
             return Some(error_page(
                 StatusCode::FORBIDDEN,
@@ -106,9 +120,21 @@ impl Policy {
 /// An IP address (as a /32 or /128) or a CIDR range.
 pub fn parse_net(s: &str) -> Option<IpNet> {
     let s = s.trim();
-    s.parse::<IpNet>()
+    let net = s
+        .parse::<IpNet>()
         .ok()
-        .or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))
+        .or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))?;
+    // Visitor addresses are compared in canonical form (IPv4-mapped IPv6 as IPv4), so a
+    // mapped range must be too, or `::ffff:10.0.0.0/104` would admit nobody.
+    match net {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
+            Some(v4) => ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96)
+                .ok()
+                .map(IpNet::V4),
+            None => Some(net),
+        },
+        _ => Some(net),
+    }
 }
 
 /// Per-key token buckets; `None` when the limit is off.
@@ -188,6 +214,49 @@ mod tests {
         assert!(p
             .check("app", "::ffff:10.0.0.1".parse().unwrap(), &ok, false)
             .is_none());
+
+        // Found by fuzzing: an IPv4-mapped range used to admit nobody.
+        let mut mapped = HeaderMap::new();
+        mapped.insert(
+            protocol::HEADER_ALLOW_IPS,
+            HeaderValue::from_static("::ffff:10.0.0.0/104"),
+        );
+        let p = Policy::from_headers(&mapped).unwrap();
+        assert!(p
+            .check("app", "10.0.0.1".parse().unwrap(), &none, false)
+            .is_none());
+        assert!(p
+            .check("app", "11.0.0.1".parse().unwrap(), &none, false)
+            .is_some());
+
+        // Found by fuzzing: a non-ASCII password used to count as none.
+        let mut utf8 = HeaderMap::new();
+        utf8.insert(
+            protocol::HEADER_BASIC_AUTH,
+            HeaderValue::from_bytes("alice:pässword".as_bytes()).unwrap(),
+        );
+        let p = Policy::from_headers(&utf8).unwrap();
+        assert_eq!(
+            p.check("app", "10.0.0.1".parse().unwrap(), &none, false)
+                .unwrap()
+                .status(),
+            401
+        );
+        let mut ok = HeaderMap::new();
+        let creds = base64::engine::general_purpose::STANDARD.encode("alice:pässword");
+        ok.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_str(&format!("Basic {creds}")).unwrap(),
+        );
+        assert!(p
+            .check("app", "10.0.0.1".parse().unwrap(), &ok, false)
+            .is_none());
+        let mut latin = HeaderMap::new();
+        latin.insert(
+            protocol::HEADER_ALLOW_IPS,
+            HeaderValue::from_bytes(b"10.0.0.0/8,\xe9").unwrap(),
+        );
+        assert!(Policy::from_headers(&latin).is_err());
 
         let mut bad = HeaderMap::new();
         bad.insert(

@@ -39,6 +39,7 @@ enum Slot {
         owner: Claimant,
         control: Option<tokio_yamux::Control>,
         cancel: CancellationToken,
+        revoked: CancellationToken,
         policy: SharedPolicy,
     },
     Held {
@@ -56,6 +57,8 @@ pub struct Claim {
     pub session: u64,
     /// Cancelled when another session of the same client replaces this one.
     pub cancel: CancellationToken,
+    /// Cancelled when the session's token is revoked; the name is already free by then.
+    pub revoked: CancellationToken,
 }
 
 /// Where requests for a name go.
@@ -175,6 +178,7 @@ impl Registry {
         let session = st.next_session;
         st.next_session += 1;
         let cancel = CancellationToken::new();
+        let revoked = CancellationToken::new();
         st.slots.insert(
             name.clone(),
             Slot::Live {
@@ -182,6 +186,7 @@ impl Registry {
                 owner: who.clone(),
                 control: None,
                 cancel: cancel.clone(),
+                revoked: revoked.clone(),
                 policy,
             },
         );
@@ -189,7 +194,43 @@ impl Registry {
             name,
             session,
             cancel,
+            revoked,
         })
+    }
+
+    /// The distinct tokens that hold names (live or held), for checking them against revocation.
+    pub fn tokens(&self) -> Vec<TokenHash> {
+        let st = self.slots.lock().expect("registry lock");
+        let mut tokens: Vec<TokenHash> = st
+            .slots
+            .values()
+            .filter_map(|s| match s {
+                Slot::Live { owner, .. } | Slot::Held { owner, .. } => owner.token,
+            })
+            .collect();
+        tokens.sort_unstable();
+        tokens.dedup();
+        tokens
+    }
+
+    /// Ends everything `token` holds: its live sessions are told to close and stop being
+    /// routed at once, and its names, live or held, are free for anyone. Returns how many live
+    /// sessions it ended.
+    pub fn revoke(&self, token: &TokenHash) -> usize {
+        let mut st = self.slots.lock().expect("registry lock");
+        let mut ended = 0;
+        st.slots.retain(|_, s| match s {
+            Slot::Live { owner, revoked, .. } if owner.token.as_ref() == Some(token) => {
+                revoked.cancel();
+                ended += 1;
+                false
+            }
+            Slot::Held { owner, .. } => owner.token.as_ref() != Some(token),
+            _ => true,
+        });
+        drop(st);
+        self.changed.notify_waiters();
+        ended
     }
 
     /// Makes a claimed name routable once its session is up.
@@ -417,5 +458,37 @@ mod tests {
             assert!(names.insert(c.name));
         }
         assert_eq!(r.online(), 200);
+    }
+
+    #[test]
+    fn revoking_a_token_ends_its_sessions_and_frees_its_names() {
+        let r = Registry::new(Duration::from_secs(60));
+        let a = r
+            .claim(Some("app"), &who("a", Some(1)), Default::default(), 0)
+            .unwrap();
+        let held = r
+            .claim(Some("old"), &who("a", Some(1)), Default::default(), 0)
+            .unwrap();
+        r.release("old", held.session, true);
+        let other = r
+            .claim(Some("other"), &who("b", Some(2)), Default::default(), 0)
+            .unwrap();
+        assert_eq!(r.tokens(), vec![[1; 32], [2; 32]]);
+
+        assert_eq!(r.revoke(&[1; 32]), 1);
+        assert!(a.revoked.is_cancelled());
+        assert!(!a.cancel.is_cancelled(), "revoked, not replaced");
+        assert!(!other.revoked.is_cancelled());
+        assert_eq!(r.tokens(), vec![[2; 32]]);
+        // Both names are free for anyone at once, live and held alike.
+        for name in ["app", "old"] {
+            r.claim(Some(name), &who("c", Some(3)), Default::default(), 0)
+                .unwrap();
+        }
+        // The ended session's late release must not free its successor's name.
+        r.release("app", a.session, false);
+        assert!(r
+            .claim(Some("app"), &who("d", Some(4)), Default::default(), 0)
+            .is_err());
     }
 }

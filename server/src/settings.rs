@@ -69,6 +69,9 @@ pub struct Settings {
     /// On SIGTERM, seconds that requests in flight may take to finish [default: 10].
     #[arg(long, env = "GGROK_DRAIN_TIMEOUT")]
     pub drain_timeout: Option<u64>,
+    /// Seconds a request body may send nothing before the request is abandoned [default: 60].
+    #[arg(long, env = "GGROK_BODY_IDLE_TIMEOUT")]
+    pub body_idle_timeout: Option<u64>,
     /// Address or CIDR of a TLS-terminating proxy in front of the server (repeatable): its
     /// X-Forwarded-Proto and X-Forwarded-For are believed; nobody else's are.
     #[arg(
@@ -114,6 +117,7 @@ impl std::fmt::Debug for Settings {
             .field("acme_cache", &self.acme_cache)
             .field("reconnect_grace", &self.reconnect_grace)
             .field("drain_timeout", &self.drain_timeout)
+            .field("body_idle_timeout", &self.body_idle_timeout)
             .field("heartbeat_interval", &self.heartbeat_interval)
             .field("heartbeat_timeout", &self.heartbeat_timeout)
             .field("trusted_proxies", &self.trusted_proxies)
@@ -190,6 +194,7 @@ impl Settings {
             acme_directory_ca: self.acme_directory_ca.or(lower.acme_directory_ca),
             reconnect_grace: self.reconnect_grace.or(lower.reconnect_grace),
             drain_timeout: self.drain_timeout.or(lower.drain_timeout),
+            body_idle_timeout: self.body_idle_timeout.or(lower.body_idle_timeout),
             heartbeat_interval: self.heartbeat_interval.or(lower.heartbeat_interval),
             heartbeat_timeout: self.heartbeat_timeout.or(lower.heartbeat_timeout),
             trusted_proxies: if self.trusted_proxies.is_empty() {
@@ -239,6 +244,10 @@ impl Settings {
         };
         if heartbeat.interval.is_zero() {
             problems.push("heartbeat_interval must be at least 1 second".to_owned());
+        }
+        if self.body_idle_timeout == Some(0) {
+            // Zero would abandon every body that is not already there in full.
+            problems.push("body_idle_timeout must be at least 1 second".to_owned());
         }
         if heartbeat.timeout <= heartbeat.interval {
             problems.push(format!(
@@ -324,6 +333,7 @@ impl Settings {
             heartbeat,
             reconnect_grace: secs(self.reconnect_grace, 10),
             drain_timeout: secs(self.drain_timeout, 10),
+            body_idle_timeout: secs(self.body_idle_timeout, 60),
             metrics_token: self
                 .metrics_token
                 .as_deref()
@@ -420,10 +430,11 @@ mod tests {
             heartbeat_timeout: Some(10),
             tls_cert: Some("/nonexistent.pem".into()),
             tokens: vec!["short".into()],
+            body_idle_timeout: Some(0),
             ..Settings::default()
         };
         let problems = bad.resolve(Some("eighty")).err().unwrap();
-        assert_eq!(problems.len(), 5, "{problems:#?}");
+        assert_eq!(problems.len(), 6, "{problems:#?}");
         let unknown = toml::from_str::<Settings>("domian = \"x\"")
             .err()
             .unwrap()

@@ -4,7 +4,13 @@
 //! server reads the database on every connect attempt, so `token create`, `revoke`, `reserve`
 //! and `release` (run by another process on the same file) take effect without a restart.
 
-use std::{path::Path, sync::Mutex};
+use std::{
+    path::Path,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Mutex,
+    },
+};
 
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -51,6 +57,17 @@ pub struct TokenInfo {
 /// The database.
 pub struct Store {
     conn: Mutex<Connection>,
+    /// Writes through this handle: SQLite's `data_version` counts only other connections' writes.
+    writes: AtomicU64,
+}
+
+/// A point in the database's history: equal versions mean nothing was written in between.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Version {
+    /// Commits by other connections (the admin CLI), from `PRAGMA data_version`.
+    others: i64,
+    /// Commits through this [`Store`].
+    ours: u64,
 }
 
 /// Identifies a stored token in the registry (its row id).
@@ -87,11 +104,27 @@ impl Store {
         )?;
         Ok(Self {
             conn: Mutex::new(conn),
+            writes: AtomicU64::new(0),
         })
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.conn.lock().expect("store lock")
+    }
+
+    fn wrote(&self) {
+        self.writes.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Where the database is now; cheap, so a watcher can skip work while nothing changed.
+    pub fn version(&self) -> Result<Version, StoreError> {
+        // Read before the pragma: a write in between then shows as a change next time, never
+        // as none.
+        let ours = self.writes.load(Ordering::SeqCst);
+        let others = self
+            .conn()
+            .query_row("PRAGMA data_version", [], |r| r.get(0))?;
+        Ok(Version { others, ours })
     }
 
     /// Creates a token named `name`, reserving `reserve`; returns the token (shown only now).
@@ -121,6 +154,7 @@ impl Store {
             reserve_in(&tx, sub, id)?;
         }
         tx.commit()?;
+        self.wrote();
         Ok(token)
     }
 
@@ -151,7 +185,9 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Revokes a token: it stops working for new sessions at once. Its reservations are freed.
+    /// Revokes a token: it stops working for new sessions at once, and a running server ends
+    /// the sessions open with it when it next looks (see `Config::revocation_check`). Its
+    /// reservations are freed.
     pub fn revoke(&self, name: &str) -> Result<(), StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
@@ -169,6 +205,7 @@ impl Store {
         )?;
         tx.execute("DELETE FROM reservations WHERE token = ?1", [id])?;
         tx.commit()?;
+        self.wrote();
         Ok(())
     }
 
@@ -184,15 +221,19 @@ impl Store {
             )
             .optional()?
             .ok_or_else(|| StoreError::NoSuchToken(token_name.to_owned()))?;
-        reserve_in(&conn, sub, id)
+        reserve_in(&conn, sub, id)?;
+        self.wrote();
+        Ok(())
     }
 
     /// Frees a reserved subdomain; returns whether it was reserved.
     pub fn release(&self, sub: &str) -> Result<bool, StoreError> {
-        Ok(self
+        let released = self
             .conn()
             .execute("DELETE FROM reservations WHERE name = ?1", [sub])?
-            > 0)
+            > 0;
+        self.wrote();
+        Ok(released)
     }
 
     /// The live token with this hash.
@@ -219,13 +260,22 @@ impl Store {
             .optional()?)
     }
 
-    /// Whether any live token exists (otherwise, without flag tokens, the server is open).
-    pub fn has_tokens(&self) -> Result<bool, StoreError> {
+    /// Whether a token with this hash exists but was revoked (for a clearer refusal).
+    pub fn is_revoked(&self, hash: &TokenHash) -> Result<bool, StoreError> {
         Ok(self.conn().query_row(
-            "SELECT EXISTS (SELECT 1 FROM tokens WHERE revoked IS NULL)",
-            [],
+            "SELECT EXISTS (SELECT 1 FROM tokens WHERE hash = ?1 AND revoked IS NOT NULL)",
+            [&hash[..]],
             |r| r.get(0),
         )?)
+    }
+
+    /// Whether any token was ever created (otherwise, without flag tokens, the server is open).
+    /// Revoked tokens count: revoking the last token must lock everyone out, not open the
+    /// server to anyone.
+    pub fn has_tokens(&self) -> Result<bool, StoreError> {
+        Ok(self
+            .conn()
+            .query_row("SELECT EXISTS (SELECT 1 FROM tokens)", [], |r| r.get(0))?)
     }
 }
 
@@ -290,6 +340,8 @@ mod tests {
 
         s.revoke("laptop").unwrap();
         assert_eq!(s.token_by_hash(&hash_token(&token)).unwrap(), None);
+        assert!(s.is_revoked(&hash_token(&token)).unwrap());
+        assert!(!s.is_revoked(&hash_token(&other)).unwrap());
         assert_eq!(s.reserved_for("myapp").unwrap(), None);
         assert!(matches!(
             s.revoke("laptop"),
@@ -301,5 +353,34 @@ mod tests {
             s.reserve("Bad_Name", "ci"),
             Err(StoreError::InvalidName(_))
         ));
+    }
+
+    #[test]
+    fn revoking_the_last_token_keeps_the_server_closed() {
+        let s = Store::in_memory().unwrap();
+        s.create_token("only", &[]).unwrap();
+        s.revoke("only").unwrap();
+        assert!(
+            s.has_tokens().unwrap(),
+            "a revoked token must not open the server"
+        );
+    }
+
+    #[test]
+    fn versions_change_with_writes_from_this_handle_and_other_processes() {
+        let path = std::env::temp_dir().join(format!("ggrok-ver-{:x}.db", rand::random::<u64>()));
+        let s = Store::open(&path).unwrap();
+        let v0 = s.version().unwrap();
+        assert_eq!(s.version().unwrap(), v0, "reads are no change");
+        s.create_token("a", &[]).unwrap();
+        let v1 = s.version().unwrap();
+        assert_ne!(v1, v0);
+        // Another connection stands for the admin CLI in another process.
+        Store::open(&path).unwrap().revoke("a").unwrap();
+        assert_ne!(s.version().unwrap(), v1);
+        drop(s);
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
     }
 }

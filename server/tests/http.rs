@@ -394,7 +394,7 @@ async fn hostile_public_requests_get_clear_errors() {
     }
     let long = "a".repeat(64);
     let r = get(&server, &long, "/").send().await.unwrap();
-    assert_eq!(r.status(), 404);
+    assert_eq!(r.status(), 400, "no tunnel can have a 64-character name");
     let r = visitor()
         .get(server.url())
         .header(header::HOST, "edge.evil.example")

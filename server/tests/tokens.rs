@@ -169,3 +169,73 @@ fn check_config_explains_problems_and_masks_secrets() {
     assert!(!ok && report.contains("unknown field `domian`"), "{report}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn revoking_a_token_ends_its_live_sessions_and_frees_their_names() {
+    let db = Db::new();
+    let laptop = db
+        .admin(&["token", "create", "--name", "laptop", "--reserve", "myapp"])
+        .trim()
+        .to_owned();
+    let ci = db
+        .admin(&["token", "create", "--name", "ci"])
+        .trim()
+        .to_owned();
+    let server = Server::start(Config {
+        store: Some(Arc::new(Store::open(&db.0).unwrap())),
+        // Long: a name freed by revocation must not wait for it.
+        reconnect_grace: std::time::Duration::from_secs(600),
+        revocation_check: std::time::Duration::from_millis(100),
+        ..config()
+    })
+    .await;
+    let origin = Origin::start().await;
+    let open = |token: &str, name: &str| {
+        let mut c = TunnelConfig::new(server.url(), origin.port());
+        c.token = Some(Secret::new(token));
+        c.subdomain = Some(name.into());
+        tunnel_with(c)
+    };
+    let (revoked, _) = open(&laptop, "myapp").await;
+    let (_second, _) = open(&laptop, "other").await;
+    let (kept, _) = open(&ci, "ci-app").await;
+    assert_eq!(
+        get(&server, "myapp", "/echo")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    // Revoked by another process, as an admin would.
+    db.admin(&["token", "revoke", "laptop"]);
+    // The client learns why and stops: no reconnect loop with a dead token.
+    let ended = wait_status(&revoked, |s| matches!(s, Status::Failed { .. }));
+    // A guard, not a wait for readiness: without the feature the session lives on.
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(30), ended)
+        .await
+        .expect("the session of a revoked token stayed open");
+    match ended {
+        Status::Failed { kind, message } => {
+            assert_eq!(kind, RefusalKind::Unauthorized);
+            assert!(message.contains("revoked"), "{message}");
+        }
+        _ => unreachable!(),
+    }
+    for name in ["myapp", "other"] {
+        let r = get(&server, name, "/echo").send().await.unwrap();
+        assert_eq!(r.status(), 404, "{name} is offline");
+    }
+    // Its names are free at once, not held for a reconnect; other tokens are untouched.
+    let (_taker, _) = open(&ci, "other").await;
+    assert_eq!(
+        get(&server, "ci-app", "/echo")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert!(matches!(*kept.status().borrow(), Status::Online { .. }));
+}

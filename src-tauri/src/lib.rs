@@ -178,9 +178,7 @@ async fn boot() -> std::io::Result<(Arc<AppState>, EmbeddedServer)> {
 /// Runs the desktop app.
 pub fn run() {
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(ggrok_tunnel::client::log_filter("info"))
         .try_init();
 
     let (state, server) = tauri::async_runtime::block_on(boot()).expect("start embedded server");

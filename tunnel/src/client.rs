@@ -55,6 +55,21 @@ impl std::fmt::Debug for Secret {
     }
 }
 
+/// `tracing` directives that every binary using this crate adds to its filter, whatever
+/// `RUST_LOG` says: at trace level tungstenite logs the raw upgrade request (the token in
+/// `Authorization`, the tunnel's Basic-auth password) and every frame's payload (visitors'
+/// requests). Debug and above print neither.
+pub const QUIET_LOG_TARGETS: &[&str] = &["tungstenite=debug", "tokio_tungstenite=debug"];
+
+/// The log filter for a binary using this crate: `RUST_LOG`, else `default`, plus
+/// [`QUIET_LOG_TARGETS`].
+pub fn log_filter(default: &str) -> tracing_subscriber::EnvFilter {
+    QUIET_LOG_TARGETS.iter().fold(
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into()),
+        |f, d| f.add_directive(d.parse().expect("valid directive")),
+    )
+}
+
 /// Reconnect delays: exponential from `min` to `max`, each scaled by a random factor in
 /// 0.5–1.0 so that clients dropped together do not return together.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -321,7 +336,7 @@ struct Engine {
 
 /// Why a connection attempt failed.
 #[derive(Debug, thiserror::Error)]
-enum ConnectError {
+pub(crate) enum ConnectError {
     #[error("{0}")]
     Refused(Refusal),
     #[error("{0}")]
@@ -524,7 +539,7 @@ fn header_value(s: &str) -> Result<HeaderValue, ConnectError> {
 }
 
 /// Turns a failed WebSocket handshake into a refusal (the server said no) or a network error.
-fn refusal_from(e: tungstenite::Error) -> ConnectError {
+pub(crate) fn refusal_from(e: tungstenite::Error) -> ConnectError {
     match e {
         tungstenite::Error::Http(resp) => {
             let status = resp.status();

@@ -18,6 +18,8 @@
 
 pub mod client;
 pub mod forward;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http_util;
 pub mod protocol;
 pub mod traffic;
