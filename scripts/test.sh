@@ -5,7 +5,9 @@
 #      with an unlocked gnome-keyring so the real Secret Service test runs too;
 #   2. UI: type-check + build, Vitest, Playwright in Debian's Chromium with the IPC mocked;
 #   3. E2E: the real desktop app under Xvfb via tauri-driver + WebKitWebDriver against a real
-#      ggrok-server and origin (skip with GGROK_SKIP_E2E=1).
+#      ggrok-server and origin (skip with GGROK_SKIP_E2E=1);
+#   4. Fuzz: every cargo-fuzz target for FUZZ_SECONDS (20) over fuzz/corpus (skip with
+#      GGROK_SKIP_FUZZ=1; the corpus itself runs in step 1 either way).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
@@ -36,6 +38,11 @@ if [ "${GGROK_SKIP_E2E:-0}" != "1" ]; then
   cargo build -p ggrok-desktop --features tauri/custom-protocol
   step "E2E: the real app under Xvfb"
   xvfb-run -a dbus-run-session -- node ui/tests/e2e.mjs
+fi
+
+if [ "${GGROK_SKIP_FUZZ:-0}" != "1" ]; then
+  step "Fuzz: scripts/fuzz.sh (${FUZZ_SECONDS:-20}s per target)"
+  ./scripts/fuzz.sh
 fi
 
 step "all tests passed"
