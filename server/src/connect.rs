@@ -64,6 +64,8 @@ pub(crate) fn accept(
     shared.spawn(
         async move {
             let shared = task_shared;
+            // However this task ends, work still running on the session's streams stops too.
+            let _ended = claim.ended.clone().drop_guard();
             let upgraded = match on_upgrade.await {
                 Ok(u) => u,
                 Err(e) => {

@@ -23,6 +23,7 @@ use hyper::{
     client::conn::http1::SendRequest,
 };
 use hyper_util::rt::TokioIo;
+use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::{Shared, Visitor};
@@ -50,6 +51,8 @@ struct Cached {
     sender: SendRequest<Body>,
     /// The connection, when no task of its own drives it: whoever holds this polls it.
     conn: Option<Pin<Box<Conn>>>,
+    /// Cancelled when the session has ended (see [`crate::registry::Route::ended`]).
+    ended: CancellationToken,
 }
 
 impl Cached {
@@ -94,14 +97,22 @@ impl Cached {
         };
         if !idle {
             if let Some(conn) = self.conn.take() {
-                shared.spawn(async move {
+                shared.spawn(until_ended(self.ended.clone(), async move {
                     if let Err(e) = conn.await {
                         debug!(%e, "tunnel stream ended with an error");
                     }
-                });
+                }));
             }
         }
         *upstream.0.lock().expect("upstream lock") = Some(self);
+    }
+}
+
+/// Runs `work` until it finishes or the session ends, whichever comes first.
+async fn until_ended(ended: CancellationToken, work: impl Future<Output = ()>) {
+    tokio::select! {
+        _ = ended.cancelled() => {}
+        _ = work => {}
     }
 }
 
@@ -178,6 +189,7 @@ pub(crate) async fn forward(
         session,
         control,
         policy,
+        ended,
     }) = shared.registry.route_when_ready(name, SESSION_START).await
     else {
         let message = format!("No tunnel is online at {name}.{}.", shared.config.domain);
@@ -269,6 +281,7 @@ pub(crate) async fn forward(
                 session,
                 sender,
                 conn: Some(conn),
+                ended: ended.clone(),
             },
             Err(what) => return lost(what),
         },
@@ -328,13 +341,15 @@ pub(crate) async fn forward(
         // The stream now belongs to the upgraded connection; it is not cached. The connection
         // hands the stream over to the upgrade once driven to its end.
         if let Some(conn) = stream.conn.take() {
-            shared.spawn(async move {
+            shared.spawn(until_ended(ended.clone(), async move {
                 let _ = conn.await;
-            });
+            }));
         }
         if let Some(visitor_io) = visitor_upgrade {
             let tunnel_io = hyper::upgrade::on(&mut resp);
-            shared.spawn(http_util::splice_upgrades(visitor_io, tunnel_io));
+            // Ending with the session closes the visitor's side too, so it sees the end.
+            let splice = http_util::splice_upgrades(visitor_io, tunnel_io);
+            shared.spawn(until_ended(ended, splice));
         }
         let (parts, _) = resp.into_parts();
         return Response::from_parts(parts, http_util::empty());

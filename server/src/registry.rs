@@ -40,6 +40,7 @@ enum Slot {
         control: Option<tokio_yamux::Control>,
         cancel: CancellationToken,
         revoked: CancellationToken,
+        ended: CancellationToken,
         policy: SharedPolicy,
     },
     Held {
@@ -59,6 +60,8 @@ pub struct Claim {
     pub cancel: CancellationToken,
     /// Cancelled when the session's token is revoked; the name is already free by then.
     pub revoked: CancellationToken,
+    /// To be cancelled by the session's task when the session ends, however it ends.
+    pub ended: CancellationToken,
 }
 
 /// Where requests for a name go.
@@ -69,6 +72,9 @@ pub struct Route {
     pub control: tokio_yamux::Control,
     /// What the tunnel requires of visitors.
     pub policy: SharedPolicy,
+    /// Cancelled when the session has ended. Work on its streams must stop then: a yamux stream
+    /// whose session is gone never wakes a writer waiting for window, so it would wait forever.
+    pub ended: CancellationToken,
 }
 
 /// The name table.
@@ -179,6 +185,7 @@ impl Registry {
         st.next_session += 1;
         let cancel = CancellationToken::new();
         let revoked = CancellationToken::new();
+        let ended = CancellationToken::new();
         st.slots.insert(
             name.clone(),
             Slot::Live {
@@ -187,6 +194,7 @@ impl Registry {
                 control: None,
                 cancel: cancel.clone(),
                 revoked: revoked.clone(),
+                ended: ended.clone(),
                 policy,
             },
         );
@@ -195,6 +203,7 @@ impl Registry {
             session,
             cancel,
             revoked,
+            ended,
         })
     }
 
@@ -309,11 +318,13 @@ impl Registry {
                 session,
                 control: Some(c),
                 policy,
+                ended,
                 ..
             }) => Some(Route {
                 session: *session,
                 control: c.clone(),
                 policy: policy.clone(),
+                ended: ended.clone(),
             }),
             _ => None,
         }
