@@ -5,12 +5,6 @@
 
 mod common;
 
-use std::{
-    io::{BufRead, BufReader},
-    net::SocketAddr,
-    process::{Child, Command, Stdio},
-};
-
 use common::*;
 use futures_util::StreamExt;
 use http::header;
@@ -19,59 +13,9 @@ use sha2::{Digest, Sha256};
 const GIB: u64 = 1 << 30;
 const LIMIT_KB: u64 = 100 * 1000;
 
-struct ServerProcess {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts the real `ggrok-server` binary on an ephemeral port and reads the address it logs.
-fn spawn_server() -> ServerProcess {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ggrok-server"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--domain",
-            "localhost",
-            "--db",
-            ":memory:",
-        ])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start ggrok-server");
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines
-            .next()
-            .expect("server exited before listening")
-            .unwrap();
-        if let Some(rest) = line.split("addr=").nth(1) {
-            break rest.split_whitespace().next().unwrap().parse().unwrap();
-        }
-    };
-    // Keep draining its log so it never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    ServerProcess { child, addr }
-}
-
-/// Peak resident set size of a process, in kB.
-fn peak_rss_kb(pid: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gigabyte_down_and_256_mib_up_in_bounded_memory() {
-    let server = spawn_server();
+    let server = ServerBinary::spawn();
     let origin = Origin::start().await;
     let mut cfg = ggrok_tunnel::TunnelConfig::new(format!("http://{}", server.addr), origin.port());
     cfg.subdomain = Some("big".into());
@@ -121,8 +65,8 @@ async fn a_gigabyte_down_and_256_mib_up_in_bounded_memory() {
     );
     let up = started.elapsed();
 
-    let server_kb = peak_rss_kb(&server.child.id().to_string());
-    let client_kb = peak_rss_kb("self");
+    let server_kb = server.peak_rss_kb();
+    let client_kb = proc_status_kb("self", "VmHWM");
     eprintln!("1 GiB down in {down:?}, 256 MiB up in {up:?}; peak RSS: server {server_kb} kB, client+origin+visitor {client_kb} kB");
     assert!(server_kb < LIMIT_KB, "server peak RSS {server_kb} kB");
     assert!(client_kb < LIMIT_KB, "client peak RSS {client_kb} kB");
