@@ -114,6 +114,15 @@ fn commands_drive_a_real_tunnel() {
     let replayed = invoke(&w, "replay", json!({"id": id, "exchange": xid})).unwrap();
     assert_eq!(replayed["path"], "/via/ipc");
     assert_eq!(origin.hits(), 2);
+    // The count is kept by the tunnel's event task; its traffic event follows the increment.
+    loop {
+        let ev = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the replay's traffic event");
+        if ev["type"] == "traffic" {
+            break;
+        }
+    }
 
     let listed = invoke(&w, "list_tunnels", json!({})).unwrap();
     assert_eq!(listed[0]["requests"], 2);
