@@ -192,6 +192,22 @@ pub(crate) async fn forward(
         ended,
     }) = shared.registry.route_when_ready(name, SESSION_START).await
     else {
+        if shared.registry.is_held(name) {
+            let message = format!(
+                "The tunnel {name} is reconnecting: its client dropped and has not come back yet. \
+                 Try again in a moment."
+            );
+            let mut resp = crate::ggrok_error(
+                shared,
+                StatusCode::SERVICE_UNAVAILABLE,
+                PageKind::TunnelReconnecting,
+                &message,
+                json,
+            );
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+            return resp;
+        }
         let message = format!("No tunnel is online at {name}.{}.", shared.config.domain);
         return crate::ggrok_error(
             shared,

@@ -284,7 +284,8 @@ impl Registry {
     }
 
     /// Like [`Registry::route`], but a name whose session is still starting (its client already
-    /// has the `101`) is waited for, up to `limit`, instead of being reported missing.
+    /// has the `101`), or that is held for a dropped client, is waited for, up to `limit`,
+    /// instead of being reported missing: a client that reconnects in time loses no request.
     pub async fn route_when_ready(&self, name: &str, limit: Duration) -> Option<Route> {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
@@ -299,6 +300,8 @@ impl Registry {
                         control: Some(_), ..
                     }) => false,
                     Some(Slot::Live { control: None, .. }) => true,
+                    // Its client dropped and may be reconnecting: a short wait beats a 404.
+                    Some(Slot::Held { until, .. }) if *until > Instant::now() => true,
                     _ => return None,
                 }
             };
@@ -309,6 +312,14 @@ impl Registry {
                 return None;
             }
         }
+    }
+
+    /// Whether `name` is held for a client that dropped and may come back.
+    pub fn is_held(&self, name: &str) -> bool {
+        matches!(
+            self.slots.lock().expect("registry lock").slots.get(name),
+            Some(Slot::Held { until, .. }) if *until > Instant::now()
+        )
     }
 
     /// The session serving `name`, if it is online: its id and its handle for opening streams.

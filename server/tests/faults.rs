@@ -206,6 +206,9 @@ async fn a_network_that_stops_delivering_is_detected_and_the_tunnel_heals() {
     };
     let server = Server::start(Config {
         heartbeat,
+        // Long enough that the name is still held for the client through the waits below.
+        reconnect_grace: Duration::from_secs(60),
+        metrics_token: Some(ggrok_server::config::hash_token("m")),
         ..config()
     })
     .await;
@@ -243,6 +246,28 @@ async fn a_network_that_stops_delivering_is_detected_and_the_tunnel_heals() {
     .await
     .expect("the client should notice the silent server");
     assert!(matches!(s, Status::Reconnecting { .. }));
+
+    // Once the server has let the session go it holds the name for the client. A visitor then
+    // waits a while for the client and is told it is reconnecting, not that nothing is there.
+    let offline = || async {
+        let metrics = visitor()
+            .get(format!("{}/metrics", server.url()))
+            .bearer_auth("m")
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        metrics.lines().any(|l| l == "ggrok_tunnels_online 0")
+    };
+    while !offline().await {}
+    let r = get(&server, &name, "/echo").send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()[protocol::HEADER_ERROR], "tunnel_reconnecting");
+    assert_eq!(r.headers()[header::RETRY_AFTER], "2");
+    // A request that arrives while the name is held is answered once the client is back.
+    let waiting = tokio::spawn(get(&server, &name, "/echo").body("waited").send());
     relay.resume();
     let back = tokio::time::timeout(
         Duration::from_secs(10),
@@ -257,6 +282,13 @@ async fn a_network_that_stops_delivering_is_detected_and_the_tunnel_heals() {
             name: name.clone()
         }
     );
+    let r = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the waiting request must be answered")
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "waited");
     let r = get(&server, &name, "/echo")
         .body("healed")
         .send()

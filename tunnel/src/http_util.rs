@@ -103,6 +103,8 @@ pub enum PageKind {
     LocalUnreachable,
     /// The tunnel's session broke while the request was in flight.
     TunnelLost,
+    /// The tunnel's client dropped and its name is held for it, but it is not back yet.
+    TunnelReconnecting,
     /// The request itself is unusable.
     BadRequest,
     /// The visitor's address is not on the tunnel's allowlist.
@@ -122,6 +124,7 @@ impl PageKind {
             Self::TunnelNotFound => "tunnel_not_found",
             Self::LocalUnreachable => "local_unreachable",
             Self::TunnelLost => "tunnel_lost",
+            Self::TunnelReconnecting => "tunnel_reconnecting",
             Self::BadRequest => "bad_request",
             Self::Forbidden => "forbidden",
             Self::Unauthorized => "unauthorized",
