@@ -16,6 +16,9 @@
 //! bound). Everything is checked by SHA-256. Exits non-zero when a checksum is wrong or a
 //! peak RSS reaches `SLOW_LIMIT_MB`.
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::{
     convert::Infallible,
     net::SocketAddr,
@@ -27,12 +30,13 @@ use std::{
     },
     time::{Duration, Instant},
 };
+use support::{env_or, query, Body};
 
 use anyhow::{bail, Context as _};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use http::{header, Request, Response, StatusCode};
-use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
+use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::TokioIo;
 use sha2::{Digest, Sha256};
@@ -84,18 +88,6 @@ fn sha(n: u64) -> String {
 async fn pace(start: Instant, done: u64, rate: u64) {
     let due = start + Duration::from_secs_f64(done as f64 / rate as f64);
     tokio::time::sleep_until(due.into()).await;
-}
-
-type Body = BoxBody<Bytes, Infallible>;
-
-fn query(req: &Request<Incoming>, key: &str) -> u64 {
-    req.uri()
-        .query()
-        .unwrap_or("")
-        .split('&')
-        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
 }
 
 /// `/bytes?n=N`: N bytes. `/upload?rate=R`: hashes the body, reading at R bytes/s when given.
@@ -292,13 +284,6 @@ impl Tunnel {
         }
         Ok(())
     }
-}
-
-fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
-    std::env::var(key)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 fn mb_s(bytes: u64, d: Duration) -> f64 {

@@ -60,6 +60,9 @@
 //! A HUNG request leaves `hung-N.txt` in the logs: `ss -tanpi` for the server's port at the
 //! moment it timed out, to see which hop holds it.
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::{
     collections::BTreeMap,
     convert::Infallible,
@@ -73,12 +76,13 @@ use std::{
     },
     time::{Duration, Instant},
 };
+use support::{env_or, query, Body};
 
 use anyhow::{bail, Context as _};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http::{header, Request, Response, StatusCode};
-use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
+use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::TokioIo;
 use rand::{rngs::StdRng, Rng, SeedableRng};
@@ -181,18 +185,6 @@ impl Checker {
 
 // ---------------------------------------------------------------------------------------------
 // The origin
-
-type Body = BoxBody<Bytes, Infallible>;
-
-fn query(req: &Request<Incoming>, key: &str) -> u64 {
-    req.uri()
-        .query()
-        .unwrap_or("")
-        .split('&')
-        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
 
 fn full(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
     Response::builder()
@@ -777,13 +769,6 @@ fn probe_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
-}
-
-fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
-    std::env::var(key)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 // ---------------------------------------------------------------------------------------------
