@@ -70,7 +70,7 @@ pub(crate) fn accept(
                 Ok(u) => u,
                 Err(e) => {
                     warn!(%e, "upgrade failed");
-                    shared.registry.release(&claim.name, claim.session, true);
+                    shared.registry.release(&claim.name, claim.session, true, || {});
                     return;
                 }
             };
@@ -83,7 +83,10 @@ pub(crate) fn accept(
             let io = WsIo::new(ws, shared.config.heartbeat);
             let closing = io.closing();
             let mut mux = tokio_yamux::Session::new_client(io, protocol::yamux_config());
-            shared.registry.attach(&claim.name, claim.session, mux.control());
+            let metrics = shared.metrics.tunnel(&claim.name);
+            shared
+                .registry
+                .attach(&claim.name, claim.session, mux.control(), metrics);
             info!("tunnel online");
             let reason = loop {
                 tokio::select! {
@@ -107,8 +110,11 @@ pub(crate) fn accept(
             };
             // A client that stopped on purpose gives its name up; one that dropped keeps it for
             // the grace period.
-            shared.registry.release(&claim.name, claim.session, !closing.peer_closed());
-            shared.metrics.forget(&claim.name);
+            // Its series go with it, unless a newer session of the tunnel already counts there.
+            let hold = !closing.peer_closed();
+            shared.registry.release(&claim.name, claim.session, hold, || {
+                shared.metrics.forget(&claim.name)
+            });
             info!(%reason, "tunnel offline");
         }
         .instrument(span),

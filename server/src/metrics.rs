@@ -123,14 +123,27 @@ impl Metrics {
         out
     }
 
-    /// Counts a forwarded request and its time to response head.
-    pub fn request(&self, tunnel: &str, head: Duration) {
-        self.requests
-            .get_or_create(&TunnelLabels {
-                tunnel: tunnel.to_owned(),
-            })
-            .inc();
-        self.latency.observe(head.as_secs_f64());
+    /// The counters of `tunnel`, looked up once per session rather than once per request.
+    pub fn tunnel(&self, tunnel: &str) -> TunnelMetrics {
+        let bytes = |direction| {
+            self.bytes
+                .get_or_create(&BytesLabels {
+                    tunnel: tunnel.to_owned(),
+                    direction,
+                })
+                .clone()
+        };
+        TunnelMetrics {
+            requests: self
+                .requests
+                .get_or_create(&TunnelLabels {
+                    tunnel: tunnel.to_owned(),
+                })
+                .clone(),
+            bytes_in: bytes(Direction::In),
+            bytes_out: bytes(Direction::Out),
+            latency: self.latency.clone(),
+        }
     }
 
     /// Counts an error page of `kind` (the `ggrok-error` code).
@@ -151,27 +164,6 @@ impl Metrics {
             .inc();
     }
 
-    /// Wraps a body so its bytes count for `tunnel` in direction in (`inbound`) or out.
-    pub fn count_body(&self, tunnel: &str, inbound: bool, body: Body) -> Body {
-        let direction = if inbound {
-            Direction::In
-        } else {
-            Direction::Out
-        };
-        let counter = self
-            .bytes
-            .get_or_create(&BytesLabels {
-                tunnel: tunnel.to_owned(),
-                direction,
-            })
-            .clone();
-        Counted {
-            inner: body,
-            counter,
-        }
-        .boxed()
-    }
-
     /// Drops the series of a tunnel that went offline.
     pub fn forget(&self, tunnel: &str) {
         self.requests.remove(&TunnelLabels {
@@ -183,6 +175,38 @@ impl Metrics {
                 direction,
             });
         }
+    }
+}
+
+/// One tunnel's counters (see [`Metrics::tunnel`]).
+#[derive(Clone, Debug)]
+pub struct TunnelMetrics {
+    requests: Counter,
+    bytes_in: Counter,
+    bytes_out: Counter,
+    latency: Histogram,
+}
+
+impl TunnelMetrics {
+    /// Counts a forwarded request and its time to response head.
+    pub fn request(&self, head: Duration) {
+        self.requests.inc();
+        self.latency.observe(head.as_secs_f64());
+    }
+
+    /// Wraps a body so its bytes count in direction in (`inbound`, visitor to local service)
+    /// or out.
+    pub fn count_body(&self, inbound: bool, body: Body) -> Body {
+        let counter = if inbound {
+            &self.bytes_in
+        } else {
+            &self.bytes_out
+        };
+        Counted {
+            inner: body,
+            counter: counter.clone(),
+        }
+        .boxed()
     }
 }
 
@@ -225,10 +249,11 @@ mod tests {
     #[tokio::test]
     async fn counts_and_forgets() {
         let m = Metrics::default();
-        m.request("app", Duration::from_millis(3));
+        let app = m.tunnel("app");
+        app.request(Duration::from_millis(3));
         m.error("tunnel_not_found");
         m.connect_failure("unauthorized");
-        let body = m.count_body("app", false, ggrok_tunnel::http_util::full("12345"));
+        let body = app.count_body(false, ggrok_tunnel::http_util::full("12345"));
         body.collect().await.unwrap();
         let text = m.encode(1);
         assert!(text.contains("ggrok_tunnels_online 1"), "{text}");

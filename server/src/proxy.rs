@@ -14,15 +14,12 @@ use std::{
 use bytes::Bytes;
 
 use ggrok_tunnel::{
+    driven::{DrivenBody, DrivenConn},
     http_util::{self, boxed, is_upgrade, strip_hop_by_hop, wants_json, Body, BoxError, PageKind},
     protocol::HEADER_ERROR,
 };
-use http::{header, HeaderValue, Request, Response, StatusCode, Uri};
-use hyper::{
-    body::{Frame, Incoming},
-    client::conn::http1::SendRequest,
-};
-use hyper_util::rt::TokioIo;
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use hyper::body::{Frame, Incoming};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
@@ -36,67 +33,33 @@ const SESSION_START: std::time::Duration = std::time::Duration::from_secs(5);
 /// open and a handshake per request.
 ///
 /// The stream's HTTP/1.1 connection is driven by the visitor connection's own task (while it
-/// waits for the response head, then by the response body) rather than by a task of its own:
-/// that saves two task hand-offs per request, which on a busy multi-threaded runtime are
-/// wake-ups of other threads. See docs/benchmarks.md.
+/// waits for the response head, then by the response body) rather than by a task of its own
+/// ([`DrivenConn`]): that saves two task hand-offs per request, which on a busy multi-threaded
+/// runtime are wake-ups of other threads. See docs/benchmarks.md.
 #[derive(Default)]
 pub(crate) struct Upstream(Mutex<Option<Cached>>);
-
-/// A stream's HTTP/1.1 connection (hyper does not name the type `with_upgrades` returns).
-type Conn = dyn Future<Output = hyper::Result<()>> + Send;
 
 struct Cached {
     name: String,
     session: u64,
-    sender: SendRequest<Body>,
-    /// The connection, when no task of its own drives it: whoever holds this polls it.
-    conn: Option<Pin<Box<Conn>>>,
+    conn: DrivenConn,
     /// Cancelled when the session has ended (see [`crate::registry::Route::ended`]).
     ended: CancellationToken,
 }
 
+impl AsMut<DrivenConn> for Cached {
+    fn as_mut(&mut self) -> &mut DrivenConn {
+        &mut self.conn
+    }
+}
+
 impl Cached {
-    /// Polls the connection if we drive it; `false` once it has ended.
-    fn drive(&mut self, cx: &mut Context<'_>) -> bool {
-        let Some(conn) = self.conn.as_mut() else {
-            return !self.sender.is_closed();
-        };
-        match conn.as_mut().poll(cx) {
-            Poll::Pending => true,
-            Poll::Ready(r) => {
-                if let Err(e) = r {
-                    debug!(%e, "tunnel stream ended with an error");
-                }
-                self.conn = None;
-                false
-            }
-        }
-    }
-
-    /// Waits until the stream can take the next request, driving it meanwhile.
-    async fn ready(&mut self) -> bool {
-        std::future::poll_fn(|cx| {
-            let alive = self.drive(cx);
-            match self.sender.poll_ready(cx) {
-                Poll::Ready(r) => Poll::Ready(r.is_ok()),
-                Poll::Pending if alive => Poll::Pending,
-                Poll::Pending => Poll::Ready(false),
-            }
-        })
-        .await
-    }
-
     /// Keeps the stream for the visitor connection's next request. If the exchange is not over
     /// yet (the request body may still be on its way after an early response), a task drives
     /// the connection until it is, as it must move on without us.
     fn keep(mut self, shared: &Shared, upstream: &Upstream) {
-        let idle = {
-            let waker = std::task::Waker::noop();
-            let mut cx = Context::from_waker(waker);
-            self.drive(&mut cx) && self.sender.poll_ready(&mut cx).is_ready()
-        };
-        if !idle {
-            if let Some(conn) = self.conn.take() {
+        if !self.conn.is_idle() {
+            if let Some(conn) = self.conn.detach() {
                 shared.spawn(until_ended(self.ended.clone(), async move {
                     if let Err(e) = conn.await {
                         debug!(%e, "tunnel stream ended with an error");
@@ -116,66 +79,6 @@ async fn until_ended(ended: CancellationToken, work: impl Future<Output = ()>) {
     }
 }
 
-/// A response body that drives its stream's connection while it is read, and hands the stream
-/// back to the visitor connection once the body has ended.
-struct Driven {
-    inner: Body,
-    /// Only ever used through `&mut` (`get_mut`, no locking): the mutex makes the body `Sync`
-    /// as boxed bodies must be, which the connection future is not.
-    stream: Mutex<Option<Cached>>,
-    shared: Arc<Shared>,
-    upstream: Option<Arc<Upstream>>,
-}
-
-impl Driven {
-    fn finish(&mut self) {
-        if let Some(stream) = self.stream.get_mut().expect("stream lock").take() {
-            // Without a visitor connection to reuse it (HTTP/2), dropping it closes the stream.
-            if let Some(upstream) = &self.upstream {
-                stream.keep(&self.shared, upstream);
-            }
-        }
-    }
-}
-
-impl http_body::Body for Driven {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        if let Some(stream) = this.stream.get_mut().expect("stream lock").as_mut() {
-            stream.drive(cx);
-        }
-        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
-        if frame.is_none() || this.inner.is_end_stream() {
-            this.finish();
-        }
-        Poll::Ready(frame)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for Driven {
-    fn drop(&mut self) {
-        // Read to its end but not seen ending (hyper stops at the length it knew): reusable.
-        // Otherwise the response is cut off and the stream, mid-message, is closed.
-        if http_body::Body::is_end_stream(&self.inner) {
-            self.finish();
-        }
-    }
-}
-
 pub(crate) async fn forward(
     shared: &Arc<Shared>,
     visitor: Visitor,
@@ -190,6 +93,7 @@ pub(crate) async fn forward(
         control,
         policy,
         ended,
+        metrics,
     }) = shared.registry.route_when_ready(name, SESSION_START).await
     else {
         if shared.registry.is_held(name) {
@@ -255,7 +159,7 @@ pub(crate) async fn forward(
     let (mut parts, body) = req.into_parts();
     let broken = Arc::new(AtomicU8::new(BODY_OK));
     let body = IdleLimited {
-        inner: shared.metrics.count_body(name, true, boxed(body)),
+        inner: metrics.count_body(true, boxed(body)),
         limit: shared.config.body_idle_timeout,
         deadline: Box::pin(tokio::time::sleep(shared.config.body_idle_timeout)),
         waiting: false,
@@ -275,53 +179,32 @@ pub(crate) async fn forward(
         parts.headers.remove(header::AUTHORIZATION);
     }
     add_forwarded(&mut parts.headers, visitor, public_host);
-    parts.uri = parts
-        .uri
-        .path_and_query()
-        .and_then(|p| Uri::try_from(p.as_str()).ok())
-        .unwrap_or_else(|| Uri::from_static("/"));
+    parts.uri = http_util::origin_form(parts.uri);
 
     let cached = upstream
         .and_then(|u| u.0.lock().expect("upstream lock").take())
         .filter(|c| c.name == name && c.session == session);
     let reusable = match cached {
         // Ready once the previous exchange is over.
-        Some(mut c) => c.ready().await.then_some(c),
+        Some(mut c) => c.conn.ready().await.then_some(c),
         None => None,
     };
     let mut stream = match reusable {
         Some(stream) => stream,
         None => match open(control).await {
-            Ok((sender, conn)) => Cached {
+            Ok(conn) => Cached {
                 name: name.to_owned(),
                 session,
-                sender,
-                conn: Some(conn),
+                conn,
                 ended: ended.clone(),
             },
             Err(what) => return lost(what),
         },
     };
-    let sent = {
-        let mut sending = std::pin::pin!(stream
-            .sender
-            .send_request(Request::from_parts(parts, boxed(body))));
-        let mut conn = stream.conn.take();
-        let sent = std::future::poll_fn(|cx| {
-            if let Some(c) = conn.as_mut() {
-                if let Poll::Ready(r) = c.as_mut().poll(cx) {
-                    if let Err(e) = r {
-                        debug!(%e, "tunnel stream ended with an error");
-                    }
-                    conn = None;
-                }
-            }
-            sending.as_mut().poll(cx)
-        })
+    let sent = stream
+        .conn
+        .send(Request::from_parts(parts, boxed(body)))
         .await;
-        stream.conn = conn;
-        sent
-    };
     let mut resp = match sent {
         Ok(r) => r,
         Err(_) if broken.load(Ordering::SeqCst) != BODY_OK => {
@@ -341,11 +224,11 @@ pub(crate) async fn forward(
             return resp;
         }
         Err(e) => {
-            debug!(%e, "request through tunnel failed");
+            debug!(e = %e.error(), "request through tunnel failed");
             return lost("went away while handling the request");
         }
     };
-    shared.metrics.request(name, started.elapsed());
+    metrics.request(started.elapsed());
     if let Some(kind) = resp
         .headers()
         .get(HEADER_ERROR)
@@ -356,7 +239,7 @@ pub(crate) async fn forward(
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         // The stream now belongs to the upgraded connection; it is not cached. The connection
         // hands the stream over to the upgrade once driven to its end.
-        if let Some(conn) = stream.conn.take() {
+        if let Some(conn) = stream.conn.detach() {
             shared.spawn(until_ended(ended.clone(), async move {
                 let _ = conn.await;
             }));
@@ -374,17 +257,14 @@ pub(crate) async fn forward(
     strip_hop_by_hop(&mut parts.headers);
     // The visitor speaks to us, not to the origin: answer in our own HTTP version.
     parts.version = http::Version::default();
-    let body = shared.metrics.count_body(name, false, boxed(body));
-    let mut body = Driven {
-        inner: body,
-        stream: Mutex::new(Some(stream)),
-        shared: shared.clone(),
-        upstream: upstream.cloned(),
-    };
-    if http_body::Body::is_end_stream(&body.inner) {
-        // Nothing to read (HEAD, 204, 304, empty): hyper may never poll this body.
-        body.finish();
-    }
+    let body = metrics.count_body(false, boxed(body));
+    let (shared, upstream) = (shared.clone(), upstream.cloned());
+    let body = DrivenBody::new(body, stream, move |stream| {
+        // Without a visitor connection to reuse it (HTTP/2), dropping it closes the stream.
+        if let Some(upstream) = upstream {
+            stream.keep(&shared, &upstream);
+        }
+    });
     Response::from_parts(parts, boxed(body))
 }
 
@@ -448,20 +328,15 @@ impl http_body::Body for IdleLimited {
 }
 
 /// Opens a stream on the session and starts HTTP/1.1 on it; the caller drives the connection.
-async fn open(
-    mut control: tokio_yamux::Control,
-) -> Result<(SendRequest<Body>, Pin<Box<Conn>>), &'static str> {
+async fn open(mut control: tokio_yamux::Control) -> Result<DrivenConn, &'static str> {
     let stream = control.open_stream().await.map_err(|e| {
         debug!(%e, "open stream failed");
         "is not answering (session closing)"
     })?;
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| {
-            debug!(%e, "stream handshake failed");
-            "is not answering"
-        })?;
-    Ok((sender, Box::pin(conn.with_upgrades())))
+    DrivenConn::handshake(stream).await.map_err(|e| {
+        debug!(%e, "stream handshake failed");
+        "is not answering"
+    })
 }
 
 /// Adds `X-Forwarded-For/-Proto/-Host` the way common proxies do (appending to a visitor's

@@ -16,7 +16,7 @@ use ggrok_tunnel::protocol::{Refusal, RefusalKind};
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
 
-use crate::{config::TokenHash, policy::SharedPolicy};
+use crate::{config::TokenHash, metrics::TunnelMetrics, policy::SharedPolicy};
 
 /// Who is asking for a name.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +42,8 @@ enum Slot {
         revoked: CancellationToken,
         ended: CancellationToken,
         policy: SharedPolicy,
+        /// Set with `control`, when the session is attached.
+        metrics: Option<TunnelMetrics>,
     },
     Held {
         owner: Claimant,
@@ -75,6 +77,8 @@ pub struct Route {
     /// Cancelled when the session has ended. Work on its streams must stop then: a yamux stream
     /// whose session is gone never wakes a writer waiting for window, so it would wait forever.
     pub ended: CancellationToken,
+    /// The tunnel's counters.
+    pub metrics: TunnelMetrics,
 }
 
 /// The name table.
@@ -196,6 +200,7 @@ impl Registry {
                 revoked: revoked.clone(),
                 ended: ended.clone(),
                 policy,
+                metrics: None,
             },
         );
         Ok(Claim {
@@ -243,16 +248,24 @@ impl Registry {
     }
 
     /// Makes a claimed name routable once its session is up.
-    pub fn attach(&self, name: &str, session: u64, control: tokio_yamux::Control) {
+    pub fn attach(
+        &self,
+        name: &str,
+        session: u64,
+        control: tokio_yamux::Control,
+        metrics: TunnelMetrics,
+    ) {
         let mut st = self.slots.lock().expect("registry lock");
         if let Some(Slot::Live {
             session: s,
             control: c,
+            metrics: m,
             ..
         }) = st.slots.get_mut(name)
         {
             if *s == session {
                 *c = Some(control);
+                *m = Some(metrics);
             }
         }
         drop(st);
@@ -261,7 +274,9 @@ impl Registry {
 
     /// Ends `session`'s hold on `name`: the name is then held for the grace period when `hold`
     /// (a dropped client may come back), else freed at once (the client stopped on purpose).
-    pub fn release(&self, name: &str, session: u64, hold: bool) {
+    /// `released` runs (under the registry's lock) only if `name` was still `session`'s: a
+    /// session that a newer one replaced has nothing left to clean up.
+    pub fn release(&self, name: &str, session: u64, hold: bool, released: impl FnOnce()) {
         let mut st = self.slots.lock().expect("registry lock");
         let until = Instant::now() + self.grace;
         let Some(Slot::Live {
@@ -273,6 +288,7 @@ impl Registry {
         if *s != session {
             return;
         }
+        released();
         self.changed.notify_waiters();
         if hold {
             let owner = owner.clone();
@@ -287,6 +303,9 @@ impl Registry {
     /// has the `101`), or that is held for a dropped client, is waited for, up to `limit`,
     /// instead of being reported missing: a client that reconnects in time loses no request.
     pub async fn route_when_ready(&self, name: &str, limit: Duration) -> Option<Route> {
+        if let Some(route) = self.route(name) {
+            return Some(route);
+        }
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             // Registered before looking, so an attach in between is not missed.
@@ -330,12 +349,14 @@ impl Registry {
                 control: Some(c),
                 policy,
                 ended,
+                metrics: Some(metrics),
                 ..
             }) => Some(Route {
                 session: *session,
                 control: c.clone(),
                 policy: policy.clone(),
                 ended: ended.clone(),
+                metrics: metrics.clone(),
             }),
             _ => None,
         }
@@ -386,12 +407,17 @@ mod tests {
             .claim(Some("app"), &who("a", None), Default::default(), 0)
             .unwrap();
         assert!(a.cancel.is_cancelled(), "stale session is told to end");
-        // The stale session's release must not free the new one's name.
-        r.release("app", a.session, true);
+        // The stale session's release must not free the new one's name, nor clean up after it
+        // (the tunnel's metric series now belong to the new session).
+        r.release("app", a.session, true, || {
+            panic!("stale session cleaned up")
+        });
         assert!(r
             .claim(Some("app"), &who("b", None), Default::default(), 0)
             .is_err());
-        r.release("app", a2.session, true);
+        let mut cleaned = false;
+        r.release("app", a2.session, true, || cleaned = true);
+        assert!(cleaned);
     }
 
     #[test]
@@ -400,7 +426,7 @@ mod tests {
         let a = r
             .claim(Some("app"), &who("a", Some(1)), Default::default(), 0)
             .unwrap();
-        r.release("app", a.session, true);
+        r.release("app", a.session, true, || {});
         assert!(r
             .claim(Some("app"), &who("b", Some(2)), Default::default(), 0)
             .is_err());
@@ -417,7 +443,7 @@ mod tests {
         let a = r
             .claim(Some("app"), &who("a", None), Default::default(), 0)
             .unwrap();
-        r.release("app", a.session, true);
+        r.release("app", a.session, true, || {});
         assert!(r
             .claim(Some("app"), &who("b", None), Default::default(), 0)
             .is_ok());
@@ -458,7 +484,12 @@ mod tests {
         });
         let (io, _peer) = tokio::io::duplex(64);
         let session = tokio_yamux::Session::new_client(io, tokio_yamux::Config::default());
-        r.attach("app", c.session, session.control());
+        r.attach(
+            "app",
+            c.session,
+            session.control(),
+            crate::metrics::Metrics::default().tunnel("app"),
+        );
         assert_eq!(waiting.await.unwrap(), Some(c.session));
         assert!(
             r.route_when_ready("nobody", Duration::from_secs(30))
@@ -491,7 +522,7 @@ mod tests {
         let held = r
             .claim(Some("old"), &who("a", Some(1)), Default::default(), 0)
             .unwrap();
-        r.release("old", held.session, true);
+        r.release("old", held.session, true, || {});
         let other = r
             .claim(Some("other"), &who("b", Some(2)), Default::default(), 0)
             .unwrap();
@@ -508,7 +539,7 @@ mod tests {
                 .unwrap();
         }
         // The ended session's late release must not free its successor's name.
-        r.release("app", a.session, false);
+        r.release("app", a.session, false, || {});
         assert!(r
             .claim(Some("app"), &who("d", Some(4)), Default::default(), 0)
             .is_err());

@@ -3,7 +3,13 @@
 
 mod common;
 
-use std::{sync::atomic::Ordering, time::Duration};
+use std::{
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use common::*;
 use futures_util::{SinkExt, StreamExt};
@@ -489,4 +495,96 @@ async fn health_and_metrics_on_the_apex() {
             "missing {line:?} in\n{text}"
         );
     }
+}
+
+/// An origin that counts the connections it accepts and answers every request `200 ok`; with
+/// `close_after_each`, it closes each connection right after its first response, without
+/// saying so (like a keep-alive timeout firing).
+async fn counting_origin(close_after_each: bool) -> (u16, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Ok(n) = s.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    // GET requests only: a head ends the request.
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if s.write_all(ok).await.is_err() || close_after_each {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (port, accepted)
+}
+
+#[tokio::test]
+async fn local_connections_are_reused_across_requests_and_visitor_connections() {
+    let server = Server::start(config()).await;
+    let (port, accepted) = counting_origin(false).await;
+    let (_t, _) = tunnel(&server, port, Some("reuse")).await;
+    // One visitor connection, sequential requests.
+    let keep_alive = visitor();
+    for i in 0..20 {
+        let r = keep_alive
+            .get(format!("{}/k{i}", server.url()))
+            .header(header::HOST, host(&server, "reuse"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.text().await.unwrap(), "ok");
+    }
+    // A new visitor connection (a new tunnel stream) per request.
+    for i in 0..20 {
+        let fresh = reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap();
+        let r = fresh
+            .get(format!("{}/f{i}", server.url()))
+            .header(header::HOST, host(&server, "reuse"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.text().await.unwrap(), "ok");
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1, "one local connection");
+}
+
+#[tokio::test]
+async fn a_local_service_closing_idle_connections_loses_no_request() {
+    let server = Server::start(config()).await;
+    let (port, accepted) = counting_origin(true).await;
+    let (_t, _) = tunnel(&server, port, Some("closer")).await;
+    let client = visitor();
+    for i in 0..30 {
+        let r = client
+            .get(format!("{}/c{i}", server.url()))
+            .header(header::HOST, host(&server, "closer"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "request {i}");
+        assert_eq!(r.text().await.unwrap(), "ok");
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 30);
 }

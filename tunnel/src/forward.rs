@@ -1,19 +1,20 @@
 //! The client's side of a stream: serve the HTTP/1.1 request that arrives on it by forwarding it
 //! to the local service, record the exchange, and splice upgraded connections.
 
-use std::{convert::Infallible, sync::Arc};
+use std::{
+    convert::Infallible,
+    sync::{Arc, Mutex},
+};
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri};
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper_util::{
-    client::legacy::{connect::HttpConnector, Client},
-    rt::{TokioExecutor, TokioIo},
-};
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::{
+    driven::{DrivenBody, DrivenConn},
     http_util::{self, boxed, error_page, is_upgrade, strip_hop_by_hop, Body, BoxError, PageKind},
     traffic::{header_pairs, now_ms, CapturedBody, Exchange, Pending, Recorded, Side, Traffic},
 };
@@ -59,12 +60,55 @@ pub enum ReplayError {
     Upgrade,
 }
 
+/// Idle connections to the local service kept for reuse, at most.
+const MAX_IDLE: usize = 64;
+
+/// Connections to the local service that are open and idle, most recently used last.
+///
+/// A request takes one (or opens one), drives it from its own task while the response comes
+/// back ([`DrivenConn`]), and puts it back once the response body has ended: no task per
+/// connection and no hand-offs between tasks per request, unlike a general-purpose pool.
+#[derive(Default)]
+struct Idle(Mutex<Vec<DrivenConn>>);
+
+impl Idle {
+    /// The most recently used idle connection that is still open.
+    fn take(&self) -> Option<DrivenConn> {
+        let mut idle = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some(mut conn) = idle.pop() {
+            if conn.is_idle() {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    /// Keeps `conn` for a later request if it can take one now; otherwise lets it finish the
+    /// exchange on its own (the local service answered before reading the whole request) and
+    /// close.
+    fn put(&self, mut conn: DrivenConn) {
+        if conn.is_idle() {
+            let mut idle = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            if idle.len() >= MAX_IDLE {
+                idle.remove(0);
+            }
+            idle.push(conn);
+        } else if let Some(rest) = conn.detach() {
+            tokio::spawn(async move {
+                if let Err(e) = rest.await {
+                    tracing::debug!(%e, "local connection ended with an error");
+                }
+            });
+        }
+    }
+}
+
 /// Forwards requests to the local service and records them.
 pub struct Forwarder {
     target: LocalTarget,
     authority: String,
     host_header: HeaderValue,
-    client: Client<HttpConnector, Body>,
+    idle: Arc<Idle>,
     traffic: Traffic,
 }
 
@@ -74,16 +118,11 @@ impl Forwarder {
         let authority = target.authority();
         let host_header = HeaderValue::from_str(&authority)
             .unwrap_or_else(|_| HeaderValue::from_static("localhost"));
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(64)
-            .build(connector);
         Arc::new(Self {
             target,
             authority,
             host_header,
-            client,
+            idle: Arc::default(),
             traffic,
         })
     }
@@ -162,28 +201,11 @@ impl Forwarder {
         );
         let body = Recorded::new(body, pending.clone(), Side::Request).boxed();
 
-        let result = if upgrade {
-            parts.uri = Uri::try_from(path.as_str()).unwrap_or_else(|_| Uri::from_static("/"));
-            self.send_upgrade(Request::from_parts(parts, body)).await
-        } else {
-            match Uri::try_from(format!("http://{}{}", self.authority, path)) {
-                Ok(uri) => {
-                    parts.uri = uri;
-                    self.client
-                        .request(Request::from_parts(parts, body))
-                        .await
-                        .map_err(|e| {
-                            // The legacy client's Display is terse; its source says what happened.
-                            let cause = std::error::Error::source(&e).map(|s| s.to_string());
-                            BoxError::from(cause.unwrap_or_else(|| e.to_string()))
-                        })
-                }
-                Err(e) => Err(e.into()),
-            }
-        };
+        parts.uri = http_util::origin_form(parts.uri);
+        let result = self.send(Request::from_parts(parts, body), !upgrade).await;
 
-        let mut resp = match result {
-            Ok(resp) => resp,
+        let (mut resp, mut conn) = match result {
+            Ok(sent) => sent,
             Err(e) => {
                 let message = format!(
                     "The tunnel is online, but ggrok could not reach the local service at {} ({e}). \
@@ -214,6 +236,14 @@ impl Forwarder {
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(visitor) = on_upgrade {
                 let local = hyper::upgrade::on(&mut resp);
+                // The connection hands its I/O over to the upgrade once driven to its end.
+                if let Some(rest) = conn.detach() {
+                    tokio::spawn(async move {
+                        if let Err(e) = rest.await {
+                            tracing::debug!(%e, "local upgrade connection ended");
+                        }
+                    });
+                }
                 tokio::spawn(http_util::splice_upgrades(visitor, local));
                 pending.update(|x| x.upgraded = true);
             }
@@ -224,23 +254,46 @@ impl Forwarder {
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         parts.version = http::Version::default();
+        let idle = (!upgrade).then(|| self.idle.clone());
+        let body = DrivenBody::new(boxed(body), conn, move |conn| {
+            if let Some(idle) = idle {
+                idle.put(conn);
+            }
+        });
         let body = Recorded::new(boxed(body), pending, Side::Response).boxed();
         (id, Response::from_parts(parts, body))
     }
 
-    /// Upgrades need a connection of their own that can be taken over after `101`.
-    async fn send_upgrade(&self, req: Request<Body>) -> Result<Response<Incoming>, BoxError> {
+    /// Sends `req` to the local service over an idle connection (if `reuse`) or a new one;
+    /// returns the response head and the connection, which the response body drives.
+    async fn send(
+        &self,
+        mut req: Request<Body>,
+        reuse: bool,
+    ) -> Result<(Response<Incoming>, DrivenConn), BoxError> {
+        loop {
+            let (mut conn, reused) = match reuse.then(|| self.idle.take()).flatten() {
+                Some(conn) => (conn, true),
+                None => (self.connect().await?, false),
+            };
+            match conn.send(req).await {
+                Ok(resp) => return Ok((resp, conn)),
+                Err(mut e) => match e.take_message() {
+                    // An idle connection the local service closed just now: the request was
+                    // not sent, so it goes out on another.
+                    Some(unsent) if reused => req = unsent,
+                    _ => return Err(e.into_error().into()),
+                },
+            }
+        }
+    }
+
+    /// Opens a connection to the local service.
+    async fn connect(&self) -> Result<DrivenConn, BoxError> {
         let stream =
             tokio::net::TcpStream::connect((self.target.host.as_str(), self.target.port)).await?;
         stream.set_nodelay(true)?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(%e, "local upgrade connection ended");
-            }
-        });
-        Ok(sender.send_request(req).await?)
+        Ok(DrivenConn::handshake(stream).await?)
     }
 
     /// Sends a captured request to the local service again and records it as a new exchange.

@@ -2,7 +2,7 @@
 //! handling and ggrok's own error pages.
 
 use bytes::Bytes;
-use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
+use http::{header, uri::PathAndQuery, HeaderMap, HeaderValue, Response, StatusCode, Uri};
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
 
 /// Error type of bodies flowing through ggrok.
@@ -41,6 +41,20 @@ const HOP_BY_HOP: [header::HeaderName; 7] = [
     header::TRANSFER_ENCODING,
     header::UPGRADE,
 ];
+
+/// `uri` as an origin-form request target (path and query only), as the next hop gets it.
+pub fn origin_form(uri: Uri) -> Uri {
+    if uri.scheme().is_none() && uri.authority().is_none() && uri.path_and_query().is_some() {
+        return uri;
+    }
+    let mut parts = uri.into_parts();
+    parts.scheme = None;
+    parts.authority = None;
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(PathAndQuery::from_static("/"));
+    }
+    Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"))
+}
 
 /// Whether a request or response asks to switch protocols (WebSocket, HMR...).
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
@@ -195,6 +209,20 @@ pub fn escape_html(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn origin_form_keeps_path_and_query_only() {
+        for (given, sent) in [
+            ("/a/b?c=1", "/a/b?c=1"),
+            ("http://app.example.com:8080/x?y", "/x?y"),
+            ("https://app.example.com", "/"),
+            ("*", "*"),
+            ("/%FF%FE", "/%FF%FE"),
+        ] {
+            let uri: Uri = given.parse().unwrap();
+            assert_eq!(origin_form(uri).to_string(), sent, "{given}");
+        }
+    }
 
     #[test]
     fn strips_hop_by_hop_but_keeps_upgrade() {

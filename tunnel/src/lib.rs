@@ -11,12 +11,14 @@
 //! - [`ws_io`]: a WebSocket as a byte stream, with ping/pong liveness.
 //! - [`client`]: [`Tunnel::start`], status, reconnect with backoff.
 //! - [`forward`]: the client's side of a stream: forward to the local service, replay.
+//! - [`driven`]: HTTP/1.1 client connections driven by the task that uses them.
 //! - [`traffic`]: recorded exchanges for the log, the inspector and replay.
 //! - [`http_util`]: body type, hop-by-hop headers and ggrok's own error pages.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod client;
+pub mod driven;
 pub mod forward;
 #[doc(hidden)]
 pub mod fuzzing;
