@@ -144,18 +144,7 @@ fn date(unix: i64) -> String {
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
-    match serve().await {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("ggrok-server: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
-}
-
-async fn serve() -> anyhow::Result<std::process::ExitCode> {
+fn main() -> std::process::ExitCode {
     let args = Args::parse();
     // Trace-level tungstenite would print visitors' bytes and clients' upgrade requests.
     let filter = ggrok_tunnel::client::log_filter("info");
@@ -170,6 +159,35 @@ async fn serve() -> anyhow::Result<std::process::ExitCode> {
             .init(),
     }
     let file = args.config.as_deref().map(Settings::from_file).transpose();
+    // The runtime's size is the one setting needed before the runtime exists; 0 is reported
+    // with the other problems by `resolve`.
+    let workers = args
+        .settings
+        .workers
+        .or_else(|| file.as_ref().ok()?.as_ref()?.workers)
+        .filter(|&n| n > 0);
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = workers {
+        runtime.worker_threads(n);
+    }
+    let result = runtime
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|runtime| runtime.block_on(serve(args, file)));
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("ggrok-server: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(
+    args: Args,
+    file: Result<Option<Settings>, ggrok_server::settings::FileError>,
+) -> anyhow::Result<std::process::ExitCode> {
     let settings = match (file, &args.command) {
         (Ok(file), _) => args.settings.or(file.unwrap_or_default()),
         (Err(e), Some(Admin::CheckConfig)) => {

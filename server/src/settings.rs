@@ -96,6 +96,10 @@ pub struct Settings {
     /// Seconds of silence after which a client counts as gone and its name is freed [default: 45].
     #[arg(long, env = "GGROK_HEARTBEAT_TIMEOUT")]
     pub heartbeat_timeout: Option<u64>,
+    /// Threads serving requests [default: one per CPU core]. On a box of one or two cores that
+    /// also runs other work, 1 saves the wake-ups between threads (see docs/deploy.md).
+    #[arg(long, env = "GGROK_WORKERS")]
+    pub workers: Option<usize>,
 }
 
 impl std::fmt::Debug for Settings {
@@ -124,6 +128,7 @@ impl std::fmt::Debug for Settings {
             .field("connect_rate", &self.connect_rate)
             .field("tunnel_rate", &self.tunnel_rate)
             .field("max_tunnels_per_token", &self.max_tunnels_per_token)
+            .field("workers", &self.workers)
             .finish()
     }
 }
@@ -205,6 +210,7 @@ impl Settings {
             connect_rate: self.connect_rate.or(lower.connect_rate),
             tunnel_rate: self.tunnel_rate.or(lower.tunnel_rate),
             max_tunnels_per_token: self.max_tunnels_per_token.or(lower.max_tunnels_per_token),
+            workers: self.workers.or(lower.workers),
         }
     }
 
@@ -244,6 +250,9 @@ impl Settings {
         };
         if heartbeat.interval.is_zero() {
             problems.push("heartbeat_interval must be at least 1 second".to_owned());
+        }
+        if self.workers == Some(0) {
+            problems.push("workers must be at least 1".to_owned());
         }
         if self.body_idle_timeout == Some(0) {
             // Zero would abandon every body that is not already there in full.
@@ -431,10 +440,11 @@ mod tests {
             tls_cert: Some("/nonexistent.pem".into()),
             tokens: vec!["short".into()],
             body_idle_timeout: Some(0),
+            workers: Some(0),
             ..Settings::default()
         };
         let problems = bad.resolve(Some("eighty")).err().unwrap();
-        assert_eq!(problems.len(), 6, "{problems:#?}");
+        assert_eq!(problems.len(), 7, "{problems:#?}");
         let unknown = toml::from_str::<Settings>("domian = \"x\"")
             .err()
             .unwrap()

@@ -164,7 +164,7 @@ async fn tokens_never_appear_in_logs_or_crash_output() {
         .arg("--db")
         .arg(&db)
         .args(["--listen", "127.0.0.1:0", "--domain", "localhost"])
-        .args(["--log-format", "json"]);
+        .args(["--log-format", "json", "--workers", "1"]);
     let server = Proc::spawn(server);
     let addr: std::net::SocketAddr = server
         .line(|l| {
