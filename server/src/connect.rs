@@ -20,8 +20,8 @@ use tracing::{info, info_span, warn, Instrument};
 
 use crate::{policy::Policy, registry::Claimant, Shared, Visitor};
 
-/// How long a session whose token was revoked waits for the client to acknowledge the close.
-const REVOKED_CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long a session the server ends on purpose waits for the client to acknowledge the close.
+const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Answers a connect request: `101` and a session task, or a refusal.
 pub(crate) fn accept(
@@ -61,7 +61,9 @@ pub(crate) fn accept(
 
     let task_shared = shared.clone();
     let span = info_span!("session", name = %claim.name, %peer);
-    shared.spawn(
+    // Not `shared.spawn`, which would drop the session at shutdown: it ends itself then, with a
+    // Close frame that tells the client why.
+    shared.tasks.spawn(
         async move {
             let shared = task_shared;
             // However this task ends, work still running on the session's streams stops too.
@@ -70,7 +72,9 @@ pub(crate) fn accept(
                 Ok(u) => u,
                 Err(e) => {
                     warn!(%e, "upgrade failed");
-                    shared.registry.release(&claim.name, claim.session, true, || {});
+                    shared
+                        .registry
+                        .release(&claim.name, claim.session, true, || {});
                     return;
                 }
             };
@@ -88,18 +92,30 @@ pub(crate) fn accept(
                 .registry
                 .attach(&claim.name, claim.session, mux.control(), metrics);
             info!("tunnel online");
+            // Ending on purpose, the server says why in a Close frame and drives the session
+            // until the client answers (it only sends while polled), or for at most a second.
+            let on_purpose = std::sync::atomic::AtomicBool::new(false);
+            let close = |code: u16, why: &'static str| {
+                closing.close_with(code, why);
+                on_purpose.store(true, std::sync::atomic::Ordering::Relaxed);
+                why.to_owned()
+            };
             let reason = loop {
                 tokio::select! {
-                    _ = claim.cancel.cancelled() => break "replaced by a new session of the same client".to_owned(),
-                    _ = claim.revoked.cancelled() => {
-                        // A Close frame, so the client sees a deliberate end rather than a
-                        // network drop; its reconnect is then refused for the token. The
-                        // session only sends while polled: drive it until the client answers.
-                        closing.close();
-                        let drive = async { while let Some(Ok(_)) = mux.next().await {} };
-                        let _ = tokio::time::timeout(REVOKED_CLOSE_TIMEOUT, drive).await;
-                        break "its token was revoked".to_owned();
-                    }
+                    _ = claim.cancel.cancelled() => break close(
+                        protocol::CLOSE_REPLACED,
+                        "replaced by a new session of the same client",
+                    ),
+                    // The client's reconnect is then refused for the token.
+                    _ = claim.revoked.cancelled() => break close(
+                        protocol::CLOSE_REVOKED,
+                        "its token was revoked",
+                    ),
+                    // After the drain: clients reconnect, to this server's successor.
+                    _ = shared.cancel.cancelled() => break close(
+                        protocol::CLOSE_SHUTDOWN,
+                        "the server is shutting down",
+                    ),
                     next = mux.next() => match next {
                         // Clients have no reason to open streams; refuse by dropping.
                         Some(Ok(stream)) => drop(stream),
@@ -108,13 +124,19 @@ pub(crate) fn accept(
                     },
                 }
             };
+            if on_purpose.load(std::sync::atomic::Ordering::Relaxed) {
+                let drive = async { while let Some(Ok(_)) = mux.next().await {} };
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, drive).await;
+            }
             // A client that stopped on purpose gives its name up; one that dropped keeps it for
             // the grace period.
             // Its series go with it, unless a newer session of the tunnel already counts there.
             let hold = !closing.peer_closed();
-            shared.registry.release(&claim.name, claim.session, hold, || {
-                shared.metrics.forget(&claim.name)
-            });
+            shared
+                .registry
+                .release(&claim.name, claim.session, hold, || {
+                    shared.metrics.forget(&claim.name)
+                });
             info!(%reason, "tunnel offline");
         }
         .instrument(span),

@@ -35,7 +35,16 @@ async fn reconnects_with_the_same_name_after_a_server_restart() {
     let name = name_of(&url);
 
     server.stop().await;
-    wait_status(&t, |s| matches!(s, Status::Reconnecting { .. })).await;
+    let Status::Reconnecting { reason, .. } =
+        wait_status(&t, |s| matches!(s, Status::Reconnecting { .. })).await
+    else {
+        unreachable!()
+    };
+    // The server said why in its Close frame.
+    assert_eq!(
+        reason,
+        "the server ended the session: the server is shutting down"
+    );
     let server = Server::start_at(addr, config()).await;
     let back = tokio::time::timeout(
         Duration::from_secs(5),
@@ -385,4 +394,34 @@ async fn a_stopped_tunnel_gives_its_name_up_at_once() {
     // Another process (another client id) may take it right away.
     let (_second, url) = tunnel(&server, origin.port(), Some("again")).await;
     assert!(url.starts_with("http://again.localhost:"));
+}
+
+#[tokio::test]
+async fn a_second_process_with_the_same_client_id_takes_over_and_the_first_stops() {
+    let server = Server::start(config()).await;
+    let origin = Origin::start().await;
+    let mut cfg = quick(&server, origin.port());
+    cfg.subdomain = Some("twin".into());
+    cfg.client_id = Some("one-id-in-two-processes".into());
+    let (first, url) = tunnel_with(cfg.clone()).await;
+    let (second, again) = tunnel_with(cfg).await;
+    assert_eq!(url, again);
+    // The first does not take the tunnel back (the two would take turns forever): it stops,
+    // saying why.
+    let Status::Failed { message, .. } =
+        wait_status(&first, |s| matches!(s, Status::Failed { .. })).await
+    else {
+        unreachable!()
+    };
+    assert!(
+        message.contains("replaced by a new session of the same client"),
+        "{message}"
+    );
+    assert!(matches!(*second.status().borrow(), Status::Online { .. }));
+    let r = get(&server, "twin", "/echo")
+        .body("still here")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), "still here");
 }

@@ -343,6 +343,14 @@ pub(crate) enum ConnectError {
     Network(String),
 }
 
+/// How a session ended.
+enum Ended {
+    /// Connect again (after the backoff): why it ended.
+    Retry(String),
+    /// Stop: connecting again would undo what the server did on purpose.
+    Final(String),
+}
+
 /// Sessions shorter than this do not reset the backoff, so a server that accepts and then drops
 /// at once is not hammered.
 const STABLE_SESSION: Duration = Duration::from_secs(5);
@@ -358,7 +366,17 @@ impl Engine {
                 r = self.connect() => match r {
                     Ok(session) => {
                         let started = tokio::time::Instant::now();
-                        let reason = self.serve(session).await;
+                        let reason = match self.serve(session).await {
+                            Ended::Retry(reason) => reason,
+                            Ended::Final(message) => {
+                                info!("session ended for good: {message}");
+                                self.status.send_replace(Status::Failed {
+                                    kind: RefusalKind::NameTaken,
+                                    message,
+                                });
+                                return;
+                            }
+                        };
                         if self.cancel.is_cancelled() {
                             break;
                         }
@@ -453,7 +471,7 @@ impl Engine {
     }
 
     /// Runs an online session until it ends; returns why it ended.
-    async fn serve(&mut self, session: Session) -> String {
+    async fn serve(&mut self, session: Session) -> Ended {
         let Session { ws, name, url } = session;
         info!(%url, "online");
         // Reconnects ask for the same name, so a server restart gives it back.
@@ -496,7 +514,17 @@ impl Engine {
         };
         // Streams of a dead session cannot finish; end them now rather than at their timeouts.
         streams.cancel();
-        reason
+        // A server that ends a session on purpose says why in its Close frame.
+        match closing.peer_close() {
+            Some((protocol::CLOSE_REPLACED, why)) => Ended::Final(format!(
+                "the server ended this session: {why}. Another ggrok with the same client id \
+                 took the tunnel over"
+            )),
+            Some((_, why)) if !why.is_empty() && !self.cancel.is_cancelled() => {
+                Ended::Retry(format!("the server ended the session: {why}"))
+            }
+            _ => Ended::Retry(reason),
+        }
     }
 }
 

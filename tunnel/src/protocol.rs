@@ -37,6 +37,16 @@ pub const HEADER_URL: &str = "ggrok-url";
 /// Response header on pages that ggrok itself generated (not the user's service): the error kind.
 pub const HEADER_ERROR: &str = "ggrok-error";
 
+/// WebSocket close code (in the range for applications) of a session that a newer session of
+/// the same client took over: two processes share one client id. The older one stops instead of
+/// taking the tunnel back, which would make the two take turns forever.
+pub const CLOSE_REPLACED: u16 = 4001;
+/// WebSocket close code of a session whose token was revoked.
+pub const CLOSE_REVOKED: u16 = 4002;
+/// WebSocket close code of a session ended by the server shutting down (or restarting): the
+/// client reconnects.
+pub const CLOSE_SHUTDOWN: u16 = 4003;
+
 /// Largest WebSocket message either side accepts. Writers send at most [`MAX_CHUNK`] per
 /// message; the slack covers yamux framing. Anything bigger is an attack or a bug.
 pub const MAX_MESSAGE: usize = 1024 * 1024;

@@ -65,8 +65,12 @@ pub struct WsIo<S> {
 struct Shared {
     /// Our side asked to end the session on purpose.
     close_requested: AtomicBool,
+    /// The code and reason our Close frame carries (`None`: normal, "stopped").
+    close_frame: Mutex<Option<(u16, String)>>,
     /// The peer ended the session on purpose (sent a Close frame).
     peer_closed: AtomicBool,
+    /// The code and reason of the peer's Close frame, if it gave them.
+    peer_close: Mutex<Option<(u16, String)>>,
     outbox: Mutex<Outbox>,
     /// The writer task, when it waits for work.
     writer: AtomicWaker,
@@ -117,9 +121,26 @@ impl Closing {
         self.0.writer.wake();
     }
 
+    /// Like [`close`](Self::close), with a close code (4000–4999, see
+    /// [`protocol`](crate::protocol)) and a reason for the peer to show. The reason is cut to
+    /// the 123 bytes a Close frame holds.
+    pub fn close_with(&self, code: u16, reason: &str) {
+        let mut end = reason.len().min(123);
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        *self.0.close_frame.lock().expect("close lock") = Some((code, reason[..end].to_owned()));
+        self.close();
+    }
+
     /// Whether the peer closed the session with a Close frame.
     pub fn peer_closed(&self) -> bool {
         self.0.peer_closed.load(Ordering::SeqCst)
+    }
+
+    /// The code and reason of the peer's Close frame, if it sent one with them.
+    pub fn peer_close(&self) -> Option<(u16, String)> {
+        self.0.peer_close.lock().expect("close lock").clone()
     }
 }
 
@@ -229,9 +250,16 @@ where
                 sink.feed(Message::Ping(Bytes::new())).await?;
             }
             if batch.close {
-                let frame = CloseFrame {
-                    code: CloseCode::Normal,
-                    reason: "stopped".into(),
+                let given = shared.close_frame.lock().expect("close lock").take();
+                let frame = match given {
+                    Some((code, reason)) => CloseFrame {
+                        code: CloseCode::from(code),
+                        reason: reason.into(),
+                    },
+                    None => CloseFrame {
+                        code: CloseCode::Normal,
+                        reason: "stopped".into(),
+                    },
                 };
                 sink.feed(Message::Close(Some(frame))).await?;
                 close_sent = true;
@@ -297,7 +325,11 @@ where
                     this.silence.as_mut().reset(deadline);
                     match msg {
                         Message::Binary(data) => this.pending = data,
-                        Message::Close(_) => {
+                        Message::Close(frame) => {
+                            if let Some(f) = frame {
+                                *this.shared.peer_close.lock().expect("close lock") =
+                                    Some((u16::from(f.code), f.reason.to_string()));
+                            }
                             this.shared.peer_closed.store(true, Ordering::SeqCst);
                             return Poll::Ready(Ok(()));
                         }
