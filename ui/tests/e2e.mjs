@@ -1,14 +1,15 @@
 // End to end: the real desktop app (debug build with assets embedded) under Xvfb, driven by
 // tauri-driver + WebKitWebDriver, against its embedded ggrok server and a real origin.
 // Expose a port through the form, fetch through the public URL, see the row, replay it, stop
-// the tunnel, see the public URL answer 404, start it again at once under the same URL.
+// the tunnel, see the public URL answer 404, start it again at once under the same URL; close
+// the window and see the tunnel still serve, launch the app again and see the window back.
 // Screenshots go to docs/screenshots/.
 //
 // Run inside a display: `xvfb-run -a node ui/tests/e2e.mjs` (see scripts/test.sh).
 // Env: GGROK_APP (binary; default target/debug/ggrok-desktop), TAURI_DRIVER (default tauri-driver).
 // A small WebDriver client over fetch: no extra npm dependencies.
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
+import { execFile, spawn } from "node:child_process";
 import { mkdtemp, mkdir, rm, writeFile } from "node:fs/promises";
 import http from "node:http";
 import net from "node:net";
@@ -44,6 +45,19 @@ async function until(what, f) {
     if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 100));
   }
+}
+
+/** Runs a command; resolves with its stdout (rejects on a non-zero exit). */
+function run(cmd, args, env = process.env) {
+  return new Promise((res, rej) =>
+    execFile(cmd, args, { env }, (e, stdout) => (e && e.code !== 1 ? rej(e) : res(stdout))),
+  );
+}
+
+/** X11 ids of the app's visible windows (xdotool exits 1 when there are none). */
+async function visibleWindows() {
+  const out = await run("xdotool", ["search", "--onlyvisible", "--name", "^ggrok$"]);
+  return out.split("\n").filter((l) => l.trim() !== "");
 }
 
 /** GET through 127.0.0.1:port with a Host header, so NAME.localhost needs no resolver. */
@@ -142,6 +156,7 @@ async function main() {
   const originPort = origin.address().port;
 
   const [port, nativePort] = [await freePort(), await freePort()];
+  const appEnv = { ...process.env, GGROK_CONFIG_DIR: configDir, GGROK_NO_KEYRING: "1", GGROK_SERVER_PORT: "0" };
   const driverProc = spawn(
     process.env.TAURI_DRIVER ?? "tauri-driver",
     ["--port", String(port), "--native-port", String(nativePort)],
@@ -149,7 +164,7 @@ async function main() {
       stdio: ["ignore", "inherit", "inherit"],
       // The app inherits this through WebKitWebDriver: its own settings dir, no keyring, and
       // the embedded server on an ephemeral port.
-      env: { ...process.env, GGROK_CONFIG_DIR: configDir, GGROK_NO_KEYRING: "1", GGROK_SERVER_PORT: "0" },
+      env: appEnv,
     },
   );
   const driver = new Driver(`http://127.0.0.1:${port}`);
@@ -209,6 +224,23 @@ async function main() {
     await driver.waitText("tunnel-status", (t) => t === "online");
     const back = await get(serverPort, `e2e-demo.localhost:${serverPort}`, "/api/hello");
     assert.equal(back.status, 200);
+
+    // Closing the window (a window manager's close button: WM_DELETE_WINDOW) hides it; the app
+    // and its tunnel keep running in the tray.
+    const [win] = await until("a visible window", async () => {
+      const w = await visibleWindows();
+      return w.length ? w : null;
+    });
+    await run("python3", [join(ROOT, "ui", "tests", "x11_close.py"), win]);
+    await until("window hidden", async () => (await visibleWindows()).length === 0);
+    const hidden = await get(serverPort, `e2e-demo.localhost:${serverPort}`, "/api/hello");
+    assert.equal(hidden.status, 200, "the tunnel still serves with the window closed");
+
+    // Launching the app again shows the running one's window; the second process exits.
+    const second = spawn(APP, [], { env: appEnv, stdio: "ignore" });
+    const code = await new Promise((r) => second.on("exit", (c) => r(c)));
+    assert.equal(code, 0, "a second launch hands over to the running app and exits");
+    await until("window shown again", async () => (await visibleWindows()).length === 1);
     console.log("e2e: ok");
   } catch (e) {
     await driver.shot("../../target/e2e-failure.png").catch(() => {});
