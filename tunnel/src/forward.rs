@@ -93,8 +93,10 @@ impl Idle {
                 idle.remove(0);
             }
             idle.push(conn);
-        } else if let Some(rest) = conn.detach() {
-            tokio::spawn(async move {
+        } else if let (Some(rest), Ok(rt)) = (conn.detach(), tokio::runtime::Handle::try_current())
+        {
+            // (Without a runtime, the process is shutting down: dropping it closes it.)
+            rt.spawn(async move {
                 if let Err(e) = rest.await {
                     tracing::debug!(%e, "local connection ended with an error");
                 }
