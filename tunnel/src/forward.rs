@@ -4,6 +4,7 @@
 use std::{
     convert::Infallible,
     sync::{Arc, Mutex},
+    time::{Duration, Instant},
 };
 
 use bytes::Bytes;
@@ -62,21 +63,35 @@ pub enum ReplayError {
 
 /// Idle connections to the local service kept for reuse, at most.
 const MAX_IDLE: usize = 64;
+/// Idle connections older than this are closed rather than reused. Many local servers close an
+/// idle keep-alive connection after 5 s (Node's default `keepAliveTimeout`, so Vite, webpack and
+/// Next dev servers; Apache's `KeepAliveTimeout`), and a request sent at the moment they do is
+/// lost; a new connection to localhost costs far less than that risk.
+const MAX_IDLE_AGE: Duration = Duration::from_secs(4);
 
 /// Connections to the local service that are open and idle, most recently used last.
 ///
 /// A request takes one (or opens one), drives it from its own task while the response comes
 /// back ([`DrivenConn`]), and puts it back once the response body has ended: no task per
 /// connection and no hand-offs between tasks per request, unlike a general-purpose pool.
-#[derive(Default)]
-struct Idle(Mutex<Vec<DrivenConn>>);
+struct Idle {
+    conns: Mutex<Vec<(DrivenConn, Instant)>>,
+    max_age: Duration,
+}
 
 impl Idle {
-    /// The most recently used idle connection that is still open.
+    fn new(max_age: Duration) -> Self {
+        Self {
+            conns: Mutex::new(Vec::new()),
+            max_age,
+        }
+    }
+
+    /// The most recently used idle connection that is still open and young enough.
     fn take(&self) -> Option<DrivenConn> {
-        let mut idle = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        while let Some(mut conn) = idle.pop() {
-            if conn.is_idle() {
+        let mut idle = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some((mut conn, since)) = idle.pop() {
+            if since.elapsed() < self.max_age && conn.is_idle() {
                 return Some(conn);
             }
         }
@@ -88,11 +103,11 @@ impl Idle {
     /// close.
     fn put(&self, mut conn: DrivenConn) {
         if conn.is_idle() {
-            let mut idle = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            let mut idle = self.conns.lock().unwrap_or_else(|p| p.into_inner());
             if idle.len() >= MAX_IDLE {
                 idle.remove(0);
             }
-            idle.push(conn);
+            idle.push((conn, Instant::now()));
         } else if let (Some(rest), Ok(rt)) = (conn.detach(), tokio::runtime::Handle::try_current())
         {
             // (Without a runtime, the process is shutting down: dropping it closes it.)
@@ -124,7 +139,7 @@ impl Forwarder {
             target,
             authority,
             host_header,
-            idle: Arc::default(),
+            idle: Arc::new(Idle::new(MAX_IDLE_AGE)),
             traffic,
         })
     }
@@ -331,5 +346,45 @@ impl Forwarder {
         self.traffic
             .get(new_id)
             .ok_or(ReplayError::NotFound(new_id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An HTTP/1.1 connection over an in-memory pipe (nothing is sent on it), and the pipe's
+    /// other end, which must live for the connection to stay open.
+    async fn conn() -> (DrivenConn, tokio::io::DuplexStream) {
+        let (io, peer) = tokio::io::duplex(1024);
+        (DrivenConn::handshake(io).await.unwrap(), peer)
+    }
+
+    #[tokio::test]
+    async fn idle_connections_are_reused_until_too_old_or_closed() {
+        let idle = Idle::new(Duration::from_secs(60));
+        let (c, _peer) = conn().await;
+        idle.put(c);
+        assert!(idle.take().is_some(), "a young idle connection is reused");
+        assert!(idle.take().is_none());
+
+        let (c, peer) = conn().await;
+        idle.put(c);
+        drop(peer);
+        assert!(idle.take().is_none(), "one its peer closed is not");
+
+        let expired = Idle::new(Duration::ZERO);
+        let (c, _peer) = conn().await;
+        expired.put(c);
+        assert!(expired.take().is_none(), "nor an old one");
+        assert!(expired.conns.lock().unwrap().is_empty(), "which is closed");
+
+        let mut peers = Vec::new();
+        for _ in 0..MAX_IDLE + 3 {
+            let (c, peer) = conn().await;
+            peers.push(peer);
+            idle.put(c);
+        }
+        assert_eq!(idle.conns.lock().unwrap().len(), MAX_IDLE);
     }
 }
