@@ -11,9 +11,10 @@ APT_PACKAGES=(
   # Tauri v2 (WebKitGTK, tray, SVG icons) and the keyring's D-Bus.
   libwebkit2gtk-4.1-dev libgtk-3-dev libayatana-appindicator3-dev librsvg2-dev libssl-dev
   libdbus-1-dev pkg-config build-essential
-  # Tests: Xvfb + WebDriver for the real app, Chromium for the UI, a Secret Service, and pebble
-  # (an ACME test server) for the certificate tests.
-  xvfb xauth xdotool imagemagick webkit2gtk-driver dbus-x11 gnome-keyring libsecret-tools
+  # Tests: Xvfb + WebDriver for the real app, Chromium for the UI, a Secret Service, pebble
+  # (an ACME test server) for the certificate tests, and python3-gi for the test tray
+  # (ui/tests/sni_host.py).
+  xvfb xauth xdotool imagemagick webkit2gtk-driver dbus-x11 gnome-keyring libsecret-tools python3-gi
   keyutils chromium pebble
 )
 missing=()

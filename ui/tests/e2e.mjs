@@ -2,7 +2,8 @@
 // tauri-driver + WebKitWebDriver, against its embedded ggrok server and a real origin.
 // Expose a port through the form, fetch through the public URL, see the row, replay it, stop
 // the tunnel, see the public URL answer 404, start it again at once under the same URL; close
-// the window and see the tunnel still serve, launch the app again and see the window back.
+// the window and see the tunnel still serve, stop and start it from the tray menu (a test tray,
+// ui/tests/sni_host.py, over D-Bus), launch the app again and see the window back.
 // Screenshots go to docs/screenshots/.
 //
 // Run inside a display: `xvfb-run -a node ui/tests/e2e.mjs` (see scripts/test.sh).
@@ -12,6 +13,7 @@ import assert from "node:assert/strict";
 import { execFile, spawn } from "node:child_process";
 import { mkdtemp, mkdir, rm, writeFile } from "node:fs/promises";
 import http from "node:http";
+import readline from "node:readline";
 import net from "node:net";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
@@ -72,6 +74,43 @@ function get(port, host, path) {
     req.on("error", rej);
     req.end();
   });
+}
+
+/** A test system tray (ui/tests/sni_host.py) the app's tray icon registers with; reads and
+ * clicks the tray menu over D-Bus as a desktop panel does. */
+class Tray {
+  constructor() {
+    this.proc = spawn("/usr/bin/python3", [join(ROOT, "ui", "tests", "sni_host.py")], {
+      stdio: ["pipe", "pipe", "inherit"],
+    });
+    this.seen = [];
+    readline.createInterface({ input: this.proc.stdout }).on("line", (l) => this.seen.push(JSON.parse(l)));
+  }
+  /** The first message (seen so far or later) that `pred` accepts; it is consumed. */
+  next(what, pred) {
+    return until(what, async () => {
+      const i = this.seen.findIndex((m) => m.error || pred(m));
+      if (i < 0) return null;
+      const [m] = this.seen.splice(i, 1);
+      if (m.error) throw new Error(`tray: ${m.error}`);
+      return m;
+    });
+  }
+  async menu() {
+    this.proc.stdin.write(JSON.stringify({ menu: true }) + "\n");
+    return (await this.next("tray menu", (m) => m.items)).items;
+  }
+  /** Clicks the tray's toggle for `name` once it shows `state` (1 checked, 0 not). */
+  async toggle(name, state) {
+    const item = await until(`tray toggle for ${name} in state ${state}`, async () =>
+      (await this.menu()).find((i) => i.toggle === state && i.label.includes(name)),
+    );
+    this.proc.stdin.write(JSON.stringify({ click: item.id }) + "\n");
+    await this.next("tray click", (m) => m.clicked === item.id);
+  }
+  stop() {
+    this.proc.kill();
+  }
 }
 
 class Driver {
@@ -168,13 +207,17 @@ async function main() {
     },
   );
   const driver = new Driver(`http://127.0.0.1:${port}`);
+  // Before the app starts, as a panel would be.
+  const tray = new Tray();
   try {
+    await tray.next("test tray ready", (m) => m.ready);
     await until("tauri-driver", () => fetch(`http://127.0.0.1:${port}/status`).then((r) => r.ok));
     await driver.start(APP);
 
     const builtin = await driver.waitText("builtin-url", (t) => /localhost:\d+/.test(t));
     const serverPort = Number(builtin.match(/localhost:(\d+)/)[1]);
     console.log(`app up; embedded server on ${serverPort}`);
+    await tray.next("the app's tray icon", (m) => m.registered);
     await driver.waitText("no-tunnels", (t) => t.includes("No tunnels"));
 
     // Expose through the form.
@@ -236,17 +279,27 @@ async function main() {
     const hidden = await get(serverPort, `e2e-demo.localhost:${serverPort}`, "/api/hello");
     assert.equal(hidden.status, 200, "the tunnel still serves with the window closed");
 
+    // The tray toggles the tunnel with the window closed: its menu item is checked while the
+    // tunnel runs; a click stops it (the public URL answers 404), another starts it again.
+    const status = () => get(serverPort, `e2e-demo.localhost:${serverPort}`, "/api/hello").then((r) => r.status);
+    await tray.toggle("e2e-demo", 1);
+    await until("tunnel stopped from the tray", async () => (await status()) === 404);
+    await tray.toggle("e2e-demo", 0);
+    await until("tunnel started from the tray", async () => (await status()) === 200);
+
     // Launching the app again shows the running one's window; the second process exits.
     const second = spawn(APP, [], { env: appEnv, stdio: "ignore" });
     const code = await new Promise((r) => second.on("exit", (c) => r(c)));
     assert.equal(code, 0, "a second launch hands over to the running app and exits");
     await until("window shown again", async () => (await visibleWindows()).length === 1);
+    await driver.waitText("tunnel-status", (t) => t === "online");
     console.log("e2e: ok");
   } catch (e) {
     await driver.shot("../../target/e2e-failure.png").catch(() => {});
     throw e;
   } finally {
     await driver.quit();
+    tray.stop();
     driverProc.kill("SIGTERM");
     origin.close();
     await rm(configDir, { recursive: true, force: true });
