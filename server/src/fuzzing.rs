@@ -19,14 +19,12 @@ use ggrok_tunnel::{
 };
 use http::{header, HeaderMap, HeaderName, HeaderValue, Request};
 use http_body_util::BodyExt;
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     classify,
     config::{hash_token, Config, Tokens},
     connect,
-    policy::{parse_net, Limiter, Policy},
-    registry::Registry,
+    policy::{parse_net, Policy},
     request_host,
     settings::Settings,
     store::Store,
@@ -83,17 +81,10 @@ fn server(mode: Mode) -> &'static Server {
                 config.store = Some(Arc::new(store));
             }
         }
-        let shared = Shared {
-            registry: Registry::new(config.reconnect_grace),
-            metrics: crate::metrics::Metrics::default(),
-            connect_limit: Limiter::per_minute(0),
-            request_limit: Limiter::per_second(0),
-            config,
-            draining: CancellationToken::new(),
-            cancel: CancellationToken::new(),
-            conns: TaskTracker::new(),
-            tasks: TaskTracker::new(),
-        };
+        // No rate limits: every input comes from the same address.
+        config.connect_rate = 0;
+        config.tunnel_rate = 0;
+        let shared = Shared::new(config);
         Server {
             shared,
             store_token,

@@ -65,6 +65,21 @@ struct Shared {
 }
 
 impl Shared {
+    /// The state of a server with `config`, before it serves anything.
+    fn new(config: Config) -> Self {
+        Self {
+            registry: registry::Registry::new(config.reconnect_grace),
+            metrics: metrics::Metrics::default(),
+            connect_limit: policy::Limiter::per_minute(config.connect_rate),
+            request_limit: policy::Limiter::per_second(config.tunnel_rate),
+            config,
+            draining: CancellationToken::new(),
+            cancel: CancellationToken::new(),
+            conns: TaskTracker::new(),
+            tasks: TaskTracker::new(),
+        }
+    }
+
     /// Spawns `fut` on `tracker` so that shutdown ends it and waits for it.
     fn spawn_on<F>(&self, tracker: &TaskTracker, fut: F)
     where
@@ -104,17 +119,7 @@ pub async fn run(
     if config.tokens.is_open() && !stored {
         warn!("no tokens configured: open mode, anyone who can reach this server may open tunnels");
     }
-    let shared = Arc::new(Shared {
-        registry: registry::Registry::new(config.reconnect_grace),
-        metrics: metrics::Metrics::default(),
-        connect_limit: policy::Limiter::per_minute(config.connect_rate),
-        request_limit: policy::Limiter::per_second(config.tunnel_rate),
-        config,
-        draining: CancellationToken::new(),
-        cancel: CancellationToken::new(),
-        conns: TaskTracker::new(),
-        tasks: TaskTracker::new(),
-    });
+    let shared = Arc::new(Shared::new(config));
     if let Some(acme) = shared.config.acme.clone() {
         let routable = shared.clone();
         acme.request(&shared.config.domain);
