@@ -82,14 +82,9 @@ if [ "${SKIP_INSTALL:-0}" != 1 ]; then
     fi
 fi
 
-if [ "${SKIP_BUILD:-0}" != 1 ]; then
-    echo "[bench] cargo build --release -p ggrok-tunnel -p ggrok-server" >&2
-    (cd "$root" && cargo build --release -p ggrok-tunnel -p ggrok-server >&2)
-    # A separate build: with the examples in the same invocation, cargo would unify the
-    # dev-dependencies' features (tokio test-util) into the binaries under test.
-    echo "[bench] cargo build --release -p ggrok-tunnel --example bench_ws --example bench_idle" >&2
-    (cd "$root" && cargo build --release -p ggrok-tunnel --example bench_ws --example bench_idle >&2)
-fi
+# shellcheck source=bench/build.sh
+. "$root/bench/build.sh"
+build_release bench ggrok-tunnel bench_ws bench_idle
 
 export BENCH_WORKDIR
 BENCH_WORKDIR=$(mktemp -d /tmp/ggrok-bench.XXXXXX)

@@ -14,11 +14,7 @@ set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
-if [ "${SKIP_BUILD:-0}" != 1 ]; then
-    echo "[slow] cargo build --release -p ggrok-tunnel -p ggrok-server" >&2
-    cargo build --release -p ggrok-tunnel -p ggrok-server >&2
-    # Separate, so the dev-dependencies' features (tokio test-util) stay out of the binaries.
-    echo "[slow] cargo build --release -p ggrok-server --example slow" >&2
-    cargo build --release -p ggrok-server --example slow >&2
-fi
+# shellcheck source=bench/build.sh
+. "$root/bench/build.sh"
+build_release slow ggrok-server slow
 SLOW_BIN="$root/target/release" "$root/target/release/examples/slow"

@@ -18,14 +18,9 @@ set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
-if [ "${SKIP_BUILD:-0}" != 1 ]; then
-    echo "[soak] cargo build --release -p ggrok-tunnel -p ggrok-server" >&2
-    cargo build --release -p ggrok-tunnel -p ggrok-server >&2
-    # A separate build: with the example in the same invocation, cargo would unify the
-    # dev-dependencies' features (tokio test-util) into the binaries under test.
-    echo "[soak] cargo build --release -p ggrok-server --example soak" >&2
-    cargo build --release -p ggrok-server --example soak >&2
-fi
+# shellcheck source=bench/build.sh
+. "$root/bench/build.sh"
+build_release soak ggrok-server soak
 # Each restart of the client reconnects; the default 1,024 descriptors are plenty, but a low
 # limit inherited from a CI runner should not fail the run.
 ulimit -n 4096 2>/dev/null || true

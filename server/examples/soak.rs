@@ -388,6 +388,28 @@ impl Visitor {
         }
     }
 
+    /// Sends `req` to the tunnel; the response if the origin answered it `200`, else the
+    /// verdict (refused, reset, or ggrok's own error page).
+    async fn send(
+        &self,
+        req: reqwest::RequestBuilder,
+        seen: &AtomicU64,
+    ) -> Result<reqwest::Response, Verdict> {
+        let resp = req
+            .header(header::HOST, &self.host)
+            .send()
+            .await
+            .map_err(|e| (send_error(&e), None))?;
+        seen.store(1, Ordering::SeqCst);
+        if resp.status() != StatusCode::OK {
+            return Err(non_origin(
+                resp.status(),
+                ggrok_error(resp.headers()).as_deref(),
+            ));
+        }
+        Ok(resp)
+    }
+
     async fn download(&self, job: Job, seen: &AtomicU64) -> Verdict {
         let path = if job.kind == Kind::Plain {
             "plain"
@@ -395,20 +417,10 @@ impl Visitor {
             "chunked"
         };
         let url = format!("{}/{path}?n={}&s={}", self.base, job.size, job.seed);
-        let resp = match self
-            .http
-            .get(url)
-            .header(header::HOST, &self.host)
-            .send()
-            .await
-        {
+        let resp = match self.send(self.http.get(url), seen).await {
             Ok(r) => r,
-            Err(e) => return (send_error(&e), None),
+            Err(verdict) => return verdict,
         };
-        seen.store(1, Ordering::SeqCst);
-        if resp.status() != StatusCode::OK {
-            return non_origin(resp.status(), ggrok_error(resp.headers()).as_deref());
-        }
         let announced = resp
             .headers()
             .get(header::CONTENT_LENGTH)
@@ -449,22 +461,15 @@ impl Visitor {
         let want = format!("{} {:x}", job.size, hash.finalize());
         let body =
             reqwest::Body::wrap_stream(chunks(job.seed, job.size, true).map(Ok::<_, Infallible>));
-        let resp = match self
+        let req = self
             .http
             .post(format!("{}/upload", self.base))
-            .header(header::HOST, &self.host)
             .header(header::CONTENT_LENGTH, job.size)
-            .body(body)
-            .send()
-            .await
-        {
+            .body(body);
+        let resp = match self.send(req, seen).await {
             Ok(r) => r,
-            Err(e) => return (send_error(&e), None),
+            Err(verdict) => return verdict,
         };
-        seen.store(1, Ordering::SeqCst);
-        if resp.status() != StatusCode::OK {
-            return non_origin(resp.status(), ggrok_error(resp.headers()).as_deref());
-        }
         match resp.text().await {
             Ok(got) if got == want => (Outcome::Ok, None),
             Ok(got) => wrong(format!("upload echo {got:?}, want {want:?}")),
