@@ -2,7 +2,7 @@
 import "./style.css";
 import { reportError, start, subscribe, ui } from "./store";
 import { h, replace } from "./util/dom";
-import { mountExpose, openExposeForm, refreshResult } from "./views/expose";
+import { mountExpose, openExposeForm, refreshResult, refreshServerChoices } from "./views/expose";
 import { renderSettings } from "./views/settings";
 import { mountTraffic, renderDetail, renderTraffic } from "./views/traffic";
 import { renderTunnels, setTunnelsRerender } from "./views/tunnels";
@@ -50,7 +50,10 @@ subscribe((what) => {
   }
   if (what === "traffic") renderTraffic(table);
   if (what === "detail") renderDetail(detail);
-  if (what === "servers" && !settings.hidden) renderSettings(settings);
+  if (what === "servers") {
+    refreshServerChoices();
+    if (!settings.hidden) renderSettings(settings);
+  }
   if (what === "errors") {
     const builtin = app.querySelector('[data-testid="builtin-url"]');
     if (builtin) builtin.textContent = ui.info.builtinServerUrl ? `server: ${ui.info.builtinServerUrl}` : "";

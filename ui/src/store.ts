@@ -1,6 +1,6 @@
 // UI state and the event wiring. Views read `ui` and call `refresh*`/`render*`.
 import * as api from "./api";
-import type { AppInfo, Detail, ServerView, Summary, TunnelView } from "./types";
+import type { AppInfo, Detail, ServerView, Status, Summary, TunnelView } from "./types";
 import { pushRow } from "./util/format";
 
 export const ui = {
@@ -28,8 +28,27 @@ export function reportError(e: unknown): void {
   changed("errors");
 }
 
+// Status events and command answers reach the window by different paths, so an answer can
+// arrive after an event that is newer than it. Each status event gets a number; a snapshot taken
+// by the backend is brought up to the last event that arrived while it was on its way.
+let statusEvents = 0;
+const lastStatus = new Map<string, { seq: number; status: Status; requests: number }>();
+
+function freshen(t: TunnelView, since: number): TunnelView {
+  const live = lastStatus.get(t.id);
+  if (live && live.seq > since) {
+    t.status = live.status;
+    t.requests = live.requests;
+  }
+  return t;
+}
+
 export async function refreshTunnels(): Promise<void> {
-  ui.tunnels = await api.listTunnels();
+  const since = statusEvents;
+  ui.tunnels = (await api.listTunnels()).map((t) => freshen(t, since));
+  for (const [id, live] of lastStatus) {
+    if (live.seq <= since && !ui.tunnels.some((t) => t.id === id)) lastStatus.delete(id);
+  }
   if (ui.selected && !ui.tunnels.some((t) => t.id === ui.selected)) {
     ui.selected = null;
     ui.detail = null;
@@ -59,17 +78,22 @@ export async function showDetail(exchange: number): Promise<void> {
   changed("traffic");
 }
 
-export function upsertTunnel(t: TunnelView): void {
+/** Runs a command that answers with one tunnel and puts its answer in the list. */
+export async function upsertTunnel(call: () => Promise<TunnelView>): Promise<TunnelView> {
+  const since = statusEvents;
+  const t = freshen(await call(), since);
   const i = ui.tunnels.findIndex((x) => x.id === t.id);
   if (i >= 0) ui.tunnels[i] = t;
   else ui.tunnels.push(t);
   changed("tunnels");
+  return t;
 }
 
 export async function start(): Promise<void> {
   await api.onTunnelEvent((e) => {
     const t = ui.tunnels.find((x) => x.id === e.tunnelId);
     if (e.type === "status") {
+      lastStatus.set(e.tunnelId, { seq: ++statusEvents, ...e.state });
       if (t) {
         t.status = e.state.status;
         t.requests = e.state.requests;

@@ -296,6 +296,9 @@ async function main() {
     console.log("e2e: ok");
   } catch (e) {
     await driver.shot("../../target/e2e-failure.png").catch(() => {});
+    // What the window said, for a CI log that has no screenshot.
+    const text = await driver.js("return document.body.innerText").catch((err) => `(unreadable: ${err})`);
+    console.error(`--- window text at the failure ---\n${text}\n---`);
     throw e;
   } finally {
     await driver.quit();

@@ -53,6 +53,16 @@ function view(input: TunnelInput, id: string): TunnelView {
   };
 }
 
+// Races the real app can meet. `?slow-servers`: the server list only answers once
+// `__fake.releaseServers()` is called. `__fake.race.expose`: the next expose answers with a
+// snapshot taken while the tunnel was still connecting, after the newer "online" event.
+const race = { expose: false };
+let releaseServers: () => void = () => {};
+const serversLoaded = new URLSearchParams(location.search).has("slow-servers")
+  ? new Promise<void>((r) => (releaseServers = r))
+  : Promise.resolve();
+const tick = () => new Promise((r) => setTimeout(r, 50));
+
 // Like the real IPC, every answer is a fresh copy (JSON), never a shared object.
 const wire = (v: unknown) => (v === undefined ? null : JSON.parse(JSON.stringify(v)));
 
@@ -61,7 +71,7 @@ mockIPC(
   { shouldMockEvents: true },
 );
 
-function backend(cmd: string, raw: unknown): unknown {
+async function backend(cmd: string, raw: unknown): Promise<unknown> {
   {
     const args = (raw ?? {}) as Record<string, any>;
     calls.push({ cmd, args });
@@ -69,6 +79,7 @@ function backend(cmd: string, raw: unknown): unknown {
       case "app_info":
         return { builtinServerUrl: `http://localhost:${PORT}`, warnings: [], trafficCap: 500 };
       case "list_servers":
+        await serversLoaded;
         return servers;
       case "list_tunnels":
         return tunnels;
@@ -78,6 +89,13 @@ function backend(cmd: string, raw: unknown): unknown {
         if (input.subdomain === "taken") return reject("invalid", "that name is taken", "subdomain");
         const t = view(input, String(nextId++));
         tunnels.push(t);
+        if (race.expose) {
+          race.expose = false;
+          const stale = wire({ ...t, status: { state: "connecting" } });
+          setStatus(t.id, t.status);
+          await tick();
+          return stale;
+        }
         return t;
       }
       case "update_tunnel": {
@@ -117,6 +135,6 @@ function backend(cmd: string, raw: unknown): unknown {
 }
 
 mockWindows("main");
-(window as any).__fake = { calls, tunnels, addTraffic, setStatus };
+(window as any).__fake = { calls, tunnels, addTraffic, setStatus, race, releaseServers: () => releaseServers() };
 await import("../src/main");
 (window as any).__ready = true;

@@ -132,6 +132,26 @@ test("expose starts, saves and shows the URL; list shows the tunnel", async () =
   assert.ok(cmds.includes("delete_tunnel"));
 });
 
+test("an answer older than a status event does not undo it", async () => {
+  await page.evaluate(() => (window.__fake.race.expose = true));
+  await exposeDemo("late");
+  assert.equal(await page.textContent(tid("result-url")), "http://late.localhost:7070");
+  await page.click(tid("cancel"));
+  assert.equal(await page.textContent(tid("tunnel-status")), "online");
+});
+
+test("the expose form gets its servers even when they load after it opens", async () => {
+  await page.goto(`${base}/tests/harness.html?slow-servers`);
+  await page.waitForFunction(() => window.__ready === true);
+  await page.click(tid("expose"));
+  assert.equal(await page.locator(`${tid("server")} option`).count(), 0);
+  await page.fill(tid("port"), "3000");
+  await page.evaluate(() => window.__fake.releaseServers());
+  await page.waitForFunction(() => document.querySelector('[data-testid="server"]').value === "local");
+  await page.click(tid("submit"));
+  await page.waitForSelector(tid("result-url"));
+});
+
 test("traffic table: live rows, count, filter, detail, replay, and wire data as text", async () => {
   await exposeDemo();
   await page.click(tid("cancel"));

@@ -11,7 +11,16 @@ export function mountExpose(el: HTMLElement): void {
   modal = el;
 }
 
+/** Refills the open form's server choices; see `refreshServerChoices`. */
+let fillServers: () => void = () => {};
+
+/** Called when the saved servers change. */
+export function refreshServerChoices(): void {
+  if (!modal.hidden) fillServers();
+}
+
 function close(): void {
+  fillServers = () => {};
   replace(modal);
   modal.hidden = true;
 }
@@ -38,13 +47,16 @@ export function openExposeForm(editing?: TunnelView): void {
     autocomplete: "off",
     value: editing?.localHost ?? "localhost",
   });
-  const server = h(
-    "select",
-    { id: "f-server", "data-testid": "server" },
-    ui.servers.map((s) =>
-      h("option", { value: s.id, selected: editing ? editing.serverId === s.id : s.builtin }, `${s.name} (${s.url})`),
-    ),
-  );
+  const server = h("select", { id: "f-server", "data-testid": "server" });
+  // The servers may still be loading when the form opens, or change while it is open.
+  fillServers = () => {
+    const chosen = server.value || (editing ? editing.serverId : ui.servers.find((s) => s.builtin)?.id);
+    replace(
+      server,
+      ui.servers.map((s) => h("option", { value: s.id, selected: s.id === chosen }, `${s.name} (${s.url})`)),
+    );
+  };
+  fillServers();
   const onLaunch = h("input", {
     id: "f-launch",
     type: "checkbox",
@@ -118,11 +130,11 @@ export function openExposeForm(editing?: TunnelView): void {
       localPort: ok.port,
       startOnLaunch: onLaunch.checked,
     };
-    (editing ? api.updateTunnel(editing.id, input) : api.expose(input))
+    upsertTunnel(() => (editing ? api.updateTunnel(editing.id, input) : api.expose(input)))
       .then(async (t) => {
-        upsertTunnel(t);
         await select(t.id);
-        showResult(result, t);
+        // Status events may have come in while the traffic loaded.
+        showResult(result, ui.tunnels.find((x) => x.id === t.id) ?? t);
         if (editing) close();
       })
       .catch((e) => {

@@ -103,7 +103,7 @@ function card(t: TunnelView): HTMLElement {
           class: running ? "" : "primary",
           "data-testid": "toggle",
           onclick: act(async () => {
-            upsertTunnel(running ? await api.stopTunnel(t.id) : await api.startTunnel(t.id));
+            await upsertTunnel(() => (running ? api.stopTunnel(t.id) : api.startTunnel(t.id)));
           }),
         },
         running ? "Stop" : "Start",
