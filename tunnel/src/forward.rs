@@ -69,6 +69,13 @@ const MAX_IDLE: usize = 64;
 /// lost; a new connection to localhost costs far less than that risk.
 const MAX_IDLE_AGE: Duration = Duration::from_secs(4);
 
+/// A request sent on a connection that sat idle at least this long may be sent again, on a new
+/// connection, if that one fails before answering: the local service was closing it just as the
+/// request went out (gunicorn closes idle connections after 2 s, uvicorn after 5). Only requests
+/// that are safe to repeat (RFC 9110 §9.2.2) and have no body; only connections that idled this
+/// long pay for the copy this takes.
+const RESEND_AFTER_IDLE: Duration = Duration::from_millis(500);
+
 /// Connections to the local service that are open and idle, most recently used last.
 ///
 /// A request takes one (or opens one), drives it from its own task while the response comes
@@ -77,6 +84,8 @@ const MAX_IDLE_AGE: Duration = Duration::from_secs(4);
 struct Idle {
     conns: Mutex<Vec<(DrivenConn, Instant)>>,
     max_age: Duration,
+    /// See [`RESEND_AFTER_IDLE`].
+    resend_after: Duration,
 }
 
 impl Idle {
@@ -84,15 +93,18 @@ impl Idle {
         Self {
             conns: Mutex::new(Vec::new()),
             max_age,
+            resend_after: RESEND_AFTER_IDLE,
         }
     }
 
-    /// The most recently used idle connection that is still open and young enough.
-    fn take(&self) -> Option<DrivenConn> {
+    /// The most recently used idle connection that is still open and young enough, and how long
+    /// it has been idle.
+    fn take(&self) -> Option<(DrivenConn, Duration)> {
         let mut idle = self.conns.lock().unwrap_or_else(|p| p.into_inner());
         while let Some((mut conn, since)) = idle.pop() {
-            if since.elapsed() < self.max_age && conn.is_idle() {
-                return Some(conn);
+            let idled = since.elapsed();
+            if idled < self.max_age && conn.is_idle() {
+                return Some((conn, idled));
             }
         }
         None
@@ -118,6 +130,24 @@ impl Idle {
             });
         }
     }
+}
+
+/// A copy of `req` to send again if it is lost, when that is safe: an idempotent method and no
+/// body. (Extensions are not copied; nothing on this path uses them.)
+fn repeatable(req: &Request<Body>) -> Option<Request<Body>> {
+    let safe = matches!(
+        *req.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    );
+    if !safe || !http_body::Body::is_end_stream(req.body()) {
+        return None;
+    }
+    let mut copy = Request::new(http_util::empty());
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    Some(copy)
 }
 
 /// Forwards requests to the local service and records them.
@@ -286,19 +316,28 @@ impl Forwarder {
     async fn send(
         &self,
         mut req: Request<Body>,
-        reuse: bool,
+        mut reuse: bool,
     ) -> Result<(Response<Incoming>, DrivenConn), BoxError> {
         loop {
-            let (mut conn, reused) = match reuse.then(|| self.idle.take()).flatten() {
-                Some(conn) => (conn, true),
-                None => (self.connect().await?, false),
+            let (mut conn, idled) = match reuse.then(|| self.idle.take()).flatten() {
+                Some((conn, idled)) => (conn, Some(idled)),
+                None => (self.connect().await?, None),
             };
+            let again = idled
+                .filter(|d| *d >= self.idle.resend_after)
+                .and_then(|_| repeatable(&req));
             match conn.send(req).await {
                 Ok(resp) => return Ok((resp, conn)),
-                Err(mut e) => match e.take_message() {
+                Err(mut e) => match (e.take_message(), again) {
                     // An idle connection the local service closed just now: the request was
                     // not sent, so it goes out on another.
-                    Some(unsent) if reused => req = unsent,
+                    (Some(unsent), _) if idled.is_some() => req = unsent,
+                    // Sent, but the connection closed under it: once more on a new one.
+                    (None, Some(copy)) => {
+                        tracing::debug!(e = %e.error(), "idle local connection closed under a request; sending it again");
+                        req = copy;
+                        reuse = false;
+                    }
                     _ => return Err(e.into_error().into()),
                 },
             }
@@ -358,6 +397,101 @@ mod tests {
     async fn conn() -> (DrivenConn, tokio::io::DuplexStream) {
         let (io, peer) = tokio::io::duplex(1024);
         (DrivenConn::handshake(io).await.unwrap(), peer)
+    }
+
+    /// A local service whose every connection answers its first request and then, as if its
+    /// keep-alive timeout struck just then, closes on the second without answering. Returns the
+    /// address and a log of (connection, request line).
+    async fn closes_on_second_request() -> (std::net::SocketAddr, Arc<Mutex<Vec<(usize, String)>>>)
+    {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let seen = log.clone();
+        tokio::spawn(async move {
+            for n in 0.. {
+                let (sock, _) = listener.accept().await.unwrap();
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let mut sock = BufReader::new(sock);
+                    for answer in [true, false] {
+                        let mut head = String::new();
+                        loop {
+                            let mut line = String::new();
+                            if sock.read_line(&mut line).await.unwrap_or(0) == 0 {
+                                return;
+                            }
+                            if line == "\r\n" {
+                                break;
+                            }
+                            head.push_str(&line);
+                        }
+                        let first = head.lines().next().unwrap_or("").to_owned();
+                        seen.lock().unwrap().push((n, first));
+                        if answer {
+                            let resp = format!("HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\n{n}");
+                            sock.get_mut().write_all(resp.as_bytes()).await.unwrap();
+                        }
+                    }
+                });
+            }
+        });
+        (addr, log)
+    }
+
+    #[tokio::test]
+    async fn a_request_lost_on_a_closing_idle_connection_is_sent_again_when_safe() {
+        let (addr, log) = closes_on_second_request().await;
+        let target = LocalTarget {
+            host: "127.0.0.1".into(),
+            port: addr.port(),
+            keep_host: false,
+        };
+        let mut forwarder = Forwarder::new(target, Traffic::new(16, 1024));
+        // Every reused connection counts as long idle.
+        Arc::get_mut(&mut forwarder).unwrap().idle = Arc::new(Idle {
+            resend_after: Duration::ZERO,
+            ..Idle::new(MAX_IDLE_AGE)
+        });
+        let send = |method: Method, path: &str, body: &'static str| {
+            let req = Request::builder()
+                .method(method)
+                .uri(path)
+                .body(if body.is_empty() {
+                    http_util::empty()
+                } else {
+                    http_util::full(body)
+                })
+                .unwrap();
+            let forwarder = forwarder.clone();
+            async move {
+                let (_, resp) = forwarder.forward(req, None, None).await;
+                let status = resp.status();
+                let body = resp.into_body().collect().await.unwrap().to_bytes();
+                (status, String::from_utf8_lossy(&body).into_owned())
+            }
+        };
+
+        assert_eq!(
+            send(Method::GET, "/a", "").await,
+            (StatusCode::OK, "0".into())
+        );
+        // Lost on connection 0, which closed under it; sent again on a new one.
+        assert_eq!(
+            send(Method::GET, "/b", "").await,
+            (StatusCode::OK, "1".into())
+        );
+        // A POST may have taken effect: it is not repeated.
+        let (status, _) = send(Method::POST, "/c", "x").await;
+        assert_eq!(status, StatusCode::BAD_GATEWAY);
+        let log = log.lock().unwrap().clone();
+        let lines = |path: &str| log.iter().filter(|(_, l)| l.contains(path)).count();
+        assert_eq!(
+            (lines("/a"), lines("/b"), lines("/c")),
+            (1, 2, 1),
+            "{log:?}"
+        );
     }
 
     #[tokio::test]
