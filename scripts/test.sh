@@ -3,10 +3,12 @@
 # missing first). Everything listens on 127.0.0.1 only.
 #   1. Rust: unit and loopback integration tests of every crate, under a private D-Bus session
 #      with an unlocked gnome-keyring so the real Secret Service test runs too;
-#   2. UI: type-check + build, Vitest, Playwright in Debian's Chromium with the IPC mocked;
-#   3. E2E: the real desktop app under Xvfb via tauri-driver + WebKitWebDriver against a real
+#   2. Soak: server/examples/soak.rs, 2,000 requests through the real binaries while the client
+#      and the server are killed (skip with GGROK_SKIP_SOAK=1);
+#   3. UI: type-check + build, Vitest, Playwright in Debian's Chromium with the IPC mocked;
+#   4. E2E: the real desktop app under Xvfb via tauri-driver + WebKitWebDriver against a real
 #      ggrok-server and origin (skip with GGROK_SKIP_E2E=1);
-#   4. Fuzz: every cargo-fuzz target for FUZZ_SECONDS (20) over fuzz/corpus (skip with
+#   5. Fuzz: every cargo-fuzz target for FUZZ_SECONDS (20) over fuzz/corpus (skip with
 #      GGROK_SKIP_FUZZ=1; the corpus itself runs in step 1 either way).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,6 +28,13 @@ XDG_DATA_HOME="$keyring_home" dbus-run-session -- bash -c '
   export GGROK_TEST_SECRET_SERVICE=1
   cargo test --workspace --all-targets
 '
+
+if [ "${GGROK_SKIP_SOAK:-0}" != "1" ]; then
+  step "Fault soak: 2,000 requests while the client and the server are killed (debug build)"
+  # The binaries and the soak tool cargo test just built; bench/soak.sh runs the full soak on a
+  # release build.
+  SOAK_REQUESTS=2000 SOAK_BIN="$PWD/target/debug" target/debug/examples/soak
+fi
 
 step "UI: tsc + vite build, vitest, playwright (chromium, mocked IPC)"
 npm run test:ui
