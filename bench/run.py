@@ -740,6 +740,9 @@ class Meter:
         # CPU used on this machine by anything but the load tool, the origins and every tunnel
         # (other sessions, builds, ...): a noise indicator. Approximate (softirq time is shared).
         self.other = max(0.0, (s1 - self.s0) - (a1 - self.a0) - (k1 - self.k0)) / self.wall
+        # Share of the machine's cores left idle: under a closed-loop load (wrk) a pipeline that
+        # stalls in places leaves cores idle even though every stage is cheap.
+        self.idle = max(0.0, 1.0 - (s1 - self.s0) / (self.wall * (os.cpu_count() or 1)))
         return False
 
 
@@ -922,6 +925,8 @@ def build_table(targets: list[Target], wrk_res: dict, ws: dict, online: dict) ->
             return (f"{(srv + cli) * per:,.0f} ({srv * per:,.0f} + {cli * per:,.0f}); "
                     f"{(srv + cli) / r['wall']:.2f} cores")
         row(f"{label}: tunnel CPU µs/req (server + client); cores", cpu)
+        if key == "small":
+            row(f"{label}: machine idle under load", lambda t, key=key: f"{wrk_res[(t.name, key)]['idle']:.0%}")
         row(f"{label}: p50 / p99", lambda t, key=key: f"{fmt_ms(wrk_res[(t.name, key)]['p50_us'])} / "
                                                        f"{fmt_ms(wrk_res[(t.name, key)]['p99_us'])}")
     row("wrk errors (all HTTP rows)", lambda t: str(sum(wrk_res[(t.name, k)]["errors"] for k, *_ in WORKLOADS
@@ -1058,7 +1063,7 @@ def main() -> int:
                 with Meter(t, bench_pids) as m:
                     r = run_wrk(procs, workdir, f"{t.name} / {label}", args, t.port, path, t.host, DURATION)
                 secs = r["duration_us"] / 1e6
-                r.update(cpu=m.split, wall=m.wall, other=m.other, rps=r["requests"] / secs,
+                r.update(cpu=m.split, wall=m.wall, other=m.other, idle=m.idle, rps=r["requests"] / secs,
                          mibps=r["bytes"] / secs / 2**20,
                          errors=sum(r[k] for k in ("connect", "read", "write", "status", "timeout")))
                 wrk_res[(t.name, key)] = r
