@@ -205,19 +205,10 @@ where
     let mut close_sent = false;
     let result: Result<(), tokio_tungstenite::tungstenite::Error> = async {
         loop {
-            // Wait for work, then let every other task that is ready run first: what they write
-            // meanwhile joins this batch. When nothing else is ready this costs no time.
-            std::future::poll_fn(|cx| {
-                shared.writer.register(cx.waker());
-                let close = !close_sent && shared.close_requested.load(Ordering::SeqCst);
-                let out = shared.outbox.lock().expect("outbox lock");
-                if out.data.is_empty() && !out.ping && !out.shutdown && !close {
-                    return Poll::Pending;
-                }
-                Poll::Ready(())
-            })
-            .await;
-            tokio::task::yield_now().await;
+            // Take whatever piled up since the last send. The wake-up that brings us here waits
+            // its turn in the runtime's queue, so frames written meanwhile join the batch; a
+            // `yield_now` here to gather more would wait for the whole runtime to run dry, which
+            // under load stalls every stream in lockstep and leaves cores idle (docs/benchmarks.md).
             let batch = std::future::poll_fn(|cx| {
                 shared.writer.register(cx.waker());
                 let close = !close_sent && shared.close_requested.load(Ordering::SeqCst);
