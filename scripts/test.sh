@@ -31,8 +31,10 @@ XDG_DATA_HOME="$keyring_home" dbus-run-session -- bash -c '
 
 if [ "${GGROK_SKIP_SOAK:-0}" != "1" ]; then
   step "Fault soak: 2,000 requests while the client and the server are killed (debug build)"
-  # The binaries and the soak tool cargo test just built; bench/soak.sh runs the full soak on a
-  # release build.
+  # The binaries cargo test just built, and the soak tool (cargo test built it only as a test
+  # harness). --workspace: the features cargo test unified, so no dependency is built again.
+  # bench/soak.sh runs the full soak on a release build.
+  cargo build --workspace --examples
   SOAK_REQUESTS=2000 SOAK_BIN="$PWD/target/debug" target/debug/examples/soak
 fi
 
