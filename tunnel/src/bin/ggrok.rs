@@ -162,41 +162,77 @@ fn print_lines(
     traffic: &mut tokio::sync::broadcast::Receiver<std::sync::Arc<Exchange>>,
 ) {
     use std::io::Write;
-    let mut out = log_line(&first);
-    out.push('\n');
+    let mut out = String::new();
+    log_line(&mut out, &first);
     // Bounded by the broadcast queue; a lag is reported by the next `recv`.
     while let Ok(e) = traffic.try_recv() {
-        out.push_str(&log_line(&e));
-        out.push('\n');
+        log_line(&mut out, &e);
     }
     let _ = std::io::stdout().write_all(out.as_bytes());
 }
 
-/// `12:01:02 GET /path 200 12ms 1.2 KB` (UTC time).
-fn log_line(e: &Exchange) -> String {
+/// Appends `12:01:02 GET /path 200 12ms 1.2 KB` (UTC time) and a newline to `out`, formatted
+/// in place: a line per request is the CLI's busiest output.
+fn log_line(out: &mut String, e: &Exchange) {
+    use std::fmt::Write;
     let secs = e.started_ms / 1000 % 86_400;
-    let status = match (e.status, e.upgraded) {
-        (_, true) => "101 upgraded".to_owned(),
-        (Some(s), _) => s.to_string(),
-        (None, _) => "---".to_owned(),
-    };
-    format!(
-        "{:02}:{:02}:{:02} {} {} {} {}ms {}",
+    let _ = write!(
+        out,
+        "{:02}:{:02}:{:02} {} {} ",
         secs / 3600,
         secs / 60 % 60,
         secs % 60,
         e.method,
         e.path.escape_debug(),
-        status,
-        e.duration_ms,
-        human_bytes(e.response_body.size)
-    )
+    );
+    let _ = match (e.status, e.upgraded) {
+        (_, true) => write!(out, "101 upgraded"),
+        (Some(s), _) => write!(out, "{s}"),
+        (None, _) => write!(out, "---"),
+    };
+    let _ = write!(out, " {}ms ", e.duration_ms);
+    let _ = match e.response_body.size {
+        n if n < 1024 => writeln!(out, "{n} B"),
+        n if n < 1024 * 1024 => writeln!(out, "{:.1} KB", n as f64 / 1024.0),
+        n => writeln!(out, "{:.1} MB", n as f64 / (1024.0 * 1024.0)),
+    };
 }
 
-fn human_bytes(n: u64) -> String {
-    match n {
-        n if n < 1024 => format!("{n} B"),
-        n if n < 1024 * 1024 => format!("{:.1} KB", n as f64 / 1024.0),
-        n => format!("{:.1} MB", n as f64 / (1024.0 * 1024.0)),
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_log_line_per_exchange() {
+        let mut e = Exchange {
+            id: 1,
+            started_ms: (3600 + 2 * 60 + 3) * 1000 + 999,
+            method: "GET".into(),
+            path: "/a\nb".into(),
+            status: Some(200),
+            duration_ms: 12,
+            remote_addr: None,
+            upgraded: false,
+            request_headers: Vec::new(),
+            response_headers: Vec::new(),
+            request_body: Default::default(),
+            response_body: Default::default(),
+            error: None,
+        };
+        e.response_body.size = 1536;
+        let mut out = String::new();
+        log_line(&mut out, &e);
+        e.status = None;
+        e.response_body.size = 7;
+        log_line(&mut out, &e);
+        e.upgraded = true;
+        e.response_body.size = 3 << 20;
+        log_line(&mut out, &e);
+        assert_eq!(
+            out,
+            "01:02:03 GET /a\\nb 200 12ms 1.5 KB\n\
+             01:02:03 GET /a\\nb --- 12ms 7 B\n\
+             01:02:03 GET /a\\nb 101 upgraded 12ms 3.0 MB\n"
+        );
     }
 }
