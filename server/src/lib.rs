@@ -85,7 +85,9 @@ impl Shared {
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        let cancel = self.cancel.clone();
+        // A child token of its own: a waiting token is checked under its lock on every poll of
+        // the task, and one token shared by every connection would be a lock they all contend.
+        let cancel = self.cancel.child_token();
         tracker.spawn(async move {
             tokio::select! {
                 _ = cancel.cancelled() => {}
@@ -235,11 +237,13 @@ async fn watch_revocations(shared: Arc<Shared>, store: Arc<store::Store>) {
 }
 
 /// Who sent a request and how: what routing, forwarding headers and URLs depend on.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Visitor {
     peer: SocketAddr,
     /// The visitor's address: the peer's, or what a trusted proxy says in `X-Forwarded-For`.
     ip: std::net::IpAddr,
+    /// `ip` as text for `X-Forwarded-For`, formatted once per connection rather than per request.
+    ip_value: http::HeaderValue,
     /// Came over TLS (ours, or a trusted proxy's); decides `X-Forwarded-Proto` and URL schemes.
     secure: bool,
     /// Came through a trusted proxy, whose `X-Forwarded-For` already names the visitor.
@@ -248,9 +252,11 @@ struct Visitor {
 
 impl Visitor {
     fn direct(peer: SocketAddr, secure: bool) -> Self {
+        let ip = peer.ip().to_canonical();
         Visitor {
             peer,
-            ip: peer.ip().to_canonical(),
+            ip,
+            ip_value: ip_value(ip),
             secure,
             proxied: false,
         }
@@ -270,6 +276,7 @@ impl Visitor {
         match ip {
             Some(ip) => Visitor {
                 ip: ip.to_canonical(),
+                ip_value: ip_value(ip.to_canonical()),
                 secure,
                 proxied: true,
                 ..self
@@ -277,6 +284,10 @@ impl Visitor {
             None => Visitor { secure, ..self },
         }
     }
+}
+
+fn ip_value(ip: std::net::IpAddr) -> http::HeaderValue {
+    http::HeaderValue::try_from(ip.to_string()).expect("an IP address is a valid header value")
 }
 
 /// Completes TLS when configured (HTTP/2 or HTTP/1.1 by ALPN), then serves HTTP.
@@ -304,13 +315,15 @@ where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let timeout = shared.config.header_read_timeout;
-    let draining = shared.draining.clone();
+    let draining = shared.draining.child_token(); // see `spawn_on`
+    let peer = visitor.peer;
     // Requests on one visitor connection come one after another, so they can share one stream.
     // (HTTP/2 requests are concurrent: each opens its own.)
     let upstream = Arc::new(proxy::Upstream::default());
     let service = hyper::service::service_fn(move |req| {
         let shared = shared.clone();
         let upstream = (!h2).then(|| upstream.clone());
+        let visitor = visitor.clone();
         async move { Ok::<_, Infallible>(route(shared, visitor, upstream.as_ref(), req).await) }
     });
     let result = if h2 {
@@ -331,7 +344,7 @@ where
         until_drained(conn, &draining, |c| c.graceful_shutdown()).await
     };
     if let Err(e) = result {
-        debug!(%e, peer = %visitor.peer, "connection ended with an error");
+        debug!(%e, %peer, "connection ended with an error");
     }
 }
 
@@ -473,7 +486,12 @@ async fn route(
         .iter()
         .map(|(k, v)| k.as_str().len() + v.len() + 4)
         .sum();
-    if head + req.uri().to_string().len() > MAX_HEAD {
+    let uri = req.uri();
+    // The target's length as sent (`Uri`'s `Display`), without formatting it.
+    let target = uri.scheme_str().map_or(0, |s| s.len() + 3)
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.path_and_query().map_or(0, |p| p.as_str().len());
+    if head + target > MAX_HEAD {
         let message = format!("Request headers over {} KiB are refused.", MAX_HEAD / 1024);
         return ggrok_error(
             &shared,
@@ -496,8 +514,7 @@ async fn route(
                     json,
                 );
             }
-            let name = name.to_owned();
-            proxy::forward(&shared, visitor, &name, upstream, req).await
+            proxy::forward(&shared, visitor, name, upstream, req, json).await
         }
         Route::Apex => match req.uri().path() {
             CONNECT_PATH => connect::accept(&shared, visitor, req),

@@ -15,10 +15,10 @@ use bytes::Bytes;
 
 use ggrok_tunnel::{
     driven::{DrivenBody, DrivenConn},
-    http_util::{self, boxed, is_upgrade, strip_hop_by_hop, wants_json, Body, BoxError, PageKind},
+    http_util::{self, boxed, is_upgrade, strip_hop_by_hop, Body, BoxError, PageKind},
     protocol::HEADER_ERROR,
 };
-use http::{header, HeaderValue, Request, Response, StatusCode};
+use http::{header, HeaderName, HeaderValue, Request, Response, StatusCode};
 use hyper::body::{Frame, Incoming};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
@@ -85,17 +85,10 @@ pub(crate) async fn forward(
     name: &str,
     upstream: Option<&Arc<Upstream>>,
     mut req: Request<Incoming>,
+    json: bool,
 ) -> Response<Body> {
-    let json = wants_json(req.headers());
     let started = Instant::now();
-    let Some(crate::registry::Route {
-        session,
-        control,
-        policy,
-        ended,
-        metrics,
-    }) = shared.registry.route_when_ready(name, SESSION_START).await
-    else {
+    let Some(route) = shared.registry.route_when_ready(name, SESSION_START).await else {
         if shared.registry.is_held(name) {
             let message = format!(
                 "The tunnel {name} is reconnecting: its client dropped and has not come back yet. \
@@ -121,6 +114,14 @@ pub(crate) async fn forward(
             json,
         );
     };
+    let crate::registry::Route {
+        session,
+        control,
+        policy,
+        ended,
+        metrics,
+        ..
+    } = &*route;
     if let Some(refused) = policy.check(name, visitor.ip, req.headers(), json) {
         shared
             .metrics
@@ -131,7 +132,7 @@ pub(crate) async fn forward(
             });
         return refused;
     }
-    if !shared.request_limit.allow(&name.to_owned()) {
+    if !shared.request_limit.allow(&route.name) {
         let message =
             format!("The tunnel {name} gets more requests than this server allows. Slow down.");
         return crate::ggrok_error(
@@ -161,7 +162,7 @@ pub(crate) async fn forward(
     let body = IdleLimited {
         inner: metrics.count_body(true, boxed(body)),
         limit: shared.config.body_idle_timeout,
-        deadline: Box::pin(tokio::time::sleep(shared.config.body_idle_timeout)),
+        deadline: None,
         waiting: false,
         broken: broken.clone(),
     };
@@ -178,12 +179,12 @@ pub(crate) async fn forward(
         // The tunnel's password is for ggrok, not for the local service.
         parts.headers.remove(header::AUTHORIZATION);
     }
-    add_forwarded(&mut parts.headers, visitor, public_host);
+    add_forwarded(&mut parts.headers, &visitor, public_host);
     parts.uri = http_util::origin_form(parts.uri);
 
     let cached = upstream
         .and_then(|u| u.0.lock().expect("upstream lock").take())
-        .filter(|c| c.name == name && c.session == session);
+        .filter(|c| c.name == name && c.session == *session);
     let reusable = match cached {
         // Ready once the previous exchange is over.
         Some(mut c) => c.conn.ready().await.then_some(c),
@@ -191,10 +192,10 @@ pub(crate) async fn forward(
     };
     let mut stream = match reusable {
         Some(stream) => stream,
-        None => match open(control).await {
+        None => match open(control.clone()).await {
             Ok(conn) => Cached {
                 name: name.to_owned(),
-                session,
+                session: *session,
                 conn,
                 ended: ended.clone(),
             },
@@ -248,7 +249,7 @@ pub(crate) async fn forward(
             let tunnel_io = hyper::upgrade::on(&mut resp);
             // Ending with the session closes the visitor's side too, so it sees the end.
             let splice = http_util::splice_upgrades(visitor_io, tunnel_io);
-            shared.spawn(until_ended(ended, splice));
+            shared.spawn(until_ended(ended.clone(), splice));
         }
         let (parts, _) = resp.into_parts();
         return Response::from_parts(parts, http_util::empty());
@@ -275,7 +276,8 @@ pub(crate) async fn forward(
 struct IdleLimited {
     inner: Body,
     limit: std::time::Duration,
-    deadline: Pin<Box<tokio::time::Sleep>>,
+    /// Made the first time the body waits: most bodies never do (a GET's is empty).
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     /// The last poll found no data: the clock runs.
     waiting: bool,
     /// Why the body failed, if it did: the visitor's fault, not the tunnel's.
@@ -306,12 +308,18 @@ impl http_body::Body for IdleLimited {
                 Poll::Ready(frame)
             }
             Poll::Pending => {
-                if !this.waiting {
-                    this.waiting = true;
-                    let at = tokio::time::Instant::now() + this.limit;
-                    this.deadline.as_mut().reset(at);
-                }
-                ready!(this.deadline.as_mut().poll(cx));
+                let deadline = match &mut this.deadline {
+                    Some(d) if this.waiting => d,
+                    Some(d) => {
+                        d.as_mut().reset(tokio::time::Instant::now() + this.limit);
+                        d
+                    }
+                    None => this
+                        .deadline
+                        .insert(Box::pin(tokio::time::sleep(this.limit))),
+                };
+                this.waiting = true;
+                ready!(deadline.as_mut().poll(cx));
                 this.broken.store(BODY_STALLED, Ordering::SeqCst);
                 Poll::Ready(Some(Err("the request body stalled".into())))
             }
@@ -341,21 +349,25 @@ async fn open(mut control: tokio_yamux::Control) -> Result<DrivenConn, &'static 
 
 /// Adds `X-Forwarded-For/-Proto/-Host` the way common proxies do (appending to a visitor's
 /// `X-Forwarded-For` rather than trusting or discarding it).
-fn add_forwarded(h: &mut http::HeaderMap, visitor: Visitor, public_host: Option<HeaderValue>) {
-    let ip = visitor.ip.to_string();
-    let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+fn add_forwarded(h: &mut http::HeaderMap, visitor: &Visitor, public_host: Option<HeaderValue>) {
+    const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+    const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+    const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+    let xff = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         // A trusted proxy already appended the visitor; the rightmost entry is theirs.
-        Some(prev) if visitor.proxied => prev.to_owned(),
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
-        _ => ip,
+        Some(prev) if visitor.proxied => HeaderValue::try_from(prev.to_owned()).ok(),
+        Some(prev) if !prev.trim().is_empty() => {
+            HeaderValue::try_from(format!("{prev}, {}", visitor.ip)).ok()
+        }
+        _ => Some(visitor.ip_value.clone()),
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        h.insert("x-forwarded-for", v);
+    if let Some(v) = xff {
+        h.insert(X_FORWARDED_FOR, v);
     }
     let proto = if visitor.secure { "https" } else { "http" };
-    h.insert("x-forwarded-proto", HeaderValue::from_static(proto));
+    h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     if let Some(host) = public_host {
-        h.insert("x-forwarded-host", host.clone());
+        h.insert(X_FORWARDED_HOST, host.clone());
         // The client rewrites Host for the local service; it needs one to start from.
         h.insert(header::HOST, host);
     }

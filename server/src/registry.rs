@@ -8,7 +8,7 @@
 
 use std::{
     collections::HashMap,
-    sync::Mutex,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -37,13 +37,12 @@ enum Slot {
     Live {
         session: u64,
         owner: Claimant,
-        control: Option<tokio_yamux::Control>,
         cancel: CancellationToken,
         revoked: CancellationToken,
         ended: CancellationToken,
         policy: SharedPolicy,
-        /// Set with `control`, when the session is attached.
-        metrics: Option<TunnelMetrics>,
+        /// Set when the session is attached: from then on requests are routed to it.
+        route: Option<Arc<Route>>,
     },
     Held {
         owner: Claimant,
@@ -68,6 +67,8 @@ pub struct Claim {
 
 /// Where requests for a name go.
 pub struct Route {
+    /// The name routed.
+    pub name: String,
     /// The session's id.
     pub session: u64,
     /// Opens streams on the session.
@@ -195,12 +196,11 @@ impl Registry {
             Slot::Live {
                 session,
                 owner: who.clone(),
-                control: None,
                 cancel: cancel.clone(),
                 revoked: revoked.clone(),
                 ended: ended.clone(),
                 policy,
-                metrics: None,
+                route: None,
             },
         );
         Ok(Claim {
@@ -258,14 +258,21 @@ impl Registry {
         let mut st = self.slots.lock().expect("registry lock");
         if let Some(Slot::Live {
             session: s,
-            control: c,
-            metrics: m,
+            policy,
+            ended,
+            route,
             ..
         }) = st.slots.get_mut(name)
         {
             if *s == session {
-                *c = Some(control);
-                *m = Some(metrics);
+                *route = Some(Arc::new(Route {
+                    name: name.to_owned(),
+                    session,
+                    control,
+                    policy: policy.clone(),
+                    ended: ended.clone(),
+                    metrics,
+                }));
             }
         }
         drop(st);
@@ -302,7 +309,7 @@ impl Registry {
     /// Like [`Registry::route`], but a name whose session is still starting (its client already
     /// has the `101`), or that is held for a dropped client, is waited for, up to `limit`,
     /// instead of being reported missing: a client that reconnects in time loses no request.
-    pub async fn route_when_ready(&self, name: &str, limit: Duration) -> Option<Route> {
+    pub async fn route_when_ready(&self, name: &str, limit: Duration) -> Option<Arc<Route>> {
         if let Some(route) = self.route(name) {
             return Some(route);
         }
@@ -315,10 +322,8 @@ impl Registry {
             let starting = {
                 let st = self.slots.lock().expect("registry lock");
                 match st.slots.get(name) {
-                    Some(Slot::Live {
-                        control: Some(_), ..
-                    }) => false,
-                    Some(Slot::Live { control: None, .. }) => true,
+                    Some(Slot::Live { route: Some(_), .. }) => false,
+                    Some(Slot::Live { route: None, .. }) => true,
                     // Its client dropped and may be reconnecting: a short wait beats a 404.
                     Some(Slot::Held { until, .. }) if *until > Instant::now() => true,
                     _ => return None,
@@ -342,22 +347,14 @@ impl Registry {
     }
 
     /// The session serving `name`, if it is online: its id and its handle for opening streams.
-    pub fn route(&self, name: &str) -> Option<Route> {
+    ///
+    /// One `Arc` to clone per request: cloning the handles one by one (a channel sender, a
+    /// token, the metric handles) cost allocations and locks on every request.
+    pub fn route(&self, name: &str) -> Option<Arc<Route>> {
         match self.slots.lock().expect("registry lock").slots.get(name) {
             Some(Slot::Live {
-                session,
-                control: Some(c),
-                policy,
-                ended,
-                metrics: Some(metrics),
-                ..
-            }) => Some(Route {
-                session: *session,
-                control: c.clone(),
-                policy: policy.clone(),
-                ended: ended.clone(),
-                metrics: metrics.clone(),
-            }),
+                route: Some(route), ..
+            }) => Some(route.clone()),
             _ => None,
         }
     }
