@@ -7,6 +7,7 @@ use futures_util::StreamExt;
 use ggrok_tunnel::{
     http_util::{full, Body},
     protocol::{self, Refusal, RefusalKind},
+    stop::until_stopped,
     ws_io::WsIo,
 };
 use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
@@ -100,29 +101,38 @@ pub(crate) fn accept(
                 on_purpose.store(true, std::sync::atomic::Ordering::Relaxed);
                 why.to_owned()
             };
-            let reason = loop {
+            let stop = async {
                 tokio::select! {
-                    _ = claim.cancel.cancelled() => break close(
+                    _ = claim.cancel.cancelled() => (
                         protocol::CLOSE_REPLACED,
                         "replaced by a new session of the same client",
                     ),
                     // The client's reconnect is then refused for the token.
-                    _ = claim.revoked.cancelled() => break close(
+                    _ = claim.revoked.cancelled() => (
                         protocol::CLOSE_REVOKED,
                         "its token was revoked",
                     ),
                     // After the drain: clients reconnect, to this server's successor.
-                    _ = shared.cancel.cancelled() => break close(
+                    _ = shared.cancel.cancelled() => (
                         protocol::CLOSE_SHUTDOWN,
                         "the server is shutting down",
                     ),
-                    next = mux.next() => match next {
+                }
+            };
+            let serve = async {
+                loop {
+                    match mux.next().await {
                         // Clients have no reason to open streams; refuse by dropping.
                         Some(Ok(stream)) => drop(stream),
                         Some(Err(e)) => break e.to_string(),
                         None => break "closed".to_owned(),
-                    },
+                    }
                 }
+            };
+            // The session's task wakes for every batch of frames: see `until_stopped`.
+            let reason = match until_stopped(stop, serve).await {
+                Ok(reason) => reason,
+                Err((code, why)) => close(code, why),
             };
             if on_purpose.load(std::sync::atomic::Ordering::Relaxed) {
                 let drive = async { while let Some(Ok(_)) = mux.next().await {} };

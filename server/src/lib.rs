@@ -32,6 +32,7 @@ use std::{convert::Infallible, future::Future, net::SocketAddr, sync::Arc};
 use ggrok_tunnel::{
     http_util::{error_page, full, wants_json, Body, PageKind},
     protocol::CONNECT_PATH,
+    stop::until_stopped,
 };
 use http::{header, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -85,14 +86,9 @@ impl Shared {
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        // A child token of its own: a waiting token is checked under its lock on every poll of
-        // the task, and one token shared by every connection would be a lock they all contend.
-        let cancel = self.cancel.child_token();
+        let cancel = self.cancel.clone();
         tracker.spawn(async move {
-            tokio::select! {
-                _ = cancel.cancelled() => {}
-                _ = fut => {}
-            }
+            let _ = until_stopped(cancel.cancelled(), fut).await;
         });
     }
 
@@ -315,7 +311,7 @@ where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let timeout = shared.config.header_read_timeout;
-    let draining = shared.draining.child_token(); // see `spawn_on`
+    let draining = shared.draining.clone();
     let peer = visitor.peer;
     // Requests on one visitor connection come one after another, so they can share one stream.
     // (HTTP/2 requests are concurrent: each opens its own.)
@@ -358,9 +354,9 @@ async fn until_drained<C, E>(
 where
     C: Future<Output = Result<(), E>>,
 {
-    tokio::select! {
-        r = conn.as_mut() => r,
-        _ = draining.cancelled() => {
+    match until_stopped(draining.cancelled(), conn.as_mut()).await {
+        Ok(r) => r,
+        Err(()) => {
             graceful(conn.as_mut());
             conn.await
         }

@@ -17,6 +17,7 @@ use ggrok_tunnel::{
     driven::{DrivenBody, DrivenConn},
     http_util::{self, boxed, is_upgrade, strip_hop_by_hop, Body, BoxError, PageKind},
     protocol::HEADER_ERROR,
+    stop::until_stopped,
 };
 use http::{header, HeaderName, HeaderValue, Request, Response, StatusCode};
 use hyper::body::{Frame, Incoming};
@@ -73,10 +74,7 @@ impl Cached {
 
 /// Runs `work` until it finishes or the session ends, whichever comes first.
 async fn until_ended(ended: CancellationToken, work: impl Future<Output = ()>) {
-    tokio::select! {
-        _ = ended.cancelled() => {}
-        _ = work => {}
-    }
+    let _ = until_stopped(ended.cancelled(), work).await;
 }
 
 pub(crate) async fn forward(

@@ -17,6 +17,7 @@ use tracing::{debug, info, info_span, Instrument};
 use crate::{
     forward::{Forwarder, LocalTarget, ReplayError},
     protocol::{self, Heartbeat, Refusal, RefusalKind},
+    stop::until_stopped,
     traffic::{Exchange, Traffic, DEFAULT_CAPTURE_LIMIT, DEFAULT_RING_SIZE},
     ws_io::WsIo,
 };
@@ -480,36 +481,38 @@ impl Engine {
         let closing = ws.closing();
         let mut mux = tokio_yamux::Session::new_server(ws, protocol::yamux_config());
         let streams = self.cancel.child_token();
-        let reason = loop {
-            tokio::select! {
-                _ = self.cancel.cancelled() => {
-                    streams.cancel();
-                    // A WebSocket Close frame tells the server this is a stop, not a drop, so it
-                    // frees the name at once. It must go before anything else that could end
-                    // the session first (a yamux GoAway would). The session only acts while
-                    // polled: drive it until the server answers, fails (a failed session keeps
-                    // failing, never pending) or the timeout passes.
-                    closing.close();
-                    let drive = async { while let Some(Ok(_)) = mux.next().await {} };
-                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, drive).await;
-                    break "stopped".to_owned();
-                }
-                next = mux.next() => match next {
+        let accept = async {
+            loop {
+                match mux.next().await {
                     Some(Ok(stream)) => {
                         let forwarder = self.forwarder.clone();
                         let cancel = streams.clone();
                         tokio::spawn(async move {
-                            tokio::select! {
-                                _ = cancel.cancelled() => {}
-                                r = forwarder.serve(stream) => if let Err(e) = r {
-                                    debug!(%e, "stream ended with an error");
-                                }
+                            let served = until_stopped(cancel.cancelled(), forwarder.serve(stream));
+                            if let Ok(Err(e)) = served.await {
+                                debug!(%e, "stream ended with an error");
                             }
                         });
                     }
                     Some(Err(e)) => break format!("session lost: {e}"),
                     None => break "session closed by the server".to_owned(),
                 }
+            }
+        };
+        // The session's task wakes for every batch of frames: see `until_stopped`.
+        let reason = match until_stopped(self.cancel.cancelled(), accept).await {
+            Ok(reason) => reason,
+            Err(()) => {
+                streams.cancel();
+                // A WebSocket Close frame tells the server this is a stop, not a drop, so it
+                // frees the name at once. It must go before anything else that could end the
+                // session first (a yamux GoAway would). The session only acts while polled:
+                // drive it until the server answers, fails (a failed session keeps failing,
+                // never pending) or the timeout passes.
+                closing.close();
+                let drive = async { while let Some(Ok(_)) = mux.next().await {} };
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, drive).await;
+                "stopped".to_owned()
             }
         };
         // Streams of a dead session cannot finish; end them now rather than at their timeouts.

@@ -14,6 +14,7 @@
 //! - [`driven`]: HTTP/1.1 client connections driven by the task that uses them.
 //! - [`traffic`]: recorded exchanges for the log, the inspector and replay.
 //! - [`http_util`]: body type, hop-by-hop headers and ggrok's own error pages.
+//! - [`stop`]: watching a stop signal beside work that wakes often.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -24,6 +25,7 @@ pub mod forward;
 pub mod fuzzing;
 pub mod http_util;
 pub mod protocol;
+pub mod stop;
 pub mod traffic;
 pub mod ws_io;
 
