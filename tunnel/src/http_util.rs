@@ -31,8 +31,9 @@ where
     body.map_err(Into::into).boxed()
 }
 
-/// Headers that describe one hop, not the message (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [header::HeaderName; 7] = [
+/// Headers that describe one hop, not the message (RFC 9110 §7.6.1), with the two obsolete
+/// ones proxies still meet.
+const HOP_BY_HOP: [header::HeaderName; 9] = [
     header::CONNECTION,
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
@@ -40,6 +41,8 @@ const HOP_BY_HOP: [header::HeaderName; 7] = [
     header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
+    header::HeaderName::from_static("keep-alive"),
+    header::HeaderName::from_static("proxy-connection"),
 ];
 
 /// `uri` as an origin-form request target (path and query only), as the next hop gets it.
@@ -72,12 +75,7 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Most messages carry none of them: one pass over the names present is then cheaper than
     // a lookup for every hop-by-hop name. Headers named in `Connection` need a `Connection`.
-    let hop = |name: &header::HeaderName| {
-        HOP_BY_HOP.contains(name)
-            || name.as_str() == "keep-alive"
-            || name.as_str() == "proxy-connection"
-    };
-    if !headers.keys().any(hop) {
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
         return;
     }
     let upgrade = is_upgrade(headers);
@@ -96,8 +94,6 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in named.iter().chain(HOP_BY_HOP.iter()) {
         headers.remove(name);
     }
-    headers.remove("keep-alive");
-    headers.remove("proxy-connection");
     if let (true, Some(value)) = (upgrade, upgrade_value) {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, value);
