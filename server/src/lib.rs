@@ -25,6 +25,7 @@ pub mod policy;
 mod proxy;
 pub mod registry;
 pub mod settings;
+pub mod shard;
 pub mod store;
 
 use std::{convert::Infallible, future::Future, net::SocketAddr, sync::Arc};
@@ -92,6 +93,17 @@ impl Shared {
         });
     }
 
+    /// Like `spawn_on`, on the runtime of `handle`.
+    fn spawn_on_runtime<F>(&self, handle: &tokio::runtime::Handle, tracker: &TaskTracker, fut: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let cancel = self.cancel.clone();
+        handle.spawn(tracker.track_future(async move {
+            let _ = until_stopped(cancel.cancelled(), fut).await;
+        }));
+    }
+
     /// Spawns a background task that shutdown ends.
     fn spawn<F>(&self, fut: F)
     where
@@ -108,6 +120,17 @@ pub async fn run(
     listener: TcpListener,
     config: Config,
     shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    run_sharded(listener, config, shutdown, None).await
+}
+
+/// Like [`run`], with the connections served on `shards` (see [`shard`]) rather than on the
+/// calling runtime, which accepts them and runs the server's background work.
+pub async fn run_sharded(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+    shards: Option<Arc<shard::Shards>>,
 ) -> std::io::Result<()> {
     let stored = config
         .store
@@ -147,7 +170,13 @@ pub async fn run(
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
                     let conn_shared = shared.clone();
-                    shared.spawn_on(&shared.conns, accept_connection(conn_shared, stream, peer));
+                    match &shards {
+                        None => shared.spawn_on(&shared.conns, accept_connection(conn_shared, stream, peer)),
+                        Some(shards) => shared.spawn_on(
+                            &shared.conns,
+                            to_shard(conn_shared, shards.clone(), stream, peer),
+                        ),
+                    }
                 }
                 Err(e) => {
                     // Usually EMFILE: back off instead of spinning.
@@ -286,8 +315,51 @@ fn ip_value(ip: std::net::IpAddr) -> http::HeaderValue {
     http::HeaderValue::try_from(ip.to_string()).expect("an IP address is a valid header value")
 }
 
+/// Reads the start of a new connection to learn its host, then moves it (with what was read) to
+/// the shard of the tunnel it is for, or to the next shard in turn. See [`shard`].
+async fn to_shard(
+    shared: Arc<Shared>,
+    shards: Arc<shard::Shards>,
+    mut stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+) {
+    let mut head = bytes::BytesMut::with_capacity(4096);
+    let tls = shared.config.tls.is_some();
+    let sniff = shard::sniff(&mut stream, &mut head, tls);
+    // Nothing usable within the time hyper gives a head: closed, as hyper would.
+    let Ok(sniffed) = tokio::time::timeout(shared.config.header_read_timeout, sniff).await else {
+        return debug!(%peer, "connection sent no request head in time");
+    };
+    let preferred = match &sniffed {
+        shard::Sniffed::Host(host) => match classify(host, &shared.config.domain) {
+            Route::Tunnel(name) => shared.registry.route(name).and_then(|r| r.shard),
+            _ => None,
+        },
+        _ => None,
+    };
+    let std_stream = match stream.into_std() {
+        Ok(s) => s,
+        Err(e) => return debug!(%e, %peer, "cannot move a connection to its shard"),
+    };
+    let head = head.freeze();
+    let conn_shared = shared.clone();
+    let serve = async move {
+        match tokio::net::TcpStream::from_std(std_stream) {
+            Ok(stream) => {
+                let stream = shard::Prefixed::new(head, stream);
+                accept_connection(conn_shared, stream, peer).await
+            }
+            Err(e) => debug!(%e, %peer, "cannot take a connection over on its shard"),
+        }
+    };
+    shared.spawn_on_runtime(shards.handle(preferred), &shared.conns, serve);
+}
+
 /// Completes TLS when configured (HTTP/2 or HTTP/1.1 by ALPN), then serves HTTP.
-async fn accept_connection(shared: Arc<Shared>, stream: tokio::net::TcpStream, peer: SocketAddr) {
+async fn accept_connection<S>(shared: Arc<Shared>, stream: S, peer: SocketAddr)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let Some(tls) = shared.config.tls.clone() else {
         return serve_connection(shared, stream, Visitor::direct(peer, false), false).await;
     };

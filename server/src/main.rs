@@ -166,15 +166,26 @@ fn main() -> std::process::ExitCode {
         .workers
         .or_else(|| file.as_ref().ok()?.as_ref()?.workers)
         .filter(|&n| n > 0);
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = workers {
-        runtime.worker_threads(n);
-    }
-    let result = runtime
-        .enable_all()
-        .build()
-        .map_err(anyhow::Error::from)
-        .and_then(|runtime| runtime.block_on(serve(args, file)));
+    // One thread per core by default. With more than one, connections are served on shards
+    // (single-threaded runtimes, a tunnel's visitors on its session's thread) and this thread
+    // accepts them and does the background work; with one, it does everything.
+    let threads = workers.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
+    let needs_shards = threads > 1 && args.command.is_none();
+    let result = (|| {
+        let shards = if needs_shards {
+            Some(std::sync::Arc::new(ggrok_server::shard::Shards::start(
+                threads,
+            )?))
+        } else {
+            None
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(serve(args, file, shards))
+    })();
     match result {
         Ok(code) => code,
         Err(e) => {
@@ -187,6 +198,7 @@ fn main() -> std::process::ExitCode {
 async fn serve(
     args: Args,
     file: Result<Option<Settings>, ggrok_server::settings::FileError>,
+    shards: Option<std::sync::Arc<ggrok_server::shard::Shards>>,
 ) -> anyhow::Result<std::process::ExitCode> {
     let settings = match (file, &args.command) {
         (Ok(file), _) => args.settings.or(file.unwrap_or_default()),
@@ -239,7 +251,7 @@ async fn serve(
         tls = config.tls.is_some(),
         "listening"
     );
-    ggrok_server::run(listener, config, shutdown_signal()).await?;
+    ggrok_server::run_sharded(listener, config, shutdown_signal(), shards).await?;
     Ok(std::process::ExitCode::SUCCESS)
 }
 

@@ -71,6 +71,8 @@ pub struct Route {
     pub name: String,
     /// The session's id.
     pub session: u64,
+    /// The shard the session runs on, when the server runs on shards (see [`crate::shard`]).
+    pub shard: Option<usize>,
     /// Opens streams on the session.
     pub control: tokio_yamux::Control,
     /// What the tunnel requires of visitors.
@@ -268,6 +270,7 @@ impl Registry {
                 *route = Some(Arc::new(Route {
                     name: name.to_owned(),
                     session,
+                    shard: crate::shard::current(),
                     control,
                     policy: policy.clone(),
                     ended: ended.clone(),
