@@ -96,8 +96,8 @@ pub struct Settings {
     /// Seconds of silence after which a client counts as gone and its name is freed [default: 45].
     #[arg(long, env = "GGROK_HEARTBEAT_TIMEOUT")]
     pub heartbeat_timeout: Option<u64>,
-    /// Threads serving requests [default: one per CPU core]. On a box of one or two cores that
-    /// also runs other work, 1 saves the wake-ups between threads (see docs/deploy.md).
+    /// Threads serving requests [default: one per CPU core]. Each tunnel is served on the thread
+    /// of its session; tunnels spread over the threads (see docs/deploy.md, "Threads").
     #[arg(long, env = "GGROK_WORKERS")]
     pub workers: Option<usize>,
 }
