@@ -219,6 +219,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
             let n = self.prefix.len().min(buf.remaining());
             buf.put_slice(&self.prefix[..n]);
             self.prefix.advance(n);
+            if self.prefix.is_empty() {
+                // Let the read buffer go: a drained `Bytes` still holds it, for as long as the
+                // connection lives (4 KiB per idle tunnel).
+                self.prefix = Bytes::new();
+            }
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut self.inner).poll_read(cx, buf)
@@ -301,5 +306,24 @@ mod tests {
         );
         assert_eq!(sniff_client_hello(&hello[..hello.len() / 2]), Sniffed::More);
         assert_eq!(sniff_client_hello(b"GET / HTTP/1.1\r\n"), Sniffed::Unknown);
+    }
+
+    #[tokio::test]
+    async fn a_prefixed_stream_reads_its_prefix_first_then_lets_it_go() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut far, near) = tokio::io::duplex(64);
+        let mut buf = BytesMut::with_capacity(4096);
+        buf.extend_from_slice(b"GET / ");
+        let head = buf.freeze();
+        let mut s = Prefixed::new(head.clone(), near);
+        far.write_all(b"HTTP/1.1").await.unwrap();
+        drop(far);
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"GET / HTTP/1.1");
+        assert!(
+            head.is_unique(),
+            "the stream no longer holds the read buffer"
+        );
     }
 }
