@@ -50,6 +50,11 @@
 //! MiB after 32 concurrent 8 MiB transfers, whatever the request count) and growth over the
 //! baseline means a leak, not the allocator's plateau. Restarted instances are compared with
 //! that baseline too (same binary, same flags; their own first numbers are taken under load).
+//! The processes run with `MIMALLOC_PURGE_DELAY=0`, so that RSS follows live memory rather
+//! than what each thread's heap happens to keep: with the server's shards that varied by up to
+//! 45 MiB from one instance to the next (2,000-request runs: the last server instance ended
+//! 27 MiB below to 45 MiB above the first one's baseline without it, 12 below to 34 above with
+//! it).
 //!
 //! The exit status is non-zero when WRONG or HUNG is non-zero or, after the run and once the
 //! client is back online, a process exceeds its baseline by more than the tolerance: fds +4, not
@@ -711,7 +716,11 @@ impl Env {
                 c
             }
         };
-        cmd.stdin(Stdio::null())
+        // mimalloc returns freed pages to the system at once instead of after its delay, so
+        // RSS follows live memory: a restarted instance is compared with another instance's
+        // baseline, and how much each thread's heap keeps varies from instance to instance.
+        cmd.env("MIMALLOC_PURGE_DELAY", "0")
+            .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
