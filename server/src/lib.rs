@@ -87,10 +87,7 @@ impl Shared {
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        let cancel = self.cancel.clone();
-        tracker.spawn(async move {
-            let _ = until_stopped(cancel.cancelled(), fut).await;
-        });
+        self.spawn_on_runtime(&tokio::runtime::Handle::current(), tracker, fut);
     }
 
     /// Like `spawn_on`, on the runtime of `handle`.
@@ -298,10 +295,10 @@ impl Visitor {
         let ip = get("x-forwarded-for")
             .and_then(|v| v.rsplit(',').next())
             .and_then(|v| v.trim().parse::<std::net::IpAddr>().ok());
-        match ip {
+        match ip.map(|ip| ip.to_canonical()) {
             Some(ip) => Visitor {
-                ip: ip.to_canonical(),
-                ip_value: ip_value(ip.to_canonical()),
+                ip,
+                ip_value: ip_value(ip),
                 secure,
                 proxied: true,
                 ..self

@@ -80,16 +80,6 @@ impl Shards {
         Ok(shards)
     }
 
-    /// How many shards there are.
-    pub fn len(&self) -> usize {
-        self.handles.len()
-    }
-
-    /// Whether there are none (never: `start` makes at least one).
-    pub fn is_empty(&self) -> bool {
-        self.handles.is_empty()
-    }
-
     /// `preferred` if it is a shard, else the next one in turn.
     fn pick(&self, preferred: Option<usize>) -> usize {
         match preferred {
