@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # ggrok benchmark: an nginx origin served directly, through ggrok and through peer tunnels (bore,
-# rathole over WebSocket, localtunnel; sandhole on request), in one run; then many WebSockets,
+# rathole over WebSocket, localtunnel; sandhole on request, sized for the load and with its
+# default upstream pool), in one run; then many WebSockets,
 # idle tunnels and time to online. Prints one markdown table on stdout; progress on stderr.
 #
 #   bench/run.sh                  # DURATION=10 per wrk run, about 4-5 minutes plus installs and build
