@@ -25,7 +25,7 @@ use crate::{policy::Policy, registry::Claimant, Shared, Visitor};
 const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Answers a connect request: `101` and a session task, or a refusal.
-pub(crate) fn accept(
+pub(crate) async fn accept(
     shared: &Arc<Shared>,
     visitor: Visitor,
     mut req: Request<Incoming>,
@@ -38,7 +38,20 @@ pub(crate) fn accept(
         );
         return refuse(shared, peer, &refusal);
     }
-    let (who, wanted, key) = match check(shared, req.headers()) {
+    let checked = if shared.config.store.is_some() {
+        // SQLite may wait for the disk or another process's lock: not on this thread, which
+        // serves the traffic of every tunnel on its shard. Connects are rare; the copy is cheap.
+        let (checker, headers) = (shared.clone(), req.headers().clone());
+        tokio::task::spawn_blocking(move || check(&checker, &headers))
+            .await
+            .unwrap_or_else(|e| {
+                warn!(%e, "token check failed");
+                Err(store_unavailable())
+            })
+    } else {
+        check(shared, req.headers())
+    };
+    let (who, wanted, key) = match checked {
         Ok(ok) => ok,
         Err(refusal) => return refuse(shared, peer, &refusal),
     };
@@ -203,10 +216,7 @@ pub(crate) fn check(
     }
     let unavailable = |e: crate::store::StoreError| {
         warn!(%e, "token database error");
-        Refusal::new(
-            RefusalKind::Unavailable,
-            "the server cannot check tokens right now",
-        )
+        store_unavailable()
     };
     let store = shared.config.store.as_deref();
     let open = shared.config.tokens.is_open()
@@ -278,6 +288,13 @@ pub(crate) fn check(
         _ => format!("anon-{:032x}", rand::random::<u128>()),
     };
     Ok((Claimant { client_id, token }, wanted, key.to_owned()))
+}
+
+fn store_unavailable() -> Refusal {
+    Refusal::new(
+        RefusalKind::Unavailable,
+        "the server cannot check tokens right now",
+    )
 }
 
 /// The URL visitors use: the scheme and port the client itself reached the server with.

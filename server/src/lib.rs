@@ -211,28 +211,48 @@ pub async fn run_sharded(
 
 /// Ends the sessions of tokens revoked in the store (by `ggrok-server token revoke`, another
 /// process) while they are open. Polls: SQLite has no cross-process change notification, and
-/// a poll that finds the database unchanged costs one pragma.
+/// a poll that finds the database unchanged costs one pragma. Each look runs on the blocking
+/// pool, so a slow disk never holds up a thread that accepts or serves traffic.
 async fn watch_revocations(shared: Arc<Shared>, store: Arc<store::Store>) {
     let mut every = tokio::time::interval(shared.config.revocation_check);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut seen = None;
-    // One more look after a change: a connect that read the token just before the revoke may
-    // register its session just after this look.
-    let mut again = false;
+    let mut watch = RevocationWatch::default();
     loop {
         every.tick().await;
+        let (shared, store) = (shared.clone(), store.clone());
+        let look = tokio::task::spawn_blocking(move || {
+            watch.look(&shared, &store);
+            watch
+        });
+        // A look that panicked starts over: the next one checks every token again.
+        watch = look.await.unwrap_or_default();
+    }
+}
+
+/// What [`watch_revocations`] remembers between looks.
+#[derive(Debug, Default, Clone, Copy)]
+struct RevocationWatch {
+    /// The store's version when every open token was last found valid.
+    seen: Option<store::Version>,
+    /// One more look after a change: a connect that read the token just before the revoke may
+    /// register its session just after this look.
+    again: bool,
+}
+
+impl RevocationWatch {
+    fn look(&mut self, shared: &Shared, store: &store::Store) {
         let version = match store.version() {
             Ok(v) => v,
             Err(e) => {
                 warn!(%e, "cannot check the token database for revocations");
-                continue;
+                return;
             }
         };
-        let changed = seen != Some(version);
-        if !changed && !again {
-            continue;
+        let changed = self.seen != Some(version);
+        if !changed && !self.again {
+            return;
         }
-        again = changed;
+        self.again = changed;
         let mut checked = true;
         for token in shared.registry.tokens() {
             if shared.config.tokens.contains_hash(&token) {
@@ -253,7 +273,7 @@ async fn watch_revocations(shared: Arc<Shared>, store: Arc<store::Store>) {
             }
         }
         if checked {
-            seen = Some(version);
+            self.seen = Some(version);
         }
     }
 }
@@ -582,7 +602,7 @@ async fn route(
             proxy::forward(&shared, visitor, name, upstream, req, json).await
         }
         Route::Apex => match req.uri().path() {
-            CONNECT_PATH => connect::accept(&shared, visitor, req),
+            CONNECT_PATH => connect::accept(&shared, visitor, req).await,
             "/healthz" => text(StatusCode::OK, "ok\n"),
             "/metrics" => metrics_endpoint(&shared, &req),
             "/" => landing(&shared),
