@@ -364,6 +364,11 @@ async fn random_names_and_traffic_records() {
     ggrok_tunnel::protocol::validate_name(&name).unwrap();
     let mut events = t.traffic().subscribe();
     let r = get(&server, &name, "/echo?x=<img src=x onerror=alert(1)>")
+        .header("x-trace", "t-1")
+        .header(
+            "x-bytes",
+            http::HeaderValue::from_bytes(b"caf\xe9").unwrap(),
+        )
         .body("abc")
         .send()
         .await
@@ -375,12 +380,19 @@ async fn random_names_and_traffic_records() {
     assert_eq!(&e.request_body.data[..], b"abc");
     assert_eq!(&e.response_body.data[..], b"abc");
     assert_eq!(e.remote_addr.as_deref(), Some("127.0.0.1"));
+    // Headers as forwarded to the local service, and as it answered; bytes that are not
+    // UTF-8 are shown lossily.
+    assert_eq!(e.request_headers.get("X-Trace"), Some("t-1"));
+    assert_eq!(e.request_headers.get("x-bytes"), Some("caf\u{fffd}"));
+    assert_eq!(e.request_headers.get("x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(e.response_headers.get("content-length"), Some("3"));
 
-    // Replay goes to the origin again and is recorded as a new exchange.
+    // Replay goes to the origin again, with the recorded headers, as a new exchange.
     let again = t.replay(e.id).await.unwrap();
     assert_ne!(again.id, e.id);
     assert_eq!(again.status, Some(200));
     assert_eq!(&again.response_body.data[..], b"abc");
+    assert_eq!(again.request_headers.get("x-trace"), Some("t-1"));
 }
 
 #[tokio::test]

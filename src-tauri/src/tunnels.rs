@@ -9,8 +9,8 @@ use std::{
 };
 
 use ggrok_tunnel::{
-    traffic::CapturedBody, ConfigError, Exchange, LocalTarget, ReplayError, Secret, Status,
-    Traffic, Tunnel, TunnelConfig,
+    traffic::{CapturedBody, Headers},
+    ConfigError, Exchange, LocalTarget, ReplayError, Secret, Status, Traffic, Tunnel, TunnelConfig,
 };
 use serde::Serialize;
 use tokio::sync::broadcast;
@@ -112,12 +112,11 @@ pub struct BodyView {
 
 impl BodyView {
     /// Decides how `body` is shown, using the `content-type` among `headers` as a hint.
-    pub fn of(body: &CapturedBody, headers: &[(String, String)]) -> Self {
+    pub fn of(body: &CapturedBody, headers: &Headers) -> Self {
         let data = &body.data[..];
         let ctype = headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case("content-type"))
-            .map(|(_, v)| v.to_ascii_lowercase())
+            .get("content-type")
+            .map(str::to_ascii_lowercase)
             .unwrap_or_default();
         let (kind, text, cut) = if data.is_empty() {
             ("empty", String::new(), false)
@@ -174,14 +173,21 @@ pub struct Detail {
     pub response_body: BodyView,
 }
 
+/// Recorded headers as owned pairs, for the inspector's one exchange at a time.
+fn pairs(h: &Headers) -> Vec<(String, String)> {
+    h.iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
 impl From<&Exchange> for Detail {
     fn from(e: &Exchange) -> Self {
         Self {
             summary: e.into(),
             remote_addr: e.remote_addr.clone(),
             upgraded: e.upgraded,
-            request_headers: e.request_headers.clone(),
-            response_headers: e.response_headers.clone(),
+            request_headers: pairs(&e.request_headers),
+            response_headers: pairs(&e.response_headers),
             request_body: BodyView::of(&e.request_body, &e.request_headers),
             response_body: BodyView::of(&e.response_body, &e.response_headers),
         }
@@ -678,23 +684,23 @@ mod tests {
             size: d.len() as u64,
             truncated: false,
         };
-        let json = BodyView::of(&body(br#"{"a":[1,2]}"#), &[]);
+        let json = BodyView::of(&body(br#"{"a":[1,2]}"#), &Headers::default());
         assert_eq!(json.kind, "json");
         assert_eq!(json.text, "{\n  \"a\": [\n    1,\n    2\n  ]\n}");
-        let text = BodyView::of(&body(b"<img src=x onerror=alert(1)>"), &[]);
+        let text = BodyView::of(&body(b"<img src=x onerror=alert(1)>"), &Headers::default());
         assert_eq!(
             (text.kind, text.text.as_str()),
             ("text", "<img src=x onerror=alert(1)>")
         );
-        let bin = BodyView::of(&body(&[0xff, 0x00, 0x41]), &[]);
+        let bin = BodyView::of(&body(&[0xff, 0x00, 0x41]), &Headers::default());
         assert_eq!(
             (bin.kind, bin.text.as_str()),
             ("binary", "00000000  ff 00 41")
         );
         let big = vec![0xffu8; HEX_LIMIT + 10];
-        let big = BodyView::of(&body(&big), &[]);
+        let big = BodyView::of(&body(&big), &Headers::default());
         assert!(big.truncated);
         assert_eq!(big.text.lines().count(), HEX_LIMIT / 16);
-        assert_eq!(BodyView::of(&body(b""), &[]).kind, "empty");
+        assert_eq!(BodyView::of(&body(b""), &Headers::default()).kind, "empty");
     }
 }

@@ -17,7 +17,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use crate::{
     driven::{DrivenBody, DrivenConn},
     http_util::{self, boxed, error_page, is_upgrade, strip_hop_by_hop, Body, BoxError, PageKind},
-    traffic::{header_pairs, now_ms, CapturedBody, Exchange, Pending, Recorded, Side, Traffic},
+    traffic::{now_ms, CapturedBody, Exchange, Headers, Pending, Recorded, Side, Traffic},
 };
 
 /// Where requests go on the developer's machine.
@@ -239,8 +239,8 @@ impl Forwarder {
                 duration_ms: 0,
                 remote_addr: remote,
                 upgraded: false,
-                request_headers: header_pairs(&parts.headers),
-                response_headers: Vec::new(),
+                request_headers: Headers::from(&parts.headers),
+                response_headers: Headers::default(),
                 request_body: CapturedBody::default(),
                 response_body: CapturedBody::default(),
                 error: None,
@@ -278,7 +278,7 @@ impl Forwarder {
 
         pending.update(|x| {
             x.status = Some(resp.status().as_u16());
-            x.response_headers = header_pairs(resp.headers());
+            x.response_headers = Headers::from(resp.headers());
         });
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(visitor) = on_upgrade {
@@ -366,14 +366,14 @@ impl Forwarder {
         let mut builder = Request::builder()
             .method(method)
             .uri(original.path.as_str());
-        for (k, v) in &original.request_headers {
+        for (k, v) in original.request_headers.iter() {
             // Framing is recomputed for the captured body.
             if k.eq_ignore_ascii_case("content-length")
                 || k.eq_ignore_ascii_case("transfer-encoding")
             {
                 continue;
             }
-            builder = builder.header(k.as_str(), v.as_str());
+            builder = builder.header(k, v);
         }
         let body = http_util::full(Bytes::clone(&original.request_body.data));
         let req = builder

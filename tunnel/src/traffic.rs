@@ -67,9 +67,9 @@ pub struct Exchange {
     /// Whether the connection switched protocols (WebSocket).
     pub upgraded: bool,
     /// Request headers as forwarded to the local service.
-    pub request_headers: Vec<(String, String)>,
+    pub request_headers: Headers,
     /// Response headers.
-    pub response_headers: Vec<(String, String)>,
+    pub response_headers: Headers,
     /// Request body.
     pub request_body: CapturedBody,
     /// Response body.
@@ -78,18 +78,104 @@ pub struct Exchange {
     pub error: Option<String>,
 }
 
-/// Header map as text pairs; values that are not UTF-8 are shown lossily.
-pub fn header_pairs(h: &HeaderMap) -> Vec<(String, String)> {
-    h.iter()
-        .map(|(k, v)| {
-            let value = match v.to_str() {
-                // The usual case, checked faster than the lossy conversion would.
-                Ok(text) => text.to_owned(),
-                Err(_) => String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            };
-            (k.as_str().to_owned(), value)
+/// Recorded headers, in order, as text: values that are not UTF-8 are kept lossily.
+///
+/// Every request records two header maps, so they are stored in one string and one list of
+/// offsets, two allocations whatever the number of headers (a `String` per name and value was
+/// about a twelfth of the client's work per small request). A copy, not the `HeaderMap`
+/// itself: its values share the connection's read buffer, which the ring would keep alive.
+/// Serializes as a list of `[name, value]` pairs.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Headers {
+    text: String,
+    /// For each header, where its name ends and where its value ends in `text`.
+    ends: Vec<(u32, u32)>,
+}
+
+impl Headers {
+    /// A copy of `h`, in its iteration order.
+    pub fn from_map(h: &HeaderMap) -> Self {
+        let size = h.iter().map(|(k, v)| k.as_str().len() + v.len()).sum();
+        let mut out = Self {
+            text: String::with_capacity(size),
+            ends: Vec::with_capacity(h.len()),
+        };
+        for (k, v) in h {
+            match v.to_str() {
+                // The usual case, checked faster than the lossy conversion would (measured:
+                // `str::from_utf8` is slower on values this short).
+                Ok(text) => out.push(k.as_str(), text),
+                Err(_) => out.push(k.as_str(), &String::from_utf8_lossy(v.as_bytes())),
+            }
+        }
+        out
+    }
+
+    /// Adds one header.
+    pub fn push(&mut self, name: &str, value: &str) {
+        // Every parser in the path bounds a head far below 4 GiB.
+        let end = |t: &str| u32::try_from(t.len()).expect("headers under 4 GiB");
+        self.text.push_str(name);
+        let name_end = end(&self.text);
+        self.text.push_str(value);
+        self.ends.push((name_end, end(&self.text)));
+    }
+
+    /// `(name, value)` pairs in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
+        let mut start = 0;
+        self.ends.iter().map(move |&(name_end, value_end)| {
+            let (name_end, value_end) = (name_end as usize, value_end as usize);
+            let pair = (&self.text[start..name_end], &self.text[name_end..value_end]);
+            start = value_end;
+            pair
         })
-        .collect()
+    }
+
+    /// The first value of `name` (case-insensitive).
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    }
+
+    /// Number of headers.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+}
+
+impl From<&HeaderMap> for Headers {
+    fn from(h: &HeaderMap) -> Self {
+        Self::from_map(h)
+    }
+}
+
+impl<'a> FromIterator<(&'a str, &'a str)> for Headers {
+    fn from_iter<I: IntoIterator<Item = (&'a str, &'a str)>>(pairs: I) -> Self {
+        let mut out = Self::default();
+        for (k, v) in pairs {
+            out.push(k, v);
+        }
+        out
+    }
+}
+
+impl std::fmt::Debug for Headers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+impl Serialize for Headers {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.iter())
+    }
 }
 
 /// Where exchanges go: a broadcast for live consumers and a bounded ring for inspection.
@@ -349,8 +435,8 @@ mod tests {
             duration_ms: 0,
             remote_addr: None,
             upgraded: false,
-            request_headers: vec![],
-            response_headers: vec![],
+            request_headers: Headers::default(),
+            response_headers: Headers::default(),
             request_body: CapturedBody::default(),
             response_body: CapturedBody::default(),
             error: None,
@@ -387,5 +473,48 @@ mod tests {
         assert!(e.response_body.truncated);
         pending.finish();
         assert!(rx.try_recv().is_err(), "published twice");
+    }
+
+    #[test]
+    fn headers_keep_order_repeats_and_text() {
+        let mut h = HeaderMap::new();
+        h.insert("content-type", "text/plain".parse().unwrap());
+        h.append("set-cookie", "a=1".parse().unwrap());
+        h.append("set-cookie", "b=2".parse().unwrap());
+        h.insert("x-empty", http::HeaderValue::from_static(""));
+        h.insert(
+            "x-bytes",
+            http::HeaderValue::from_bytes(b"caf\xe9").unwrap(),
+        );
+        h.insert(
+            "x-utf8",
+            http::HeaderValue::from_bytes("café".as_bytes()).unwrap(),
+        );
+        let recorded = Headers::from(&h);
+        let pairs: Vec<_> = recorded.iter().collect();
+        assert_eq!(
+            pairs,
+            [
+                ("content-type", "text/plain"),
+                ("set-cookie", "a=1"),
+                ("set-cookie", "b=2"),
+                ("x-empty", ""),
+                ("x-bytes", "caf\u{fffd}"),
+                ("x-utf8", "café"),
+            ]
+        );
+        assert_eq!(recorded.len(), 6);
+        assert_eq!(recorded.get("Content-Type"), Some("text/plain"));
+        assert_eq!(recorded.get("set-cookie"), Some("a=1"));
+        assert_eq!(recorded.get("missing"), None);
+        assert_eq!(
+            serde_json::to_string(&recorded).unwrap(),
+            "[[\"content-type\",\"text/plain\"],[\"set-cookie\",\"a=1\"],[\"set-cookie\",\"b=2\"],\
+             [\"x-empty\",\"\"],[\"x-bytes\",\"caf\u{fffd}\"],[\"x-utf8\",\"café\"]]"
+        );
+        assert_eq!(format!("{:?}", Headers::default()), "[]");
+        assert!(Headers::default().is_empty());
+        let rebuilt: Headers = recorded.iter().collect();
+        assert_eq!(rebuilt, recorded);
     }
 }
