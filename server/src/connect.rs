@@ -38,18 +38,17 @@ pub(crate) async fn accept(
         );
         return refuse(shared, peer, &refusal);
     }
-    let checked = if shared.config.store.is_some() {
+    let checked = match &shared.store_thread {
         // SQLite may wait for the disk or another process's lock: not on this thread, which
         // serves the traffic of every tunnel on its shard. Connects are rare; the copy is cheap.
-        let (checker, headers) = (shared.clone(), req.headers().clone());
-        tokio::task::spawn_blocking(move || check(&checker, &headers))
-            .await
-            .unwrap_or_else(|e| {
-                warn!(%e, "token check failed");
-                Err(store_unavailable())
-            })
-    } else {
-        check(shared, req.headers())
+        Some(thread) => {
+            let (checker, headers) = (shared.clone(), req.headers().clone());
+            thread
+                .run(move || check(&checker, &headers))
+                .await
+                .unwrap_or_else(|| Err(store_unavailable()))
+        }
+        None => check(shared, req.headers()),
     };
     let (who, wanted, key) = match checked {
         Ok(ok) => ok,

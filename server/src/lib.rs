@@ -64,11 +64,18 @@ struct Shared {
     conns: TaskTracker,
     /// Sessions, tunnel streams and upgraded connections.
     tasks: TaskTracker,
+    /// Where SQLite is called while serving (token checks, revocation looks), when there is a
+    /// store: never on a thread that serves traffic.
+    store_thread: Option<store::StoreThread>,
 }
 
 impl Shared {
     /// The state of a server with `config`, before it serves anything.
     fn new(config: Config) -> Self {
+        let store_thread = config
+            .store
+            .as_ref()
+            .map(|_| store::StoreThread::start().expect("cannot start the store's thread"));
         Self {
             registry: registry::Registry::new(config.reconnect_grace),
             metrics: metrics::Metrics::default(),
@@ -79,6 +86,7 @@ impl Shared {
             cancel: CancellationToken::new(),
             conns: TaskTracker::new(),
             tasks: TaskTracker::new(),
+            store_thread,
         }
     }
 
@@ -147,8 +155,9 @@ pub async fn run_sharded(
                 || matches!(classify(name, domain), Route::Tunnel(sub) if routable.registry.route(sub).is_some())
         }));
     }
-    if let Some(store) = shared.config.store.clone() {
-        shared.spawn(watch_revocations(shared.clone(), store));
+    if let (Some(store), Some(thread)) = (shared.config.store.clone(), shared.store_thread.clone())
+    {
+        shared.spawn(watch_revocations(shared.clone(), store, thread));
     }
     let sweeper = shared.clone();
     shared.spawn(async move {
@@ -211,16 +220,20 @@ pub async fn run_sharded(
 
 /// Ends the sessions of tokens revoked in the store (by `ggrok-server token revoke`, another
 /// process) while they are open. Polls: SQLite has no cross-process change notification, and
-/// a poll that finds the database unchanged costs one pragma. Each look runs on the blocking
-/// pool, so a slow disk never holds up a thread that accepts or serves traffic.
-async fn watch_revocations(shared: Arc<Shared>, store: Arc<store::Store>) {
+/// a poll that finds the database unchanged costs one pragma. Each look runs on the store's
+/// thread, so a slow disk never holds up a thread that accepts or serves traffic.
+async fn watch_revocations(
+    shared: Arc<Shared>,
+    store: Arc<store::Store>,
+    thread: store::StoreThread,
+) {
     let mut every = tokio::time::interval(shared.config.revocation_check);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut watch = RevocationWatch::default();
     loop {
         every.tick().await;
         let (shared, store) = (shared.clone(), store.clone());
-        let look = tokio::task::spawn_blocking(move || {
+        let look = thread.run(move || {
             watch.look(&shared, &store);
             watch
         });
