@@ -314,7 +314,7 @@ const QUEUE: usize = 1024;
 ///
 /// A query may wait on the disk or, for up to the busy timeout, on another process's lock; on
 /// a shard that would stall every tunnel served there. tokio's blocking pool would do it, but
-/// a burst of connects starts a thread for each at once (180 for 10,000 tunnels connecting
+/// a burst of connects starts a thread for each at once (183 for 10,000 tunnels connecting
 /// 200 at a time), and what those threads allocate for sessions that outlive them stays
 /// scattered over their abandoned allocator heaps: +3 KiB of server RSS per idle tunnel. One
 /// thread costs no more, as the connection is behind one lock anyway.

@@ -92,9 +92,9 @@ pub struct Headers {
     ends: Vec<(u32, u32)>,
 }
 
-impl Headers {
+impl From<&HeaderMap> for Headers {
     /// A copy of `h`, in its iteration order.
-    pub fn from_map(h: &HeaderMap) -> Self {
+    fn from(h: &HeaderMap) -> Self {
         let size = h.iter().map(|(k, v)| k.as_str().len() + v.len()).sum();
         let mut out = Self {
             text: String::with_capacity(size),
@@ -110,7 +110,9 @@ impl Headers {
         }
         out
     }
+}
 
+impl Headers {
     /// Adds one header.
     pub fn push(&mut self, name: &str, value: &str) {
         // Every parser in the path bounds a head far below 4 GiB.
@@ -147,12 +149,6 @@ impl Headers {
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
         self.ends.is_empty()
-    }
-}
-
-impl From<&HeaderMap> for Headers {
-    fn from(h: &HeaderMap) -> Self {
-        Self::from_map(h)
     }
 }
 
