@@ -12,7 +12,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 CORPUS = os.path.join(HERE, "corpus")
 
 # frames: mode byte, then records [tag u8][len u16 LE][payload].
-WS_IO, CLIENT, SERVER = 0, 1, 2
+MUX, CLIENT, SERVER = 0, 1, 2
 BINARY, TEXT, PING, PONG, CLOSE, FRAME, RAW, BIG, SETTLE = range(9)
 MAX_MESSAGE = 1024 * 1024
 
@@ -25,75 +25,89 @@ def big(n):
     return rec(BIG, struct.pack("<I", n))
 
 
-# yamux (hashicorp spec): version, type, flags, stream id, length, all big-endian.
-DATA, WINDOW_UPDATE, YPING, GO_AWAY = range(4)
-SYN, ACK, FIN, RST = 1, 2, 4, 8
+# Multiplexer frames (tunnel/src/protocol.rs): type, flags, stream id, length, big-endian.
+DATA, OPEN, HEADERS, RESET, WINDOW = range(5)
+FIN, TRAILERS = 1, 2
 
 
-def yamux(typ, flags, stream, length, data=b""):
-    return struct.pack(">BBHII", 0, typ, flags, stream, length) + data
+def frame(typ, flags, stream, data=b"", length=None):
+    n = len(data) if length is None else length
+    return struct.pack(">BBII", typ, flags, stream, n) + data
 
 
-def ydata(stream, data, flags=0):
-    return yamux(DATA, flags, stream, len(data), data)
+def headers(pairs):
+    out = struct.pack(">H", len(pairs))
+    for k, v in pairs:
+        out += struct.pack(">H", len(k)) + k + struct.pack(">I", len(v)) + v
+    return out
 
 
-GET = (b"GET /hello?x=1 HTTP/1.1\r\nhost: app.tunnel.example.com\r\n"
-       b"x-forwarded-for: 203.0.113.5\r\nx-forwarded-proto: https\r\n\r\n")
-POST = (b"POST /api HTTP/1.1\r\nhost: app.tunnel.example.com\r\n"
-        b"connection: keep-alive, x-secret\r\nx-secret: 1\r\nkeep-alive: timeout=5\r\n"
-        b"transfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
-UPGRADE = (b"GET /ws HTTP/1.1\r\nhost: app.tunnel.example.com\r\nconnection: Upgrade\r\n"
-           b"upgrade: websocket\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-           b"sec-websocket-version: 13\r\n\r\n")
+def request(method, target, pairs):
+    return (bytes([1, len(method)]) + method + struct.pack(">I", len(target)) + target
+            + headers(pairs))
+
+
+def response(status, pairs):
+    return struct.pack(">H", status) + headers(pairs)
+
+
+HOST = [(b"host", b"app.tunnel.example.com"), (b"x-forwarded-for", b"203.0.113.5"),
+        (b"x-forwarded-proto", b"https")]
+GET = request(b"GET", b"/hello?x=1", HOST)
+POST = request(b"POST", b"/api", HOST + [(b"content-length", b"5")])
+UPGRADE = request(b"GET", b"/ws", HOST + [(b"connection", b"upgrade"), (b"upgrade", b"websocket"),
+                                          (b"sec-websocket-key", b"dGhlIHNhbXBsZSBub25jZQ=="),
+                                          (b"sec-websocket-version", b"13")])
 
 frames = {
-    # WsIo against its model.
-    "ws-binaries": bytes([WS_IO]) + rec(BINARY, b"hello") + rec(PING, b"p") + rec(BINARY, b"")
-    + rec(BINARY, b" world") + rec(PONG),
-    "ws-close": bytes([WS_IO]) + rec(BINARY, b"abc") + rec(CLOSE) + rec(BINARY, b"after"),
-    "ws-text": bytes([WS_IO]) + rec(BINARY, b"x") + rec(TEXT, b"hi"),
-    "ws-largest-message": bytes([WS_IO]) + big(MAX_MESSAGE) + rec(BINARY, b"!"),
-    "ws-oversized-message": bytes([WS_IO]) + rec(BINARY, b"a") + big(MAX_MESSAGE + 1),
-    "ws-fragmented": bytes([WS_IO]) + rec(FRAME, b"\x02\x00ab") + rec(PING)
-    + rec(FRAME, b"\x80\x00cd"),
-    "ws-masked-by-server": bytes([WS_IO]) + rec(FRAME, b"\x82\x01masked"),
-    "ws-reserved-bits": bytes([WS_IO]) + rec(FRAME, b"\xf2\x00rsv"),
-    "ws-raw-truncated-header": bytes([WS_IO]) + rec(BINARY, b"ok") + rec(RAW, b"\x82\x7f\xff"),
-    # The client side: yamux streams carrying HTTP to the forwarder.
-    "client-get": bytes([CLIENT]) + rec(BINARY, yamux(WINDOW_UPDATE, SYN, 1, 0) + ydata(1, GET))
-    + rec(SETTLE) + rec(BINARY, ydata(1, b"", FIN)) + rec(SETTLE),
-    "client-post-hop-by-hop": bytes([CLIENT]) + rec(BINARY, ydata(1, POST, SYN)) + rec(SETTLE),
-    "client-upgrade": bytes([CLIENT]) + rec(BINARY, ydata(1, UPGRADE, SYN)) + rec(SETTLE)
-    + rec(BINARY, ydata(1, b"\x81\x02hi")),
-    # Message boundaries mean nothing: one yamux frame split over three messages.
-    "client-split-frames": bytes([CLIENT]) + rec(BINARY, ydata(3, GET, SYN)[:5])
-    + rec(BINARY, ydata(3, GET, SYN)[5:20]) + rec(BINARY, ydata(3, GET, SYN)[20:]) + rec(SETTLE),
-    "client-ping-goaway": bytes([CLIENT]) + rec(BINARY, yamux(YPING, SYN, 0, 7))
-    + rec(BINARY, yamux(GO_AWAY, 0, 0, 0)),
-    "client-bad-version": bytes([CLIENT]) + rec(BINARY, b"\x01" + yamux(DATA, SYN, 1, 0)[1:]),
-    "client-over-window": bytes([CLIENT]) + rec(BINARY, yamux(DATA, SYN, 1, 300000))
-    + big(300000),
-    "client-rst-and-reuse": bytes([CLIENT]) + rec(BINARY, ydata(1, GET[:10], SYN))
-    + rec(BINARY, yamux(WINDOW_UPDATE, RST, 1, 0)) + rec(BINARY, ydata(1, GET, SYN)),
-    "client-text": bytes([CLIENT]) + rec(BINARY, ydata(1, GET, SYN)) + rec(TEXT, b"{}"),
-    # The server side: a response on the stream the server opened (id 1).
+    # The multiplexer alone, against its model.
+    "mux-streams": bytes([MUX]) + rec(BINARY, frame(OPEN, 0, 1, b"a") + frame(DATA, 0, 1, b"hi"))
+    + rec(PING, b"p") + rec(BINARY, frame(DATA, FIN, 1)) + rec(PONG),
+    "mux-close": bytes([MUX]) + rec(CLOSE) + rec(BINARY, b"after"),
+    "mux-text": bytes([MUX]) + rec(TEXT, b"hi"),
+    "mux-largest-message": bytes([MUX]) + big(MAX_MESSAGE) + rec(BINARY, b"!"),
+    "mux-oversized-message": bytes([MUX]) + big(MAX_MESSAGE + 1),
+    "mux-fragmented": bytes([MUX]) + rec(FRAME, b"\x02\x00" + frame(OPEN, FIN, 3, b"x")[:5])
+    + rec(PING) + rec(FRAME, b"\x80\x00" + frame(OPEN, FIN, 3, b"x")[5:]),
+    "mux-masked-by-server": bytes([MUX]) + rec(FRAME, b"\x82\x01masked"),
+    "mux-reserved-bits": bytes([MUX]) + rec(FRAME, b"\xf2\x00rsv"),
+    "mux-window-and-reset": bytes([MUX]) + rec(BINARY, frame(OPEN, 0, 1, b"h")
+                                              + frame(WINDOW, 0, 1, struct.pack(">I", 5))
+                                              + frame(RESET, 0, 1, struct.pack(">I", 0) + b"bye")),
+    "mux-frame-cut": bytes([MUX]) + rec(BINARY, frame(DATA, 0, 1, b"abc", length=9)),
+    # The client side: streams carrying requests to the forwarder.
+    "client-get": bytes([CLIENT]) + rec(BINARY, frame(OPEN, FIN, 1, GET)) + rec(SETTLE),
+    "client-post": bytes([CLIENT]) + rec(BINARY, frame(OPEN, 0, 1, POST)) + rec(SETTLE)
+    + rec(BINARY, frame(DATA, FIN, 1, b"hello")) + rec(SETTLE),
+    "client-upgrade": bytes([CLIENT]) + rec(BINARY, frame(OPEN, 0, 1, UPGRADE)) + rec(SETTLE)
+    + rec(BINARY, frame(DATA, 0, 1, b"\x81\x02hi")),
+    "client-many": bytes([CLIENT]) + rec(BINARY, b"".join(frame(OPEN, FIN, i, GET)
+                                                         for i in range(1, 40, 2))) + rec(SETTLE),
+    "client-over-window": bytes([CLIENT]) + rec(BINARY, frame(OPEN, 0, 1, POST))
+    + rec(BINARY, frame(DATA, 0, 1, b"x" * 60000)) * 5,
+    "client-reset-and-reuse": bytes([CLIENT]) + rec(BINARY, frame(OPEN, 0, 1, GET))
+    + rec(BINARY, frame(RESET, 0, 1, struct.pack(">I", 0))) + rec(BINARY, frame(OPEN, FIN, 1, GET)),
+    "client-bad-head": bytes([CLIENT]) + rec(BINARY, frame(OPEN, FIN, 1, GET[:-3])),
+    "client-text": bytes([CLIENT]) + rec(BINARY, frame(OPEN, FIN, 1, GET)) + rec(TEXT, b"{}"),
+    # The server side: an answer on the stream the server opened (id 1).
     "server-response": bytes([SERVER]) + rec(SETTLE)
-    + rec(BINARY, yamux(WINDOW_UPDATE, ACK, 1, 0)
-          + ydata(1, b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")) + rec(SETTLE),
-    "server-chunked-response": bytes([SERVER]) + rec(SETTLE)
-    + rec(BINARY, ydata(1, b"HTTP/1.1 404 Not Found\r\ntransfer-encoding: chunked\r\n\r\n"
-                       b"3\r\nabc\r\n0\r\n\r\n", ACK)) + rec(SETTLE),
+    + rec(BINARY, frame(HEADERS, 0, 1, response(200, [(b"content-length", b"2")]))
+          + frame(DATA, FIN, 1, b"ok")) + rec(SETTLE),
+    "server-trailers": bytes([SERVER]) + rec(SETTLE)
+    + rec(BINARY, frame(HEADERS, 0, 1, response(200, [(b"content-type", b"application/grpc")]))
+          + frame(DATA, 0, 1, b"abc") + frame(HEADERS, TRAILERS | FIN, 1,
+                                              headers([(b"grpc-status", b"0")]))),
     "server-switching-protocols": bytes([SERVER]) + rec(SETTLE)
-    + rec(BINARY, ydata(1, b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n"
-                       b"connection: upgrade\r\n\r\nraw", ACK)),
-    "server-client-opens-stream": bytes([SERVER]) + rec(BINARY, ydata(2, GET, SYN))
-    + rec(BINARY, yamux(GO_AWAY, 0, 0, 1)),
-    "server-unmasked": bytes([SERVER]) + rec(FRAME, b"\x82\x01" + ydata(1, b"x", ACK)),
+    + rec(BINARY, frame(HEADERS, 0, 1, response(101, [(b"upgrade", b"websocket")]))
+          + frame(DATA, 0, 1, b"raw")),
+    "server-client-opens-stream": bytes([SERVER]) + rec(BINARY, frame(OPEN, FIN, 2, GET)),
+    "server-second-head": bytes([SERVER]) + rec(SETTLE)
+    + rec(BINARY, frame(HEADERS, 0, 1, response(200, [])) + frame(HEADERS, 0, 1, response(200, []))),
+    "server-unmasked": bytes([SERVER]) + rec(FRAME, b"\x82\x01" + frame(DATA, 0, 1, b"x")),
 }
 
 HS_OK = (b"upgrade: websocket\nconnection: Upgrade\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\n"
-         b"sec-websocket-version: 13\nggrok-protocol: 1\n")
+         b"sec-websocket-version: 13\nggrok-protocol: 2\n")
 handshake = {
     "tokens-ok": b"tokens\n" + HS_OK + b"authorization: Bearer fuzz-flag-token-0123456789\n"
     b"ggrok-subdomain: MyApp\nggrok-client-id: 0123456789abcdef0123456789abcdef\n"
@@ -104,8 +118,8 @@ handshake = {
     "open-minimal": b"open\n" + HS_OK + b"host: 127.0.0.1:8080\n\n200\n<html>not ggrok</html>",
     "open-origin": b"open\n" + HS_OK + b"origin: https://evil.example\n",
     "open-version-mismatch": b"open\nupgrade: websocket\nsec-websocket-key: a2V5\n"
-    b"ggrok-protocol: 2\n\n426\n{\"error\":\"version_mismatch\",\"message\":\"v\"}",
-    "open-not-websocket": b"open\nggrok-protocol: 1\n\n400\n{\"error\":\"bad_request\"}",
+    b"ggrok-protocol: 3\n\n426\n{\"error\":\"version_mismatch\",\"message\":\"v\"}",
+    "open-not-websocket": b"open\nggrok-protocol: 2\n\n400\n{\"error\":\"bad_request\"}",
     "open-bad-name": b"open\n" + HS_OK + b"ggrok-subdomain: my_app\n",
     "open-long-client-id": b"open\n" + HS_OK + b"ggrok-client-id: " + b"x" * 129 + b"\n",
     "open-policy": b"open\n" + HS_OK + b"ggrok-basic-auth: alice:s3cret\n"
@@ -114,7 +128,7 @@ handshake = {
     b"ggrok-basic-auth: :nouser\n",
     "open-forwarded": b"open\n" + HS_OK + b"x-forwarded-for: 198.51.100.1, 203.0.113.7\n"
     b"x-forwarded-proto: https\nhost: tunnel.example.com\n",
-    "non-ascii-password": ("open\nupgrade: websocket\nsec-websocket-key: a2V5\nggrok-protocol: 1\n"
+    "non-ascii-password": ("open\nupgrade: websocket\nsec-websocket-key: a2V5\nggrok-protocol: 2\n"
     "ggrok-basic-auth: alice:p\u00e4ssword\nggrok-allow-ips: ::ffff:0:0/95\n").encode(),
     "store-reserved-ours": b"store\n" + HS_OK + b"authorization: Bearer STORE_TOKEN\n"
     b"ggrok-subdomain: reserved\n",

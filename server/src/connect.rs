@@ -1,14 +1,13 @@
-//! The control endpoint: a client asks for a tunnel, gets a name, and its WebSocket becomes a
-//! yamux session until it ends.
+//! The control endpoint: a client asks for a tunnel, gets a name, and its WebSocket carries a
+//! multiplexer session until it ends.
 
 use std::{net::SocketAddr, sync::Arc};
 
-use futures_util::StreamExt;
 use ggrok_tunnel::{
     http_util::{full, Body},
+    mux,
     protocol::{self, Refusal, RefusalKind},
     stop::until_stopped,
-    ws_io::WsIo,
 };
 use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -97,13 +96,20 @@ pub(crate) async fn accept(
                 Some(protocol::websocket_config()),
             )
             .await;
-            let io = WsIo::new(ws, shared.config.heartbeat);
-            let closing = io.closing();
-            let mut mux = tokio_yamux::Session::new_client(io, protocol::yamux_config());
+            let config = mux::Config {
+                heartbeat: shared.config.heartbeat,
+                // A stream whose reader stopped (an upload the local service does not read, a
+                // visitor that stopped reading) gives its credit back after this long.
+                stall_timeout: shared.config.body_idle_timeout,
+                // Clients have no reason to open streams: one that does breaks the protocol.
+                ..mux::Config::new(false)
+            };
+            let (session, driver) = mux::start(ws, mux::Role::Acceptor, config);
+            let closing = session.closing();
             let metrics = shared.metrics.tunnel(&claim.name);
             shared
                 .registry
-                .attach(&claim.name, claim.session, mux.control(), metrics);
+                .attach(&claim.name, claim.session, session, metrics);
             info!("tunnel online");
             // Ending on purpose, the server says why in a Close frame and drives the session
             // until the client answers (it only sends while polled), or for at most a second.
@@ -131,24 +137,16 @@ pub(crate) async fn accept(
                     ),
                 }
             };
-            let serve = async {
-                loop {
-                    match mux.next().await {
-                        // Clients have no reason to open streams; refuse by dropping.
-                        Some(Ok(stream)) => drop(stream),
-                        Some(Err(e)) => break e.to_string(),
-                        None => break "closed".to_owned(),
-                    }
-                }
-            };
-            // The session's task wakes for every batch of frames: see `until_stopped`.
-            let reason = match until_stopped(stop, serve).await {
-                Ok(reason) => reason,
+            let serve = driver.run(|_| {});
+            tokio::pin!(serve);
+            // The driver wakes for every batch of frames: see `until_stopped`.
+            let reason = match until_stopped(stop, serve.as_mut()).await {
+                Ok(Ok(())) => "closed".to_owned(),
+                Ok(Err(e)) => e,
                 Err((code, why)) => close(code, why),
             };
             if on_purpose.load(std::sync::atomic::Ordering::Relaxed) {
-                let drive = async { while let Some(Ok(_)) = mux.next().await {} };
-                let _ = tokio::time::timeout(CLOSE_TIMEOUT, drive).await;
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, serve).await;
             }
             // A client that stopped on purpose gives its name up; one that dropped keeps it for
             // the grace period.

@@ -179,7 +179,8 @@ fn server_checks(server: &Server, mode: Mode, h: &HeaderMap) {
                 !h.contains_key(header::ORIGIN),
                 "a browser page opened a tunnel"
             );
-            assert_eq!(get(protocol::HEADER_VERSION), Some("1"));
+            let version = protocol::PROTOCOL_VERSION.to_string();
+            assert_eq!(get(protocol::HEADER_VERSION), Some(version.as_str()));
             assert_eq!(get(header::SEC_WEBSOCKET_KEY.as_str()), Some(key.as_str()));
             let bearer = get(header::AUTHORIZATION.as_str())
                 .and_then(|v| v.strip_prefix("Bearer "))

@@ -3,7 +3,7 @@
 //! One listener serves everything. Requests for the apex domain (or an IP address) reach the
 //! server's own endpoints: the control endpoint [`CONNECT_PATH`] where clients open their
 //! session, `/healthz` and a landing page. Requests for `NAME.DOMAIN` are forwarded over NAME's
-//! session: one yamux stream per request, carrying the request as HTTP/1.1.
+//! session: one stream per request, opened with the request's head.
 //!
 //! Layout:
 //! - [`config`]: settings and the hashed token set.
@@ -415,14 +415,10 @@ where
     let timeout = shared.config.header_read_timeout;
     let draining = shared.draining.clone();
     let peer = visitor.peer;
-    // Requests on one visitor connection come one after another, so they can share one stream.
-    // (HTTP/2 requests are concurrent: each opens its own.)
-    let upstream = Arc::new(proxy::Upstream::default());
     let service = hyper::service::service_fn(move |req| {
         let shared = shared.clone();
-        let upstream = (!h2).then(|| upstream.clone());
         let visitor = visitor.clone();
-        async move { Ok::<_, Infallible>(route(shared, visitor, upstream.as_ref(), req).await) }
+        async move { Ok::<_, Infallible>(route(shared, visitor, req).await) }
     });
     let result = if h2 {
         let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
@@ -562,12 +558,7 @@ fn refuse_and_close(
     resp
 }
 
-async fn route(
-    shared: Arc<Shared>,
-    visitor: Visitor,
-    upstream: Option<&Arc<proxy::Upstream>>,
-    req: Request<Incoming>,
-) -> Response<Body> {
+async fn route(shared: Arc<Shared>, visitor: Visitor, req: Request<Incoming>) -> Response<Body> {
     let json = wants_json(req.headers());
     let host = match request_host(&req) {
         Ok(host) => host,
@@ -612,7 +603,7 @@ async fn route(
                     json,
                 );
             }
-            proxy::forward(&shared, visitor, name, upstream, req, json).await
+            proxy::forward(&shared, visitor, name, req, json).await
         }
         Route::Apex => match req.uri().path() {
             CONNECT_PATH => connect::accept(&shared, visitor, req).await,

@@ -1,11 +1,12 @@
-//! Public requests through a tunnel: HTTP/1.1 over yamux streams of the tunnel's session.
+//! Public requests through a tunnel: one stream of the tunnel's session per request, opened
+//! with the request's head; the bodies follow as the stream's data.
 
 use std::{
     future::Future,
     pin::Pin,
     sync::{
         atomic::{AtomicU8, Ordering},
-        Arc, Mutex,
+        Arc,
     },
     task::{ready, Context, Poll},
     time::Instant,
@@ -14,13 +15,16 @@ use std::{
 use bytes::Bytes;
 
 use ggrok_tunnel::{
-    driven::{DrivenBody, DrivenConn},
+    head,
     http_util::{self, boxed, is_upgrade, strip_hop_by_hop, Body, BoxError, PageKind},
-    protocol::HEADER_ERROR,
+    mux::{Item, MuxError},
+    mux_body::{send_body, RecvBody},
+    protocol::{HEADER_ERROR, RESET_PROTOCOL},
     stop::until_stopped,
 };
 use http::{header, HeaderName, HeaderValue, Request, Response, StatusCode};
 use hyper::body::{Frame, Incoming};
+use hyper_util::rt::TokioIo;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
@@ -28,49 +32,6 @@ use crate::{Shared, Visitor};
 
 /// How long a request waits for a tunnel whose session is still starting.
 const SESSION_START: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// The tunnel stream a visitor connection last used, kept for its next request: HTTP/1.1
-/// requests on one connection are sequential, so one stream serves them all, saving a stream
-/// open and a handshake per request.
-///
-/// The stream's HTTP/1.1 connection is driven by the visitor connection's own task (while it
-/// waits for the response head, then by the response body) rather than by a task of its own
-/// ([`DrivenConn`]): that saves two task hand-offs per request, which on a busy multi-threaded
-/// runtime are wake-ups of other threads. See docs/benchmarks.md.
-#[derive(Default)]
-pub(crate) struct Upstream(Mutex<Option<Cached>>);
-
-struct Cached {
-    name: String,
-    session: u64,
-    conn: DrivenConn,
-    /// Cancelled when the session has ended (see [`crate::registry::Route::ended`]).
-    ended: CancellationToken,
-}
-
-impl AsMut<DrivenConn> for Cached {
-    fn as_mut(&mut self) -> &mut DrivenConn {
-        &mut self.conn
-    }
-}
-
-impl Cached {
-    /// Keeps the stream for the visitor connection's next request. If the exchange is not over
-    /// yet (the request body may still be on its way after an early response), a task drives
-    /// the connection until it is, as it must move on without us.
-    fn keep(mut self, shared: &Shared, upstream: &Upstream) {
-        if !self.conn.is_idle() {
-            if let Some(conn) = self.conn.detach() {
-                shared.spawn(until_ended(self.ended.clone(), async move {
-                    if let Err(e) = conn.await {
-                        debug!(%e, "tunnel stream ended with an error");
-                    }
-                }));
-            }
-        }
-        *upstream.0.lock().expect("upstream lock") = Some(self);
-    }
-}
 
 /// Runs `work` until it finishes or the session ends, whichever comes first.
 async fn until_ended(ended: CancellationToken, work: impl Future<Output = ()>) {
@@ -81,7 +42,6 @@ pub(crate) async fn forward(
     shared: &Arc<Shared>,
     visitor: Visitor,
     name: &str,
-    upstream: Option<&Arc<Upstream>>,
     mut req: Request<Incoming>,
     json: bool,
 ) -> Response<Body> {
@@ -113,8 +73,7 @@ pub(crate) async fn forward(
         );
     };
     let crate::registry::Route {
-        session,
-        control,
+        mux,
         policy,
         ended,
         metrics,
@@ -156,14 +115,6 @@ pub(crate) async fn forward(
 
     let visitor_upgrade = is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
-    let broken = Arc::new(AtomicU8::new(BODY_OK));
-    let body = IdleLimited {
-        inner: metrics.count_body(true, boxed(body)),
-        limit: shared.config.body_idle_timeout,
-        deadline: None,
-        waiting: false,
-        broken: broken.clone(),
-    };
     // The host the request was routed by: the URI authority (HTTP/2, absolute-form targets)
     // before `Host`, so the origin sees the name the visitor actually reached.
     let public_host = parts
@@ -171,7 +122,6 @@ pub(crate) async fn forward(
         .authority()
         .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         .or_else(|| parts.headers.get(header::HOST).cloned());
-    parts.version = http::Version::HTTP_11;
     strip_hop_by_hop(&mut parts.headers);
     if policy.consumes_authorization() {
         // The tunnel's password is for ggrok, not for the local service.
@@ -180,33 +130,50 @@ pub(crate) async fn forward(
     add_forwarded(&mut parts.headers, &visitor, public_host);
     parts.uri = http_util::origin_form(parts.uri);
 
-    let cached = upstream
-        .and_then(|u| u.0.lock().expect("upstream lock").take())
-        .filter(|c| c.name == name && c.session == *session);
-    let reusable = match cached {
-        // Ready once the previous exchange is over.
-        Some(mut c) => c.conn.ready().await.then_some(c),
-        None => None,
+    // An upgrade's stream stays open for the bytes that follow the 101.
+    let no_body = http_body::Body::is_end_stream(&body) && visitor_upgrade.is_none();
+    let open = head::encode_request(&parts.method, &parts.uri, &parts.headers);
+    let stream = match mux.open(open, no_body).await {
+        Ok(stream) => stream,
+        Err(MuxError::TooManyStreams) => {
+            let message = format!(
+                "The tunnel {name} has as many requests in flight as it may. Try again in a moment."
+            );
+            let mut resp = crate::ggrok_error(
+                shared,
+                StatusCode::SERVICE_UNAVAILABLE,
+                PageKind::TunnelLost,
+                &message,
+                json,
+            );
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return resp;
+        }
+        Err(e) => {
+            debug!(%e, "open stream failed");
+            return lost("is not answering (session closing)");
+        }
     };
-    let mut stream = match reusable {
-        Some(stream) => stream,
-        None => match open(control.clone()).await {
-            Ok(conn) => Cached {
-                name: name.to_owned(),
-                session: *session,
-                conn,
-                ended: ended.clone(),
-            },
-            Err(what) => return lost(what),
-        },
-    };
-    let sent = stream
-        .conn
-        .send(Request::from_parts(parts, boxed(body)))
-        .await;
-    let mut resp = match sent {
-        Ok(r) => r,
-        Err(_) if broken.load(Ordering::SeqCst) != BODY_OK => {
+    let broken = Arc::new(AtomicU8::new(BODY_OK));
+    if !no_body && visitor_upgrade.is_none() {
+        let body = IdleLimited {
+            inner: metrics.count_body(true, boxed(body)),
+            limit: shared.config.body_idle_timeout,
+            deadline: None,
+            waiting: false,
+            broken: broken.clone(),
+        };
+        let upload = stream.clone();
+        shared.spawn(until_ended(ended.clone(), async move {
+            if let Err(e) = send_body(&upload, boxed(body)).await {
+                debug!(%e, "request body not sent whole");
+            }
+        }));
+    }
+    let answer = match stream.recv().await {
+        Some(Ok(Item::Head(answer))) => answer,
+        _ if broken.load(Ordering::SeqCst) != BODY_OK => {
             let (status, message) = if broken.load(Ordering::SeqCst) == BODY_STALLED {
                 let secs = shared.config.body_idle_timeout.as_secs_f64();
                 let message =
@@ -222,49 +189,45 @@ pub(crate) async fn forward(
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
             return resp;
         }
-        Err(e) => {
-            debug!(e = %e.error(), "request through tunnel failed");
+        other => {
+            debug!(?other, "request through tunnel failed");
             return lost("went away while handling the request");
         }
     };
+    let Ok(answer) = head::decode_response(answer) else {
+        stream.reset(RESET_PROTOCOL, "malformed response head");
+        return lost("sent a malformed response");
+    };
     metrics.request(started.elapsed());
-    if let Some(kind) = resp
-        .headers()
+    if let Some(kind) = answer
+        .headers
         .get(HEADER_ERROR)
         .and_then(|v| v.to_str().ok())
     {
         shared.metrics.error(kind);
     }
-    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        // The stream now belongs to the upgraded connection; it is not cached. The connection
-        // hands the stream over to the upgrade once driven to its end.
-        if let Some(conn) = stream.conn.detach() {
+    let mut answer = answer;
+    if answer.status == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(visitor_io) = visitor_upgrade {
+            // Ending with the session closes the visitor's side too, so it sees the end.
             shared.spawn(until_ended(ended.clone(), async move {
-                let _ = conn.await;
+                match visitor_io.await {
+                    Ok(io) => {
+                        http_util::splice(TokioIo::new(io), stream.into_io()).await;
+                    }
+                    Err(e) => debug!(%e, "visitor upgrade failed"),
+                }
             }));
         }
-        if let Some(visitor_io) = visitor_upgrade {
-            let tunnel_io = hyper::upgrade::on(&mut resp);
-            // Ending with the session closes the visitor's side too, so it sees the end.
-            let splice = http_util::splice_upgrades(visitor_io, tunnel_io);
-            shared.spawn(until_ended(ended.clone(), splice));
-        }
-        let (parts, _) = resp.into_parts();
-        return Response::from_parts(parts, http_util::empty());
+        return Response::from_parts(answer, http_util::empty());
     }
-    let (mut parts, body) = resp.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
-    // The visitor speaks to us, not to the origin: answer in our own HTTP version.
-    parts.version = http::Version::default();
-    let body = metrics.count_body(false, boxed(body));
-    let (shared, upstream) = (shared.clone(), upstream.cloned());
-    let body = DrivenBody::new(body, stream, move |stream| {
-        // Without a visitor connection to reuse it (HTTP/2), dropping it closes the stream.
-        if let Some(upstream) = upstream {
-            stream.keep(&shared, &upstream);
-        }
-    });
-    Response::from_parts(parts, boxed(body))
+    strip_hop_by_hop(&mut answer.headers);
+    let body = if stream.peer_finished() {
+        http_util::empty()
+    } else {
+        boxed(RecvBody::new(stream))
+    };
+    Response::from_parts(answer, metrics.count_body(false, body))
 }
 
 /// A visitor's request body that fails once the visitor sends nothing for `limit` while the
@@ -331,18 +294,6 @@ impl http_body::Body for IdleLimited {
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
     }
-}
-
-/// Opens a stream on the session and starts HTTP/1.1 on it; the caller drives the connection.
-async fn open(mut control: tokio_yamux::Control) -> Result<DrivenConn, &'static str> {
-    let stream = control.open_stream().await.map_err(|e| {
-        debug!(%e, "open stream failed");
-        "is not answering (session closing)"
-    })?;
-    DrivenConn::handshake(stream).await.map_err(|e| {
-        debug!(%e, "stream handshake failed");
-        "is not answering"
-    })
 }
 
 /// Adds `X-Forwarded-For/-Proto/-Host` the way common proxies do (appending to a visitor's

@@ -74,11 +74,11 @@ pub struct Route {
     /// The shard the session runs on, when the server runs on shards (see [`crate::shard`]).
     pub shard: Option<usize>,
     /// Opens streams on the session.
-    pub control: tokio_yamux::Control,
+    pub mux: ggrok_tunnel::mux::Session,
     /// What the tunnel requires of visitors.
     pub policy: SharedPolicy,
-    /// Cancelled when the session has ended. Work on its streams must stop then: a yamux stream
-    /// whose session is gone never wakes a writer waiting for window, so it would wait forever.
+    /// Cancelled when the session has ended: work spawned for its streams (uploads, upgraded
+    /// connections) stops with it.
     pub ended: CancellationToken,
     /// The tunnel's counters.
     pub metrics: TunnelMetrics,
@@ -254,7 +254,7 @@ impl Registry {
         &self,
         name: &str,
         session: u64,
-        control: tokio_yamux::Control,
+        mux: ggrok_tunnel::mux::Session,
         metrics: TunnelMetrics,
     ) {
         let mut st = self.slots.lock().expect("registry lock");
@@ -271,7 +271,7 @@ impl Registry {
                     name: name.to_owned(),
                     session,
                     shard: crate::shard::current(),
-                    control,
+                    mux,
                     policy: policy.clone(),
                     ended: ended.clone(),
                     metrics,
@@ -483,11 +483,21 @@ mod tests {
             }
         });
         let (io, _peer) = tokio::io::duplex(64);
-        let session = tokio_yamux::Session::new_client(io, tokio_yamux::Config::default());
+        let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            io,
+            tokio_tungstenite::tungstenite::protocol::Role::Server,
+            None,
+        )
+        .await;
+        let (session, _driver) = ggrok_tunnel::mux::start(
+            ws,
+            ggrok_tunnel::mux::Role::Acceptor,
+            ggrok_tunnel::mux::Config::new(false),
+        );
         r.attach(
             "app",
             c.session,
-            session.control(),
+            session,
             crate::metrics::Metrics::default().tunnel("app"),
         );
         assert_eq!(waiting.await.unwrap(), Some(c.session));

@@ -93,8 +93,13 @@ async fn conflicting_framing_is_refused_and_never_smuggles_a_request() {
         (400, Some("bad_request"))
     );
     assert!(raw.response().await.is_none(), "closed after the refusal");
-    let seen = origin.wait_for(1).await;
-    assert_eq!((seen[0].uri.as_str(), &seen[0].body), ("/bad-chunk", &None));
+    // Whether the origin saw the request start depends on how far it got before the visitor's
+    // body broke; it must never see it complete. A request after it shows what arrived.
+    let mut raw = Raw::connect(server.addr).await;
+    raw.send(head(&server, "GET /after-bad-chunk HTTP/1.1", "").as_bytes())
+        .await;
+    assert_eq!(raw.response().await.unwrap().status, 200);
+    origin.wait_for(1).await;
 
     // Both Content-Length and chunked: hyper reads the body as chunked (RFC 9112 §6.3), drops
     // Content-Length and closes after answering, so the bytes behind it are never a request.
@@ -115,9 +120,16 @@ async fn conflicting_framing_is_refused_and_never_smuggles_a_request() {
             "{framing:?}: closed after the answer"
         );
     }
-    let seen = origin.wait_for(3).await.split_off(1);
-    assert_eq!(origin.paths(), ["/bad-chunk", "/cl-te", "/cl-te"]);
-    for s in seen {
+    let mut seen = origin.wait_for(3).await;
+    if seen.iter().any(|s| s.uri == "/bad-chunk") {
+        seen = origin.wait_for(4).await;
+    }
+    // The broken request, if it got far enough to be seen, was seen cut off.
+    let (broken, seen): (Vec<_>, Vec<_>) = seen.into_iter().partition(|s| s.uri == "/bad-chunk");
+    assert!(broken.iter().all(|s| s.body.is_none()), "{broken:?}");
+    let paths: Vec<_> = seen.iter().map(|s| s.uri.as_str()).collect();
+    assert_eq!(paths, ["/after-bad-chunk", "/cl-te", "/cl-te"]);
+    for s in seen.into_iter().skip(1) {
         assert_eq!(
             s.body.as_deref(),
             Some(&b"abc"[..]),

@@ -1,6 +1,6 @@
 //! Faults inside one session: a stream whose reader stops reading, a local service that stops
 //! reading an upload, and a network that silently stops delivering. The first two must stay on
-//! their own stream (yamux flow control per stream) with memory bounded; the last must be found by
+//! their own stream (flow control per stream) with memory bounded; the last must be found by
 //! the heartbeat, end its requests with a clean 502 and heal by reconnecting under the same name.
 //! `bench/soak.sh` and `bench/slow.sh` do the same at scale; see docs/reliability.md.
 
@@ -25,7 +25,7 @@ use http::header;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
-/// The stalled transfer: far more than every buffer on the way (sockets, yamux windows) holds.
+/// The stalled transfer: far more than every buffer on the way (sockets, stream windows) holds.
 const STALLED: u64 = 256 << 20;
 /// The transfer that must get through next to it.
 const OTHER: u64 = 32 << 20;
@@ -35,7 +35,7 @@ const OTHER: u64 = 32 << 20;
 /// here. `bench/slow.sh` holds a slow transfer alone to the 64 MB.
 const SERVER_LIMIT_KB: u64 = 100 * 1000;
 /// Bytes of a stalled upload that may leave the visitor: socket buffers on both TCP hops, the
-/// stream's yamux window and hyper's read buffers, with room to spare. Without flow control
+/// stream's window and hyper's read buffers, with room to spare. Without flow control
 /// the whole body would go.
 const UPLOAD_IN_FLIGHT: u64 = 64 << 20;
 /// Generous: the transfer takes well under a second when the stall does not block it.

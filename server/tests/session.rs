@@ -275,7 +275,7 @@ async fn malformed_and_oversized_frames_close_only_their_session() {
     let (_good, _) = tunnel(&server, origin.port(), Some("good")).await;
 
     let junk_frames = [
-        Message::binary(vec![0xffu8; 64]), // not a yamux header
+        Message::binary(vec![0xffu8; 64]), // not a frame header
         Message::binary(vec![0u8; 2 * protocol::MAX_MESSAGE]), // over the message limit
         Message::text("{\"hello\":1}"),    // text is not part of the protocol
     ];

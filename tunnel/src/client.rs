@@ -6,20 +6,19 @@
 
 use std::{sync::Arc, time::Duration};
 
-use futures_util::StreamExt;
 use http::HeaderValue;
 use serde::Serialize;
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, info_span, Instrument};
+use tracing::{info, info_span, Instrument};
 
 use crate::{
     forward::{Forwarder, LocalTarget, ReplayError},
+    mux,
     protocol::{self, Heartbeat, Refusal, RefusalKind},
     stop::until_stopped,
     traffic::{Exchange, Traffic, DEFAULT_CAPTURE_LIMIT, DEFAULT_RING_SIZE},
-    ws_io::WsIo,
 };
 
 /// A secret whose `Debug` and `Display` never show it.
@@ -464,11 +463,7 @@ impl Engine {
                 "the server accepted the WebSocket but sent no tunnel name: is it a ggrok server?",
             )));
         };
-        Ok(Session {
-            ws: WsIo::new(ws, self.config.heartbeat),
-            name,
-            url,
-        })
+        Ok(Session { ws, name, url })
     }
 
     /// Runs an online session until it ends; returns why it ended.
@@ -478,40 +473,34 @@ impl Engine {
         // Reconnects ask for the same name, so a server restart gives it back.
         self.config.subdomain = Some(name.clone());
         self.status.send_replace(Status::Online { url, name });
-        let closing = ws.closing();
-        let mut mux = tokio_yamux::Session::new_server(ws, protocol::yamux_config());
-        let streams = self.cancel.child_token();
-        let accept = async {
-            loop {
-                match mux.next().await {
-                    Some(Ok(stream)) => {
-                        let forwarder = self.forwarder.clone();
-                        let cancel = streams.clone();
-                        tokio::spawn(async move {
-                            let served = until_stopped(cancel.cancelled(), forwarder.serve(stream));
-                            if let Ok(Err(e)) = served.await {
-                                debug!(%e, "stream ended with an error");
-                            }
-                        });
-                    }
-                    Some(Err(e)) => break format!("session lost: {e}"),
-                    None => break "session closed by the server".to_owned(),
-                }
-            }
+        let config = mux::Config {
+            heartbeat: self.config.heartbeat,
+            ..mux::Config::new(true)
         };
-        // The session's task wakes for every batch of frames: see `until_stopped`.
-        let reason = match until_stopped(self.cancel.cancelled(), accept).await {
-            Ok(reason) => reason,
+        let (session, driver) = mux::start(ws, mux::Role::Connector, config);
+        let closing = session.closing();
+        let streams = self.cancel.child_token();
+        let forwarder = self.forwarder.clone();
+        let spawn_cancel = streams.clone();
+        let driven = driver.run(move |stream| {
+            let forwarder = forwarder.clone();
+            let cancel = spawn_cancel.clone();
+            tokio::spawn(async move {
+                let _ = until_stopped(cancel.cancelled(), forwarder.serve_stream(stream)).await;
+            });
+        });
+        tokio::pin!(driven);
+        // The driver wakes for every batch of frames: see `until_stopped`.
+        let reason = match until_stopped(self.cancel.cancelled(), driven.as_mut()).await {
+            Ok(Ok(())) => "session closed by the server".to_owned(),
+            Ok(Err(e)) => format!("session lost: {e}"),
             Err(()) => {
                 streams.cancel();
                 // A WebSocket Close frame tells the server this is a stop, not a drop, so it
-                // frees the name at once. It must go before anything else that could end the
-                // session first (a yamux GoAway would). The session only acts while polled:
-                // drive it until the server answers, fails (a failed session keeps failing,
-                // never pending) or the timeout passes.
+                // frees the name at once. The driver reads until the server answers it, fails,
+                // or the timeout passes.
                 closing.close();
-                let drive = async { while let Some(Ok(_)) = mux.next().await {} };
-                let _ = tokio::time::timeout(CLOSE_TIMEOUT, drive).await;
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, driven).await;
                 "stopped".to_owned()
             }
         };
@@ -555,7 +544,9 @@ fn tls_connector(path: &std::path::Path) -> Result<tokio_tungstenite::Connector,
 }
 
 struct Session {
-    ws: WsIo<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    ws: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
     name: String,
     url: String,
 }

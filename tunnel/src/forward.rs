@@ -1,8 +1,7 @@
-//! The client's side of a stream: serve the HTTP/1.1 request that arrives on it by forwarding it
-//! to the local service, record the exchange, and splice upgraded connections.
+//! The client's side of a stream: forward the request that opens it to the local service,
+//! record the exchange, send the response back, and splice upgraded connections.
 
 use std::{
-    convert::Infallible,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -12,11 +11,14 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::{
     driven::{DrivenBody, DrivenConn},
+    head::{self, Open},
     http_util::{self, boxed, error_page, is_upgrade, strip_hop_by_hop, Body, BoxError, PageKind},
+    mux::{Item, MuxStream},
+    mux_body::{send_body, RecvBody},
+    protocol::RESET_PROTOCOL,
     traffic::{now_ms, CapturedBody, Exchange, Headers, Pending, Recorded, Side, Traffic},
 };
 
@@ -179,42 +181,63 @@ impl Forwarder {
         &self.traffic
     }
 
-    /// Serves HTTP/1.1 on one tunnel stream until the server closes it.
-    pub async fn serve<S>(self: Arc<Self>, io: S) -> Result<(), hyper::Error>
-    where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
-        let service = hyper::service::service_fn(move |req| self.clone().handle(req));
-        hyper::server::conn::http1::Builder::new()
-            .keep_alive(true)
-            .serve_connection(TokioIo::new(io), service)
-            .with_upgrades()
-            .await
-    }
-
-    async fn handle(
-        self: Arc<Self>,
-        mut req: Request<Incoming>,
-    ) -> Result<Response<Body>, Infallible> {
-        let on_upgrade = is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
-        let remote = req
-            .headers()
+    /// Serves one stream the server opened: forwards its request to the local service and
+    /// sends the response back on it.
+    pub async fn serve_stream(self: Arc<Self>, stream: MuxStream) {
+        let head = match stream.recv().await {
+            Some(Ok(Item::Head(head))) => head,
+            _ => return stream.reset(RESET_PROTOCOL, "a stream must open with a head"),
+        };
+        let parts = match head::decode_open(head) {
+            Ok(Open::Http(parts)) => parts,
+            Ok(Open::Tcp(_)) => {
+                return stream.reset(RESET_PROTOCOL, "this tunnel forwards HTTP, not TCP")
+            }
+            Err(e) => return stream.reset(RESET_PROTOCOL, &e.to_string()),
+        };
+        let remote = parts
+            .headers
             .get("x-forwarded-for")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.rsplit(',').next())
             .map(|v| v.trim().to_owned());
-        let req = req.map(boxed);
-        let (_, resp) = self.forward(req, remote, on_upgrade).await;
-        Ok(resp)
+        let upgrade = is_upgrade(&parts.headers);
+        let body = if stream.peer_finished() {
+            http_util::empty()
+        } else {
+            boxed(RecvBody::new(stream.clone()))
+        };
+        let (_, resp, local_upgrade) = self
+            .forward(Request::from_parts(parts, body), remote, upgrade)
+            .await;
+        let (parts, body) = resp.into_parts();
+        let end = http_body::Body::is_end_stream(&body) || local_upgrade.is_some();
+        let head = head::encode_response(parts.status, &parts.headers);
+        if let Err(e) = stream
+            .send_head(head, false, end && local_upgrade.is_none())
+            .await
+        {
+            return tracing::debug!(%e, "the response head could not be sent");
+        }
+        if let Some(local) = local_upgrade {
+            return splice_stream(local, stream).await;
+        }
+        if !end {
+            if let Err(e) = send_body(&stream, body).await {
+                tracing::debug!(%e, "response body ended early");
+            }
+        }
     }
 
-    /// Sends `req` to the local service; returns the exchange id and the response to give back.
+    /// Sends `req` to the local service; returns the exchange id, the response to give back and,
+    /// when `upgrade` was asked for and the local service switched protocols, its upgraded
+    /// connection.
     async fn forward(
         &self,
         req: Request<Body>,
         remote: Option<String>,
-        on_upgrade: Option<hyper::upgrade::OnUpgrade>,
-    ) -> (u64, Response<Body>) {
+        upgrade: bool,
+    ) -> (u64, Response<Body>, Option<hyper::upgrade::OnUpgrade>) {
         let (mut parts, body) = req.into_parts();
         let path = parts
             .uri
@@ -226,7 +249,7 @@ impl Forwarder {
         if !self.target.keep_host {
             parts.headers.insert(header::HOST, self.host_header.clone());
         }
-        let upgrade = on_upgrade.is_some() && is_upgrade(&parts.headers);
+        let upgrade = upgrade && is_upgrade(&parts.headers);
         let id = self.traffic.next_id();
         let pending = Pending::new(
             self.traffic.clone(),
@@ -264,15 +287,13 @@ impl Forwarder {
                     x.error = Some(message.clone());
                 });
                 pending.finish();
-                return (
-                    id,
-                    error_page(
-                        StatusCode::BAD_GATEWAY,
-                        PageKind::LocalUnreachable,
-                        &message,
-                        false,
-                    ),
+                let page = error_page(
+                    StatusCode::BAD_GATEWAY,
+                    PageKind::LocalUnreachable,
+                    &message,
+                    false,
                 );
+                return (id, page, None);
             }
         };
 
@@ -281,8 +302,9 @@ impl Forwarder {
             x.response_headers = Headers::from(resp.headers());
         });
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-            if let Some(visitor) = on_upgrade {
-                let local = hyper::upgrade::on(&mut resp);
+            let mut local = None;
+            if upgrade {
+                local = Some(hyper::upgrade::on(&mut resp));
                 // The connection hands its I/O over to the upgrade once driven to its end.
                 if let Some(rest) = conn.detach() {
                     tokio::spawn(async move {
@@ -291,12 +313,11 @@ impl Forwarder {
                         }
                     });
                 }
-                tokio::spawn(http_util::splice_upgrades(visitor, local));
                 pending.update(|x| x.upgraded = true);
             }
             pending.finish();
             let (parts, _) = resp.into_parts();
-            return (id, Response::from_parts(parts, http_util::empty()));
+            return (id, Response::from_parts(parts, http_util::empty()), local);
         }
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
@@ -308,7 +329,7 @@ impl Forwarder {
             }
         });
         let body = Recorded::new(boxed(body), pending, Side::Response).boxed();
-        (id, Response::from_parts(parts, body))
+        (id, Response::from_parts(parts, body), None)
     }
 
     /// Sends `req` to the local service over an idle connection (if `reuse`) or a new one;
@@ -379,13 +400,25 @@ impl Forwarder {
         let req = builder
             .body(body)
             .map_err(|e| ReplayError::Invalid(e.to_string()))?;
-        let (new_id, resp) = self.forward(req, Some("replay".to_owned()), None).await;
+        let (new_id, resp, _) = self.forward(req, Some("replay".to_owned()), false).await;
         // Reading the body to its end publishes the exchange.
         let _ = resp.into_body().collect().await;
         self.traffic
             .get(new_id)
             .ok_or(ReplayError::NotFound(new_id))
     }
+}
+
+/// Joins the local service's upgraded connection and the tunnel stream until either closes.
+async fn splice_stream(local: hyper::upgrade::OnUpgrade, stream: MuxStream) {
+    let local = match local.await {
+        Ok(io) => io,
+        Err(e) => {
+            stream.reset(crate::protocol::RESET_CANCEL, "the local upgrade failed");
+            return tracing::debug!(%e, "local upgrade failed");
+        }
+    };
+    http_util::splice(TokioIo::new(local), stream.into_io()).await;
 }
 
 #[cfg(test)]
@@ -466,7 +499,7 @@ mod tests {
                 .unwrap();
             let forwarder = forwarder.clone();
             async move {
-                let (_, resp) = forwarder.forward(req, None, None).await;
+                let (_, resp, _) = forwarder.forward(req, None, false).await;
                 let status = resp.status();
                 let body = resp.into_body().collect().await.unwrap().to_bytes();
                 (status, String::from_utf8_lossy(&body).into_owned())

@@ -6,11 +6,9 @@
 //! than `arbitrary`, so that `fuzz/seeds.py` can write meaningful seeds and a mutation of one
 //! byte stays a meaningful change.
 
-use std::{io, sync::OnceLock, time::Duration};
+use std::{sync::OnceLock, time::Duration};
 
-use futures_util::StreamExt;
 use http_body_util::{BodyExt, Limited};
-use hyper_util::rt::TokioIo;
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     task::JoinSet,
@@ -20,9 +18,9 @@ use tokio_tungstenite::{tungstenite::protocol::Role, WebSocketStream};
 use crate::{
     client::{refusal_from, ConnectError},
     forward::{Forwarder, LocalTarget},
-    protocol::{self, Heartbeat, Refusal, MAX_MESSAGE},
+    head, mux,
+    protocol::{self, Refusal, MAX_MESSAGE},
     traffic::Traffic,
-    ws_io::WsIo,
 };
 
 /// Longest a single input may take before it counts as a hang. Every path ends on its own once
@@ -194,7 +192,7 @@ async fn settle() {
     }
 }
 
-/// Reads and discards what the code under test writes (pongs, yamux frames, responses), so it
+/// Reads and discards what the code under test writes (pongs, frames, responses), so it
 /// never waits on a full pipe; ends when the other side is gone.
 async fn drain<R: AsyncRead + Unpin>(mut r: R) {
     let _ = tokio::io::copy(&mut r, &mut tokio::io::sink()).await;
@@ -213,19 +211,16 @@ fn runtime() -> &'static tokio::runtime::Runtime {
 /// Bytes arriving on a tunnel session, from a hostile peer.
 ///
 /// The first byte picks the side under test; the rest is a list of operations (records
-/// `[tag u8][len u16 LE][payload]`, see `Op`):
-/// - `0 (mod 3)`: [`WsIo`] alone, the client's WebSocket-as-byte-stream. Checked against a
-///   model: the bytes read are exactly the concatenated binary messages, up to the first text
-///   message or oversized message (then `InvalidData`), Close frame (then EOF, and
-///   [`crate::ws_io::Closing::peer_closed`]) or end of input (EOF, not a deliberate close).
-///   After a raw frame or raw bytes only the prefix before them is checked.
-/// - `1`: the whole client side: [`WsIo`] under a yamux session in the client's role, every
-///   stream served by the real [`Forwarder`] towards a loopback origin.
-/// - `2`: the server's session stack: [`WsIo`] in the server role (masked frames expected)
-///   under yamux in the server's role, inbound streams dropped as `connect.rs` does, and one
-///   request sent on a stream the server opens, as `proxy.rs` does.
-///
-/// In every mode the session must end once the peer's bytes run out.
+/// `[tag u8][len u16 LE][payload]`, see `Op`); binary messages carry multiplexer frames
+/// ([`crate::mux`]) or anything else:
+/// - `0 (mod 3)`: the multiplexer alone, accepting streams: every stream read to its end. Checked
+///   against a model where one fits: a first message that is text or oversized ends the session
+///   with an error, a first Close frame ends it in order ([`mux::Closing::peer_closed`]), and the
+///   session ends once the input does.
+/// - `1`: the whole client side: the multiplexer in the client's role, every stream served by the
+///   real [`Forwarder`] towards a loopback origin.
+/// - `2`: the server's side: the multiplexer in the server's role, refusing streams from the
+///   peer as `connect.rs` does, with one request sent on a stream it opens, as `proxy.rs` does.
 pub fn frames(data: &[u8]) {
     let Some((&mode, rest)) = data.split_first() else {
         return;
@@ -234,7 +229,7 @@ pub fn frames(data: &[u8]) {
     runtime().block_on(async {
         let run = async {
             match mode % 3 {
-                0 => ws_io_model(&ops).await,
+                0 => mux_model(&ops).await,
                 1 => client_session(&ops).await,
                 _ => server_session(&ops).await,
             }
@@ -248,82 +243,53 @@ pub fn frames(data: &[u8]) {
     });
 }
 
-/// How the WebSocket model expects reading to end.
+/// How the model expects the session to end, from the first operation that decides it.
 #[derive(Debug, PartialEq)]
 enum End {
-    /// The peer stopped sending (no Close frame).
-    Eof,
-    /// The peer sent Close.
+    /// The peer sent Close first.
     Closed,
-    /// A text or oversized message.
+    /// A text or oversized message came first.
     Invalid,
 }
 
-async fn ws_io_model(ops: &[Op]) {
-    let mut expected = Vec::new();
-    let mut end = Some(End::Eof);
-    for op in ops {
-        match op {
-            Op::Binary(p) => expected.extend_from_slice(p),
-            Op::Big(n) if *n <= MAX_MESSAGE => expected.extend_from_slice(&big(*n)),
-            Op::Big(_) | Op::Text(_) => {
-                end = Some(End::Invalid);
-                break;
-            }
-            Op::Close => {
-                end = Some(End::Closed);
-                break;
-            }
-            Op::Ping(_) | Op::Pong(_) | Op::Settle => {}
-            // Not modelled: only what came before is checked.
-            Op::Frame { .. } | Op::Raw(_) => {
-                end = None;
-                break;
-            }
-        }
-    }
-
+async fn mux_model(ops: &[Op]) {
+    let end = ops.iter().find_map(|op| match op {
+        Op::Ping(_) | Op::Pong(_) | Op::Settle => None,
+        Op::Big(n) if *n > MAX_MESSAGE => Some(Some(End::Invalid)),
+        Op::Text(_) => Some(Some(End::Invalid)),
+        Op::Close => Some(Some(End::Closed)),
+        _ => Some(None),
+    });
     let (peer, ours) = tokio::io::duplex(PIPE);
     let (peer_r, peer_w) = tokio::io::split(peer);
     let ws =
         WebSocketStream::from_raw_socket(ours, Role::Client, Some(protocol::websocket_config()))
             .await;
-    let mut io = WsIo::new(ws, Heartbeat::default());
-    let closing = io.closing();
-    let read = async move {
-        let mut got = Vec::new();
-        let mut buf = vec![0u8; 8192];
-        let result = loop {
-            if got.len() > MAX_READ {
-                break Ok(());
-            }
-            match io.read(&mut buf).await {
-                Ok(0) => break Ok(()),
-                Ok(n) => got.extend_from_slice(&buf[..n]),
-                Err(e) => break Err(e),
-            }
-        };
-        // Dropping our side ends the peer's writes and the drain.
-        drop(io);
-        (got, result)
+    let (session, driver) = mux::start(ws, mux::Role::Connector, mux::Config::new(true));
+    let closing = session.closing();
+    let run = async move {
+        let mut streams = JoinSet::new();
+        let result = driver
+            .run(|stream| {
+                streams.spawn(async move {
+                    let mut read = 0usize;
+                    while let Some(Ok(item)) = stream.recv().await {
+                        if let mux::Item::Data(d) = item {
+                            read += d.len();
+                        }
+                        if read > MAX_READ {
+                            break;
+                        }
+                    }
+                });
+            })
+            .await;
+        streams.shutdown().await;
+        result
     };
-    let ((got, result), (), ()) = tokio::join!(read, feed(ops, peer_w, None), drain(peer_r));
-
-    let Some(end) = end else {
-        assert!(
-            got.starts_with(&expected),
-            "bytes before the first raw frame must arrive intact"
-        );
-        return;
-    };
-    assert!(
-        got == expected,
-        "read {} bytes, the peer sent {} in binary messages",
-        got.len(),
-        expected.len()
-    );
-    match end {
-        End::Closed => {
+    let (result, (), ()) = tokio::join!(run, feed(ops, peer_w, None), drain(peer_r));
+    match end.flatten() {
+        Some(End::Closed) => {
             assert!(
                 result.is_ok(),
                 "a Close frame is an orderly end: {result:?}"
@@ -333,15 +299,11 @@ async fn ws_io_model(ops: &[Op]) {
                 "a Close frame must count as deliberate"
             );
         }
-        End::Invalid => {
-            let kind = result.as_ref().map_err(io::Error::kind);
-            assert_eq!(kind.err(), Some(io::ErrorKind::InvalidData), "{result:?}");
+        Some(End::Invalid) => {
+            assert!(result.is_err(), "a text or oversized message is an error");
             assert!(!closing.peer_closed());
         }
-        End::Eof => assert!(
-            !closing.peer_closed(),
-            "a dropped connection is not a deliberate close"
-        ),
+        None => {}
     }
 }
 
@@ -395,17 +357,14 @@ async fn client_session(ops: &[Op]) {
             Some(protocol::websocket_config()),
         )
         .await;
-        // The client is yamux's server: it accepts the streams the ggrok server opens.
-        let mut mux = tokio_yamux::Session::new_server(
-            WsIo::new(ws, Heartbeat::default()),
-            protocol::yamux_config(),
-        );
+        let (_session, driver) = mux::start(ws, mux::Role::Connector, mux::Config::new(true));
         let forwarder = Forwarder::new(origin(), Traffic::new(8, 4096));
         let mut streams = JoinSet::new();
-        while let Some(Ok(stream)) = mux.next().await {
-            streams.spawn(forwarder.clone().serve(stream));
-        }
-        drop(mux);
+        let _ = driver
+            .run(|stream| {
+                streams.spawn(forwarder.clone().serve_stream(stream));
+            })
+            .await;
         streams.shutdown().await;
     };
     tokio::join!(client, feed(ops, peer_w, None), drain(peer_r));
@@ -421,43 +380,28 @@ async fn server_session(ops: &[Op]) {
             Some(protocol::websocket_config()),
         )
         .await;
-        let mut mux = tokio_yamux::Session::new_client(
-            WsIo::new(ws, Heartbeat::default()),
-            protocol::yamux_config(),
-        );
-        let mut control = mux.control();
-        let session = async move {
-            // Clients have no reason to open streams: the server drops them.
-            while let Some(Ok(stream)) = mux.next().await {
-                drop(stream);
-            }
-        };
+        let (session, driver) = mux::start(ws, mux::Role::Acceptor, mux::Config::new(false));
         let request = async move {
-            let Ok(stream) = control.open_stream().await else {
+            let mut headers = http::HeaderMap::new();
+            headers.insert(
+                http::header::HOST,
+                http::HeaderValue::from_static("app.localhost"),
+            );
+            let head =
+                head::encode_request(&http::Method::GET, &"/".parse().expect("uri"), &headers);
+            let Ok(stream) = session.open(head, true).await else {
                 return;
             };
-            let Ok((mut sender, conn)) =
-                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
-            else {
+            let Some(Ok(mux::Item::Head(h))) = stream.recv().await else {
                 return;
             };
-            let exchange = async move {
-                let req = http::Request::get("/")
-                    .header(http::header::HOST, "app.localhost")
-                    .body(crate::http_util::empty())
-                    .expect("static request");
-                let resp = sender.send_request(req).await.ok()?;
-                Limited::new(resp.into_body(), MAX_MESSAGE)
-                    .collect()
-                    .await
-                    .ok()
-            };
-            tokio::select! {
-                _ = conn.with_upgrades() => {}
-                _ = exchange => {}
+            if head::decode_response(h).is_err() {
+                return;
             }
+            let body = crate::mux_body::RecvBody::new(stream);
+            let _ = Limited::new(body, MAX_MESSAGE).collect().await;
         };
-        tokio::join!(session, request);
+        let (_, ()) = tokio::join!(driver.run(|_| {}), request);
     };
     tokio::join!(server, feed(ops, peer_w, Some([1, 2, 3, 4])), drain(peer_r));
 }

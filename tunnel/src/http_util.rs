@@ -109,12 +109,31 @@ pub async fn splice_upgrades(a: hyper::upgrade::OnUpgrade, b: hyper::upgrade::On
             return;
         }
     };
-    let mut a = hyper_util::rt::TokioIo::new(a);
-    let mut b = hyper_util::rt::TokioIo::new(b);
+    splice(
+        hyper_util::rt::TokioIo::new(a),
+        hyper_util::rt::TokioIo::new(b),
+    )
+    .await;
+}
+
+/// Copies both ways between two connections until both directions have ended (each end's EOF
+/// reaches the other as a shutdown of its write half) or either fails; returns the bytes copied
+/// from `a` to `b` and from `b` to `a`, or `None` on failure.
+pub async fn splice<A, B>(mut a: A, mut b: B) -> Option<(u64, u64)>
+where
+    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     // 64 KiB buffers: WebSocket messages of several MiB (HMR bundles) cross in few reads.
     match tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, 64 * 1024, 64 * 1024).await {
-        Ok((up, down)) => tracing::debug!(up, down, "upgraded connection closed"),
-        Err(e) => tracing::debug!(%e, "upgraded connection broke"),
+        Ok((up, down)) => {
+            tracing::debug!(up, down, "upgraded connection closed");
+            Some((up, down))
+        }
+        Err(e) => {
+            tracing::debug!(%e, "upgraded connection broke");
+            None
+        }
     }
 }
 

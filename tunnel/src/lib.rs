@@ -1,14 +1,16 @@
 //! ggrok's tunnel core: the wire protocol and the client engine.
 //!
-//! A client holds one WebSocket to the server. Over it runs a yamux session; the server opens one
-//! stream per public request and writes the request as plain HTTP/1.1, the client forwards it to
+//! A client holds one WebSocket to the server, and ggrok's multiplexer runs streams over it. The
+//! server opens one stream per public request, with the request's head; the client forwards it to
 //! the local service and streams the response back. Upgrades (WebSocket, HMR) turn the stream into
-//! a byte pipe. yamux gives every stream its own flow-control window, so a slow visitor stalls only
-//! its own stream and memory stays bounded.
+//! a byte pipe. Every stream has its own credit and the session a shared one, so a slow visitor
+//! stalls only its own stream and memory stays bounded.
 //!
 //! Layout:
 //! - [`protocol`]: every constant, header and message on the wire, name validation, limits.
-//! - [`ws_io`]: a WebSocket as a byte stream, with ping/pong liveness.
+//! - [`mux`]: streams over one WebSocket, with flow control and liveness.
+//! - [`head`]: the request and response heads that open and answer a stream.
+//! - [`mux_body`]: HTTP bodies read from and written into a stream.
 //! - [`client`]: [`Tunnel::start`], status, reconnect with backoff.
 //! - [`forward`]: the client's side of a stream: forward to the local service, replay.
 //! - [`driven`]: HTTP/1.1 client connections driven by the task that uses them.
@@ -23,11 +25,13 @@ pub mod driven;
 pub mod forward;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod head;
 pub mod http_util;
+pub mod mux;
+pub mod mux_body;
 pub mod protocol;
 pub mod stop;
 pub mod traffic;
-pub mod ws_io;
 
 pub use client::{Backoff, ConfigError, Secret, Status, Tunnel, TunnelConfig};
 pub use forward::{LocalTarget, ReplayError};

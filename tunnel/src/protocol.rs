@@ -1,18 +1,23 @@
-//! The wire protocol: every constant, header name and message shared by client and server.
+//! The wire protocol: every constant, header name, frame and message shared by client and server.
 //!
 //! A session is one WebSocket opened with an HTTP upgrade to [`CONNECT_PATH`]. The upgrade request
 //! carries the protocol version, the token and the wanted subdomain as headers; the server either
 //! refuses it with an HTTP error whose JSON body is a [`Refusal`], or answers `101 Switching
-//! Protocols` with the assigned name and public URL in [`HEADER_NAME`] / [`HEADER_URL`]. After the
-//! upgrade the WebSocket's binary messages form one byte stream that carries a yamux session.
-//! The server opens one yamux stream per public request; each stream carries plain HTTP/1.1.
+//! Protocols` with the assigned name and public URL in [`HEADER_NAME`] / [`HEADER_URL`].
+//!
+//! After the upgrade every WebSocket binary message carries one or more whole frames of ggrok's
+//! multiplexer ([`crate::mux`]): a 10-byte header ([`FRAME_HEADER_LEN`]: type, flags, stream id,
+//! payload length, big-endian) and the payload. The server opens one stream per public request
+//! (its [`FRAME_OPEN`] payload is the request head, [`crate::head`]), the client answers with a
+//! [`FRAME_HEADERS`] frame (the response head) and both send the bodies as [`FRAME_DATA`] frames
+//! under per-stream and per-session credit ([`FRAME_WINDOW`]).
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 /// Version of this protocol. Bumped on any incompatible change; both sides must agree exactly.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Path of the control endpoint on the server's apex domain.
 pub const CONNECT_PATH: &str = "/_ggrok/connect";
@@ -48,10 +53,10 @@ pub const CLOSE_REVOKED: u16 = 4002;
 pub const CLOSE_SHUTDOWN: u16 = 4003;
 
 /// Largest WebSocket message either side accepts. Writers send at most [`MAX_CHUNK`] per
-/// message; the slack covers yamux framing. Anything bigger is an attack or a bug.
+/// message, or one frame of at most [`MAX_HEAD_FRAME`]. Anything bigger is an attack or a bug.
 pub const MAX_MESSAGE: usize = 1024 * 1024;
-/// Largest payload a writer puts in one WebSocket message: a full yamux window's frame, so a
-/// large transfer costs one message per window rather than many small ones.
+/// Most bytes of frames a writer packs into one WebSocket message: the frames of many requests
+/// in flight leave in one message and one `send`.
 pub const MAX_CHUNK: usize = 256 * 1024;
 /// Bytes the WebSocket writer may buffer before a write must wait for the socket, so a slow
 /// network applies backpressure instead of growing memory.
@@ -61,8 +66,8 @@ pub const MAX_WRITE_BUFFER: usize = 4 * MAX_CHUNK;
 /// zeroed 128 KiB per read); 32 KiB reads still move a large body with few system calls.
 pub const READ_BUFFER: usize = 32 * 1024;
 
-/// Streams one session may have open at once. Each holds at most one yamux window (256 KiB) of
-/// unread data, so this also bounds a session's buffered bytes.
+/// Streams one session may have open at once in each direction. A stream costs a few hundred
+/// bytes of state; the data it buffers counts against [`SESSION_WINDOW`].
 pub const MAX_STREAMS: usize = 4096;
 
 /// How often each side pings. PaaS routers drop WebSockets idle for about 55 s.
@@ -197,20 +202,6 @@ pub fn validate_name(name: &str) -> Result<(), NameError> {
     Ok(())
 }
 
-/// yamux settings both sides use. yamux's own keepalive is off: liveness is WebSocket ping/pong
-/// (see [`crate::ws_io`]), which PaaS routers also see.
-pub fn yamux_config() -> tokio_yamux::Config {
-    tokio_yamux::Config {
-        enable_keepalive: false,
-        max_stream_count: MAX_STREAMS,
-        accept_backlog: MAX_STREAMS,
-        // A stalled peer that stops reading is caught by the heartbeat; this only bounds a write
-        // that the socket never takes.
-        connection_write_timeout: PEER_TIMEOUT,
-        ..tokio_yamux::Config::default()
-    }
-}
-
 /// WebSocket limits both sides use.
 pub fn websocket_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
     tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
@@ -220,6 +211,60 @@ pub fn websocket_config() -> tokio_tungstenite::tungstenite::protocol::WebSocket
         .write_buffer_size(MAX_CHUNK)
         .max_write_buffer_size(MAX_WRITE_BUFFER + MAX_MESSAGE)
 }
+
+// ---- Multiplexer frames (see `crate::mux`) ----
+
+/// Bytes of a frame header: type (u8), flags (u8), stream id (u32), payload length (u32).
+pub const FRAME_HEADER_LEN: usize = 10;
+/// Frame type: stream data. Counts against the stream's and the session's credit.
+pub const FRAME_DATA: u8 = 0;
+/// Frame type: opens a stream; the payload is the opening head (an HTTP request head, or a TCP
+/// connection's). Stream ids of the side that accepted the WebSocket (the server) are odd, those
+/// of the side that opened it even; each side's ids only grow.
+pub const FRAME_OPEN: u8 = 1;
+/// Frame type: the answering head on a stream the peer opened (an HTTP response head), or with
+/// [`FLAG_TRAILERS`] the trailers that end a body.
+pub const FRAME_HEADERS: u8 = 2;
+/// Frame type: the stream is aborted in both directions; payload: code (u32, `RESET_*`) and a
+/// UTF-8 reason of at most [`MAX_RESET_REASON`] bytes.
+pub const FRAME_RESET: u8 = 3;
+/// Frame type: credit; payload: increment (u32). Stream id 0 grants session credit.
+pub const FRAME_WINDOW: u8 = 4;
+
+/// Flag: the sender's half of the stream ends with this frame.
+pub const FLAG_FIN: u8 = 1;
+/// Flag on [`FRAME_HEADERS`]: these are trailers (and the sender's half ends).
+pub const FLAG_TRAILERS: u8 = 2;
+
+/// Largest payload of one DATA frame. Writers split larger writes; a frame of 16 KiB or more
+/// travels in a WebSocket message of its own, so the reader keeps it without copying.
+pub const MAX_DATA_FRAME: usize = 64 * 1024;
+/// Largest payload of an OPEN or HEADERS frame: a 64 KiB request head plus what the server adds.
+pub const MAX_HEAD_FRAME: usize = 128 * 1024;
+/// Longest reason a RESET frame carries.
+pub const MAX_RESET_REASON: usize = 256;
+/// Credit each stream starts with in each direction: the most unread data a stream can make its
+/// reader hold. A full window in flight keeps one large transfer at loopback speed.
+pub const STREAM_WINDOW: u32 = 256 * 1024;
+/// Credit a session starts with in each direction, shared by its streams: DATA, OPEN and HEADERS
+/// payloads all count, so this bounds what a peer can make us buffer, however many streams.
+pub const SESSION_WINDOW: u32 = 16 * 1024 * 1024;
+
+/// RESET code: the sender no longer wants the stream (a visitor left, a body was dropped).
+pub const RESET_CANCEL: u32 = 0;
+/// RESET code: the stream was not accepted (too many streams, or opening is not allowed).
+pub const RESET_REFUSED: u32 = 1;
+/// RESET code: the stream's head or framing was malformed.
+pub const RESET_PROTOCOL: u32 = 2;
+/// RESET code: the stream's reader read nothing for the stall timeout while data waited.
+pub const RESET_STALLED: u32 = 3;
+/// RESET code: the local service could not be reached (TCP tunnels).
+pub const RESET_UNREACHABLE: u32 = 4;
+/// RESET code: the request body failed (malformed, cut off, or stalled at the visitor).
+pub const RESET_BODY: u32 = 5;
+
+/// WebSocket close code of a session that broke the framing rules.
+pub const CLOSE_PROTOCOL: u16 = 1002;
 
 /// Liveness settings for one side of a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

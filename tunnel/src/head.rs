@@ -1,0 +1,282 @@
+//! The heads that open and answer a stream ([`crate::protocol::FRAME_OPEN`] and
+//! [`crate::protocol::FRAME_HEADERS`] payloads), in a plain length-prefixed binary form.
+//!
+//! A request crosses the tunnel as its parsed parts, not as HTTP/1.1 text: the server has
+//! parsed the visitor's request already and the client hands parts to its HTTP client, so
+//! writing and parsing a text head in between was work done twice on every request. Names and
+//! values are validated again on decoding, as the text parser would have: the peer is not
+//! trusted.
+//!
+//! Layout (integers big-endian):
+//! - request: `1u8`, method (`u8` length + bytes), target (`u32` length + origin-form bytes),
+//!   headers;
+//! - TCP connection: `2u8`, the visitor's address (`u16` length + `ip:port` text);
+//! - response: status (`u16`), headers;
+//! - trailers: headers;
+//! - headers: count (`u16`), then per header name (`u16` length + bytes) and value (`u32`
+//!   length + bytes), in order, repeated names repeated.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
+
+/// First byte of an opening head: what the stream carries.
+const KIND_HTTP: u8 = 1;
+const KIND_TCP: u8 = 2;
+
+/// A head that does not decode.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed head: {0}")]
+pub struct HeadError(&'static str);
+
+/// What a stream's opening head asks for.
+#[derive(Debug)]
+pub enum Open {
+    /// An HTTP request: its head (the body follows as the stream's data).
+    Http(http::request::Parts),
+    /// A TCP connection from the visitor at this address (text, for logs).
+    Tcp(String),
+}
+
+fn put_headers(out: &mut BytesMut, headers: &HeaderMap) {
+    out.put_u16(headers.len().min(u16::MAX as usize) as u16);
+    for (name, value) in headers.iter().take(u16::MAX as usize) {
+        out.put_u16(name.as_str().len() as u16);
+        out.put_slice(name.as_str().as_bytes());
+        out.put_u32(value.len() as u32);
+        out.put_slice(value.as_bytes());
+    }
+}
+
+fn headers_len(headers: &HeaderMap) -> usize {
+    2 + headers
+        .iter()
+        .map(|(k, v)| 6 + k.as_str().len() + v.len())
+        .sum::<usize>()
+}
+
+/// The opening head of an HTTP request: method, origin-form target and headers.
+pub fn encode_request(method: &Method, uri: &Uri, headers: &HeaderMap) -> Bytes {
+    let target = uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut out = BytesMut::with_capacity(
+        1 + 1 + method.as_str().len() + 4 + target.len() + headers_len(headers),
+    );
+    out.put_u8(KIND_HTTP);
+    out.put_u8(method.as_str().len() as u8);
+    out.put_slice(method.as_str().as_bytes());
+    out.put_u32(target.len() as u32);
+    out.put_slice(target.as_bytes());
+    put_headers(&mut out, headers);
+    out.freeze()
+}
+
+/// The opening head of a TCP connection from `peer`.
+pub fn encode_tcp(peer: &str) -> Bytes {
+    let peer = &peer.as_bytes()[..peer.len().min(u16::MAX as usize)];
+    let mut out = BytesMut::with_capacity(3 + peer.len());
+    out.put_u8(KIND_TCP);
+    out.put_u16(peer.len() as u16);
+    out.put_slice(peer);
+    out.freeze()
+}
+
+/// The answering head of an HTTP response.
+pub fn encode_response(status: StatusCode, headers: &HeaderMap) -> Bytes {
+    let mut out = BytesMut::with_capacity(2 + headers_len(headers));
+    out.put_u16(status.as_u16());
+    put_headers(&mut out, headers);
+    out.freeze()
+}
+
+/// Trailers that end a body.
+pub fn encode_trailers(headers: &HeaderMap) -> Bytes {
+    let mut out = BytesMut::with_capacity(headers_len(headers));
+    put_headers(&mut out, headers);
+    out.freeze()
+}
+
+/// Reads a head, handing out zero-copy slices of it.
+struct Reader {
+    buf: Bytes,
+    pos: usize,
+}
+
+impl Reader {
+    fn take(&mut self, n: usize) -> Result<Bytes, HeadError> {
+        if self.buf.len() - self.pos < n {
+            return Err(HeadError("cut off"));
+        }
+        let b = self.buf.slice(self.pos..self.pos + n);
+        self.pos += n;
+        Ok(b)
+    }
+
+    fn u8(&mut self) -> Result<u8, HeadError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u16(&mut self) -> Result<u16, HeadError> {
+        let b = self.take(2)?;
+        Ok(u16::from_be_bytes([b[0], b[1]]))
+    }
+
+    fn u32(&mut self) -> Result<u32, HeadError> {
+        let b = self.take(4)?;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    fn headers(&mut self) -> Result<HeaderMap, HeadError> {
+        let count = self.u16()? as usize;
+        // Each header takes at least 6 bytes: a count beyond what is left is a lie.
+        if count * 6 > self.buf.len() - self.pos {
+            return Err(HeadError("more headers than bytes"));
+        }
+        let mut map = HeaderMap::with_capacity(count);
+        for _ in 0..count {
+            let n = self.u16()? as usize;
+            let name = self.take(n)?;
+            let name = HeaderName::from_bytes(&name).map_err(|_| HeadError("bad header name"))?;
+            let n = self.u32()? as usize;
+            let value = self.take(n)?;
+            let value =
+                HeaderValue::from_maybe_shared(value).map_err(|_| HeadError("bad header value"))?;
+            map.append(name, value);
+        }
+        Ok(map)
+    }
+
+    fn end(&self) -> Result<(), HeadError> {
+        if self.pos == self.buf.len() {
+            Ok(())
+        } else {
+            Err(HeadError("bytes after the end"))
+        }
+    }
+}
+
+/// Decodes an opening head.
+pub fn decode_open(buf: Bytes) -> Result<Open, HeadError> {
+    let mut r = Reader { buf, pos: 0 };
+    match r.u8()? {
+        KIND_HTTP => {
+            let n = r.u8()? as usize;
+            let method = Method::from_bytes(&r.take(n)?).map_err(|_| HeadError("bad method"))?;
+            let n = r.u32()? as usize;
+            let target = r.take(n)?;
+            if target.first() != Some(&b'/') && &target[..] != b"*" {
+                return Err(HeadError("the target is not in origin form"));
+            }
+            let uri = Uri::from_maybe_shared(target).map_err(|_| HeadError("bad target"))?;
+            let headers = r.headers()?;
+            r.end()?;
+            let mut req = http::Request::new(());
+            *req.method_mut() = method;
+            *req.uri_mut() = uri;
+            *req.headers_mut() = headers;
+            Ok(Open::Http(req.into_parts().0))
+        }
+        KIND_TCP => {
+            let n = r.u16()? as usize;
+            let peer = r.take(n)?;
+            r.end()?;
+            Ok(Open::Tcp(String::from_utf8_lossy(&peer).into_owned()))
+        }
+        _ => Err(HeadError("unknown stream kind")),
+    }
+}
+
+/// Decodes an answering head.
+pub fn decode_response(buf: Bytes) -> Result<http::response::Parts, HeadError> {
+    let mut r = Reader { buf, pos: 0 };
+    let status = StatusCode::from_u16(r.u16()?).map_err(|_| HeadError("bad status"))?;
+    let headers = r.headers()?;
+    r.end()?;
+    let mut resp = http::Response::new(());
+    *resp.status_mut() = status;
+    *resp.headers_mut() = headers;
+    Ok(resp.into_parts().0)
+}
+
+/// Decodes trailers.
+pub fn decode_trailers(buf: Bytes) -> Result<HeaderMap, HeadError> {
+    let mut r = Reader { buf, pos: 0 };
+    let headers = r.headers()?;
+    r.end()?;
+    Ok(headers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip_with_repeated_and_odd_headers() {
+        let mut h = HeaderMap::new();
+        h.append("set-cookie", HeaderValue::from_static("a=1"));
+        h.append("set-cookie", HeaderValue::from_static("b=2"));
+        h.insert("x-empty", HeaderValue::from_static(""));
+        h.insert("x-bytes", HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap());
+        let uri: Uri = "/p/a%20th?q=1&r".parse().unwrap();
+        let head = encode_request(&Method::from_bytes(b"PURGE").unwrap(), &uri, &h);
+        let Open::Http(parts) = decode_open(head).unwrap() else {
+            panic!("not http")
+        };
+        assert_eq!(parts.method.as_str(), "PURGE");
+        assert_eq!(parts.uri, uri);
+        assert_eq!(parts.headers, h);
+        let cookies: Vec<_> = parts.headers.get_all("set-cookie").iter().collect();
+        assert_eq!(cookies, ["a=1", "b=2"], "order kept");
+    }
+
+    #[test]
+    fn responses_trailers_and_tcp_round_trip() {
+        let mut h = HeaderMap::new();
+        h.insert("content-type", HeaderValue::from_static("text/plain"));
+        let parts = decode_response(encode_response(StatusCode::IM_A_TEAPOT, &h)).unwrap();
+        assert_eq!(
+            (parts.status, parts.headers),
+            (StatusCode::IM_A_TEAPOT, h.clone())
+        );
+        assert_eq!(decode_trailers(encode_trailers(&h)).unwrap(), h);
+        match decode_open(encode_tcp("127.0.0.1:5555")).unwrap() {
+            Open::Tcp(peer) => assert_eq!(peer, "127.0.0.1:5555"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn malformed_heads_are_refused_not_trusted() {
+        let good = encode_request(&Method::GET, &"/".parse().unwrap(), &HeaderMap::new());
+        // Every truncation fails cleanly.
+        for n in 0..good.len() {
+            assert!(decode_open(good.slice(..n)).is_err(), "cut at {n}");
+        }
+        let mut extra = good.to_vec();
+        extra.push(0);
+        assert!(decode_open(extra.into()).is_err());
+        // A header value with a newline would be a header injection in text form.
+        let mut bad = vec![KIND_HTTP, 3];
+        bad.extend_from_slice(b"GET");
+        bad.extend_from_slice(&1u32.to_be_bytes());
+        bad.push(b'/');
+        bad.extend_from_slice(&1u16.to_be_bytes());
+        bad.extend_from_slice(&1u16.to_be_bytes());
+        bad.push(b'x');
+        bad.extend_from_slice(&4u32.to_be_bytes());
+        bad.extend_from_slice(b"a\r\nb");
+        assert_eq!(
+            decode_open(bad.into()).unwrap_err(),
+            HeadError("bad header value")
+        );
+        // Absolute targets and lying counts.
+        let abs = encode_request(
+            &Method::GET,
+            &"http://evil/x".parse().unwrap(),
+            &HeaderMap::new(),
+        );
+        assert!(decode_open(abs).is_ok(), "encoding writes origin form");
+        let mut lie = vec![0u8, 200];
+        lie.extend_from_slice(&u16::MAX.to_be_bytes());
+        assert!(decode_response(lie.into()).is_err());
+        assert!(decode_open(Bytes::from_static(&[9])).is_err());
+    }
+}
