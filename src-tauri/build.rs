@@ -13,6 +13,7 @@ const COMMANDS: &[&str] = &[
     "replay",
     "list_servers",
     "save_server",
+    "test_server",
     "delete_server",
     "copy_url",
     "open_url",

@@ -9,7 +9,7 @@ use tauri_plugin_clipboard_manager::ClipboardExt;
 
 use crate::{
     error::Error,
-    state::{AppInfo, AppState, ServerInput, ServerView, TunnelInput, TunnelView},
+    state::{AppInfo, AppState, ServerCheck, ServerInput, ServerView, TunnelInput, TunnelView},
     tunnels::{Detail, Summary},
 };
 
@@ -90,6 +90,12 @@ pub async fn list_servers(state: S<'_>) -> Result<Vec<ServerView>, Error> {
 #[tauri::command]
 pub async fn save_server(state: S<'_>, input: ServerInput) -> Result<ServerView, Error> {
     state.save_server(input)
+}
+
+/// Checks a server's URL and token by opening one session.
+#[tauri::command]
+pub async fn test_server(state: S<'_>, input: ServerInput) -> Result<ServerCheck, Error> {
+    state.test_server(input).await
 }
 
 /// Removes a server.

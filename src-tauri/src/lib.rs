@@ -65,6 +65,7 @@ pub fn builder<R: Runtime>(builder: Builder<R>, state: Arc<AppState>) -> Builder
             commands::replay,
             commands::list_servers,
             commands::save_server,
+            commands::test_server,
             commands::delete_server,
             commands::copy_url,
             commands::open_url,

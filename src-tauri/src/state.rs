@@ -40,6 +40,8 @@ pub struct TunnelView {
     pub status: Status,
     /// Requests since the last start.
     pub requests: u64,
+    /// Set while nothing answers on the local port.
+    pub local_warning: Option<String>,
 }
 
 impl TunnelView {
@@ -89,6 +91,8 @@ pub struct AppInfo {
     pub warnings: Vec<String>,
     /// Rows kept per tunnel.
     pub traffic_cap: usize,
+    /// Whether tokens go to the system keyring (else memory, this run only).
+    pub keyring_available: bool,
 }
 
 /// Expose / edit form input.
@@ -125,6 +129,19 @@ pub struct ServerInput {
     #[serde(default)]
     pub token: Option<String>,
 }
+
+/// What "Test connection" found.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerCheck {
+    /// Whether a session opened with the token.
+    pub ok: bool,
+    /// A sentence for the form.
+    pub message: String,
+}
+
+/// How long "Test connection" waits for the server.
+pub const TEST_WAIT: Duration = Duration::from_secs(10);
 
 /// The app's state.
 pub struct AppState {
@@ -172,13 +189,14 @@ impl AppState {
     /// Startup facts and warnings.
     pub fn info(&self) -> AppInfo {
         let mut warnings = self.warnings.lock().expect("warnings lock").clone();
-        if let Some(p) = self.secrets.keyring_problem() {
-            warnings.push(p);
-        }
+        let problem = self.secrets.keyring_problem();
+        let keyring_available = problem.is_none();
+        warnings.extend(problem);
         AppInfo {
             builtin_server_url: self.builtin_url.clone(),
             warnings,
             traffic_cap: TRAFFIC_CAP,
+            keyring_available,
         }
     }
 
@@ -225,6 +243,7 @@ impl AppState {
             start_on_launch: t.start_on_launch,
             status: state.status,
             requests: state.requests,
+            local_warning: state.local_warning,
         }
     }
 
@@ -280,19 +299,34 @@ impl AppState {
         out
     }
 
-    fn validate(&self, input: &TunnelInput) -> Result<SavedTunnel, Error> {
+    /// Checks `input` for the saved tunnel `id` (`None` for a new one).
+    fn validate(&self, id: Option<&str>, input: &TunnelInput) -> Result<SavedTunnel, Error> {
         let port = u16::try_from(input.local_port)
             .ok()
             .filter(|p| *p != 0)
             .ok_or_else(|| Error::invalid("port", "port must be between 1 and 65535"))?;
+        // The CLI's rule, unchanged: "MyApp" is refused with the reason rather than quietly
+        // becoming another name than the one typed.
         let subdomain = match input.subdomain.as_deref().map(str::trim) {
             None | Some("") => None,
             Some(s) => {
-                let s = s.to_ascii_lowercase();
-                validate_name(&s).map_err(|e| Error::invalid("subdomain", e.to_string()))?;
-                Some(s)
+                validate_name(s).map_err(|e| Error::invalid("subdomain", e.to_string()))?;
+                Some(s.to_owned())
             }
         };
+        if let Some(name) = &subdomain {
+            let twin = self.saved_tunnels().into_iter().any(|t| {
+                Some(t.id.as_str()) != id
+                    && t.server_id == input.server_id
+                    && t.subdomain.as_ref() == Some(name)
+            });
+            if twin {
+                return Err(Error::invalid(
+                    "subdomain",
+                    format!("another saved tunnel already uses {name} on this server"),
+                ));
+            }
+        }
         let local_host = match input.local_host.as_deref().map(str::trim) {
             None | Some("") => "localhost".to_owned(),
             Some(h)
@@ -322,6 +356,9 @@ impl AppState {
             subdomain: t.subdomain.clone(),
             local_host: t.local_host.clone(),
             local_port: t.local_port,
+            // Stable per saved tunnel: the server gives a restarted tunnel its name back at
+            // once instead of holding it for the old session.
+            client_id: Some(format!("ggrok-desktop-{}", t.id)),
         })
     }
 
@@ -334,7 +371,7 @@ impl AppState {
 
     /// Validates, saves and starts a new tunnel; answers once it is online (or failed).
     pub async fn expose(&self, input: TunnelInput) -> Result<TunnelView, Error> {
-        let mut t = self.validate(&input)?;
+        let mut t = self.validate(None, &input)?;
         t.id = new_id();
         self.store
             .lock()
@@ -344,18 +381,22 @@ impl AppState {
         self.run(&t).await
     }
 
-    /// Changes a saved tunnel; a running one restarts with the new settings.
+    /// Changes a saved tunnel; a running one restarts only if what it serves changed.
     pub async fn update_tunnel(&self, id: &str, input: TunnelInput) -> Result<TunnelView, Error> {
-        self.saved(id)?;
-        let mut t = self.validate(&input)?;
+        let old = self.saved(id)?;
+        let mut t = self.validate(Some(id), &input)?;
         t.id = id.to_owned();
+        let restart = SavedTunnel {
+            start_on_launch: old.start_on_launch,
+            ..t.clone()
+        } != old;
         self.store.lock().expect("store lock").update(|d| {
             if let Some(slot) = d.tunnels.iter_mut().find(|x| x.id == id) {
                 *slot = t.clone();
             }
         })?;
         self.notify();
-        if self.manager.is_running(id) {
+        if restart && self.manager.is_running(id) {
             self.run(&t).await
         } else {
             self.tunnel(id)
@@ -484,6 +525,62 @@ impl AppState {
             .ok_or_else(|| Error::NotFound(format!("server {id}")))
     }
 
+    /// Opens one session to the server in `input` with its token (the typed one, else the saved
+    /// one) and closes it again: proves the URL, that a ggrok server answers there, and the token.
+    pub async fn test_server(&self, input: ServerInput) -> Result<ServerCheck, Error> {
+        let url = input.url.trim().trim_end_matches('/').to_owned();
+        let mut config = TunnelConfig::new(url, 9);
+        config
+            .connect_url()
+            .map_err(|e| Error::invalid("url", e.to_string()))?;
+        config.token = match input.token.as_deref().map(str::trim) {
+            Some("") => None,
+            Some(tok) => Some(Secret::new(tok)),
+            None => input
+                .id
+                .as_deref()
+                .and_then(|id| self.secrets.get(id))
+                .map(|(s, _)| s),
+        };
+        let has_token = config.token.is_some();
+        config.ring_size = 0;
+        let tunnel = ggrok_tunnel::Tunnel::start(config)
+            .map_err(|e| Error::invalid("url", e.to_string()))?;
+        let mut status = tunnel.status();
+        let outcome = tokio::time::timeout(TEST_WAIT, async {
+            loop {
+                let now = status.borrow_and_update().clone();
+                match now {
+                    Status::Connecting => {}
+                    s => return s,
+                }
+                if status.changed().await.is_err() {
+                    return Status::Stopped;
+                }
+            }
+        })
+        .await;
+        tunnel.stop().await;
+        let (ok, message) = match outcome {
+            Ok(Status::Online { .. }) if has_token => {
+                (true, "Connected; the token was accepted.".to_owned())
+            }
+            Ok(Status::Online { .. }) => {
+                (true, "Connected; this server needs no token.".to_owned())
+            }
+            Ok(Status::Failed { message, .. }) => (false, message),
+            Ok(Status::Reconnecting { reason, .. }) => {
+                (false, format!("Cannot reach the server: {reason}"))
+            }
+            Ok(_) => (false, "The test was stopped.".to_owned()),
+            Err(_) => (
+                false,
+                format!("No answer within {} s.", TEST_WAIT.as_secs()),
+            ),
+        };
+        Ok(ServerCheck { ok, message })
+    }
+
     /// Removes a server that no tunnel uses, and its token.
     pub fn delete_server(&self, id: &str) -> Result<(), Error> {
         if id == BUILTIN_SERVER_ID {
@@ -552,7 +649,7 @@ mod tests {
         let origin = Origin::start().await;
         let s = state(dir.path(), &server);
         let view = s
-            .expose(input(origin.port as i64, Some("Demo")))
+            .expose(input(origin.port as i64, Some("demo")))
             .await
             .unwrap();
         let url = format!("http://demo.localhost:{}", server.port);
@@ -593,6 +690,8 @@ mod tests {
             (input(-1, None), "port"),
             (input(80, Some("-bad")), "subdomain"),
             (input(80, Some("a.b")), "subdomain"),
+            // The CLI's rule: refused with the reason, not silently lowercased.
+            (input(80, Some("MyApp")), "subdomain"),
             (
                 TunnelInput {
                     server_id: "nope".into(),
@@ -607,6 +706,214 @@ mod tests {
             }
         }
         assert!(s.tunnels().is_empty(), "nothing saved on invalid input");
+        let Err(err) = s.expose(input(80, Some("MyApp"))).await else {
+            panic!()
+        };
+        assert_eq!(err.to_string(), "subdomain must be lowercase (found 'M')");
+    }
+
+    async fn next_traffic(rx: &mut broadcast::Receiver<crate::tunnels::Event>) {
+        while !matches!(
+            rx.recv().await.unwrap(),
+            crate::tunnels::Event::Traffic { .. }
+        ) {}
+    }
+
+    #[tokio::test]
+    async fn the_same_subdomain_twice_on_one_server_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = TestServer::start().await;
+        let origin = Origin::start().await;
+        let s = state(dir.path(), &server);
+        let first = s
+            .expose(input(origin.port as i64, Some("twin")))
+            .await
+            .unwrap();
+        match s.expose(input(origin.port as i64, Some("twin"))).await {
+            Err(Error::Invalid { field, message }) => {
+                assert_eq!(field, "subdomain");
+                assert_eq!(
+                    message,
+                    "another saved tunnel already uses twin on this server"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(s.tunnels().len(), 1);
+        // Saving the tunnel itself again is not a twin.
+        s.update_tunnel(&first.id, input(origin.port as i64, Some("twin")))
+            .await
+            .unwrap();
+        s.manager().stop_all().await;
+    }
+
+    #[tokio::test]
+    async fn edits_restart_only_when_needed_and_keep_history_and_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = TestServer::start().await;
+        let origin = Origin::start().await;
+        let s = state(dir.path(), &server);
+        let mut events = s.manager().subscribe();
+        let t = s
+            .expose(input(origin.port as i64, Some("keep")))
+            .await
+            .unwrap();
+        get(server.port, "keep.localhost", "/one").await;
+        next_traffic(&mut events).await;
+        assert_eq!(s.tunnel(&t.id).unwrap().requests, 1);
+
+        // Only "start on launch": saved, not restarted (a restart resets the count).
+        let v = s
+            .update_tunnel(
+                &t.id,
+                TunnelInput {
+                    start_on_launch: false,
+                    ..input(origin.port as i64, Some("keep"))
+                },
+            )
+            .await
+            .unwrap();
+        assert!(!v.start_on_launch);
+        assert_eq!(v.requests, 1, "not restarted");
+        assert!(v.url().is_some());
+
+        // A new local port restarts it; the fixed name comes back at once (same client id),
+        // and the history stays.
+        let origin2 = Origin::start().await;
+        let v = s
+            .update_tunnel(&t.id, input(origin2.port as i64, Some("keep")))
+            .await
+            .unwrap();
+        assert_eq!(v.requests, 0, "restarted");
+        assert_eq!(
+            v.url(),
+            Some(format!("http://keep.localhost:{}", server.port).as_str())
+        );
+        get(server.port, "keep.localhost", "/two").await;
+        next_traffic(&mut events).await;
+        let paths: Vec<_> = s
+            .traffic(&t.id)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.path)
+            .collect();
+        assert_eq!(paths, ["/two", "/one"]);
+
+        // Stop and Start: same name, same history.
+        s.stop(&t.id).await.unwrap();
+        let v = s.start(&t.id).await.unwrap();
+        assert!(v.url().is_some(), "{v:?}");
+        assert_eq!(s.traffic(&t.id).unwrap().len(), 2);
+        s.manager().stop_all().await;
+    }
+
+    #[tokio::test]
+    async fn bad_server_urls_are_refused_on_save_and_test() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = TestServer::start().await;
+        let s = state(dir.path(), &server);
+        for url in ["tunnel example com", "ftp://x", "https://x/path", ""] {
+            let inp = ServerInput {
+                id: None,
+                name: "x".into(),
+                url: url.into(),
+                token: None,
+            };
+            assert!(
+                matches!(
+                    s.save_server(inp.clone()),
+                    Err(Error::Invalid { field: "url", .. })
+                ),
+                "{url}"
+            );
+            assert!(
+                matches!(
+                    s.test_server(inp).await,
+                    Err(Error::Invalid { field: "url", .. })
+                ),
+                "{url}"
+            );
+        }
+        assert_eq!(s.servers().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn test_connection_checks_reachability_and_the_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = TestServer::start().await;
+        let s = state(dir.path(), &server);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mut config = ggrok_server::Config::new("localhost");
+        config.tokens = ggrok_server::Tokens::from_plain(["right-token"]);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(ggrok_server::run(listener, config, async {
+            let _ = stopped.await;
+        }));
+        let check = |url: String, token: Option<&str>| ServerInput {
+            id: None,
+            name: "x".into(),
+            url,
+            token: token.map(str::to_owned),
+        };
+        let url = format!("http://127.0.0.1:{port}");
+        let ok = s
+            .test_server(check(url.clone(), Some("right-token")))
+            .await
+            .unwrap();
+        assert_eq!(
+            ok,
+            ServerCheck {
+                ok: true,
+                message: "Connected; the token was accepted.".into()
+            }
+        );
+        let bad = s
+            .test_server(check(url.clone(), Some("wrong")))
+            .await
+            .unwrap();
+        assert!(!bad.ok);
+        assert!(bad.message.contains("token"), "{}", bad.message);
+        let none = s.test_server(check(url, None)).await.unwrap();
+        assert!(!none.ok, "{none:?}");
+        // The saved token is used when none is typed.
+        let saved = s
+            .save_server(check(
+                format!("http://127.0.0.1:{port}"),
+                Some("right-token"),
+            ))
+            .unwrap();
+        let again = s
+            .test_server(ServerInput {
+                id: Some(saved.id),
+                ..check(format!("http://127.0.0.1:{port}"), None)
+            })
+            .await
+            .unwrap();
+        assert!(again.ok, "{again:?}");
+        let open = s
+            .test_server(check(server.url.clone(), None))
+            .await
+            .unwrap();
+        assert_eq!(open.message, "Connected; this server needs no token.");
+        let _ = stop.send(());
+
+        // Nothing listening: said so, without waiting for the full timeout.
+        let dead = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let down = s
+            .test_server(check(format!("http://127.0.0.1:{dead}"), None))
+            .await
+            .unwrap();
+        assert!(!down.ok);
+        assert!(
+            down.message.starts_with("Cannot reach the server"),
+            "{}",
+            down.message
+        );
     }
 
     #[tokio::test]

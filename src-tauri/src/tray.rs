@@ -209,6 +209,7 @@ mod tests {
             start_on_launch: false,
             status,
             requests: 0,
+            local_warning: None,
         }
     }
 
