@@ -10,6 +10,8 @@ export type Status =
 export interface TunnelState {
   status: Status;
   requests: number;
+  /** Set while nothing answers on the local port. */
+  localWarning: string | null;
 }
 
 export interface TunnelView {
@@ -22,6 +24,7 @@ export interface TunnelView {
   startOnLaunch: boolean;
   status: Status;
   requests: number;
+  localWarning: string | null;
 }
 
 export interface ServerView {
@@ -37,6 +40,14 @@ export interface AppInfo {
   builtinServerUrl: string;
   warnings: string[];
   trafficCap: number;
+  /** Whether tokens go to the system keyring (else memory, this run only). */
+  keyringAvailable: boolean;
+}
+
+/** What "Test connection" found. */
+export interface ServerCheck {
+  ok: boolean;
+  message: string;
 }
 
 export interface TunnelInput {

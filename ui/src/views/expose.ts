@@ -19,8 +19,12 @@ export function refreshServerChoices(): void {
   if (!modal.hidden) fillServers();
 }
 
+/** Removes the open form's Escape handler. */
+let unbindEscape: () => void = () => {};
+
 function close(): void {
   fillServers = () => {};
+  unbindEscape();
   replace(modal);
   modal.hidden = true;
 }
@@ -31,14 +35,14 @@ export function openExposeForm(editing?: TunnelView): void {
     "data-testid": "port",
     inputmode: "numeric",
     autocomplete: "off",
-    placeholder: "3000",
+    "aria-describedby": "f-port-hint",
     value: editing ? String(editing.localPort) : "",
   });
   const sub = h("input", {
     id: "f-sub",
     "data-testid": "subdomain",
     autocomplete: "off",
-    placeholder: "random",
+    "aria-describedby": "f-sub-hint",
     value: editing?.subdomain ?? "",
   });
   const host = h("input", {
@@ -80,6 +84,14 @@ export function openExposeForm(editing?: TunnelView): void {
     if ("error" in p) errs.port.textContent = p.error;
     if ("error" in s) errs.subdomain.textContent = s.error;
     if ("error" in p || "error" in s) return null;
+    // The backend refuses it too; said here before anything is sent.
+    const twin = ui.tunnels.find(
+      (t) => t.id !== editing?.id && t.serverId === server.value && s.name !== null && t.subdomain === s.name,
+    );
+    if (twin) {
+      errs.subdomain.textContent = `another saved tunnel already uses ${s.name} on this server`;
+      return null;
+    }
     return { port: p.port, name: s.name };
   };
   port.addEventListener("input", () => {
@@ -95,10 +107,10 @@ export function openExposeForm(editing?: TunnelView): void {
     "form",
     { class: "card form", "data-testid": "expose-form", novalidate: true },
     h("h2", {}, editing ? "Edit tunnel" : "Expose port"),
-    h("label", { for: "f-port" }, "Local port"),
+    h("label", { for: "f-port" }, "Local port ", h("span", { class: "hint", id: "f-port-hint" }, "the port your app listens on, e.g. 3000")),
     port,
     errs.port,
-    h("label", { for: "f-sub" }, "Subdomain (optional)"),
+    h("label", { for: "f-sub" }, "Subdomain ", h("span", { class: "hint", id: "f-sub-hint" }, "optional; empty lets the server pick one")),
     sub,
     errs.subdomain,
     h("label", { for: "f-server" }, "Server"),
@@ -117,8 +129,13 @@ export function openExposeForm(editing?: TunnelView): void {
     ),
     result,
   );
+  const closeBtn = form.querySelector<HTMLButtonElement>('[data-testid="cancel"]')!;
+  // Set once a new tunnel is saved: the form then only shows the result, so a second press of
+  // Start (or Enter) cannot save a twin.
+  let done = false;
   form.addEventListener("submit", (ev) => {
     ev.preventDefault();
+    if (done || submit.disabled) return;
     const ok = check();
     if (!ok) return;
     submit.disabled = true;
@@ -132,10 +149,18 @@ export function openExposeForm(editing?: TunnelView): void {
     };
     upsertTunnel(() => (editing ? api.updateTunnel(editing.id, input) : api.expose(input)))
       .then(async (t) => {
+        if (editing) {
+          close();
+          return;
+        }
+        done = true;
+        submit.remove();
+        for (const el of [port, sub, host, server, onLaunch]) el.disabled = true;
+        closeBtn.textContent = "Done";
         await select(t.id);
         // Status events may have come in while the traffic loaded.
         showResult(result, ui.tunnels.find((x) => x.id === t.id) ?? t);
-        if (editing) close();
+        closeBtn.focus();
       })
       .catch((e) => {
         const err = api.toApiError(e);
@@ -149,6 +174,12 @@ export function openExposeForm(editing?: TunnelView): void {
   });
   replace(modal, h("div", { class: "backdrop", onclick: (e: Event) => e.target === e.currentTarget && close() }, form));
   modal.hidden = false;
+  unbindEscape();
+  const onKey = (e: KeyboardEvent) => {
+    if (e.key === "Escape") close();
+  };
+  document.addEventListener("keydown", onKey);
+  unbindEscape = () => document.removeEventListener("keydown", onKey);
   port.focus();
 }
 
