@@ -169,11 +169,11 @@ impl TunnelConfig {
             "https" | "wss" => "wss",
             other => return Err(ConfigError::Server(format!("unsupported scheme {other:?}"))),
         };
-        if rest.is_empty()
-            || rest.contains('/')
-            || rest.contains('?')
-            || rest.parse::<http::uri::Authority>().is_err()
-        {
+        // `Authority` alone takes any text after a colon as the port, hence the second check.
+        let authority_ok = rest
+            .parse::<http::uri::Authority>()
+            .is_ok_and(|a| a.as_str().len() == a.host().len() || a.port_u16().is_some());
+        if rest.is_empty() || rest.contains('/') || rest.contains('?') || !authority_ok {
             return Err(ConfigError::Server(format!(
                 "{:?} should be just a scheme and host, like https://tunnel.example.com",
                 self.server
@@ -632,6 +632,10 @@ mod tests {
         assert!(c.connect_url().is_err());
         c.server = "https://tunnel.example.com:port".into();
         assert!(c.connect_url().is_err());
+        c.server = "http://[::1]:7070".into();
+        assert_eq!(c.connect_url().unwrap(), "ws://[::1]:7070/_ggrok/connect");
+        c.server = "https://[::1]".into();
+        assert!(c.connect_url().is_ok());
     }
 
     #[test]
