@@ -3,7 +3,11 @@
 
 use std::{sync::Mutex, time::Duration};
 
-use ggrok_tunnel::{client::mask, protocol::validate_name, Secret, Status, TunnelConfig};
+use ggrok_tunnel::{
+    client::mask,
+    protocol::{validate_name, RefusalKind},
+    Secret, Status, TunnelConfig,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
@@ -42,6 +46,8 @@ pub struct TunnelView {
     pub requests: u64,
     /// Set while nothing answers on the local port.
     pub local_warning: Option<String>,
+    /// The name the server last gave it, when it has no fixed subdomain.
+    pub given_name: Option<String>,
 }
 
 impl TunnelView {
@@ -53,11 +59,11 @@ impl TunnelView {
         }
     }
 
-    /// A short label: the subdomain, else the local target.
+    /// A short label: the public name, else the local target.
     pub fn label(&self) -> String {
-        match (&self.status, &self.subdomain) {
-            (Status::Online { name, .. }, _) => name.clone(),
-            (_, Some(s)) => s.clone(),
+        match (&self.status, &self.subdomain, &self.given_name) {
+            (Status::Online { name, .. }, _, _) => name.clone(),
+            (_, Some(s), _) | (_, None, Some(s)) => s.clone(),
             _ => format!("{}:{}", self.local_host, self.local_port),
         }
     }
@@ -244,6 +250,7 @@ impl AppState {
             status: state.status,
             requests: state.requests,
             local_warning: state.local_warning,
+            given_name: t.given_name.clone(),
         }
     }
 
@@ -345,6 +352,7 @@ impl AppState {
             local_host,
             local_port: port,
             start_on_launch: input.start_on_launch,
+            given_name: None,
         })
     }
 
@@ -353,7 +361,7 @@ impl AppState {
         Ok(Spec {
             server,
             token: self.secrets.get(&t.server_id).map(|(s, _)| s),
-            subdomain: t.subdomain.clone(),
+            subdomain: t.subdomain.clone().or_else(|| t.given_name.clone()),
             local_host: t.local_host.clone(),
             local_port: t.local_port,
             // Stable per saved tunnel: the server gives a restarted tunnel its name back at
@@ -366,7 +374,36 @@ impl AppState {
         self.manager.start(&t.id, self.spec(t)?).await?;
         // Ok or failed, the view shows it; a slow server keeps "connecting" and events follow.
         let _ = tokio::time::timeout(ONLINE_WAIT, self.manager.online(&t.id)).await;
-        self.tunnel(&t.id)
+        let view = self.tunnel(&t.id)?;
+        if t.subdomain.is_some() {
+            return Ok(view);
+        }
+        match &view.status {
+            Status::Online { name, .. } if view.given_name.as_ref() != Some(name) => {
+                self.set_given_name(&t.id, Some(name.clone()))?;
+                self.tunnel(&t.id)
+            }
+            // The remembered name went to someone else: any name beats a failed tunnel that
+            // never asked for a fixed one.
+            Status::Failed {
+                kind: RefusalKind::NameTaken | RefusalKind::NameReserved,
+                ..
+            } if view.given_name.is_some() => {
+                self.set_given_name(&t.id, None)?;
+                Box::pin(self.run(&self.saved(&t.id)?)).await
+            }
+            _ => Ok(view),
+        }
+    }
+
+    fn set_given_name(&self, id: &str, name: Option<String>) -> Result<(), Error> {
+        self.store.lock().expect("store lock").update(|d| {
+            if let Some(slot) = d.tunnels.iter_mut().find(|x| x.id == id) {
+                slot.given_name = name.clone();
+            }
+        })?;
+        self.notify();
+        Ok(())
     }
 
     /// Validates, saves and starts a new tunnel; answers once it is online (or failed).
@@ -386,6 +423,9 @@ impl AppState {
         let old = self.saved(id)?;
         let mut t = self.validate(Some(id), &input)?;
         t.id = id.to_owned();
+        if t.subdomain.is_none() && t.server_id == old.server_id {
+            t.given_name = old.given_name.clone();
+        }
         let restart = SavedTunnel {
             start_on_launch: old.start_on_launch,
             ..t.clone()
@@ -805,6 +845,63 @@ mod tests {
         assert!(v.url().is_some(), "{v:?}");
         assert_eq!(s.traffic(&t.id).unwrap().len(), 2);
         s.manager().stop_all().await;
+    }
+
+    #[tokio::test]
+    async fn a_server_given_name_is_kept_and_labels_the_tunnel() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = TestServer::start().await;
+        let origin = Origin::start().await;
+        let s = state(dir.path(), &server);
+        let t = s.expose(input(origin.port as i64, None)).await.unwrap();
+        let Status::Online { name, .. } = t.status.clone() else {
+            panic!("{t:?}")
+        };
+        assert_eq!(t.given_name.as_deref(), Some(name.as_str()));
+        let stopped = s.stop(&t.id).await.unwrap();
+        assert_eq!(stopped.label(), name, "offline, labelled by its name");
+        let again = s.start(&t.id).await.unwrap();
+        assert_eq!(again.label(), name, "same name after Stop/Start");
+        s.manager().stop_all().await;
+
+        // After an app restart (a fresh server) the name is asked for again...
+        drop(server);
+        let server = TestServer::start().await;
+        let s = state(dir.path(), &server);
+        assert_eq!(s.tunnel(&t.id).unwrap().label(), name);
+        let v = s.start(&t.id).await.unwrap();
+        assert_eq!(
+            v.url(),
+            Some(format!("http://{name}.localhost:{}", server.port).as_str())
+        );
+        s.stop(&t.id).await.unwrap();
+
+        // ...and when someone else has it by then, the tunnel takes a new one instead of failing.
+        let other = Manager::new();
+        other
+            .start(
+                "other",
+                Spec {
+                    server: server.url.clone(),
+                    token: None,
+                    subdomain: Some(name.clone()),
+                    local_host: "127.0.0.1".into(),
+                    local_port: origin.port,
+                    client_id: None,
+                },
+            )
+            .await
+            .unwrap();
+        other.online("other").await.unwrap();
+        let s = state(dir.path(), &server);
+        let v = s.start(&t.id).await.unwrap();
+        let Status::Online { name: new_name, .. } = &v.status else {
+            panic!("{v:?}")
+        };
+        assert_ne!(new_name, &name);
+        assert_eq!(v.given_name.as_ref(), Some(new_name));
+        s.manager().stop_all().await;
+        other.stop_all().await;
     }
 
     #[tokio::test]

@@ -51,6 +51,11 @@ pub struct SavedTunnel {
     /// Start this tunnel when the app starts.
     #[serde(default)]
     pub start_on_launch: bool,
+    /// The name the server last gave a tunnel without a fixed subdomain: asked for again on
+    /// the next start (the server gives it back while it is free or held for this client) and
+    /// shown while offline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub given_name: Option<String>,
 }
 
 fn default_host() -> String {
@@ -223,6 +228,7 @@ mod tests {
                 local_host: "localhost".into(),
                 local_port: 5173,
                 start_on_launch: true,
+                given_name: None,
             }],
             settings: Settings { start_hidden: true },
         }

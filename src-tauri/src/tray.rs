@@ -210,6 +210,7 @@ mod tests {
             status,
             requests: 0,
             local_warning: None,
+            given_name: None,
         }
     }
 

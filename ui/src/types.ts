@@ -25,6 +25,8 @@ export interface TunnelView {
   status: Status;
   requests: number;
   localWarning: string | null;
+  /** The name the server last gave a tunnel without a fixed subdomain. */
+  givenName: string | null;
 }
 
 export interface ServerView {

@@ -53,6 +53,7 @@ function view(input: TunnelInput, id: string): TunnelView {
     id, serverId: input.serverId, serverName: "This computer", subdomain: input.subdomain,
     localHost: input.localHost ?? "localhost", localPort: input.localPort, startOnLaunch: input.startOnLaunch,
     status: online(input.subdomain ?? `rand${id}`), requests: 0, localWarning: null,
+    givenName: input.subdomain ? null : `rand${id}`,
   };
 }
 

@@ -409,3 +409,13 @@ for (const [width, height] of [[1100, 740], [720, 480]]) {
     assert.equal(await cell.getAttribute("title"), long, "full path in the tooltip");
   });
 }
+
+test("a tunnel without a fixed subdomain is labelled by the name it was given, also offline", async () => {
+  await exposeDemo("");
+  await page.click(tid("cancel"));
+  assert.equal(await page.textContent(tid("tunnel-name")), "rand1");
+  await page.click(tid("toggle"));
+  await page.waitForFunction(() => document.querySelector('[data-testid="tunnel-status"]').textContent === "offline");
+  assert.equal(await page.textContent(tid("tunnel-name")), "rand1");
+  assert.equal(await page.textContent(tid("traffic-title")), "Traffic of rand1");
+});

@@ -48,7 +48,7 @@ export function statusLabel(s: Status): string {
 export function tunnelLabel(t: TunnelView): string {
   if (t.subdomain) return t.subdomain;
   if (t.status.state === "online") return t.status.name;
-  return "random name";
+  return t.givenName ?? "name given on start";
 }
 
 export function isRunning(s: Status): boolean {
