@@ -48,6 +48,12 @@ pub struct TunnelView {
     pub local_warning: Option<String>,
     /// The name the server last gave it, when it has no fixed subdomain.
     pub given_name: Option<String>,
+    /// The Basic-auth user visitors must log in as (the password is never sent to the UI).
+    pub basic_auth_user: Option<String>,
+    /// Visitor addresses allowed; empty lets everyone in.
+    pub allow_ips: Vec<String>,
+    /// Pass the public Host header through.
+    pub keep_host: bool,
 }
 
 impl TunnelView {
@@ -118,6 +124,20 @@ pub struct TunnelInput {
     /// Start on launch.
     #[serde(default)]
     pub start_on_launch: bool,
+    /// `user:password` visitors must give: `None` keeps the current one, `""` removes it.
+    #[serde(default)]
+    pub basic_auth: Option<String>,
+    /// Visitor addresses allowed (IP or CIDR); empty lets everyone in.
+    #[serde(default)]
+    pub allow_ips: Vec<String>,
+    /// Pass the public Host header through.
+    #[serde(default)]
+    pub keep_host: bool,
+}
+
+/// Where a tunnel's Basic-auth `user:password` is kept (with the tokens, never in the file).
+fn basic_auth_key(tunnel_id: &str) -> String {
+    format!("basic-auth:{tunnel_id}")
 }
 
 /// Server form input.
@@ -251,6 +271,12 @@ impl AppState {
             requests: state.requests,
             local_warning: state.local_warning,
             given_name: t.given_name.clone(),
+            basic_auth_user: self
+                .secrets
+                .get(&basic_auth_key(&t.id))
+                .and_then(|(s, _)| s.expose().split_once(':').map(|(u, _)| u.to_owned())),
+            allow_ips: t.allow_ips.clone(),
+            keep_host: t.keep_host,
         }
     }
 
@@ -344,6 +370,27 @@ impl AppState {
             }
             Some(_) => return Err(Error::invalid("host", "not a host name or address")),
         };
+        if let Some(auth) = input.basic_auth.as_deref().filter(|a| !a.is_empty()) {
+            if !auth.contains(':') || auth.starts_with(':') {
+                return Err(Error::invalid("basicAuth", "use user:password"));
+            }
+        }
+        let allow_ips: Vec<String> = input
+            .allow_ips
+            .iter()
+            .map(|s| s.trim())
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if let Some(bad) = allow_ips
+            .iter()
+            .find(|s| ggrok_server::policy::parse_net(s).is_none())
+        {
+            return Err(Error::invalid(
+                "allowIps",
+                format!("{bad:?} is not an IP address or CIDR range like 10.0.0.0/8"),
+            ));
+        }
         self.server_url_and_name(&input.server_id)?;
         Ok(SavedTunnel {
             id: String::new(),
@@ -353,6 +400,8 @@ impl AppState {
             local_port: port,
             start_on_launch: input.start_on_launch,
             given_name: None,
+            allow_ips,
+            keep_host: input.keep_host,
         })
     }
 
@@ -367,6 +416,9 @@ impl AppState {
             // Stable per saved tunnel: the server gives a restarted tunnel its name back at
             // once instead of holding it for the old session.
             client_id: Some(format!("ggrok-desktop-{}", t.id)),
+            basic_auth: self.secrets.get(&basic_auth_key(&t.id)).map(|(s, _)| s),
+            allow_ips: t.allow_ips.clone(),
+            keep_host: t.keep_host,
         })
     }
 
@@ -396,6 +448,24 @@ impl AppState {
         }
     }
 
+    /// Stores (`Some("u:p")`), removes (`Some("")`) or keeps (`None`) a tunnel's Basic auth;
+    /// whether it changed.
+    fn save_basic_auth(&self, id: &str, auth: Option<&str>) -> bool {
+        let key = basic_auth_key(id);
+        let old = self.secrets.get(&key).map(|(s, _)| s.expose().to_owned());
+        match auth {
+            None => false,
+            Some("") => {
+                self.secrets.delete(&key);
+                old.is_some()
+            }
+            Some(a) => {
+                self.secrets.set(&key, &Secret::new(a));
+                old.as_deref() != Some(a)
+            }
+        }
+    }
+
     fn set_given_name(&self, id: &str, name: Option<String>) -> Result<(), Error> {
         self.store.lock().expect("store lock").update(|d| {
             if let Some(slot) = d.tunnels.iter_mut().find(|x| x.id == id) {
@@ -410,6 +480,7 @@ impl AppState {
     pub async fn expose(&self, input: TunnelInput) -> Result<TunnelView, Error> {
         let mut t = self.validate(None, &input)?;
         t.id = new_id();
+        self.save_basic_auth(&t.id, input.basic_auth.as_deref());
         self.store
             .lock()
             .expect("store lock")
@@ -426,10 +497,12 @@ impl AppState {
         if t.subdomain.is_none() && t.server_id == old.server_id {
             t.given_name = old.given_name.clone();
         }
-        let restart = SavedTunnel {
-            start_on_launch: old.start_on_launch,
-            ..t.clone()
-        } != old;
+        let auth_changed = self.save_basic_auth(id, input.basic_auth.as_deref());
+        let restart = auth_changed
+            || SavedTunnel {
+                start_on_launch: old.start_on_launch,
+                ..t.clone()
+            } != old;
         self.store.lock().expect("store lock").update(|d| {
             if let Some(slot) = d.tunnels.iter_mut().find(|x| x.id == id) {
                 *slot = t.clone();
@@ -447,6 +520,7 @@ impl AppState {
     pub async fn delete_tunnel(&self, id: &str) -> Result<(), Error> {
         self.saved(id)?;
         self.manager.remove(id).await;
+        self.secrets.delete(&basic_auth_key(id));
         self.store
             .lock()
             .expect("store lock")
@@ -658,7 +732,7 @@ mod tests {
     use super::*;
     use crate::{
         store::FILE_NAME,
-        test_support::{get, Origin, TestServer},
+        test_support::{get, get_with, Origin, TestServer},
     };
 
     fn state(dir: &std::path::Path, server: &TestServer) -> AppState {
@@ -679,6 +753,9 @@ mod tests {
             local_host: Some("127.0.0.1".into()),
             local_port: port,
             start_on_launch: true,
+            basic_auth: None,
+            allow_ips: Vec::new(),
+            keep_host: false,
         }
     }
 
@@ -888,6 +965,9 @@ mod tests {
                     local_host: "127.0.0.1".into(),
                     local_port: origin.port,
                     client_id: None,
+                    basic_auth: None,
+                    allow_ips: Vec::new(),
+                    keep_host: false,
                 },
             )
             .await
@@ -902,6 +982,83 @@ mod tests {
         assert_eq!(v.given_name.as_ref(), Some(new_name));
         s.manager().stop_all().await;
         other.stop_all().await;
+    }
+
+    #[tokio::test]
+    async fn basic_auth_allowlist_and_host_header_as_in_the_cli() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = TestServer::start().await;
+        let origin = Origin::start().await;
+        let s = state(dir.path(), &server);
+        for (inp, field) in [
+            (
+                TunnelInput {
+                    basic_auth: Some("nocolon".into()),
+                    ..input(80, None)
+                },
+                "basicAuth",
+            ),
+            (
+                TunnelInput {
+                    allow_ips: vec!["10.0.0.0/33".into()],
+                    ..input(80, None)
+                },
+                "allowIps",
+            ),
+        ] {
+            match s.expose(inp).await {
+                Err(Error::Invalid { field: f, .. }) => assert_eq!(f, field),
+                other => panic!("{field}: {other:?}"),
+            }
+        }
+        let t = s
+            .expose(TunnelInput {
+                basic_auth: Some("ann:s3cret-pw".into()),
+                allow_ips: vec![" 127.0.0.1 ".into(), "".into()],
+                keep_host: true,
+                ..input(origin.port as i64, Some("guarded"))
+            })
+            .await
+            .unwrap();
+        assert_eq!(t.basic_auth_user.as_deref(), Some("ann"));
+        assert_eq!(t.allow_ips, ["127.0.0.1"]);
+        assert!(t.keep_host);
+        let file = std::fs::read_to_string(dir.path().join(FILE_NAME)).unwrap();
+        assert!(!file.contains("s3cret"), "{file}");
+        assert!(!serde_json::to_string(&t).unwrap().contains("s3cret"));
+        assert_eq!(get(server.port, "guarded.localhost", "/").await.0, 401);
+        // "ann:s3cret-pw" in base64.
+        let auth = [("authorization", "Basic YW5uOnMzY3JldC1wdw==")];
+        let (status, _) = get_with(server.port, "guarded.localhost", "/", &auth).await;
+        assert_eq!(status, 200);
+
+        // An allowlist without this machine shuts it out.
+        s.update_tunnel(
+            &t.id,
+            TunnelInput {
+                allow_ips: vec!["10.0.0.0/8".into()],
+                ..input(origin.port as i64, Some("guarded"))
+            },
+        )
+        .await
+        .unwrap();
+        let (status, _) = get_with(server.port, "guarded.localhost", "/", &auth).await;
+        assert_eq!(status, 403);
+
+        // Removing it restarts the tunnel without it; an empty allowlist lets everyone in.
+        let v = s
+            .update_tunnel(
+                &t.id,
+                TunnelInput {
+                    basic_auth: Some(String::new()),
+                    ..input(origin.port as i64, Some("guarded"))
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(v.basic_auth_user, None);
+        assert_eq!(get(server.port, "guarded.localhost", "/").await.0, 200);
+        s.manager().stop_all().await;
     }
 
     #[tokio::test]

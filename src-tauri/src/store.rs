@@ -56,6 +56,12 @@ pub struct SavedTunnel {
     /// shown while offline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub given_name: Option<String>,
+    /// Visitor addresses allowed (IP or CIDR); empty lets everyone in.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_ips: Vec<String>,
+    /// Pass the public Host header to the local service instead of rewriting it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub keep_host: bool,
 }
 
 fn default_host() -> String {
@@ -229,6 +235,8 @@ mod tests {
                 local_port: 5173,
                 start_on_launch: true,
                 given_name: None,
+                allow_ips: vec!["10.0.0.0/8".into()],
+                keep_host: true,
             }],
             settings: Settings { start_hidden: true },
         }

@@ -211,6 +211,9 @@ mod tests {
             requests: 0,
             local_warning: None,
             given_name: None,
+            basic_auth_user: None,
+            allow_ips: Vec::new(),
+            keep_host: false,
         }
     }
 

@@ -43,6 +43,12 @@ pub struct Spec {
     pub local_port: u16,
     /// Identity towards the server, so a restarted tunnel gets its held name back.
     pub client_id: Option<String>,
+    /// `user:password` visitors must give.
+    pub basic_auth: Option<Secret>,
+    /// Visitor addresses allowed; empty lets everyone in.
+    pub allow_ips: Vec<String>,
+    /// Pass the public Host header through.
+    pub keep_host: bool,
 }
 
 /// A tunnel's state as the UI shows it.
@@ -310,8 +316,10 @@ impl Manager {
         config.local = LocalTarget {
             host: spec.local_host,
             port: spec.local_port,
-            keep_host: false,
+            keep_host: spec.keep_host,
         };
+        config.basic_auth = spec.basic_auth;
+        config.allow_ips = spec.allow_ips;
         config.ring_size = self.ring_size;
         config.capture_limit = self.capture_limit;
         let tunnel = Arc::new(Tunnel::start(config)?);
@@ -596,6 +604,9 @@ mod tests {
             local_host: "127.0.0.1".into(),
             local_port: origin.port,
             client_id: None,
+            basic_auth: None,
+            allow_ips: Vec::new(),
+            keep_host: false,
         }
     }
 
@@ -758,6 +769,9 @@ mod tests {
             local_host: "127.0.0.1".into(),
             local_port: dead,
             client_id: None,
+            basic_auth: None,
+            allow_ips: Vec::new(),
+            keep_host: false,
         };
         m.start("t", s.clone()).await.unwrap();
         let warned = loop {

@@ -27,6 +27,10 @@ export interface TunnelView {
   localWarning: string | null;
   /** The name the server last gave a tunnel without a fixed subdomain. */
   givenName: string | null;
+  /** The Basic-auth user visitors log in as; the password never reaches the UI. */
+  basicAuthUser: string | null;
+  allowIps: string[];
+  keepHost: boolean;
 }
 
 export interface ServerView {
@@ -58,6 +62,10 @@ export interface TunnelInput {
   localHost: string | null;
   localPort: number;
   startOnLaunch: boolean;
+  /** "user:password"; null keeps the current one, "" removes it. */
+  basicAuth: string | null;
+  allowIps: string[];
+  keepHost: boolean;
 }
 
 export interface ServerInput {

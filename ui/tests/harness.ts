@@ -54,6 +54,8 @@ function view(input: TunnelInput, id: string): TunnelView {
     localHost: input.localHost ?? "localhost", localPort: input.localPort, startOnLaunch: input.startOnLaunch,
     status: online(input.subdomain ?? `rand${id}`), requests: 0, localWarning: null,
     givenName: input.subdomain ? null : `rand${id}`,
+    basicAuthUser: input.basicAuth ? input.basicAuth.split(":")[0] : null,
+    allowIps: input.allowIps, keepHost: input.keepHost,
   };
 }
 
@@ -101,6 +103,7 @@ async function backend(cmd: string, raw: unknown): Promise<unknown> {
         const input = args.input as TunnelInput;
         if (input.localPort < 1 || input.localPort > 65535) return reject("invalid", "port must be between 1 and 65535", "port");
         if (input.subdomain === "taken") return reject("invalid", "that name is taken", "subdomain");
+        if (input.allowIps.some((ip) => !/^[0-9.:a-f/]+$/i.test(ip))) return reject("invalid", "not an IP address or CIDR range", "allowIps");
         const t = view(input, String(nextId++));
         tunnels.push(t);
         if (race.expose) {

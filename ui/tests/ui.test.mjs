@@ -101,7 +101,10 @@ test("expose starts, saves and shows the URL; list shows the tunnel", async () =
   await exposeDemo("my-app", " 3000 ");
   assert.equal(await page.textContent(tid("result-url")), "http://my-app.localhost:7070");
   const expose = await page.evaluate(() => window.__fake.calls.find((c) => c.cmd === "expose").args.input);
-  assert.deepEqual(expose, { serverId: "local", subdomain: "my-app", localHost: "localhost", localPort: 3000, startOnLaunch: false });
+  assert.deepEqual(expose, {
+    serverId: "local", subdomain: "my-app", localHost: "localhost", localPort: 3000, startOnLaunch: false,
+    basicAuth: "", allowIps: [], keepHost: false,
+  });
   await page.click(tid("result-copy"));
   await page.click(tid("cancel"));
 
@@ -418,4 +421,33 @@ test("a tunnel without a fixed subdomain is labelled by the name it was given, a
   await page.waitForFunction(() => document.querySelector('[data-testid="tunnel-status"]').textContent === "offline");
   assert.equal(await page.textContent(tid("tunnel-name")), "rand1");
   assert.equal(await page.textContent(tid("traffic-title")), "Traffic of rand1");
+});
+
+test("More: basic auth, IP allowlist and host header, as the CLI has them", async () => {
+  await page.click(tid("expose"));
+  await page.fill(tid("port"), "3000");
+  assert.equal(await page.isVisible(tid("basic-auth")), false, "folded away");
+  await page.click(`${tid("more")} summary`);
+  await page.fill(tid("basic-auth"), "ann:pw");
+  await page.fill(tid("allow-ips"), "10.0.0.0/8, nonsense");
+  await page.check(tid("keep-host"));
+  await page.click(tid("submit"));
+  await page.waitForFunction(() => document.querySelector('[data-testid="allow-ips-error"]').textContent !== "");
+  await page.fill(tid("allow-ips"), "10.0.0.0/8, 192.168.1.7");
+  await page.click(tid("submit"));
+  await page.waitForSelector(tid("result-url"));
+  const input = await page.evaluate(() => window.__fake.calls.filter((c) => c.cmd === "expose").at(-1).args.input);
+  assert.equal(input.basicAuth, "ann:pw");
+  assert.deepEqual(input.allowIps, ["10.0.0.0/8", "192.168.1.7"]);
+  assert.equal(input.keepHost, true);
+  await page.click(tid("cancel"));
+  // Editing shows the settings (never the password) and keeps the login unless changed.
+  await page.click(tid("edit"));
+  assert.equal(await page.inputValue(tid("allow-ips")), "10.0.0.0/8, 192.168.1.7");
+  assert.equal(await page.inputValue(tid("basic-auth")), "");
+  assert.equal(await page.isChecked(tid("keep-host")), true);
+  await page.click(tid("submit"));
+  await page.waitForFunction(() => !document.querySelector('[data-testid="expose-form"]'));
+  const update = await page.evaluate(() => window.__fake.calls.find((c) => c.cmd === "update_tunnel").args.input);
+  assert.equal(update.basicAuth, null, "kept");
 });

@@ -61,6 +61,21 @@ export function openExposeForm(editing?: TunnelView): void {
     );
   };
   fillServers();
+  // What the CLI offers beyond the basics (--basic-auth, --allow-ip, --keep-host), under "More".
+  const auth = h("input", {
+    id: "f-auth",
+    type: "password",
+    autocomplete: "off",
+    "data-testid": "basic-auth",
+  });
+  const allow = h("input", {
+    id: "f-allow",
+    autocomplete: "off",
+    "data-testid": "allow-ips",
+    value: editing?.allowIps.join(", ") ?? "",
+  });
+  const keepHost = h("input", { id: "f-keep-host", type: "checkbox", "data-testid": "keep-host", checked: editing?.keepHost ?? false });
+  const clearAuth = h("input", { type: "checkbox", "data-testid": "clear-auth" });
   const onLaunch = h("input", {
     id: "f-launch",
     type: "checkbox",
@@ -72,6 +87,8 @@ export function openExposeForm(editing?: TunnelView): void {
     subdomain: h("div", { class: "field-error", "data-testid": "subdomain-error", role: "alert" }),
     host: h("div", { class: "field-error", "data-testid": "host-error", role: "alert" }),
     serverId: h("div", { class: "field-error", "data-testid": "server-error", role: "alert" }),
+    basicAuth: h("div", { class: "field-error", "data-testid": "basic-auth-error", role: "alert" }),
+    allowIps: h("div", { class: "field-error", "data-testid": "allow-ips-error", role: "alert" }),
     form: h("div", { class: "field-error", "data-testid": "form-error", role: "alert" }),
   };
   const result = h("div", { class: "result", "data-testid": "expose-result" });
@@ -120,6 +137,28 @@ export function openExposeForm(editing?: TunnelView): void {
     host,
     errs.host,
     h("label", { class: "check" }, onLaunch, " Start on launch"),
+    h(
+      "details",
+      { class: "more", "data-testid": "more", open: Boolean(editing && (editing.basicAuthUser || editing.allowIps.length || editing.keepHost)) },
+      h("summary", {}, "More"),
+      h(
+        "label",
+        { for: "f-auth" },
+        "Basic auth ",
+        h(
+          "span",
+          { class: "hint" },
+          editing?.basicAuthUser ? `user:password; empty keeps the login of ${editing.basicAuthUser}` : "user:password visitors must give",
+        ),
+      ),
+      auth,
+      editing?.basicAuthUser ? h("label", { class: "check" }, clearAuth, " Remove the login") : null,
+      errs.basicAuth,
+      h("label", { for: "f-allow" }, "Allowed IPs ", h("span", { class: "hint" }, "addresses or CIDR ranges, comma-separated; empty allows all")),
+      allow,
+      errs.allowIps,
+      h("label", { class: "check" }, keepHost, " Keep the Host header (pass the public host to the local service)"),
+    ),
     errs.form,
     h(
       "div",
@@ -146,6 +185,9 @@ export function openExposeForm(editing?: TunnelView): void {
       localHost: host.value.trim() || null,
       localPort: ok.port,
       startOnLaunch: onLaunch.checked,
+      basicAuth: clearAuth.checked ? "" : auth.value === "" ? (editing ? null : "") : auth.value,
+      allowIps: allow.value.split(/[\s,]+/).filter(Boolean),
+      keepHost: keepHost.checked,
     };
     upsertTunnel(() => (editing ? api.updateTunnel(editing.id, input) : api.expose(input)))
       .then(async (t) => {
@@ -155,7 +197,7 @@ export function openExposeForm(editing?: TunnelView): void {
         }
         done = true;
         submit.remove();
-        for (const el of [port, sub, host, server, onLaunch]) el.disabled = true;
+        for (const el of [port, sub, host, server, onLaunch, auth, allow, keepHost]) el.disabled = true;
         closeBtn.textContent = "Done";
         await select(t.id);
         // Status events may have come in while the traffic loaded.
