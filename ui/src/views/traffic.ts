@@ -120,7 +120,8 @@ function row(r: Summary): HTMLElement {
         showDetail(r.id).catch(reportError);
       },
     },
-    h("div", { class: "td" }, formatTime(r.startedMs)),
+    // The milliseconds are a span of their own, so a narrow window can drop them.
+    h("div", { class: "td", title: formatTime(r.startedMs) }, formatTime(r.startedMs).slice(0, 8), h("span", { class: "ms" }, formatTime(r.startedMs).slice(8))),
     h("div", { class: "td" }, r.method),
     h(
       "div",
