@@ -64,7 +64,7 @@ function view(input: TunnelInput, id: string): TunnelView {
 // snapshot taken while the tunnel was still connecting, after the newer "online" event.
 const race = { expose: false };
 // `__fake.fail.start`: the next start_tunnel is refused with this message.
-const fail = { start: null as string | null };
+const fail = { start: null as string | null, replay: null as string | null };
 const params = new URLSearchParams(location.search);
 let releaseServers: () => void = () => {};
 const serversLoaded = params.has("slow-servers")
@@ -143,6 +143,7 @@ async function backend(cmd: string, raw: unknown): Promise<unknown> {
       case "get_exchange":
         return (traffic.get(args.id) ?? []).find((d) => d.id === args.exchange) ?? reject("tunnel", "gone");
       case "replay": {
+        if (fail.replay) return reject("tunnel", fail.replay);
         const orig = (traffic.get(args.id) ?? []).find((d) => d.id === args.exchange)!;
         const id = addTraffic(args.id, { ...orig, startedMs: Date.now() });
         return summary(traffic.get(args.id)!.find((d) => d.id === id)!);

@@ -451,3 +451,14 @@ test("More: basic auth, IP allowlist and host header, as the CLI has them", asyn
   const update = await page.evaluate(() => window.__fake.calls.find((c) => c.cmd === "update_tunnel").args.input);
   assert.equal(update.basicAuth, null, "kept");
 });
+
+test("a failed replay is said next to Replay, not in a banner", async () => {
+  await exposeDemo();
+  await page.click(tid("cancel"));
+  await page.evaluate(() => window.__fake.addTraffic("1", { path: "/x" }));
+  await page.click(`${tid("traffic-row")}:has-text("/x")`);
+  await page.evaluate(() => (window.__fake.fail.replay = "the tunnel is not running"));
+  await page.click(tid("replay"));
+  await page.waitForFunction(() => document.querySelector('[data-testid="replay-error"]')?.textContent === "the tunnel is not running");
+  assert.equal(await page.locator(tid("error")).count(), 0);
+});

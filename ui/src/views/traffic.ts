@@ -3,6 +3,7 @@
 // The table is virtualised: rows have one fixed height and only those in view (plus a margin)
 // are in the DOM, so thousands of rows scroll smoothly. Row elements are kept by exchange id
 // between renders, so a new request does not rebuild (and deselect the text of) the others.
+import { toApiError } from "../api";
 import { closeDetail, replay, reportError, setFilter, showDetail, ui } from "../store";
 import type { BodyView, Detail, Summary } from "../types";
 import { h, replace } from "../util/dom";
@@ -143,6 +144,8 @@ export function renderDetail(root: HTMLElement): void {
   }
   root.hidden = false;
   const tunnelId = ui.selected;
+  // A failed replay is said here, next to its button, not in a banner.
+  const replayErr = h("div", { class: "field-error", role: "alert", "data-testid": "replay-error" });
   const replayBtn = h(
     "button",
     {
@@ -151,8 +154,9 @@ export function renderDetail(root: HTMLElement): void {
       onclick: () => {
         if (!tunnelId) return;
         replayBtn.disabled = true;
+        replayErr.textContent = "";
         replay(tunnelId, d.id)
-          .catch(reportError)
+          .catch((e) => (replayErr.textContent = toApiError(e).message))
           .finally(() => (replayBtn.disabled = false));
       },
     },
@@ -168,6 +172,7 @@ export function renderDetail(root: HTMLElement): void {
       replayBtn,
       h("button", { onclick: closeDetail }, "Close"),
     ),
+    replayErr,
     d.remoteAddr ? h("div", { class: "muted" }, `from ${d.remoteAddr}`) : null,
     d.error ? h("div", { class: "field-error" }, d.error) : null,
     h(
