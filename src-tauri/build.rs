@@ -14,6 +14,7 @@ const COMMANDS: &[&str] = &[
     "list_servers",
     "save_server",
     "test_server",
+    "list_listening",
     "delete_server",
     "copy_url",
     "open_url",

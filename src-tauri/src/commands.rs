@@ -9,6 +9,7 @@ use tauri_plugin_clipboard_manager::ClipboardExt;
 
 use crate::{
     error::Error,
+    listening::ListeningPort,
     state::{AppInfo, AppState, ServerCheck, ServerInput, ServerView, TunnelInput, TunnelView},
     tunnels::{Detail, Summary},
 };
@@ -96,6 +97,13 @@ pub async fn save_server(state: S<'_>, input: ServerInput) -> Result<ServerView,
 #[tauri::command]
 pub async fn test_server(state: S<'_>, input: ServerInput) -> Result<ServerCheck, Error> {
     state.test_server(input).await
+}
+
+/// TCP ports listening on this machine, for the port picker.
+#[tauri::command]
+pub async fn list_listening(state: S<'_>) -> Result<Vec<ListeningPort>, Error> {
+    // Async: reading the socket table walks /proc and must not block the UI thread.
+    state.listening()
 }
 
 /// Removes a server.

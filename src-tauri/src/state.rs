@@ -13,6 +13,7 @@ use tokio::sync::broadcast;
 
 use crate::{
     error::Error,
+    listening::{listening, ListeningPort},
     secrets::{Secrets, Storage},
     store::{new_id, SavedServer, SavedTunnel, Store, BUILTIN_SERVER_ID},
     tunnels::{Detail, Manager, Spec, Summary, TRAFFIC_CAP},
@@ -693,6 +694,12 @@ impl AppState {
             ),
         };
         Ok(ServerCheck { ok, message })
+    }
+
+    /// Ports listening on this machine, ggrok's own left out, those saved tunnels use marked.
+    pub fn listening(&self) -> Result<Vec<ListeningPort>, Error> {
+        let exposed: Vec<u16> = self.saved_tunnels().iter().map(|t| t.local_port).collect();
+        listening(std::process::id(), &exposed).map_err(|e| Error::System(e.to_string()))
     }
 
     /// Removes a server that no tunnel uses, and its token.

@@ -2,7 +2,13 @@
 import "./style.css";
 import { dismissError, dismissWarning, reportError, setScreen, start, subscribe, ui } from "./store";
 import { h, replace } from "./util/dom";
-import { mountExpose, openExposeForm, refreshResult, refreshServerChoices } from "./views/expose";
+import {
+  mountExpose,
+  openExposeForm,
+  refreshListeningChoices,
+  refreshResult,
+  refreshServerChoices,
+} from "./views/expose";
 import { renderSettings } from "./views/settings";
 import { mountTraffic, renderDetail, renderTraffic, renderTrafficHead } from "./views/traffic";
 import { renderTunnels } from "./views/tunnels";
@@ -79,6 +85,10 @@ subscribe((what) => {
     if (ui.screen === "settings") renderSettings(settings);
   }
   if (what.has("errors")) renderBanners();
+  if (what.has("listening")) {
+    refreshListeningChoices();
+    if (ui.tunnels.length === 0) renderTunnels(list);
+  }
 });
 renderTunnels(list);
 renderTraffic(traffic.table);

@@ -2,7 +2,7 @@
 // functions here, and re-render when `subscribe` tells them what changed. Notifications are
 // batched per animation frame, so a burst of requests costs one render, not one per event.
 import * as api from "./api";
-import type { AppInfo, Detail, ServerView, Status, Summary, TunnelView } from "./types";
+import type { AppInfo, Detail, ListeningPort, ServerView, Status, Summary, TunnelView } from "./types";
 import { pushRow } from "./util/format";
 
 /** A banner: an error that has no field or card to sit next to. */
@@ -32,11 +32,13 @@ export const ui = {
   /** The server whose form is open in Settings, and the one whose Remove waits for a confirm. */
   editingServer: null as string | null,
   confirmingServer: null as string | null,
+  /** Ports listening on this machine, while a picker shows them. */
+  listening: [] as ListeningPort[],
   /** Which screen the main area shows. */
   screen: "tunnels" as "tunnels" | "settings",
 };
 
-export type Topic = "tunnels" | "traffic" | "detail" | "servers" | "errors" | "screen";
+export type Topic = "tunnels" | "traffic" | "detail" | "servers" | "errors" | "screen" | "listening";
 type Listener = (what: Set<Topic>) => void;
 const listeners: Listener[] = [];
 const pending = new Set<Topic>();
@@ -147,6 +149,45 @@ export async function refreshTunnels(): Promise<void> {
   }
   if (!ui.selected && ui.tunnels.length > 0) await select(ui.tunnels[0].id);
   changed("tunnels");
+}
+
+/** How often the port list is read again while a picker shows it. */
+const LISTENING_REFRESH_MS = 2000;
+const listeningWanted = new Set<string>();
+let listeningTimer: ReturnType<typeof setInterval> | null = null;
+
+async function refreshListening(): Promise<void> {
+  const next = await api.listListening();
+  if (JSON.stringify(next) !== JSON.stringify(ui.listening)) {
+    ui.listening = next;
+    changed("listening");
+  }
+}
+
+/** Keeps `ui.listening` fresh while any of the pickers (`who`) is shown. */
+export function watchListening(who: string, on: boolean): void {
+  const had = listeningWanted.size > 0;
+  if (on) listeningWanted.add(who);
+  else listeningWanted.delete(who);
+  if (!had && listeningWanted.size > 0) {
+    refreshListening().catch(reportError);
+    listeningTimer = setInterval(() => refreshListening().catch(() => {}), LISTENING_REFRESH_MS);
+  } else if (had && listeningWanted.size === 0 && listeningTimer) {
+    clearInterval(listeningTimer);
+    listeningTimer = null;
+  }
+}
+
+/** The empty state's one-click Expose: a tunnel on the built-in server, its URL copied. */
+export async function exposeQuickly(port: number): Promise<void> {
+  const t = await upsertTunnel(() =>
+    api.expose({
+      serverId: "local", subdomain: null, localHost: null, localPort: port, startOnLaunch: false,
+      basicAuth: "", allowIps: [], keepHost: false,
+    }),
+  );
+  await select(t.id);
+  if (t.status.state === "online") await api.copyUrl(t.id);
 }
 
 export async function refreshServers(): Promise<void> {

@@ -113,3 +113,12 @@ export interface ApiError {
   message: string;
   field: string | null;
 }
+
+/** A TCP port a local service listens on (see src-tauri/src/listening.rs). */
+export interface ListeningPort {
+  port: number;
+  loopback: boolean;
+  pid: number;
+  process: string;
+  exposed: boolean;
+}

@@ -63,6 +63,11 @@ function view(input: TunnelInput, id: string): TunnelView {
 // `__fake.releaseServers()` is called. `__fake.race.expose`: the next expose answers with a
 // snapshot taken while the tunnel was still connecting, after the newer "online" event.
 const race = { expose: false };
+// What `list_listening` answers; tests change it to see the picker refresh.
+const listening = [
+  { port: 5173, loopback: true, pid: 4242, process: "node", exposed: false },
+  { port: 8000, loopback: false, pid: 1200, process: "python3", exposed: false },
+];
 // `__fake.fail.start`: the next start_tunnel is refused with this message.
 const fail = { start: null as string | null, replay: null as string | null };
 const params = new URLSearchParams(location.search);
@@ -172,6 +177,10 @@ async function backend(cmd: string, raw: unknown): Promise<unknown> {
           ? { ok: true, message: "Connected; the token was accepted." }
           : { ok: false, message: "this server requires a token" };
       }
+      case "list_listening": {
+        const exposed = new Set(tunnels.map((t) => t.localPort));
+        return listening.map((l) => ({ ...l, exposed: exposed.has(l.port) }));
+      }
       case "copy_url":
       case "open_url":
         return (find(args.id)?.status as { url: string }).url;
@@ -182,6 +191,6 @@ async function backend(cmd: string, raw: unknown): Promise<unknown> {
 }
 
 mockWindows("main");
-(window as any).__fake = { calls, tunnels, servers, addTraffic, setStatus, race, fail, releaseServers: () => releaseServers() };
+(window as any).__fake = { calls, tunnels, servers, listening, addTraffic, setStatus, race, fail, releaseServers: () => releaseServers() };
 await import("../src/main");
 (window as any).__ready = true;

@@ -462,3 +462,37 @@ test("a failed replay is said next to Replay, not in a banner", async () => {
   await page.waitForFunction(() => document.querySelector('[data-testid="replay-error"]')?.textContent === "the tunnel is not running");
   assert.equal(await page.locator(tid("error")).count(), 0);
 });
+
+test("Listening on this machine: the form lists local ports, one click fills the port, exposed ones marked", async () => {
+  await page.click(tid("expose"));
+  await page.waitForSelector(`${tid("pick-port")}[data-port="5173"]`);
+  assert.deepEqual(await page.locator(tid("pick-port")).allTextContents(), ["5173 node", "8000 python3"]);
+  assert.match(await page.getAttribute(`${tid("pick-port")}[data-port="8000"]`, "title"), /python3 \(pid 1200\) on all interfaces/);
+  await page.click(`${tid("pick-port")}[data-port="5173"]`);
+  assert.equal(await page.inputValue(tid("port")), "5173");
+  await page.click(tid("submit"));
+  await page.waitForSelector(tid("result-url"));
+  await page.click(tid("cancel"));
+
+  // Refreshed while the form is open; the exposed port is marked.
+  await page.click(tid("expose"));
+  await page.evaluate(() => window.__fake.listening.unshift({ port: 9090, loopback: true, pid: 5000, process: "vite", exposed: false }));
+  await page.waitForSelector(`${tid("pick-port")}[data-port="9090"]`, { timeout: 5000 });
+  assert.match(await page.textContent(`${tid("pick-port")}[data-port="5173"]`), /exposed/);
+  await page.keyboard.press("Escape");
+  // No polling once no picker is shown.
+  const before = await calls("list_listening");
+  await page.waitForTimeout(2500);
+  assert.equal(await calls("list_listening"), before);
+});
+
+test("the empty state lists local ports with Expose: two clicks to a public URL in the clipboard", async () => {
+  await page.waitForSelector(`${tid("quick-expose")}[data-port="8000"]`);
+  await page.click(`${tid("quick-expose")}[data-port="8000"]`);
+  await page.waitForSelector(tid("tunnel-url"));
+  const input = await page.evaluate(() => window.__fake.calls.find((c) => c.cmd === "expose").args.input);
+  assert.equal(input.localPort, 8000);
+  assert.equal(input.serverId, "local");
+  assert.equal(await calls("copy_url"), 1);
+  assert.equal(await page.locator(tid("listening-empty")).count(), 0);
+});

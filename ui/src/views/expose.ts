@@ -1,7 +1,7 @@
 // The Expose port form (also used to edit a saved tunnel). Validates inline, then starts,
 // saves and shows the public URL with Copy.
 import * as api from "../api";
-import { refreshTunnels, reportError, select, ui, upsertTunnel } from "../store";
+import { refreshTunnels, reportError, select, ui, upsertTunnel, watchListening } from "../store";
 import type { TunnelView } from "../types";
 import { h, replace } from "../util/dom";
 import { statusLabel, validatePort, validateSubdomain } from "../util/format";
@@ -14,6 +14,14 @@ export function mountExpose(el: HTMLElement): void {
 /** Refills the open form's server choices; see `refreshServerChoices`. */
 let fillServers: () => void = () => {};
 
+/** Refills the open form's port picker; see `refreshListening`. */
+let fillListening: () => void = () => {};
+
+/** Called when the listening ports change. */
+export function refreshListeningChoices(): void {
+  if (!modal.hidden) fillListening();
+}
+
 /** Called when the saved servers change. */
 export function refreshServerChoices(): void {
   if (!modal.hidden) fillServers();
@@ -24,6 +32,8 @@ let unbindEscape: () => void = () => {};
 
 function close(): void {
   fillServers = () => {};
+  fillListening = () => {};
+  watchListening("expose-form", false);
   unbindEscape();
   replace(modal);
   modal.hidden = true;
@@ -76,6 +86,38 @@ export function openExposeForm(editing?: TunnelView): void {
   });
   const keepHost = h("input", { id: "f-keep-host", type: "checkbox", "data-testid": "keep-host", checked: editing?.keepHost ?? false });
   const clearAuth = h("input", { type: "checkbox", "data-testid": "clear-auth" });
+  // "Listening on this machine": one click fills the port.
+  const picker = h("div", { class: "picker", "data-testid": "listening" });
+  fillListening = () => {
+    replace(
+      picker,
+      ui.listening.length === 0
+        ? h("span", { class: "hint" }, "No local service found listening.")
+        : ui.listening.map((l) =>
+            h(
+              "button",
+              {
+                type: "button",
+                class: `pick${l.exposed ? " exposed" : ""}`,
+                "data-testid": "pick-port",
+                "data-port": l.port,
+                title: `${l.process} (pid ${l.pid}) on ${l.loopback ? "loopback" : "all interfaces"}${l.exposed ? "; already exposed" : ""}`,
+                onclick: () => {
+                  port.value = String(l.port);
+                  port.dispatchEvent(new Event("input"));
+                },
+              },
+              h("strong", {}, String(l.port)),
+              ` ${l.process}`,
+              l.exposed ? h("span", { class: "tag" }, "exposed") : null,
+            ),
+          ),
+    );
+  };
+  if (!editing) {
+    fillListening();
+    watchListening("expose-form", true);
+  }
   const onLaunch = h("input", {
     id: "f-launch",
     type: "checkbox",
@@ -124,6 +166,8 @@ export function openExposeForm(editing?: TunnelView): void {
     "form",
     { class: "card form", "data-testid": "expose-form", novalidate: true },
     h("h2", {}, editing ? "Edit tunnel" : "Expose port"),
+    editing ? null : h("div", { class: "picker-title muted" }, "Listening on this machine"),
+    editing ? null : picker,
     h("label", { for: "f-port" }, "Local port ", h("span", { class: "hint", id: "f-port-hint" }, "the port your app listens on, e.g. 3000")),
     port,
     errs.port,

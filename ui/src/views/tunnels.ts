@@ -1,19 +1,54 @@
 // The tunnels list: one card per saved tunnel.
 import * as api from "../api";
-import { cardAction, removeTunnel, reportError, select, setConfirming, setScreen, ui, upsertTunnel } from "../store";
+import {
+  cardAction,
+  exposeQuickly,
+  removeTunnel,
+  reportError,
+  select,
+  setConfirming,
+  setScreen,
+  ui,
+  upsertTunnel,
+  watchListening,
+} from "../store";
 import type { TunnelView } from "../types";
 import { h, replace } from "../util/dom";
 import { isRunning, statusLabel, tunnelLabel } from "../util/format";
 import { openExposeForm } from "./expose";
 
 export function renderTunnels(root: HTMLElement): void {
+  watchListening("empty-state", ui.tunnels.length === 0);
   if (ui.tunnels.length === 0) {
     replace(
       root,
       h(
         "p",
         { class: "empty", "data-testid": "no-tunnels" },
-        "No tunnels yet. Click “Expose port” to share a local port.",
+        "No tunnels yet. Click “Expose port” to share a local port, or pick one listening here:",
+      ),
+      h(
+        "ul",
+        { class: "listening", "data-testid": "listening-empty" },
+        ui.listening.map((l) =>
+          h(
+            "li",
+            {},
+            h("span", { class: "port" }, String(l.port)),
+            h("span", { class: "proc muted" }, `${l.process} (pid ${l.pid})`),
+            h(
+              "button",
+              {
+                class: "primary",
+                "data-testid": "quick-expose",
+                "data-port": l.port,
+                title: "Expose on this computer's server and copy the URL",
+                onclick: () => exposeQuickly(l.port).catch(reportError),
+              },
+              "Expose",
+            ),
+          ),
+        ),
       ),
     );
     return;
