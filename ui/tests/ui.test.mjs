@@ -472,6 +472,7 @@ test("Listening on this machine: the form lists local ports, one click fills the
   assert.equal(await page.inputValue(tid("port")), "5173");
   await page.click(tid("submit"));
   await page.waitForSelector(tid("result-url"));
+  assert.equal(await page.locator(tid("listening")).count(), 0, "no picker beside the result");
   await page.click(tid("cancel"));
 
   // Refreshed while the form is open; the exposed port is marked.

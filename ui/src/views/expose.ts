@@ -242,6 +242,10 @@ export function openExposeForm(editing?: TunnelView): void {
         done = true;
         submit.remove();
         for (const el of [port, sub, host, server, onLaunch, auth, allow, keepHost]) el.disabled = true;
+        picker.previousElementSibling?.remove();
+        picker.remove();
+        fillListening = () => {};
+        watchListening("expose-form", false);
         closeBtn.textContent = "Done";
         await select(t.id);
         // Status events may have come in while the traffic loaded.
