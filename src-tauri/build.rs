@@ -13,6 +13,8 @@ const COMMANDS: &[&str] = &[
     "replay",
     "list_servers",
     "save_server",
+    "test_server",
+    "list_listening",
     "delete_server",
     "copy_url",
     "open_url",

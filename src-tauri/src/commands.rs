@@ -9,7 +9,8 @@ use tauri_plugin_clipboard_manager::ClipboardExt;
 
 use crate::{
     error::Error,
-    state::{AppInfo, AppState, ServerInput, ServerView, TunnelInput, TunnelView},
+    listening::ListeningPort,
+    state::{AppInfo, AppState, ServerCheck, ServerInput, ServerView, TunnelInput, TunnelView},
     tunnels::{Detail, Summary},
 };
 
@@ -90,6 +91,19 @@ pub async fn list_servers(state: S<'_>) -> Result<Vec<ServerView>, Error> {
 #[tauri::command]
 pub async fn save_server(state: S<'_>, input: ServerInput) -> Result<ServerView, Error> {
     state.save_server(input)
+}
+
+/// Checks a server's URL and token by opening one session.
+#[tauri::command]
+pub async fn test_server(state: S<'_>, input: ServerInput) -> Result<ServerCheck, Error> {
+    state.test_server(input).await
+}
+
+/// TCP ports listening on this machine, for the port picker.
+#[tauri::command]
+pub async fn list_listening(state: S<'_>) -> Result<Vec<ListeningPort>, Error> {
+    // Async: reading the socket table walks /proc and must not block the UI thread.
+    state.listening()
 }
 
 /// Removes a server.

@@ -11,12 +11,14 @@
 //! - [`commands`]: thin `#[tauri::command]` wrappers; [`error`]: the error they return.
 //! - [`tray`]: the tray menu and icon.
 //! - [`embedded`]: the in-process server.
+//! - [`listening`]: the TCP ports local services listen on, for the port picker.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod commands;
 pub mod embedded;
 pub mod error;
+pub mod listening;
 pub mod secrets;
 pub mod state;
 pub mod store;
@@ -65,6 +67,8 @@ pub fn builder<R: Runtime>(builder: Builder<R>, state: Arc<AppState>) -> Builder
             commands::replay,
             commands::list_servers,
             commands::save_server,
+            commands::test_server,
+            commands::list_listening,
             commands::delete_server,
             commands::copy_url,
             commands::open_url,

@@ -128,9 +128,12 @@ impl Secrets {
 
     fn note(&self, err: &SecretError) {
         warn!(%err, "keyring unavailable; tokens are kept in memory for this run");
-        *self.problem.lock().expect("secrets lock") = Some(format!(
-            "The system keyring is not available ({err}). Tokens are kept in memory for this run only and must be entered again after a restart."
-        ));
+        // The raw error ("Secret Service: no result found") is for the log: it tells a user
+        // nothing they can act on.
+        *self.problem.lock().expect("secrets lock") = Some(
+            "The system keyring is not available, so tokens are kept in memory for this run only and must be entered again after a restart."
+                .to_owned(),
+        );
     }
 
     /// Stores `token` for server `key`.
@@ -209,7 +212,8 @@ mod tests {
         let (tok, storage) = s.get("srv").unwrap();
         assert_eq!((tok.expose(), storage), ("tok-123", Storage::Memory));
         let problem = s.keyring_problem().unwrap();
-        assert!(problem.contains("no D-Bus session"), "{problem}");
+        assert!(problem.contains("keyring is not available"), "{problem}");
+        assert!(!problem.contains("no D-Bus session"), "{problem}");
         assert!(!problem.contains("tok-123"));
         s.delete("srv");
         assert!(s.get("srv").is_none());

@@ -3,12 +3,17 @@
 
 use std::{sync::Mutex, time::Duration};
 
-use ggrok_tunnel::{client::mask, protocol::validate_name, Secret, Status, TunnelConfig};
+use ggrok_tunnel::{
+    client::mask,
+    protocol::{validate_name, RefusalKind},
+    Secret, Status, TunnelConfig,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use crate::{
     error::Error,
+    listening::{listening, ListeningPort},
     secrets::{Secrets, Storage},
     store::{new_id, SavedServer, SavedTunnel, Store, BUILTIN_SERVER_ID},
     tunnels::{Detail, Manager, Spec, Summary, TRAFFIC_CAP},
@@ -40,6 +45,16 @@ pub struct TunnelView {
     pub status: Status,
     /// Requests since the last start.
     pub requests: u64,
+    /// Set while nothing answers on the local port.
+    pub local_warning: Option<String>,
+    /// The name the server last gave it, when it has no fixed subdomain.
+    pub given_name: Option<String>,
+    /// The Basic-auth user visitors must log in as (the password is never sent to the UI).
+    pub basic_auth_user: Option<String>,
+    /// Visitor addresses allowed; empty lets everyone in.
+    pub allow_ips: Vec<String>,
+    /// Pass the public Host header through.
+    pub keep_host: bool,
 }
 
 impl TunnelView {
@@ -51,11 +66,11 @@ impl TunnelView {
         }
     }
 
-    /// A short label: the subdomain, else the local target.
+    /// A short label: the public name, else the local target.
     pub fn label(&self) -> String {
-        match (&self.status, &self.subdomain) {
-            (Status::Online { name, .. }, _) => name.clone(),
-            (_, Some(s)) => s.clone(),
+        match (&self.status, &self.subdomain, &self.given_name) {
+            (Status::Online { name, .. }, _, _) => name.clone(),
+            (_, Some(s), _) | (_, None, Some(s)) => s.clone(),
             _ => format!("{}:{}", self.local_host, self.local_port),
         }
     }
@@ -89,6 +104,8 @@ pub struct AppInfo {
     pub warnings: Vec<String>,
     /// Rows kept per tunnel.
     pub traffic_cap: usize,
+    /// Whether tokens go to the system keyring (else memory, this run only).
+    pub keyring_available: bool,
 }
 
 /// Expose / edit form input.
@@ -108,6 +125,20 @@ pub struct TunnelInput {
     /// Start on launch.
     #[serde(default)]
     pub start_on_launch: bool,
+    /// `user:password` visitors must give: `None` keeps the current one, `""` removes it.
+    #[serde(default)]
+    pub basic_auth: Option<String>,
+    /// Visitor addresses allowed (IP or CIDR); empty lets everyone in.
+    #[serde(default)]
+    pub allow_ips: Vec<String>,
+    /// Pass the public Host header through.
+    #[serde(default)]
+    pub keep_host: bool,
+}
+
+/// Where a tunnel's Basic-auth `user:password` is kept (with the tokens, never in the file).
+fn basic_auth_key(tunnel_id: &str) -> String {
+    format!("basic-auth:{tunnel_id}")
 }
 
 /// Server form input.
@@ -125,6 +156,19 @@ pub struct ServerInput {
     #[serde(default)]
     pub token: Option<String>,
 }
+
+/// What "Test connection" found.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerCheck {
+    /// Whether a session opened with the token.
+    pub ok: bool,
+    /// A sentence for the form.
+    pub message: String,
+}
+
+/// How long "Test connection" waits for the server.
+pub const TEST_WAIT: Duration = Duration::from_secs(10);
 
 /// The app's state.
 pub struct AppState {
@@ -172,13 +216,14 @@ impl AppState {
     /// Startup facts and warnings.
     pub fn info(&self) -> AppInfo {
         let mut warnings = self.warnings.lock().expect("warnings lock").clone();
-        if let Some(p) = self.secrets.keyring_problem() {
-            warnings.push(p);
-        }
+        let problem = self.secrets.keyring_problem();
+        let keyring_available = problem.is_none();
+        warnings.extend(problem);
         AppInfo {
             builtin_server_url: self.builtin_url.clone(),
             warnings,
             traffic_cap: TRAFFIC_CAP,
+            keyring_available,
         }
     }
 
@@ -225,6 +270,14 @@ impl AppState {
             start_on_launch: t.start_on_launch,
             status: state.status,
             requests: state.requests,
+            local_warning: state.local_warning,
+            given_name: t.given_name.clone(),
+            basic_auth_user: self
+                .secrets
+                .get(&basic_auth_key(&t.id))
+                .and_then(|(s, _)| s.expose().split_once(':').map(|(u, _)| u.to_owned())),
+            allow_ips: t.allow_ips.clone(),
+            keep_host: t.keep_host,
         }
     }
 
@@ -280,19 +333,34 @@ impl AppState {
         out
     }
 
-    fn validate(&self, input: &TunnelInput) -> Result<SavedTunnel, Error> {
+    /// Checks `input` for the saved tunnel `id` (`None` for a new one).
+    fn validate(&self, id: Option<&str>, input: &TunnelInput) -> Result<SavedTunnel, Error> {
         let port = u16::try_from(input.local_port)
             .ok()
             .filter(|p| *p != 0)
             .ok_or_else(|| Error::invalid("port", "port must be between 1 and 65535"))?;
+        // The CLI's rule, unchanged: "MyApp" is refused with the reason rather than quietly
+        // becoming another name than the one typed.
         let subdomain = match input.subdomain.as_deref().map(str::trim) {
             None | Some("") => None,
             Some(s) => {
-                let s = s.to_ascii_lowercase();
-                validate_name(&s).map_err(|e| Error::invalid("subdomain", e.to_string()))?;
-                Some(s)
+                validate_name(s).map_err(|e| Error::invalid("subdomain", e.to_string()))?;
+                Some(s.to_owned())
             }
         };
+        if let Some(name) = &subdomain {
+            let twin = self.saved_tunnels().into_iter().any(|t| {
+                Some(t.id.as_str()) != id
+                    && t.server_id == input.server_id
+                    && t.subdomain.as_ref() == Some(name)
+            });
+            if twin {
+                return Err(Error::invalid(
+                    "subdomain",
+                    format!("another saved tunnel already uses {name} on this server"),
+                ));
+            }
+        }
         let local_host = match input.local_host.as_deref().map(str::trim) {
             None | Some("") => "localhost".to_owned(),
             Some(h)
@@ -303,6 +371,27 @@ impl AppState {
             }
             Some(_) => return Err(Error::invalid("host", "not a host name or address")),
         };
+        if let Some(auth) = input.basic_auth.as_deref().filter(|a| !a.is_empty()) {
+            if !auth.contains(':') || auth.starts_with(':') {
+                return Err(Error::invalid("basicAuth", "use user:password"));
+            }
+        }
+        let allow_ips: Vec<String> = input
+            .allow_ips
+            .iter()
+            .map(|s| s.trim())
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if let Some(bad) = allow_ips
+            .iter()
+            .find(|s| ggrok_server::policy::parse_net(s).is_none())
+        {
+            return Err(Error::invalid(
+                "allowIps",
+                format!("{bad:?} is not an IP address or CIDR range like 10.0.0.0/8"),
+            ));
+        }
         self.server_url_and_name(&input.server_id)?;
         Ok(SavedTunnel {
             id: String::new(),
@@ -311,6 +400,9 @@ impl AppState {
             local_host,
             local_port: port,
             start_on_launch: input.start_on_launch,
+            given_name: None,
+            allow_ips,
+            keep_host: input.keep_host,
         })
     }
 
@@ -319,9 +411,15 @@ impl AppState {
         Ok(Spec {
             server,
             token: self.secrets.get(&t.server_id).map(|(s, _)| s),
-            subdomain: t.subdomain.clone(),
+            subdomain: t.subdomain.clone().or_else(|| t.given_name.clone()),
             local_host: t.local_host.clone(),
             local_port: t.local_port,
+            // Stable per saved tunnel: the server gives a restarted tunnel its name back at
+            // once instead of holding it for the old session.
+            client_id: Some(format!("ggrok-desktop-{}", t.id)),
+            basic_auth: self.secrets.get(&basic_auth_key(&t.id)).map(|(s, _)| s),
+            allow_ips: t.allow_ips.clone(),
+            keep_host: t.keep_host,
         })
     }
 
@@ -329,13 +427,61 @@ impl AppState {
         self.manager.start(&t.id, self.spec(t)?).await?;
         // Ok or failed, the view shows it; a slow server keeps "connecting" and events follow.
         let _ = tokio::time::timeout(ONLINE_WAIT, self.manager.online(&t.id)).await;
-        self.tunnel(&t.id)
+        let view = self.tunnel(&t.id)?;
+        if t.subdomain.is_some() {
+            return Ok(view);
+        }
+        match &view.status {
+            Status::Online { name, .. } if view.given_name.as_ref() != Some(name) => {
+                self.set_given_name(&t.id, Some(name.clone()))?;
+                self.tunnel(&t.id)
+            }
+            // The remembered name went to someone else: any name beats a failed tunnel that
+            // never asked for a fixed one.
+            Status::Failed {
+                kind: RefusalKind::NameTaken | RefusalKind::NameReserved,
+                ..
+            } if view.given_name.is_some() => {
+                self.set_given_name(&t.id, None)?;
+                Box::pin(self.run(&self.saved(&t.id)?)).await
+            }
+            _ => Ok(view),
+        }
+    }
+
+    /// Stores (`Some("u:p")`), removes (`Some("")`) or keeps (`None`) a tunnel's Basic auth;
+    /// whether it changed.
+    fn save_basic_auth(&self, id: &str, auth: Option<&str>) -> bool {
+        let key = basic_auth_key(id);
+        let old = self.secrets.get(&key).map(|(s, _)| s.expose().to_owned());
+        match auth {
+            None => false,
+            Some("") => {
+                self.secrets.delete(&key);
+                old.is_some()
+            }
+            Some(a) => {
+                self.secrets.set(&key, &Secret::new(a));
+                old.as_deref() != Some(a)
+            }
+        }
+    }
+
+    fn set_given_name(&self, id: &str, name: Option<String>) -> Result<(), Error> {
+        self.store.lock().expect("store lock").update(|d| {
+            if let Some(slot) = d.tunnels.iter_mut().find(|x| x.id == id) {
+                slot.given_name = name.clone();
+            }
+        })?;
+        self.notify();
+        Ok(())
     }
 
     /// Validates, saves and starts a new tunnel; answers once it is online (or failed).
     pub async fn expose(&self, input: TunnelInput) -> Result<TunnelView, Error> {
-        let mut t = self.validate(&input)?;
+        let mut t = self.validate(None, &input)?;
         t.id = new_id();
+        self.save_basic_auth(&t.id, input.basic_auth.as_deref());
         self.store
             .lock()
             .expect("store lock")
@@ -344,18 +490,27 @@ impl AppState {
         self.run(&t).await
     }
 
-    /// Changes a saved tunnel; a running one restarts with the new settings.
+    /// Changes a saved tunnel; a running one restarts only if what it serves changed.
     pub async fn update_tunnel(&self, id: &str, input: TunnelInput) -> Result<TunnelView, Error> {
-        self.saved(id)?;
-        let mut t = self.validate(&input)?;
+        let old = self.saved(id)?;
+        let mut t = self.validate(Some(id), &input)?;
         t.id = id.to_owned();
+        if t.subdomain.is_none() && t.server_id == old.server_id {
+            t.given_name = old.given_name.clone();
+        }
+        let auth_changed = self.save_basic_auth(id, input.basic_auth.as_deref());
+        let restart = auth_changed
+            || SavedTunnel {
+                start_on_launch: old.start_on_launch,
+                ..t.clone()
+            } != old;
         self.store.lock().expect("store lock").update(|d| {
             if let Some(slot) = d.tunnels.iter_mut().find(|x| x.id == id) {
                 *slot = t.clone();
             }
         })?;
         self.notify();
-        if self.manager.is_running(id) {
+        if restart && self.manager.is_running(id) {
             self.run(&t).await
         } else {
             self.tunnel(id)
@@ -366,6 +521,7 @@ impl AppState {
     pub async fn delete_tunnel(&self, id: &str) -> Result<(), Error> {
         self.saved(id)?;
         self.manager.remove(id).await;
+        self.secrets.delete(&basic_auth_key(id));
         self.store
             .lock()
             .expect("store lock")
@@ -484,6 +640,68 @@ impl AppState {
             .ok_or_else(|| Error::NotFound(format!("server {id}")))
     }
 
+    /// Opens one session to the server in `input` with its token (the typed one, else the saved
+    /// one) and closes it again: proves the URL, that a ggrok server answers there, and the token.
+    pub async fn test_server(&self, input: ServerInput) -> Result<ServerCheck, Error> {
+        let url = input.url.trim().trim_end_matches('/').to_owned();
+        let mut config = TunnelConfig::new(url, 9);
+        config
+            .connect_url()
+            .map_err(|e| Error::invalid("url", e.to_string()))?;
+        config.token = match input.token.as_deref().map(str::trim) {
+            Some("") => None,
+            Some(tok) => Some(Secret::new(tok)),
+            None => input
+                .id
+                .as_deref()
+                .and_then(|id| self.secrets.get(id))
+                .map(|(s, _)| s),
+        };
+        let has_token = config.token.is_some();
+        config.ring_size = 0;
+        let tunnel = ggrok_tunnel::Tunnel::start(config)
+            .map_err(|e| Error::invalid("url", e.to_string()))?;
+        let mut status = tunnel.status();
+        let outcome = tokio::time::timeout(TEST_WAIT, async {
+            loop {
+                let now = status.borrow_and_update().clone();
+                match now {
+                    Status::Connecting => {}
+                    s => return s,
+                }
+                if status.changed().await.is_err() {
+                    return Status::Stopped;
+                }
+            }
+        })
+        .await;
+        tunnel.stop().await;
+        let (ok, message) = match outcome {
+            Ok(Status::Online { .. }) if has_token => {
+                (true, "Connected; the token was accepted.".to_owned())
+            }
+            Ok(Status::Online { .. }) => {
+                (true, "Connected; this server needs no token.".to_owned())
+            }
+            Ok(Status::Failed { message, .. }) => (false, message),
+            Ok(Status::Reconnecting { reason, .. }) => {
+                (false, format!("Cannot reach the server: {reason}"))
+            }
+            Ok(_) => (false, "The test was stopped.".to_owned()),
+            Err(_) => (
+                false,
+                format!("No answer within {} s.", TEST_WAIT.as_secs()),
+            ),
+        };
+        Ok(ServerCheck { ok, message })
+    }
+
+    /// Ports listening on this machine, ggrok's own left out, those saved tunnels use marked.
+    pub fn listening(&self) -> Result<Vec<ListeningPort>, Error> {
+        let exposed: Vec<u16> = self.saved_tunnels().iter().map(|t| t.local_port).collect();
+        listening(std::process::id(), &exposed).map_err(|e| Error::System(e.to_string()))
+    }
+
     /// Removes a server that no tunnel uses, and its token.
     pub fn delete_server(&self, id: &str) -> Result<(), Error> {
         if id == BUILTIN_SERVER_ID {
@@ -521,7 +739,7 @@ mod tests {
     use super::*;
     use crate::{
         store::FILE_NAME,
-        test_support::{get, Origin, TestServer},
+        test_support::{get, get_with, Origin, TestServer},
     };
 
     fn state(dir: &std::path::Path, server: &TestServer) -> AppState {
@@ -542,6 +760,9 @@ mod tests {
             local_host: Some("127.0.0.1".into()),
             local_port: port,
             start_on_launch: true,
+            basic_auth: None,
+            allow_ips: Vec::new(),
+            keep_host: false,
         }
     }
 
@@ -552,7 +773,7 @@ mod tests {
         let origin = Origin::start().await;
         let s = state(dir.path(), &server);
         let view = s
-            .expose(input(origin.port as i64, Some("Demo")))
+            .expose(input(origin.port as i64, Some("demo")))
             .await
             .unwrap();
         let url = format!("http://demo.localhost:{}", server.port);
@@ -593,6 +814,8 @@ mod tests {
             (input(-1, None), "port"),
             (input(80, Some("-bad")), "subdomain"),
             (input(80, Some("a.b")), "subdomain"),
+            // The CLI's rule: refused with the reason, not silently lowercased.
+            (input(80, Some("MyApp")), "subdomain"),
             (
                 TunnelInput {
                     server_id: "nope".into(),
@@ -607,6 +830,351 @@ mod tests {
             }
         }
         assert!(s.tunnels().is_empty(), "nothing saved on invalid input");
+        let Err(err) = s.expose(input(80, Some("MyApp"))).await else {
+            panic!()
+        };
+        assert_eq!(err.to_string(), "subdomain must be lowercase (found 'M')");
+    }
+
+    async fn next_traffic(rx: &mut broadcast::Receiver<crate::tunnels::Event>) {
+        while !matches!(
+            rx.recv().await.unwrap(),
+            crate::tunnels::Event::Traffic { .. }
+        ) {}
+    }
+
+    #[tokio::test]
+    async fn the_same_subdomain_twice_on_one_server_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = TestServer::start().await;
+        let origin = Origin::start().await;
+        let s = state(dir.path(), &server);
+        let first = s
+            .expose(input(origin.port as i64, Some("twin")))
+            .await
+            .unwrap();
+        match s.expose(input(origin.port as i64, Some("twin"))).await {
+            Err(Error::Invalid { field, message }) => {
+                assert_eq!(field, "subdomain");
+                assert_eq!(
+                    message,
+                    "another saved tunnel already uses twin on this server"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(s.tunnels().len(), 1);
+        // Saving the tunnel itself again is not a twin.
+        s.update_tunnel(&first.id, input(origin.port as i64, Some("twin")))
+            .await
+            .unwrap();
+        s.manager().stop_all().await;
+    }
+
+    #[tokio::test]
+    async fn edits_restart_only_when_needed_and_keep_history_and_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = TestServer::start().await;
+        let origin = Origin::start().await;
+        let s = state(dir.path(), &server);
+        let mut events = s.manager().subscribe();
+        let t = s
+            .expose(input(origin.port as i64, Some("keep")))
+            .await
+            .unwrap();
+        get(server.port, "keep.localhost", "/one").await;
+        next_traffic(&mut events).await;
+        assert_eq!(s.tunnel(&t.id).unwrap().requests, 1);
+
+        // Only "start on launch": saved, not restarted (a restart resets the count).
+        let v = s
+            .update_tunnel(
+                &t.id,
+                TunnelInput {
+                    start_on_launch: false,
+                    ..input(origin.port as i64, Some("keep"))
+                },
+            )
+            .await
+            .unwrap();
+        assert!(!v.start_on_launch);
+        assert_eq!(v.requests, 1, "not restarted");
+        assert!(v.url().is_some());
+
+        // A new local port restarts it; the fixed name comes back at once (same client id),
+        // and the history stays.
+        let origin2 = Origin::start().await;
+        let v = s
+            .update_tunnel(&t.id, input(origin2.port as i64, Some("keep")))
+            .await
+            .unwrap();
+        assert_eq!(v.requests, 0, "restarted");
+        assert_eq!(
+            v.url(),
+            Some(format!("http://keep.localhost:{}", server.port).as_str())
+        );
+        get(server.port, "keep.localhost", "/two").await;
+        next_traffic(&mut events).await;
+        let paths: Vec<_> = s
+            .traffic(&t.id)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.path)
+            .collect();
+        assert_eq!(paths, ["/two", "/one"]);
+
+        // Stop and Start: same name, same history.
+        s.stop(&t.id).await.unwrap();
+        let v = s.start(&t.id).await.unwrap();
+        assert!(v.url().is_some(), "{v:?}");
+        assert_eq!(s.traffic(&t.id).unwrap().len(), 2);
+        s.manager().stop_all().await;
+    }
+
+    #[tokio::test]
+    async fn a_server_given_name_is_kept_and_labels_the_tunnel() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = TestServer::start().await;
+        let origin = Origin::start().await;
+        let s = state(dir.path(), &server);
+        let t = s.expose(input(origin.port as i64, None)).await.unwrap();
+        let Status::Online { name, .. } = t.status.clone() else {
+            panic!("{t:?}")
+        };
+        assert_eq!(t.given_name.as_deref(), Some(name.as_str()));
+        let stopped = s.stop(&t.id).await.unwrap();
+        assert_eq!(stopped.label(), name, "offline, labelled by its name");
+        let again = s.start(&t.id).await.unwrap();
+        assert_eq!(again.label(), name, "same name after Stop/Start");
+        s.manager().stop_all().await;
+
+        // After an app restart (a fresh server) the name is asked for again...
+        drop(server);
+        let server = TestServer::start().await;
+        let s = state(dir.path(), &server);
+        assert_eq!(s.tunnel(&t.id).unwrap().label(), name);
+        let v = s.start(&t.id).await.unwrap();
+        assert_eq!(
+            v.url(),
+            Some(format!("http://{name}.localhost:{}", server.port).as_str())
+        );
+        s.stop(&t.id).await.unwrap();
+
+        // ...and when someone else has it by then, the tunnel takes a new one instead of failing.
+        let other = Manager::new();
+        other
+            .start(
+                "other",
+                Spec {
+                    server: server.url.clone(),
+                    token: None,
+                    subdomain: Some(name.clone()),
+                    local_host: "127.0.0.1".into(),
+                    local_port: origin.port,
+                    client_id: None,
+                    basic_auth: None,
+                    allow_ips: Vec::new(),
+                    keep_host: false,
+                },
+            )
+            .await
+            .unwrap();
+        other.online("other").await.unwrap();
+        let s = state(dir.path(), &server);
+        let v = s.start(&t.id).await.unwrap();
+        let Status::Online { name: new_name, .. } = &v.status else {
+            panic!("{v:?}")
+        };
+        assert_ne!(new_name, &name);
+        assert_eq!(v.given_name.as_ref(), Some(new_name));
+        s.manager().stop_all().await;
+        other.stop_all().await;
+    }
+
+    #[tokio::test]
+    async fn basic_auth_allowlist_and_host_header_as_in_the_cli() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = TestServer::start().await;
+        let origin = Origin::start().await;
+        let s = state(dir.path(), &server);
+        for (inp, field) in [
+            (
+                TunnelInput {
+                    basic_auth: Some("nocolon".into()),
+                    ..input(80, None)
+                },
+                "basicAuth",
+            ),
+            (
+                TunnelInput {
+                    allow_ips: vec!["10.0.0.0/33".into()],
+                    ..input(80, None)
+                },
+                "allowIps",
+            ),
+        ] {
+            match s.expose(inp).await {
+                Err(Error::Invalid { field: f, .. }) => assert_eq!(f, field),
+                other => panic!("{field}: {other:?}"),
+            }
+        }
+        let t = s
+            .expose(TunnelInput {
+                basic_auth: Some("ann:s3cret-pw".into()),
+                allow_ips: vec![" 127.0.0.1 ".into(), "".into()],
+                keep_host: true,
+                ..input(origin.port as i64, Some("guarded"))
+            })
+            .await
+            .unwrap();
+        assert_eq!(t.basic_auth_user.as_deref(), Some("ann"));
+        assert_eq!(t.allow_ips, ["127.0.0.1"]);
+        assert!(t.keep_host);
+        let file = std::fs::read_to_string(dir.path().join(FILE_NAME)).unwrap();
+        assert!(!file.contains("s3cret"), "{file}");
+        assert!(!serde_json::to_string(&t).unwrap().contains("s3cret"));
+        assert_eq!(get(server.port, "guarded.localhost", "/").await.0, 401);
+        // "ann:s3cret-pw" in base64.
+        let auth = [("authorization", "Basic YW5uOnMzY3JldC1wdw==")];
+        let (status, _) = get_with(server.port, "guarded.localhost", "/", &auth).await;
+        assert_eq!(status, 200);
+
+        // An allowlist without this machine shuts it out.
+        s.update_tunnel(
+            &t.id,
+            TunnelInput {
+                allow_ips: vec!["10.0.0.0/8".into()],
+                ..input(origin.port as i64, Some("guarded"))
+            },
+        )
+        .await
+        .unwrap();
+        let (status, _) = get_with(server.port, "guarded.localhost", "/", &auth).await;
+        assert_eq!(status, 403);
+
+        // Removing it restarts the tunnel without it; an empty allowlist lets everyone in.
+        let v = s
+            .update_tunnel(
+                &t.id,
+                TunnelInput {
+                    basic_auth: Some(String::new()),
+                    ..input(origin.port as i64, Some("guarded"))
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(v.basic_auth_user, None);
+        assert_eq!(get(server.port, "guarded.localhost", "/").await.0, 200);
+        s.manager().stop_all().await;
+    }
+
+    #[tokio::test]
+    async fn bad_server_urls_are_refused_on_save_and_test() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = TestServer::start().await;
+        let s = state(dir.path(), &server);
+        for url in ["tunnel example com", "ftp://x", "https://x/path", ""] {
+            let inp = ServerInput {
+                id: None,
+                name: "x".into(),
+                url: url.into(),
+                token: None,
+            };
+            assert!(
+                matches!(
+                    s.save_server(inp.clone()),
+                    Err(Error::Invalid { field: "url", .. })
+                ),
+                "{url}"
+            );
+            assert!(
+                matches!(
+                    s.test_server(inp).await,
+                    Err(Error::Invalid { field: "url", .. })
+                ),
+                "{url}"
+            );
+        }
+        assert_eq!(s.servers().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn test_connection_checks_reachability_and_the_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = TestServer::start().await;
+        let s = state(dir.path(), &server);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mut config = ggrok_server::Config::new("localhost");
+        config.tokens = ggrok_server::Tokens::from_plain(["right-token"]);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(ggrok_server::run(listener, config, async {
+            let _ = stopped.await;
+        }));
+        let check = |url: String, token: Option<&str>| ServerInput {
+            id: None,
+            name: "x".into(),
+            url,
+            token: token.map(str::to_owned),
+        };
+        let url = format!("http://127.0.0.1:{port}");
+        let ok = s
+            .test_server(check(url.clone(), Some("right-token")))
+            .await
+            .unwrap();
+        assert_eq!(
+            ok,
+            ServerCheck {
+                ok: true,
+                message: "Connected; the token was accepted.".into()
+            }
+        );
+        let bad = s
+            .test_server(check(url.clone(), Some("wrong")))
+            .await
+            .unwrap();
+        assert!(!bad.ok);
+        assert!(bad.message.contains("token"), "{}", bad.message);
+        let none = s.test_server(check(url, None)).await.unwrap();
+        assert!(!none.ok, "{none:?}");
+        // The saved token is used when none is typed.
+        let saved = s
+            .save_server(check(
+                format!("http://127.0.0.1:{port}"),
+                Some("right-token"),
+            ))
+            .unwrap();
+        let again = s
+            .test_server(ServerInput {
+                id: Some(saved.id),
+                ..check(format!("http://127.0.0.1:{port}"), None)
+            })
+            .await
+            .unwrap();
+        assert!(again.ok, "{again:?}");
+        let open = s
+            .test_server(check(server.url.clone(), None))
+            .await
+            .unwrap();
+        assert_eq!(open.message, "Connected; this server needs no token.");
+        let _ = stop.send(());
+
+        // Nothing listening: said so, without waiting for the full timeout.
+        let dead = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let down = s
+            .test_server(check(format!("http://127.0.0.1:{dead}"), None))
+            .await
+            .unwrap();
+        assert!(!down.ok);
+        assert!(
+            down.message.starts_with("Cannot reach the server"),
+            "{}",
+            down.message
+        );
     }
 
     #[tokio::test]

@@ -51,6 +51,17 @@ pub struct SavedTunnel {
     /// Start this tunnel when the app starts.
     #[serde(default)]
     pub start_on_launch: bool,
+    /// The name the server last gave a tunnel without a fixed subdomain: asked for again on
+    /// the next start (the server gives it back while it is free or held for this client) and
+    /// shown while offline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub given_name: Option<String>,
+    /// Visitor addresses allowed (IP or CIDR); empty lets everyone in.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_ips: Vec<String>,
+    /// Pass the public Host header to the local service instead of rewriting it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub keep_host: bool,
 }
 
 fn default_host() -> String {
@@ -223,6 +234,9 @@ mod tests {
                 local_host: "localhost".into(),
                 local_port: 5173,
                 start_on_launch: true,
+                given_name: None,
+                allow_ips: vec!["10.0.0.0/8".into()],
+                keep_host: true,
             }],
             settings: Settings { start_hidden: true },
         }

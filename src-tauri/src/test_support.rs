@@ -84,6 +84,16 @@ impl Origin {
 
 /// GET `path` from 127.0.0.1:`port` with `Host: host`; returns status and body text.
 pub async fn get(port: u16, host: &str, path: &str) -> (u16, String) {
+    get_with(port, host, path, &[]).await
+}
+
+/// [`get`] with extra request headers.
+pub async fn get_with(
+    port: u16,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String) {
     let stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port))
         .await
         .unwrap();
@@ -91,10 +101,11 @@ pub async fn get(port: u16, host: &str, path: &str) -> (u16, String) {
         .await
         .unwrap();
     tokio::spawn(conn);
-    let req = Request::get(path)
-        .header("host", host)
-        .body(Empty::<Bytes>::new())
-        .unwrap();
+    let mut req = Request::get(path).header("host", host);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Empty::<Bytes>::new()).unwrap();
     let res = sender.send_request(req).await.unwrap();
     let status = res.status().as_u16();
     let body = res.into_body().collect().await.unwrap().to_bytes();

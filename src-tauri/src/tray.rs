@@ -209,6 +209,11 @@ mod tests {
             start_on_launch: false,
             status,
             requests: 0,
+            local_warning: None,
+            given_name: None,
+            basic_auth_user: None,
+            allow_ips: Vec::new(),
+            keep_host: false,
         }
     }
 

@@ -6,6 +6,7 @@
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
+    time::Duration,
 };
 
 use ggrok_tunnel::{
@@ -22,8 +23,10 @@ pub const TRAFFIC_CAP: usize = 500;
 pub const CAPTURE_LIMIT: usize = 64 * 1024;
 /// Events buffered for a slow listener before it starts missing some.
 pub const EVENT_BUFFER: usize = 1024;
-/// Bytes of a binary body shown as hex (three characters per byte).
+/// Bytes of a binary body shown as hex.
 pub const HEX_LIMIT: usize = 4096;
+/// How long the local-port check waits for a connection before calling the port dead.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -38,6 +41,14 @@ pub struct Spec {
     pub local_host: String,
     /// Local port.
     pub local_port: u16,
+    /// Identity towards the server, so a restarted tunnel gets its held name back.
+    pub client_id: Option<String>,
+    /// `user:password` visitors must give.
+    pub basic_auth: Option<Secret>,
+    /// Visitor addresses allowed; empty lets everyone in.
+    pub allow_ips: Vec<String>,
+    /// Pass the public Host header through.
+    pub keep_host: bool,
 }
 
 /// A tunnel's state as the UI shows it.
@@ -48,6 +59,8 @@ pub struct TunnelState {
     pub status: Status,
     /// Requests seen since the tunnel was last started.
     pub requests: u64,
+    /// Set while nothing answers on the local port: checked on start and after a 502.
+    pub local_warning: Option<String>,
 }
 
 impl Default for TunnelState {
@@ -55,6 +68,7 @@ impl Default for TunnelState {
         Self {
             status: Status::Stopped,
             requests: 0,
+            local_warning: None,
         }
     }
 }
@@ -141,12 +155,24 @@ impl BodyView {
     }
 }
 
+/// `hexdump -C`'s layout: offset, 16 bytes in hex, then the same bytes as ASCII (`.` where
+/// not printable).
 fn hex_dump(data: &[u8]) -> String {
     data.chunks(16)
         .enumerate()
         .map(|(i, row)| {
             let hex: Vec<String> = row.iter().map(|b| format!("{b:02x}")).collect();
-            format!("{:08x}  {}", i * 16, hex.join(" "))
+            let ascii: String = row
+                .iter()
+                .map(|&b| {
+                    if b.is_ascii_graphic() || b == b' ' {
+                        b as char
+                    } else {
+                        '.'
+                    }
+                })
+                .collect();
+            format!("{:08x}  {:<47}  |{ascii}|", i * 16, hex.join(" "))
         })
         .collect::<Vec<_>>()
         .join("\n")
@@ -277,17 +303,23 @@ impl Manager {
         self.events.subscribe()
     }
 
-    /// Starts (or restarts) tunnel `id`. Must be called inside a tokio runtime.
+    /// Starts (or restarts) tunnel `id`. Must be called inside a tokio runtime. A restart keeps
+    /// the traffic recorded so far, and exchange ids go on from where they were.
     pub async fn start(&self, id: &str, spec: Spec) -> Result<(), ManagerError> {
         self.stop(id).await;
+        let target = format!("{}:{}", spec.local_host, spec.local_port);
         let mut config = TunnelConfig::new(spec.server, spec.local_port);
+        config.traffic = self.traffic_of(id);
+        config.client_id = spec.client_id;
         config.token = spec.token;
         config.subdomain = spec.subdomain;
         config.local = LocalTarget {
             host: spec.local_host,
             port: spec.local_port,
-            keep_host: false,
+            keep_host: spec.keep_host,
         };
+        config.basic_auth = spec.basic_auth;
+        config.allow_ips = spec.allow_ips;
         config.ring_size = self.ring_size;
         config.capture_limit = self.capture_limit;
         let tunnel = Arc::new(Tunnel::start(config)?);
@@ -296,7 +328,15 @@ impl Manager {
         let state = Arc::new(Mutex::new(TunnelState {
             status: tunnel.status().borrow().clone(),
             requests: 0,
+            local_warning: None,
         }));
+        let probe = Probe {
+            target,
+            state: state.clone(),
+            events: self.events.clone(),
+            id: id.to_owned(),
+        };
+        let probe_task = tokio::spawn(probe.clone().run());
         let mut status_rx = tunnel.status();
         let mut traffic_rx = tunnel.traffic().subscribe();
         let status_task = {
@@ -326,9 +366,21 @@ impl Manager {
                 loop {
                     match traffic_rx.recv().await {
                         Ok(exchange) => {
+                            // A 502 is what a dead local port looks like from here.
+                            let local_ok = match exchange.status {
+                                Some(502) => {
+                                    tokio::spawn(probe.clone().run());
+                                    None
+                                }
+                                Some(_) => Some(()),
+                                None => None,
+                            };
                             let snapshot = {
                                 let mut s = state.lock().expect("state lock");
                                 s.requests += 1;
+                                if local_ok.is_some() {
+                                    s.local_warning = None;
+                                }
                                 s.clone()
                             };
                             let _ = events.send(Event::Traffic {
@@ -353,7 +405,7 @@ impl Manager {
             traffic: tunnel.traffic().clone(),
             tunnel: Some(tunnel),
             state,
-            tasks: vec![status_task, traffic_task],
+            tasks: vec![status_task, traffic_task, probe_task],
         };
         self.entries
             .lock()
@@ -389,6 +441,7 @@ impl Manager {
         let snapshot = {
             let mut s = state.lock().expect("state lock");
             s.status = Status::Stopped;
+            s.local_warning = None;
             s.clone()
         };
         let _ = self.events.send(Event::Status {
@@ -494,6 +547,38 @@ impl Manager {
     }
 }
 
+/// Checks whether anything listens on a tunnel's local port and tells the UI when that changes.
+#[derive(Clone)]
+struct Probe {
+    target: String,
+    state: Arc<Mutex<TunnelState>>,
+    events: broadcast::Sender<Event>,
+    id: String,
+}
+
+impl Probe {
+    async fn run(self) {
+        let listening = matches!(
+            tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(&self.target)).await,
+            Ok(Ok(_))
+        );
+        let warning = (!listening).then(|| format!("nothing is listening on {}", self.target));
+        let snapshot = {
+            let mut s = self.state.lock().expect("state lock");
+            // A stopped tunnel has no local side to warn about.
+            if s.local_warning == warning || s.status == Status::Stopped {
+                return;
+            }
+            s.local_warning = warning;
+            s.clone()
+        };
+        let _ = self.events.send(Event::Status {
+            tunnel_id: self.id,
+            state: snapshot,
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -518,6 +603,18 @@ mod tests {
             subdomain: name.map(str::to_owned),
             local_host: "127.0.0.1".into(),
             local_port: origin.port,
+            client_id: None,
+            basic_auth: None,
+            allow_ips: Vec::new(),
+            keep_host: false,
+        }
+    }
+
+    async fn next_traffic(rx: &mut broadcast::Receiver<Event>) -> Summary {
+        loop {
+            if let Event::Traffic { exchange, .. } = rx.recv().await.expect("event") {
+                return exchange;
+            }
         }
     }
 
@@ -617,7 +714,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn restart_resets_count_and_remove_forgets() {
+    async fn restart_keeps_history_with_new_ids_and_remove_forgets() {
         let server = TestServer::start().await;
         let origin = Origin::start().await;
         let m = Manager::new();
@@ -625,19 +722,27 @@ mod tests {
         let url = m.online("t").await.unwrap();
         let host = url.trim_start_matches("http://").to_owned();
         let mut events = m.subscribe();
-        get(server.port, &host, "/").await;
-        loop {
-            if let Event::Traffic { .. } = events.recv().await.unwrap() {
-                break;
-            }
-        }
+        get(server.port, &host, "/before").await;
+        let before = next_traffic(&mut events).await;
         assert_eq!(m.traffic("t").len(), 1);
-        // A restart gets a fresh count and ring. (Random names: a fixed one is held by the
-        // server for the old session's reconnect grace period, see the report on client ids.)
+        // A restart gets a fresh count but keeps the rows, and new ids never reuse old ones.
+        // (Random names: a fixed one is held by the server for the old session's reconnect
+        // grace period.)
+        m.stop("t").await;
         m.start("t", spec(&server, &origin, None)).await.unwrap();
         assert_eq!(m.state("t").requests, 0);
-        assert!(m.traffic("t").is_empty());
-        m.online("t").await.unwrap();
+        let url = m.online("t").await.unwrap();
+        let host = url.trim_start_matches("http://").to_owned();
+        get(server.port, &host, "/after").await;
+        let after = next_traffic(&mut events).await;
+        assert!(after.id > before.id, "{} after {}", after.id, before.id);
+        let rows = m.traffic("t");
+        let paths: Vec<_> = rows.iter().map(|r| r.path.as_str()).collect();
+        assert_eq!(paths, ["/after", "/before"]);
+        assert_eq!(m.exchange("t", before.id).unwrap().summary.path, "/before");
+        // Replay works on a row recorded before the restart.
+        let replayed = m.replay("t", before.id).await.unwrap();
+        assert!(replayed.id > after.id);
         m.remove("t").await;
         assert!(m.traffic("t").is_empty());
         assert_eq!(m.state("t"), TunnelState::default());
@@ -645,6 +750,56 @@ mod tests {
             m.exchange("t", 1),
             Err(ManagerError::NoExchange(1))
         ));
+    }
+
+    #[tokio::test]
+    async fn a_dead_local_port_is_reported_until_it_answers() {
+        let server = TestServer::start().await;
+        // A port that was just free: nothing listens on it.
+        let dead = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let m = Manager::new();
+        let mut events = m.subscribe();
+        let mut s = Spec {
+            server: server.url.clone(),
+            token: None,
+            subdomain: Some("dead".into()),
+            local_host: "127.0.0.1".into(),
+            local_port: dead,
+            client_id: None,
+            basic_auth: None,
+            allow_ips: Vec::new(),
+            keep_host: false,
+        };
+        m.start("t", s.clone()).await.unwrap();
+        let warned = loop {
+            if let Event::Status { state, .. } = events.recv().await.unwrap() {
+                if state.local_warning.is_some() {
+                    break state;
+                }
+            }
+        };
+        assert_eq!(
+            warned.local_warning.as_deref(),
+            Some(format!("nothing is listening on 127.0.0.1:{dead}").as_str())
+        );
+        m.online("t").await.unwrap();
+        assert_eq!(get(server.port, "dead.localhost", "/").await.0, 502);
+        assert!(m.state("t").local_warning.is_some());
+
+        // A live origin: no warning at start, and a 2xx clears one.
+        let origin = Origin::start().await;
+        m.stop("t").await;
+        s.local_port = origin.port;
+        s.subdomain = Some("alive".into());
+        m.start("t", s).await.unwrap();
+        m.online("t").await.unwrap();
+        assert_eq!(get(server.port, "alive.localhost", "/").await.0, 200);
+        next_traffic(&mut events).await;
+        assert_eq!(m.state("t").local_warning, None);
+        m.stop("t").await;
     }
 
     #[tokio::test]
@@ -695,7 +850,16 @@ mod tests {
         let bin = BodyView::of(&body(&[0xff, 0x00, 0x41]), &Headers::default());
         assert_eq!(
             (bin.kind, bin.text.as_str()),
-            ("binary", "00000000  ff 00 41")
+            (
+                "binary",
+                format!("00000000  {:<47}  |..A|", "ff 00 41").as_str()
+            )
+        );
+        let line = BodyView::of(&body(b"\x00ggrok tunnel!\n\xff+"), &Headers::default()).text;
+        assert_eq!(
+            line,
+            "00000000  00 67 67 72 6f 6b 20 74 75 6e 6e 65 6c 21 0a ff  |.ggrok tunnel!..|\n\
+             00000010  2b                                               |+|"
         );
         let big = vec![0xffu8; HEX_LIMIT + 10];
         let big = BodyView::of(&body(&big), &Headers::default());

@@ -129,6 +129,10 @@ pub struct TunnelConfig {
     /// saves tunnels keeps one per tunnel); `None` picks a random one per [`Tunnel::start`].
     /// The server gives a held name back to the same id at once.
     pub client_id: Option<String>,
+    /// Where to record exchanges; `None` starts an empty one sized by `ring_size` and
+    /// `capture_limit`. An app that restarts a tunnel passes the previous run's, so its history
+    /// stays and exchange ids keep counting up.
+    pub traffic: Option<Traffic>,
 }
 
 impl TunnelConfig {
@@ -151,6 +155,7 @@ impl TunnelConfig {
             basic_auth: None,
             allow_ips: Vec::new(),
             client_id: None,
+            traffic: None,
         }
     }
 
@@ -163,7 +168,11 @@ impl TunnelConfig {
             "https" | "wss" => "wss",
             other => return Err(ConfigError::Server(format!("unsupported scheme {other:?}"))),
         };
-        if rest.is_empty() || rest.contains('/') || rest.contains('?') {
+        // `Authority` alone takes any text after a colon as the port, hence the second check.
+        let authority_ok = rest
+            .parse::<http::uri::Authority>()
+            .is_ok_and(|a| a.as_str().len() == a.host().len() || a.port_u16().is_some());
+        if rest.is_empty() || rest.contains('/') || rest.contains('?') || !authority_ok {
             return Err(ConfigError::Server(format!(
                 "{:?} should be just a scheme and host, like https://tunnel.example.com",
                 self.server
@@ -179,8 +188,9 @@ pub enum ConfigError {
     /// The server URL is unusable.
     #[error("bad server URL: {0}")]
     Server(String),
-    /// The subdomain is not a DNS label.
-    #[error("bad subdomain: {0}")]
+    /// The subdomain is not a DNS label. Transparent: [`protocol::NameError`] already names
+    /// the subdomain, and a prefix here would repeat it in an error chain.
+    #[error(transparent)]
     Subdomain(#[from] protocol::NameError),
     /// The CA certificate file is unusable.
     #[error("bad CA certificate: {0}")]
@@ -251,7 +261,10 @@ impl Tunnel {
             Some(path) => Some(tls_connector(path)?),
             None => None,
         };
-        let traffic = Traffic::new(config.ring_size, config.capture_limit);
+        let traffic = config
+            .traffic
+            .clone()
+            .unwrap_or_else(|| Traffic::new(config.ring_size, config.capture_limit));
         let forwarder = Forwarder::new(config.local.clone(), traffic);
         let client_id = config
             .client_id
@@ -605,6 +618,15 @@ mod tests {
         assert!(c.connect_url().is_err());
         c.server = "http://x/path".into();
         assert!(c.connect_url().is_err());
+        // Seen typed into the app: it used to be saved and then retried forever.
+        c.server = "tunnel example com".into();
+        assert!(c.connect_url().is_err());
+        c.server = "https://tunnel.example.com:port".into();
+        assert!(c.connect_url().is_err());
+        c.server = "http://[::1]:7070".into();
+        assert_eq!(c.connect_url().unwrap(), "ws://[::1]:7070/_ggrok/connect");
+        c.server = "https://[::1]".into();
+        assert!(c.connect_url().is_ok());
     }
 
     #[test]

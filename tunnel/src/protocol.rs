@@ -177,6 +177,9 @@ pub enum NameError {
     /// A character outside `[a-z0-9-]`.
     #[error("subdomain may contain only a-z, 0-9 and '-' (found {0:?})")]
     BadChar(char),
+    /// An uppercase letter: names are lowercase so that one name is one URL.
+    #[error("subdomain must be lowercase (found {0:?})")]
+    Uppercase(char),
     /// Starts or ends with a hyphen.
     #[error("subdomain may not start or end with '-'")]
     EdgeHyphen,
@@ -194,7 +197,11 @@ pub fn validate_name(name: &str) -> Result<(), NameError> {
         .chars()
         .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
     {
-        return Err(NameError::BadChar(c));
+        return Err(if c.is_ascii_uppercase() {
+            NameError::Uppercase(c)
+        } else {
+            NameError::BadChar(c)
+        });
     }
     if name.starts_with('-') || name.ends_with('-') {
         return Err(NameError::EdgeHyphen);
@@ -295,7 +302,8 @@ mod tests {
         assert_eq!(validate_name(&"a".repeat(63)), Ok(()));
         assert_eq!(validate_name(""), Err(NameError::Empty));
         assert_eq!(validate_name(&"a".repeat(64)), Err(NameError::TooLong(64)));
-        assert_eq!(validate_name("My"), Err(NameError::BadChar('M')));
+        assert_eq!(validate_name("My"), Err(NameError::Uppercase('M')));
+        assert_eq!(validate_name("a_b"), Err(NameError::BadChar('_')));
         assert_eq!(validate_name("a.b"), Err(NameError::BadChar('.')));
         assert_eq!(validate_name("-a"), Err(NameError::EdgeHyphen));
         assert_eq!(validate_name("a-"), Err(NameError::EdgeHyphen));

@@ -263,6 +263,15 @@ impl Traffic {
     }
 }
 
+impl std::fmt::Debug for Traffic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Traffic")
+            .field("ring_size", &self.inner.ring_size)
+            .field("capture_limit", &self.inner.capture_limit)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Default for Traffic {
     fn default() -> Self {
         Self::new(DEFAULT_RING_SIZE, DEFAULT_CAPTURE_LIMIT)

@@ -5,6 +5,8 @@ import type {
   ApiError,
   AppInfo,
   Detail,
+  ListeningPort,
+  ServerCheck,
   ServerInput,
   ServerView,
   Summary,
@@ -44,6 +46,8 @@ export const getExchange = (id: string, exchange: number) =>
 export const replay = (id: string, exchange: number) => call<Summary>("replay", { id, exchange });
 export const listServers = () => call<ServerView[]>("list_servers");
 export const saveServer = (input: ServerInput) => call<ServerView>("save_server", { input });
+export const testServer = (input: ServerInput) => call<ServerCheck>("test_server", { input });
+export const listListening = () => call<ListeningPort[]>("list_listening");
 export const deleteServer = (id: string) => call<void>("delete_server", { id });
 export const copyUrl = (id: string) => call<string>("copy_url", { id });
 export const openUrl = (id: string) => call<string>("open_url", { id });

@@ -1,44 +1,138 @@
-// UI state and the event wiring. Views read `ui` and call `refresh*`/`render*`.
+// The one owner of UI state and the event wiring. Views read `ui`, change it only through the
+// functions here, and re-render when `subscribe` tells them what changed. Notifications are
+// batched per animation frame, so a burst of requests costs one render, not one per event.
 import * as api from "./api";
-import type { AppInfo, Detail, ServerView, Status, Summary, TunnelView } from "./types";
+import type { AppInfo, Detail, ListeningPort, ServerView, Status, Summary, TunnelView } from "./types";
 import { pushRow } from "./util/format";
 
+/** A banner: an error that has no field or card to sit next to. */
+export interface Banner {
+  id: number;
+  message: string;
+}
+
 export const ui = {
-  info: { builtinServerUrl: "", warnings: [], trafficCap: 500 } as AppInfo,
+  info: { builtinServerUrl: "", warnings: [], trafficCap: 500, keyringAvailable: true } as AppInfo,
   tunnels: [] as TunnelView[],
   servers: [] as ServerView[],
   selected: null as string | null,
   traffic: new Map<string, Summary[]>(),
   filter: "",
   detail: null as Detail | null,
-  errors: [] as string[],
+  /** Errors with nowhere better to go; each can be closed. */
+  errors: [] as Banner[],
+  /** Warnings from the backend the user closed (by text), so a refresh does not bring them back. */
+  dismissed: new Set<string>(),
+  /** The last failed action of each tunnel card, shown on that card until its next success. */
+  cardErrors: new Map<string, string>(),
+  /** Ids of tunnels whose Delete waits for a confirm. */
+  confirming: new Set<string>(),
+  /** Exchange ids (per tunnel) that are replays, marked in the table. */
+  replayed: new Map<string, Set<number>>(),
+  /** The server whose form is open in Settings, and the one whose Remove waits for a confirm. */
+  editingServer: null as string | null,
+  confirmingServer: null as string | null,
+  /** Ports listening on this machine, while a picker shows them. */
+  listening: [] as ListeningPort[],
+  /** Which screen the main area shows. */
+  screen: "tunnels" as "tunnels" | "settings",
 };
 
-type Listener = (what: "tunnels" | "traffic" | "detail" | "servers" | "errors") => void;
+export type Topic = "tunnels" | "traffic" | "detail" | "servers" | "errors" | "screen" | "listening";
+type Listener = (what: Set<Topic>) => void;
 const listeners: Listener[] = [];
+const pending = new Set<Topic>();
+let scheduled = false;
+
 export function subscribe(l: Listener): void {
   listeners.push(l);
 }
-export function changed(what: Parameters<Listener>[0]): void {
+
+/** Marks `what` as changed; listeners hear about it once, at the next animation frame. */
+export function changed(...what: Topic[]): void {
+  for (const w of what) pending.add(w);
+  if (scheduled) return;
+  scheduled = true;
+  requestAnimationFrame(flush);
+}
+
+function flush(): void {
+  scheduled = false;
+  const what = new Set(pending);
+  pending.clear();
   for (const l of listeners) l(what);
 }
 
+let nextBanner = 1;
 export function reportError(e: unknown): void {
-  ui.errors = [api.toApiError(e).message, ...ui.errors].slice(0, 3);
+  const message = api.toApiError(e).message;
+  // The same message twice is one banner.
+  if (!ui.errors.some((b) => b.message === message)) {
+    ui.errors = [{ id: nextBanner++, message }, ...ui.errors].slice(0, 3);
+  }
   changed("errors");
+}
+
+export function dismissError(id: number): void {
+  ui.errors = ui.errors.filter((b) => b.id !== id);
+  changed("errors");
+}
+
+export function dismissWarning(text: string): void {
+  ui.dismissed.add(text);
+  changed("errors");
+}
+
+/** Runs a card's action; its failure is shown on the card, its success clears that. */
+export async function cardAction(id: string, f: () => Promise<unknown>): Promise<void> {
+  try {
+    await f();
+    if (ui.cardErrors.delete(id)) changed("tunnels");
+  } catch (e) {
+    ui.cardErrors.set(id, api.toApiError(e).message);
+    changed("tunnels");
+  }
+}
+
+export function setConfirming(id: string, on: boolean): void {
+  if (on) ui.confirming.add(id);
+  else ui.confirming.delete(id);
+  changed("tunnels");
+}
+
+export function setScreen(screen: typeof ui.screen): void {
+  ui.screen = screen;
+  changed("screen");
+}
+
+export function setServerForm(patch: { editingServer?: string | null; confirmingServer?: string | null }): void {
+  Object.assign(ui, patch);
+  changed("servers");
+}
+
+export function setFilter(q: string): void {
+  ui.filter = q;
+  changed("traffic");
+}
+
+export function closeDetail(): void {
+  ui.detail = null;
+  changed("detail", "traffic");
 }
 
 // Status events and command answers reach the window by different paths, so an answer can
 // arrive after an event that is newer than it. Each status event gets a number; a snapshot taken
 // by the backend is brought up to the last event that arrived while it was on its way.
 let statusEvents = 0;
-const lastStatus = new Map<string, { seq: number; status: Status; requests: number }>();
+type Live = { seq: number; status: Status; requests: number; localWarning: string | null };
+const lastStatus = new Map<string, Live>();
 
 function freshen(t: TunnelView, since: number): TunnelView {
   const live = lastStatus.get(t.id);
   if (live && live.seq > since) {
     t.status = live.status;
     t.requests = live.requests;
+    t.localWarning = live.localWarning;
   }
   return t;
 }
@@ -57,25 +151,74 @@ export async function refreshTunnels(): Promise<void> {
   changed("tunnels");
 }
 
+/** How often the port list is read again while a picker shows it. */
+const LISTENING_REFRESH_MS = 2000;
+const listeningWanted = new Set<string>();
+let listeningTimer: ReturnType<typeof setInterval> | null = null;
+
+async function refreshListening(): Promise<void> {
+  const next = await api.listListening();
+  if (JSON.stringify(next) !== JSON.stringify(ui.listening)) {
+    ui.listening = next;
+    changed("listening");
+  }
+}
+
+/** Keeps `ui.listening` fresh while any of the pickers (`who`) is shown. */
+export function watchListening(who: string, on: boolean): void {
+  const had = listeningWanted.size > 0;
+  if (on) listeningWanted.add(who);
+  else listeningWanted.delete(who);
+  if (!had && listeningWanted.size > 0) {
+    refreshListening().catch(reportError);
+    listeningTimer = setInterval(() => refreshListening().catch(() => {}), LISTENING_REFRESH_MS);
+  } else if (had && listeningWanted.size === 0 && listeningTimer) {
+    clearInterval(listeningTimer);
+    listeningTimer = null;
+  }
+}
+
+/** The empty state's one-click Expose: a tunnel on the built-in server, its URL copied. */
+export async function exposeQuickly(port: number): Promise<void> {
+  const t = await upsertTunnel(() =>
+    api.expose({
+      serverId: "local", subdomain: null, localHost: null, localPort: port, startOnLaunch: false,
+      basicAuth: "", allowIps: [], keepHost: false,
+    }),
+  );
+  await select(t.id);
+  if (t.status.state === "online") await api.copyUrl(t.id);
+}
+
 export async function refreshServers(): Promise<void> {
   ui.servers = await api.listServers();
   changed("servers");
 }
 
+export async function refreshInfo(): Promise<void> {
+  ui.info = await api.appInfo();
+  changed("errors", "servers");
+}
+
 export async function select(id: string): Promise<void> {
+  if (ui.selected !== id) ui.detail = null;
   ui.selected = id;
-  ui.detail = null;
   ui.traffic.set(id, await api.listTraffic(id));
-  changed("tunnels");
-  changed("traffic");
-  changed("detail");
+  changed("tunnels", "traffic", "detail");
 }
 
 export async function showDetail(exchange: number): Promise<void> {
   if (!ui.selected) return;
   ui.detail = await api.getExchange(ui.selected, exchange);
-  changed("detail");
-  changed("traffic");
+  changed("detail", "traffic");
+}
+
+export async function replay(tunnelId: string, exchange: number): Promise<void> {
+  const row = await api.replay(tunnelId, exchange);
+  const marks = ui.replayed.get(tunnelId) ?? new Set<number>();
+  marks.add(row.id);
+  ui.replayed.set(tunnelId, marks);
+  await showDetail(row.id);
 }
 
 /** Runs a command that answers with one tunnel and puts its answer in the list. */
@@ -89,14 +232,30 @@ export async function upsertTunnel(call: () => Promise<TunnelView>): Promise<Tun
   return t;
 }
 
+export async function removeTunnel(id: string): Promise<void> {
+  await api.deleteTunnel(id);
+  ui.confirming.delete(id);
+  ui.cardErrors.delete(id);
+  ui.tunnels = ui.tunnels.filter((x) => x.id !== id);
+  ui.traffic.delete(id);
+  if (ui.selected === id) {
+    ui.selected = null;
+    ui.detail = null;
+    if (ui.tunnels.length > 0) await select(ui.tunnels[0].id);
+  }
+  changed("tunnels", "traffic", "detail");
+}
+
 export async function start(): Promise<void> {
   await api.onTunnelEvent((e) => {
     const t = ui.tunnels.find((x) => x.id === e.tunnelId);
     if (e.type === "status") {
-      lastStatus.set(e.tunnelId, { seq: ++statusEvents, ...e.state });
+      const localWarning = e.state.localWarning ?? null;
+      lastStatus.set(e.tunnelId, { seq: ++statusEvents, ...e.state, localWarning });
       if (t) {
         t.status = e.state.status;
         t.requests = e.state.requests;
+        t.localWarning = localWarning;
         changed("tunnels");
       }
     } else {
@@ -110,8 +269,8 @@ export async function start(): Promise<void> {
   await api.onChanged(() => {
     refreshTunnels().catch(reportError);
     refreshServers().catch(reportError);
+    refreshInfo().catch(reportError);
   });
-  ui.info = await api.appInfo();
-  changed("errors");
+  await refreshInfo();
   await Promise.all([refreshServers(), refreshTunnels()]);
 }

@@ -10,6 +10,8 @@ export type Status =
 export interface TunnelState {
   status: Status;
   requests: number;
+  /** Set while nothing answers on the local port. */
+  localWarning: string | null;
 }
 
 export interface TunnelView {
@@ -22,6 +24,13 @@ export interface TunnelView {
   startOnLaunch: boolean;
   status: Status;
   requests: number;
+  localWarning: string | null;
+  /** The name the server last gave a tunnel without a fixed subdomain. */
+  givenName: string | null;
+  /** The Basic-auth user visitors log in as; the password never reaches the UI. */
+  basicAuthUser: string | null;
+  allowIps: string[];
+  keepHost: boolean;
 }
 
 export interface ServerView {
@@ -37,6 +46,14 @@ export interface AppInfo {
   builtinServerUrl: string;
   warnings: string[];
   trafficCap: number;
+  /** Whether tokens go to the system keyring (else memory, this run only). */
+  keyringAvailable: boolean;
+}
+
+/** What "Test connection" found. */
+export interface ServerCheck {
+  ok: boolean;
+  message: string;
 }
 
 export interface TunnelInput {
@@ -45,6 +62,10 @@ export interface TunnelInput {
   localHost: string | null;
   localPort: number;
   startOnLaunch: boolean;
+  /** "user:password"; null keeps the current one, "" removes it. */
+  basicAuth: string | null;
+  allowIps: string[];
+  keepHost: boolean;
 }
 
 export interface ServerInput {
@@ -91,4 +112,13 @@ export interface ApiError {
   kind: "invalid" | "notFound" | "inUse" | "store" | "tunnel" | "system";
   message: string;
   field: string | null;
+}
+
+/** A TCP port a local service listens on (see src-tauri/src/listening.rs). */
+export interface ListeningPort {
+  port: number;
+  loopback: boolean;
+  pid: number;
+  process: string;
+  exposed: boolean;
 }

@@ -267,6 +267,14 @@ async function main() {
     await driver.waitText("tunnel-status", (t) => t === "online");
     const back = await get(serverPort, `e2e-demo.localhost:${serverPort}`, "/api/hello");
     assert.equal(back.status, 200);
+    // The history survived the restart, the new request got an id of its own, and an old row
+    // still opens (issue 12 item 1).
+    await until("four rows", async () => (await driver.all("traffic-row")).length === 4);
+    const ids = await driver.js("return [...document.querySelectorAll('[data-testid=traffic-row]')].map((r) => r.dataset.id)");
+    assert.equal(new Set(ids).size, 4, `ids ${ids}`);
+    assert.equal((await driver.texts("row-path"))[0], "/api/hello");
+    await driver.click((await driver.all("row-path"))[3]);
+    await driver.waitText("detail-line", (t) => t === "GET /api/hello?x=1");
 
     // Closing the window (a window manager's close button: WM_DELETE_WINDOW) hides it; the app
     // and its tunnel keep running in the tray.

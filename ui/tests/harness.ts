@@ -35,21 +35,27 @@ function addTraffic(tunnelId: string, partial: Partial<Detail>): number {
   const t = find(tunnelId);
   if (t) t.requests += 1;
   void emit("tunnel-event", { type: "traffic", tunnelId, exchange: summary(d) });
-  if (t) void emit("tunnel-event", { type: "status", tunnelId, state: { status: t.status, requests: t.requests } });
+  if (t) void emit("tunnel-event", { type: "status", tunnelId, state: { status: t.status, requests: t.requests, localWarning: t.localWarning } });
   return d.id;
 }
 
-function setStatus(tunnelId: string, status: Status): void {
+function setStatus(tunnelId: string, status: Status, localWarning: string | null = null): void {
   const t = find(tunnelId);
-  if (t) t.status = status;
-  void emit("tunnel-event", { type: "status", tunnelId, state: { status, requests: t?.requests ?? 0 } });
+  if (t) {
+    t.status = status;
+    t.localWarning = localWarning;
+  }
+  void emit("tunnel-event", { type: "status", tunnelId, state: { status, requests: t?.requests ?? 0, localWarning } });
 }
 
 function view(input: TunnelInput, id: string): TunnelView {
   return {
     id, serverId: input.serverId, serverName: "This computer", subdomain: input.subdomain,
     localHost: input.localHost ?? "localhost", localPort: input.localPort, startOnLaunch: input.startOnLaunch,
-    status: online(input.subdomain ?? `rand${id}`), requests: 0,
+    status: online(input.subdomain ?? `rand${id}`), requests: 0, localWarning: null,
+    givenName: input.subdomain ? null : `rand${id}`,
+    basicAuthUser: input.basicAuth ? input.basicAuth.split(":")[0] : null,
+    allowIps: input.allowIps, keepHost: input.keepHost,
   };
 }
 
@@ -57,8 +63,16 @@ function view(input: TunnelInput, id: string): TunnelView {
 // `__fake.releaseServers()` is called. `__fake.race.expose`: the next expose answers with a
 // snapshot taken while the tunnel was still connecting, after the newer "online" event.
 const race = { expose: false };
+// What `list_listening` answers; tests change it to see the picker refresh.
+const listening = [
+  { port: 5173, loopback: true, pid: 4242, process: "node", exposed: false },
+  { port: 8000, loopback: false, pid: 1200, process: "python3", exposed: false },
+];
+// `__fake.fail.start`: the next start_tunnel is refused with this message.
+const fail = { start: null as string | null, replay: null as string | null };
+const params = new URLSearchParams(location.search);
 let releaseServers: () => void = () => {};
-const serversLoaded = new URLSearchParams(location.search).has("slow-servers")
+const serversLoaded = params.has("slow-servers")
   ? new Promise<void>((r) => (releaseServers = r))
   : Promise.resolve();
 const tick = () => new Promise((r) => setTimeout(r, 50));
@@ -77,7 +91,14 @@ async function backend(cmd: string, raw: unknown): Promise<unknown> {
     calls.push({ cmd, args });
     switch (cmd) {
       case "app_info":
-        return { builtinServerUrl: `http://localhost:${PORT}`, warnings: [], trafficCap: 500 };
+        return {
+          builtinServerUrl: `http://localhost:${PORT}`,
+          warnings: params.has("no-keyring")
+            ? ["The system keyring is not available, so tokens are kept in memory for this run only."]
+            : [],
+          trafficCap: Number(params.get("cap") ?? 500),
+          keyringAvailable: !params.has("no-keyring"),
+        };
       case "list_servers":
         await serversLoaded;
         return servers;
@@ -87,6 +108,7 @@ async function backend(cmd: string, raw: unknown): Promise<unknown> {
         const input = args.input as TunnelInput;
         if (input.localPort < 1 || input.localPort > 65535) return reject("invalid", "port must be between 1 and 65535", "port");
         if (input.subdomain === "taken") return reject("invalid", "that name is taken", "subdomain");
+        if (input.allowIps.some((ip) => !/^[0-9.:a-f/]+$/i.test(ip))) return reject("invalid", "not an IP address or CIDR range", "allowIps");
         const t = view(input, String(nextId++));
         tunnels.push(t);
         if (race.expose) {
@@ -108,6 +130,11 @@ async function backend(cmd: string, raw: unknown): Promise<unknown> {
         return null;
       case "start_tunnel": {
         const t = find(args.id)!;
+        if (fail.start) {
+          const message = fail.start;
+          fail.start = null;
+          return reject("tunnel", message);
+        }
         t.status = online(t.subdomain ?? `rand${t.id}`);
         return t;
       }
@@ -121,9 +148,38 @@ async function backend(cmd: string, raw: unknown): Promise<unknown> {
       case "get_exchange":
         return (traffic.get(args.id) ?? []).find((d) => d.id === args.exchange) ?? reject("tunnel", "gone");
       case "replay": {
+        if (fail.replay) return reject("tunnel", fail.replay);
         const orig = (traffic.get(args.id) ?? []).find((d) => d.id === args.exchange)!;
         const id = addTraffic(args.id, { ...orig, startedMs: Date.now() });
         return summary(traffic.get(args.id)!.find((d) => d.id === id)!);
+      }
+      case "save_server": {
+        const input = args.input as { id: string | null; name: string; url: string; token: string | null };
+        if (!/^https?:\/\/[a-z0-9.-]+(:\d+)?$/i.test(input.url.trim())) {
+          return reject("invalid", "bad server URL: should be just a scheme and host", "url");
+        }
+        const v: ServerView = {
+          id: input.id ?? `s${nextId++}`, name: input.name, url: input.url, builtin: false,
+          tokenMasked: input.token ? "tok****" : null, tokenStorage: input.token ? "keyring" : null,
+        };
+        const i = servers.findIndex((x) => x.id === v.id);
+        if (i >= 0) servers[i] = v;
+        else servers.push(v);
+        return v;
+      }
+      case "delete_server":
+        servers.splice(servers.findIndex((x) => x.id === args.id), 1);
+        return null;
+      case "test_server": {
+        const input = args.input as { url: string; token: string | null };
+        if (input.url.includes(" ")) return reject("invalid", "bad server URL: invalid uri character", "url");
+        return input.token === "right"
+          ? { ok: true, message: "Connected; the token was accepted." }
+          : { ok: false, message: "this server requires a token" };
+      }
+      case "list_listening": {
+        const exposed = new Set(tunnels.map((t) => t.localPort));
+        return listening.map((l) => ({ ...l, exposed: exposed.has(l.port) }));
       }
       case "copy_url":
       case "open_url":
@@ -135,6 +191,6 @@ async function backend(cmd: string, raw: unknown): Promise<unknown> {
 }
 
 mockWindows("main");
-(window as any).__fake = { calls, tunnels, addTraffic, setStatus, race, releaseServers: () => releaseServers() };
+(window as any).__fake = { calls, tunnels, servers, listening, addTraffic, setStatus, race, fail, releaseServers: () => releaseServers() };
 await import("../src/main");
 (window as any).__ready = true;

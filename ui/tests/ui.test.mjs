@@ -81,7 +81,10 @@ test("expose form validates port and subdomain inline", async () => {
   await page.fill(tid("subdomain"), "-bad");
   assert.match(await page.textContent(tid("subdomain-error")), /hyphen/);
   await page.fill(tid("subdomain"), "a.b");
-  assert.match(await page.textContent(tid("subdomain-error")), /letters, digits and hyphens/);
+  assert.match(await page.textContent(tid("subdomain-error")), /a–z, 0–9 and hyphens/);
+  // The CLI's rule: uppercase is refused with the spelling to use, not changed silently.
+  await page.fill(tid("subdomain"), "My-App");
+  assert.equal(await page.textContent(tid("subdomain-error")), "Use lowercase: my-app");
   await page.click(tid("submit"));
   const calls = await page.evaluate(() => window.__fake.calls.map((c) => c.cmd));
   assert.ok(!calls.includes("expose"), "invalid input never reaches the backend");
@@ -95,10 +98,13 @@ test("expose form validates port and subdomain inline", async () => {
 });
 
 test("expose starts, saves and shows the URL; list shows the tunnel", async () => {
-  await exposeDemo("My-App", " 3000 ");
+  await exposeDemo("my-app", " 3000 ");
   assert.equal(await page.textContent(tid("result-url")), "http://my-app.localhost:7070");
   const expose = await page.evaluate(() => window.__fake.calls.find((c) => c.cmd === "expose").args.input);
-  assert.deepEqual(expose, { serverId: "local", subdomain: "my-app", localHost: "localhost", localPort: 3000, startOnLaunch: false });
+  assert.deepEqual(expose, {
+    serverId: "local", subdomain: "my-app", localHost: "localhost", localPort: 3000, startOnLaunch: false,
+    basicAuth: "", allowIps: [], keepHost: false,
+  });
   await page.click(tid("result-copy"));
   await page.click(tid("cancel"));
 
@@ -202,6 +208,292 @@ test("traffic table is capped", async () => {
     for (let i = 0; i < 520; i++) window.__fake.addTraffic("1", { path: `/r${i}` });
   });
   await page.waitForFunction(() => document.querySelector('[data-testid="tunnel-count"]').textContent === "520 req");
-  assert.equal(await page.locator(tid("traffic-row")).count(), 500);
+  assert.equal(await page.getAttribute(tid("traffic"), "data-rows"), "500");
   assert.equal((await page.locator(tid("row-path")).first().textContent()), "/r519");
+});
+
+const calls = (cmd) => page.evaluate((cmd) => window.__fake.calls.filter((c) => c.cmd === cmd).length, cmd);
+
+test("one submit, one tunnel; the same subdomain twice is refused in the form", async () => {
+  await exposeDemo("demo");
+  // After success the form only shows the result: Start is gone, Enter and a second submit do nothing.
+  assert.equal(await page.locator(tid("submit")).count(), 0);
+  await page.evaluate(() => document.querySelector('[data-testid="expose-form"]').requestSubmit());
+  await page.keyboard.press("Enter");
+  assert.equal(await calls("expose"), 1);
+  assert.equal(await page.locator(tid("tunnel")).count(), 1);
+
+  await page.click(tid("expose"));
+  await page.fill(tid("port"), "4000");
+  await page.fill(tid("subdomain"), "demo");
+  await page.click(tid("submit"));
+  assert.equal(await page.textContent(tid("subdomain-error")), "another saved tunnel already uses demo on this server");
+  assert.equal(await calls("expose"), 1, "never sent");
+  // Editing the tunnel itself keeps its name.
+  await page.keyboard.press("Escape");
+  assert.equal(await page.locator(tid("expose-form")).count(), 0, "Escape closes the form");
+  await page.click(tid("edit"));
+  await page.click(tid("submit"));
+  await page.waitForFunction(() => !document.querySelector('[data-testid="expose-form"]'));
+  assert.equal(await calls("update_tunnel"), 1);
+});
+
+test("hints are not placeholders that look like values", async () => {
+  await page.click(tid("expose"));
+  for (const id of ["port", "subdomain", "host"]) {
+    assert.equal(await page.getAttribute(tid(id), "placeholder"), null, id);
+  }
+  assert.match(await page.textContent("label[for=f-port]"), /e\.g\. 3000/);
+  await page.click(tid("submit"));
+  assert.match(await page.textContent(tid("port-error")), /Enter the local port/);
+});
+
+test("a dead local port is shown on the card", async () => {
+  await exposeDemo();
+  await page.click(tid("cancel"));
+  await page.evaluate(() =>
+    window.__fake.setStatus("1", { state: "online", url: "http://demo.localhost:7070", name: "demo" }, "nothing is listening on localhost:3000"));
+  await page.waitForSelector(tid("local-warning"));
+  assert.equal(await page.textContent(tid("local-warning")), "nothing is listening on localhost:3000");
+  assert.equal(await page.locator(`${tid("tunnel")} .dot.warn`).count(), 1, "not a green dot");
+  await page.evaluate(() => window.__fake.setStatus("1", { state: "online", url: "http://demo.localhost:7070", name: "demo" }, null));
+  await page.waitForFunction(() => !document.querySelector('[data-testid="local-warning"]'));
+});
+
+test("a failed tunnel offers Retry, and a token refusal points to Settings", async () => {
+  await exposeDemo();
+  await page.click(tid("cancel"));
+  await page.evaluate(() => window.__fake.setStatus("1", { state: "failed", kind: "unauthorized", message: "this server requires a token" }));
+  await page.waitForSelector(tid("retry"));
+  assert.equal(await page.locator(tid("toggle")).count(), 0, "no Stop on a failed tunnel");
+  await page.click(tid("to-settings"));
+  await page.waitForSelector(tid("settings"), { state: "visible" });
+  await page.click(tid("settings-toggle"));
+  await page.click(tid("retry"));
+  await page.waitForSelector(tid("tunnel-url"));
+  assert.equal(await calls("start_tunnel"), 1);
+});
+
+test("a card's error shows on the card and goes when resolved; banners close", async () => {
+  await page.goto(`${base}/tests/harness.html?no-keyring`);
+  await page.waitForFunction(() => window.__ready === true);
+  await page.waitForSelector(tid("warning"));
+  await exposeDemo();
+  await page.click(tid("cancel"));
+  await page.click(tid("toggle"));
+  await page.waitForFunction(() => document.querySelector('[data-testid="tunnel-status"]').textContent === "offline");
+  await page.evaluate(() => (window.__fake.fail.start = "cannot reach the server"));
+  await page.click(tid("toggle"));
+  await page.waitForSelector(tid("card-error"));
+  assert.equal(await page.textContent(tid("card-error")), "cannot reach the server");
+  assert.equal(await page.locator(tid("error")).count(), 0, "not a banner far away");
+  await page.click(tid("toggle"));
+  await page.waitForFunction(() => !document.querySelector('[data-testid="card-error"]'));
+
+  await page.click(tid("dismiss"));
+  await page.waitForFunction(() => !document.querySelector('[data-testid="warning"]'));
+});
+
+test("settings: bad URL next to its field, Test connection, keyring text, remove asks first", async () => {
+  await page.goto(`${base}/tests/harness.html?no-keyring`);
+  await page.waitForFunction(() => window.__ready === true);
+  await page.click(tid("settings-toggle"));
+  assert.match(await page.textContent(tid("token-storage")), /memory for this run only/);
+  assert.doesNotMatch(await page.textContent(tid("token-storage")), /kept in the system keyring/);
+  await page.fill(tid("server-name"), "work");
+  await page.fill(tid("server-url"), "tunnel example com");
+  await page.click(tid("server-test"));
+  await page.waitForFunction(() => document.querySelector('[data-testid="server-url-error"]').textContent !== "");
+  assert.match(await page.textContent(tid("server-url-error")), /bad server URL/);
+  await page.click(tid("server-save"));
+  assert.equal(await page.locator(tid("server-row")).count(), 1, "not saved");
+
+  await page.fill(tid("server-url"), "https://tunnel.example.com");
+  await page.fill(tid("server-token-input"), "wrong");
+  await page.click(tid("server-test"));
+  await page.waitForFunction(() => document.querySelector('[data-testid="test-result"]').textContent.includes("requires a token"));
+  await page.fill(tid("server-token-input"), "right");
+  await page.click(tid("server-test"));
+  await page.waitForFunction(() => document.querySelector('[data-testid="test-result"]').textContent.includes("accepted"));
+  await page.click(tid("server-save"));
+  await page.waitForFunction(() => document.querySelectorAll('[data-testid="server-row"]').length === 2);
+
+  await page.click(tid("remove-server"));
+  assert.equal(await page.locator(tid("server-row")).count(), 2, "asks first");
+  await page.click(tid("confirm-remove"));
+  await page.waitForFunction(() => document.querySelectorAll('[data-testid="server-row"]').length === 1);
+});
+
+test("the traffic pane names its tunnel and marks replays", async () => {
+  await exposeDemo("named");
+  await page.click(tid("cancel"));
+  assert.equal(await page.textContent(tid("traffic-title")), "Traffic of named");
+  await page.evaluate(() => window.__fake.addTraffic("1", { path: "/orig" }));
+  await page.click(`${tid("traffic-row")}:has-text("/orig")`);
+  await page.click(tid("replay"));
+  await page.waitForFunction(() => document.querySelectorAll('[data-testid="traffic-row"]').length === 2);
+  await page.waitForSelector(`${tid("traffic-row")}.replayed`);
+  assert.equal(await page.locator(`${tid("traffic-row")}.replayed`).count(), 1);
+  assert.equal(await page.getAttribute(`${tid("traffic-row")}.replayed`, "data-id"), String(await page.evaluate(() => Math.max(...[...document.querySelectorAll('[data-testid="traffic-row"]')].map((r) => Number(r.dataset.id))))));
+});
+
+test("rows are kept between renders and 5,000 rows are virtualised", async () => {
+  await page.goto(`${base}/tests/harness.html?cap=5000`);
+  await page.waitForFunction(() => window.__ready === true);
+  await exposeDemo();
+  await page.click(tid("cancel"));
+  await page.evaluate(() => window.__fake.addTraffic("1", { path: "/first" }));
+  await page.waitForSelector(tid("traffic-row"));
+  await page.evaluate(() => (document.querySelector('[data-testid="traffic-row"]').__kept = true));
+  await page.evaluate(() => window.__fake.addTraffic("1", { path: "/second" }));
+  await page.waitForFunction(() => document.querySelectorAll('[data-testid="traffic-row"]').length === 2);
+  assert.equal(await page.evaluate(() => [...document.querySelectorAll('[data-testid="traffic-row"]')].find((r) => r.textContent.includes("/first")).__kept), true,
+    "an existing row is not rebuilt");
+
+  await page.evaluate(() => {
+    for (let i = 0; i < 5000; i++) window.__fake.addTraffic("1", { path: `/r${i}` });
+  });
+  await page.waitForFunction(() => document.querySelector('[data-testid="traffic"]').dataset.rows === "5000");
+  const inDom = await page.locator(tid("traffic-row")).count();
+  assert.ok(inDom < 120, `${inDom} rows in the DOM`);
+  await page.evaluate(() => { const t = document.querySelector('[data-testid="traffic"]'); t.scrollTop = t.scrollHeight; });
+  await page.waitForFunction(() => [...document.querySelectorAll('[data-testid="row-path"]')].some((p) => p.textContent === "/r0"));
+});
+
+for (const [width, height] of [[1100, 740], [720, 480]]) {
+  test(`layout at ${width}×${height}: no page scroll under a banner, columns fit, paths ellipsised`, async () => {
+    await page.setViewportSize({ width, height });
+    await page.goto(`${base}/tests/harness.html?no-keyring`);
+    await page.waitForFunction(() => window.__ready === true);
+    await page.waitForSelector(tid("warning"));
+    await exposeDemo();
+    await page.click(tid("cancel"));
+    const long = `/api/${"very-long-segment/".repeat(20)}end?query=${"x".repeat(100)}`;
+    await page.evaluate((long) => {
+      window.__fake.addTraffic("1", { path: long, responseBody: { kind: "text", text: "y\n".repeat(300), size: 600, truncated: false } });
+      for (let i = 0; i < 60; i++) window.__fake.addTraffic("1", { path: `/r${i}` });
+    }, long);
+    await page.waitForFunction(() => document.querySelector('[data-testid="traffic"]').dataset.rows === "61");
+    await page.evaluate(() => { const t = document.querySelector('[data-testid="traffic"]'); t.scrollTop = t.scrollHeight; });
+    const cell = page.locator(`${tid("row-path")}[title="${long}"]`);
+    await cell.waitFor();
+    await cell.click();
+    await page.waitForSelector(tid("res-body"));
+    await page.mouse.move(width - 100, height - 40);
+    for (let i = 0; i < 5; i++) await page.mouse.wheel(0, 400);
+    const m = await page.evaluate(() => {
+      const row = document.querySelector('[data-testid="traffic-row"]').getBoundingClientRect();
+      const path = document.querySelector('[data-testid="row-path"]');
+      const lastCells = [...document.querySelectorAll(".thead .th")].map((c) => c.getBoundingClientRect().right);
+      const card = document.querySelector('[data-testid="tunnel"] .actions');
+      return {
+        pageScroll: document.scrollingElement.scrollTop,
+        scrollable: document.scrollingElement.scrollHeight - innerHeight,
+        headerTop: document.querySelector("header").getBoundingClientRect().top,
+        exposeVisible: document.querySelector('[data-testid="expose"]').getBoundingClientRect().bottom > 0,
+        rowRight: row.right,
+        colsRight: Math.max(...lastCells),
+        columns: lastCells.length,
+        cardWraps: card.scrollWidth > card.clientWidth || [...card.children].some((b) => b.getBoundingClientRect().top !== card.children[0].getBoundingClientRect().top),
+        width: innerWidth,
+        overflowX: document.scrollingElement.scrollWidth - innerWidth,
+        ellipsis: getComputedStyle(path).textOverflow,
+      };
+    });
+    assert.equal(m.pageScroll, 0);
+    assert.ok(m.scrollable <= 0, `page scrolls by ${m.scrollable}px`);
+    assert.equal(m.headerTop, 0);
+    assert.ok(m.exposeVisible);
+    assert.equal(m.columns, 6);
+    assert.ok(m.colsRight <= m.width, `columns end at ${m.colsRight} of ${m.width}`);
+    assert.ok(m.overflowX <= 0, "no sideways scroll");
+    assert.equal(m.ellipsis, "ellipsis");
+    assert.equal(m.cardWraps, false, "card buttons on one line");
+    assert.equal(await cell.getAttribute("title"), long, "full path in the tooltip");
+  });
+}
+
+test("a tunnel without a fixed subdomain is labelled by the name it was given, also offline", async () => {
+  await exposeDemo("");
+  await page.click(tid("cancel"));
+  assert.equal(await page.textContent(tid("tunnel-name")), "rand1");
+  await page.click(tid("toggle"));
+  await page.waitForFunction(() => document.querySelector('[data-testid="tunnel-status"]').textContent === "offline");
+  assert.equal(await page.textContent(tid("tunnel-name")), "rand1");
+  assert.equal(await page.textContent(tid("traffic-title")), "Traffic of rand1");
+});
+
+test("More: basic auth, IP allowlist and host header, as the CLI has them", async () => {
+  await page.click(tid("expose"));
+  await page.fill(tid("port"), "3000");
+  assert.equal(await page.isVisible(tid("basic-auth")), false, "folded away");
+  await page.click(`${tid("more")} summary`);
+  await page.fill(tid("basic-auth"), "ann:pw");
+  await page.fill(tid("allow-ips"), "10.0.0.0/8, nonsense");
+  await page.check(tid("keep-host"));
+  await page.click(tid("submit"));
+  await page.waitForFunction(() => document.querySelector('[data-testid="allow-ips-error"]').textContent !== "");
+  await page.fill(tid("allow-ips"), "10.0.0.0/8, 192.168.1.7");
+  await page.click(tid("submit"));
+  await page.waitForSelector(tid("result-url"));
+  const input = await page.evaluate(() => window.__fake.calls.filter((c) => c.cmd === "expose").at(-1).args.input);
+  assert.equal(input.basicAuth, "ann:pw");
+  assert.deepEqual(input.allowIps, ["10.0.0.0/8", "192.168.1.7"]);
+  assert.equal(input.keepHost, true);
+  await page.click(tid("cancel"));
+  // Editing shows the settings (never the password) and keeps the login unless changed.
+  await page.click(tid("edit"));
+  assert.equal(await page.inputValue(tid("allow-ips")), "10.0.0.0/8, 192.168.1.7");
+  assert.equal(await page.inputValue(tid("basic-auth")), "");
+  assert.equal(await page.isChecked(tid("keep-host")), true);
+  await page.click(tid("submit"));
+  await page.waitForFunction(() => !document.querySelector('[data-testid="expose-form"]'));
+  const update = await page.evaluate(() => window.__fake.calls.find((c) => c.cmd === "update_tunnel").args.input);
+  assert.equal(update.basicAuth, null, "kept");
+});
+
+test("a failed replay is said next to Replay, not in a banner", async () => {
+  await exposeDemo();
+  await page.click(tid("cancel"));
+  await page.evaluate(() => window.__fake.addTraffic("1", { path: "/x" }));
+  await page.click(`${tid("traffic-row")}:has-text("/x")`);
+  await page.evaluate(() => (window.__fake.fail.replay = "the tunnel is not running"));
+  await page.click(tid("replay"));
+  await page.waitForFunction(() => document.querySelector('[data-testid="replay-error"]')?.textContent === "the tunnel is not running");
+  assert.equal(await page.locator(tid("error")).count(), 0);
+});
+
+test("Listening on this machine: the form lists local ports, one click fills the port, exposed ones marked", async () => {
+  await page.click(tid("expose"));
+  await page.waitForSelector(`${tid("pick-port")}[data-port="5173"]`);
+  assert.deepEqual(await page.locator(tid("pick-port")).allTextContents(), ["5173 node", "8000 python3"]);
+  assert.match(await page.getAttribute(`${tid("pick-port")}[data-port="8000"]`, "title"), /python3 \(pid 1200\) on all interfaces/);
+  await page.click(`${tid("pick-port")}[data-port="5173"]`);
+  assert.equal(await page.inputValue(tid("port")), "5173");
+  await page.click(tid("submit"));
+  await page.waitForSelector(tid("result-url"));
+  assert.equal(await page.locator(tid("listening")).count(), 0, "no picker beside the result");
+  await page.click(tid("cancel"));
+
+  // Refreshed while the form is open; the exposed port is marked.
+  await page.click(tid("expose"));
+  await page.evaluate(() => window.__fake.listening.unshift({ port: 9090, loopback: true, pid: 5000, process: "vite", exposed: false }));
+  await page.waitForSelector(`${tid("pick-port")}[data-port="9090"]`, { timeout: 5000 });
+  assert.match(await page.textContent(`${tid("pick-port")}[data-port="5173"]`), /exposed/);
+  await page.keyboard.press("Escape");
+  // No polling once no picker is shown.
+  const before = await calls("list_listening");
+  await page.waitForTimeout(2500);
+  assert.equal(await calls("list_listening"), before);
+});
+
+test("the empty state lists local ports with Expose: two clicks to a public URL in the clipboard", async () => {
+  await page.waitForSelector(`${tid("quick-expose")}[data-port="8000"]`);
+  await page.click(`${tid("quick-expose")}[data-port="8000"]`);
+  await page.waitForSelector(tid("tunnel-url"));
+  const input = await page.evaluate(() => window.__fake.calls.find((c) => c.cmd === "expose").args.input);
+  assert.equal(input.localPort, 8000);
+  assert.equal(input.serverId, "local");
+  assert.equal(await calls("copy_url"), 1);
+  assert.equal(await page.locator(tid("listening-empty")).count(), 0);
 });

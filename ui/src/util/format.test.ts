@@ -27,7 +27,9 @@ describe("validatePort", () => {
 
 describe("validateSubdomain", () => {
   it("empty means server picks", () => expect(validateSubdomain(" ")).toEqual({ name: null }));
-  it("lowercases", () => expect(validateSubdomain("My-App")).toEqual({ name: "my-app" }));
+  it("refuses uppercase with the lowercase spelling", () =>
+    expect(validateSubdomain("My-App")).toEqual({ error: "Use lowercase: my-app" }));
+  it("accepts a label", () => expect(validateSubdomain(" my-app ")).toEqual({ name: "my-app" }));
   it("rejects bad labels", () => {
     for (const bad of ["-a", "a-", "a.b", "a_b", "x".repeat(64), "ü"]) {
       expect(validateSubdomain(bad)).toHaveProperty("error");

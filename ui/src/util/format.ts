@@ -1,5 +1,5 @@
 // Pure helpers: validation, formatting, filtering. Tested with Vitest.
-import type { Status, Summary } from "../types";
+import type { Status, Summary, TunnelView } from "../types";
 
 const LABEL = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
 
@@ -13,12 +13,17 @@ export function validatePort(raw: string): { port: number } | { error: string } 
   return { port };
 }
 
-/** Optional subdomain → normalised name (or null) or a message. Same rule as the server's. */
+/**
+ * Optional subdomain → name (or null) or a message. The rule of `validate_name` in
+ * tunnel/src/protocol.rs, which the backend and the CLI apply: checked here only to answer while
+ * typing. Uppercase is refused with the lowercase spelling, never changed silently.
+ */
 export function validateSubdomain(raw: string): { name: string | null } | { error: string } {
-  const s = raw.trim().toLowerCase();
+  const s = raw.trim();
   if (s === "") return { name: null };
   if (s.length > 63) return { error: "At most 63 characters." };
-  if (!/^[a-z0-9-]+$/.test(s)) return { error: "Use only letters, digits and hyphens." };
+  if (/[A-Z]/.test(s) && /^[a-zA-Z0-9-]+$/.test(s)) return { error: `Use lowercase: ${s.toLowerCase()}` };
+  if (!/^[a-z0-9-]+$/.test(s)) return { error: "Use only a–z, 0–9 and hyphens." };
   if (s.startsWith("-") || s.endsWith("-")) return { error: "It cannot start or end with a hyphen." };
   if (!LABEL.test(s)) return { error: "Not a valid DNS label." };
   return { name: s };
@@ -37,6 +42,13 @@ export function statusLabel(s: Status): string {
     case "failed":
       return `error: ${s.message}`;
   }
+}
+
+/** A card's and the traffic pane's name for a tunnel. */
+export function tunnelLabel(t: TunnelView): string {
+  if (t.subdomain) return t.subdomain;
+  if (t.status.state === "online") return t.status.name;
+  return t.givenName ?? "name given on start";
 }
 
 export function isRunning(s: Status): boolean {

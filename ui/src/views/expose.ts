@@ -1,7 +1,7 @@
 // The Expose port form (also used to edit a saved tunnel). Validates inline, then starts,
 // saves and shows the public URL with Copy.
 import * as api from "../api";
-import { refreshTunnels, reportError, select, ui, upsertTunnel } from "../store";
+import { refreshTunnels, reportError, select, ui, upsertTunnel, watchListening } from "../store";
 import type { TunnelView } from "../types";
 import { h, replace } from "../util/dom";
 import { statusLabel, validatePort, validateSubdomain } from "../util/format";
@@ -14,13 +14,27 @@ export function mountExpose(el: HTMLElement): void {
 /** Refills the open form's server choices; see `refreshServerChoices`. */
 let fillServers: () => void = () => {};
 
+/** Refills the open form's port picker; see `refreshListening`. */
+let fillListening: () => void = () => {};
+
+/** Called when the listening ports change. */
+export function refreshListeningChoices(): void {
+  if (!modal.hidden) fillListening();
+}
+
 /** Called when the saved servers change. */
 export function refreshServerChoices(): void {
   if (!modal.hidden) fillServers();
 }
 
+/** Removes the open form's Escape handler. */
+let unbindEscape: () => void = () => {};
+
 function close(): void {
   fillServers = () => {};
+  fillListening = () => {};
+  watchListening("expose-form", false);
+  unbindEscape();
   replace(modal);
   modal.hidden = true;
 }
@@ -31,14 +45,14 @@ export function openExposeForm(editing?: TunnelView): void {
     "data-testid": "port",
     inputmode: "numeric",
     autocomplete: "off",
-    placeholder: "3000",
+    "aria-describedby": "f-port-hint",
     value: editing ? String(editing.localPort) : "",
   });
   const sub = h("input", {
     id: "f-sub",
     "data-testid": "subdomain",
     autocomplete: "off",
-    placeholder: "random",
+    "aria-describedby": "f-sub-hint",
     value: editing?.subdomain ?? "",
   });
   const host = h("input", {
@@ -57,6 +71,53 @@ export function openExposeForm(editing?: TunnelView): void {
     );
   };
   fillServers();
+  // What the CLI offers beyond the basics (--basic-auth, --allow-ip, --keep-host), under "More".
+  const auth = h("input", {
+    id: "f-auth",
+    type: "password",
+    autocomplete: "off",
+    "data-testid": "basic-auth",
+  });
+  const allow = h("input", {
+    id: "f-allow",
+    autocomplete: "off",
+    "data-testid": "allow-ips",
+    value: editing?.allowIps.join(", ") ?? "",
+  });
+  const keepHost = h("input", { id: "f-keep-host", type: "checkbox", "data-testid": "keep-host", checked: editing?.keepHost ?? false });
+  const clearAuth = h("input", { type: "checkbox", "data-testid": "clear-auth" });
+  // "Listening on this machine": one click fills the port.
+  const picker = h("div", { class: "picker", "data-testid": "listening" });
+  fillListening = () => {
+    replace(
+      picker,
+      ui.listening.length === 0
+        ? h("span", { class: "hint" }, "No local service found listening.")
+        : ui.listening.map((l) =>
+            h(
+              "button",
+              {
+                type: "button",
+                class: `pick${l.exposed ? " exposed" : ""}`,
+                "data-testid": "pick-port",
+                "data-port": l.port,
+                title: `${l.process} (pid ${l.pid}) on ${l.loopback ? "loopback" : "all interfaces"}${l.exposed ? "; already exposed" : ""}`,
+                onclick: () => {
+                  port.value = String(l.port);
+                  port.dispatchEvent(new Event("input"));
+                },
+              },
+              h("strong", {}, String(l.port)),
+              ` ${l.process}`,
+              l.exposed ? h("span", { class: "tag" }, "exposed") : null,
+            ),
+          ),
+    );
+  };
+  if (!editing) {
+    fillListening();
+    watchListening("expose-form", true);
+  }
   const onLaunch = h("input", {
     id: "f-launch",
     type: "checkbox",
@@ -68,6 +129,8 @@ export function openExposeForm(editing?: TunnelView): void {
     subdomain: h("div", { class: "field-error", "data-testid": "subdomain-error", role: "alert" }),
     host: h("div", { class: "field-error", "data-testid": "host-error", role: "alert" }),
     serverId: h("div", { class: "field-error", "data-testid": "server-error", role: "alert" }),
+    basicAuth: h("div", { class: "field-error", "data-testid": "basic-auth-error", role: "alert" }),
+    allowIps: h("div", { class: "field-error", "data-testid": "allow-ips-error", role: "alert" }),
     form: h("div", { class: "field-error", "data-testid": "form-error", role: "alert" }),
   };
   const result = h("div", { class: "result", "data-testid": "expose-result" });
@@ -80,6 +143,14 @@ export function openExposeForm(editing?: TunnelView): void {
     if ("error" in p) errs.port.textContent = p.error;
     if ("error" in s) errs.subdomain.textContent = s.error;
     if ("error" in p || "error" in s) return null;
+    // The backend refuses it too; said here before anything is sent.
+    const twin = ui.tunnels.find(
+      (t) => t.id !== editing?.id && t.serverId === server.value && s.name !== null && t.subdomain === s.name,
+    );
+    if (twin) {
+      errs.subdomain.textContent = `another saved tunnel already uses ${s.name} on this server`;
+      return null;
+    }
     return { port: p.port, name: s.name };
   };
   port.addEventListener("input", () => {
@@ -95,10 +166,12 @@ export function openExposeForm(editing?: TunnelView): void {
     "form",
     { class: "card form", "data-testid": "expose-form", novalidate: true },
     h("h2", {}, editing ? "Edit tunnel" : "Expose port"),
-    h("label", { for: "f-port" }, "Local port"),
+    editing ? null : h("div", { class: "picker-title muted" }, "Listening on this machine"),
+    editing ? null : picker,
+    h("label", { for: "f-port" }, "Local port ", h("span", { class: "hint", id: "f-port-hint" }, "the port your app listens on, e.g. 3000")),
     port,
     errs.port,
-    h("label", { for: "f-sub" }, "Subdomain (optional)"),
+    h("label", { for: "f-sub" }, "Subdomain ", h("span", { class: "hint", id: "f-sub-hint" }, "optional; empty lets the server pick one")),
     sub,
     errs.subdomain,
     h("label", { for: "f-server" }, "Server"),
@@ -108,6 +181,28 @@ export function openExposeForm(editing?: TunnelView): void {
     host,
     errs.host,
     h("label", { class: "check" }, onLaunch, " Start on launch"),
+    h(
+      "details",
+      { class: "more", "data-testid": "more", open: Boolean(editing && (editing.basicAuthUser || editing.allowIps.length || editing.keepHost)) },
+      h("summary", {}, "More"),
+      h(
+        "label",
+        { for: "f-auth" },
+        "Basic auth ",
+        h(
+          "span",
+          { class: "hint" },
+          editing?.basicAuthUser ? `user:password; empty keeps the login of ${editing.basicAuthUser}` : "user:password visitors must give",
+        ),
+      ),
+      auth,
+      editing?.basicAuthUser ? h("label", { class: "check" }, clearAuth, " Remove the login") : null,
+      errs.basicAuth,
+      h("label", { for: "f-allow" }, "Allowed IPs ", h("span", { class: "hint" }, "addresses or CIDR ranges, comma-separated; empty allows all")),
+      allow,
+      errs.allowIps,
+      h("label", { class: "check" }, keepHost, " Keep the Host header (pass the public host to the local service)"),
+    ),
     errs.form,
     h(
       "div",
@@ -117,8 +212,13 @@ export function openExposeForm(editing?: TunnelView): void {
     ),
     result,
   );
+  const closeBtn = form.querySelector<HTMLButtonElement>('[data-testid="cancel"]')!;
+  // Set once a new tunnel is saved: the form then only shows the result, so a second press of
+  // Start (or Enter) cannot save a twin.
+  let done = false;
   form.addEventListener("submit", (ev) => {
     ev.preventDefault();
+    if (done || submit.disabled) return;
     const ok = check();
     if (!ok) return;
     submit.disabled = true;
@@ -129,13 +229,28 @@ export function openExposeForm(editing?: TunnelView): void {
       localHost: host.value.trim() || null,
       localPort: ok.port,
       startOnLaunch: onLaunch.checked,
+      basicAuth: clearAuth.checked ? "" : auth.value === "" ? (editing ? null : "") : auth.value,
+      allowIps: allow.value.split(/[\s,]+/).filter(Boolean),
+      keepHost: keepHost.checked,
     };
     upsertTunnel(() => (editing ? api.updateTunnel(editing.id, input) : api.expose(input)))
       .then(async (t) => {
+        if (editing) {
+          close();
+          return;
+        }
+        done = true;
+        submit.remove();
+        for (const el of [port, sub, host, server, onLaunch, auth, allow, keepHost]) el.disabled = true;
+        picker.previousElementSibling?.remove();
+        picker.remove();
+        fillListening = () => {};
+        watchListening("expose-form", false);
+        closeBtn.textContent = "Done";
         await select(t.id);
         // Status events may have come in while the traffic loaded.
         showResult(result, ui.tunnels.find((x) => x.id === t.id) ?? t);
-        if (editing) close();
+        closeBtn.focus();
       })
       .catch((e) => {
         const err = api.toApiError(e);
@@ -149,6 +264,12 @@ export function openExposeForm(editing?: TunnelView): void {
   });
   replace(modal, h("div", { class: "backdrop", onclick: (e: Event) => e.target === e.currentTarget && close() }, form));
   modal.hidden = false;
+  unbindEscape();
+  const onKey = (e: KeyboardEvent) => {
+    if (e.key === "Escape") close();
+  };
+  document.addEventListener("keydown", onKey);
+  unbindEscape = () => document.removeEventListener("keydown", onKey);
   port.focus();
 }
 

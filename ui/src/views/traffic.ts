@@ -1,74 +1,137 @@
 // The traffic table of the selected tunnel and the detail pane with Replay.
-import * as api from "../api";
-import { changed, reportError, showDetail, ui } from "../store";
-import type { BodyView, Detail } from "../types";
+//
+// The table is virtualised: rows have one fixed height and only those in view (plus a margin)
+// are in the DOM, so thousands of rows scroll smoothly. Row elements are kept by exchange id
+// between renders, so a new request does not rebuild (and deselect the text of) the others.
+import { toApiError } from "../api";
+import { closeDetail, replay, reportError, setFilter, showDetail, ui } from "../store";
+import type { BodyView, Detail, Summary } from "../types";
 import { h, replace } from "../util/dom";
-import { filterRows, formatBytes, formatDuration, formatTime } from "../util/format";
+import { filterRows, formatBytes, formatDuration, formatTime, tunnelLabel } from "../util/format";
 
-export function mountTraffic(root: HTMLElement): { table: HTMLElement; detail: HTMLElement } {
+/** Height of one row in px; matches `.trow` in style.css. */
+export const ROW_HEIGHT = 28;
+/** Rows rendered above and below the visible ones. */
+const OVERSCAN = 10;
+const COLUMNS = ["Time", "Method", "Path", "Status", "Duration", "Size"];
+
+export interface TrafficView {
+  head: HTMLElement;
+  table: HTMLElement;
+  detail: HTMLElement;
+}
+
+export function mountTraffic(root: HTMLElement): TrafficView {
   const filter = h("input", {
     type: "search",
+    "aria-label": "Filter by method, path or status",
     placeholder: "Filter: method, path, status",
     "data-testid": "filter",
   });
-  filter.addEventListener("input", () => {
-    ui.filter = filter.value;
-    changed("traffic");
-  });
+  filter.addEventListener("input", () => setFilter(filter.value));
+  const title = h("h2", { "data-testid": "traffic-title" }, "Traffic");
   const table = h("div", { class: "table-wrap", "data-testid": "traffic" });
+  let queued = false;
+  table.addEventListener("scroll", () => {
+    if (queued) return;
+    queued = true;
+    requestAnimationFrame(() => {
+      queued = false;
+      renderTraffic(table);
+    });
+  });
   const detail = h("section", { class: "detail", "data-testid": "detail" });
-  replace(root, h("div", { class: "traffic-head" }, h("h2", {}, "Traffic"), filter), table, detail);
-  return { table, detail };
+  replace(root, h("div", { class: "traffic-head" }, title, filter), table, detail);
+  return { head: title, table, detail };
 }
 
+/** The pane's title names the tunnel it shows. */
+export function renderTrafficHead(title: HTMLElement): void {
+  const t = ui.tunnels.find((x) => x.id === ui.selected);
+  title.textContent = t ? `Traffic of ${tunnelLabel(t)}` : "Traffic";
+}
+
+/** What the table element holds between renders. */
+interface TableState {
+  /** Exchange ids are per tunnel: another tunnel's rows start over. */
+  tunnel: string;
+  body: HTMLElement;
+  rows: Map<number, HTMLElement>;
+}
+const tables = new WeakMap<HTMLElement, TableState>();
+
 export function renderTraffic(table: HTMLElement): void {
-  if (!ui.selected) {
-    replace(table, h("p", { class: "empty" }, "Select a tunnel to see its requests."));
-    return;
-  }
+  const message = (text: string, testid?: string) => {
+    tables.delete(table);
+    table.dataset.rows = "0";
+    replace(table, h("p", { class: "empty", "data-testid": testid }, text));
+  };
+  if (!ui.selected) return message("Select a tunnel to see its requests.");
   const all = ui.traffic.get(ui.selected) ?? [];
   const rows = filterRows(all, ui.filter);
   if (rows.length === 0) {
+    return message(all.length ? "No request matches the filter." : "No requests yet.", "no-traffic");
+  }
+  let st = tables.get(table);
+  if (!st || st.tunnel !== ui.selected) {
+    const body = h("div", { class: "tbody", role: "rowgroup" });
+    st = { tunnel: ui.selected, body, rows: new Map() };
+    tables.set(table, st);
     replace(
       table,
-      h("p", { class: "empty", "data-testid": "no-traffic" }, all.length ? "No request matches the filter." : "No requests yet."),
+      h("div", { class: "thead trow", role: "row" }, COLUMNS.map((c) => h("div", { class: "th", role: "columnheader" }, c))),
+      body,
     );
-    return;
   }
-  replace(
-    table,
+  table.dataset.rows = String(rows.length);
+  st.body.style.height = `${rows.length * ROW_HEIGHT}px`;
+  const view = table.clientHeight || ROW_HEIGHT * 40;
+  const first = Math.max(0, Math.floor(table.scrollTop / ROW_HEIGHT) - OVERSCAN);
+  const last = Math.min(rows.length, Math.ceil((table.scrollTop + view) / ROW_HEIGHT) + OVERSCAN);
+  const marks = ui.replayed.get(ui.selected);
+  const keep = new Map<number, HTMLElement>();
+  for (let i = first; i < last; i++) {
+    const r = rows[i];
+    const el = st.rows.get(r.id) ?? row(r);
+    el.style.transform = `translateY(${i * ROW_HEIGHT}px)`;
+    el.className = `trow${ui.detail?.id === r.id ? " selected" : ""}${r.status && r.status >= 400 ? " bad" : ""}${
+      marks?.has(r.id) ? " replayed" : ""
+    }`;
+    keep.set(r.id, el);
+  }
+  for (const [id, el] of st.rows) if (!keep.has(id)) el.remove();
+  // DOM order follows the table's order (for screen readers and copying); rows already in place
+  // are not moved, which would drop a text selection in them.
+  let cursor = st.body.firstChild;
+  for (const el of keep.values()) {
+    if (el === cursor) cursor = cursor.nextSibling;
+    else st.body.insertBefore(el, cursor);
+  }
+  st.rows = keep;
+}
+
+function row(r: Summary): HTMLElement {
+  return h(
+    "div",
+    {
+      role: "row",
+      "data-testid": "traffic-row",
+      "data-id": r.id,
+      onclick: () => {
+        showDetail(r.id).catch(reportError);
+      },
+    },
+    // The milliseconds are a span of their own, so a narrow window can drop them.
+    h("div", { class: "td", title: formatTime(r.startedMs) }, formatTime(r.startedMs).slice(0, 8), h("span", { class: "ms" }, formatTime(r.startedMs).slice(8))),
+    h("div", { class: "td" }, r.method),
     h(
-      "table",
-      {},
-      h(
-        "thead",
-        {},
-        h("tr", {}, ["Time", "Method", "Path", "Status", "Duration", "Size"].map((c) => h("th", {}, c))),
-      ),
-      h(
-        "tbody",
-        {},
-        rows.map((r) =>
-          h(
-            "tr",
-            {
-              "data-testid": "traffic-row",
-              "data-id": r.id,
-              class: `${ui.detail?.id === r.id ? "selected " : ""}${r.status && r.status >= 400 ? "bad" : ""}`,
-              onclick: () => {
-                showDetail(r.id).catch(reportError);
-              },
-            },
-            h("td", {}, formatTime(r.startedMs)),
-            h("td", {}, r.method),
-            h("td", { class: "path", "data-testid": "row-path", title: r.path }, r.path),
-            h("td", { "data-testid": "row-status" }, r.status === null ? r.error ?? "—" : String(r.status)),
-            h("td", {}, formatDuration(r.durationMs)),
-            h("td", {}, formatBytes(r.size)),
-          ),
-        ),
-      ),
+      "div",
+      { class: "td path", "data-testid": "row-path", title: r.path },
+      r.path,
     ),
+    h("div", { class: "td", "data-testid": "row-status" }, r.status === null ? (r.error ?? "—") : String(r.status)),
+    h("div", { class: "td num" }, formatDuration(r.durationMs)),
+    h("div", { class: "td num" }, formatBytes(r.size)),
   );
 }
 
@@ -81,6 +144,8 @@ export function renderDetail(root: HTMLElement): void {
   }
   root.hidden = false;
   const tunnelId = ui.selected;
+  // A failed replay is said here, next to its button, not in a banner.
+  const replayErr = h("div", { class: "field-error", role: "alert", "data-testid": "replay-error" });
   const replayBtn = h(
     "button",
     {
@@ -89,10 +154,9 @@ export function renderDetail(root: HTMLElement): void {
       onclick: () => {
         if (!tunnelId) return;
         replayBtn.disabled = true;
-        api
-          .replay(tunnelId, d.id)
-          .then((s) => showDetail(s.id))
-          .catch(reportError)
+        replayErr.textContent = "";
+        replay(tunnelId, d.id)
+          .catch((e) => (replayErr.textContent = toApiError(e).message))
           .finally(() => (replayBtn.disabled = false));
       },
     },
@@ -106,8 +170,9 @@ export function renderDetail(root: HTMLElement): void {
       h("strong", { "data-testid": "detail-line" }, `${d.method} ${d.path}`),
       h("span", { class: "muted" }, ` → ${d.status ?? d.error ?? "no response"} in ${formatDuration(d.durationMs)}`),
       replayBtn,
-      h("button", { onclick: () => ((ui.detail = null), changed("detail"), changed("traffic")) }, "Close"),
+      h("button", { onclick: closeDetail }, "Close"),
     ),
+    replayErr,
     d.remoteAddr ? h("div", { class: "muted" }, `from ${d.remoteAddr}`) : null,
     d.error ? h("div", { class: "field-error" }, d.error) : null,
     h(

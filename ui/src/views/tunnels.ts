@@ -1,22 +1,54 @@
 // The tunnels list: one card per saved tunnel.
 import * as api from "../api";
-import { reportError, select, ui, upsertTunnel } from "../store";
+import {
+  cardAction,
+  exposeQuickly,
+  removeTunnel,
+  reportError,
+  select,
+  setConfirming,
+  setScreen,
+  ui,
+  upsertTunnel,
+  watchListening,
+} from "../store";
 import type { TunnelView } from "../types";
 import { h, replace } from "../util/dom";
-import { isRunning, statusLabel } from "../util/format";
+import { isRunning, statusLabel, tunnelLabel } from "../util/format";
 import { openExposeForm } from "./expose";
 
-/** Ids of tunnels whose delete button is waiting for a confirm. */
-const confirming = new Set<string>();
-
 export function renderTunnels(root: HTMLElement): void {
+  watchListening("empty-state", ui.tunnels.length === 0);
   if (ui.tunnels.length === 0) {
     replace(
       root,
       h(
         "p",
         { class: "empty", "data-testid": "no-tunnels" },
-        "No tunnels yet. Click “Expose port” to share a local port.",
+        "No tunnels yet. Click “Expose port” to share a local port, or pick one listening here:",
+      ),
+      h(
+        "ul",
+        { class: "listening", "data-testid": "listening-empty" },
+        ui.listening.map((l) =>
+          h(
+            "li",
+            {},
+            h("span", { class: "port" }, String(l.port)),
+            h("span", { class: "proc muted" }, `${l.process} (pid ${l.pid})`),
+            h(
+              "button",
+              {
+                class: "primary",
+                "data-testid": "quick-expose",
+                "data-port": l.port,
+                title: "Expose on this computer's server and copy the URL",
+                onclick: () => exposeQuickly(l.port).catch(reportError),
+              },
+              "Expose",
+            ),
+          ),
+        ),
       ),
     );
     return;
@@ -26,53 +58,39 @@ export function renderTunnels(root: HTMLElement): void {
 
 function card(t: TunnelView): HTMLElement {
   const url = t.status.state === "online" ? t.status.url : null;
+  const failed = t.status.state === "failed";
   const running = isRunning(t.status);
   const act = (f: () => Promise<unknown>) => (ev: Event) => {
     ev.stopPropagation();
-    f().catch(reportError);
+    void cardAction(t.id, f);
   };
-  const del = confirming.has(t.id)
+  const del = ui.confirming.has(t.id)
     ? h(
         "span",
         { class: "confirm" },
-        "Delete this tunnel?",
-        h(
-          "button",
-          {
-            class: "danger",
-            "data-testid": "confirm-delete",
-            onclick: act(async () => {
-              confirming.delete(t.id);
-              await api.deleteTunnel(t.id);
-              ui.tunnels = ui.tunnels.filter((x) => x.id !== t.id);
-              if (ui.selected === t.id) ui.selected = null;
-              upsertTunnelsChanged();
-            }),
-          },
-          "Delete",
-        ),
-        h(
-          "button",
-          {
-            onclick: act(async () => {
-              confirming.delete(t.id);
-              upsertTunnelsChanged();
-            }),
-          },
-          "Cancel",
-        ),
+        "Delete?",
+        h("button", { class: "danger", "data-testid": "confirm-delete", onclick: act(() => removeTunnel(t.id)) }, "Delete"),
+        h("button", { onclick: act(async () => setConfirming(t.id, false)) }, "Cancel"),
+      )
+    : h("button", { "data-testid": "delete", onclick: act(async () => setConfirming(t.id, true)) }, "Delete");
+  // A failed tunnel is not retrying: offer Retry (a fresh start), not Stop.
+  const toggle = failed
+    ? h(
+        "button",
+        { class: "primary", "data-testid": "retry", onclick: act(() => upsertTunnel(() => api.startTunnel(t.id))) },
+        "Retry",
       )
     : h(
         "button",
         {
-          "data-testid": "delete",
-          onclick: act(async () => {
-            confirming.add(t.id);
-            upsertTunnelsChanged();
-          }),
+          class: running ? "" : "primary",
+          "data-testid": "toggle",
+          onclick: act(() => upsertTunnel(() => (running ? api.stopTunnel(t.id) : api.startTunnel(t.id)))),
         },
-        "Delete",
+        running ? "Stop" : "Start",
       );
+  const needsToken = t.status.state === "failed" && t.status.kind === "unauthorized";
+  const cardError = ui.cardErrors.get(t.id);
   return h(
     "article",
     {
@@ -86,40 +104,46 @@ function card(t: TunnelView): HTMLElement {
     h(
       "div",
       { class: "row" },
-      h("span", { class: `dot ${t.status.state}` }),
-      h("strong", { class: "name", "data-testid": "tunnel-name" }, t.subdomain ?? (url ? t.status.state === "online" ? t.status.name : "" : "random name")),
+      h("span", { class: `dot ${t.localWarning && running ? "warn" : t.status.state}` }),
+      h("strong", { class: "name", "data-testid": "tunnel-name" }, tunnelLabel(t)),
       h("span", { class: "target", "data-testid": "tunnel-target" }, `→ ${t.localHost}:${t.localPort}`),
       h("span", { class: "count", "data-testid": "tunnel-count", title: "requests since start" }, `${t.requests} req`),
     ),
     h("div", { class: "status", "data-testid": "tunnel-status" }, statusLabel(t.status)),
+    t.localWarning && running
+      ? h("div", { class: "local-warning", "data-testid": "local-warning", role: "status" }, t.localWarning)
+      : null,
+    needsToken
+      ? h(
+          "div",
+          { class: "hint" },
+          "Set this server’s token in ",
+          h(
+            "button",
+            {
+              class: "link",
+              "data-testid": "to-settings",
+              onclick: (ev: Event) => {
+                ev.stopPropagation();
+                setScreen("settings");
+              },
+            },
+            "Settings",
+          ),
+          ", then Retry.",
+        )
+      : null,
     url ? h("div", { class: "url", "data-testid": "tunnel-url" }, url) : null,
     h("div", { class: "server" }, `via ${t.serverName}`),
+    cardError ? h("div", { class: "field-error", "data-testid": "card-error", role: "alert" }, cardError) : null,
     h(
       "div",
       { class: "actions" },
-      h(
-        "button",
-        {
-          class: running ? "" : "primary",
-          "data-testid": "toggle",
-          onclick: act(async () => {
-            await upsertTunnel(() => (running ? api.stopTunnel(t.id) : api.startTunnel(t.id)));
-          }),
-        },
-        running ? "Stop" : "Start",
-      ),
-      url ? h("button", { "data-testid": "copy", onclick: act(() => api.copyUrl(t.id)) }, "Copy URL") : null,
+      toggle,
+      url ? h("button", { "data-testid": "copy", onclick: act(() => api.copyUrl(t.id)) }, "Copy") : null,
       url ? h("button", { "data-testid": "open", onclick: act(() => api.openUrl(t.id)) }, "Open") : null,
       h("button", { "data-testid": "edit", onclick: act(async () => openExposeForm(t)) }, "Edit"),
       del,
     ),
   );
-}
-
-let rerender: () => void = () => {};
-export function setTunnelsRerender(f: () => void): void {
-  rerender = f;
-}
-function upsertTunnelsChanged(): void {
-  rerender();
 }
