@@ -58,8 +58,9 @@ impl std::fmt::Debug for Secret {
 /// `tracing` directives that every binary using this crate adds to its filter, whatever
 /// `RUST_LOG` says: at trace level tungstenite logs the raw upgrade request (the token in
 /// `Authorization`, the tunnel's Basic-auth password) and every frame's payload (visitors'
-/// requests). Debug and above print neither.
-pub const QUIET_LOG_TARGETS: &[&str] = &["tungstenite=debug", "tokio_tungstenite=debug"];
+/// requests). Capped at info, not debug: a directive also raises a target to its level, and
+/// tungstenite's debug lines ("Client handshake done.") would then open every normal run.
+pub const QUIET_LOG_TARGETS: &[&str] = &["tungstenite=info", "tokio_tungstenite=info"];
 
 /// The log filter for a binary using this crate: `RUST_LOG`, else `default`, plus
 /// [`QUIET_LOG_TARGETS`].

@@ -43,6 +43,8 @@ fn ggrok(args: &[&str]) -> Command {
     c.args(args)
         .env_remove("GGROK_SERVER")
         .env_remove("GGROK_TOKEN")
+        // What a user gets: no RUST_LOG.
+        .env_remove("RUST_LOG")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
@@ -71,6 +73,23 @@ async fn prints_the_url_then_one_line_per_request() {
     let fields: Vec<&str> = line.split_whitespace().collect();
     assert_eq!(fields[1..4], ["GET", "/some/path?x=1", "200"], "{line}");
     assert!(fields[4].ends_with("ms") && line.ends_with("5 B"), "{line}");
+
+    // A normal run logs nothing below its default level (tungstenite's handshake line was
+    // raised to debug by the very directive meant to quieten it).
+    child.kill().await.unwrap();
+    let mut err = String::new();
+    use tokio::io::AsyncReadExt;
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .await
+        .unwrap();
+    assert!(
+        !err.contains("DEBUG") && !err.contains("TRACE"),
+        "debug output in a normal run: {err}"
+    );
 }
 
 #[tokio::test]
