@@ -155,6 +155,11 @@ fn repeatable(req: &Request<Body>) -> Option<Request<Body>> {
 /// Forwards requests to the local service and records them.
 pub struct Forwarder {
     target: LocalTarget,
+    /// The address of the local service that answered last. `localhost` resolves to `::1`
+    /// before `127.0.0.1` and most dev servers listen on one of them only: resolving (a hop to
+    /// tokio's blocking pool and a read of /etc/hosts) and trying the wrong one first cost every
+    /// new connection.
+    addr: Mutex<Option<std::net::SocketAddr>>,
     authority: String,
     host_header: HeaderValue,
     idle: Arc<Idle>,
@@ -169,6 +174,7 @@ impl Forwarder {
             .unwrap_or_else(|_| HeaderValue::from_static("localhost"));
         Arc::new(Self {
             target,
+            addr: Mutex::new(None),
             authority,
             host_header,
             idle: Arc::new(Idle::new(MAX_IDLE_AGE)),
@@ -365,12 +371,34 @@ impl Forwarder {
         }
     }
 
-    /// Opens a connection to the local service.
+    /// Opens a connection to the local service: to the address that worked last, else to each
+    /// address the host resolves to, in order.
     async fn connect(&self) -> Result<DrivenConn, BoxError> {
-        let stream =
-            tokio::net::TcpStream::connect((self.target.host.as_str(), self.target.port)).await?;
+        let known = *self.addr.lock().unwrap_or_else(|p| p.into_inner());
+        let stream = match known {
+            Some(addr) => match tokio::net::TcpStream::connect(addr).await {
+                Ok(stream) => stream,
+                // Down, or back on another address (a restart on IPv4 instead of IPv6).
+                Err(_) => self.resolve_and_connect().await?,
+            },
+            None => self.resolve_and_connect().await?,
+        };
         stream.set_nodelay(true)?;
         Ok(DrivenConn::handshake(stream).await?)
+    }
+
+    async fn resolve_and_connect(&self) -> std::io::Result<tokio::net::TcpStream> {
+        let mut last = None;
+        for addr in tokio::net::lookup_host((self.target.host.as_str(), self.target.port)).await? {
+            match tokio::net::TcpStream::connect(addr).await {
+                Ok(stream) => {
+                    *self.addr.lock().unwrap_or_else(|p| p.into_inner()) = Some(addr);
+                    return Ok(stream);
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| std::io::Error::other("the host resolves to no address")))
     }
 
     /// Sends a captured request to the local service again and records it as a new exchange.
@@ -525,6 +553,44 @@ mod tests {
             (1, 2, 1),
             "{log:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn the_address_that_answered_is_kept_for_new_connections() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // An IPv4-only service behind `localhost`, closing after each answer, so every request
+        // needs a new connection.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (mut sock, _) = listener.accept().await.unwrap();
+                let mut buf = [0u8; 1024];
+                let _ = sock.read(&mut buf).await;
+                let _ = sock
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                    )
+                    .await;
+            }
+        });
+        let target = LocalTarget {
+            host: "localhost".into(),
+            port: addr.port(),
+            keep_host: false,
+        };
+        let forwarder = Forwarder::new(target, Traffic::new(4, 64));
+        for _ in 0..3 {
+            let req = Request::get("/").body(http_util::empty()).unwrap();
+            let (_, resp, _) = forwarder.forward(req, None, false).await;
+            assert_eq!(resp.status(), StatusCode::OK);
+            let _ = resp.into_body().collect().await;
+            assert_eq!(
+                *forwarder.addr.lock().unwrap(),
+                Some(addr),
+                "kept, not resolved again"
+            );
+        }
     }
 
     #[tokio::test]
