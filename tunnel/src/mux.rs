@@ -1544,6 +1544,56 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn many_large_transfers_with_pausing_readers_all_complete() {
+        // More data in flight than the session's credit, readers that pause: every transfer must
+        // finish (credit always comes back), none may stall the others for good.
+        let (_client, mut accepted, server) = pair(Duration::from_secs(60)).await;
+        let served = tokio::spawn(async move {
+            let mut n = 0u32;
+            while let Some(s) = accepted.recv().await {
+                n += 1;
+                let size = 1_000_000 + (n as usize * 37_111) % 1_500_000;
+                tokio::spawn(async move {
+                    let Some(Ok(Item::Head(_))) = s.recv().await else {
+                        panic!("no head")
+                    };
+                    s.send_head("ok".into(), false, false).await.unwrap();
+                    s.send(&pattern(size)).await.unwrap();
+                    s.finish().unwrap();
+                });
+            }
+        });
+        let mut readers = Vec::new();
+        for i in 0..24u32 {
+            let server = server.clone();
+            readers.push(tokio::spawn(async move {
+                let s = server.open("get".into(), true).await.unwrap();
+                let mut got = 0usize;
+                let mut items = 0u32;
+                while let Some(item) = s.recv().await {
+                    if let Item::Data(d) = item.unwrap() {
+                        got += d.len();
+                    }
+                    items += 1;
+                    if (items + i) % 7 == 0 {
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                }
+                got
+            }));
+        }
+        let mut total = 0;
+        for r in readers {
+            total += tokio::time::timeout(Duration::from_secs(60), r)
+                .await
+                .expect("a transfer stalled")
+                .unwrap();
+        }
+        assert!(total > 24 * 1_000_000);
+        served.abort();
+    }
+
+    #[tokio::test]
     async fn resets_and_dropped_handles_reach_the_other_side() {
         let (_client, mut accepted, server) = pair(Duration::from_secs(60)).await;
         let opened = server.open("a".into(), false).await.unwrap();
