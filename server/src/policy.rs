@@ -50,6 +50,10 @@ impl Policy {
                 .collect::<Result<Vec<_>, _>>()?,
             None => Vec::new(),
         };
+        // An allowlist that was asked for but names no one must not mean everyone.
+        if allow.is_empty() && h.contains_key(protocol::HEADER_ALLOW_IPS) {
+            return Err(bad("the allowed IP list is empty".into()));
+        }
         Ok(Policy { basic_auth, allow })
     }
 
@@ -257,6 +261,16 @@ mod tests {
             HeaderValue::from_bytes(b"10.0.0.0/8,\xe9").unwrap(),
         );
         assert!(Policy::from_headers(&latin).is_err());
+
+        for blank in ["", " ", " , ,"] {
+            let mut empty = HeaderMap::new();
+            empty.insert(protocol::HEADER_ALLOW_IPS, HeaderValue::from_static(blank));
+            assert_eq!(
+                Policy::from_headers(&empty).unwrap_err().error,
+                RefusalKind::BadRequest,
+                "{blank:?}"
+            );
+        }
 
         let mut bad = HeaderMap::new();
         bad.insert(

@@ -62,6 +62,12 @@ async fn ip_allowlists_are_enforced() {
         t.stop().await;
     }
     let mut c = TunnelConfig::new(server.url(), origin.port());
+    c.allow_ips = vec!["10.0.0.0/8".into(), " ".into()];
+    assert!(matches!(
+        Tunnel::start(c),
+        Err(ggrok_tunnel::client::ConfigError::AllowIp)
+    ));
+    let mut c = TunnelConfig::new(server.url(), origin.port());
     c.allow_ips = vec!["not-an-ip".into()];
     match Tunnel::start(c).unwrap().online().await {
         Err(Status::Failed { message, .. }) => assert!(message.contains("not-an-ip"), "{message}"),

@@ -109,6 +109,28 @@ async fn refusals_exit_non_zero_with_one_line() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
 
+#[tokio::test]
+async fn an_empty_allow_ip_is_refused_before_connecting() {
+    // `--allow-ip "$OFFICE_IP"` with the variable unset; no server needs to exist.
+    let out = ggrok(&[
+        "http",
+        "3000",
+        "--server",
+        "http://127.0.0.1:9",
+        "--allow-ip",
+        "",
+    ])
+    .output()
+    .await
+    .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(
+        err.trim(),
+        "ggrok: cannot start the tunnel: an allowed IP entry is empty: give an address or CIDR range, or no --allow-ip"
+    );
+}
+
 /// A minimal HTTP/1.1 GET over a raw socket, with an explicit Host.
 async fn raw_get(addr: std::net::SocketAddr, host: &str, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
