@@ -81,6 +81,16 @@ pub struct Settings {
     )]
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    /// Connections from --trusted-proxy addresses start with a PROXY protocol header (v1 or v2,
+    /// as TCP load balancers send) that names the visitor; one that does not is closed.
+    #[arg(long, env = "GGROK_PROXY_PROTOCOL")]
+    #[serde(default)]
+    pub proxy_protocol: bool,
+    /// Names nobody may claim in open mode, comma-separated; `xn--*` is a prefix; an empty value
+    /// reserves nothing [default: www, api, admin, mail, metrics, ... and xn--*; see
+    /// docs/security.md].
+    #[arg(long, env = "GGROK_RESERVED_NAMES", value_delimiter = ',', num_args = 0..)]
+    pub reserved_names: Option<Vec<String>>,
     /// Connect attempts allowed per client IP per minute, 0 for no limit [default: 60].
     #[arg(long, env = "GGROK_CONNECT_RATE")]
     pub connect_rate: Option<u32>,
@@ -125,6 +135,8 @@ impl std::fmt::Debug for Settings {
             .field("heartbeat_interval", &self.heartbeat_interval)
             .field("heartbeat_timeout", &self.heartbeat_timeout)
             .field("trusted_proxies", &self.trusted_proxies)
+            .field("proxy_protocol", &self.proxy_protocol)
+            .field("reserved_names", &self.reserved_names)
             .field("connect_rate", &self.connect_rate)
             .field("tunnel_rate", &self.tunnel_rate)
             .field("max_tunnels_per_token", &self.max_tunnels_per_token)
@@ -207,6 +219,8 @@ impl Settings {
             } else {
                 self.trusted_proxies
             },
+            proxy_protocol: self.proxy_protocol || lower.proxy_protocol,
+            reserved_names: self.reserved_names.or(lower.reserved_names),
             connect_rate: self.connect_rate.or(lower.connect_rate),
             tunnel_rate: self.tunnel_rate.or(lower.tunnel_rate),
             max_tunnels_per_token: self.max_tunnels_per_token.or(lower.max_tunnels_per_token),
@@ -320,6 +334,12 @@ impl Settings {
                 )),
             }
         }
+        if self.proxy_protocol && trusted_proxies.is_empty() {
+            problems.push(
+                "proxy_protocol needs trusted_proxy: the addresses of the load balancers that send it"
+                    .to_owned(),
+            );
+        }
         if self.tokens.iter().any(|t| t.trim().len() < 16) {
             problems.push(
                 "tokens must be at least 16 characters (use `ggrok-server token create`)"
@@ -332,6 +352,15 @@ impl Settings {
         let defaults = Config::new("localhost");
         let config = Config {
             trusted_proxies,
+            proxy_protocol: self.proxy_protocol,
+            reserved_names: match &self.reserved_names {
+                Some(names) => names
+                    .iter()
+                    .map(|n| n.trim().to_ascii_lowercase())
+                    .filter(|n| !n.is_empty())
+                    .collect(),
+                None => defaults.reserved_names.clone(),
+            },
             acme,
             connect_rate: self.connect_rate.unwrap_or(defaults.connect_rate),
             tunnel_rate: self.tunnel_rate.unwrap_or(defaults.tunnel_rate),
