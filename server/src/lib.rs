@@ -8,6 +8,7 @@
 //! Layout:
 //! - [`config`]: settings and the hashed token set.
 //! - [`registry`]: the name table (live sessions, names held for reconnect).
+//! - `cookies`: keeps a tunnel's `Set-Cookie` to its own host.
 //! - `connect`: the control endpoint: checks, name claim, the session's life.
 //! - `proxy`: public requests through a session.
 //! - `proxy_protocol`: the PROXY protocol header from trusted TCP load balancers.
@@ -19,6 +20,7 @@
 pub mod acme;
 pub mod config;
 mod connect;
+mod cookies;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod metrics;

@@ -228,6 +228,7 @@ pub(crate) async fn forward(
         }
     };
     metrics.request(started.elapsed());
+    crate::cookies::narrow(resp.headers_mut(), name, &shared.config.domain);
     if let Some(kind) = resp
         .headers()
         .get(HEADER_ERROR)
