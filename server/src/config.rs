@@ -149,6 +149,13 @@ pub struct Config {
     /// Names nobody may claim in open mode (a trailing `*` makes an entry a prefix); names
     /// reserved for a token in the store are separate and work in any mode.
     pub reserved_names: Vec<String>,
+    /// Connections open at once, visitors' and clients' alike; 0: no limit. Past it the server
+    /// stops accepting until one closes (the kernel's backlog holds the rest).
+    pub max_conns: usize,
+    /// Connections one address may have open at once; 0: no limit. Not counted for
+    /// `trusted_proxies` (every visitor behind them shares their address) unless
+    /// `proxy_protocol` names the visitor.
+    pub max_conns_per_ip: usize,
     /// Connect attempts allowed per client IP per minute (token guessing guard); 0: no limit.
     pub connect_rate: u32,
     /// Public requests allowed per tunnel per second; 0: no limit.
@@ -182,6 +189,8 @@ impl std::fmt::Debug for Config {
             .field("trusted_proxies", &self.trusted_proxies)
             .field("proxy_protocol", &self.proxy_protocol)
             .field("reserved_names", &self.reserved_names)
+            .field("max_conns", &self.max_conns)
+            .field("max_conns_per_ip", &self.max_conns_per_ip)
             .field("connect_rate", &self.connect_rate)
             .field("tunnel_rate", &self.tunnel_rate)
             .field("max_tunnels_per_token", &self.max_tunnels_per_token)
@@ -261,6 +270,8 @@ impl Config {
                 .iter()
                 .map(|&n| n.to_owned())
                 .collect(),
+            max_conns: 10_000,
+            max_conns_per_ip: 256,
             connect_rate: 60,
             tunnel_rate: 0,
             max_tunnels_per_token: 20,

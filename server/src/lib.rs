@@ -48,6 +48,18 @@ use tracing::{debug, info, warn};
 
 pub use config::{Config, Tokens};
 
+/// First wait after a failed accept; it doubles while accepts keep failing.
+const ACCEPT_BACKOFF_MIN: std::time::Duration = std::time::Duration::from_millis(10);
+/// Longest wait between accepts that fail (file descriptors exhausted, say).
+const ACCEPT_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// What an open connection holds, given back when it closes: its place under `--max-conns`
+/// and under its address's `--max-conns-per-ip`.
+struct Slot {
+    _server: Option<tokio::sync::OwnedSemaphorePermit>,
+    _ip: Option<policy::ConnGuard>,
+}
+
 /// Largest request head a visitor may send; hyper answers 431 past it.
 const MAX_HEAD: usize = 64 * 1024;
 
@@ -58,6 +70,8 @@ struct Shared {
     metrics: metrics::Metrics,
     /// Connect attempts per client IP.
     connect_limit: policy::Limiter<std::net::IpAddr>,
+    /// Open connections per visitor address (`--max-conns-per-ip`).
+    conns_per_ip: policy::ConnCounter,
     /// Public requests per tunnel name.
     request_limit: policy::Limiter<String>,
     /// Fires when shutdown begins: connections finish their request in flight, then close.
@@ -84,6 +98,7 @@ impl Shared {
             registry: registry::Registry::new(config.reconnect_grace),
             metrics: metrics::Metrics::default(),
             connect_limit: policy::Limiter::per_minute(config.connect_rate),
+            conns_per_ip: policy::ConnCounter::new(config.max_conns_per_ip),
             request_limit: policy::Limiter::per_second(config.tunnel_rate),
             config,
             draining: CancellationToken::new(),
@@ -173,26 +188,49 @@ pub async fn run_sharded(
         }
     });
     tokio::pin!(shutdown);
+    // mini-redis's pattern: a permit per open connection, taken before accepting, so past the
+    // cap connections wait in the kernel's backlog instead of costing memory here.
+    let conn_cap = (shared.config.max_conns > 0)
+        .then(|| Arc::new(tokio::sync::Semaphore::new(shared.config.max_conns)));
+    let mut backoff = ACCEPT_BACKOFF_MIN;
     loop {
-        tokio::select! {
+        let permit = async {
+            match &conn_cap {
+                Some(cap) => Some(cap.clone().acquire_owned().await.expect("never closed")),
+                None => None,
+            }
+        };
+        let accepted = tokio::select! {
             _ = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let _ = stream.set_nodelay(true);
-                    let conn_shared = shared.clone();
-                    match &shards {
-                        None => shared.spawn_on(&shared.conns, accept_tcp(conn_shared, stream, peer)),
-                        Some(shards) => shared.spawn_on(
-                            &shared.conns,
-                            to_shard(conn_shared, shards.clone(), stream, peer),
-                        ),
+            accepted = async { (permit.await, listener.accept().await) } => accepted,
+        };
+        match accepted {
+            (permit, Ok((stream, peer))) => {
+                backoff = ACCEPT_BACKOFF_MIN;
+                let _ = stream.set_nodelay(true);
+                let slot = Slot {
+                    _server: permit,
+                    _ip: None,
+                };
+                let conn_shared = shared.clone();
+                match &shards {
+                    None => {
+                        shared.spawn_on(&shared.conns, accept_tcp(conn_shared, stream, peer, slot))
                     }
+                    Some(shards) => shared.spawn_on(
+                        &shared.conns,
+                        to_shard(conn_shared, shards.clone(), stream, peer, slot),
+                    ),
                 }
-                Err(e) => {
-                    // Usually EMFILE: back off instead of spinning.
-                    warn!(%e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            (_, Err(e)) => {
+                // Usually EMFILE: back off, longer each time it persists, instead of spinning.
+                warn!(%e, ?backoff, "accept failed");
+                tokio::select! {
+                    _ = &mut shutdown => break,
+                    _ = tokio::time::sleep(backoff) => {}
                 }
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
             }
         }
     }
@@ -407,10 +445,38 @@ async fn behind_balancer(
     }
 }
 
+/// `slot` with a place under `--max-conns-per-ip` for `visitor`; `None` when its address has
+/// all its connections open. A trusted proxy's connections are not counted: every visitor
+/// behind it shares its address (with `--proxy-protocol`, `visitor` is the visitor).
+fn per_ip(shared: &Shared, visitor: SocketAddr, mut slot: Slot) -> Option<Slot> {
+    let ip = visitor.ip().to_canonical();
+    if is_trusted(&shared.config.trusted_proxies, ip) {
+        return Some(slot);
+    }
+    match shared.conns_per_ip.try_open(ip) {
+        Some(guard) => {
+            slot._ip = Some(guard);
+            Some(slot)
+        }
+        None => {
+            debug!(%visitor, "closing a connection: its address has too many open");
+            None
+        }
+    }
+}
+
 /// Serves a connection accepted on this runtime.
-async fn accept_tcp(shared: Arc<Shared>, mut stream: tokio::net::TcpStream, peer: SocketAddr) {
+async fn accept_tcp(
+    shared: Arc<Shared>,
+    mut stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    slot: Slot,
+) {
     let mut head = bytes::BytesMut::new();
     let Some(peer) = behind_balancer(&shared, &mut stream, &mut head, peer).await else {
+        return;
+    };
+    let Some(_slot) = per_ip(&shared, peer, slot) else {
         return;
     };
     let stream = shard::Prefixed::new(head.freeze(), stream);
@@ -424,9 +490,13 @@ async fn to_shard(
     shards: Arc<shard::Shards>,
     mut stream: tokio::net::TcpStream,
     peer: SocketAddr,
+    slot: Slot,
 ) {
     let mut head = bytes::BytesMut::with_capacity(4096);
     let Some(peer) = behind_balancer(&shared, &mut stream, &mut head, peer).await else {
+        return;
+    };
+    let Some(slot) = per_ip(&shared, peer, slot) else {
         return;
     };
     let tls = shared.config.tls.is_some();
@@ -449,6 +519,7 @@ async fn to_shard(
     let head = head.freeze();
     let conn_shared = shared.clone();
     let serve = async move {
+        let _slot = slot;
         match tokio::net::TcpStream::from_std(std_stream) {
             Ok(stream) => {
                 let stream = shard::Prefixed::new(head, stream);

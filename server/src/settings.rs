@@ -91,6 +91,13 @@ pub struct Settings {
     /// docs/security.md].
     #[arg(long, env = "GGROK_RESERVED_NAMES", value_delimiter = ',', num_args = 0..)]
     pub reserved_names: Option<Vec<String>>,
+    /// Connections open at once, 0 for no limit [default: 10000]. Keep the process's file
+    /// limit (LimitNOFILE) above it.
+    #[arg(long, env = "GGROK_MAX_CONNS")]
+    pub max_conns: Option<usize>,
+    /// Connections one visitor address may have open at once, 0 for no limit [default: 256].
+    #[arg(long, env = "GGROK_MAX_CONNS_PER_IP")]
+    pub max_conns_per_ip: Option<usize>,
     /// Connect attempts allowed per client IP per minute, 0 for no limit [default: 60].
     #[arg(long, env = "GGROK_CONNECT_RATE")]
     pub connect_rate: Option<u32>,
@@ -137,6 +144,8 @@ impl std::fmt::Debug for Settings {
             .field("trusted_proxies", &self.trusted_proxies)
             .field("proxy_protocol", &self.proxy_protocol)
             .field("reserved_names", &self.reserved_names)
+            .field("max_conns", &self.max_conns)
+            .field("max_conns_per_ip", &self.max_conns_per_ip)
             .field("connect_rate", &self.connect_rate)
             .field("tunnel_rate", &self.tunnel_rate)
             .field("max_tunnels_per_token", &self.max_tunnels_per_token)
@@ -221,6 +230,8 @@ impl Settings {
             },
             proxy_protocol: self.proxy_protocol || lower.proxy_protocol,
             reserved_names: self.reserved_names.or(lower.reserved_names),
+            max_conns: self.max_conns.or(lower.max_conns),
+            max_conns_per_ip: self.max_conns_per_ip.or(lower.max_conns_per_ip),
             connect_rate: self.connect_rate.or(lower.connect_rate),
             tunnel_rate: self.tunnel_rate.or(lower.tunnel_rate),
             max_tunnels_per_token: self.max_tunnels_per_token.or(lower.max_tunnels_per_token),
@@ -362,6 +373,8 @@ impl Settings {
                 None => defaults.reserved_names.clone(),
             },
             acme,
+            max_conns: self.max_conns.unwrap_or(defaults.max_conns),
+            max_conns_per_ip: self.max_conns_per_ip.unwrap_or(defaults.max_conns_per_ip),
             connect_rate: self.connect_rate.unwrap_or(defaults.connect_rate),
             tunnel_rate: self.tunnel_rate.unwrap_or(defaults.tunnel_rate),
             max_tunnels_per_token: self

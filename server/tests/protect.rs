@@ -186,3 +186,70 @@ async fn forwarded_headers_are_believed_only_from_trusted_proxies() {
         server.stop().await;
     }
 }
+
+#[tokio::test]
+async fn visitor_connections_per_address_are_capped() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = Server::start(Config {
+        max_conns_per_ip: 3,
+        ..config()
+    })
+    .await;
+    let from = |ip: [u8; 4]| {
+        let addr = server.addr;
+        async move {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind(std::net::SocketAddr::from((ip, 0))).unwrap();
+            socket.connect(addr).await.unwrap()
+        }
+    };
+    // What a connection gets for one request: the status line, or nothing when closed.
+    let ask = |mut s: tokio::net::TcpStream| async move {
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+        String::from_utf8_lossy(&out)
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_owned()
+    };
+    // Three idle connections: each proven open by the server with one keep-alive request.
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        let mut s = from([127, 0, 0, 1]).await;
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 256];
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        idle.push(s);
+    }
+    assert_eq!(
+        ask(from([127, 0, 0, 1]).await).await,
+        "",
+        "a fourth from the same address"
+    );
+    assert_eq!(
+        ask(from([127, 0, 0, 2]).await).await,
+        "HTTP/1.1 200 OK",
+        "another address"
+    );
+    // Closing one gives its place back (once the server has seen the close).
+    drop(idle.pop());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if ask(from([127, 0, 0, 1]).await).await == "HTTP/1.1 200 OK" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the place was not given back"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.stop().await;
+}
