@@ -88,7 +88,7 @@ pub struct Settings {
     pub proxy_protocol: bool,
     /// Names nobody may claim in open mode, comma-separated; `xn--*` is a prefix; an empty value
     /// reserves nothing [default: www, api, admin, mail, metrics, ... and xn--*; see
-    /// docs/security.md].
+    /// docs/deploy.md].
     #[arg(long, env = "GGROK_RESERVED_NAMES", value_delimiter = ',', num_args = 0..)]
     pub reserved_names: Option<Vec<String>>,
     /// Connections open at once, 0 for no limit [default: 10000]. Keep the process's file
@@ -492,6 +492,35 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(unknown.contains("unknown field `domian`"), "{unknown}");
+    }
+
+    #[test]
+    fn proxy_protocol_needs_trusted_proxies_and_reserved_names_can_be_emptied() {
+        let alone = Settings {
+            proxy_protocol: true,
+            ..Settings::default()
+        };
+        let problems = alone.resolve(None).err().unwrap();
+        assert!(
+            problems[0].contains("proxy_protocol needs trusted_proxy"),
+            "{problems:?}"
+        );
+        let file: Settings = toml::from_str(
+            "proxy_protocol = true\ntrusted_proxies = [\"10.0.0.0/8\"]\nreserved_names = []\n",
+        )
+        .unwrap();
+        let c = file.resolve(None).unwrap().config;
+        assert!(c.proxy_protocol && !c.is_reserved("www"));
+        let flag = Settings {
+            reserved_names: Some(vec!["".into()]),
+            ..Settings::default()
+        };
+        assert!(!flag.resolve(None).unwrap().config.is_reserved("www"));
+        assert!(Settings::default()
+            .resolve(None)
+            .unwrap()
+            .config
+            .is_reserved("www"));
     }
 
     #[test]
