@@ -253,3 +253,37 @@ async fn visitor_connections_per_address_are_capped() {
     }
     server.stop().await;
 }
+
+#[tokio::test]
+async fn past_max_conns_the_server_waits_for_a_close_before_accepting() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = Server::start(Config {
+        max_conns: 2,
+        ..config()
+    })
+    .await;
+    let keep_alive = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let mut s = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        s.write_all(keep_alive).await.unwrap();
+        let mut buf = [0u8; 256];
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        open.push(s);
+    }
+    // The third waits in the kernel's backlog, unanswered...
+    let mut third = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    third.write_all(keep_alive).await.unwrap();
+    let mut buf = [0u8; 256];
+    let waited = tokio::time::timeout(Duration::from_millis(300), third.read(&mut buf)).await;
+    assert!(waited.is_err(), "answered past the cap");
+    // ...and is served once a connection closes.
+    drop(open.pop());
+    let n = tokio::time::timeout(Duration::from_secs(10), third.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    server.stop().await;
+}
