@@ -466,9 +466,10 @@ http {{
 
 
 def ggrok_server_argv(port: int, db: str, workers: int | None = None) -> list[str]:
-    # --connect-rate 0: thousands of tunnels from one address would trip the per-IP guard.
+    # Thousands of tunnels and visitors from one address would trip the per-IP guards
+    # (--connect-rate, --max-conns-per-ip) and the 10,000-tunnel run the --max-conns cap.
     argv = [os.path.join(BIN, "ggrok-server"), "--listen", f"127.0.0.1:{port}", "--domain", "localhost",
-            "--db", db, "--connect-rate", "0"]
+            "--db", db, "--connect-rate", "0", "--max-conns-per-ip", "0", "--max-conns", "0"]
     return argv + (["--workers", str(workers)] if workers else [])
 
 

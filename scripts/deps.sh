@@ -13,9 +13,10 @@ APT_PACKAGES=(
   libdbus-1-dev pkg-config build-essential
   # Tests: Xvfb + WebDriver for the real app, Chromium for the UI, a Secret Service, pebble
   # (an ACME test server) for the certificate tests, and python3-gi for the test tray
-  # (ui/tests/sni_host.py).
+  # (ui/tests/sni_host.py), HAProxy in front of the server for the PROXY protocol and
+  # X-Forwarded-For tests (server/tests/haproxy.rs).
   xvfb xauth xdotool imagemagick webkit2gtk-driver dbus-x11 gnome-keyring libsecret-tools python3-gi
-  keyutils chromium pebble
+  keyutils chromium pebble haproxy
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

@@ -8,7 +8,7 @@
 #   3. UI: type-check + build, Vitest, Playwright in Debian's Chromium with the IPC mocked;
 #   4. E2E: the real desktop app under Xvfb via tauri-driver + WebKitWebDriver against a real
 #      ggrok-server and origin (skip with GGROK_SKIP_E2E=1);
-#   5. Fuzz: every cargo-fuzz target for FUZZ_SECONDS (20) over fuzz/corpus (skip with
+#   5. Fuzz: every cargo-fuzz target for FUZZ_SECONDS (20) over fuzz/corpus, fixed seed (skip with
 #      GGROK_SKIP_FUZZ=1; the corpus itself runs in step 1 either way).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -52,7 +52,7 @@ if [ "${GGROK_SKIP_E2E:-0}" != "1" ]; then
 fi
 
 if [ "${GGROK_SKIP_FUZZ:-0}" != "1" ]; then
-  step "Fuzz: scripts/fuzz.sh (${FUZZ_SECONDS:-20}s per target)"
+  step "Fuzz: scripts/fuzz.sh (${FUZZ_SECONDS:-20}s per target, seed ${FUZZ_SEED:-1})"
   ./scripts/fuzz.sh
 fi
 

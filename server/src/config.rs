@@ -143,6 +143,19 @@ pub struct Config {
     /// Proxies whose `X-Forwarded-Proto`/`-For` are believed (a TLS-terminating proxy or PaaS
     /// router); from anyone else those headers are only passed along.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Connections from `trusted_proxies` start with a PROXY protocol header (v1 or v2) naming
+    /// the visitor; one without is closed. For TCP load balancers, which cannot add headers.
+    pub proxy_protocol: bool,
+    /// Names nobody may claim in open mode (a trailing `*` makes an entry a prefix); names
+    /// reserved for a token in the store are separate and work in any mode.
+    pub reserved_names: Vec<String>,
+    /// Connections open at once, visitors' and clients' alike; 0: no limit. Past it the server
+    /// stops accepting until one closes (the kernel's backlog holds the rest).
+    pub max_conns: usize,
+    /// Connections one address may have open at once; 0: no limit. Not counted for
+    /// `trusted_proxies` (every visitor behind them shares their address) unless
+    /// `proxy_protocol` names the visitor.
+    pub max_conns_per_ip: usize,
     /// Connect attempts allowed per client IP per minute (token guessing guard); 0: no limit.
     pub connect_rate: u32,
     /// Public requests allowed per tunnel per second; 0: no limit.
@@ -174,6 +187,10 @@ impl std::fmt::Debug for Config {
             .field("store", &self.store.is_some())
             .field("revocation_check", &self.revocation_check)
             .field("trusted_proxies", &self.trusted_proxies)
+            .field("proxy_protocol", &self.proxy_protocol)
+            .field("reserved_names", &self.reserved_names)
+            .field("max_conns", &self.max_conns)
+            .field("max_conns_per_ip", &self.max_conns_per_ip)
             .field("connect_rate", &self.connect_rate)
             .field("tunnel_rate", &self.tunnel_rate)
             .field("max_tunnels_per_token", &self.max_tunnels_per_token)
@@ -181,7 +198,57 @@ impl std::fmt::Debug for Config {
     }
 }
 
+/// What an open server keeps anyone from claiming: names visitors take for the operator's own
+/// services (a phishing page at `login.DOMAIN`, `mail.DOMAIN`), and every punycode (`xn--`)
+/// name, since an internationalized name can look like any other (`аpple` in Cyrillic).
+pub const DEFAULT_RESERVED_NAMES: &[&str] = &[
+    "www",
+    "api",
+    "admin",
+    "administrator",
+    "mail",
+    "email",
+    "webmail",
+    "smtp",
+    "imap",
+    "pop",
+    "mx",
+    "ns",
+    "ns1",
+    "ns2",
+    "dns",
+    "ftp",
+    "metrics",
+    "status",
+    "login",
+    "auth",
+    "sso",
+    "account",
+    "accounts",
+    "billing",
+    "support",
+    "help",
+    "security",
+    "dashboard",
+    "console",
+    "root",
+    "autoconfig",
+    "autodiscover",
+    "ggrok",
+    "xn--*",
+];
+
 impl Config {
+    /// Whether `name` (lowercase) is one of `reserved_names`.
+    pub fn is_reserved(&self, name: &str) -> bool {
+        self.reserved_names
+            .iter()
+            .any(|r| match r.strip_suffix('*') {
+                Some(prefix) => name.starts_with(prefix),
+                None => name == r,
+            })
+    }
+
     /// Open mode for `domain` with default timings.
     pub fn new(domain: impl Into<String>) -> Self {
         Self {
@@ -198,6 +265,13 @@ impl Config {
             store: None,
             revocation_check: Duration::from_secs(2),
             trusted_proxies: Vec::new(),
+            proxy_protocol: false,
+            reserved_names: DEFAULT_RESERVED_NAMES
+                .iter()
+                .map(|&n| n.to_owned())
+                .collect(),
+            max_conns: 10_000,
+            max_conns_per_ip: 256,
             connect_rate: 60,
             tunnel_rate: 0,
             max_tunnels_per_token: 20,
@@ -221,6 +295,12 @@ mod tests {
             ..Config::new("Example.COM.")
         };
         assert_eq!(c.domain, "example.com");
+        assert!(c.is_reserved("www") && c.is_reserved("xn--pple-43d") && !c.is_reserved("myapp"));
+        let none = Config {
+            reserved_names: Vec::new(),
+            ..Config::new("example.com")
+        };
+        assert!(!none.is_reserved("www"));
         assert!(!format!("{c:?}").contains("s3cret"));
     }
 }

@@ -259,15 +259,31 @@ pub(crate) fn check(
             }
         }
     };
-    let wanted = match get(protocol::HEADER_SUBDOMAIN) {
+    let wanted = match h.get(protocol::HEADER_SUBDOMAIN) {
         Some(name) => {
-            let name = name.to_ascii_lowercase();
+            // Not "no name": a client that asked for one must not get a random one instead.
+            let name = name.to_str().map_err(|_| {
+                Refusal::new(
+                    RefusalKind::InvalidName,
+                    "the subdomain must be ASCII: write international names in their xn-- form",
+                )
+            })?;
+            let name = name.trim().to_ascii_lowercase();
             protocol::validate_name(&name)
                 .map_err(|e| Refusal::new(RefusalKind::InvalidName, e.to_string()))?;
             Some(name)
         }
         None => None,
     };
+    if let Some(name) = wanted
+        .as_deref()
+        .filter(|n| open && shared.config.is_reserved(n))
+    {
+        return Err(Refusal::new(
+            RefusalKind::NameReserved,
+            format!("the subdomain {name:?} is reserved on this server"),
+        ));
+    }
     if let (Some(name), Some(store)) = (&wanted, store) {
         match store.reserved_for(name).map_err(unavailable)? {
             Some(owner) if Some(owner) != token_id => {

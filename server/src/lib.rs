@@ -8,8 +8,10 @@
 //! Layout:
 //! - [`config`]: settings and the hashed token set.
 //! - [`registry`]: the name table (live sessions, names held for reconnect).
+//! - `cookies`: keeps a tunnel's `Set-Cookie` to its own host.
 //! - `connect`: the control endpoint: checks, name claim, the session's life.
 //! - `proxy`: public requests through a session.
+//! - `proxy_protocol`: the PROXY protocol header from trusted TCP load balancers.
 //!
 //! The caller binds, the library serves: see [`run`].
 #![forbid(unsafe_code)]
@@ -18,11 +20,13 @@
 pub mod acme;
 pub mod config;
 mod connect;
+mod cookies;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod metrics;
 pub mod policy;
 mod proxy;
+mod proxy_protocol;
 pub mod registry;
 pub mod settings;
 pub mod shard;
@@ -44,6 +48,18 @@ use tracing::{debug, info, warn};
 
 pub use config::{Config, Tokens};
 
+/// First wait after a failed accept; it doubles while accepts keep failing.
+const ACCEPT_BACKOFF_MIN: std::time::Duration = std::time::Duration::from_millis(10);
+/// Longest wait between accepts that fail (file descriptors exhausted, say).
+const ACCEPT_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// What an open connection holds, given back when it closes: its place under `--max-conns`
+/// and under its address's `--max-conns-per-ip`.
+struct Slot {
+    _server: Option<tokio::sync::OwnedSemaphorePermit>,
+    _ip: Option<policy::ConnGuard>,
+}
+
 /// Largest request head a visitor may send; hyper answers 431 past it.
 const MAX_HEAD: usize = 64 * 1024;
 
@@ -54,6 +70,8 @@ struct Shared {
     metrics: metrics::Metrics,
     /// Connect attempts per client IP.
     connect_limit: policy::Limiter<std::net::IpAddr>,
+    /// Open connections per visitor address (`--max-conns-per-ip`).
+    conns_per_ip: policy::ConnCounter,
     /// Public requests per tunnel name.
     request_limit: policy::Limiter<String>,
     /// Fires when shutdown begins: connections finish their request in flight, then close.
@@ -80,6 +98,7 @@ impl Shared {
             registry: registry::Registry::new(config.reconnect_grace),
             metrics: metrics::Metrics::default(),
             connect_limit: policy::Limiter::per_minute(config.connect_rate),
+            conns_per_ip: policy::ConnCounter::new(config.max_conns_per_ip),
             request_limit: policy::Limiter::per_second(config.tunnel_rate),
             config,
             draining: CancellationToken::new(),
@@ -169,26 +188,49 @@ pub async fn run_sharded(
         }
     });
     tokio::pin!(shutdown);
+    // mini-redis's pattern: a permit per open connection, taken before accepting, so past the
+    // cap connections wait in the kernel's backlog instead of costing memory here.
+    let conn_cap = (shared.config.max_conns > 0)
+        .then(|| Arc::new(tokio::sync::Semaphore::new(shared.config.max_conns)));
+    let mut backoff = ACCEPT_BACKOFF_MIN;
     loop {
-        tokio::select! {
+        let permit = async {
+            match &conn_cap {
+                Some(cap) => Some(cap.clone().acquire_owned().await.expect("never closed")),
+                None => None,
+            }
+        };
+        let accepted = tokio::select! {
             _ = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let _ = stream.set_nodelay(true);
-                    let conn_shared = shared.clone();
-                    match &shards {
-                        None => shared.spawn_on(&shared.conns, accept_connection(conn_shared, stream, peer)),
-                        Some(shards) => shared.spawn_on(
-                            &shared.conns,
-                            to_shard(conn_shared, shards.clone(), stream, peer),
-                        ),
+            accepted = async { (permit.await, listener.accept().await) } => accepted,
+        };
+        match accepted {
+            (permit, Ok((stream, peer))) => {
+                backoff = ACCEPT_BACKOFF_MIN;
+                let _ = stream.set_nodelay(true);
+                let slot = Slot {
+                    _server: permit,
+                    _ip: None,
+                };
+                let conn_shared = shared.clone();
+                match &shards {
+                    None => {
+                        shared.spawn_on(&shared.conns, accept_tcp(conn_shared, stream, peer, slot))
                     }
+                    Some(shards) => shared.spawn_on(
+                        &shared.conns,
+                        to_shard(conn_shared, shards.clone(), stream, peer, slot),
+                    ),
                 }
-                Err(e) => {
-                    // Usually EMFILE: back off instead of spinning.
-                    warn!(%e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            (_, Err(e)) => {
+                // Usually EMFILE: back off, longer each time it persists, instead of spinning.
+                warn!(%e, ?backoff, "accept failed");
+                tokio::select! {
+                    _ = &mut shutdown => break,
+                    _ = tokio::time::sleep(backoff) => {}
                 }
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
             }
         }
     }
@@ -319,16 +361,14 @@ impl Visitor {
 
     /// Believes `X-Forwarded-Proto`/`-For` only from a trusted proxy.
     fn through(self, trusted: &[ipnet::IpNet], h: &http::HeaderMap) -> Self {
-        if !trusted.iter().any(|net| net.contains(&self.ip)) {
+        if !is_trusted(trusted, self.ip) {
             return self;
         }
-        let get = |name: &str| h.get(name).and_then(|v| v.to_str().ok());
         let secure = self.secure
-            || get("x-forwarded-proto").is_some_and(|p| p.trim().eq_ignore_ascii_case("https"));
-        let ip = get("x-forwarded-for")
-            .and_then(|v| v.rsplit(',').next())
-            .and_then(|v| v.trim().parse::<std::net::IpAddr>().ok());
-        match ip.map(|ip| ip.to_canonical()) {
+            || h.get("x-forwarded-proto")
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|p| p.trim().eq_ignore_ascii_case("https"));
+        match forwarded_for(trusted, h) {
             Some(ip) => Visitor {
                 ip,
                 ip_value: ip_value(ip),
@@ -341,8 +381,106 @@ impl Visitor {
     }
 }
 
+fn is_trusted(trusted: &[ipnet::IpNet], ip: std::net::IpAddr) -> bool {
+    trusted.iter().any(|net| net.contains(&ip))
+}
+
+/// The visitor that `X-Forwarded-For` names, read as its proxies wrote it: each proxy appends
+/// the address it got the request from, on the last line or on a line of its own (HAProxy's
+/// `option forwardfor`). So the entries of every line are walked from the right, past the
+/// trusted proxies; the first other address is the visitor, and everything left of it is
+/// whatever the visitor chose to send. Only trusted entries: the leftmost. An entry that is
+/// not an address where a trusted proxy should have written one: `None`, believe nothing.
+fn forwarded_for(trusted: &[ipnet::IpNet], h: &http::HeaderMap) -> Option<std::net::IpAddr> {
+    let mut leftmost = None;
+    for line in h.get_all("x-forwarded-for").iter().rev() {
+        for entry in line.to_str().ok()?.rsplit(',').map(str::trim) {
+            if entry.is_empty() {
+                continue;
+            }
+            // Some proxies (Azure's) add the port: `1.2.3.4:5678`, `[2001:db8::1]:5678`.
+            let ip = entry
+                .parse::<std::net::IpAddr>()
+                .or_else(|_| entry.parse::<SocketAddr>().map(|a| a.ip()))
+                .ok()?
+                .to_canonical();
+            if !is_trusted(trusted, ip) {
+                return Some(ip);
+            }
+            leftmost = Some(ip);
+        }
+    }
+    leftmost
+}
+
 fn ip_value(ip: std::net::IpAddr) -> http::HeaderValue {
     http::HeaderValue::try_from(ip.to_string()).expect("an IP address is a valid header value")
+}
+
+/// The visitor behind a trusted TCP load balancer, from the PROXY protocol header that starts
+/// `stream` (see [`proxy_protocol`]); bytes read past it are left in `head`. `None`: close the
+/// connection. Anyone else's connection is left untouched: its address is the visitor's.
+async fn behind_balancer(
+    shared: &Shared,
+    stream: &mut tokio::net::TcpStream,
+    head: &mut bytes::BytesMut,
+    peer: SocketAddr,
+) -> Option<SocketAddr> {
+    if !shared.config.proxy_protocol
+        || !is_trusted(&shared.config.trusted_proxies, peer.ip().to_canonical())
+    {
+        return Some(peer);
+    }
+    let read = proxy_protocol::read(stream, head, peer);
+    match tokio::time::timeout(shared.config.header_read_timeout, read).await {
+        Ok(Ok(visitor)) => Some(visitor),
+        Ok(Err(e)) => {
+            debug!(%e, %peer, "closing a trusted proxy's connection");
+            None
+        }
+        Err(_) => {
+            debug!(%peer, "trusted proxy sent no PROXY protocol header in time");
+            None
+        }
+    }
+}
+
+/// `slot` with a place under `--max-conns-per-ip` for `visitor`; `None` when its address has
+/// all its connections open. A trusted proxy's connections are not counted: every visitor
+/// behind it shares its address (with `--proxy-protocol`, `visitor` is the visitor).
+fn per_ip(shared: &Shared, visitor: SocketAddr, mut slot: Slot) -> Option<Slot> {
+    let ip = visitor.ip().to_canonical();
+    if is_trusted(&shared.config.trusted_proxies, ip) {
+        return Some(slot);
+    }
+    match shared.conns_per_ip.try_open(ip) {
+        Some(guard) => {
+            slot._ip = Some(guard);
+            Some(slot)
+        }
+        None => {
+            debug!(%visitor, "closing a connection: its address has too many open");
+            None
+        }
+    }
+}
+
+/// Serves a connection accepted on this runtime.
+async fn accept_tcp(
+    shared: Arc<Shared>,
+    mut stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    slot: Slot,
+) {
+    let mut head = bytes::BytesMut::new();
+    let Some(peer) = behind_balancer(&shared, &mut stream, &mut head, peer).await else {
+        return;
+    };
+    let Some(_slot) = per_ip(&shared, peer, slot) else {
+        return;
+    };
+    let stream = shard::Prefixed::new(head.freeze(), stream);
+    accept_connection(shared, stream, peer).await
 }
 
 /// Reads the start of a new connection to learn its host, then moves it (with what was read) to
@@ -352,8 +490,15 @@ async fn to_shard(
     shards: Arc<shard::Shards>,
     mut stream: tokio::net::TcpStream,
     peer: SocketAddr,
+    slot: Slot,
 ) {
     let mut head = bytes::BytesMut::with_capacity(4096);
+    let Some(peer) = behind_balancer(&shared, &mut stream, &mut head, peer).await else {
+        return;
+    };
+    let Some(slot) = per_ip(&shared, peer, slot) else {
+        return;
+    };
     let tls = shared.config.tls.is_some();
     let sniff = shard::sniff(&mut stream, &mut head, tls);
     // Nothing usable within the time hyper gives a head: closed, as hyper would.
@@ -374,6 +519,7 @@ async fn to_shard(
     let head = head.freeze();
     let conn_shared = shared.clone();
     let serve = async move {
+        let _slot = slot;
         match tokio::net::TcpStream::from_std(std_stream) {
             Ok(stream) => {
                 let stream = shard::Prefixed::new(head, stream);
@@ -689,9 +835,8 @@ fn landing(shared: &Shared) -> Response<Body> {
     let body = format!(
         "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>ggrok server</title></head>\
          <body style=\"font-family:sans-serif;max-width:40em;margin:4em auto\"><h1>ggrok server</h1>\
-         <p>Tunnels are served at <code>NAME.{}</code>. {} online.</p></body></html>\n",
+         <p>Tunnels are served at <code>NAME.{}</code>.</p></body></html>\n",
         ggrok_tunnel::http_util::escape_html(&shared.config.domain),
-        shared.registry.online()
     );
     Response::builder()
         .header(header::CONTENT_TYPE, "text/html; charset=utf-8")
@@ -702,6 +847,49 @@ fn landing(shared: &Shared) -> Response<Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn forwarded_for_is_walked_from_the_right_past_trusted_proxies() {
+        let trusted = [
+            policy::parse_net("10.0.0.0/8").unwrap(),
+            policy::parse_net("2001:db8::/32").unwrap(),
+        ];
+        let walk = |lines: &[&str]| {
+            let mut h = http::HeaderMap::new();
+            for line in lines {
+                h.append("x-forwarded-for", line.parse().unwrap());
+            }
+            forwarded_for(&trusted, &h).map(|ip| ip.to_string())
+        };
+        let ip = |s: &str| Some(s.to_owned());
+        // HAProxy's `option forwardfor` adds a line after the visitor's forged one.
+        assert_eq!(walk(&["203.0.113.66", "198.51.100.7"]), ip("198.51.100.7"));
+        assert_eq!(walk(&["203.0.113.66, 198.51.100.7"]), ip("198.51.100.7"));
+        // Trusted hops are skipped, whichever line they are on.
+        assert_eq!(
+            walk(&["203.0.113.66, 198.51.100.7", "10.1.2.3", "10.0.0.9"]),
+            ip("198.51.100.7")
+        );
+        assert_eq!(
+            walk(&["203.0.113.66,198.51.100.7 ,10.0.0.1,"]),
+            ip("198.51.100.7")
+        );
+        assert_eq!(
+            walk(&["[2001:db9::1]:4711", "2001:db8::2"]),
+            ip("2001:db9::1")
+        );
+        assert_eq!(walk(&["::ffff:198.51.100.7"]), ip("198.51.100.7"));
+        assert_eq!(walk(&["198.51.100.7:4711"]), ip("198.51.100.7"));
+        // Only proxies: the one farthest out.
+        assert_eq!(walk(&["10.0.0.2, 10.0.0.1"]), ip("10.0.0.2"));
+        // Garbage where a trusted proxy writes: nothing is believed.
+        assert_eq!(walk(&["198.51.100.7, unknown"]), None);
+        assert_eq!(walk(&["198.51.100.7", "10.0.0.1, _hidden"]), None);
+        // Garbage the visitor put left of its own address does not matter.
+        assert_eq!(walk(&["unknown, 198.51.100.7"]), ip("198.51.100.7"));
+        assert_eq!(walk(&[]), None);
+        assert_eq!(walk(&[" , "]), None);
+    }
 
     #[test]
     fn hosts_route_by_subdomain() {

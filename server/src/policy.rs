@@ -50,6 +50,10 @@ impl Policy {
                 .collect::<Result<Vec<_>, _>>()?,
             None => Vec::new(),
         };
+        // An allowlist that was asked for but names no one must not mean everyone.
+        if allow.is_empty() && h.contains_key(protocol::HEADER_ALLOW_IPS) {
+            return Err(bad("the allowed IP list is empty".into()));
+        }
         Ok(Policy { basic_auth, allow })
     }
 
@@ -169,6 +173,66 @@ impl<K: std::hash::Hash + Eq + Clone> Limiter<K> {
     }
 }
 
+/// Open connections per address, capped: one address cannot hold every slot of a tunnel (a
+/// client serves at most 4,096 streams) or of the server with idle connections.
+#[derive(Clone)]
+pub struct ConnCounter {
+    max: usize,
+    open: Arc<std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>>,
+}
+
+/// One open connection of an address; dropping it gives the place back.
+pub struct ConnGuard {
+    counter: ConnCounter,
+    ip: IpAddr,
+}
+
+impl ConnCounter {
+    /// At most `max` connections per address at once; 0 disables.
+    pub fn new(max: usize) -> Self {
+        Self {
+            max,
+            open: Default::default(),
+        }
+    }
+
+    /// A place for one more connection from `ip`, or `None` when it has `max` open. Memory
+    /// follows the addresses with connections open: an address is forgotten at its last close.
+    pub fn try_open(&self, ip: IpAddr) -> Option<ConnGuard> {
+        if self.max == 0 {
+            return Some(ConnGuard {
+                counter: Self::new(0),
+                ip,
+            });
+        }
+        let mut open = self.open.lock().expect("connection counter lock");
+        let n = open.entry(ip).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(ConnGuard {
+            counter: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        if self.counter.max == 0 {
+            return;
+        }
+        let mut open = self.counter.open.lock().expect("connection counter lock");
+        if let std::collections::hash_map::Entry::Occupied(mut e) = open.entry(self.ip) {
+            *e.get_mut() -= 1;
+            if *e.get() == 0 {
+                e.remove();
+            }
+        }
+    }
+}
+
 /// A shared policy handle.
 pub type SharedPolicy = Arc<Policy>;
 
@@ -258,6 +322,16 @@ mod tests {
         );
         assert!(Policy::from_headers(&latin).is_err());
 
+        for blank in ["", " ", " , ,"] {
+            let mut empty = HeaderMap::new();
+            empty.insert(protocol::HEADER_ALLOW_IPS, HeaderValue::from_static(blank));
+            assert_eq!(
+                Policy::from_headers(&empty).unwrap_err().error,
+                RefusalKind::BadRequest,
+                "{blank:?}"
+            );
+        }
+
         let mut bad = HeaderMap::new();
         bad.insert(
             protocol::HEADER_ALLOW_IPS,
@@ -267,6 +341,24 @@ mod tests {
             Policy::from_headers(&bad).unwrap_err().error,
             RefusalKind::BadRequest
         );
+    }
+
+    #[test]
+    fn connections_per_address_are_capped_and_forgotten_at_the_last_close() {
+        let c = ConnCounter::new(2);
+        let (a, b): (IpAddr, IpAddr) = ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
+        let first = c.try_open(a).unwrap();
+        let _second = c.try_open(a).unwrap();
+        assert!(c.try_open(a).is_none());
+        assert!(c.try_open(b).is_some());
+        drop(first);
+        let _third = c.try_open(a).unwrap();
+        drop(_third);
+        drop(_second);
+        assert!(c.open.lock().unwrap().is_empty());
+        let off = ConnCounter::new(0);
+        let held: Vec<_> = (0..10).map(|_| off.try_open(a).unwrap()).collect();
+        assert_eq!(held.len(), 10);
     }
 
     #[test]

@@ -199,6 +199,8 @@ pub(crate) async fn forward(
         return lost("sent a malformed response");
     };
     metrics.request(started.elapsed());
+    let mut answer = answer;
+    crate::cookies::narrow(&mut answer.headers, name, &shared.config.domain);
     if let Some(kind) = answer
         .headers
         .get(HEADER_ERROR)
@@ -206,7 +208,6 @@ pub(crate) async fn forward(
     {
         shared.metrics.error(kind);
     }
-    let mut answer = answer;
     if answer.status == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(visitor_io) = visitor_upgrade {
             // Ending with the session closes the visitor's side too, so it sees the end.
@@ -302,13 +303,18 @@ fn add_forwarded(h: &mut http::HeaderMap, visitor: &Visitor, public_host: Option
     const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
     const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
     const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-    let xff = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        // A trusted proxy already appended the visitor; the rightmost entry is theirs.
-        Some(prev) if visitor.proxied => HeaderValue::try_from(prev.to_owned()).ok(),
-        Some(prev) if !prev.trim().is_empty() => {
-            HeaderValue::try_from(format!("{prev}, {}", visitor.ip)).ok()
-        }
-        _ => Some(visitor.ip_value.clone()),
+    // The chain so far is every line in order (HAProxy adds a line of its own), as one.
+    let lines: Option<Vec<&str>> = h
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .map(|v| v.to_str().ok())
+        .collect();
+    let prev = lines.map(|l| l.join(", ")).unwrap_or_default();
+    let xff = match prev.trim() {
+        // Trusted proxies already appended the visitor (see `Visitor::through`).
+        prev if visitor.proxied => HeaderValue::try_from(prev).ok(),
+        "" => Some(visitor.ip_value.clone()),
+        prev => HeaderValue::try_from(format!("{prev}, {}", visitor.ip)).ok(),
     };
     if let Some(v) = xff {
         h.insert(X_FORWARDED_FOR, v);

@@ -81,6 +81,23 @@ pub struct Settings {
     )]
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    /// Connections from --trusted-proxy addresses start with a PROXY protocol header (v1 or v2,
+    /// as TCP load balancers send) that names the visitor; one that does not is closed.
+    #[arg(long, env = "GGROK_PROXY_PROTOCOL")]
+    #[serde(default)]
+    pub proxy_protocol: bool,
+    /// Names nobody may claim in open mode, comma-separated; `xn--*` is a prefix; an empty value
+    /// reserves nothing [default: www, api, admin, mail, metrics, ... and xn--*; see
+    /// docs/deploy.md].
+    #[arg(long, env = "GGROK_RESERVED_NAMES", value_delimiter = ',', num_args = 0..)]
+    pub reserved_names: Option<Vec<String>>,
+    /// Connections open at once, 0 for no limit [default: 10000]. Keep the process's file
+    /// limit (LimitNOFILE) above it.
+    #[arg(long, env = "GGROK_MAX_CONNS")]
+    pub max_conns: Option<usize>,
+    /// Connections one visitor address may have open at once, 0 for no limit [default: 256].
+    #[arg(long, env = "GGROK_MAX_CONNS_PER_IP")]
+    pub max_conns_per_ip: Option<usize>,
     /// Connect attempts allowed per client IP per minute, 0 for no limit [default: 60].
     #[arg(long, env = "GGROK_CONNECT_RATE")]
     pub connect_rate: Option<u32>,
@@ -125,6 +142,10 @@ impl std::fmt::Debug for Settings {
             .field("heartbeat_interval", &self.heartbeat_interval)
             .field("heartbeat_timeout", &self.heartbeat_timeout)
             .field("trusted_proxies", &self.trusted_proxies)
+            .field("proxy_protocol", &self.proxy_protocol)
+            .field("reserved_names", &self.reserved_names)
+            .field("max_conns", &self.max_conns)
+            .field("max_conns_per_ip", &self.max_conns_per_ip)
             .field("connect_rate", &self.connect_rate)
             .field("tunnel_rate", &self.tunnel_rate)
             .field("max_tunnels_per_token", &self.max_tunnels_per_token)
@@ -207,6 +228,10 @@ impl Settings {
             } else {
                 self.trusted_proxies
             },
+            proxy_protocol: self.proxy_protocol || lower.proxy_protocol,
+            reserved_names: self.reserved_names.or(lower.reserved_names),
+            max_conns: self.max_conns.or(lower.max_conns),
+            max_conns_per_ip: self.max_conns_per_ip.or(lower.max_conns_per_ip),
             connect_rate: self.connect_rate.or(lower.connect_rate),
             tunnel_rate: self.tunnel_rate.or(lower.tunnel_rate),
             max_tunnels_per_token: self.max_tunnels_per_token.or(lower.max_tunnels_per_token),
@@ -320,6 +345,12 @@ impl Settings {
                 )),
             }
         }
+        if self.proxy_protocol && trusted_proxies.is_empty() {
+            problems.push(
+                "proxy_protocol needs trusted_proxy: the addresses of the load balancers that send it"
+                    .to_owned(),
+            );
+        }
         if self.tokens.iter().any(|t| t.trim().len() < 16) {
             problems.push(
                 "tokens must be at least 16 characters (use `ggrok-server token create`)"
@@ -332,7 +363,18 @@ impl Settings {
         let defaults = Config::new("localhost");
         let config = Config {
             trusted_proxies,
+            proxy_protocol: self.proxy_protocol,
+            reserved_names: match &self.reserved_names {
+                Some(names) => names
+                    .iter()
+                    .map(|n| n.trim().to_ascii_lowercase())
+                    .filter(|n| !n.is_empty())
+                    .collect(),
+                None => defaults.reserved_names.clone(),
+            },
             acme,
+            max_conns: self.max_conns.unwrap_or(defaults.max_conns),
+            max_conns_per_ip: self.max_conns_per_ip.unwrap_or(defaults.max_conns_per_ip),
             connect_rate: self.connect_rate.unwrap_or(defaults.connect_rate),
             tunnel_rate: self.tunnel_rate.unwrap_or(defaults.tunnel_rate),
             max_tunnels_per_token: self
@@ -450,6 +492,35 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(unknown.contains("unknown field `domian`"), "{unknown}");
+    }
+
+    #[test]
+    fn proxy_protocol_needs_trusted_proxies_and_reserved_names_can_be_emptied() {
+        let alone = Settings {
+            proxy_protocol: true,
+            ..Settings::default()
+        };
+        let problems = alone.resolve(None).err().unwrap();
+        assert!(
+            problems[0].contains("proxy_protocol needs trusted_proxy"),
+            "{problems:?}"
+        );
+        let file: Settings = toml::from_str(
+            "proxy_protocol = true\ntrusted_proxies = [\"10.0.0.0/8\"]\nreserved_names = []\n",
+        )
+        .unwrap();
+        let c = file.resolve(None).unwrap().config;
+        assert!(c.proxy_protocol && !c.is_reserved("www"));
+        let flag = Settings {
+            reserved_names: Some(vec!["".into()]),
+            ..Settings::default()
+        };
+        assert!(!flag.resolve(None).unwrap().config.is_reserved("www"));
+        assert!(Settings::default()
+            .resolve(None)
+            .unwrap()
+            .config
+            .is_reserved("www"));
     }
 
     #[test]

@@ -118,11 +118,16 @@ pub(crate) enum Sniffed {
 
 /// Reads the start of `stream` into `buf` until it names a host, says it will not, or ends.
 pub(crate) async fn sniff(stream: &mut TcpStream, buf: &mut BytesMut, tls: bool) -> Sniffed {
+    // `buf` may already hold what followed a PROXY protocol header.
+    let mut read_first = buf.is_empty();
     loop {
-        match stream.read_buf(buf).await {
-            Ok(0) | Err(_) => return Sniffed::Unknown,
-            Ok(_) => {}
+        if read_first {
+            match stream.read_buf(buf).await {
+                Ok(0) | Err(_) => return Sniffed::Unknown,
+                Ok(_) => {}
+            }
         }
+        read_first = true;
         let seen = if tls {
             sniff_client_hello(buf)
         } else {

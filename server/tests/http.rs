@@ -73,7 +73,18 @@ async fn headers_statuses_redirects_and_encodings_pass_through() {
 
     let r = get(&server, "hdr", "/cookies").send().await.unwrap();
     let cookies: Vec<_> = r.headers().get_all(header::SET_COOKIE).iter().collect();
-    assert_eq!(cookies, ["a=1; Path=/", "b=2; HttpOnly", "c=3"]);
+    // `Domain=localhost` would reach every tunnel: it is dropped (host-only); the tunnel's own
+    // host stays.
+    assert_eq!(
+        cookies,
+        [
+            "a=1; Path=/",
+            "b=2; HttpOnly",
+            "c=3",
+            "toss=1; Path=/",
+            "own=1; Domain=hdr.localhost"
+        ]
+    );
     let multi: Vec<_> = r.headers().get_all("x-multi").iter().collect();
     assert_eq!(multi, ["one", "two"]);
 

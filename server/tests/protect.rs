@@ -62,6 +62,12 @@ async fn ip_allowlists_are_enforced() {
         t.stop().await;
     }
     let mut c = TunnelConfig::new(server.url(), origin.port());
+    c.allow_ips = vec!["10.0.0.0/8".into(), " ".into()];
+    assert!(matches!(
+        Tunnel::start(c),
+        Err(ggrok_tunnel::client::ConfigError::AllowIp)
+    ));
+    let mut c = TunnelConfig::new(server.url(), origin.port());
     c.allow_ips = vec!["not-an-ip".into()];
     match Tunnel::start(c).unwrap().online().await {
         Err(Status::Failed { message, .. }) => assert!(message.contains("not-an-ip"), "{message}"),
@@ -179,4 +185,105 @@ async fn forwarded_headers_are_believed_only_from_trusted_proxies() {
         }
         server.stop().await;
     }
+}
+
+#[tokio::test]
+async fn visitor_connections_per_address_are_capped() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = Server::start(Config {
+        max_conns_per_ip: 3,
+        ..config()
+    })
+    .await;
+    let from = |ip: [u8; 4]| {
+        let addr = server.addr;
+        async move {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind(std::net::SocketAddr::from((ip, 0))).unwrap();
+            socket.connect(addr).await.unwrap()
+        }
+    };
+    // What a connection gets for one request: the status line, or nothing when closed.
+    let ask = |mut s: tokio::net::TcpStream| async move {
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+        String::from_utf8_lossy(&out)
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_owned()
+    };
+    // Three idle connections: each proven open by the server with one keep-alive request.
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        let mut s = from([127, 0, 0, 1]).await;
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 256];
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        idle.push(s);
+    }
+    assert_eq!(
+        ask(from([127, 0, 0, 1]).await).await,
+        "",
+        "a fourth from the same address"
+    );
+    assert_eq!(
+        ask(from([127, 0, 0, 2]).await).await,
+        "HTTP/1.1 200 OK",
+        "another address"
+    );
+    // Closing one gives its place back (once the server has seen the close).
+    drop(idle.pop());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if ask(from([127, 0, 0, 1]).await).await == "HTTP/1.1 200 OK" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the place was not given back"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn past_max_conns_the_server_waits_for_a_close_before_accepting() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = Server::start(Config {
+        max_conns: 2,
+        ..config()
+    })
+    .await;
+    let keep_alive = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let mut s = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        s.write_all(keep_alive).await.unwrap();
+        let mut buf = [0u8; 256];
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        open.push(s);
+    }
+    // The third waits in the kernel's backlog, unanswered...
+    let mut third = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    third.write_all(keep_alive).await.unwrap();
+    let mut buf = [0u8; 256];
+    let waited = tokio::time::timeout(Duration::from_millis(300), third.read(&mut buf)).await;
+    assert!(waited.is_err(), "answered past the cap");
+    // ...and is served once a connection closes.
+    drop(open.pop());
+    let n = tokio::time::timeout(Duration::from_secs(10), third.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    server.stop().await;
 }

@@ -224,6 +224,25 @@ async fn the_control_endpoint_refuses_bad_requests_clearly() {
     req.headers_mut()
         .insert(protocol::HEADER_SUBDOMAIN, "a".repeat(64).parse().unwrap());
     assert_eq!(refused(req).await.1["error"], "invalid_name");
+    // Not ASCII: refused, not treated as "no name asked" (which gets a random one).
+    let mut req = connect_request(&server);
+    req.headers_mut().insert(
+        protocol::HEADER_SUBDOMAIN,
+        http::HeaderValue::from_bytes("café".as_bytes()).unwrap(),
+    );
+    assert_eq!(refused(req).await.1["error"], "invalid_name");
+    // Reserved in open mode: the operator's look-alikes and every punycode name.
+    for name in ["www", "admin", "xn--pple-43d"] {
+        let mut req = connect_request(&server);
+        req.headers_mut()
+            .insert(protocol::HEADER_SUBDOMAIN, name.parse().unwrap());
+        let (status, body) = refused(req).await;
+        assert_eq!(
+            (status, body["error"].as_str().unwrap()),
+            (403, "name_reserved"),
+            "{name}"
+        );
+    }
 
     let mut req = connect_request(&server);
     req.headers_mut()
@@ -262,6 +281,28 @@ async fn the_control_endpoint_refuses_bad_requests_clearly() {
         get(&server, "fine", "/echo").send().await.unwrap().status(),
         200
     );
+    // Its landing page tells an anonymous visitor nothing about who is online.
+    let landing = visitor().get(server.url()).send().await.unwrap();
+    let landing = landing.text().await.unwrap();
+    assert!(
+        landing.contains("Tunnels are served at") && !landing.contains("online"),
+        "{landing}"
+    );
+}
+
+#[tokio::test]
+async fn reserved_names_are_configurable() {
+    let server = Server::start(Config {
+        reserved_names: vec!["team-*".into()],
+        ..config()
+    })
+    .await;
+    let origin = Origin::start().await;
+    let (_t, _) = tunnel(&server, origin.port(), Some("www")).await;
+    let mut req = connect_request(&server);
+    req.headers_mut()
+        .insert(protocol::HEADER_SUBDOMAIN, "team-a".parse().unwrap());
+    assert_eq!(refused(req).await.1["error"], "name_reserved");
 }
 
 #[tokio::test]

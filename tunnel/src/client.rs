@@ -202,6 +202,10 @@ pub enum ConfigError {
     /// Port 0 is not a service.
     #[error("local port must be between 1 and 65535")]
     Port,
+    /// An allowlist entry is blank (`--allow-ip "$VAR"` with VAR unset): sending it would
+    /// leave the tunnel public, the opposite of what was asked.
+    #[error("an allowed IP entry is empty: give an address or CIDR range, or no --allow-ip")]
+    AllowIp,
 }
 
 /// Where a tunnel is.
@@ -257,6 +261,9 @@ impl Tunnel {
             if !auth.expose().contains(':') || auth.expose().starts_with(':') {
                 return Err(ConfigError::BasicAuth);
             }
+        }
+        if config.allow_ips.iter().any(|ip| ip.trim().is_empty()) {
+            return Err(ConfigError::AllowIp);
         }
         let connector = match &config.ca_cert {
             Some(path) => Some(tls_connector(path)?),

@@ -17,6 +17,7 @@
 //! - [`traffic`]: recorded exchanges for the log, the inspector and replay.
 //! - [`http_util`]: body type, hop-by-hop headers and ggrok's own error pages.
 //! - [`stop`]: watching a stop signal beside work that wakes often.
+//! - [`terminal`]: network text made safe to print on a terminal.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -31,6 +32,7 @@ pub mod mux;
 pub mod mux_body;
 pub mod protocol;
 pub mod stop;
+pub mod terminal;
 pub mod traffic;
 
 pub use client::{Backoff, ConfigError, Secret, Status, Tunnel, TunnelConfig};

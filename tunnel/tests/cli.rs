@@ -129,6 +129,67 @@ async fn refusals_exit_non_zero_with_one_line() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
 
+#[tokio::test]
+async fn an_empty_allow_ip_is_refused_before_connecting() {
+    // `--allow-ip "$OFFICE_IP"` with the variable unset; no server needs to exist.
+    let out = ggrok(&[
+        "http",
+        "3000",
+        "--server",
+        "http://127.0.0.1:9",
+        "--allow-ip",
+        "",
+    ])
+    .output()
+    .await
+    .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(
+        err.trim(),
+        "ggrok: cannot start the tunnel: an allowed IP entry is empty: give an address or CIDR range, or no --allow-ip"
+    );
+}
+
+#[tokio::test]
+async fn a_servers_escape_codes_never_reach_the_terminal() {
+    // A fake server that refuses every connect with a message that would retitle the
+    // terminal, clear it and hide what follows.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let body = r#"{"error":"unauthorized","message":"\u001b]0;pwned\u0007\u001b[2Jno\r\u009b2K"}"#;
+                let resp = format!(
+                    "HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\n\
+                     content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+    let out = ggrok(&["http", "3000", "--server", &format!("http://{addr}")])
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        !err.contains(['\u{1b}', '\u{7}', '\r', '\u{9b}']),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.trim_end(),
+        "ggrok: refused: \\u{1b}]0;pwned\\u{7}\\u{1b}[2Jno\\r\\u{9b}2K"
+    );
+}
+
 /// A minimal HTTP/1.1 GET over a raw socket, with an explicit Host.
 async fn raw_get(addr: std::net::SocketAddr, host: &str, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

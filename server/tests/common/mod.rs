@@ -301,6 +301,9 @@ async fn origin(st: Arc<OriginState>, mut req: Request<Incoming>) -> Response<Bo
             .header(header::SET_COOKIE, "a=1; Path=/")
             .header(header::SET_COOKIE, "b=2; HttpOnly")
             .header(header::SET_COOKIE, "c=3")
+            // A tenant tossing a cookie at every tunnel, and one for its own host only.
+            .header(header::SET_COOKIE, "toss=1; Domain=.localhost; Path=/")
+            .header(header::SET_COOKIE, "own=1; Domain=hdr.localhost")
             .header("x-multi", "one")
             .header("x-multi", "two")
             .body(empty())

@@ -5,7 +5,8 @@ use std::{process::ExitCode, time::Duration};
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use ggrok_tunnel::{
-    protocol::Heartbeat, Exchange, LocalTarget, Secret, Status, Tunnel, TunnelConfig,
+    protocol::Heartbeat, terminal::escape_controls, Exchange, LocalTarget, Secret, Status, Tunnel,
+    TunnelConfig,
 };
 use tokio::sync::broadcast::error::RecvError;
 
@@ -128,7 +129,9 @@ async fn http(args: HttpArgs) -> anyhow::Result<ExitCode> {
                 }
                 let now = status.borrow_and_update().clone();
                 match now {
+                    // Everything a server says is untrusted: it must not write to the terminal.
                     Status::Online { url, .. } => {
+                        let url = escape_controls(&url).into_owned();
                         if shown_url.as_deref() != Some(url.as_str()) {
                             println!("{url}");
                             eprintln!("ggrok: forwarding {url} -> http://{target}");
@@ -138,10 +141,11 @@ async fn http(args: HttpArgs) -> anyhow::Result<ExitCode> {
                         }
                     }
                     Status::Reconnecting { attempt, reason } => {
+                        let reason = escape_controls(&reason);
                         eprintln!("ggrok: {reason}; reconnecting (attempt {attempt})");
                     }
                     Status::Failed { message, .. } => {
-                        eprintln!("ggrok: refused: {message}");
+                        eprintln!("ggrok: refused: {}", escape_controls(&message));
                         return Ok(ExitCode::FAILURE);
                     }
                     Status::Connecting | Status::Stopped => {}
@@ -189,17 +193,8 @@ fn log_line(out: &mut String, e: &Exchange) {
     out.push(' ');
     out.push_str(&e.method);
     out.push(' ');
-    // Paths are untrusted: control characters are escaped. Most need no escaping, which a
-    // check finds faster than escaping finds nothing to do.
-    let plain = e
-        .path
-        .bytes()
-        .all(|b| (b' '..=b'~').contains(&b) && !matches!(b, b'\\' | b'"' | b'\''));
-    if plain {
-        out.push_str(&e.path);
-    } else {
-        let _ = write!(out, "{}", e.path.escape_debug());
-    }
+    // Paths are untrusted.
+    out.push_str(&escape_controls(&e.path));
     out.push(' ');
     let _ = match (e.status, e.upgraded) {
         (_, true) => write!(out, "101 upgraded"),
@@ -254,7 +249,7 @@ mod tests {
              01:02:03 GET /a\\nb --- 12ms 7 B\n\
              01:02:03 GET /a\\nb 101 upgraded 12ms 3.0 MB\n\
              01:02:03 GET /plain?q=1&r=a b 101 upgraded 12ms 3.0 MB\n\
-             01:02:03 GET /\\\"q\\\" 101 upgraded 12ms 3.0 MB\n"
+             01:02:03 GET /\"q\" 101 upgraded 12ms 3.0 MB\n"
         );
     }
 }
