@@ -3,6 +3,7 @@ import * as api from "../api";
 import { refreshServers, reportError, ui } from "../store";
 import type { ServerView } from "../types";
 import { h, replace } from "../util/dom";
+import { backgroundSection } from "./background";
 
 export function renderSettings(root: HTMLElement): void {
   replace(
@@ -15,6 +16,7 @@ export function renderSettings(root: HTMLElement): void {
     ),
     h("div", { class: "servers" }, ui.servers.map((s) => serverRow(s, root))),
     serverForm(null, root),
+    backgroundSection(),
   );
 }
 
