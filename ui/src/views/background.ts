@@ -50,7 +50,8 @@ function render(root: HTMLElement, s: BackgroundSettings): void {
   notes.addEventListener("change", save);
   const form = h(
     "form",
-    {},
+    // The backend's message shows next to the port rather than the browser's bubble.
+    { novalidate: true },
     h("label", { class: "check" }, login, " Start ggrok at login (in the tray, with the tunnels marked “start on launch”)"),
     h("label", { class: "check" }, notes, " Notify me when a tunnel goes offline, comes back or is refused"),
     h("label", {}, "Port of this computer’s server"),
