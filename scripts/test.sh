@@ -8,7 +8,9 @@
 #   3. UI: type-check + build, Vitest, Playwright in Debian's Chromium with the IPC mocked;
 #   4. E2E: the real desktop app under Xvfb via tauri-driver + WebKitWebDriver against a real
 #      ggrok-server and origin (skip with GGROK_SKIP_E2E=1);
-#   5. Fuzz: every cargo-fuzz target for FUZZ_SECONDS (20) over fuzz/corpus, fixed seed (skip with
+#   5. Install: the app bundled as a .deb, installed with apt-get, run as a new user under Xvfb,
+#      removed (scripts/install-test.sh; skip with GGROK_SKIP_INSTALL=1);
+#   6. Fuzz: every cargo-fuzz target for FUZZ_SECONDS (20) over fuzz/corpus, fixed seed (skip with
 #      GGROK_SKIP_FUZZ=1; the corpus itself runs in step 1 either way).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -49,6 +51,11 @@ if [ "${GGROK_SKIP_E2E:-0}" != "1" ]; then
   cargo build -p ggrok-desktop --features tauri/custom-protocol
   step "E2E: the real app under Xvfb"
   xvfb-run -a dbus-run-session -- node ui/tests/e2e.mjs
+fi
+
+if [ "${GGROK_SKIP_INSTALL:-0}" != "1" ]; then
+  step "Install: .deb built, installed, run under Xvfb with an empty HOME, removed"
+  ./scripts/install-test.sh
 fi
 
 if [ "${GGROK_SKIP_FUZZ:-0}" != "1" ]; then

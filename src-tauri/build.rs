@@ -18,6 +18,9 @@ const COMMANDS: &[&str] = &[
     "delete_server",
     "copy_url",
     "open_url",
+    "background_settings",
+    "save_background_settings",
+    "open_log_folder",
 ];
 
 fn main() {

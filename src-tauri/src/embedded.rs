@@ -16,12 +16,20 @@ pub const DOMAIN: &str = "localhost";
 pub struct EmbeddedServer {
     /// Where it listens (always 127.0.0.1).
     pub addr: SocketAddr,
+    /// The port asked for; differs from `addr`'s when that one was taken.
+    pub requested_port: u16,
     /// URL clients connect to.
     pub url: String,
     shutdown: Option<oneshot::Sender<()>>,
 }
 
 impl EmbeddedServer {
+    /// The port asked for was taken and another one is used: saved
+    /// `http://NAME.localhost:PORT` links of earlier runs do not work in this one.
+    pub fn moved(&self) -> bool {
+        self.requested_port != 0 && self.requested_port != self.addr.port()
+    }
+
     /// Binds 127.0.0.1:`port` (falling back to an ephemeral port if that is busy; `0` means
     /// ephemeral) and serves. Must be called inside a tokio runtime.
     pub async fn start(port: u16) -> std::io::Result<Self> {
@@ -48,6 +56,7 @@ impl EmbeddedServer {
         info!(%addr, %url, "embedded server listening");
         Ok(Self {
             addr,
+            requested_port: port,
             url,
             shutdown: Some(tx),
         })
@@ -72,6 +81,8 @@ mod tests {
         let port = busy.local_addr().unwrap().port();
         let server = EmbeddedServer::start(port).await.unwrap();
         assert_ne!(server.addr.port(), port);
+        assert!(server.moved());
+        assert!(!EmbeddedServer::start(0).await.unwrap().moved());
         assert!(server.addr.ip().is_loopback());
         assert_eq!(
             server.url,

@@ -12,13 +12,17 @@
 //! - [`tray`]: the tray menu and icon.
 //! - [`embedded`]: the in-process server.
 //! - [`listening`]: the TCP ports local services listen on, for the port picker.
+//! - [`background`]: start at login, notifications, the log file, window geometry, and their
+//!   settings; [`notify`]: when a tunnel's status deserves a notification.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod background;
 pub mod commands;
 pub mod embedded;
 pub mod error;
 pub mod listening;
+pub mod notify;
 pub mod secrets;
 pub mod state;
 pub mod store;
@@ -72,6 +76,9 @@ pub fn builder<R: Runtime>(builder: Builder<R>, state: Arc<AppState>) -> Builder
             commands::delete_server,
             commands::copy_url,
             commands::open_url,
+            background::background_settings,
+            background::save_background_settings,
+            background::open_log_folder,
         ])
 }
 
@@ -158,15 +165,16 @@ fn config_path() -> PathBuf {
     }
 }
 
-/// Starts the embedded server and loads settings and tokens.
+/// Loads settings and tokens and starts the embedded server on the port asked for by
+/// `GGROK_SERVER_PORT` (tests) or Settings.
 async fn boot() -> std::io::Result<(Arc<AppState>, EmbeddedServer)> {
+    let (store, warning) = Store::load(config_path());
     let port = std::env::var("GGROK_SERVER_PORT")
         .ok()
         .and_then(|p| p.parse().ok())
+        .or(store.data().settings.server_port)
         .unwrap_or(embedded::DEFAULT_PORT);
     let server = EmbeddedServer::start(port).await?;
-    let (store, warning) = Store::load(config_path());
-    info!(path = %store.path().display(), "settings");
     let secrets = if std::env::var("GGROK_NO_KEYRING").as_deref() == Ok("1") {
         Secrets::in_memory()
     } else {
@@ -176,26 +184,37 @@ async fn boot() -> std::io::Result<(Arc<AppState>, EmbeddedServer)> {
         s
     };
     let state = AppState::new(store, warning, secrets, Manager::new(), server.url.clone());
+    if let Some(notice) = background::port_notice(&server) {
+        state.add_warning(notice);
+    }
     Ok((Arc::new(state), server))
 }
 
 /// Runs the desktop app.
 pub fn run() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(ggrok_tunnel::client::log_filter("info"))
-        .try_init();
-
     let (state, server) = tauri::async_runtime::block_on(boot()).expect("start embedded server");
     let app = builder(Builder::default(), state.clone())
         // First plugin, so a second launch exits before doing anything else.
         .plugin(tauri_plugin_single_instance::init(|app, _args, _cwd| {
             show_main(app)
         }))
-        .plugin(tauri_plugin_clipboard_manager::init())
+        .plugin(tauri_plugin_clipboard_manager::init());
+    let hidden = background::started_hidden() || state.settings().start_hidden;
+    let app = background::plugins(app)
         .manage(server)
         .setup(move |app| {
             let handle = app.handle().clone();
+            // Logged here: the logger exists only once the log plugin is set up.
+            let server = app.state::<EmbeddedServer>();
+            info!(url = %server.url, settings = %config_path().display(), "embedded server listening");
+            if let Some(notice) = background::port_notice(&server) {
+                warn!("{notice}");
+            }
             tray::create(&handle, &state.tunnels(), on_tray)?;
+            if !hidden {
+                show_main(&handle);
+            }
+            background::spawn_notifier(&handle, state.clone());
             let st = state.clone();
             tauri::async_runtime::spawn(async move {
                 forward_events(&handle, st.clone());

@@ -15,7 +15,7 @@ use crate::{
     error::Error,
     listening::{listening, ListeningPort},
     secrets::{Secrets, Storage},
-    store::{new_id, SavedServer, SavedTunnel, Store, BUILTIN_SERVER_ID},
+    store::{new_id, SavedServer, SavedTunnel, Settings, Store, BUILTIN_SERVER_ID},
     tunnels::{Detail, Manager, Spec, Summary, TRAFFIC_CAP},
 };
 
@@ -562,6 +562,30 @@ impl AppState {
                 }
             }
         }
+    }
+
+    /// App-wide settings.
+    pub fn settings(&self) -> Settings {
+        self.store
+            .lock()
+            .expect("store lock")
+            .data()
+            .settings
+            .clone()
+    }
+
+    /// Changes the settings with `f` and saves them.
+    pub fn update_settings(&self, f: impl FnOnce(&mut Settings)) -> Result<Settings, Error> {
+        let mut store = self.store.lock().expect("store lock");
+        Ok(store.update(|d| {
+            f(&mut d.settings);
+            d.settings.clone()
+        })?)
+    }
+
+    /// Adds a warning for the window (shown with the start-up ones).
+    pub fn add_warning(&self, warning: String) {
+        self.warnings.lock().expect("warnings lock").push(warning);
     }
 
     /// The public URL of an online tunnel.

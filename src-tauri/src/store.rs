@@ -74,6 +74,12 @@ pub struct Settings {
     /// Start with the window hidden (tray only).
     #[serde(default)]
     pub start_hidden: bool,
+    /// No desktop notifications (they are on unless turned off).
+    #[serde(default)]
+    pub notifications_off: bool,
+    /// Port of the built-in server; `None` is [`crate::embedded::DEFAULT_PORT`].
+    #[serde(default)]
+    pub server_port: Option<u16>,
 }
 
 /// Everything in the file.
@@ -238,7 +244,11 @@ mod tests {
                 allow_ips: vec!["10.0.0.0/8".into()],
                 keep_host: true,
             }],
-            settings: Settings { start_hidden: true },
+            settings: Settings {
+                start_hidden: true,
+                notifications_off: true,
+                server_port: Some(7171),
+            },
         }
     }
 

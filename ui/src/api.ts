@@ -4,6 +4,8 @@ import { listen, type UnlistenFn } from "@tauri-apps/api/event";
 import type {
   ApiError,
   AppInfo,
+  BackgroundInput,
+  BackgroundSettings,
   Detail,
   ListeningPort,
   ServerCheck,
@@ -51,6 +53,10 @@ export const listListening = () => call<ListeningPort[]>("list_listening");
 export const deleteServer = (id: string) => call<void>("delete_server", { id });
 export const copyUrl = (id: string) => call<string>("copy_url", { id });
 export const openUrl = (id: string) => call<string>("open_url", { id });
+export const backgroundSettings = () => call<BackgroundSettings>("background_settings");
+export const saveBackgroundSettings = (input: BackgroundInput) =>
+  call<BackgroundSettings>("save_background_settings", { input });
+export const openLogFolder = () => call<void>("open_log_folder");
 
 export const EVENT_TUNNEL = "tunnel-event";
 export const EVENT_CHANGED = "tunnels-changed";

@@ -122,3 +122,22 @@ export interface ListeningPort {
   process: string;
   exposed: boolean;
 }
+
+/** Settings > "In the background" (start at login, notifications, server port, logs). */
+export interface BackgroundSettings {
+  startAtLogin: boolean;
+  notifications: boolean;
+  /** The port the built-in server asks for at start. */
+  serverPort: number;
+  /** The port it listens on in this run (differs when serverPort was taken). */
+  listeningPort: number;
+  /** The port asked for at this run's start; it was taken when it differs from listeningPort. */
+  requestedPort: number;
+  logDir: string;
+}
+
+export interface BackgroundInput {
+  startAtLogin: boolean;
+  notifications: boolean;
+  serverPort: number;
+}

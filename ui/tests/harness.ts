@@ -75,6 +75,15 @@ let releaseServers: () => void = () => {};
 const serversLoaded = params.has("slow-servers")
   ? new Promise<void>((r) => (releaseServers = r))
   : Promise.resolve();
+// Settings > In the background; the built-in server asked for 7070 and got PORT.
+const background = {
+  startAtLogin: false,
+  notifications: true,
+  serverPort: 7070,
+  listeningPort: PORT,
+  requestedPort: PORT,
+  logDir: "/home/user/.local/share/dev.ggrok.desktop/logs",
+};
 const tick = () => new Promise((r) => setTimeout(r, 50));
 
 // Like the real IPC, every answer is a fresh copy (JSON), never a shared object.
@@ -181,6 +190,17 @@ async function backend(cmd: string, raw: unknown): Promise<unknown> {
         const exposed = new Set(tunnels.map((t) => t.localPort));
         return listening.map((l) => ({ ...l, exposed: exposed.has(l.port) }));
       }
+      case "background_settings":
+        return background;
+      case "save_background_settings": {
+        const input = args.input as { startAtLogin: boolean; notifications: boolean; serverPort: number };
+        if (!(input.serverPort >= 1 && input.serverPort <= 65535))
+          return reject("invalid", "The port must be between 1 and 65535.", "serverPort");
+        Object.assign(background, input);
+        return background;
+      }
+      case "open_log_folder":
+        return null;
       case "copy_url":
       case "open_url":
         return (find(args.id)?.status as { url: string }).url;

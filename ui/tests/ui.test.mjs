@@ -497,3 +497,24 @@ test("the empty state lists local ports with Expose: two clicks to a public URL 
   assert.equal(await calls("copy_url"), 1);
   assert.equal(await page.locator(tid("listening-empty")).count(), 0);
 });
+
+test("settings: start at login, notifications and the server's port", async () => {
+  await page.click(tid("settings-toggle"));
+  await page.waitForSelector(tid("start-at-login"));
+  assert.match(await page.textContent(tid("server-port-note")), /Listening on 127\.0\.0\.1:7070/);
+  await page.check(tid("start-at-login"));
+  await page.waitForFunction(() =>
+    window.__fake.calls.some((c) => c.cmd === "save_background_settings" && c.args.input.startAtLogin),
+  );
+  await page.fill(tid("server-port"), "70000");
+  await page.click(tid("server-port-save"));
+  await page.waitForSelector(`${tid("background-error")}:has-text("between 1 and 65535")`);
+  await page.fill(tid("server-port"), "7171");
+  await page.click(tid("server-port-save"));
+  await page.waitForSelector(`${tid("server-port-note")}:has-text("Port 7171 applies when ggrok next starts")`);
+  assert.equal(await page.isChecked(tid("start-at-login")), true);
+  assert.equal(await page.isChecked(tid("notifications")), true);
+  await page.click(tid("open-log-folder"));
+  await page.waitForFunction(() => window.__fake.calls.some((c) => c.cmd === "open_log_folder"));
+  assert.deepEqual(pageErrors, []);
+});

@@ -3,6 +3,7 @@ import * as api from "../api";
 import { refreshInfo, refreshServers, reportError, setServerForm, ui } from "../store";
 import type { ServerView } from "../types";
 import { h, replace } from "../util/dom";
+import { backgroundSection } from "./background";
 
 export function renderSettings(root: HTMLElement): void {
   const edited = ui.servers.find((s) => s.id === ui.editingServer) ?? null;
@@ -19,6 +20,7 @@ export function renderSettings(root: HTMLElement): void {
     ),
     h("div", { class: "servers" }, ui.servers.map((s) => serverRow(s))),
     serverForm(edited),
+    backgroundSection(),
   );
 }
 
