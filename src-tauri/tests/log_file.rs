@@ -57,6 +57,9 @@ fn the_log_file_has_the_apps_events_and_never_a_token() {
                 local_host: Some("127.0.0.1".into()),
                 local_port: origin.local_addr().unwrap().port().into(),
                 start_on_launch: false,
+                basic_auth: None,
+                allow_ips: Vec::new(),
+                keep_host: false,
             })
             .await
             .unwrap();
