@@ -334,15 +334,42 @@ fn forwarded_checks(h: &HeaderMap) {
         "believed a stranger's X-Forwarded-Proto"
     );
 
+    // Through a trusted proxy: the entries of every X-Forwarded-For line, walked from the right,
+    // trusted ones skipped; the first other one is the visitor. Only trusted ones: the
+    // leftmost. Anything unreadable on the way: nothing is believed.
     let proxy = SocketAddr::from(([10, 1, 2, 3], 40000));
     let v = Visitor::direct(proxy, false).through(&trusted, h);
-    let last = h
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.rsplit(',').next())
-        .and_then(|v| v.trim().parse::<IpAddr>().ok());
-    assert_eq!(v.proxied, last.is_some());
-    assert_eq!(v.ip, last.unwrap_or(proxy.ip()).to_canonical());
+    let parse = |e: &str| {
+        e.parse::<IpAddr>()
+            .or_else(|_| e.parse::<SocketAddr>().map(|a| a.ip()))
+            .ok()
+            .map(|ip| ip.to_canonical())
+    };
+    let lines: Vec<_> = h.get_all("x-forwarded-for").iter().collect();
+    let mut expected = None;
+    'walk: for line in lines.iter().rev() {
+        let Ok(text) = line.to_str() else {
+            expected = None;
+            break;
+        };
+        for e in text.rsplit(',').map(str::trim).filter(|e| !e.is_empty()) {
+            let Some(ip) = parse(e) else {
+                expected = None;
+                break 'walk;
+            };
+            expected = Some(ip);
+            if !trusted.iter().any(|net| net.contains(&ip)) {
+                break 'walk;
+            }
+        }
+    }
+    let entries = lines;
+    assert_eq!(v.proxied, expected.is_some(), "{entries:?}");
+    assert_eq!(
+        v.ip,
+        expected.unwrap_or(proxy.ip()).to_canonical(),
+        "{entries:?}"
+    );
 }
 
 fn client_checks(response: &[u8]) {
