@@ -560,13 +560,17 @@ fn line_checks(line: &str) {
         h.insert(protocol::HEADER_ALLOW_IPS, v.clone());
         // The list must be ASCII text: a header may carry obs-text bytes, and Unicode spaces
         // (found by fuzzing: U+00A0) would otherwise trim away here but not in the header.
+        // And it must name at least one network: an empty list is refused, not read as
+        // "everyone" (issue 18, item 3).
+        let entries: Vec<&str> = line
+            .trim()
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect();
         let all_parse = line.is_ascii()
-            && line
-                .trim()
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .all(|s| parse_net(s).is_some());
+            && !entries.is_empty()
+            && entries.iter().all(|s| parse_net(s).is_some());
         assert_eq!(Policy::from_headers(&h).is_ok(), all_parse, "{line:?}");
 
         // Visitors: only the tunnel's own credentials pass Basic auth.
