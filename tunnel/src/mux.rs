@@ -350,6 +350,22 @@ impl State {
         self.reset_frame(id, code, reason);
     }
 
+    /// Stream `id` for an operation that sends: fails if the session ended, the stream is
+    /// gone, or it was reset.
+    fn sending(&mut self, id: u32) -> Result<&mut StreamState, MuxError> {
+        if let Some(reason) = &self.dead {
+            return Err(MuxError::SessionEnded(reason.clone()));
+        }
+        let s = self.streams.get_mut(&id).ok_or(MuxError::Closed)?;
+        match &s.reset {
+            Some((code, reason)) => Err(MuxError::Reset {
+                code: *code,
+                reason: reason.clone(),
+            }),
+            None => Ok(s),
+        }
+    }
+
     fn is_peer_id(&self, id: u32, role: Role) -> bool {
         match role {
             Role::Acceptor => id % 2 == 0,
@@ -1134,18 +1150,10 @@ impl MuxStream {
         let inner = self.inner();
         let mut st = inner.lock();
         let st = &mut *st;
-        if let Some(reason) = &st.dead {
-            return Poll::Ready(Err(MuxError::SessionEnded(reason.clone())));
-        }
-        let Some(s) = st.streams.get_mut(&id) else {
-            return Poll::Ready(Err(MuxError::Closed));
+        let s = match st.sending(id) {
+            Ok(s) => s,
+            Err(e) => return Poll::Ready(Err(e)),
         };
-        if let Some((code, reason)) = &s.reset {
-            return Poll::Ready(Err(MuxError::Reset {
-                code: *code,
-                reason: reason.clone(),
-            }));
-        }
         if s.send_done {
             return Poll::Ready(Err(MuxError::Closed));
         }
@@ -1203,18 +1211,10 @@ impl MuxStream {
         poll_fn(|cx| {
             let mut st = inner.lock();
             let st = &mut *st;
-            if let Some(reason) = &st.dead {
-                return Poll::Ready(Err(MuxError::SessionEnded(reason.clone())));
-            }
-            let Some(s) = st.streams.get_mut(&id) else {
-                return Poll::Ready(Err(MuxError::Closed));
+            let s = match st.sending(id) {
+                Ok(s) => s,
+                Err(e) => return Poll::Ready(Err(e)),
             };
-            if let Some((code, reason)) = &s.reset {
-                return Poll::Ready(Err(MuxError::Reset {
-                    code: *code,
-                    reason: reason.clone(),
-                }));
-            }
             if s.send_done || (!trailers && s.head_sent) {
                 return Poll::Ready(Err(MuxError::Closed));
             }
@@ -1248,18 +1248,7 @@ impl MuxStream {
         let id = self.handle.id;
         let inner = self.inner();
         let mut st = inner.lock();
-        if let Some(reason) = &st.dead {
-            return Err(MuxError::SessionEnded(reason.clone()));
-        }
-        let Some(s) = st.streams.get_mut(&id) else {
-            return Err(MuxError::Closed);
-        };
-        if let Some((code, reason)) = &s.reset {
-            return Err(MuxError::Reset {
-                code: *code,
-                reason: reason.clone(),
-            });
-        }
+        let s = st.sending(id)?;
         if s.send_done {
             return Ok(());
         }
