@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# CI installs what it built: bundles the desktop app as a .deb (a debug build, reusing what the
-# E2E step compiled; `npm run package` makes the release bundles), installs it with apt-get,
+# CI installs what it built: bundles the desktop app as a .deb (the debug build the tests and the
+# E2E ran, `npm run build:app`; `npm run package` makes the release bundles), installs it with apt-get,
 # starts the INSTALLED binary under Xvfb as a new user (empty HOME: no config, an empty
 # keyring), checks that its embedded server answers /healthz, that its window maps and shows
 # the UI, that it writes its log file, takes a screenshot, then removes the package and checks
@@ -48,7 +48,9 @@ SUDO=""
 out=${INSTALL_TEST_OUT:-$PWD/target/install-test}
 rm -rf "$out" && mkdir -p "$out"
 
-npx tauri build --debug --bundles deb
+[ -f ui/dist/index.html ] || npm run build:ui
+npm run build:app
+npx tauri bundle --debug --bundles deb
 deb=$(ls -t target/debug/bundle/deb/ggrok_*.deb | head -1)
 echo "== $deb ($(du -h "$deb" | cut -f1))"
 dpkg-deb --field "$deb" Package Version Depends Description

@@ -1,23 +1,28 @@
 #!/usr/bin/env bash
 # Runs every test of the project on a fresh Debian 12 / Ubuntu machine (installs what is
 # missing first). Everything listens on 127.0.0.1 only.
-#   1. Rust: unit and loopback integration tests of every crate, under a private D-Bus session
-#      with an unlocked gnome-keyring so the real Secret Service test runs too;
-#   2. Soak: server/examples/soak.rs, 2,000 requests through the real binaries while the client
+#   1. UI: type-check + build, Vitest, Playwright in Debian's Chromium with the IPC mocked;
+#   2. Rust: unit and loopback integration tests of every crate, under a private D-Bus session
+#      with an unlocked gnome-keyring so the real Secret Service test runs too; the desktop app
+#      is built with the UI of step 1 embedded, and that binary is the one steps 4 and 5 run;
+#   3. Soak: server/examples/soak.rs, 2,000 requests through the real binaries while the client
 #      and the server are killed (skip with GGROK_SKIP_SOAK=1);
-#   3. UI: type-check + build, Vitest, Playwright in Debian's Chromium with the IPC mocked;
 #   4. E2E: the real desktop app under Xvfb via tauri-driver + WebKitWebDriver against a real
 #      ggrok-server and origin (skip with GGROK_SKIP_E2E=1);
 #   5. Install: the app bundled as a .deb, installed with apt-get, run as a new user under Xvfb,
 #      removed (scripts/install-test.sh; skip with GGROK_SKIP_INSTALL=1);
 #   6. Fuzz: every cargo-fuzz target for FUZZ_SECONDS (20) over fuzz/corpus, fixed seed (skip with
-#      GGROK_SKIP_FUZZ=1; the corpus itself runs in step 1 either way).
+#      GGROK_SKIP_FUZZ=1; the corpus itself runs in step 2 either way).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
 step() { printf '\n== %s (%ss)\n' "$*" "$(( $(date +%s) - start ))"; }
 
 ./scripts/deps.sh
+
+# The UI first: its build (ui/dist) is embedded into the app that the Rust step compiles.
+step "UI: tsc + vite build, vitest, playwright (chromium, mocked IPC)"
+npm run test:ui
 
 step "Rust: cargo test --workspace (with a real Secret Service)"
 # The keyring lives in a throwaway XDG_DATA_HOME: a fresh "login" keyring that the password
@@ -28,27 +33,23 @@ XDG_DATA_HOME="$keyring_home" dbus-run-session -- bash -c '
   set -e
   eval "$(printf ci-keyring-pw | gnome-keyring-daemon --unlock --components=secrets)"
   export GGROK_TEST_SECRET_SERVICE=1
-  cargo test --workspace --all-targets
+  cargo test --workspace --all-targets --features ggrok-desktop/custom-protocol
 '
+
+# The binaries the tests used, the app with its UI embedded, and the soak tool. The features are
+# the ones cargo test unified (dev-dependencies are on for examples), so nothing compiles again.
+step "Build: binaries, examples, the app with the UI embedded"
+npm run build:app
 
 if [ "${GGROK_SKIP_SOAK:-0}" != "1" ]; then
   step "Fault soak: 2,000 requests while the client and the server are killed (debug build)"
-  # The binaries cargo test just built, and the soak tool (cargo test built it only as a test
-  # harness). --workspace: the features cargo test unified, so no dependency is built again.
   # bench/soak.sh runs the full soak on a release build.
-  cargo build --workspace --examples
   SOAK_REQUESTS=2000 SOAK_BIN="$PWD/target/debug" target/debug/examples/soak
 fi
-
-step "UI: tsc + vite build, vitest, playwright (chromium, mocked IPC)"
-npm run test:ui
 
 if [ "${GGROK_SKIP_E2E:-0}" != "1" ]; then
   step "E2E: tauri-driver"
   command -v tauri-driver >/dev/null || cargo install tauri-driver --locked
-  step "E2E: build the app with the UI embedded (what \`tauri build --debug --no-bundle\` does)"
-  npm run build:ui
-  cargo build -p ggrok-desktop --features tauri/custom-protocol
   step "E2E: the real app under Xvfb"
   xvfb-run -a dbus-run-session -- node ui/tests/e2e.mjs
 fi
