@@ -256,6 +256,9 @@ struct StreamState {
     queue: VecDeque<Item>,
     /// Payload bytes in `queue` that count against credit (all of it: heads count too).
     queued_bytes: usize,
+    /// Data the reader took with [`MuxStream::poll_recv_held`] and still holds: its credit goes
+    /// back when it is dropped.
+    held: usize,
     recv_waker: Option<Waker>,
     /// Stream credit the peer still has.
     recv_credit: u32,
@@ -263,7 +266,7 @@ struct StreamState {
     recv_unacked: u32,
     /// The peer's half has ended (FIN or trailers).
     recv_done: bool,
-    /// Since when data waits unread (for the stall check).
+    /// Since when data waits unread or held without any progress (for the stall check).
     waiting_since: Option<Instant>,
 
     send_credit: u32,
@@ -314,6 +317,46 @@ impl State {
             self.recv_credit += u64::from(grant);
             self.control_frame(FRAME_WINDOW, 0, 0, &grant.to_be_bytes());
         }
+    }
+
+    /// Stream credit for `n` bytes of data the reader is done with: back to the peer in batches.
+    fn stream_consumed(&mut self, id: u32, n: usize) {
+        let Some(s) = self.streams.get_mut(&id) else {
+            return;
+        };
+        s.recv_unacked += n as u32;
+        if !s.recv_done && s.recv_unacked >= STREAM_WINDOW / 2 {
+            let grant = std::mem::take(&mut s.recv_unacked);
+            s.recv_credit += grant;
+            self.control_frame(FRAME_WINDOW, 0, id, &grant.to_be_bytes());
+        }
+    }
+
+    /// The reader of stream `id` made progress: the stall clock restarts while it still has
+    /// data waiting or held, and stops when it has none.
+    fn progressed(&mut self, id: u32) {
+        let Some(s) = self.streams.get_mut(&id) else {
+            return;
+        };
+        let was_waiting = s.waiting_since.is_some();
+        let waiting = s.reset.is_none() && (!s.queue.is_empty() || s.held > 0);
+        s.waiting_since = waiting.then(Instant::now);
+        match (was_waiting, waiting) {
+            (true, false) => self.queued -= 1,
+            (false, true) => self.queued += 1,
+            _ => {}
+        }
+    }
+
+    /// Held data of stream `id` was dropped: its credit goes back (the session's even when the
+    /// stream is gone, since the peer counted it).
+    fn released(&mut self, id: u32, n: usize) {
+        if let Some(s) = self.streams.get_mut(&id) {
+            s.held -= n;
+            self.stream_consumed(id, n);
+            self.progressed(id);
+        }
+        self.consumed(n);
     }
 
     /// Drops what a stream holds unread, giving its credit back.
@@ -1009,6 +1052,32 @@ fn messages(mut batch: Bytes) -> impl Iterator<Item = Bytes> {
     })
 }
 
+/// Data taken with [`MuxStream::poll_recv_held`]: gives its credit back when dropped.
+struct Held {
+    bytes: Bytes,
+    inner: Arc<Inner>,
+    id: u32,
+}
+
+impl AsRef<[u8]> for Held {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let mut st = self.inner.lock();
+        let was_empty = st.out.is_empty();
+        st.released(self.id, self.bytes.len());
+        let wake_writer = was_empty && !st.out.is_empty();
+        drop(st);
+        if wake_writer {
+            self.inner.writer.wake();
+        }
+    }
+}
+
 /// One stream of a session. Dropping the last handle to a stream that has not ended both ways
 /// resets it. Clones are handles to the same stream (one may read while another writes).
 #[derive(Clone)]
@@ -1077,8 +1146,21 @@ impl MuxStream {
             .is_some_and(|s| s.recv_done && s.queue.is_empty() && s.reset.is_none())
     }
 
-    /// The next item from the peer; `None` once its half has ended.
+    /// The next item from the peer; `None` once its half has ended. Taking data gives its credit
+    /// back to the peer.
     pub fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Option<Result<Item, MuxError>>> {
+        self.poll_item(cx, false)
+    }
+
+    /// Like [`poll_recv`](Self::poll_recv), but the credit of the data returned goes back only
+    /// when the last reference to its bytes drops. A reader that hands data on to a slow socket
+    /// (hyper keeps what it writes until the socket takes it) thus holds it within the stream's
+    /// and the session's credit, and a reader whose sink stops taking it counts as stalled.
+    pub fn poll_recv_held(&self, cx: &mut Context<'_>) -> Poll<Option<Result<Item, MuxError>>> {
+        self.poll_item(cx, true)
+    }
+
+    fn poll_item(&self, cx: &mut Context<'_>, hold: bool) -> Poll<Option<Result<Item, MuxError>>> {
         let id = self.handle.id;
         let inner = self.inner();
         let mut st = inner.lock();
@@ -1102,40 +1184,35 @@ impl MuxStream {
             s.recv_waker = Some(cx.waker().clone());
             return Poll::Pending;
         };
-        let n = match &item {
-            Item::Head(b) | Item::Data(b) | Item::Trailers(b) => b.len(),
+        let (n, data) = match &item {
+            Item::Data(b) => (b.len(), true),
+            Item::Head(b) | Item::Trailers(b) => (b.len(), false),
+        };
+        s.queued_bytes -= n;
+        let item = match item {
+            Item::Data(bytes) if hold && n > 0 => {
+                s.held += n;
+                Item::Data(Bytes::from_owner(Held {
+                    bytes,
+                    inner: self.handle.inner.clone(),
+                    id,
+                }))
+            }
+            item => item,
         };
         let was_empty = st.out.is_empty();
-        self.took(st, n, matches!(item, Item::Data(_)));
+        st.progressed(id);
+        if !(hold && data) {
+            if data {
+                st.stream_consumed(id, n);
+            }
+            st.consumed(n);
+        }
         let wake_writer = was_empty && !st.out.is_empty();
         if wake_writer {
             inner.writer.wake();
         }
         Poll::Ready(Some(Ok(item)))
-    }
-
-    /// Accounts for `n` bytes the reader took: credit goes back to the peer in batches.
-    fn took(&self, st: &mut State, n: usize, data: bool) {
-        let id = self.handle.id;
-        let s = st.streams.get_mut(&id).expect("stream present");
-        s.queued_bytes -= n;
-        let was_waiting = s.waiting_since.is_some();
-        s.waiting_since = (!s.queue.is_empty()).then(Instant::now);
-        let mut grant = 0;
-        if data {
-            s.recv_unacked += n as u32;
-            if !s.recv_done && s.recv_unacked >= STREAM_WINDOW / 2 {
-                grant = std::mem::take(&mut s.recv_unacked);
-                s.recv_credit += grant;
-            }
-        }
-        if was_waiting && s.waiting_since.is_none() {
-            st.queued -= 1;
-        }
-        if grant > 0 {
-            st.control_frame(FRAME_WINDOW, 0, id, &grant.to_be_bytes());
-        }
-        st.consumed(n);
     }
 
     /// The next item from the peer; `None` once its half has ended.
@@ -1649,6 +1726,74 @@ mod tests {
             st.recv_credit + st.recv_unacked,
             u64::from(SESSION_WINDOW),
             "the reader holds nothing: all it received is given back or about to be"
+        );
+    }
+
+    #[tokio::test]
+    async fn held_data_keeps_its_credit_until_dropped_and_a_holder_that_stops_is_reset() {
+        let (client, mut accepted, server) = pair(Duration::from_millis(300)).await;
+        let opened = server.open("upload".into(), false).await.unwrap();
+        let theirs = accepted.recv().await.unwrap();
+        theirs.recv().await.unwrap().unwrap();
+        let sender = tokio::spawn(async move {
+            let sent = opened.send(&pattern(3 * STREAM_WINDOW as usize)).await;
+            (opened, sent)
+        });
+        // The reader takes a window's worth and keeps it (a write buffer that a socket does not
+        // drain): the sender gets no more credit, although the queue is empty.
+        let mut kept = Vec::new();
+        let mut taken = 0;
+        while taken < STREAM_WINDOW as usize {
+            match poll_fn(|cx| theirs.poll_recv_held(cx)).await {
+                Some(Ok(Item::Data(d))) => {
+                    taken += d.len();
+                    kept.push(d);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(taken, STREAM_WINDOW as usize, "no byte beyond the window");
+        {
+            let st = client.inner.lock();
+            assert_eq!(st.streams[&theirs.id()].held, taken);
+            assert_eq!(
+                st.recv_credit + st.recv_unacked,
+                u64::from(SESSION_WINDOW) - taken as u64,
+                "what the reader holds is not given back"
+            );
+        }
+        // Dropping what it kept gives the credit back: the sender moves on.
+        kept.clear();
+        let mut more = 0;
+        while more < STREAM_WINDOW as usize {
+            match poll_fn(|cx| theirs.poll_recv_held(cx)).await {
+                Some(Ok(Item::Data(d))) => {
+                    more += d.len();
+                    kept.push(d);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        // Then it stops dropping: the stall check resets the stream although nothing waits in
+        // its queue, and the held bytes still give the session's credit back when dropped.
+        let (_opened, sent) = sender.await.unwrap();
+        assert!(
+            matches!(
+                sent,
+                Err(MuxError::Reset {
+                    code: RESET_STALLED,
+                    ..
+                })
+            ),
+            "{sent:?}"
+        );
+        drop(kept);
+        let st = client.inner.lock();
+        assert_eq!(st.streams.get(&theirs.id()).map_or(0, |s| s.held), 0);
+        assert_eq!(
+            st.recv_credit + st.recv_unacked,
+            u64::from(SESSION_WINDOW),
+            "everything held was given back"
         );
     }
 

@@ -17,7 +17,9 @@ use crate::{
 };
 
 /// The peer's half of a stream as an HTTP body: DATA frames, then trailers or the end.
-/// Dropping it before the end resets the stream (unless another handle keeps it).
+/// Dropping it before the end resets the stream (unless another handle keeps it). Its data
+/// gives its credit back only once dropped ([`MuxStream::poll_recv_held`]): what the consumer
+/// keeps in its write buffer for a slow socket counts against the session's credit.
 pub struct RecvBody {
     stream: Option<MuxStream>,
 }
@@ -47,7 +49,7 @@ impl http_body::Body for RecvBody {
         let Some(stream) = self.stream.as_ref() else {
             return Poll::Ready(None);
         };
-        let item = ready!(stream.poll_recv(cx));
+        let item = ready!(stream.poll_recv_held(cx));
         let frame = match item {
             None => None,
             Some(Ok(Item::Data(d))) => Some(Ok(Frame::data(d))),
