@@ -16,7 +16,8 @@ seed=${FUZZ_SEED:-1}
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(frames handshake config)
 
-command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+# A debug build of the tool: it only drives the build and the runs, and compiles faster than a release build.
+command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --debug
 
 # No sanitizer by default: ggrok's crates forbid unsafe code, the cold build is shorter and runs
 # are several times faster; debug assertions and overflow checks stay on (fuzz/Cargo.toml).

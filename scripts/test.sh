@@ -49,7 +49,8 @@ fi
 
 if [ "${GGROK_SKIP_E2E:-0}" != "1" ]; then
   step "E2E: tauri-driver"
-  command -v tauri-driver >/dev/null || cargo install tauri-driver --locked
+  # A debug build: the driver only relays WebDriver calls, and it compiles faster than a release build.
+  command -v tauri-driver >/dev/null || cargo install tauri-driver --locked --debug
   step "E2E: the real app under Xvfb"
   xvfb-run -a dbus-run-session -- node ui/tests/e2e.mjs
 fi
