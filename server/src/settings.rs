@@ -6,7 +6,7 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use ggrok_tunnel::{client::mask, protocol::Heartbeat};
+use ggrok_tunnel::{protocol::Heartbeat, secrets::mask};
 use serde::Deserialize;
 
 use crate::{
