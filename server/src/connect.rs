@@ -333,7 +333,7 @@ pub(crate) fn public_url(h: &HeaderMap, secure: bool, name: &str, domain: &str) 
 
 pub(crate) fn refuse(shared: &Shared, peer: SocketAddr, refusal: &Refusal) -> Response<Body> {
     warn!(%peer, kind = refusal.error.as_str(), "refused a session: {}", refusal.message);
-    shared.metrics.connect_failure(refusal.error.as_str());
+    shared.metrics.connect_failure(refusal.error);
     let status = StatusCode::from_u16(refusal.error.status()).unwrap_or(StatusCode::BAD_REQUEST);
     Response::builder()
         .status(status)

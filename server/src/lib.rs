@@ -35,7 +35,8 @@ pub mod store;
 use std::{convert::Infallible, future::Future, net::SocketAddr, sync::Arc};
 
 use ggrok_tunnel::{
-    http_util::{error_page, full, wants_json, Body, PageKind},
+    http_util::{error_page, full, wants_json, Body},
+    protocol::PageKind,
     protocol::CONNECT_PATH,
     stop::until_stopped,
 };
@@ -787,7 +788,7 @@ fn ggrok_error(
     message: &str,
     json: bool,
 ) -> Response<Body> {
-    shared.metrics.error(kind.code());
+    shared.metrics.error(kind);
     error_page(status, kind, message, json)
 }
 

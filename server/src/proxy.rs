@@ -16,10 +16,10 @@ use bytes::Bytes;
 
 use ggrok_tunnel::{
     head,
-    http_util::{self, boxed, is_upgrade, strip_hop_by_hop, Body, BoxError, PageKind},
+    http_util::{self, boxed, is_upgrade, strip_hop_by_hop, Body, BoxError},
     mux::{Item, MuxError},
     mux_body::{send_body, RecvBody},
-    protocol::{HEADER_ERROR, RESET_PROTOCOL},
+    protocol::{PageKind, HEADER_ERROR, RESET_PROTOCOL},
     stop::until_stopped,
 };
 use http::{header, HeaderName, HeaderValue, Request, Response, StatusCode};
@@ -83,9 +83,9 @@ pub(crate) async fn forward(
         shared
             .metrics
             .error(if refused.status() == StatusCode::FORBIDDEN {
-                "forbidden"
+                PageKind::Forbidden
             } else {
-                "unauthorized"
+                PageKind::Unauthorized
             });
         return refused;
     }
@@ -205,6 +205,7 @@ pub(crate) async fn forward(
         .headers
         .get(HEADER_ERROR)
         .and_then(|v| v.to_str().ok())
+        .and_then(PageKind::from_code)
     {
         shared.metrics.error(kind);
     }

@@ -165,6 +165,65 @@ impl std::fmt::Display for Refusal {
     }
 }
 
+/// Kinds of error page ggrok generates itself, sent in [`HEADER_ERROR`] and as `error` in the JSON form of the page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PageKind {
+    /// No tunnel holds the requested name.
+    TunnelNotFound,
+    /// The tunnel is online but the local service refused or failed.
+    LocalUnreachable,
+    /// The tunnel's session broke while the request was in flight.
+    TunnelLost,
+    /// The tunnel's client dropped and its name is held for it, but it is not back yet.
+    TunnelReconnecting,
+    /// The request itself is unusable.
+    BadRequest,
+    /// The visitor's address is not on the tunnel's allowlist.
+    Forbidden,
+    /// The tunnel needs credentials the visitor did not give.
+    Unauthorized,
+    /// Too many requests.
+    RateLimited,
+    /// Anything on the server's own endpoints that does not exist.
+    NotFound,
+}
+
+impl PageKind {
+    /// The code sent in the `ggrok-error` header.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::TunnelNotFound => "tunnel_not_found",
+            Self::LocalUnreachable => "local_unreachable",
+            Self::TunnelLost => "tunnel_lost",
+            Self::TunnelReconnecting => "tunnel_reconnecting",
+            Self::BadRequest => "bad_request",
+            Self::Forbidden => "forbidden",
+            Self::Unauthorized => "unauthorized",
+            Self::RateLimited => "rate_limited",
+            Self::NotFound => "not_found",
+        }
+    }
+
+    /// Every kind, in declaration order.
+    pub const ALL: [PageKind; 9] = [
+        Self::TunnelNotFound,
+        Self::LocalUnreachable,
+        Self::TunnelLost,
+        Self::TunnelReconnecting,
+        Self::BadRequest,
+        Self::Forbidden,
+        Self::Unauthorized,
+        Self::RateLimited,
+        Self::NotFound,
+    ];
+
+    /// The kind whose [`code`](Self::code) is `code`; `None` for anything else (a page from a
+    /// client is untrusted: an unknown code must not become a new metric series).
+    pub fn from_code(code: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.code() == code)
+    }
+}
+
 /// Why a subdomain is not acceptable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NameError {
@@ -307,6 +366,14 @@ mod tests {
         assert_eq!(validate_name("a.b"), Err(NameError::BadChar('.')));
         assert_eq!(validate_name("-a"), Err(NameError::EdgeHyphen));
         assert_eq!(validate_name("a-"), Err(NameError::EdgeHyphen));
+    }
+
+    #[test]
+    fn page_codes_round_trip() {
+        for kind in PageKind::ALL {
+            assert_eq!(PageKind::from_code(kind.code()), Some(kind));
+        }
+        assert_eq!(PageKind::from_code("made_up"), None);
     }
 
     #[test]
