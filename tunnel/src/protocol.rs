@@ -21,6 +21,11 @@ pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Path of the control endpoint on the server's apex domain.
 pub const CONNECT_PATH: &str = "/_ggrok/connect";
+/// Path of the server's health check on the apex domain: `200 ok` while it serves.
+pub const HEALTH_PATH: &str = "/healthz";
+/// Path of the server's metrics (OpenMetrics text) on the apex domain, for the bearer of the
+/// server's metrics token.
+pub const METRICS_PATH: &str = "/metrics";
 
 /// Request header: the client's protocol version ([`PROTOCOL_VERSION`]).
 pub const HEADER_VERSION: &str = "ggrok-protocol";
@@ -296,6 +301,13 @@ pub const FRAME_HEADERS: u8 = 2;
 pub const FRAME_RESET: u8 = 3;
 /// Frame type: credit; payload: increment (u32). Stream id 0 grants session credit.
 pub const FRAME_WINDOW: u8 = 4;
+
+/// First byte of an [`FRAME_OPEN`] payload: the stream carries an HTTP request (its head
+/// follows, see [`crate::head`]).
+pub const OPEN_HTTP: u8 = 1;
+/// First byte of an [`FRAME_OPEN`] payload: the stream carries a TCP connection (the
+/// visitor's address follows).
+pub const OPEN_TCP: u8 = 2;
 
 /// Flag: the sender's half of the stream ends with this frame.
 pub const FLAG_FIN: u8 = 1;
