@@ -10,7 +10,6 @@ use ggrok_tunnel::{
     stop::until_stopped,
 };
 use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio_tungstenite::{
     tungstenite::{handshake::derive_accept_key, protocol::Role},
@@ -18,16 +17,19 @@ use tokio_tungstenite::{
 };
 use tracing::{info, info_span, warn, Instrument};
 
-use crate::{policy::Policy, registry::Claimant, Shared, Visitor};
+use crate::{
+    config::hash_token, policy::Policy, registry::Claimant, state::Shared, store::StoreError,
+    visitor::Visitor,
+};
 
 /// How long a session the server ends on purpose waits for the client to acknowledge the close.
 const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Answers a connect request: `101` and a session task, or a refusal.
-pub(crate) async fn accept(
+pub(crate) async fn accept<B>(
     shared: &Arc<Shared>,
     visitor: Visitor,
-    mut req: Request<Incoming>,
+    mut req: Request<B>,
 ) -> Response<Body> {
     let peer = visitor.peer;
     if !shared.connect_limit.allow(&visitor.ip) {
@@ -211,7 +213,7 @@ pub(crate) fn check(
             ),
         ));
     }
-    let unavailable = |e: crate::store::StoreError| {
+    let unavailable = |e: StoreError| {
         warn!(%e, "token database error");
         store_unavailable()
     };
@@ -234,7 +236,7 @@ pub(crate) fn check(
         match shared.config.tokens.check(presented) {
             Some(hash) => (Some(hash), None),
             None => {
-                let hash = crate::config::hash_token(presented);
+                let hash = hash_token(presented);
                 let id = store
                     .map(|s| s.token_by_hash(&hash))
                     .transpose()

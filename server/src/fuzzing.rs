@@ -21,14 +21,14 @@ use http::{header, HeaderMap, HeaderName, HeaderValue, Request};
 use http_body_util::BodyExt;
 
 use crate::{
-    classify,
     config::{hash_token, Config, Tokens},
     connect,
     policy::{parse_net, Policy},
-    request_host,
+    router::{classify, request_host, Destination},
     settings::Settings,
+    state::Shared,
     store::Store,
-    Route, Shared, Visitor,
+    visitor::Visitor,
 };
 
 /// The domain every target serves.
@@ -545,15 +545,15 @@ fn line_checks(line: &str) {
         assert_eq!(host, host.to_ascii_lowercase());
         assert!(!host.ends_with('.'));
         match classify(&host, DOMAIN) {
-            Route::Tunnel(name) => {
+            Destination::Tunnel(name) => {
                 assert!(!name.is_empty() && !name.contains('.'), "{host:?}");
                 assert_eq!(format!("{name}.{DOMAIN}"), host);
             }
-            Route::Apex => assert!(
+            Destination::Apex => assert!(
                 host.is_empty() || host == DOMAIN || host.parse::<IpAddr>().is_ok(),
                 "{host:?} served as the apex"
             ),
-            Route::Foreign => assert_ne!(host, DOMAIN),
+            Destination::Foreign => assert_ne!(host, DOMAIN),
         }
 
         let mut h = HeaderMap::new();
@@ -628,7 +628,7 @@ fn route(host: &str) -> Option<String> {
         .body(())
         .ok()?;
     match classify(&request_host(&req).ok()?, DOMAIN) {
-        Route::Tunnel(name) => Some(name.to_owned()),
+        Destination::Tunnel(name) => Some(name.to_owned()),
         _ => None,
     }
 }

@@ -28,6 +28,7 @@ pub mod backoff;
 pub mod client;
 pub mod driven;
 pub mod forward;
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod head;
