@@ -6,8 +6,6 @@
 //! Needs the `haproxy` binary (scripts/deps.sh installs it); without it the tests say so and
 //! pass.
 
-mod common;
-
 use std::{
     net::{IpAddr, SocketAddr},
     path::PathBuf,
@@ -15,7 +13,11 @@ use std::{
     time::Duration,
 };
 
-use common::*;
+use common::{
+    origin::Origin,
+    server::{config, Server},
+    tunnels::tunnel_with,
+};
 use ggrok_server::Config;
 use ggrok_tunnel::TunnelConfig;
 use http::header;

@@ -1,11 +1,14 @@
 //! Protection of public URLs and of the server: per-tunnel basic auth and IP allowlists asked
 //! for by the client and enforced by the server, rate limits and tunnels per token.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use common::{
+    origin::Origin,
+    server::{config, Server},
+    tunnels::{tunnel, tunnel_with},
+    visitors::get,
+};
 use ggrok_server::{Config, Tokens};
 use ggrok_tunnel::{protocol, Secret, Status, Tunnel, TunnelConfig};
 use http::header;

@@ -6,8 +6,6 @@
 //! --workspace` builds both; a lone `cargo test -p ggrok-server` needs `cargo build -p
 //! ggrok-tunnel --bin ggrok` first.
 
-mod common;
-
 use std::{
     path::PathBuf,
     process::{ExitStatus, Stdio},
@@ -15,7 +13,7 @@ use std::{
     time::Duration,
 };
 
-use common::*;
+use common::{origin::Origin, tunnels::name_of, visitors::visitor};
 use tokio::{
     io::{AsyncBufReadExt, AsyncRead, BufReader},
     process::{Child, Command},

@@ -1,12 +1,14 @@
 //! HTTPS and wss:// with certificate files: clients connect over TLS, visitors get HTTP/2 or
 //! HTTP/1.1 by ALPN, and forwarded requests say `X-Forwarded-Proto: https`.
 
-mod common;
-
 use std::sync::Arc;
 
 use bytes::Bytes;
-use common::*;
+use common::{
+    origin::Origin,
+    server::Server,
+    tunnels::{tunnel_with, wait_status},
+};
 use ggrok_server::Config;
 use ggrok_tunnel::TunnelConfig;
 use http::{Request, Version};

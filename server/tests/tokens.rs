@@ -1,11 +1,14 @@
 //! Tokens and reserved names from the SQLite store, administered with the real binary while a
 //! server runs: changes take effect without a restart.
 
-mod common;
-
 use std::{path::PathBuf, process::Command, sync::Arc};
 
-use common::*;
+use common::{
+    origin::Origin,
+    server::{config, Server},
+    tunnels::{tunnel_with, wait_status},
+    visitors::get,
+};
 use ggrok_server::{store::Store, Config};
 use ggrok_tunnel::{protocol::RefusalKind, Secret, Status, Tunnel, TunnelConfig};
 
