@@ -49,28 +49,7 @@ fn free_port() -> u16 {
 struct Haproxy {
     child: Child,
     port: u16,
-    _dir: tempfile_dir::Dir,
-}
-
-mod tempfile_dir {
-    /// A directory removed on drop.
-    pub struct Dir(pub std::path::PathBuf);
-    impl Dir {
-        pub fn new(tag: &str) -> Dir {
-            let p = std::env::temp_dir().join(format!(
-                "ggrok-haproxy-{tag}-{}-{}",
-                std::process::id(),
-                rand::random::<u64>()
-            ));
-            std::fs::create_dir_all(&p).unwrap();
-            Dir(p)
-        }
-    }
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+    _dir: tempfile::TempDir,
 }
 
 impl Haproxy {
@@ -83,8 +62,8 @@ impl Haproxy {
         server_opts: &str,
     ) -> Haproxy {
         let port = free_port();
-        let dir = tempfile_dir::Dir::new(mode);
-        let cfg = dir.0.join("haproxy.cfg");
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("haproxy.cfg");
         std::fs::write(
             &cfg,
             format!(

@@ -141,7 +141,8 @@ fn forms(token: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn tokens_never_appear_in_logs_or_crash_output() {
-    let db = std::env::temp_dir().join(format!("ggrok-secrets-{:x}.db", rand::random::<u64>()));
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("tokens.db");
     let admin = |args: &[&str]| {
         let mut c = command(server_bin());
         c.arg("--db").arg(&db).args(args);
@@ -243,8 +244,5 @@ async fn tokens_never_appear_in_logs_or_crash_output() {
                 panic!("{who} printed a token (form {secret:?}) at line {line}:\n{out}");
             }
         }
-    }
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
     }
 }

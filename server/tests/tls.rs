@@ -17,7 +17,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls_pki_types::ServerName;
 
 struct Pki {
-    dir: std::path::PathBuf,
+    dir: tempfile::TempDir,
     cert_pem: String,
 }
 
@@ -27,19 +27,12 @@ fn pki() -> Pki {
         .map(String::from)
         .to_vec();
     let ck = rcgen::generate_simple_self_signed(names).unwrap();
-    let dir = std::env::temp_dir().join(format!("ggrok-tls-{:x}", rand::random::<u64>()));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("cert.pem"), ck.cert.pem()).unwrap();
-    std::fs::write(dir.join("key.pem"), ck.signing_key.serialize_pem()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("cert.pem"), ck.cert.pem()).unwrap();
+    std::fs::write(dir.path().join("key.pem"), ck.signing_key.serialize_pem()).unwrap();
     Pki {
         dir,
         cert_pem: ck.cert.pem(),
-    }
-}
-
-impl Drop for Pki {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -59,8 +52,11 @@ fn client_tls(pki: &Pki, alpn: &[u8]) -> tokio_rustls::TlsConnector {
 #[tokio::test]
 async fn https_and_wss_with_certificate_files() {
     let pki = pki();
-    let tls = ggrok_server::config::load_tls(&pki.dir.join("cert.pem"), &pki.dir.join("key.pem"))
-        .unwrap();
+    let tls = ggrok_server::config::load_tls(
+        &pki.dir.path().join("cert.pem"),
+        &pki.dir.path().join("key.pem"),
+    )
+    .unwrap();
     let server = Server::start(Config {
         tls: Some(tls),
         ..Config::new("tunnel.test")
@@ -86,7 +82,7 @@ async fn https_and_wss_with_certificate_files() {
         origin.port(),
     );
     cfg.subdomain = Some("secure".into());
-    cfg.ca_cert = Some(pki.dir.join("cert.pem"));
+    cfg.ca_cert = Some(pki.dir.path().join("cert.pem"));
     let (_t, url) = tunnel_with(cfg).await;
     let authority = format!("secure.tunnel.test:{}", server.addr.port());
     assert_eq!(url, format!("https://{authority}"));
