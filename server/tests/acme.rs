@@ -8,7 +8,10 @@ use std::{
     time::Duration,
 };
 
-use common::{eventually, origin::Origin, server::config, tls::https_get, tunnels::tunnel_with};
+use common::{
+    eventually, origin::Origin, server::config, tls::https_get, tunnels::tunnel_with,
+    until_listening,
+};
 use ggrok_server::{
     acme::{Acme, AcmeSettings},
     Config,
@@ -30,16 +33,6 @@ fn free_udp_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-async fn wait_for_port(port: u16) {
-    eventually(Duration::from_secs(30), || async move {
-        tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .ok()
-            .map(|_| ())
-    })
-    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -106,9 +99,9 @@ async fn certificates_are_issued_on_demand_for_the_apex_and_live_tunnels() {
         .kill_on_drop(true)
         .spawn()
         .expect("pebble (apt-get install pebble)");
-    wait_for_port(acme_port).await;
-    wait_for_port(mgmt_port).await;
-    wait_for_port(dns_mgmt_port).await;
+    until_listening(acme_port).await;
+    until_listening(mgmt_port).await;
+    until_listening(dns_mgmt_port).await;
 
     let acme = Acme::new(AcmeSettings {
         directory: format!("https://localhost:{acme_port}/dir"),

@@ -10,13 +10,13 @@ use std::{
     net::{IpAddr, SocketAddr},
     path::PathBuf,
     process::{Child, Command, Stdio},
-    time::Duration,
 };
 
 use common::{
     origin::Origin,
     server::{config, Server},
     tunnels::tunnel_with,
+    until_listening,
 };
 use ggrok_server::Config;
 use ggrok_tunnel::TunnelConfig;
@@ -82,14 +82,7 @@ impl Haproxy {
             .spawn()
             .unwrap();
         // Ready once it accepts on its port.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "haproxy did not start"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        until_listening(port).await;
         Haproxy {
             child,
             port,

@@ -1,12 +1,11 @@
 //! HTTPS and wss:// with certificate files: clients connect over TLS, visitors get HTTP/2 or
 //! HTTP/1.1 by ALPN, and forwarded requests say `X-Forwarded-Proto: https`.
 
-use std::sync::Arc;
-
 use bytes::Bytes;
 use common::{
     origin::Origin,
     server::Server,
+    tls::tls_connector,
     tunnels::{tunnel_with, wait_status},
 };
 use ggrok_server::Config;
@@ -34,19 +33,6 @@ fn pki() -> Pki {
         dir,
         cert_pem: ck.cert.pem(),
     }
-}
-
-fn client_tls(pki: &Pki, alpn: &[u8]) -> tokio_rustls::TlsConnector {
-    use rustls_pki_types::{pem::PemObject, CertificateDer};
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_slice(pki.cert_pem.as_bytes()).unwrap())
-        .unwrap();
-    let mut cfg = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    cfg.alpn_protocols = vec![alpn.to_vec()];
-    tokio_rustls::TlsConnector::from(Arc::new(cfg))
 }
 
 #[tokio::test]
@@ -93,7 +79,10 @@ async fn https_and_wss_with_certificate_files() {
     ] {
         let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
         let name = ServerName::try_from("secure.tunnel.test").unwrap();
-        let tls = client_tls(&pki, alpn).connect(name, tcp).await.unwrap();
+        let tls = tls_connector(&pki.cert_pem, alpn)
+            .connect(name, tcp)
+            .await
+            .unwrap();
         let req = Request::get(format!("https://{authority}/echo"))
             .header(http::header::HOST, &authority)
             .body(Empty::<Bytes>::new())

@@ -14,7 +14,7 @@
 //! - [`relay`]: a TCP relay that can freeze (a network that stops delivering).
 //! - [`tls`]: TLS clients for test certificates.
 //! - [`process`]: the `ggrok-server` binary as a child process; memory from `/proc`.
-//! - [`eventually`]: polling for a condition another process or task makes true.
+//! - [`eventually`], [`until_listening`]: polling for what another process makes true.
 
 pub mod bodies;
 pub mod origin;
@@ -39,9 +39,21 @@ where
             if let Some(v) = f().await {
                 return v;
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     })
     .await
     .expect("condition not reached in time")
+}
+
+/// Waits until something (a child process: pebble, HAProxy) accepts connections on
+/// 127.0.0.1:`port`, for at most 30 s.
+pub async fn until_listening(port: u16) {
+    eventually(Duration::from_secs(30), || async move {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()
+            .map(|_| ())
+    })
+    .await
 }
