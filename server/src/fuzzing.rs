@@ -24,7 +24,7 @@ use crate::{
     config::{hash_token, Config, Tokens},
     connect,
     policy::{parse_net, Policy},
-    router::{classify, request_host, Destination},
+    router::{classify, request_host, Destination, Router},
     settings::Settings,
     state::Shared,
     store::Store,
@@ -56,7 +56,7 @@ enum Mode {
 }
 
 struct Server {
-    shared: Shared,
+    shared: Arc<Shared>,
     /// The `store` server's presentable token.
     store_token: Option<String>,
 }
@@ -84,7 +84,7 @@ fn server(mode: Mode) -> &'static Server {
         // No rate limits: every input comes from the same address.
         config.connect_rate = 0;
         config.tunnel_rate = 0;
-        let shared = Shared::new(config);
+        let shared = Arc::new(Shared::new(config));
         Server {
             shared,
             store_token,
@@ -555,6 +555,10 @@ fn line_checks(line: &str) {
             ),
             Destination::Foreign => assert_ne!(host, DOMAIN),
         }
+        // Longer lines would be a 431, which router_checks does not model.
+        if line.len() < 1024 {
+            router_checks(v.clone());
+        }
 
         let mut h = HeaderMap::new();
         h.insert(protocol::HEADER_ALLOW_IPS, v.clone());
@@ -619,6 +623,34 @@ fn line_checks(line: &str) {
         let json = serde_json::to_string(&r).expect("refusal serializes");
         assert_eq!(serde_json::from_str::<Refusal>(&json).ok(), Some(r));
     }
+}
+
+/// The [`Router`] answers `GET /` for `host` as the host's classification says, without a
+/// socket: the landing page on the apex, 400 for an unusable host or an invalid name, 404 for
+/// any other name (no tunnel is ever online here) and for foreign hosts.
+fn router_checks(host: HeaderValue) {
+    let stranger = SocketAddr::from(([192, 0, 2, 1], 40000));
+    let router = Router::new(
+        server(Mode::Open).shared.clone(),
+        Visitor::direct(stranger, false),
+    );
+    let req = Request::get("/")
+        .header(header::HOST, host.clone())
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .expect("request");
+    let expected = match request_host(&req) {
+        Err(_) => 400,
+        Ok(h) => match classify(&h, DOMAIN) {
+            Destination::Apex => 200,
+            Destination::Tunnel(name) if protocol::validate_name(name).is_err() => 400,
+            Destination::Tunnel(_) | Destination::Foreign => 404,
+        },
+    };
+    let resp = router
+        .handle(req)
+        .now_or_never()
+        .expect("routing to no tunnel never waits");
+    assert_eq!(resp.status().as_u16(), expected, "{host:?}");
 }
 
 /// The tunnel a visitor's `Host` reaches, if any.

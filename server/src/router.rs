@@ -44,9 +44,9 @@ impl Router {
     {
         let shared = &self.shared;
         let json = wants_json(req.headers());
-        let host = match checked_host(shared, &req, json) {
+        let host = match checked_host(&req) {
             Ok(host) => host,
-            Err(refused) => return refused,
+            Err(refused) => return refused.page(shared, json),
         };
         let visitor = self
             .visitor
@@ -99,34 +99,46 @@ where
     }
 }
 
-/// The host `req` is for, once the request is found fit to route; otherwise the refusal.
-fn checked_host<B>(
-    shared: &Shared,
-    req: &Request<B>,
-    json: bool,
-) -> Result<String, Response<Body>> {
-    let host = request_host(req).map_err(|message| {
-        pages::refuse_and_close(shared, StatusCode::BAD_REQUEST, message, json)
-    })?;
+/// Why a request is refused before it is routed.
+#[derive(Debug, PartialEq, Eq)]
+enum Unroutable {
+    /// No usable host; [`request_host`] says why.
+    Host(&'static str),
+    /// A transfer coding other than plain `chunked`.
+    TransferCoding,
+    /// A head over [`MAX_HEAD`].
+    HeadTooLarge,
+}
+
+impl Unroutable {
+    /// The page that refuses the request: 400 or 501 closing the connection (a body ggrok will
+    /// not read may follow), or 431.
+    fn page(self, shared: &Shared, json: bool) -> Response<Body> {
+        match self {
+            Self::Host(message) => {
+                pages::refuse_and_close(shared, StatusCode::BAD_REQUEST, message, json)
+            }
+            Self::TransferCoding => {
+                let message = "Only the chunked transfer coding is supported.";
+                pages::refuse_and_close(shared, StatusCode::NOT_IMPLEMENTED, message, json)
+            }
+            Self::HeadTooLarge => {
+                let message = format!("Request headers over {} KiB are refused.", MAX_HEAD / 1024);
+                let status = StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
+                pages::error(shared, status, PageKind::BadRequest, &message, json)
+            }
+        }
+    }
+}
+
+/// The host `req` is for, once the request is found fit to route.
+fn checked_host<B>(req: &Request<B>) -> Result<String, Unroutable> {
+    let host = request_host(req).map_err(Unroutable::Host)?;
     if unsupported_transfer_coding(req.headers()) {
-        let message = "Only the chunked transfer coding is supported.";
-        return Err(pages::refuse_and_close(
-            shared,
-            StatusCode::NOT_IMPLEMENTED,
-            message,
-            json,
-        ));
+        return Err(Unroutable::TransferCoding);
     }
     if head_len(req) > MAX_HEAD {
-        let message = format!("Request headers over {} KiB are refused.", MAX_HEAD / 1024);
-        let status = StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
-        return Err(pages::error(
-            shared,
-            status,
-            PageKind::BadRequest,
-            &message,
-            json,
-        ));
+        return Err(Unroutable::HeadTooLarge);
     }
     Ok(host)
 }
