@@ -345,7 +345,7 @@ fn forwarded_checks(h: &HeaderMap) {
             .ok()
             .map(|ip| ip.to_canonical())
     };
-    let lines: Vec<_> = h.get_all("x-forwarded-for").iter().collect();
+    let lines: Vec<_> = h.get_all(protocol::X_FORWARDED_FOR).iter().collect();
     let mut expected = None;
     'walk: for line in lines.iter().rev() {
         let Ok(text) = line.to_str() else {

@@ -4,6 +4,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use ggrok_tunnel::protocol::{X_FORWARDED_FOR, X_FORWARDED_PROTO};
 use tracing::debug;
 
 use crate::{proxy_protocol, state::Shared};
@@ -41,7 +42,7 @@ impl Visitor {
             return self;
         }
         let secure = self.secure
-            || h.get("x-forwarded-proto")
+            || h.get(X_FORWARDED_PROTO)
                 .and_then(|v| v.to_str().ok())
                 .is_some_and(|p| p.trim().eq_ignore_ascii_case("https"));
         match forwarded_for(trusted, h) {
@@ -70,7 +71,7 @@ pub(crate) fn is_trusted(trusted: &[ipnet::IpNet], ip: IpAddr) -> bool {
 /// not an address where a trusted proxy should have written one: `None`, believe nothing.
 fn forwarded_for(trusted: &[ipnet::IpNet], h: &http::HeaderMap) -> Option<IpAddr> {
     let mut leftmost = None;
-    for line in h.get_all("x-forwarded-for").iter().rev() {
+    for line in h.get_all(X_FORWARDED_FOR).iter().rev() {
         for entry in line.to_str().ok()?.rsplit(',').map(str::trim) {
             if entry.is_empty() {
                 continue;
@@ -136,7 +137,7 @@ mod tests {
         let walk = |lines: &[&str]| {
             let mut h = http::HeaderMap::new();
             for line in lines {
-                h.append("x-forwarded-for", line.parse().unwrap());
+                h.append(X_FORWARDED_FOR, line.parse().unwrap());
             }
             forwarded_for(&trusted, &h).map(|ip| ip.to_string())
         };

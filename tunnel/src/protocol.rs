@@ -14,6 +14,7 @@
 
 use std::time::Duration;
 
+use http::HeaderName;
 use serde::{Deserialize, Serialize};
 
 /// Version of this protocol. Bumped on any incompatible change; both sides must agree exactly.
@@ -46,6 +47,17 @@ pub const HEADER_NAME: &str = "ggrok-name";
 pub const HEADER_URL: &str = "ggrok-url";
 /// Response header on pages that ggrok itself generated (not the user's service): the error kind.
 pub const HEADER_ERROR: &str = "ggrok-error";
+
+/// Request header the server adds for the local service, appending the visitor's address to
+/// any chain already there; read from trusted proxies only. Standard, not ggrok's own, but its
+/// use is part of what a tunnel promises the local service.
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// Request header the server adds: `https` or `http`, how the visitor reached it (a trusted
+/// proxy's value is believed).
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// Request header the server adds: the public host the visitor asked for (the client rewrites
+/// `Host` to the local target).
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// WebSocket close code (in the range for applications) of a session that a newer session of
 /// the same client took over: two processes share one client id. The older one stops instead of
