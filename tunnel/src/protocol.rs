@@ -1,9 +1,19 @@
 //! The wire protocol: every constant, header name, frame and message shared by client and server.
 //!
-//! A session is one WebSocket opened with an HTTP upgrade to [`CONNECT_PATH`]. The upgrade request
-//! carries the protocol version, the token and the wanted subdomain as headers; the server either
-//! refuses it with an HTTP error whose JSON body is a [`Refusal`], or answers `101 Switching
-//! Protocols` with the assigned name and public URL in [`HEADER_NAME`] / [`HEADER_URL`].
+//! A session is one WebSocket opened with an HTTP upgrade to [`CONNECT_PATH`] (the client builds
+//! it in [`crate::client`], the server checks it in its `connect` module). The upgrade request
+//! carries, besides the WebSocket headers:
+//! - [`HEADER_VERSION`]: [`PROTOCOL_VERSION`], which must match exactly;
+//! - `Authorization: Bearer TOKEN`, when the server has tokens;
+//! - [`HEADER_CLIENT_ID`]: a random id kept across reconnects;
+//! - [`HEADER_SUBDOMAIN`] (optional): the name wanted;
+//! - [`HEADER_BASIC_AUTH`], [`HEADER_ALLOW_IPS`] (optional): what visitors must present or where
+//!   they must come from.
+//!
+//! The server either refuses it with an HTTP error whose JSON body is a [`Refusal`], or answers
+//! `101 Switching Protocols` with the assigned name and public URL in [`HEADER_NAME`] /
+//! [`HEADER_URL`]. Pages the server or client writes itself carry a [`PageKind`] code in
+//! [`HEADER_ERROR`].
 //!
 //! After the upgrade every WebSocket binary message carries one or more whole frames of ggrok's
 //! multiplexer ([`crate::mux`]): a 10-byte header ([`FRAME_HEADER_LEN`]: type, flags, stream id,
