@@ -71,6 +71,8 @@ const listening = [
 // `__fake.fail.start`: the next start_tunnel is refused with this message.
 const fail = { start: null as string | null, replay: null as string | null };
 const params = new URLSearchParams(location.search);
+// `?no-listening`: nothing listens on this machine.
+if (params.has("no-listening")) listening.length = 0;
 let releaseServers: () => void = () => {};
 const serversLoaded = params.has("slow-servers")
   ? new Promise<void>((r) => (releaseServers = r))
