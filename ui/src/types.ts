@@ -118,8 +118,9 @@ export interface ApiError {
 export interface ListeningPort {
   port: number;
   loopback: boolean;
-  pid: number;
-  process: string;
+  /** Null when the process belongs to another user: the port is shown, its owner is not. */
+  pid: number | null;
+  process: string | null;
   exposed: boolean;
 }
 
