@@ -51,8 +51,10 @@ export interface AppInfo {
 }
 
 /** What "Test connection" found. */
+/** What "Test connection" found: how far it got (GET /healthz, then a session with the token). */
 export interface ServerCheck {
   ok: boolean;
+  outcome: "unreachable" | "not_ggrok" | "refused" | "connected";
   message: string;
 }
 

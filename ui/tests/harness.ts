@@ -184,9 +184,12 @@ async function backend(cmd: string, raw: unknown): Promise<unknown> {
       case "test_server": {
         const input = args.input as { url: string; token: string | null };
         if (input.url.includes(" ")) return reject("invalid", "bad server URL: invalid uri character", "url");
+        if (input.url.includes("example.org")) {
+          return { ok: false, outcome: "not_ggrok", message: `Something answers at ${input.url}, but it is not a ggrok server: GET /healthz gave 404 Not Found.` };
+        }
         return input.token === "right"
-          ? { ok: true, message: "Connected; the token was accepted." }
-          : { ok: false, message: "this server requires a token" };
+          ? { ok: true, outcome: "connected", message: "A ggrok server; the token was accepted." }
+          : { ok: false, outcome: "refused", message: "A ggrok server, but it refused the token: this server requires a token" };
       }
       case "list_listening": {
         const exposed = new Set(tunnels.map((t) => t.localPort));

@@ -308,6 +308,10 @@ test("settings: bad URL next to its field, Test connection, keyring text, remove
   await page.click(tid("server-save"));
   assert.equal(await page.locator(tid("server-row")).count(), 1, "not saved");
 
+  await page.fill(tid("server-url"), "https://www.example.org");
+  await page.click(tid("server-test"));
+  await page.waitForSelector(`${tid("test-result")}[data-outcome="not_ggrok"]`);
+  assert.match(await page.textContent(tid("test-result")), /not a ggrok server: GET \/healthz gave 404/);
   await page.fill(tid("server-url"), "https://tunnel.example.com");
   await page.fill(tid("server-token-input"), "wrong");
   await page.click(tid("server-test"));

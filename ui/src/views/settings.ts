@@ -114,6 +114,7 @@ function serverForm(edited: ServerView | null): HTMLElement {
       .testServer(input())
       .then((r) => {
         checkResult.className = `check-result ${r.ok ? "ok" : "bad"}`;
+        checkResult.dataset.outcome = r.outcome;
         checkResult.textContent = r.message;
       })
       .catch((e) => {
