@@ -4,8 +4,10 @@
 #
 #   bench/desktop.sh              # builds the release app (several minutes), then RUNS=5 cold starts (~20 s each)
 #   SKIP_BUILD=1 bench/desktop.sh # reuse /work/target-desktop/release/ggrok-desktop (or $CARGO_TARGET_DIR)
+#   SKIP_BUILD=1 APP_BIN=/usr/bin/ggrok-desktop bench/desktop.sh   # the installed package (.deb)
 #
-# Env: RUNS (default 5), SKIP_BUILD=1, IDLE_S (idle wait before measuring memory, default 10),
+# Env: RUNS (default 5), SKIP_BUILD=1, APP_BIN (the binary to measure), BENCH_TUNNEL (1, the default:
+#      one saved tunnel started on launch and checked online before memory is read; 0: none), IDLE_S (idle wait before measuring memory, default 10),
 #      POLL_MS (screenshot/window poll interval, default 50), TIMEOUT_S (per run, default 60),
 #      KEEP_FRAMES=1 (keep first-paint screenshots, app logs and raw JSON in /tmp/ggrok-desktop-bench.*).
 # Needs: xvfb-run (xvfb + xauth), dbus-run-session (dbus), xdotool, ImageMagick (/usr/bin/import,
@@ -17,7 +19,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(dirname "$here")
 RUNS=${RUNS:-5}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/work/target-desktop}
-export APP_BIN="$CARGO_TARGET_DIR/release/ggrok-desktop"
+export APP_BIN=${APP_BIN:-"$CARGO_TARGET_DIR/release/ggrok-desktop"}
 
 missing=()
 command -v xvfb-run >/dev/null || missing+=(xvfb)
@@ -103,6 +105,7 @@ echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC')"
 echo "- commit: $commit$dirty; binary $APP_BIN built $(date -u -r "$APP_BIN" '+%Y-%m-%d %H:%M UTC')"
 echo "- machine: nproc $(nproc), $cpu, $(uname -sr); $(dpkg-query -W -f '${Package} ${Version}' libwebkit2gtk-4.1-0 2>/dev/null || true)"
 echo "- load average (1/5/15 min) before: $load_before, after: $load_after"
+echo "- tunnels while idle: $([ "${BENCH_TUNNEL:-1}" = 1 ] && echo "one, on the built-in server, checked online" || echo none)"
 echo "- runs: $RUNS, each \`xvfb-run -a dbus-run-session\`, idle ${IDLE_S:-10} s, poll ${POLL_MS:-50} ms; took $(( $(date +%s) - started )) s"
 echo
 python3 "$here/desktop_probe.py" report "${results[@]}"

@@ -30,6 +30,8 @@ PIDFILE (env, optional) as "pid starttime" so desktop.sh can kill leftovers if t
 from __future__ import annotations
 
 import datetime
+import http.client
+import http.server
 import json
 import os
 import re
@@ -39,6 +41,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 CLK = os.sysconf("SC_CLK_TCK")
@@ -282,6 +285,35 @@ def ticks_of(pid: int | None) -> int:
     return st["cpu_ticks"] if st else 0
 
 
+class Origin(http.server.BaseHTTPRequestHandler):
+    """The bench tunnel's local service: 200 "ok", no log lines."""
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("content-length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, *args):
+        pass
+
+
+def tunnel_status(app_log: str):
+    """HTTP status of GET / through the bench tunnel, via the embedded server the app logged."""
+    with open(app_log, "rb") as f:
+        m = re.search(rb"url=http://localhost:(\d+)", f.read())
+    if not m:
+        return None
+    conn = http.client.HTTPConnection("127.0.0.1", int(m.group(1)), timeout=5)
+    try:
+        conn.request("GET", "/", headers={"Host": f"bench.localhost:{int(m.group(1))}"})
+        return conn.getresponse().status
+    except OSError:
+        return None
+    finally:
+        conn.close()
+
+
 def run_once(out_path: str) -> int:
     app_bin = os.environ["APP_BIN"]
     frames = os.environ.get("FRAMES_DIR")
@@ -298,6 +330,16 @@ def run_once(out_path: str) -> int:
     })
     for k in ("GGROK_CONFIG_DIR", "XDG_CONFIG_HOME", "XDG_CACHE_HOME", "XDG_DATA_HOME"):
         os.makedirs(env[k])
+    # One tunnel online while idle (BENCH_TUNNEL=0: none): a saved tunnel on the built-in server,
+    # started on launch, to a local origin served from this process.
+    origin = None
+    if os.environ.get("BENCH_TUNNEL", "1") == "1":
+        origin = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Origin)
+        threading.Thread(target=origin.serve_forever, daemon=True).start()
+        with open(os.path.join(env["GGROK_CONFIG_DIR"], "config.json"), "w") as f:
+            json.dump({"version": 1, "servers": [], "tunnels": [{
+                "id": "bench", "server_id": "local", "subdomain": "bench", "local_host": "127.0.0.1",
+                "local_port": origin.server_address[1], "start_on_launch": True}], "settings": {}}, f)
     app = App()
     res: dict = {"display": os.environ.get("DISPLAY")}
     xvfb = xvfb_pid()
@@ -392,6 +434,10 @@ def run_once(out_path: str) -> int:
         time.sleep(IDLE_S)
         if app.proc.poll() is not None:
             raise RuntimeError(f"app exited with {app.proc.returncode} while idle")
+        if origin is not None:
+            res["tunnel_status"] = tunnel_status(os.path.join(scratch, "app.log"))
+            if res["tunnel_status"] != 200:
+                raise RuntimeError(f"the tunnel is not online: GET through it gave {res['tunnel_status']}")
         procs = tree(pid)
         app.note(procs)
         rss = pss = 0
@@ -436,6 +482,8 @@ def run_once(out_path: str) -> int:
     finally:
         app.stop()
         applog.close()
+        if origin is not None:
+            origin.shutdown()
         if frames:
             shutil.copy(os.path.join(scratch, "app.log"), os.path.join(frames, "app.log"))
         shutil.rmtree(scratch, ignore_errors=True)

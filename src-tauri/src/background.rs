@@ -239,13 +239,14 @@ pub fn spawn_notifier<R: Runtime>(app: &AppHandle<R>, state: Arc<AppState>) {
             };
             let notes: Vec<Note> = tokio::select! {
                 ev = events.recv() => match ev {
-                    Ok(Event::Status { tunnel_id, state: st }) => {
-                        let label = state
-                            .tunnel(&tunnel_id)
-                            .map(|t| t.label())
-                            .unwrap_or_else(|_| tunnel_id.clone());
-                        rules.status(&tunnel_id, &label, &st.status, Instant::now()).into_iter().collect()
-                    }
+                    Ok(Event::Status { tunnel_id, state: st }) => match state.tunnel(&tunnel_id) {
+                        Ok(t) => rules.status(&tunnel_id, &t.label(), &st.status, Instant::now()).into_iter().collect(),
+                        // Deleted: nothing to say about it, and nothing to keep for it.
+                        Err(_) => {
+                            rules.forget(&tunnel_id);
+                            continue;
+                        }
+                    },
                     Ok(Event::Traffic { .. }) | Err(RecvError::Lagged(_)) => continue,
                     Err(RecvError::Closed) => break,
                 },

@@ -10,7 +10,8 @@ use tauri_plugin_clipboard_manager::ClipboardExt;
 use crate::{
     error::Error,
     listening::ListeningPort,
-    state::{AppInfo, AppState, ServerCheck, ServerInput, ServerView, TunnelInput, TunnelView},
+    server_check::ServerCheck,
+    state::{AppInfo, AppState, ServerInput, ServerView, TunnelInput, TunnelView},
     tunnels::{Detail, Summary},
 };
 

@@ -12,21 +12,26 @@
 //! - [`tray`]: the tray menu and icon.
 //! - [`embedded`]: the in-process server.
 //! - [`listening`]: the TCP ports local services listen on, for the port picker.
+//! - [`server_check`]: Settings' "Test connection" (`/healthz`, then the token).
 //! - [`background`]: start at login, notifications, the log file, window geometry, and their
 //!   settings; [`notify`]: when a tunnel's status deserves a notification.
+//!
+//! Only what the integration tests in `tests/` drive is public (`background`, `embedded`,
+//! `secrets`, `state`, `store`, `tunnels`); the rest is the app's own.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod background;
-pub mod commands;
+mod commands;
 pub mod embedded;
-pub mod error;
-pub mod listening;
-pub mod notify;
+mod error;
+mod listening;
+mod notify;
 pub mod secrets;
+mod server_check;
 pub mod state;
 pub mod store;
-pub mod tray;
+mod tray;
 pub mod tunnels;
 
 #[cfg(test)]
@@ -53,33 +58,35 @@ pub const EVENT_CHANGED: &str = "tunnels-changed";
 /// Label of the main window.
 pub const MAIN_WINDOW: &str = "main";
 
-/// Registers the app's state and commands on `builder`. `run` passes the real builder, tests
-/// pass `tauri::test::mock_builder()`.
+/// Registers the app's state and commands on `builder`; tests pass
+/// `tauri::test::mock_builder()`. (`run` manages the state in its setup instead.)
 pub fn builder<R: Runtime>(builder: Builder<R>, state: Arc<AppState>) -> Builder<R> {
-    builder
-        .manage(state)
-        .invoke_handler(tauri::generate_handler![
-            commands::app_info,
-            commands::list_tunnels,
-            commands::expose,
-            commands::update_tunnel,
-            commands::delete_tunnel,
-            commands::start_tunnel,
-            commands::stop_tunnel,
-            commands::list_traffic,
-            commands::get_exchange,
-            commands::replay,
-            commands::list_servers,
-            commands::save_server,
-            commands::test_server,
-            commands::list_listening,
-            commands::delete_server,
-            commands::copy_url,
-            commands::open_url,
-            background::background_settings,
-            background::save_background_settings,
-            background::open_log_folder,
-        ])
+    with_commands(builder.manage(state))
+}
+
+fn with_commands<R: Runtime>(builder: Builder<R>) -> Builder<R> {
+    builder.invoke_handler(tauri::generate_handler![
+        commands::app_info,
+        commands::list_tunnels,
+        commands::expose,
+        commands::update_tunnel,
+        commands::delete_tunnel,
+        commands::start_tunnel,
+        commands::stop_tunnel,
+        commands::list_traffic,
+        commands::get_exchange,
+        commands::replay,
+        commands::list_servers,
+        commands::save_server,
+        commands::test_server,
+        commands::list_listening,
+        commands::delete_server,
+        commands::copy_url,
+        commands::open_url,
+        background::background_settings,
+        background::save_background_settings,
+        background::open_log_folder,
+    ])
 }
 
 /// Forwards manager events and saved-data changes to the window and keeps the tray in step.
@@ -192,17 +199,23 @@ async fn boot() -> std::io::Result<(Arc<AppState>, EmbeddedServer)> {
 
 /// Runs the desktop app.
 pub fn run() {
-    let (state, server) = tauri::async_runtime::block_on(boot()).expect("start embedded server");
-    let app = builder(Builder::default(), state.clone())
-        // First plugin, so a second launch exits before doing anything else.
+    let app = with_commands(Builder::default())
+        // First plugin: a second launch hands over to the running app and exits in its setup.
+        // The embedded server, settings and keyring come after, in our setup, so a second
+        // launch never starts them: it once died by a signal at that exit, with the server's
+        // runtime threads busy in it.
         .plugin(tauri_plugin_single_instance::init(|app, _args, _cwd| {
             show_main(app)
         }))
         .plugin(tauri_plugin_clipboard_manager::init());
-    let hidden = background::started_hidden() || state.settings().start_hidden;
     let app = background::plugins(app)
-        .manage(server)
         .setup(move |app| {
+            // IPC is served by the event loop, which starts after this: no command runs
+            // before the state is managed.
+            let (state, server) = tauri::async_runtime::block_on(boot())?;
+            let hidden = background::started_hidden() || state.settings().start_hidden;
+            app.manage(state.clone());
+            app.manage(server);
             let handle = app.handle().clone();
             // Logged here: the logger exists only once the log plugin is set up.
             let server = app.state::<EmbeddedServer>();

@@ -15,6 +15,7 @@ use crate::{
     error::Error,
     listening::{listening, ListeningPort},
     secrets::{Secrets, Storage},
+    server_check::{self, ServerCheck},
     store::{new_id, SavedServer, SavedTunnel, Settings, Store, BUILTIN_SERVER_ID},
     tunnels::{Detail, Manager, Spec, Summary, TRAFFIC_CAP},
 };
@@ -80,11 +81,11 @@ impl TunnelView {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ServerView {
-    /// Id.
+    /// Stable id; tunnels refer to it, and the keyring keeps its token under it.
     pub id: String,
-    /// Label.
+    /// The user's label for it, e.g. "work".
     pub name: String,
-    /// URL.
+    /// Scheme and host (and port), without a trailing slash.
     pub url: String,
     /// Whether this is the in-process server (not editable).
     pub builtin: bool,
@@ -148,27 +149,14 @@ pub struct ServerInput {
     /// Existing id to edit, none to add.
     #[serde(default)]
     pub id: Option<String>,
-    /// Label.
+    /// The user's label for it.
     pub name: String,
-    /// URL.
+    /// As typed; trimmed and checked (scheme and host only) on save.
     pub url: String,
     /// `None` keeps the current token, `""` removes it, anything else replaces it.
     #[serde(default)]
     pub token: Option<String>,
 }
-
-/// What "Test connection" found.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ServerCheck {
-    /// Whether a session opened with the token.
-    pub ok: bool,
-    /// A sentence for the form.
-    pub message: String,
-}
-
-/// How long "Test connection" waits for the server.
-pub const TEST_WAIT: Duration = Duration::from_secs(10);
 
 /// The app's state.
 pub struct AppState {
@@ -664,8 +652,8 @@ impl AppState {
             .ok_or_else(|| Error::NotFound(format!("server {id}")))
     }
 
-    /// Opens one session to the server in `input` with its token (the typed one, else the saved
-    /// one) and closes it again: proves the URL, that a ggrok server answers there, and the token.
+    /// "Test connection": the server's health endpoint, then its answer to the token (the typed
+    /// one, else the saved one); see [`server_check`](crate::server_check).
     pub async fn test_server(&self, input: ServerInput) -> Result<ServerCheck, Error> {
         let url = input.url.trim().trim_end_matches('/').to_owned();
         let mut config = TunnelConfig::new(url, 9);
@@ -681,43 +669,7 @@ impl AppState {
                 .and_then(|id| self.secrets.get(id))
                 .map(|(s, _)| s),
         };
-        let has_token = config.token.is_some();
-        config.ring_size = 0;
-        let tunnel = ggrok_tunnel::Tunnel::start(config)
-            .map_err(|e| Error::invalid("url", e.to_string()))?;
-        let mut status = tunnel.status();
-        let outcome = tokio::time::timeout(TEST_WAIT, async {
-            loop {
-                let now = status.borrow_and_update().clone();
-                match now {
-                    Status::Connecting => {}
-                    s => return s,
-                }
-                if status.changed().await.is_err() {
-                    return Status::Stopped;
-                }
-            }
-        })
-        .await;
-        tunnel.stop().await;
-        let (ok, message) = match outcome {
-            Ok(Status::Online { .. }) if has_token => {
-                (true, "Connected; the token was accepted.".to_owned())
-            }
-            Ok(Status::Online { .. }) => {
-                (true, "Connected; this server needs no token.".to_owned())
-            }
-            Ok(Status::Failed { message, .. }) => (false, message),
-            Ok(Status::Reconnecting { reason, .. }) => {
-                (false, format!("Cannot reach the server: {reason}"))
-            }
-            Ok(_) => (false, "The test was stopped.".to_owned()),
-            Err(_) => (
-                false,
-                format!("No answer within {} s.", TEST_WAIT.as_secs()),
-            ),
-        };
-        Ok(ServerCheck { ok, message })
+        Ok(server_check::check(config).await)
     }
 
     /// Ports listening on this machine, ggrok's own left out, those saved tunnels use marked.
@@ -762,6 +714,7 @@ impl AppState {
 mod tests {
     use super::*;
     use crate::{
+        server_check::Outcome,
         store::FILE_NAME,
         test_support::{get, get_with, Origin, TestServer},
     };
@@ -1150,17 +1103,23 @@ mod tests {
             ok,
             ServerCheck {
                 ok: true,
-                message: "Connected; the token was accepted.".into()
+                outcome: Outcome::Connected,
+                message: "A ggrok server; the token was accepted.".into()
             }
         );
         let bad = s
             .test_server(check(url.clone(), Some("wrong")))
             .await
             .unwrap();
-        assert!(!bad.ok);
-        assert!(bad.message.contains("token"), "{}", bad.message);
+        assert_eq!(bad.outcome, Outcome::Refused, "{bad:?}");
+        assert!(
+            bad.message
+                .starts_with("A ggrok server, but it refused the token"),
+            "{}",
+            bad.message
+        );
         let none = s.test_server(check(url, None)).await.unwrap();
-        assert!(!none.ok, "{none:?}");
+        assert_eq!(none.outcome, Outcome::Refused, "{none:?}");
         // The saved token is used when none is typed.
         let saved = s
             .save_server(check(
@@ -1180,7 +1139,7 @@ mod tests {
             .test_server(check(server.url.clone(), None))
             .await
             .unwrap();
-        assert_eq!(open.message, "Connected; this server needs no token.");
+        assert_eq!(open.message, "A ggrok server; it needs no token.");
         let _ = stop.send(());
 
         // Nothing listening: said so, without waiting for the full timeout.
@@ -1193,12 +1152,60 @@ mod tests {
             .test_server(check(format!("http://127.0.0.1:{dead}"), None))
             .await
             .unwrap();
-        assert!(!down.ok);
+        assert_eq!(down.outcome, Outcome::Unreachable);
         assert!(
             down.message.starts_with("Cannot reach the server"),
             "{}",
             down.message
         );
+
+        // Something else answers: reachability is asked of /healthz, and a web server that
+        // has none, or a service that does not speak HTTP, is not a ggrok server.
+        for (answer, said) in [
+            (
+                &b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n"[..],
+                "GET /healthz gave 404 Not Found",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello",
+                "GET /healthz gave 200 OK with another body",
+            ),
+            (
+                b"SSH-2.0-OpenSSH_9.2\r\n",
+                "GET /healthz gave no HTTP answer",
+            ),
+        ] {
+            let (url, asked) = one_answer(answer).await;
+            let other = s.test_server(check(url.clone(), None)).await.unwrap();
+            assert_eq!(other.outcome, Outcome::NotGgrok, "{other:?}");
+            assert!(
+                other.message.starts_with(&format!(
+                    "Something answers at {url}, but it is not a ggrok server: {said}"
+                )),
+                "{}",
+                other.message
+            );
+            assert_eq!(asked.await.unwrap(), "GET /healthz HTTP/1.1");
+        }
+    }
+
+    /// A server on loopback that answers one connection with `answer`; its URL, and the request
+    /// line it was sent.
+    async fn one_answer(answer: &'static [u8]) -> (String, tokio::sync::oneshot::Receiver<String>) {
+        use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let (conn, _) = listener.accept().await.unwrap();
+            let mut conn = tokio::io::BufReader::new(conn);
+            let mut line = String::new();
+            conn.read_line(&mut line).await.unwrap();
+            let _ = tx.send(line.trim_end().to_owned());
+            conn.get_mut().write_all(answer).await.unwrap();
+            conn.get_mut().shutdown().await.unwrap();
+        });
+        (url, rx)
     }
 
     #[tokio::test]

@@ -71,7 +71,7 @@ fn default_host() -> String {
 /// App-wide settings.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Settings {
-    /// Start with the window hidden (tray only).
+    /// Start with the window hidden, in the tray only.
     #[serde(default)]
     pub start_hidden: bool,
     /// No desktop notifications (they are on unless turned off).
@@ -93,7 +93,7 @@ pub struct Data {
     /// Saved tunnels, in the order shown.
     #[serde(default)]
     pub tunnels: Vec<SavedTunnel>,
-    /// Settings.
+    /// App-wide settings (see [`Settings`]).
     #[serde(default)]
     pub settings: Settings,
 }

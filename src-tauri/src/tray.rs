@@ -30,27 +30,21 @@ const ICON_OFFLINE: &[u8] = include_bytes!("../../icons/tray-offline.png");
 /// One line of the menu.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Entry {
-    /// Check item for a saved tunnel.
+    /// A saved tunnel's check item, checked while it runs.
     Toggle {
-        /// Menu id.
         id: String,
-        /// Label.
         text: String,
-        /// Running?
         checked: bool,
     },
-    /// Copy the URL of an online tunnel.
+    /// "Copy URL" of an online tunnel.
     Copy {
-        /// Menu id.
         id: String,
-        /// Label.
         text: String,
     },
-    /// Separator.
     Separator,
-    /// Open ggrok.
+    /// Shows the window.
     Open,
-    /// Quit.
+    /// Stops the tunnels and exits.
     Quit,
 }
 
@@ -61,9 +55,7 @@ pub enum Action {
     Toggle(String),
     /// Copy a tunnel's URL.
     Copy(String),
-    /// Show the window.
     Open,
-    /// Quit.
     Quit,
 }
 

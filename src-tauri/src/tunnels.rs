@@ -77,17 +77,17 @@ impl Default for TunnelState {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Summary {
-    /// Exchange id.
+    /// Exchange id, unique within its tunnel across restarts of the tunnel.
     pub id: u64,
-    /// Unix ms.
+    /// When the request arrived, in Unix milliseconds.
     pub started_ms: u64,
-    /// Method.
+    /// As the request line had it.
     pub method: String,
     /// Path and query, as received.
     pub path: String,
     /// Response status, if any.
     pub status: Option<u16>,
-    /// Milliseconds.
+    /// How long the exchange took, in milliseconds.
     pub duration_ms: u64,
     /// Response body bytes.
     pub size: u64,

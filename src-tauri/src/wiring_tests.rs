@@ -146,3 +146,16 @@ fn commands_drive_a_real_tunnel() {
     let all = invoke(&w, "list_servers", json!({})).unwrap().to_string();
     assert!(!all.contains("abcdefghijklmnop"));
 }
+
+/// The UI is dark only; the window asks GTK for its dark variant too, or WebKitGTK draws native
+/// parts (the open list of a `<select>`, scrollbars) light on the dark page.
+#[test]
+fn the_window_asks_for_the_dark_theme() {
+    let conf: Value = serde_json::from_str(include_str!("../tauri.conf.json")).unwrap();
+    let windows = conf["app"]["windows"].as_array().unwrap();
+    let main = windows
+        .iter()
+        .find(|w| w["label"] == crate::MAIN_WINDOW)
+        .expect("main window in tauri.conf.json");
+    assert_eq!(main["theme"], "Dark");
+}

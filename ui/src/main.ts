@@ -1,14 +1,20 @@
 // Entry: lays out the window and connects views to the store.
 import "./style.css";
-import { dismissError, dismissWarning, reportError, setScreen, start, subscribe, ui } from "./store";
-import { h, replace } from "./util/dom";
 import {
-  mountExpose,
-  openExposeForm,
-  refreshListeningChoices,
-  refreshResult,
-  refreshServerChoices,
-} from "./views/expose";
+  dismissError,
+  dismissWarning,
+  loadBackground,
+  openExpose,
+  reportError,
+  setScreen,
+  start,
+  subscribe,
+  type Topic,
+  ui,
+} from "./store";
+import { h, replace } from "./util/dom";
+import { renderBackground } from "./views/background";
+import { mountExpose, renderExpose } from "./views/expose";
 import { renderSettings } from "./views/settings";
 import { mountTraffic, renderDetail, renderTraffic, renderTrafficHead } from "./views/traffic";
 import { renderTunnels } from "./views/tunnels";
@@ -17,7 +23,9 @@ const app = document.getElementById("app")!;
 const warnings = h("div", { class: "warnings", "data-testid": "warnings" });
 const list = h("section", { class: "tunnels", "data-testid": "tunnels" });
 const trafficRoot = h("section", { class: "traffic-root" });
-const settings = h("section", { class: "settings", "data-testid": "settings", hidden: true });
+const servers = h("div", {});
+const background = h("section", { class: "card form", "data-testid": "background" });
+const settings = h("section", { class: "settings", "data-testid": "settings", hidden: true }, servers, background);
 const modal = h("div", { class: "modal", hidden: true });
 const main = h("main", {}, list, trafficRoot);
 const builtin = h("span", { class: "muted", "data-testid": "builtin-url" });
@@ -35,7 +43,7 @@ replace(
     h("h1", {}, "ggrok"),
     builtin,
     h("span", { class: "spacer" }),
-    h("button", { class: "primary", "data-testid": "expose", onclick: () => openExposeForm() }, "Expose port"),
+    h("button", { class: "primary", "data-testid": "expose", onclick: () => openExpose() }, "Expose port"),
     settingsBtn,
   ),
   warnings,
@@ -51,7 +59,10 @@ function renderScreen(): void {
   settings.hidden = !show;
   main.hidden = show;
   settingsBtn.textContent = show ? "Tunnels" : "Settings";
-  if (show) renderSettings(settings);
+  if (show) {
+    renderSettings(servers);
+    loadBackground().catch(reportError);
+  }
 }
 
 function renderBanners(): void {
@@ -76,21 +87,16 @@ subscribe((what) => {
   if (what.has("tunnels")) {
     renderTunnels(list);
     renderTrafficHead(traffic.head);
-    refreshResult();
   }
-  if (what.has("traffic")) renderTraffic(traffic.table);
+  if (what.has("traffic")) renderTraffic(traffic);
   if (what.has("detail")) renderDetail(traffic.detail);
-  if (what.has("servers")) {
-    refreshServerChoices();
-    if (ui.screen === "settings") renderSettings(settings);
-  }
+  if (what.has("servers") && ui.screen === "settings") renderSettings(servers);
+  if (what.has("background")) renderBackground(background);
   if (what.has("errors")) renderBanners();
-  if (what.has("listening")) {
-    refreshListeningChoices();
-    if (ui.tunnels.length === 0) renderTunnels(list);
-  }
+  if (what.has("listening") && ui.tunnels.length === 0) renderTunnels(list);
+  if (["expose", "servers", "listening", "tunnels"].some((t) => what.has(t as Topic))) renderExpose(modal);
 });
 renderTunnels(list);
-renderTraffic(traffic.table);
+renderTraffic(traffic);
 renderDetail(traffic.detail);
 start().catch(reportError);

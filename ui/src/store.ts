@@ -2,7 +2,17 @@
 // functions here, and re-render when `subscribe` tells them what changed. Notifications are
 // batched per animation frame, so a burst of requests costs one render, not one per event.
 import * as api from "./api";
-import type { AppInfo, Detail, ListeningPort, ServerView, Status, Summary, TunnelView } from "./types";
+import type {
+  AppInfo,
+  BackgroundInput,
+  BackgroundSettings,
+  Detail,
+  ListeningPort,
+  ServerView,
+  Status,
+  Summary,
+  TunnelView,
+} from "./types";
 import { pushRow } from "./util/format";
 
 /** A banner: an error that has no field or card to sit next to. */
@@ -36,9 +46,33 @@ export const ui = {
   listening: [] as ListeningPort[],
   /** Which screen the main area shows. */
   screen: "tunnels" as "tunnels" | "settings",
+  /** The Expose form while it is open (see `openExpose`). */
+  exposeForm: null as ExposeForm | null,
+  /** The tunnel whose QR code is shown, if any. */
+  qrFor: null as string | null,
+  /** Settings > "In the background", once loaded. */
+  background: null as BackgroundSettings | null,
 };
 
-export type Topic = "tunnels" | "traffic" | "detail" | "servers" | "errors" | "screen" | "listening";
+/** The open Expose form: a new tunnel, or `editing` a saved one. */
+export interface ExposeForm {
+  /** Counts openings, so a view can tell a newly opened form from the one it built. */
+  serial: number;
+  editing: TunnelView | null;
+  /** The tunnel this form started; the form then shows its URL and cannot start another. */
+  started: string | null;
+}
+
+export type Topic =
+  | "tunnels"
+  | "traffic"
+  | "detail"
+  | "servers"
+  | "errors"
+  | "screen"
+  | "listening"
+  | "expose"
+  | "background";
 type Listener = (what: Set<Topic>) => void;
 const listeners: Listener[] = [];
 const pending = new Set<Topic>();
@@ -108,6 +142,48 @@ export function setScreen(screen: typeof ui.screen): void {
 export function setServerForm(patch: { editingServer?: string | null; confirmingServer?: string | null }): void {
   Object.assign(ui, patch);
   changed("servers");
+}
+
+let exposeSerial = 0;
+
+/** Opens the Expose form, empty or for editing a saved tunnel; its port picker refreshes while open. */
+export function openExpose(editing?: TunnelView): void {
+  ui.exposeForm = { serial: ++exposeSerial, editing: editing ?? null, started: null };
+  watchListening("expose-form", !editing);
+  changed("expose");
+}
+
+export function closeExpose(): void {
+  if (!ui.exposeForm) return;
+  // A QR code opened in the form's result goes with the form.
+  if (ui.exposeForm.started !== null && ui.qrFor === ui.exposeForm.started) ui.qrFor = null;
+  ui.exposeForm = null;
+  watchListening("expose-form", false);
+  changed("expose", "tunnels");
+}
+
+/** The open form started tunnel `id`: it now shows that tunnel's URL and no picker. */
+export function exposeStarted(id: string): void {
+  if (!ui.exposeForm) return;
+  ui.exposeForm.started = id;
+  watchListening("expose-form", false);
+  changed("expose");
+}
+
+/** Shows the QR code of tunnel `id`'s URL, or hides it if it shows. */
+export function toggleQr(id: string): void {
+  ui.qrFor = ui.qrFor === id ? null : id;
+  changed("tunnels", "expose");
+}
+
+export async function loadBackground(): Promise<void> {
+  ui.background = await api.backgroundSettings();
+  changed("background");
+}
+
+export async function saveBackground(input: BackgroundInput): Promise<void> {
+  ui.background = await api.saveBackgroundSettings(input);
+  changed("background");
 }
 
 export function setFilter(q: string): void {
@@ -236,6 +312,7 @@ export async function removeTunnel(id: string): Promise<void> {
   await api.deleteTunnel(id);
   ui.confirming.delete(id);
   ui.cardErrors.delete(id);
+  if (ui.qrFor === id) ui.qrFor = null;
   ui.tunnels = ui.tunnels.filter((x) => x.id !== id);
   ui.traffic.delete(id);
   if (ui.selected === id) {

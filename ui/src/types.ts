@@ -51,8 +51,10 @@ export interface AppInfo {
 }
 
 /** What "Test connection" found. */
+/** What "Test connection" found: how far it got (GET /healthz, then a session with the token). */
 export interface ServerCheck {
   ok: boolean;
+  outcome: "unreachable" | "not_ggrok" | "refused" | "connected";
   message: string;
 }
 
@@ -118,8 +120,9 @@ export interface ApiError {
 export interface ListeningPort {
   port: number;
   loopback: boolean;
-  pid: number;
-  process: string;
+  /** Null when the process belongs to another user: the port is shown, its owner is not. */
+  pid: number | null;
+  process: string | null;
   exposed: boolean;
 }
 

@@ -7,7 +7,8 @@
 // Screenshots go to docs/screenshots/.
 //
 // Run inside a display: `xvfb-run -a node ui/tests/e2e.mjs` (see scripts/test.sh).
-// Env: GGROK_APP (binary; default target/debug/ggrok-desktop), TAURI_DRIVER (default tauri-driver).
+// Env: GGROK_APP (binary; default target/debug/ggrok-desktop), TAURI_DRIVER (default tauri-driver),
+// E2E_SECOND_LAUNCHES (how many times the second-launch check runs; default 3).
 // A small WebDriver client over fetch: no extra npm dependencies.
 import assert from "node:assert/strict";
 import { execFile, spawn } from "node:child_process";
@@ -108,6 +109,12 @@ class Tray {
     this.proc.stdin.write(JSON.stringify({ click: item.id }) + "\n");
     await this.next("tray click", (m) => m.clicked === item.id);
   }
+  /** Clicks the menu item labelled `label`. */
+  async click(label) {
+    const item = await until(`tray item ${label}`, async () => (await this.menu()).find((i) => i.label === label));
+    this.proc.stdin.write(JSON.stringify({ click: item.id }) + "\n");
+    await this.next("tray click", (m) => m.clicked === item.id);
+  }
   stop() {
     this.proc.kill();
   }
@@ -138,8 +145,12 @@ class Driver {
   s(path, method = "GET", body) {
     return this.cmd(method, `${this.sid}${path}`, body);
   }
+  /** The first element with this test id, waited for: views render at the next animation frame. */
   async find(testid) {
-    const v = await this.s("/element", "POST", { using: "css selector", value: `[data-testid="${testid}"]` });
+    return this.findCss(`[data-testid="${testid}"]`);
+  }
+  async findCss(css) {
+    const v = await until(css, () => this.s("/element", "POST", { using: "css selector", value: css }));
     return Object.values(v)[0];
   }
   async all(testid) {
@@ -195,7 +206,16 @@ async function main() {
   const originPort = origin.address().port;
 
   const [port, nativePort] = [await freePort(), await freePort()];
-  const appEnv = { ...process.env, GGROK_CONFIG_DIR: configDir, GGROK_NO_KEYRING: "1", GGROK_SERVER_PORT: "0" };
+  // HOME too: the window-state and log files live under it, and a test must not touch the user's.
+  const appEnv = {
+    ...process.env,
+    GGROK_CONFIG_DIR: configDir,
+    GGROK_NO_KEYRING: "1",
+    GGROK_SERVER_PORT: "0",
+    HOME: configDir,
+    XDG_CONFIG_HOME: join(configDir, ".config"),
+    XDG_DATA_HOME: join(configDir, ".local", "share"),
+  };
   const driverProc = spawn(
     process.env.TAURI_DRIVER ?? "tauri-driver",
     ["--port", String(port), "--native-port", String(nativePort)],
@@ -222,16 +242,30 @@ async function main() {
 
     // Expose through the form.
     await driver.click(await driver.find("expose"));
+    // "Listening on this machine" lists the origin (this node process).
+    const pick = `[data-testid="pick-port"][data-port="${originPort}"]`;
+    await driver.findCss(pick);
+    await driver.shot("port-picker.png");
     await driver.type(await driver.find("port"), "99999");
     await driver.waitText("port-error", (t) => t.includes("between 1 and 65535"));
     await driver.js("document.querySelector('[data-testid=port]').value = ''");
-    await driver.type(await driver.find("port"), String(originPort));
+    // A click in the picker fills the port.
+    await driver.click(await driver.findCss(pick));
+    assert.equal(await driver.js("return document.querySelector('[data-testid=port]').value"), String(originPort));
     await driver.type(await driver.find("subdomain"), "e2e-demo");
     await driver.click(await driver.find("submit"));
     const url = await driver.waitText("result-url", (t) => t.startsWith("http"));
     assert.equal(url, `http://e2e-demo.localhost:${serverPort}`);
     await driver.shot("expose-form.png");
+    await driver.click(await driver.findCss(`[data-testid="expose-result"] [data-testid="qr-toggle"]`));
+    await driver.waitText("qr", (t) => t.includes(url));
     await driver.click(await driver.find("cancel"));
+    await until("form closed", () => driver.js("return !document.querySelector('[data-testid=expose-form]')"));
+    // The card's QR code, beside Copy.
+    await driver.click(await driver.find("qr-toggle"));
+    await driver.waitText("qr", (t) => t.includes(url));
+    await driver.shot("qr-code.png");
+    await driver.click(await driver.find("qr-toggle"));
 
     // Fetch through the public URL; the row appears.
     const xssPath = "/<img src=x onerror=alert(1)>";
@@ -295,12 +329,37 @@ async function main() {
     await tray.toggle("e2e-demo", 0);
     await until("tunnel started from the tray", async () => (await status()) === 200);
 
-    // Launching the app again shows the running one's window; the second process exits.
-    const second = spawn(APP, [], { env: appEnv, stdio: "ignore" });
-    const code = await new Promise((r) => second.on("exit", (c) => r(c)));
-    assert.equal(code, 0, "a second launch hands over to the running app and exits");
-    await until("window shown again", async () => (await visibleWindows()).length === 1);
+    // Launching the app again shows the running one's window; the second process exits, every
+    // time (it once died by a signal: see the comment on the single-instance plugin in lib.rs).
+    const launches = Number(process.env.E2E_SECOND_LAUNCHES ?? 3);
+    for (let i = 0; i < launches; i++) {
+      const second = spawn(APP, [], { env: appEnv, stdio: ["ignore", "ignore", "pipe"] });
+      let err = "";
+      second.stderr.on("data", (c) => (err += c));
+      const [code, signal] = await new Promise((r) => second.on("exit", (c, sig) => r([c, sig])));
+      assert.deepEqual({ code, signal }, { code: 0, signal: null }, `second launch ${i + 1} of ${launches}: ${err}`);
+      await until("window shown again", async () => (await visibleWindows()).length === 1);
+    }
     await driver.waitText("tunnel-status", (t) => t === "online");
+
+    // Size and position survive Quit and a new start (tauri-plugin-window-state saves on exit).
+    const wanted = { x: 60, y: 40, width: 900, height: 620 };
+    await driver.s("/window/rect", "POST", wanted);
+    const before = await until("window moved and resized", async () => {
+      const r = await driver.s("/window/rect");
+      return r.width === wanted.width && r.height === wanted.height ? r : null;
+    });
+    await tray.click("Quit");
+    await until("app gone", async () => (await visibleWindows()).length === 0 && !(await get(serverPort, "localhost", "/healthz").then(() => true, () => false)));
+    await driver.quit();
+    await driver.start(APP);
+    await driver.waitText("tunnel-status", (t) => t.length > 0);
+    const after = await driver.s("/window/rect");
+    assert.deepEqual(
+      { x: after.x, y: after.y, width: after.width, height: after.height },
+      { x: before.x, y: before.y, width: before.width, height: before.height },
+      "window geometry restored",
+    );
     console.log("e2e: ok");
   } catch (e) {
     await driver.shot("../../target/e2e-failure.png").catch(() => {});

@@ -71,6 +71,8 @@ const listening = [
 // `__fake.fail.start`: the next start_tunnel is refused with this message.
 const fail = { start: null as string | null, replay: null as string | null };
 const params = new URLSearchParams(location.search);
+// `?no-listening`: nothing listens on this machine.
+if (params.has("no-listening")) listening.length = 0;
 let releaseServers: () => void = () => {};
 const serversLoaded = params.has("slow-servers")
   ? new Promise<void>((r) => (releaseServers = r))
@@ -182,9 +184,12 @@ async function backend(cmd: string, raw: unknown): Promise<unknown> {
       case "test_server": {
         const input = args.input as { url: string; token: string | null };
         if (input.url.includes(" ")) return reject("invalid", "bad server URL: invalid uri character", "url");
+        if (input.url.includes("example.org")) {
+          return { ok: false, outcome: "not_ggrok", message: `Something answers at ${input.url}, but it is not a ggrok server: GET /healthz gave 404 Not Found.` };
+        }
         return input.token === "right"
-          ? { ok: true, message: "Connected; the token was accepted." }
-          : { ok: false, message: "this server requires a token" };
+          ? { ok: true, outcome: "connected", message: "A ggrok server; the token was accepted." }
+          : { ok: false, outcome: "refused", message: "A ggrok server, but it refused the token: this server requires a token" };
       }
       case "list_listening": {
         const exposed = new Set(tunnels.map((t) => t.localPort));

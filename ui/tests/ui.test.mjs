@@ -308,6 +308,10 @@ test("settings: bad URL next to its field, Test connection, keyring text, remove
   await page.click(tid("server-save"));
   assert.equal(await page.locator(tid("server-row")).count(), 1, "not saved");
 
+  await page.fill(tid("server-url"), "https://www.example.org");
+  await page.click(tid("server-test"));
+  await page.waitForSelector(`${tid("test-result")}[data-outcome="not_ggrok"]`);
+  assert.match(await page.textContent(tid("test-result")), /not a ggrok server: GET \/healthz gave 404/);
   await page.fill(tid("server-url"), "https://tunnel.example.com");
   await page.fill(tid("server-token-input"), "wrong");
   await page.click(tid("server-test"));
@@ -496,6 +500,72 @@ test("the empty state lists local ports with Expose: two clicks to a public URL 
   assert.equal(input.serverId, "local");
   assert.equal(await calls("copy_url"), 1);
   assert.equal(await page.locator(tid("listening-empty")).count(), 0);
+});
+
+test("a port of another user's process is listed without a name", async () => {
+  await page.evaluate(() => window.__fake.listening.unshift({ port: 6379, loopback: true, pid: null, process: null, exposed: false }));
+  const quick = `${tid("quick-expose")}[data-port="6379"]`;
+  await page.waitForSelector(quick, { timeout: 5000 });
+  assert.equal(
+    await page.locator("li", { has: page.locator(quick) }).locator(".proc").textContent(),
+    "a process of another user (name not visible)",
+  );
+  await page.click(tid("expose"));
+  const pick = `${tid("pick-port")}[data-port="6379"]`;
+  await page.waitForSelector(pick);
+  assert.equal(await page.textContent(pick), "6379 (other user)");
+  assert.match(await page.getAttribute(pick, "title"), /^a process of another user \(name not visible\) on loopback$/);
+  await page.click(pick);
+  assert.equal(await page.inputValue(tid("port")), "6379");
+  assert.deepEqual(pageErrors, []);
+});
+
+test("the empty state says so when nothing listens, then lists a port once one does", async () => {
+  await page.goto(`${base}/tests/harness.html?no-listening`);
+  await page.waitForFunction(() => window.__ready === true);
+  await page.waitForSelector(tid("nothing-listening"));
+  assert.equal(await page.textContent(tid("no-tunnels")), "No tunnels yet. Click “Expose port” to share a local port.");
+  assert.match(await page.textContent(tid("nothing-listening")), /Nothing is listening on this machine yet/);
+  assert.equal(await page.locator(tid("listening-empty")).count(), 0);
+  await page.evaluate(() => window.__fake.listening.push({ port: 5173, loopback: true, pid: 4242, process: "node", exposed: false }));
+  await page.waitForSelector(`${tid("quick-expose")}[data-port="5173"]`, { timeout: 5000 });
+  assert.match(await page.textContent(tid("no-tunnels")), /or pick one listening here:$/);
+  assert.equal(await page.locator(tid("nothing-listening")).count(), 0);
+});
+
+test("QR code of the public URL beside Copy, on the card and in the Expose result", async () => {
+  await exposeDemo();
+  const result = page.locator(tid("expose-result"));
+  await result.locator(tid("qr-toggle")).click();
+  const qr = result.locator(`${tid("qr")} svg`);
+  await qr.waitFor();
+  assert.equal(await qr.getAttribute("aria-label"), "QR code of http://demo.localhost:7070");
+  // Version 2 (25 modules) holds this URL at level M; 2 modules of quiet zone on each side.
+  assert.equal(await qr.getAttribute("data-modules"), "29");
+  assert.ok((await qr.locator("path").getAttribute("d")).length > 100, "modules drawn");
+  await page.click(tid("cancel"));
+
+  const card = page.locator(tid("tunnel"));
+  assert.equal(await card.locator(tid("qr")).count(), 0, "hidden until asked for");
+  const buttons = await card.locator(".actions button").allTextContents();
+  assert.equal(buttons[buttons.indexOf("Copy") + 1], "QR", "next to Copy");
+  await card.locator(tid("qr-toggle")).click();
+  await card.locator(tid("qr")).waitFor();
+  assert.equal(await card.locator(tid("qr-toggle")).getAttribute("aria-expanded"), "true");
+  // The URL comes from the server: it is encoded and captioned as text, never parsed as markup.
+  const evil = "http://demo.localhost:7070/<img src=x onerror=alert(1)>";
+  await page.evaluate((url) => window.__fake.setStatus("1", { state: "online", url, name: "demo" }), evil);
+  await page.waitForFunction((url) => document.querySelector('[data-testid="qr"] figcaption')?.textContent === url, evil);
+  assert.equal(await page.locator(`${tid("qr")} img`).count(), 0);
+  assert.equal(await card.locator(`${tid("qr")} svg`).getAttribute("aria-label"), `QR code of ${evil}`);
+  await card.locator(tid("qr-toggle")).click();
+  await page.waitForFunction(() => !document.querySelector('[data-testid="qr"]'));
+  // Offline: no URL, no QR button.
+  await page.click(tid("toggle"));
+  await page.waitForFunction(() => document.querySelector('[data-testid="tunnel-status"]').textContent === "offline");
+  assert.equal(await card.locator(tid("qr-toggle")).count(), 0);
+  assert.deepEqual(pageErrors, []);
+  assert.deepEqual(dialogs, []);
 });
 
 test("settings: start at login, notifications and the server's port", async () => {

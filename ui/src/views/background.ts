@@ -1,17 +1,14 @@
 // Settings > "In the background": start at login, notifications, the built-in server's port
-// and the log folder. Loads its own data, so it can sit at the end of the Settings view.
+// and the log folder, rendered from `ui.background` (loaded when Settings opens).
 import * as api from "../api";
-import { reportError } from "../store";
+import { reportError, saveBackground, ui } from "../store";
 import type { BackgroundSettings } from "../types";
 import { h, replace } from "../util/dom";
 
-export function backgroundSection(): HTMLElement {
-  const root = h("section", { class: "card form", "data-testid": "background" }, h("h3", {}, "In the background"));
-  api
-    .backgroundSettings()
-    .then((s) => render(root, s))
-    .catch(reportError);
-  return root;
+export function renderBackground(root: HTMLElement): void {
+  const s = ui.background;
+  if (!s) replace(root, h("h3", {}, "In the background"));
+  else render(root, s);
 }
 
 function portNote(s: BackgroundSettings): string {
@@ -37,14 +34,11 @@ function render(root: HTMLElement, s: BackgroundSettings): void {
   const err = h("div", { class: "field-error", role: "alert", "data-testid": "background-error" });
   const save = (): void => {
     err.textContent = "";
-    api
-      .saveBackgroundSettings({
-        startAtLogin: login.checked,
-        notifications: notes.checked,
-        serverPort: Number(port.value),
-      })
-      .then((next) => render(root, next))
-      .catch((e) => (err.textContent = api.toApiError(e).message));
+    saveBackground({
+      startAtLogin: login.checked,
+      notifications: notes.checked,
+      serverPort: Number(port.value),
+    }).catch((e) => (err.textContent = api.toApiError(e).message));
   };
   login.addEventListener("change", save);
   notes.addEventListener("change", save);

@@ -1,45 +1,173 @@
 // The Expose port form (also used to edit a saved tunnel). Validates inline, then starts,
-// saves and shows the public URL with Copy.
+// saves and shows the public URL with Copy and a QR code. What the user types lives in the
+// form's inputs while it is open; whether it is open, what it edits and which tunnel it started
+// are in the store, and `renderExpose` brings the DOM in line with them.
 import * as api from "../api";
-import { refreshTunnels, reportError, select, ui, upsertTunnel, watchListening } from "../store";
+import {
+  closeExpose,
+  exposeStarted,
+  refreshTunnels,
+  reportError,
+  select,
+  toggleQr,
+  ui,
+  upsertTunnel,
+  type ExposeForm,
+} from "../store";
 import type { TunnelView } from "../types";
 import { h, replace } from "../util/dom";
 import { statusLabel, validatePort, validateSubdomain } from "../util/format";
+import { qrSvg } from "../util/qr";
 
-let modal: HTMLElement;
-export function mountExpose(el: HTMLElement): void {
-  modal = el;
-}
-
-/** Refills the open form's server choices; see `refreshServerChoices`. */
-let fillServers: () => void = () => {};
-
-/** Refills the open form's port picker; see `refreshListening`. */
-let fillListening: () => void = () => {};
-
-/** Called when the listening ports change. */
-export function refreshListeningChoices(): void {
-  if (!modal.hidden) fillListening();
-}
-
-/** Called when the saved servers change. */
-export function refreshServerChoices(): void {
-  if (!modal.hidden) fillServers();
-}
-
-/** Removes the open form's Escape handler. */
-let unbindEscape: () => void = () => {};
-
-function close(): void {
-  fillServers = () => {};
-  fillListening = () => {};
-  watchListening("expose-form", false);
-  unbindEscape();
-  replace(modal);
+/** Wires what does not change between openings: Escape closes the form. */
+export function mountExpose(modal: HTMLElement): void {
+  document.addEventListener("keydown", (e) => {
+    if (e.key === "Escape" && ui.exposeForm) closeExpose();
+  });
   modal.hidden = true;
 }
 
-export function openExposeForm(editing?: TunnelView): void {
+/** Shows, refreshes or hides the form in `modal` as the store says. */
+export function renderExpose(modal: HTMLElement): void {
+  const f = ui.exposeForm;
+  if (!f) {
+    if (!modal.hidden) {
+      replace(modal);
+      modal.hidden = true;
+      delete modal.dataset.serial;
+    }
+    return;
+  }
+  const fresh = modal.dataset.serial !== String(f.serial);
+  if (fresh) {
+    buildForm(modal, f.editing);
+    modal.dataset.serial = String(f.serial);
+    modal.hidden = false;
+  }
+  fillServers(modal, f);
+  if (f.started) showStarted(modal, f.started);
+  else if (!f.editing) fillListening(modal);
+  if (fresh) modal.querySelector<HTMLInputElement>("#f-port")?.focus();
+}
+
+/** The server choices; they may still be loading when the form opens, or change while it is open. */
+function fillServers(modal: HTMLElement, f: ExposeForm): void {
+  const server = modal.querySelector<HTMLSelectElement>("#f-server");
+  if (!server) return;
+  const chosen = server.value || (f.editing ? f.editing.serverId : ui.servers.find((s) => s.builtin)?.id);
+  const key = JSON.stringify([chosen, ui.servers.map((s) => [s.id, s.name, s.url])]);
+  if (server.dataset.key === key) return;
+  server.dataset.key = key;
+  replace(
+    server,
+    ui.servers.map((s) => h("option", { value: s.id, selected: s.id === chosen }, `${s.name} (${s.url})`)),
+  );
+}
+
+/** "Listening on this machine": one click fills the port. */
+function fillListening(modal: HTMLElement): void {
+  const picker = modal.querySelector<HTMLElement>('[data-testid="listening"]');
+  const port = modal.querySelector<HTMLInputElement>("#f-port");
+  if (!picker || !port) return;
+  replace(
+    picker,
+    ui.listening.length === 0
+      ? h("span", { class: "hint" }, "No local service found listening.")
+      : ui.listening.map((l) =>
+          h(
+            "button",
+            {
+              type: "button",
+              class: `pick${l.exposed ? " exposed" : ""}`,
+              "data-testid": "pick-port",
+              "data-port": l.port,
+              title: `${owner(l)} on ${l.loopback ? "loopback" : "all interfaces"}${l.exposed ? "; already exposed" : ""}`,
+              onclick: () => {
+                port.value = String(l.port);
+                port.dispatchEvent(new Event("input"));
+              },
+            },
+            h("strong", {}, String(l.port)),
+            ` ${l.process ?? "(other user)"}`,
+            l.exposed ? h("span", { class: "tag" }, "exposed") : null,
+          ),
+        ),
+  );
+}
+
+/** Who listens: a name and pid, or, for another user's process, that it cannot be seen. */
+export function owner(l: { pid: number | null; process: string | null }): string {
+  return l.process !== null && l.pid !== null
+    ? `${l.process} (pid ${l.pid})`
+    : "a process of another user (name not visible)";
+}
+
+/** After a new tunnel is saved the form only shows its result, so a second Start cannot save a twin. */
+function showStarted(modal: HTMLElement, id: string): void {
+  const submit = modal.querySelector<HTMLButtonElement>('[data-testid="submit"]');
+  const closeBtn = modal.querySelector<HTMLButtonElement>('[data-testid="cancel"]');
+  if (submit) {
+    submit.remove();
+    for (const el of modal.querySelectorAll<HTMLInputElement | HTMLSelectElement>("input, select")) el.disabled = true;
+    modal.querySelector(".picker-title")?.remove();
+    modal.querySelector('[data-testid="listening"]')?.remove();
+    if (closeBtn) {
+      closeBtn.textContent = "Done";
+      closeBtn.focus();
+    }
+  }
+  const result = modal.querySelector<HTMLElement>('[data-testid="expose-result"]');
+  const t = ui.tunnels.find((x) => x.id === id);
+  if (!result || !t) return;
+  const url = t.status.state === "online" ? t.status.url : null;
+  const key = url ? `online ${url} ${ui.qrFor === id}` : `status ${statusLabel(t.status)}`;
+  if (result.dataset.key === key) return;
+  result.dataset.key = key;
+  if (url) {
+    replace(
+      result,
+      h("div", { class: "muted" }, "Your tunnel is online:"),
+      h("div", { class: "url big", "data-testid": "result-url" }, url),
+      h(
+        "div",
+        { class: "actions" },
+        h("button", { type: "button", "data-testid": "result-copy", onclick: () => api.copyUrl(t.id).catch(reportError) }, "Copy"),
+        qrButton(t.id),
+        h("button", { type: "button", onclick: () => api.openUrl(t.id).catch(reportError) }, "Open in browser"),
+      ),
+      ui.qrFor === id ? qrBox(url) : null,
+    );
+  } else {
+    replace(result, h("div", { "data-testid": "result-status" }, `Saved. Status: ${statusLabel(t.status)}`));
+  }
+}
+
+/** The button beside Copy that shows or hides the URL's QR code. */
+export function qrButton(id: string): HTMLButtonElement {
+  const open = ui.qrFor === id;
+  return h(
+    "button",
+    {
+      type: "button",
+      "data-testid": "qr-toggle",
+      "aria-expanded": String(open),
+      "aria-label": open ? "Hide the QR code" : "Show a QR code of the URL",
+      title: "A QR code of the URL, to open it on a phone",
+      onclick: (ev: Event) => {
+        ev.stopPropagation();
+        toggleQr(id);
+      },
+    },
+    "QR",
+  );
+}
+
+/** The QR code of `url`, with the URL under it as text. */
+export function qrBox(url: string): HTMLElement {
+  return h("figure", { class: "qr", "data-testid": "qr" }, qrSvg(url), h("figcaption", { class: "muted" }, url));
+}
+
+function buildForm(modal: HTMLElement, editing: TunnelView | null): void {
   const port = h("input", {
     id: "f-port",
     "data-testid": "port",
@@ -62,15 +190,6 @@ export function openExposeForm(editing?: TunnelView): void {
     value: editing?.localHost ?? "localhost",
   });
   const server = h("select", { id: "f-server", "data-testid": "server" });
-  // The servers may still be loading when the form opens, or change while it is open.
-  fillServers = () => {
-    const chosen = server.value || (editing ? editing.serverId : ui.servers.find((s) => s.builtin)?.id);
-    replace(
-      server,
-      ui.servers.map((s) => h("option", { value: s.id, selected: s.id === chosen }, `${s.name} (${s.url})`)),
-    );
-  };
-  fillServers();
   // What the CLI offers beyond the basics (--basic-auth, --allow-ip, --keep-host), under "More".
   const auth = h("input", {
     id: "f-auth",
@@ -86,38 +205,7 @@ export function openExposeForm(editing?: TunnelView): void {
   });
   const keepHost = h("input", { id: "f-keep-host", type: "checkbox", "data-testid": "keep-host", checked: editing?.keepHost ?? false });
   const clearAuth = h("input", { type: "checkbox", "data-testid": "clear-auth" });
-  // "Listening on this machine": one click fills the port.
   const picker = h("div", { class: "picker", "data-testid": "listening" });
-  fillListening = () => {
-    replace(
-      picker,
-      ui.listening.length === 0
-        ? h("span", { class: "hint" }, "No local service found listening.")
-        : ui.listening.map((l) =>
-            h(
-              "button",
-              {
-                type: "button",
-                class: `pick${l.exposed ? " exposed" : ""}`,
-                "data-testid": "pick-port",
-                "data-port": l.port,
-                title: `${l.process} (pid ${l.pid}) on ${l.loopback ? "loopback" : "all interfaces"}${l.exposed ? "; already exposed" : ""}`,
-                onclick: () => {
-                  port.value = String(l.port);
-                  port.dispatchEvent(new Event("input"));
-                },
-              },
-              h("strong", {}, String(l.port)),
-              ` ${l.process}`,
-              l.exposed ? h("span", { class: "tag" }, "exposed") : null,
-            ),
-          ),
-    );
-  };
-  if (!editing) {
-    fillListening();
-    watchListening("expose-form", true);
-  }
   const onLaunch = h("input", {
     id: "f-launch",
     type: "checkbox",
@@ -208,17 +296,13 @@ export function openExposeForm(editing?: TunnelView): void {
       "div",
       { class: "actions" },
       submit,
-      h("button", { type: "button", "data-testid": "cancel", onclick: close }, "Close"),
+      h("button", { type: "button", "data-testid": "cancel", onclick: closeExpose }, "Close"),
     ),
     result,
   );
-  const closeBtn = form.querySelector<HTMLButtonElement>('[data-testid="cancel"]')!;
-  // Set once a new tunnel is saved: the form then only shows the result, so a second press of
-  // Start (or Enter) cannot save a twin.
-  let done = false;
   form.addEventListener("submit", (ev) => {
     ev.preventDefault();
-    if (done || submit.disabled) return;
+    if (ui.exposeForm?.started || submit.disabled) return;
     const ok = check();
     if (!ok) return;
     submit.disabled = true;
@@ -236,21 +320,11 @@ export function openExposeForm(editing?: TunnelView): void {
     upsertTunnel(() => (editing ? api.updateTunnel(editing.id, input) : api.expose(input)))
       .then(async (t) => {
         if (editing) {
-          close();
+          closeExpose();
           return;
         }
-        done = true;
-        submit.remove();
-        for (const el of [port, sub, host, server, onLaunch, auth, allow, keepHost]) el.disabled = true;
-        picker.previousElementSibling?.remove();
-        picker.remove();
-        fillListening = () => {};
-        watchListening("expose-form", false);
-        closeBtn.textContent = "Done";
+        exposeStarted(t.id);
         await select(t.id);
-        // Status events may have come in while the traffic loaded.
-        showResult(result, ui.tunnels.find((x) => x.id === t.id) ?? t);
-        closeBtn.focus();
       })
       .catch((e) => {
         const err = api.toApiError(e);
@@ -262,44 +336,5 @@ export function openExposeForm(editing?: TunnelView): void {
         submit.disabled = false;
       });
   });
-  replace(modal, h("div", { class: "backdrop", onclick: (e: Event) => e.target === e.currentTarget && close() }, form));
-  modal.hidden = false;
-  unbindEscape();
-  const onKey = (e: KeyboardEvent) => {
-    if (e.key === "Escape") close();
-  };
-  document.addEventListener("keydown", onKey);
-  unbindEscape = () => document.removeEventListener("keydown", onKey);
-  port.focus();
-}
-
-/** A result still waiting for its tunnel to come online; status events finish it. */
-let pending: { el: HTMLElement; id: string } | null = null;
-
-export function refreshResult(): void {
-  if (!pending || !pending.el.isConnected) {
-    pending = null;
-    return;
-  }
-  const t = ui.tunnels.find((x) => x.id === pending?.id);
-  if (t) showResult(pending.el, t);
-}
-
-function showResult(el: HTMLElement, t: TunnelView): void {
-  pending = t.status.state === "online" ? null : { el, id: t.id };
-  if (t.status.state === "online") {
-    replace(
-      el,
-      h("div", { class: "muted" }, "Your tunnel is online:"),
-      h("div", { class: "url big", "data-testid": "result-url" }, t.status.url),
-      h(
-        "div",
-        { class: "actions" },
-        h("button", { type: "button", "data-testid": "result-copy", onclick: () => api.copyUrl(t.id).catch(reportError) }, "Copy"),
-        h("button", { type: "button", onclick: () => api.openUrl(t.id).catch(reportError) }, "Open in browser"),
-      ),
-    );
-  } else {
-    replace(el, h("div", { "data-testid": "result-status" }, `Saved. Status: ${statusLabel(t.status)}`));
-  }
+  replace(modal, h("div", { class: "backdrop", onclick: (e: Event) => e.target === e.currentTarget && closeExpose() }, form));
 }

@@ -3,7 +3,7 @@ import * as api from "../api";
 import { refreshInfo, refreshServers, reportError, setServerForm, ui } from "../store";
 import type { ServerView } from "../types";
 import { h, replace } from "../util/dom";
-import { backgroundSection } from "./background";
+
 
 export function renderSettings(root: HTMLElement): void {
   const edited = ui.servers.find((s) => s.id === ui.editingServer) ?? null;
@@ -20,7 +20,6 @@ export function renderSettings(root: HTMLElement): void {
     ),
     h("div", { class: "servers" }, ui.servers.map((s) => serverRow(s))),
     serverForm(edited),
-    backgroundSection(),
   );
 }
 
@@ -29,7 +28,7 @@ function serverRow(s: ServerView): HTMLElement {
     api
       .deleteServer(s.id)
       .then(() => {
-        ui.confirmingServer = null;
+        setServerForm({ confirmingServer: null });
         return refreshServers();
       })
       .catch(reportError);
@@ -115,6 +114,7 @@ function serverForm(edited: ServerView | null): HTMLElement {
       .testServer(input())
       .then((r) => {
         checkResult.className = `check-result ${r.ok ? "ok" : "bad"}`;
+        checkResult.dataset.outcome = r.outcome;
         checkResult.textContent = r.message;
       })
       .catch((e) => {
@@ -157,7 +157,7 @@ function serverForm(edited: ServerView | null): HTMLElement {
     api
       .saveServer(input())
       .then(() => {
-        ui.editingServer = null;
+        setServerForm({ editingServer: null });
         return Promise.all([refreshServers(), refreshInfo()]);
       })
       .catch(showError);

@@ -13,12 +13,14 @@ import { filterRows, formatBytes, formatDuration, formatTime, tunnelLabel } from
 export const ROW_HEIGHT = 28;
 /** Rows rendered above and below the visible ones. */
 const OVERSCAN = 10;
-const COLUMNS = ["Time", "Method", "Path", "Status", "Duration", "Size"];
+const COLUMNS = ["Time", "Method", "Path", "Status", "Duration", "Size"] as const;
 
 export interface TrafficView {
   head: HTMLElement;
   table: HTMLElement;
   detail: HTMLElement;
+  /** The table's rendered rows, kept between renders; `null` when the table shows a message. */
+  rendered: TableState | null;
 }
 
 export function mountTraffic(root: HTMLElement): TrafficView {
@@ -31,18 +33,19 @@ export function mountTraffic(root: HTMLElement): TrafficView {
   filter.addEventListener("input", () => setFilter(filter.value));
   const title = h("h2", { "data-testid": "traffic-title" }, "Traffic");
   const table = h("div", { class: "table-wrap", "data-testid": "traffic" });
+  const detail = h("section", { class: "detail", "data-testid": "detail" });
+  const view: TrafficView = { head: title, table, detail, rendered: null };
   let queued = false;
   table.addEventListener("scroll", () => {
     if (queued) return;
     queued = true;
     requestAnimationFrame(() => {
       queued = false;
-      renderTraffic(table);
+      renderTraffic(view);
     });
   });
-  const detail = h("section", { class: "detail", "data-testid": "detail" });
   replace(root, h("div", { class: "traffic-head" }, title, filter), table, detail);
-  return { head: title, table, detail };
+  return view;
 }
 
 /** The pane's title names the tunnel it shows. */
@@ -51,18 +54,17 @@ export function renderTrafficHead(title: HTMLElement): void {
   title.textContent = t ? `Traffic of ${tunnelLabel(t)}` : "Traffic";
 }
 
-/** What the table element holds between renders. */
+/** What the table holds between renders. */
 interface TableState {
   /** Exchange ids are per tunnel: another tunnel's rows start over. */
   tunnel: string;
   body: HTMLElement;
   rows: Map<number, HTMLElement>;
 }
-const tables = new WeakMap<HTMLElement, TableState>();
-
-export function renderTraffic(table: HTMLElement): void {
+export function renderTraffic(view: TrafficView): void {
+  const table = view.table;
   const message = (text: string, testid?: string) => {
-    tables.delete(table);
+    view.rendered = null;
     table.dataset.rows = "0";
     replace(table, h("p", { class: "empty", "data-testid": testid }, text));
   };
@@ -72,11 +74,11 @@ export function renderTraffic(table: HTMLElement): void {
   if (rows.length === 0) {
     return message(all.length ? "No request matches the filter." : "No requests yet.", "no-traffic");
   }
-  let st = tables.get(table);
+  let st = view.rendered;
   if (!st || st.tunnel !== ui.selected) {
     const body = h("div", { class: "tbody", role: "rowgroup" });
     st = { tunnel: ui.selected, body, rows: new Map() };
-    tables.set(table, st);
+    view.rendered = st;
     replace(
       table,
       h("div", { class: "thead trow", role: "row" }, COLUMNS.map((c) => h("div", { class: "th", role: "columnheader" }, c))),
@@ -85,9 +87,9 @@ export function renderTraffic(table: HTMLElement): void {
   }
   table.dataset.rows = String(rows.length);
   st.body.style.height = `${rows.length * ROW_HEIGHT}px`;
-  const view = table.clientHeight || ROW_HEIGHT * 40;
+  const visible = table.clientHeight || ROW_HEIGHT * 40;
   const first = Math.max(0, Math.floor(table.scrollTop / ROW_HEIGHT) - OVERSCAN);
-  const last = Math.min(rows.length, Math.ceil((table.scrollTop + view) / ROW_HEIGHT) + OVERSCAN);
+  const last = Math.min(rows.length, Math.ceil((table.scrollTop + visible) / ROW_HEIGHT) + OVERSCAN);
   const marks = ui.replayed.get(ui.selected);
   const keep = new Map<number, HTMLElement>();
   for (let i = first; i < last; i++) {

@@ -3,6 +3,7 @@ import * as api from "../api";
 import {
   cardAction,
   exposeQuickly,
+  openExpose,
   removeTunnel,
   reportError,
   select,
@@ -15,41 +16,50 @@ import {
 import type { TunnelView } from "../types";
 import { h, replace } from "../util/dom";
 import { isRunning, statusLabel, tunnelLabel } from "../util/format";
-import { openExposeForm } from "./expose";
+import { owner, qrBox, qrButton } from "./expose";
 
 export function renderTunnels(root: HTMLElement): void {
   watchListening("empty-state", ui.tunnels.length === 0);
   if (ui.tunnels.length === 0) {
+    const found = ui.listening.length > 0;
     replace(
       root,
       h(
         "p",
         { class: "empty", "data-testid": "no-tunnels" },
-        "No tunnels yet. Click “Expose port” to share a local port, or pick one listening here:",
+        found
+          ? "No tunnels yet. Click “Expose port” to share a local port, or pick one listening here:"
+          : "No tunnels yet. Click “Expose port” to share a local port.",
       ),
-      h(
-        "ul",
-        { class: "listening", "data-testid": "listening-empty" },
-        ui.listening.map((l) =>
-          h(
-            "li",
-            {},
-            h("span", { class: "port" }, String(l.port)),
-            h("span", { class: "proc muted" }, `${l.process} (pid ${l.pid})`),
-            h(
-              "button",
-              {
-                class: "primary",
-                "data-testid": "quick-expose",
-                "data-port": l.port,
-                title: "Expose on this computer's server and copy the URL",
-                onclick: () => exposeQuickly(l.port).catch(reportError),
-              },
-              "Expose",
+      found
+        ? h(
+            "ul",
+            { class: "listening", "data-testid": "listening-empty" },
+            ui.listening.map((l) =>
+              h(
+                "li",
+                {},
+                h("span", { class: "port" }, String(l.port)),
+                h("span", { class: "proc muted" }, owner(l)),
+                h(
+                  "button",
+                  {
+                    class: "primary",
+                    "data-testid": "quick-expose",
+                    "data-port": l.port,
+                    title: "Expose on this computer's server and copy the URL",
+                    onclick: () => exposeQuickly(l.port).catch(reportError),
+                  },
+                  "Expose",
+                ),
+              ),
             ),
+          )
+        : h(
+            "p",
+            { class: "hint", "data-testid": "nothing-listening" },
+            "Nothing is listening on this machine yet. Start your app (a dev server, an API) and its port shows up here, ready to expose.",
           ),
-        ),
-      ),
     );
     return;
   }
@@ -141,9 +151,11 @@ function card(t: TunnelView): HTMLElement {
       { class: "actions" },
       toggle,
       url ? h("button", { "data-testid": "copy", onclick: act(() => api.copyUrl(t.id)) }, "Copy") : null,
+      url ? qrButton(t.id) : null,
       url ? h("button", { "data-testid": "open", onclick: act(() => api.openUrl(t.id)) }, "Open") : null,
-      h("button", { "data-testid": "edit", onclick: act(async () => openExposeForm(t)) }, "Edit"),
+      h("button", { "data-testid": "edit", onclick: act(async () => openExpose(t)) }, "Edit"),
       del,
     ),
+    url && ui.qrFor === t.id ? qrBox(url) : null,
   );
 }
