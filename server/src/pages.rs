@@ -3,7 +3,7 @@
 
 use ggrok_tunnel::{
     http_util::{error_page, escape_html, full, Body},
-    protocol::PageKind,
+    protocol::{self, PageKind},
 };
 use http::{header, Request, Response, StatusCode};
 
@@ -72,7 +72,7 @@ pub(crate) fn metrics<B>(shared: &Shared, req: &Request<B>) -> Response<Body> {
 pub(crate) fn health() -> Response<Body> {
     Response::builder()
         .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
-        .body(full("ok\n"))
+        .body(full(protocol::HEALTH_BODY))
         .expect("static response")
 }
 

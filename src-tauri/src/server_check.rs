@@ -5,17 +5,16 @@
 use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
-use ggrok_tunnel::{protocol::RefusalKind, Status, Tunnel, TunnelConfig};
+use ggrok_tunnel::{
+    protocol::{RefusalKind, HEALTH_BODY, HEALTH_PATH},
+    Status, Tunnel, TunnelConfig,
+};
 use http::{header, Request, StatusCode, Uri};
 use http_body_util::{BodyExt as _, Empty, Limited};
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use tokio::net::TcpStream;
 
-/// The server's health endpoint and what it answers; both are the server's
-/// (`server/src/lib.rs`), which has no constant for them yet.
-const HEALTH_PATH: &str = "/healthz";
-const HEALTH_BODY: &str = "ok";
 /// Enough for `ok` and any short error page's start; a bigger answer is not a ggrok server's.
 const HEALTH_MAX_BODY: usize = 1024;
 
@@ -176,7 +175,7 @@ async fn health(url: &str) -> Result<(), Health> {
     } else {
         send(tcp, request).await?
     };
-    if status == StatusCode::OK && body.trim_end() == HEALTH_BODY {
+    if status == StatusCode::OK && body == HEALTH_BODY {
         Ok(())
     } else if status == StatusCode::OK {
         Err(Health::Other("200 OK with another body".into()))

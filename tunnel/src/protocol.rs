@@ -34,6 +34,8 @@ pub const PROTOCOL_VERSION: u32 = 2;
 pub const CONNECT_PATH: &str = "/_ggrok/connect";
 /// Path of the server's health check on the apex domain: `200 ok` while it serves.
 pub const HEALTH_PATH: &str = "/healthz";
+/// What the health check answers (`text/plain`).
+pub const HEALTH_BODY: &str = "ok\n";
 /// Path of the server's metrics (OpenMetrics text) on the apex domain, for the bearer of the
 /// server's metrics token.
 pub const METRICS_PATH: &str = "/metrics";
