@@ -57,17 +57,37 @@ pub(crate) async fn accept(
         Ok(p) => Arc::new(p),
         Err(refusal) => return refuse(shared, peer, &refusal),
     };
-    let max = shared.config.max_tunnels_per_token;
-    let claim = match shared.registry.claim(wanted.as_deref(), &who, policy, max) {
-        Ok(claim) => claim,
+    // A TCP tunnel claims a port instead of a name, and binds it: see `tcp`.
+    let tcp_wanted = match crate::tcp::wanted(req.headers()) {
+        Ok(w) => w,
         Err(refusal) => return refuse(shared, peer, &refusal),
     };
-    let url = public_url(
-        req.headers(),
-        visitor.secure,
-        &claim.name,
-        &shared.config.domain,
-    );
+    let (claim, tcp) = match tcp_wanted {
+        None => {
+            let max = shared.config.max_tunnels_per_token;
+            match shared.registry.claim(wanted.as_deref(), &who, policy, max) {
+                Ok(claim) => (claim, None),
+                Err(refusal) => return refuse(shared, peer, &refusal),
+            }
+        }
+        Some(port) => match crate::tcp::claim(shared, shared.tcp_ip, port, &who, policy).await {
+            Ok((claim, listener)) => (claim, Some(listener)),
+            Err(refusal) => return refuse(shared, peer, &refusal),
+        },
+    };
+    let tcp_port = tcp
+        .as_ref()
+        .and_then(|l| l.local_addr().ok())
+        .map(|a| a.port());
+    let url = match tcp_port {
+        Some(port) => crate::tcp::public_url(&shared.config.domain, port),
+        None => public_url(
+            req.headers(),
+            visitor.secure,
+            &claim.name,
+            &shared.config.domain,
+        ),
+    };
     let name = claim.name.clone();
     let on_upgrade = hyper::upgrade::on(&mut req);
 
@@ -110,6 +130,9 @@ pub(crate) async fn accept(
             shared
                 .registry
                 .attach(&claim.name, claim.session, session, metrics);
+            if let (Some(listener), Some(route)) = (tcp, shared.registry.route(&claim.name)) {
+                shared.spawn(crate::tcp::serve(shared.clone(), listener, route));
+            }
             info!("tunnel online");
             // Ending on purpose, the server says why in a Close frame and drives the session
             // until the client answers (it only sends while polled), or for at most a second.
@@ -174,6 +197,9 @@ pub(crate) async fn accept(
         resp = resp
             .header(protocol::HEADER_NAME, name)
             .header(protocol::HEADER_URL, url);
+    }
+    if let Some(port) = tcp_port {
+        resp = resp.header(protocol::HEADER_TCP_PORT, port);
     }
     resp.body(ggrok_tunnel::http_util::empty())
         .expect("valid 101 response")

@@ -12,6 +12,7 @@
 //! - `connect`: the control endpoint: checks, name claim, the session's life.
 //! - `proxy`: public requests through a session.
 //! - `proxy_protocol`: the PROXY protocol header from trusted TCP load balancers.
+//! - `tcp`: TCP tunnels: public ports from `--tcp-ports`, a stream per visitor connection.
 //!
 //! The caller binds, the library serves: see [`run`].
 #![forbid(unsafe_code)]
@@ -31,6 +32,7 @@ pub mod registry;
 pub mod settings;
 pub mod shard;
 pub mod store;
+mod tcp;
 
 use std::{convert::Infallible, future::Future, net::SocketAddr, sync::Arc};
 
@@ -85,6 +87,8 @@ struct Shared {
     /// Where SQLite is called while serving (token checks, revocation looks), when there is a
     /// store: never on a thread that serves traffic.
     store_thread: Option<store::StoreThread>,
+    /// Where TCP tunnels bind their ports: the address the server listens on.
+    tcp_ip: std::net::IpAddr,
 }
 
 impl Shared {
@@ -106,6 +110,7 @@ impl Shared {
             conns: TaskTracker::new(),
             tasks: TaskTracker::new(),
             store_thread,
+            tcp_ip: std::net::Ipv4Addr::LOCALHOST.into(),
         }
     }
 
@@ -164,7 +169,9 @@ pub async fn run_sharded(
     if config.tokens.is_open() && !stored {
         warn!("no tokens configured: open mode, anyone who can reach this server may open tunnels");
     }
-    let shared = Arc::new(Shared::new(config));
+    let mut shared = Shared::new(config);
+    shared.tcp_ip = listener.local_addr()?.ip();
+    let shared = Arc::new(shared);
     if let Some(acme) = shared.config.acme.clone() {
         let routable = shared.clone();
         acme.request(&shared.config.domain);

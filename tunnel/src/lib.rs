@@ -16,6 +16,7 @@
 //! - [`driven`]: HTTP/1.1 client connections driven by the task that uses them.
 //! - [`traffic`]: recorded exchanges for the log, the inspector and replay.
 //! - [`http_util`]: body type, hop-by-hop headers and ggrok's own error pages.
+//! - [`tcp`]: TCP tunnels: a visitor connection spliced to a local one, the connection log.
 //! - [`stop`]: watching a stop signal beside work that wakes often.
 //! - [`terminal`]: network text made safe to print on a terminal.
 #![forbid(unsafe_code)]
@@ -32,9 +33,11 @@ pub mod mux;
 pub mod mux_body;
 pub mod protocol;
 pub mod stop;
+pub mod tcp;
 pub mod terminal;
 pub mod traffic;
 
-pub use client::{Backoff, ConfigError, Secret, Status, Tunnel, TunnelConfig};
+pub use client::{Backoff, ConfigError, Secret, Status, Tunnel, TunnelConfig, TunnelKind};
 pub use forward::{LocalTarget, ReplayError};
+pub use tcp::{Connection, Connections};
 pub use traffic::{Exchange, Traffic};

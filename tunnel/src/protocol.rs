@@ -35,7 +35,11 @@ pub const HEADER_BASIC_AUTH: &str = "ggrok-basic-auth";
 /// Request header: comma-separated IP addresses or CIDR ranges; the server refuses public
 /// requests from anywhere else.
 pub const HEADER_ALLOW_IPS: &str = "ggrok-allow-ips";
-/// Response header on `101`: the subdomain assigned to this session.
+/// Request header: the client wants a TCP tunnel on this public port, or `0` for any port the
+/// server picks from its range. Response header on `101`: the port the tunnel got. Without it
+/// the session is an HTTP tunnel.
+pub const HEADER_TCP_PORT: &str = "ggrok-tcp-port";
+/// Response header on `101`: the subdomain assigned to this session (for a TCP tunnel, `tcp:N`).
 pub const HEADER_NAME: &str = "ggrok-name";
 /// Response header on `101`: the public URL of the tunnel.
 pub const HEADER_URL: &str = "ggrok-url";
@@ -111,6 +115,17 @@ pub enum RefusalKind {
     RateLimited,
     /// The token already has as many tunnels as the server allows.
     TooManyTunnels,
+    /// The server offers no TCP tunnels (it was started without a TCP port range).
+    TcpDisabled,
+    /// The asked-for port is outside the server's TCP port range.
+    PortOutOfRange,
+    /// The port is held by another live client (or held for one that just dropped), or
+    /// something else on the server's host listens on it.
+    PortTaken,
+    /// The port is reserved for a different token.
+    PortReserved,
+    /// Every port of the range is taken.
+    NoFreePort,
 }
 
 impl RefusalKind {
@@ -125,6 +140,11 @@ impl RefusalKind {
             Self::Unavailable => 503,
             Self::RateLimited => 429,
             Self::TooManyTunnels => 403,
+            Self::TcpDisabled => 501,
+            Self::PortOutOfRange => 400,
+            Self::PortTaken => 409,
+            Self::PortReserved => 403,
+            Self::NoFreePort => 503,
         }
     }
 
@@ -140,6 +160,11 @@ impl RefusalKind {
             Self::Unavailable => "unavailable",
             Self::RateLimited => "rate_limited",
             Self::TooManyTunnels => "too_many_tunnels",
+            Self::TcpDisabled => "tcp_disabled",
+            Self::PortOutOfRange => "port_out_of_range",
+            Self::PortTaken => "port_taken",
+            Self::PortReserved => "port_reserved",
+            Self::NoFreePort => "no_free_port",
         }
     }
 
@@ -265,7 +290,7 @@ pub const RESET_REFUSED: u32 = 1;
 pub const RESET_PROTOCOL: u32 = 2;
 /// RESET code: the stream's reader read nothing for the stall timeout while data waited.
 pub const RESET_STALLED: u32 = 3;
-/// RESET code: the local service could not be reached (TCP tunnels).
+/// RESET code: the local service could not be reached (TCP tunnels); the reason says why.
 pub const RESET_UNREACHABLE: u32 = 4;
 /// RESET code: the request body failed (malformed, cut off, or stalled at the visitor).
 pub const RESET_BODY: u32 = 5;
@@ -319,6 +344,11 @@ mod tests {
             RefusalKind::Unauthorized,
             RefusalKind::VersionMismatch,
             RefusalKind::Unavailable,
+            RefusalKind::TcpDisabled,
+            RefusalKind::PortOutOfRange,
+            RefusalKind::PortTaken,
+            RefusalKind::PortReserved,
+            RefusalKind::NoFreePort,
         ] {
             assert_eq!(serde_json::to_value(kind).unwrap(), kind.as_str());
         }

@@ -1,0 +1,280 @@
+//! TCP tunnels: a public port from `--tcp-ports` per tunnel, and a stream per visitor
+//! connection.
+//!
+//! A client asks for a TCP tunnel with [`HEADER_TCP_PORT`] on its connect request (a port, or
+//! 0 for any). The port is claimed in the [`Registry`](crate::registry::Registry) under
+//! [`tcp_key`], so a TCP tunnel gets the same rules as a name: one live client per port,
+//! held for the reconnect grace period, replaced by the same client, freed by revocation. The
+//! listener is bound before the `101`, so a port something else on the host uses is refused
+//! rather than advertised, and lives as long as the session. Each visitor connection opens one
+//! stream whose head carries the visitor's address, spliced to the visitor's socket.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+};
+
+use ggrok_tunnel::{
+    head,
+    protocol::{Refusal, RefusalKind, HEADER_TCP_PORT},
+    tcp::{splice, Failure},
+};
+use http::HeaderMap;
+use rand::Rng;
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use crate::{
+    policy::SharedPolicy,
+    registry::{tcp_key, Claim, Claimant, Route},
+    store::TokenId,
+    Shared,
+};
+
+/// The port a connect request asks for: `None` for an HTTP tunnel, `Some(None)` for any port.
+pub(crate) fn wanted(h: &HeaderMap) -> Result<Option<Option<u16>>, Refusal> {
+    let Some(value) = h.get(HEADER_TCP_PORT) else {
+        return Ok(None);
+    };
+    match value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().parse::<u16>().ok())
+    {
+        Some(0) => Ok(Some(None)),
+        Some(port) => Ok(Some(Some(port))),
+        None => Err(Refusal::new(
+            RefusalKind::BadRequest,
+            format!("{HEADER_TCP_PORT} must be a port number, or 0 for any port"),
+        )),
+    }
+}
+
+/// Claims a port for `who` and binds it on `ip`: `wanted`, or a free one of the range.
+pub(crate) async fn claim(
+    shared: &Arc<Shared>,
+    ip: IpAddr,
+    wanted: Option<u16>,
+    who: &Claimant,
+    policy: SharedPolicy,
+) -> Result<(Claim, TcpListener), Refusal> {
+    let Some(range) = shared.config.tcp_ports.clone() else {
+        return Err(Refusal::new(
+            RefusalKind::TcpDisabled,
+            "this server offers no TCP tunnels (it runs without --tcp-ports)",
+        ));
+    };
+    if policy.consumes_authorization() {
+        return Err(Refusal::new(
+            RefusalKind::BadRequest,
+            "basic auth protects HTTP tunnels only; restrict a TCP tunnel with --allow-ip",
+        ));
+    }
+    let (token, reserved) = reservations(shared, who).await?;
+    let reserved_for_other = |port: u16| {
+        reserved
+            .get(&port)
+            .is_some_and(|&owner| Some(owner) != token)
+    };
+    let max = shared.config.max_tcp_tunnels_per_token;
+    if let Some(port) = wanted {
+        if !range.contains(&port) {
+            return Err(Refusal::new(
+                RefusalKind::PortOutOfRange,
+                format!(
+                    "port {port} is outside this server's TCP ports ({}-{})",
+                    range.start(),
+                    range.end()
+                ),
+            ));
+        }
+        if reserved_for_other(port) {
+            return Err(Refusal::new(
+                RefusalKind::PortReserved,
+                format!("port {port} is reserved for another token"),
+            ));
+        }
+        return claim_port(shared, ip, port, who, policy, max).await;
+    }
+    // From a random place in the range, so that clients do not all race for its first ports.
+    let len = u32::from(range.end() - range.start()) + 1;
+    let first = rand::rng().random_range(0..len);
+    for i in 0..len {
+        let port = range.start() + ((first + i) % len) as u16;
+        if reserved.contains_key(&port) {
+            // Ports reserved for this token are for asking by number, not for chance.
+            continue;
+        }
+        match claim_port(shared, ip, port, who, policy.clone(), max).await {
+            Err(r) if r.error == RefusalKind::PortTaken => continue,
+            done => return done,
+        }
+    }
+    Err(Refusal::new(
+        RefusalKind::NoFreePort,
+        "every TCP port of this server is taken",
+    ))
+}
+
+/// The presenting token's id and every reserved port, read on the store's thread.
+async fn reservations(
+    shared: &Arc<Shared>,
+    who: &Claimant,
+) -> Result<(Option<TokenId>, HashMap<u16, TokenId>), Refusal> {
+    let (Some(store), Some(thread)) = (shared.config.store.clone(), shared.store_thread.clone())
+    else {
+        return Ok((None, HashMap::new()));
+    };
+    let hash = who.token;
+    let looked = thread
+        .run(move || -> Result<_, crate::store::StoreError> {
+            let token = match hash {
+                Some(hash) => store.token_by_hash(&hash)?,
+                None => None,
+            };
+            Ok((token, store.reserved_ports()?.into_iter().collect()))
+        })
+        .await;
+    match looked {
+        Some(Ok(found)) => Ok(found),
+        Some(Err(e)) => {
+            warn!(%e, "token database error");
+            Err(unavailable())
+        }
+        None => Err(unavailable()),
+    }
+}
+
+fn unavailable() -> Refusal {
+    Refusal::new(
+        RefusalKind::Unavailable,
+        "the server cannot check port reservations right now",
+    )
+}
+
+async fn claim_port(
+    shared: &Arc<Shared>,
+    ip: IpAddr,
+    port: u16,
+    who: &Claimant,
+    policy: SharedPolicy,
+    max: usize,
+) -> Result<(Claim, TcpListener), Refusal> {
+    let key = tcp_key(port);
+    let claim = shared
+        .registry
+        .claim(Some(&key), who, policy, max)
+        .map_err(|r| match r.error {
+            RefusalKind::NameTaken => Refusal::new(
+                RefusalKind::PortTaken,
+                // The registry's sentence names a subdomain; say the same of the port.
+                r.message
+                    .replace(&format!("the subdomain {key:?}"), &format!("port {port}")),
+            ),
+            _ => r,
+        })?;
+    match TcpListener::bind(SocketAddr::new(ip, port)).await {
+        Ok(listener) => Ok((claim, listener)),
+        Err(e) => {
+            shared
+                .registry
+                .release(&claim.name, claim.session, false, || {});
+            Err(Refusal::new(
+                RefusalKind::PortTaken,
+                format!("port {port} is in use on the server ({e})"),
+            ))
+        }
+    }
+}
+
+/// The address visitors use: the server's domain and the tunnel's port.
+pub(crate) fn public_url(domain: &str, port: u16) -> String {
+    format!("tcp://{domain}:{port}")
+}
+
+/// Accepts visitors on `listener` until the session of `route` ends.
+pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener, route: Arc<Route>) {
+    let max = shared.config.max_conns_per_tcp_tunnel;
+    let slots = Arc::new(tokio::sync::Semaphore::new(if max == 0 {
+        tokio::sync::Semaphore::MAX_PERMITS
+    } else {
+        max
+    }));
+    let mut backoff = crate::ACCEPT_BACKOFF_MIN;
+    loop {
+        let accepted = tokio::select! {
+            _ = route.ended.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (socket, peer) = match accepted {
+            Ok(a) => {
+                backoff = crate::ACCEPT_BACKOFF_MIN;
+                a
+            }
+            Err(e) => {
+                warn!(%e, ?backoff, "accept failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(crate::ACCEPT_BACKOFF_MAX);
+                continue;
+            }
+        };
+        let ip = peer.ip().to_canonical();
+        if !route.policy.allows(ip) {
+            debug!(%peer, "visitor not on the allowlist: closed");
+            refuse(socket);
+            continue;
+        }
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            warn!(%peer, max, "the tunnel has as many connections as allowed: closed");
+            refuse(socket);
+            continue;
+        };
+        let Some(per_ip) = shared.conns_per_ip.try_open(ip) else {
+            debug!(%peer, "too many connections from this address: closed");
+            refuse(socket);
+            continue;
+        };
+        let route = route.clone();
+        let span = info_span!("tcp visitor", %peer);
+        shared.spawn(
+            async move {
+                let _held = (slot, per_ip);
+                let _open = route.metrics.tcp_connection();
+                let _ = socket.set_nodelay(true);
+                let stream = match route
+                    .mux
+                    .open(head::encode_tcp(&peer.to_string()), false)
+                    .await
+                {
+                    Ok(s) => s,
+                    Err(e) => {
+                        debug!(%e, "cannot open a stream");
+                        return refuse(socket);
+                    }
+                };
+                let spliced = splice(socket, stream).await;
+                route.metrics.tcp_bytes(spliced.from_tcp, spliced.to_tcp);
+                match spliced.failure {
+                    None => debug!(
+                        up = spliced.from_tcp,
+                        down = spliced.to_tcp,
+                        "connection closed"
+                    ),
+                    Some(Failure::Stream(reason)) => {
+                        debug!(%reason, "the client's side ended the connection")
+                    }
+                    Some(Failure::Tcp(reason)) => debug!(%reason, "the visitor's side failed"),
+                }
+            }
+            .instrument(span),
+        );
+    }
+    info!("TCP listener closed");
+}
+
+/// Closes a visitor's connection with a reset, at once: nothing will be forwarded.
+fn refuse(socket: TcpStream) {
+    let _ = socket.set_zero_linger();
+    drop(socket);
+}

@@ -1,0 +1,396 @@
+//! TCP tunnels: one stream per visitor connection, spliced to a connection of its own to the
+//! local service.
+//!
+//! The server accepts a visitor on the tunnel's public port and opens a stream whose head is a
+//! TCP head ([`crate::head::encode_tcp`], the visitor's address). The client connects to the
+//! local service and copies bytes both ways ([`splice`]): a FIN crosses as a FIN (a half-close),
+//! a failure on either side resets the other. A local service that cannot be reached resets the
+//! stream with [`RESET_UNREACHABLE`] and the reason, so the visitor's connection closes at once.
+//!
+//! Every connection is recorded as a [`Connection`] in [`Connections`]: published when it opens
+//! and again when it ends, for the CLI's log and the desktop's traffic view.
+
+use std::{
+    collections::VecDeque,
+    io,
+    pin::Pin,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    task::{Context, Poll},
+    time::{Instant, SystemTime, UNIX_EPOCH},
+};
+
+use serde::Serialize;
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::TcpStream,
+    sync::broadcast,
+};
+use tracing::{debug, warn};
+
+use crate::{
+    forward::LocalTarget,
+    head::{self, Open},
+    mux::{Item, MuxStream},
+    protocol::{RESET_CANCEL, RESET_PROTOCOL, RESET_UNREACHABLE},
+    traffic::EVENT_BUFFER,
+};
+
+/// Default number of ended connections kept in the ring.
+pub const DEFAULT_CONNECTION_RING: usize = 500;
+
+/// Bytes each direction of a splice reads at once: a full DATA frame per read.
+const SPLICE_BUFFER: usize = 64 * 1024;
+
+/// One visitor connection through a TCP tunnel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Connection {
+    /// Unique within the process (shared by the opening and the ending event).
+    pub id: u64,
+    /// The visitor's `ip:port` as the server reported it. Untrusted text.
+    pub from: String,
+    /// Unix time in milliseconds when the connection arrived.
+    pub opened_ms: u64,
+    /// From arrival to the end, in milliseconds (0 while open).
+    pub duration_ms: u64,
+    /// Bytes from the visitor to the local service.
+    pub bytes_up: u64,
+    /// Bytes from the local service to the visitor.
+    pub bytes_down: u64,
+    /// How it ended; `None` while open.
+    pub end: Option<End>,
+}
+
+/// How a connection ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum End {
+    /// Both sides closed their half.
+    Closed,
+    /// The local service could not be reached; nothing was forwarded.
+    Unreachable {
+        /// Why, for a human.
+        reason: String,
+    },
+    /// The visitor's side failed: the visitor reset, the server gave up on it, or the session
+    /// ended. The local connection was reset.
+    VisitorReset {
+        /// Why, for a human.
+        reason: String,
+    },
+    /// The local service's connection failed (reset); the visitor's was reset.
+    LocalReset {
+        /// Why, for a human.
+        reason: String,
+    },
+}
+
+impl End {
+    /// A short phrase for a log line: `closed`, `unreachable: ...`, `reset by ...: ...`.
+    pub fn describe(&self) -> String {
+        match self {
+            End::Closed => "closed".to_owned(),
+            End::Unreachable { reason } => format!("local service unreachable: {reason}"),
+            End::VisitorReset { reason } => format!("visitor side reset: {reason}"),
+            End::LocalReset { reason } => format!("local side reset: {reason}"),
+        }
+    }
+}
+
+/// Where connections are recorded: a broadcast for live consumers and a bounded ring of ended
+/// connections.
+#[derive(Clone)]
+pub struct Connections {
+    inner: Arc<ConnectionsInner>,
+}
+
+struct ConnectionsInner {
+    events: broadcast::Sender<Arc<Connection>>,
+    ring: Mutex<VecDeque<Arc<Connection>>>,
+    ring_size: usize,
+    next_id: AtomicU64,
+    open: AtomicU64,
+}
+
+impl std::fmt::Debug for Connections {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connections")
+            .field("open", &self.open())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Connections {
+    fn default() -> Self {
+        Self::new(DEFAULT_CONNECTION_RING)
+    }
+}
+
+impl Connections {
+    /// A sink keeping the last `ring_size` ended connections.
+    pub fn new(ring_size: usize) -> Self {
+        Self {
+            inner: Arc::new(ConnectionsInner {
+                events: broadcast::channel(EVENT_BUFFER).0,
+                ring: Mutex::new(VecDeque::with_capacity(ring_size.min(1024))),
+                ring_size,
+                next_id: AtomicU64::new(1),
+                open: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// Every connection as it opens (`end: None`) and as it ends. A subscriber that falls more
+    /// than [`EVENT_BUFFER`] events behind misses the oldest (`Lagged`).
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Connection>> {
+        self.inner.events.subscribe()
+    }
+
+    /// The ended connections kept, oldest first.
+    pub fn recent(&self) -> Vec<Arc<Connection>> {
+        self.inner
+            .ring
+            .lock()
+            .expect("connections lock")
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> u64 {
+        self.inner.open.load(Ordering::Relaxed)
+    }
+
+    fn opened(&self, from: String) -> Opened {
+        let opened_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let conn = Connection {
+            id: self.inner.next_id.fetch_add(1, Ordering::Relaxed),
+            from,
+            opened_ms,
+            duration_ms: 0,
+            bytes_up: 0,
+            bytes_down: 0,
+            end: None,
+        };
+        self.inner.open.fetch_add(1, Ordering::Relaxed);
+        let _ = self.inner.events.send(Arc::new(conn.clone()));
+        Opened {
+            conn,
+            started: Instant::now(),
+        }
+    }
+
+    fn ended(&self, opened: Opened, up: u64, down: u64, end: End) -> Arc<Connection> {
+        self.inner.open.fetch_sub(1, Ordering::Relaxed);
+        let conn = Arc::new(Connection {
+            duration_ms: opened.started.elapsed().as_millis() as u64,
+            bytes_up: up,
+            bytes_down: down,
+            end: Some(end),
+            ..opened.conn
+        });
+        {
+            let mut ring = self.inner.ring.lock().expect("connections lock");
+            if ring.len() >= self.inner.ring_size {
+                ring.pop_front();
+            }
+            if self.inner.ring_size > 0 {
+                ring.push_back(conn.clone());
+            }
+        }
+        let _ = self.inner.events.send(conn.clone());
+        conn
+    }
+}
+
+struct Opened {
+    conn: Connection,
+    started: Instant,
+}
+
+/// Serves one stream the server opened on a TCP tunnel: connects to `local` and splices.
+pub async fn serve_stream(stream: MuxStream, local: &LocalTarget, log: &Connections) {
+    let from = match stream.recv().await {
+        Some(Ok(Item::Head(h))) => match head::decode_open(h) {
+            Ok(Open::Tcp(from)) => from,
+            Ok(Open::Http(_)) => {
+                return stream.reset(RESET_PROTOCOL, "this tunnel forwards TCP, not HTTP")
+            }
+            Err(e) => return stream.reset(RESET_PROTOCOL, &e.to_string()),
+        },
+        _ => return stream.reset(RESET_PROTOCOL, "a stream must open with a head"),
+    };
+    let opened = log.opened(from);
+    let target = local.authority();
+    let tcp = match TcpStream::connect(&target).await {
+        Ok(tcp) => tcp,
+        Err(e) => {
+            let reason = format!("cannot connect to {target}: {e}");
+            warn!(from = %opened.conn.from, "{reason}");
+            stream.reset(RESET_UNREACHABLE, &reason);
+            log.ended(opened, 0, 0, End::Unreachable { reason });
+            return;
+        }
+    };
+    let _ = tcp.set_nodelay(true);
+    let spliced = splice(tcp, stream).await;
+    let end = match spliced.failure {
+        None => End::Closed,
+        Some(Failure::Tcp(reason)) => End::LocalReset { reason },
+        Some(Failure::Stream(reason)) => End::VisitorReset { reason },
+    };
+    log.ended(opened, spliced.to_tcp, spliced.from_tcp, end);
+}
+
+/// How a [`splice`] went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spliced {
+    /// Bytes read from the TCP connection and sent on the stream.
+    pub from_tcp: u64,
+    /// Bytes received on the stream and written to the TCP connection.
+    pub to_tcp: u64,
+    /// `None` when both directions ended with a FIN.
+    pub failure: Option<Failure>,
+}
+
+/// Which side of a splice failed first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// The TCP connection (reset, or a write to it failed); the stream was reset.
+    Tcp(String),
+    /// The stream (reset by the peer, or its session ended); the TCP connection was reset.
+    Stream(String),
+}
+
+/// Copies both ways between a TCP connection and a stream until both directions have ended
+/// (each side's FIN reaches the other as a FIN) or either fails. A failure is passed on as a
+/// failure, not as an orderly close: the other side's stream is reset, or its TCP connection
+/// closed with RST (a zero linger), so neither end mistakes a broken connection for a complete
+/// one. Used by both the server (visitor side) and the client (local side).
+pub async fn splice(tcp: TcpStream, stream: MuxStream) -> Spliced {
+    let mut tcp = Counted::new(tcp);
+    let mut io = Counted::new(stream.into_io());
+    let result =
+        tokio::io::copy_bidirectional_with_sizes(&mut tcp, &mut io, SPLICE_BUFFER, SPLICE_BUFFER)
+            .await;
+    let failure = match result {
+        Ok(_) => None,
+        Err(e) => Some(match (tcp.failed, io.failed) {
+            (_, true) => Failure::Stream(e.to_string()),
+            _ => Failure::Tcp(e.to_string()),
+        }),
+    };
+    match &failure {
+        Some(Failure::Stream(reason)) => {
+            debug!(%reason, "stream failed: resetting the TCP connection");
+            let _ = tcp.io.set_zero_linger();
+        }
+        Some(Failure::Tcp(reason)) => {
+            debug!(%reason, "TCP connection failed: resetting the stream");
+            io.io.stream().reset(RESET_CANCEL, reason);
+        }
+        None => {}
+    }
+    Spliced {
+        from_tcp: tcp.read,
+        to_tcp: io.read,
+        failure,
+    }
+}
+
+/// An I/O object that counts the bytes read from it and remembers whether it failed, so a
+/// splice can say how much went each way and which side broke.
+struct Counted<T> {
+    io: T,
+    read: u64,
+    failed: bool,
+}
+
+impl<T> Counted<T> {
+    fn new(io: T) -> Self {
+        Self {
+            io,
+            read: 0,
+            failed: false,
+        }
+    }
+
+    fn note<R>(&mut self, r: Poll<io::Result<R>>) -> Poll<io::Result<R>> {
+        if let Poll::Ready(Err(_)) = &r {
+            self.failed = true;
+        }
+        r
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.io).poll_read(cx, buf);
+        self.read += (buf.filled().len() - before) as u64;
+        self.note(r)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.note(r)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let r = Pin::new(&mut self.io).poll_flush(cx);
+        self.note(r)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let r = Pin::new(&mut self.io).poll_shutdown(cx);
+        self.note(r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ring_is_bounded_and_events_carry_both_ends() {
+        let log = Connections::new(2);
+        let mut events = log.subscribe();
+        for i in 0..3 {
+            let o = log.opened(format!("192.0.2.1:{i}"));
+            assert_eq!(log.open(), 1);
+            log.ended(o, 10, 20, End::Closed);
+        }
+        assert_eq!(log.open(), 0);
+        let kept: Vec<_> = log.recent().iter().map(|c| c.from.clone()).collect();
+        assert_eq!(kept, ["192.0.2.1:1", "192.0.2.1:2"]);
+        let first = events.try_recv().unwrap();
+        assert_eq!((first.id, first.end.clone()), (1, None));
+        let ended = events.try_recv().unwrap();
+        assert_eq!(
+            (
+                ended.id,
+                ended.bytes_up,
+                ended.bytes_down,
+                ended.end.clone()
+            ),
+            (1, 10, 20, Some(End::Closed))
+        );
+        let json = serde_json::to_value(&*ended).unwrap();
+        assert_eq!(json["end"]["kind"], "closed");
+    }
+}
