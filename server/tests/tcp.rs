@@ -212,6 +212,58 @@ async fn a_half_close_reaches_the_service_and_its_answer_still_arrives() {
     assert_eq!((ended.bytes_up, ended.bytes_down), (3000, 14));
 }
 
+#[tokio::test]
+async fn a_reset_on_either_side_resets_the_other() {
+    let server = Server::start(tcp_config(port_range())).await;
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let local = l.local_addr().unwrap().port();
+    let (t, port) = tcp_tunnel(tcp_cfg(&server, local, None)).await;
+    let mut events = t.connections().subscribe();
+
+    // The local service resets: the visitor sees a reset, not an orderly end.
+    let mut v = visit(port).await;
+    v.write_all(b"hello").await.unwrap();
+    let (mut s, _) = l.accept().await.unwrap();
+    let mut b = [0u8; 5];
+    s.read_exact(&mut b).await.unwrap();
+    s.set_zero_linger().unwrap();
+    drop(s);
+    let mut rest = Vec::new();
+    let got = tokio::time::timeout(Duration::from_secs(5), v.read_to_end(&mut rest))
+        .await
+        .unwrap();
+    assert_eq!(
+        got.map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::ConnectionReset)
+    );
+    events.recv().await.unwrap();
+    let ended = events.recv().await.unwrap();
+    assert!(
+        matches!(ended.end, Some(End::LocalReset { .. })),
+        "{ended:?}"
+    );
+
+    // The visitor resets: the local service sees a reset.
+    let v = visit(port).await;
+    let (mut s, _) = l.accept().await.unwrap();
+    v.set_zero_linger().unwrap();
+    drop(v);
+    let mut rest = Vec::new();
+    let got = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest))
+        .await
+        .unwrap();
+    assert_eq!(
+        got.map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::ConnectionReset)
+    );
+    events.recv().await.unwrap();
+    let ended = events.recv().await.unwrap();
+    assert!(
+        matches!(ended.end, Some(End::VisitorReset { .. })),
+        "{ended:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_connections_at_once() {
     let server = Server::start(tcp_config(port_range())).await;
