@@ -668,3 +668,69 @@ fn tempdir() -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// `ggrok-server --db DB ARGS...`: success, stdout, stderr.
+fn admin(db: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ggrok-server"))
+        .arg("--db")
+        .arg(db)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn the_admin_command_reserves_and_releases_ports_on_a_running_server() {
+    let dir = tempdir();
+    let db = dir.join("tokens.db");
+    let (ok, ops, _) = admin(&db, &["token", "create", "--name", "ops"]);
+    assert!(ok);
+    let (ok, dev, _) = admin(&db, &["token", "create", "--name", "dev"]);
+    assert!(ok);
+    let range = port_range();
+    let port = free_port_in(&range);
+    let p = port.to_string();
+    let (ok, _, err) = admin(&db, &["reserve", "--port", &p, "--token-name", "ops"]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        err.trim(),
+        format!("port {port} reserved for token \"ops\"")
+    );
+    let (_, list, _) = admin(&db, &["token", "list"]);
+    assert!(list.contains(&format!("tcp:{port}")), "{list}");
+    let server = Server::start(Config {
+        store: Some(std::sync::Arc::new(Store::open(&db).unwrap())),
+        ..tcp_config(range)
+    })
+    .await;
+    let local = echo().await;
+    let with = |token: &str| {
+        let mut c = tcp_cfg(&server, local, Some(port));
+        c.token = Some(ggrok_tunnel::Secret::new(token.trim()));
+        c
+    };
+    let (kind, message) = refused(with(&dev)).await;
+    assert_eq!(kind, RefusalKind::PortReserved, "{message}");
+    let (t, got) = tcp_tunnel(with(&ops)).await;
+    assert_eq!(got, port, "the reserved port goes to its token");
+    // A stopped tunnel gives its port up at once.
+    t.stop().await;
+
+    let (ok, _, err) = admin(&db, &["release", "--port", &p]);
+    assert!(ok && err.trim() == format!("port {port} released"), "{err}");
+    let (t, got) = tcp_tunnel(with(&dev)).await;
+    assert_eq!(got, port, "free for anyone once released");
+    t.stop().await;
+    let (ok, _, err) = admin(&db, &["release", "--port", &p]);
+    assert!(!ok && err.contains("was not reserved"), "{err}");
+    let (ok, _, err) = admin(&db, &["reserve", "--port", "0", "--for", "ops"]);
+    assert!(!ok && err.contains("0"), "{err}");
+    let (ok, _, _) = admin(&db, &["reserve", "--for", "ops"]);
+    assert!(!ok, "a subdomain or a port is required");
+    let _ = std::fs::remove_dir_all(&dir);
+}
