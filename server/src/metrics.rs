@@ -234,10 +234,14 @@ impl TunnelMetrics {
         TcpConnectionGuard(self.tcp_open.clone())
     }
 
-    /// Counts the bytes of a TCP connection: `inbound` from visitor to local service.
+    /// Counts bytes of a TCP connection as they pass: `inbound` from visitor to local service.
     pub fn tcp_bytes(&self, inbound: u64, outbound: u64) {
-        self.bytes_in.inc_by(inbound);
-        self.bytes_out.inc_by(outbound);
+        if inbound > 0 {
+            self.bytes_in.inc_by(inbound);
+        }
+        if outbound > 0 {
+            self.bytes_out.inc_by(outbound);
+        }
     }
 
     /// Wraps a body so its bytes count in direction in (`inbound`, visitor to local service)

@@ -18,7 +18,7 @@ use std::{
 use ggrok_tunnel::{
     head,
     protocol::{Refusal, RefusalKind, HEADER_TCP_PORT},
-    tcp::{splice, Failure},
+    tcp::{splice_counting, Failure},
 };
 use http::HeaderMap;
 use rand::Rng;
@@ -253,8 +253,14 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener, route: Arc
                         return refuse(socket);
                     }
                 };
-                let spliced = splice(socket, stream).await;
-                route.metrics.tcp_bytes(spliced.from_tcp, spliced.to_tcp);
+                let (up, down) = (route.metrics.clone(), route.metrics.clone());
+                let spliced = splice_counting(
+                    socket,
+                    stream,
+                    move |n| up.tcp_bytes(n, 0),
+                    move |n| down.tcp_bytes(0, n),
+                )
+                .await;
                 match spliced.failure {
                     None => debug!(
                         up = spliced.from_tcp,

@@ -520,38 +520,47 @@ async fn metrics_count_connections_and_bytes_and_anonymous_pages_name_no_port() 
     })
     .await;
     let (_t, port) = tcp_tunnel(tcp_cfg(&server, echo().await, None)).await;
-    assert_eq!(exchange(port, b"12345").await, b"12345");
     let tunnel = format!("tunnel=\"tcp:{port}\"");
-    let metrics = loop {
-        let text = visitor()
-            .get(format!("{}/metrics", server.url()))
-            .bearer_auth("metrics-secret")
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        // The bytes are counted when the connection has ended on the server too.
-        if text.contains(&format!(
-            "ggrok_bytes_total{{{tunnel},direction=\"Out\"}} 5"
-        )) {
-            break text;
+    // Polls /metrics until every series in `want` reads as given.
+    let until = |want: Vec<String>| {
+        let url = format!("{}/metrics", server.url());
+        async move {
+            loop {
+                let text = visitor()
+                    .get(&url)
+                    .bearer_auth("metrics-secret")
+                    .send()
+                    .await
+                    .unwrap()
+                    .text()
+                    .await
+                    .unwrap();
+                if want.iter().all(|w| text.contains(w.as_str())) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    assert!(
-        metrics.contains(&format!("ggrok_tcp_connections_total{{{tunnel}}} 1")),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains(&format!("ggrok_bytes_total{{{tunnel},direction=\"In\"}} 5")),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains(&format!("ggrok_tcp_connections_open{{{tunnel}}} 0")),
-        "{metrics}"
-    );
+    // Counted while the connection is still open, as the bytes pass.
+    let mut open = visit(port).await;
+    open.write_all(b"12345").await.unwrap();
+    let mut back = [0u8; 5];
+    open.read_exact(&mut back).await.unwrap();
+    let counted = until(vec![
+        format!("ggrok_tcp_connections_total{{{tunnel}}} 1"),
+        format!("ggrok_tcp_connections_open{{{tunnel}}} 1"),
+        format!("ggrok_bytes_total{{{tunnel},direction=\"In\"}} 5"),
+        format!("ggrok_bytes_total{{{tunnel},direction=\"Out\"}} 5"),
+    ]);
+    tokio::time::timeout(Duration::from_secs(5), counted)
+        .await
+        .expect("series of the open connection");
+    drop(open);
+    let closed = until(vec![format!("ggrok_tcp_connections_open{{{tunnel}}} 0")]);
+    tokio::time::timeout(Duration::from_secs(5), closed)
+        .await
+        .expect("the connection counted closed");
     for path in ["/", "/metrics"] {
         let page = visitor()
             .get(format!("{}{path}", server.url()))

@@ -750,6 +750,21 @@ mod tests {
     }
 
     #[test]
+    fn tcp_tunnels_refuse_port_zero_and_basic_auth() {
+        let mut c = TunnelConfig::new("http://127.0.0.1:1", 22);
+        c.kind = TunnelKind::Tcp {
+            remote_port: Some(0),
+        };
+        assert_eq!(
+            Tunnel::start(c.clone()).err(),
+            Some(ConfigError::RemotePort)
+        );
+        c.kind = TunnelKind::Tcp { remote_port: None };
+        c.basic_auth = Some(Secret::new("user:pass"));
+        assert_eq!(Tunnel::start(c).err(), Some(ConfigError::TcpBasicAuth));
+    }
+
+    #[test]
     fn secrets_are_masked() {
         let s = Secret::new("supersecrettoken");
         assert_eq!(format!("{s:?}"), "MASKED");

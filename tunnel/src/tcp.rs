@@ -44,6 +44,10 @@ pub const DEFAULT_CONNECTION_RING: usize = 500;
 /// Bytes each direction of a splice reads at once: a full DATA frame per read.
 const SPLICE_BUFFER: usize = 64 * 1024;
 
+/// How long connecting to the local service may take: a refused port fails at once, but a host
+/// that drops packets (`--local-host` on another machine) would hold the visitor for minutes.
+pub const LOCAL_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// One visitor connection through a TCP tunnel.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Connection {
@@ -227,7 +231,10 @@ pub async fn serve_stream(stream: MuxStream, local: &LocalTarget, log: &Connecti
     };
     let opened = log.opened(from);
     let target = local.authority();
-    let tcp = match TcpStream::connect(&target).await {
+    let connected = tokio::time::timeout(LOCAL_CONNECT_TIMEOUT, TcpStream::connect(&target))
+        .await
+        .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "timed out")));
+    let tcp = match connected {
         Ok(tcp) => tcp,
         Err(e) => {
             let reason = format!("cannot connect to {target}: {e}");
@@ -273,8 +280,19 @@ pub enum Failure {
 /// closed with RST (a zero linger), so neither end mistakes a broken connection for a complete
 /// one. Used by both the server (visitor side) and the client (local side).
 pub async fn splice(tcp: TcpStream, stream: MuxStream) -> Spliced {
-    let mut tcp = Counted::new(tcp);
-    let mut io = Counted::new(stream.into_io());
+    splice_counting(tcp, stream, |_| {}, |_| {}).await
+}
+
+/// Like [`splice`], calling `from_tcp` and `to_tcp` with the size of every read as it happens
+/// (live byte counters for long connections).
+pub async fn splice_counting(
+    tcp: TcpStream,
+    stream: MuxStream,
+    from_tcp: impl FnMut(u64) + Unpin,
+    to_tcp: impl FnMut(u64) + Unpin,
+) -> Spliced {
+    let mut tcp = Counted::new(tcp, from_tcp);
+    let mut io = Counted::new(stream.into_io(), to_tcp);
     let result =
         tokio::io::copy_bidirectional_with_sizes(&mut tcp, &mut io, SPLICE_BUFFER, SPLICE_BUFFER)
             .await;
@@ -305,18 +323,20 @@ pub async fn splice(tcp: TcpStream, stream: MuxStream) -> Spliced {
 
 /// An I/O object that counts the bytes read from it and remembers whether it failed, so a
 /// splice can say how much went each way and which side broke.
-struct Counted<T> {
+struct Counted<T, F> {
     io: T,
     read: u64,
     failed: bool,
+    on_read: F,
 }
 
-impl<T> Counted<T> {
-    fn new(io: T) -> Self {
+impl<T, F> Counted<T, F> {
+    fn new(io: T, on_read: F) -> Self {
         Self {
             io,
             read: 0,
             failed: false,
+            on_read,
         }
     }
 
@@ -328,7 +348,7 @@ impl<T> Counted<T> {
     }
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
+impl<T: AsyncRead + Unpin, F: FnMut(u64) + Unpin> AsyncRead for Counted<T, F> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -336,12 +356,16 @@ impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.io).poll_read(cx, buf);
-        self.read += (buf.filled().len() - before) as u64;
+        let n = (buf.filled().len() - before) as u64;
+        if n > 0 {
+            self.read += n;
+            (self.on_read)(n);
+        }
         self.note(r)
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
+impl<T: AsyncWrite + Unpin, F: Unpin> AsyncWrite for Counted<T, F> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
