@@ -162,6 +162,9 @@ async fn claim_port(
     max: usize,
 ) -> Result<(Claim, TcpListener), Refusal> {
     let key = tcp_key(port);
+    // A live session on the port that the claim may replace (the same client reconnecting
+    // before the server noticed it had dropped) still holds the listener for a moment.
+    let replacing = shared.registry.route(&key).is_some();
     let claim = shared
         .registry
         .claim(Some(&key), who, policy, max)
@@ -174,7 +177,7 @@ async fn claim_port(
             ),
             _ => r,
         })?;
-    match TcpListener::bind(SocketAddr::new(ip, port)).await {
+    match bind(SocketAddr::new(ip, port), replacing).await {
         Ok(listener) => Ok((claim, listener)),
         Err(e) => {
             shared
@@ -184,6 +187,27 @@ async fn claim_port(
                 RefusalKind::PortTaken,
                 format!("port {port} is in use on the server ({e})"),
             ))
+        }
+    }
+}
+
+/// How long a claim that replaced a live session waits for that session to close its listener:
+/// it first tries to tell its client why (up to a second), then ends.
+const REPLACED_LISTENER_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Binds `addr`; when `replacing`, retries while the replaced session's listener still holds it.
+async fn bind(addr: SocketAddr, replacing: bool) -> std::io::Result<TcpListener> {
+    let deadline = tokio::time::Instant::now() + REPLACED_LISTENER_WAIT;
+    loop {
+        match TcpListener::bind(addr).await {
+            Err(e)
+                if replacing
+                    && e.kind() == std::io::ErrorKind::AddrInUse
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            done => return done,
         }
     }
 }

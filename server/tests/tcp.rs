@@ -452,6 +452,26 @@ async fn a_dropped_client_gets_its_port_back_and_nobody_else_meanwhile() {
 }
 
 #[tokio::test]
+async fn a_client_back_before_the_server_noticed_the_drop_gets_its_port_at_once() {
+    let server = Server::start(tcp_config(port_range())).await;
+    let local = echo().await;
+    let relay = Relay::start(server.addr).await;
+    let mut cfg = tcp_cfg(&server, local, None);
+    cfg.server = format!("http://{}", relay.addr);
+    cfg.client_id = Some("laptop".into());
+    let (_ghost, port) = tcp_tunnel(cfg).await;
+    // The old session is silent, and the server still counts it live (and its listener open).
+    relay.pause();
+    let mut back = tcp_cfg(&server, local, Some(port));
+    back.client_id = Some("laptop".into());
+    let (_back, again) = tokio::time::timeout(Duration::from_secs(5), tcp_tunnel(back))
+        .await
+        .expect("the replaced session's port is taken over");
+    assert_eq!(again, port);
+    assert_eq!(exchange(port, b"back").await, b"back");
+}
+
+#[tokio::test]
 async fn after_a_server_restart_the_client_comes_back_on_the_same_port() {
     let range = port_range();
     let server = Server::start(tcp_config(range.clone())).await;
