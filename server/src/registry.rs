@@ -143,7 +143,8 @@ impl Registry {
                 return Err(Refusal::new(
                     RefusalKind::TooManyTunnels,
                     format!(
-                        "this token already has {held} tunnels online, the most this server allows"
+                        "this token already has {held} {}tunnels online, the most this server allows",
+                        if tcp { "TCP " } else { "" }
                     ),
                 ));
             }

@@ -410,8 +410,9 @@ async fn reserved_ports_go_only_to_their_token_and_tcp_tunnels_are_capped_per_to
     let (_b, picked) = tcp_tunnel(with(&dev, None)).await;
     assert_ne!(picked, port);
     let (_c, _) = tcp_tunnel(with(&dev, None)).await;
-    let (kind, _) = refused(with(&dev, None)).await;
+    let (kind, message) = refused(with(&dev, None)).await;
     assert_eq!(kind, RefusalKind::TooManyTunnels);
+    assert!(message.contains("2 TCP tunnels online"), "{message}");
     let mut http = TunnelConfig::new(server.url(), local);
     http.token = Some(ggrok_tunnel::Secret::new(&dev));
     tunnel_with(http).await;
