@@ -874,6 +874,11 @@ def pct(sorted_vals: list[float], p: float) -> float | None:
 
 # --------------------------------------------------------------------------- raw TCP
 
+def self_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def tcp_probe_exchange(port: int, timeout: float = 2.0) -> str | None:
     """None when a connection to `port` gets the probe service's answer to b"E"."""
     try:
@@ -968,6 +973,7 @@ def start_rathole_tcp(procs: Procs, workdir: str, probe: int) -> Target:
 
 
 TCP_STARTERS = {"bore": start_bore_tcp, "rathole": start_rathole_tcp}
+TCP_LABELS = {"bore": "bore", "rathole": "rathole (TCP)"}
 
 
 def tcp_throughput(port: int, conns: int, seconds: float) -> dict:
@@ -1056,7 +1062,7 @@ def tcp_phase(procs: Procs, workdir: str) -> tuple[list[Target], dict]:
         starters.append((name, lambda name=name: TCP_STARTERS[name](procs, workdir, probe)))
     for name, start in [("direct", lambda: direct)] + starters:
         if name not in ("direct", "ggrok") and name not in PEERS:
-            t = Target(name, LABELS.get(name, name), status="skipped (BENCH_PEERS)")
+            t = Target(name, TCP_LABELS[name], status="skipped (BENCH_PEERS)")
             targets.append(t)
             continue
         before = list(procs.live)
@@ -1068,24 +1074,28 @@ def tcp_phase(procs: Procs, workdir: str) -> tuple[list[Target], dict]:
                 raise Fatal(f"ggrok tcp: {reason}")
             log(f"{name} (TCP): {reason} — continuing without it")
             procs.stop([x for x in procs.live if x not in before])
-            targets.append(Target(name, LABELS.get(name, name) if name != "rathole" else "rathole (TCP)",
+            targets.append(Target(name, TCP_LABELS[name],
                                   status="not installed" if reason == "not installed" else f"failed: {reason}"))
             continue
         if t is not direct:
             t.started = True
             targets.append(t)
         bench_pids = [p.pid for _, p in probe_procs] + [p.pid for _, p in t.procs]
+        def measure(key: str, run) -> None:
+            # The load runs in this process's threads: its CPU is the load tool's, not "other".
+            own = self_cpu()
+            with Meter(t if t is not direct else None, bench_pids) as m:
+                r = run()
+            r.update(cpu=m.split, wall=m.wall, other=max(0.0, m.other - (self_cpu() - own) / m.wall))
+            results[(name, key)] = r
+            if r["errors"]:
+                log(f"  {r['errors']} errors, first: {r['first_error']}")
+
         for key, conns in (("c1", 1), ("c4", 4)):
             log(f"raw TCP {name}: download over {conns} connection(s), {TCP_SECONDS} s")
-            with Meter(t if t is not direct else None, bench_pids) as m:
-                r = tcp_throughput(t.port, conns, TCP_SECONDS)
-            r.update(cpu=m.split, wall=m.wall, other=m.other)
-            results[(name, key)] = r
+            measure(key, lambda conns=conns: tcp_throughput(t.port, conns, TCP_SECONDS))
         log(f"raw TCP {name}: connection rate, {TCP_RATE_WORKERS} visitors, {TCP_SECONDS} s")
-        with Meter(t if t is not direct else None, bench_pids) as m:
-            r = tcp_rate(t.port, TCP_RATE_WORKERS, TCP_SECONDS)
-        r.update(cpu=m.split, wall=m.wall, other=m.other)
-        results[(name, "rate")] = r
+        measure("rate", lambda: tcp_rate(t.port, TCP_RATE_WORKERS, TCP_SECONDS))
         if t is not direct:
             for pname, p in t.procs:
                 if p.poll() is not None:
