@@ -264,6 +264,24 @@ async fn a_reset_on_either_side_resets_the_other() {
     );
 }
 
+#[tokio::test]
+async fn a_connection_open_when_the_tunnel_stops_is_recorded_as_cut() {
+    let server = Server::start(tcp_config(port_range())).await;
+    let (t, port) = tcp_tunnel(tcp_cfg(&server, echo().await, None)).await;
+    let mut events = t.connections().subscribe();
+    let mut v = visit(port).await;
+    v.write_all(b"abc").await.unwrap();
+    let mut b = [0u8; 3];
+    v.read_exact(&mut b).await.unwrap();
+    let opened = events.recv().await.unwrap();
+    t.stop().await;
+    let ended = events.recv().await.unwrap();
+    assert_eq!(ended.id, opened.id);
+    assert_eq!(ended.end, Some(End::Cut));
+    assert_eq!((ended.bytes_up, ended.bytes_down), (3, 3));
+    assert!(closed_soon(&mut v).await.is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_connections_at_once() {
     let server = Server::start(tcp_config(port_range())).await;

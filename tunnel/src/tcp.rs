@@ -89,6 +89,9 @@ pub enum End {
         /// Why, for a human.
         reason: String,
     },
+    /// The tunnel stopped, or its session ended, while the connection was open; the bytes are
+    /// those counted until then.
+    Cut,
 }
 
 impl End {
@@ -99,6 +102,7 @@ impl End {
             End::Unreachable { reason } => format!("local service unreachable: {reason}"),
             End::VisitorReset { reason } => format!("visitor side reset: {reason}"),
             End::LocalReset { reason } => format!("local side reset: {reason}"),
+            End::Cut => "cut: the tunnel stopped or lost its session".to_owned(),
         }
     }
 }
@@ -184,19 +188,19 @@ impl Connections {
         self.inner.open.fetch_add(1, Ordering::Relaxed);
         let _ = self.inner.events.send(Arc::new(conn.clone()));
         Opened {
-            conn,
+            log: self.clone(),
+            conn: Some(conn),
             started: Instant::now(),
+            up: Arc::default(),
+            down: Arc::default(),
         }
     }
 
-    fn ended(&self, opened: Opened, up: u64, down: u64, end: End) -> Arc<Connection> {
+    fn ended(&self, conn: Connection, end: End) -> Arc<Connection> {
         self.inner.open.fetch_sub(1, Ordering::Relaxed);
         let conn = Arc::new(Connection {
-            duration_ms: opened.started.elapsed().as_millis() as u64,
-            bytes_up: up,
-            bytes_down: down,
             end: Some(end),
-            ..opened.conn
+            ..conn
         });
         {
             let mut ring = self.inner.ring.lock().expect("connections lock");
@@ -212,9 +216,43 @@ impl Connections {
     }
 }
 
+/// A connection being recorded. Dropped without [`Opened::end`] (its task was dropped: the
+/// tunnel stopped or its session ended), it is published as [`End::Cut`], so no consumer is
+/// left with a connection that never ends.
 struct Opened {
-    conn: Connection,
+    log: Connections,
+    /// `None` once published.
+    conn: Option<Connection>,
     started: Instant,
+    /// Bytes from the visitor and to it so far.
+    up: Arc<AtomicU64>,
+    down: Arc<AtomicU64>,
+}
+
+impl Opened {
+    fn from(&self) -> &str {
+        self.conn.as_ref().map_or("", |c| c.from.as_str())
+    }
+
+    fn end(mut self, end: End) -> Arc<Connection> {
+        self.publish(end).expect("published once")
+    }
+
+    fn publish(&mut self, end: End) -> Option<Arc<Connection>> {
+        let conn = Connection {
+            duration_ms: self.started.elapsed().as_millis() as u64,
+            bytes_up: self.up.load(Ordering::Relaxed),
+            bytes_down: self.down.load(Ordering::Relaxed),
+            ..self.conn.take()?
+        };
+        Some(self.log.ended(conn, end))
+    }
+}
+
+impl Drop for Opened {
+    fn drop(&mut self) {
+        self.publish(End::Cut);
+    }
 }
 
 /// Serves one stream the server opened on a TCP tunnel: connects to `local` and splices.
@@ -238,20 +276,30 @@ pub async fn serve_stream(stream: MuxStream, local: &LocalTarget, log: &Connecti
         Ok(tcp) => tcp,
         Err(e) => {
             let reason = format!("cannot connect to {target}: {e}");
-            warn!(from = %opened.conn.from, "{reason}");
+            warn!(from = %opened.from(), "{reason}");
             stream.reset(RESET_UNREACHABLE, &reason);
-            log.ended(opened, 0, 0, End::Unreachable { reason });
+            opened.end(End::Unreachable { reason });
             return;
         }
     };
     let _ = tcp.set_nodelay(true);
-    let spliced = splice(tcp, stream).await;
-    let end = match spliced.failure {
+    let (up, down) = (opened.up.clone(), opened.down.clone());
+    let spliced = splice_counting(
+        tcp,
+        stream,
+        move |n| {
+            down.fetch_add(n, Ordering::Relaxed);
+        },
+        move |n| {
+            up.fetch_add(n, Ordering::Relaxed);
+        },
+    )
+    .await;
+    opened.end(match spliced.failure {
         None => End::Closed,
         Some(Failure::Tcp(reason)) => End::LocalReset { reason },
         Some(Failure::Stream(reason)) => End::VisitorReset { reason },
-    };
-    log.ended(opened, spliced.to_tcp, spliced.from_tcp, end);
+    });
 }
 
 /// How a [`splice`] went.
@@ -397,7 +445,9 @@ mod tests {
         for i in 0..3 {
             let o = log.opened(format!("192.0.2.1:{i}"));
             assert_eq!(log.open(), 1);
-            log.ended(o, 10, 20, End::Closed);
+            o.up.store(10, Ordering::Relaxed);
+            o.down.store(20, Ordering::Relaxed);
+            o.end(End::Closed);
         }
         assert_eq!(log.open(), 0);
         let kept: Vec<_> = log.recent().iter().map(|c| c.from.clone()).collect();
@@ -416,5 +466,9 @@ mod tests {
         );
         let json = serde_json::to_value(&*ended).unwrap();
         assert_eq!(json["end"]["kind"], "closed");
+        // A connection whose task is dropped still ends, as cut.
+        drop(log.opened("192.0.2.1:9".into()));
+        assert_eq!(log.open(), 0);
+        assert_eq!(log.recent().last().unwrap().end, Some(End::Cut));
     }
 }
