@@ -584,7 +584,7 @@ impl Engine {
         let spawn_cancel = streams.clone();
         let tcp = matches!(self.config.kind, TunnelKind::Tcp { .. });
         let (local, connections) = (
-            Arc::new(self.config.local.clone()),
+            Arc::new(crate::tcp::Dialer::new(self.config.local.clone())),
             self.connections.clone(),
         );
         let driven = driver.run(move |stream| {

@@ -255,8 +255,59 @@ impl Drop for Opened {
     }
 }
 
-/// Serves one stream the server opened on a TCP tunnel: connects to `local` and splices.
-pub async fn serve_stream(stream: MuxStream, local: &LocalTarget, log: &Connections) {
+/// Opens connections to the local service of a TCP tunnel.
+#[derive(Debug)]
+pub struct Dialer {
+    target: LocalTarget,
+    /// The address that answered last. `localhost` resolves to `::1` before `127.0.0.1` and
+    /// most services listen on one of them only: resolving (a hop to tokio's blocking pool and
+    /// a read of /etc/hosts) and trying the wrong one first would cost every new connection.
+    addr: Mutex<Option<std::net::SocketAddr>>,
+}
+
+impl Dialer {
+    /// A dialer to `target`.
+    pub fn new(target: LocalTarget) -> Self {
+        Self {
+            target,
+            addr: Mutex::new(None),
+        }
+    }
+
+    /// Connects to the address that worked last, else to each address the host resolves to in
+    /// order; gives up after [`LOCAL_CONNECT_TIMEOUT`].
+    pub async fn connect(&self) -> io::Result<TcpStream> {
+        tokio::time::timeout(LOCAL_CONNECT_TIMEOUT, self.try_connect())
+            .await
+            .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "timed out")))
+    }
+
+    async fn try_connect(&self) -> io::Result<TcpStream> {
+        let known = *self.addr.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(addr) = known {
+            // Down, or back on another address: resolve again.
+            if let Ok(tcp) = TcpStream::connect(addr).await {
+                return Ok(tcp);
+            }
+        }
+        let mut last = None;
+        let host = (self.target.host.as_str(), self.target.port);
+        for addr in tokio::net::lookup_host(host).await? {
+            match TcpStream::connect(addr).await {
+                Ok(tcp) => {
+                    *self.addr.lock().unwrap_or_else(|p| p.into_inner()) = Some(addr);
+                    return Ok(tcp);
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| io::Error::other("the host resolves to no address")))
+    }
+}
+
+/// Serves one stream the server opened on a TCP tunnel: connects to the local service and
+/// splices.
+pub async fn serve_stream(stream: MuxStream, local: &Dialer, log: &Connections) {
     let from = match stream.recv().await {
         Some(Ok(Item::Head(h))) => match head::decode_open(h) {
             Ok(Open::Tcp(from)) => from,
@@ -268,14 +319,10 @@ pub async fn serve_stream(stream: MuxStream, local: &LocalTarget, log: &Connecti
         _ => return stream.reset(RESET_PROTOCOL, "a stream must open with a head"),
     };
     let opened = log.opened(from);
-    let target = local.authority();
-    let connected = tokio::time::timeout(LOCAL_CONNECT_TIMEOUT, TcpStream::connect(&target))
-        .await
-        .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "timed out")));
-    let tcp = match connected {
+    let tcp = match local.connect().await {
         Ok(tcp) => tcp,
         Err(e) => {
-            let reason = format!("cannot connect to {target}: {e}");
+            let reason = format!("cannot connect to {}: {e}", local.target.authority());
             warn!(from = %opened.from(), "{reason}");
             stream.reset(RESET_UNREACHABLE, &reason);
             opened.end(End::Unreachable { reason });
@@ -437,6 +484,25 @@ impl<T: AsyncWrite + Unpin, F: Unpin> AsyncWrite for Counted<T, F> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_dialer_keeps_the_address_that_answered() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let dialer = Dialer::new(LocalTarget {
+            host: "localhost".into(),
+            port: addr.port(),
+            keep_host: false,
+        });
+        for _ in 0..3 {
+            dialer.connect().await.unwrap();
+            l.accept().await.unwrap();
+            assert_eq!(*dialer.addr.lock().unwrap(), Some(addr), "kept");
+        }
+        drop(l);
+        let e = dialer.connect().await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused, "{e}");
+    }
 
     #[test]
     fn the_ring_is_bounded_and_events_carry_both_ends() {
