@@ -13,21 +13,15 @@
 use std::{
     collections::VecDeque,
     io,
-    pin::Pin,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc, Mutex,
     },
-    task::{Context, Poll},
     time::{Instant, SystemTime, UNIX_EPOCH},
 };
 
 use serde::Serialize;
-use tokio::{
-    io::{AsyncRead, AsyncWrite, ReadBuf},
-    net::TcpStream,
-    sync::broadcast,
-};
+use tokio::{io::AsyncWriteExt, net::TcpStream, sync::broadcast};
 use tracing::{debug, warn};
 
 use crate::{
@@ -378,106 +372,100 @@ pub async fn splice(tcp: TcpStream, stream: MuxStream) -> Spliced {
     splice_counting(tcp, stream, |_| {}, |_| {}).await
 }
 
-/// Like [`splice`], calling `from_tcp` and `to_tcp` with the size of every read as it happens
+/// Like [`splice`], calling `from_tcp` and `to_tcp` with the size of every chunk as it passes
 /// (live byte counters for long connections).
+///
+/// The stream's data goes to the socket as the multiplexer delivered it, without a copy into a
+/// buffer of our own; the other way, a read buffer is allocated only once the connection has
+/// something to read, so idle connections (an SSH session nobody types in) hold none.
 pub async fn splice_counting(
     tcp: TcpStream,
     stream: MuxStream,
-    from_tcp: impl FnMut(u64) + Unpin,
-    to_tcp: impl FnMut(u64) + Unpin,
+    mut from_tcp: impl FnMut(u64),
+    mut to_tcp: impl FnMut(u64),
 ) -> Spliced {
-    let mut tcp = Counted::new(tcp, from_tcp);
-    let mut io = Counted::new(stream.into_io(), to_tcp);
-    let result =
-        tokio::io::copy_bidirectional_with_sizes(&mut tcp, &mut io, SPLICE_BUFFER, SPLICE_BUFFER)
-            .await;
-    let failure = match result {
-        Ok(_) => None,
-        Err(e) => Some(match (tcp.failed, io.failed) {
-            (_, true) => Failure::Stream(e.to_string()),
-            _ => Failure::Tcp(e.to_string()),
-        }),
+    let (rd, mut wr) = tcp.into_split();
+    let (mut sent, mut received) = (0u64, 0u64);
+    let failure = {
+        let up = async {
+            let mut buf = Vec::new();
+            loop {
+                rd.readable()
+                    .await
+                    .map_err(|e| Failure::Tcp(e.to_string()))?;
+                if buf.is_empty() {
+                    buf = vec![0; SPLICE_BUFFER];
+                }
+                match rd.try_read(&mut buf) {
+                    Ok(0) => return stream.finish().map_err(|e| Failure::Stream(e.to_string())),
+                    Ok(n) => {
+                        from_tcp(n as u64);
+                        sent += n as u64;
+                        stream
+                            .send(&buf[..n])
+                            .await
+                            .map_err(|e| Failure::Stream(e.to_string()))?;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(Failure::Tcp(e.to_string())),
+                }
+            }
+        };
+        let down = async {
+            loop {
+                match stream.recv().await {
+                    None => return wr.shutdown().await.map_err(|e| Failure::Tcp(e.to_string())),
+                    Some(Ok(Item::Data(data))) => {
+                        to_tcp(data.len() as u64);
+                        received += data.len() as u64;
+                        wr.write_all(&data)
+                            .await
+                            .map_err(|e| Failure::Tcp(e.to_string()))?;
+                    }
+                    Some(Ok(_)) => {
+                        return Err(Failure::Stream(
+                            "a head on a stream that carries bytes".into(),
+                        ))
+                    }
+                    Some(Err(e)) => return Err(Failure::Stream(e.to_string())),
+                }
+            }
+        };
+        tokio::pin!(up, down);
+        let (mut up_done, mut down_done) = (false, false);
+        loop {
+            tokio::select! {
+                r = &mut up, if !up_done => match r {
+                    Ok(()) => up_done = true,
+                    Err(f) => break Some(f),
+                },
+                r = &mut down, if !down_done => match r {
+                    Ok(()) => down_done = true,
+                    Err(f) => break Some(f),
+                },
+            }
+            if up_done && down_done {
+                break None;
+            }
+        }
     };
     match &failure {
         Some(Failure::Stream(reason)) => {
             debug!(%reason, "stream failed: resetting the TCP connection");
-            let _ = tcp.io.set_zero_linger();
+            let _ = rd.as_ref().set_zero_linger();
+            // Dropping the write half would send a FIN first: the peer must see only the reset.
+            wr.forget();
         }
         Some(Failure::Tcp(reason)) => {
             debug!(%reason, "TCP connection failed: resetting the stream");
-            io.io.stream().reset(RESET_CANCEL, reason);
+            stream.reset(RESET_CANCEL, reason);
         }
         None => {}
     }
     Spliced {
-        from_tcp: tcp.read,
-        to_tcp: io.read,
+        from_tcp: sent,
+        to_tcp: received,
         failure,
-    }
-}
-
-/// An I/O object that counts the bytes read from it and remembers whether it failed, so a
-/// splice can say how much went each way and which side broke.
-struct Counted<T, F> {
-    io: T,
-    read: u64,
-    failed: bool,
-    on_read: F,
-}
-
-impl<T, F> Counted<T, F> {
-    fn new(io: T, on_read: F) -> Self {
-        Self {
-            io,
-            read: 0,
-            failed: false,
-            on_read,
-        }
-    }
-
-    fn note<R>(&mut self, r: Poll<io::Result<R>>) -> Poll<io::Result<R>> {
-        if let Poll::Ready(Err(_)) = &r {
-            self.failed = true;
-        }
-        r
-    }
-}
-
-impl<T: AsyncRead + Unpin, F: FnMut(u64) + Unpin> AsyncRead for Counted<T, F> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let r = Pin::new(&mut self.io).poll_read(cx, buf);
-        let n = (buf.filled().len() - before) as u64;
-        if n > 0 {
-            self.read += n;
-            (self.on_read)(n);
-        }
-        self.note(r)
-    }
-}
-
-impl<T: AsyncWrite + Unpin, F: Unpin> AsyncWrite for Counted<T, F> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.io).poll_write(cx, buf);
-        self.note(r)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let r = Pin::new(&mut self.io).poll_flush(cx);
-        self.note(r)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let r = Pin::new(&mut self.io).poll_shutdown(cx);
-        self.note(r)
     }
 }
 
