@@ -4,76 +4,43 @@
 use std::{net::SocketAddr, sync::Arc};
 
 use ggrok_tunnel::{
-    http_util::{full, Body},
+    http_util::{empty, full, Body},
     mux,
     protocol::{self, Refusal, RefusalKind},
     stop::until_stopped,
 };
 use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
-use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
 use tokio_tungstenite::{
     tungstenite::{handshake::derive_accept_key, protocol::Role},
     WebSocketStream,
 };
 use tracing::{info, info_span, warn, Instrument};
 
-use crate::{policy::Policy, registry::Claimant, Shared, Visitor};
+use crate::{
+    config::hash_token,
+    policy::Policy,
+    registry::{Claim, Claimant},
+    state::Shared,
+    store::StoreError,
+    visitor::Visitor,
+};
 
 /// How long a session the server ends on purpose waits for the client to acknowledge the close.
 const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Answers a connect request: `101` and a session task, or a refusal.
-pub(crate) async fn accept(
+pub(crate) async fn accept<B>(
     shared: &Arc<Shared>,
     visitor: Visitor,
-    mut req: Request<Incoming>,
+    mut req: Request<B>,
 ) -> Response<Body> {
     let peer = visitor.peer;
-    if !shared.connect_limit.allow(&visitor.ip) {
-        let refusal = Refusal::new(
-            RefusalKind::RateLimited,
-            "too many connect attempts from this address; retry later",
-        );
-        return refuse(shared, peer, &refusal);
-    }
-    let checked = match &shared.store_thread {
-        // SQLite may wait for the disk or another process's lock: not on this thread, which
-        // serves the traffic of every tunnel on its shard. Connects are rare; the copy is cheap.
-        Some(thread) => {
-            let (checker, headers) = (shared.clone(), req.headers().clone());
-            thread
-                .run(move || check(&checker, &headers))
-                .await
-                .unwrap_or_else(|| Err(store_unavailable()))
-        }
-        None => check(shared, req.headers()),
-    };
-    let (who, wanted, key) = match checked {
-        Ok(ok) => ok,
+    let Admitted { claim, key, tcp } = match admit(shared, &visitor, req.headers()).await {
+        Ok(admitted) => admitted,
         Err(refusal) => return refuse(shared, peer, &refusal),
-    };
-    let policy = match Policy::from_headers(req.headers()) {
-        Ok(p) => Arc::new(p),
-        Err(refusal) => return refuse(shared, peer, &refusal),
-    };
-    // A TCP tunnel claims a port instead of a name, and binds it: see `tcp`.
-    let tcp_wanted = match crate::tcp::wanted(req.headers()) {
-        Ok(w) => w,
-        Err(refusal) => return refuse(shared, peer, &refusal),
-    };
-    let (claim, tcp) = match tcp_wanted {
-        None => {
-            let max = shared.config.max_tunnels_per_token;
-            match shared.registry.claim(wanted.as_deref(), &who, policy, max) {
-                Ok(claim) => (claim, None),
-                Err(refusal) => return refuse(shared, peer, &refusal),
-            }
-        }
-        Some(port) => match crate::tcp::claim(shared, shared.tcp_ip, port, &who, policy).await {
-            Ok((claim, listener)) => (claim, Some(listener)),
-            Err(refusal) => return refuse(shared, peer, &refusal),
-        },
     };
     let tcp_port = tcp
         .as_ref()
@@ -90,101 +57,156 @@ pub(crate) async fn accept(
     };
     let name = claim.name.clone();
     let on_upgrade = hyper::upgrade::on(&mut req);
-
-    let task_shared = shared.clone();
     let span = info_span!("session", name = %claim.name, %peer);
     // Not `shared.spawn`, which would drop the session at shutdown: it ends itself then, with a
     // Close frame that tells the client why.
-    shared.tasks.spawn(
-        async move {
-            let shared = task_shared;
-            // However this task ends, work still running on the session's streams stops too.
-            let _ended = claim.ended.clone().drop_guard();
-            let upgraded = match on_upgrade.await {
-                Ok(u) => u,
-                Err(e) => {
-                    warn!(%e, "upgrade failed");
-                    shared
-                        .registry
-                        .release(&claim.name, claim.session, true, || {});
-                    return;
-                }
-            };
-            let ws = WebSocketStream::from_raw_socket(
-                TokioIo::new(upgraded),
-                Role::Server,
-                Some(protocol::websocket_config()),
-            )
-            .await;
-            let config = mux::Config {
-                heartbeat: shared.config.heartbeat,
-                // A stream whose reader stopped (an upload the local service does not read, a
-                // visitor that stopped reading) gives its credit back after this long.
-                stall_timeout: shared.config.body_idle_timeout,
-                // Clients have no reason to open streams: one that does breaks the protocol.
-                ..mux::Config::new(false)
-            };
-            let (session, driver) = mux::start(ws, mux::Role::Acceptor, config);
-            let closing = session.closing();
-            let metrics = shared.metrics.tunnel(&claim.name);
+    shared
+        .tasks
+        .spawn(session(shared.clone(), claim, tcp, on_upgrade).instrument(span));
+    switching_protocols(&key, &name, &url, tcp_port)
+}
+
+/// A connect that passed every check and holds its name (or port).
+struct Admitted {
+    claim: Claim,
+    /// The WebSocket key, for the `101`.
+    key: String,
+    /// A TCP tunnel's public port, bound: see `tcp`.
+    tcp: Option<TcpListener>,
+}
+
+/// Every check a connect passes before its name is claimed: the connect rate, the handshake
+/// ([`check`]), the tunnel's visitor policy, then the claim of a name, or of a TCP tunnel's
+/// port (which is bound here).
+async fn admit(
+    shared: &Arc<Shared>,
+    visitor: &Visitor,
+    headers: &HeaderMap,
+) -> Result<Admitted, Refusal> {
+    if !shared.connect_limit.allow(&visitor.ip) {
+        return Err(Refusal::new(
+            RefusalKind::RateLimited,
+            "too many connect attempts from this address; retry later",
+        ));
+    }
+    let (who, wanted, key) = match &shared.store_thread {
+        // SQLite may wait for the disk or another process's lock: not on this thread, which
+        // serves the traffic of every tunnel on its shard. Connects are rare; the copy is cheap.
+        Some(thread) => {
+            let (checker, headers) = (shared.clone(), headers.clone());
+            thread
+                .run(move || check(&checker, &headers))
+                .await
+                .unwrap_or_else(|| Err(store_unavailable()))?
+        }
+        None => check(shared, headers)?,
+    };
+    let policy = Arc::new(Policy::from_headers(headers)?);
+    // A TCP tunnel claims a port instead of a name, and binds it: see `tcp`.
+    let (claim, tcp) = match crate::tcp::wanted(headers)? {
+        None => {
+            let max = shared.config.max_tunnels_per_token;
+            let claim = shared
+                .registry
+                .claim(wanted.as_deref(), &who, policy, max)?;
+            (claim, None)
+        }
+        Some(port) => {
+            let (claim, listener) =
+                crate::tcp::claim(shared, shared.tcp_ip, port, &who, policy).await?;
+            (claim, Some(listener))
+        }
+    };
+    Ok(Admitted { claim, key, tcp })
+}
+
+/// The session's life, from the upgrade to the release of its name. A TCP tunnel's listener
+/// accepts visitors once the session is attached, and closes when it ends.
+async fn session(
+    shared: Arc<Shared>,
+    claim: Claim,
+    tcp: Option<TcpListener>,
+    on_upgrade: OnUpgrade,
+) {
+    // However this task ends, work still running on the session's streams stops too.
+    let _ended = claim.ended.clone().drop_guard();
+    let upgraded = match on_upgrade.await {
+        Ok(u) => u,
+        Err(e) => {
+            warn!(%e, "upgrade failed");
             shared
                 .registry
-                .attach(&claim.name, claim.session, session, metrics);
-            if let (Some(listener), Some(route)) = (tcp, shared.registry.route(&claim.name)) {
-                shared.spawn(crate::tcp::serve(shared.clone(), listener, route));
-            }
-            info!("tunnel online");
+                .release(&claim.name, claim.session, true, || {});
+            return;
+        }
+    };
+    let ws = WebSocketStream::from_raw_socket(
+        TokioIo::new(upgraded),
+        Role::Server,
+        Some(protocol::websocket_config()),
+    )
+    .await;
+    let config = mux::Config {
+        heartbeat: shared.config.heartbeat,
+        // A stream whose reader stopped (an upload the local service does not read, a visitor
+        // that stopped reading) gives its credit back after this long.
+        stall_timeout: shared.config.body_idle_timeout,
+        // Clients have no reason to open streams: one that does breaks the protocol.
+        ..mux::Config::new(false)
+    };
+    let (handle, driver) = mux::start(ws, mux::Role::Acceptor, config);
+    let closing = handle.closing();
+    let metrics = shared.metrics.tunnel(&claim.name);
+    shared
+        .registry
+        .attach(&claim.name, claim.session, handle, metrics);
+    if let (Some(listener), Some(endpoint)) = (tcp, shared.registry.endpoint(&claim.name)) {
+        shared.spawn(crate::tcp::serve(shared.clone(), listener, endpoint));
+    }
+    info!("tunnel online");
+    let serve = driver.run(|_| {});
+    tokio::pin!(serve);
+    // The driver wakes for every batch of frames: see `until_stopped`.
+    let reason = match until_stopped(ended_by_server(&shared, &claim), serve.as_mut()).await {
+        Ok(Ok(())) => "closed".to_owned(),
+        Ok(Err(e)) => e,
+        Err((code, why)) => {
             // Ending on purpose, the server says why in a Close frame and drives the session
             // until the client answers (it only sends while polled), or for at most a second.
-            let on_purpose = std::sync::atomic::AtomicBool::new(false);
-            let close = |code: u16, why: &'static str| {
-                closing.close_with(code, why);
-                on_purpose.store(true, std::sync::atomic::Ordering::Relaxed);
-                why.to_owned()
-            };
-            let stop = async {
-                tokio::select! {
-                    _ = claim.cancel.cancelled() => (
-                        protocol::CLOSE_REPLACED,
-                        "replaced by a new session of the same client",
-                    ),
-                    // The client's reconnect is then refused for the token.
-                    _ = claim.revoked.cancelled() => (
-                        protocol::CLOSE_REVOKED,
-                        "its token was revoked",
-                    ),
-                    // After the drain: clients reconnect, to this server's successor.
-                    _ = shared.cancel.cancelled() => (
-                        protocol::CLOSE_SHUTDOWN,
-                        "the server is shutting down",
-                    ),
-                }
-            };
-            let serve = driver.run(|_| {});
-            tokio::pin!(serve);
-            // The driver wakes for every batch of frames: see `until_stopped`.
-            let reason = match until_stopped(stop, serve.as_mut()).await {
-                Ok(Ok(())) => "closed".to_owned(),
-                Ok(Err(e)) => e,
-                Err((code, why)) => close(code, why),
-            };
-            if on_purpose.load(std::sync::atomic::Ordering::Relaxed) {
-                let _ = tokio::time::timeout(CLOSE_TIMEOUT, serve).await;
-            }
-            // A client that stopped on purpose gives its name up; one that dropped keeps it for
-            // the grace period.
-            // Its series go with it, unless a newer session of the tunnel already counts there.
-            let hold = !closing.peer_closed();
-            shared
-                .registry
-                .release(&claim.name, claim.session, hold, || {
-                    shared.metrics.forget(&claim.name)
-                });
-            info!(%reason, "tunnel offline");
+            closing.close_with(code, why);
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, serve).await;
+            why.to_owned()
         }
-        .instrument(span),
-    );
+    };
+    // A client that stopped on purpose gives its name up; one that dropped keeps it for the
+    // grace period. Its series go with it, unless a newer session of the tunnel already counts
+    // there.
+    let hold = !closing.peer_closed();
+    shared
+        .registry
+        .release(&claim.name, claim.session, hold, || {
+            shared.metrics.forget(&claim.name)
+        });
+    info!(%reason, "tunnel offline");
+}
 
+/// Completes when the server ends the session on purpose: the close code and reason it sends.
+async fn ended_by_server(shared: &Shared, claim: &Claim) -> (u16, &'static str) {
+    tokio::select! {
+        _ = claim.cancel.cancelled() => (
+            protocol::CLOSE_REPLACED,
+            "replaced by a new session of the same client",
+        ),
+        // The client's reconnect is then refused for the token.
+        _ = claim.revoked.cancelled() => (protocol::CLOSE_REVOKED, "its token was revoked"),
+        // After the drain: clients reconnect, to this server's successor.
+        _ = shared.cancel.cancelled() => (protocol::CLOSE_SHUTDOWN, "the server is shutting down"),
+    }
+}
+
+/// The `101` that opens the session, naming the tunnel, its public URL and, for a TCP tunnel,
+/// its port.
+fn switching_protocols(key: &str, name: &str, url: &str, tcp_port: Option<u16>) -> Response<Body> {
     let mut resp = Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header(header::CONNECTION, "upgrade")
@@ -193,7 +215,7 @@ pub(crate) async fn accept(
             header::SEC_WEBSOCKET_ACCEPT,
             derive_accept_key(key.as_bytes()),
         );
-    if let (Ok(name), Ok(url)) = (HeaderValue::from_str(&name), HeaderValue::from_str(&url)) {
+    if let (Ok(name), Ok(url)) = (HeaderValue::from_str(name), HeaderValue::from_str(url)) {
         resp = resp
             .header(protocol::HEADER_NAME, name)
             .header(protocol::HEADER_URL, url);
@@ -201,8 +223,7 @@ pub(crate) async fn accept(
     if let Some(port) = tcp_port {
         resp = resp.header(protocol::HEADER_TCP_PORT, port);
     }
-    resp.body(ggrok_tunnel::http_util::empty())
-        .expect("valid 101 response")
+    resp.body(empty()).expect("valid 101 response")
 }
 
 /// Validates a connect request; returns who asks, for which name, and the WebSocket key.
@@ -237,7 +258,7 @@ pub(crate) fn check(
             ),
         ));
     }
-    let unavailable = |e: crate::store::StoreError| {
+    let unavailable = |e: StoreError| {
         warn!(%e, "token database error");
         store_unavailable()
     };
@@ -260,7 +281,7 @@ pub(crate) fn check(
         match shared.config.tokens.check(presented) {
             Some(hash) => (Some(hash), None),
             None => {
-                let hash = crate::config::hash_token(presented);
+                let hash = hash_token(presented);
                 let id = store
                     .map(|s| s.token_by_hash(&hash))
                     .transpose()
@@ -359,7 +380,7 @@ pub(crate) fn public_url(h: &HeaderMap, secure: bool, name: &str, domain: &str) 
 
 pub(crate) fn refuse(shared: &Shared, peer: SocketAddr, refusal: &Refusal) -> Response<Body> {
     warn!(%peer, kind = refusal.error.as_str(), "refused a session: {}", refusal.message);
-    shared.metrics.connect_failure(refusal.error.as_str());
+    shared.metrics.connect_failure(refusal.error);
     let status = StatusCode::from_u16(refusal.error.status()).unwrap_or(StatusCode::BAD_REQUEST);
     Response::builder()
         .status(status)

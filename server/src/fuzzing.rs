@@ -21,14 +21,14 @@ use http::{header, HeaderMap, HeaderName, HeaderValue, Request};
 use http_body_util::BodyExt;
 
 use crate::{
-    classify,
     config::{hash_token, Config, Tokens},
     connect,
     policy::{parse_net, Policy},
-    request_host,
+    router::{classify, request_host, Destination, Router},
     settings::Settings,
+    state::Shared,
     store::Store,
-    Route, Shared, Visitor,
+    visitor::Visitor,
 };
 
 /// The domain every target serves.
@@ -56,7 +56,7 @@ enum Mode {
 }
 
 struct Server {
-    shared: Shared,
+    shared: Arc<Shared>,
     /// The `store` server's presentable token.
     store_token: Option<String>,
 }
@@ -84,7 +84,7 @@ fn server(mode: Mode) -> &'static Server {
         // No rate limits: every input comes from the same address.
         config.connect_rate = 0;
         config.tunnel_rate = 0;
-        let shared = Shared::new(config);
+        let shared = Arc::new(Shared::new(config));
         Server {
             shared,
             store_token,
@@ -364,7 +364,7 @@ fn forwarded_checks(h: &HeaderMap) {
             .ok()
             .map(|ip| ip.to_canonical())
     };
-    let lines: Vec<_> = h.get_all("x-forwarded-for").iter().collect();
+    let lines: Vec<_> = h.get_all(protocol::X_FORWARDED_FOR).iter().collect();
     let mut expected = None;
     'walk: for line in lines.iter().rev() {
         let Ok(text) = line.to_str() else {
@@ -572,15 +572,19 @@ fn line_checks(line: &str) {
         assert_eq!(host, host.to_ascii_lowercase());
         assert!(!host.ends_with('.'));
         match classify(&host, DOMAIN) {
-            Route::Tunnel(name) => {
+            Destination::Tunnel(name) => {
                 assert!(!name.is_empty() && !name.contains('.'), "{host:?}");
                 assert_eq!(format!("{name}.{DOMAIN}"), host);
             }
-            Route::Apex => assert!(
+            Destination::Apex => assert!(
                 host.is_empty() || host == DOMAIN || host.parse::<IpAddr>().is_ok(),
                 "{host:?} served as the apex"
             ),
-            Route::Foreign => assert_ne!(host, DOMAIN),
+            Destination::Foreign => assert_ne!(host, DOMAIN),
+        }
+        // Longer lines would be a 431, which router_checks does not model.
+        if line.len() < 1024 {
+            router_checks(v.clone());
         }
 
         let mut h = HeaderMap::new();
@@ -648,6 +652,34 @@ fn line_checks(line: &str) {
     }
 }
 
+/// The [`Router`] answers `GET /` for `host` as the host's classification says, without a
+/// socket: the landing page on the apex, 400 for an unusable host or an invalid name, 404 for
+/// any other name (no tunnel is ever online here) and for foreign hosts.
+fn router_checks(host: HeaderValue) {
+    let stranger = SocketAddr::from(([192, 0, 2, 1], 40000));
+    let router = Router::new(
+        server(Mode::Open).shared.clone(),
+        Visitor::direct(stranger, false),
+    );
+    let req = Request::get("/")
+        .header(header::HOST, host.clone())
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .expect("request");
+    let expected = match request_host(&req) {
+        Err(_) => 400,
+        Ok(h) => match classify(&h, DOMAIN) {
+            Destination::Apex => 200,
+            Destination::Tunnel(name) if protocol::validate_name(name).is_err() => 400,
+            Destination::Tunnel(_) | Destination::Foreign => 404,
+        },
+    };
+    let resp = router
+        .handle(req)
+        .now_or_never()
+        .expect("routing to no tunnel never waits");
+    assert_eq!(resp.status().as_u16(), expected, "{host:?}");
+}
+
 /// The tunnel a visitor's `Host` reaches, if any.
 fn route(host: &str) -> Option<String> {
     let req = Request::builder()
@@ -655,7 +687,7 @@ fn route(host: &str) -> Option<String> {
         .body(())
         .ok()?;
     match classify(&request_host(&req).ok()?, DOMAIN) {
-        Route::Tunnel(name) => Some(name.to_owned()),
+        Destination::Tunnel(name) => Some(name.to_owned()),
         _ => None,
     }
 }

@@ -168,7 +168,7 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
     // Trace-level tungstenite would print visitors' bytes and clients' upgrade requests.
-    let filter = ggrok_tunnel::client::log_filter("info");
+    let filter = ggrok_tunnel::logging::log_filter("info");
 
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -11,7 +11,10 @@ use std::{
 };
 
 use bytes::Bytes;
-use ggrok_tunnel::http_util::{Body, BoxError};
+use ggrok_tunnel::{
+    http_util::{Body, BoxError},
+    protocol::{PageKind, RefusalKind},
+};
 use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt;
 use prometheus_client::{
@@ -46,7 +49,9 @@ struct BytesLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabels {
-    kind: String,
+    /// A wire code ([`PageKind::code`], [`RefusalKind::as_str`]): a fixed set, so the
+    /// families stay bounded.
+    kind: &'static str,
 }
 
 /// All server metrics.
@@ -174,20 +179,18 @@ impl Metrics {
         }
     }
 
-    /// Counts an error page of `kind` (the `ggrok-error` code).
-    pub fn error(&self, kind: &str) {
+    /// Counts an error page of `kind`, labelled with its `ggrok-error` code.
+    pub fn error(&self, kind: PageKind) {
         self.errors
-            .get_or_create(&KindLabels {
-                kind: kind.to_owned(),
-            })
+            .get_or_create(&KindLabels { kind: kind.code() })
             .inc();
     }
 
-    /// Counts a refused connect attempt.
-    pub fn connect_failure(&self, kind: &str) {
+    /// Counts a refused connect attempt, labelled with the refusal's wire name.
+    pub fn connect_failure(&self, kind: RefusalKind) {
         self.connect_failures
             .get_or_create(&KindLabels {
-                kind: kind.to_owned(),
+                kind: kind.as_str(),
             })
             .inc();
     }
@@ -310,8 +313,8 @@ mod tests {
         let m = Metrics::default();
         let app = m.tunnel("app");
         app.request(Duration::from_millis(3));
-        m.error("tunnel_not_found");
-        m.connect_failure("unauthorized");
+        m.error(PageKind::TunnelNotFound);
+        m.connect_failure(RefusalKind::Unauthorized);
         let body = app.count_body(false, ggrok_tunnel::http_util::full("12345"));
         body.collect().await.unwrap();
         let text = m.encode(1);

@@ -5,8 +5,8 @@ use std::{net::IpAddr, num::NonZeroU32, sync::Arc};
 
 use base64::Engine;
 use ggrok_tunnel::{
-    http_util::{error_page, full, Body, PageKind},
-    protocol::{self, Refusal, RefusalKind},
+    http_util::{error_page, full, Body},
+    protocol::{self, PageKind, Refusal, RefusalKind},
 };
 use governor::{DefaultKeyedRateLimiter, Quota};
 use http::{header, HeaderMap, Response, StatusCode};

@@ -16,19 +16,19 @@ use bytes::Bytes;
 
 use ggrok_tunnel::{
     head,
-    http_util::{self, boxed, is_upgrade, strip_hop_by_hop, Body, BoxError, PageKind},
+    http_util::{self, boxed, is_upgrade, strip_hop_by_hop, Body, BoxError},
     mux::{Item, MuxError},
     mux_body::{send_body, RecvBody},
-    protocol::{HEADER_ERROR, RESET_PROTOCOL},
+    protocol::{PageKind, HEADER_ERROR, RESET_PROTOCOL},
     stop::until_stopped,
 };
 use http::{header, HeaderName, HeaderValue, Request, Response, StatusCode};
-use hyper::body::{Frame, Incoming};
+use hyper::body::Frame;
 use hyper_util::rt::TokioIo;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::{Shared, Visitor};
+use crate::{pages, registry::Endpoint, state::Shared, visitor::Visitor};
 
 /// How long a request waits for a tunnel whose session is still starting.
 const SESSION_START: std::time::Duration = std::time::Duration::from_secs(5);
@@ -38,21 +38,29 @@ async fn until_ended(ended: CancellationToken, work: impl Future<Output = ()>) {
     let _ = until_stopped(ended.cancelled(), work).await;
 }
 
-pub(crate) async fn forward(
+pub(crate) async fn forward<B>(
     shared: &Arc<Shared>,
     visitor: Visitor,
     name: &str,
-    mut req: Request<Incoming>,
+    mut req: Request<B>,
     json: bool,
-) -> Response<Body> {
+) -> Response<Body>
+where
+    B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
+    B::Error: Into<BoxError>,
+{
     let started = Instant::now();
-    let Some(route) = shared.registry.route_when_ready(name, SESSION_START).await else {
+    let Some(route) = shared
+        .registry
+        .endpoint_when_ready(name, SESSION_START)
+        .await
+    else {
         if shared.registry.is_held(name) {
             let message = format!(
                 "The tunnel {name} is reconnecting: its client dropped and has not come back yet. \
                  Try again in a moment."
             );
-            let mut resp = crate::ggrok_error(
+            let mut resp = pages::error(
                 shared,
                 StatusCode::SERVICE_UNAVAILABLE,
                 PageKind::TunnelReconnecting,
@@ -64,7 +72,7 @@ pub(crate) async fn forward(
             return resp;
         }
         let message = format!("No tunnel is online at {name}.{}.", shared.config.domain);
-        return crate::ggrok_error(
+        return pages::error(
             shared,
             StatusCode::NOT_FOUND,
             PageKind::TunnelNotFound,
@@ -72,7 +80,7 @@ pub(crate) async fn forward(
             json,
         );
     };
-    let crate::registry::Route {
+    let Endpoint {
         mux,
         policy,
         ended,
@@ -83,16 +91,16 @@ pub(crate) async fn forward(
         shared
             .metrics
             .error(if refused.status() == StatusCode::FORBIDDEN {
-                "forbidden"
+                PageKind::Forbidden
             } else {
-                "unauthorized"
+                PageKind::Unauthorized
             });
         return refused;
     }
     if !shared.request_limit.allow(&route.name) {
         let message =
             format!("The tunnel {name} gets more requests than this server allows. Slow down.");
-        return crate::ggrok_error(
+        return pages::error(
             shared,
             StatusCode::TOO_MANY_REQUESTS,
             PageKind::RateLimited,
@@ -104,7 +112,7 @@ pub(crate) async fn forward(
         let message = format!(
             "The tunnel {name} is registered but its client {what}. Try again in a moment."
         );
-        crate::ggrok_error(
+        pages::error(
             shared,
             StatusCode::BAD_GATEWAY,
             PageKind::TunnelLost,
@@ -139,7 +147,7 @@ pub(crate) async fn forward(
             let message = format!(
                 "The tunnel {name} has as many requests in flight as it may. Try again in a moment."
             );
-            let mut resp = crate::ggrok_error(
+            let mut resp = pages::error(
                 shared,
                 StatusCode::SERVICE_UNAVAILABLE,
                 PageKind::TunnelLost,
@@ -183,7 +191,7 @@ pub(crate) async fn forward(
                 let message = "The request body was malformed or cut off.".to_owned();
                 (StatusCode::BAD_REQUEST, message)
             };
-            let mut resp = crate::ggrok_error(shared, status, PageKind::BadRequest, &message, json);
+            let mut resp = pages::error(shared, status, PageKind::BadRequest, &message, json);
             // The rest of the body may still come: it must not be read as a new request.
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -205,6 +213,7 @@ pub(crate) async fn forward(
         .headers
         .get(HEADER_ERROR)
         .and_then(|v| v.to_str().ok())
+        .and_then(PageKind::from_code)
     {
         shared.metrics.error(kind);
     }

@@ -2,7 +2,7 @@
 //! connection to name the visitor, where no HTTP header can (TLS passes through them).
 //!
 //! Read only from `--trusted-proxy` addresses and only with `--proxy-protocol` (see
-//! `accept_tcp` in the crate root); from anyone else the bytes are served as HTTP or TLS, which
+//! `visitor::behind_balancer`); from anyone else the bytes are served as HTTP or TLS, which
 //! refuses them, so a forged header names nobody. A trusted peer that sends no header is
 //! closed: taking its own address as the visitor's would put every visitor behind it under one
 //! address (one `--allow-ip` verdict, one connect limit).

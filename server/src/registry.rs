@@ -33,7 +33,8 @@ impl Claimant {
     }
 }
 
-enum Slot {
+/// What the table knows of one name.
+enum Entry {
     Live {
         session: u64,
         owner: Claimant,
@@ -41,8 +42,8 @@ enum Slot {
         revoked: CancellationToken,
         ended: CancellationToken,
         policy: SharedPolicy,
-        /// Set when the session is attached: from then on requests are routed to it.
-        route: Option<Arc<Route>>,
+        /// Set when the session is attached: from then on requests for the name go to it.
+        endpoint: Option<Arc<Endpoint>>,
     },
     Held {
         owner: Claimant,
@@ -65,9 +66,9 @@ pub struct Claim {
     pub ended: CancellationToken,
 }
 
-/// Where requests for a name go.
-pub struct Route {
-    /// The name routed.
+/// Where requests for a name go: the attached session and what it needs per request.
+pub struct Endpoint {
+    /// The name served.
     pub name: String,
     /// The session's id.
     pub session: u64,
@@ -86,15 +87,15 @@ pub struct Route {
 
 /// The name table.
 pub struct Registry {
-    slots: Mutex<State>,
+    table: Mutex<Table>,
     grace: Duration,
     /// Woken when a session attaches or a name is released, for requests waiting on a tunnel
     /// whose client got its `101` but whose session is not up yet.
     changed: tokio::sync::Notify,
 }
 
-struct State {
-    slots: HashMap<String, Slot>,
+struct Table {
+    names: HashMap<String, Entry>,
     next_session: u64,
     last_sweep: Instant,
 }
@@ -107,8 +108,8 @@ impl Registry {
     pub fn new(grace: Duration) -> Self {
         Self {
             changed: tokio::sync::Notify::new(),
-            slots: Mutex::new(State {
-                slots: HashMap::new(),
+            table: Mutex::new(Table {
+                names: HashMap::new(),
                 next_session: 1,
                 last_sweep: Instant::now(),
             }),
@@ -125,17 +126,17 @@ impl Registry {
         policy: SharedPolicy,
         max_per_token: usize,
     ) -> Result<Claim, Refusal> {
-        let mut st = self.slots.lock().expect("registry lock");
+        let mut st = self.table.lock().expect("registry lock");
         if let (Some(token), true) = (who.token, max_per_token > 0) {
             // HTTP and TCP tunnels have caps of their own.
             let tcp = wanted.is_some_and(is_tcp_key);
             let held = st
-                .slots
+                .names
                 .iter()
                 .filter(|(name, s)| {
                     // A session of the same client replacing itself does not count twice.
                     is_tcp_key(name) == tcp
-                        && matches!(s, Slot::Live { owner, .. } if owner.token == Some(token)
+                        && matches!(s, Entry::Live { owner, .. } if owner.token == Some(token)
                         && !(Some(name.as_str()) == wanted && owner.client_id == who.client_id))
                 })
                 .count();
@@ -151,14 +152,14 @@ impl Registry {
         }
         let now = Instant::now();
         if now.duration_since(st.last_sweep) > Duration::from_secs(1) {
-            st.slots
-                .retain(|_, s| !matches!(s, Slot::Held { until, .. } if *until <= now));
+            st.names
+                .retain(|_, s| !matches!(s, Entry::Held { until, .. } if *until <= now));
             st.last_sweep = now;
         }
         let name = match wanted {
             Some(name) => {
-                match st.slots.get(name) {
-                    Some(Slot::Live { owner, cancel, .. }) => {
+                match st.names.get(name) {
+                    Some(Entry::Live { owner, cancel, .. }) => {
                         if !owner.owns(who) {
                             return Err(Refusal::new(
                                 RefusalKind::NameTaken,
@@ -168,7 +169,7 @@ impl Registry {
                         // Our own stale session: replace it.
                         cancel.cancel();
                     }
-                    Some(Slot::Held { owner, until }) if *until > now => {
+                    Some(Entry::Held { owner, until }) if *until > now => {
                         let same_token = who.token.is_some() && owner.token == who.token;
                         if !(owner.owns(who) || same_token) {
                             let secs = until.duration_since(now).as_secs() + 1;
@@ -187,7 +188,7 @@ impl Registry {
             }
             None => loop {
                 let name = random_name();
-                if !st.slots.contains_key(&name) {
+                if !st.names.contains_key(&name) {
                     break name;
                 }
             },
@@ -197,16 +198,16 @@ impl Registry {
         let cancel = CancellationToken::new();
         let revoked = CancellationToken::new();
         let ended = CancellationToken::new();
-        st.slots.insert(
+        st.names.insert(
             name.clone(),
-            Slot::Live {
+            Entry::Live {
                 session,
                 owner: who.clone(),
                 cancel: cancel.clone(),
                 revoked: revoked.clone(),
                 ended: ended.clone(),
                 policy,
-                route: None,
+                endpoint: None,
             },
         );
         Ok(Claim {
@@ -220,12 +221,12 @@ impl Registry {
 
     /// The distinct tokens that hold names (live or held), for checking them against revocation.
     pub fn tokens(&self) -> Vec<TokenHash> {
-        let st = self.slots.lock().expect("registry lock");
+        let st = self.table.lock().expect("registry lock");
         let mut tokens: Vec<TokenHash> = st
-            .slots
+            .names
             .values()
             .filter_map(|s| match s {
-                Slot::Live { owner, .. } | Slot::Held { owner, .. } => owner.token,
+                Entry::Live { owner, .. } | Entry::Held { owner, .. } => owner.token,
             })
             .collect();
         tokens.sort_unstable();
@@ -237,15 +238,15 @@ impl Registry {
     /// routed at once, and its names, live or held, are free for anyone. Returns how many live
     /// sessions it ended.
     pub fn revoke(&self, token: &TokenHash) -> usize {
-        let mut st = self.slots.lock().expect("registry lock");
+        let mut st = self.table.lock().expect("registry lock");
         let mut ended = 0;
-        st.slots.retain(|_, s| match s {
-            Slot::Live { owner, revoked, .. } if owner.token.as_ref() == Some(token) => {
+        st.names.retain(|_, s| match s {
+            Entry::Live { owner, revoked, .. } if owner.token.as_ref() == Some(token) => {
                 revoked.cancel();
                 ended += 1;
                 false
             }
-            Slot::Held { owner, .. } => owner.token.as_ref() != Some(token),
+            Entry::Held { owner, .. } => owner.token.as_ref() != Some(token),
             _ => true,
         });
         drop(st);
@@ -261,17 +262,17 @@ impl Registry {
         mux: ggrok_tunnel::mux::Session,
         metrics: TunnelMetrics,
     ) {
-        let mut st = self.slots.lock().expect("registry lock");
-        if let Some(Slot::Live {
+        let mut st = self.table.lock().expect("registry lock");
+        if let Some(Entry::Live {
             session: s,
             policy,
             ended,
-            route,
+            endpoint,
             ..
-        }) = st.slots.get_mut(name)
+        }) = st.names.get_mut(name)
         {
             if *s == session {
-                *route = Some(Arc::new(Route {
+                *endpoint = Some(Arc::new(Endpoint {
                     name: name.to_owned(),
                     session,
                     shard: crate::shard::current(),
@@ -291,11 +292,11 @@ impl Registry {
     /// `released` runs (under the registry's lock) only if `name` was still `session`'s: a
     /// session that a newer one replaced has nothing left to clean up.
     pub fn release(&self, name: &str, session: u64, hold: bool, released: impl FnOnce()) {
-        let mut st = self.slots.lock().expect("registry lock");
+        let mut st = self.table.lock().expect("registry lock");
         let until = Instant::now() + self.grace;
-        let Some(Slot::Live {
+        let Some(Entry::Live {
             session: s, owner, ..
-        }) = st.slots.get(name)
+        }) = st.names.get(name)
         else {
             return;
         };
@@ -306,19 +307,19 @@ impl Registry {
         self.changed.notify_waiters();
         if hold {
             let owner = owner.clone();
-            st.slots
-                .insert(name.to_owned(), Slot::Held { owner, until });
+            st.names
+                .insert(name.to_owned(), Entry::Held { owner, until });
         } else {
-            st.slots.remove(name);
+            st.names.remove(name);
         }
     }
 
-    /// Like [`Registry::route`], but a name whose session is still starting (its client already
+    /// Like [`Registry::endpoint`], but a name whose session is still starting (its client already
     /// has the `101`), or that is held for a dropped client, is waited for, up to `limit`,
     /// instead of being reported missing: a client that reconnects in time loses no request.
-    pub async fn route_when_ready(&self, name: &str, limit: Duration) -> Option<Arc<Route>> {
-        if let Some(route) = self.route(name) {
-            return Some(route);
+    pub async fn endpoint_when_ready(&self, name: &str, limit: Duration) -> Option<Arc<Endpoint>> {
+        if let Some(endpoint) = self.endpoint(name) {
+            return Some(endpoint);
         }
         let deadline = tokio::time::Instant::now() + limit;
         loop {
@@ -327,17 +328,19 @@ impl Registry {
             tokio::pin!(changed);
             changed.as_mut().enable();
             let starting = {
-                let st = self.slots.lock().expect("registry lock");
-                match st.slots.get(name) {
-                    Some(Slot::Live { route: Some(_), .. }) => false,
-                    Some(Slot::Live { route: None, .. }) => true,
+                let st = self.table.lock().expect("registry lock");
+                match st.names.get(name) {
+                    Some(Entry::Live {
+                        endpoint: Some(_), ..
+                    }) => false,
+                    Some(Entry::Live { endpoint: None, .. }) => true,
                     // Its client dropped and may be reconnecting: a short wait beats a 404.
-                    Some(Slot::Held { until, .. }) if *until > Instant::now() => true,
+                    Some(Entry::Held { until, .. }) if *until > Instant::now() => true,
                     _ => return None,
                 }
             };
             if !starting {
-                return self.route(name);
+                return self.endpoint(name);
             }
             if tokio::time::timeout_at(deadline, changed).await.is_err() {
                 return None;
@@ -348,8 +351,8 @@ impl Registry {
     /// Whether `name` is held for a client that dropped and may come back.
     pub fn is_held(&self, name: &str) -> bool {
         matches!(
-            self.slots.lock().expect("registry lock").slots.get(name),
-            Some(Slot::Held { until, .. }) if *until > Instant::now()
+            self.table.lock().expect("registry lock").names.get(name),
+            Some(Entry::Held { until, .. }) if *until > Instant::now()
         )
     }
 
@@ -357,21 +360,22 @@ impl Registry {
     ///
     /// One `Arc` to clone per request: cloning the handles one by one (a channel sender, a
     /// token, the metric handles) cost allocations and locks on every request.
-    pub fn route(&self, name: &str) -> Option<Arc<Route>> {
-        match self.slots.lock().expect("registry lock").slots.get(name) {
-            Some(Slot::Live {
-                route: Some(route), ..
-            }) => Some(route.clone()),
+    pub fn endpoint(&self, name: &str) -> Option<Arc<Endpoint>> {
+        match self.table.lock().expect("registry lock").names.get(name) {
+            Some(Entry::Live {
+                endpoint: Some(endpoint),
+                ..
+            }) => Some(endpoint.clone()),
             _ => None,
         }
     }
 
     /// Number of names with a live session.
     pub fn online(&self) -> usize {
-        let st = self.slots.lock().expect("registry lock");
-        st.slots
+        let st = self.table.lock().expect("registry lock");
+        st.names
             .values()
-            .filter(|s| matches!(s, Slot::Live { .. }))
+            .filter(|s| matches!(s, Entry::Live { .. }))
             .count()
     }
 }
@@ -488,11 +492,11 @@ mod tests {
         let c = r
             .claim(Some("app"), &who("a", None), Default::default(), 0)
             .unwrap();
-        assert!(r.route("app").is_none(), "not attached yet");
+        assert!(r.endpoint("app").is_none(), "not attached yet");
         let waiting = tokio::spawn({
             let r = r.clone();
             async move {
-                r.route_when_ready("app", Duration::from_secs(30))
+                r.endpoint_when_ready("app", Duration::from_secs(30))
                     .await
                     .map(|x| x.session)
             }
@@ -517,7 +521,7 @@ mod tests {
         );
         assert_eq!(waiting.await.unwrap(), Some(c.session));
         assert!(
-            r.route_when_ready("nobody", Duration::from_secs(30))
+            r.endpoint_when_ready("nobody", Duration::from_secs(30))
                 .await
                 .is_none(),
             "absent names do not wait"

@@ -4,13 +4,15 @@
 //! The same struct is the clap argument group and the TOML schema, so a setting cannot exist in
 //! one and not the other. Unknown TOML keys are errors: a typo must not silently do nothing.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{net::SocketAddr, ops::RangeInclusive, path::PathBuf, sync::Arc, time::Duration};
 
-use ggrok_tunnel::{client::mask, protocol::Heartbeat};
+use ggrok_tunnel::{protocol::Heartbeat, secrets::mask};
 use serde::Deserialize;
 
 use crate::{
+    acme::{Acme, AcmeSettings},
     config::{hash_token, load_tls, Config, Tokens},
+    policy::parse_net,
     store::Store,
 };
 
@@ -264,131 +266,14 @@ impl Settings {
     /// the `PORT` environment variable. Returns every problem, not just the first.
     pub fn resolve(&self, port: Option<&str>) -> Result<Resolved, Vec<String>> {
         let mut problems = Vec::new();
-        let listen = match (self.listen, port) {
-            (Some(addr), _) => addr,
-            (None, Some(port)) => match port.trim().parse::<u16>() {
-                Ok(port) => SocketAddr::from(([0, 0, 0, 0], port)),
-                Err(_) => {
-                    problems.push(format!("PORT={port:?} is not a port number"));
-                    SocketAddr::from(([127, 0, 0, 1], 8080))
-                }
-            },
-            (None, None) => SocketAddr::from(([127, 0, 0, 1], 8080)),
-        };
-        let domain = self
-            .domain
-            .clone()
-            .unwrap_or_else(|| "localhost".to_owned());
-        let normalized = domain.trim_end_matches('.').to_ascii_lowercase();
-        if normalized.is_empty()
-            || normalized
-                .split('.')
-                .any(|label| ggrok_tunnel::protocol::validate_name(label).is_err())
-        {
-            problems.push(format!(
-                "domain {domain:?} is not a DNS name like tunnel.example.com"
-            ));
-        }
-        let secs = |v: Option<u64>, default: u64| Duration::from_secs(v.unwrap_or(default));
-        let heartbeat = Heartbeat {
-            interval: secs(self.heartbeat_interval, 20),
-            timeout: secs(self.heartbeat_timeout, 45),
-        };
-        if heartbeat.interval.is_zero() {
-            problems.push("heartbeat_interval must be at least 1 second".to_owned());
-        }
-        if self.workers == Some(0) {
-            problems.push("workers must be at least 1".to_owned());
-        }
-        if self.body_idle_timeout == Some(0) {
-            // Zero would abandon every body that is not already there in full.
-            problems.push("body_idle_timeout must be at least 1 second".to_owned());
-        }
-        if heartbeat.timeout <= heartbeat.interval {
-            problems.push(format!(
-                "heartbeat_timeout ({}s) must be longer than heartbeat_interval ({}s), or live clients are dropped",
-                heartbeat.timeout.as_secs(),
-                heartbeat.interval.as_secs()
-            ));
-        }
-        let tls = match (&self.tls_cert, &self.tls_key) {
-            (Some(cert), Some(key)) => match load_tls(cert, key) {
-                Ok(tls) => Some(tls),
-                Err(e) => {
-                    problems.push(e.to_string());
-                    None
-                }
-            },
-            (None, None) => None,
-            _ => {
-                problems.push("tls_cert and tls_key must be given together".to_owned());
-                None
-            }
-        };
-        let acme_on = self.acme || self.acme_directory.is_some();
-        if acme_on && tls.is_some() {
-            problems.push("use either tls_cert/tls_key or ACME, not both".to_owned());
-        }
-        let acme = if acme_on && problems.is_empty() {
-            let settings = crate::acme::AcmeSettings {
-                directory: self
-                    .acme_directory
-                    .clone()
-                    .unwrap_or_else(|| "https://acme-v02.api.letsencrypt.org/directory".to_owned()),
-                contact: self
-                    .acme_email
-                    .iter()
-                    .map(|e| format!("mailto:{e}"))
-                    .collect(),
-                cache_dir: self
-                    .acme_cache
-                    .clone()
-                    .unwrap_or_else(|| PathBuf::from("acme-cache")),
-                directory_root: self.acme_directory_ca.clone(),
-            };
-            match crate::acme::Acme::new(settings) {
-                Ok(acme) => Some(acme),
-                Err(e) => {
-                    problems.push(e.to_string());
-                    None
-                }
-            }
-        } else {
-            None
-        };
+        let listen = self.listen_addr(port, &mut problems);
+        let domain = self.domain(&mut problems);
+        let heartbeat = self.timings(&mut problems);
+        let tls = self.tls(&mut problems);
+        let acme = self.acme(tls.is_some(), &mut problems);
         let tls = acme.as_ref().map(|a| a.server_config()).or(tls);
-        let mut trusted_proxies = Vec::new();
-        for p in &self.trusted_proxies {
-            match crate::policy::parse_net(p) {
-                Some(net) => trusted_proxies.push(net),
-                None => problems.push(format!(
-                    "trusted proxy {p:?} is not an IP address or CIDR range"
-                )),
-            }
-        }
-        if self.proxy_protocol && trusted_proxies.is_empty() {
-            problems.push(
-                "proxy_protocol needs trusted_proxy: the addresses of the load balancers that send it"
-                    .to_owned(),
-            );
-        }
-        let tcp_ports = match self.tcp_ports.as_deref().map(parse_port_range) {
-            Some(Ok(range)) if range.contains(&listen.port()) => {
-                problems.push(format!(
-                    "tcp_ports {}-{} contains the port the server listens on ({})",
-                    range.start(),
-                    range.end(),
-                    listen.port()
-                ));
-                None
-            }
-            Some(Ok(range)) => Some(range),
-            Some(Err(e)) => {
-                problems.push(e);
-                None
-            }
-            None => None,
-        };
+        let trusted_proxies = self.trusted_proxies(&mut problems);
+        let tcp_ports = self.tcp_ports(listen, &mut problems);
         if self.tokens.iter().any(|t| t.trim().len() < 16) {
             problems.push(
                 "tokens must be at least 16 characters (use `ggrok-server token create`)"
@@ -399,6 +284,7 @@ impl Settings {
             return Err(problems);
         }
         let defaults = Config::new("localhost");
+        let secs = |v: Option<u64>, default: u64| Duration::from_secs(v.unwrap_or(default));
         let config = Config {
             trusted_proxies,
             proxy_protocol: self.proxy_protocol,
@@ -437,13 +323,169 @@ impl Settings {
                 .filter(|t| !t.is_empty())
                 .map(hash_token),
             tls,
-            ..Config::new(normalized)
+            ..Config::new(domain)
         };
         Ok(Resolved {
             listen,
             db: self.db.clone().unwrap_or_else(|| PathBuf::from("ggrok.db")),
             config,
         })
+    }
+
+    /// `listen`, else every interface on `PORT` (a PaaS's), else 127.0.0.1:8080.
+    fn listen_addr(&self, port: Option<&str>, problems: &mut Vec<String>) -> SocketAddr {
+        let fallback = SocketAddr::from(([127, 0, 0, 1], 8080));
+        match (self.listen, port) {
+            (Some(addr), _) => addr,
+            (None, Some(port)) => match port.trim().parse::<u16>() {
+                Ok(port) => SocketAddr::from(([0, 0, 0, 0], port)),
+                Err(_) => {
+                    problems.push(format!("PORT={port:?} is not a port number"));
+                    fallback
+                }
+            },
+            (None, None) => fallback,
+        }
+    }
+
+    /// The domain, lowercase and without a trailing dot.
+    fn domain(&self, problems: &mut Vec<String>) -> String {
+        let domain = self.domain.as_deref().unwrap_or("localhost");
+        let normalized = domain.trim_end_matches('.').to_ascii_lowercase();
+        if normalized.is_empty()
+            || normalized
+                .split('.')
+                .any(|label| ggrok_tunnel::protocol::validate_name(label).is_err())
+        {
+            problems.push(format!(
+                "domain {domain:?} is not a DNS name like tunnel.example.com"
+            ));
+        }
+        normalized
+    }
+
+    /// The heartbeat, once the timings that must be positive or ordered are found to be.
+    fn timings(&self, problems: &mut Vec<String>) -> Heartbeat {
+        let secs = |v: Option<u64>, default: u64| Duration::from_secs(v.unwrap_or(default));
+        let heartbeat = Heartbeat {
+            interval: secs(self.heartbeat_interval, 20),
+            timeout: secs(self.heartbeat_timeout, 45),
+        };
+        if heartbeat.interval.is_zero() {
+            problems.push("heartbeat_interval must be at least 1 second".to_owned());
+        }
+        if self.workers == Some(0) {
+            problems.push("workers must be at least 1".to_owned());
+        }
+        if self.body_idle_timeout == Some(0) {
+            // Zero would abandon every body that is not already there in full.
+            problems.push("body_idle_timeout must be at least 1 second".to_owned());
+        }
+        if heartbeat.timeout <= heartbeat.interval {
+            problems.push(format!(
+                "heartbeat_timeout ({}s) must be longer than heartbeat_interval ({}s), or live clients are dropped",
+                heartbeat.timeout.as_secs(),
+                heartbeat.interval.as_secs()
+            ));
+        }
+        heartbeat
+    }
+
+    /// TLS from `tls_cert` and `tls_key`, given both or neither.
+    fn tls(&self, problems: &mut Vec<String>) -> Option<Arc<rustls::ServerConfig>> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => match load_tls(cert, key) {
+                Ok(tls) => Some(tls),
+                Err(e) => {
+                    problems.push(e.to_string());
+                    None
+                }
+            },
+            (None, None) => None,
+            _ => {
+                problems.push("tls_cert and tls_key must be given together".to_owned());
+                None
+            }
+        }
+    }
+
+    /// ACME when asked for, unless certificate files are given too (`with_files`). Set up only
+    /// when nothing else is wrong: it reads and may create the cache directory.
+    fn acme(&self, with_files: bool, problems: &mut Vec<String>) -> Option<Arc<Acme>> {
+        let acme_on = self.acme || self.acme_directory.is_some();
+        if acme_on && with_files {
+            problems.push("use either tls_cert/tls_key or ACME, not both".to_owned());
+        }
+        if !acme_on || !problems.is_empty() {
+            return None;
+        }
+        let settings = AcmeSettings {
+            directory: self
+                .acme_directory
+                .clone()
+                .unwrap_or_else(|| "https://acme-v02.api.letsencrypt.org/directory".to_owned()),
+            contact: self
+                .acme_email
+                .iter()
+                .map(|e| format!("mailto:{e}"))
+                .collect(),
+            cache_dir: self
+                .acme_cache
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("acme-cache")),
+            directory_root: self.acme_directory_ca.clone(),
+        };
+        match Acme::new(settings) {
+            Ok(acme) => Some(acme),
+            Err(e) => {
+                problems.push(e.to_string());
+                None
+            }
+        }
+    }
+
+    /// The `trusted_proxy` networks; `proxy_protocol` needs at least one.
+    fn trusted_proxies(&self, problems: &mut Vec<String>) -> Vec<ipnet::IpNet> {
+        let mut nets = Vec::new();
+        for p in &self.trusted_proxies {
+            match parse_net(p) {
+                Some(net) => nets.push(net),
+                None => problems.push(format!(
+                    "trusted proxy {p:?} is not an IP address or CIDR range"
+                )),
+            }
+        }
+        if self.proxy_protocol && nets.is_empty() {
+            problems.push(
+                "proxy_protocol needs trusted_proxy: the addresses of the load balancers that send it"
+                    .to_owned(),
+            );
+        }
+        nets
+    }
+
+    /// The public port range for TCP tunnels, if any, clear of the port the server listens on.
+    fn tcp_ports(
+        &self,
+        listen: SocketAddr,
+        problems: &mut Vec<String>,
+    ) -> Option<RangeInclusive<u16>> {
+        match parse_port_range(self.tcp_ports.as_deref()?) {
+            Ok(range) if range.contains(&listen.port()) => {
+                problems.push(format!(
+                    "tcp_ports {}-{} contains the port the server listens on ({})",
+                    range.start(),
+                    range.end(),
+                    listen.port()
+                ));
+                None
+            }
+            Ok(range) => Some(range),
+            Err(e) => {
+                problems.push(e);
+                None
+            }
+        }
     }
 
     /// `check-config`: every problem and warning, and a summary with secrets masked.
@@ -498,7 +540,7 @@ impl Settings {
 }
 
 /// Reads `LOW-HIGH` (or a single port) as an inclusive range of ports.
-fn parse_port_range(s: &str) -> Result<std::ops::RangeInclusive<u16>, String> {
+fn parse_port_range(s: &str) -> Result<RangeInclusive<u16>, String> {
     let bad = || {
         format!("tcp_ports {s:?} should be LOW-HIGH, like 20000-20999, with ports from 1 to 65535")
     };

@@ -26,10 +26,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::{
+    listener::{ACCEPT_BACKOFF_MAX, ACCEPT_BACKOFF_MIN},
     policy::SharedPolicy,
-    registry::{tcp_key, Claim, Claimant, Route},
+    registry::{tcp_key, Claim, Claimant, Endpoint},
+    state::Shared,
     store::TokenId,
-    Shared,
 };
 
 /// The port a connect request asks for: `None` for an HTTP tunnel, `Some(None)` for any port.
@@ -164,7 +165,7 @@ async fn claim_port(
     let key = tcp_key(port);
     // A live session on the port that the claim may replace (the same client reconnecting
     // before the server noticed it had dropped) still holds the listener for a moment.
-    let replacing = shared.registry.route(&key).is_some();
+    let replacing = shared.registry.endpoint(&key).is_some();
     let claim = shared
         .registry
         .claim(Some(&key), who, policy, max)
@@ -217,34 +218,34 @@ pub(crate) fn public_url(domain: &str, port: u16) -> String {
     format!("tcp://{domain}:{port}")
 }
 
-/// Accepts visitors on `listener` until the session of `route` ends.
-pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener, route: Arc<Route>) {
+/// Accepts visitors on `listener` until the session of `endpoint` ends.
+pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener, endpoint: Arc<Endpoint>) {
     let max = shared.config.max_conns_per_tcp_tunnel;
     let slots = Arc::new(tokio::sync::Semaphore::new(if max == 0 {
         tokio::sync::Semaphore::MAX_PERMITS
     } else {
         max
     }));
-    let mut backoff = crate::ACCEPT_BACKOFF_MIN;
+    let mut backoff = ACCEPT_BACKOFF_MIN;
     loop {
         let accepted = tokio::select! {
-            _ = route.ended.cancelled() => break,
+            _ = endpoint.ended.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
         let (socket, peer) = match accepted {
             Ok(a) => {
-                backoff = crate::ACCEPT_BACKOFF_MIN;
+                backoff = ACCEPT_BACKOFF_MIN;
                 a
             }
             Err(e) => {
                 warn!(%e, ?backoff, "accept failed");
                 tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(crate::ACCEPT_BACKOFF_MAX);
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
                 continue;
             }
         };
         let ip = peer.ip().to_canonical();
-        if !route.policy.allows(ip) {
+        if !endpoint.policy.allows(ip) {
             debug!(%peer, "visitor not on the allowlist: closed");
             refuse(socket);
             continue;
@@ -259,14 +260,14 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener, route: Arc
             refuse(socket);
             continue;
         };
-        let route = route.clone();
+        let endpoint = endpoint.clone();
         let span = info_span!("tcp visitor", %peer);
         shared.spawn(
             async move {
                 let _held = (slot, per_ip);
-                let _open = route.metrics.tcp_connection();
+                let _open = endpoint.metrics.tcp_connection();
                 let _ = socket.set_nodelay(true);
-                let stream = match route
+                let stream = match endpoint
                     .mux
                     .open(head::encode_tcp(&peer.to_string()), false)
                     .await
@@ -277,7 +278,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener, route: Arc
                         return refuse(socket);
                     }
                 };
-                let (up, down) = (route.metrics.clone(), route.metrics.clone());
+                let (up, down) = (endpoint.metrics.clone(), endpoint.metrics.clone());
                 let spliced = splice_counting(
                     socket,
                     stream,

@@ -1,8 +1,6 @@
 //! Certificates on demand over ACME (TLS-ALPN-01), end to end against pebble, the ACME test
 //! server (Debian package `pebble`), with its DNS test server resolving every name to 127.0.0.1.
 
-mod common;
-
 use std::{
     path::{Path, PathBuf},
     process::Stdio,
@@ -10,7 +8,10 @@ use std::{
     time::Duration,
 };
 
-use common::*;
+use common::{
+    eventually, origin::Origin, server::config, tls::https_get, tunnels::tunnel_with,
+    until_listening,
+};
 use ggrok_server::{
     acme::{Acme, AcmeSettings},
     Config,
@@ -34,47 +35,10 @@ fn free_udp_port() -> u16 {
         .port()
 }
 
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Polls `f` until it returns `Some`, for at most `limit`.
-async fn eventually<T, F, Fut>(limit: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    tokio::time::timeout(limit, async {
-        loop {
-            if let Some(v) = f().await {
-                return v;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    })
-    .await
-    .expect("condition not reached in time")
-}
-
-async fn wait_for_port(port: u16) {
-    eventually(Duration::from_secs(30), || async move {
-        tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .ok()
-            .map(|_| ())
-    })
-    .await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificates_are_issued_on_demand_for_the_apex_and_live_tunnels() {
-    let dir = TempDir(std::env::temp_dir().join(format!("ggrok-acme-{:x}", rand::random::<u64>())));
-    std::fs::create_dir_all(&dir.0).unwrap();
-    let path = |name: &str| -> PathBuf { dir.0.join(name) };
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| -> PathBuf { dir.path().join(name) };
 
     // pebble's own API certificate.
     let api =
@@ -135,9 +99,9 @@ async fn certificates_are_issued_on_demand_for_the_apex_and_live_tunnels() {
         .kill_on_drop(true)
         .spawn()
         .expect("pebble (apt-get install pebble)");
-    wait_for_port(acme_port).await;
-    wait_for_port(mgmt_port).await;
-    wait_for_port(dns_mgmt_port).await;
+    until_listening(acme_port).await;
+    until_listening(mgmt_port).await;
+    until_listening(dns_mgmt_port).await;
 
     let acme = Acme::new(AcmeSettings {
         directory: format!("https://localhost:{acme_port}/dir"),

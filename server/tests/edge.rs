@@ -2,11 +2,21 @@
 //! sanitise it): request smuggling, host confusion, odd names and paths, slow senders. Every
 //! test counts what reached the origin, not just what the visitor was told.
 
-mod common;
+use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 
-use std::time::Duration;
+use bytes::Bytes;
+use ggrok_tunnel::http_util::full;
+use http::{Request, Response};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::{net::TcpListener, sync::Notify};
 
-use common::*;
+use common::{
+    server::{config, Server},
+    tunnels::{name_of, tunnel},
+    visitors::{get, host},
+};
 use ggrok_server::Config;
 
 /// A server with a tunnel `edge` to a fresh recording origin.
@@ -466,4 +476,230 @@ Accept: application/json
     let seen = origin.wait_for(2).await;
     assert_eq!(seen[1].uri, "/stalled");
     assert_eq!(seen[1].body, None);
+}
+
+/// A request as [`Recorder`] received it.
+#[derive(Debug, Clone)]
+struct Seen {
+    /// The request-target as the origin parsed it, byte for byte.
+    uri: String,
+    headers: http::HeaderMap,
+    /// The whole body, or `None` when it ended in an error (cut off).
+    body: Option<Bytes>,
+}
+
+/// An origin that records every request it receives (once its body ended) and answers
+/// `200 seen N`: for tests that must know exactly which requests reached the origin.
+struct Recorder {
+    addr: SocketAddr,
+    seen: Arc<std::sync::Mutex<Vec<Seen>>>,
+    /// Fires after each recorded request.
+    recorded: Arc<Notify>,
+}
+
+impl Recorder {
+    async fn start() -> Recorder {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let recorded = Arc::new(Notify::new());
+        let (log, note) = (seen.clone(), recorded.clone());
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let (log, note) = (log.clone(), note.clone());
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let (log, note) = (log.clone(), note.clone());
+                        async move {
+                            let (parts, body) = req.into_parts();
+                            let body = body.collect().await.ok().map(|b| b.to_bytes());
+                            let n = {
+                                let mut log = log.lock().unwrap();
+                                log.push(Seen {
+                                    uri: parts.uri.to_string(),
+                                    headers: parts.headers,
+                                    body,
+                                });
+                                log.len()
+                            };
+                            note.notify_waiters();
+                            Ok::<_, Infallible>(Response::new(full(format!("seen {n}"))))
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Recorder {
+            addr,
+            seen,
+            recorded,
+        }
+    }
+
+    fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// Paths of every request received so far, in order.
+    fn paths(&self) -> Vec<String> {
+        self.seen().into_iter().map(|s| s.uri).collect()
+    }
+
+    /// Waits until `n` requests were recorded.
+    async fn wait_for(&self, n: usize) -> Vec<Seen> {
+        loop {
+            let note = self.recorded.notified();
+            tokio::pin!(note);
+            note.as_mut().enable();
+            let seen = self.seen();
+            if seen.len() >= n {
+                return seen;
+            }
+            note.await;
+        }
+    }
+}
+
+/// A response read off a [`Raw`] connection.
+#[derive(Debug)]
+struct RawResponse {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl RawResponse {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// A visitor speaking HTTP/1.1 by hand over TCP, for requests a real client would refuse to
+/// send. Reads give up (panic) after 30 s: a guard against hanging, never a wait for readiness.
+struct Raw {
+    stream: tokio::net::TcpStream,
+    buf: Vec<u8>,
+}
+
+const RAW_GUARD: Duration = Duration::from_secs(30);
+
+impl Raw {
+    async fn connect(addr: SocketAddr) -> Raw {
+        Raw {
+            stream: tokio::net::TcpStream::connect(addr).await.unwrap(),
+            buf: Vec::new(),
+        }
+    }
+
+    /// Writes `bytes`; false if the server already closed.
+    async fn send(&mut self, bytes: &[u8]) -> bool {
+        use tokio::io::AsyncWriteExt;
+        self.stream.write_all(bytes).await.is_ok()
+    }
+
+    /// Reads more; false at end of stream (or reset).
+    async fn fill(&mut self) -> bool {
+        use tokio::io::AsyncReadExt;
+        let mut chunk = [0u8; 16 * 1024];
+        let read = tokio::time::timeout(RAW_GUARD, self.stream.read(&mut chunk))
+            .await
+            .expect("the server neither answered nor closed the connection");
+        match read {
+            Ok(0) | Err(_) => false,
+            Ok(n) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                true
+            }
+        }
+    }
+
+    /// The next response, or `None` if the connection closed first.
+    async fn response(&mut self) -> Option<RawResponse> {
+        let head_end = loop {
+            if let Some(i) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i;
+            }
+            if !self.fill().await {
+                assert!(self.buf.is_empty(), "truncated response: {:?}", self.text());
+                return None;
+            }
+        };
+        let head = String::from_utf8(self.buf[..head_end].to_vec()).unwrap();
+        self.buf.drain(..head_end + 4);
+        let mut lines = head.split("\r\n");
+        let status = lines
+            .next()
+            .unwrap()
+            .split(' ')
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap();
+        let headers: Vec<(String, String)> = lines
+            .map(|l| {
+                let (k, v) = l.split_once(':').unwrap();
+                (k.trim().to_owned(), v.trim().to_owned())
+            })
+            .collect();
+        let mut r = RawResponse {
+            status,
+            headers,
+            body: Vec::new(),
+        };
+        if let Some(len) = r.header("content-length") {
+            let len: usize = len.parse().unwrap();
+            while self.buf.len() < len {
+                assert!(self.fill().await, "truncated body");
+            }
+            r.body = self.buf.drain(..len).collect();
+        } else if r
+            .header("transfer-encoding")
+            .is_some_and(|t| t.eq_ignore_ascii_case("chunked"))
+        {
+            loop {
+                let line_end = loop {
+                    if let Some(i) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                        break i;
+                    }
+                    assert!(self.fill().await, "truncated chunk");
+                };
+                let size = std::str::from_utf8(&self.buf[..line_end]).unwrap();
+                let size =
+                    usize::from_str_radix(size.split(';').next().unwrap().trim(), 16).unwrap();
+                while self.buf.len() < line_end + 2 + size + 2 {
+                    assert!(self.fill().await, "truncated chunk");
+                }
+                r.body
+                    .extend_from_slice(&self.buf[line_end + 2..line_end + 2 + size]);
+                self.buf.drain(..line_end + 2 + size + 2);
+                if size == 0 {
+                    break;
+                }
+            }
+        } else if !(r.status == 204 || r.status == 304 || (100..200).contains(&r.status)) {
+            // Delimited by the end of the connection.
+            while self.fill().await {}
+            r.body = std::mem::take(&mut self.buf);
+        }
+        Some(r)
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.buf).into_owned()
+    }
 }

@@ -4,8 +4,6 @@
 //! the heartbeat, end its requests with a clean 502 and heal by reconnecting under the same name.
 //! `bench/soak.sh` and `bench/slow.sh` do the same at scale; see docs/reliability.md.
 
-mod common;
-
 use std::{
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -14,7 +12,15 @@ use std::{
     time::Duration,
 };
 
-use common::*;
+use common::{
+    bodies::{big_chunks, big_sha256},
+    origin::Origin,
+    process::ServerBinary,
+    relay::Relay,
+    server::{config, Server},
+    tunnels::{name_of, tunnel_with, wait_status},
+    visitors::{get, visitor},
+};
 use futures_util::StreamExt;
 use ggrok_server::Config;
 use ggrok_tunnel::{
@@ -78,7 +84,7 @@ async fn download(server: &ServerBinary, name: &str, n: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_that_stops_reading_holds_up_only_its_own_stream() {
-    let server = ServerBinary::spawn();
+    let server = ServerBinary::spawn(std::path::Path::new(env!("CARGO_BIN_EXE_ggrok-server")));
     let origin = Origin::start().await;
     let _t = tunnel_to(&server, &origin, "stalldown").await;
 
@@ -134,7 +140,7 @@ async fn a_reader_that_stops_reading_holds_up_only_its_own_stream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_local_service_that_stops_reading_an_upload_holds_up_only_its_own_stream() {
-    let server = ServerBinary::spawn();
+    let server = ServerBinary::spawn(std::path::Path::new(env!("CARGO_BIN_EXE_ggrok-server")));
     let origin = Origin::start().await;
     let _t = tunnel_to(&server, &origin, "stallup").await;
 

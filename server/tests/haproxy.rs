@@ -6,16 +6,18 @@
 //! Needs the `haproxy` binary (scripts/deps.sh installs it); without it the tests say so and
 //! pass.
 
-mod common;
-
 use std::{
     net::{IpAddr, SocketAddr},
     path::PathBuf,
     process::{Child, Command, Stdio},
-    time::Duration,
 };
 
-use common::*;
+use common::{
+    origin::Origin,
+    server::{config, Server},
+    tunnels::tunnel_with,
+    until_listening,
+};
 use ggrok_server::Config;
 use ggrok_tunnel::TunnelConfig;
 use http::header;
@@ -47,28 +49,7 @@ fn free_port() -> u16 {
 struct Haproxy {
     child: Child,
     port: u16,
-    _dir: tempfile_dir::Dir,
-}
-
-mod tempfile_dir {
-    /// A directory removed on drop.
-    pub struct Dir(pub std::path::PathBuf);
-    impl Dir {
-        pub fn new(tag: &str) -> Dir {
-            let p = std::env::temp_dir().join(format!(
-                "ggrok-haproxy-{tag}-{}-{}",
-                std::process::id(),
-                rand::random::<u64>()
-            ));
-            std::fs::create_dir_all(&p).unwrap();
-            Dir(p)
-        }
-    }
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+    _dir: tempfile::TempDir,
 }
 
 impl Haproxy {
@@ -81,8 +62,8 @@ impl Haproxy {
         server_opts: &str,
     ) -> Haproxy {
         let port = free_port();
-        let dir = tempfile_dir::Dir::new(mode);
-        let cfg = dir.0.join("haproxy.cfg");
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("haproxy.cfg");
         std::fs::write(
             &cfg,
             format!(
@@ -101,14 +82,7 @@ impl Haproxy {
             .spawn()
             .unwrap();
         // Ready once it accepts on its port.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "haproxy did not start"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        until_listening(port).await;
         Haproxy {
             child,
             port,

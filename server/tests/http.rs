@@ -1,8 +1,6 @@
 //! HTTP through a real tunnel: bodies, headers, statuses, concurrency, streaming, WebSocket,
 //! error pages.
 
-mod common;
-
 use std::{
     sync::{
         atomic::{AtomicUsize, Ordering},
@@ -11,7 +9,12 @@ use std::{
     time::Duration,
 };
 
-use common::*;
+use common::{
+    origin::{gzip_bytes, pattern, sha256, Origin},
+    server::{config, Server},
+    tunnels::{name_of, tunnel, tunnel_with},
+    visitors::{get, host, visitor},
+};
 use futures_util::{SinkExt, StreamExt};
 use ggrok_tunnel::{LocalTarget, TunnelConfig};
 use http::header;

@@ -3,9 +3,13 @@
 //! the visitor) each stay under 100 MB of peak RSS. Only flow control makes that possible: the
 //! origin and the visitor run at different speeds and nothing may buffer whole bodies.
 
-mod common;
-
-use common::*;
+use common::{
+    bodies::{big_chunks, big_sha256},
+    origin::Origin,
+    process::{proc_status_kb, ServerBinary},
+    tunnels::tunnel_with,
+    visitors::visitor,
+};
 use futures_util::StreamExt;
 use http::header;
 use sha2::{Digest, Sha256};
@@ -15,7 +19,7 @@ const LIMIT_KB: u64 = 100 * 1000;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gigabyte_down_and_256_mib_up_in_bounded_memory() {
-    let server = ServerBinary::spawn();
+    let server = ServerBinary::spawn(std::path::Path::new(env!("CARGO_BIN_EXE_ggrok-server")));
     let origin = Origin::start().await;
     let mut cfg = ggrok_tunnel::TunnelConfig::new(format!("http://{}", server.addr), origin.port());
     cfg.subdomain = Some("big".into());

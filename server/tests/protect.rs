@@ -1,11 +1,15 @@
 //! Protection of public URLs and of the server: per-tunnel basic auth and IP allowlists asked
 //! for by the client and enforced by the server, rate limits and tunnels per token.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use common::{
+    eventually,
+    origin::Origin,
+    server::{config, Server},
+    tunnels::{tunnel, tunnel_with},
+    visitors::get,
+};
 use ggrok_server::{Config, Tokens};
 use ggrok_tunnel::{protocol, Secret, Status, Tunnel, TunnelConfig};
 use http::header;
@@ -240,17 +244,10 @@ async fn visitor_connections_per_address_are_capped() {
     );
     // Closing one gives its place back (once the server has seen the close).
     drop(idle.pop());
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        if ask(from([127, 0, 0, 1]).await).await == "HTTP/1.1 200 OK" {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the place was not given back"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(Duration::from_secs(10), || async {
+        (ask(from([127, 0, 0, 1]).await).await == "HTTP/1.1 200 OK").then_some(())
+    })
+    .await;
     server.stop().await;
 }
 

@@ -6,8 +6,6 @@
 //! --workspace` builds both; a lone `cargo test -p ggrok-server` needs `cargo build -p
 //! ggrok-tunnel --bin ggrok` first.
 
-mod common;
-
 use std::{
     path::PathBuf,
     process::{ExitStatus, Stdio},
@@ -15,7 +13,7 @@ use std::{
     time::Duration,
 };
 
-use common::*;
+use common::{origin::Origin, tunnels::name_of, visitors::visitor};
 use tokio::{
     io::{AsyncBufReadExt, AsyncRead, BufReader},
     process::{Child, Command},
@@ -143,7 +141,8 @@ fn forms(token: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn tokens_never_appear_in_logs_or_crash_output() {
-    let db = std::env::temp_dir().join(format!("ggrok-secrets-{:x}.db", rand::random::<u64>()));
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("tokens.db");
     let admin = |args: &[&str]| {
         let mut c = command(server_bin());
         c.arg("--db").arg(&db).args(args);
@@ -245,8 +244,5 @@ async fn tokens_never_appear_in_logs_or_crash_output() {
                 panic!("{who} printed a token (form {secret:?}) at line {line}:\n{out}");
             }
         }
-    }
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
     }
 }

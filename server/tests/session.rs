@@ -1,11 +1,15 @@
 //! Session life: reconnect after a server restart, in-flight requests on a dropped session,
 //! liveness of a vanished client, authentication and bad input on the control endpoint.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use common::{
+    origin::Origin,
+    relay::Relay,
+    server::{config, Server},
+    tunnels::{name_of, tunnel, tunnel_with, wait_status},
+    visitors::{get, until_gone, visitor},
+};
 use futures_util::{SinkExt, StreamExt};
 use ggrok_server::{Config, Tokens};
 use ggrok_tunnel::{
@@ -82,16 +86,6 @@ async fn requests_in_flight_on_a_dropped_session_end_in_502() {
         .unwrap();
     assert_eq!(r.status(), 502);
     assert_eq!(r.headers()[protocol::HEADER_ERROR], "tunnel_lost");
-}
-
-/// Polls until `name` is no longer routed (404). Bounded by the caller's timeout.
-async fn until_gone(server: &Server, name: &str) {
-    loop {
-        if get(server, name, "/").send().await.unwrap().status() == 404 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test]

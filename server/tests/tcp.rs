@@ -5,14 +5,20 @@
 //! something else holds when it picks one; a test that needs one port in particular takes one
 //! that is free now and retries with another should it be taken in between.
 
-mod common;
-
 use std::{ops::RangeInclusive, time::Duration};
 
-use common::*;
+use common::{
+    bodies::{big_chunk, big_sha256, CHUNK},
+    eventually,
+    relay::Relay,
+    server::{config, Server},
+    tunnels::{tunnel_with, wait_status},
+    until_listening,
+    visitors::visitor,
+};
 use ggrok_server::{store::Store, Config};
 use ggrok_tunnel::{
-    client::Backoff,
+    backoff::Backoff,
     protocol::{Heartbeat, RefusalKind},
     tcp::End,
     Status, Tunnel, TunnelConfig, TunnelKind,
@@ -455,13 +461,14 @@ async fn a_dropped_client_gets_its_port_back_and_nobody_else_meanwhile() {
     let (_ghost, port) = tcp_tunnel(cfg).await;
     // The network stops delivering; the server notices and holds the port.
     relay.pause();
-    let (kind, message) = loop {
+    let (kind, message) = eventually(Duration::from_secs(10), || async {
         let refusal = refused(tcp_cfg(&server, local, Some(port))).await;
-        if refusal.1.contains("held for its previous client") {
-            break refusal;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+        refusal
+            .1
+            .contains("held for its previous client")
+            .then_some(refusal)
+    })
+    .await;
     assert_eq!(kind, RefusalKind::PortTaken, "{message}");
     let mut back = tcp_cfg(&server, local, Some(port));
     back.client_id = Some("laptop".into());
@@ -539,16 +546,13 @@ async fn the_allowlist_and_the_connection_limit_apply_to_visitors() {
     turned_away(port).await;
     drop(open.pop());
     // The freed place is taken back once the server has seen the close.
-    loop {
-        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)).await {
-            let _ = s.write_all(b"x").await;
-            let mut b = [0u8];
-            if s.read_exact(&mut b).await.is_ok() {
-                break;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(Duration::from_secs(5), || async {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+        let _ = s.write_all(b"x").await;
+        let mut b = [0u8];
+        s.read_exact(&mut b).await.ok()
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -560,11 +564,13 @@ async fn metrics_count_connections_and_bytes_and_anonymous_pages_name_no_port() 
     .await;
     let (_t, port) = tcp_tunnel(tcp_cfg(&server, echo().await, None)).await;
     let tunnel = format!("tunnel=\"tcp:{port}\"");
-    // Polls /metrics until every series in `want` reads as given.
+    // Polls /metrics (for at most 5 s) until every series in `want` reads as given.
+    let url = format!("{}/metrics", server.url());
     let until = |want: Vec<String>| {
-        let url = format!("{}/metrics", server.url());
-        async move {
-            loop {
+        let url = url.clone();
+        eventually(Duration::from_secs(5), move || {
+            let (url, want) = (url.clone(), want.clone());
+            async move {
                 let text = visitor()
                     .get(&url)
                     .bearer_auth("metrics-secret")
@@ -574,32 +580,25 @@ async fn metrics_count_connections_and_bytes_and_anonymous_pages_name_no_port() 
                     .text()
                     .await
                     .unwrap();
-                if want.iter().all(|w| text.contains(w.as_str())) {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                want.iter().all(|w| text.contains(w.as_str())).then_some(())
             }
-        }
+        })
     };
     // Counted while the connection is still open, as the bytes pass.
     let mut open = visit(port).await;
     open.write_all(b"12345").await.unwrap();
     let mut back = [0u8; 5];
     open.read_exact(&mut back).await.unwrap();
-    let counted = until(vec![
+    until(vec![
         format!("ggrok_tcp_connections_total{{{tunnel}}} 1"),
         format!("ggrok_tcp_connections_open{{{tunnel}}} 1"),
         format!("ggrok_bytes_total{{{tunnel},direction=\"In\"}} 5"),
         format!("ggrok_bytes_total{{{tunnel},direction=\"Out\"}} 5"),
-    ]);
-    tokio::time::timeout(Duration::from_secs(5), counted)
-        .await
-        .expect("series of the open connection");
+    ])
+    .await;
+    // And counted closed once it is.
     drop(open);
-    let closed = until(vec![format!("ggrok_tcp_connections_open{{{tunnel}}} 0")]);
-    tokio::time::timeout(Duration::from_secs(5), closed)
-        .await
-        .expect("the connection counted closed");
+    until(vec![format!("ggrok_tcp_connections_open{{{tunnel}}} 0")]).await;
     for path in ["/", "/metrics"] {
         let page = visitor()
             .get(format!("{}{path}", server.url()))
@@ -675,14 +674,7 @@ async fn openssh_works_through_the_tunnel() {
             .spawn()
             .unwrap(),
     );
-    // Ready when it accepts.
-    tokio::time::timeout(Duration::from_secs(5), async {
-        while TcpStream::connect(("127.0.0.1", ssh_port)).await.is_err() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("sshd listening");
+    until_listening(ssh_port).await;
     assert!(daemon.0.try_wait().unwrap().is_none(), "sshd exited");
 
     let server = Server::start(tcp_config(port_range())).await;

@@ -1,12 +1,13 @@
 //! HTTPS and wss:// with certificate files: clients connect over TLS, visitors get HTTP/2 or
 //! HTTP/1.1 by ALPN, and forwarded requests say `X-Forwarded-Proto: https`.
 
-mod common;
-
-use std::sync::Arc;
-
 use bytes::Bytes;
-use common::*;
+use common::{
+    origin::Origin,
+    server::Server,
+    tls::tls_connector,
+    tunnels::{tunnel_with, wait_status},
+};
 use ggrok_server::Config;
 use ggrok_tunnel::TunnelConfig;
 use http::{Request, Version};
@@ -15,7 +16,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls_pki_types::ServerName;
 
 struct Pki {
-    dir: std::path::PathBuf,
+    dir: tempfile::TempDir,
     cert_pem: String,
 }
 
@@ -25,40 +26,23 @@ fn pki() -> Pki {
         .map(String::from)
         .to_vec();
     let ck = rcgen::generate_simple_self_signed(names).unwrap();
-    let dir = std::env::temp_dir().join(format!("ggrok-tls-{:x}", rand::random::<u64>()));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("cert.pem"), ck.cert.pem()).unwrap();
-    std::fs::write(dir.join("key.pem"), ck.signing_key.serialize_pem()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("cert.pem"), ck.cert.pem()).unwrap();
+    std::fs::write(dir.path().join("key.pem"), ck.signing_key.serialize_pem()).unwrap();
     Pki {
         dir,
         cert_pem: ck.cert.pem(),
     }
 }
 
-impl Drop for Pki {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn client_tls(pki: &Pki, alpn: &[u8]) -> tokio_rustls::TlsConnector {
-    use rustls_pki_types::{pem::PemObject, CertificateDer};
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_slice(pki.cert_pem.as_bytes()).unwrap())
-        .unwrap();
-    let mut cfg = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    cfg.alpn_protocols = vec![alpn.to_vec()];
-    tokio_rustls::TlsConnector::from(Arc::new(cfg))
-}
-
 #[tokio::test]
 async fn https_and_wss_with_certificate_files() {
     let pki = pki();
-    let tls = ggrok_server::config::load_tls(&pki.dir.join("cert.pem"), &pki.dir.join("key.pem"))
-        .unwrap();
+    let tls = ggrok_server::config::load_tls(
+        &pki.dir.path().join("cert.pem"),
+        &pki.dir.path().join("key.pem"),
+    )
+    .unwrap();
     let server = Server::start(Config {
         tls: Some(tls),
         ..Config::new("tunnel.test")
@@ -84,7 +68,7 @@ async fn https_and_wss_with_certificate_files() {
         origin.port(),
     );
     cfg.subdomain = Some("secure".into());
-    cfg.ca_cert = Some(pki.dir.join("cert.pem"));
+    cfg.ca_cert = Some(pki.dir.path().join("cert.pem"));
     let (_t, url) = tunnel_with(cfg).await;
     let authority = format!("secure.tunnel.test:{}", server.addr.port());
     assert_eq!(url, format!("https://{authority}"));
@@ -95,7 +79,10 @@ async fn https_and_wss_with_certificate_files() {
     ] {
         let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
         let name = ServerName::try_from("secure.tunnel.test").unwrap();
-        let tls = client_tls(&pki, alpn).connect(name, tcp).await.unwrap();
+        let tls = tls_connector(&pki.cert_pem, alpn)
+            .connect(name, tcp)
+            .await
+            .unwrap();
         let req = Request::get(format!("https://{authority}/echo"))
             .header(http::header::HOST, &authority)
             .body(Empty::<Bytes>::new())

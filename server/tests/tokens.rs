@@ -1,26 +1,36 @@
 //! Tokens and reserved names from the SQLite store, administered with the real binary while a
 //! server runs: changes take effect without a restart.
 
-mod common;
-
 use std::{path::PathBuf, process::Command, sync::Arc};
 
-use common::*;
+use common::{
+    origin::Origin,
+    server::{config, Server},
+    tunnels::{tunnel_with, wait_status},
+    visitors::get,
+};
 use ggrok_server::{store::Store, Config};
 use ggrok_tunnel::{protocol::RefusalKind, Secret, Status, Tunnel, TunnelConfig};
 
-struct Db(PathBuf);
+/// A token database in a directory of its own, removed (with SQLite's -wal and -shm files)
+/// on drop.
+struct Db {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+}
 
 impl Db {
     fn new() -> Db {
-        Db(std::env::temp_dir().join(format!("ggrok-test-{:x}.db", rand::random::<u64>())))
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens.db");
+        Db { _dir: dir, path }
     }
 
     /// Runs `ggrok-server --db THIS ARGS...`; returns stdout.
     fn admin(&self, args: &[&str]) -> String {
         let out = Command::new(env!("CARGO_BIN_EXE_ggrok-server"))
             .arg("--db")
-            .arg(&self.0)
+            .arg(&self.path)
             .args(args)
             .output()
             .unwrap();
@@ -30,14 +40,6 @@ impl Db {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8(out.stdout).unwrap()
-    }
-}
-
-impl Drop for Db {
-    fn drop(&mut self) {
-        for suffix in ["", "-wal", "-shm"] {
-            let _ = std::fs::remove_file(format!("{}{suffix}", self.0.display()));
-        }
     }
 }
 
@@ -70,7 +72,7 @@ async fn stored_tokens_and_reservations_apply_without_restart() {
         .admin(&["token", "create", "--name", "laptop", "--reserve", "myapp"])
         .trim()
         .to_owned();
-    let store = Arc::new(Store::open(&db.0).unwrap());
+    let store = Arc::new(Store::open(&db.path).unwrap());
     let grace = std::time::Duration::ZERO;
     let server = Server::start(Config {
         store: Some(store),
@@ -126,10 +128,9 @@ async fn stored_tokens_and_reservations_apply_without_restart() {
 
 #[test]
 fn check_config_explains_problems_and_masks_secrets() {
-    let dir = std::env::temp_dir().join(format!("ggrok-cfg-{:x}", rand::random::<u64>()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("server.toml");
-    let db = dir.join("t.db");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("server.toml");
+    let db = dir.path().join("t.db");
     let run = |extra: &[&str]| {
         let out = Command::new(env!("CARGO_BIN_EXE_ggrok-server"))
             .arg("--config")
@@ -167,7 +168,6 @@ fn check_config_explains_problems_and_masks_secrets() {
     std::fs::write(&file, "domian = \"typo.example.com\"\n").unwrap();
     let (ok, report) = run(&[]);
     assert!(!ok && report.contains("unknown field `domian`"), "{report}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]
@@ -182,7 +182,7 @@ async fn revoking_a_token_ends_its_live_sessions_and_frees_their_names() {
         .trim()
         .to_owned();
     let server = Server::start(Config {
-        store: Some(Arc::new(Store::open(&db.0).unwrap())),
+        store: Some(Arc::new(Store::open(&db.path).unwrap())),
         // Long: a name freed by revocation must not wait for it.
         reconnect_grace: std::time::Duration::from_secs(600),
         revocation_check: std::time::Duration::from_millis(100),

@@ -67,7 +67,7 @@ pub fn autostart_plugin<R: Runtime>() -> TauriPlugin<R> {
 /// The logger: stdout plus `target` (a file, rotated), at `level`. The app's `tracing` events
 /// reach it through `tracing`'s `log` feature (no `tracing` subscriber is installed).
 pub fn log_plugin<R: Runtime>(target: TargetKind, level: log::LevelFilter) -> TauriPlugin<R> {
-    ggrok_tunnel::client::QUIET_LOG_TARGETS
+    ggrok_tunnel::logging::QUIET_LOG_TARGETS
         .iter()
         .filter_map(|d| d.split_once('='))
         .fold(

@@ -4,8 +4,8 @@
 use std::{sync::Mutex, time::Duration};
 
 use ggrok_tunnel::{
-    client::mask,
     protocol::{validate_name, RefusalKind},
+    secrets::mask,
     Secret, Status, TunnelConfig,
 };
 use serde::{Deserialize, Serialize};

@@ -15,93 +15,15 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, info_span, Instrument};
 
 use crate::{
+    backoff::Backoff,
     forward::{Forwarder, LocalTarget, ReplayError},
     mux,
     protocol::{self, Heartbeat, Refusal, RefusalKind},
+    secrets::Secret,
     stop::until_stopped,
     tcp::Connections,
     traffic::{Exchange, Traffic, DEFAULT_CAPTURE_LIMIT, DEFAULT_RING_SIZE},
 };
-
-/// A secret whose `Debug` and `Display` never show it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret.
-    pub fn new(s: impl Into<String>) -> Self {
-        Self(s.into())
-    }
-    /// The secret itself, for the one place that must send it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-    /// A form safe to show: the first 4 characters of long secrets, then stars.
-    pub fn masked(&self) -> String {
-        mask(&self.0)
-    }
-}
-
-/// Masks a secret for display: `abcd****` for long ones, `****` otherwise.
-pub fn mask(s: &str) -> String {
-    if s.chars().count() >= 12 {
-        format!("{}****", s.chars().take(4).collect::<String>())
-    } else {
-        "****".to_owned()
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("MASKED")
-    }
-}
-
-/// `tracing` directives that every binary using this crate adds to its filter, whatever
-/// `RUST_LOG` says: at trace level tungstenite logs the raw upgrade request (the token in
-/// `Authorization`, the tunnel's Basic-auth password) and every frame's payload (visitors'
-/// requests). Capped at info, not debug: a directive also raises a target to its level, and
-/// tungstenite's debug lines ("Client handshake done.") would then open every normal run.
-pub const QUIET_LOG_TARGETS: &[&str] = &["tungstenite=info", "tokio_tungstenite=info"];
-
-/// The log filter for a binary using this crate: `RUST_LOG`, else `default`, plus
-/// [`QUIET_LOG_TARGETS`].
-pub fn log_filter(default: &str) -> tracing_subscriber::EnvFilter {
-    QUIET_LOG_TARGETS.iter().fold(
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into()),
-        |f, d| f.add_directive(d.parse().expect("valid directive")),
-    )
-}
-
-/// Reconnect delays: exponential from `min` to `max`, each scaled by a random factor in
-/// 0.5–1.0 so that clients dropped together do not return together.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Backoff {
-    /// Delay before the first retry.
-    pub min: Duration,
-    /// Longest delay.
-    pub max: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Self {
-            min: Duration::from_millis(250),
-            max: Duration::from_secs(30),
-        }
-    }
-}
-
-impl Backoff {
-    /// Delay before retry number `attempt` (1-based).
-    pub fn delay(&self, attempt: u32) -> Duration {
-        let exp = self
-            .min
-            .saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
-        let capped = exp.min(self.max);
-        capped.mul_f64(0.5 + rand::random::<f64>() / 2.0)
-    }
-}
 
 /// What a tunnel forwards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -732,24 +654,6 @@ mod tests {
     }
 
     #[test]
-    fn backoff_grows_is_capped_and_jittered() {
-        let b = Backoff {
-            min: Duration::from_millis(100),
-            max: Duration::from_secs(2),
-        };
-        for attempt in 1..40 {
-            let d = b.delay(attempt);
-            let full = Duration::from_millis(100)
-                .saturating_mul(1 << (attempt - 1).min(16))
-                .min(b.max);
-            assert!(
-                d >= full / 2 && d <= full,
-                "attempt {attempt}: {d:?} vs {full:?}"
-            );
-        }
-    }
-
-    #[test]
     fn tcp_tunnels_refuse_port_zero_and_basic_auth() {
         let mut c = TunnelConfig::new("http://127.0.0.1:1", 22);
         c.kind = TunnelKind::Tcp {
@@ -762,13 +666,5 @@ mod tests {
         c.kind = TunnelKind::Tcp { remote_port: None };
         c.basic_auth = Some(Secret::new("user:pass"));
         assert_eq!(Tunnel::start(c).err(), Some(ConfigError::TcpBasicAuth));
-    }
-
-    #[test]
-    fn secrets_are_masked() {
-        let s = Secret::new("supersecrettoken");
-        assert_eq!(format!("{s:?}"), "MASKED");
-        assert_eq!(s.masked(), "supe****");
-        assert_eq!(mask("short"), "****");
     }
 }

@@ -15,10 +15,10 @@ use hyper_util::rt::TokioIo;
 use crate::{
     driven::{DrivenBody, DrivenConn},
     head::{self, Open},
-    http_util::{self, boxed, error_page, is_upgrade, strip_hop_by_hop, Body, BoxError, PageKind},
+    http_util::{self, boxed, error_page, is_upgrade, strip_hop_by_hop, Body, BoxError},
     mux::{Item, MuxStream},
     mux_body::{send_body, RecvBody},
-    protocol::RESET_PROTOCOL,
+    protocol::{PageKind, RESET_PROTOCOL},
     traffic::{now_ms, CapturedBody, Exchange, Headers, Pending, Recorded, Side, Traffic},
 };
 

@@ -19,9 +19,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 
-/// First byte of an opening head: what the stream carries.
-const KIND_HTTP: u8 = 1;
-const KIND_TCP: u8 = 2;
+use crate::protocol::{OPEN_HTTP, OPEN_TCP};
 
 /// A head that does not decode.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -60,7 +58,7 @@ pub fn encode_request(method: &Method, uri: &Uri, headers: &HeaderMap) -> Bytes 
     let mut out = BytesMut::with_capacity(
         1 + 1 + method.as_str().len() + 4 + target.len() + headers_len(headers),
     );
-    out.put_u8(KIND_HTTP);
+    out.put_u8(OPEN_HTTP);
     out.put_u8(method.as_str().len() as u8);
     out.put_slice(method.as_str().as_bytes());
     out.put_u32(target.len() as u32);
@@ -73,7 +71,7 @@ pub fn encode_request(method: &Method, uri: &Uri, headers: &HeaderMap) -> Bytes 
 pub fn encode_tcp(peer: &str) -> Bytes {
     let peer = &peer.as_bytes()[..peer.len().min(u16::MAX as usize)];
     let mut out = BytesMut::with_capacity(3 + peer.len());
-    out.put_u8(KIND_TCP);
+    out.put_u8(OPEN_TCP);
     out.put_u16(peer.len() as u16);
     out.put_slice(peer);
     out.freeze()
@@ -157,7 +155,7 @@ impl Reader {
 pub fn decode_open(buf: Bytes) -> Result<Open, HeadError> {
     let mut r = Reader { buf, pos: 0 };
     match r.u8()? {
-        KIND_HTTP => {
+        OPEN_HTTP => {
             let n = r.u8()? as usize;
             let method = Method::from_bytes(&r.take(n)?).map_err(|_| HeadError("bad method"))?;
             let n = r.u32()? as usize;
@@ -174,7 +172,7 @@ pub fn decode_open(buf: Bytes) -> Result<Open, HeadError> {
             *req.headers_mut() = headers;
             Ok(Open::Http(req.into_parts().0))
         }
-        KIND_TCP => {
+        OPEN_TCP => {
             let n = r.u16()? as usize;
             let peer = r.take(n)?;
             r.end()?;
@@ -254,7 +252,7 @@ mod tests {
         extra.push(0);
         assert!(decode_open(extra.into()).is_err());
         // A header value with a newline would be a header injection in text form.
-        let mut bad = vec![KIND_HTTP, 3];
+        let mut bad = vec![OPEN_HTTP, 3];
         bad.extend_from_slice(b"GET");
         bad.extend_from_slice(&1u32.to_be_bytes());
         bad.push(b'/');

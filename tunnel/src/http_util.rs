@@ -5,6 +5,8 @@ use bytes::Bytes;
 use http::{header, uri::PathAndQuery, HeaderMap, HeaderValue, Response, StatusCode, Uri};
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
 
+use crate::protocol::PageKind;
+
 /// Error type of bodies flowing through ggrok.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The one body type ggrok passes around: streamed, never buffered whole.
@@ -133,46 +135,6 @@ where
         Err(e) => {
             tracing::debug!(%e, "upgraded connection broke");
             None
-        }
-    }
-}
-
-/// Kinds of error page ggrok generates itself, sent in [`crate::protocol::HEADER_ERROR`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PageKind {
-    /// No tunnel holds the requested name.
-    TunnelNotFound,
-    /// The tunnel is online but the local service refused or failed.
-    LocalUnreachable,
-    /// The tunnel's session broke while the request was in flight.
-    TunnelLost,
-    /// The tunnel's client dropped and its name is held for it, but it is not back yet.
-    TunnelReconnecting,
-    /// The request itself is unusable.
-    BadRequest,
-    /// The visitor's address is not on the tunnel's allowlist.
-    Forbidden,
-    /// The tunnel needs credentials the visitor did not give.
-    Unauthorized,
-    /// Too many requests.
-    RateLimited,
-    /// Anything on the server's own endpoints that does not exist.
-    NotFound,
-}
-
-impl PageKind {
-    /// The code sent in the `ggrok-error` header.
-    pub fn code(self) -> &'static str {
-        match self {
-            Self::TunnelNotFound => "tunnel_not_found",
-            Self::LocalUnreachable => "local_unreachable",
-            Self::TunnelLost => "tunnel_lost",
-            Self::TunnelReconnecting => "tunnel_reconnecting",
-            Self::BadRequest => "bad_request",
-            Self::Forbidden => "forbidden",
-            Self::Unauthorized => "unauthorized",
-            Self::RateLimited => "rate_limited",
-            Self::NotFound => "not_found",
         }
     }
 }

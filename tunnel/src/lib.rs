@@ -12,6 +12,9 @@
 //! - [`head`]: the request and response heads that open and answer a stream.
 //! - [`mux_body`]: HTTP bodies read from and written into a stream.
 //! - [`client`]: [`Tunnel::start`], status, reconnect with backoff.
+//! - [`backoff`]: jittered exponential delays between retries.
+//! - [`secrets`]: [`Secret`] and [`secrets::mask`], so tokens never reach a log.
+//! - [`logging`]: the `tracing` filter every ggrok binary starts with.
 //! - [`forward`]: the client's side of a stream: forward to the local service, replay.
 //! - [`driven`]: HTTP/1.1 client connections driven by the task that uses them.
 //! - [`traffic`]: recorded exchanges for the log, the inspector and replay.
@@ -22,22 +25,28 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod backoff;
 pub mod client;
 pub mod driven;
 pub mod forward;
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod head;
 pub mod http_util;
+pub mod logging;
 pub mod mux;
 pub mod mux_body;
 pub mod protocol;
+pub mod secrets;
 pub mod stop;
 pub mod tcp;
 pub mod terminal;
 pub mod traffic;
 
-pub use client::{Backoff, ConfigError, Secret, Status, Tunnel, TunnelConfig, TunnelKind};
+pub use backoff::Backoff;
+pub use client::{ConfigError, Status, Tunnel, TunnelConfig, TunnelKind};
 pub use forward::{LocalTarget, ReplayError};
+pub use secrets::Secret;
 pub use tcp::{Connection, Connections};
 pub use traffic::{Exchange, Traffic};

@@ -1,19 +1,32 @@
 //! The wire protocol: every constant, header name, frame and message shared by client and server.
 //!
-//! A session is one WebSocket opened with an HTTP upgrade to [`CONNECT_PATH`]. The upgrade request
-//! carries the protocol version, the token and the wanted subdomain as headers; the server either
-//! refuses it with an HTTP error whose JSON body is a [`Refusal`], or answers `101 Switching
-//! Protocols` with the assigned name and public URL in [`HEADER_NAME`] / [`HEADER_URL`].
+//! A session is one WebSocket opened with an HTTP upgrade to [`CONNECT_PATH`] (the client builds
+//! it in [`crate::client`], the server checks it in its `connect` module). The upgrade request
+//! carries, besides the WebSocket headers:
+//! - [`HEADER_VERSION`]: [`PROTOCOL_VERSION`], which must match exactly;
+//! - `Authorization: Bearer TOKEN`, when the server has tokens;
+//! - [`HEADER_CLIENT_ID`]: a random id kept across reconnects;
+//! - [`HEADER_SUBDOMAIN`] (optional): the name wanted;
+//! - [`HEADER_BASIC_AUTH`], [`HEADER_ALLOW_IPS`] (optional): what visitors must present or where
+//!   they must come from;
+//! - [`HEADER_TCP_PORT`] (optional): a TCP tunnel on this public port (`0`: any).
+//!
+//! The server either refuses it with an HTTP error whose JSON body is a [`Refusal`], or answers
+//! `101 Switching Protocols` with the assigned name and public URL in [`HEADER_NAME`] /
+//! [`HEADER_URL`] (and a TCP tunnel's port in [`HEADER_TCP_PORT`]). Pages the server or client writes itself carry a [`PageKind`] code in
+//! [`HEADER_ERROR`].
 //!
 //! After the upgrade every WebSocket binary message carries one or more whole frames of ggrok's
 //! multiplexer ([`crate::mux`]): a 10-byte header ([`FRAME_HEADER_LEN`]: type, flags, stream id,
 //! payload length, big-endian) and the payload. The server opens one stream per public request
 //! (its [`FRAME_OPEN`] payload is the request head, [`crate::head`]), the client answers with a
 //! [`FRAME_HEADERS`] frame (the response head) and both send the bodies as [`FRAME_DATA`] frames
-//! under per-stream and per-session credit ([`FRAME_WINDOW`]).
+//! under per-stream and per-session credit ([`FRAME_WINDOW`]). On a TCP tunnel the server opens one
+//! stream per visitor connection instead (an [`OPEN_TCP`] head), which carries its bytes.
 
 use std::time::Duration;
 
+use http::HeaderName;
 use serde::{Deserialize, Serialize};
 
 /// Version of this protocol. Bumped on any incompatible change; both sides must agree exactly.
@@ -21,6 +34,11 @@ pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Path of the control endpoint on the server's apex domain.
 pub const CONNECT_PATH: &str = "/_ggrok/connect";
+/// Path of the server's health check on the apex domain: `200 ok` while it serves.
+pub const HEALTH_PATH: &str = "/healthz";
+/// Path of the server's metrics (OpenMetrics text) on the apex domain, for the bearer of the
+/// server's metrics token.
+pub const METRICS_PATH: &str = "/metrics";
 
 /// Request header: the client's protocol version ([`PROTOCOL_VERSION`]).
 pub const HEADER_VERSION: &str = "ggrok-protocol";
@@ -45,6 +63,17 @@ pub const HEADER_NAME: &str = "ggrok-name";
 pub const HEADER_URL: &str = "ggrok-url";
 /// Response header on pages that ggrok itself generated (not the user's service): the error kind.
 pub const HEADER_ERROR: &str = "ggrok-error";
+
+/// Request header the server adds for the local service, appending the visitor's address to
+/// any chain already there; read from trusted proxies only. Standard, not ggrok's own, but its
+/// use is part of what a tunnel promises the local service.
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// Request header the server adds: `https` or `http`, how the visitor reached it (a trusted
+/// proxy's value is believed).
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// Request header the server adds: the public host the visitor asked for (the client rewrites
+/// `Host` to the local target).
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// WebSocket close code (in the range for applications) of a session that a newer session of
 /// the same client took over: two processes share one client id. The older one stops instead of
@@ -190,6 +219,65 @@ impl std::fmt::Display for Refusal {
     }
 }
 
+/// Kinds of error page ggrok generates itself, sent in [`HEADER_ERROR`] and as `error` in the JSON form of the page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PageKind {
+    /// No tunnel holds the requested name.
+    TunnelNotFound,
+    /// The tunnel is online but the local service refused or failed.
+    LocalUnreachable,
+    /// The tunnel's session broke while the request was in flight.
+    TunnelLost,
+    /// The tunnel's client dropped and its name is held for it, but it is not back yet.
+    TunnelReconnecting,
+    /// The request itself is unusable.
+    BadRequest,
+    /// The visitor's address is not on the tunnel's allowlist.
+    Forbidden,
+    /// The tunnel needs credentials the visitor did not give.
+    Unauthorized,
+    /// Too many requests.
+    RateLimited,
+    /// Anything on the server's own endpoints that does not exist.
+    NotFound,
+}
+
+impl PageKind {
+    /// The code sent in the `ggrok-error` header.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::TunnelNotFound => "tunnel_not_found",
+            Self::LocalUnreachable => "local_unreachable",
+            Self::TunnelLost => "tunnel_lost",
+            Self::TunnelReconnecting => "tunnel_reconnecting",
+            Self::BadRequest => "bad_request",
+            Self::Forbidden => "forbidden",
+            Self::Unauthorized => "unauthorized",
+            Self::RateLimited => "rate_limited",
+            Self::NotFound => "not_found",
+        }
+    }
+
+    /// Every kind, in declaration order.
+    pub const ALL: [PageKind; 9] = [
+        Self::TunnelNotFound,
+        Self::LocalUnreachable,
+        Self::TunnelLost,
+        Self::TunnelReconnecting,
+        Self::BadRequest,
+        Self::Forbidden,
+        Self::Unauthorized,
+        Self::RateLimited,
+        Self::NotFound,
+    ];
+
+    /// The kind whose [`code`](Self::code) is `code`; `None` for anything else (a page from a
+    /// client is untrusted: an unknown code must not become a new metric series).
+    pub fn from_code(code: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.code() == code)
+    }
+}
+
 /// Why a subdomain is not acceptable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NameError {
@@ -263,6 +351,13 @@ pub const FRAME_RESET: u8 = 3;
 /// Frame type: credit; payload: increment (u32). Stream id 0 grants session credit.
 pub const FRAME_WINDOW: u8 = 4;
 
+/// First byte of an [`FRAME_OPEN`] payload: the stream carries an HTTP request (its head
+/// follows, see [`crate::head`]).
+pub const OPEN_HTTP: u8 = 1;
+/// First byte of an [`FRAME_OPEN`] payload: the stream carries a TCP connection (the
+/// visitor's address follows).
+pub const OPEN_TCP: u8 = 2;
+
 /// Flag: the sender's half of the stream ends with this frame.
 pub const FLAG_FIN: u8 = 1;
 /// Flag on [`FRAME_HEADERS`]: these are trailers (and the sender's half ends).
@@ -332,6 +427,14 @@ mod tests {
         assert_eq!(validate_name("a.b"), Err(NameError::BadChar('.')));
         assert_eq!(validate_name("-a"), Err(NameError::EdgeHyphen));
         assert_eq!(validate_name("a-"), Err(NameError::EdgeHyphen));
+    }
+
+    #[test]
+    fn page_codes_round_trip() {
+        for kind in PageKind::ALL {
+            assert_eq!(PageKind::from_code(kind.code()), Some(kind));
+        }
+        assert_eq!(PageKind::from_code("made_up"), None);
     }
 
     #[test]

@@ -118,7 +118,7 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(ggrok_tunnel::client::log_filter("warn"))
+        .with_env_filter(ggrok_tunnel::logging::log_filter("warn"))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
