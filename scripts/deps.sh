@@ -14,9 +14,10 @@ APT_PACKAGES=(
   # Tests: Xvfb + WebDriver for the real app, Chromium for the UI, a Secret Service, pebble
   # (an ACME test server) for the certificate tests, and python3-gi for the test tray
   # (ui/tests/sni_host.py), HAProxy in front of the server for the PROXY protocol and
-  # X-Forwarded-For tests (server/tests/haproxy.rs).
+  # X-Forwarded-For tests (server/tests/haproxy.rs), OpenSSH through a TCP tunnel
+  # (server/tests/tcp.rs).
   xvfb xauth xdotool imagemagick webkit2gtk-driver dbus-x11 gnome-keyring libsecret-tools python3-gi
-  keyutils chromium pebble haproxy
+  keyutils chromium pebble haproxy openssh-server openssh-client
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

@@ -162,6 +162,14 @@ pub struct Config {
     pub tunnel_rate: u32,
     /// Live tunnels one token may hold; 0: no limit.
     pub max_tunnels_per_token: usize,
+    /// Public ports TCP tunnels may get, bound on the IP address the server listens on;
+    /// `None`: TCP tunnels are refused.
+    pub tcp_ports: Option<std::ops::RangeInclusive<u16>>,
+    /// Live TCP tunnels one token may hold (counted apart from HTTP tunnels); 0: no limit.
+    pub max_tcp_tunnels_per_token: usize,
+    /// Visitor connections one TCP tunnel may have open at once; past it new ones are closed
+    /// at once. 0: no limit.
+    pub max_conns_per_tcp_tunnel: usize,
     /// Certificates over ACME; when set, `tls` is its resolver's config.
     pub acme: Option<Arc<crate::acme::Acme>>,
     /// Tokens and reserved names created with `ggrok-server token ...`; read on every connect.
@@ -194,6 +202,9 @@ impl std::fmt::Debug for Config {
             .field("connect_rate", &self.connect_rate)
             .field("tunnel_rate", &self.tunnel_rate)
             .field("max_tunnels_per_token", &self.max_tunnels_per_token)
+            .field("tcp_ports", &self.tcp_ports)
+            .field("max_tcp_tunnels_per_token", &self.max_tcp_tunnels_per_token)
+            .field("max_conns_per_tcp_tunnel", &self.max_conns_per_tcp_tunnel)
             .finish()
     }
 }
@@ -275,6 +286,9 @@ impl Config {
             connect_rate: 60,
             tunnel_rate: 0,
             max_tunnels_per_token: 20,
+            tcp_ports: None,
+            max_tcp_tunnels_per_token: 5,
+            max_conns_per_tcp_tunnel: 1000,
         }
     }
 }

@@ -12,6 +12,7 @@ use ggrok_tunnel::{
 use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
 use tokio_tungstenite::{
     tungstenite::{handshake::derive_accept_key, protocol::Role},
     WebSocketStream,
@@ -37,16 +38,23 @@ pub(crate) async fn accept<B>(
     mut req: Request<B>,
 ) -> Response<Body> {
     let peer = visitor.peer;
-    let (claim, key) = match admit(shared, &visitor, req.headers()).await {
+    let Admitted { claim, key, tcp } = match admit(shared, &visitor, req.headers()).await {
         Ok(admitted) => admitted,
         Err(refusal) => return refuse(shared, peer, &refusal),
     };
-    let url = public_url(
-        req.headers(),
-        visitor.secure,
-        &claim.name,
-        &shared.config.domain,
-    );
+    let tcp_port = tcp
+        .as_ref()
+        .and_then(|l| l.local_addr().ok())
+        .map(|a| a.port());
+    let url = match tcp_port {
+        Some(port) => crate::tcp::public_url(&shared.config.domain, port),
+        None => public_url(
+            req.headers(),
+            visitor.secure,
+            &claim.name,
+            &shared.config.domain,
+        ),
+    };
     let name = claim.name.clone();
     let on_upgrade = hyper::upgrade::on(&mut req);
     let span = info_span!("session", name = %claim.name, %peer);
@@ -54,17 +62,27 @@ pub(crate) async fn accept<B>(
     // Close frame that tells the client why.
     shared
         .tasks
-        .spawn(session(shared.clone(), claim, on_upgrade).instrument(span));
-    switching_protocols(&key, &name, &url)
+        .spawn(session(shared.clone(), claim, tcp, on_upgrade).instrument(span));
+    switching_protocols(&key, &name, &url, tcp_port)
+}
+
+/// A connect that passed every check and holds its name (or port).
+struct Admitted {
+    claim: Claim,
+    /// The WebSocket key, for the `101`.
+    key: String,
+    /// A TCP tunnel's public port, bound: see `tcp`.
+    tcp: Option<TcpListener>,
 }
 
 /// Every check a connect passes before its name is claimed: the connect rate, the handshake
-/// ([`check`]), the tunnel's visitor policy. Returns the claim and the WebSocket key.
+/// ([`check`]), the tunnel's visitor policy, then the claim of a name, or of a TCP tunnel's
+/// port (which is bound here).
 async fn admit(
     shared: &Arc<Shared>,
     visitor: &Visitor,
     headers: &HeaderMap,
-) -> Result<(Claim, String), Refusal> {
+) -> Result<Admitted, Refusal> {
     if !shared.connect_limit.allow(&visitor.ip) {
         return Err(Refusal::new(
             RefusalKind::RateLimited,
@@ -84,15 +102,32 @@ async fn admit(
         None => check(shared, headers)?,
     };
     let policy = Arc::new(Policy::from_headers(headers)?);
-    let max = shared.config.max_tunnels_per_token;
-    let claim = shared
-        .registry
-        .claim(wanted.as_deref(), &who, policy, max)?;
-    Ok((claim, key))
+    // A TCP tunnel claims a port instead of a name, and binds it: see `tcp`.
+    let (claim, tcp) = match crate::tcp::wanted(headers)? {
+        None => {
+            let max = shared.config.max_tunnels_per_token;
+            let claim = shared
+                .registry
+                .claim(wanted.as_deref(), &who, policy, max)?;
+            (claim, None)
+        }
+        Some(port) => {
+            let (claim, listener) =
+                crate::tcp::claim(shared, shared.tcp_ip, port, &who, policy).await?;
+            (claim, Some(listener))
+        }
+    };
+    Ok(Admitted { claim, key, tcp })
 }
 
-/// The session's life, from the upgrade to the release of its name.
-async fn session(shared: Arc<Shared>, claim: Claim, on_upgrade: OnUpgrade) {
+/// The session's life, from the upgrade to the release of its name. A TCP tunnel's listener
+/// accepts visitors once the session is attached, and closes when it ends.
+async fn session(
+    shared: Arc<Shared>,
+    claim: Claim,
+    tcp: Option<TcpListener>,
+    on_upgrade: OnUpgrade,
+) {
     // However this task ends, work still running on the session's streams stops too.
     let _ended = claim.ended.clone().drop_guard();
     let upgraded = match on_upgrade.await {
@@ -125,6 +160,9 @@ async fn session(shared: Arc<Shared>, claim: Claim, on_upgrade: OnUpgrade) {
     shared
         .registry
         .attach(&claim.name, claim.session, handle, metrics);
+    if let (Some(listener), Some(endpoint)) = (tcp, shared.registry.endpoint(&claim.name)) {
+        shared.spawn(crate::tcp::serve(shared.clone(), listener, endpoint));
+    }
     info!("tunnel online");
     let serve = driver.run(|_| {});
     tokio::pin!(serve);
@@ -166,8 +204,9 @@ async fn ended_by_server(shared: &Shared, claim: &Claim) -> (u16, &'static str) 
     }
 }
 
-/// The `101` that opens the session, naming the tunnel and its public URL.
-fn switching_protocols(key: &str, name: &str, url: &str) -> Response<Body> {
+/// The `101` that opens the session, naming the tunnel, its public URL and, for a TCP tunnel,
+/// its port.
+fn switching_protocols(key: &str, name: &str, url: &str, tcp_port: Option<u16>) -> Response<Body> {
     let mut resp = Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header(header::CONNECTION, "upgrade")
@@ -180,6 +219,9 @@ fn switching_protocols(key: &str, name: &str, url: &str) -> Response<Body> {
         resp = resp
             .header(protocol::HEADER_NAME, name)
             .header(protocol::HEADER_URL, url);
+    }
+    if let Some(port) = tcp_port {
+        resp = resp.header(protocol::HEADER_TCP_PORT, port);
     }
     resp.body(empty()).expect("valid 101 response")
 }

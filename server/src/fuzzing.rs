@@ -164,10 +164,29 @@ pub fn handshake(data: &[u8]) {
         }
     }
     server_checks(server, mode, &h);
+    tcp_checks(&h);
     policy_checks(&h);
     forwarded_checks(&h);
     if let Some(response) = response {
         client_checks(response);
+    }
+}
+
+/// The TCP port a connect request asks for: a number of 1..=65535, 0 (any), or a refusal; never
+/// a port the header did not say.
+fn tcp_checks(h: &HeaderMap) {
+    let sent = h
+        .get(protocol::HEADER_TCP_PORT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u16>().ok());
+    match crate::tcp::wanted(h) {
+        Ok(None) => assert!(!h.contains_key(protocol::HEADER_TCP_PORT)),
+        Ok(Some(None)) => assert_eq!(sent, Some(0)),
+        Ok(Some(Some(port))) => assert!(port > 0 && sent == Some(port)),
+        Err(r) => {
+            assert_eq!(r.error, RefusalKind::BadRequest);
+            assert_eq!(sent, None);
+        }
     }
 }
 
@@ -500,6 +519,14 @@ fn settings_checks(text: &str) {
         s.listen
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)))
     );
+    assert_eq!(c.tcp_ports.is_some(), s.tcp_ports.is_some());
+    if let Some(ports) = &c.tcp_ports {
+        assert!(*ports.start() >= 1 && ports.start() <= ports.end());
+        assert!(
+            !ports.contains(&resolved.listen.port()),
+            "TCP ports over the listener"
+        );
+    }
     let config_shown = format!("{c:?}");
     for secret in &secrets {
         if !public.contains(secret) {

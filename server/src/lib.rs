@@ -22,6 +22,7 @@
 //! - `revocation`: ends the sessions of tokens revoked while they are open.
 //! - `cookies`: keeps a tunnel's `Set-Cookie` to its own host.
 //! - `proxy_protocol`: the PROXY protocol header from trusted TCP load balancers.
+//! - `tcp`: TCP tunnels: public ports from `--tcp-ports`, a stream per visitor connection.
 //! - [`registry`]: the name table (live sessions, names held for reconnect).
 //! - [`config`]: the server's configuration and the hashed token set.
 //! - [`settings`]: flags, environment and TOML file resolved into a [`Config`].
@@ -58,6 +59,7 @@ pub mod settings;
 pub mod shard;
 mod state;
 pub mod store;
+mod tcp;
 mod visitor;
 
 use std::{future::Future, sync::Arc, time::Duration};
@@ -95,7 +97,9 @@ pub async fn run_sharded(
     if config.tokens.is_open() && !stored {
         warn!("no tokens configured: open mode, anyone who can reach this server may open tunnels");
     }
-    let shared = Arc::new(Shared::new(config));
+    let mut shared = Shared::new(config);
+    shared.tcp_ip = listener.local_addr()?.ip();
+    let shared = Arc::new(shared);
     start_background(&shared);
     listener::serve(listener, shared, shutdown, shards).await;
     Ok(())

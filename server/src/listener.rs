@@ -23,10 +23,11 @@ use crate::{
     visitor::{self, Visitor},
 };
 
-/// First wait after a failed accept; it doubles while accepts keep failing.
-const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+/// First wait after a failed accept; it doubles while accepts keep failing. TCP tunnels'
+/// listeners (`tcp`) back off the same way.
+pub(crate) const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
 /// Longest wait between accepts that fail (file descriptors exhausted, say).
-const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+pub(crate) const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// What an open connection holds, given back when it closes: its place under `--max-conns`
 /// and under its address's `--max-conns-per-ip`.

@@ -37,18 +37,26 @@ enum Admin {
     /// Manage client tokens.
     #[command(subcommand)]
     Token(TokenCommand),
-    /// Reserve a subdomain so only one token may use it.
+    /// Reserve a subdomain or a TCP port so only one token may use it.
+    #[command(group = clap::ArgGroup::new("what").required(true).args(["subdomain", "port"]))]
     Reserve {
         /// The subdomain.
-        subdomain: String,
+        subdomain: Option<String>,
+        /// A TCP port (from --tcp-ports) instead of a subdomain.
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+        port: Option<u16>,
         /// Name of the token it is for.
-        #[arg(long = "for")]
+        #[arg(long = "for", visible_alias = "token-name")]
         token_name: String,
     },
-    /// Free a reserved subdomain.
+    /// Free a reserved subdomain or TCP port.
+    #[command(group = clap::ArgGroup::new("what").required(true).args(["subdomain", "port"]))]
     Release {
         /// The subdomain.
-        subdomain: String,
+        subdomain: Option<String>,
+        /// A TCP port instead of a subdomain.
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+        port: Option<u16>,
     },
     /// Check the settings (flags, environment, --config file) and explain any problem.
     CheckConfig,
@@ -108,17 +116,30 @@ fn admin(db: &std::path::Path, command: Admin) -> anyhow::Result<()> {
         }
         Admin::Reserve {
             subdomain,
+            port,
             token_name,
-        } => {
-            store.reserve(&subdomain, &token_name)?;
-            eprintln!("{subdomain:?} reserved for token {token_name:?}");
-        }
+        } => match (subdomain, port) {
+            (Some(subdomain), _) => {
+                store.reserve(&subdomain, &token_name)?;
+                eprintln!("{subdomain:?} reserved for token {token_name:?}");
+            }
+            (None, Some(port)) => {
+                store.reserve_port(port, &token_name)?;
+                eprintln!("port {port} reserved for token {token_name:?}");
+            }
+            (None, None) => unreachable!("clap requires one"),
+        },
         Admin::CheckConfig => {}
-        Admin::Release { subdomain } => {
-            if store.release(&subdomain)? {
-                eprintln!("{subdomain:?} released");
+        Admin::Release { subdomain, port } => {
+            let (released, what) = match (subdomain, port) {
+                (Some(subdomain), _) => (store.release(&subdomain)?, format!("{subdomain:?}")),
+                (None, Some(port)) => (store.release_port(port)?, format!("port {port}")),
+                (None, None) => unreachable!("clap requires one"),
+            };
+            if released {
+                eprintln!("{what} released");
             } else {
-                anyhow::bail!("{subdomain:?} was not reserved");
+                anyhow::bail!("{what} was not reserved");
             }
         }
     }

@@ -63,6 +63,8 @@ pub struct Metrics {
     latency: Histogram,
     errors: Family<KindLabels, Counter>,
     connect_failures: Family<KindLabels, Counter>,
+    tcp_connections: Family<TunnelLabels, Counter>,
+    tcp_open: Family<TunnelLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -74,6 +76,8 @@ impl Default for Metrics {
         let latency = Histogram::new(exponential_buckets(0.001, 2.0, 16));
         let errors = Family::<KindLabels, Counter>::default();
         let connect_failures = Family::<KindLabels, Counter>::default();
+        let tcp_connections = Family::<TunnelLabels, Counter>::default();
+        let tcp_open = Family::<TunnelLabels, Gauge>::default();
         let mut r = Registry::with_prefix("ggrok");
         r.register(
             "tunnels_online",
@@ -105,8 +109,20 @@ impl Default for Metrics {
             "Refused connect attempts, by refusal kind",
             connect_failures.clone(),
         );
+        r.register(
+            "tcp_connections",
+            "Visitor connections accepted by TCP tunnels, by tunnel (tcp:PORT)",
+            tcp_connections.clone(),
+        );
+        r.register(
+            "tcp_connections_open",
+            "Visitor connections open now on TCP tunnels, by tunnel (tcp:PORT)",
+            tcp_open.clone(),
+        );
         Self {
             registry: Mutex::new(r),
+            tcp_connections,
+            tcp_open,
             tunnels_online,
             requests,
             bytes,
@@ -148,6 +164,18 @@ impl Metrics {
             bytes_in: bytes(Direction::In),
             bytes_out: bytes(Direction::Out),
             latency: self.latency.clone(),
+            tcp_connections: self
+                .tcp_connections
+                .get_or_create(&TunnelLabels {
+                    tunnel: tunnel.to_owned(),
+                })
+                .clone(),
+            tcp_open: self
+                .tcp_open
+                .get_or_create(&TunnelLabels {
+                    tunnel: tunnel.to_owned(),
+                })
+                .clone(),
         }
     }
 
@@ -169,9 +197,12 @@ impl Metrics {
 
     /// Drops the series of a tunnel that went offline.
     pub fn forget(&self, tunnel: &str) {
-        self.requests.remove(&TunnelLabels {
+        let labels = TunnelLabels {
             tunnel: tunnel.to_owned(),
-        });
+        };
+        self.requests.remove(&labels);
+        self.tcp_connections.remove(&labels);
+        self.tcp_open.remove(&labels);
         for direction in [Direction::In, Direction::Out] {
             self.bytes.remove(&BytesLabels {
                 tunnel: tunnel.to_owned(),
@@ -188,6 +219,8 @@ pub struct TunnelMetrics {
     bytes_in: Counter,
     bytes_out: Counter,
     latency: Histogram,
+    tcp_connections: Counter,
+    tcp_open: Gauge,
 }
 
 impl TunnelMetrics {
@@ -195,6 +228,23 @@ impl TunnelMetrics {
     pub fn request(&self, head: Duration) {
         self.requests.inc();
         self.latency.observe(head.as_secs_f64());
+    }
+
+    /// Counts a TCP visitor connection as open until the guard is dropped.
+    pub fn tcp_connection(&self) -> TcpConnectionGuard {
+        self.tcp_connections.inc();
+        self.tcp_open.inc();
+        TcpConnectionGuard(self.tcp_open.clone())
+    }
+
+    /// Counts bytes of a TCP connection as they pass: `inbound` from visitor to local service.
+    pub fn tcp_bytes(&self, inbound: u64, outbound: u64) {
+        if inbound > 0 {
+            self.bytes_in.inc_by(inbound);
+        }
+        if outbound > 0 {
+            self.bytes_out.inc_by(outbound);
+        }
     }
 
     /// Wraps a body so its bytes count in direction in (`inbound`, visitor to local service)
@@ -210,6 +260,15 @@ impl TunnelMetrics {
             counter: counter.clone(),
         }
         .boxed()
+    }
+}
+
+/// An open TCP connection in [`TunnelMetrics`]; dropping it counts the connection closed.
+pub struct TcpConnectionGuard(Gauge);
+
+impl Drop for TcpConnectionGuard {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

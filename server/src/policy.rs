@@ -57,6 +57,21 @@ impl Policy {
         Ok(Policy { basic_auth, allow })
     }
 
+    /// Whether the allowlist lets `ip` in (TCP visitors, who have no request to answer).
+    pub fn allows(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        // A range may be written in either form (found by fuzzing: `::ffff:0:0/95`).
+        let mapped = match ip {
+            IpAddr::V4(v4) => IpAddr::V6(v4.to_ipv6_mapped()),
+            v6 => v6,
+        };
+        self.allow.is_empty()
+            || self
+                .allow
+                .iter()
+                .any(|net| net.contains(&ip) || net.contains(&mapped))
+    }
+
     /// `None` when the visitor may pass; otherwise the response to give instead.
     pub fn check(
         &self,
@@ -66,17 +81,7 @@ impl Policy {
         json: bool,
     ) -> Option<Response<Body>> {
         let ip = ip.to_canonical();
-        // A range may be written in either form (found by fuzzing: `::ffff:0:0/95`).
-        let mapped = match ip {
-            IpAddr::V4(v4) => IpAddr::V6(v4.to_ipv6_mapped()),
-            v6 => v6,
-        };
-        if !self.allow.is_empty()
-            && !self
-                .allow
-                .iter()
-                .any(|net| net.contains(&ip) || net.contains(&mapped))
-        {
+        if !self.allows(ip) {
             let message = format!("Your address {ip} may not use this tunnel.");
             return Some(error_page(
                 StatusCode::FORBIDDEN,

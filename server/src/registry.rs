@@ -128,12 +128,15 @@ impl Registry {
     ) -> Result<Claim, Refusal> {
         let mut st = self.table.lock().expect("registry lock");
         if let (Some(token), true) = (who.token, max_per_token > 0) {
+            // HTTP and TCP tunnels have caps of their own.
+            let tcp = wanted.is_some_and(is_tcp_key);
             let held = st
                 .names
                 .iter()
                 .filter(|(name, s)| {
                     // A session of the same client replacing itself does not count twice.
-                    matches!(s, Entry::Live { owner, .. } if owner.token == Some(token)
+                    is_tcp_key(name) == tcp
+                        && matches!(s, Entry::Live { owner, .. } if owner.token == Some(token)
                         && !(Some(name.as_str()) == wanted && owner.client_id == who.client_id))
                 })
                 .count();
@@ -141,7 +144,8 @@ impl Registry {
                 return Err(Refusal::new(
                     RefusalKind::TooManyTunnels,
                     format!(
-                        "this token already has {held} tunnels online, the most this server allows"
+                        "this token already has {held} {}tunnels online, the most this server allows",
+                        if tcp { "TCP " } else { "" }
                     ),
                 ));
             }
@@ -374,6 +378,17 @@ impl Registry {
             .filter(|s| matches!(s, Entry::Live { .. }))
             .count()
     }
+}
+
+/// The key a TCP tunnel on `port` holds in the table: never a valid subdomain (it has a
+/// colon), so HTTP requests cannot reach it, and it names the tunnel in logs and metrics.
+pub fn tcp_key(port: u16) -> String {
+    format!("tcp:{port}")
+}
+
+/// Whether `key` is a TCP tunnel's ([`tcp_key`]).
+pub fn is_tcp_key(key: &str) -> bool {
+    key.starts_with("tcp:")
 }
 
 fn random_name() -> String {

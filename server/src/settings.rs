@@ -4,7 +4,7 @@
 //! The same struct is the clap argument group and the TOML schema, so a setting cannot exist in
 //! one and not the other. Unknown TOML keys are errors: a typo must not silently do nothing.
 
-use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{net::SocketAddr, ops::RangeInclusive, path::PathBuf, sync::Arc, time::Duration};
 
 use ggrok_tunnel::{protocol::Heartbeat, secrets::mask};
 use serde::Deserialize;
@@ -109,6 +109,17 @@ pub struct Settings {
     /// Tunnels one token may have online at once, 0 for no limit [default: 20].
     #[arg(long, env = "GGROK_MAX_TUNNELS_PER_TOKEN")]
     pub max_tunnels_per_token: Option<usize>,
+    /// Public ports for TCP tunnels, LOW-HIGH (e.g. 20000-20999), bound on the IP address of
+    /// --listen. Without it TCP tunnels are refused.
+    #[arg(long, env = "GGROK_TCP_PORTS", value_name = "LOW-HIGH")]
+    pub tcp_ports: Option<String>,
+    /// TCP tunnels one token may have online at once (apart from HTTP tunnels), 0 for no limit
+    /// [default: 5].
+    #[arg(long, env = "GGROK_MAX_TCP_TUNNELS_PER_TOKEN")]
+    pub max_tcp_tunnels_per_token: Option<usize>,
+    /// Visitor connections one TCP tunnel may have open at once, 0 for no limit [default: 1000].
+    #[arg(long, env = "GGROK_MAX_CONNS_PER_TCP_TUNNEL")]
+    pub max_conns_per_tcp_tunnel: Option<usize>,
     /// Seconds between pings to each client [default: 20].
     #[arg(long, env = "GGROK_HEARTBEAT_INTERVAL")]
     pub heartbeat_interval: Option<u64>,
@@ -151,6 +162,9 @@ impl std::fmt::Debug for Settings {
             .field("connect_rate", &self.connect_rate)
             .field("tunnel_rate", &self.tunnel_rate)
             .field("max_tunnels_per_token", &self.max_tunnels_per_token)
+            .field("tcp_ports", &self.tcp_ports)
+            .field("max_tcp_tunnels_per_token", &self.max_tcp_tunnels_per_token)
+            .field("max_conns_per_tcp_tunnel", &self.max_conns_per_tcp_tunnel)
             .field("workers", &self.workers)
             .finish()
     }
@@ -237,6 +251,13 @@ impl Settings {
             connect_rate: self.connect_rate.or(lower.connect_rate),
             tunnel_rate: self.tunnel_rate.or(lower.tunnel_rate),
             max_tunnels_per_token: self.max_tunnels_per_token.or(lower.max_tunnels_per_token),
+            tcp_ports: self.tcp_ports.or(lower.tcp_ports),
+            max_tcp_tunnels_per_token: self
+                .max_tcp_tunnels_per_token
+                .or(lower.max_tcp_tunnels_per_token),
+            max_conns_per_tcp_tunnel: self
+                .max_conns_per_tcp_tunnel
+                .or(lower.max_conns_per_tcp_tunnel),
             workers: self.workers.or(lower.workers),
         }
     }
@@ -252,6 +273,7 @@ impl Settings {
         let acme = self.acme(tls.is_some(), &mut problems);
         let tls = acme.as_ref().map(|a| a.server_config()).or(tls);
         let trusted_proxies = self.trusted_proxies(&mut problems);
+        let tcp_ports = self.tcp_ports(listen, &mut problems);
         if self.tokens.iter().any(|t| t.trim().len() < 16) {
             problems.push(
                 "tokens must be at least 16 characters (use `ggrok-server token create`)"
@@ -282,6 +304,13 @@ impl Settings {
             max_tunnels_per_token: self
                 .max_tunnels_per_token
                 .unwrap_or(defaults.max_tunnels_per_token),
+            tcp_ports,
+            max_tcp_tunnels_per_token: self
+                .max_tcp_tunnels_per_token
+                .unwrap_or(defaults.max_tcp_tunnels_per_token),
+            max_conns_per_tcp_tunnel: self
+                .max_conns_per_tcp_tunnel
+                .unwrap_or(defaults.max_conns_per_tcp_tunnel),
             tokens: Tokens::from_plain(&self.tokens),
             heartbeat,
             reconnect_grace: secs(self.reconnect_grace, 10),
@@ -435,6 +464,30 @@ impl Settings {
         nets
     }
 
+    /// The public port range for TCP tunnels, if any, clear of the port the server listens on.
+    fn tcp_ports(
+        &self,
+        listen: SocketAddr,
+        problems: &mut Vec<String>,
+    ) -> Option<RangeInclusive<u16>> {
+        match parse_port_range(self.tcp_ports.as_deref()?) {
+            Ok(range) if range.contains(&listen.port()) => {
+                problems.push(format!(
+                    "tcp_ports {}-{} contains the port the server listens on ({})",
+                    range.start(),
+                    range.end(),
+                    listen.port()
+                ));
+                None
+            }
+            Ok(range) => Some(range),
+            Err(e) => {
+                problems.push(e);
+                None
+            }
+        }
+    }
+
     /// `check-config`: every problem and warning, and a summary with secrets masked.
     pub fn check(&self, port: Option<&str>) -> (bool, String) {
         let mut out = String::new();
@@ -468,8 +521,12 @@ impl Settings {
                 "warning: no TLS: serve behind a TLS-terminating proxy, or give tls_cert and tls_key\n",
             );
         }
+        let tcp = match &c.tcp_ports {
+            Some(r) => format!("ports {}-{}", r.start(), r.end()),
+            None => "off".to_owned(),
+        };
         out.push_str(&format!(
-            "ok: listening on {}, tunnels at *.{}, {} flag token(s), database {} ({}), TLS {}, metrics {}\n",
+            "ok: listening on {}, tunnels at *.{}, {} flag token(s), database {} ({}), TLS {}, metrics {}, TCP {tcp}\n",
             resolved.listen,
             c.domain,
             c.tokens.len(),
@@ -482,9 +539,42 @@ impl Settings {
     }
 }
 
+/// Reads `LOW-HIGH` (or a single port) as an inclusive range of ports.
+fn parse_port_range(s: &str) -> Result<RangeInclusive<u16>, String> {
+    let bad = || {
+        format!("tcp_ports {s:?} should be LOW-HIGH, like 20000-20999, with ports from 1 to 65535")
+    };
+    let (low, high) = s.split_once('-').unwrap_or((s, s));
+    let port = |p: &str| p.trim().parse::<u16>().ok().filter(|&p| p > 0);
+    match (port(low), port(high)) {
+        (Some(low), Some(high)) if low <= high => Ok(low..=high),
+        _ => Err(bad()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tcp_port_ranges() {
+        assert_eq!(parse_port_range("20000-20999"), Ok(20000..=20999));
+        assert_eq!(parse_port_range(" 22 - 22 "), Ok(22..=22));
+        assert_eq!(parse_port_range("2222"), Ok(2222..=2222));
+        for bad in ["", "0-10", "10-9", "1-65536", "a-b", "1-2-3"] {
+            assert!(parse_port_range(bad).is_err(), "{bad}");
+        }
+        let file: Settings =
+            toml::from_str("tcp_ports = \"30000-30009\"\nlisten = \"127.0.0.1:8080\"\n").unwrap();
+        let c = file.resolve(None).unwrap().config;
+        assert_eq!(c.tcp_ports, Some(30000..=30009));
+        let clash = Settings {
+            tcp_ports: Some("8000-8100".into()),
+            ..Settings::default()
+        };
+        let problems = clash.resolve(None).err().unwrap();
+        assert!(problems[0].contains("contains the port"), "{problems:?}");
+    }
 
     #[test]
     fn flags_beat_the_file_and_defaults_fill_the_rest() {

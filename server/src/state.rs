@@ -29,6 +29,8 @@ pub(crate) struct Shared {
     /// Where SQLite is called while serving (token checks, revocation looks), when there is a
     /// store: never on a thread that serves traffic.
     pub(crate) store_thread: Option<store::StoreThread>,
+    /// Where TCP tunnels bind their ports: the address the server listens on.
+    pub(crate) tcp_ip: IpAddr,
 }
 
 impl Shared {
@@ -50,6 +52,7 @@ impl Shared {
             conns: TaskTracker::new(),
             tasks: TaskTracker::new(),
             store_thread,
+            tcp_ip: std::net::Ipv4Addr::LOCALHOST.into(),
         }
     }
 

@@ -1,4 +1,7 @@
-//! Tokens and reserved subdomains in an embedded SQLite database.
+//! Tokens, reserved subdomains and reserved TCP ports in an embedded SQLite database.
+//!
+//! A reserved port is a row of `reservations` named `tcp:PORT` (the registry's key for the
+//! port's tunnel), which no subdomain can be.
 //!
 //! Tokens are random 256-bit strings shown once at creation; only their SHA-256 is stored. The
 //! server reads the database on every connect attempt, so `token create`, `revoke`, `reserve`
@@ -226,11 +229,52 @@ impl Store {
         Ok(())
     }
 
+    /// Reserves TCP port `port` for the token named `token_name`.
+    pub fn reserve_port(&self, port: u16, token_name: &str) -> Result<(), StoreError> {
+        let conn = self.conn();
+        let id: TokenId = conn
+            .query_row(
+                "SELECT id FROM tokens WHERE name = ?1 AND revoked IS NULL",
+                [token_name],
+                |r| r.get(0),
+            )
+            .optional()?
+            .ok_or_else(|| StoreError::NoSuchToken(token_name.to_owned()))?;
+        reserve_in(&conn, &crate::registry::tcp_key(port), id)?;
+        self.wrote();
+        Ok(())
+    }
+
+    /// Frees a reserved TCP port; returns whether it was reserved.
+    pub fn release_port(&self, port: u16) -> Result<bool, StoreError> {
+        self.release_key(&crate::registry::tcp_key(port))
+    }
+
+    /// Every reserved TCP port and the token it is for.
+    pub fn reserved_ports(&self) -> Result<Vec<(u16, TokenId)>, StoreError> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare("SELECT name, token FROM reservations WHERE name LIKE 'tcp:%'")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get(1)?)))?;
+        let mut ports = Vec::new();
+        for row in rows {
+            let (key, token) = row?;
+            if let Some(port) = key.strip_prefix("tcp:").and_then(|p| p.parse().ok()) {
+                ports.push((port, token));
+            }
+        }
+        Ok(ports)
+    }
+
     /// Frees a reserved subdomain; returns whether it was reserved.
     pub fn release(&self, sub: &str) -> Result<bool, StoreError> {
+        self.release_key(sub)
+    }
+
+    fn release_key(&self, key: &str) -> Result<bool, StoreError> {
         let released = self
             .conn()
-            .execute("DELETE FROM reservations WHERE name = ?1", [sub])?
+            .execute("DELETE FROM reservations WHERE name = ?1", [key])?
             > 0;
         self.wrote();
         Ok(released)
@@ -415,6 +459,32 @@ mod tests {
             s.reserve("Bad_Name", "ci"),
             Err(StoreError::InvalidName(_))
         ));
+    }
+
+    #[test]
+    fn ports_are_reserved_beside_names_and_freed_with_their_token() {
+        let s = Store::in_memory().unwrap();
+        s.create_token("ops", &["tcp".into()]).unwrap();
+        s.create_token("dev", &[]).unwrap();
+        s.reserve_port(2222, "ops").unwrap();
+        assert!(matches!(
+            s.reserve_port(2222, "dev"),
+            Err(StoreError::Reserved { .. })
+        ));
+        assert!(matches!(
+            s.reserve_port(2223, "nobody"),
+            Err(StoreError::NoSuchToken(_))
+        ));
+        s.reserve_port(2223, "dev").unwrap();
+        let ops = s.list().unwrap()[0].clone();
+        assert_eq!(ops.reserved, ["tcp", "tcp:2222"]);
+        let mut ports = s.reserved_ports().unwrap();
+        ports.sort();
+        assert_eq!(ports.iter().map(|p| p.0).collect::<Vec<_>>(), [2222, 2223]);
+        assert!(s.release_port(2223).unwrap());
+        assert!(!s.release_port(2223).unwrap());
+        s.revoke("ops").unwrap();
+        assert!(s.reserved_ports().unwrap().is_empty());
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! The client engine: keeps one tunnel online, reconnecting with jittered backoff, and forwards
 //! every stream the server opens to the local service.
 //!
-//! [`Tunnel::start`] returns at once; progress arrives on the [`Status`] watch and requests on the
-//! [`Traffic`] sink. The CLI and the desktop app are two consumers of the same handle.
+//! [`Tunnel::start`] returns at once; progress arrives on the [`Status`] watch, requests on the
+//! [`Traffic`] sink and, for TCP tunnels ([`TunnelKind::Tcp`]), connections on the
+//! [`Connections`] sink. The CLI and the desktop app are two consumers of the same handle.
 
 use std::{sync::Arc, time::Duration};
 
@@ -20,12 +21,31 @@ use crate::{
     protocol::{self, Heartbeat, Refusal, RefusalKind},
     secrets::Secret,
     stop::until_stopped,
+    tcp::Connections,
     traffic::{Exchange, Traffic, DEFAULT_CAPTURE_LIMIT, DEFAULT_RING_SIZE},
 };
+
+/// What a tunnel forwards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TunnelKind {
+    /// HTTP (and WebSocket) at `https://NAME.DOMAIN`.
+    #[default]
+    Http,
+    /// Raw TCP at `tcp://DOMAIN:PORT`: every visitor connection to the public port becomes a
+    /// connection to the local port.
+    Tcp {
+        /// The public port to ask for; `None` lets the server pick one from its range (and the
+        /// engine then keeps that one across reconnects).
+        remote_port: Option<u16>,
+    },
+}
 
 /// Everything needed to run one tunnel.
 #[derive(Debug, Clone)]
 pub struct TunnelConfig {
+    /// HTTP or TCP. A TCP tunnel ignores `subdomain`, and the HTTP-only parts of `local`
+    /// (`keep_host`); it refuses `basic_auth`.
+    pub kind: TunnelKind,
     /// Server URL: `http(s)://host[:port]` or `ws(s)://host[:port]`.
     pub server: String,
     /// Bearer token, if the server requires one.
@@ -56,12 +76,16 @@ pub struct TunnelConfig {
     /// `capture_limit`. An app that restarts a tunnel passes the previous run's, so its history
     /// stays and exchange ids keep counting up.
     pub traffic: Option<Traffic>,
+    /// Where a TCP tunnel records connections; `None` starts an empty one. As with `traffic`,
+    /// an app that restarts a tunnel passes the previous run's.
+    pub connections: Option<Connections>,
 }
 
 impl TunnelConfig {
     /// A tunnel from `server` to `localhost:port` with defaults for the rest.
     pub fn new(server: impl Into<String>, port: u16) -> Self {
         Self {
+            kind: TunnelKind::Http,
             server: server.into(),
             token: None,
             subdomain: None,
@@ -79,6 +103,7 @@ impl TunnelConfig {
             allow_ips: Vec::new(),
             client_id: None,
             traffic: None,
+            connections: None,
         }
     }
 
@@ -124,6 +149,12 @@ pub enum ConfigError {
     /// Port 0 is not a service.
     #[error("local port must be between 1 and 65535")]
     Port,
+    /// Remote port 0: "any port" is `remote_port: None`.
+    #[error("remote port must be between 1 and 65535 (or left out for any free port)")]
+    RemotePort,
+    /// TCP visitors cannot log in: Basic auth is HTTP's.
+    #[error("basic auth protects HTTP tunnels only; restrict a TCP tunnel with --allow-ip")]
+    TcpBasicAuth,
     /// An allowlist entry is blank (`--allow-ip "$VAR"` with VAR unset): sending it would
     /// leave the tunnel public, the opposite of what was asked.
     #[error("an allowed IP entry is empty: give an address or CIDR range, or no --allow-ip")]
@@ -165,6 +196,7 @@ pub enum Status {
 pub struct Tunnel {
     status: watch::Receiver<Status>,
     forwarder: Arc<Forwarder>,
+    connections: Connections,
     cancel: CancellationToken,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -178,6 +210,14 @@ impl Tunnel {
         }
         if config.local.port == 0 {
             return Err(ConfigError::Port);
+        }
+        if let TunnelKind::Tcp { remote_port } = config.kind {
+            if remote_port == Some(0) {
+                return Err(ConfigError::RemotePort);
+            }
+            if config.basic_auth.is_some() {
+                return Err(ConfigError::TcpBasicAuth);
+            }
         }
         if let Some(auth) = &config.basic_auth {
             if !auth.expose().contains(':') || auth.expose().starts_with(':') {
@@ -196,6 +236,7 @@ impl Tunnel {
             .clone()
             .unwrap_or_else(|| Traffic::new(config.ring_size, config.capture_limit));
         let forwarder = Forwarder::new(config.local.clone(), traffic);
+        let connections = config.connections.clone().unwrap_or_default();
         let client_id = config
             .client_id
             .clone()
@@ -208,6 +249,7 @@ impl Tunnel {
             client_id,
             connector,
             forwarder: forwarder.clone(),
+            connections: connections.clone(),
             status: tx,
             cancel: cancel.clone(),
         };
@@ -216,6 +258,7 @@ impl Tunnel {
         Ok(Tunnel {
             status: rx,
             forwarder,
+            connections,
             cancel,
             task: Some(task),
         })
@@ -229,6 +272,11 @@ impl Tunnel {
     /// Requests through this tunnel.
     pub fn traffic(&self) -> &Traffic {
         self.forwarder.traffic()
+    }
+
+    /// Connections through this tunnel (TCP tunnels; always empty for HTTP).
+    pub fn connections(&self) -> &Connections {
+        &self.connections
     }
 
     /// Waits until the tunnel is online (returns its URL) or has failed for good.
@@ -273,6 +321,7 @@ struct Engine {
     config: TunnelConfig,
     client_id: String,
     forwarder: Arc<Forwarder>,
+    connections: Connections,
     status: watch::Sender<Status>,
     cancel: CancellationToken,
 }
@@ -360,8 +409,18 @@ impl Engine {
             HeaderValue::from(protocol::PROTOCOL_VERSION),
         );
         h.insert(protocol::HEADER_CLIENT_ID, header_value(&self.client_id)?);
-        if let Some(name) = &self.config.subdomain {
-            h.insert(protocol::HEADER_SUBDOMAIN, header_value(name)?);
+        match self.config.kind {
+            TunnelKind::Http => {
+                if let Some(name) = &self.config.subdomain {
+                    h.insert(protocol::HEADER_SUBDOMAIN, header_value(name)?);
+                }
+            }
+            TunnelKind::Tcp { remote_port } => {
+                h.insert(
+                    protocol::HEADER_TCP_PORT,
+                    HeaderValue::from(remote_port.unwrap_or(0)),
+                );
+            }
         }
         if let Some(auth) = &self.config.basic_auth {
             h.insert(protocol::HEADER_BASIC_AUTH, header_value(auth.expose())?);
@@ -406,15 +465,35 @@ impl Engine {
                 "the server accepted the WebSocket but sent no tunnel name: is it a ggrok server?",
             )));
         };
-        Ok(Session { ws, name, url })
+        let port = get(protocol::HEADER_TCP_PORT).and_then(|p| p.parse::<u16>().ok());
+        if matches!(self.config.kind, TunnelKind::Tcp { .. }) && port.is_none() {
+            return Err(ConnectError::Refused(Refusal::new(
+                RefusalKind::BadRequest,
+                "the server opened an HTTP tunnel where a TCP one was asked for: is it an older ggrok server?",
+            )));
+        }
+        Ok(Session {
+            ws,
+            name,
+            url,
+            port,
+        })
     }
 
     /// Runs an online session until it ends; returns why it ended.
     async fn serve(&mut self, session: Session) -> Ended {
-        let Session { ws, name, url } = session;
+        let Session {
+            ws,
+            name,
+            url,
+            port,
+        } = session;
         info!(%url, "online");
-        // Reconnects ask for the same name, so a server restart gives it back.
-        self.config.subdomain = Some(name.clone());
+        // Reconnects ask for the same name (or port), so a server restart gives it back.
+        match (&mut self.config.kind, port) {
+            (TunnelKind::Tcp { remote_port }, Some(port)) => *remote_port = Some(port),
+            _ => self.config.subdomain = Some(name.clone()),
+        }
         self.status.send_replace(Status::Online { url, name });
         let config = mux::Config {
             heartbeat: self.config.heartbeat,
@@ -425,9 +504,22 @@ impl Engine {
         let streams = self.cancel.child_token();
         let forwarder = self.forwarder.clone();
         let spawn_cancel = streams.clone();
+        let tcp = matches!(self.config.kind, TunnelKind::Tcp { .. });
+        let (local, connections) = (
+            Arc::new(crate::tcp::Dialer::new(self.config.local.clone())),
+            self.connections.clone(),
+        );
         let driven = driver.run(move |stream| {
-            let forwarder = forwarder.clone();
             let cancel = spawn_cancel.clone();
+            if tcp {
+                let (local, connections) = (local.clone(), connections.clone());
+                tokio::spawn(async move {
+                    let served = crate::tcp::serve_stream(stream, &local, &connections);
+                    let _ = until_stopped(cancel.cancelled(), served).await;
+                });
+                return;
+            }
+            let forwarder = forwarder.clone();
             tokio::spawn(async move {
                 let _ = until_stopped(cancel.cancelled(), forwarder.serve_stream(stream)).await;
             });
@@ -492,6 +584,8 @@ struct Session {
     >,
     name: String,
     url: String,
+    /// The public port of a TCP tunnel.
+    port: Option<u16>,
 }
 
 fn header_value(s: &str) -> Result<HeaderValue, ConnectError> {
@@ -557,5 +651,20 @@ mod tests {
         assert_eq!(c.connect_url().unwrap(), "ws://[::1]:7070/_ggrok/connect");
         c.server = "https://[::1]".into();
         assert!(c.connect_url().is_ok());
+    }
+
+    #[test]
+    fn tcp_tunnels_refuse_port_zero_and_basic_auth() {
+        let mut c = TunnelConfig::new("http://127.0.0.1:1", 22);
+        c.kind = TunnelKind::Tcp {
+            remote_port: Some(0),
+        };
+        assert_eq!(
+            Tunnel::start(c.clone()).err(),
+            Some(ConfigError::RemotePort)
+        );
+        c.kind = TunnelKind::Tcp { remote_port: None };
+        c.basic_auth = Some(Secret::new("user:pass"));
+        assert_eq!(Tunnel::start(c).err(), Some(ConfigError::TcpBasicAuth));
     }
 }

@@ -19,6 +19,7 @@
 //! - [`driven`]: HTTP/1.1 client connections driven by the task that uses them.
 //! - [`traffic`]: recorded exchanges for the log, the inspector and replay.
 //! - [`http_util`]: body type, hop-by-hop headers and ggrok's own error pages.
+//! - [`tcp`]: TCP tunnels: a visitor connection spliced to a local one, the connection log.
 //! - [`stop`]: watching a stop signal beside work that wakes often.
 //! - [`terminal`]: network text made safe to print on a terminal.
 #![forbid(unsafe_code)]
@@ -39,11 +40,13 @@ pub mod mux_body;
 pub mod protocol;
 pub mod secrets;
 pub mod stop;
+pub mod tcp;
 pub mod terminal;
 pub mod traffic;
 
 pub use backoff::Backoff;
-pub use client::{ConfigError, Status, Tunnel, TunnelConfig};
+pub use client::{ConfigError, Status, Tunnel, TunnelConfig, TunnelKind};
 pub use forward::{LocalTarget, ReplayError};
 pub use secrets::Secret;
+pub use tcp::{Connection, Connections};
 pub use traffic::{Exchange, Traffic};

@@ -8,11 +8,12 @@
 //! - [`HEADER_CLIENT_ID`]: a random id kept across reconnects;
 //! - [`HEADER_SUBDOMAIN`] (optional): the name wanted;
 //! - [`HEADER_BASIC_AUTH`], [`HEADER_ALLOW_IPS`] (optional): what visitors must present or where
-//!   they must come from.
+//!   they must come from;
+//! - [`HEADER_TCP_PORT`] (optional): a TCP tunnel on this public port (`0`: any).
 //!
 //! The server either refuses it with an HTTP error whose JSON body is a [`Refusal`], or answers
 //! `101 Switching Protocols` with the assigned name and public URL in [`HEADER_NAME`] /
-//! [`HEADER_URL`]. Pages the server or client writes itself carry a [`PageKind`] code in
+//! [`HEADER_URL`] (and a TCP tunnel's port in [`HEADER_TCP_PORT`]). Pages the server or client writes itself carry a [`PageKind`] code in
 //! [`HEADER_ERROR`].
 //!
 //! After the upgrade every WebSocket binary message carries one or more whole frames of ggrok's
@@ -20,7 +21,8 @@
 //! payload length, big-endian) and the payload. The server opens one stream per public request
 //! (its [`FRAME_OPEN`] payload is the request head, [`crate::head`]), the client answers with a
 //! [`FRAME_HEADERS`] frame (the response head) and both send the bodies as [`FRAME_DATA`] frames
-//! under per-stream and per-session credit ([`FRAME_WINDOW`]).
+//! under per-stream and per-session credit ([`FRAME_WINDOW`]). On a TCP tunnel the server opens one
+//! stream per visitor connection instead (an [`OPEN_TCP`] head), which carries its bytes.
 
 use std::time::Duration;
 
@@ -53,7 +55,11 @@ pub const HEADER_BASIC_AUTH: &str = "ggrok-basic-auth";
 /// Request header: comma-separated IP addresses or CIDR ranges; the server refuses public
 /// requests from anywhere else.
 pub const HEADER_ALLOW_IPS: &str = "ggrok-allow-ips";
-/// Response header on `101`: the subdomain assigned to this session.
+/// Request header: the client wants a TCP tunnel on this public port, or `0` for any port the
+/// server picks from its range. Response header on `101`: the port the tunnel got. Without it
+/// the session is an HTTP tunnel.
+pub const HEADER_TCP_PORT: &str = "ggrok-tcp-port";
+/// Response header on `101`: the subdomain assigned to this session (for a TCP tunnel, `tcp:N`).
 pub const HEADER_NAME: &str = "ggrok-name";
 /// Response header on `101`: the public URL of the tunnel.
 pub const HEADER_URL: &str = "ggrok-url";
@@ -140,6 +146,17 @@ pub enum RefusalKind {
     RateLimited,
     /// The token already has as many tunnels as the server allows.
     TooManyTunnels,
+    /// The server offers no TCP tunnels (it was started without a TCP port range).
+    TcpDisabled,
+    /// The asked-for port is outside the server's TCP port range.
+    PortOutOfRange,
+    /// The port is held by another live client (or held for one that just dropped), or
+    /// something else on the server's host listens on it.
+    PortTaken,
+    /// The port is reserved for a different token.
+    PortReserved,
+    /// Every port of the range is taken.
+    NoFreePort,
 }
 
 impl RefusalKind {
@@ -154,6 +171,11 @@ impl RefusalKind {
             Self::Unavailable => 503,
             Self::RateLimited => 429,
             Self::TooManyTunnels => 403,
+            Self::TcpDisabled => 501,
+            Self::PortOutOfRange => 400,
+            Self::PortTaken => 409,
+            Self::PortReserved => 403,
+            Self::NoFreePort => 503,
         }
     }
 
@@ -169,6 +191,11 @@ impl RefusalKind {
             Self::Unavailable => "unavailable",
             Self::RateLimited => "rate_limited",
             Self::TooManyTunnels => "too_many_tunnels",
+            Self::TcpDisabled => "tcp_disabled",
+            Self::PortOutOfRange => "port_out_of_range",
+            Self::PortTaken => "port_taken",
+            Self::PortReserved => "port_reserved",
+            Self::NoFreePort => "no_free_port",
         }
     }
 
@@ -360,7 +387,7 @@ pub const RESET_REFUSED: u32 = 1;
 pub const RESET_PROTOCOL: u32 = 2;
 /// RESET code: the stream's reader read nothing for the stall timeout while data waited.
 pub const RESET_STALLED: u32 = 3;
-/// RESET code: the local service could not be reached (TCP tunnels).
+/// RESET code: the local service could not be reached (TCP tunnels); the reason says why.
 pub const RESET_UNREACHABLE: u32 = 4;
 /// RESET code: the request body failed (malformed, cut off, or stalled at the visitor).
 pub const RESET_BODY: u32 = 5;
@@ -422,6 +449,11 @@ mod tests {
             RefusalKind::Unauthorized,
             RefusalKind::VersionMismatch,
             RefusalKind::Unavailable,
+            RefusalKind::TcpDisabled,
+            RefusalKind::PortOutOfRange,
+            RefusalKind::PortTaken,
+            RefusalKind::PortReserved,
+            RefusalKind::NoFreePort,
         ] {
             assert_eq!(serde_json::to_value(kind).unwrap(), kind.as_str());
         }

@@ -200,3 +200,165 @@ async fn raw_get(addr: std::net::SocketAddr, host: &str, path: &str) -> String {
     s.read_to_string(&mut out).await.unwrap();
     out
 }
+
+/// A range of 100 ports starting at one the OS just gave out (the server skips taken ones).
+fn tcp_ports() -> std::ops::RangeInclusive<u16> {
+    let low = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .min(65_435);
+    low..=low + 99
+}
+
+/// A local service echoing each connection until EOF.
+async fn echo() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    port
+}
+
+/// Sends `data`, half-closes and reads until the tunnel closes the connection.
+async fn tcp_exchange(port: u16, data: &[u8]) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let _ = s.write_all(data).await;
+    let _ = s.shutdown().await;
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out).await;
+    out
+}
+
+#[tokio::test]
+async fn tcp_prints_the_address_then_one_line_per_connection() {
+    let addr = server(ggrok_server::Config {
+        tcp_ports: Some(tcp_ports()),
+        ..ggrok_server::Config::new("localhost")
+    })
+    .await;
+    let server_url = format!("http://{addr}");
+    let local = echo().await.to_string();
+    let mut child = ggrok(&["tcp", &local, "--server", &server_url])
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+    let url = out.next_line().await.unwrap().unwrap();
+    let port: u16 = url
+        .strip_prefix("tcp://localhost:")
+        .unwrap_or_else(|| panic!("{url}"))
+        .parse()
+        .unwrap();
+    assert_eq!(tcp_exchange(port, b"ping").await, b"ping");
+    let line = tokio::time::timeout(Duration::from_secs(10), out.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    assert!(fields[1].starts_with("127.0.0.1:"), "{line}");
+    assert!(fields[2].ends_with("ms"), "{line}");
+    assert_eq!(
+        fields[3..],
+        ["up", "4", "B", "down", "4", "B", "closed"],
+        "{line}"
+    );
+}
+
+#[tokio::test]
+async fn tcp_to_a_dead_local_port_closes_the_visitor_and_says_why() {
+    let addr = server(ggrok_server::Config {
+        tcp_ports: Some(tcp_ports()),
+        ..ggrok_server::Config::new("localhost")
+    })
+    .await;
+    let server_url = format!("http://{addr}");
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port().to_string()
+    };
+    let mut child = ggrok(&[
+        "tcp",
+        &dead,
+        "--server",
+        &server_url,
+        "--local-host",
+        "127.0.0.1",
+    ])
+    .spawn()
+    .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut err = BufReader::new(child.stderr.take().unwrap()).lines();
+    let url = out.next_line().await.unwrap().unwrap();
+    let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), tcp_exchange(port, b"hi"))
+        .await
+        .expect("closed at once");
+    assert!(got.is_empty());
+    let line = out.next_line().await.unwrap().unwrap();
+    let reason = format!("local service unreachable: cannot connect to 127.0.0.1:{dead}");
+    assert!(line.contains(&reason), "{line}");
+    // The log says it too, on stderr, beside the forwarding line.
+    loop {
+        let l = err.next_line().await.unwrap().expect("a log line about it");
+        if l.contains("WARN") {
+            assert!(
+                l.contains(&format!("cannot connect to 127.0.0.1:{dead}")),
+                "{l}"
+            );
+            break;
+        }
+    }
+}
+
+#[tokio::test]
+async fn tcp_refusals_exit_non_zero_with_one_line() {
+    let plain = server(ggrok_server::Config::new("localhost")).await;
+    let out = ggrok(&["tcp", "22", "--server", &format!("http://{plain}")])
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert_eq!(
+        String::from_utf8(out.stderr).unwrap().trim(),
+        "ggrok: refused: this server offers no TCP tunnels (it runs without --tcp-ports)"
+    );
+    let range = tcp_ports();
+    let addr = server(ggrok_server::Config {
+        tcp_ports: Some(range.clone()),
+        ..ggrok_server::Config::new("localhost")
+    })
+    .await;
+    let outside = (range.end() + 1).to_string();
+    let out = ggrok(&[
+        "tcp",
+        "22",
+        "--server",
+        &format!("http://{addr}"),
+        "--remote-port",
+        &outside,
+    ])
+    .output()
+    .await
+    .unwrap();
+    assert!(!out.status.success());
+    assert_eq!(
+        String::from_utf8(out.stderr).unwrap().trim(),
+        format!(
+            "ggrok: refused: port {outside} is outside this server's TCP ports ({}-{})",
+            range.start(),
+            range.end()
+        )
+    );
+}

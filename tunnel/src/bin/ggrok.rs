@@ -5,8 +5,8 @@ use std::{process::ExitCode, time::Duration};
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use ggrok_tunnel::{
-    protocol::Heartbeat, terminal::escape_controls, Exchange, LocalTarget, Secret, Status, Tunnel,
-    TunnelConfig,
+    protocol::Heartbeat, terminal::escape_controls, Connection, Exchange, LocalTarget, Secret,
+    Status, Tunnel, TunnelConfig, TunnelKind,
 };
 use tokio::sync::broadcast::error::RecvError;
 
@@ -22,6 +22,43 @@ struct Cli {
 enum Command {
     /// Forward HTTP (and WebSocket) traffic from a public URL to a local port.
     Http(HttpArgs),
+    /// Forward raw TCP connections from a public port of the server to a local port.
+    Tcp(TcpArgs),
+}
+
+#[derive(Parser, Debug)]
+struct TcpArgs {
+    /// Local port to expose.
+    #[arg(value_parser = clap::value_parser!(u16).range(1..))]
+    port: u16,
+    /// Public port to ask for, from the server's TCP port range (any free one if omitted).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    remote_port: Option<u16>,
+    /// ggrok server, e.g. https://tunnel.example.com or http://127.0.0.1:8080.
+    #[arg(long, env = "GGROK_SERVER")]
+    server: String,
+    /// Token the server expects.
+    #[arg(long, env = "GGROK_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Host of the local service.
+    #[arg(long, default_value = "localhost")]
+    local_host: String,
+    /// Extra CA certificate (PEM) to trust, for a server with a private or self-signed CA.
+    #[arg(long, env = "GGROK_CA_CERT")]
+    ca_cert: Option<std::path::PathBuf>,
+    /// Allow only these visitor addresses (IP or CIDR, repeatable); others are disconnected.
+    #[arg(long = "allow-ip", value_name = "CIDR")]
+    allow_ips: Vec<String>,
+    /// Identity towards the server, kept across restarts of this command: a restarted ggrok with
+    /// the same id gets its held port back at once (random per run if omitted).
+    #[arg(long, env = "GGROK_CLIENT_ID", hide = true)]
+    client_id: Option<String>,
+    /// Seconds between pings to the server.
+    #[arg(long, default_value_t = 20, hide = true)]
+    heartbeat_interval: u64,
+    /// Seconds of silence after which the session counts as lost.
+    #[arg(long, default_value_t = 45, hide = true)]
+    heartbeat_timeout: u64,
 }
 
 #[derive(Parser, Debug)]
@@ -85,8 +122,11 @@ async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let Command::Http(args) = Cli::parse().command;
-    match http(args).await {
+    let run = match Cli::parse().command {
+        Command::Http(args) => http(args).await,
+        Command::Tcp(args) => tcp(args).await,
+    };
+    match run {
         Ok(code) => code,
         Err(e) => {
             eprintln!("ggrok: {e:#}");
@@ -112,10 +152,35 @@ async fn http(args: HttpArgs) -> anyhow::Result<ExitCode> {
         interval: Duration::from_secs(args.heartbeat_interval),
         timeout: Duration::from_secs(args.heartbeat_timeout),
     };
-    let target = config.local.authority();
+    let target = format!("http://{}", config.local.authority());
+    serve(config, target).await
+}
+
+async fn tcp(args: TcpArgs) -> anyhow::Result<ExitCode> {
+    let mut config = TunnelConfig::new(args.server, args.port);
+    config.kind = TunnelKind::Tcp {
+        remote_port: args.remote_port,
+    };
+    config.token = args.token.filter(|t| !t.is_empty()).map(Secret::new);
+    config.ca_cert = args.ca_cert;
+    config.allow_ips = args.allow_ips;
+    config.client_id = args.client_id.filter(|id| !id.is_empty());
+    config.local.host = args.local_host;
+    config.heartbeat = Heartbeat {
+        interval: Duration::from_secs(args.heartbeat_interval),
+        timeout: Duration::from_secs(args.heartbeat_timeout),
+    };
+    let target = format!("tcp://{}", config.local.authority());
+    serve(config, target).await
+}
+
+/// Runs the tunnel until Ctrl-C or a final refusal: prints its URL alone on stdout when it is
+/// first online, then a line per request or connection.
+async fn serve(config: TunnelConfig, target: String) -> anyhow::Result<ExitCode> {
     let tunnel = Tunnel::start(config).context("cannot start the tunnel")?;
     let mut status = tunnel.status();
     let mut traffic = tunnel.traffic().subscribe();
+    let mut connections = tunnel.connections().subscribe();
     let mut shown_url: Option<String> = None;
     loop {
         tokio::select! {
@@ -134,7 +199,7 @@ async fn http(args: HttpArgs) -> anyhow::Result<ExitCode> {
                         let url = escape_controls(&url).into_owned();
                         if shown_url.as_deref() != Some(url.as_str()) {
                             println!("{url}");
-                            eprintln!("ggrok: forwarding {url} -> http://{target}");
+                            eprintln!("ggrok: forwarding {url} -> {target}");
                             shown_url = Some(url);
                         } else {
                             eprintln!("ggrok: back online");
@@ -156,8 +221,68 @@ async fn http(args: HttpArgs) -> anyhow::Result<ExitCode> {
                 Err(RecvError::Lagged(n)) => eprintln!("ggrok: {n} requests not shown (log too slow)"),
                 Err(RecvError::Closed) => return Ok(ExitCode::FAILURE),
             },
+            event = connections.recv() => match event {
+                Ok(c) => print_connections(c, &mut connections),
+                Err(RecvError::Lagged(n)) => eprintln!("ggrok: {n} connection events not shown (log too slow)"),
+                Err(RecvError::Closed) => return Ok(ExitCode::FAILURE),
+            },
         }
     }
+}
+
+/// Prints a line for `first` and every connection queued behind it that has ended.
+fn print_connections(
+    first: std::sync::Arc<Connection>,
+    events: &mut tokio::sync::broadcast::Receiver<std::sync::Arc<Connection>>,
+) {
+    use std::io::Write;
+    let mut out = String::new();
+    connection_line(&mut out, &first);
+    while let Ok(c) = events.try_recv() {
+        connection_line(&mut out, &c);
+    }
+    let _ = std::io::stdout().write_all(out.as_bytes());
+}
+
+/// Appends `12:01:02 203.0.113.7:51234 1520ms up 1.2 KB down 3.4 KB closed` (UTC time of
+/// arrival) for a connection that has ended; nothing for one that just opened.
+fn connection_line(out: &mut String, c: &Connection) {
+    use std::fmt::Write;
+    let Some(end) = &c.end else { return };
+    push_time(out, c.opened_ms);
+    let _ = write!(out, " {} {}ms up ", escape_controls(&c.from), c.duration_ms);
+    push_size(out, c.bytes_up);
+    out.push_str(" down ");
+    push_size(out, c.bytes_down);
+    out.push(' ');
+    // Reasons may quote what a peer sent.
+    out.push_str(&escape_controls(&end.describe()));
+    out.push('\n');
+}
+
+/// Appends `HH:MM:SS` (UTC) of a Unix time in milliseconds.
+fn push_time(out: &mut String, unix_ms: u64) {
+    let secs = unix_ms / 1000 % 86_400;
+    for (i, n) in [secs / 3600, secs / 60 % 60, secs % 60]
+        .into_iter()
+        .enumerate()
+    {
+        if i > 0 {
+            out.push(':');
+        }
+        out.push(char::from(b'0' + (n / 10) as u8));
+        out.push(char::from(b'0' + (n % 10) as u8));
+    }
+}
+
+/// Appends `7 B`, `1.5 KB` or `3.0 MB`.
+fn push_size(out: &mut String, n: u64) {
+    use std::fmt::Write;
+    let _ = match n {
+        n if n < 1024 => write!(out, "{n} B"),
+        n if n < 1024 * 1024 => write!(out, "{:.1} KB", n as f64 / 1024.0),
+        n => write!(out, "{:.1} MB", n as f64 / (1024.0 * 1024.0)),
+    };
 }
 
 /// Prints `first` and every exchange already queued behind it with one write, not one per line.
@@ -179,17 +304,7 @@ fn print_lines(
 /// in place: a line per request is the CLI's busiest output.
 fn log_line(out: &mut String, e: &Exchange) {
     use std::fmt::Write;
-    let secs = e.started_ms / 1000 % 86_400;
-    for (i, n) in [secs / 3600, secs / 60 % 60, secs % 60]
-        .into_iter()
-        .enumerate()
-    {
-        if i > 0 {
-            out.push(':');
-        }
-        out.push(char::from(b'0' + (n / 10) as u8));
-        out.push(char::from(b'0' + (n % 10) as u8));
-    }
+    push_time(out, e.started_ms);
     out.push(' ');
     out.push_str(&e.method);
     out.push(' ');
@@ -202,16 +317,41 @@ fn log_line(out: &mut String, e: &Exchange) {
         (None, _) => write!(out, "---"),
     };
     let _ = write!(out, " {}ms ", e.duration_ms);
-    let _ = match e.response_body.size {
-        n if n < 1024 => writeln!(out, "{n} B"),
-        n if n < 1024 * 1024 => writeln!(out, "{:.1} KB", n as f64 / 1024.0),
-        n => writeln!(out, "{:.1} MB", n as f64 / (1024.0 * 1024.0)),
-    };
+    push_size(out, e.response_body.size);
+    out.push('\n');
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_log_line_per_ended_connection() {
+        let mut c = Connection {
+            id: 1,
+            from: "203.0.113.7:51234".into(),
+            opened_ms: (3600 + 2 * 60 + 3) * 1000,
+            duration_ms: 1520,
+            bytes_up: 1536,
+            bytes_down: 7,
+            end: None,
+        };
+        let mut out = String::new();
+        connection_line(&mut out, &c);
+        assert_eq!(out, "", "nothing while open");
+        c.end = Some(ggrok_tunnel::tcp::End::Closed);
+        connection_line(&mut out, &c);
+        c.end = Some(ggrok_tunnel::tcp::End::Unreachable {
+            reason: "cannot connect to localhost:1: refused\n".into(),
+        });
+        connection_line(&mut out, &c);
+        assert_eq!(
+            out,
+            "01:02:03 203.0.113.7:51234 1520ms up 1.5 KB down 7 B closed\n\
+             01:02:03 203.0.113.7:51234 1520ms up 1.5 KB down 7 B local service unreachable: \
+             cannot connect to localhost:1: refused\\n\n"
+        );
+    }
 
     #[test]
     fn a_log_line_per_exchange() {

@@ -1,0 +1,311 @@
+//! TCP tunnels: a public port from `--tcp-ports` per tunnel, and a stream per visitor
+//! connection.
+//!
+//! A client asks for a TCP tunnel with [`HEADER_TCP_PORT`] on its connect request (a port, or
+//! 0 for any). The port is claimed in the [`Registry`](crate::registry::Registry) under
+//! [`tcp_key`], so a TCP tunnel gets the same rules as a name: one live client per port,
+//! held for the reconnect grace period, replaced by the same client, freed by revocation. The
+//! listener is bound before the `101`, so a port something else on the host uses is refused
+//! rather than advertised, and lives as long as the session. Each visitor connection opens one
+//! stream whose head carries the visitor's address, spliced to the visitor's socket.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+};
+
+use ggrok_tunnel::{
+    head,
+    protocol::{Refusal, RefusalKind, HEADER_TCP_PORT},
+    tcp::{splice_counting, Failure},
+};
+use http::HeaderMap;
+use rand::Rng;
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use crate::{
+    listener::{ACCEPT_BACKOFF_MAX, ACCEPT_BACKOFF_MIN},
+    policy::SharedPolicy,
+    registry::{tcp_key, Claim, Claimant, Endpoint},
+    state::Shared,
+    store::TokenId,
+};
+
+/// The port a connect request asks for: `None` for an HTTP tunnel, `Some(None)` for any port.
+pub(crate) fn wanted(h: &HeaderMap) -> Result<Option<Option<u16>>, Refusal> {
+    let Some(value) = h.get(HEADER_TCP_PORT) else {
+        return Ok(None);
+    };
+    match value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().parse::<u16>().ok())
+    {
+        Some(0) => Ok(Some(None)),
+        Some(port) => Ok(Some(Some(port))),
+        None => Err(Refusal::new(
+            RefusalKind::BadRequest,
+            format!("{HEADER_TCP_PORT} must be a port number, or 0 for any port"),
+        )),
+    }
+}
+
+/// Claims a port for `who` and binds it on `ip`: `wanted`, or a free one of the range.
+pub(crate) async fn claim(
+    shared: &Arc<Shared>,
+    ip: IpAddr,
+    wanted: Option<u16>,
+    who: &Claimant,
+    policy: SharedPolicy,
+) -> Result<(Claim, TcpListener), Refusal> {
+    let Some(range) = shared.config.tcp_ports.clone() else {
+        return Err(Refusal::new(
+            RefusalKind::TcpDisabled,
+            "this server offers no TCP tunnels (it runs without --tcp-ports)",
+        ));
+    };
+    if policy.consumes_authorization() {
+        return Err(Refusal::new(
+            RefusalKind::BadRequest,
+            "basic auth protects HTTP tunnels only; restrict a TCP tunnel with --allow-ip",
+        ));
+    }
+    let (token, reserved) = reservations(shared, who).await?;
+    let reserved_for_other = |port: u16| {
+        reserved
+            .get(&port)
+            .is_some_and(|&owner| Some(owner) != token)
+    };
+    let max = shared.config.max_tcp_tunnels_per_token;
+    if let Some(port) = wanted {
+        if !range.contains(&port) {
+            return Err(Refusal::new(
+                RefusalKind::PortOutOfRange,
+                format!(
+                    "port {port} is outside this server's TCP ports ({}-{})",
+                    range.start(),
+                    range.end()
+                ),
+            ));
+        }
+        if reserved_for_other(port) {
+            return Err(Refusal::new(
+                RefusalKind::PortReserved,
+                format!("port {port} is reserved for another token"),
+            ));
+        }
+        return claim_port(shared, ip, port, who, policy, max).await;
+    }
+    // From a random place in the range, so that clients do not all race for its first ports.
+    let len = u32::from(range.end() - range.start()) + 1;
+    let first = rand::rng().random_range(0..len);
+    for i in 0..len {
+        let port = range.start() + ((first + i) % len) as u16;
+        if reserved.contains_key(&port) {
+            // Ports reserved for this token are for asking by number, not for chance.
+            continue;
+        }
+        match claim_port(shared, ip, port, who, policy.clone(), max).await {
+            Err(r) if r.error == RefusalKind::PortTaken => continue,
+            done => return done,
+        }
+    }
+    Err(Refusal::new(
+        RefusalKind::NoFreePort,
+        "every TCP port of this server is taken",
+    ))
+}
+
+/// The presenting token's id and every reserved port, read on the store's thread.
+async fn reservations(
+    shared: &Arc<Shared>,
+    who: &Claimant,
+) -> Result<(Option<TokenId>, HashMap<u16, TokenId>), Refusal> {
+    let (Some(store), Some(thread)) = (shared.config.store.clone(), shared.store_thread.clone())
+    else {
+        return Ok((None, HashMap::new()));
+    };
+    let hash = who.token;
+    let looked = thread
+        .run(move || -> Result<_, crate::store::StoreError> {
+            let token = match hash {
+                Some(hash) => store.token_by_hash(&hash)?,
+                None => None,
+            };
+            Ok((token, store.reserved_ports()?.into_iter().collect()))
+        })
+        .await;
+    match looked {
+        Some(Ok(found)) => Ok(found),
+        Some(Err(e)) => {
+            warn!(%e, "token database error");
+            Err(unavailable())
+        }
+        None => Err(unavailable()),
+    }
+}
+
+fn unavailable() -> Refusal {
+    Refusal::new(
+        RefusalKind::Unavailable,
+        "the server cannot check port reservations right now",
+    )
+}
+
+async fn claim_port(
+    shared: &Arc<Shared>,
+    ip: IpAddr,
+    port: u16,
+    who: &Claimant,
+    policy: SharedPolicy,
+    max: usize,
+) -> Result<(Claim, TcpListener), Refusal> {
+    let key = tcp_key(port);
+    // A live session on the port that the claim may replace (the same client reconnecting
+    // before the server noticed it had dropped) still holds the listener for a moment.
+    let replacing = shared.registry.endpoint(&key).is_some();
+    let claim = shared
+        .registry
+        .claim(Some(&key), who, policy, max)
+        .map_err(|r| match r.error {
+            RefusalKind::NameTaken => Refusal::new(
+                RefusalKind::PortTaken,
+                // The registry's sentence names a subdomain; say the same of the port.
+                r.message
+                    .replace(&format!("the subdomain {key:?}"), &format!("port {port}")),
+            ),
+            _ => r,
+        })?;
+    match bind(SocketAddr::new(ip, port), replacing).await {
+        Ok(listener) => Ok((claim, listener)),
+        Err(e) => {
+            shared
+                .registry
+                .release(&claim.name, claim.session, false, || {});
+            Err(Refusal::new(
+                RefusalKind::PortTaken,
+                format!("port {port} is in use on the server ({e})"),
+            ))
+        }
+    }
+}
+
+/// How long a claim that replaced a live session waits for that session to close its listener:
+/// it first tries to tell its client why (up to a second), then ends.
+const REPLACED_LISTENER_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Binds `addr`; when `replacing`, retries while the replaced session's listener still holds it.
+async fn bind(addr: SocketAddr, replacing: bool) -> std::io::Result<TcpListener> {
+    let deadline = tokio::time::Instant::now() + REPLACED_LISTENER_WAIT;
+    loop {
+        match TcpListener::bind(addr).await {
+            Err(e)
+                if replacing
+                    && e.kind() == std::io::ErrorKind::AddrInUse
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            done => return done,
+        }
+    }
+}
+
+/// The address visitors use: the server's domain and the tunnel's port.
+pub(crate) fn public_url(domain: &str, port: u16) -> String {
+    format!("tcp://{domain}:{port}")
+}
+
+/// Accepts visitors on `listener` until the session of `endpoint` ends.
+pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener, endpoint: Arc<Endpoint>) {
+    let max = shared.config.max_conns_per_tcp_tunnel;
+    let slots = Arc::new(tokio::sync::Semaphore::new(if max == 0 {
+        tokio::sync::Semaphore::MAX_PERMITS
+    } else {
+        max
+    }));
+    let mut backoff = ACCEPT_BACKOFF_MIN;
+    loop {
+        let accepted = tokio::select! {
+            _ = endpoint.ended.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (socket, peer) = match accepted {
+            Ok(a) => {
+                backoff = ACCEPT_BACKOFF_MIN;
+                a
+            }
+            Err(e) => {
+                warn!(%e, ?backoff, "accept failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                continue;
+            }
+        };
+        let ip = peer.ip().to_canonical();
+        if !endpoint.policy.allows(ip) {
+            debug!(%peer, "visitor not on the allowlist: closed");
+            refuse(socket);
+            continue;
+        }
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            warn!(%peer, max, "the tunnel has as many connections as allowed: closed");
+            refuse(socket);
+            continue;
+        };
+        let Some(per_ip) = shared.conns_per_ip.try_open(ip) else {
+            debug!(%peer, "too many connections from this address: closed");
+            refuse(socket);
+            continue;
+        };
+        let endpoint = endpoint.clone();
+        let span = info_span!("tcp visitor", %peer);
+        shared.spawn(
+            async move {
+                let _held = (slot, per_ip);
+                let _open = endpoint.metrics.tcp_connection();
+                let _ = socket.set_nodelay(true);
+                let stream = match endpoint
+                    .mux
+                    .open(head::encode_tcp(&peer.to_string()), false)
+                    .await
+                {
+                    Ok(s) => s,
+                    Err(e) => {
+                        debug!(%e, "cannot open a stream");
+                        return refuse(socket);
+                    }
+                };
+                let (up, down) = (endpoint.metrics.clone(), endpoint.metrics.clone());
+                let spliced = splice_counting(
+                    socket,
+                    stream,
+                    move |n| up.tcp_bytes(n, 0),
+                    move |n| down.tcp_bytes(0, n),
+                )
+                .await;
+                match spliced.failure {
+                    None => debug!(
+                        up = spliced.from_tcp,
+                        down = spliced.to_tcp,
+                        "connection closed"
+                    ),
+                    Some(Failure::Stream(reason)) => {
+                        debug!(%reason, "the client's side ended the connection")
+                    }
+                    Some(Failure::Tcp(reason)) => debug!(%reason, "the visitor's side failed"),
+                }
+            }
+            .instrument(span),
+        );
+    }
+    info!("TCP listener closed");
+}
+
+/// Closes a visitor's connection with a reset, at once: nothing will be forwarded.
+fn refuse(socket: TcpStream) {
+    let _ = socket.set_zero_linger();
+    drop(socket);
+}
