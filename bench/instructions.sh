@@ -2,7 +2,7 @@
 # User-space instructions per small request, for the ggrok server and the ggrok client, counted by
 # valgrind's callgrind. CPU time per request moves by about ±1 µs from run to run on a shared
 # machine; instruction counts repeat within a few percent, so they show what a change to the
-# request path saves (docs/benchmarks.md, item 11).
+# request path saves (docs/benchmarks.md, "Why it is built this way").
 #
 # For each process in turn it runs that process under callgrind and the other natively, in front
 # of an nginx origin serving 100 bytes; warms up, zeroes the counters, sends WRK_SECONDS of
