@@ -217,6 +217,10 @@ pub fn run() {
             app.manage(state.clone());
             app.manage(server);
             let handle = app.handle().clone();
+            // The UI is dark only. GTK's own widgets (the list of an open `<select>`, which
+            // WebKitGTK draws with GTK, and menus) follow the app's theme, which the window's
+            // `theme` setting does not reach on Linux.
+            handle.set_theme(Some(tauri::Theme::Dark));
             // Logged here: the logger exists only once the log plugin is set up.
             let server = app.state::<EmbeddedServer>();
             info!(url = %server.url, settings = %config_path().display(), "embedded server listening");
