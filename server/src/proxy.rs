@@ -50,79 +50,168 @@ where
     B::Error: Into<BoxError>,
 {
     let started = Instant::now();
+    let refuse = Refuse { shared, name, json };
     let Some(route) = shared
         .registry
         .endpoint_when_ready(name, SESSION_START)
         .await
     else {
-        if shared.registry.is_held(name) {
+        return refuse.offline();
+    };
+    if let Some(refused) = refuse.by_policy_or_rate(&route, &visitor, req.headers()) {
+        return refused;
+    }
+    let visitor_upgrade = is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    to_origin(&mut parts, &visitor, route.policy.consumes_authorization());
+
+    // An upgrade's stream stays open for the bytes that follow the 101.
+    let no_body = http_body::Body::is_end_stream(&body) && visitor_upgrade.is_none();
+    let open = head::encode_request(&parts.method, &parts.uri, &parts.headers);
+    let stream = match route.mux.open(open, no_body).await {
+        Ok(stream) => stream,
+        Err(MuxError::TooManyStreams) => return refuse.too_many_streams(),
+        Err(e) => {
+            debug!(%e, "open stream failed");
+            return refuse.lost("is not answering (session closing)");
+        }
+    };
+    let broken = Arc::new(AtomicU8::new(BODY_OK));
+    if !no_body && visitor_upgrade.is_none() {
+        upload(shared, &route, &stream, boxed(body), broken.clone());
+    }
+    let answer = match stream.recv().await {
+        Some(Ok(Item::Head(answer))) => answer,
+        _ if broken.load(Ordering::SeqCst) != BODY_OK => {
+            return refuse.body_failed(broken.load(Ordering::SeqCst))
+        }
+        other => {
+            debug!(?other, "request through tunnel failed");
+            return refuse.lost("went away while handling the request");
+        }
+    };
+    let Ok(answer) = head::decode_response(answer) else {
+        stream.reset(RESET_PROTOCOL, "malformed response head");
+        return refuse.lost("sent a malformed response");
+    };
+    route.metrics.request(started.elapsed());
+    respond(shared, &route, name, answer, stream, visitor_upgrade)
+}
+
+/// The pages a request through tunnel `name` can get instead of the local service's answer.
+struct Refuse<'a> {
+    shared: &'a Arc<Shared>,
+    name: &'a str,
+    json: bool,
+}
+
+impl Refuse<'_> {
+    fn page(&self, status: StatusCode, kind: PageKind, message: &str) -> Response<Body> {
+        pages::error(self.shared, status, kind, message, self.json)
+    }
+
+    /// No session holds the name: it is reconnecting (held for its client) or unknown.
+    fn offline(&self) -> Response<Body> {
+        let name = self.name;
+        if self.shared.registry.is_held(name) {
             let message = format!(
                 "The tunnel {name} is reconnecting: its client dropped and has not come back yet. \
                  Try again in a moment."
             );
-            let mut resp = pages::error(
-                shared,
+            let mut resp = self.page(
                 StatusCode::SERVICE_UNAVAILABLE,
                 PageKind::TunnelReconnecting,
                 &message,
-                json,
             );
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
             return resp;
         }
-        let message = format!("No tunnel is online at {name}.{}.", shared.config.domain);
-        return pages::error(
-            shared,
-            StatusCode::NOT_FOUND,
-            PageKind::TunnelNotFound,
-            &message,
-            json,
-        );
-    };
-    let Endpoint {
-        mux,
-        policy,
-        ended,
-        metrics,
-        ..
-    } = &*route;
-    if let Some(refused) = policy.check(name, visitor.ip, req.headers(), json) {
-        shared
-            .metrics
-            .error(if refused.status() == StatusCode::FORBIDDEN {
-                PageKind::Forbidden
-            } else {
-                PageKind::Unauthorized
-            });
-        return refused;
+        let domain = &self.shared.config.domain;
+        let message = format!("No tunnel is online at {name}.{domain}.");
+        self.page(StatusCode::NOT_FOUND, PageKind::TunnelNotFound, &message)
     }
-    if !shared.request_limit.allow(&route.name) {
-        let message =
-            format!("The tunnel {name} gets more requests than this server allows. Slow down.");
-        return pages::error(
-            shared,
-            StatusCode::TOO_MANY_REQUESTS,
-            PageKind::RateLimited,
-            &message,
-            json,
-        );
+
+    /// The tunnel's own protection (basic auth, allowlist), then the server's request rate.
+    fn by_policy_or_rate(
+        &self,
+        route: &Endpoint,
+        visitor: &Visitor,
+        headers: &http::HeaderMap,
+    ) -> Option<Response<Body>> {
+        if let Some(refused) = route
+            .policy
+            .check(self.name, visitor.ip, headers, self.json)
+        {
+            self.shared
+                .metrics
+                .error(if refused.status() == StatusCode::FORBIDDEN {
+                    PageKind::Forbidden
+                } else {
+                    PageKind::Unauthorized
+                });
+            return Some(refused);
+        }
+        if !self.shared.request_limit.allow(&route.name) {
+            let message = format!(
+                "The tunnel {} gets more requests than this server allows. Slow down.",
+                self.name
+            );
+            return Some(self.page(
+                StatusCode::TOO_MANY_REQUESTS,
+                PageKind::RateLimited,
+                &message,
+            ));
+        }
+        None
     }
-    let lost = |what: &str| {
+
+    fn too_many_streams(&self) -> Response<Body> {
         let message = format!(
-            "The tunnel {name} is registered but its client {what}. Try again in a moment."
+            "The tunnel {} has as many requests in flight as it may. Try again in a moment.",
+            self.name
         );
-        pages::error(
-            shared,
-            StatusCode::BAD_GATEWAY,
+        let mut resp = self.page(
+            StatusCode::SERVICE_UNAVAILABLE,
             PageKind::TunnelLost,
             &message,
-            json,
-        )
-    };
+        );
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        resp
+    }
 
-    let visitor_upgrade = is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
-    let (mut parts, body) = req.into_parts();
+    /// The client did `what` instead of answering.
+    fn lost(&self, what: &str) -> Response<Body> {
+        let message = format!(
+            "The tunnel {} is registered but its client {what}. Try again in a moment.",
+            self.name
+        );
+        self.page(StatusCode::BAD_GATEWAY, PageKind::TunnelLost, &message)
+    }
+
+    /// The visitor's body stalled or broke before an answer came: the visitor's fault.
+    fn body_failed(&self, why: u8) -> Response<Body> {
+        let (status, message) = if why == BODY_STALLED {
+            let secs = self.shared.config.body_idle_timeout.as_secs_f64();
+            let message =
+                format!("The request body stalled for {secs} s; the request was abandoned.");
+            (StatusCode::REQUEST_TIMEOUT, message)
+        } else {
+            let message = "The request body was malformed or cut off.".to_owned();
+            (StatusCode::BAD_REQUEST, message)
+        };
+        let mut resp = self.page(status, PageKind::BadRequest, &message);
+        // The rest of the body may still come: it must not be read as a new request.
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        resp
+    }
+}
+
+/// The visitor's request head as the local service gets it: hop-by-hop headers and the
+/// tunnel's own credentials removed, `X-Forwarded-*` added, the target in origin form.
+fn to_origin(parts: &mut http::request::Parts, visitor: &Visitor, consumes_authorization: bool) {
     // The host the request was routed by: the URI authority (HTTP/2, absolute-form targets)
     // before `Host`, so the origin sees the name the visitor actually reached.
     let public_host = parts
@@ -131,83 +220,48 @@ where
         .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         .or_else(|| parts.headers.get(header::HOST).cloned());
     strip_hop_by_hop(&mut parts.headers);
-    if policy.consumes_authorization() {
+    if consumes_authorization {
         // The tunnel's password is for ggrok, not for the local service.
         parts.headers.remove(header::AUTHORIZATION);
     }
-    add_forwarded(&mut parts.headers, &visitor, public_host);
-    parts.uri = http_util::origin_form(parts.uri);
+    add_forwarded(&mut parts.headers, visitor, public_host);
+    parts.uri = http_util::origin_form(std::mem::take(&mut parts.uri));
+}
 
-    // An upgrade's stream stays open for the bytes that follow the 101.
-    let no_body = http_body::Body::is_end_stream(&body) && visitor_upgrade.is_none();
-    let open = head::encode_request(&parts.method, &parts.uri, &parts.headers);
-    let stream = match mux.open(open, no_body).await {
-        Ok(stream) => stream,
-        Err(MuxError::TooManyStreams) => {
-            let message = format!(
-                "The tunnel {name} has as many requests in flight as it may. Try again in a moment."
-            );
-            let mut resp = pages::error(
-                shared,
-                StatusCode::SERVICE_UNAVAILABLE,
-                PageKind::TunnelLost,
-                &message,
-                json,
-            );
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            return resp;
-        }
-        Err(e) => {
-            debug!(%e, "open stream failed");
-            return lost("is not answering (session closing)");
-        }
+/// Sends the visitor's body into `stream` from a task of its own, so the answer can come
+/// before the upload ends; `broken` says why, if the visitor's side failed it.
+fn upload(
+    shared: &Arc<Shared>,
+    route: &Endpoint,
+    stream: &ggrok_tunnel::mux::MuxStream,
+    body: Body,
+    broken: Arc<AtomicU8>,
+) {
+    let body = IdleLimited {
+        inner: route.metrics.count_body(true, body),
+        limit: shared.config.body_idle_timeout,
+        deadline: None,
+        waiting: false,
+        broken,
     };
-    let broken = Arc::new(AtomicU8::new(BODY_OK));
-    if !no_body && visitor_upgrade.is_none() {
-        let body = IdleLimited {
-            inner: metrics.count_body(true, boxed(body)),
-            limit: shared.config.body_idle_timeout,
-            deadline: None,
-            waiting: false,
-            broken: broken.clone(),
-        };
-        let upload = stream.clone();
-        shared.spawn(until_ended(ended.clone(), async move {
-            if let Err(e) = send_body(&upload, boxed(body)).await {
-                debug!(%e, "request body not sent whole");
-            }
-        }));
-    }
-    let answer = match stream.recv().await {
-        Some(Ok(Item::Head(answer))) => answer,
-        _ if broken.load(Ordering::SeqCst) != BODY_OK => {
-            let (status, message) = if broken.load(Ordering::SeqCst) == BODY_STALLED {
-                let secs = shared.config.body_idle_timeout.as_secs_f64();
-                let message =
-                    format!("The request body stalled for {secs} s; the request was abandoned.");
-                (StatusCode::REQUEST_TIMEOUT, message)
-            } else {
-                let message = "The request body was malformed or cut off.".to_owned();
-                (StatusCode::BAD_REQUEST, message)
-            };
-            let mut resp = pages::error(shared, status, PageKind::BadRequest, &message, json);
-            // The rest of the body may still come: it must not be read as a new request.
-            resp.headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            return resp;
+    let upload = stream.clone();
+    shared.spawn(until_ended(route.ended.clone(), async move {
+        if let Err(e) = send_body(&upload, boxed(body)).await {
+            debug!(%e, "request body not sent whole");
         }
-        other => {
-            debug!(?other, "request through tunnel failed");
-            return lost("went away while handling the request");
-        }
-    };
-    let Ok(answer) = head::decode_response(answer) else {
-        stream.reset(RESET_PROTOCOL, "malformed response head");
-        return lost("sent a malformed response");
-    };
-    metrics.request(started.elapsed());
-    let mut answer = answer;
+    }));
+}
+
+/// The client's answer as the visitor gets it: cookies narrowed to the tunnel's host, a 101
+/// spliced to the visitor's upgraded connection, the body read from the stream.
+fn respond(
+    shared: &Arc<Shared>,
+    route: &Endpoint,
+    name: &str,
+    mut answer: http::response::Parts,
+    stream: ggrok_tunnel::mux::MuxStream,
+    visitor_upgrade: Option<hyper::upgrade::OnUpgrade>,
+) -> Response<Body> {
     crate::cookies::narrow(&mut answer.headers, name, &shared.config.domain);
     if let Some(kind) = answer
         .headers
@@ -220,7 +274,7 @@ where
     if answer.status == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(visitor_io) = visitor_upgrade {
             // Ending with the session closes the visitor's side too, so it sees the end.
-            shared.spawn(until_ended(ended.clone(), async move {
+            shared.spawn(until_ended(route.ended.clone(), async move {
                 match visitor_io.await {
                     Ok(io) => {
                         http_util::splice(TokioIo::new(io), stream.into_io()).await;
@@ -237,7 +291,7 @@ where
     } else {
         boxed(RecvBody::new(stream))
     };
-    Response::from_parts(answer, metrics.count_body(false, body))
+    Response::from_parts(answer, route.metrics.count_body(false, body))
 }
 
 /// A visitor's request body that fails once the visitor sends nothing for `limit` while the
