@@ -215,22 +215,16 @@ impl Store {
     /// Reserves subdomain `sub` for the token named `token_name`.
     pub fn reserve(&self, sub: &str, token_name: &str) -> Result<(), StoreError> {
         ggrok_tunnel::protocol::validate_name(sub)?;
-        let conn = self.conn();
-        let id: TokenId = conn
-            .query_row(
-                "SELECT id FROM tokens WHERE name = ?1 AND revoked IS NULL",
-                [token_name],
-                |r| r.get(0),
-            )
-            .optional()?
-            .ok_or_else(|| StoreError::NoSuchToken(token_name.to_owned()))?;
-        reserve_in(&conn, sub, id)?;
-        self.wrote();
-        Ok(())
+        self.reserve_key(sub, token_name)
     }
 
     /// Reserves TCP port `port` for the token named `token_name`.
     pub fn reserve_port(&self, port: u16, token_name: &str) -> Result<(), StoreError> {
+        self.reserve_key(&crate::registry::tcp_key(port), token_name)
+    }
+
+    /// Reserves registry key `key` (a name, or `tcp:PORT`) for the token named `token_name`.
+    fn reserve_key(&self, key: &str, token_name: &str) -> Result<(), StoreError> {
         let conn = self.conn();
         let id: TokenId = conn
             .query_row(
@@ -240,7 +234,7 @@ impl Store {
             )
             .optional()?
             .ok_or_else(|| StoreError::NoSuchToken(token_name.to_owned()))?;
-        reserve_in(&conn, &crate::registry::tcp_key(port), id)?;
+        reserve_in(&conn, key, id)?;
         self.wrote();
         Ok(())
     }

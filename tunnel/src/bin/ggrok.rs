@@ -235,11 +235,21 @@ fn print_connections(
     first: std::sync::Arc<Connection>,
     events: &mut tokio::sync::broadcast::Receiver<std::sync::Arc<Connection>>,
 ) {
+    print_batch(first, events, connection_line);
+}
+
+/// Prints `first` and every event already queued behind it with one write, not one per line.
+/// Bounded by the broadcast queue; a lag is reported by the next `recv`.
+fn print_batch<T>(
+    first: std::sync::Arc<T>,
+    events: &mut tokio::sync::broadcast::Receiver<std::sync::Arc<T>>,
+    line: fn(&mut String, &T),
+) {
     use std::io::Write;
     let mut out = String::new();
-    connection_line(&mut out, &first);
-    while let Ok(c) = events.try_recv() {
-        connection_line(&mut out, &c);
+    line(&mut out, &first);
+    while let Ok(e) = events.try_recv() {
+        line(&mut out, &e);
     }
     let _ = std::io::stdout().write_all(out.as_bytes());
 }
@@ -285,19 +295,12 @@ fn push_size(out: &mut String, n: u64) {
     };
 }
 
-/// Prints `first` and every exchange already queued behind it with one write, not one per line.
+/// Prints `first` and every exchange already queued behind it.
 fn print_lines(
     first: std::sync::Arc<Exchange>,
     traffic: &mut tokio::sync::broadcast::Receiver<std::sync::Arc<Exchange>>,
 ) {
-    use std::io::Write;
-    let mut out = String::new();
-    log_line(&mut out, &first);
-    // Bounded by the broadcast queue; a lag is reported by the next `recv`.
-    while let Ok(e) = traffic.try_recv() {
-        log_line(&mut out, &e);
-    }
-    let _ = std::io::stdout().write_all(out.as_bytes());
+    print_batch(first, traffic, log_line);
 }
 
 /// Appends `12:01:02 GET /path 200 12ms 1.2 KB` (UTC time) and a newline to `out`, formatted
