@@ -13,12 +13,22 @@
 #      removed (scripts/install-test.sh; skip with GGROK_SKIP_INSTALL=1);
 #   6. Fuzz: every cargo-fuzz target for FUZZ_SECONDS (20) over fuzz/corpus, fixed seed (skip with
 #      GGROK_SKIP_FUZZ=1; the corpus itself runs in step 2 either way).
+# GGROK_LINT=1 (CI sets it) compiles the workspace crates of steps 2 and 3 with clippy-driver and
+# -D warnings: `cargo clippy --workspace --all-targets -- -D warnings` folded into the test build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
 step() { printf '\n== %s (%ss)\n' "$*" "$(( $(date +%s) - start ))"; }
 
 ./scripts/deps.sh
+
+if [ "${GGROK_LINT:-0}" = "1" ]; then
+  # What `cargo clippy -- -D warnings` hands its driver; only workspace members go through it.
+  # Exported for steps 2 and 3 only: `cargo install` and the fuzz build must not lint others' code.
+  lint_env=(RUSTC_WORKSPACE_WRAPPER="$(command -v clippy-driver)" CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__")
+else
+  lint_env=()
+fi
 
 # The UI first: its build (ui/dist) is embedded into the app that the Rust step compiles.
 step "UI: tsc + vite build, vitest, playwright (chromium, mocked IPC)"
@@ -29,7 +39,7 @@ step "Rust: cargo test --workspace (with a real Secret Service)"
 # below unlocks, and a developer's own keyrings are never touched.
 keyring_home=$(mktemp -d)
 trap 'rm -rf "$keyring_home"' EXIT
-XDG_DATA_HOME="$keyring_home" dbus-run-session -- bash -c '
+env "${lint_env[@]}" XDG_DATA_HOME="$keyring_home" dbus-run-session -- bash -c '
   set -e
   eval "$(printf ci-keyring-pw | gnome-keyring-daemon --unlock --components=secrets)"
   export GGROK_TEST_SECRET_SERVICE=1
@@ -39,7 +49,7 @@ XDG_DATA_HOME="$keyring_home" dbus-run-session -- bash -c '
 # The binaries the tests used, the app with its UI embedded, and the soak tool. The features are
 # the ones cargo test unified (dev-dependencies are on for examples), so nothing compiles again.
 step "Build: binaries, examples, the app with the UI embedded"
-npm run build:app
+env "${lint_env[@]}" npm run build:app
 
 if [ "${GGROK_SKIP_SOAK:-0}" != "1" ]; then
   step "Fault soak: 2,000 requests while the client and the server are killed (debug build)"
