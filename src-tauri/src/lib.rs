@@ -33,6 +33,7 @@ pub mod state;
 pub mod store;
 mod tray;
 pub mod tunnels;
+mod webview;
 
 #[cfg(test)]
 mod test_support;
@@ -199,6 +200,7 @@ async fn boot() -> std::io::Result<(Arc<AppState>, EmbeddedServer)> {
 
 /// Runs the desktop app.
 pub fn run() {
+    webview::configure_before_threads();
     let app = with_commands(Builder::default())
         // First plugin: a second launch hands over to the running app and exits in its setup.
         // The embedded server, settings and keyring come after, in our setup, so a second
