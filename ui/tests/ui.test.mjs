@@ -618,6 +618,7 @@ test("TCP: the form offers TCP with an optional public port; the card shows tcp:
     kind: "tcp", remotePort: null, serverId: "local", subdomain: null, localHost: "localhost", localPort: 22,
     startOnLaunch: false, basicAuth: "", allowIps: [], keepHost: false,
   });
+  assert.equal(await page.textContent(tid("result-hint")), "Connect any TCP client to host localhost, port 20001.");
   // No browser for a TCP address.
   assert.equal(await page.locator(`${tid("expose-result")} button`, { hasText: "Open in browser" }).count(), 0);
   await page.click(tid("cancel"));
@@ -650,9 +651,23 @@ test("TCP: the form offers TCP with an optional public port; the card shows tcp:
   assert.equal(await calls("expose"), 2);
   // Editing keeps the kind.
   await page.click(tid("cancel"));
+  await page.evaluate(() => ["1", "2"].forEach((id) => window.__fake.connection(id, {})));
+  await page.waitForSelector(".thead");
   await page.locator(tid("edit")).first().click();
   assert.ok(await page.isChecked(tid("kind-tcp")));
   assert.ok(await page.isDisabled(tid("kind-http")));
+  assert.equal(await page.inputValue(tid("remote-port")), "");
+  assert.equal(await page.textContent("#f-remote-hint"), "optional; empty asks for 20001 again, or any free one");
+  // The form is drawn above the traffic pane's sticky header.
+  assert.equal(
+    await page.evaluate(() => {
+      const head = document.querySelector(".thead");
+      const r = head.getBoundingClientRect();
+      const top = document.elementFromPoint(r.left + r.width / 2, r.top + r.height / 2);
+      return Boolean(top?.closest(".modal"));
+    }),
+    true,
+  );
   assert.deepEqual(pageErrors, []);
 });
 
@@ -672,6 +687,8 @@ test("TCP: the traffic view lists connections live, the visitor's address as tex
   await page.waitForSelector(tid("connection-row"));
   assert.equal(await page.textContent(tid("conn-from")), evil);
   assert.equal(await page.textContent(tid("conn-end")), "open");
+  // Bytes are known when it ends.
+  assert.equal(await page.textContent(tid("conn-up")), "—");
   await page.waitForFunction(() => document.querySelector('[data-testid="tunnel-count"]').textContent === "1 conn");
   // Its end replaces the open row in place.
   await page.evaluate(

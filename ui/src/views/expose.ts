@@ -128,6 +128,7 @@ function showStarted(modal: HTMLElement, id: string): void {
       result,
       h("div", { class: "muted" }, "Your tunnel is online:"),
       h("div", { class: "url big", "data-testid": "result-url" }, url),
+      t.kind === "tcp" ? h("div", { class: "hint", "data-testid": "result-hint" }, tcpHint(url)) : null,
       h(
         "div",
         { class: "actions" },
@@ -143,6 +144,12 @@ function showStarted(modal: HTMLElement, id: string): void {
   } else {
     replace(result, h("div", { "data-testid": "result-status" }, `Saved. Status: ${statusLabel(t.status)}`));
   }
+}
+
+/** How to reach a TCP address: clients take host and port apart (`ssh -p PORT user@HOST`). */
+function tcpHint(url: string): string {
+  const m = /^tcp:\/\/(.+):(\d+)$/.exec(url);
+  return m ? `Connect any TCP client to host ${m[1]}, port ${m[2]}.` : "Connect any TCP client to this address.";
 }
 
 /** The button beside Copy that shows or hides the URL's QR code. */
@@ -322,7 +329,13 @@ function buildForm(modal: HTMLElement, editing: TunnelView | null): void {
         "label",
         { for: "f-remote" },
         "Public port ",
-        h("span", { class: "hint", id: "f-remote-hint" }, "optional; empty lets the server pick a free one"),
+        h(
+          "span",
+          { class: "hint", id: "f-remote-hint" },
+          editing?.givenPort
+            ? `optional; empty asks for ${editing.givenPort} again, or any free one`
+            : "optional; empty lets the server pick a free one",
+        ),
       ),
       remote,
       errs.remotePort,

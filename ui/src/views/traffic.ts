@@ -155,9 +155,10 @@ function connectionRow(c: ConnectionRow): HTMLElement {
     h("div", { class: "td", title: formatTime(c.openedMs) }, formatTime(c.openedMs).slice(0, 8), h("span", { class: "ms" }, formatTime(c.openedMs).slice(8))),
     h("div", { class: "td path", "data-testid": "conn-from", title: c.from }, c.from),
     h("div", { class: "td num" }, open ? "open" : formatDuration(c.durationMs)),
-    h("div", { class: "td num", "data-testid": "conn-up", title: "bytes from the visitor" }, formatBytes(c.bytesUp)),
-    h("div", { class: "td num", "data-testid": "conn-down", title: "bytes to the visitor" }, formatBytes(c.bytesDown)),
-    h("div", { class: "td", "data-testid": "conn-end", title: c.end ?? "still open" }, open ? "open" : (c.end ?? "")),
+    // Bytes are counted when a connection ends: an open one shows none rather than a false 0.
+    h("div", { class: "td num", "data-testid": "conn-up", title: open ? "counted when it ends" : "bytes from the visitor" }, open ? "—" : formatBytes(c.bytesUp)),
+    h("div", { class: "td num", "data-testid": "conn-down", title: open ? "counted when it ends" : "bytes to the visitor" }, open ? "—" : formatBytes(c.bytesDown)),
+    h("div", { class: "td end", "data-testid": "conn-end" }, open ? "open" : (c.end ?? "")),
   );
 }
 
