@@ -333,7 +333,7 @@ function buildForm(modal: HTMLElement, editing: TunnelView | null): void {
           "span",
           { class: "hint", id: "f-remote-hint" },
           editing?.givenPort
-            ? `optional; empty asks for ${editing.givenPort} again, or any free one`
+            ? `optional; empty asks for ${editing.givenPort} again`
             : "optional; empty lets the server pick a free one",
         ),
       ),
