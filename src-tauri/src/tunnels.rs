@@ -992,6 +992,74 @@ mod tests {
         m.stop("t").await;
     }
 
+    #[tokio::test]
+    async fn a_connection_open_at_stop_is_reported_cut_and_history_survives_a_restart() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let server = TestServer::start().await;
+        let local = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let local_port = local.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = local.accept().await {
+                tokio::spawn(async move {
+                    let (mut r, mut w) = s.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                });
+            }
+        });
+        let m = Manager::new();
+        let mut tcp = Spec {
+            kind: TunnelKind::Tcp { remote_port: None },
+            server: server.url.clone(),
+            token: None,
+            subdomain: None,
+            local_host: "127.0.0.1".into(),
+            local_port,
+            client_id: None,
+            basic_auth: None,
+            allow_ips: Vec::new(),
+            keep_host: false,
+        };
+        m.start("t", tcp.clone()).await.unwrap();
+        let url = m.online("t").await.unwrap();
+        let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
+        let mut events = m.subscribe();
+        let mut visitor = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        visitor.write_all(b"abc").await.unwrap();
+        let mut b = [0u8; 3];
+        visitor.read_exact(&mut b).await.unwrap();
+        assert_eq!(m.connections("t").len(), 1);
+
+        m.stop("t").await;
+        let ended = async {
+            loop {
+                if let Event::Connection { connection, .. } = events.recv().await.unwrap() {
+                    if connection.end.is_some() {
+                        return connection;
+                    }
+                }
+            }
+        };
+        let cut = tokio::time::timeout(Duration::from_secs(5), ended)
+            .await
+            .expect("the window hears that the connection ended with the stop");
+        assert_eq!(cut.end_kind, Some("cut"));
+        assert_eq!((cut.bytes_up, cut.bytes_down), (3, 3));
+        assert_eq!(m.connections("t"), vec![cut.clone()]);
+
+        // A restart keeps the list and counts afresh.
+        tcp.kind = TunnelKind::Tcp {
+            remote_port: Some(port),
+        };
+        m.start("t", tcp).await.unwrap();
+        assert_eq!(m.online("t").await.unwrap(), url);
+        assert_eq!(m.state("t").connections, 0);
+        assert_eq!(m.connections("t"), vec![cut]);
+        m.remove("t").await;
+        assert!(m.connections("t").is_empty());
+    }
+
     #[test]
     fn bodies_render_as_json_text_or_hex() {
         let body = |d: &[u8]| CapturedBody {
