@@ -9,6 +9,7 @@ const COMMANDS: &[&str] = &[
     "start_tunnel",
     "stop_tunnel",
     "list_traffic",
+    "list_connections",
     "get_exchange",
     "replay",
     "list_servers",

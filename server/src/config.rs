@@ -149,8 +149,9 @@ pub struct Config {
     /// Names nobody may claim in open mode (a trailing `*` makes an entry a prefix); names
     /// reserved for a token in the store are separate and work in any mode.
     pub reserved_names: Vec<String>,
-    /// Connections open at once, visitors' and clients' alike; 0: no limit. Past it the server
-    /// stops accepting until one closes (the kernel's backlog holds the rest).
+    /// Connections open at once, visitors' and clients' alike, TCP tunnels' visitors included;
+    /// 0: no limit. Past it the server stops accepting until one closes (the kernel's backlog
+    /// holds the rest); a TCP tunnel's port resets new visitors instead.
     pub max_conns: usize,
     /// Connections one address may have open at once; 0: no limit. Not counted for
     /// `trusted_proxies` (every visitor behind them shares their address) unless

@@ -10,7 +10,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     net::{TcpListener, TcpStream},
-    sync::{OwnedSemaphorePermit, Semaphore},
+    sync::OwnedSemaphorePermit,
 };
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -47,8 +47,7 @@ pub(crate) async fn serve(
     tokio::pin!(shutdown);
     // mini-redis's pattern: a permit per open connection, taken before accepting, so past the
     // cap connections wait in the kernel's backlog instead of costing memory here.
-    let conn_cap =
-        (shared.config.max_conns > 0).then(|| Arc::new(Semaphore::new(shared.config.max_conns)));
+    let conn_cap = shared.conn_cap.clone();
     let mut backoff = ACCEPT_BACKOFF_MIN;
     loop {
         let permit = async {
@@ -125,23 +124,35 @@ async fn drain(shared: &Shared) {
 }
 
 /// `permit` with a place under `--max-conns-per-ip` for `visitor`; `None` when its address has
-/// all its connections open. A trusted proxy's connections are not counted: every visitor
-/// behind it shares its address (with `--proxy-protocol`, `visitor` is the visitor).
+/// all its connections open.
 fn per_ip(shared: &Shared, visitor: SocketAddr, mut permit: ConnPermit) -> Option<ConnPermit> {
-    let ip = visitor.ip().to_canonical();
-    if visitor::is_trusted(&shared.config.trusted_proxies, ip) {
-        return Some(permit);
-    }
-    match shared.conns_per_ip.try_open(ip) {
-        Some(guard) => {
-            permit._ip = Some(guard);
+    match ip_place(shared, visitor) {
+        Ok(guard) => {
+            permit._ip = guard;
             Some(permit)
         }
-        None => {
+        Err(TooMany) => {
             debug!(%visitor, "closing a connection: its address has too many open");
             None
         }
     }
+}
+
+/// The address of a connection has all its `--max-conns-per-ip` connections open.
+pub(crate) struct TooMany;
+
+/// A place under `--max-conns-per-ip` for `visitor`. A trusted proxy's connections are not
+/// counted (`Ok(None)`): every visitor behind it shares its address (with `--proxy-protocol`,
+/// `visitor` is the visitor). TCP tunnels' ports count the same way.
+pub(crate) fn ip_place(
+    shared: &Shared,
+    visitor: SocketAddr,
+) -> Result<Option<policy::ConnGuard>, TooMany> {
+    let ip = visitor.ip().to_canonical();
+    if visitor::is_trusted(&shared.config.trusted_proxies, ip) {
+        return Ok(None);
+    }
+    shared.conns_per_ip.try_open(ip).map(Some).ok_or(TooMany)
 }
 
 /// Serves a connection accepted on this runtime.

@@ -93,8 +93,8 @@ pub struct Settings {
     /// docs/deploy.md].
     #[arg(long, env = "GGROK_RESERVED_NAMES", value_delimiter = ',', num_args = 0..)]
     pub reserved_names: Option<Vec<String>>,
-    /// Connections open at once, 0 for no limit [default: 10000]. Keep the process's file
-    /// limit (LimitNOFILE) above it.
+    /// Connections open at once, TCP tunnels' visitors included, 0 for no limit [default:
+    /// 10000]. Keep the process's file limit (LimitNOFILE) above it.
     #[arg(long, env = "GGROK_MAX_CONNS")]
     pub max_conns: Option<usize>,
     /// Connections one visitor address may have open at once, 0 for no limit [default: 256].

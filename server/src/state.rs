@@ -1,8 +1,9 @@
 //! What every connection, session and background task of one server shares.
 
-use std::{future::Future, net::IpAddr};
+use std::{future::Future, net::IpAddr, sync::Arc};
 
 use ggrok_tunnel::stop::until_stopped;
+use tokio::sync::Semaphore;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{config::Config, metrics::Metrics, policy, registry::Registry, store};
@@ -16,6 +17,9 @@ pub(crate) struct Shared {
     pub(crate) connect_limit: policy::Limiter<IpAddr>,
     /// Open connections per visitor address (`--max-conns-per-ip`).
     pub(crate) conns_per_ip: policy::ConnCounter,
+    /// Places under `--max-conns`, shared by the main listener and every TCP tunnel's port;
+    /// `None` without a limit.
+    pub(crate) conn_cap: Option<Arc<Semaphore>>,
     /// Public requests per tunnel name.
     pub(crate) request_limit: policy::Limiter<String>,
     /// Fires when shutdown begins: connections finish their request in flight, then close.
@@ -45,6 +49,7 @@ impl Shared {
             metrics: Metrics::default(),
             connect_limit: policy::Limiter::per_minute(config.connect_rate),
             conns_per_ip: policy::ConnCounter::new(config.max_conns_per_ip),
+            conn_cap: (config.max_conns > 0).then(|| Arc::new(Semaphore::new(config.max_conns))),
             request_limit: policy::Limiter::per_second(config.tunnel_rate),
             config,
             draining: CancellationToken::new(),

@@ -15,6 +15,7 @@ use std::{
     sync::Arc,
 };
 
+use bytes::BytesMut;
 use ggrok_tunnel::{
     head,
     protocol::{Refusal, RefusalKind, HEADER_TCP_PORT},
@@ -26,11 +27,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::{
-    listener::{ACCEPT_BACKOFF_MAX, ACCEPT_BACKOFF_MIN},
+    listener::{ip_place, ACCEPT_BACKOFF_MAX, ACCEPT_BACKOFF_MIN},
     policy::SharedPolicy,
     registry::{tcp_key, Claim, Claimant, Endpoint},
     state::Shared,
     store::TokenId,
+    visitor::behind_balancer,
 };
 
 /// The port a connect request asks for: `None` for an HTTP tunnel, `Some(None)` for any port.
@@ -219,6 +221,13 @@ pub(crate) fn public_url(domain: &str, port: u16) -> String {
 }
 
 /// Accepts visitors on `listener` until the session of `endpoint` ends.
+///
+/// A visitor takes a place under `--max-conns` (shared with the main listener) and under the
+/// tunnel's `--max-conns-per-tcp-tunnel`; past either it is reset at once, as a tunnel's port
+/// has no backlog of its own worth waiting in. Behind a `--trusted-proxy` with
+/// `--proxy-protocol`, the visitor is the one the PROXY header names, as on the main listener:
+/// that address is checked against `--allow-ip`, counted under `--max-conns-per-ip` and sent
+/// to the client as the connection's origin.
 pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener, endpoint: Arc<Endpoint>) {
     let max = shared.config.max_conns_per_tcp_tunnel;
     let slots = Arc::new(tokio::sync::Semaphore::new(if max == 0 {
@@ -244,64 +253,95 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener, endpoint: 
                 continue;
             }
         };
-        let ip = peer.ip().to_canonical();
-        if !endpoint.policy.allows(ip) {
-            debug!(%peer, "visitor not on the allowlist: closed");
-            refuse(socket);
-            continue;
-        }
+        let server_slot = match &shared.conn_cap {
+            None => None,
+            Some(cap) => match cap.clone().try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                Err(_) => {
+                    warn!(%peer, max = shared.config.max_conns, "the server has as many connections as allowed (--max-conns): closed");
+                    refuse(socket);
+                    continue;
+                }
+            },
+        };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             warn!(%peer, max, "the tunnel has as many connections as allowed: closed");
             refuse(socket);
             continue;
         };
-        let Some(per_ip) = shared.conns_per_ip.try_open(ip) else {
-            debug!(%peer, "too many connections from this address: closed");
-            refuse(socket);
-            continue;
-        };
         let endpoint = endpoint.clone();
+        let conn_shared = shared.clone();
         let span = info_span!("tcp visitor", %peer);
         shared.spawn(
             async move {
-                let _held = (slot, per_ip);
-                let _open = endpoint.metrics.tcp_connection();
-                let _ = socket.set_nodelay(true);
-                let stream = match endpoint
-                    .mux
-                    .open(head::encode_tcp(&peer.to_string()), false)
-                    .await
-                {
-                    Ok(s) => s,
-                    Err(e) => {
-                        debug!(%e, "cannot open a stream");
-                        return refuse(socket);
-                    }
-                };
-                let (up, down) = (endpoint.metrics.clone(), endpoint.metrics.clone());
-                let spliced = splice_counting(
-                    socket,
-                    stream,
-                    move |n| up.tcp_bytes(n, 0),
-                    move |n| down.tcp_bytes(0, n),
-                )
-                .await;
-                match spliced.failure {
-                    None => debug!(
-                        up = spliced.from_tcp,
-                        down = spliced.to_tcp,
-                        "connection closed"
-                    ),
-                    Some(Failure::Stream(reason)) => {
-                        debug!(%reason, "the client's side ended the connection")
-                    }
-                    Some(Failure::Tcp(reason)) => debug!(%reason, "the visitor's side failed"),
-                }
+                let _held = (server_slot, slot);
+                visit(conn_shared, socket, peer, endpoint).await
             }
             .instrument(span),
         );
     }
     info!("TCP listener closed");
+}
+
+/// Serves one visitor connection of a TCP tunnel, from its PROXY header (if any) to its close.
+async fn visit(
+    shared: Arc<Shared>,
+    mut socket: TcpStream,
+    peer: SocketAddr,
+    endpoint: Arc<Endpoint>,
+) {
+    let mut early = BytesMut::new();
+    let Some(visitor) = behind_balancer(&shared, &mut socket, &mut early, peer).await else {
+        return refuse(socket);
+    };
+    if !endpoint.policy.allows(visitor.ip().to_canonical()) {
+        debug!(%visitor, "visitor not on the allowlist: closed");
+        return refuse(socket);
+    }
+    let Ok(_per_ip) = ip_place(&shared, visitor) else {
+        debug!(%visitor, "too many connections from this address: closed");
+        return refuse(socket);
+    };
+    let _open = endpoint.metrics.tcp_connection();
+    let _ = socket.set_nodelay(true);
+    let stream = match endpoint
+        .mux
+        .open(head::encode_tcp(&visitor.to_string()), false)
+        .await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            debug!(%e, "cannot open a stream");
+            return refuse(socket);
+        }
+    };
+    // What came in behind the PROXY header with it is the visitor's first bytes.
+    if !early.is_empty() {
+        endpoint.metrics.tcp_bytes(early.len() as u64, 0);
+        if let Err(e) = stream.send(&early).await {
+            debug!(%e, "the client's side ended the connection");
+            return refuse(socket);
+        }
+    }
+    let (up, down) = (endpoint.metrics.clone(), endpoint.metrics.clone());
+    let spliced = splice_counting(
+        socket,
+        stream,
+        move |n| up.tcp_bytes(n, 0),
+        move |n| down.tcp_bytes(0, n),
+    )
+    .await;
+    match spliced.failure {
+        None => debug!(
+            up = spliced.from_tcp,
+            down = spliced.to_tcp,
+            "connection closed"
+        ),
+        Some(Failure::Stream(reason)) => {
+            debug!(%reason, "the client's side ended the connection")
+        }
+        Some(Failure::Tcp(reason)) => debug!(%reason, "the visitor's side failed"),
+    }
 }
 
 /// Closes a visitor's connection with a reset, at once: nothing will be forwarded.

@@ -1,5 +1,5 @@
 //! A real HAProxy in front of the server: `option forwardfor` (HTTP) and `send-proxy`/
-//! `send-proxy-v2` (TCP). The visitor connects from 127.0.0.2, HAProxy from 127.0.0.1, the only
+//! `send-proxy-v2` (TCP), on the main listener and on a TCP tunnel's port. The visitor connects from 127.0.0.2, HAProxy from 127.0.0.1, the only
 //! trusted proxy; so what the server takes for the visitor's address is visible to
 //! `--allow-ip` and in the `X-Forwarded-For` the origin gets.
 //!
@@ -19,7 +19,7 @@ use common::{
     until_listening,
 };
 use ggrok_server::Config;
-use ggrok_tunnel::TunnelConfig;
+use ggrok_tunnel::{TunnelConfig, TunnelKind};
 use http::header;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -217,6 +217,93 @@ async fn proxy_protocol_v1_and_v2_name_the_visitor() {
         let answer = String::from_utf8_lossy(&answer);
         assert!(answer.starts_with("HTTP/1.1 400"), "{send}: {answer}");
         drop(proxy);
+        server.stop().await;
+    }
+}
+
+/// A local service that echoes each connection until EOF.
+async fn echo() -> u16 {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    port
+}
+
+/// Connects to `port` from 127.0.0.2, sends `data`, half-closes and reads until closed.
+async fn tcp_visit(port: u16, data: &[u8]) -> Vec<u8> {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::from((VISITOR, 0))).unwrap();
+    let mut s = socket
+        .connect(SocketAddr::from(([127, 0, 0, 1], port)))
+        .await
+        .unwrap();
+    let _ = s.write_all(data).await;
+    let _ = s.shutdown().await;
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_end(&mut out));
+    let _ = read.await.expect("the connection should end at once");
+    out
+}
+
+/// Opens a TCP tunnel through `front` (the main listener's balancer) to `local`, allowing
+/// `allow`; returns the tunnel and its public port.
+async fn tcp_tunnel(front: &Haproxy, local: u16, allow: &str) -> (ggrok_tunnel::Tunnel, u16) {
+    let mut cfg = TunnelConfig::new(front.url(), local);
+    cfg.kind = TunnelKind::Tcp { remote_port: None };
+    cfg.local.host = "127.0.0.1".into();
+    cfg.allow_ips = vec![allow.into()];
+    let (t, url) = tunnel_with(cfg).await;
+    let port = url.rsplit(':').next().unwrap().parse().unwrap();
+    (t, port)
+}
+
+#[tokio::test]
+async fn proxy_protocol_names_the_visitor_on_tcp_tunnel_ports() {
+    let Some(bin) = haproxy_binary() else {
+        return eprintln!("SKIPPED: no haproxy binary (scripts/deps.sh installs it)");
+    };
+    let local = echo().await;
+    let low = free_port();
+    let range = low.min(65_435)..=low.min(65_435) + 99;
+    for send in ["send-proxy", "send-proxy-v2"] {
+        let server = Server::start(Config {
+            tcp_ports: Some(range.clone()),
+            ..trusting_loopback_one(true)
+        })
+        .await;
+        let front = Haproxy::start(&bin, "tcp", "", server.addr, send).await;
+        // Only the real visitor's address passes; HAProxy's own (127.0.0.1) does not.
+        let (visitor_only, port) = tcp_tunnel(&front, local, "127.0.0.2/32").await;
+        let mut seen = visitor_only.connections().subscribe();
+        let (_balancer_only, other) = tcp_tunnel(&front, local, "127.0.0.1/32").await;
+        let to_port = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+        let balanced = Haproxy::start(&bin, "tcp", "", to_port(port), send).await;
+        let balanced_other = Haproxy::start(&bin, "tcp", "", to_port(other), send).await;
+
+        // The header is taken off: the service gets exactly what the visitor sent.
+        assert_eq!(tcp_visit(balanced.port, b"hello").await, b"hello", "{send}");
+        let conn = seen.recv().await.unwrap();
+        assert!(conn.from.starts_with("127.0.0.2:"), "{send}: {}", conn.from);
+        assert!(
+            tcp_visit(balanced_other.port, b"hello").await.is_empty(),
+            "{send}: the balancer's address must not pass for the visitor's"
+        );
+
+        // A trusted address that sends no header is closed with nothing forwarded.
+        let mut direct = TcpStream::connect(to_port(port)).await.unwrap();
+        let _ = direct.write_all(b"no header").await;
+        let mut answer = Vec::new();
+        let _ = direct.read_to_end(&mut answer).await;
+        assert!(answer.is_empty(), "{send}: {answer:?}");
+        drop((balanced, balanced_other, front));
         server.stop().await;
     }
 }

@@ -331,7 +331,11 @@ async fn a_visitor_that_stops_reading_holds_up_only_its_own_connection() {
     });
     let (_t, port) = tcp_tunnel(tcp_cfg(&server, local, None)).await;
     let _stalled = visit(port).await;
-    // Until the writer stops advancing: everything in between is full.
+    // Until the writer stops advancing: everything in between is full. Socket buffers on both
+    // ends and one stream window, not the whole stream; a tunnel that buffers without bound
+    // fails here rather than filling memory until the test is killed.
+    const BOUND: u64 = 32 << 20;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let mut last = 0;
     loop {
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -339,13 +343,16 @@ async fn a_visitor_that_stops_reading_holds_up_only_its_own_connection() {
         if now > 0 && now == last {
             break;
         }
+        assert!(
+            now < BOUND,
+            "{now} bytes were taken from a service whose visitor reads nothing"
+        );
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the service could still write after 20 s ({now} bytes): nothing holds it back"
+        );
         last = now;
     }
-    // Socket buffers on both ends and one stream window, not the whole stream.
-    assert!(
-        last < 32 << 20,
-        "{last} bytes were taken from a service whose visitor reads nothing"
-    );
     // The same tunnel still serves another connection.
     assert_eq!(exchange(port, b"still here").await, b"still here");
 }
@@ -553,6 +560,49 @@ async fn the_allowlist_and_the_connection_limit_apply_to_visitors() {
         s.read_exact(&mut b).await.ok()
     })
     .await;
+}
+
+#[tokio::test]
+async fn visitors_count_under_the_servers_connection_limit() {
+    let server = Server::start(Config {
+        max_conns: 3,
+        max_conns_per_ip: 0,
+        ..tcp_config(port_range())
+    })
+    .await;
+    let local = echo().await;
+    let (_t, port) = tcp_tunnel(tcp_cfg(&server, local, None)).await;
+    // The main listener takes a place before it accepts, so it always holds one for its next
+    // connection: two visitors fill the server.
+    let mut open = Vec::new();
+    for i in 0..2u8 {
+        let mut s = visit(port).await;
+        s.write_all(&[i]).await.unwrap();
+        let mut b = [0u8];
+        s.read_exact(&mut b).await.unwrap();
+        open.push(s);
+    }
+    // A third visitor is reset at once...
+    turned_away(port).await;
+    // ...the main listener serves the one it held a place for, and then waits for a visitor
+    // to leave.
+    let healthz = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    let mut buf = [0u8; 256];
+    let mut first = TcpStream::connect(server.addr).await.unwrap();
+    first.write_all(healthz).await.unwrap();
+    let n = first.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    let mut second = TcpStream::connect(server.addr).await.unwrap();
+    second.write_all(healthz).await.unwrap();
+    let waited = tokio::time::timeout(Duration::from_millis(300), second.read(&mut buf)).await;
+    assert!(waited.is_err(), "answered past --max-conns");
+    drop(open.pop());
+    let n = tokio::time::timeout(Duration::from_secs(10), second.read(&mut buf))
+        .await
+        .expect("served once a TCP visitor left")
+        .unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    server.stop().await;
 }
 
 #[tokio::test]

@@ -247,7 +247,7 @@ pub fn spawn_notifier<R: Runtime>(app: &AppHandle<R>, state: Arc<AppState>) {
                             continue;
                         }
                     },
-                    Ok(Event::Traffic { .. }) | Err(RecvError::Lagged(_)) => continue,
+                    Ok(Event::Traffic { .. } | Event::Connection { .. }) | Err(RecvError::Lagged(_)) => continue,
                     Err(RecvError::Closed) => break,
                 },
                 () = due => rules.tick(Instant::now()),

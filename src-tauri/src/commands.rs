@@ -12,7 +12,7 @@ use crate::{
     listening::ListeningPort,
     server_check::ServerCheck,
     state::{AppInfo, AppState, ServerInput, ServerView, TunnelInput, TunnelView},
-    tunnels::{Detail, Summary},
+    tunnels::{ConnectionRow, Detail, Summary},
 };
 
 type S<'a> = State<'a, Arc<AppState>>;
@@ -67,6 +67,12 @@ pub async fn stop_tunnel(state: S<'_>, id: String) -> Result<TunnelView, Error> 
 #[tauri::command]
 pub fn list_traffic(state: S<'_>, id: String) -> Result<Vec<Summary>, Error> {
     state.traffic(&id)
+}
+
+/// A TCP tunnel's connections, newest first (open ones, then ended ones).
+#[tauri::command]
+pub fn list_connections(state: S<'_>, id: String) -> Result<Vec<ConnectionRow>, Error> {
+    state.connections(&id)
 }
 
 /// One exchange with headers and bodies.
@@ -126,7 +132,7 @@ pub fn copy_url<R: Runtime>(app: AppHandle<R>, state: S<'_>, id: String) -> Resu
 /// Opens an online tunnel's URL in the default browser. Only tunnel URLs, for the same reason.
 #[tauri::command]
 pub fn open_url(state: S<'_>, id: String) -> Result<String, Error> {
-    let url = state.public_url(&id)?;
+    let url = state.browser_url(&id)?;
     open::that_detached(&url)
         .map_err(|e| Error::System(format!("could not open a browser: {e}")))?;
     Ok(url)

@@ -1,6 +1,7 @@
 //! The ggrok server the app runs in-process on loopback, so a new user can expose a port
 //! without owning a server: tunnels are served at `http://NAME.localhost:PORT`, which browsers
-//! resolve to loopback without any DNS set-up.
+//! resolve to loopback without any DNS set-up, and TCP tunnels at `tcp://localhost:PORT` with a
+//! port of [`TCP_PORTS`].
 
 use std::net::{Ipv4Addr, SocketAddr};
 
@@ -11,6 +12,10 @@ use tracing::{info, warn};
 pub const DEFAULT_PORT: u16 = 7070;
 /// Domain of the embedded server: `*.localhost` resolves to loopback in browsers.
 pub const DOMAIN: &str = "localhost";
+/// Public ports of TCP tunnels on the embedded server, bound on 127.0.0.1 like the server.
+/// Below Linux's ephemeral range (32768-60999), so outgoing connections never hold them; a port
+/// another program listens on is skipped.
+pub const TCP_PORTS: std::ops::RangeInclusive<u16> = 20000..=20999;
 
 /// A running embedded server. Dropping it shuts the server down.
 pub struct EmbeddedServer {
@@ -43,7 +48,10 @@ impl EmbeddedServer {
         };
         let addr = listener.local_addr()?;
         let (tx, rx) = oneshot::channel::<()>();
-        let config = ggrok_server::Config::new(DOMAIN);
+        let config = ggrok_server::Config {
+            tcp_ports: Some(TCP_PORTS),
+            ..ggrok_server::Config::new(DOMAIN)
+        };
         tokio::spawn(async move {
             let shutdown = async {
                 let _ = rx.await;

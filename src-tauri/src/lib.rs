@@ -75,6 +75,7 @@ fn with_commands<R: Runtime>(builder: Builder<R>) -> Builder<R> {
         commands::start_tunnel,
         commands::stop_tunnel,
         commands::list_traffic,
+        commands::list_connections,
         commands::get_exchange,
         commands::replay,
         commands::list_servers,

@@ -6,7 +6,7 @@ use std::{sync::Mutex, time::Duration};
 use ggrok_tunnel::{
     protocol::{validate_name, RefusalKind},
     secrets::mask,
-    Secret, Status, TunnelConfig,
+    Secret, Status, TunnelConfig, TunnelKind,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
@@ -16,8 +16,8 @@ use crate::{
     listening::{listening, ListeningPort},
     secrets::{Secrets, Storage},
     server_check::{self, ServerCheck},
-    store::{new_id, SavedServer, SavedTunnel, Settings, Store, BUILTIN_SERVER_ID},
-    tunnels::{Detail, Manager, Spec, Summary, TRAFFIC_CAP},
+    store::{new_id, Kind, SavedServer, SavedTunnel, Settings, Store, BUILTIN_SERVER_ID},
+    tunnels::{ConnectionRow, Detail, Manager, Spec, Summary, TRAFFIC_CAP},
 };
 
 /// How long `expose`/`start` wait for the URL before answering with the current status (the
@@ -30,6 +30,12 @@ pub const ONLINE_WAIT: Duration = Duration::from_secs(5);
 pub struct TunnelView {
     /// Saved id.
     pub id: String,
+    /// HTTP or TCP.
+    pub kind: Kind,
+    /// A TCP tunnel's public port as asked for; `None` lets the server pick one.
+    pub remote_port: Option<u16>,
+    /// The port the server last gave a TCP tunnel without a fixed one.
+    pub given_port: Option<u16>,
     /// Server id.
     pub server_id: String,
     /// Server label.
@@ -44,8 +50,10 @@ pub struct TunnelView {
     pub start_on_launch: bool,
     /// Engine status (`stopped` when not running).
     pub status: Status,
-    /// Requests since the last start.
+    /// Requests since the last start (HTTP tunnels).
     pub requests: u64,
+    /// Visitor connections since the last start (TCP tunnels).
+    pub connections: u64,
     /// Set while nothing answers on the local port.
     pub local_warning: Option<String>,
     /// The name the server last gave it, when it has no fixed subdomain.
@@ -67,8 +75,15 @@ impl TunnelView {
         }
     }
 
-    /// A short label: the public name, else the local target.
+    /// A short label: the public name (`tcp:PORT` for a TCP tunnel), else the local target.
     pub fn label(&self) -> String {
+        if self.kind == Kind::Tcp {
+            return match (&self.status, self.remote_port.or(self.given_port)) {
+                (Status::Online { name, .. }, _) => name.clone(),
+                (_, Some(port)) => format!("tcp:{port}"),
+                _ => format!("tcp {}:{}", self.local_host, self.local_port),
+            };
+        }
         match (&self.status, &self.subdomain, &self.given_name) {
             (Status::Online { name, .. }, _, _) => name.clone(),
             (_, Some(s), _) | (_, None, Some(s)) => s.clone(),
@@ -113,9 +128,15 @@ pub struct AppInfo {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TunnelInput {
+    /// HTTP (the default) or TCP.
+    #[serde(default)]
+    pub kind: Kind,
+    /// A TCP tunnel's public port; none lets the server pick. Wide type, as `local_port`.
+    #[serde(default)]
+    pub remote_port: Option<i64>,
     /// Server id.
     pub server_id: String,
-    /// Optional subdomain.
+    /// Optional subdomain (HTTP tunnels).
     #[serde(default)]
     pub subdomain: Option<String>,
     /// Local host (default `localhost`).
@@ -250,6 +271,9 @@ impl AppState {
             .unwrap_or_else(|_| "(deleted server)".to_owned());
         TunnelView {
             id: t.id.clone(),
+            kind: t.kind,
+            remote_port: t.remote_port,
+            given_port: t.given_port,
             server_id: t.server_id.clone(),
             server_name,
             subdomain: t.subdomain.clone(),
@@ -258,6 +282,7 @@ impl AppState {
             start_on_launch: t.start_on_launch,
             status: state.status,
             requests: state.requests,
+            connections: state.connections,
             local_warning: state.local_warning,
             given_name: t.given_name.clone(),
             basic_auth_user: self
@@ -327,15 +352,47 @@ impl AppState {
             .ok()
             .filter(|p| *p != 0)
             .ok_or_else(|| Error::invalid("port", "port must be between 1 and 65535"))?;
+        let tcp = input.kind == Kind::Tcp;
+        let remote_port = match input.remote_port {
+            Some(p) if tcp => Some(u16::try_from(p).ok().filter(|p| *p != 0).ok_or_else(|| {
+                Error::invalid(
+                    "remotePort",
+                    "public port must be between 1 and 65535, or empty for any free port",
+                )
+            })?),
+            _ => None,
+        };
+        if tcp && input.basic_auth.as_deref().is_some_and(|a| !a.is_empty()) {
+            return Err(Error::invalid(
+                "basicAuth",
+                "basic auth protects HTTP tunnels only; restrict a TCP tunnel with allowed IPs",
+            ));
+        }
         // The CLI's rule, unchanged: "MyApp" is refused with the reason rather than quietly
         // becoming another name than the one typed.
         let subdomain = match input.subdomain.as_deref().map(str::trim) {
+            // A TCP tunnel has a port, not a name.
+            _ if tcp => None,
             None | Some("") => None,
             Some(s) => {
                 validate_name(s).map_err(|e| Error::invalid("subdomain", e.to_string()))?;
                 Some(s.to_owned())
             }
         };
+        if let Some(want) = remote_port {
+            let twin = self.saved_tunnels().into_iter().any(|t| {
+                Some(t.id.as_str()) != id
+                    && t.server_id == input.server_id
+                    && t.kind == Kind::Tcp
+                    && t.remote_port == Some(want)
+            });
+            if twin {
+                return Err(Error::invalid(
+                    "remotePort",
+                    format!("another saved tunnel already uses port {want} on this server"),
+                ));
+            }
+        }
         if let Some(name) = &subdomain {
             let twin = self.saved_tunnels().into_iter().any(|t| {
                 Some(t.id.as_str()) != id
@@ -383,6 +440,9 @@ impl AppState {
         self.server_url_and_name(&input.server_id)?;
         Ok(SavedTunnel {
             id: String::new(),
+            kind: input.kind,
+            remote_port,
+            given_port: None,
             server_id: input.server_id.clone(),
             subdomain,
             local_host,
@@ -390,13 +450,21 @@ impl AppState {
             start_on_launch: input.start_on_launch,
             given_name: None,
             allow_ips,
-            keep_host: input.keep_host,
+            // The Host header is HTTP's.
+            keep_host: input.keep_host && !tcp,
         })
     }
 
     fn spec(&self, t: &SavedTunnel) -> Result<Spec, Error> {
         let (server, _) = self.server_url_and_name(&t.server_id)?;
+        let kind = match t.kind {
+            Kind::Http => TunnelKind::Http,
+            Kind::Tcp => TunnelKind::Tcp {
+                remote_port: t.remote_port.or(t.given_port),
+            },
+        };
         Ok(Spec {
+            kind,
             server,
             token: self.secrets.get(&t.server_id).map(|(s, _)| s),
             subdomain: t.subdomain.clone().or_else(|| t.given_name.clone()),
@@ -416,6 +484,9 @@ impl AppState {
         // Ok or failed, the view shows it; a slow server keeps "connecting" and events follow.
         let _ = tokio::time::timeout(ONLINE_WAIT, self.manager.online(&t.id)).await;
         let view = self.tunnel(&t.id)?;
+        if t.kind == Kind::Tcp {
+            return self.remember_port(t, view).await;
+        }
         if t.subdomain.is_some() {
             return Ok(view);
         }
@@ -435,6 +506,43 @@ impl AppState {
             }
             _ => Ok(view),
         }
+    }
+
+    /// A TCP tunnel's counterpart of the given name: the port the server picked is asked for
+    /// again next time, and given up when someone else holds it.
+    async fn remember_port(&self, t: &SavedTunnel, view: TunnelView) -> Result<TunnelView, Error> {
+        if t.remote_port.is_some() {
+            return Ok(view);
+        }
+        match &view.status {
+            Status::Online { url, .. } => {
+                let port = url.rsplit(':').next().and_then(|p| p.parse::<u16>().ok());
+                if port.is_some() && port != view.given_port {
+                    self.set_given_port(&t.id, port)?;
+                    return self.tunnel(&t.id);
+                }
+                Ok(view)
+            }
+            Status::Failed {
+                kind:
+                    RefusalKind::PortTaken | RefusalKind::PortReserved | RefusalKind::PortOutOfRange,
+                ..
+            } if view.given_port.is_some() => {
+                self.set_given_port(&t.id, None)?;
+                Box::pin(self.run(&self.saved(&t.id)?)).await
+            }
+            _ => Ok(view),
+        }
+    }
+
+    fn set_given_port(&self, id: &str, port: Option<u16>) -> Result<(), Error> {
+        self.store.lock().expect("store lock").update(|d| {
+            if let Some(slot) = d.tunnels.iter_mut().find(|x| x.id == id) {
+                slot.given_port = port;
+            }
+        })?;
+        self.notify();
+        Ok(())
     }
 
     /// Stores (`Some("u:p")`), removes (`Some("")`) or keeps (`None`) a tunnel's Basic auth;
@@ -483,8 +591,9 @@ impl AppState {
         let old = self.saved(id)?;
         let mut t = self.validate(Some(id), &input)?;
         t.id = id.to_owned();
-        if t.subdomain.is_none() && t.server_id == old.server_id {
+        if t.subdomain.is_none() && t.server_id == old.server_id && t.kind == old.kind {
             t.given_name = old.given_name.clone();
+            t.given_port = old.given_port;
         }
         let auth_changed = self.save_basic_auth(id, input.basic_auth.as_deref());
         let restart = auth_changed
@@ -582,6 +691,23 @@ impl AppState {
             .url()
             .map(str::to_owned)
             .ok_or_else(|| Error::System("the tunnel is not online".to_owned()))
+    }
+
+    /// The public URL of an online HTTP tunnel, for a browser.
+    pub fn browser_url(&self, id: &str) -> Result<String, Error> {
+        if self.saved(id)?.kind == Kind::Tcp {
+            return Err(Error::System(
+                "a TCP tunnel has no page to open: connect to its address with your TCP client"
+                    .to_owned(),
+            ));
+        }
+        self.public_url(id)
+    }
+
+    /// A TCP tunnel's connections, newest first: those open, then those ended.
+    pub fn connections(&self, id: &str) -> Result<Vec<ConnectionRow>, Error> {
+        self.saved(id)?;
+        Ok(self.manager.connections(id))
     }
 
     /// Rows of a tunnel's traffic, newest first.
@@ -732,6 +858,8 @@ mod tests {
 
     fn input(port: i64, sub: Option<&str>) -> TunnelInput {
         TunnelInput {
+            kind: Kind::Http,
+            remote_port: None,
             server_id: BUILTIN_SERVER_ID.into(),
             subdomain: sub.map(str::to_owned),
             local_host: Some("127.0.0.1".into()),
@@ -943,6 +1071,7 @@ mod tests {
             .start(
                 "other",
                 Spec {
+                    kind: TunnelKind::Http,
                     server: server.url.clone(),
                     token: None,
                     subdomain: Some(name.clone()),
@@ -1257,5 +1386,128 @@ mod tests {
             }),
             Err(Error::Invalid { field: "url", .. })
         ));
+    }
+
+    /// A local service that echoes each connection until EOF.
+    async fn echo() -> u16 {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let (mut r, mut w) = s.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                });
+            }
+        });
+        port
+    }
+
+    fn tcp_input(local: u16, remote: Option<i64>) -> TunnelInput {
+        TunnelInput {
+            kind: Kind::Tcp,
+            remote_port: remote,
+            ..input(i64::from(local), None)
+        }
+    }
+
+    fn port_of(url: &str) -> u16 {
+        url.strip_prefix("tcp://localhost:")
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_tcp_tunnel_keeps_its_kind_and_port_and_lists_its_connections() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let dir = tempfile::tempdir().unwrap();
+        let server = TestServer::start().await;
+        let s = state(dir.path(), &server);
+        let local = echo().await;
+        let view = s.expose(tcp_input(local, None)).await.unwrap();
+        assert_eq!(view.kind, Kind::Tcp);
+        let url = view.url().expect("online").to_owned();
+        let port = port_of(&url);
+        assert!(crate::embedded::TCP_PORTS.contains(&port), "{url}");
+        // The port the server picked is remembered, and the label and tray name it.
+        assert_eq!(view.given_port, Some(port));
+        assert_eq!(view.label(), format!("tcp:{port}"));
+        assert_eq!(s.public_url(&view.id).unwrap(), url);
+        assert!(matches!(s.browser_url(&view.id), Err(Error::System(_))));
+
+        let mut events = s.manager().subscribe();
+        let mut visitor = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        visitor.write_all(b"ping").await.unwrap();
+        let mut back = [0u8; 4];
+        visitor.read_exact(&mut back).await.unwrap();
+        assert_eq!(&back, b"ping");
+        let open = s.connections(&view.id).unwrap();
+        assert_eq!(open.len(), 1);
+        assert_eq!(open[0].end, None);
+        assert!(open[0].from.starts_with("127.0.0.1:"), "{}", open[0].from);
+        drop(visitor);
+        let ended = loop {
+            if let crate::tunnels::Event::Connection { connection, .. } =
+                events.recv().await.unwrap()
+            {
+                if connection.end.is_some() {
+                    break connection;
+                }
+            }
+        };
+        assert_eq!((ended.bytes_up, ended.bytes_down), (4, 4));
+        assert_eq!(ended.end_kind, Some("closed"));
+        assert_eq!(s.connections(&view.id).unwrap(), vec![ended]);
+        assert_eq!(s.tunnel(&view.id).unwrap().connections, 1);
+
+        // After an app restart the saved tunnel is still TCP and asks for the same port.
+        s.manager().stop_all().await;
+        let again = state(dir.path(), &server);
+        let back = again.start(&view.id).await.unwrap();
+        assert_eq!(back.kind, Kind::Tcp);
+        assert_eq!(back.url(), Some(url.as_str()));
+        again.manager().stop_all().await;
+    }
+
+    #[tokio::test]
+    async fn tcp_input_is_checked_and_a_held_port_is_given_up_for_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = TestServer::start().await;
+        let s = state(dir.path(), &server);
+        for (inp, field) in [
+            (tcp_input(22, Some(0)), "remotePort"),
+            (tcp_input(22, Some(70_000)), "remotePort"),
+            (
+                TunnelInput {
+                    basic_auth: Some("u:p".into()),
+                    ..tcp_input(22, None)
+                },
+                "basicAuth",
+            ),
+        ] {
+            match s.expose(inp).await {
+                Err(Error::Invalid { field: f, .. }) => assert_eq!(f, field),
+                other => panic!("{field}: {other:?}"),
+            }
+        }
+        assert!(s.tunnels().is_empty());
+
+        // The remembered port went to someone else: the tunnel takes another one.
+        let local = echo().await;
+        let first = s.expose(tcp_input(local, None)).await.unwrap();
+        let port = port_of(first.url().unwrap());
+        s.stop(&first.id).await.unwrap();
+        let mut other = tcp_input(local, Some(i64::from(port)));
+        other.server_id = BUILTIN_SERVER_ID.into();
+        let holder = s.expose(other).await.unwrap();
+        assert_eq!(holder.url(), first.url());
+        let moved = s.start(&first.id).await.unwrap();
+        let new_port = port_of(moved.url().expect("online on another port"));
+        assert_ne!(new_port, port);
+        assert_eq!(moved.given_port, Some(new_port));
+        s.manager().stop_all().await;
     }
 }

@@ -33,11 +33,38 @@ pub struct SavedServer {
     pub url: String,
 }
 
+/// What a saved tunnel forwards. Files written before TCP tunnels existed have no `kind`: HTTP.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// HTTP (and WebSocket) at `http(s)://NAME.DOMAIN`.
+    #[default]
+    Http,
+    /// Raw TCP at `tcp://DOMAIN:PORT`.
+    Tcp,
+}
+
+impl Kind {
+    fn is_http(&self) -> bool {
+        *self == Kind::Http
+    }
+}
+
 /// A tunnel the user saved.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SavedTunnel {
     /// Stable id (random hex).
     pub id: String,
+    /// HTTP or TCP.
+    #[serde(default, skip_serializing_if = "Kind::is_http")]
+    pub kind: Kind,
+    /// A TCP tunnel's public port as asked for; `None` lets the server pick one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_port: Option<u16>,
+    /// The port the server last gave a TCP tunnel without a fixed one: asked for again on the
+    /// next start, as `given_name` is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub given_port: Option<u16>,
     /// [`SavedServer::id`] or [`BUILTIN_SERVER_ID`].
     pub server_id: String,
     /// Requested subdomain; `None` lets the server pick.
@@ -233,17 +260,36 @@ mod tests {
                 name: "work".into(),
                 url: "https://tunnel.example.com".into(),
             }],
-            tunnels: vec![SavedTunnel {
-                id: "t1".into(),
-                server_id: BUILTIN_SERVER_ID.into(),
-                subdomain: Some("app".into()),
-                local_host: "localhost".into(),
-                local_port: 5173,
-                start_on_launch: true,
-                given_name: None,
-                allow_ips: vec!["10.0.0.0/8".into()],
-                keep_host: true,
-            }],
+            tunnels: vec![
+                SavedTunnel {
+                    id: "t1".into(),
+                    kind: Kind::Http,
+                    remote_port: None,
+                    given_port: None,
+                    server_id: BUILTIN_SERVER_ID.into(),
+                    subdomain: Some("app".into()),
+                    local_host: "localhost".into(),
+                    local_port: 5173,
+                    start_on_launch: true,
+                    given_name: None,
+                    allow_ips: vec!["10.0.0.0/8".into()],
+                    keep_host: true,
+                },
+                SavedTunnel {
+                    id: "t2".into(),
+                    kind: Kind::Tcp,
+                    remote_port: Some(20022),
+                    given_port: Some(20022),
+                    server_id: "s1".into(),
+                    subdomain: None,
+                    local_host: "127.0.0.1".into(),
+                    local_port: 22,
+                    start_on_launch: false,
+                    given_name: None,
+                    allow_ips: Vec::new(),
+                    keep_host: false,
+                },
+            ],
             settings: Settings {
                 start_hidden: true,
                 notifications_off: true,
@@ -269,6 +315,37 @@ mod tests {
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         assert_eq!(names, vec![FILE_NAME.to_owned()]);
+    }
+
+    #[test]
+    fn a_file_from_before_tcp_tunnels_loads_its_tunnels_as_http() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        fs::write(
+            &path,
+            br#"{"version": 1, "tunnels": [{"id": "old", "server_id": "local", "local_port": 3000}]}"#,
+        )
+        .unwrap();
+        let (mut store, warning) = Store::load(&path);
+        assert_eq!(warning, None);
+        let t = &store.data().tunnels[0];
+        assert_eq!(
+            (t.kind, t.remote_port, t.given_port),
+            (Kind::Http, None, None)
+        );
+        // Saved again, an HTTP tunnel is written as before (no `kind`), a TCP one with it.
+        store
+            .update(|d| {
+                let mut tcp = d.tunnels[0].clone();
+                tcp.id = "new".into();
+                tcp.kind = Kind::Tcp;
+                d.tunnels.push(tcp);
+            })
+            .unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+        assert_eq!(json["tunnels"][0].get("kind"), None);
+        assert_eq!(json["tunnels"][1]["kind"], "tcp");
+        assert_eq!(Store::load(&path).0.data().tunnels[1].kind, Kind::Tcp);
     }
 
     #[test]

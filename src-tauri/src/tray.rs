@@ -193,6 +193,9 @@ mod tests {
     fn view(id: &str, status: Status) -> TunnelView {
         TunnelView {
             id: id.into(),
+            kind: crate::store::Kind::Http,
+            remote_port: None,
+            given_port: None,
             server_id: "local".into(),
             server_name: "This computer".into(),
             subdomain: Some(id.into()),
@@ -201,6 +204,7 @@ mod tests {
             start_on_launch: false,
             status,
             requests: 0,
+            connections: 0,
             local_warning: None,
             given_name: None,
             basic_auth_user: None,
@@ -248,6 +252,50 @@ mod tests {
         assert!(any_online(&tunnels));
         assert!(!any_online(&tunnels[1..]));
         assert_eq!(entries(&[]), vec![Entry::Open, Entry::Quit]);
+    }
+
+    #[test]
+    fn tcp_tunnels_are_listed_by_port() {
+        let online = TunnelView {
+            kind: crate::store::Kind::Tcp,
+            subdomain: None,
+            local_port: 22,
+            ..view(
+                "ssh",
+                Status::Online {
+                    url: "tcp://localhost:20022".into(),
+                    name: "tcp:20022".into(),
+                },
+            )
+        };
+        let stopped = TunnelView {
+            kind: crate::store::Kind::Tcp,
+            subdomain: None,
+            given_port: Some(20001),
+            local_port: 5432,
+            ..view("db", Status::Stopped)
+        };
+        let e = entries(&[online, stopped]);
+        assert_eq!(
+            e[..4],
+            [
+                Entry::Toggle {
+                    id: "toggle:ssh".into(),
+                    text: "tcp:20022 → localhost:22".into(),
+                    checked: true
+                },
+                Entry::Toggle {
+                    id: "toggle:db".into(),
+                    text: "tcp:20001 → localhost:5432".into(),
+                    checked: false
+                },
+                Entry::Separator,
+                Entry::Copy {
+                    id: "copy:ssh".into(),
+                    text: "Copy URL tcp://localhost:20022".into()
+                },
+            ]
+        );
     }
 
     #[test]

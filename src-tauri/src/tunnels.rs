@@ -1,17 +1,20 @@
 //! The tunnel manager: one running [`Tunnel`] per saved tunnel id, their status, request
-//! counts and traffic, and one event stream that the window and the tray both follow.
+//! counts and traffic (an HTTP tunnel's exchanges, a TCP tunnel's connections), and one event
+//! stream that the window and the tray both follow.
 //!
 //! Plain Rust with no Tauri types, so it is tested against a real server without a window.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex},
     time::Duration,
 };
 
 use ggrok_tunnel::{
+    tcp::End,
     traffic::{CapturedBody, Headers},
-    ConfigError, Exchange, LocalTarget, ReplayError, Secret, Status, Traffic, Tunnel, TunnelConfig,
+    ConfigError, Connection, Connections, Exchange, LocalTarget, ReplayError, Secret, Status,
+    Traffic, Tunnel, TunnelConfig, TunnelKind,
 };
 use serde::Serialize;
 use tokio::sync::broadcast;
@@ -31,6 +34,8 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct Spec {
+    /// HTTP, or TCP with the public port to ask for.
+    pub kind: TunnelKind,
     /// Server URL.
     pub server: String,
     /// Token for that server.
@@ -57,8 +62,10 @@ pub struct Spec {
 pub struct TunnelState {
     /// Engine status; `stopped` for a tunnel that is not running.
     pub status: Status,
-    /// Requests seen since the tunnel was last started.
+    /// Requests seen since the tunnel was last started (HTTP tunnels).
     pub requests: u64,
+    /// Visitor connections opened since the tunnel was last started (TCP tunnels).
+    pub connections: u64,
     /// Set while nothing answers on the local port: checked on start and after a 502.
     pub local_warning: Option<String>,
 }
@@ -68,7 +75,52 @@ impl Default for TunnelState {
         Self {
             status: Status::Stopped,
             requests: 0,
+            connections: 0,
             local_warning: None,
+        }
+    }
+}
+
+/// One row of a TCP tunnel's connection table.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectionRow {
+    /// Connection id, unique within the app's run.
+    pub id: u64,
+    /// The visitor's `ip:port` as the server reported it. Untrusted text.
+    pub from: String,
+    /// When it arrived, in Unix milliseconds.
+    pub opened_ms: u64,
+    /// From arrival to the end, in milliseconds (0 while open).
+    pub duration_ms: u64,
+    /// Bytes from the visitor to the local service.
+    pub bytes_up: u64,
+    /// Bytes from the local service to the visitor.
+    pub bytes_down: u64,
+    /// How it ended: `closed`, `unreachable`, `visitor_reset`, `local_reset` or `cut`; `None`
+    /// while open.
+    pub end_kind: Option<&'static str>,
+    /// How it ended, for a human (the CLI's phrase); `None` while open.
+    pub end: Option<String>,
+}
+
+impl From<&Connection> for ConnectionRow {
+    fn from(c: &Connection) -> Self {
+        Self {
+            id: c.id,
+            from: c.from.clone(),
+            opened_ms: c.opened_ms,
+            duration_ms: c.duration_ms,
+            bytes_up: c.bytes_up,
+            bytes_down: c.bytes_down,
+            end_kind: c.end.as_ref().map(|e| match e {
+                End::Closed => "closed",
+                End::Unreachable { .. } => "unreachable",
+                End::VisitorReset { .. } => "visitor_reset",
+                End::LocalReset { .. } => "local_reset",
+                End::Cut => "cut",
+            }),
+            end: c.end.as_ref().map(End::describe),
         }
     }
 }
@@ -240,6 +292,14 @@ pub enum Event {
         /// The row.
         exchange: Summary,
     },
+    /// A visitor connection of a TCP tunnel opened or ended (the same `id` both times).
+    #[serde(rename_all = "camelCase")]
+    Connection {
+        /// Saved tunnel id.
+        tunnel_id: String,
+        /// The row.
+        connection: ConnectionRow,
+    },
 }
 
 /// Why a manager call failed.
@@ -263,6 +323,10 @@ struct Entry {
     /// `None` once stopped; traffic stays for inspection.
     tunnel: Option<Arc<Tunnel>>,
     traffic: Traffic,
+    /// Ended connections (the engine's ring, kept across restarts as `traffic` is).
+    connections: Connections,
+    /// Connections open now, as their events told; bounded by the server's per-tunnel cap.
+    open: Arc<Mutex<BTreeMap<u64, Arc<Connection>>>>,
     state: Arc<Mutex<TunnelState>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -309,7 +373,9 @@ impl Manager {
         self.stop(id).await;
         let target = format!("{}:{}", spec.local_host, spec.local_port);
         let mut config = TunnelConfig::new(spec.server, spec.local_port);
+        config.kind = spec.kind;
         config.traffic = self.traffic_of(id);
+        config.connections = self.connections_of(id);
         config.client_id = spec.client_id;
         config.token = spec.token;
         config.subdomain = spec.subdomain;
@@ -327,8 +393,7 @@ impl Manager {
 
         let state = Arc::new(Mutex::new(TunnelState {
             status: tunnel.status().borrow().clone(),
-            requests: 0,
-            local_warning: None,
+            ..TunnelState::default()
         }));
         let probe = Probe {
             target,
@@ -401,11 +466,56 @@ impl Manager {
                 }
             })
         };
+        let open: Arc<Mutex<BTreeMap<u64, Arc<Connection>>>> = Arc::default();
+        let mut conn_rx = tunnel.connections().subscribe();
+        let conn_task = {
+            let (state, events, id, open) = (
+                state.clone(),
+                self.events.clone(),
+                id.to_owned(),
+                open.clone(),
+            );
+            tokio::spawn(async move {
+                loop {
+                    let conn = match conn_rx.recv().await {
+                        Ok(conn) => conn,
+                        Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                        Err(broadcast::error::RecvError::Closed) => break,
+                    };
+                    let opened = conn.end.is_none();
+                    {
+                        let mut open = open.lock().expect("open lock");
+                        if opened {
+                            open.insert(conn.id, conn.clone());
+                        } else {
+                            open.remove(&conn.id);
+                        }
+                    }
+                    let _ = events.send(Event::Connection {
+                        tunnel_id: id.clone(),
+                        connection: ConnectionRow::from(&*conn),
+                    });
+                    if opened {
+                        let snapshot = {
+                            let mut s = state.lock().expect("state lock");
+                            s.connections += 1;
+                            s.clone()
+                        };
+                        let _ = events.send(Event::Status {
+                            tunnel_id: id.clone(),
+                            state: snapshot,
+                        });
+                    }
+                }
+            })
+        };
         let entry = Entry {
             traffic: tunnel.traffic().clone(),
+            connections: tunnel.connections().clone(),
+            open,
             tunnel: Some(tunnel),
             state,
-            tasks: vec![status_task, traffic_task, probe_task],
+            tasks: vec![status_task, traffic_task, probe_task, conn_task],
         };
         self.entries
             .lock()
@@ -416,7 +526,7 @@ impl Manager {
 
     /// Stops tunnel `id` if it runs; its traffic stays for inspection.
     pub async fn stop(&self, id: &str) {
-        let (tunnel, tasks, state) = {
+        let (tunnel, tasks, state, connections, open) = {
             let mut entries = self.entries.lock().expect("entries lock");
             let Some(entry) = entries.get_mut(id) else {
                 return;
@@ -425,6 +535,8 @@ impl Manager {
                 entry.tunnel.take(),
                 std::mem::take(&mut entry.tasks),
                 entry.state.clone(),
+                entry.connections.clone(),
+                entry.open.clone(),
             )
         };
         for t in tasks {
@@ -437,6 +549,19 @@ impl Manager {
                 Err(shared) => drop(shared),
             }
             info!(tunnel = %id, "tunnel stopped");
+        }
+        // The connections open at the stop ended with it (as `cut`), after the task that
+        // forwards their events was gone: tell the window from the ring.
+        let cut = std::mem::take(&mut *open.lock().expect("open lock"));
+        for conn in connections
+            .recent()
+            .iter()
+            .filter(|c| cut.contains_key(&c.id))
+        {
+            let _ = self.events.send(Event::Connection {
+                tunnel_id: id.to_owned(),
+                connection: ConnectionRow::from(&**conn),
+            });
         }
         let snapshot = {
             let mut s = state.lock().expect("state lock");
@@ -514,6 +639,39 @@ impl Manager {
             .expect("entries lock")
             .get(id)
             .map(|e| e.traffic.clone())
+    }
+
+    /// The connection sink of tunnel `id`, cloned so no lock is held while it is read.
+    fn connections_of(&self, id: &str) -> Option<Connections> {
+        self.entries
+            .lock()
+            .expect("entries lock")
+            .get(id)
+            .map(|e| e.connections.clone())
+    }
+
+    /// Connections of TCP tunnel `id`, newest first: those open now, then those ended.
+    pub fn connections(&self, id: &str) -> Vec<ConnectionRow> {
+        let (open, ended) = {
+            let entries = self.entries.lock().expect("entries lock");
+            let Some(e) = entries.get(id) else {
+                return Vec::new();
+            };
+            let open: Vec<_> = e
+                .open
+                .lock()
+                .expect("open lock")
+                .values()
+                .cloned()
+                .collect();
+            (open, e.connections.clone())
+        };
+        let ended = ended.recent();
+        open.iter()
+            .rev()
+            .chain(ended.iter().rev())
+            .map(|c| ConnectionRow::from(&**c))
+            .collect()
     }
 
     /// Recent rows of tunnel `id`, newest first.
@@ -598,6 +756,7 @@ mod tests {
 
     fn spec(server: &TestServer, origin: &Origin, name: Option<&str>) -> Spec {
         Spec {
+            kind: TunnelKind::Http,
             server: server.url.clone(),
             token: None,
             subdomain: name.map(str::to_owned),
@@ -763,6 +922,7 @@ mod tests {
         let m = Manager::new();
         let mut events = m.subscribe();
         let mut s = Spec {
+            kind: TunnelKind::Http,
             server: server.url.clone(),
             token: None,
             subdomain: Some("dead".into()),
@@ -830,6 +990,74 @@ mod tests {
         assert!(d.response_body.truncated);
         assert_eq!(d.response_body.size, "origin saw /r4".len() as u64);
         m.stop("t").await;
+    }
+
+    #[tokio::test]
+    async fn a_connection_open_at_stop_is_reported_cut_and_history_survives_a_restart() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let server = TestServer::start().await;
+        let local = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let local_port = local.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = local.accept().await {
+                tokio::spawn(async move {
+                    let (mut r, mut w) = s.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                });
+            }
+        });
+        let m = Manager::new();
+        let mut tcp = Spec {
+            kind: TunnelKind::Tcp { remote_port: None },
+            server: server.url.clone(),
+            token: None,
+            subdomain: None,
+            local_host: "127.0.0.1".into(),
+            local_port,
+            client_id: None,
+            basic_auth: None,
+            allow_ips: Vec::new(),
+            keep_host: false,
+        };
+        m.start("t", tcp.clone()).await.unwrap();
+        let url = m.online("t").await.unwrap();
+        let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
+        let mut events = m.subscribe();
+        let mut visitor = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        visitor.write_all(b"abc").await.unwrap();
+        let mut b = [0u8; 3];
+        visitor.read_exact(&mut b).await.unwrap();
+        assert_eq!(m.connections("t").len(), 1);
+
+        m.stop("t").await;
+        let ended = async {
+            loop {
+                if let Event::Connection { connection, .. } = events.recv().await.unwrap() {
+                    if connection.end.is_some() {
+                        return connection;
+                    }
+                }
+            }
+        };
+        let cut = tokio::time::timeout(Duration::from_secs(5), ended)
+            .await
+            .expect("the window hears that the connection ended with the stop");
+        assert_eq!(cut.end_kind, Some("cut"));
+        assert_eq!((cut.bytes_up, cut.bytes_down), (3, 3));
+        assert_eq!(m.connections("t"), vec![cut.clone()]);
+
+        // A restart keeps the list and counts afresh.
+        tcp.kind = TunnelKind::Tcp {
+            remote_port: Some(port),
+        };
+        m.start("t", tcp).await.unwrap();
+        assert_eq!(m.online("t").await.unwrap(), url);
+        assert_eq!(m.state("t").connections, 0);
+        assert_eq!(m.connections("t"), vec![cut]);
+        m.remove("t").await;
+        assert!(m.connections("t").is_empty());
     }
 
     #[test]

@@ -147,6 +147,103 @@ fn commands_drive_a_real_tunnel() {
     assert!(!all.contains("abcdefghijklmnop"));
 }
 
+#[test]
+fn commands_drive_a_tcp_tunnel() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let server = rt(TestServer::start());
+    // A local service that echoes (the manager's local-port check connects too).
+    let local = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let local_port = local.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut s in local.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 64];
+                while let Ok(n @ 1..) = s.read(&mut buf) {
+                    let _ = s.write_all(&buf[..n]);
+                }
+            });
+        }
+    });
+    let (store, warning) = Store::load(dir.path().join(FILE_NAME));
+    let state = Arc::new(AppState::new(
+        store,
+        warning,
+        Secrets::in_memory(),
+        Manager::new(),
+        server.url.clone(),
+    ));
+    let app = builder(mock_builder(), state.clone())
+        .build(mock_context(noop_assets()))
+        .unwrap();
+    let w = WebviewWindowBuilder::new(&app, "main", Default::default())
+        .build()
+        .unwrap();
+    let (tx, rx) = mpsc::channel::<Value>();
+    app.listen_any(EVENT_TUNNEL, move |e| {
+        let _ = tx.send(serde_json::from_str(e.payload()).unwrap());
+    });
+    let handle = app.handle().clone();
+    rt(async { forward_events(&handle, state.clone()) });
+
+    let bad = invoke(
+        &w,
+        "expose",
+        json!({"input": {"serverId": "local", "kind": "tcp", "localPort": local_port, "remotePort": 0}}),
+    )
+    .unwrap_err();
+    assert_eq!(bad["field"], "remotePort");
+    let t = invoke(
+        &w,
+        "expose",
+        json!({"input": {"serverId": "local", "kind": "tcp", "localHost": "127.0.0.1", "localPort": local_port}}),
+    )
+    .unwrap();
+    assert_eq!(t["kind"], "tcp");
+    assert_eq!(t["status"]["state"], "online");
+    let url = t["status"]["url"].as_str().unwrap().to_owned();
+    let port: u16 = url
+        .strip_prefix("tcp://localhost:")
+        .expect(&url)
+        .parse()
+        .unwrap();
+    let id = t["id"].as_str().unwrap().to_owned();
+    // No page to open for a TCP tunnel.
+    assert_eq!(
+        invoke(&w, "open_url", json!({"id": id})).unwrap_err()["kind"],
+        "system"
+    );
+
+    let mut visitor = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    visitor.write_all(b"hello").unwrap();
+    let mut back = [0u8; 5];
+    visitor.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"hello");
+    drop(visitor);
+    // The connection reaches the window as it opens and as it ends.
+    let ended = loop {
+        let ev = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("connection event");
+        if ev["type"] == "connection" && !ev["connection"]["end"].is_null() {
+            break ev;
+        }
+    };
+    assert_eq!(ended["tunnelId"], id.as_str());
+    let c = &ended["connection"];
+    assert_eq!(
+        (c["bytesUp"].as_u64(), c["bytesDown"].as_u64()),
+        (Some(5), Some(5))
+    );
+    assert_eq!(c["endKind"], "closed");
+    assert!(c["from"].as_str().unwrap().starts_with("127.0.0.1:"));
+    let rows = invoke(&w, "list_connections", json!({"id": id})).unwrap();
+    assert_eq!(rows, json!([c]));
+    let listed = invoke(&w, "list_tunnels", json!({})).unwrap();
+    assert_eq!(listed[0]["connections"], 1);
+    invoke(&w, "delete_tunnel", json!({"id": id})).unwrap();
+}
+
 /// The UI is dark only; the window asks GTK for its dark variant too, or WebKitGTK draws native
 /// parts (the open list of a `<select>`, scrollbars) light on the dark page.
 #[test]

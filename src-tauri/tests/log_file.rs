@@ -52,6 +52,8 @@ fn the_log_file_has_the_apps_events_and_never_a_token() {
             .unwrap();
         let t = state
             .expose(TunnelInput {
+                kind: Default::default(),
+                remote_port: None,
                 server_id: saved.id,
                 subdomain: Some("logged".into()),
                 local_host: Some("127.0.0.1".into()),

@@ -5,6 +5,7 @@ import type {
   ApiError,
   AppInfo,
   BackgroundInput,
+  ConnectionRow,
   BackgroundSettings,
   Detail,
   ListeningPort,
@@ -43,6 +44,7 @@ export const deleteTunnel = (id: string) => call<void>("delete_tunnel", { id });
 export const startTunnel = (id: string) => call<TunnelView>("start_tunnel", { id });
 export const stopTunnel = (id: string) => call<TunnelView>("stop_tunnel", { id });
 export const listTraffic = (id: string) => call<Summary[]>("list_traffic", { id });
+export const listConnections = (id: string) => call<ConnectionRow[]>("list_connections", { id });
 export const getExchange = (id: string, exchange: number) =>
   call<Detail>("get_exchange", { id, exchange });
 export const replay = (id: string, exchange: number) => call<Summary>("replay", { id, exchange });

@@ -86,7 +86,7 @@ subscribe((what) => {
   if (what.has("screen")) renderScreen();
   if (what.has("tunnels")) {
     renderTunnels(list);
-    renderTrafficHead(traffic.head);
+    renderTrafficHead(traffic);
   }
   if (what.has("traffic")) renderTraffic(traffic);
   if (what.has("detail")) renderDetail(traffic.detail);

@@ -6,6 +6,7 @@ import type {
   AppInfo,
   BackgroundInput,
   BackgroundSettings,
+  ConnectionRow,
   Detail,
   ListeningPort,
   ServerView,
@@ -13,7 +14,7 @@ import type {
   Summary,
   TunnelView,
 } from "./types";
-import { pushRow } from "./util/format";
+import { pushConnection, pushRow } from "./util/format";
 
 /** A banner: an error that has no field or card to sit next to. */
 export interface Banner {
@@ -27,6 +28,8 @@ export const ui = {
   servers: [] as ServerView[],
   selected: null as string | null,
   traffic: new Map<string, Summary[]>(),
+  /** A TCP tunnel's connections, newest first (its traffic view). */
+  connections: new Map<string, ConnectionRow[]>(),
   filter: "",
   detail: null as Detail | null,
   /** Errors with nowhere better to go; each can be closed. */
@@ -200,7 +203,7 @@ export function closeDetail(): void {
 // arrive after an event that is newer than it. Each status event gets a number; a snapshot taken
 // by the backend is brought up to the last event that arrived while it was on its way.
 let statusEvents = 0;
-type Live = { seq: number; status: Status; requests: number; localWarning: string | null };
+type Live = { seq: number; status: Status; requests: number; connections: number; localWarning: string | null };
 const lastStatus = new Map<string, Live>();
 
 function freshen(t: TunnelView, since: number): TunnelView {
@@ -208,6 +211,7 @@ function freshen(t: TunnelView, since: number): TunnelView {
   if (live && live.seq > since) {
     t.status = live.status;
     t.requests = live.requests;
+    t.connections = live.connections;
     t.localWarning = live.localWarning;
   }
   return t;
@@ -258,7 +262,7 @@ export function watchListening(who: string, on: boolean): void {
 export async function exposeQuickly(port: number): Promise<void> {
   const t = await upsertTunnel(() =>
     api.expose({
-      serverId: "local", subdomain: null, localHost: null, localPort: port, startOnLaunch: false,
+      kind: "http", remotePort: null, serverId: "local", subdomain: null, localHost: null, localPort: port, startOnLaunch: false,
       basicAuth: "", allowIps: [], keepHost: false,
     }),
   );
@@ -279,7 +283,8 @@ export async function refreshInfo(): Promise<void> {
 export async function select(id: string): Promise<void> {
   if (ui.selected !== id) ui.detail = null;
   ui.selected = id;
-  ui.traffic.set(id, await api.listTraffic(id));
+  if (ui.tunnels.find((t) => t.id === id)?.kind === "tcp") ui.connections.set(id, await api.listConnections(id));
+  else ui.traffic.set(id, await api.listTraffic(id));
   changed("tunnels", "traffic", "detail");
 }
 
@@ -315,6 +320,7 @@ export async function removeTunnel(id: string): Promise<void> {
   if (ui.qrFor === id) ui.qrFor = null;
   ui.tunnels = ui.tunnels.filter((x) => x.id !== id);
   ui.traffic.delete(id);
+  ui.connections.delete(id);
   if (ui.selected === id) {
     ui.selected = null;
     ui.detail = null;
@@ -328,12 +334,20 @@ export async function start(): Promise<void> {
     const t = ui.tunnels.find((x) => x.id === e.tunnelId);
     if (e.type === "status") {
       const localWarning = e.state.localWarning ?? null;
-      lastStatus.set(e.tunnelId, { seq: ++statusEvents, ...e.state, localWarning });
+      const connections = e.state.connections ?? 0;
+      lastStatus.set(e.tunnelId, { seq: ++statusEvents, ...e.state, connections, localWarning });
       if (t) {
         t.status = e.state.status;
         t.requests = e.state.requests;
+        t.connections = connections;
         t.localWarning = localWarning;
         changed("tunnels");
+      }
+    } else if (e.type === "connection") {
+      const rows = ui.connections.get(e.tunnelId);
+      if (rows) {
+        ui.connections.set(e.tunnelId, pushConnection(rows, e.connection, ui.info.trafficCap));
+        if (e.tunnelId === ui.selected) changed("traffic");
       }
     } else {
       const rows = ui.traffic.get(e.tunnelId);

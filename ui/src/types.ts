@@ -7,15 +7,25 @@ export type Status =
   | { state: "failed"; kind: string; message: string }
   | { state: "stopped" };
 
+/** What a tunnel forwards. */
+export type Kind = "http" | "tcp";
+
 export interface TunnelState {
   status: Status;
   requests: number;
+  /** Visitor connections since the last start (TCP tunnels). */
+  connections: number;
   /** Set while nothing answers on the local port. */
   localWarning: string | null;
 }
 
 export interface TunnelView {
   id: string;
+  kind: Kind;
+  /** A TCP tunnel's public port as asked for; null lets the server pick. */
+  remotePort: number | null;
+  /** The port the server last gave a TCP tunnel without a fixed one. */
+  givenPort: number | null;
   serverId: string;
   serverName: string;
   subdomain: string | null;
@@ -24,6 +34,7 @@ export interface TunnelView {
   startOnLaunch: boolean;
   status: Status;
   requests: number;
+  connections: number;
   localWarning: string | null;
   /** The name the server last gave a tunnel without a fixed subdomain. */
   givenName: string | null;
@@ -59,6 +70,9 @@ export interface ServerCheck {
 }
 
 export interface TunnelInput {
+  kind: Kind;
+  /** A TCP tunnel's public port; null lets the server pick one. */
+  remotePort: number | null;
   serverId: string;
   subdomain: string | null;
   localHost: string | null;
@@ -105,9 +119,26 @@ export interface Detail extends Summary {
   responseBody: BodyView;
 }
 
+/** One visitor connection of a TCP tunnel (see ConnectionRow in src-tauri/src/tunnels.rs). */
+export interface ConnectionRow {
+  id: number;
+  /** The visitor's ip:port as the server reported it. Untrusted text. */
+  from: string;
+  openedMs: number;
+  /** 0 while open. */
+  durationMs: number;
+  bytesUp: number;
+  bytesDown: number;
+  /** Null while open. */
+  endKind: "closed" | "unreachable" | "visitor_reset" | "local_reset" | "cut" | null;
+  /** How it ended, for a human; null while open. */
+  end: string | null;
+}
+
 export type TunnelEvent =
   | { type: "status"; tunnelId: string; state: TunnelState }
-  | { type: "traffic"; tunnelId: string; exchange: Summary };
+  | { type: "traffic"; tunnelId: string; exchange: Summary }
+  | { type: "connection"; tunnelId: string; connection: ConnectionRow };
 
 /** What every command rejects with. */
 export interface ApiError {

@@ -1,7 +1,8 @@
 // End to end: the real desktop app (debug build with assets embedded) under Xvfb, driven by
 // tauri-driver + WebKitWebDriver, against its embedded ggrok server and a real origin.
 // Expose a port through the form, fetch through the public URL, see the row, replay it, stop
-// the tunnel, see the public URL answer 404, start it again at once under the same URL; close
+// the tunnel, see the public URL answer 404, start it again at once under the same URL; expose
+// a TCP port, connect to its public port and see the connection listed (and the tray list it); close
 // the window and see the tunnel still serve, stop and start it from the tray menu (a test tray,
 // ui/tests/sni_host.py, over D-Bus), launch the app again and see the window back.
 // Screenshots go to docs/screenshots/.
@@ -74,6 +75,18 @@ function get(port, host, path) {
     });
     req.on("error", rej);
     req.end();
+  });
+}
+
+/** Connects to 127.0.0.1:port, sends `text`, half-closes and resolves with what came back. */
+function tcpExchange(port, text) {
+  return new Promise((res, rej) => {
+    const c = net.connect(port, "127.0.0.1", () => c.end(text));
+    let got = "";
+    c.setEncoding("utf8");
+    c.on("data", (d) => (got += d));
+    c.on("end", () => res(got));
+    c.on("error", rej);
   });
 }
 
@@ -205,6 +218,11 @@ async function main() {
   await new Promise((r) => origin.listen(0, "127.0.0.1", r));
   const originPort = origin.address().port;
 
+  // A TCP service to expose: it echoes each connection until the visitor closes.
+  const echo = net.createServer((c) => c.pipe(c));
+  await new Promise((r) => echo.listen(0, "127.0.0.1", r));
+  const echoPort = echo.address().port;
+
   const [port, nativePort] = [await freePort(), await freePort()];
   // HOME too: the window-state and log files live under it, and a test must not touch the user's.
   const appEnv = {
@@ -310,6 +328,30 @@ async function main() {
     await driver.click((await driver.all("row-path"))[3]);
     await driver.waitText("detail-line", (t) => t === "GET /api/hello?x=1");
 
+    // A TCP tunnel: expose a local echo service, connect to the public port, see the
+    // connection listed with its bytes and how it ended.
+    await driver.click(await driver.find("expose"));
+    await driver.click(await driver.find("kind-tcp"));
+    await driver.type(await driver.find("port"), String(echoPort));
+    await driver.click(await driver.find("submit"));
+    const tcpUrl = await driver.waitText("result-url", (t) => t.startsWith("tcp://"));
+    const tcpPort = Number(tcpUrl.match(/^tcp:\/\/localhost:(\d+)$/)?.[1]);
+    assert.ok(tcpPort > 0, tcpUrl);
+    await driver.shot("expose-tcp.png");
+    await driver.click(await driver.find("cancel"));
+    await driver.waitText("traffic-title", (t) => t === `Connections of tcp:${tcpPort}`);
+    assert.equal(await tcpExchange(tcpPort, "hello over tcp"), "hello over tcp");
+    await driver.waitText("conn-end", (t) => t === "closed");
+    assert.deepEqual(await driver.texts("conn-up"), ["14 B"]);
+    assert.deepEqual(await driver.texts("conn-down"), ["14 B"]);
+    assert.match((await driver.texts("conn-from"))[0], /^127\.0\.0\.1:\d+$/);
+    await until("the TCP card counts the connection", async () => (await driver.texts("tunnel-count")).includes("1 conn"));
+    await driver.shot("tcp-connections.png");
+    await until("the tray lists the TCP tunnel", async () => (await tray.menu()).some((i) => i.label.includes(`tcp:${tcpPort}`)));
+    // Back to the HTTP tunnel's traffic for what follows.
+    await driver.click((await driver.all("tunnel-name"))[0]);
+    await driver.waitText("traffic-title", (t) => t === "Traffic of e2e-demo");
+
     // Closing the window (a window manager's close button: WM_DELETE_WINDOW) hides it; the app
     // and its tunnel keep running in the tray.
     const [win] = await until("a visible window", async () => {
@@ -372,6 +414,7 @@ async function main() {
     tray.stop();
     driverProc.kill("SIGTERM");
     origin.close();
+    echo.close();
     await rm(configDir, { recursive: true, force: true });
   }
 }

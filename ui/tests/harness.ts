@@ -2,7 +2,7 @@
 // Playwright can drive the built UI in plain Chromium. `window.__fake` lets tests push events.
 import { emit } from "@tauri-apps/api/event";
 import { mockIPC, mockWindows } from "@tauri-apps/api/mocks";
-import type { Detail, ServerView, Status, TunnelInput, TunnelView } from "../src/types";
+import type { ConnectionRow, Detail, ServerView, Status, TunnelInput, TunnelView } from "../src/types";
 
 const PORT = 7070;
 const servers: ServerView[] = [
@@ -10,6 +10,8 @@ const servers: ServerView[] = [
 ];
 const tunnels: TunnelView[] = [];
 const traffic = new Map<string, Detail[]>();
+const connections = new Map<string, ConnectionRow[]>();
+let nextConnection = 1;
 const calls: { cmd: string; args: unknown }[] = [];
 let nextId = 1;
 let nextExchange = 100;
@@ -39,6 +41,26 @@ function addTraffic(tunnelId: string, partial: Partial<Detail>): number {
   return d.id;
 }
 
+/** A visitor connection opens (`end` unset) or changes, as the backend's events tell it. */
+function connection(tunnelId: string, partial: Partial<ConnectionRow>): number {
+  const rows = connections.get(tunnelId) ?? [];
+  const old = rows.find((r) => r.id === partial.id);
+  const c: ConnectionRow = {
+    id: nextConnection, from: "127.0.0.1:50000", openedMs: Date.now(), durationMs: 0, bytesUp: 0, bytesDown: 0,
+    endKind: null, end: null, ...old, ...partial,
+  };
+  if (!old) {
+    nextConnection++;
+    rows.unshift(c);
+    const t = find(tunnelId);
+    if (t) t.connections += 1;
+    if (t) void emit("tunnel-event", { type: "status", tunnelId, state: { status: t.status, requests: 0, connections: t.connections, localWarning: null } });
+  } else rows[rows.indexOf(old)] = c;
+  connections.set(tunnelId, rows);
+  void emit("tunnel-event", { type: "connection", tunnelId, connection: c });
+  return c.id;
+}
+
 function setStatus(tunnelId: string, status: Status, localWarning: string | null = null): void {
   const t = find(tunnelId);
   if (t) {
@@ -49,11 +71,17 @@ function setStatus(tunnelId: string, status: Status, localWarning: string | null
 }
 
 function view(input: TunnelInput, id: string): TunnelView {
+  const tcpPort = input.remotePort ?? 20000 + Number(id);
+  const tcp = input.kind === "tcp";
   return {
-    id, serverId: input.serverId, serverName: "This computer", subdomain: input.subdomain,
+    id, kind: input.kind, remotePort: input.remotePort, givenPort: tcp && input.remotePort === null ? tcpPort : null,
+    connections: 0, serverId: input.serverId, serverName: "This computer", subdomain: input.subdomain,
     localHost: input.localHost ?? "localhost", localPort: input.localPort, startOnLaunch: input.startOnLaunch,
-    status: online(input.subdomain ?? `rand${id}`), requests: 0, localWarning: null,
-    givenName: input.subdomain ? null : `rand${id}`,
+    status: tcp
+      ? { state: "online", url: `tcp://localhost:${tcpPort}`, name: `tcp:${tcpPort}` }
+      : online(input.subdomain ?? `rand${id}`),
+    requests: 0, localWarning: null,
+    givenName: input.subdomain || tcp ? null : `rand${id}`,
     basicAuthUser: input.basicAuth ? input.basicAuth.split(":")[0] : null,
     allowIps: input.allowIps, keepHost: input.keepHost,
   };
@@ -146,7 +174,7 @@ async function backend(cmd: string, raw: unknown): Promise<unknown> {
           fail.start = null;
           return reject("tunnel", message);
         }
-        t.status = online(t.subdomain ?? `rand${t.id}`);
+        t.status = view(t as unknown as TunnelInput, t.id).status;
         return t;
       }
       case "stop_tunnel": {
@@ -154,6 +182,8 @@ async function backend(cmd: string, raw: unknown): Promise<unknown> {
         t.status = { state: "stopped" };
         return t;
       }
+      case "list_connections":
+        return connections.get(args.id) ?? [];
       case "list_traffic":
         return (traffic.get(args.id) ?? []).map(summary);
       case "get_exchange":
@@ -206,8 +236,10 @@ async function backend(cmd: string, raw: unknown): Promise<unknown> {
       }
       case "open_log_folder":
         return null;
-      case "copy_url":
       case "open_url":
+        if (find(args.id)?.kind === "tcp") return reject("system", "a TCP tunnel has no page to open");
+        return (find(args.id)?.status as { url: string }).url;
+      case "copy_url":
         return (find(args.id)?.status as { url: string }).url;
       default:
         return reject("system", `unknown command ${cmd}`);
@@ -216,6 +248,6 @@ async function backend(cmd: string, raw: unknown): Promise<unknown> {
 }
 
 mockWindows("main");
-(window as any).__fake = { calls, tunnels, servers, listening, addTraffic, setStatus, race, fail, releaseServers: () => releaseServers() };
+(window as any).__fake = { calls, tunnels, servers, listening, addTraffic, connection, setStatus, race, fail, releaseServers: () => releaseServers() };
 await import("../src/main");
 (window as any).__ready = true;

@@ -102,7 +102,7 @@ test("expose starts, saves and shows the URL; list shows the tunnel", async () =
   assert.equal(await page.textContent(tid("result-url")), "http://my-app.localhost:7070");
   const expose = await page.evaluate(() => window.__fake.calls.find((c) => c.cmd === "expose").args.input);
   assert.deepEqual(expose, {
-    serverId: "local", subdomain: "my-app", localHost: "localhost", localPort: 3000, startOnLaunch: false,
+    kind: "http", remotePort: null, serverId: "local", subdomain: "my-app", localHost: "localhost", localPort: 3000, startOnLaunch: false,
     basicAuth: "", allowIps: [], keepHost: false,
   });
   await page.click(tid("result-copy"));
@@ -231,7 +231,8 @@ test("one submit, one tunnel; the same subdomain twice is refused in the form", 
   assert.equal(await calls("expose"), 1, "never sent");
   // Editing the tunnel itself keeps its name.
   await page.keyboard.press("Escape");
-  assert.equal(await page.locator(tid("expose-form")).count(), 0, "Escape closes the form");
+  // Closed at the next animation frame, as every render.
+  await page.waitForFunction(() => !document.querySelector('[data-testid="expose-form"]'), null, { timeout: 2000 });
   await page.click(tid("edit"));
   await page.click(tid("submit"));
   await page.waitForFunction(() => !document.querySelector('[data-testid="expose-form"]'));
@@ -505,11 +506,13 @@ test("the empty state lists local ports with Expose: two clicks to a public URL 
 test("a port of another user's process is listed without a name", async () => {
   await page.evaluate(() => window.__fake.listening.unshift({ port: 6379, loopback: true, pid: null, process: null, exposed: false }));
   const quick = `${tid("quick-expose")}[data-port="6379"]`;
+  // The app's default window size (src-tauri/tauri.conf.json).
+  await page.setViewportSize({ width: 1100, height: 740 });
   await page.waitForSelector(quick, { timeout: 5000 });
-  assert.equal(
-    await page.locator("li", { has: page.locator(quick) }).locator(".proc").textContent(),
-    "a process of another user (name not visible)",
-  );
+  const proc = page.locator("li", { has: page.locator(quick) }).locator(".proc");
+  assert.equal(await proc.textContent(), "a process of another user (name not visible)");
+  // Read whole, not cut to "a process of another use…".
+  assert.ok(await proc.evaluate((el) => el.scrollWidth <= el.clientWidth), "the owner text is cut");
   await page.click(tid("expose"));
   const pick = `${tid("pick-port")}[data-port="6379"]`;
   await page.waitForSelector(pick);
@@ -586,5 +589,131 @@ test("settings: start at login, notifications and the server's port", async () =
   assert.equal(await page.isChecked(tid("notifications")), true);
   await page.click(tid("open-log-folder"));
   await page.waitForFunction(() => window.__fake.calls.some((c) => c.cmd === "open_log_folder"));
+  assert.deepEqual(pageErrors, []);
+});
+
+test("TCP: the form offers TCP with an optional public port; the card shows tcp:// with Copy and QR", async () => {
+  await page.click(tid("expose"));
+  assert.ok(await page.isVisible(tid("subdomain")));
+  assert.ok(!(await page.isVisible(tid("remote-port"))));
+  await page.check(tid("kind-tcp"));
+  // A TCP tunnel has a port, not a name; no Basic auth or Host header either.
+  assert.ok(!(await page.isVisible(tid("subdomain"))));
+  assert.ok(await page.isVisible(tid("remote-port")));
+  await page.click(tid("more") + " summary");
+  assert.ok(!(await page.isVisible(tid("basic-auth"))));
+  assert.ok(!(await page.isVisible(tid("keep-host"))));
+  assert.ok(await page.isVisible(tid("allow-ips")));
+  await page.fill(tid("port"), "22");
+  await page.fill(tid("remote-port"), "70000");
+  assert.match(await page.textContent(tid("remote-port-error")), /between 1 and 65535/);
+  await page.click(tid("submit"));
+  assert.equal(await calls("expose"), 0);
+  await page.fill(tid("remote-port"), "");
+  assert.equal(await page.textContent(tid("remote-port-error")), "");
+  await page.click(tid("submit"));
+  const url = await page.textContent(tid("result-url"));
+  assert.equal(url, "tcp://localhost:20001");
+  const input = await page.evaluate(() => window.__fake.calls.find((c) => c.cmd === "expose").args.input);
+  assert.deepEqual(input, {
+    kind: "tcp", remotePort: null, serverId: "local", subdomain: null, localHost: "localhost", localPort: 22,
+    startOnLaunch: false, basicAuth: "", allowIps: [], keepHost: false,
+  });
+  assert.equal(await page.textContent(tid("result-hint")), "Connect any TCP client to host localhost, port 20001.");
+  // No browser for a TCP address.
+  assert.equal(await page.locator(`${tid("expose-result")} button`, { hasText: "Open in browser" }).count(), 0);
+  await page.click(tid("cancel"));
+
+  const card = page.locator(tid("tunnel"));
+  assert.equal(await card.locator(tid("tunnel-name")).textContent(), "tcp:20001");
+  assert.equal(await card.locator(tid("tunnel-target")).textContent(), "→ localhost:22");
+  assert.equal(await card.locator(tid("tunnel-url")).textContent(), url);
+  assert.equal(await card.locator(tid("tunnel-count")).textContent(), "0 conn");
+  assert.equal(await card.locator(tid("open")).count(), 0);
+  await card.locator(tid("copy")).click();
+  assert.equal(await calls("copy_url"), 1);
+  await card.locator(tid("qr-toggle")).click();
+  assert.match(await page.textContent(tid("qr")), /tcp:\/\/localhost:20001/);
+
+  // A fixed public port is sent as asked, and the same port twice is refused in the form.
+  await page.click(tid("expose"));
+  await page.check(tid("kind-tcp"));
+  await page.fill(tid("port"), "5432");
+  await page.fill(tid("remote-port"), "20500");
+  await page.click(tid("submit"));
+  assert.equal(await page.textContent(tid("result-url")), "tcp://localhost:20500");
+  await page.click(tid("cancel"));
+  await page.click(tid("expose"));
+  await page.check(tid("kind-tcp"));
+  await page.fill(tid("port"), "5433");
+  await page.fill(tid("remote-port"), "20500");
+  await page.click(tid("submit"));
+  assert.match(await page.textContent(tid("remote-port-error")), /already uses port 20500/);
+  assert.equal(await calls("expose"), 2);
+  // Editing keeps the kind.
+  await page.click(tid("cancel"));
+  await page.evaluate(() => ["1", "2"].forEach((id) => window.__fake.connection(id, {})));
+  await page.waitForSelector(".thead");
+  await page.locator(tid("edit")).first().click();
+  assert.ok(await page.isChecked(tid("kind-tcp")));
+  assert.ok(await page.isDisabled(tid("kind-http")));
+  assert.equal(await page.inputValue(tid("remote-port")), "");
+  assert.equal(await page.textContent("#f-remote-hint"), "optional; empty asks for 20001 again");
+  // The form is drawn above the traffic pane's sticky header.
+  assert.equal(
+    await page.evaluate(() => {
+      const head = document.querySelector(".thead");
+      const r = head.getBoundingClientRect();
+      const top = document.elementFromPoint(r.left + r.width / 2, r.top + r.height / 2);
+      return Boolean(top?.closest(".modal"));
+    }),
+    true,
+  );
+  assert.deepEqual(pageErrors, []);
+});
+
+test("TCP: the traffic view lists connections live, the visitor's address as text", async () => {
+  await page.click(tid("expose"));
+  await page.check(tid("kind-tcp"));
+  await page.fill(tid("port"), "22");
+  await page.click(tid("submit"));
+  await page.waitForSelector(tid("result-url"));
+  await page.click(tid("cancel"));
+  await page.waitForSelector(tid("no-connections"));
+  assert.equal(await page.textContent(tid("traffic-title")), "Connections of tcp:20001");
+  assert.equal(await page.getAttribute(tid("filter"), "placeholder"), "Filter: address, how it ended");
+
+  const evil = "<img src=x onerror=alert(1)>:4711";
+  const id = await page.evaluate((from) => window.__fake.connection("1", { from }), evil);
+  await page.waitForSelector(tid("connection-row"));
+  assert.equal(await page.textContent(tid("conn-from")), evil);
+  assert.equal(await page.textContent(tid("conn-end")), "open");
+  // Bytes are known when it ends.
+  assert.equal(await page.textContent(tid("conn-up")), "—");
+  await page.waitForFunction(() => document.querySelector('[data-testid="tunnel-count"]').textContent === "1 conn");
+  // Its end replaces the open row in place.
+  await page.evaluate(
+    (id) => window.__fake.connection("1", { id, durationMs: 1500, bytesUp: 2048, bytesDown: 5, endKind: "closed", end: "closed" }),
+    id,
+  );
+  await page.waitForFunction(() => document.querySelector('[data-testid="conn-end"]').textContent === "closed");
+  assert.equal(await page.locator(tid("connection-row")).count(), 1);
+  assert.equal(await page.textContent(tid("conn-up")), "2.0 KB");
+  assert.equal(await page.textContent(tid("conn-down")), "5 B");
+  await page.evaluate(() =>
+    window.__fake.connection("1", { from: "10.0.0.7:5000", durationMs: 3, endKind: "unreachable", end: "local service unreachable: connection refused" }),
+  );
+  await page.waitForFunction(() => document.querySelectorAll('[data-testid="connection-row"]').length === 2);
+  const rows = page.locator(tid("connection-row"));
+  assert.equal(await rows.first().locator(tid("conn-from")).textContent(), "10.0.0.7:5000", "newest first");
+  assert.match(await rows.first().getAttribute("class"), /\bbad\b/);
+  await page.fill(tid("filter"), "unreachable");
+  await page.waitForFunction(() => document.querySelectorAll('[data-testid="connection-row"]').length === 1);
+  assert.equal(await page.locator("main img").count(), 0);
+  assert.deepEqual(dialogs, []);
+
+  // Selecting a TCP tunnel reads its connections, not HTTP traffic.
+  assert.ok((await calls("list_connections")) >= 1);
+  assert.equal(await calls("list_traffic"), 0);
   assert.deepEqual(pageErrors, []);
 });

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
-import { filterRows, pushRow, statusLabel, validatePort, validateSubdomain } from "./format";
-import type { Summary } from "../types";
+import { filterRows, pushConnection, pushRow, statusLabel, validatePort, validateRemotePort, validateSubdomain } from "./format";
+import type { ConnectionRow, Summary } from "../types";
 
 const row = (id: number, path = "/", method = "GET", status: number | null = 200): Summary => ({
   id,
@@ -57,5 +57,36 @@ describe("statusLabel", () => {
       "reconnecting (attempt 3): refused",
     );
     expect(statusLabel({ state: "failed", kind: "name_taken", message: "taken" })).toBe("error: taken");
+  });
+});
+
+const conn = (id: number, end: string | null = null): ConnectionRow => ({
+  id,
+  from: "127.0.0.1:1",
+  openedMs: 0,
+  durationMs: 0,
+  bytesUp: 0,
+  bytesDown: 0,
+  endKind: end === null ? null : "closed",
+  end,
+});
+
+describe("pushConnection", () => {
+  it("puts an opening on top and its end in place, within the cap", () => {
+    let rows = [conn(1)];
+    rows = pushConnection(rows, conn(2), 2);
+    expect(rows.map((r) => r.id)).toEqual([2, 1]);
+    rows = pushConnection(rows, conn(1, "closed"), 2);
+    expect(rows.map((r) => [r.id, r.end])).toEqual([[2, null], [1, "closed"]]);
+    rows = pushConnection(rows, conn(3), 2);
+    expect(rows.map((r) => r.id)).toEqual([3, 2]);
+  });
+});
+
+describe("validateRemotePort", () => {
+  it("is optional, else a port", () => {
+    expect(validateRemotePort(" ")).toEqual({ port: null });
+    expect(validateRemotePort("20022")).toEqual({ port: 20022 });
+    expect(validateRemotePort("0")).toHaveProperty("error");
   });
 });

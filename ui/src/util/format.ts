@@ -1,5 +1,5 @@
 // Pure helpers: validation, formatting, filtering. Tested with Vitest.
-import type { Status, Summary, TunnelView } from "../types";
+import type { ConnectionRow, Status, Summary, TunnelView } from "../types";
 
 const LABEL = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
 
@@ -44,8 +44,13 @@ export function statusLabel(s: Status): string {
   }
 }
 
-/** A card's and the traffic pane's name for a tunnel. */
+/** A card's and the traffic pane's name for a tunnel: its name, or `tcp:PORT` for a TCP one. */
 export function tunnelLabel(t: TunnelView): string {
+  if (t.kind === "tcp") {
+    if (t.status.state === "online") return t.status.name;
+    const port = t.remotePort ?? t.givenPort;
+    return port === null ? "port given on start" : `tcp:${port}`;
+  }
   if (t.subdomain) return t.subdomain;
   if (t.status.state === "online") return t.status.name;
   return t.givenName ?? "name given on start";
@@ -85,4 +90,21 @@ export function filterRows(rows: Summary[], q: string): Summary[] {
 export function pushRow(rows: Summary[], row: Summary, cap: number): Summary[] {
   const out = [row, ...rows.filter((r) => r.id !== row.id)];
   return out.length > cap ? out.slice(0, cap) : out;
+}
+
+/** Adds or updates a connection by id: an opening goes on top, its end replaces it in place. */
+export function pushConnection(rows: ConnectionRow[], row: ConnectionRow, cap: number): ConnectionRow[] {
+  const i = rows.findIndex((r) => r.id === row.id);
+  if (i >= 0) {
+    const out = rows.slice();
+    out[i] = row;
+    return out;
+  }
+  const out = [row, ...rows];
+  return out.length > cap ? out.slice(0, cap) : out;
+}
+
+/** Optional public port as typed → number, null (any free port) or a message. */
+export function validateRemotePort(raw: string): { port: number | null } | { error: string } {
+  return raw.trim() === "" ? { port: null } : validatePort(raw);
 }

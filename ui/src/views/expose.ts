@@ -16,7 +16,7 @@ import {
 } from "../store";
 import type { TunnelView } from "../types";
 import { h, replace } from "../util/dom";
-import { statusLabel, validatePort, validateSubdomain } from "../util/format";
+import { statusLabel, validatePort, validateRemotePort, validateSubdomain } from "../util/format";
 import { qrSvg } from "../util/qr";
 
 /** Wires what does not change between openings: Escape closes the form. */
@@ -128,18 +128,28 @@ function showStarted(modal: HTMLElement, id: string): void {
       result,
       h("div", { class: "muted" }, "Your tunnel is online:"),
       h("div", { class: "url big", "data-testid": "result-url" }, url),
+      t.kind === "tcp" ? h("div", { class: "hint", "data-testid": "result-hint" }, tcpHint(url)) : null,
       h(
         "div",
         { class: "actions" },
         h("button", { type: "button", "data-testid": "result-copy", onclick: () => api.copyUrl(t.id).catch(reportError) }, "Copy"),
         qrButton(t.id),
-        h("button", { type: "button", onclick: () => api.openUrl(t.id).catch(reportError) }, "Open in browser"),
+        // A TCP address is for a TCP client (ssh, psql...), not a browser.
+        t.kind === "tcp"
+          ? null
+          : h("button", { type: "button", onclick: () => api.openUrl(t.id).catch(reportError) }, "Open in browser"),
       ),
       ui.qrFor === id ? qrBox(url) : null,
     );
   } else {
     replace(result, h("div", { "data-testid": "result-status" }, `Saved. Status: ${statusLabel(t.status)}`));
   }
+}
+
+/** How to reach a TCP address: clients take host and port apart (`ssh -p PORT user@HOST`). */
+function tcpHint(url: string): string {
+  const m = /^tcp:\/\/(.+):(\d+)$/.exec(url);
+  return m ? `Connect any TCP client to host ${m[1]}, port ${m[2]}.` : "Connect any TCP client to this address.";
 }
 
 /** The button beside Copy that shows or hides the URL's QR code. */
@@ -168,6 +178,27 @@ export function qrBox(url: string): HTMLElement {
 }
 
 function buildForm(modal: HTMLElement, editing: TunnelView | null): void {
+  // HTTP or TCP; a saved tunnel keeps its kind (delete it and expose again to change it).
+  const kindRadio = (kind: "http" | "tcp") =>
+    h("input", {
+      type: "radio",
+      name: "f-kind",
+      value: kind,
+      "data-testid": `kind-${kind}`,
+      checked: (editing?.kind ?? "http") === kind,
+      disabled: editing !== null,
+    });
+  const kindHttp = kindRadio("http");
+  const kindTcp = kindRadio("tcp");
+  const kind = (): "http" | "tcp" => (kindTcp.checked ? "tcp" : "http");
+  const remote = h("input", {
+    id: "f-remote",
+    "data-testid": "remote-port",
+    inputmode: "numeric",
+    autocomplete: "off",
+    "aria-describedby": "f-remote-hint",
+    value: editing?.remotePort === null || editing?.remotePort === undefined ? "" : String(editing.remotePort),
+  });
   const port = h("input", {
     id: "f-port",
     "data-testid": "port",
@@ -215,6 +246,7 @@ function buildForm(modal: HTMLElement, editing: TunnelView | null): void {
   const errs: Record<string, HTMLElement> = {
     port: h("div", { class: "field-error", "data-testid": "port-error", role: "alert" }),
     subdomain: h("div", { class: "field-error", "data-testid": "subdomain-error", role: "alert" }),
+    remotePort: h("div", { class: "field-error", "data-testid": "remote-port-error", role: "alert" }),
     host: h("div", { class: "field-error", "data-testid": "host-error", role: "alert" }),
     serverId: h("div", { class: "field-error", "data-testid": "server-error", role: "alert" }),
     basicAuth: h("div", { class: "field-error", "data-testid": "basic-auth-error", role: "alert" }),
@@ -224,13 +256,27 @@ function buildForm(modal: HTMLElement, editing: TunnelView | null): void {
   const result = h("div", { class: "result", "data-testid": "expose-result" });
   const submit = h("button", { type: "submit", class: "primary", "data-testid": "submit" }, editing ? "Save" : "Start tunnel");
 
-  const check = (): { port: number; name: string | null } | null => {
+  const check = (): { port: number; name: string | null; remote: number | null } | null => {
     for (const e of Object.values(errs)) e.textContent = "";
+    const tcp = kind() === "tcp";
     const p = validatePort(port.value);
-    const s = validateSubdomain(sub.value);
+    // Only the fields of the chosen kind count: a name typed before switching to TCP is unused.
+    const s = tcp ? { name: null } : validateSubdomain(sub.value);
+    const r = tcp ? validateRemotePort(remote.value) : { port: null };
     if ("error" in p) errs.port.textContent = p.error;
     if ("error" in s) errs.subdomain.textContent = s.error;
-    if ("error" in p || "error" in s) return null;
+    if ("error" in r) errs.remotePort.textContent = r.error;
+    if ("error" in p || "error" in s || "error" in r) return null;
+    if (tcp) {
+      const twin = ui.tunnels.find(
+        (t) => t.id !== editing?.id && t.serverId === server.value && t.kind === "tcp" && r.port !== null && t.remotePort === r.port,
+      );
+      if (twin) {
+        errs.remotePort.textContent = `another saved tunnel already uses port ${r.port} on this server`;
+        return null;
+      }
+      return { port: p.port, name: null, remote: r.port };
+    }
     // The backend refuses it too; said here before anything is sent.
     const twin = ui.tunnels.find(
       (t) => t.id !== editing?.id && t.serverId === server.value && s.name !== null && t.subdomain === s.name,
@@ -239,11 +285,15 @@ function buildForm(modal: HTMLElement, editing: TunnelView | null): void {
       errs.subdomain.textContent = `another saved tunnel already uses ${s.name} on this server`;
       return null;
     }
-    return { port: p.port, name: s.name };
+    return { port: p.port, name: s.name, remote: null };
   };
   port.addEventListener("input", () => {
     const p = validatePort(port.value);
     errs.port.textContent = "error" in p && port.value !== "" ? p.error : "";
+  });
+  remote.addEventListener("input", () => {
+    const r = validateRemotePort(remote.value);
+    errs.remotePort.textContent = "error" in r ? r.error : "";
   });
   sub.addEventListener("input", () => {
     const s = validateSubdomain(sub.value);
@@ -252,16 +302,44 @@ function buildForm(modal: HTMLElement, editing: TunnelView | null): void {
 
   const form = h(
     "form",
-    { class: "card form", "data-testid": "expose-form", novalidate: true },
+    { class: "card form", "data-testid": "expose-form", "data-kind": kind(), novalidate: true },
     h("h2", {}, editing ? "Edit tunnel" : "Expose port"),
+    h(
+      "div",
+      { class: "kinds", role: "radiogroup", "aria-label": "What to forward" },
+      h("label", { title: "Web apps and APIs: a public http:// URL with the traffic inspector" }, kindHttp, "HTTP"),
+      h("label", { title: "Any TCP service (SSH, a database, a game server): a public tcp:// address" }, kindTcp, "TCP"),
+    ),
     editing ? null : h("div", { class: "picker-title muted" }, "Listening on this machine"),
     editing ? null : picker,
     h("label", { for: "f-port" }, "Local port ", h("span", { class: "hint", id: "f-port-hint" }, "the port your app listens on, e.g. 3000")),
     port,
     errs.port,
-    h("label", { for: "f-sub" }, "Subdomain ", h("span", { class: "hint", id: "f-sub-hint" }, "optional; empty lets the server pick one")),
-    sub,
-    errs.subdomain,
+    h(
+      "div",
+      { class: "http-only" },
+      h("label", { for: "f-sub" }, "Subdomain ", h("span", { class: "hint", id: "f-sub-hint" }, "optional; empty lets the server pick one")),
+      sub,
+      errs.subdomain,
+    ),
+    h(
+      "div",
+      { class: "tcp-only" },
+      h(
+        "label",
+        { for: "f-remote" },
+        "Public port ",
+        h(
+          "span",
+          { class: "hint", id: "f-remote-hint" },
+          editing?.givenPort
+            ? `optional; empty asks for ${editing.givenPort} again`
+            : "optional; empty lets the server pick a free one",
+        ),
+      ),
+      remote,
+      errs.remotePort,
+    ),
     h("label", { for: "f-server" }, "Server"),
     server,
     errs.serverId,
@@ -275,7 +353,7 @@ function buildForm(modal: HTMLElement, editing: TunnelView | null): void {
       h("summary", {}, "More"),
       h(
         "label",
-        { for: "f-auth" },
+        { for: "f-auth", class: "http-only" },
         "Basic auth ",
         h(
           "span",
@@ -283,13 +361,13 @@ function buildForm(modal: HTMLElement, editing: TunnelView | null): void {
           editing?.basicAuthUser ? `user:password; empty keeps the login of ${editing.basicAuthUser}` : "user:password visitors must give",
         ),
       ),
-      auth,
-      editing?.basicAuthUser ? h("label", { class: "check" }, clearAuth, " Remove the login") : null,
+      h("div", { class: "http-only" }, auth),
+      editing?.basicAuthUser ? h("label", { class: "check http-only" }, clearAuth, " Remove the login") : null,
       errs.basicAuth,
       h("label", { for: "f-allow" }, "Allowed IPs ", h("span", { class: "hint" }, "addresses or CIDR ranges, comma-separated; empty allows all")),
       allow,
       errs.allowIps,
-      h("label", { class: "check" }, keepHost, " Keep the Host header (pass the public host to the local service)"),
+      h("label", { class: "check http-only" }, keepHost, " Keep the Host header (pass the public host to the local service)"),
     ),
     errs.form,
     h(
@@ -300,6 +378,12 @@ function buildForm(modal: HTMLElement, editing: TunnelView | null): void {
     ),
     result,
   );
+  for (const radio of [kindHttp, kindTcp]) {
+    radio.addEventListener("change", () => {
+      form.dataset.kind = kind();
+      for (const e of Object.values(errs)) e.textContent = "";
+    });
+  }
   form.addEventListener("submit", (ev) => {
     ev.preventDefault();
     if (ui.exposeForm?.started || submit.disabled) return;
@@ -307,15 +391,18 @@ function buildForm(modal: HTMLElement, editing: TunnelView | null): void {
     if (!ok) return;
     submit.disabled = true;
     replace(result, h("span", { class: "muted" }, "Starting…"));
+    const tcp = kind() === "tcp";
     const input = {
+      kind: kind(),
+      remotePort: ok.remote,
       serverId: server.value,
       subdomain: ok.name,
       localHost: host.value.trim() || null,
       localPort: ok.port,
       startOnLaunch: onLaunch.checked,
-      basicAuth: clearAuth.checked ? "" : auth.value === "" ? (editing ? null : "") : auth.value,
+      basicAuth: tcp ? (editing ? null : "") : clearAuth.checked ? "" : auth.value === "" ? (editing ? null : "") : auth.value,
       allowIps: allow.value.split(/[\s,]+/).filter(Boolean),
-      keepHost: keepHost.checked,
+      keepHost: !tcp && keepHost.checked,
     };
     upsertTunnel(() => (editing ? api.updateTunnel(editing.id, input) : api.expose(input)))
       .then(async (t) => {

@@ -1,11 +1,12 @@
-// The traffic table of the selected tunnel and the detail pane with Replay.
+// The traffic table of the selected tunnel and the detail pane with Replay; for a TCP tunnel,
+// its connections instead (from, opened, duration, bytes each way, how it ended).
 //
 // The table is virtualised: rows have one fixed height and only those in view (plus a margin)
 // are in the DOM, so thousands of rows scroll smoothly. Row elements are kept by exchange id
 // between renders, so a new request does not rebuild (and deselect the text of) the others.
 import { toApiError } from "../api";
 import { closeDetail, replay, reportError, setFilter, showDetail, ui } from "../store";
-import type { BodyView, Detail, Summary } from "../types";
+import type { BodyView, ConnectionRow, Detail, Summary } from "../types";
 import { h, replace } from "../util/dom";
 import { filterRows, formatBytes, formatDuration, formatTime, tunnelLabel } from "../util/format";
 
@@ -14,9 +15,11 @@ export const ROW_HEIGHT = 28;
 /** Rows rendered above and below the visible ones. */
 const OVERSCAN = 10;
 const COLUMNS = ["Time", "Method", "Path", "Status", "Duration", "Size"] as const;
+const CONN_COLUMNS = ["Opened", "From", "Duration", "Up", "Down", "Ended"] as const;
 
 export interface TrafficView {
   head: HTMLElement;
+  filter: HTMLInputElement;
   table: HTMLElement;
   detail: HTMLElement;
   /** The table's rendered rows, kept between renders; `null` when the table shows a message. */
@@ -34,7 +37,7 @@ export function mountTraffic(root: HTMLElement): TrafficView {
   const title = h("h2", { "data-testid": "traffic-title" }, "Traffic");
   const table = h("div", { class: "table-wrap", "data-testid": "traffic" });
   const detail = h("section", { class: "detail", "data-testid": "detail" });
-  const view: TrafficView = { head: title, table, detail, rendered: null };
+  const view: TrafficView = { head: title, filter, table, detail, rendered: null };
   let queued = false;
   table.addEventListener("scroll", () => {
     if (queued) return;
@@ -48,10 +51,16 @@ export function mountTraffic(root: HTMLElement): TrafficView {
   return view;
 }
 
-/** The pane's title names the tunnel it shows. */
-export function renderTrafficHead(title: HTMLElement): void {
+/** The pane's title names the tunnel it shows; the filter says what it matches. */
+export function renderTrafficHead(view: TrafficView): void {
   const t = ui.tunnels.find((x) => x.id === ui.selected);
-  title.textContent = t ? `Traffic of ${tunnelLabel(t)}` : "Traffic";
+  const tcp = t?.kind === "tcp";
+  view.head.textContent = t ? `${tcp ? "Connections" : "Traffic"} of ${tunnelLabel(t)}` : "Traffic";
+  const hint = tcp ? "Filter: address, how it ended" : "Filter: method, path, status";
+  if (view.filter.placeholder !== hint) {
+    view.filter.placeholder = hint;
+    view.filter.setAttribute("aria-label", hint);
+  }
 }
 
 /** What the table holds between renders. */
@@ -69,6 +78,20 @@ export function renderTraffic(view: TrafficView): void {
     replace(table, h("p", { class: "empty", "data-testid": testid }, text));
   };
   if (!ui.selected) return message("Select a tunnel to see its requests.");
+  if (ui.tunnels.find((t) => t.id === ui.selected)?.kind === "tcp") {
+    const conns = ui.connections.get(ui.selected) ?? [];
+    const shown = filterConnections(conns, ui.filter);
+    if (shown.length === 0) {
+      return message(conns.length ? "No connection matches the filter." : "No connections yet.", "no-connections");
+    }
+    view.rendered = null;
+    table.dataset.rows = String(shown.length);
+    return replace(
+      table,
+      h("div", { class: "thead trow conn", role: "row" }, CONN_COLUMNS.map((c) => h("div", { class: "th", role: "columnheader" }, c))),
+      h("div", { class: "cbody", role: "rowgroup" }, shown.map(connectionRow)),
+    );
+  }
   const all = ui.traffic.get(ui.selected) ?? [];
   const rows = filterRows(all, ui.filter);
   if (rows.length === 0) {
@@ -110,6 +133,33 @@ export function renderTraffic(view: TrafficView): void {
     else st.body.insertBefore(el, cursor);
   }
   st.rows = keep;
+}
+
+/** Rows matching every word of `q` in the visitor's address or how the connection ended. */
+function filterConnections(rows: ConnectionRow[], q: string): ConnectionRow[] {
+  const words = q.toLowerCase().split(/\s+/).filter(Boolean);
+  if (words.length === 0) return rows;
+  return rows.filter((r) => {
+    const hay = `${r.from} ${r.end ?? "open"}`.toLowerCase();
+    return words.every((w) => hay.includes(w));
+  });
+}
+
+/** One connection; the visitor's address and the reason are untrusted text, set as text. */
+function connectionRow(c: ConnectionRow): HTMLElement {
+  const open = c.endKind === null;
+  const bad = c.endKind !== null && c.endKind !== "closed";
+  return h(
+    "div",
+    { class: `trow conn${open ? " open" : ""}${bad ? " bad" : ""}`, role: "row", "data-testid": "connection-row", "data-id": c.id },
+    h("div", { class: "td", title: formatTime(c.openedMs) }, formatTime(c.openedMs).slice(0, 8), h("span", { class: "ms" }, formatTime(c.openedMs).slice(8))),
+    h("div", { class: "td path", "data-testid": "conn-from", title: c.from }, c.from),
+    h("div", { class: "td num" }, open ? "open" : formatDuration(c.durationMs)),
+    // Bytes are counted when a connection ends: an open one shows none rather than a false 0.
+    h("div", { class: "td num", "data-testid": "conn-up", title: open ? "counted when it ends" : "bytes from the visitor" }, open ? "—" : formatBytes(c.bytesUp)),
+    h("div", { class: "td num", "data-testid": "conn-down", title: open ? "counted when it ends" : "bytes to the visitor" }, open ? "—" : formatBytes(c.bytesDown)),
+    h("div", { class: "td end", "data-testid": "conn-end" }, open ? "open" : (c.end ?? "")),
+  );
 }
 
 function row(r: Summary): HTMLElement {

@@ -117,7 +117,9 @@ function card(t: TunnelView): HTMLElement {
       h("span", { class: `dot ${t.localWarning && running ? "warn" : t.status.state}` }),
       h("strong", { class: "name", "data-testid": "tunnel-name" }, tunnelLabel(t)),
       h("span", { class: "target", "data-testid": "tunnel-target" }, `→ ${t.localHost}:${t.localPort}`),
-      h("span", { class: "count", "data-testid": "tunnel-count", title: "requests since start" }, `${t.requests} req`),
+      t.kind === "tcp"
+        ? h("span", { class: "count", "data-testid": "tunnel-count", title: "connections since start" }, `${t.connections} conn`)
+        : h("span", { class: "count", "data-testid": "tunnel-count", title: "requests since start" }, `${t.requests} req`),
     ),
     h("div", { class: "status", "data-testid": "tunnel-status" }, statusLabel(t.status)),
     t.localWarning && running
@@ -152,7 +154,8 @@ function card(t: TunnelView): HTMLElement {
       toggle,
       url ? h("button", { "data-testid": "copy", onclick: act(() => api.copyUrl(t.id)) }, "Copy") : null,
       url ? qrButton(t.id) : null,
-      url ? h("button", { "data-testid": "open", onclick: act(() => api.openUrl(t.id)) }, "Open") : null,
+      // A TCP address is for a TCP client, not a browser.
+      url && t.kind !== "tcp" ? h("button", { "data-testid": "open", onclick: act(() => api.openUrl(t.id)) }, "Open") : null,
       h("button", { "data-testid": "edit", onclick: act(async () => openExpose(t)) }, "Edit"),
       del,
     ),
