@@ -63,6 +63,20 @@ pub enum ReplayError {
     Upgrade,
 }
 
+/// Changes to a captured request before it is replayed; what is `None` stays as captured.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayEdits {
+    /// Request method.
+    pub method: Option<String>,
+    /// Path and query, starting with `/`.
+    pub path: Option<String>,
+    /// Every header, in order, replacing the captured ones (`Content-Length` is recomputed).
+    pub headers: Option<Vec<(String, String)>>,
+    /// The body, as text; replaces a captured body even one the capture limit cut.
+    pub body: Option<String>,
+}
+
 /// Idle connections to the local service kept for reuse, at most.
 const MAX_IDLE: usize = 64;
 /// Idle connections older than this are closed rather than reused. Many local servers close an
@@ -185,6 +199,11 @@ impl Forwarder {
     /// The recorded traffic.
     pub fn traffic(&self) -> &Traffic {
         &self.traffic
+    }
+
+    /// Where requests go.
+    pub fn target(&self) -> &LocalTarget {
+        &self.target
     }
 
     /// Serves one stream the server opened: forwards its request to the local service and
@@ -401,32 +420,49 @@ impl Forwarder {
         Err(last.unwrap_or_else(|| std::io::Error::other("the host resolves to no address")))
     }
 
-    /// Sends a captured request to the local service again and records it as a new exchange.
-    pub async fn replay(&self, id: u64) -> Result<Arc<Exchange>, ReplayError> {
+    /// Sends a captured request to the local service again, changed as `edits` say, and records
+    /// it as a new exchange.
+    pub async fn replay(&self, id: u64, edits: ReplayEdits) -> Result<Arc<Exchange>, ReplayError> {
         let original = self.traffic.get(id).ok_or(ReplayError::NotFound(id))?;
         if original.upgraded {
             return Err(ReplayError::Upgrade);
         }
-        if original.request_body.truncated {
-            return Err(ReplayError::BodyTruncated(original.request_body.size));
+        let body = match edits.body {
+            Some(body) => Bytes::from(body),
+            None if original.request_body.truncated => {
+                return Err(ReplayError::BodyTruncated(original.request_body.size))
+            }
+            None => Bytes::clone(&original.request_body.data),
+        };
+        let method = edits.method.as_deref().unwrap_or(&original.method);
+        let method = Method::from_bytes(method.trim().as_bytes())
+            .map_err(|e| ReplayError::Invalid(format!("method: {e}")))?;
+        let path = edits.path.as_deref().unwrap_or(&original.path);
+        if !path.starts_with('/') {
+            return Err(ReplayError::Invalid(format!(
+                "the path must start with '/': {path}"
+            )));
         }
-        let method = Method::from_bytes(original.method.as_bytes())
-            .map_err(|e| ReplayError::Invalid(e.to_string()))?;
-        let mut builder = Request::builder()
-            .method(method)
-            .uri(original.path.as_str());
-        for (k, v) in original.request_headers.iter() {
-            // Framing is recomputed for the captured body.
+        let mut builder = Request::builder().method(method).uri(path);
+        let headers: Vec<(&str, &str)> = match &edits.headers {
+            Some(h) => h.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect(),
+            None => original.request_headers.iter().collect(),
+        };
+        for (k, v) in headers {
+            // Framing is recomputed for the body sent.
             if k.eq_ignore_ascii_case("content-length")
                 || k.eq_ignore_ascii_case("transfer-encoding")
             {
                 continue;
             }
-            builder = builder.header(k, v);
+            let name = header::HeaderName::from_bytes(k.trim().as_bytes())
+                .map_err(|_| ReplayError::Invalid(format!("not a header name: {k:?}")))?;
+            let value = HeaderValue::from_str(v.trim())
+                .map_err(|_| ReplayError::Invalid(format!("not a valid value for {k}")))?;
+            builder = builder.header(name, value);
         }
-        let body = http_util::full(Bytes::clone(&original.request_body.data));
         let req = builder
-            .body(body)
+            .body(http_util::full(body))
             .map_err(|e| ReplayError::Invalid(e.to_string()))?;
         let (new_id, resp, _) = self.forward(req, Some("replay".to_owned()), false).await;
         // Reading the body to its end publishes the exchange.

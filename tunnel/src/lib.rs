@@ -22,6 +22,8 @@
 //! - [`tcp`]: TCP tunnels: a visitor connection spliced to a local one, the connection log.
 //! - [`stop`]: watching a stop signal beside work that wakes often.
 //! - [`terminal`]: network text made safe to print on a terminal.
+//! - [`inspect`]: the CLI's local inspector (web page and ngrok-shaped JSON API), and the
+//!   traffic views, curl and HAR export the desktop app shares.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -34,6 +36,7 @@ pub mod forward;
 pub mod fuzzing;
 pub mod head;
 pub mod http_util;
+pub mod inspect;
 pub mod logging;
 pub mod mux;
 pub mod mux_body;
@@ -45,8 +48,8 @@ pub mod terminal;
 pub mod traffic;
 
 pub use backoff::Backoff;
-pub use client::{ConfigError, Status, Tunnel, TunnelConfig, TunnelKind};
-pub use forward::{LocalTarget, ReplayError};
+pub use client::{ConfigError, Status, Tunnel, TunnelConfig, TunnelHandle, TunnelKind};
+pub use forward::{LocalTarget, ReplayEdits, ReplayError};
 pub use secrets::Secret;
 pub use tcp::{Connection, Connections};
 pub use traffic::{Exchange, Traffic};

@@ -185,19 +185,30 @@ struct TrafficInner {
     ring: Mutex<VecDeque<Arc<Exchange>>>,
     ring_size: usize,
     capture_limit: usize,
-    next_id: AtomicU64,
+    /// Shared by sinks made with [`Traffic::sharing_ids`], so ids are unique across them.
+    next_id: Arc<AtomicU64>,
 }
 
 impl Traffic {
     /// A sink keeping `ring_size` exchanges with bodies captured up to `capture_limit` bytes.
     pub fn new(ring_size: usize, capture_limit: usize) -> Self {
+        Self::with_ids(ring_size, capture_limit, Arc::new(AtomicU64::new(1)))
+    }
+
+    /// Another sink whose exchange ids come from the same counter as this one's: tunnels of one
+    /// process that share an inspector have ids unique across them.
+    pub fn sharing_ids(&self, ring_size: usize, capture_limit: usize) -> Self {
+        Self::with_ids(ring_size, capture_limit, self.inner.next_id.clone())
+    }
+
+    fn with_ids(ring_size: usize, capture_limit: usize, next_id: Arc<AtomicU64>) -> Self {
         Self {
             inner: Arc::new(TrafficInner {
                 events: broadcast::channel(EVENT_BUFFER).0,
                 ring: Mutex::new(VecDeque::with_capacity(ring_size.min(1024))),
                 ring_size,
                 capture_limit,
-                next_id: AtomicU64::new(1),
+                next_id,
             }),
         }
     }

@@ -92,8 +92,20 @@ export interface Summary {
 export interface BodyView {
   kind: "empty" | "json" | "text" | "binary";
   text: string;
+  /** Bytes in the whole body. */
   size: number;
+  /** Bytes captured (the capture limit cuts bodies): "captured of size shown". */
+  captured: number;
   truncated: boolean;
+}
+
+/** Changes to a request before it is replayed; null keeps what was captured. */
+export interface ReplayEdits {
+  method: string | null;
+  path: string | null;
+  /** Every header, in order (replacing the captured ones). */
+  headers: [string, string][] | null;
+  body: string | null;
 }
 
 export interface Detail extends Summary {
@@ -103,6 +115,8 @@ export interface Detail extends Summary {
   responseHeaders: [string, string][];
   requestBody: BodyView;
   responseBody: BodyView;
+  /** The request as a curl command (the web inspector's API sends it; the app builds it on copy). */
+  curl?: string;
 }
 
 export type TunnelEvent =

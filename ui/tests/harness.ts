@@ -26,8 +26,8 @@ function addTraffic(tunnelId: string, partial: Partial<Detail>): number {
   const d: Detail = {
     id: 0, startedMs: Date.now(), method: "GET", path: "/", status: 200, durationMs: 3,
     size: 0, error: null, remoteAddr: "127.0.0.1", upgraded: false, requestHeaders: [], responseHeaders: [],
-    requestBody: { kind: "empty", text: "", size: 0, truncated: false },
-    responseBody: { kind: "empty", text: "", size: 0, truncated: false },
+    requestBody: { kind: "empty", text: "", size: 0, captured: 0, truncated: false },
+    responseBody: { kind: "empty", text: "", size: 0, captured: 0, truncated: false },
     ...partial,
   };
   d.id = nextExchange++;
