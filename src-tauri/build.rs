@@ -11,6 +11,8 @@ const COMMANDS: &[&str] = &[
     "list_traffic",
     "get_exchange",
     "replay",
+    "copy_curl",
+    "export_har",
     "list_servers",
     "save_server",
     "test_server",

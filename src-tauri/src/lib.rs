@@ -76,6 +76,8 @@ fn with_commands<R: Runtime>(builder: Builder<R>) -> Builder<R> {
         commands::list_traffic,
         commands::get_exchange,
         commands::replay,
+        commands::copy_curl,
+        commands::export_har,
         commands::list_servers,
         commands::save_server,
         commands::test_server,

@@ -11,7 +11,8 @@ use std::{
 
 pub use ggrok_tunnel::inspect::view::{Detail, Summary};
 use ggrok_tunnel::{
-    ConfigError, LocalTarget, ReplayError, Secret, Status, Traffic, Tunnel, TunnelConfig,
+    inspect::export, ConfigError, LocalTarget, ReplayEdits, ReplayError, Secret, Status, Traffic,
+    Tunnel, TunnelConfig,
 };
 use serde::Serialize;
 use tokio::sync::broadcast;
@@ -114,6 +115,8 @@ struct Entry {
     /// `None` once stopped; traffic stays for inspection.
     tunnel: Option<Arc<Tunnel>>,
     traffic: Traffic,
+    /// `http://host:port` of the local service.
+    local_base: String,
     state: Arc<Mutex<TunnelState>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -253,6 +256,7 @@ impl Manager {
             })
         };
         let entry = Entry {
+            local_base: format!("http://{}", tunnel.handle().local().authority()),
             traffic: tunnel.traffic().clone(),
             tunnel: Some(tunnel),
             state,
@@ -390,11 +394,46 @@ impl Manager {
             .ok_or(ManagerError::NoExchange(exchange))
     }
 
-    /// Re-sends a captured request to the local service; the result is a new row.
-    pub async fn replay(&self, id: &str, exchange: u64) -> Result<Summary, ManagerError> {
+    /// Re-sends a captured request to the local service, changed as `edits` say; the result
+    /// is a new row.
+    pub async fn replay(
+        &self,
+        id: &str,
+        exchange: u64,
+        edits: ReplayEdits,
+    ) -> Result<Summary, ManagerError> {
         let tunnel = self.tunnel(id).ok_or(ManagerError::NotRunning)?;
-        let e = tunnel.replay(exchange).await?;
+        let e = tunnel.handle().replay(exchange, edits).await?;
         Ok(Summary::from(&*e))
+    }
+
+    /// `http://host:port` of tunnel `id`'s local service, the base of curl and HAR URLs.
+    fn local_base(&self, id: &str) -> String {
+        let entries = self.entries.lock().expect("entries lock");
+        entries
+            .get(id)
+            .map(|e| e.local_base.clone())
+            .unwrap_or_default()
+    }
+
+    /// The request of an exchange as a curl command.
+    pub fn curl(&self, id: &str, exchange: u64) -> Result<String, ManagerError> {
+        let e = self
+            .traffic_of(id)
+            .and_then(|t| t.get(exchange))
+            .ok_or(ManagerError::NoExchange(exchange))?;
+        Ok(export::curl(&e, &self.local_base(id)))
+    }
+
+    /// A HAR log of the given exchanges of tunnel `id` (those still recorded), in that order.
+    pub fn har(&self, id: &str, exchanges: &[u64]) -> serde_json::Value {
+        let base = self.local_base(id);
+        let found: Vec<_> = self
+            .traffic_of(id)
+            .map(|t| exchanges.iter().filter_map(|x| t.get(*x)).collect())
+            .unwrap_or_default();
+        let entries: Vec<_> = found.iter().map(|e| (&**e, base.clone())).collect();
+        export::har(&entries)
     }
 }
 
@@ -519,7 +558,10 @@ mod tests {
         assert_eq!(detail.response_body.kind, "text");
         assert_eq!(detail.response_body.text, "origin saw /hello?x=1");
 
-        let replayed = m.replay("t1", row.id).await.unwrap();
+        let replayed = m
+            .replay("t1", row.id, ReplayEdits::default())
+            .await
+            .unwrap();
         assert_ne!(replayed.id, row.id);
         assert_eq!(replayed.path, "/hello?x=1");
         assert_eq!(origin.hits(), 2);
@@ -527,19 +569,48 @@ mod tests {
         assert_eq!(rows.len(), 2);
         assert_eq!(rows[0].id, replayed.id, "newest first");
 
+        // Replay with edits, copy as curl, HAR of the rows.
+        let edits = ReplayEdits {
+            method: Some("POST".into()),
+            path: Some("/edited".into()),
+            headers: Some(vec![("x-edit".into(), "1".into())]),
+            body: Some("new body".into()),
+        };
+        let edited = m.replay("t1", row.id, edits).await.unwrap();
+        assert_eq!(
+            (edited.method.as_str(), edited.path.as_str()),
+            ("POST", "/edited")
+        );
+        let d = m.exchange("t1", edited.id).unwrap();
+        assert_eq!(d.request_body.text, "new body");
+        assert!(d
+            .request_headers
+            .iter()
+            .any(|(k, v)| k == "x-edit" && v == "1"));
+        let curl = m.curl("t1", edited.id).unwrap();
+        assert!(
+            curl.starts_with(&format!("curl 'http://127.0.0.1:{}/edited'", origin.port)),
+            "{curl}"
+        );
+        assert!(curl.ends_with("--data-binary 'new body'"), "{curl}");
+        let har = m.har("t1", &[edited.id, row.id, 999_999]);
+        let entries = har["log"]["entries"].as_array().unwrap();
+        assert_eq!(entries.len(), 2, "the rows still recorded, in order");
+        assert_eq!(entries[0]["request"]["method"], "POST");
+
         m.stop("t1").await;
         assert!(!m.is_running("t1"));
         next_status(&mut events, |s| *s == Status::Stopped).await;
         assert_eq!(m.state("t1").status, Status::Stopped);
         assert!(matches!(
-            m.replay("t1", row.id).await,
+            m.replay("t1", row.id, ReplayEdits::default()).await,
             Err(ManagerError::NotRunning)
         ));
         // Traffic stays inspectable after stop; the public URL is gone.
-        assert_eq!(m.traffic("t1").len(), 2);
+        assert_eq!(m.traffic("t1").len(), 3);
         let (status, _) = get(server.port, "app.localhost", "/hello").await;
         assert_eq!(status, 404);
-        assert_eq!(origin.hits(), 2);
+        assert_eq!(origin.hits(), 3);
     }
 
     #[tokio::test]
@@ -592,7 +663,10 @@ mod tests {
         assert_eq!(paths, ["/after", "/before"]);
         assert_eq!(m.exchange("t", before.id).unwrap().summary.path, "/before");
         // Replay works on a row recorded before the restart.
-        let replayed = m.replay("t", before.id).await.unwrap();
+        let replayed = m
+            .replay("t", before.id, ReplayEdits::default())
+            .await
+            .unwrap();
         assert!(replayed.id > after.id);
         m.remove("t").await;
         assert!(m.traffic("t").is_empty());

@@ -2,7 +2,7 @@
 // Playwright can drive the built UI in plain Chromium. `window.__fake` lets tests push events.
 import { emit } from "@tauri-apps/api/event";
 import { mockIPC, mockWindows } from "@tauri-apps/api/mocks";
-import type { Detail, ServerView, Status, TunnelInput, TunnelView } from "../src/types";
+import type { Detail, ReplayEdits, ServerView, Status, TunnelInput, TunnelView } from "../src/types";
 
 const PORT = 7070;
 const servers: ServerView[] = [
@@ -161,9 +161,25 @@ async function backend(cmd: string, raw: unknown): Promise<unknown> {
       case "replay": {
         if (fail.replay) return reject("tunnel", fail.replay);
         const orig = (traffic.get(args.id) ?? []).find((d) => d.id === args.exchange)!;
-        const id = addTraffic(args.id, { ...orig, startedMs: Date.now() });
+        const e = args.edits as ReplayEdits | null;
+        const edited: Partial<Detail> = e
+          ? {
+              method: e.method ?? orig.method,
+              path: e.path ?? orig.path,
+              requestHeaders: e.headers ?? orig.requestHeaders,
+              requestBody: e.body === null ? orig.requestBody
+                : { kind: "text", text: e.body, size: e.body.length, captured: e.body.length, truncated: false },
+            }
+          : {};
+        const id = addTraffic(args.id, { ...orig, ...edited, startedMs: Date.now() });
         return summary(traffic.get(args.id)!.find((d) => d.id === id)!);
       }
+      case "copy_curl": {
+        const d = (traffic.get(args.id) ?? []).find((x) => x.id === args.exchange)!;
+        return `curl -X '${d.method}' 'http://localhost:3000${d.path}'`;
+      }
+      case "export_har":
+        return `/home/user/Downloads/ggrok-${(args.exchanges as number[]).join("-")}.har`;
       case "save_server": {
         const input = args.input as { id: string | null; name: string; url: string; token: string | null };
         if (!/^https?:\/\/[a-z0-9.-]+(:\d+)?$/i.test(input.url.trim())) {

@@ -201,6 +201,49 @@ test("traffic table: live rows, count, filter, detail, replay, and wire data as 
   assert.deepEqual(pageErrors, []);
 });
 
+test("edit & replay, copy as curl, HAR of the listed rows, and a cut body says so", async () => {
+  await exposeDemo();
+  await page.click(tid("cancel"));
+  await page.evaluate(() => {
+    window.__fake.addTraffic("1", { method: "POST", path: "/hook", status: 200, size: 3355443,
+      requestHeaders: [["content-type", "text/plain"]],
+      requestBody: { kind: "text", text: "original", size: 8, captured: 8, truncated: false },
+      responseBody: { kind: "text", text: "x".repeat(64), size: 3355443, captured: 1048576, truncated: true } });
+    window.__fake.addTraffic("1", { method: "GET", path: "/other" });
+  });
+  await page.click(`${tid("traffic-row")}:has-text("/hook")`);
+  await page.waitForSelector(tid("res-body"));
+  assert.equal(await page.textContent(tid("res-body-size")), "Body: text, 1.0 MB of 3.2 MB shown");
+  assert.equal(await page.textContent(tid("req-body-size")), "Body: text, 8 B");
+
+  await page.click(tid("copy-curl"));
+  await page.waitForFunction(() => document.querySelector('[data-testid="detail-note"]').textContent === "Copied as curl");
+
+  await page.click(tid("edit-replay"));
+  assert.equal(await page.inputValue(tid("edit-headers")), "content-type: text/plain");
+  assert.equal(await page.inputValue(tid("edit-body")), "original");
+  await page.fill(tid("edit-path"), "/hook?again=1");
+  await page.fill(tid("edit-headers"), "content-type: application/json\nx-sig: abc");
+  await page.fill(tid("edit-body"), '{"edited":true}');
+  await page.click(tid("edit-send"));
+  await page.waitForFunction(() => document.querySelector('[data-testid="detail-line"]')?.textContent === "POST /hook?again=1");
+  const sent = await page.evaluate(() => window.__fake.calls.filter((c) => c.cmd === "replay").at(-1).args);
+  assert.deepEqual(sent.edits, {
+    method: "POST", path: "/hook?again=1",
+    headers: [["content-type", "application/json"], ["x-sig", "abc"]], body: '{"edited":true}',
+  });
+  assert.equal(await page.locator(tid("edit-form")).count(), 0, "the form closes once sent");
+
+  // HAR of the rows the filter lists.
+  await page.fill(tid("filter"), "hook");
+  await page.waitForFunction(() => document.querySelectorAll('[data-testid="traffic-row"]').length === 2);
+  await page.click(tid("export-har"));
+  await page.waitForFunction(() => document.querySelector('[data-testid="har-note"]').textContent.startsWith("Saved"));
+  const har = await page.evaluate(() => window.__fake.calls.find((c) => c.cmd === "export_har").args);
+  assert.equal(har.exchanges.length, 2);
+  assert.deepEqual(pageErrors, []);
+});
+
 test("traffic table is capped", async () => {
   await exposeDemo();
   await page.click(tid("cancel"));
