@@ -26,6 +26,31 @@ use crate::http_util::{Body, BoxError};
 
 /// Default number of bytes of each body kept for inspection.
 pub const DEFAULT_CAPTURE_LIMIT: usize = 64 * 1024;
+/// Largest capture limit a user may set: the ring keeps up to two bodies this size per exchange
+/// (16 MiB × 2 × 500 exchanges at worst), so the bound is stated, not open.
+pub const MAX_CAPTURE_LIMIT: usize = 16 * 1024 * 1024;
+
+/// A capture limit as a user writes it: bytes, or with a `KiB`/`MiB` (or `K`/`M`, `KB`/`MB`,
+/// read as binary units) suffix; at most [`MAX_CAPTURE_LIMIT`].
+pub fn parse_capture_limit(text: &str) -> Result<usize, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: usize = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (e.g. 65536, 512KiB, 1MiB)"))?;
+    let scale = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1024,
+        "m" | "mb" | "mib" => 1024 * 1024,
+        u => return Err(format!("unknown unit {u:?} (use KiB or MiB)")),
+    };
+    match n.checked_mul(scale) {
+        Some(bytes) if bytes <= MAX_CAPTURE_LIMIT => Ok(bytes),
+        _ => Err(format!("at most {} MiB", MAX_CAPTURE_LIMIT >> 20)),
+    }
+}
+
 /// Default number of exchanges kept in the ring.
 pub const DEFAULT_RING_SIZE: usize = 500;
 /// Events buffered per subscriber before a slow subscriber starts missing (lagging) events.
@@ -457,6 +482,25 @@ mod tests {
             response_body: CapturedBody::default(),
             error: None,
         }
+    }
+
+    #[test]
+    fn capture_limits_as_users_write_them() {
+        assert_eq!(parse_capture_limit("4096"), Ok(4096));
+        assert_eq!(parse_capture_limit("64KiB"), Ok(64 << 10));
+        assert_eq!(parse_capture_limit("1 MiB"), Ok(1 << 20));
+        assert_eq!(parse_capture_limit("2m"), Ok(2 << 20));
+        assert_eq!(parse_capture_limit("0"), Ok(0));
+        assert!(parse_capture_limit("17MiB")
+            .unwrap_err()
+            .contains("at most 16 MiB"));
+        assert!(parse_capture_limit("1GiB")
+            .unwrap_err()
+            .contains("unknown unit"));
+        assert!(parse_capture_limit("lots")
+            .unwrap_err()
+            .contains("not a size"));
+        assert!(parse_capture_limit("99999999999999999999").is_err());
     }
 
     #[test]
