@@ -14,6 +14,7 @@ use hyper_util::rt::TokioIo;
 
 use crate::{
     driven::{DrivenBody, DrivenConn},
+    frames::{FrameLog, FrameTap, Tapped},
     head::{self, Open},
     http_util::{self, boxed, error_page, is_upgrade, strip_hop_by_hop, Body, BoxError},
     mux::{Item, MuxStream},
@@ -262,7 +263,7 @@ impl Forwarder {
         req: Request<Body>,
         remote: Option<String>,
         upgrade: bool,
-    ) -> (u64, Response<Body>, Option<hyper::upgrade::OnUpgrade>) {
+    ) -> (u64, Response<Body>, Option<LocalUpgrade>) {
         let (mut parts, body) = req.into_parts();
         let path = parts
             .uri
@@ -292,6 +293,7 @@ impl Forwarder {
                 request_body: CapturedBody::default(),
                 response_body: CapturedBody::default(),
                 error: None,
+                frames: None,
             },
         );
         let body = Recorded::new(body, pending.clone(), Side::Request).boxed();
@@ -329,7 +331,17 @@ impl Forwarder {
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             let mut local = None;
             if upgrade {
-                local = Some(hyper::upgrade::on(&mut resp));
+                // WebSocket frames are read as they pass; other protocols are bytes.
+                let websocket = resp
+                    .headers()
+                    .get(header::UPGRADE)
+                    .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+                let frames = websocket.then(|| Arc::new(FrameLog::default()));
+                local = Some(LocalUpgrade {
+                    io: hyper::upgrade::on(&mut resp),
+                    frames: frames.clone(),
+                });
+                pending.update(|x| x.frames = frames);
                 // The connection hands its I/O over to the upgrade once driven to its end.
                 if let Some(rest) = conn.detach() {
                     tokio::spawn(async move {
@@ -473,8 +485,15 @@ impl Forwarder {
     }
 }
 
+/// The local service's side of an upgraded connection, and where its WebSocket frames go.
+struct LocalUpgrade {
+    io: hyper::upgrade::OnUpgrade,
+    frames: Option<Arc<FrameLog>>,
+}
+
 /// Joins the local service's upgraded connection and the tunnel stream until either closes.
-async fn splice_stream(local: hyper::upgrade::OnUpgrade, stream: MuxStream) {
+async fn splice_stream(local: LocalUpgrade, stream: MuxStream) {
+    let LocalUpgrade { io: local, frames } = local;
     let local = match local.await {
         Ok(io) => io,
         Err(e) => {
@@ -482,7 +501,16 @@ async fn splice_stream(local: hyper::upgrade::OnUpgrade, stream: MuxStream) {
             return tracing::debug!(%e, "local upgrade failed");
         }
     };
-    http_util::splice(TokioIo::new(local), stream.into_io()).await;
+    match frames {
+        Some(log) => {
+            let local = Tapped::new(TokioIo::new(local), FrameTap::new(log.clone(), false));
+            let visitor = Tapped::new(stream.into_io(), FrameTap::new(log, true));
+            http_util::splice(local, visitor).await;
+        }
+        None => {
+            http_util::splice(TokioIo::new(local), stream.into_io()).await;
+        }
+    }
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@
 //! - [`secrets`]: [`Secret`] and [`secrets::mask`], so tokens never reach a log.
 //! - [`logging`]: the `tracing` filter every ggrok binary starts with.
 //! - [`forward`]: the client's side of a stream: forward to the local service, replay.
+//! - [`frames`]: WebSocket frames read as they pass an upgraded connection, for the inspector.
 //! - [`driven`]: HTTP/1.1 client connections driven by the task that uses them.
 //! - [`traffic`]: recorded exchanges for the log, the inspector and replay.
 //! - [`http_util`]: body type, hop-by-hop headers and ggrok's own error pages.
@@ -31,6 +32,7 @@ pub mod backoff;
 pub mod client;
 pub mod driven;
 pub mod forward;
+pub mod frames;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;

@@ -101,6 +101,9 @@ pub struct Exchange {
     pub response_body: CapturedBody,
     /// Why the exchange failed, if it did.
     pub error: Option<String>,
+    /// The frames of a WebSocket connection (`upgraded`), filled while it lasts.
+    #[serde(skip)]
+    pub frames: Option<Arc<crate::frames::FrameLog>>,
 }
 
 /// Recorded headers, in order, as text: values that are not UTF-8 are kept lossily.
@@ -481,6 +484,7 @@ mod tests {
             request_body: CapturedBody::default(),
             response_body: CapturedBody::default(),
             error: None,
+            frames: None,
         }
     }
 

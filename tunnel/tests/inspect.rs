@@ -382,3 +382,69 @@ async fn har_export_of_the_listed_rows() {
         json!([{ "name": "q", "value": "a b" }])
     );
 }
+
+#[tokio::test]
+async fn websocket_frames_are_listed_capped() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+    let s = setup("frames").await;
+    let mut upgraded = s.tunnel.traffic().subscribe();
+    let mut req = format!("ws://{}/ws", s.server.addr)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("host", host(&s.server, "frames").parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    let exchange = upgraded.recv().await.unwrap();
+    assert!(exchange.upgraded);
+
+    ws.send(Message::text("hello <b>")).await.unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::text("hello <b>")
+    );
+    let big = vec![7u8; 100_000];
+    ws.send(Message::binary(big.clone())).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::binary(big));
+
+    let (_, one) = s
+        .get_json(&format!("/api/requests/http/{}", exchange.id))
+        .await;
+    let frames = one["ggrok"]["frames"].as_array().unwrap();
+    let seen: Vec<(bool, &str, u64, &str)> = frames
+        .iter()
+        .map(|f| {
+            (
+                f["fromVisitor"].as_bool().unwrap(),
+                f["kind"].as_str().unwrap(),
+                f["size"].as_u64().unwrap(),
+                f["text"].as_str().unwrap(),
+            )
+        })
+        .map(|(d, k, n, t)| (d, k, n, &t[..t.len().min(11)]))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (true, "text", 9, "hello <b>"),
+            (false, "text", 9, "hello <b>"),
+            (true, "binary", 100_000, "07 07 07 07"),
+            (false, "binary", 100_000, "07 07 07 07"),
+        ]
+    );
+    assert_eq!(frames[2]["truncated"], true);
+    assert!(frames[3]["atMs"].as_u64().unwrap() >= frames[0]["atMs"].as_u64().unwrap());
+
+    // Capped per connection: later frames are counted.
+    let cap = ggrok_tunnel::frames::MAX_FRAMES;
+    for i in 0..cap {
+        ws.send(Message::text(i.to_string())).await.unwrap();
+        ws.next().await.unwrap().unwrap();
+    }
+    let (_, one) = s
+        .get_json(&format!("/api/requests/http/{}", exchange.id))
+        .await;
+    assert_eq!(one["ggrok"]["frames"].as_array().unwrap().len(), cap);
+    // 4 frames before, 2 per round trip since.
+    assert_eq!(one["ggrok"]["framesDropped"], (4 + 2 * cap - cap) as u64);
+}

@@ -115,8 +115,22 @@ export interface Detail extends Summary {
   responseHeaders: [string, string][];
   requestBody: BodyView;
   responseBody: BodyView;
+  /** WebSocket frames (an upgraded exchange), oldest first, capped per connection. */
+  frames: FrameView[];
+  /** Frames past the cap, counted only. */
+  framesDropped: number;
   /** The request as a curl command (the web inspector's API sends it; the app builds it on copy). */
   curl?: string;
+}
+
+/** One WebSocket frame: `text` is the first bytes, as text or hex. */
+export interface FrameView {
+  fromVisitor: boolean;
+  atMs: number;
+  kind: "text" | "binary" | "continuation" | "close" | "ping" | "pong" | "other";
+  size: number;
+  text: string;
+  truncated: boolean;
 }
 
 export type TunnelEvent =

@@ -28,6 +28,7 @@ function addTraffic(tunnelId: string, partial: Partial<Detail>): number {
     size: 0, error: null, remoteAddr: "127.0.0.1", upgraded: false, requestHeaders: [], responseHeaders: [],
     requestBody: { kind: "empty", text: "", size: 0, captured: 0, truncated: false },
     responseBody: { kind: "empty", text: "", size: 0, captured: 0, truncated: false },
+    frames: [], framesDropped: 0,
     ...partial,
   };
   d.id = nextExchange++;

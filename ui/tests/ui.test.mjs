@@ -233,6 +233,7 @@ test("edit & replay, copy as curl, HAR of the listed rows, and a cut body says s
     headers: [["content-type", "application/json"], ["x-sig", "abc"]], body: '{"edited":true}',
   });
   assert.equal(await page.locator(tid("edit-form")).count(), 0, "the form closes once sent");
+  assert.equal(await page.locator(tid("frames")).count(), 0, "no frames table for plain HTTP");
 
   // HAR of the rows the filter lists.
   await page.fill(tid("filter"), "hook");
@@ -242,6 +243,27 @@ test("edit & replay, copy as curl, HAR of the listed rows, and a cut body says s
   const har = await page.evaluate(() => window.__fake.calls.find((c) => c.cmd === "export_har").args);
   assert.equal(har.exchanges.length, 2);
   assert.deepEqual(pageErrors, []);
+});
+
+test("WebSocket frames: direction, time, kind, size and data as text", async () => {
+  await exposeDemo();
+  await page.click(tid("cancel"));
+  await page.evaluate(() => {
+    window.__fake.addTraffic("1", { method: "GET", path: "/ws", status: 101, upgraded: true, framesDropped: 3,
+      frames: [
+        { fromVisitor: true, atMs: 5, kind: "text", size: 22, text: "<img src=x onerror=alert(9)>", truncated: false },
+        { fromVisitor: false, atMs: 1200, kind: "binary", size: 70000, text: "07 07 07", truncated: true },
+      ] });
+  });
+  await page.click(tid("traffic-row"));
+  await page.waitForSelector(tid("frames"));
+  const rows = await page.locator(`${tid("frame")}`).allInnerTexts();
+  assert.equal(rows.length, 2);
+  assert.match(rows[0], /→\s+\+5 ms\s+text\s+22 B\s+<img src=x onerror=alert\(9\)>/);
+  assert.match(rows[1], /←\s+\+1\.20 s\s+binary\s+68\.4 KB\s+07 07 07…/);
+  assert.match(await page.textContent(".frames h3"), /3 more not kept/);
+  assert.equal(await page.locator("#app img").count(), 0);
+  assert.deepEqual(dialogs, []);
 });
 
 test("traffic table is capped", async () => {

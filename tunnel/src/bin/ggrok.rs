@@ -405,6 +405,7 @@ mod tests {
             request_body: Default::default(),
             response_body: Default::default(),
             error: None,
+            frames: None,
         };
         e.response_body.size = 1536;
         let mut out = String::new();

@@ -239,6 +239,7 @@ mod tests {
                 truncated: false,
             },
             error: None,
+            frames: None,
         }
     }
 

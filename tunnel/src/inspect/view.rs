@@ -5,7 +5,10 @@
 
 use serde::Serialize;
 
-use crate::traffic::{CapturedBody, Exchange, Headers};
+use crate::{
+    frames::WsFrame,
+    traffic::{CapturedBody, Exchange, Headers},
+};
 
 /// Bytes of a binary body shown as hex.
 pub const HEX_LIMIT: usize = 4096;
@@ -149,6 +152,60 @@ pub struct Detail {
     pub request_body: BodyView,
     /// Response body.
     pub response_body: BodyView,
+    /// WebSocket frames so far, in order (up to [`crate::frames::MAX_FRAMES`]).
+    pub frames: Vec<FrameView>,
+    /// Frames past that cap, counted only.
+    pub frames_dropped: u64,
+}
+
+/// A WebSocket frame for the inspector.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FrameView {
+    /// Sent by the visitor (else by the local service).
+    pub from_visitor: bool,
+    /// Milliseconds from the upgrade.
+    pub at_ms: u64,
+    /// `text`, `binary`, `continuation`, `close`, `ping` or `pong`.
+    pub kind: &'static str,
+    /// Payload bytes.
+    pub size: u64,
+    /// The first bytes: as text when they are UTF-8, else as hex.
+    pub text: String,
+    /// Whether `text` shows only the start of the payload.
+    pub truncated: bool,
+}
+
+impl From<&WsFrame> for FrameView {
+    fn from(f: &WsFrame) -> Self {
+        let kind = match f.opcode {
+            0 => "continuation",
+            1 => "text",
+            2 => "binary",
+            8 => "close",
+            9 => "ping",
+            10 => "pong",
+            _ => "other",
+        };
+        let cut = (f.head.len() as u64) < f.size;
+        let text = match (f.opcode, utf8_text(&f.head, cut)) {
+            (2, _) | (_, None) => f
+                .head
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+            (_, Some(t)) => t.to_owned(),
+        };
+        Self {
+            from_visitor: f.from_visitor,
+            at_ms: f.at_ms,
+            kind,
+            size: f.size,
+            text,
+            truncated: cut,
+        }
+    }
 }
 
 /// Recorded headers as owned pairs, for the inspector's one exchange at a time.
@@ -168,6 +225,12 @@ impl From<&Exchange> for Detail {
             response_headers: pairs(&e.response_headers),
             request_body: BodyView::of(&e.request_body, &e.request_headers),
             response_body: BodyView::of(&e.response_body, &e.response_headers),
+            frames: e
+                .frames
+                .as_ref()
+                .map(|log| log.frames().iter().map(FrameView::from).collect())
+                .unwrap_or_default(),
+            frames_dropped: e.frames.as_ref().map_or(0, |log| log.dropped()),
         }
     }
 }

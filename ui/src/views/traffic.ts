@@ -207,6 +207,36 @@ export function renderDetail(root: HTMLElement): void {
       pane("Request", d.requestHeaders, d.requestBody, "req"),
       pane("Response", d.responseHeaders, d.responseBody, "res"),
     ),
+    d.frames.length > 0 ? frames(d) : null,
+  );
+}
+
+/** The frames of a WebSocket exchange: direction, time, kind, size and the first bytes. */
+function frames(d: Detail): HTMLElement {
+  const more = d.framesDropped > 0 ? ` (the first ${d.frames.length}; ${d.framesDropped} more not kept)` : "";
+  return h(
+    "div",
+    { class: "frames" },
+    h("h3", {}, `WebSocket frames${more}`, " ", h("button", { "data-testid": "frames-refresh", onclick: () => showDetail(d.id).catch(reportError) }, "Refresh")),
+    h(
+      "table",
+      { class: "headers", "data-testid": "frames" },
+      h(
+        "tbody",
+        {},
+        d.frames.map((f) =>
+          h(
+            "tr",
+            { "data-testid": "frame" },
+            h("td", { title: f.fromVisitor ? "from the visitor" : "from the local service" }, f.fromVisitor ? "→" : "←"),
+            h("td", { class: "num" }, `+${formatDuration(f.atMs)}`),
+            h("td", {}, f.kind),
+            h("td", { class: "num" }, formatBytes(f.size)),
+            h("td", { class: "frame-data" }, f.truncated ? `${f.text}…` : f.text),
+          ),
+        ),
+      ),
+    ),
   );
 }
 
