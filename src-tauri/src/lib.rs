@@ -192,7 +192,11 @@ async fn boot() -> std::io::Result<(Arc<AppState>, EmbeddedServer)> {
         let _ = s.get("__probe__");
         s
     };
-    let state = AppState::new(store, warning, secrets, Manager::new(), server.url.clone());
+    let manager = Manager::new();
+    if let Some(limit) = store.data().settings.capture_limit {
+        manager.set_capture_limit(limit);
+    }
+    let state = AppState::new(store, warning, secrets, manager, server.url.clone());
     if let Some(notice) = background::port_notice(&server) {
         state.add_warning(notice);
     }

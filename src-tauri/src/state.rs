@@ -571,6 +571,11 @@ impl AppState {
         })?)
     }
 
+    /// Keeps `limit` bytes of each body from now on (Settings).
+    pub fn set_capture_limit(&self, limit: usize) {
+        self.manager.set_capture_limit(limit);
+    }
+
     /// Adds a warning for the window (shown with the start-up ones).
     pub fn add_warning(&self, warning: String) {
         self.warnings.lock().expect("warnings lock").push(warning);

@@ -127,7 +127,8 @@ pub struct Manager {
     entries: Arc<Mutex<HashMap<String, Entry>>>,
     events: broadcast::Sender<Event>,
     ring_size: usize,
-    capture_limit: usize,
+    /// Shared by the clones; the app's setting changes it.
+    capture_limit: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Default for Manager {
@@ -148,7 +149,16 @@ impl Manager {
             entries: Arc::default(),
             events: broadcast::channel(EVENT_BUFFER).0,
             ring_size,
-            capture_limit,
+            capture_limit: Arc::new(capture_limit.into()),
+        }
+    }
+
+    /// Keeps `limit` bytes of each body, from now on, in every tunnel (running or not).
+    pub fn set_capture_limit(&self, limit: usize) {
+        self.capture_limit
+            .store(limit, std::sync::atomic::Ordering::Relaxed);
+        for e in self.entries.lock().expect("entries lock").values() {
+            e.traffic.set_capture_limit(limit);
         }
     }
 
@@ -175,7 +185,12 @@ impl Manager {
         config.basic_auth = spec.basic_auth;
         config.allow_ips = spec.allow_ips;
         config.ring_size = self.ring_size;
-        config.capture_limit = self.capture_limit;
+        config.capture_limit = self
+            .capture_limit
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = &config.traffic {
+            t.set_capture_limit(config.capture_limit);
+        }
         let tunnel = Arc::new(Tunnel::start(config)?);
         info!(tunnel = %id, "tunnel started");
 
@@ -754,6 +769,17 @@ mod tests {
         assert_eq!(d.response_body.text, "origin s");
         assert!(d.response_body.truncated);
         assert_eq!(d.response_body.size, "origin saw /r4".len() as u64);
+        assert_eq!(d.response_body.captured, 8);
+
+        // The app's setting applies to the running tunnel at once.
+        m.set_capture_limit(3);
+        get(server.port, "cap.localhost", "/r5").await;
+        while !matches!(events.recv().await.unwrap(), Event::Traffic { .. }) {}
+        let d = m.exchange("t", m.traffic("t")[0].id).unwrap();
+        assert_eq!(
+            (d.response_body.text.as_str(), d.response_body.captured),
+            ("ori", 3)
+        );
         m.stop("t").await;
     }
 }

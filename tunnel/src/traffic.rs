@@ -9,7 +9,7 @@ use std::{
     collections::VecDeque,
     pin::Pin,
     sync::{
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
         Arc, Mutex,
     },
     task::{Context, Poll},
@@ -212,7 +212,8 @@ struct TrafficInner {
     events: broadcast::Sender<Arc<Exchange>>,
     ring: Mutex<VecDeque<Arc<Exchange>>>,
     ring_size: usize,
-    capture_limit: usize,
+    /// Changed at run time by the app's setting; read once per body.
+    capture_limit: AtomicUsize,
     /// Shared by sinks made with [`Traffic::sharing_ids`], so ids are unique across them.
     next_id: Arc<AtomicU64>,
 }
@@ -235,7 +236,7 @@ impl Traffic {
                 events: broadcast::channel(EVENT_BUFFER).0,
                 ring: Mutex::new(VecDeque::with_capacity(ring_size.min(1024))),
                 ring_size,
-                capture_limit,
+                capture_limit: AtomicUsize::new(capture_limit),
                 next_id,
             }),
         }
@@ -276,7 +277,12 @@ impl Traffic {
 
     /// Bytes of each body kept.
     pub fn capture_limit(&self) -> usize {
-        self.inner.capture_limit
+        self.inner.capture_limit.load(Ordering::Relaxed)
+    }
+
+    /// Keeps `limit` bytes of each body from now on (bodies under way keep theirs).
+    pub fn set_capture_limit(&self, limit: usize) {
+        self.inner.capture_limit.store(limit, Ordering::Relaxed);
     }
 
     pub(crate) fn next_id(&self) -> u64 {
@@ -306,7 +312,7 @@ impl std::fmt::Debug for Traffic {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Traffic")
             .field("ring_size", &self.inner.ring_size)
-            .field("capture_limit", &self.inner.capture_limit)
+            .field("capture_limit", &self.capture_limit())
             .finish_non_exhaustive()
     }
 }

@@ -165,10 +165,14 @@ export interface BackgroundSettings {
   /** The port asked for at this run's start; it was taken when it differs from listeningPort. */
   requestedPort: number;
   logDir: string;
+  /** Bytes of each body the inspector keeps. */
+  captureLimit: number;
 }
 
 export interface BackgroundInput {
   startAtLogin: boolean;
   notifications: boolean;
   serverPort: number;
+  /** Bytes; absent keeps the current limit. */
+  captureLimit?: number;
 }

@@ -86,6 +86,7 @@ const background = {
   listeningPort: PORT,
   requestedPort: PORT,
   logDir: "/home/user/.local/share/dev.ggrok.desktop/logs",
+  captureLimit: 64 * 1024,
 };
 const tick = () => new Promise((r) => setTimeout(r, 50));
 
@@ -215,9 +216,11 @@ async function backend(cmd: string, raw: unknown): Promise<unknown> {
       case "background_settings":
         return background;
       case "save_background_settings": {
-        const input = args.input as { startAtLogin: boolean; notifications: boolean; serverPort: number };
+        const input = args.input as { startAtLogin: boolean; notifications: boolean; serverPort: number; captureLimit: number };
         if (!(input.serverPort >= 1 && input.serverPort <= 65535))
           return reject("invalid", "The port must be between 1 and 65535.", "serverPort");
+        if (!(input.captureLimit >= 0 && input.captureLimit <= 16 << 20))
+          return reject("invalid", "The body capture limit must be between 0 and 16384 KiB.", "captureLimit");
         Object.assign(background, input);
         return background;
       }

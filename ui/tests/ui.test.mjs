@@ -296,7 +296,8 @@ test("one submit, one tunnel; the same subdomain twice is refused in the form", 
   assert.equal(await calls("expose"), 1, "never sent");
   // Editing the tunnel itself keeps its name.
   await page.keyboard.press("Escape");
-  assert.equal(await page.locator(tid("expose-form")).count(), 0, "Escape closes the form");
+  // Renders are batched per animation frame: wait for the next one, not a fixed time.
+  await page.waitForFunction(() => !document.querySelector('[data-testid="expose-form"]'), null, { timeout: 2000 });
   await page.click(tid("edit"));
   await page.click(tid("submit"));
   await page.waitForFunction(() => !document.querySelector('[data-testid="expose-form"]'));
@@ -649,6 +650,16 @@ test("settings: start at login, notifications and the server's port", async () =
   await page.waitForSelector(`${tid("server-port-note")}:has-text("Port 7171 applies when ggrok next starts")`);
   assert.equal(await page.isChecked(tid("start-at-login")), true);
   assert.equal(await page.isChecked(tid("notifications")), true);
+  // The body capture limit, in KiB.
+  assert.equal(await page.inputValue(tid("capture-limit")), "64");
+  await page.fill(tid("capture-limit"), "99999");
+  await page.click(tid("server-port-save"));
+  await page.waitForSelector(`${tid("background-error")}:has-text("between 0 and 16384 KiB")`);
+  await page.fill(tid("capture-limit"), "1024");
+  await page.click(tid("server-port-save"));
+  await page.waitForFunction(() =>
+    window.__fake.calls.some((c) => c.cmd === "save_background_settings" && c.args.input.captureLimit === 1 << 20),
+  );
   await page.click(tid("open-log-folder"));
   await page.waitForFunction(() => window.__fake.calls.some((c) => c.cmd === "open_log_folder"));
   assert.deepEqual(pageErrors, []);
