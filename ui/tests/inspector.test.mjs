@@ -108,6 +108,10 @@ async function openPage() {
     void d.dismiss();
   });
   page.on("pageerror", (e) => errors.push(String(e)));
+  // The page must work under its own CSP: a violation is a console error.
+  page.on("console", (m) => {
+    if (m.type() === "error") errors.push(m.text());
+  });
   await page.route(/^(?!http:\/\/127\.0\.0\.1)/, (r) => r.abort());
   await page.goto(`${inspector}/`);
   return { page, dialogs, errors };
