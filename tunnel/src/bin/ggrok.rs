@@ -96,14 +96,31 @@ struct HttpArgs {
     #[arg(long)]
     keep_host: bool,
     /// Serve the inspector (web page and API) on 127.0.0.1:4040, or the next free port.
-    #[arg(long, value_name = "BOOL", default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    #[arg(
+        long,
+        value_name = "BOOL",
+        default_value_t = true,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        action = clap::ArgAction::Set
+    )]
     inspect: bool,
     /// Bytes of each request and response body kept for the inspector (e.g. 65536, 512KiB,
     /// 1MiB; at most 16MiB); longer bodies are cut there, and the inspector says so.
-    #[arg(long, value_name = "SIZE", default_value = "64KiB", value_parser = ggrok_tunnel::traffic::parse_capture_limit)]
+    #[arg(
+        long,
+        value_name = "SIZE",
+        default_value = "64KiB",
+        value_parser = ggrok_tunnel::traffic::parse_capture_limit
+    )]
     capture_limit: usize,
     /// First port the inspector tries (0: any free port).
-    #[arg(long, env = "GGROK_INSPECT_PORT", default_value_t = ggrok_tunnel::inspect::DEFAULT_PORT, hide = true)]
+    #[arg(
+        long,
+        env = "GGROK_INSPECT_PORT",
+        default_value_t = ggrok_tunnel::inspect::DEFAULT_PORT,
+        hide = true
+    )]
     inspect_port: u16,
     /// Identity towards the server, kept across restarts of this command: a restarted ggrok with
     /// the same id gets its held subdomain back at once (random per run if omitted).
