@@ -5,6 +5,8 @@
 #   2. Rust: unit and loopback integration tests of every crate, under a private D-Bus session
 #      with an unlocked gnome-keyring so the real Secret Service test runs too; the desktop app
 #      is built with the UI of step 1 embedded, and that binary is the one steps 4 and 5 run;
+#      then the CLI's web inspector (embedded from ui/dist-inspector) in Chromium against the
+#      real binaries (ui/tests/inspector.test.mjs);
 #   3. Soak: server/examples/soak.rs, 2,000 requests through the real binaries while the client
 #      and the server are killed (skip with GGROK_SKIP_SOAK=1);
 #   4. E2E: the real desktop app under Xvfb via tauri-driver + WebKitWebDriver against a real
@@ -50,6 +52,9 @@ env "${lint_env[@]}" XDG_DATA_HOME="$keyring_home" dbus-run-session -- bash -c '
 # the ones cargo test unified (dev-dependencies are on for examples), so nothing compiles again.
 step "Build: binaries, examples, the app with the UI embedded"
 env "${lint_env[@]}" npm run build:app
+
+step "Inspector: the CLI's web inspector in Chromium against the real ggrok and ggrok-server"
+npm run test:inspector
 
 if [ "${GGROK_SKIP_SOAK:-0}" != "1" ]; then
   step "Fault soak: 2,000 requests while the client and the server are killed (debug build)"

@@ -12,6 +12,8 @@ const COMMANDS: &[&str] = &[
     "list_connections",
     "get_exchange",
     "replay",
+    "copy_curl",
+    "export_har",
     "list_servers",
     "save_server",
     "test_server",

@@ -23,8 +23,9 @@ use crate::{
     error::Error,
     notify::{Note, Notifier},
     state::AppState,
-    tunnels::Event,
+    tunnels::{Event, CAPTURE_LIMIT},
 };
+use ggrok_tunnel::traffic::MAX_CAPTURE_LIMIT;
 
 /// Argument the login entry starts the app with: the window stays hidden, the tray shows.
 pub const HIDDEN_ARG: &str = "--hidden";
@@ -138,6 +139,8 @@ pub struct BackgroundSettings {
     pub requested_port: u16,
     /// Where the log files are.
     pub log_dir: String,
+    /// Bytes of each body the inspector keeps.
+    pub capture_limit: usize,
 }
 
 /// The Settings form.
@@ -150,6 +153,9 @@ pub struct BackgroundInput {
     pub notifications: bool,
     /// Wide type so that out-of-range input is explained rather than a decode error.
     pub server_port: i64,
+    /// Bytes of each body the inspector keeps (absent: unchanged); wide for the same reason.
+    #[serde(default)]
+    pub capture_limit: Option<i64>,
 }
 
 fn view<R: Runtime>(
@@ -168,6 +174,7 @@ fn view<R: Runtime>(
         listening_port: server.addr.port(),
         requested_port: server.requested_port,
         log_dir: log_dir(app)?.display().to_string(),
+        capture_limit: settings.capture_limit.unwrap_or(CAPTURE_LIMIT),
     })
 }
 
@@ -199,6 +206,23 @@ pub fn save_background_settings<R: Runtime>(
         .ok()
         .filter(|p| *p >= 1)
         .ok_or_else(|| Error::invalid("serverPort", "The port must be between 1 and 65535."))?;
+    let capture_limit = input
+        .capture_limit
+        .map(|n| {
+            usize::try_from(n)
+                .ok()
+                .filter(|n| *n <= MAX_CAPTURE_LIMIT)
+                .ok_or_else(|| {
+                    Error::invalid(
+                        "captureLimit",
+                        format!(
+                            "The body capture limit must be between 0 and {} KiB.",
+                            MAX_CAPTURE_LIMIT >> 10
+                        ),
+                    )
+                })
+        })
+        .transpose()?;
     let current = app
         .autolaunch()
         .is_enabled()
@@ -209,7 +233,13 @@ pub fn save_background_settings<R: Runtime>(
     state.update_settings(|s| {
         s.notifications_off = !input.notifications;
         s.server_port = (port != DEFAULT_PORT).then_some(port);
+        if let Some(limit) = capture_limit {
+            s.capture_limit = (limit != CAPTURE_LIMIT).then_some(limit);
+        }
     })?;
+    if let Some(limit) = capture_limit {
+        state.set_capture_limit(limit);
+    }
     view(&app, &state, &server)
 }
 

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use ggrok_tunnel::ReplayEdits;
 use tauri::{AppHandle, Runtime, State};
 use tauri_plugin_clipboard_manager::ClipboardExt;
 
@@ -81,10 +82,49 @@ pub fn get_exchange(state: S<'_>, id: String, exchange: u64) -> Result<Detail, E
     state.exchange(&id, exchange)
 }
 
-/// Replays an exchange against the local service.
+/// Replays an exchange against the local service, changed as `edits` say (none: as captured).
 #[tauri::command]
-pub async fn replay(state: S<'_>, id: String, exchange: u64) -> Result<Summary, Error> {
-    state.replay(&id, exchange).await
+pub async fn replay(
+    state: S<'_>,
+    id: String,
+    exchange: u64,
+    edits: Option<ReplayEdits>,
+) -> Result<Summary, Error> {
+    state.replay(&id, exchange, edits.unwrap_or_default()).await
+}
+
+/// Copies an exchange's request as a curl command, built here from the recorded exchange (the
+/// page cannot write arbitrary text); returns it.
+#[tauri::command]
+pub fn copy_curl<R: Runtime>(
+    app: AppHandle<R>,
+    state: S<'_>,
+    id: String,
+    exchange: u64,
+) -> Result<String, Error> {
+    let curl = state.curl(&id, exchange)?;
+    app.clipboard()
+        .write_text(curl.clone())
+        .map_err(|e| Error::System(format!("could not copy: {e}")))?;
+    Ok(curl)
+}
+
+/// Saves the given exchanges as a HAR file in the Downloads folder; returns its path.
+#[tauri::command]
+pub async fn export_har<R: Runtime>(
+    app: AppHandle<R>,
+    state: S<'_>,
+    id: String,
+    exchanges: Vec<u64>,
+) -> Result<String, Error> {
+    use tauri::Manager as _;
+    let dir = app
+        .path()
+        .download_dir()
+        .or_else(|_| app.path().home_dir())
+        .map_err(|e| Error::System(format!("no folder to save into: {e}")))?;
+    let path = state.export_har(&id, &exchanges, &dir)?;
+    Ok(path.display().to_string())
 }
 
 /// Servers, tokens masked.

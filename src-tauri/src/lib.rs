@@ -78,6 +78,8 @@ fn with_commands<R: Runtime>(builder: Builder<R>) -> Builder<R> {
         commands::list_connections,
         commands::get_exchange,
         commands::replay,
+        commands::copy_curl,
+        commands::export_har,
         commands::list_servers,
         commands::save_server,
         commands::test_server,
@@ -192,7 +194,11 @@ async fn boot() -> std::io::Result<(Arc<AppState>, EmbeddedServer)> {
         let _ = s.get("__probe__");
         s
     };
-    let state = AppState::new(store, warning, secrets, Manager::new(), server.url.clone());
+    let manager = Manager::new();
+    if let Some(limit) = store.data().settings.capture_limit {
+        manager.set_capture_limit(limit);
+    }
+    let state = AppState::new(store, warning, secrets, manager, server.url.clone());
     if let Some(notice) = background::port_notice(&server) {
         state.add_warning(notice);
     }

@@ -680,6 +680,11 @@ impl AppState {
         })?)
     }
 
+    /// Keeps `limit` bytes of each body from now on (Settings).
+    pub fn set_capture_limit(&self, limit: usize) {
+        self.manager.set_capture_limit(limit);
+    }
+
     /// Adds a warning for the window (shown with the start-up ones).
     pub fn add_warning(&self, warning: String) {
         self.warnings.lock().expect("warnings lock").push(warning);
@@ -721,9 +726,36 @@ impl AppState {
         Ok(self.manager.exchange(id, exchange)?)
     }
 
-    /// Replays an exchange; the result is also a new row via events.
-    pub async fn replay(&self, id: &str, exchange: u64) -> Result<Summary, Error> {
-        Ok(self.manager.replay(id, exchange).await?)
+    /// Replays an exchange, changed as `edits` say; the result is also a new row via events.
+    pub async fn replay(
+        &self,
+        id: &str,
+        exchange: u64,
+        edits: ggrok_tunnel::ReplayEdits,
+    ) -> Result<Summary, Error> {
+        Ok(self.manager.replay(id, exchange, edits).await?)
+    }
+
+    /// An exchange's request as a curl command.
+    pub fn curl(&self, id: &str, exchange: u64) -> Result<String, Error> {
+        Ok(self.manager.curl(id, exchange)?)
+    }
+
+    /// Writes a HAR log of the given exchanges into `dir`; returns the file's path.
+    pub fn export_har(
+        &self,
+        id: &str,
+        exchanges: &[u64],
+        dir: &std::path::Path,
+    ) -> Result<std::path::PathBuf, Error> {
+        self.saved(id)?;
+        let har = self.manager.har(id, exchanges);
+        let path = dir.join(format!("ggrok-{}.har", ggrok_tunnel::traffic::now_ms()));
+        let text = serde_json::to_vec_pretty(&har)
+            .map_err(|e| Error::System(format!("could not write the HAR: {e}")))?;
+        std::fs::write(&path, text)
+            .map_err(|e| Error::System(format!("could not write {}: {e}", path.display())))?;
+        Ok(path)
     }
 
     /// Adds or edits a server; the token goes to the keyring, never to the file.

@@ -107,6 +107,9 @@ pub struct Settings {
     /// Port of the built-in server; `None` is [`crate::embedded::DEFAULT_PORT`].
     #[serde(default)]
     pub server_port: Option<u16>,
+    /// Bytes of each body the inspector keeps; `None` is [`crate::tunnels::CAPTURE_LIMIT`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capture_limit: Option<usize>,
 }
 
 /// Everything in the file.
@@ -294,6 +297,7 @@ mod tests {
                 start_hidden: true,
                 notifications_off: true,
                 server_port: Some(7171),
+                capture_limit: Some(1 << 20),
             },
         }
     }

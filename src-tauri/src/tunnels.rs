@@ -10,10 +10,11 @@ use std::{
     time::Duration,
 };
 
+pub use ggrok_tunnel::inspect::view::{Detail, Summary};
 use ggrok_tunnel::{
+    inspect::export,
     tcp::End,
-    traffic::{CapturedBody, Headers},
-    ConfigError, Connection, Connections, Exchange, LocalTarget, ReplayError, Secret, Status,
+    ConfigError, Connection, Connections, LocalTarget, ReplayEdits, ReplayError, Secret, Status,
     Traffic, Tunnel, TunnelConfig, TunnelKind,
 };
 use serde::Serialize;
@@ -26,8 +27,6 @@ pub const TRAFFIC_CAP: usize = 500;
 pub const CAPTURE_LIMIT: usize = 64 * 1024;
 /// Events buffered for a slow listener before it starts missing some.
 pub const EVENT_BUFFER: usize = 1024;
-/// Bytes of a binary body shown as hex.
-pub const HEX_LIMIT: usize = 4096;
 /// How long the local-port check waits for a connection before calling the port dead.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -125,153 +124,6 @@ impl From<&Connection> for ConnectionRow {
     }
 }
 
-/// One row of the traffic table.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Summary {
-    /// Exchange id, unique within its tunnel across restarts of the tunnel.
-    pub id: u64,
-    /// When the request arrived, in Unix milliseconds.
-    pub started_ms: u64,
-    /// As the request line had it.
-    pub method: String,
-    /// Path and query, as received.
-    pub path: String,
-    /// Response status, if any.
-    pub status: Option<u16>,
-    /// How long the exchange took, in milliseconds.
-    pub duration_ms: u64,
-    /// Response body bytes.
-    pub size: u64,
-    /// Failure, if any.
-    pub error: Option<String>,
-}
-
-impl From<&Exchange> for Summary {
-    fn from(e: &Exchange) -> Self {
-        Self {
-            id: e.id,
-            started_ms: e.started_ms,
-            method: e.method.clone(),
-            path: e.path.clone(),
-            status: e.status,
-            duration_ms: e.duration_ms,
-            size: e.response_body.size,
-            error: e.error.clone(),
-        }
-    }
-}
-
-/// A body prepared for display: the UI only ever puts `text` into a text node.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct BodyView {
-    /// `empty`, `json` (pretty-printed), `text` or `binary` (hex).
-    pub kind: &'static str,
-    /// What to show.
-    pub text: String,
-    /// Bytes in the whole body.
-    pub size: u64,
-    /// Whether `text` shows only part of the body.
-    pub truncated: bool,
-}
-
-impl BodyView {
-    /// Decides how `body` is shown, using the `content-type` among `headers` as a hint.
-    pub fn of(body: &CapturedBody, headers: &Headers) -> Self {
-        let data = &body.data[..];
-        let ctype = headers
-            .get("content-type")
-            .map(str::to_ascii_lowercase)
-            .unwrap_or_default();
-        let (kind, text, cut) = if data.is_empty() {
-            ("empty", String::new(), false)
-        } else if let Some(pretty) = (ctype.contains("json") || data[0] == b'{' || data[0] == b'[')
-            .then(|| serde_json::from_slice::<serde_json::Value>(data).ok())
-            .flatten()
-            .and_then(|v| serde_json::to_string_pretty(&v).ok())
-        {
-            ("json", pretty, false)
-        } else if let Ok(text) = std::str::from_utf8(data) {
-            ("text", text.to_owned(), false)
-        } else {
-            let shown = &data[..data.len().min(HEX_LIMIT)];
-            ("binary", hex_dump(shown), shown.len() < data.len())
-        };
-        Self {
-            kind,
-            text,
-            size: body.size,
-            truncated: body.truncated || cut,
-        }
-    }
-}
-
-/// `hexdump -C`'s layout: offset, 16 bytes in hex, then the same bytes as ASCII (`.` where
-/// not printable).
-fn hex_dump(data: &[u8]) -> String {
-    data.chunks(16)
-        .enumerate()
-        .map(|(i, row)| {
-            let hex: Vec<String> = row.iter().map(|b| format!("{b:02x}")).collect();
-            let ascii: String = row
-                .iter()
-                .map(|&b| {
-                    if b.is_ascii_graphic() || b == b' ' {
-                        b as char
-                    } else {
-                        '.'
-                    }
-                })
-                .collect();
-            format!("{:08x}  {:<47}  |{ascii}|", i * 16, hex.join(" "))
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-/// An exchange for the inspector pane.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Detail {
-    /// The row.
-    #[serde(flatten)]
-    pub summary: Summary,
-    /// Visitor address.
-    pub remote_addr: Option<String>,
-    /// Whether it became a WebSocket.
-    pub upgraded: bool,
-    /// Request headers.
-    pub request_headers: Vec<(String, String)>,
-    /// Response headers.
-    pub response_headers: Vec<(String, String)>,
-    /// Request body.
-    pub request_body: BodyView,
-    /// Response body.
-    pub response_body: BodyView,
-}
-
-/// Recorded headers as owned pairs, for the inspector's one exchange at a time.
-fn pairs(h: &Headers) -> Vec<(String, String)> {
-    h.iter()
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect()
-}
-
-impl From<&Exchange> for Detail {
-    fn from(e: &Exchange) -> Self {
-        Self {
-            summary: e.into(),
-            remote_addr: e.remote_addr.clone(),
-            upgraded: e.upgraded,
-            request_headers: pairs(&e.request_headers),
-            response_headers: pairs(&e.response_headers),
-            request_body: BodyView::of(&e.request_body, &e.request_headers),
-            response_body: BodyView::of(&e.response_body, &e.response_headers),
-        }
-    }
-}
-
 /// Something the window and the tray should hear about.
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "type", rename_all = "camelCase")]
@@ -327,6 +179,8 @@ struct Entry {
     connections: Connections,
     /// Connections open now, as their events told; bounded by the server's per-tunnel cap.
     open: Arc<Mutex<BTreeMap<u64, Arc<Connection>>>>,
+    /// `http://host:port` of the local service.
+    local_base: String,
     state: Arc<Mutex<TunnelState>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -337,7 +191,8 @@ pub struct Manager {
     entries: Arc<Mutex<HashMap<String, Entry>>>,
     events: broadcast::Sender<Event>,
     ring_size: usize,
-    capture_limit: usize,
+    /// Shared by the clones; the app's setting changes it.
+    capture_limit: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Default for Manager {
@@ -358,7 +213,16 @@ impl Manager {
             entries: Arc::default(),
             events: broadcast::channel(EVENT_BUFFER).0,
             ring_size,
-            capture_limit,
+            capture_limit: Arc::new(capture_limit.into()),
+        }
+    }
+
+    /// Keeps `limit` bytes of each body, from now on, in every tunnel (running or not).
+    pub fn set_capture_limit(&self, limit: usize) {
+        self.capture_limit
+            .store(limit, std::sync::atomic::Ordering::Relaxed);
+        for e in self.entries.lock().expect("entries lock").values() {
+            e.traffic.set_capture_limit(limit);
         }
     }
 
@@ -387,7 +251,12 @@ impl Manager {
         config.basic_auth = spec.basic_auth;
         config.allow_ips = spec.allow_ips;
         config.ring_size = self.ring_size;
-        config.capture_limit = self.capture_limit;
+        config.capture_limit = self
+            .capture_limit
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = &config.traffic {
+            t.set_capture_limit(config.capture_limit);
+        }
         let tunnel = Arc::new(Tunnel::start(config)?);
         info!(tunnel = %id, "tunnel started");
 
@@ -510,6 +379,7 @@ impl Manager {
             })
         };
         let entry = Entry {
+            local_base: format!("http://{}", tunnel.handle().local().authority()),
             traffic: tunnel.traffic().clone(),
             connections: tunnel.connections().clone(),
             open,
@@ -697,11 +567,46 @@ impl Manager {
             .ok_or(ManagerError::NoExchange(exchange))
     }
 
-    /// Re-sends a captured request to the local service; the result is a new row.
-    pub async fn replay(&self, id: &str, exchange: u64) -> Result<Summary, ManagerError> {
+    /// Re-sends a captured request to the local service, changed as `edits` say; the result
+    /// is a new row.
+    pub async fn replay(
+        &self,
+        id: &str,
+        exchange: u64,
+        edits: ReplayEdits,
+    ) -> Result<Summary, ManagerError> {
         let tunnel = self.tunnel(id).ok_or(ManagerError::NotRunning)?;
-        let e = tunnel.replay(exchange).await?;
+        let e = tunnel.handle().replay(exchange, edits).await?;
         Ok(Summary::from(&*e))
+    }
+
+    /// `http://host:port` of tunnel `id`'s local service, the base of curl and HAR URLs.
+    fn local_base(&self, id: &str) -> String {
+        let entries = self.entries.lock().expect("entries lock");
+        entries
+            .get(id)
+            .map(|e| e.local_base.clone())
+            .unwrap_or_default()
+    }
+
+    /// The request of an exchange as a curl command.
+    pub fn curl(&self, id: &str, exchange: u64) -> Result<String, ManagerError> {
+        let e = self
+            .traffic_of(id)
+            .and_then(|t| t.get(exchange))
+            .ok_or(ManagerError::NoExchange(exchange))?;
+        Ok(export::curl(&e, &self.local_base(id)))
+    }
+
+    /// A HAR log of the given exchanges of tunnel `id` (those still recorded), in that order.
+    pub fn har(&self, id: &str, exchanges: &[u64]) -> serde_json::Value {
+        let base = self.local_base(id);
+        let found: Vec<_> = self
+            .traffic_of(id)
+            .map(|t| exchanges.iter().filter_map(|x| t.get(*x)).collect())
+            .unwrap_or_default();
+        let entries: Vec<_> = found.iter().map(|e| (&**e, base.clone())).collect();
+        export::har(&entries)
     }
 }
 
@@ -827,7 +732,10 @@ mod tests {
         assert_eq!(detail.response_body.kind, "text");
         assert_eq!(detail.response_body.text, "origin saw /hello?x=1");
 
-        let replayed = m.replay("t1", row.id).await.unwrap();
+        let replayed = m
+            .replay("t1", row.id, ReplayEdits::default())
+            .await
+            .unwrap();
         assert_ne!(replayed.id, row.id);
         assert_eq!(replayed.path, "/hello?x=1");
         assert_eq!(origin.hits(), 2);
@@ -835,19 +743,48 @@ mod tests {
         assert_eq!(rows.len(), 2);
         assert_eq!(rows[0].id, replayed.id, "newest first");
 
+        // Replay with edits, copy as curl, HAR of the rows.
+        let edits = ReplayEdits {
+            method: Some("POST".into()),
+            path: Some("/edited".into()),
+            headers: Some(vec![("x-edit".into(), "1".into())]),
+            body: Some("new body".into()),
+        };
+        let edited = m.replay("t1", row.id, edits).await.unwrap();
+        assert_eq!(
+            (edited.method.as_str(), edited.path.as_str()),
+            ("POST", "/edited")
+        );
+        let d = m.exchange("t1", edited.id).unwrap();
+        assert_eq!(d.request_body.text, "new body");
+        assert!(d
+            .request_headers
+            .iter()
+            .any(|(k, v)| k == "x-edit" && v == "1"));
+        let curl = m.curl("t1", edited.id).unwrap();
+        assert!(
+            curl.starts_with(&format!("curl 'http://127.0.0.1:{}/edited'", origin.port)),
+            "{curl}"
+        );
+        assert!(curl.ends_with("--data-binary 'new body'"), "{curl}");
+        let har = m.har("t1", &[edited.id, row.id, 999_999]);
+        let entries = har["log"]["entries"].as_array().unwrap();
+        assert_eq!(entries.len(), 2, "the rows still recorded, in order");
+        assert_eq!(entries[0]["request"]["method"], "POST");
+
         m.stop("t1").await;
         assert!(!m.is_running("t1"));
         next_status(&mut events, |s| *s == Status::Stopped).await;
         assert_eq!(m.state("t1").status, Status::Stopped);
         assert!(matches!(
-            m.replay("t1", row.id).await,
+            m.replay("t1", row.id, ReplayEdits::default()).await,
             Err(ManagerError::NotRunning)
         ));
         // Traffic stays inspectable after stop; the public URL is gone.
-        assert_eq!(m.traffic("t1").len(), 2);
+        assert_eq!(m.traffic("t1").len(), 3);
         let (status, _) = get(server.port, "app.localhost", "/hello").await;
         assert_eq!(status, 404);
-        assert_eq!(origin.hits(), 2);
+        assert_eq!(origin.hits(), 3);
     }
 
     #[tokio::test]
@@ -900,7 +837,10 @@ mod tests {
         assert_eq!(paths, ["/after", "/before"]);
         assert_eq!(m.exchange("t", before.id).unwrap().summary.path, "/before");
         // Replay works on a row recorded before the restart.
-        let replayed = m.replay("t", before.id).await.unwrap();
+        let replayed = m
+            .replay("t", before.id, ReplayEdits::default())
+            .await
+            .unwrap();
         assert!(replayed.id > after.id);
         m.remove("t").await;
         assert!(m.traffic("t").is_empty());
@@ -989,6 +929,17 @@ mod tests {
         assert_eq!(d.response_body.text, "origin s");
         assert!(d.response_body.truncated);
         assert_eq!(d.response_body.size, "origin saw /r4".len() as u64);
+        assert_eq!(d.response_body.captured, 8);
+
+        // The app's setting applies to the running tunnel at once.
+        m.set_capture_limit(3);
+        get(server.port, "cap.localhost", "/r5").await;
+        while !matches!(events.recv().await.unwrap(), Event::Traffic { .. }) {}
+        let d = m.exchange("t", m.traffic("t")[0].id).unwrap();
+        assert_eq!(
+            (d.response_body.text.as_str(), d.response_body.captured),
+            ("ori", 3)
+        );
         m.stop("t").await;
     }
 
@@ -1058,41 +1009,5 @@ mod tests {
         assert_eq!(m.connections("t"), vec![cut]);
         m.remove("t").await;
         assert!(m.connections("t").is_empty());
-    }
-
-    #[test]
-    fn bodies_render_as_json_text_or_hex() {
-        let body = |d: &[u8]| CapturedBody {
-            data: bytes::Bytes::copy_from_slice(d),
-            size: d.len() as u64,
-            truncated: false,
-        };
-        let json = BodyView::of(&body(br#"{"a":[1,2]}"#), &Headers::default());
-        assert_eq!(json.kind, "json");
-        assert_eq!(json.text, "{\n  \"a\": [\n    1,\n    2\n  ]\n}");
-        let text = BodyView::of(&body(b"<img src=x onerror=alert(1)>"), &Headers::default());
-        assert_eq!(
-            (text.kind, text.text.as_str()),
-            ("text", "<img src=x onerror=alert(1)>")
-        );
-        let bin = BodyView::of(&body(&[0xff, 0x00, 0x41]), &Headers::default());
-        assert_eq!(
-            (bin.kind, bin.text.as_str()),
-            (
-                "binary",
-                format!("00000000  {:<47}  |..A|", "ff 00 41").as_str()
-            )
-        );
-        let line = BodyView::of(&body(b"\x00ggrok tunnel!\n\xff+"), &Headers::default()).text;
-        assert_eq!(
-            line,
-            "00000000  00 67 67 72 6f 6b 20 74 75 6e 6e 65 6c 21 0a ff  |.ggrok tunnel!..|\n\
-             00000010  2b                                               |+|"
-        );
-        let big = vec![0xffu8; HEX_LIMIT + 10];
-        let big = BodyView::of(&body(&big), &Headers::default());
-        assert!(big.truncated);
-        assert_eq!(big.text.lines().count(), HEX_LIMIT / 16);
-        assert_eq!(BodyView::of(&body(b""), &Headers::default()).kind, "empty");
     }
 }

@@ -16,7 +16,7 @@ use tracing::{info, info_span, Instrument};
 
 use crate::{
     backoff::Backoff,
-    forward::{Forwarder, LocalTarget, ReplayError},
+    forward::{Forwarder, LocalTarget, ReplayEdits, ReplayError},
     mux,
     protocol::{self, Heartbeat, Refusal, RefusalKind},
     secrets::Secret,
@@ -192,6 +192,49 @@ pub enum Status {
     Stopped,
 }
 
+/// What the inspector needs of a running tunnel: its status, traffic and local target, and
+/// replay with edits. Cheap to clone.
+#[derive(Clone)]
+pub struct TunnelHandle {
+    status: watch::Receiver<Status>,
+    forwarder: Arc<Forwarder>,
+}
+
+impl TunnelHandle {
+    /// The status now.
+    pub fn status(&self) -> Status {
+        self.status.borrow().clone()
+    }
+
+    /// The status now and its changes.
+    pub fn watch_status(&self) -> watch::Receiver<Status> {
+        self.status.clone()
+    }
+
+    /// Requests through the tunnel.
+    pub fn traffic(&self) -> &Traffic {
+        self.forwarder.traffic()
+    }
+
+    /// Where requests go.
+    pub fn local(&self) -> &LocalTarget {
+        self.forwarder.target()
+    }
+
+    /// Re-sends a recorded request, changed as `edits` say; the result is a new exchange.
+    pub async fn replay(&self, id: u64, edits: ReplayEdits) -> Result<Arc<Exchange>, ReplayError> {
+        self.forwarder.replay(id, edits).await
+    }
+}
+
+impl std::fmt::Debug for TunnelHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TunnelHandle")
+            .field("local", self.local())
+            .finish_non_exhaustive()
+    }
+}
+
 /// A running tunnel. Dropping it stops the tunnel.
 pub struct Tunnel {
     status: watch::Receiver<Status>,
@@ -296,7 +339,16 @@ impl Tunnel {
 
     /// Re-sends a recorded request to the local service; the result is a new exchange.
     pub async fn replay(&self, id: u64) -> Result<Arc<Exchange>, ReplayError> {
-        self.forwarder.replay(id).await
+        self.forwarder.replay(id, ReplayEdits::default()).await
+    }
+
+    /// A handle that reads this tunnel's status and traffic and replays its requests, for the
+    /// inspector; it does not keep the tunnel running.
+    pub fn handle(&self) -> TunnelHandle {
+        TunnelHandle {
+            status: self.status.clone(),
+            forwarder: self.forwarder.clone(),
+        }
     }
 
     /// Stops the tunnel and waits until its session is closed.

@@ -14,6 +14,7 @@ use hyper_util::rt::TokioIo;
 
 use crate::{
     driven::{DrivenBody, DrivenConn},
+    frames::{FrameLog, FrameTap, Tapped},
     head::{self, Open},
     http_util::{self, boxed, error_page, is_upgrade, strip_hop_by_hop, Body, BoxError},
     mux::{Item, MuxStream},
@@ -61,6 +62,20 @@ pub enum ReplayError {
     /// WebSocket and other upgrades are live connections, not requests.
     #[error("upgraded connections cannot be replayed")]
     Upgrade,
+}
+
+/// Changes to a captured request before it is replayed; what is `None` stays as captured.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayEdits {
+    /// Request method.
+    pub method: Option<String>,
+    /// Path and query, starting with `/`.
+    pub path: Option<String>,
+    /// Every header, in order, replacing the captured ones (`Content-Length` is recomputed).
+    pub headers: Option<Vec<(String, String)>>,
+    /// The body, as text; replaces a captured body even one the capture limit cut.
+    pub body: Option<String>,
 }
 
 /// Idle connections to the local service kept for reuse, at most.
@@ -187,6 +202,11 @@ impl Forwarder {
         &self.traffic
     }
 
+    /// Where requests go.
+    pub fn target(&self) -> &LocalTarget {
+        &self.target
+    }
+
     /// Serves one stream the server opened: forwards its request to the local service and
     /// sends the response back on it.
     pub async fn serve_stream(self: Arc<Self>, stream: MuxStream) {
@@ -243,7 +263,7 @@ impl Forwarder {
         req: Request<Body>,
         remote: Option<String>,
         upgrade: bool,
-    ) -> (u64, Response<Body>, Option<hyper::upgrade::OnUpgrade>) {
+    ) -> (u64, Response<Body>, Option<LocalUpgrade>) {
         let (mut parts, body) = req.into_parts();
         let path = parts
             .uri
@@ -273,6 +293,7 @@ impl Forwarder {
                 request_body: CapturedBody::default(),
                 response_body: CapturedBody::default(),
                 error: None,
+                frames: None,
             },
         );
         let body = Recorded::new(body, pending.clone(), Side::Request).boxed();
@@ -310,7 +331,17 @@ impl Forwarder {
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             let mut local = None;
             if upgrade {
-                local = Some(hyper::upgrade::on(&mut resp));
+                // WebSocket frames are read as they pass; other protocols are bytes.
+                let websocket = resp
+                    .headers()
+                    .get(header::UPGRADE)
+                    .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+                let frames = websocket.then(|| Arc::new(FrameLog::default()));
+                local = Some(LocalUpgrade {
+                    io: hyper::upgrade::on(&mut resp),
+                    frames: frames.clone(),
+                });
+                pending.update(|x| x.frames = frames);
                 // The connection hands its I/O over to the upgrade once driven to its end.
                 if let Some(rest) = conn.detach() {
                     tokio::spawn(async move {
@@ -401,32 +432,49 @@ impl Forwarder {
         Err(last.unwrap_or_else(|| std::io::Error::other("the host resolves to no address")))
     }
 
-    /// Sends a captured request to the local service again and records it as a new exchange.
-    pub async fn replay(&self, id: u64) -> Result<Arc<Exchange>, ReplayError> {
+    /// Sends a captured request to the local service again, changed as `edits` say, and records
+    /// it as a new exchange.
+    pub async fn replay(&self, id: u64, edits: ReplayEdits) -> Result<Arc<Exchange>, ReplayError> {
         let original = self.traffic.get(id).ok_or(ReplayError::NotFound(id))?;
         if original.upgraded {
             return Err(ReplayError::Upgrade);
         }
-        if original.request_body.truncated {
-            return Err(ReplayError::BodyTruncated(original.request_body.size));
+        let body = match edits.body {
+            Some(body) => Bytes::from(body),
+            None if original.request_body.truncated => {
+                return Err(ReplayError::BodyTruncated(original.request_body.size))
+            }
+            None => Bytes::clone(&original.request_body.data),
+        };
+        let method = edits.method.as_deref().unwrap_or(&original.method);
+        let method = Method::from_bytes(method.trim().as_bytes())
+            .map_err(|e| ReplayError::Invalid(format!("method: {e}")))?;
+        let path = edits.path.as_deref().unwrap_or(&original.path);
+        if !path.starts_with('/') {
+            return Err(ReplayError::Invalid(format!(
+                "the path must start with '/': {path}"
+            )));
         }
-        let method = Method::from_bytes(original.method.as_bytes())
-            .map_err(|e| ReplayError::Invalid(e.to_string()))?;
-        let mut builder = Request::builder()
-            .method(method)
-            .uri(original.path.as_str());
-        for (k, v) in original.request_headers.iter() {
-            // Framing is recomputed for the captured body.
+        let mut builder = Request::builder().method(method).uri(path);
+        let headers: Vec<(&str, &str)> = match &edits.headers {
+            Some(h) => h.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect(),
+            None => original.request_headers.iter().collect(),
+        };
+        for (k, v) in headers {
+            // Framing is recomputed for the body sent.
             if k.eq_ignore_ascii_case("content-length")
                 || k.eq_ignore_ascii_case("transfer-encoding")
             {
                 continue;
             }
-            builder = builder.header(k, v);
+            let name = header::HeaderName::from_bytes(k.trim().as_bytes())
+                .map_err(|_| ReplayError::Invalid(format!("not a header name: {k:?}")))?;
+            let value = HeaderValue::from_str(v.trim())
+                .map_err(|_| ReplayError::Invalid(format!("not a valid value for {k}")))?;
+            builder = builder.header(name, value);
         }
-        let body = http_util::full(Bytes::clone(&original.request_body.data));
         let req = builder
-            .body(body)
+            .body(http_util::full(body))
             .map_err(|e| ReplayError::Invalid(e.to_string()))?;
         let (new_id, resp, _) = self.forward(req, Some("replay".to_owned()), false).await;
         // Reading the body to its end publishes the exchange.
@@ -437,8 +485,15 @@ impl Forwarder {
     }
 }
 
+/// The local service's side of an upgraded connection, and where its WebSocket frames go.
+struct LocalUpgrade {
+    io: hyper::upgrade::OnUpgrade,
+    frames: Option<Arc<FrameLog>>,
+}
+
 /// Joins the local service's upgraded connection and the tunnel stream until either closes.
-async fn splice_stream(local: hyper::upgrade::OnUpgrade, stream: MuxStream) {
+async fn splice_stream(local: LocalUpgrade, stream: MuxStream) {
+    let LocalUpgrade { io: local, frames } = local;
     let local = match local.await {
         Ok(io) => io,
         Err(e) => {
@@ -446,7 +501,16 @@ async fn splice_stream(local: hyper::upgrade::OnUpgrade, stream: MuxStream) {
             return tracing::debug!(%e, "local upgrade failed");
         }
     };
-    http_util::splice(TokioIo::new(local), stream.into_io()).await;
+    match frames {
+        Some(log) => {
+            let local = Tapped::new(TokioIo::new(local), FrameTap::new(log.clone(), false));
+            let visitor = Tapped::new(stream.into_io(), FrameTap::new(log, true));
+            http_util::splice(local, visitor).await;
+        }
+        None => {
+            http_util::splice(TokioIo::new(local), stream.into_io()).await;
+        }
+    }
 }
 
 #[cfg(test)]

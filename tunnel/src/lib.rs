@@ -16,12 +16,15 @@
 //! - [`secrets`]: [`Secret`] and [`secrets::mask`], so tokens never reach a log.
 //! - [`logging`]: the `tracing` filter every ggrok binary starts with.
 //! - [`forward`]: the client's side of a stream: forward to the local service, replay.
+//! - [`frames`]: WebSocket frames read as they pass an upgraded connection, for the inspector.
 //! - [`driven`]: HTTP/1.1 client connections driven by the task that uses them.
 //! - [`traffic`]: recorded exchanges for the log, the inspector and replay.
 //! - [`http_util`]: body type, hop-by-hop headers and ggrok's own error pages.
 //! - [`tcp`]: TCP tunnels: a visitor connection spliced to a local one, the connection log.
 //! - [`stop`]: watching a stop signal beside work that wakes often.
 //! - [`terminal`]: network text made safe to print on a terminal.
+//! - [`inspect`]: the CLI's local inspector (web page and ngrok-shaped JSON API), and the
+//!   traffic views, curl and HAR export the desktop app shares.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -29,11 +32,13 @@ pub mod backoff;
 pub mod client;
 pub mod driven;
 pub mod forward;
+pub mod frames;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod head;
 pub mod http_util;
+pub mod inspect;
 pub mod logging;
 pub mod mux;
 pub mod mux_body;
@@ -45,8 +50,8 @@ pub mod terminal;
 pub mod traffic;
 
 pub use backoff::Backoff;
-pub use client::{ConfigError, Status, Tunnel, TunnelConfig, TunnelKind};
-pub use forward::{LocalTarget, ReplayError};
+pub use client::{ConfigError, Status, Tunnel, TunnelConfig, TunnelHandle, TunnelKind};
+pub use forward::{LocalTarget, ReplayEdits, ReplayError};
 pub use secrets::Secret;
 pub use tcp::{Connection, Connections};
 pub use traffic::{Exchange, Traffic};

@@ -9,7 +9,7 @@ use std::{
     collections::VecDeque,
     pin::Pin,
     sync::{
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
         Arc, Mutex,
     },
     task::{Context, Poll},
@@ -26,6 +26,31 @@ use crate::http_util::{Body, BoxError};
 
 /// Default number of bytes of each body kept for inspection.
 pub const DEFAULT_CAPTURE_LIMIT: usize = 64 * 1024;
+/// Largest capture limit a user may set: the ring keeps up to two bodies this size per exchange
+/// (16 MiB × 2 × 500 exchanges at worst), so the bound is stated, not open.
+pub const MAX_CAPTURE_LIMIT: usize = 16 * 1024 * 1024;
+
+/// A capture limit as a user writes it: bytes, or with a `KiB`/`MiB` (or `K`/`M`, `KB`/`MB`,
+/// read as binary units) suffix; at most [`MAX_CAPTURE_LIMIT`].
+pub fn parse_capture_limit(text: &str) -> Result<usize, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: usize = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (e.g. 65536, 512KiB, 1MiB)"))?;
+    let scale = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1024,
+        "m" | "mb" | "mib" => 1024 * 1024,
+        u => return Err(format!("unknown unit {u:?} (use KiB or MiB)")),
+    };
+    match n.checked_mul(scale) {
+        Some(bytes) if bytes <= MAX_CAPTURE_LIMIT => Ok(bytes),
+        _ => Err(format!("at most {} MiB", MAX_CAPTURE_LIMIT >> 20)),
+    }
+}
+
 /// Default number of exchanges kept in the ring.
 pub const DEFAULT_RING_SIZE: usize = 500;
 /// Events buffered per subscriber before a slow subscriber starts missing (lagging) events.
@@ -76,6 +101,9 @@ pub struct Exchange {
     pub response_body: CapturedBody,
     /// Why the exchange failed, if it did.
     pub error: Option<String>,
+    /// The frames of a WebSocket connection (`upgraded`), filled while it lasts.
+    #[serde(skip)]
+    pub frames: Option<Arc<crate::frames::FrameLog>>,
 }
 
 /// Recorded headers, in order, as text: values that are not UTF-8 are kept lossily.
@@ -184,20 +212,32 @@ struct TrafficInner {
     events: broadcast::Sender<Arc<Exchange>>,
     ring: Mutex<VecDeque<Arc<Exchange>>>,
     ring_size: usize,
-    capture_limit: usize,
-    next_id: AtomicU64,
+    /// Changed at run time by the app's setting; read once per body.
+    capture_limit: AtomicUsize,
+    /// Shared by sinks made with [`Traffic::sharing_ids`], so ids are unique across them.
+    next_id: Arc<AtomicU64>,
 }
 
 impl Traffic {
     /// A sink keeping `ring_size` exchanges with bodies captured up to `capture_limit` bytes.
     pub fn new(ring_size: usize, capture_limit: usize) -> Self {
+        Self::with_ids(ring_size, capture_limit, Arc::new(AtomicU64::new(1)))
+    }
+
+    /// Another sink whose exchange ids come from the same counter as this one's: tunnels of one
+    /// process that share an inspector have ids unique across them.
+    pub fn sharing_ids(&self, ring_size: usize, capture_limit: usize) -> Self {
+        Self::with_ids(ring_size, capture_limit, self.inner.next_id.clone())
+    }
+
+    fn with_ids(ring_size: usize, capture_limit: usize, next_id: Arc<AtomicU64>) -> Self {
         Self {
             inner: Arc::new(TrafficInner {
                 events: broadcast::channel(EVENT_BUFFER).0,
                 ring: Mutex::new(VecDeque::with_capacity(ring_size.min(1024))),
                 ring_size,
-                capture_limit,
-                next_id: AtomicU64::new(1),
+                capture_limit: AtomicUsize::new(capture_limit),
+                next_id,
             }),
         }
     }
@@ -237,7 +277,12 @@ impl Traffic {
 
     /// Bytes of each body kept.
     pub fn capture_limit(&self) -> usize {
-        self.inner.capture_limit
+        self.inner.capture_limit.load(Ordering::Relaxed)
+    }
+
+    /// Keeps `limit` bytes of each body from now on (bodies under way keep theirs).
+    pub fn set_capture_limit(&self, limit: usize) {
+        self.inner.capture_limit.store(limit, Ordering::Relaxed);
     }
 
     pub(crate) fn next_id(&self) -> u64 {
@@ -267,7 +312,7 @@ impl std::fmt::Debug for Traffic {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Traffic")
             .field("ring_size", &self.inner.ring_size)
-            .field("capture_limit", &self.inner.capture_limit)
+            .field("capture_limit", &self.capture_limit())
             .finish_non_exhaustive()
     }
 }
@@ -445,7 +490,27 @@ mod tests {
             request_body: CapturedBody::default(),
             response_body: CapturedBody::default(),
             error: None,
+            frames: None,
         }
+    }
+
+    #[test]
+    fn capture_limits_as_users_write_them() {
+        assert_eq!(parse_capture_limit("4096"), Ok(4096));
+        assert_eq!(parse_capture_limit("64KiB"), Ok(64 << 10));
+        assert_eq!(parse_capture_limit("1 MiB"), Ok(1 << 20));
+        assert_eq!(parse_capture_limit("2m"), Ok(2 << 20));
+        assert_eq!(parse_capture_limit("0"), Ok(0));
+        assert!(parse_capture_limit("17MiB")
+            .unwrap_err()
+            .contains("at most 16 MiB"));
+        assert!(parse_capture_limit("1GiB")
+            .unwrap_err()
+            .contains("unknown unit"));
+        assert!(parse_capture_limit("lots")
+            .unwrap_err()
+            .contains("not a size"));
+        assert!(parse_capture_limit("99999999999999999999").is_err());
     }
 
     #[test]

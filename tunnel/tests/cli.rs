@@ -43,6 +43,8 @@ fn ggrok(args: &[&str]) -> Command {
     c.args(args)
         .env_remove("GGROK_SERVER")
         .env_remove("GGROK_TOKEN")
+        // The inspector on any free port, not 4040 and up.
+        .env("GGROK_INSPECT_PORT", "0")
         // What a user gets: no RUST_LOG.
         .env_remove("RUST_LOG")
         .stdout(Stdio::piped())
@@ -90,6 +92,84 @@ async fn prints_the_url_then_one_line_per_request() {
         !err.contains("DEBUG") && !err.contains("TRACE"),
         "debug output in a normal run: {err}"
     );
+}
+
+/// Reads stderr lines until one starts with `prefix`; returns the rest of that line.
+async fn stderr_line(
+    lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStderr>>,
+    prefix: &str,
+) -> String {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let line = lines.next_line().await.unwrap().expect("stderr closed");
+            if let Some(rest) = line.strip_prefix(prefix) {
+                return rest.to_owned();
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no line starting with {prefix:?}"))
+}
+
+#[tokio::test]
+async fn the_inspector_is_served_from_the_next_free_port_and_can_be_turned_off() {
+    let addr = server(ggrok_server::Config::new("localhost")).await;
+    let port = origin().await.to_string();
+    let server_url = format!("http://{addr}");
+    // The first port is taken: the inspector takes a later one and says which.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let first = taken.local_addr().unwrap().port().to_string();
+    let mut child = ggrok(&[
+        "http",
+        &port,
+        "--server",
+        &server_url,
+        "--subdomain",
+        "insp",
+    ])
+    .env("GGROK_INSPECT_PORT", &first)
+    .spawn()
+    .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap()).lines();
+    let at = stderr_line(&mut err, "ggrok: inspector on http://").await;
+    let at: std::net::SocketAddr = at.parse().unwrap();
+    assert!(at.ip().is_loopback(), "{at}");
+    assert!(at.port() > taken.local_addr().unwrap().port(), "{at}");
+    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+    out.next_line().await.unwrap().unwrap();
+    let api = raw_get(at, &format!("127.0.0.1:{}", at.port()), "/api/tunnels").await;
+    assert!(api.starts_with("HTTP/1.1 200"), "{api}");
+    assert!(api.contains(r#""name":"command_line""#), "{api}");
+    assert!(
+        api.contains(r#""public_url":"http://insp.localhost:"#),
+        "{api}"
+    );
+    child.kill().await.unwrap();
+
+    let mut child = ggrok(&[
+        "http",
+        &port,
+        "--server",
+        &server_url,
+        "--subdomain",
+        "noinsp",
+        "--inspect=false",
+    ])
+    .spawn()
+    .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap()).lines();
+    stderr_line(&mut err, "ggrok: forwarding ").await;
+    // A request's log line comes after anything said on going online.
+    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+    out.next_line().await.unwrap().unwrap();
+    raw_get(addr, "noinsp.localhost", "/").await;
+    out.next_line().await.unwrap().unwrap();
+    child.kill().await.unwrap();
+    let mut rest = Vec::new();
+    while let Ok(Some(line)) = err.next_line().await {
+        rest.push(line);
+    }
+    assert!(!rest.iter().any(|l| l.contains("inspector")), "{rest:?}");
 }
 
 #[tokio::test]

@@ -9,6 +9,7 @@ import type {
   BackgroundSettings,
   Detail,
   ListeningPort,
+  ReplayEdits,
   ServerCheck,
   ServerInput,
   ServerView,
@@ -47,7 +48,14 @@ export const listTraffic = (id: string) => call<Summary[]>("list_traffic", { id 
 export const listConnections = (id: string) => call<ConnectionRow[]>("list_connections", { id });
 export const getExchange = (id: string, exchange: number) =>
   call<Detail>("get_exchange", { id, exchange });
-export const replay = (id: string, exchange: number) => call<Summary>("replay", { id, exchange });
+/** Replays an exchange, changed as `edits` say (null: as captured). */
+export const replay = (id: string, exchange: number, edits: ReplayEdits | null = null) =>
+  call<Summary>("replay", { id, exchange, edits });
+/** Copies the exchange's request as a curl command (built by the backend); returns it. */
+export const copyCurl = (id: string, exchange: number) => call<string>("copy_curl", { id, exchange });
+/** Saves the listed exchanges as a HAR file; returns where it went. */
+export const exportHar = (id: string, exchanges: number[]) =>
+  call<string>("export_har", { id, exchanges });
 export const listServers = () => call<ServerView[]>("list_servers");
 export const saveServer = (input: ServerInput) => call<ServerView>("save_server", { input });
 export const testServer = (input: ServerInput) => call<ServerCheck>("test_server", { input });

@@ -9,6 +9,7 @@ import type {
   ConnectionRow,
   Detail,
   ListeningPort,
+  ReplayEdits,
   ServerView,
   Status,
   Summary,
@@ -32,6 +33,10 @@ export const ui = {
   connections: new Map<string, ConnectionRow[]>(),
   filter: "",
   detail: null as Detail | null,
+  /** The exchange whose "Edit & replay" form is open. */
+  editing: null as number | null,
+  /** What the last copy or export of the detail pane did ("Copied", "Saved to ..."). */
+  detailNote: "",
   /** Errors with nowhere better to go; each can be closed. */
   errors: [] as Banner[],
   /** Warnings from the backend the user closed (by text), so a refresh does not bring them back. */
@@ -196,7 +201,27 @@ export function setFilter(q: string): void {
 
 export function closeDetail(): void {
   ui.detail = null;
+  ui.editing = null;
   changed("detail", "traffic");
+}
+
+/** Opens or closes the "Edit & replay" form of the shown exchange. */
+export function setEditing(on: boolean): void {
+  ui.editing = on && ui.detail ? ui.detail.id : null;
+  changed("detail");
+}
+
+export async function copyCurl(exchange: number): Promise<void> {
+  if (!ui.selected) return;
+  await api.copyCurl(ui.selected, exchange);
+  ui.detailNote = "Copied as curl";
+  changed("detail");
+}
+
+/** Exports the rows the table lists (after the filter) as HAR. */
+export async function exportHar(ids: number[]): Promise<string> {
+  if (!ui.selected) return "";
+  return api.exportHar(ui.selected, ids);
 }
 
 // Status events and command answers reach the window by different paths, so an answer can
@@ -291,11 +316,14 @@ export async function select(id: string): Promise<void> {
 export async function showDetail(exchange: number): Promise<void> {
   if (!ui.selected) return;
   ui.detail = await api.getExchange(ui.selected, exchange);
+  ui.detailNote = "";
+  if (ui.editing !== exchange) ui.editing = null;
   changed("detail", "traffic");
 }
 
-export async function replay(tunnelId: string, exchange: number): Promise<void> {
-  const row = await api.replay(tunnelId, exchange);
+export async function replay(tunnelId: string, exchange: number, edits: ReplayEdits | null = null): Promise<void> {
+  const row = await api.replay(tunnelId, exchange, edits);
+  ui.editing = null;
   const marks = ui.replayed.get(tunnelId) ?? new Set<number>();
   marks.add(row.id);
   ui.replayed.set(tunnelId, marks);

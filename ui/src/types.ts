@@ -106,8 +106,20 @@ export interface Summary {
 export interface BodyView {
   kind: "empty" | "json" | "text" | "binary";
   text: string;
+  /** Bytes in the whole body. */
   size: number;
+  /** Bytes captured (the capture limit cuts bodies): "captured of size shown". */
+  captured: number;
   truncated: boolean;
+}
+
+/** Changes to a request before it is replayed; null keeps what was captured. */
+export interface ReplayEdits {
+  method: string | null;
+  path: string | null;
+  /** Every header, in order (replacing the captured ones). */
+  headers: [string, string][] | null;
+  body: string | null;
 }
 
 export interface Detail extends Summary {
@@ -117,6 +129,22 @@ export interface Detail extends Summary {
   responseHeaders: [string, string][];
   requestBody: BodyView;
   responseBody: BodyView;
+  /** WebSocket frames (an upgraded exchange), oldest first, capped per connection. */
+  frames: FrameView[];
+  /** Frames past the cap, counted only. */
+  framesDropped: number;
+  /** The request as a curl command (the web inspector's API sends it; the app builds it on copy). */
+  curl?: string;
+}
+
+/** One WebSocket frame: `text` is the first bytes, as text or hex. */
+export interface FrameView {
+  fromVisitor: boolean;
+  atMs: number;
+  kind: "text" | "binary" | "continuation" | "close" | "ping" | "pong" | "other";
+  size: number;
+  text: string;
+  truncated: boolean;
 }
 
 /** One visitor connection of a TCP tunnel (see ConnectionRow in src-tauri/src/tunnels.rs). */
@@ -168,10 +196,14 @@ export interface BackgroundSettings {
   /** The port asked for at this run's start; it was taken when it differs from listeningPort. */
   requestedPort: number;
   logDir: string;
+  /** Bytes of each body the inspector keeps. */
+  captureLimit: number;
 }
 
 export interface BackgroundInput {
   startAtLogin: boolean;
   notifications: boolean;
   serverPort: number;
+  /** Bytes; absent keeps the current limit. */
+  captureLimit?: number;
 }

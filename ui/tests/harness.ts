@@ -2,7 +2,7 @@
 // Playwright can drive the built UI in plain Chromium. `window.__fake` lets tests push events.
 import { emit } from "@tauri-apps/api/event";
 import { mockIPC, mockWindows } from "@tauri-apps/api/mocks";
-import type { ConnectionRow, Detail, ServerView, Status, TunnelInput, TunnelView } from "../src/types";
+import type { ConnectionRow, Detail, ReplayEdits, ServerView, Status, TunnelInput, TunnelView } from "../src/types";
 
 const PORT = 7070;
 const servers: ServerView[] = [
@@ -28,8 +28,9 @@ function addTraffic(tunnelId: string, partial: Partial<Detail>): number {
   const d: Detail = {
     id: 0, startedMs: Date.now(), method: "GET", path: "/", status: 200, durationMs: 3,
     size: 0, error: null, remoteAddr: "127.0.0.1", upgraded: false, requestHeaders: [], responseHeaders: [],
-    requestBody: { kind: "empty", text: "", size: 0, truncated: false },
-    responseBody: { kind: "empty", text: "", size: 0, truncated: false },
+    requestBody: { kind: "empty", text: "", size: 0, captured: 0, truncated: false },
+    responseBody: { kind: "empty", text: "", size: 0, captured: 0, truncated: false },
+    frames: [], framesDropped: 0,
     ...partial,
   };
   d.id = nextExchange++;
@@ -113,6 +114,7 @@ const background = {
   listeningPort: PORT,
   requestedPort: PORT,
   logDir: "/home/user/.local/share/dev.ggrok.desktop/logs",
+  captureLimit: 64 * 1024,
 };
 const tick = () => new Promise((r) => setTimeout(r, 50));
 
@@ -191,9 +193,25 @@ async function backend(cmd: string, raw: unknown): Promise<unknown> {
       case "replay": {
         if (fail.replay) return reject("tunnel", fail.replay);
         const orig = (traffic.get(args.id) ?? []).find((d) => d.id === args.exchange)!;
-        const id = addTraffic(args.id, { ...orig, startedMs: Date.now() });
+        const e = args.edits as ReplayEdits | null;
+        const edited: Partial<Detail> = e
+          ? {
+              method: e.method ?? orig.method,
+              path: e.path ?? orig.path,
+              requestHeaders: e.headers ?? orig.requestHeaders,
+              requestBody: e.body === null ? orig.requestBody
+                : { kind: "text", text: e.body, size: e.body.length, captured: e.body.length, truncated: false },
+            }
+          : {};
+        const id = addTraffic(args.id, { ...orig, ...edited, startedMs: Date.now() });
         return summary(traffic.get(args.id)!.find((d) => d.id === id)!);
       }
+      case "copy_curl": {
+        const d = (traffic.get(args.id) ?? []).find((x) => x.id === args.exchange)!;
+        return `curl -X '${d.method}' 'http://localhost:3000${d.path}'`;
+      }
+      case "export_har":
+        return `/home/user/Downloads/ggrok-${(args.exchanges as number[]).join("-")}.har`;
       case "save_server": {
         const input = args.input as { id: string | null; name: string; url: string; token: string | null };
         if (!/^https?:\/\/[a-z0-9.-]+(:\d+)?$/i.test(input.url.trim())) {
@@ -228,9 +246,11 @@ async function backend(cmd: string, raw: unknown): Promise<unknown> {
       case "background_settings":
         return background;
       case "save_background_settings": {
-        const input = args.input as { startAtLogin: boolean; notifications: boolean; serverPort: number };
+        const input = args.input as { startAtLogin: boolean; notifications: boolean; serverPort: number; captureLimit: number };
         if (!(input.serverPort >= 1 && input.serverPort <= 65535))
           return reject("invalid", "The port must be between 1 and 65535.", "serverPort");
+        if (!(input.captureLimit >= 0 && input.captureLimit <= 16 << 20))
+          return reject("invalid", "The body capture limit must be between 0 and 16384 KiB.", "captureLimit");
         Object.assign(background, input);
         return background;
       }

@@ -201,6 +201,71 @@ test("traffic table: live rows, count, filter, detail, replay, and wire data as 
   assert.deepEqual(pageErrors, []);
 });
 
+test("edit & replay, copy as curl, HAR of the listed rows, and a cut body says so", async () => {
+  await exposeDemo();
+  await page.click(tid("cancel"));
+  await page.evaluate(() => {
+    window.__fake.addTraffic("1", { method: "POST", path: "/hook", status: 200, size: 3355443,
+      requestHeaders: [["content-type", "text/plain"]],
+      requestBody: { kind: "text", text: "original", size: 8, captured: 8, truncated: false },
+      responseBody: { kind: "text", text: "x".repeat(64), size: 3355443, captured: 1048576, truncated: true } });
+    window.__fake.addTraffic("1", { method: "GET", path: "/other" });
+  });
+  await page.click(`${tid("traffic-row")}:has-text("/hook")`);
+  await page.waitForSelector(tid("res-body"));
+  assert.equal(await page.textContent(tid("res-body-size")), "Body: text, 1.0 MB of 3.2 MB shown");
+  assert.equal(await page.textContent(tid("req-body-size")), "Body: text, 8 B");
+
+  await page.click(tid("copy-curl"));
+  await page.waitForFunction(() => document.querySelector('[data-testid="detail-note"]').textContent === "Copied as curl");
+
+  await page.click(tid("edit-replay"));
+  assert.equal(await page.inputValue(tid("edit-headers")), "content-type: text/plain");
+  assert.equal(await page.inputValue(tid("edit-body")), "original");
+  await page.fill(tid("edit-path"), "/hook?again=1");
+  await page.fill(tid("edit-headers"), "content-type: application/json\nx-sig: abc");
+  await page.fill(tid("edit-body"), '{"edited":true}');
+  await page.click(tid("edit-send"));
+  await page.waitForFunction(() => document.querySelector('[data-testid="detail-line"]')?.textContent === "POST /hook?again=1");
+  const sent = await page.evaluate(() => window.__fake.calls.filter((c) => c.cmd === "replay").at(-1).args);
+  assert.deepEqual(sent.edits, {
+    method: "POST", path: "/hook?again=1",
+    headers: [["content-type", "application/json"], ["x-sig", "abc"]], body: '{"edited":true}',
+  });
+  assert.equal(await page.locator(tid("edit-form")).count(), 0, "the form closes once sent");
+  assert.equal(await page.locator(tid("frames")).count(), 0, "no frames table for plain HTTP");
+
+  // HAR of the rows the filter lists.
+  await page.fill(tid("filter"), "hook");
+  await page.waitForFunction(() => document.querySelectorAll('[data-testid="traffic-row"]').length === 2);
+  await page.click(tid("export-har"));
+  await page.waitForFunction(() => document.querySelector('[data-testid="har-note"]').textContent.startsWith("Saved"));
+  const har = await page.evaluate(() => window.__fake.calls.find((c) => c.cmd === "export_har").args);
+  assert.equal(har.exchanges.length, 2);
+  assert.deepEqual(pageErrors, []);
+});
+
+test("WebSocket frames: direction, time, kind, size and data as text", async () => {
+  await exposeDemo();
+  await page.click(tid("cancel"));
+  await page.evaluate(() => {
+    window.__fake.addTraffic("1", { method: "GET", path: "/ws", status: 101, upgraded: true, framesDropped: 3,
+      frames: [
+        { fromVisitor: true, atMs: 5, kind: "text", size: 22, text: "<img src=x onerror=alert(9)>", truncated: false },
+        { fromVisitor: false, atMs: 1200, kind: "binary", size: 70000, text: "07 07 07", truncated: true },
+      ] });
+  });
+  await page.click(tid("traffic-row"));
+  await page.waitForSelector(tid("frames"));
+  const rows = await page.locator(`${tid("frame")}`).allInnerTexts();
+  assert.equal(rows.length, 2);
+  assert.match(rows[0], /→\s+\+5 ms\s+text\s+22 B\s+<img src=x onerror=alert\(9\)>/);
+  assert.match(rows[1], /←\s+\+1\.20 s\s+binary\s+68\.4 KB\s+07 07 07…/);
+  assert.match(await page.textContent(".frames h3"), /3 more not kept/);
+  assert.equal(await page.locator("#app img").count(), 0);
+  assert.deepEqual(dialogs, []);
+});
+
 test("traffic table is capped", async () => {
   await exposeDemo();
   await page.click(tid("cancel"));
@@ -587,6 +652,16 @@ test("settings: start at login, notifications and the server's port", async () =
   await page.waitForSelector(`${tid("server-port-note")}:has-text("Port 7171 applies when ggrok next starts")`);
   assert.equal(await page.isChecked(tid("start-at-login")), true);
   assert.equal(await page.isChecked(tid("notifications")), true);
+  // The body capture limit, in KiB.
+  assert.equal(await page.inputValue(tid("capture-limit")), "64");
+  await page.fill(tid("capture-limit"), "99999");
+  await page.click(tid("server-port-save"));
+  await page.waitForSelector(`${tid("background-error")}:has-text("between 0 and 16384 KiB")`);
+  await page.fill(tid("capture-limit"), "1024");
+  await page.click(tid("server-port-save"));
+  await page.waitForFunction(() =>
+    window.__fake.calls.some((c) => c.cmd === "save_background_settings" && c.args.input.captureLimit === 1 << 20),
+  );
   await page.click(tid("open-log-folder"));
   await page.waitForFunction(() => window.__fake.calls.some((c) => c.cmd === "open_log_folder"));
   assert.deepEqual(pageErrors, []);

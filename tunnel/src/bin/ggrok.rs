@@ -95,6 +95,33 @@ struct HttpArgs {
     /// Pass the public Host header through instead of rewriting it to the local target.
     #[arg(long)]
     keep_host: bool,
+    /// Serve the inspector (web page and API) on 127.0.0.1:4040, or the next free port.
+    #[arg(
+        long,
+        value_name = "BOOL",
+        default_value_t = true,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        action = clap::ArgAction::Set
+    )]
+    inspect: bool,
+    /// Bytes of each request and response body kept for the inspector (e.g. 65536, 512KiB,
+    /// 1MiB; at most 16MiB); longer bodies are cut there, and the inspector says so.
+    #[arg(
+        long,
+        value_name = "SIZE",
+        default_value = "64KiB",
+        value_parser = ggrok_tunnel::traffic::parse_capture_limit
+    )]
+    capture_limit: usize,
+    /// First port the inspector tries (0: any free port).
+    #[arg(
+        long,
+        env = "GGROK_INSPECT_PORT",
+        default_value_t = ggrok_tunnel::inspect::DEFAULT_PORT,
+        hide = true
+    )]
+    inspect_port: u16,
     /// Identity towards the server, kept across restarts of this command: a restarted ggrok with
     /// the same id gets its held subdomain back at once (random per run if omitted).
     #[arg(long, env = "GGROK_CLIENT_ID", hide = true)]
@@ -148,12 +175,14 @@ async fn http(args: HttpArgs) -> anyhow::Result<ExitCode> {
         port: args.port,
         keep_host: args.keep_host,
     };
+    config.capture_limit = args.capture_limit;
     config.heartbeat = Heartbeat {
         interval: Duration::from_secs(args.heartbeat_interval),
         timeout: Duration::from_secs(args.heartbeat_timeout),
     };
     let target = format!("http://{}", config.local.authority());
-    serve(config, target).await
+    let inspect = args.inspect.then_some(args.inspect_port);
+    serve(config, target, inspect).await
 }
 
 async fn tcp(args: TcpArgs) -> anyhow::Result<ExitCode> {
@@ -171,13 +200,31 @@ async fn tcp(args: TcpArgs) -> anyhow::Result<ExitCode> {
         timeout: Duration::from_secs(args.heartbeat_timeout),
     };
     let target = format!("tcp://{}", config.local.authority());
-    serve(config, target).await
+    serve(config, target, None).await
 }
 
 /// Runs the tunnel until Ctrl-C or a final refusal: prints its URL alone on stdout when it is
-/// first online, then a line per request or connection.
-async fn serve(config: TunnelConfig, target: String) -> anyhow::Result<ExitCode> {
+/// first online, then a line per request or connection. With `inspect`, the inspector listens
+/// from that port on (bound at once, announced when the tunnel is online).
+async fn serve(
+    config: TunnelConfig,
+    target: String,
+    inspect: Option<u16>,
+) -> anyhow::Result<ExitCode> {
     let tunnel = Tunnel::start(config).context("cannot start the tunnel")?;
+    let mut inspector = match inspect {
+        Some(port) => {
+            let tunnels = vec![ggrok_tunnel::inspect::Inspected {
+                name: ggrok_tunnel::inspect::CLI_TUNNEL_NAME.to_owned(),
+                handle: tunnel.handle(),
+            }];
+            let addr = ggrok_tunnel::inspect::spawn(port, tunnels)
+                .await
+                .context("cannot start the inspector (--inspect=false runs without it)")?;
+            Some(addr)
+        }
+        None => None,
+    };
     let mut status = tunnel.status();
     let mut traffic = tunnel.traffic().subscribe();
     let mut connections = tunnel.connections().subscribe();
@@ -200,6 +247,9 @@ async fn serve(config: TunnelConfig, target: String) -> anyhow::Result<ExitCode>
                         if shown_url.as_deref() != Some(url.as_str()) {
                             println!("{url}");
                             eprintln!("ggrok: forwarding {url} -> {target}");
+                            if let Some(addr) = inspector.take() {
+                                eprintln!("ggrok: inspector on http://{addr}");
+                            }
                             shown_url = Some(url);
                         } else {
                             eprintln!("ggrok: back online");
@@ -372,6 +422,7 @@ mod tests {
             request_body: Default::default(),
             response_body: Default::default(),
             error: None,
+            frames: None,
         };
         e.response_body.size = 1536;
         let mut out = String::new();

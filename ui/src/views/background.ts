@@ -31,6 +31,14 @@ function render(root: HTMLElement, s: BackgroundSettings): void {
     value: s.serverPort,
     "data-testid": "server-port",
   });
+  const limit = h("input", {
+    type: "number",
+    min: 0,
+    max: 16384,
+    value: Math.round(s.captureLimit / 1024),
+    "data-testid": "capture-limit",
+    id: "f-capture-limit",
+  });
   const err = h("div", { class: "field-error", role: "alert", "data-testid": "background-error" });
   const save = (): void => {
     err.textContent = "";
@@ -38,6 +46,7 @@ function render(root: HTMLElement, s: BackgroundSettings): void {
       startAtLogin: login.checked,
       notifications: notes.checked,
       serverPort: Number(port.value),
+      captureLimit: Math.round(Number(limit.value) * 1024),
     }).catch((e) => (err.textContent = api.toApiError(e).message));
   };
   login.addEventListener("change", save);
@@ -55,11 +64,13 @@ function render(root: HTMLElement, s: BackgroundSettings): void {
       { class: "muted", "data-testid": "server-port-note" },
       portNote(s),
     ),
+    h("label", { for: "f-capture-limit" }, "Body capture limit, KiB (the inspector keeps this much of each body)"),
+    limit,
     err,
     h(
       "div",
       { class: "actions" },
-      h("button", { type: "submit", "data-testid": "server-port-save" }, "Save port"),
+      h("button", { type: "submit", "data-testid": "server-port-save" }, "Save"),
       h(
         "button",
         { type: "button", "data-testid": "open-log-folder", onclick: () => api.openLogFolder().catch(reportError) },

@@ -5,8 +5,8 @@
 // are in the DOM, so thousands of rows scroll smoothly. Row elements are kept by exchange id
 // between renders, so a new request does not rebuild (and deselect the text of) the others.
 import { toApiError } from "../api";
-import { closeDetail, replay, reportError, setFilter, showDetail, ui } from "../store";
-import type { BodyView, ConnectionRow, Detail, Summary } from "../types";
+import { closeDetail, copyCurl, exportHar, replay, reportError, setEditing, setFilter, showDetail, ui } from "../store";
+import type { BodyView, ConnectionRow, Detail, ReplayEdits, Summary } from "../types";
 import { h, replace } from "../util/dom";
 import { filterRows, formatBytes, formatDuration, formatTime, tunnelLabel } from "../util/format";
 
@@ -47,7 +47,23 @@ export function mountTraffic(root: HTMLElement): TrafficView {
       renderTraffic(view);
     });
   });
-  replace(root, h("div", { class: "traffic-head" }, title, filter), table, detail);
+  const harNote = h("span", { class: "muted", "data-testid": "har-note" });
+  const har = h(
+    "button",
+    {
+      "data-testid": "export-har",
+      title: "Save the listed requests as a HAR file",
+      onclick: () => {
+        const rows = filterRows(ui.traffic.get(ui.selected ?? "") ?? [], ui.filter);
+        harNote.textContent = "";
+        exportHar(rows.map((r) => r.id))
+          .then((where) => (harNote.textContent = where ? `Saved ${where}` : ""))
+          .catch(reportError);
+      },
+    },
+    "Export HAR",
+  );
+  replace(root, h("div", { class: "traffic-head" }, title, filter, har, harNote), table, detail);
   return view;
 }
 
@@ -222,9 +238,17 @@ export function renderDetail(root: HTMLElement): void {
       h("strong", { "data-testid": "detail-line" }, `${d.method} ${d.path}`),
       h("span", { class: "muted" }, ` → ${d.status ?? d.error ?? "no response"} in ${formatDuration(d.durationMs)}`),
       replayBtn,
+      h("button", { "data-testid": "edit-replay", onclick: () => setEditing(ui.editing !== d.id) }, "Edit & replay"),
+      h(
+        "button",
+        { "data-testid": "copy-curl", onclick: () => copyCurl(d.id).catch((e) => (replayErr.textContent = toApiError(e).message)) },
+        "Copy as curl",
+      ),
       h("button", { onclick: closeDetail }, "Close"),
+      h("span", { class: "muted", "data-testid": "detail-note" }, ui.detailNote),
     ),
     replayErr,
+    ui.editing === d.id && tunnelId ? editForm(d, tunnelId) : null,
     d.remoteAddr ? h("div", { class: "muted" }, `from ${d.remoteAddr}`) : null,
     d.error ? h("div", { class: "field-error" }, d.error) : null,
     h(
@@ -232,6 +256,36 @@ export function renderDetail(root: HTMLElement): void {
       { class: "panes" },
       pane("Request", d.requestHeaders, d.requestBody, "req"),
       pane("Response", d.responseHeaders, d.responseBody, "res"),
+    ),
+    d.frames.length > 0 ? frames(d) : null,
+  );
+}
+
+/** The frames of a WebSocket exchange: direction, time, kind, size and the first bytes. */
+function frames(d: Detail): HTMLElement {
+  const more = d.framesDropped > 0 ? ` (the first ${d.frames.length}; ${d.framesDropped} more not kept)` : "";
+  return h(
+    "div",
+    { class: "frames" },
+    h("h3", {}, `WebSocket frames${more}`, " ", h("button", { "data-testid": "frames-refresh", onclick: () => showDetail(d.id).catch(reportError) }, "Refresh")),
+    h(
+      "table",
+      { class: "headers", "data-testid": "frames" },
+      h(
+        "tbody",
+        {},
+        d.frames.map((f) =>
+          h(
+            "tr",
+            { "data-testid": "frame" },
+            h("td", { title: f.fromVisitor ? "from the visitor" : "from the local service" }, f.fromVisitor ? "→" : "←"),
+            h("td", { class: "num" }, `+${formatDuration(f.atMs)}`),
+            h("td", {}, f.kind),
+            h("td", { class: "num" }, formatBytes(f.size)),
+            h("td", { class: "frame-data" }, f.truncated ? `${f.text}…` : f.text),
+          ),
+        ),
+      ),
     ),
   );
 }
@@ -246,11 +300,74 @@ function pane(title: string, headers: Detail["requestHeaders"], body: BodyView, 
       { class: "headers", "data-testid": `${id}-headers` },
       h("tbody", {}, headers.map(([k, v]) => h("tr", {}, h("th", {}, k), h("td", {}, v)))),
     ),
-    h(
-      "div",
-      { class: "muted" },
-      `Body: ${body.kind}, ${formatBytes(body.size)}${body.truncated ? " (truncated)" : ""}`,
-    ),
+    h("div", { class: "muted", "data-testid": `${id}-body-size` }, bodyLine(body)),
     body.kind === "empty" ? null : h("pre", { class: `body ${body.kind}`, "data-testid": `${id}-body` }, body.text),
   );
+}
+
+/** "Body: json, 1.2 KB", or when the capture limit cut it, "Body: text, 1.0 MB of 3.2 MB shown". */
+export function bodyLine(body: BodyView): string {
+  const shown = body.truncated ? `${formatBytes(body.captured)} of ${formatBytes(body.size)} shown` : formatBytes(body.size);
+  return `Body: ${body.kind}, ${shown}`;
+}
+
+/** "name: value" lines back into pairs; a line without a colon is an error. */
+export function parseHeaderLines(text: string): [string, string][] | { error: string } {
+  const out: [string, string][] = [];
+  for (const line of text.split("\n")) {
+    if (line.trim() === "") continue;
+    const i = line.indexOf(":");
+    if (i <= 0) return { error: `Not a header ("name: value"): ${line}` };
+    out.push([line.slice(0, i).trim(), line.slice(i + 1).trim()]);
+  }
+  return out;
+}
+
+/** The "Edit & replay" form: method, path, headers and body of the captured request. */
+function editForm(d: Detail, tunnelId: string): HTMLElement {
+  const method = h("input", { "data-testid": "edit-method", "aria-label": "Method", value: d.method });
+  const path = h("input", { "data-testid": "edit-path", "aria-label": "Path", value: d.path });
+  const headers = h("textarea", { "data-testid": "edit-headers", "aria-label": "Headers", rows: 6 });
+  headers.value = d.requestHeaders.map(([k, v]) => `${k}: ${v}`).join("\n");
+  const body = h("textarea", { "data-testid": "edit-body", "aria-label": "Body", rows: 6 });
+  // The body as captured when it is text; JSON is shown pretty but sent as edited.
+  const textBody = d.requestBody.kind === "text" || d.requestBody.kind === "json" || d.requestBody.kind === "empty";
+  body.value = textBody ? d.requestBody.text : "";
+  const err = h("div", { class: "field-error", role: "alert", "data-testid": "edit-error" });
+  const send = h("button", { class: "primary", type: "submit", "data-testid": "edit-send" }, "Send");
+  const form = h(
+    "form",
+    { class: "edit-replay", "data-testid": "edit-form" },
+    h("label", {}, "Method ", method),
+    h("label", {}, "Path ", path),
+    h("label", {}, "Headers (one \"name: value\" a line)", headers),
+    h(
+      "label",
+      {},
+      textBody ? "Body" : "Body (the captured one is binary: leave empty to send it as captured)",
+      body,
+    ),
+    err,
+    h("div", { class: "actions" }, send, h("button", { type: "button", onclick: () => setEditing(false) }, "Cancel")),
+  );
+  form.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const parsed = parseHeaderLines(headers.value);
+    if (!Array.isArray(parsed)) {
+      err.textContent = parsed.error;
+      return;
+    }
+    const edits: ReplayEdits = {
+      method: method.value.trim(),
+      path: path.value.trim(),
+      headers: parsed,
+      body: textBody || body.value !== "" ? body.value : null,
+    };
+    send.disabled = true;
+    err.textContent = "";
+    replay(tunnelId, d.id, edits)
+      .catch((e) => (err.textContent = toApiError(e).message))
+      .finally(() => (send.disabled = false));
+  });
+  return form;
 }
