@@ -22,6 +22,10 @@
 //! - [`tcp`]: TCP tunnels: a visitor connection spliced to a local one, the connection log.
 //! - [`stop`]: watching a stop signal beside work that wakes often.
 //! - [`terminal`]: network text made safe to print on a terminal.
+//! - [`saved`]: the saved servers and tunnels file the CLI and the desktop app share (feature
+//!   `saved`).
+//! - [`tokens`]: server tokens in the OS keyring, with a run-only memory fallback (feature
+//!   `saved`).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -38,10 +42,14 @@ pub mod logging;
 pub mod mux;
 pub mod mux_body;
 pub mod protocol;
+#[cfg(feature = "saved")]
+pub mod saved;
 pub mod secrets;
 pub mod stop;
 pub mod tcp;
 pub mod terminal;
+#[cfg(feature = "saved")]
+pub mod tokens;
 pub mod traffic;
 
 pub use backoff::Backoff;

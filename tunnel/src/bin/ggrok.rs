@@ -1,4 +1,11 @@
 //! `ggrok`: expose a local port through a ggrok server.
+//!
+//! Layout: this file has the `http` and `tcp` commands and runs tunnels;
+//! [`saved_cmds`] has `config`, `list` and `start` over the file shared with the desktop app.
+
+// In `ggrok/`: files directly in `src/bin/` would each be a binary of their own.
+#[path = "ggrok/saved_cmds.rs"]
+mod saved_cmds;
 
 use std::{process::ExitCode, time::Duration};
 
@@ -24,6 +31,12 @@ enum Command {
     Http(HttpArgs),
     /// Forward raw TCP connections from a public port of the server to a local port.
     Tcp(TcpArgs),
+    /// Saved servers and tunnels (shared with the desktop app).
+    Config(saved_cmds::ConfigArgs),
+    /// List saved tunnels and servers.
+    List(saved_cmds::ListArgs),
+    /// Start saved tunnels by name, or all of them.
+    Start(saved_cmds::StartArgs),
 }
 
 #[derive(Parser, Debug)]
@@ -125,6 +138,9 @@ async fn main() -> ExitCode {
     let run = match Cli::parse().command {
         Command::Http(args) => http(args).await,
         Command::Tcp(args) => tcp(args).await,
+        Command::Config(args) => saved_cmds::config(args),
+        Command::List(args) => saved_cmds::list(args),
+        Command::Start(args) => start(args).await,
     };
     match run {
         Ok(code) => code,
@@ -153,7 +169,29 @@ async fn http(args: HttpArgs) -> anyhow::Result<ExitCode> {
         timeout: Duration::from_secs(args.heartbeat_timeout),
     };
     let target = format!("http://{}", config.local.authority());
-    serve(config, target).await
+    serve(config, target, None).await
+}
+
+/// Runs saved tunnels side by side; with more than one, every line says which it is about.
+async fn start(args: saved_cmds::StartArgs) -> anyhow::Result<ExitCode> {
+    let planned = saved_cmds::plan(args)?;
+    let labelled = planned.len() > 1;
+    let runs = planned.into_iter().map(|p| {
+        let label = labelled.then_some(p.label);
+        serve(p.config, p.target, label)
+    });
+    let mut code = ExitCode::SUCCESS;
+    for result in futures_util::future::join_all(runs).await {
+        match result {
+            Ok(c) if c == ExitCode::SUCCESS => {}
+            Ok(c) => code = c,
+            Err(e) => {
+                eprintln!("ggrok: {e:#}");
+                code = ExitCode::FAILURE;
+            }
+        }
+    }
+    Ok(code)
 }
 
 async fn tcp(args: TcpArgs) -> anyhow::Result<ExitCode> {
@@ -171,13 +209,22 @@ async fn tcp(args: TcpArgs) -> anyhow::Result<ExitCode> {
         timeout: Duration::from_secs(args.heartbeat_timeout),
     };
     let target = format!("tcp://{}", config.local.authority());
-    serve(config, target).await
+    serve(config, target, None).await
 }
 
 /// Runs the tunnel until Ctrl-C or a final refusal: prints its URL alone on stdout when it is
-/// first online, then a line per request or connection.
-async fn serve(config: TunnelConfig, target: String) -> anyhow::Result<ExitCode> {
+/// first online, then a line per request or connection. With a `label` (several tunnels in one
+/// run) every line starts with it.
+async fn serve(
+    config: TunnelConfig,
+    target: String,
+    label: Option<String>,
+) -> anyhow::Result<ExitCode> {
     let tunnel = Tunnel::start(config).context("cannot start the tunnel")?;
+    let (out_prefix, err_prefix) = match &label {
+        Some(l) => (format!("{l} "), format!("ggrok: {l}: ")),
+        None => (String::new(), "ggrok: ".to_owned()),
+    };
     let mut status = tunnel.status();
     let mut traffic = tunnel.traffic().subscribe();
     let mut connections = tunnel.connections().subscribe();
@@ -198,58 +245,59 @@ async fn serve(config: TunnelConfig, target: String) -> anyhow::Result<ExitCode>
                     Status::Online { url, .. } => {
                         let url = escape_controls(&url).into_owned();
                         if shown_url.as_deref() != Some(url.as_str()) {
-                            println!("{url}");
-                            eprintln!("ggrok: forwarding {url} -> {target}");
+                            println!("{out_prefix}{url}");
+                            eprintln!("{err_prefix}forwarding {url} -> {target}");
                             shown_url = Some(url);
                         } else {
-                            eprintln!("ggrok: back online");
+                            eprintln!("{err_prefix}back online");
                         }
                     }
                     Status::Reconnecting { attempt, reason } => {
                         let reason = escape_controls(&reason);
-                        eprintln!("ggrok: {reason}; reconnecting (attempt {attempt})");
+                        eprintln!("{err_prefix}{reason}; reconnecting (attempt {attempt})");
                     }
                     Status::Failed { message, .. } => {
-                        eprintln!("ggrok: refused: {}", escape_controls(&message));
+                        eprintln!("{err_prefix}refused: {}", escape_controls(&message));
                         return Ok(ExitCode::FAILURE);
                     }
                     Status::Connecting | Status::Stopped => {}
                 }
             }
             event = traffic.recv() => match event {
-                Ok(e) => print_lines(e, &mut traffic),
-                Err(RecvError::Lagged(n)) => eprintln!("ggrok: {n} requests not shown (log too slow)"),
+                Ok(e) => print_batch(e, &mut traffic, log_line, &out_prefix),
+                Err(RecvError::Lagged(n)) => eprintln!("{err_prefix}{n} requests not shown (log too slow)"),
                 Err(RecvError::Closed) => return Ok(ExitCode::FAILURE),
             },
             event = connections.recv() => match event {
-                Ok(c) => print_connections(c, &mut connections),
-                Err(RecvError::Lagged(n)) => eprintln!("ggrok: {n} connection events not shown (log too slow)"),
+                Ok(c) => print_batch(c, &mut connections, connection_line, &out_prefix),
+                Err(RecvError::Lagged(n)) => eprintln!("{err_prefix}{n} connection events not shown (log too slow)"),
                 Err(RecvError::Closed) => return Ok(ExitCode::FAILURE),
             },
         }
     }
 }
 
-/// Prints a line for `first` and every connection queued behind it that has ended.
-fn print_connections(
-    first: std::sync::Arc<Connection>,
-    events: &mut tokio::sync::broadcast::Receiver<std::sync::Arc<Connection>>,
-) {
-    print_batch(first, events, connection_line);
-}
-
-/// Prints `first` and every event already queued behind it with one write, not one per line.
-/// Bounded by the broadcast queue; a lag is reported by the next `recv`.
+/// Prints `first` and every event already queued behind it with one write, not one per line,
+/// each line after `prefix`. Bounded by the broadcast queue; a lag is reported by the next
+/// `recv`.
 fn print_batch<T>(
     first: std::sync::Arc<T>,
     events: &mut tokio::sync::broadcast::Receiver<std::sync::Arc<T>>,
     line: fn(&mut String, &T),
+    prefix: &str,
 ) {
     use std::io::Write;
     let mut out = String::new();
-    line(&mut out, &first);
+    let mut add = |e: &T| {
+        let start = out.len();
+        line(&mut out, e);
+        if out.len() > start {
+            out.insert_str(start, prefix);
+        }
+    };
+    add(&first);
     while let Ok(e) = events.try_recv() {
-        line(&mut out, &e);
+        add(&e);
     }
     let _ = std::io::stdout().write_all(out.as_bytes());
 }
@@ -293,14 +341,6 @@ fn push_size(out: &mut String, n: u64) {
         n if n < 1024 * 1024 => write!(out, "{:.1} KB", n as f64 / 1024.0),
         n => write!(out, "{:.1} MB", n as f64 / (1024.0 * 1024.0)),
     };
-}
-
-/// Prints `first` and every exchange already queued behind it.
-fn print_lines(
-    first: std::sync::Arc<Exchange>,
-    traffic: &mut tokio::sync::broadcast::Receiver<std::sync::Arc<Exchange>>,
-) {
-    print_batch(first, traffic, log_line);
 }
 
 /// Appends `12:01:02 GET /path 200 12ms 1.2 KB` (UTC time) and a newline to `out`, formatted
