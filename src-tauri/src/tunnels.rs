@@ -11,7 +11,8 @@ use std::{
 
 use ggrok_tunnel::{
     traffic::{CapturedBody, Headers},
-    ConfigError, Exchange, LocalTarget, ReplayError, Secret, Status, Traffic, Tunnel, TunnelConfig,
+    ConfigError, Exchange, HostHeader, LocalTarget, ReplayError, Secret, Status, Traffic, Tunnel,
+    TunnelConfig,
 };
 use serde::Serialize;
 use tokio::sync::broadcast;
@@ -313,11 +314,10 @@ impl Manager {
         config.client_id = spec.client_id;
         config.token = spec.token;
         config.subdomain = spec.subdomain;
-        config.local = LocalTarget {
-            host: spec.local_host,
-            port: spec.local_port,
-            keep_host: spec.keep_host,
-        };
+        config.local = LocalTarget::new(spec.local_host, spec.local_port);
+        if spec.keep_host {
+            config.local.host_header = HostHeader::Preserve;
+        }
         config.basic_auth = spec.basic_auth;
         config.allow_ips = spec.allow_ips;
         config.ring_size = self.ring_size;

@@ -16,6 +16,7 @@
 //! - [`secrets`]: [`Secret`] and [`secrets::mask`], so tokens never reach a log.
 //! - [`logging`]: the `tracing` filter every ggrok binary starts with.
 //! - [`forward`]: the client's side of a stream: forward to the local service, replay.
+//! - [`upstream`]: TLS, HTTP/2 and the `Host` header towards the local service.
 //! - [`driven`]: HTTP/1.1 client connections driven by the task that uses them.
 //! - [`traffic`]: recorded exchanges for the log, the inspector and replay.
 //! - [`http_util`]: body type, hop-by-hop headers and ggrok's own error pages.
@@ -51,6 +52,7 @@ pub mod terminal;
 #[cfg(feature = "saved")]
 pub mod tokens;
 pub mod traffic;
+pub mod upstream;
 
 pub use backoff::Backoff;
 pub use client::{ConfigError, Status, Tunnel, TunnelConfig, TunnelKind};
@@ -58,3 +60,4 @@ pub use forward::{LocalTarget, ReplayError};
 pub use secrets::Secret;
 pub use tcp::{Connection, Connections};
 pub use traffic::{Exchange, Traffic};
+pub use upstream::{HostHeader, Upstream};

@@ -1,19 +1,22 @@
 //! `ggrok`: expose a local port through a ggrok server.
 //!
 //! Layout: this file has the `http` and `tcp` commands and runs tunnels;
-//! [`saved_cmds`] has `config`, `list` and `start` over the file shared with the desktop app.
+//! [`saved_cmds`] has `config`, `list` and `start` over the file shared with the desktop app;
+//! [`upstream_args`] `http`'s target and how to talk to it.
 
 // In `ggrok/`: files directly in `src/bin/` would each be a binary of their own.
 #[path = "ggrok/saved_cmds.rs"]
 mod saved_cmds;
+#[path = "ggrok/upstream_args.rs"]
+mod upstream_args;
 
 use std::{process::ExitCode, time::Duration};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use ggrok_tunnel::{
-    protocol::Heartbeat, terminal::escape_controls, Connection, Exchange, LocalTarget, Secret,
-    Status, Tunnel, TunnelConfig, TunnelKind,
+    protocol::Heartbeat, terminal::escape_controls, Connection, Exchange, Secret, Status, Tunnel,
+    TunnelConfig, TunnelKind,
 };
 use tokio::sync::broadcast::error::RecvError;
 
@@ -76,9 +79,10 @@ struct TcpArgs {
 
 #[derive(Parser, Debug)]
 struct HttpArgs {
-    /// Local port to expose.
-    #[arg(value_parser = clap::value_parser!(u16).range(1..))]
-    port: u16,
+    /// Local service: a port, host:port, or http:// or https:// URL (https: TLS to it, trusting
+    /// the system's certificate authorities).
+    #[arg(value_name = "PORT|URL", value_parser = upstream_args::parse_target)]
+    target: upstream_args::Target,
     /// ggrok server, e.g. https://tunnel.example.com or http://127.0.0.1:8080.
     #[arg(long, env = "GGROK_SERVER")]
     server: String,
@@ -105,9 +109,8 @@ struct HttpArgs {
     /// Allow only these visitor addresses (IP or CIDR, repeatable); everyone else gets 403.
     #[arg(long = "allow-ip", value_name = "CIDR")]
     allow_ips: Vec<String>,
-    /// Pass the public Host header through instead of rewriting it to the local target.
-    #[arg(long)]
-    keep_host: bool,
+    #[command(flatten)]
+    upstream: upstream_args::UpstreamArgs,
     /// Identity towards the server, kept across restarts of this command: a restarted ggrok with
     /// the same id gets its held subdomain back at once (random per run if omitted).
     #[arg(long, env = "GGROK_CLIENT_ID", hide = true)]
@@ -152,23 +155,19 @@ async fn main() -> ExitCode {
 }
 
 async fn http(args: HttpArgs) -> anyhow::Result<ExitCode> {
-    let mut config = TunnelConfig::new(args.server, args.port);
+    let mut config = TunnelConfig::new(args.server, args.target.port);
     config.token = args.token.filter(|t| !t.is_empty()).map(Secret::new);
     config.subdomain = args.subdomain;
     config.ca_cert = args.ca_cert;
     config.basic_auth = args.basic_auth.map(Secret::new);
     config.allow_ips = args.allow_ips;
     config.client_id = args.client_id.filter(|id| !id.is_empty());
-    config.local = LocalTarget {
-        host: args.local_host,
-        port: args.port,
-        keep_host: args.keep_host,
-    };
+    config.local = upstream_args::local_target(&args.target, args.local_host, args.upstream)?;
     config.heartbeat = Heartbeat {
         interval: Duration::from_secs(args.heartbeat_interval),
         timeout: Duration::from_secs(args.heartbeat_timeout),
     };
-    let target = format!("http://{}", config.local.authority());
+    let target = config.local.url();
     serve(config, target, None).await
 }
 

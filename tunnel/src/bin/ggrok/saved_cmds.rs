@@ -11,7 +11,7 @@ use ggrok_tunnel::{
     secrets::mask,
     terminal::escape_controls,
     tokens::{basic_auth_key, KeyringStore, SecretError, SecretStore, NO_KEYRING_ENV, SERVICE},
-    LocalTarget, Secret, TunnelConfig,
+    HostHeader, LocalTarget, Secret, TunnelConfig,
 };
 
 /// `ggrok config`.
@@ -423,14 +423,13 @@ pub fn plan(args: StartArgs) -> anyhow::Result<Vec<Planned>> {
         // Not the app's id: were both to run it, the server would let each replace the other
         // in turn. The server still hands a held name over between them (same token).
         config.client_id = Some(format!("ggrok-cli-{}", t.id));
-        config.local = LocalTarget {
-            host: t.local_host.clone(),
-            port: t.local_port,
-            keep_host: t.keep_host,
-        };
+        config.local = LocalTarget::new(t.local_host.clone(), t.local_port);
+        if t.keep_host {
+            config.local.host_header = HostHeader::Preserve;
+        }
         out.push(Planned {
             label: escape_controls(t.label()).into_owned(),
-            target: format!("http://{}", config.local.authority()),
+            target: config.local.url(),
             config,
         });
     }
