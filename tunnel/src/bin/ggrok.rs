@@ -1,24 +1,26 @@
 //! `ggrok`: expose a local port through a ggrok server.
 //!
-//! Layout: this file has the `http` and `tcp` commands and runs tunnels;
-//! [`saved_cmds`] has `config`, `list` and `start` over the file shared with the desktop app;
-//! [`upstream_args`] `http`'s target and how to talk to it.
+//! Layout: this file has the flags and turns them into tunnels to run;
+//! [`run`] runs them and prints what happens (plain lines, or [`screen`]'s live screen on a
+//! terminal); [`saved_cmds`] has `config`, `list` and `start` over the file shared with the
+//! desktop app; [`upstream_args`] `http`'s target and how to talk to it.
 
 // In `ggrok/`: files directly in `src/bin/` would each be a binary of their own.
+#[path = "ggrok/run.rs"]
+mod run;
 #[path = "ggrok/saved_cmds.rs"]
 mod saved_cmds;
+#[path = "ggrok/screen.rs"]
+mod screen;
 #[path = "ggrok/upstream_args.rs"]
 mod upstream_args;
 
 use std::{process::ExitCode, time::Duration};
 
-use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use ggrok_tunnel::{
-    protocol::Heartbeat, terminal::escape_controls, Connection, Exchange, Secret, Status, Tunnel,
-    TunnelConfig, TunnelKind,
-};
-use tokio::sync::broadcast::error::RecvError;
+use ggrok_tunnel::{protocol::Heartbeat, Secret, TunnelConfig, TunnelKind};
+
+use crate::run::{run_all, Run};
 
 /// Expose a local port at a fixed public URL through your own ggrok server.
 #[derive(Parser, Debug)]
@@ -75,6 +77,8 @@ struct TcpArgs {
     /// Seconds of silence after which the session counts as lost.
     #[arg(long, default_value_t = 45, hide = true)]
     heartbeat_timeout: u64,
+    #[command(flatten)]
+    display: screen::DisplayArgs,
 }
 
 #[derive(Parser, Debug)]
@@ -111,6 +115,8 @@ struct HttpArgs {
     allow_ips: Vec<String>,
     #[command(flatten)]
     upstream: upstream_args::UpstreamArgs,
+    #[command(flatten)]
+    display: screen::DisplayArgs,
     /// Identity towards the server, kept across restarts of this command: a restarted ggrok with
     /// the same id gets its held subdomain back at once (random per run if omitted).
     #[arg(long, env = "GGROK_CLIENT_ID", hide = true)]
@@ -168,29 +174,31 @@ async fn http(args: HttpArgs) -> anyhow::Result<ExitCode> {
         timeout: Duration::from_secs(args.heartbeat_timeout),
     };
     let target = config.local.url();
-    serve(config, target, None).await
+    run_all(
+        vec![Run {
+            config,
+            target,
+            label: None,
+        }],
+        args.display,
+    )
+    .await
 }
 
 /// Runs saved tunnels side by side; with more than one, every line says which it is about.
 async fn start(args: saved_cmds::StartArgs) -> anyhow::Result<ExitCode> {
+    let display = args.display;
     let planned = saved_cmds::plan(args)?;
     let labelled = planned.len() > 1;
-    let runs = planned.into_iter().map(|p| {
-        let label = labelled.then_some(p.label);
-        serve(p.config, p.target, label)
-    });
-    let mut code = ExitCode::SUCCESS;
-    for result in futures_util::future::join_all(runs).await {
-        match result {
-            Ok(c) if c == ExitCode::SUCCESS => {}
-            Ok(c) => code = c,
-            Err(e) => {
-                eprintln!("ggrok: {e:#}");
-                code = ExitCode::FAILURE;
-            }
-        }
-    }
-    Ok(code)
+    let runs = planned
+        .into_iter()
+        .map(|p| Run {
+            config: p.config,
+            target: p.target,
+            label: labelled.then_some(p.label),
+        })
+        .collect();
+    run_all(runs, display).await
 }
 
 async fn tcp(args: TcpArgs) -> anyhow::Result<ExitCode> {
@@ -208,230 +216,13 @@ async fn tcp(args: TcpArgs) -> anyhow::Result<ExitCode> {
         timeout: Duration::from_secs(args.heartbeat_timeout),
     };
     let target = format!("tcp://{}", config.local.authority());
-    serve(config, target, None).await
-}
-
-/// Runs the tunnel until Ctrl-C or a final refusal: prints its URL alone on stdout when it is
-/// first online, then a line per request or connection. With a `label` (several tunnels in one
-/// run) every line starts with it.
-async fn serve(
-    config: TunnelConfig,
-    target: String,
-    label: Option<String>,
-) -> anyhow::Result<ExitCode> {
-    let tunnel = Tunnel::start(config).context("cannot start the tunnel")?;
-    let (out_prefix, err_prefix) = match &label {
-        Some(l) => (format!("{l} "), format!("ggrok: {l}: ")),
-        None => (String::new(), "ggrok: ".to_owned()),
-    };
-    let mut status = tunnel.status();
-    let mut traffic = tunnel.traffic().subscribe();
-    let mut connections = tunnel.connections().subscribe();
-    let mut shown_url: Option<String> = None;
-    loop {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {
-                tunnel.stop().await;
-                return Ok(ExitCode::SUCCESS);
-            }
-            changed = status.changed() => {
-                if changed.is_err() {
-                    return Ok(ExitCode::FAILURE);
-                }
-                let now = status.borrow_and_update().clone();
-                match now {
-                    // Everything a server says is untrusted: it must not write to the terminal.
-                    Status::Online { url, .. } => {
-                        let url = escape_controls(&url).into_owned();
-                        if shown_url.as_deref() != Some(url.as_str()) {
-                            println!("{out_prefix}{url}");
-                            eprintln!("{err_prefix}forwarding {url} -> {target}");
-                            shown_url = Some(url);
-                        } else {
-                            eprintln!("{err_prefix}back online");
-                        }
-                    }
-                    Status::Reconnecting { attempt, reason } => {
-                        let reason = escape_controls(&reason);
-                        eprintln!("{err_prefix}{reason}; reconnecting (attempt {attempt})");
-                    }
-                    Status::Failed { message, .. } => {
-                        eprintln!("{err_prefix}refused: {}", escape_controls(&message));
-                        return Ok(ExitCode::FAILURE);
-                    }
-                    Status::Connecting | Status::Stopped => {}
-                }
-            }
-            event = traffic.recv() => match event {
-                Ok(e) => print_batch(e, &mut traffic, log_line, &out_prefix),
-                Err(RecvError::Lagged(n)) => eprintln!("{err_prefix}{n} requests not shown (log too slow)"),
-                Err(RecvError::Closed) => return Ok(ExitCode::FAILURE),
-            },
-            event = connections.recv() => match event {
-                Ok(c) => print_batch(c, &mut connections, connection_line, &out_prefix),
-                Err(RecvError::Lagged(n)) => eprintln!("{err_prefix}{n} connection events not shown (log too slow)"),
-                Err(RecvError::Closed) => return Ok(ExitCode::FAILURE),
-            },
-        }
-    }
-}
-
-/// Prints `first` and every event already queued behind it with one write, not one per line,
-/// each line after `prefix`. Bounded by the broadcast queue; a lag is reported by the next
-/// `recv`.
-fn print_batch<T>(
-    first: std::sync::Arc<T>,
-    events: &mut tokio::sync::broadcast::Receiver<std::sync::Arc<T>>,
-    line: fn(&mut String, &T),
-    prefix: &str,
-) {
-    use std::io::Write;
-    let mut out = String::new();
-    let mut add = |e: &T| {
-        let start = out.len();
-        line(&mut out, e);
-        if out.len() > start {
-            out.insert_str(start, prefix);
-        }
-    };
-    add(&first);
-    while let Ok(e) = events.try_recv() {
-        add(&e);
-    }
-    let _ = std::io::stdout().write_all(out.as_bytes());
-}
-
-/// Appends `12:01:02 203.0.113.7:51234 1520ms up 1.2 KB down 3.4 KB closed` (UTC time of
-/// arrival) for a connection that has ended; nothing for one that just opened.
-fn connection_line(out: &mut String, c: &Connection) {
-    use std::fmt::Write;
-    let Some(end) = &c.end else { return };
-    push_time(out, c.opened_ms);
-    let _ = write!(out, " {} {}ms up ", escape_controls(&c.from), c.duration_ms);
-    push_size(out, c.bytes_up);
-    out.push_str(" down ");
-    push_size(out, c.bytes_down);
-    out.push(' ');
-    // Reasons may quote what a peer sent.
-    out.push_str(&escape_controls(&end.describe()));
-    out.push('\n');
-}
-
-/// Appends `HH:MM:SS` (UTC) of a Unix time in milliseconds.
-fn push_time(out: &mut String, unix_ms: u64) {
-    let secs = unix_ms / 1000 % 86_400;
-    for (i, n) in [secs / 3600, secs / 60 % 60, secs % 60]
-        .into_iter()
-        .enumerate()
-    {
-        if i > 0 {
-            out.push(':');
-        }
-        out.push(char::from(b'0' + (n / 10) as u8));
-        out.push(char::from(b'0' + (n % 10) as u8));
-    }
-}
-
-/// Appends `7 B`, `1.5 KB` or `3.0 MB`.
-fn push_size(out: &mut String, n: u64) {
-    use std::fmt::Write;
-    let _ = match n {
-        n if n < 1024 => write!(out, "{n} B"),
-        n if n < 1024 * 1024 => write!(out, "{:.1} KB", n as f64 / 1024.0),
-        n => write!(out, "{:.1} MB", n as f64 / (1024.0 * 1024.0)),
-    };
-}
-
-/// Appends `12:01:02 GET /path 200 12ms 1.2 KB` (UTC time) and a newline to `out`, formatted
-/// in place: a line per request is the CLI's busiest output.
-fn log_line(out: &mut String, e: &Exchange) {
-    use std::fmt::Write;
-    push_time(out, e.started_ms);
-    out.push(' ');
-    out.push_str(&e.method);
-    out.push(' ');
-    // Paths are untrusted.
-    out.push_str(&escape_controls(&e.path));
-    out.push(' ');
-    let _ = match (e.status, e.upgraded) {
-        (_, true) => write!(out, "101 upgraded"),
-        (Some(s), _) => write!(out, "{s}"),
-        (None, _) => write!(out, "---"),
-    };
-    let _ = write!(out, " {}ms ", e.duration_ms);
-    push_size(out, e.response_body.size);
-    out.push('\n');
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_log_line_per_ended_connection() {
-        let mut c = Connection {
-            id: 1,
-            from: "203.0.113.7:51234".into(),
-            opened_ms: (3600 + 2 * 60 + 3) * 1000,
-            duration_ms: 1520,
-            bytes_up: 1536,
-            bytes_down: 7,
-            end: None,
-        };
-        let mut out = String::new();
-        connection_line(&mut out, &c);
-        assert_eq!(out, "", "nothing while open");
-        c.end = Some(ggrok_tunnel::tcp::End::Closed);
-        connection_line(&mut out, &c);
-        c.end = Some(ggrok_tunnel::tcp::End::Unreachable {
-            reason: "cannot connect to localhost:1: refused\n".into(),
-        });
-        connection_line(&mut out, &c);
-        assert_eq!(
-            out,
-            "01:02:03 203.0.113.7:51234 1520ms up 1.5 KB down 7 B closed\n\
-             01:02:03 203.0.113.7:51234 1520ms up 1.5 KB down 7 B local service unreachable: \
-             cannot connect to localhost:1: refused\\n\n"
-        );
-    }
-
-    #[test]
-    fn a_log_line_per_exchange() {
-        let mut e = Exchange {
-            id: 1,
-            started_ms: (3600 + 2 * 60 + 3) * 1000 + 999,
-            method: "GET".into(),
-            path: "/a\nb".into(),
-            status: Some(200),
-            duration_ms: 12,
-            remote_addr: None,
-            upgraded: false,
-            request_headers: Default::default(),
-            response_headers: Default::default(),
-            request_body: Default::default(),
-            response_body: Default::default(),
-            error: None,
-        };
-        e.response_body.size = 1536;
-        let mut out = String::new();
-        log_line(&mut out, &e);
-        e.status = None;
-        e.response_body.size = 7;
-        log_line(&mut out, &e);
-        e.upgraded = true;
-        e.response_body.size = 3 << 20;
-        log_line(&mut out, &e);
-        e.path = "/plain?q=1&r=a b".into();
-        log_line(&mut out, &e);
-        e.path = "/\"q\"".into();
-        log_line(&mut out, &e);
-        assert_eq!(
-            out,
-            "01:02:03 GET /a\\nb 200 12ms 1.5 KB\n\
-             01:02:03 GET /a\\nb --- 12ms 7 B\n\
-             01:02:03 GET /a\\nb 101 upgraded 12ms 3.0 MB\n\
-             01:02:03 GET /plain?q=1&r=a b 101 upgraded 12ms 3.0 MB\n\
-             01:02:03 GET /\"q\" 101 upgraded 12ms 3.0 MB\n"
-        );
-    }
+    run_all(
+        vec![Run {
+            config,
+            target,
+            label: None,
+        }],
+        args.display,
+    )
+    .await
 }

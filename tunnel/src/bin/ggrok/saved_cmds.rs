@@ -93,6 +93,9 @@ pub struct StartArgs {
     /// Extra CA certificate (PEM) to trust, for a server with a private or self-signed CA.
     #[arg(long, env = "GGROK_CA_CERT")]
     ca_cert: Option<PathBuf>,
+    /// What is shown while they run.
+    #[command(flatten)]
+    pub display: crate::screen::DisplayArgs,
 }
 
 /// The keyring, or why there is none. The CLI does not fall back to memory the way the app
