@@ -67,10 +67,11 @@ pub fn parse_target(s: &str) -> Result<Target, String> {
 /// HTTP version towards the local service.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
 pub enum UpstreamProtocol {
-    /// HTTP/1.1 (with WebSocket and other upgrades).
+    // Plain comments, not docs: documented values would turn `--help` into the long form.
+    // HTTP/1.1 (with WebSocket and other upgrades).
     #[default]
     Http1,
-    /// HTTP/2: h2c prior knowledge, or h2 over TLS. For gRPC services.
+    // HTTP/2: h2c prior knowledge, or h2 by ALPN over TLS. For gRPC services.
     Http2,
 }
 
