@@ -260,3 +260,43 @@ async fn tunnels_saved_by_the_app_start_from_the_terminal() {
         "ggrok: no saved tunnel \"nope\" (see `ggrok list`)"
     );
 }
+
+/// `config add-server --token` with a real Secret Service: the token is in the keyring under the
+/// server's id, where the app looks for it, and not in the file. Runs under
+/// `GGROK_TEST_SECRET_SERVICE=1` (scripts/test.sh); skipped otherwise.
+#[tokio::test]
+async fn add_server_keeps_the_token_in_the_real_keyring() {
+    if std::env::var("GGROK_TEST_SECRET_SERVICE").as_deref() != Ok("1") {
+        eprintln!("skipped: set GGROK_TEST_SECRET_SERVICE=1 under dbus-run-session");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut add = ggrok(
+        dir.path(),
+        &[
+            "config",
+            "add-server",
+            "https://keyring.example.com",
+            "--token",
+            TOKEN,
+        ],
+    );
+    add.env_remove("DBUS_SESSION_BUS_ADDRESS");
+    if let Some(bus) = std::env::var_os("DBUS_SESSION_BUS_ADDRESS") {
+        add.env("DBUS_SESSION_BUS_ADDRESS", bus);
+    }
+    let out = add.output().await.unwrap();
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("in the system keyring") && !err.contains(TOKEN),
+        "{err}"
+    );
+    let (store, _) = Store::load(dir.path().join(FILE_NAME));
+    let id = store.data().servers[0].id.clone();
+    let keyring = KeyringStore::new(SERVICE);
+    assert_eq!(keyring.get(&id).unwrap().as_deref(), Some(TOKEN));
+    keyring.delete(&id).unwrap();
+    let file = std::fs::read_to_string(dir.path().join(FILE_NAME)).unwrap();
+    assert!(!file.contains(TOKEN));
+}
