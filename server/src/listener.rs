@@ -218,13 +218,51 @@ async fn to_shard(
     shared.spawn_on_runtime(shards.handle(preferred), &shared.conns, serve);
 }
 
-/// Completes TLS when configured (HTTP/2 or HTTP/1.1 by ALPN), then serves HTTP.
+/// The HTTP/2 connection preface, which a client with prior knowledge (h2c: gRPC clients,
+/// `curl --http2-prior-knowledge`) sends in place of an HTTP/1.1 request line.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Reads the start of a plain-text connection until it tells the HTTP/2 preface from HTTP/1.1
+/// (nearly always the first read: no request line starts with `PRI `); whether it is HTTP/2,
+/// and the stream with what was read put back in front. `None` if nothing came in time.
+async fn sniff_h2c<S>(mut stream: S, timeout: Duration) -> Option<(shard::Prefixed<S>, bool)>
+where
+    S: AsyncRead + Unpin,
+{
+    use tokio::io::AsyncReadExt;
+    // A head's worth: the read that tells also takes the whole request head, as hyper's would.
+    let mut buf = BytesMut::with_capacity(4096);
+    let read = async {
+        loop {
+            let n = buf.len().min(H2_PREFACE.len());
+            if buf[..n] != H2_PREFACE[..n] {
+                return false;
+            }
+            if n == H2_PREFACE.len() {
+                return true;
+            }
+            // Closed or failed: hyper meets the same end on its first read.
+            match stream.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => return false,
+                Ok(_) => {}
+            }
+        }
+    };
+    let h2 = tokio::time::timeout(timeout, read).await.ok()?;
+    Some((shard::Prefixed::new(buf.freeze(), stream), h2))
+}
+
+/// Completes TLS when configured (HTTP/2 or HTTP/1.1 by ALPN), then serves HTTP; in plain
+/// text, HTTP/1.1 or HTTP/2 with prior knowledge.
 async fn serve_connection<S>(shared: Arc<Shared>, stream: S, peer: SocketAddr)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let Some(tls) = shared.config.tls.clone() else {
-        return serve_http(shared, stream, Visitor::direct(peer, false), false).await;
+        let Some((stream, h2)) = sniff_h2c(stream, shared.config.header_read_timeout).await else {
+            return debug!(%peer, "connection sent no request head in time");
+        };
+        return serve_http(shared, stream, Visitor::direct(peer, false), h2).await;
     };
     let handshake = tokio_rustls::TlsAcceptor::from(tls).accept(stream);
     let stream = match tokio::time::timeout(shared.config.header_read_timeout, handshake).await {

@@ -137,11 +137,8 @@ async fn forwarded_headers_and_host_rewrite() {
 
     let mut cfg = TunnelConfig::new(server.url(), origin.port());
     cfg.subdomain = Some("keep".into());
-    cfg.local = LocalTarget {
-        host: "127.0.0.1".into(),
-        port: origin.port(),
-        keep_host: true,
-    };
+    cfg.local = LocalTarget::new("127.0.0.1", origin.port());
+    cfg.local.host_header = ggrok_tunnel::HostHeader::Preserve;
     let (_k, _) = tunnel_with(cfg).await;
     let r = get(&server, "keep", "/echo")
         .header("x-forwarded-for", "203.0.113.9")
@@ -613,4 +610,34 @@ async fn a_local_service_closing_idle_connections_loses_no_request() {
         assert_eq!(r.text().await.unwrap(), "ok");
     }
     assert_eq!(accepted.load(Ordering::SeqCst), 30);
+}
+
+/// A visitor speaking HTTP/2 with prior knowledge on the plain-text port (gRPC clients do) is
+/// served over HTTP/2, request and response bodies whole; HTTP/1.1 on the same port is unchanged.
+#[tokio::test]
+async fn h2c_prior_knowledge_visitors_are_served() {
+    use http_body_util::BodyExt;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let server = Server::start(config()).await;
+    let origin = Origin::start().await;
+    let (_t, url) = tunnel(&server, origin.port(), Some("h2c")).await;
+
+    let io = TokioIo::new(tokio::net::TcpStream::connect(server.addr).await.unwrap());
+    let (mut h2, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::post(format!("{url}/echo"))
+        .body(http_body_util::Full::new(bytes::Bytes::from(all_bytes())))
+        .unwrap();
+    let resp = h2.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    assert_eq!(resp.headers()["x-echo-method"], "POST");
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, all_bytes());
+
+    let r = get(&server, "h2c", "/echo").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.version(), http::Version::HTTP_11);
 }

@@ -9,7 +9,7 @@ use tokio::{net::TcpListener, sync::oneshot};
 use tracing::{info, warn};
 
 /// Preferred port; if it is taken (another ggrok, say) an ephemeral port is used instead.
-pub const DEFAULT_PORT: u16 = 7070;
+pub const DEFAULT_PORT: u16 = ggrok_tunnel::saved::BUILTIN_DEFAULT_PORT;
 /// Domain of the embedded server: `*.localhost` resolves to loopback in browsers.
 pub const DOMAIN: &str = "localhost";
 /// Public ports of TCP tunnels on the embedded server, bound on 127.0.0.1 like the server.

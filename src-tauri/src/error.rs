@@ -3,7 +3,9 @@
 
 use serde::{ser::SerializeStruct, Serialize, Serializer};
 
-use crate::{store::StoreError, tunnels::ManagerError};
+use ggrok_tunnel::saved::StoreError;
+
+use crate::tunnels::ManagerError;
 
 /// Why a command failed.
 #[derive(Debug, thiserror::Error)]

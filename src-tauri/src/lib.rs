@@ -4,10 +4,10 @@
 //! user can expose a port and open `http://NAME.localhost:PORT` without owning a server.
 //!
 //! Layout:
-//! - [`store`]: saved tunnels, servers and settings as JSON, written atomically.
-//! - [`secrets`]: server tokens in the OS keyring, with a run-only memory fallback.
 //! - [`tunnels`]: the manager of running tunnels, their status, counts and traffic.
-//! - [`state`]: every user action over store + secrets + manager, without Tauri types.
+//! - [`state`]: every user action over the saved file, the tokens and the manager, without
+//!   Tauri types. The file and the keyring are shared with the `ggrok` CLI: they live in
+//!   `ggrok_tunnel::saved` and `ggrok_tunnel::tokens`.
 //! - [`commands`]: thin `#[tauri::command]` wrappers; [`error`]: the error they return.
 //! - [`tray`]: the tray menu and icon.
 //! - [`embedded`]: the in-process server.
@@ -17,7 +17,7 @@
 //!   settings; [`notify`]: when a tunnel's status deserves a notification.
 //!
 //! Only what the integration tests in `tests/` drive is public (`background`, `embedded`,
-//! `secrets`, `state`, `store`, `tunnels`); the rest is the app's own.
+//! `state`, `tunnels`); the rest is the app's own.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -27,10 +27,8 @@ pub mod embedded;
 mod error;
 mod listening;
 mod notify;
-pub mod secrets;
 mod server_check;
 pub mod state;
-pub mod store;
 mod tray;
 pub mod tunnels;
 mod webview;
@@ -44,13 +42,8 @@ use tauri::{AppHandle, Builder, Emitter, Manager as _, RunEvent, Runtime, Window
 use tauri_plugin_clipboard_manager::ClipboardExt;
 use tracing::{info, warn};
 
-use crate::{
-    embedded::EmbeddedServer,
-    secrets::{KeyringStore, Secrets, SERVICE},
-    state::AppState,
-    store::Store,
-    tunnels::Manager,
-};
+use crate::{embedded::EmbeddedServer, state::AppState, tunnels::Manager};
+use ggrok_tunnel::{saved::Store, tokens::Secrets};
 
 /// Event carrying a [`tunnels::Event`] (status or traffic) to the window.
 pub const EVENT_TUNNEL: &str = "tunnel-event";
@@ -170,10 +163,7 @@ fn on_tray<R: Runtime>(app: &AppHandle<R>, action: tray::Action) {
 
 /// Where settings live: `GGROK_CONFIG_DIR` (tests, portable installs) or the OS config dir.
 fn config_path() -> PathBuf {
-    match std::env::var_os("GGROK_CONFIG_DIR") {
-        Some(dir) => PathBuf::from(dir).join(store::FILE_NAME),
-        None => Store::default_path().unwrap_or_else(|| PathBuf::from(store::FILE_NAME)),
-    }
+    Store::configured_path()
 }
 
 /// Loads settings and tokens and starts the embedded server on the port asked for by
@@ -186,14 +176,9 @@ async fn boot() -> std::io::Result<(Arc<AppState>, EmbeddedServer)> {
         .or(store.data().settings.server_port)
         .unwrap_or(embedded::DEFAULT_PORT);
     let server = EmbeddedServer::start(port).await?;
-    let secrets = if std::env::var("GGROK_NO_KEYRING").as_deref() == Ok("1") {
-        Secrets::in_memory()
-    } else {
-        let s = Secrets::new(Box::new(KeyringStore::new(SERVICE)));
-        // Probe once so a missing keyring is reported at start, not at the first token.
-        let _ = s.get("__probe__");
-        s
-    };
+    let secrets = Secrets::from_env();
+    // Probe once so a missing keyring is reported at start, not at the first token.
+    let _ = secrets.get("__probe__");
     let manager = Manager::new();
     if let Some(limit) = store.data().settings.capture_limit {
         manager.set_capture_limit(limit);
@@ -241,6 +226,16 @@ pub fn run() {
                 show_main(&handle);
             }
             background::spawn_notifier(&handle, state.clone());
+            let st = state.clone();
+            tauri::async_runtime::spawn(async move {
+                // The `ggrok` CLI saves to the same file; a stat every two seconds is the
+                // cheapest portable way to notice.
+                let mut every = tokio::time::interval(std::time::Duration::from_secs(2));
+                loop {
+                    every.tick().await;
+                    st.reload_if_changed();
+                }
+            });
             let st = state.clone();
             tauri::async_runtime::spawn(async move {
                 forward_events(&handle, st.clone());

@@ -5,7 +5,9 @@ use std::{sync::Mutex, time::Duration};
 
 use ggrok_tunnel::{
     protocol::{validate_name, RefusalKind},
+    saved::{new_id, Kind, SavedServer, SavedTunnel, Settings, Store, BUILTIN_SERVER_ID},
     secrets::mask,
+    tokens::{basic_auth_key, Secrets, Storage},
     Secret, Status, TunnelConfig, TunnelKind,
 };
 use serde::{Deserialize, Serialize};
@@ -14,9 +16,7 @@ use tokio::sync::broadcast;
 use crate::{
     error::Error,
     listening::{listening, ListeningPort},
-    secrets::{Secrets, Storage},
     server_check::{self, ServerCheck},
-    store::{new_id, Kind, SavedServer, SavedTunnel, Settings, Store, BUILTIN_SERVER_ID},
     tunnels::{ConnectionRow, Detail, Manager, Spec, Summary, TRAFFIC_CAP},
 };
 
@@ -158,11 +158,6 @@ pub struct TunnelInput {
     pub keep_host: bool,
 }
 
-/// Where a tunnel's Basic-auth `user:password` is kept (with the tokens, never in the file).
-fn basic_auth_key(tunnel_id: &str) -> String {
-    format!("basic-auth:{tunnel_id}")
-}
-
 /// Server form input.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -222,6 +217,23 @@ impl AppState {
         let _ = self.changed.send(());
     }
 
+    /// Re-reads the saved file if something else (the `ggrok` CLI) changed it, and then tells
+    /// the window; whether it had changed.
+    pub fn reload_if_changed(&self) -> bool {
+        let changed = {
+            let mut store = self.store.lock().expect("store lock");
+            let changed = store.changed_on_disk();
+            if changed {
+                store.fresh();
+            }
+            changed
+        };
+        if changed {
+            self.notify();
+        }
+        changed
+    }
+
     /// Startup facts and warnings.
     pub fn info(&self) -> AppInfo {
         let mut warnings = self.warnings.lock().expect("warnings lock").clone();
@@ -240,7 +252,7 @@ impl AppState {
         self.store
             .lock()
             .expect("store lock")
-            .data()
+            .fresh()
             .tunnels
             .iter()
             .find(|t| t.id == id)
@@ -255,7 +267,7 @@ impl AppState {
         self.store
             .lock()
             .expect("store lock")
-            .data()
+            .fresh()
             .servers
             .iter()
             .find(|s| s.id == server_id)
@@ -299,7 +311,7 @@ impl AppState {
         self.store
             .lock()
             .expect("store lock")
-            .data()
+            .fresh()
             .tunnels
             .clone()
     }
@@ -321,7 +333,7 @@ impl AppState {
             .store
             .lock()
             .expect("store lock")
-            .data()
+            .fresh()
             .servers
             .clone();
         let mut out = vec![ServerView {
@@ -438,21 +450,15 @@ impl AppState {
             ));
         }
         self.server_url_and_name(&input.server_id)?;
-        Ok(SavedTunnel {
-            id: String::new(),
-            kind: input.kind,
-            remote_port,
-            given_port: None,
-            server_id: input.server_id.clone(),
-            subdomain,
-            local_host,
-            local_port: port,
-            start_on_launch: input.start_on_launch,
-            given_name: None,
-            allow_ips,
-            // The Host header is HTTP's.
-            keep_host: input.keep_host && !tcp,
-        })
+        let mut t = SavedTunnel::new(String::new(), input.server_id.clone(), local_host, port);
+        t.kind = input.kind;
+        t.remote_port = remote_port;
+        t.subdomain = subdomain;
+        t.start_on_launch = input.start_on_launch;
+        t.allow_ips = allow_ips;
+        // The Host header is HTTP's.
+        t.keep_host = input.keep_host && !tcp;
+        Ok(t)
     }
 
     fn spec(&self, t: &SavedTunnel) -> Result<Spec, Error> {
@@ -595,6 +601,9 @@ impl AppState {
             t.given_name = old.given_name.clone();
             t.given_port = old.given_port;
         }
+        // What the form does not show (the CLI's name, fields of a newer format) stays.
+        t.name = old.name.clone();
+        t.unknown = old.unknown.clone();
         let auth_changed = self.save_basic_auth(id, input.basic_auth.as_deref());
         let restart = auth_changed
             || SavedTunnel {
@@ -666,7 +675,7 @@ impl AppState {
         self.store
             .lock()
             .expect("store lock")
-            .data()
+            .fresh()
             .settings
             .clone()
     }
@@ -782,15 +791,18 @@ impl AppState {
             }
             None => new_id(),
         };
-        let server = SavedServer {
-            id: id.clone(),
-            name,
-            url,
-        };
         self.store.lock().expect("store lock").update(|d| {
             match d.servers.iter_mut().find(|s| s.id == id) {
-                Some(slot) => *slot = server.clone(),
-                None => d.servers.push(server.clone()),
+                Some(slot) => {
+                    slot.name = name;
+                    slot.url = url;
+                }
+                None => d.servers.push(SavedServer {
+                    id: id.clone(),
+                    name,
+                    url,
+                    unknown: Default::default(),
+                }),
             }
         })?;
         match input.token.as_deref().map(str::trim) {
@@ -848,7 +860,7 @@ impl AppState {
             .store
             .lock()
             .expect("store lock")
-            .data()
+            .fresh()
             .tunnels
             .iter()
             .filter(|t| t.server_id == id)
@@ -871,9 +883,10 @@ impl AppState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ggrok_tunnel::saved::FILE_NAME;
+
     use crate::{
         server_check::Outcome,
-        store::FILE_NAME,
         test_support::{get, get_with, Origin, TestServer},
     };
 
@@ -938,6 +951,58 @@ mod tests {
         again.delete_tunnel(&view.id).await.unwrap();
         assert!(again.tunnels().is_empty());
         assert!(state(dir.path(), &server).tunnels().is_empty());
+    }
+
+    /// The `ggrok` CLI writes the same file while the app runs (`ggrok config add-tunnel`): the
+    /// app lists and starts that tunnel, and an edit in the app keeps what only the CLI sets.
+    #[tokio::test]
+    async fn a_tunnel_the_cli_saved_while_the_app_runs_is_listed_started_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = TestServer::start().await;
+        let origin = Origin::start().await;
+        let s = state(dir.path(), &server);
+        assert!(s.tunnels().is_empty());
+
+        let mut changes = s.subscribe_changes();
+        assert!(!s.reload_if_changed());
+        let (mut cli, _) = Store::load(dir.path().join(FILE_NAME));
+        cli.update(|d| {
+            let mut t = SavedTunnel::new(
+                "c11".into(),
+                BUILTIN_SERVER_ID.into(),
+                "127.0.0.1".into(),
+                origin.port,
+            );
+            t.name = Some("web".into());
+            t.subdomain = Some("from-cli".into());
+            d.tunnels.push(t);
+        })
+        .unwrap();
+        assert!(s.reload_if_changed());
+        changes.try_recv().expect("the window is told");
+
+        let listed = s.tunnels();
+        assert_eq!(listed.len(), 1, "the app sees the CLI's save");
+        let view = s.start("c11").await.unwrap();
+        assert_eq!(
+            view.url(),
+            Some(format!("http://from-cli.localhost:{}", server.port).as_str())
+        );
+        assert_eq!(get(server.port, "from-cli.localhost", "/").await.0, 200);
+
+        s.update_tunnel(
+            "c11",
+            TunnelInput {
+                start_on_launch: false,
+                ..input(origin.port as i64, Some("from-cli"))
+            },
+        )
+        .await
+        .unwrap();
+        let (cli, _) = Store::load(dir.path().join(FILE_NAME));
+        let t = &cli.data().tunnels[0];
+        assert_eq!((t.name.as_deref(), t.start_on_launch), (Some("web"), false));
+        s.manager().stop_all().await;
     }
 
     #[tokio::test]

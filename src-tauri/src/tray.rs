@@ -193,7 +193,7 @@ mod tests {
     fn view(id: &str, status: Status) -> TunnelView {
         TunnelView {
             id: id.into(),
-            kind: crate::store::Kind::Http,
+            kind: ggrok_tunnel::saved::Kind::Http,
             remote_port: None,
             given_port: None,
             server_id: "local".into(),
@@ -257,7 +257,7 @@ mod tests {
     #[test]
     fn tcp_tunnels_are_listed_by_port() {
         let online = TunnelView {
-            kind: crate::store::Kind::Tcp,
+            kind: ggrok_tunnel::saved::Kind::Tcp,
             subdomain: None,
             local_port: 22,
             ..view(
@@ -269,7 +269,7 @@ mod tests {
             )
         };
         let stopped = TunnelView {
-            kind: crate::store::Kind::Tcp,
+            kind: ggrok_tunnel::saved::Kind::Tcp,
             subdomain: None,
             given_port: Some(20001),
             local_port: 5432,

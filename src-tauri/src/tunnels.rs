@@ -14,8 +14,8 @@ pub use ggrok_tunnel::inspect::view::{Detail, Summary};
 use ggrok_tunnel::{
     inspect::export,
     tcp::End,
-    ConfigError, Connection, Connections, LocalTarget, ReplayEdits, ReplayError, Secret, Status,
-    Traffic, Tunnel, TunnelConfig, TunnelKind,
+    ConfigError, Connection, Connections, HostHeader, LocalTarget, ReplayEdits, ReplayError, Secret,
+    Status, Traffic, Tunnel, TunnelConfig, TunnelKind,
 };
 use serde::Serialize;
 use tokio::sync::broadcast;
@@ -243,11 +243,10 @@ impl Manager {
         config.client_id = spec.client_id;
         config.token = spec.token;
         config.subdomain = spec.subdomain;
-        config.local = LocalTarget {
-            host: spec.local_host,
-            port: spec.local_port,
-            keep_host: spec.keep_host,
-        };
+        config.local = LocalTarget::new(spec.local_host, spec.local_port);
+        if spec.keep_host {
+            config.local.host_header = HostHeader::Preserve;
+        }
         config.basic_auth = spec.basic_auth;
         config.allow_ips = spec.allow_ips;
         config.ring_size = self.ring_size;

@@ -3,6 +3,10 @@
 
 use std::{sync::mpsc, sync::Arc, time::Duration};
 
+use ggrok_tunnel::{
+    saved::{Store, FILE_NAME},
+    tokens::Secrets,
+};
 use serde_json::{json, Value};
 use tauri::async_runtime::block_on as rt;
 use tauri::{
@@ -14,9 +18,7 @@ use tauri::{
 
 use crate::{
     builder, forward_events,
-    secrets::Secrets,
     state::AppState,
-    store::{Store, FILE_NAME},
     test_support::{get, Origin, TestServer},
     tunnels::Manager,
     EVENT_TUNNEL,

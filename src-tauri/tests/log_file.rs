@@ -6,10 +6,12 @@
 use ggrok_desktop::{
     background,
     embedded::EmbeddedServer,
-    secrets::Secrets,
     state::{AppState, ServerInput, TunnelInput},
-    store::{Store, FILE_NAME},
     tunnels::Manager,
+};
+use ggrok_tunnel::{
+    saved::{Store, FILE_NAME},
+    tokens::Secrets,
 };
 use tauri_plugin_log::TargetKind;
 

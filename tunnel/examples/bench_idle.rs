@@ -59,11 +59,7 @@ struct Target {
 impl Target {
     fn config(&self) -> TunnelConfig {
         let mut c = TunnelConfig::new(self.server.clone(), self.port);
-        c.local = LocalTarget {
-            host: "127.0.0.1".to_owned(),
-            port: self.port,
-            keep_host: false,
-        };
+        c.local = LocalTarget::new("127.0.0.1", self.port);
         c
     }
 }

@@ -44,7 +44,7 @@ pub enum TunnelKind {
 #[derive(Debug, Clone)]
 pub struct TunnelConfig {
     /// HTTP or TCP. A TCP tunnel ignores `subdomain`, and the HTTP-only parts of `local`
-    /// (`keep_host`); it refuses `basic_auth`.
+    /// (`host_header`, `upstream`); it refuses `basic_auth`.
     pub kind: TunnelKind,
     /// Server URL: `http(s)://host[:port]` or `ws(s)://host[:port]`.
     pub server: String,
@@ -89,11 +89,7 @@ impl TunnelConfig {
             server: server.into(),
             token: None,
             subdomain: None,
-            local: LocalTarget {
-                host: "localhost".to_owned(),
-                port,
-                keep_host: false,
-            },
+            local: LocalTarget::new("localhost", port),
             heartbeat: Heartbeat::default(),
             backoff: Backoff::default(),
             ring_size: DEFAULT_RING_SIZE,

@@ -21,6 +21,7 @@ use crate::{
     mux_body::{send_body, RecvBody},
     protocol::{PageKind, RESET_PROTOCOL},
     traffic::{now_ms, CapturedBody, Exchange, Headers, Pending, Recorded, Side, Traffic},
+    upstream::{Connector, HostHeader, Upstream},
 };
 
 /// Where requests go on the developer's machine.
@@ -30,11 +31,29 @@ pub struct LocalTarget {
     pub host: String,
     /// Port of the local service.
     pub port: u16,
-    /// Keep the public `Host` header instead of rewriting it to `host:port`.
-    pub keep_host: bool,
+    /// The `Host` the local service gets.
+    pub host_header: HostHeader,
+    /// TLS and HTTP version towards the local service.
+    pub upstream: Upstream,
 }
 
 impl LocalTarget {
+    /// Plain HTTP/1.1 to `host:port`, with `Host` rewritten to that.
+    pub fn new(host: impl Into<String>, port: u16) -> Self {
+        Self {
+            host: host.into(),
+            port,
+            host_header: HostHeader::Rewrite,
+            upstream: Upstream::default(),
+        }
+    }
+
+    /// `http://host:port`, `https://...` with TLS: what the CLI says it forwards to.
+    pub fn url(&self) -> String {
+        let scheme = if self.upstream.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.authority())
+    }
+
     /// `host:port`, bracketing IPv6 addresses.
     pub fn authority(&self) -> String {
         if self.host.contains(':') && !self.host.starts_with('[') {
@@ -176,7 +195,9 @@ pub struct Forwarder {
     /// new connection.
     addr: Mutex<Option<std::net::SocketAddr>>,
     authority: String,
-    host_header: HeaderValue,
+    /// The `Host` to send; `None` keeps the visitor's.
+    host_header: Option<HeaderValue>,
+    connector: Connector,
     idle: Arc<Idle>,
     traffic: Traffic,
 }
@@ -185,13 +206,21 @@ impl Forwarder {
     /// A forwarder to `target` that records into `traffic`.
     pub fn new(target: LocalTarget, traffic: Traffic) -> Arc<Self> {
         let authority = target.authority();
-        let host_header = HeaderValue::from_str(&authority)
-            .unwrap_or_else(|_| HeaderValue::from_static("localhost"));
+        let host_header = match &target.host_header {
+            HostHeader::Rewrite => Some(
+                HeaderValue::from_str(&authority)
+                    .unwrap_or_else(|_| HeaderValue::from_static("localhost")),
+            ),
+            HostHeader::Preserve => None,
+            HostHeader::Value(v) => Some(v.clone()),
+        };
+        let connector = Connector::new(target.upstream, &target.host);
         Arc::new(Self {
             target,
             addr: Mutex::new(None),
             authority,
             host_header,
+            connector,
             idle: Arc::new(Idle::new(MAX_IDLE_AGE)),
             traffic,
         })
@@ -272,8 +301,8 @@ impl Forwarder {
             .unwrap_or("/")
             .to_owned();
         strip_hop_by_hop(&mut parts.headers);
-        if !self.target.keep_host {
-            parts.headers.insert(header::HOST, self.host_header.clone());
+        if let Some(host) = &self.host_header {
+            parts.headers.insert(header::HOST, host.clone());
         }
         let upgrade = upgrade && is_upgrade(&parts.headers);
         let id = self.traffic.next_id();
@@ -343,7 +372,7 @@ impl Forwarder {
                 });
                 pending.update(|x| x.frames = frames);
                 // The connection hands its I/O over to the upgrade once driven to its end.
-                if let Some(rest) = conn.detach() {
+                if let Some(rest) = conn.as_mut().and_then(DrivenConn::detach) {
                     tokio::spawn(async move {
                         if let Err(e) = rest.await {
                             tracing::debug!(%e, "local upgrade connection ended");
@@ -359,23 +388,32 @@ impl Forwarder {
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         parts.version = http::Version::default();
-        let idle = (!upgrade).then(|| self.idle.clone());
-        let body = DrivenBody::new(boxed(body), conn, move |conn| {
-            if let Some(idle) = idle {
-                idle.put(conn);
+        let body = match conn {
+            Some(conn) => {
+                let idle = (!upgrade).then(|| self.idle.clone());
+                boxed(DrivenBody::new(boxed(body), conn, move |conn| {
+                    if let Some(idle) = idle {
+                        idle.put(conn);
+                    }
+                }))
             }
-        });
-        let body = Recorded::new(boxed(body), pending, Side::Response).boxed();
+            // HTTP/2: the connection has a task of its own.
+            None => boxed(body),
+        };
+        let body = Recorded::new(body, pending, Side::Response).boxed();
         (id, Response::from_parts(parts, body), None)
     }
 
     /// Sends `req` to the local service over an idle connection (if `reuse`) or a new one;
-    /// returns the response head and the connection, which the response body drives.
+    /// returns the response head and the HTTP/1.1 connection, which the response body drives.
     async fn send(
         &self,
         mut req: Request<Body>,
         mut reuse: bool,
-    ) -> Result<(Response<Incoming>, DrivenConn), BoxError> {
+    ) -> Result<(Response<Incoming>, Option<DrivenConn>), BoxError> {
+        if self.connector.upstream().http2 {
+            return Ok((self.send_h2(req).await?, None));
+        }
         loop {
             let (mut conn, idled) = match reuse.then(|| self.idle.take()).flatten() {
                 Some((conn, idled)) => (conn, Some(idled)),
@@ -385,7 +423,7 @@ impl Forwarder {
                 .filter(|d| *d >= self.idle.resend_after)
                 .and_then(|_| repeatable(&req));
             match conn.send(req).await {
-                Ok(resp) => return Ok((resp, conn)),
+                Ok(resp) => return Ok((resp, Some(conn))),
                 Err(mut e) => match (e.take_message(), again) {
                     // An idle connection the local service closed just now: the request was
                     // not sent, so it goes out on another.
@@ -402,9 +440,43 @@ impl Forwarder {
         }
     }
 
-    /// Opens a connection to the local service: to the address that worked last, else to each
-    /// address the host resolves to, in order.
+    /// Sends `req` over the shared HTTP/2 connection, opening it first if there is none. HTTP/2
+    /// carries the host in the request target (`:authority`), not in `Host`.
+    async fn send_h2(&self, req: Request<Body>) -> Result<Response<Incoming>, BoxError> {
+        let (mut parts, body) = req.into_parts();
+        let authority = match parts.headers.remove(header::HOST) {
+            Some(h) => h.to_str().map(str::to_owned).unwrap_or_default(),
+            None => self.authority.clone(),
+        };
+        let scheme = if self.connector.upstream().tls {
+            "https"
+        } else {
+            "http"
+        };
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        parts.uri = format!("{scheme}://{authority}{path}")
+            .parse()
+            .map_err(|e| format!("the Host {authority:?} cannot be an HTTP/2 authority ({e})"))?;
+        parts.version = http::Version::HTTP_2;
+        let req = Request::from_parts(parts, body);
+        let mut sender = match self.connector.h2_sender() {
+            Some(s) => s,
+            None => {
+                let io = self.connect_io().await?;
+                self.connector.h2_handshake(io).await?
+            }
+        };
+        Ok(sender.send_request(req).await?)
+    }
+
+    /// Opens an HTTP/1.1 connection to the local service.
     async fn connect(&self) -> Result<DrivenConn, BoxError> {
+        Ok(DrivenConn::handshake(self.connect_io().await?).await?)
+    }
+
+    /// Opens a connection to the local service (TLS if asked for): to the address that worked
+    /// last, else to each address the host resolves to, in order.
+    async fn connect_io(&self) -> Result<crate::upstream::LocalIo, BoxError> {
         let known = *self.addr.lock().unwrap_or_else(|p| p.into_inner());
         let stream = match known {
             Some(addr) => match tokio::net::TcpStream::connect(addr).await {
@@ -415,7 +487,7 @@ impl Forwarder {
             None => self.resolve_and_connect().await?,
         };
         stream.set_nodelay(true)?;
-        Ok(DrivenConn::handshake(stream).await?)
+        self.connector.wrap(stream).await
     }
 
     async fn resolve_and_connect(&self) -> std::io::Result<tokio::net::TcpStream> {
@@ -568,11 +640,7 @@ mod tests {
     #[tokio::test]
     async fn a_request_lost_on_a_closing_idle_connection_is_sent_again_when_safe() {
         let (addr, log) = closes_on_second_request().await;
-        let target = LocalTarget {
-            host: "127.0.0.1".into(),
-            port: addr.port(),
-            keep_host: false,
-        };
+        let target = LocalTarget::new("127.0.0.1", addr.port());
         let mut forwarder = Forwarder::new(target, Traffic::new(16, 1024));
         // Every reused connection counts as long idle.
         Arc::get_mut(&mut forwarder).unwrap().idle = Arc::new(Idle {
@@ -638,11 +706,7 @@ mod tests {
                     .await;
             }
         });
-        let target = LocalTarget {
-            host: "localhost".into(),
-            port: addr.port(),
-            keep_host: false,
-        };
+        let target = LocalTarget::new("localhost", addr.port());
         let forwarder = Forwarder::new(target, Traffic::new(4, 64));
         for _ in 0..3 {
             let req = Request::get("/").body(http_util::empty()).unwrap();

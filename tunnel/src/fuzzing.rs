@@ -340,11 +340,7 @@ fn origin() -> LocalTarget {
         });
         port
     });
-    LocalTarget {
-        host: "127.0.0.1".to_owned(),
-        port,
-        keep_host: false,
-    }
+    LocalTarget::new("127.0.0.1", port)
 }
 
 async fn client_session(ops: &[Op]) {

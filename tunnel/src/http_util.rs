@@ -74,6 +74,8 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
 
 /// Removes hop-by-hop headers, including those named in `Connection`. When the message is an
 /// upgrade, `Connection: upgrade` and `Upgrade` are kept so the next hop can switch too.
+/// `TE: trailers` is kept: it is the one value HTTP/2 allows, and gRPC requires it (servers use
+/// it to detect proxies that would drop the trailers carrying the call's status).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Most messages carry none of them: one pass over the names present is then cheaper than
     // a lookup for every hop-by-hop name. Headers named in `Connection` need a `Connection`.
@@ -82,6 +84,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
     let upgrade = is_upgrade(headers);
     let upgrade_value = headers.get(header::UPGRADE).cloned();
+    let te_trailers = headers
+        .get_all(header::TE)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"));
     // `Connection: keep-alive` (or `close`) names no header of its own: skip those tokens, so
     // the usual response costs no allocation here.
     let named: Vec<header::HeaderName> = headers
@@ -99,6 +106,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if let (true, Some(value)) = (upgrade, upgrade_value) {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, value);
+    }
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
 }
 
@@ -256,6 +266,11 @@ mod tests {
             strip_hop_by_hop(&mut h);
             assert_eq!(h.len(), 1, "{name} is stripped");
         }
+
+        let mut h = HeaderMap::new();
+        h.insert(header::TE, HeaderValue::from_static("gzip, Trailers"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.get(header::TE).unwrap(), "trailers", "gRPC's TE stays");
     }
 
     #[test]

@@ -17,6 +17,7 @@
 //! - [`logging`]: the `tracing` filter every ggrok binary starts with.
 //! - [`forward`]: the client's side of a stream: forward to the local service, replay.
 //! - [`frames`]: WebSocket frames read as they pass an upgraded connection, for the inspector.
+//! - [`upstream`]: TLS, HTTP/2 and the `Host` header towards the local service.
 //! - [`driven`]: HTTP/1.1 client connections driven by the task that uses them.
 //! - [`traffic`]: recorded exchanges for the log, the inspector and replay.
 //! - [`http_util`]: body type, hop-by-hop headers and ggrok's own error pages.
@@ -25,6 +26,10 @@
 //! - [`terminal`]: network text made safe to print on a terminal.
 //! - [`inspect`]: the CLI's local inspector (web page and ngrok-shaped JSON API), and the
 //!   traffic views, curl and HAR export the desktop app shares.
+//! - [`saved`]: the saved servers and tunnels file the CLI and the desktop app share (feature
+//!   `saved`).
+//! - [`tokens`]: server tokens in the OS keyring, with a run-only memory fallback (feature
+//!   `saved`).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -43,11 +48,16 @@ pub mod logging;
 pub mod mux;
 pub mod mux_body;
 pub mod protocol;
+#[cfg(feature = "saved")]
+pub mod saved;
 pub mod secrets;
 pub mod stop;
 pub mod tcp;
 pub mod terminal;
+#[cfg(feature = "saved")]
+pub mod tokens;
 pub mod traffic;
+pub mod upstream;
 
 pub use backoff::Backoff;
 pub use client::{ConfigError, Status, Tunnel, TunnelConfig, TunnelHandle, TunnelKind};
@@ -55,3 +65,4 @@ pub use forward::{LocalTarget, ReplayEdits, ReplayError};
 pub use secrets::Secret;
 pub use tcp::{Connection, Connections};
 pub use traffic::{Exchange, Traffic};
+pub use upstream::{HostHeader, Upstream};

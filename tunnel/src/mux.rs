@@ -266,6 +266,11 @@ struct StreamState {
     recv_unacked: u32,
     /// The peer's half has ended (FIN or trailers).
     recv_done: bool,
+    /// The peer's half ended whole (FIN or trailers, not a reset): a reset that follows only
+    /// stops our sending, and the reader still gets everything up to the end. A client that
+    /// has read a whole request (its length was known) and answered it drops the stream before
+    /// the request's FIN arrives; that must not cut off the answer it sent.
+    recv_whole: bool,
     /// Since when data waits unread or held without any progress (for the stall check).
     waiting_since: Option<Instant>,
 
@@ -388,6 +393,7 @@ impl State {
         s.reset = Some((code, reason.to_owned()));
         s.send_done = true;
         s.recv_done = true;
+        s.recv_whole = false;
         wake(&mut s.recv_waker);
         wake(&mut s.send_waker);
         self.reset_frame(id, code, reason);
@@ -814,6 +820,7 @@ where
                             recv_credit: STREAM_WINDOW,
                             send_credit: STREAM_WINDOW,
                             recv_done: fin,
+                            recv_whole: fin,
                             by_peer: true,
                             head_received: true,
                             queued_bytes: len,
@@ -846,6 +853,7 @@ where
                         (len > 0).then(|| Item::Data(keep(payload)))
                     } else if flags & FLAG_TRAILERS != 0 {
                         s.recv_done = true;
+                        s.recv_whole = true;
                         Some(Item::Trailers(keep(payload)))
                     } else {
                         if s.head_received {
@@ -856,6 +864,7 @@ where
                     };
                     if fin {
                         s.recv_done = true;
+                        s.recv_whole = true;
                     }
                     if let Some(item) = item {
                         s.queued_bytes += len;
@@ -1169,6 +1178,9 @@ impl MuxStream {
             return Poll::Ready(Some(Err(MuxError::Closed)));
         };
         let Some(item) = s.queue.pop_front() else {
+            if s.recv_whole {
+                return Poll::Ready(None);
+            }
             if let Some((code, reason)) = &s.reset {
                 return Poll::Ready(Some(Err(MuxError::Reset {
                     code: *code,
@@ -1690,6 +1702,50 @@ mod tests {
                 ..
             }))
         ));
+    }
+
+    /// An answer sent whole (FIN) and then the stream dropped before the request's end came
+    /// (the answerer had read all it needed): the asker still reads the whole answer, and only
+    /// its sending fails.
+    #[tokio::test]
+    async fn a_reset_after_a_whole_half_leaves_that_half_readable() {
+        let (_client, mut accepted, server) = pair(Duration::from_secs(60)).await;
+        let opened = server.open("upload".into(), false).await.unwrap();
+        let theirs = accepted.recv().await.unwrap();
+        theirs.recv().await.unwrap().unwrap();
+        theirs
+            .send_head("answer".into(), false, false)
+            .await
+            .unwrap();
+        theirs.send(b"the whole answer").await.unwrap();
+        theirs.finish().unwrap();
+        drop(theirs);
+        assert!(matches!(opened.recv().await, Some(Ok(Item::Head(_)))));
+        let mut got = Vec::new();
+        while let Some(item) = opened.recv().await {
+            match item.unwrap() {
+                Item::Data(d) => got.extend_from_slice(&d),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(got, b"the whole answer");
+        // The reset has arrived by now: the rest of the upload is refused.
+        let refused = loop {
+            match opened.send(b"more").await {
+                Ok(()) => tokio::task::yield_now().await,
+                Err(e) => break e,
+            }
+        };
+        assert!(
+            matches!(
+                refused,
+                MuxError::Reset {
+                    code: RESET_CANCEL,
+                    ..
+                }
+            ),
+            "{refused:?}"
+        );
     }
 
     #[tokio::test]

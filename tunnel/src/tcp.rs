@@ -477,11 +477,7 @@ mod tests {
     async fn the_dialer_keeps_the_address_that_answered() {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
-        let dialer = Dialer::new(LocalTarget {
-            host: "localhost".into(),
-            port: addr.port(),
-            keep_host: false,
-        });
+        let dialer = Dialer::new(LocalTarget::new("localhost", addr.port()));
         for _ in 0..3 {
             dialer.connect().await.unwrap();
             l.accept().await.unwrap();

@@ -442,3 +442,39 @@ async fn tcp_refusals_exit_non_zero_with_one_line() {
         )
     );
 }
+
+/// `--qr` piped: the QR code goes to stderr after the "forwarding" line; stdout is still the
+/// URL alone, as scripts read it.
+#[tokio::test]
+async fn qr_goes_to_stderr_and_stdout_keeps_the_url_alone() {
+    let addr = server(ggrok_server::Config::new("localhost")).await;
+    let port = origin().await.to_string();
+    let server_url = format!("http://{addr}");
+    let mut child = ggrok(&[
+        "http",
+        &port,
+        "--server",
+        &server_url,
+        "--subdomain",
+        "qr",
+        "--qr",
+    ])
+    .spawn()
+    .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+    let url = out.next_line().await.unwrap().unwrap();
+    assert_eq!(url, format!("http://qr.localhost:{}", addr.port()));
+    let mut err = BufReader::new(child.stderr.take().unwrap()).lines();
+    let forwarding = err.next_line().await.unwrap().unwrap();
+    assert!(forwarding.starts_with("ggrok: forwarding"), "{forwarding}");
+    let mut qr = Vec::new();
+    while qr.len() < 10 {
+        qr.push(err.next_line().await.unwrap().unwrap());
+    }
+    assert!(
+        qr.iter()
+            .all(|l| !l.is_empty() && l.chars().all(|c| matches!(c, ' ' | '█' | '▀' | '▄'))),
+        "{qr:#?}"
+    );
+    child.kill().await.unwrap();
+}

@@ -1,18 +1,31 @@
-//! Server tokens: in the OS keyring (Secret Service on Linux, Keychain, Credential Manager).
+//! Server tokens: in the OS keyring (Secret Service on Linux, Keychain, Credential Manager),
+//! shared by the `ggrok` CLI and the desktop app. A server's token is filed under the server's
+//! id in the saved file (see [`saved`](crate::saved)), a tunnel's Basic auth under
+//! [`basic_auth_key`].
 //!
-//! [`SecretStore`] is the seam: the app uses [`KeyringStore`], tests use [`MemoryStore`].
+//! [`SecretStore`] is the seam: the programs use [`KeyringStore`], tests use [`MemoryStore`].
 //! [`Secrets`] puts a per-run memory fallback in front: when the keyring cannot be reached the
 //! token is kept in memory for this run only and [`Secrets::keyring_problem`] says why, so the
 //! UI can tell the user instead of silently losing the token at exit.
 
 use std::{collections::HashMap, sync::Mutex};
 
-use ggrok_tunnel::Secret;
 use serde::Serialize;
 use tracing::warn;
 
-/// Keyring service name entries are filed under.
+use crate::secrets::Secret;
+
+/// Keyring service name entries are filed under (named after the app, which wrote them first).
 pub const SERVICE: &str = "dev.ggrok.desktop";
+
+/// Set to `1`, the keyring is not used at all: tokens live in memory for the run (headless
+/// machines, CI, tests).
+pub const NO_KEYRING_ENV: &str = "GGROK_NO_KEYRING";
+
+/// Where a tunnel's Basic-auth `user:password` is kept (with the tokens, never in the file).
+pub fn basic_auth_key(tunnel_id: &str) -> String {
+    format!("basic-auth:{tunnel_id}")
+}
 
 /// A keyring failure.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -104,6 +117,7 @@ pub struct Secrets {
     store: Box<dyn SecretStore>,
     fallback: MemoryStore,
     problem: Mutex<Option<String>>,
+    cause: Mutex<Option<SecretError>>,
 }
 
 impl Secrets {
@@ -113,12 +127,29 @@ impl Secrets {
             store,
             fallback: MemoryStore::default(),
             problem: Mutex::new(None),
+            cause: Mutex::new(None),
         }
     }
 
     /// Memory only (tests, and `GGROK_NO_KEYRING=1`).
     pub fn in_memory() -> Self {
         Self::new(Box::new(MemoryStore::default()))
+    }
+
+    /// The OS keyring under [`SERVICE`], or memory only when [`NO_KEYRING_ENV`] is `1`.
+    pub fn from_env() -> Self {
+        if std::env::var(NO_KEYRING_ENV).as_deref() == Ok("1") {
+            Self::in_memory()
+        } else {
+            Self::new(Box::new(KeyringStore::new(SERVICE)))
+        }
+    }
+
+    /// The keyring's own error from its last failure ("no D-Bus session bus", say): for a
+    /// command-line user, who can act on it, where the app's window shows
+    /// [`Secrets::keyring_problem`].
+    pub fn keyring_error(&self) -> Option<SecretError> {
+        self.cause.lock().expect("secrets lock").clone()
     }
 
     /// Why the keyring is not being used, if it failed this run.
@@ -128,6 +159,7 @@ impl Secrets {
 
     fn note(&self, err: &SecretError) {
         warn!(%err, "keyring unavailable; tokens are kept in memory for this run");
+        *self.cause.lock().expect("secrets lock") = Some(err.clone());
         // The raw error ("Secret Service: no result found") is for the log: it tells a user
         // nothing they can act on.
         *self.problem.lock().expect("secrets lock") = Some(
@@ -213,6 +245,7 @@ mod tests {
         assert_eq!((tok.expose(), storage), ("tok-123", Storage::Memory));
         let problem = s.keyring_problem().unwrap();
         assert!(problem.contains("keyring is not available"), "{problem}");
+        assert_eq!(s.keyring_error().unwrap().0, "no D-Bus session");
         assert!(!problem.contains("no D-Bus session"), "{problem}");
         assert!(!problem.contains("tok-123"));
         s.delete("srv");

@@ -1,0 +1,302 @@
+//! `ggrok config`, `ggrok list` and `ggrok start` over the file the desktop app writes, against
+//! a real server that wants a token. Without a Secret Service (a headless machine, or this test's
+//! D-Bus address that leads nowhere) the token comes from `--token` or `GGROK_TOKEN`; under
+//! `GGROK_TEST_SECRET_SERVICE=1` (scripts/test.sh) the real keyring is used as well.
+
+use std::{path::Path, process::Stdio, time::Duration};
+
+use ggrok_tunnel::{
+    saved::{SavedServer, SavedTunnel, Store, FILE_NAME},
+    tokens::{KeyringStore, SecretStore, SERVICE},
+};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    net::{TcpListener, TcpStream},
+    process::Command,
+};
+
+const TOKEN: &str = "saved-tunnel-token-5e1f";
+/// A D-Bus address that leads nowhere: what a headless machine without a session bus has.
+const NO_BUS: &str = "unix:path=/nonexistent/ggrok-test-bus";
+
+async fn server() -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let config = ggrok_server::Config {
+        tokens: ggrok_server::Tokens::from_plain([TOKEN]),
+        ..ggrok_server::Config::new("localhost")
+    };
+    tokio::spawn(ggrok_server::run(listener, config, std::future::pending()));
+    addr
+}
+
+/// A local service answering `hello from PORT`.
+async fn origin() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let body = format!("hello from {port}");
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = s.write_all((head + &body).as_bytes()).await;
+            });
+        }
+    });
+    port
+}
+
+async fn get(addr: std::net::SocketAddr, host: &str) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET / HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+/// `ggrok` with its config in `dir` and no keyring reachable unless the test says otherwise.
+fn ggrok(dir: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_ggrok"));
+    c.args(args)
+        .env("GGROK_CONFIG_DIR", dir)
+        .env("DBUS_SESSION_BUS_ADDRESS", NO_BUS)
+        .env_remove("GGROK_NO_KEYRING")
+        .env_remove("GGROK_TOKEN")
+        .env_remove("GGROK_SERVER")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    c
+}
+
+async fn run(dir: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = ggrok(dir, args).output().await.unwrap();
+    (
+        out.status.success(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+/// Reads stdout lines until `n` URLs were printed.
+async fn urls(
+    out: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    n: usize,
+) -> Vec<String> {
+    let mut urls = Vec::new();
+    while urls.len() < n {
+        let line = tokio::time::timeout(Duration::from_secs(10), out.next_line())
+            .await
+            .expect("a URL in time")
+            .unwrap()
+            .expect("stdout open");
+        urls.push(line);
+    }
+    urls
+}
+
+#[tokio::test]
+async fn headless_the_keyring_is_missing_and_the_token_comes_from_the_environment() {
+    let addr = server().await;
+    let port = origin().await;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("http://{addr}");
+
+    let (ok, _, err) = run(
+        dir.path(),
+        &[
+            "config",
+            "add-server",
+            &url,
+            "--token",
+            TOKEN,
+            "--name",
+            "box",
+        ],
+    )
+    .await;
+    assert!(!ok, "a token it could not keep is a failure: {err}");
+    assert!(
+        err.contains("saved server box") && err.contains("keyring is not available"),
+        "{err}"
+    );
+    assert!(!err.contains(TOKEN), "{err}");
+    let (ok, _, err) = run(
+        dir.path(),
+        &[
+            "config",
+            "add-tunnel",
+            &port.to_string(),
+            "--name",
+            "web",
+            "--subdomain",
+            "headless",
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    let (ok, list, _) = run(dir.path(), &["list"]).await;
+    assert!(ok);
+    assert!(
+        list.lines()
+            .nth(1)
+            .is_some_and(|l| l.starts_with("web ") && l.contains(&url)),
+        "{list}"
+    );
+    let saved = std::fs::read_to_string(dir.path().join(FILE_NAME)).unwrap();
+    assert!(!saved.contains(TOKEN), "never a token in the file");
+
+    // No token anywhere: a clear word about the keyring, then the server's refusal.
+    let (ok, _, err) = run(dir.path(), &["start", "web"]).await;
+    assert!(!ok);
+    assert!(err.contains("keyring is not available"), "{err}");
+    assert!(
+        err.contains("refused: this server requires a token"),
+        "{err}"
+    );
+
+    let mut child = ggrok(dir.path(), &["start", "web"])
+        .env("GGROK_TOKEN", TOKEN)
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+    let url = urls(&mut out, 1).await;
+    assert_eq!(url, [format!("http://headless.localhost:{}", addr.port())]);
+    assert!(get(addr, "headless.localhost")
+        .await
+        .ends_with(&format!("hello from {port}")));
+}
+
+/// What the desktop app saves (`SavedServer`, `SavedTunnel` without a name, the token under the
+/// server's id) starts from the terminal; `--all` runs every saved tunnel, each line labelled.
+#[tokio::test]
+async fn tunnels_saved_by_the_app_start_from_the_terminal() {
+    let addr = server().await;
+    let (a, b) = (origin().await, origin().await);
+    let dir = tempfile::tempdir().unwrap();
+    let real_keyring = std::env::var("GGROK_TEST_SECRET_SERVICE").as_deref() == Ok("1");
+    let server_id = format!("test-{:016x}", rand::random::<u64>());
+    let (mut store, _) = Store::load(dir.path().join(FILE_NAME));
+    store
+        .update(|d| {
+            d.servers.push(SavedServer {
+                id: server_id.clone(),
+                name: "work".into(),
+                url: format!("http://{addr}"),
+                unknown: Default::default(),
+            });
+            let mut one = SavedTunnel::new("aaaa".into(), server_id.clone(), "localhost".into(), a);
+            one.subdomain = Some("from-app".into());
+            d.tunnels.push(one);
+            let mut two = SavedTunnel::new("bbbb".into(), server_id.clone(), "127.0.0.1".into(), b);
+            two.subdomain = Some("second".into());
+            d.tunnels.push(two);
+        })
+        .unwrap();
+
+    let mut start = ggrok(dir.path(), &["start", "--all"]);
+    if real_keyring {
+        KeyringStore::new(SERVICE).set(&server_id, TOKEN).unwrap();
+        start.env_remove("DBUS_SESSION_BUS_ADDRESS");
+        if let Some(bus) = std::env::var_os("DBUS_SESSION_BUS_ADDRESS") {
+            start.env("DBUS_SESSION_BUS_ADDRESS", bus);
+        }
+    } else {
+        start.env("GGROK_TOKEN", TOKEN);
+    }
+    let mut child = start.spawn().unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut got = urls(&mut out, 2).await;
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            format!("from-app http://from-app.localhost:{}", addr.port()),
+            format!("second http://second.localhost:{}", addr.port()),
+        ]
+    );
+    assert!(get(addr, "second.localhost")
+        .await
+        .ends_with(&format!("hello from {b}")));
+    let line = tokio::time::timeout(Duration::from_secs(10), out.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(
+        line.starts_with("second ") && line.contains(" GET / 200 "),
+        "{line}"
+    );
+    child.kill().await.unwrap();
+    if real_keyring {
+        KeyringStore::new(SERVICE).delete(&server_id).unwrap();
+    }
+
+    // One by name: its lines as `ggrok http` prints them, with no label.
+    let mut child = ggrok(dir.path(), &["start", "from-app"])
+        .env("GGROK_TOKEN", TOKEN)
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert_eq!(
+        urls(&mut out, 1).await,
+        [format!("http://from-app.localhost:{}", addr.port())]
+    );
+
+    let (ok, _, err) = run(dir.path(), &["start", "nope"]).await;
+    assert!(!ok);
+    assert_eq!(
+        err.trim(),
+        "ggrok: no saved tunnel \"nope\" (see `ggrok list`)"
+    );
+}
+
+/// `config add-server --token` with a real Secret Service: the token is in the keyring under the
+/// server's id, where the app looks for it, and not in the file. Runs under
+/// `GGROK_TEST_SECRET_SERVICE=1` (scripts/test.sh); skipped otherwise.
+#[tokio::test]
+async fn add_server_keeps_the_token_in_the_real_keyring() {
+    if std::env::var("GGROK_TEST_SECRET_SERVICE").as_deref() != Ok("1") {
+        eprintln!("skipped: set GGROK_TEST_SECRET_SERVICE=1 under dbus-run-session");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut add = ggrok(
+        dir.path(),
+        &[
+            "config",
+            "add-server",
+            "https://keyring.example.com",
+            "--token",
+            TOKEN,
+        ],
+    );
+    add.env_remove("DBUS_SESSION_BUS_ADDRESS");
+    if let Some(bus) = std::env::var_os("DBUS_SESSION_BUS_ADDRESS") {
+        add.env("DBUS_SESSION_BUS_ADDRESS", bus);
+    }
+    let out = add.output().await.unwrap();
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("in the system keyring") && !err.contains(TOKEN),
+        "{err}"
+    );
+    let (store, _) = Store::load(dir.path().join(FILE_NAME));
+    let id = store.data().servers[0].id.clone();
+    let keyring = KeyringStore::new(SERVICE);
+    assert_eq!(keyring.get(&id).unwrap().as_deref(), Some(TOKEN));
+    keyring.delete(&id).unwrap();
+    let file = std::fs::read_to_string(dir.path().join(FILE_NAME)).unwrap();
+    assert!(!file.contains(TOKEN));
+}
