@@ -173,7 +173,8 @@ pub struct Config {
     /// Certificates over ACME; when set, `tls` is its resolver's config.
     pub acme: Option<Arc<crate::acme::Acme>>,
     /// Tokens and reserved names created with `ggrok-server token ...`; read on every connect.
-    pub store: Option<Arc<crate::store::Store>>,
+    /// SQLite by default; etcd in a cluster.
+    pub store: Option<Arc<dyn crate::store::TokenStore>>,
     /// How often the server looks whether `store` changed, to end the sessions of revoked
     /// tokens. A look while nothing changed costs one `PRAGMA data_version`.
     pub revocation_check: Duration,

@@ -2,7 +2,12 @@
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use ggrok_server::{settings::Settings, store::Store, Config};
+use ggrok_server::{
+    cluster::EtcdStore,
+    settings::Settings,
+    store::{Store, TokenStore},
+    Config,
+};
 
 /// The self-hosted ggrok tunnel server: routes NAME.DOMAIN to the client holding NAME.
 ///
@@ -31,7 +36,8 @@ enum LogFormat {
     Json,
 }
 
-/// Administration of the token database; takes effect on a running server without a restart.
+/// Administration of the token database (or, with --cluster, of the cluster's store in etcd);
+/// takes effect on a running server without a restart.
 #[derive(Subcommand, Debug)]
 enum Admin {
     /// Manage client tokens.
@@ -82,11 +88,7 @@ enum TokenCommand {
     },
 }
 
-fn admin(db: &std::path::Path, command: Admin) -> anyhow::Result<()> {
-    if let Admin::CheckConfig = command {
-        unreachable!("handled before the database is opened");
-    }
-    let store = Store::open(db).with_context(|| format!("cannot open {}", db.display()))?;
+fn admin(store: &dyn TokenStore, command: Admin) -> anyhow::Result<()> {
     match command {
         Admin::Token(TokenCommand::Create { name, reserve }) => {
             let token = store.create_token(&name, &reserve)?;
@@ -241,8 +243,19 @@ async fn serve(
             });
         }
         Some(command) => {
-            let db = settings.db.unwrap_or_else(|| "ggrok.db".into());
-            admin(&db, command)?;
+            let endpoints = settings.cluster_endpoints().map_err(anyhow::Error::msg)?;
+            let store: std::sync::Arc<dyn TokenStore> = match endpoints {
+                Some(endpoints) => EtcdStore::connect(endpoints)
+                    .await
+                    .context("cannot reach the cluster's etcd")?,
+                None => {
+                    let db = settings.db.unwrap_or_else(|| "ggrok.db".into());
+                    let store = Store::open(&db)
+                        .with_context(|| format!("cannot open {}", db.display()))?;
+                    std::sync::Arc::new(store)
+                }
+            };
+            admin(&*store, command)?;
             return Ok(std::process::ExitCode::SUCCESS);
         }
         None => {}
@@ -251,14 +264,24 @@ async fn serve(
         Ok(r) => r,
         Err(problems) => anyhow::bail!("invalid settings:\n  {}", problems.join("\n  ")),
     };
-    let store = Store::open(&resolved.db).with_context(|| {
-        format!(
-            "cannot open the token database {} (set --db or GGROK_DB to a writable path)",
-            resolved.db.display()
-        )
-    })?;
+    let store: std::sync::Arc<dyn TokenStore> = match &resolved.cluster {
+        Some(cluster) => EtcdStore::connect(cluster.endpoints.clone())
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot join the cluster: etcd at {} does not answer",
+                    cluster.endpoints.join(",")
+                )
+            })?,
+        None => std::sync::Arc::new(Store::open(&resolved.db).with_context(|| {
+            format!(
+                "cannot open the token database {} (set --db or GGROK_DB to a writable path)",
+                resolved.db.display()
+            )
+        })?),
+    };
     let config = Config {
-        store: Some(std::sync::Arc::new(store)),
+        store: Some(store),
         ..resolved.config
     };
     let listen = resolved.listen;

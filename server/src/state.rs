@@ -27,7 +27,7 @@ pub(crate) struct Shared {
     /// Sessions, tunnel streams and upgraded connections.
     pub(crate) tasks: TaskTracker,
     /// Where SQLite is called while serving (token checks, revocation looks), when there is a
-    /// store: never on a thread that serves traffic.
+    /// store whose reads may wait: never on a thread that serves traffic.
     pub(crate) store_thread: Option<store::StoreThread>,
     /// Where TCP tunnels bind their ports: the address the server listens on.
     pub(crate) tcp_ip: IpAddr,
@@ -39,6 +39,7 @@ impl Shared {
         let store_thread = config
             .store
             .as_ref()
+            .filter(|s| s.blocks())
             .map(|_| store::StoreThread::start().expect("cannot start the store's thread"));
         Self {
             registry: Registry::new(config.reconnect_grace),

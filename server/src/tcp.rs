@@ -123,20 +123,21 @@ async fn reservations(
     shared: &Arc<Shared>,
     who: &Claimant,
 ) -> Result<(Option<TokenId>, HashMap<u16, TokenId>), Refusal> {
-    let (Some(store), Some(thread)) = (shared.config.store.clone(), shared.store_thread.clone())
-    else {
+    let Some(store) = shared.config.store.clone() else {
         return Ok((None, HashMap::new()));
     };
     let hash = who.token;
-    let looked = thread
-        .run(move || -> Result<_, crate::store::StoreError> {
-            let token = match hash {
-                Some(hash) => store.token_by_hash(&hash)?,
-                None => None,
-            };
-            Ok((token, store.reserved_ports()?.into_iter().collect()))
-        })
-        .await;
+    let look = move || -> Result<_, crate::store::StoreError> {
+        let token = match hash {
+            Some(hash) => store.token_by_hash(&hash)?,
+            None => None,
+        };
+        Ok((token, store.reserved_ports()?.into_iter().collect()))
+    };
+    let looked = match &shared.store_thread {
+        Some(thread) => thread.run(look).await,
+        None => Some(look()),
+    };
     match looked {
         Some(Ok(found)) => Ok(found),
         Some(Err(e)) => {
