@@ -117,6 +117,9 @@ fn start_background(shared: &Arc<Shared>) {
     if let Some(store) = shared.config.store.clone() {
         shared.spawn(revocation::watch(shared.clone(), store));
     }
+    if let Some(node) = shared.config.cluster.clone() {
+        shared.spawn(cluster::end_taken_sessions(shared.clone(), node));
+    }
     let sweeper = shared.clone();
     shared.spawn(async move {
         let mut every = tokio::time::interval(Duration::from_secs(60));

@@ -3,7 +3,7 @@
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use ggrok_server::{
-    cluster::EtcdStore,
+    cluster::{EtcdStore, Node},
     settings::Settings,
     store::{Store, TokenStore},
     Config,
@@ -35,6 +35,10 @@ enum LogFormat {
     /// One JSON object per line, for log collectors.
     Json,
 }
+
+/// How long a node's lease outlives its last renewal: a node cut off from etcd stops serving
+/// within two thirds of it, and a dead node's names are free after it.
+const CLUSTER_LEASE_TTL: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Administration of the token database (or, with --cluster, of the cluster's store in etcd);
 /// takes effect on a running server without a restart.
@@ -264,24 +268,40 @@ async fn serve(
         Ok(r) => r,
         Err(problems) => anyhow::bail!("invalid settings:\n  {}", problems.join("\n  ")),
     };
-    let store: std::sync::Arc<dyn TokenStore> = match &resolved.cluster {
-        Some(cluster) => EtcdStore::connect(cluster.endpoints.clone())
-            .await
-            .with_context(|| {
+    let (store, node): (std::sync::Arc<dyn TokenStore>, _) = match resolved.cluster {
+        Some(cluster) => {
+            let joined = async {
+                let store = EtcdStore::connect(cluster.endpoints.clone()).await?;
+                let node = Node::join(
+                    store.clone(),
+                    cluster.advertise,
+                    cluster.secret,
+                    CLUSTER_LEASE_TTL,
+                )
+                .await?;
+                Ok::<_, ggrok_server::store::StoreError>((store, node))
+            };
+            let (store, node) = joined.await.with_context(|| {
                 format!(
-                    "cannot join the cluster: etcd at {} does not answer",
+                    "cannot join the cluster on etcd {}",
                     cluster.endpoints.join(",")
                 )
-            })?,
-        None => std::sync::Arc::new(Store::open(&resolved.db).with_context(|| {
-            format!(
-                "cannot open the token database {} (set --db or GGROK_DB to a writable path)",
-                resolved.db.display()
-            )
-        })?),
+            })?;
+            (store, Some(node))
+        }
+        None => {
+            let store = Store::open(&resolved.db).with_context(|| {
+                format!(
+                    "cannot open the token database {} (set --db or GGROK_DB to a writable path)",
+                    resolved.db.display()
+                )
+            })?;
+            (std::sync::Arc::new(store), None)
+        }
     };
     let config = Config {
         store: Some(store),
+        cluster: node,
         ..resolved.config
     };
     let listen = resolved.listen;

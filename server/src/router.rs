@@ -64,7 +64,7 @@ impl Router {
             }
             Destination::Apex => match req.uri().path() {
                 CONNECT_PATH => connect::accept(shared, visitor, req).await,
-                HEALTH_PATH => pages::health(),
+                HEALTH_PATH => pages::health(shared),
                 METRICS_PATH => pages::metrics(shared, &req),
                 "/" => pages::landing(shared),
                 _ => error_page(

@@ -16,7 +16,10 @@ use common::{
     tunnels::{tunnel_with, wait_status},
     visitors::get,
 };
-use ggrok_server::{cluster::EtcdStore, Config};
+use ggrok_server::{
+    cluster::{ClusterSecret, EtcdStore, Node},
+    Config,
+};
 use ggrok_tunnel::{protocol::RefusalKind, Secret, Status, Tunnel, TunnelConfig};
 
 fn etcd_binary() -> Option<PathBuf> {
@@ -29,9 +32,10 @@ fn etcd_binary() -> Option<PathBuf> {
 
 /// A one-member etcd on loopback with a throwaway data directory, killed on drop.
 struct Etcd {
+    bin: PathBuf,
     child: Child,
     port: u16,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Etcd {
@@ -44,9 +48,10 @@ impl Etcd {
         let dir = tempfile::tempdir().unwrap();
         let (child, port) = Self::spawn(&bin, &dir, 0);
         Some(Etcd {
+            bin,
             child,
             port,
-            _dir: dir,
+            dir,
         })
     }
 
@@ -93,6 +98,17 @@ impl Etcd {
         vec![format!("http://127.0.0.1:{}", self.port)]
     }
 
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again on the same port and data.
+    fn restart(&mut self) {
+        let (child, _) = Self::spawn(&self.bin, &self.dir, self.port);
+        self.child = child;
+    }
+
     /// Runs `ggrok-server --cluster THIS ARGS...` (an admin command); returns stdout.
     fn admin(&self, args: &[&str]) -> String {
         let out = Command::new(env!("CARGO_BIN_EXE_ggrok-server"))
@@ -111,20 +127,34 @@ impl Etcd {
 
 impl Drop for Etcd {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }
 
-/// A node of the cluster on `etcd`, in this process.
-async fn node(etcd: &Etcd, tweak: impl FnOnce(&mut Config)) -> Server {
-    let store = EtcdStore::connect(etcd.endpoints()).await.unwrap();
+/// The nodes' shared secret.
+const SECRET: &str = "a-cluster-secret-for-tests";
+/// The nodes' lease: the shortest etcd grants, so fencing tests stay short.
+const TTL: Duration = Duration::from_secs(2);
+
+/// A node of the cluster on the etcd at `endpoints`, in this process.
+async fn node_on(endpoints: Vec<String>, tweak: impl FnOnce(&mut Config)) -> Server {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let advertise = format!("http://{}", listener.local_addr().unwrap());
+    let store = EtcdStore::connect(endpoints).await.unwrap();
+    let node = Node::join(store.clone(), advertise, ClusterSecret::new(SECRET), TTL)
+        .await
+        .unwrap();
     let mut config = Config {
         store: Some(store),
+        cluster: Some(node),
         ..config()
     };
     tweak(&mut config);
-    Server::start(config).await
+    Server::serve(listener, config)
+}
+
+async fn node(etcd: &Etcd, tweak: impl FnOnce(&mut Config)) -> Server {
+    node_on(etcd.endpoints(), tweak).await
 }
 
 async fn attempt(
@@ -279,4 +309,132 @@ async fn revoking_on_one_node_ends_the_session_on_another_within_two_seconds() {
     drop((revoked, kept));
     a.stop().await;
     b.stop().await;
+}
+
+fn with_id(mut c: TunnelConfig, id: &str) -> TunnelConfig {
+    c.client_id = Some(id.into());
+    c
+}
+
+fn named(server: &Server, port: u16, name: &str) -> TunnelConfig {
+    let mut c = TunnelConfig::new(server.url(), port);
+    c.subdomain = Some(name.into());
+    c
+}
+
+async fn health(server: &Server) -> u16 {
+    reqwest::get(format!("{}/healthz", server.url()))
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn a_name_is_exclusive_across_nodes_and_its_client_takes_it_back_anywhere() {
+    let Some(etcd) = Etcd::start() else { return };
+    let (a, b) = (node(&etcd, |_| {}).await, node(&etcd, |_| {}).await);
+    let origin = Origin::start().await;
+    assert_eq!((health(&a).await, health(&b).await), (200, 200));
+
+    let (first, _) = tunnel_with(with_id(named(&a, origin.port(), "app"), "laptop")).await;
+    // Another client, through the other node: the registry's own refusal.
+    let other = Tunnel::start(with_id(named(&b, origin.port(), "app"), "intruder")).unwrap();
+    match other.online().await {
+        Err(Status::Failed { kind, message }) => {
+            assert_eq!(kind, RefusalKind::NameTaken);
+            assert!(message.contains("in use by another client"), "{message}");
+        }
+        other => panic!("a second client got the name: {other:?}"),
+    }
+    assert_eq!(get(&a, "app", "/echo").send().await.unwrap().status(), 200);
+
+    // The same client reconnecting through the other node takes its name back at once, and
+    // the node it left ends the stale session.
+    let (again, url) = tunnel_with(with_id(named(&b, origin.port(), "app"), "laptop")).await;
+    assert!(url.contains("app."), "{url}");
+    let replaced = wait_status(&first, |s| matches!(s, Status::Failed { .. }));
+    match tokio::time::timeout(Duration::from_secs(5), replaced)
+        .await
+        .expect("the node that lost the name kept its session")
+    {
+        Status::Failed { message, .. } => {
+            assert!(message.contains("took the tunnel over"), "{message}")
+        }
+        _ => unreachable!(),
+    }
+    assert_eq!(get(&b, "app", "/echo").send().await.unwrap().status(), 200);
+    // A client that stops frees the name for anyone, on any node.
+    again.stop().await;
+    common::eventually(Duration::from_secs(5), || async {
+        let t = Tunnel::start(with_id(named(&a, origin.port(), "app"), "next")).unwrap();
+        let online = t.online().await.ok();
+        t.stop().await;
+        online
+    })
+    .await;
+    drop((first, other));
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_node_cut_off_from_etcd_stops_serving_before_its_lease_ends() {
+    let Some(etcd) = Etcd::start() else { return };
+    let etcd_addr = format!("127.0.0.1:{}", etcd.port).parse().unwrap();
+    let link = common::relay::Relay::start(etcd_addr).await;
+    let a = node_on(vec![format!("http://{}", link.addr)], |_| {}).await;
+    let b = node(&etcd, |_| {}).await;
+    let origin = Origin::start().await;
+    let (on_a, _) = tunnel_with(with_id(named(&a, origin.port(), "app"), "laptop")).await;
+    assert_eq!(health(&a).await, 200);
+
+    // A's link to etcd goes silent; B keeps its own.
+    link.pause();
+    let cut = std::time::Instant::now();
+    let left = wait_status(&on_a, |s| !matches!(s, Status::Online { .. }));
+    tokio::time::timeout(TTL, left)
+        .await
+        .expect("the node kept serving past its lease");
+    assert!(cut.elapsed() < TTL, "fenced only after {:?}", cut.elapsed());
+    assert_eq!(health(&a).await, 503, "not ready without its lease");
+    assert_eq!(health(&b).await, 200);
+    assert_ne!(get(&a, "app", "/echo").send().await.unwrap().status(), 200);
+    // Its client takes the name back through B at once, though A's lease may not have ended.
+    let (on_b, _) = tunnel_with(with_id(named(&b, origin.port(), "app"), "laptop")).await;
+    assert_eq!(get(&b, "app", "/echo").send().await.unwrap().status(), 200);
+    drop((on_a, on_b));
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn claims_get_503_while_etcd_is_down_and_recover_when_it_returns() {
+    let Some(mut etcd) = Etcd::start() else {
+        return;
+    };
+    let a = node(&etcd, |_| {}).await;
+    let origin = Origin::start().await;
+    etcd.kill();
+    let waiting = Tunnel::start(named(&a, origin.port(), "later")).unwrap();
+    let refused = wait_status(
+        &waiting,
+        |s| matches!(s, Status::Reconnecting { reason, .. } if reason.contains("cluster store unavailable")),
+    );
+    tokio::time::timeout(Duration::from_secs(8), refused)
+        .await
+        .expect("no 503 while etcd is down");
+    waiting.stop().await;
+    etcd.restart();
+    // The node recovers its lease (or takes a new one) and claims work again, by themselves.
+    common::eventually(Duration::from_secs(15), || async {
+        (health(&a).await == 200).then_some(())
+    })
+    .await;
+    let (_back, _) = tunnel_with(named(&a, origin.port(), "later")).await;
+    assert_eq!(
+        get(&a, "later", "/echo").send().await.unwrap().status(),
+        200
+    );
+    a.stop().await;
 }

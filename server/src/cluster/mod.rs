@@ -1,15 +1,36 @@
 //! Several nodes as one server: the cluster's state in etcd (`--cluster`).
 //!
 //! Layout:
-//! - [`store`]: tokens and reservations in etcd, copied locally and kept current by a watch.
+//! - [`store`]: tokens and reservations in etcd, copied locally and kept current by a watch,
+//!   with the table of names and nodes.
+//! - [`node`]: this node's lease, its name claims, and fencing.
 //! - `background`: the runtime on a thread of its own that does every etcd call.
 //!
 //! See docs/deploy.md ("A cluster") for running one, and DESIGN.md §7 for why etcd.
 
 mod background;
+pub mod node;
 pub mod store;
 
+pub use node::Node;
 pub use store::EtcdStore;
+
+/// Ends the local sessions whose names another node took over (their clients reconnected
+/// there), as the cluster's table of names changes.
+pub(crate) async fn end_taken_sessions(
+    shared: std::sync::Arc<crate::state::Shared>,
+    node: std::sync::Arc<Node>,
+) {
+    let mut changes = node.names_changes();
+    while changes.changed().await.is_ok() {
+        for name in shared.registry.live_names() {
+            if node.taken_elsewhere(&name) {
+                tracing::info!(%name, "tunnel taken over through another node");
+                shared.registry.replaced_elsewhere(&name);
+            }
+        }
+    }
+}
 
 /// Parses `etcd://HOST:PORT[,HOST:PORT...]` (the `--cluster` value) into the endpoints the etcd
 /// client dials (`http://HOST:PORT`).

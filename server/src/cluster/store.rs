@@ -5,6 +5,9 @@
 //!   the token's id.
 //! - `token-names/NAME` → `HASH`: names are unique, revoked tokens' names included.
 //! - `reserved/KEY` (a subdomain, or `tcp:PORT`) → `HASH` of the token it is for.
+//! - `names/KEY` → JSON [`Holder`]: who serves the name now, bound to its node's lease (see
+//!   [`super::node`]).
+//! - `nodes/ID` → JSON [`NodeInfo`]: a node's address, bound to its lease.
 //!
 //! Only hashes are stored, as in SQLite. Every node keeps a copy of these keys, read once and
 //! then kept current by a watch from that revision, so a connect's token check costs no round
@@ -34,6 +37,8 @@ pub(crate) const PREFIX: &str = "ggrok/";
 const TOKENS: &str = "ggrok/tokens/";
 const TOKEN_NAMES: &str = "ggrok/token-names/";
 const RESERVED: &str = "ggrok/reserved/";
+pub(crate) const NAMES: &str = "ggrok/names/";
+pub(crate) const NODES: &str = "ggrok/nodes/";
 
 /// How long one etcd request may take before etcd counts as unreachable: long enough for a
 /// loaded etcd, short enough that a connect refused with 503 is not left hanging.
@@ -56,21 +61,76 @@ struct Token {
     revoked: bool,
 }
 
+/// Who serves a name, as stored under `names/KEY`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Holder {
+    /// The node's id.
+    pub(crate) node: String,
+    /// The client's id: the same client may take the name over from any node.
+    pub(crate) client: String,
+    /// Hex hash of the client's token, if it presented one.
+    pub(crate) token: Option<String>,
+    /// Tells this claim from the holder's earlier ones (a release deletes only its own).
+    pub(crate) nonce: u64,
+}
+
+/// A node, as stored under `nodes/ID`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct NodeInfo {
+    /// Where the other nodes reach it (`--advertise`).
+    pub(crate) advertise: String,
+}
+
 /// The local copy of the store's keys.
 #[derive(Debug, Default)]
 pub(crate) struct Cache {
     tokens: HashMap<TokenHash, Token>,
     reserved: HashMap<String, TokenHash>,
+    /// Names (and `tcp:PORT` keys) claimed anywhere in the cluster.
+    pub(crate) names: HashMap<String, Holder>,
+    /// Live nodes.
+    pub(crate) nodes: HashMap<String, NodeInfo>,
     /// The etcd revision the copy is at.
     revision: i64,
 }
 
-/// What a change to one key does to the copy; `None` for keys the store does not keep.
+/// What a change touched.
+#[derive(Debug, Default, Clone, Copy)]
+struct Touched {
+    tokens: bool,
+    names: bool,
+}
+
 impl Cache {
-    fn apply(&mut self, key: &str, kv: Option<&KeyValue>) -> bool {
+    fn apply(&mut self, key: &str, kv: Option<&KeyValue>) -> Touched {
+        let json = |kv: Option<&KeyValue>| kv.map(|kv| kv.value().to_vec());
+        if let Some(name) = key.strip_prefix(NAMES) {
+            match json(kv).and_then(|v| serde_json::from_slice::<Holder>(&v).ok()) {
+                Some(holder) => self.names.insert(name.to_owned(), holder),
+                None => self.names.remove(name),
+            };
+            return Touched {
+                names: true,
+                ..Touched::default()
+            };
+        }
+        if let Some(id) = key.strip_prefix(NODES) {
+            match json(kv).and_then(|v| serde_json::from_slice::<NodeInfo>(&v).ok()) {
+                Some(node) => self.nodes.insert(id.to_owned(), node),
+                None => self.nodes.remove(id),
+            };
+            return Touched {
+                names: true,
+                ..Touched::default()
+            };
+        }
+        let tokens = Touched {
+            tokens: true,
+            ..Touched::default()
+        };
         if let Some(hex) = key.strip_prefix(TOKENS) {
             let Some(hash) = from_hex(hex) else {
-                return false;
+                return Touched::default();
             };
             match kv.and_then(|kv| {
                 serde_json::from_slice::<Record>(kv.value())
@@ -90,7 +150,7 @@ impl Cache {
                     self.tokens.remove(&hash);
                 }
             }
-            return true;
+            return tokens;
         }
         if let Some(name) = key.strip_prefix(RESERVED) {
             match kv.and_then(|kv| std::str::from_utf8(kv.value()).ok().and_then(from_hex)) {
@@ -101,9 +161,9 @@ impl Cache {
                     self.reserved.remove(name);
                 }
             }
-            return true;
+            return tokens;
         }
-        false
+        Touched::default()
     }
 }
 
@@ -114,6 +174,8 @@ pub struct EtcdStore {
     cache: Arc<Mutex<Cache>>,
     /// Ticks on every change to tokens or reservations.
     changes: tokio::sync::watch::Sender<u64>,
+    /// Ticks on every change to names or nodes.
+    pub(crate) names_changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for EtcdStore {
@@ -158,6 +220,7 @@ impl EtcdStore {
             background,
             cache: Arc::new(Mutex::new(Cache::default())),
             changes: tokio::sync::watch::channel(0).0,
+            names_changes: tokio::sync::watch::channel(0).0,
         });
         let first = store.clone();
         store
@@ -170,7 +233,7 @@ impl EtcdStore {
         Ok(store)
     }
 
-    fn cache(&self) -> std::sync::MutexGuard<'_, Cache> {
+    pub(crate) fn cache(&self) -> std::sync::MutexGuard<'_, Cache> {
         self.cache.lock().expect("cluster cache lock")
     }
 
@@ -193,6 +256,7 @@ impl EtcdStore {
         }
         *self.cache() = fresh;
         self.changed();
+        self.names_changes.send_modify(|n| *n += 1);
         Ok(())
     }
 
@@ -236,7 +300,7 @@ impl EtcdStore {
                             }
                             break;
                         }
-                        let mut changed = false;
+                        let mut touched = Touched::default();
                         {
                             let mut cache = self.cache();
                             for event in resp.events() {
@@ -246,14 +310,19 @@ impl EtcdStore {
                                     EventType::Put => Some(kv),
                                     EventType::Delete => None,
                                 };
-                                changed |= cache.apply(key, kv);
+                                let t = cache.apply(key, kv);
+                                touched.tokens |= t.tokens;
+                                touched.names |= t.names;
                             }
                             if let Some(h) = resp.header() {
                                 cache.revision = cache.revision.max(h.revision());
                             }
                         }
-                        if changed {
+                        if touched.tokens {
                             self.changed();
+                        }
+                        if touched.names {
+                            self.names_changes.send_modify(|n| *n += 1);
                         }
                     }
                     Ok(None) => break,
@@ -568,7 +637,7 @@ fn unix_now() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-fn to_hex(hash: &TokenHash) -> String {
+pub(crate) fn to_hex(hash: &TokenHash) -> String {
     hash.iter().map(|b| format!("{b:02x}")).collect()
 }
 
