@@ -64,7 +64,12 @@ pub(crate) fn metrics<B>(shared: &Shared, req: &Request<B>) -> Response<Body> {
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )
-        .body(full(shared.metrics.encode(shared.registry.online())))
+        .body(full({
+            if let Some(node) = &shared.config.cluster {
+                shared.metrics.set_peers(node.peers.open());
+            }
+            shared.metrics.encode(shared.registry.online())
+        }))
         .expect("static response")
 }
 

@@ -41,9 +41,13 @@ impl Shared {
             .as_ref()
             .filter(|s| s.blocks())
             .map(|_| store::StoreThread::start().expect("cannot start the store's thread"));
+        let metrics = Metrics::default();
+        if config.cluster.is_some() {
+            metrics.cluster(crate::cluster::store::ETCD_LATENCY.clone());
+        }
         Self {
             registry: Registry::new(config.reconnect_grace),
-            metrics: Metrics::default(),
+            metrics,
             connect_limit: policy::Limiter::per_minute(config.connect_rate),
             conns_per_ip: policy::ConnCounter::new(config.max_conns_per_ip),
             request_limit: policy::Limiter::per_second(config.tunnel_rate),

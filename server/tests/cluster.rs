@@ -438,3 +438,107 @@ async fn claims_get_503_while_etcd_is_down_and_recover_when_it_returns() {
     );
     a.stop().await;
 }
+
+#[tokio::test]
+async fn every_node_serves_every_tunnel_with_one_hop() {
+    use futures_util::{SinkExt, StreamExt};
+    use sha2::Digest;
+    use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+
+    let Some(etcd) = Etcd::start() else { return };
+    let nodes = [
+        node(&etcd, |_| {}).await,
+        node(&etcd, |_| {}).await,
+        node(&etcd, |_| {}).await,
+    ];
+    let origin = Origin::start().await;
+    let mut guarded = named(&nodes[0], origin.port(), "app");
+    guarded.basic_auth = Some(Secret::new("alice:wonderland"));
+    let (_app, _) = tunnel_with(guarded).await;
+    let (_big, _) = tunnel_with(named(&nodes[0], origin.port(), "big")).await;
+
+    for (i, node) in nodes.iter().enumerate() {
+        // The holder alone checks the password, once, whichever node the visitor reached.
+        let denied = get(node, "app", "/echo").send().await.unwrap();
+        assert_eq!(denied.status(), 401, "node {i}");
+        let r = get(node, "app", "/echo")
+            .basic_auth("alice", Some("wonderland"))
+            .header("x-forwarded-for", "203.0.113.9")
+            .body("hello")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "node {i}");
+        let h = r.headers();
+        // The visitor's chain, then the visitor as the first node saw it: once.
+        assert_eq!(
+            h["x-echo-x-forwarded-for"], "203.0.113.9, 127.0.0.1",
+            "node {i}"
+        );
+        assert_eq!(
+            h["x-echo-authorization"], "",
+            "the password stays with ggrok"
+        );
+        assert_eq!(r.text().await.unwrap(), "hello");
+    }
+
+    // A large download through a node that does not hold the tunnel, streamed under the
+    // sessions' flow control, and checked whole.
+    const SIZE: u64 = 24 << 20;
+    let r = get(&nodes[1], "big", &format!("/bytes?{SIZE}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut body = r.bytes_stream();
+    let (mut n, mut hash) = (0u64, sha2::Sha256::new());
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.unwrap();
+        n += chunk.len() as u64;
+        hash.update(&chunk);
+    }
+    assert_eq!(n, SIZE);
+    assert_eq!(
+        format!("{:x}", hash.finalize()),
+        common::bodies::big_sha256(SIZE)
+    );
+
+    // An upload streamed the other way.
+    let up = reqwest::Body::wrap_stream(
+        common::bodies::big_chunks(4 << 20).map(Ok::<_, std::io::Error>),
+    );
+    let r = common::visitors::visitor()
+        .post(format!("{}/upload", nodes[2].url()))
+        .header(http::header::HOST, "big.localhost")
+        .body(up)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.text().await.unwrap(),
+        format!("{} {}", 4 << 20, common::bodies::big_sha256(4 << 20))
+    );
+
+    // A WebSocket through a node that does not hold the tunnel.
+    let mut req = format!("ws://{}/ws", nodes[2].addr)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert(http::header::HOST, "big.localhost".parse().unwrap());
+    let (mut ws, resp) = tokio_tungstenite::connect_async(req).await.unwrap();
+    assert_eq!(resp.status(), 101);
+    for text in ["one hop", "and back"] {
+        ws.send(Message::text(text)).await.unwrap();
+        assert_eq!(ws.next().await.unwrap().unwrap(), Message::text(text));
+    }
+    ws.close(None).await.unwrap();
+
+    // Unknown names are still 404 everywhere, and the apex of a node is its own.
+    assert_eq!(
+        get(&nodes[1], "nobody", "/").send().await.unwrap().status(),
+        404
+    );
+    for node in nodes {
+        node.stop().await;
+    }
+}

@@ -4,11 +4,13 @@
 //! - [`store`]: tokens and reservations in etcd, copied locally and kept current by a watch,
 //!   with the table of names and nodes.
 //! - [`node`]: this node's lease, its name claims, and fencing.
+//! - `hop`: visitors of tunnels held by another node, served through it.
 //! - `background`: the runtime on a thread of its own that does every etcd call.
 //!
 //! See docs/deploy.md ("A cluster") for running one, and DESIGN.md §7 for why etcd.
 
 mod background;
+pub(crate) mod hop;
 pub mod node;
 pub mod store;
 

@@ -50,6 +50,8 @@ pub struct Node {
     /// The claims this node made and has not released: key → (session, the stored value).
     mine: Mutex<HashMap<String, (u64, Vec<u8>)>>,
     nonce: AtomicU64,
+    /// Sessions to the other nodes, for hops.
+    pub(crate) peers: super::hop::Peers,
 }
 
 impl std::fmt::Debug for Node {
@@ -61,6 +63,15 @@ impl std::fmt::Debug for Node {
             .field("ttl", &self.ttl)
             .finish_non_exhaustive()
     }
+}
+
+/// Where a name is served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Place {
+    /// Here (or nowhere the cluster knows of): the local registry decides.
+    Local,
+    /// On another node, reached at this URL.
+    Node { id: String, advertise: String },
 }
 
 impl Node {
@@ -82,6 +93,7 @@ impl Node {
             held: tokio::sync::watch::channel(false).0,
             mine: Mutex::new(HashMap::new()),
             nonce: AtomicU64::new(1),
+            peers: Default::default(),
             store,
         });
         let first = node.clone();
@@ -127,6 +139,22 @@ impl Node {
     /// Ticks whenever names or nodes change anywhere in the cluster.
     pub(crate) fn names_changes(&self) -> tokio::sync::watch::Receiver<u64> {
         self.store.names_changes.subscribe()
+    }
+
+    /// Where `key` is served, from the local copy: no etcd round trip.
+    pub(crate) fn place(&self, key: &str) -> Place {
+        let cache = self.store.cache();
+        match cache.names.get(key) {
+            Some(holder) if holder.node != self.id => match cache.nodes.get(&holder.node) {
+                Some(node) => Place::Node {
+                    id: holder.node.clone(),
+                    advertise: node.advertise.clone(),
+                },
+                // Its node is gone (lease expired): the name is on its way out.
+                None => Place::Local,
+            },
+            _ => Place::Local,
+        }
     }
 
     /// Whether another node now holds `key`, which this node served.

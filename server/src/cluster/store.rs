@@ -184,11 +184,25 @@ impl std::fmt::Debug for EtcdStore {
     }
 }
 
+/// How long etcd takes to answer, for the metrics: one histogram for the process, as every
+/// node in it (one, but for tests) talks to the same kind of etcd.
+pub(crate) static ETCD_LATENCY: std::sync::LazyLock<
+    prometheus_client::metrics::histogram::Histogram,
+> = std::sync::LazyLock::new(|| {
+    // 0.5 ms .. ~4 s.
+    prometheus_client::metrics::histogram::Histogram::new(
+        prometheus_client::metrics::histogram::exponential_buckets(0.0005, 2.0, 14),
+    )
+});
+
 /// Maps a failed or timed-out etcd call to the error every caller reports.
 pub(crate) async fn etcd<T>(
     call: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
 ) -> Result<T, StoreError> {
-    match tokio::time::timeout(ETCD_TIMEOUT, call).await {
+    let started = std::time::Instant::now();
+    let answered = tokio::time::timeout(ETCD_TIMEOUT, call).await;
+    ETCD_LATENCY.observe(started.elapsed().as_secs_f64());
+    match answered {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(StoreError::Cluster(e.to_string())),
         Err(_) => Err(StoreError::Cluster(format!(
