@@ -268,17 +268,22 @@ async fn serve(
         Ok(r) => r,
         Err(problems) => anyhow::bail!("invalid settings:\n  {}", problems.join("\n  ")),
     };
+    let listen = resolved.listen;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    // Listening on port 0 (tests), the other nodes need the port it got.
+    let bound = listener.local_addr()?;
     let (store, node): (std::sync::Arc<dyn TokenStore>, _) = match resolved.cluster {
         Some(cluster) => {
             let joined = async {
                 let store = EtcdStore::connect(cluster.endpoints.clone()).await?;
-                let node = Node::join(
-                    store.clone(),
-                    cluster.advertise,
-                    cluster.secret,
-                    CLUSTER_LEASE_TTL,
-                )
-                .await?;
+                let advertise = match settings.advertise {
+                    None if listen.port() == 0 => format!("http://{bound}"),
+                    _ => cluster.advertise,
+                };
+                let node =
+                    Node::join(store.clone(), advertise, cluster.secret, CLUSTER_LEASE_TTL).await?;
                 Ok::<_, ggrok_server::store::StoreError>((store, node))
             };
             let (store, node) = joined.await.with_context(|| {
@@ -304,10 +309,6 @@ async fn serve(
         cluster: node,
         ..resolved.config
     };
-    let listen = resolved.listen;
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen}"))?;
     tracing::info!(
         addr = %listener.local_addr()?,
         domain = %config.domain,

@@ -542,3 +542,220 @@ async fn every_node_serves_every_tunnel_with_one_hop() {
         node.stop().await;
     }
 }
+
+fn haproxy_binary() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/usr/local/sbin".into()])
+        .map(|dir| dir.join("haproxy"))
+        .find(|p| p.is_file())
+}
+
+/// The real `ggrok-server` binary as a node of the cluster on `etcd`, its log kept; killed
+/// (SIGKILL) on drop.
+struct NodeProcess {
+    child: Child,
+    addr: std::net::SocketAddr,
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl NodeProcess {
+    fn spawn(etcd: &Etcd) -> NodeProcess {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ggrok-server"))
+            .args(["--listen", "127.0.0.1:0", "--domain", "localhost"])
+            .args(["--cluster", &etcd.url()])
+            .env("GGROK_CLUSTER_SECRET", SECRET)
+            .env("GGROK_RECONNECT_GRACE", "2")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start ggrok-server");
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let addr = loop {
+            let line = lines
+                .next()
+                .expect("the node exited before listening")
+                .unwrap();
+            assert!(
+                !line.contains(SECRET),
+                "the cluster secret in a log: {line}"
+            );
+            if line.contains("listening") {
+                if let Some(rest) = line.split("addr=").nth(1) {
+                    break rest.split_whitespace().next().unwrap().parse().unwrap();
+                }
+            }
+            log.lock().unwrap().push(line);
+        };
+        let kept = log.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                kept.lock().unwrap().push(line);
+            }
+        });
+        NodeProcess { child, addr, log }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Whether its log says the session of tunnel `name` came online here.
+    fn serves(&self, name: &str) -> bool {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains(&format!("name={name} ")) && l.contains("tunnel online"))
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// HAProxy in TCP mode in front of `nodes`, health-checking their /healthz; killed on drop.
+struct Balancer {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Balancer {
+    async fn start(bin: &PathBuf, nodes: &[&NodeProcess]) -> Balancer {
+        // HAProxy cannot report a port it chose.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("haproxy.cfg");
+        let servers: String = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                format!(
+                    "  server node{i} {} check inter 200ms fall 1 rise 1\n",
+                    n.addr
+                )
+            })
+            .collect();
+        std::fs::write(
+            &cfg,
+            format!(
+                "global\n  maxconn 256\n\
+                 defaults\n  mode tcp\n  timeout connect 1s\n  timeout client 60s\n  timeout server 60s\n  retries 3\n  option redispatch\n\
+                 frontend front\n  bind 127.0.0.1:{port}\n  default_backend nodes\n\
+                 backend nodes\n  balance roundrobin\n  option httpchk GET /healthz\n{servers}"
+            ),
+        )
+        .unwrap();
+        let child = Command::new(bin)
+            .args(["-db", "-f"])
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        common::until_listening(port).await;
+        Balancer {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Balancer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// GET `/echo` on tunnel `name` at `base`; its status, 0 when the node cannot be reached.
+async fn status_at(base: &str, name: &str) -> u16 {
+    reqwest::Client::new()
+        .get(format!("{base}/echo"))
+        .header(http::header::HOST, format!("{name}.localhost"))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .map_or(0, |r| r.status().as_u16())
+}
+
+#[tokio::test]
+async fn three_nodes_behind_haproxy_survive_a_sigkill_and_an_etcd_restart() {
+    let Some(mut etcd) = Etcd::start() else {
+        return;
+    };
+    let Some(haproxy) = haproxy_binary() else {
+        return eprintln!("skipped: no haproxy binary (scripts/deps.sh installs it)");
+    };
+    let mut nodes: Vec<NodeProcess> = (0..3).map(|_| NodeProcess::spawn(&etcd)).collect();
+    let balancer = Balancer::start(&haproxy, &nodes.iter().collect::<Vec<_>>()).await;
+    let origin = Origin::start().await;
+    let mut c = TunnelConfig::new(balancer.url(), origin.port());
+    c.subdomain = Some("app".into());
+    c.client_id = Some("laptop".into());
+    let (tunnel, _) = tunnel_with(c).await;
+
+    // Every node serves the tunnel, whichever holds it.
+    for node in &nodes {
+        assert_eq!(status_at(&node.url(), "app").await, 200, "{}", node.url());
+    }
+    assert_eq!(status_at(&balancer.url(), "app").await, 200);
+
+    // SIGKILL the holder: its client reconnects through HAProxy to another node, takes its
+    // name back, and every node left serves it again.
+    let holder = common::eventually(Duration::from_secs(5), || {
+        let found = nodes.iter().position(|n| n.serves("app"));
+        async move { found }
+    })
+    .await;
+    let killed = std::time::Instant::now();
+    drop(nodes.remove(holder));
+    for node in &nodes {
+        let url = node.url();
+        common::eventually(Duration::from_secs(20), || {
+            let url = url.clone();
+            async move { (status_at(&url, "app").await == 200).then_some(()) }
+        })
+        .await;
+    }
+    assert!(killed.elapsed() < Duration::from_secs(20));
+    assert!(matches!(*tunnel.status().borrow(), Status::Online { .. }));
+
+    // etcd restarts: the nodes keep or retake their leases and serve on; new claims work.
+    etcd.kill();
+    etcd.restart();
+    for node in &nodes {
+        let url = node.url();
+        common::eventually(Duration::from_secs(15), || {
+            let url = url.clone();
+            async move {
+                let healthy = reqwest::get(format!("{url}/healthz"))
+                    .await
+                    .is_ok_and(|r| r.status() == 200);
+                (healthy && status_at(&url, "app").await == 200).then_some(())
+            }
+        })
+        .await;
+    }
+    let mut c = TunnelConfig::new(balancer.url(), origin.port());
+    c.subdomain = Some("after".into());
+    let (_after, _) = tunnel_with(c).await;
+    for node in &nodes {
+        assert_eq!(status_at(&node.url(), "after").await, 200);
+    }
+}
