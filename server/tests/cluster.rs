@@ -759,3 +759,24 @@ async fn three_nodes_behind_haproxy_survive_a_sigkill_and_an_etcd_restart() {
         assert_eq!(status_at(&node.url(), "after").await, 200);
     }
 }
+
+#[test]
+fn the_example_haproxy_configs_are_valid() {
+    let Some(bin) = haproxy_binary() else {
+        return eprintln!("skipped: no haproxy binary (scripts/deps.sh installs it)");
+    };
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/cluster");
+    for file in ["haproxy.cfg", "haproxy-compose.cfg"] {
+        let out = Command::new(&bin)
+            .arg("-c")
+            .arg("-f")
+            .arg(dir.join(file))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{file}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

@@ -69,16 +69,24 @@ impl Peers {
     }
 }
 
-/// Opens the session to the node at `advertise`.
+/// Opens the session to the node at `advertise`. Over `https://` the node's certificate is the
+/// one visitors get, for the server's domain (not for the node's address): so the connection
+/// goes to the advertised address, and TLS and the request name the apex domain, where the
+/// node serves [`PEER_PATH`].
 async fn connect(
     shared: &Arc<Shared>,
     node: &Node,
     advertise: &str,
 ) -> Result<mux::Session, String> {
-    let ws_url = match advertise.split_once("://") {
-        Some(("https", rest)) => format!("wss://{rest}{PEER_PATH}"),
-        Some((_, rest)) => format!("ws://{rest}{PEER_PATH}"),
-        None => return Err(format!("bad node address {advertise:?}")),
+    let (tls, authority) = match advertise.split_once("://") {
+        Some(("https", rest)) => (true, rest),
+        Some(("http", rest)) => (false, rest),
+        _ => return Err(format!("bad node address {advertise:?}")),
+    };
+    let authority = authority.trim_end_matches('/');
+    let ws_url = match tls {
+        true => format!("wss://{}{PEER_PATH}", shared.config.domain),
+        false => format!("ws://{authority}{PEER_PATH}"),
     };
     let mut req = ws_url.into_client_request().map_err(|e| e.to_string())?;
     let bearer = format!("Bearer {}", node.secret().expose());
@@ -91,12 +99,23 @@ async fn connect(
         protocol::HEADER_VERSION,
         HeaderValue::from(protocol::PROTOCOL_VERSION),
     );
-    let handshake =
-        tokio_tungstenite::connect_async_with_config(req, Some(protocol::websocket_config()), true);
+    let handshake = async {
+        let tcp = tokio::net::TcpStream::connect(authority)
+            .await
+            .map_err(|e| e.to_string())?;
+        let _ = tcp.set_nodelay(true);
+        tokio_tungstenite::client_async_tls_with_config(
+            req,
+            tcp,
+            Some(protocol::websocket_config()),
+            None,
+        )
+        .await
+        .map_err(|e| e.to_string())
+    };
     let (ws, _) = tokio::time::timeout(CONNECT_TIMEOUT, handshake)
         .await
-        .map_err(|_| "no answer in time".to_owned())?
-        .map_err(|e| e.to_string())?;
+        .map_err(|_| "no answer in time".to_owned())??;
     let (session, driver) = mux::start(ws, mux::Role::Connector, peer_config(shared, false));
     shared.spawn(async move {
         if let Err(e) = driver.run(|_| {}).await {
