@@ -119,10 +119,18 @@ async fn admit(
     };
     if let Some(node) = &shared.config.cluster {
         // Held here; now across the cluster.
-        if let Err(refusal) = node.claim(&claim.name, &who, claim.session).await {
+        if let Err(mut refusal) = node.claim(&claim.name, &who, claim.session).await {
             shared
                 .registry
                 .release(&claim.name, claim.session, false, || {});
+            if let (RefusalKind::NameTaken, Some(port)) =
+                (refusal.error, claim.name.strip_prefix("tcp:"))
+            {
+                refusal = Refusal::new(
+                    RefusalKind::PortTaken,
+                    format!("port {port} is in use by another client"),
+                );
+            }
             return Err(refusal);
         }
     }

@@ -118,7 +118,10 @@ fn start_background(shared: &Arc<Shared>) {
         shared.spawn(revocation::watch(shared.clone(), store));
     }
     if let Some(node) = shared.config.cluster.clone() {
-        shared.spawn(cluster::end_taken_sessions(shared.clone(), node));
+        shared.spawn(cluster::end_taken_sessions(shared.clone(), node.clone()));
+        if let Some(range) = shared.config.tcp_ports.clone() {
+            shared.spawn(cluster::shadow_tcp_ports(shared.clone(), node, range));
+        }
     }
     let sweeper = shared.clone();
     shared.spawn(async move {

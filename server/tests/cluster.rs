@@ -136,9 +136,23 @@ const SECRET: &str = "a-cluster-secret-for-tests";
 /// The nodes' lease: the shortest etcd grants, so fencing tests stay short.
 const TTL: Duration = Duration::from_secs(2);
 
+/// Waits until `server` accepts `token` (its copy of the store, kept by etcd's watch, has it).
+async fn until_known(server: &Server, port: u16, token: &str) {
+    common::eventually(Duration::from_secs(5), || async {
+        attempt(server, port, Some(token), "probe").await.ok()
+    })
+    .await;
+}
+
 /// A node of the cluster on the etcd at `endpoints`, in this process.
 async fn node_on(endpoints: Vec<String>, tweak: impl FnOnce(&mut Config)) -> Server {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    node_at("127.0.0.1", endpoints, tweak).await
+}
+
+/// Like [`node_on`], listening on `ip` (nodes on one machine need addresses of their own for
+/// the same TCP tunnel ports).
+async fn node_at(ip: &str, endpoints: Vec<String>, tweak: impl FnOnce(&mut Config)) -> Server {
+    let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
     let advertise = format!("http://{}", listener.local_addr().unwrap());
     let store = EtcdStore::connect(endpoints).await.unwrap();
     let node = Node::join(store.clone(), advertise, ClusterSecret::new(SECRET), TTL)
@@ -202,6 +216,7 @@ async fn a_token_created_once_is_honoured_by_every_node() {
         .trim()
         .to_owned();
     for server in [&a, &b] {
+        until_known(server, origin.port(), &ci).await;
         assert_eq!(
             refusal(attempt(server, origin.port(), None, "free").await),
             RefusalKind::Unauthorized
@@ -269,6 +284,8 @@ async fn revoking_on_one_node_ends_the_session_on_another_within_two_seconds() {
         .admin(&["token", "create", "--name", "ci"])
         .trim()
         .to_owned();
+    until_known(&b, origin.port(), &ci).await;
+    until_known(&a, origin.port(), &ci).await;
     let (revoked, _) = tunnel_with(open(&b, origin.port(), &laptop, "myapp")).await;
     let (kept, _) = tunnel_with(open(&b, origin.port(), &ci, "ci-app")).await;
     assert_eq!(
@@ -458,8 +475,13 @@ async fn every_node_serves_every_tunnel_with_one_hop() {
     let (_big, _) = tunnel_with(named(&nodes[0], origin.port(), "big")).await;
 
     for (i, node) in nodes.iter().enumerate() {
-        // The holder alone checks the password, once, whichever node the visitor reached.
-        let denied = get(node, "app", "/echo").send().await.unwrap();
+        // The holder alone checks the password, once, whichever node the visitor reached (as
+        // soon as etcd's watch told that node where the tunnel is).
+        let denied = common::eventually(Duration::from_secs(5), || async {
+            let r = get(node, "app", "/echo").send().await.unwrap();
+            (r.status() != 404).then_some(r)
+        })
+        .await;
         assert_eq!(denied.status(), 401, "node {i}");
         let r = get(node, "app", "/echo")
             .basic_auth("alice", Some("wonderland"))
@@ -710,9 +732,14 @@ async fn three_nodes_behind_haproxy_survive_a_sigkill_and_an_etcd_restart() {
     c.client_id = Some("laptop".into());
     let (tunnel, _) = tunnel_with(c).await;
 
-    // Every node serves the tunnel, whichever holds it.
+    // Every node serves the tunnel, whichever holds it, once etcd's watch told it where.
     for node in &nodes {
-        assert_eq!(status_at(&node.url(), "app").await, 200, "{}", node.url());
+        let url = node.url();
+        common::eventually(Duration::from_secs(5), || {
+            let url = url.clone();
+            async move { (status_at(&url, "app").await == 200).then_some(()) }
+        })
+        .await;
     }
     assert_eq!(status_at(&balancer.url(), "app").await, 200);
 
@@ -779,4 +806,71 @@ fn the_example_haproxy_configs_are_valid() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+#[tokio::test]
+async fn every_node_listens_for_the_clusters_tcp_tunnels() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let Some(etcd) = Etcd::start() else { return };
+    // A port free on both nodes' addresses.
+    let port = (0..50)
+        .map(|_| {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        })
+        .find(|&p| std::net::TcpListener::bind(("127.0.0.2", p)).is_ok())
+        .unwrap();
+    let tcp = |c: &mut Config| c.tcp_ports = Some(port..=port);
+    let a = node_at("127.0.0.1", etcd.endpoints(), tcp).await;
+    let b = node_at("127.0.0.2", etcd.endpoints(), tcp).await;
+    // A local service that echoes each connection until EOF.
+    let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let echo_port = echo.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = echo.accept().await.unwrap();
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    let tcp_tunnel = |server: &Server| {
+        let mut c = TunnelConfig::new(server.url(), echo_port);
+        c.kind = ggrok_tunnel::TunnelKind::Tcp {
+            remote_port: Some(port),
+        };
+        c.local.host = "127.0.0.1".into();
+        c.client_id = Some("db".into());
+        c
+    };
+    let exchange = |ip: &'static str, data: &'static [u8]| async move {
+        let mut s = tokio::net::TcpStream::connect((ip, port)).await.ok()?;
+        s.write_all(data).await.ok()?;
+        s.shutdown().await.ok()?;
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.ok()?;
+        (out == data).then_some(())
+    };
+
+    let (first, _) = tunnel_with(tcp_tunnel(&a)).await;
+    // The holder serves the port, and so does the other node, through a hop.
+    exchange("127.0.0.1", b"to the holder").await.unwrap();
+    common::eventually(Duration::from_secs(5), || exchange("127.0.0.2", b"one hop")).await;
+
+    // The client moves to B: B serves the port itself now, and A through a hop.
+    let (second, _) = tunnel_with(tcp_tunnel(&b)).await;
+    exchange("127.0.0.2", b"to the new holder").await.unwrap();
+    common::eventually(Duration::from_secs(5), || {
+        exchange("127.0.0.1", b"back the other way")
+    })
+    .await;
+    drop((first, second));
+    a.stop().await;
+    b.stop().await;
 }

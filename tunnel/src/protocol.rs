@@ -339,7 +339,8 @@ pub fn websocket_config() -> tokio_tungstenite::tungstenite::protocol::WebSocket
 /// Path on a node's apex where another node of its cluster opens the session that carries its
 /// hops (`Authorization: Bearer CLUSTER_SECRET` on the upgrade). Each stream of that session is
 /// one visitor's request (or upgraded connection) for a tunnel the accepting node holds: its
-/// OPEN head is a [`HopHead`], its data the request as HTTP/1.1.
+/// OPEN head is a [`HopHead`], its data the request as HTTP/1.1, or for a TCP tunnel the
+/// visitor connection's bytes.
 pub const PEER_PATH: &str = "/_ggrok/peer";
 
 /// Who the visitor of a hopped request is, as the node it reached saw it: the holder enforces
@@ -353,13 +354,19 @@ pub struct HopHead {
     /// Came through a proxy the first node trusts, whose `X-Forwarded-For` already names the
     /// visitor.
     pub proxied: bool,
+    /// A connection to this public port of a TCP tunnel, rather than an HTTP request.
+    pub tcp_port: Option<u16>,
 }
 
 impl HopHead {
-    /// `IP SECURE PROXIED`, the flags as `0`/`1`.
+    /// `IP SECURE PROXIED`, the flags as `0`/`1`, then ` PORT` for a TCP connection.
     pub fn encode(&self) -> bytes::Bytes {
         let flag = |b: bool| if b { '1' } else { '0' };
-        format!("{} {} {}", self.ip, flag(self.secure), flag(self.proxied)).into()
+        let head = format!("{} {} {}", self.ip, flag(self.secure), flag(self.proxied));
+        match self.tcp_port {
+            Some(port) => format!("{head} {port}").into(),
+            None => head.into(),
+        }
     }
 
     /// Reads what [`HopHead::encode`] wrote; `None` for anything else.
@@ -374,10 +381,15 @@ impl HopHead {
         };
         let secure = flag(parts.next())?;
         let proxied = flag(parts.next())?;
+        let tcp_port = match parts.next() {
+            Some(port) => Some(port.parse().ok().filter(|&p: &u16| p > 0)?),
+            None => None,
+        };
         parts.next().is_none().then_some(Self {
             ip,
             secure,
             proxied,
+            tcp_port,
         })
     }
 }
@@ -472,11 +484,13 @@ mod tests {
                 ip: "203.0.113.5".parse().unwrap(),
                 secure: true,
                 proxied: false,
+                tcp_port: None,
             },
             HopHead {
                 ip: "2001:db8::1".parse().unwrap(),
                 secure: false,
                 proxied: true,
+                tcp_port: Some(2222),
             },
         ] {
             assert_eq!(HopHead::decode(&head.encode()), Some(head));
@@ -487,7 +501,9 @@ mod tests {
             "1.2.3.4 1",
             "1.2.3.4 1 2",
             "x 1 1",
-            "1.2.3.4 1 1 1",
+            "1.2.3.4 1 1 0",
+            "1.2.3.4 1 1 x",
+            "1.2.3.4 1 1 22 1",
         ] {
             assert_eq!(HopHead::decode(bad.as_bytes()), None, "{bad}");
         }

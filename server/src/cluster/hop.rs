@@ -43,7 +43,7 @@ pub(crate) struct Peers {
 
 impl Peers {
     /// The session to node `id` at `advertise`, opened if there is none (or it ended).
-    async fn link(
+    pub(crate) async fn link(
         &self,
         shared: &Arc<Shared>,
         node: &Node,
@@ -168,6 +168,7 @@ where
         ip: visitor.ip,
         secure: visitor.secure,
         proxied: visitor.proxied,
+        tcp_port: None,
     };
     let stream = match session.open(head.encode(), false).await {
         Ok(stream) => stream,
@@ -305,6 +306,9 @@ async fn serve_hop(shared: Arc<Shared>, stream: mux::MuxStream) {
         );
         return;
     };
+    if let Some(port) = head.tcp_port {
+        return crate::tcp::serve_hopped(&shared, port, head.ip, stream).await;
+    }
     let router = Router::hopped(shared, Visitor::hopped(head));
     let service = hyper::service::service_fn(move |req| {
         let router = router.clone();

@@ -5,6 +5,7 @@
 //!   with the table of names and nodes.
 //! - [`node`]: this node's lease, its name claims, and fencing.
 //! - `hop`: visitors of tunnels held by another node, served through it.
+//! - `shadow`: the ports of other nodes' TCP tunnels, listened on here too.
 //! - `background`: the runtime on a thread of its own that does every etcd call.
 //!
 //! See docs/deploy.md ("A cluster") for running one, and DESIGN.md §7 for why etcd.
@@ -12,10 +13,13 @@
 mod background;
 pub(crate) mod hop;
 pub mod node;
+mod shadow;
 pub mod store;
 
 pub use node::Node;
 pub use store::EtcdStore;
+
+pub(crate) use shadow::keep as shadow_tcp_ports;
 
 /// Ends the local sessions whose names another node took over (their clients reconnected
 /// there), as the cluster's table of names changes.

@@ -52,6 +52,8 @@ pub struct Node {
     nonce: AtomicU64,
     /// Sessions to the other nodes, for hops.
     pub(crate) peers: super::hop::Peers,
+    /// Listeners on ports of other nodes' TCP tunnels (see `shadow`), by port.
+    pub(crate) shadows: Mutex<HashMap<u16, tokio_util::sync::CancellationToken>>,
 }
 
 impl std::fmt::Debug for Node {
@@ -94,6 +96,7 @@ impl Node {
             mine: Mutex::new(HashMap::new()),
             nonce: AtomicU64::new(1),
             peers: Default::default(),
+            shadows: Mutex::new(HashMap::new()),
             store,
         });
         let first = node.clone();
@@ -155,6 +158,25 @@ impl Node {
             },
             _ => Place::Local,
         }
+    }
+
+    /// The ports of `range` whose TCP tunnels other (live) nodes hold.
+    pub(crate) fn tcp_held_elsewhere(&self, range: &std::ops::RangeInclusive<u16>) -> Vec<u16> {
+        let cache = self.store.cache();
+        cache
+            .names
+            .iter()
+            .filter(|(_, h)| h.node != self.id && cache.nodes.contains_key(&h.node))
+            .filter_map(|(key, _)| key.strip_prefix("tcp:")?.parse().ok())
+            .filter(|port| range.contains(port))
+            .collect()
+    }
+
+    /// Stops listening on `port` for another node (this node's own tunnel is taking it);
+    /// whether there was such a listener, which then closes in a moment.
+    pub(crate) fn unshadow(&self, port: u16) -> bool {
+        let shadow = self.shadows.lock().expect("shadows lock").remove(&port);
+        shadow.map(|cancel| cancel.cancel()).is_some()
     }
 
     /// Whether another node now holds `key`, which this node served.
