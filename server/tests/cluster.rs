@@ -525,6 +525,19 @@ async fn every_node_serves_every_tunnel_with_one_hop() {
         common::bodies::big_sha256(SIZE)
     );
 
+    // Server-Sent Events one by one through the hop: each event arrives before the origin
+    // sends the next.
+    let mut r = get(&nodes[1], "big", "/sse")
+        .header(http::header::ACCEPT, "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    for i in 0..3 {
+        let chunk = r.chunk().await.unwrap().unwrap();
+        assert_eq!(chunk, format!("id: {i}\ndata: event {i}\n\n"));
+        origin.state.gate.notify_one();
+    }
+
     // An upload streamed the other way.
     let up = reqwest::Body::wrap_stream(
         common::bodies::big_chunks(4 << 20).map(Ok::<_, std::io::Error>),

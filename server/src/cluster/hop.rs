@@ -243,6 +243,10 @@ pub(crate) fn accept<B>(
     let Some(node) = &shared.config.cluster else {
         return refuse(StatusCode::NOT_FOUND);
     };
+    // Secret guessing gets the connect endpoint's rate limit.
+    if !shared.connect_limit.allow(&peer.ip) {
+        return refuse(StatusCode::TOO_MANY_REQUESTS);
+    }
     if !authenticated(node, &req) {
         warn!(peer = %peer.peer, "refused a cluster session: wrong cluster secret");
         return refuse(StatusCode::UNAUTHORIZED);
