@@ -101,7 +101,7 @@ impl Router {
             ),
             Destination::Apex => match req.uri().path() {
                 CONNECT_PATH => connect::accept(shared, visitor, req).await,
-                PEER_PATH => hop::accept(shared, &visitor, req),
+                PEER_PATH if shared.config.cluster.is_some() => hop::accept(shared, &visitor, req),
                 HEALTH_PATH => pages::health(shared),
                 METRICS_PATH => pages::metrics(shared, &req),
                 "/" => pages::landing(shared),
@@ -352,6 +352,10 @@ mod tests {
         let health = get("127.0.0.1", HEALTH_PATH).body(empty()).unwrap();
         assert_eq!(oneshot(&r, health).await.2, "ok\n");
         let (status, h, _) = oneshot(&r, get("localhost", "/nope").body(empty()).unwrap()).await;
+        assert_eq!((status, code(&h)), (StatusCode::NOT_FOUND, "not_found"));
+        // The cluster's endpoint is no page of a server on its own.
+        let peer = get("localhost", PEER_PATH).body(empty()).unwrap();
+        let (status, h, _) = oneshot(&r, peer).await;
         assert_eq!((status, code(&h)), (StatusCode::NOT_FOUND, "not_found"));
     }
 

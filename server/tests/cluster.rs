@@ -568,6 +568,21 @@ async fn every_node_serves_every_tunnel_with_one_hop() {
     }
     ws.close(None).await.unwrap();
 
+    // Only nodes with the cluster's secret may open a session for hops.
+    for bearer in ["", "Bearer not-the-cluster-secret"] {
+        let r = reqwest::Client::new()
+            .get(format!("{}/_ggrok/peer", nodes[0].url()))
+            .header(http::header::AUTHORIZATION, bearer)
+            .header(http::header::CONNECTION, "upgrade")
+            .header(http::header::UPGRADE, "websocket")
+            .header(http::header::SEC_WEBSOCKET_VERSION, "13")
+            .header(http::header::SEC_WEBSOCKET_KEY, "dGhlIHNhbXBsZSBub25jZQ==")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "{bearer:?}");
+    }
+
     // Unknown names are still 404 everywhere, and the apex of a node is its own.
     assert_eq!(
         get(&nodes[1], "nobody", "/").send().await.unwrap().status(),

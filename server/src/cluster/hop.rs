@@ -228,7 +228,7 @@ fn authenticated<B>(node: &Node, req: &Request<B>) -> bool {
 }
 
 /// Answers another node's request for a session at [`PEER_PATH`]: `101` and the session, or
-/// 401/404 (a server outside a cluster has no such endpoint).
+/// 401 (wrong secret), 429 (too many attempts) or 400.
 pub(crate) fn accept<B>(
     shared: &Arc<Shared>,
     peer: &Visitor,

@@ -35,6 +35,16 @@ use crate::{registry::Claimant, store::StoreError};
 /// The sentence of the 503 a connect gets when the node cannot claim names.
 pub const UNAVAILABLE: &str = "cluster store unavailable";
 
+/// A claim this node made.
+struct Mine {
+    session: u64,
+    /// What it stored: a release deletes the key only while it still holds this.
+    value: Vec<u8>,
+    /// The etcd revision it was made at: a change to the key seen after it, by another node,
+    /// is a takeover; one from before it (the watch lags behind the claim) is not.
+    revision: i64,
+}
+
 /// A node of the cluster.
 pub struct Node {
     store: Arc<EtcdStore>,
@@ -48,7 +58,7 @@ pub struct Node {
     /// Whether the lease counts as held: names are served and claimed only then.
     held: tokio::sync::watch::Sender<bool>,
     /// The claims this node made and has not released: key → (session, the stored value).
-    mine: Mutex<HashMap<String, (u64, Vec<u8>)>>,
+    mine: Mutex<HashMap<String, Mine>>,
     nonce: AtomicU64,
     /// Sessions to the other nodes, for hops.
     pub(crate) peers: super::hop::Peers,
@@ -181,8 +191,17 @@ impl Node {
 
     /// Whether another node now holds `key`, which this node served.
     pub(crate) fn taken_elsewhere(&self, key: &str) -> bool {
+        let since = self
+            .mine
+            .lock()
+            .expect("claims lock")
+            .get(key)
+            .map_or(0, |m| m.revision);
         let cache = self.store.cache();
-        cache.names.get(key).is_some_and(|h| h.node != self.id)
+        cache
+            .names
+            .get(key)
+            .is_some_and(|h| h.node != self.id && h.revision > since)
     }
 
     /// Grants a new lease and registers the node under it.
@@ -291,6 +310,7 @@ impl Node {
             client: who.client_id.clone(),
             token: who.token.as_ref().map(to_hex),
             nonce: self.nonce.fetch_add(1, Ordering::Relaxed),
+            revision: 0,
         };
         let node = self.clone();
         let key_owned = key.to_owned();
@@ -300,11 +320,16 @@ impl Node {
             .run(async move { node.claim_in_etcd(&key_owned, holder).await })
             .await;
         match claimed {
-            Some(Ok(Some(value))) => {
+            Some(Ok(Some((value, revision)))) => {
+                let mine = Mine {
+                    session,
+                    value,
+                    revision,
+                };
                 self.mine
                     .lock()
                     .expect("claims lock")
-                    .insert(key.to_owned(), (session, value));
+                    .insert(key.to_owned(), mine);
                 Ok(())
             }
             Some(Ok(None)) => Err(Refusal::new(
@@ -319,12 +344,13 @@ impl Node {
         }
     }
 
-    /// The claim's transactions; `Ok(None)`: someone else holds the name.
+    /// The claim's transactions: what was stored and at which revision, or `Ok(None)`:
+    /// someone else holds the name.
     async fn claim_in_etcd(
         &self,
         key: &str,
         holder: Holder,
-    ) -> Result<Option<Vec<u8>>, StoreError> {
+    ) -> Result<Option<(Vec<u8>, i64)>, StoreError> {
         let name_key = format!("{NAMES}{key}");
         let value = serde_json::to_vec(&holder).expect("a holder serializes");
         let mut kv = self.store.client.kv_client();
@@ -342,8 +368,9 @@ impl Node {
                     0,
                 )])
                 .and_then([put.clone()]);
-            if etcd(kv.txn(create)).await?.succeeded() {
-                return Ok(Some(value));
+            let created = etcd(kv.txn(create)).await?;
+            if created.succeeded() {
+                return Ok(Some((value, revision_of(&created))));
             }
             let found = etcd(kv.get(name_key.clone(), None)).await?;
             let Some(current) = found.kvs().first() else {
@@ -364,8 +391,9 @@ impl Node {
                     current.mod_revision(),
                 )])
                 .and_then([put]);
-            if etcd(kv.txn(take)).await?.succeeded() {
-                return Ok(Some(value));
+            let taken = etcd(kv.txn(take)).await?;
+            if taken.succeeded() {
+                return Ok(Some((value, revision_of(&taken))));
             }
         }
         Err(StoreError::Cluster(
@@ -380,7 +408,7 @@ impl Node {
         let value = {
             let mut mine = self.mine.lock().expect("claims lock");
             match mine.get(key) {
-                Some((s, _)) if *s == session => mine.remove(key).map(|(_, v)| v),
+                Some(m) if m.session == session => mine.remove(key).map(|m| m.value),
                 _ => None,
             }
         };
@@ -401,4 +429,9 @@ impl Node {
             }
         });
     }
+}
+
+/// The revision a transaction committed at: the mod revision of the keys it wrote.
+fn revision_of(txn: &etcd_client::TxnResponse) -> i64 {
+    txn.header().map_or(0, |h| h.revision())
 }

@@ -72,6 +72,9 @@ pub(crate) struct Holder {
     pub(crate) token: Option<String>,
     /// Tells this claim from the holder's earlier ones (a release deletes only its own).
     pub(crate) nonce: u64,
+    /// The key's mod revision, in the local copy only.
+    #[serde(skip)]
+    pub(crate) revision: i64,
 }
 
 /// A node, as stored under `nodes/ID`.
@@ -105,7 +108,14 @@ impl Cache {
     fn apply(&mut self, key: &str, kv: Option<&KeyValue>) -> Touched {
         let json = |kv: Option<&KeyValue>| kv.map(|kv| kv.value().to_vec());
         if let Some(name) = key.strip_prefix(NAMES) {
-            match json(kv).and_then(|v| serde_json::from_slice::<Holder>(&v).ok()) {
+            let holder = kv.and_then(|kv| {
+                let holder = serde_json::from_slice::<Holder>(kv.value()).ok()?;
+                Some(Holder {
+                    revision: kv.mod_revision(),
+                    ..holder
+                })
+            });
+            match holder {
                 Some(holder) => self.names.insert(name.to_owned(), holder),
                 None => self.names.remove(name),
             };
