@@ -745,7 +745,7 @@ async fn status_at(base: &str, name: &str) -> u16 {
 }
 
 #[tokio::test]
-async fn three_nodes_behind_haproxy_survive_a_sigkill_and_an_etcd_restart() {
+async fn three_nodes_behind_haproxy_survive_a_sigkill_an_etcd_restart_and_a_sigterm() {
     let Some(mut etcd) = Etcd::start() else {
         return;
     };
@@ -811,8 +811,32 @@ async fn three_nodes_behind_haproxy_survive_a_sigkill_and_an_etcd_restart() {
     c.subdomain = Some("after".into());
     let (_after, _) = tunnel_with(c).await;
     for node in &nodes {
-        assert_eq!(status_at(&node.url(), "after").await, 200);
+        let url = node.url();
+        common::eventually(Duration::from_secs(5), || {
+            let url = url.clone();
+            async move { (status_at(&url, "after").await == 200).then_some(()) }
+        })
+        .await;
     }
+
+    // SIGTERM the node holding "app" now: it drains, then its client moves to the last node.
+    let holder = nodes
+        .iter()
+        .position(|n| n.serves("app"))
+        .expect("a node took the tunnel over");
+    let stopped = Command::new("kill")
+        .args(["-TERM", &nodes[holder].child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+    let _ = nodes[holder].child.wait();
+    let last = nodes[1 - holder].url();
+    common::eventually(Duration::from_secs(20), || {
+        let url = last.clone();
+        async move { (status_at(&url, "app").await == 200).then_some(()) }
+    })
+    .await;
+    assert!(matches!(*tunnel.status().borrow(), Status::Online { .. }));
 }
 
 #[test]
