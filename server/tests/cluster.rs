@@ -504,6 +504,27 @@ async fn every_node_serves_every_tunnel_with_one_hop() {
         assert_eq!(r.text().await.unwrap(), "hello");
     }
 
+    // The allowlist judges the visitor's address, which the hop carries to the holder.
+    let mut listed = named(&nodes[0], origin.port(), "listed");
+    listed.allow_ips = vec!["127.0.0.2/32".into()];
+    let (_listed, _) = tunnel_with(listed).await;
+    let from = |ip: [u8; 4]| {
+        reqwest::Client::builder()
+            .local_address(std::net::IpAddr::from(ip))
+            .build()
+            .unwrap()
+            .get(format!("{}/echo", nodes[1].url()))
+            .header(http::header::HOST, "listed.localhost")
+    };
+    let allowed = common::eventually(Duration::from_secs(5), || async {
+        let r = from([127, 0, 0, 2]).send().await.unwrap();
+        (r.status() != 404).then_some(r)
+    })
+    .await;
+    assert_eq!(allowed.status(), 200);
+    assert_eq!(allowed.headers()["x-echo-x-forwarded-for"], "127.0.0.2");
+    assert_eq!(from([127, 0, 0, 1]).send().await.unwrap().status(), 403);
+
     // A large download through a node that does not hold the tunnel, streamed under the
     // sessions' flow control, and checked whole.
     const SIZE: u64 = 24 << 20;
