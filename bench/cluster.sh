@@ -18,6 +18,9 @@ if [ "${SKIP_INSTALL:-0}" != 1 ]; then
     pkgs=()
     command -v wrk >/dev/null || pkgs+=(wrk)
     command -v nginx >/dev/null || pkgs+=(nginx-light)
+    # The server's etcd client compiles etcd's gRPC definitions when it is built.
+    [ -f /usr/include/google/protobuf/descriptor.proto ] && command -v protoc >/dev/null ||
+        pkgs+=(protobuf-compiler libprotobuf-dev)
     command -v etcd >/dev/null || pkgs+=(etcd-server)
     if [ ${#pkgs[@]} -gt 0 ]; then
         $sudo apt-get update -qq >&2
