@@ -11,7 +11,11 @@ WORKDIR /src
 # The whole workspace (minus what .dockerignore drops): cargo reads every member's manifest,
 # src-tauri's included, to check Cargo.lock under --locked, but compiles only ggrok-server and
 # its dependencies. rustls uses the ring provider, which needs only the C compiler already in
-# this image; no OpenSSL, no cmake.
+# this image; no OpenSSL, no cmake. The etcd client (--cluster) compiles etcd's gRPC definitions
+# at build time: protoc and the well-known types they import.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends protobuf-compiler libprotobuf-dev \
+ && rm -rf /var/lib/apt/lists/*
 COPY . .
 RUN cargo build --release --locked -p ggrok-server \
  && install -D --strip target/release/ggrok-server /out/ggrok-server

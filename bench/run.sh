@@ -47,6 +47,9 @@ if [ "${SKIP_INSTALL:-0}" != 1 ]; then
     pkgs=()
     command -v wrk >/dev/null || pkgs+=(wrk)
     command -v nginx >/dev/null || pkgs+=(nginx-light)
+    # The server's etcd client compiles etcd's gRPC definitions when it is built.
+    [ -f /usr/include/google/protobuf/descriptor.proto ] && command -v protoc >/dev/null ||
+        pkgs+=(protobuf-compiler libprotobuf-dev)
     command -v python3 >/dev/null || pkgs+=(python3)
     if [ "${BENCH_SANDHOLE:-0}" = 1 ]; then
         command -v ssh >/dev/null || pkgs+=(openssh-client)

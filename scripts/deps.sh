@@ -18,6 +18,10 @@ APT_PACKAGES=(
   # (server/tests/tcp.rs).
   xvfb xauth xdotool imagemagick webkit2gtk-driver dbus-x11 gnome-keyring libsecret-tools python3-gi
   keyutils chromium pebble haproxy openssh-server openssh-client
+  # The cluster: etcd and etcdctl for server/tests/cluster.rs, protoc for the etcd-client
+  # crate's build script (it compiles etcd's gRPC definitions) and the well-known types
+  # those import (libprotobuf-dev).
+  etcd-server etcd-client protobuf-compiler libprotobuf-dev
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

@@ -174,10 +174,14 @@ pub struct Config {
     /// Certificates over ACME; when set, `tls` is its resolver's config.
     pub acme: Option<Arc<crate::acme::Acme>>,
     /// Tokens and reserved names created with `ggrok-server token ...`; read on every connect.
-    pub store: Option<Arc<crate::store::Store>>,
+    /// SQLite by default; etcd in a cluster.
+    pub store: Option<Arc<dyn crate::store::TokenStore>>,
     /// How often the server looks whether `store` changed, to end the sessions of revoked
     /// tokens. A look while nothing changed costs one `PRAGMA data_version`.
     pub revocation_check: Duration,
+    /// This server as a node of a cluster (`--cluster`): names are claimed in etcd, and
+    /// `store` is the cluster's. `None`: a server on its own.
+    pub cluster: Option<Arc<crate::cluster::Node>>,
 }
 
 impl std::fmt::Debug for Config {
@@ -195,6 +199,7 @@ impl std::fmt::Debug for Config {
             .field("acme", &self.acme)
             .field("store", &self.store.is_some())
             .field("revocation_check", &self.revocation_check)
+            .field("cluster", &self.cluster)
             .field("trusted_proxies", &self.trusted_proxies)
             .field("proxy_protocol", &self.proxy_protocol)
             .field("reserved_names", &self.reserved_names)
@@ -276,6 +281,7 @@ impl Config {
             acme: None,
             store: None,
             revocation_check: Duration::from_secs(2),
+            cluster: None,
             trusted_proxies: Vec::new(),
             proxy_protocol: false,
             reserved_names: DEFAULT_RESERVED_NAMES

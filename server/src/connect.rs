@@ -117,6 +117,23 @@ async fn admit(
             (claim, Some(listener))
         }
     };
+    if let Some(node) = &shared.config.cluster {
+        // Held here; now across the cluster.
+        if let Err(mut refusal) = node.claim(&claim.name, &who, claim.session).await {
+            shared
+                .registry
+                .release(&claim.name, claim.session, false, || {});
+            if let (RefusalKind::NameTaken, Some(port)) =
+                (refusal.error, claim.name.strip_prefix("tcp:"))
+            {
+                refusal = Refusal::new(
+                    RefusalKind::PortTaken,
+                    format!("port {port} is in use by another client"),
+                );
+            }
+            return Err(refusal);
+        }
+    }
     Ok(Admitted { claim, key, tcp })
 }
 
@@ -137,6 +154,13 @@ async fn session(
             shared
                 .registry
                 .release(&claim.name, claim.session, true, || {});
+            if let Some(node) = &shared.config.cluster {
+                node.release(
+                    &claim.name,
+                    claim.session,
+                    Some(shared.config.reconnect_grace),
+                );
+            }
             return;
         }
     };
@@ -187,6 +211,10 @@ async fn session(
         .release(&claim.name, claim.session, hold, || {
             shared.metrics.forget(&claim.name)
         });
+    if let Some(node) = &shared.config.cluster {
+        let grace = hold.then_some(shared.config.reconnect_grace);
+        node.release(&claim.name, claim.session, grace);
+    }
     info!(%reason, "tunnel offline");
 }
 
@@ -201,6 +229,16 @@ async fn ended_by_server(shared: &Shared, claim: &Claim) -> (u16, &'static str) 
         _ = claim.revoked.cancelled() => (protocol::CLOSE_REVOKED, "its token was revoked"),
         // After the drain: clients reconnect, to this server's successor.
         _ = shared.cancel.cancelled() => (protocol::CLOSE_SHUTDOWN, "the server is shutting down"),
+        // Fenced: the client reconnects, through the load balancer, to a node that can serve.
+        _ = lease_lost(shared) => (protocol::CLOSE_SHUTDOWN, "this node lost its cluster lease"),
+    }
+}
+
+/// Completes when this server is a cluster node that stopped holding its lease.
+async fn lease_lost(shared: &Shared) {
+    match &shared.config.cluster {
+        Some(node) => node.lease_lost().await,
+        None => std::future::pending().await,
     }
 }
 

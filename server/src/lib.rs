@@ -27,7 +27,8 @@
 //! - [`config`]: the server's configuration and the hashed token set.
 //! - [`settings`]: flags, environment and TOML file resolved into a [`Config`].
 //! - [`policy`]: per-tunnel visitor rules (`--allow-ip`, Basic auth), rate and connection limits.
-//! - [`store`]: tokens and reservations in SQLite.
+//! - [`store`]: tokens and reservations: the [`store::TokenStore`] trait, and SQLite.
+//! - [`cluster`]: several nodes as one server, their state in etcd (`--cluster`).
 //! - [`acme`]: certificates from an ACME CA (TLS-ALPN-01).
 //! - [`metrics`]: the Prometheus counters.
 //! - [`shard`]: connections spread over single-threaded runtimes.
@@ -40,6 +41,7 @@
 #![warn(missing_docs)]
 
 pub mod acme;
+pub mod cluster;
 pub mod config;
 mod connect;
 mod cookies;
@@ -112,9 +114,14 @@ fn start_background(shared: &Arc<Shared>) {
         acme.request(&shared.config.domain);
         shared.spawn(acme.manage(move |name| router::is_served(&served, name)));
     }
-    if let (Some(store), Some(thread)) = (shared.config.store.clone(), shared.store_thread.clone())
-    {
-        shared.spawn(revocation::watch(shared.clone(), store, thread));
+    if let Some(store) = shared.config.store.clone() {
+        shared.spawn(revocation::watch(shared.clone(), store));
+    }
+    if let Some(node) = shared.config.cluster.clone() {
+        shared.spawn(cluster::end_taken_sessions(shared.clone(), node.clone()));
+        if let Some(range) = shared.config.tcp_ports.clone() {
+            shared.spawn(cluster::shadow_tcp_ports(shared.clone(), node, range));
+        }
     }
     let sweeper = shared.clone();
     shared.spawn(async move {

@@ -2,7 +2,12 @@
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use ggrok_server::{settings::Settings, store::Store, Config};
+use ggrok_server::{
+    cluster::{EtcdStore, Node},
+    settings::Settings,
+    store::{Store, TokenStore},
+    Config,
+};
 
 /// The self-hosted ggrok tunnel server: routes NAME.DOMAIN to the client holding NAME.
 ///
@@ -31,7 +36,12 @@ enum LogFormat {
     Json,
 }
 
-/// Administration of the token database; takes effect on a running server without a restart.
+/// How long a node's lease outlives its last renewal: a node cut off from etcd stops serving
+/// within two thirds of it, and a dead node's names are free after it.
+const CLUSTER_LEASE_TTL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Administration of the token database (or, with --cluster, of the cluster's store in etcd);
+/// takes effect on a running server without a restart.
 #[derive(Subcommand, Debug)]
 enum Admin {
     /// Manage client tokens.
@@ -82,11 +92,7 @@ enum TokenCommand {
     },
 }
 
-fn admin(db: &std::path::Path, command: Admin) -> anyhow::Result<()> {
-    if let Admin::CheckConfig = command {
-        unreachable!("handled before the database is opened");
-    }
-    let store = Store::open(db).with_context(|| format!("cannot open {}", db.display()))?;
+fn admin(store: &dyn TokenStore, command: Admin) -> anyhow::Result<()> {
     match command {
         Admin::Token(TokenCommand::Create { name, reserve }) => {
             let token = store.create_token(&name, &reserve)?;
@@ -241,8 +247,19 @@ async fn serve(
             });
         }
         Some(command) => {
-            let db = settings.db.unwrap_or_else(|| "ggrok.db".into());
-            admin(&db, command)?;
+            let endpoints = settings.cluster_endpoints().map_err(anyhow::Error::msg)?;
+            let store: std::sync::Arc<dyn TokenStore> = match endpoints {
+                Some(endpoints) => EtcdStore::connect(endpoints)
+                    .await
+                    .context("cannot reach the cluster's etcd")?,
+                None => {
+                    let db = settings.db.unwrap_or_else(|| "ggrok.db".into());
+                    let store = Store::open(&db)
+                        .with_context(|| format!("cannot open {}", db.display()))?;
+                    std::sync::Arc::new(store)
+                }
+            };
+            admin(&*store, command)?;
             return Ok(std::process::ExitCode::SUCCESS);
         }
         None => {}
@@ -251,20 +268,47 @@ async fn serve(
         Ok(r) => r,
         Err(problems) => anyhow::bail!("invalid settings:\n  {}", problems.join("\n  ")),
     };
-    let store = Store::open(&resolved.db).with_context(|| {
-        format!(
-            "cannot open the token database {} (set --db or GGROK_DB to a writable path)",
-            resolved.db.display()
-        )
-    })?;
-    let config = Config {
-        store: Some(std::sync::Arc::new(store)),
-        ..resolved.config
-    };
     let listen = resolved.listen;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
+    // Listening on port 0 (tests), the other nodes need the port it got.
+    let bound = listener.local_addr()?;
+    let (store, node): (std::sync::Arc<dyn TokenStore>, _) = match resolved.cluster {
+        Some(cluster) => {
+            let joined = async {
+                let store = EtcdStore::connect(cluster.endpoints.clone()).await?;
+                let advertise = match settings.advertise {
+                    None if listen.port() == 0 => format!("http://{bound}"),
+                    _ => cluster.advertise,
+                };
+                let node =
+                    Node::join(store.clone(), advertise, cluster.secret, CLUSTER_LEASE_TTL).await?;
+                Ok::<_, ggrok_server::store::StoreError>((store, node))
+            };
+            let (store, node) = joined.await.with_context(|| {
+                format!(
+                    "cannot join the cluster on etcd {}",
+                    cluster.endpoints.join(",")
+                )
+            })?;
+            (store, Some(node))
+        }
+        None => {
+            let store = Store::open(&resolved.db).with_context(|| {
+                format!(
+                    "cannot open the token database {} (set --db or GGROK_DB to a writable path)",
+                    resolved.db.display()
+                )
+            })?;
+            (std::sync::Arc::new(store), None)
+        }
+    };
+    let config = Config {
+        store: Some(store),
+        cluster: node,
+        ..resolved.config
+    };
     tracing::info!(
         addr = %listener.local_addr()?,
         domain = %config.domain,

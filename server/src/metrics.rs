@@ -65,6 +65,9 @@ pub struct Metrics {
     connect_failures: Family<KindLabels, Counter>,
     tcp_connections: Family<TunnelLabels, Counter>,
     tcp_open: Family<TunnelLabels, Gauge>,
+    /// Registered only in a cluster (see [`Metrics::cluster`]).
+    hops: Counter,
+    peers: Gauge,
 }
 
 impl Default for Metrics {
@@ -121,6 +124,8 @@ impl Default for Metrics {
         );
         Self {
             registry: Mutex::new(r),
+            hops: Counter::default(),
+            peers: Gauge::default(),
             tcp_connections,
             tcp_open,
             tunnels_online,
@@ -142,6 +147,36 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &registry)
             .expect("writing to a String");
         out
+    }
+
+    /// Adds the cluster's series: hops to other nodes, sessions to them, and etcd's latency.
+    pub fn cluster(&self, etcd_latency: Histogram) {
+        let mut r = self.registry.lock().expect("metrics lock");
+        r.register(
+            "cluster_hops",
+            "Public requests served through the node that holds their tunnel",
+            self.hops.clone(),
+        );
+        r.register(
+            "cluster_peers",
+            "Sessions open to other nodes of the cluster, for hops",
+            self.peers.clone(),
+        );
+        r.register(
+            "cluster_etcd_request_seconds",
+            "Time etcd took to answer a request (claims, releases, lease renewals, reads)",
+            etcd_latency,
+        );
+    }
+
+    /// Counts a request hopped to the node holding its tunnel.
+    pub fn hop(&self) {
+        self.hops.inc();
+    }
+
+    /// Sets the number of sessions open to other nodes, before an encode.
+    pub fn set_peers(&self, peers: usize) {
+        self.peers.set(peers as i64);
     }
 
     /// The counters of `tunnel`, looked up once per session rather than once per request.

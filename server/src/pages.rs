@@ -64,12 +64,30 @@ pub(crate) fn metrics<B>(shared: &Shared, req: &Request<B>) -> Response<Body> {
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )
-        .body(full(shared.metrics.encode(shared.registry.online())))
+        .body(full({
+            if let Some(node) = &shared.config.cluster {
+                shared.metrics.set_peers(node.peers.open());
+            }
+            shared.metrics.encode(shared.registry.online())
+        }))
         .expect("static response")
 }
 
 /// `/healthz`: answered by the server itself, whatever its tunnels do.
-pub(crate) fn health() -> Response<Body> {
+pub(crate) fn health(shared: &Shared) -> Response<Body> {
+    if shared
+        .config
+        .cluster
+        .as_ref()
+        .is_some_and(|n| !n.is_ready())
+    {
+        // A load balancer's health check then sends no new clients here.
+        return Response::builder()
+            .status(StatusCode::SERVICE_UNAVAILABLE)
+            .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+            .body(full("not ready: this node holds no cluster lease\n"))
+            .expect("static response");
+    }
     Response::builder()
         .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
         .body(full(protocol::HEALTH_BODY))

@@ -370,6 +370,34 @@ impl Registry {
         }
     }
 
+    /// The names with a live session.
+    pub fn live_names(&self) -> Vec<String> {
+        let st = self.table.lock().expect("registry lock");
+        st.names
+            .iter()
+            .filter(|(_, s)| matches!(s, Entry::Live { .. }))
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    /// Ends the session holding `name` as replaced: its client took the name over through
+    /// another node of the cluster. The name is no longer this server's to hold.
+    pub fn replaced_elsewhere(&self, name: &str) {
+        let mut st = self.table.lock().expect("registry lock");
+        match st.names.get(name) {
+            Some(Entry::Live { cancel, .. }) => {
+                cancel.cancel();
+                st.names.remove(name);
+            }
+            Some(Entry::Held { .. }) => {
+                st.names.remove(name);
+            }
+            None => {}
+        }
+        drop(st);
+        self.changed.notify_waiters();
+    }
+
     /// Number of names with a live session.
     pub fn online(&self) -> usize {
         let st = self.table.lock().expect("registry lock");

@@ -1,32 +1,72 @@
-//! Revocation while sessions are open: `ggrok-server token revoke` (another process) ends the
-//! sessions of the revoked token within `--revocation-check`.
+//! Revocation while sessions are open: `ggrok-server token revoke` (another process, or in a
+//! cluster any node's admin) ends the sessions of the revoked token: within
+//! `--revocation-check` with SQLite, at once with etcd's watch.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use tracing::{info, warn};
 
 use crate::{
     state::Shared,
-    store::{Store, StoreThread, Version},
+    store::{TokenStore, Version},
 };
 
-/// Ends the sessions of tokens revoked in the store (by `ggrok-server token revoke`, another
-/// process) while they are open. Polls: SQLite has no cross-process change notification, and
-/// a poll that finds the database unchanged costs one pragma. Each look runs on the store's
-/// thread, so a slow disk never holds up a thread that accepts or serves traffic.
-pub(crate) async fn watch(shared: Arc<Shared>, store: Arc<Store>, thread: StoreThread) {
+/// After a change the store tells of, one more look this much later: a connect that read the
+/// token just before the revocation may register its session just after the first look.
+const LOOK_AGAIN: Duration = Duration::from_millis(500);
+
+/// Ends the sessions of tokens revoked in the store while they are open.
+///
+/// SQLite has no cross-process change notification, so it is polled, and a poll that finds the
+/// database unchanged costs one pragma; each look runs on the store's thread, so a slow disk
+/// never holds up a thread that accepts or serves traffic. etcd says when something changed
+/// (its watch keeps the store's copy current), so there each change is looked at once it comes.
+pub(crate) async fn watch(shared: Arc<Shared>, store: Arc<dyn TokenStore>) {
+    match store.changes() {
+        Some(changes) => on_changes(shared, store, changes).await,
+        None => poll(shared, store).await,
+    }
+}
+
+async fn on_changes(
+    shared: Arc<Shared>,
+    store: Arc<dyn TokenStore>,
+    mut changes: tokio::sync::watch::Receiver<u64>,
+) {
+    let mut watch = Watch::default();
+    loop {
+        let again = tokio::time::sleep(LOOK_AGAIN);
+        tokio::select! {
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            // Only while a change is recent: otherwise nothing to look at.
+            _ = again, if watch.again => {}
+        }
+        watch.look(&shared, &*store);
+    }
+}
+
+async fn poll(shared: Arc<Shared>, store: Arc<dyn TokenStore>) {
     let mut every = tokio::time::interval(shared.config.revocation_check);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut watch = Watch::default();
     loop {
         every.tick().await;
+        let thread = shared.store_thread.clone();
         let (shared, store) = (shared.clone(), store.clone());
-        let look = thread.run(move || {
-            watch.look(&shared, &store);
+        let mut look = move || {
+            watch.look(&shared, &*store);
             watch
-        });
+        };
+        let looked = match thread {
+            Some(thread) => thread.run(look).await,
+            None => Some(look()),
+        };
         // A look that panicked starts over: the next one checks every token again.
-        watch = look.await.unwrap_or_default();
+        watch = looked.unwrap_or_default();
     }
 }
 
@@ -41,7 +81,7 @@ struct Watch {
 }
 
 impl Watch {
-    fn look(&mut self, shared: &Shared, store: &Store) {
+    fn look(&mut self, shared: &Shared, store: &dyn TokenStore) {
         let version = match store.version() {
             Ok(v) => v,
             Err(e) => {

@@ -11,12 +11,17 @@ use std::{convert::Infallible, future::Future, net::IpAddr, pin::Pin, sync::Arc}
 use bytes::Bytes;
 use ggrok_tunnel::{
     http_util::{error_page, wants_json, Body, BoxError},
-    protocol::{self, PageKind, CONNECT_PATH, HEALTH_PATH, METRICS_PATH},
+    protocol::{self, PageKind, CONNECT_PATH, HEALTH_PATH, METRICS_PATH, PEER_PATH},
 };
 use http::{header, Request, Response, StatusCode};
 use hyper::service::Service;
 
-use crate::{connect, pages, proxy, state::Shared, visitor::Visitor};
+use crate::{
+    cluster::{hop, node::Place},
+    connect, pages, proxy,
+    state::Shared,
+    visitor::Visitor,
+};
 
 /// Largest request head a visitor may send: hyper's read buffer stops a longer one (431 from
 /// hyper), and [`Router`] refuses a head that fits the buffer but not this limit (431 here).
@@ -27,12 +32,28 @@ pub(crate) const MAX_HEAD: usize = 64 * 1024;
 pub(crate) struct Router {
     shared: Arc<Shared>,
     visitor: Visitor,
+    /// Requests another node of the cluster sent here (see `cluster::hop`): for tunnels only,
+    /// never sent on again, their visitor as that node saw it.
+    hopped: bool,
 }
 
 impl Router {
     /// The router of a connection from `visitor`.
     pub(crate) fn new(shared: Arc<Shared>, visitor: Visitor) -> Self {
-        Self { shared, visitor }
+        Self {
+            shared,
+            visitor,
+            hopped: false,
+        }
+    }
+
+    /// The router of a hop from another node, for `visitor`.
+    pub(crate) fn hopped(shared: Arc<Shared>, visitor: Visitor) -> Self {
+        Self {
+            shared,
+            visitor,
+            hopped: true,
+        }
     }
 
     /// Answers `req`. The connection's service calls this directly, so that serving a request
@@ -48,10 +69,14 @@ impl Router {
             Ok(host) => host,
             Err(refused) => return refused.page(shared, json),
         };
-        let visitor = self
-            .visitor
-            .clone()
-            .through(&shared.config.trusted_proxies, req.headers());
+        let visitor = match self.hopped {
+            // The node it came through already decided who the visitor is.
+            true => self.visitor.clone(),
+            false => self
+                .visitor
+                .clone()
+                .through(&shared.config.trusted_proxies, req.headers()),
+        };
         match classify(&host, &shared.config.domain) {
             Destination::Tunnel(name) => {
                 if let Err(e) = protocol::validate_name(name) {
@@ -60,11 +85,24 @@ impl Router {
                     let status = StatusCode::BAD_REQUEST;
                     return pages::error(shared, status, PageKind::BadRequest, &message, json);
                 }
+                if let (Some(node), false) = (&shared.config.cluster, self.hopped) {
+                    if let Place::Node { id, advertise } = node.place(name) {
+                        let to = (id.as_str(), advertise.as_str());
+                        return hop::forward(shared, node, &visitor, to, name, req, json).await;
+                    }
+                }
                 proxy::forward(shared, visitor, name, req, json).await
             }
+            Destination::Apex if self.hopped => error_page(
+                StatusCode::NOT_FOUND,
+                PageKind::NotFound,
+                "Only tunnels are served through another node.",
+                json,
+            ),
             Destination::Apex => match req.uri().path() {
                 CONNECT_PATH => connect::accept(shared, visitor, req).await,
-                HEALTH_PATH => pages::health(),
+                PEER_PATH if shared.config.cluster.is_some() => hop::accept(shared, &visitor, req),
+                HEALTH_PATH => pages::health(shared),
                 METRICS_PATH => pages::metrics(shared, &req),
                 "/" => pages::landing(shared),
                 _ => error_page(
@@ -314,6 +352,10 @@ mod tests {
         let health = get("127.0.0.1", HEALTH_PATH).body(empty()).unwrap();
         assert_eq!(oneshot(&r, health).await.2, "ok\n");
         let (status, h, _) = oneshot(&r, get("localhost", "/nope").body(empty()).unwrap()).await;
+        assert_eq!((status, code(&h)), (StatusCode::NOT_FOUND, "not_found"));
+        // The cluster's endpoint is no page of a server on its own.
+        let peer = get("localhost", PEER_PATH).body(empty()).unwrap();
+        let (status, h, _) = oneshot(&r, peer).await;
         assert_eq!((status, code(&h)), (StatusCode::NOT_FOUND, "not_found"));
     }
 

@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use crate::{
     acme::{Acme, AcmeSettings},
+    cluster::ClusterSecret,
     config::{hash_token, load_tls, Config, Tokens},
     policy::parse_net,
     store::Store,
@@ -126,6 +127,24 @@ pub struct Settings {
     /// Seconds of silence after which a client counts as gone and its name is freed [default: 45].
     #[arg(long, env = "GGROK_HEARTBEAT_TIMEOUT")]
     pub heartbeat_timeout: Option<u64>,
+    /// Join the cluster whose state lives in this etcd (v3 API, etcd 3.4 or newer):
+    /// etcd://HOST:PORT[,HOST:PORT...]. Tokens and reservations then live in etcd, and the
+    /// admin commands act on it.
+    #[arg(
+        long,
+        env = "GGROK_CLUSTER",
+        value_name = "etcd://HOST:PORT[,...]",
+        global = true
+    )]
+    pub cluster: Option<String>,
+    /// Secret that authenticates the traffic between the nodes of a cluster; required with
+    /// --cluster.
+    #[arg(long, env = "GGROK_CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: Option<String>,
+    /// URL other nodes of the cluster reach this node at [default: http://LISTEN when --listen
+    /// is a specific address].
+    #[arg(long, env = "GGROK_ADVERTISE", value_name = "URL")]
+    pub advertise: Option<String>,
     /// Threads serving requests [default: one per CPU core]. Each tunnel is served on the thread
     /// of its session; tunnels spread over the threads (see docs/deploy.md, "Threads").
     #[arg(long, env = "GGROK_WORKERS")]
@@ -166,6 +185,9 @@ impl std::fmt::Debug for Settings {
             .field("max_tcp_tunnels_per_token", &self.max_tcp_tunnels_per_token)
             .field("max_conns_per_tcp_tunnel", &self.max_conns_per_tcp_tunnel)
             .field("workers", &self.workers)
+            .field("cluster", &self.cluster)
+            .field("cluster_secret", &self.cluster_secret.as_deref().map(mask))
+            .field("advertise", &self.advertise)
             .finish()
     }
 }
@@ -199,6 +221,19 @@ pub struct Resolved {
     pub db: PathBuf,
     /// Everything else (the store is opened by the caller, which may be a check only).
     pub config: Config,
+    /// With `--cluster`: the etcd to join and how this node is reached.
+    pub cluster: Option<ClusterSettings>,
+}
+
+/// How a node joins its cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    /// The etcd members (`http://HOST:PORT`).
+    pub endpoints: Vec<String>,
+    /// Authenticates the nodes to each other.
+    pub secret: ClusterSecret,
+    /// Where the other nodes reach this one.
+    pub advertise: String,
 }
 
 impl Settings {
@@ -259,6 +294,9 @@ impl Settings {
                 .max_conns_per_tcp_tunnel
                 .or(lower.max_conns_per_tcp_tunnel),
             workers: self.workers.or(lower.workers),
+            cluster: self.cluster.or(lower.cluster),
+            cluster_secret: self.cluster_secret.or(lower.cluster_secret),
+            advertise: self.advertise.or(lower.advertise),
         }
     }
 
@@ -274,6 +312,7 @@ impl Settings {
         let tls = acme.as_ref().map(|a| a.server_config()).or(tls);
         let trusted_proxies = self.trusted_proxies(&mut problems);
         let tcp_ports = self.tcp_ports(listen, &mut problems);
+        let cluster = self.cluster(listen, &mut problems);
         if self.tokens.iter().any(|t| t.trim().len() < 16) {
             problems.push(
                 "tokens must be at least 16 characters (use `ggrok-server token create`)"
@@ -329,6 +368,72 @@ impl Settings {
             listen,
             db: self.db.clone().unwrap_or_else(|| PathBuf::from("ggrok.db")),
             config,
+            cluster,
+        })
+    }
+
+    /// The etcd endpoints of `--cluster`, for the admin commands (which need no secret: they
+    /// only write the store). `Ok(None)` without `--cluster`.
+    pub fn cluster_endpoints(&self) -> Result<Option<Vec<String>>, String> {
+        self.cluster
+            .as_deref()
+            .map(crate::cluster::parse_endpoints)
+            .transpose()
+    }
+
+    fn cluster(&self, listen: SocketAddr, problems: &mut Vec<String>) -> Option<ClusterSettings> {
+        let endpoints = match self.cluster_endpoints() {
+            Ok(Some(endpoints)) => endpoints,
+            Ok(None) => return None,
+            Err(e) => {
+                problems.push(e);
+                return None;
+            }
+        };
+        let secret = self
+            .cluster_secret
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty());
+        let secret = match secret {
+            Some(s) if s.len() >= 16 => ClusterSecret::new(s),
+            Some(_) => {
+                problems.push("cluster_secret must be at least 16 characters".to_owned());
+                return None;
+            }
+            None => {
+                problems.push(
+                    "cluster needs cluster_secret (--cluster-secret or GGROK_CLUSTER_SECRET), the same on every node"
+                        .to_owned(),
+                );
+                return None;
+            }
+        };
+        let advertise = match &self.advertise {
+            Some(url) => {
+                let url = url.trim().trim_end_matches('/');
+                if !(url.starts_with("http://") || url.starts_with("https://"))
+                    || url.parse::<http::Uri>().is_err()
+                {
+                    problems.push(format!(
+                        "advertise {url:?} should be the URL other nodes reach this one at, like http://10.0.0.5:8080"
+                    ));
+                    return None;
+                }
+                url.to_owned()
+            }
+            None if !listen.ip().is_unspecified() => format!("http://{listen}"),
+            None => {
+                problems.push(format!(
+                    "cluster needs advertise (--advertise or GGROK_ADVERTISE): listening on {listen}, this node cannot tell the others its address"
+                ));
+                return None;
+            }
+        };
+        Some(ClusterSettings {
+            endpoints,
+            secret,
+            advertise,
         })
     }
 
@@ -500,9 +605,15 @@ impl Settings {
                 return (false, out);
             }
         };
-        let stored = match Store::open(&resolved.db) {
-            Ok(store) => store.has_tokens().unwrap_or(false),
-            Err(e) => {
+        // In a cluster the store is etcd's: its tokens are not looked at here.
+        let opened = match &resolved.cluster {
+            Some(_) => None,
+            None => Some(Store::open(&resolved.db)),
+        };
+        let stored = match opened {
+            None => true,
+            Some(Ok(store)) => store.has_tokens().unwrap_or(false),
+            Some(Err(e)) => {
                 out.push_str(&format!(
                     "error: token database {}: {e}\n",
                     resolved.db.display()
@@ -535,6 +646,13 @@ impl Settings {
             if c.tls.is_some() { "on" } else { "off" },
             if c.metrics_token.is_some() { "on" } else { "off" },
         ));
+        if let Some(cluster) = &resolved.cluster {
+            out.push_str(&format!(
+                "ok: cluster on etcd {}, advertised as {}, cluster secret set\n",
+                cluster.endpoints.join(","),
+                cluster.advertise
+            ));
+        }
         (true, out)
     }
 }
@@ -652,12 +770,69 @@ mod tests {
         let s = Settings {
             tokens: vec!["supersecret-token-value".into()],
             metrics_token: Some("metrics-secret-value".into()),
+            cluster: Some("etcd://127.0.0.1:2379".into()),
+            cluster_secret: Some("cluster-secret-value".into()),
             ..Settings::default()
         };
         let shown = format!("{s:?}");
         assert!(
-            !shown.contains("supersecret") && !shown.contains("metrics-secret"),
+            !shown.contains("supersecret")
+                && !shown.contains("metrics-secret")
+                && !shown.contains("cluster-secret"),
             "{shown}"
         );
+        let resolved = s.resolve(None).ok().unwrap();
+        let shown = format!("{:?}", resolved.cluster);
+        assert!(!shown.contains("cluster-secret"), "{shown}");
+    }
+
+    #[test]
+    fn a_cluster_needs_its_secret_and_an_address_for_the_other_nodes() {
+        let cluster = |secret: Option<&str>, listen: &str, advertise: Option<&str>| Settings {
+            cluster: Some("etcd://10.0.0.1:2379,10.0.0.2:2379".into()),
+            cluster_secret: secret.map(str::to_owned),
+            listen: Some(listen.parse().unwrap()),
+            advertise: advertise.map(str::to_owned),
+            ..Settings::default()
+        };
+        let problems = cluster(None, "10.0.0.5:8080", None)
+            .resolve(None)
+            .err()
+            .unwrap();
+        assert!(problems[0].contains("cluster_secret"), "{problems:?}");
+        let problems = cluster(Some("short"), "10.0.0.5:8080", None)
+            .resolve(None)
+            .err()
+            .unwrap();
+        assert!(problems[0].contains("16 characters"), "{problems:?}");
+        let problems = cluster(Some("a-long-cluster-secret"), "0.0.0.0:8080", None)
+            .resolve(None)
+            .err()
+            .unwrap();
+        assert!(problems[0].contains("advertise"), "{problems:?}");
+        let ok = cluster(Some("a-long-cluster-secret"), "10.0.0.5:8080", None)
+            .resolve(None)
+            .ok()
+            .unwrap()
+            .cluster
+            .unwrap();
+        assert_eq!(ok.advertise, "http://10.0.0.5:8080");
+        assert_eq!(
+            ok.endpoints,
+            ["http://10.0.0.1:2379", "http://10.0.0.2:2379"]
+        );
+        let ok = cluster(
+            Some("a-long-cluster-secret"),
+            "0.0.0.0:8080",
+            Some("http://node1.internal:8080/"),
+        )
+        .resolve(None)
+        .ok()
+        .unwrap()
+        .cluster
+        .unwrap();
+        assert_eq!(ok.advertise, "http://node1.internal:8080");
+        let none = Settings::default().resolve(None).ok().unwrap();
+        assert!(none.cluster.is_none());
     }
 }

@@ -31,7 +31,7 @@ pub(crate) struct Shared {
     /// Sessions, tunnel streams and upgraded connections.
     pub(crate) tasks: TaskTracker,
     /// Where SQLite is called while serving (token checks, revocation looks), when there is a
-    /// store: never on a thread that serves traffic.
+    /// store whose reads may wait: never on a thread that serves traffic.
     pub(crate) store_thread: Option<store::StoreThread>,
     /// Where TCP tunnels bind their ports: the address the server listens on.
     pub(crate) tcp_ip: IpAddr,
@@ -43,10 +43,15 @@ impl Shared {
         let store_thread = config
             .store
             .as_ref()
+            .filter(|s| s.blocks())
             .map(|_| store::StoreThread::start().expect("cannot start the store's thread"));
+        let metrics = Metrics::default();
+        if config.cluster.is_some() {
+            metrics.cluster(crate::cluster::store::ETCD_LATENCY.clone());
+        }
         Self {
             registry: Registry::new(config.reconnect_grace),
-            metrics: Metrics::default(),
+            metrics,
             connect_limit: policy::Limiter::per_minute(config.connect_rate),
             conns_per_ip: policy::ConnCounter::new(config.max_conns_per_ip),
             conn_cap: (config.max_conns > 0).then(|| Arc::new(Semaphore::new(config.max_conns))),

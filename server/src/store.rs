@@ -1,4 +1,6 @@
-//! Tokens, reserved subdomains and reserved TCP ports in an embedded SQLite database.
+//! Tokens, reserved subdomains and reserved TCP ports: the [`TokenStore`] the server reads,
+//! kept in an embedded SQLite database ([`Store`], the default) or, for a cluster, in etcd
+//! ([`crate::cluster::EtcdStore`]).
 //!
 //! A reserved port is a row of `reservations` named `tcp:PORT` (the registry's key for the
 //! port's tunnel), which no subdomain can be.
@@ -42,6 +44,68 @@ pub enum StoreError {
     /// Not a valid subdomain.
     #[error("{0}")]
     InvalidName(#[from] ggrok_tunnel::protocol::NameError),
+    /// The cluster's etcd did not answer, or answered with an error.
+    #[error("cluster store unavailable: {0}")]
+    Cluster(String),
+}
+
+/// Where tokens and reservations live, as the server and the admin commands use them.
+///
+/// Reads are synchronous: SQLite answers from disk (on the store's thread, see [`blocks`]),
+/// etcd from a local copy a watch keeps current. Writes come from the admin commands.
+///
+/// [`blocks`]: TokenStore::blocks
+pub trait TokenStore: Send + Sync + 'static {
+    /// Whether any token was ever created (otherwise, without flag tokens, the server is open).
+    fn has_tokens(&self) -> Result<bool, StoreError>;
+    /// The live token with this hash.
+    fn token_by_hash(&self, hash: &TokenHash) -> Result<Option<TokenId>, StoreError>;
+    /// Whether a token with this hash exists but was revoked (for a clearer refusal).
+    fn is_revoked(&self, hash: &TokenHash) -> Result<bool, StoreError>;
+    /// The token a subdomain (or `tcp:PORT` key) is reserved for.
+    fn reserved_for(&self, key: &str) -> Result<Option<TokenId>, StoreError>;
+    /// Every reserved TCP port and the token it is for.
+    fn reserved_ports(&self) -> Result<Vec<(u16, TokenId)>, StoreError>;
+    /// Where the store is now; equal versions mean nothing changed in between.
+    fn version(&self) -> Result<Version, StoreError>;
+    /// Whether reads may wait (on a disk, another process's lock): then the server makes them
+    /// on the store's thread, never on a thread that serves traffic.
+    fn blocks(&self) -> bool;
+    /// Ticks on every change, when the store is told of changes (etcd's watch); `None`: the
+    /// server polls [`TokenStore::version`] instead.
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>>;
+
+    /// Creates a token named `name`, reserving `reserve`; returns the token (shown only now).
+    fn create_token(&self, name: &str, reserve: &[String]) -> Result<String, StoreError>;
+    /// All tokens, oldest first.
+    fn list(&self) -> Result<Vec<TokenInfo>, StoreError>;
+    /// Revokes a token and frees its reservations.
+    fn revoke(&self, name: &str) -> Result<(), StoreError>;
+    /// Reserves registry key `key` (a valid name, or `tcp:PORT`) for the token `token_name`.
+    fn reserve_key(&self, key: &str, token_name: &str) -> Result<(), StoreError>;
+    /// Frees a reserved key; returns whether it was reserved.
+    fn release_key(&self, key: &str) -> Result<bool, StoreError>;
+
+    /// Reserves subdomain `sub` for the token named `token_name`.
+    fn reserve(&self, sub: &str, token_name: &str) -> Result<(), StoreError> {
+        ggrok_tunnel::protocol::validate_name(sub)?;
+        self.reserve_key(sub, token_name)
+    }
+
+    /// Reserves TCP port `port` for the token named `token_name`.
+    fn reserve_port(&self, port: u16, token_name: &str) -> Result<(), StoreError> {
+        self.reserve_key(&crate::registry::tcp_key(port), token_name)
+    }
+
+    /// Frees a reserved subdomain; returns whether it was reserved.
+    fn release(&self, sub: &str) -> Result<bool, StoreError> {
+        self.release_key(sub)
+    }
+
+    /// Frees a reserved TCP port; returns whether it was reserved.
+    fn release_port(&self, port: u16) -> Result<bool, StoreError> {
+        self.release_key(&crate::registry::tcp_key(port))
+    }
 }
 
 /// A token as listed (never the token itself).
@@ -64,16 +128,17 @@ pub struct Store {
     writes: AtomicU64,
 }
 
-/// A point in the database's history: equal versions mean nothing was written in between.
+/// A point in the store's history: equal versions mean nothing was written in between.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Version {
-    /// Commits by other connections (the admin CLI), from `PRAGMA data_version`.
-    others: i64,
-    /// Commits through this [`Store`].
-    ours: u64,
+    /// SQLite: commits by other connections (the admin CLI), from `PRAGMA data_version`;
+    /// etcd: the revision the local copy is at.
+    pub(crate) others: i64,
+    /// SQLite: commits through this [`Store`].
+    pub(crate) ours: u64,
 }
 
-/// Identifies a stored token in the registry (its row id).
+/// Identifies a stored token in the registry (its row id; in etcd, its key's create revision).
 pub type TokenId = i64;
 
 impl Store {
@@ -135,11 +200,7 @@ impl Store {
         for sub in reserve {
             ggrok_tunnel::protocol::validate_name(sub)?;
         }
-        let token = format!(
-            "ggrok_{:032x}{:032x}",
-            rand::random::<u128>(),
-            rand::random::<u128>()
-        );
+        let token = new_token();
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let inserted = tx.execute(
@@ -212,19 +273,8 @@ impl Store {
         Ok(())
     }
 
-    /// Reserves subdomain `sub` for the token named `token_name`.
-    pub fn reserve(&self, sub: &str, token_name: &str) -> Result<(), StoreError> {
-        ggrok_tunnel::protocol::validate_name(sub)?;
-        self.reserve_key(sub, token_name)
-    }
-
-    /// Reserves TCP port `port` for the token named `token_name`.
-    pub fn reserve_port(&self, port: u16, token_name: &str) -> Result<(), StoreError> {
-        self.reserve_key(&crate::registry::tcp_key(port), token_name)
-    }
-
     /// Reserves registry key `key` (a name, or `tcp:PORT`) for the token named `token_name`.
-    fn reserve_key(&self, key: &str, token_name: &str) -> Result<(), StoreError> {
+    fn reserve_key_in_db(&self, key: &str, token_name: &str) -> Result<(), StoreError> {
         let conn = self.conn();
         let id: TokenId = conn
             .query_row(
@@ -237,11 +287,6 @@ impl Store {
         reserve_in(&conn, key, id)?;
         self.wrote();
         Ok(())
-    }
-
-    /// Frees a reserved TCP port; returns whether it was reserved.
-    pub fn release_port(&self, port: u16) -> Result<bool, StoreError> {
-        self.release_key(&crate::registry::tcp_key(port))
     }
 
     /// Every reserved TCP port and the token it is for.
@@ -260,12 +305,7 @@ impl Store {
         Ok(ports)
     }
 
-    /// Frees a reserved subdomain; returns whether it was reserved.
-    pub fn release(&self, sub: &str) -> Result<bool, StoreError> {
-        self.release_key(sub)
-    }
-
-    fn release_key(&self, key: &str) -> Result<bool, StoreError> {
+    fn release_key_in_db(&self, key: &str) -> Result<bool, StoreError> {
         let released = self
             .conn()
             .execute("DELETE FROM reservations WHERE name = ?1", [key])?
@@ -315,6 +355,58 @@ impl Store {
             .conn()
             .query_row("SELECT EXISTS (SELECT 1 FROM tokens)", [], |r| r.get(0))?)
     }
+}
+
+impl TokenStore for Store {
+    fn has_tokens(&self) -> Result<bool, StoreError> {
+        Store::has_tokens(self)
+    }
+    fn token_by_hash(&self, hash: &TokenHash) -> Result<Option<TokenId>, StoreError> {
+        Store::token_by_hash(self, hash)
+    }
+    fn is_revoked(&self, hash: &TokenHash) -> Result<bool, StoreError> {
+        Store::is_revoked(self, hash)
+    }
+    fn reserved_for(&self, key: &str) -> Result<Option<TokenId>, StoreError> {
+        Store::reserved_for(self, key)
+    }
+    fn reserved_ports(&self) -> Result<Vec<(u16, TokenId)>, StoreError> {
+        Store::reserved_ports(self)
+    }
+    fn version(&self) -> Result<Version, StoreError> {
+        Store::version(self)
+    }
+    fn blocks(&self) -> bool {
+        true
+    }
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        // SQLite has no cross-process change notification: the server polls `version`.
+        None
+    }
+    fn create_token(&self, name: &str, reserve: &[String]) -> Result<String, StoreError> {
+        Store::create_token(self, name, reserve)
+    }
+    fn list(&self) -> Result<Vec<TokenInfo>, StoreError> {
+        Store::list(self)
+    }
+    fn revoke(&self, name: &str) -> Result<(), StoreError> {
+        Store::revoke(self, name)
+    }
+    fn reserve_key(&self, key: &str, token_name: &str) -> Result<(), StoreError> {
+        self.reserve_key_in_db(key, token_name)
+    }
+    fn release_key(&self, key: &str) -> Result<bool, StoreError> {
+        self.release_key_in_db(key)
+    }
+}
+
+/// A new token: 256 random bits, shown once.
+pub(crate) fn new_token() -> String {
+    format!(
+        "ggrok_{:032x}{:032x}",
+        rand::random::<u128>(),
+        rand::random::<u128>()
+    )
 }
 
 fn reserve_in(conn: &Connection, sub: &str, id: TokenId) -> Result<(), StoreError> {

@@ -18,7 +18,9 @@ use std::{
 use bytes::BytesMut;
 use ggrok_tunnel::{
     head,
-    protocol::{Refusal, RefusalKind, HEADER_TCP_PORT},
+    http_util::splice,
+    mux::MuxStream,
+    protocol::{Refusal, RefusalKind, HEADER_TCP_PORT, RESET_REFUSED},
     tcp::{splice_counting, Failure},
 };
 use http::HeaderMap;
@@ -109,6 +111,16 @@ pub(crate) async fn claim(
             // Ports reserved for this token are for asking by number, not for chance.
             continue;
         }
+        let elsewhere = shared.config.cluster.as_ref().is_some_and(|node| {
+            matches!(
+                node.place(&tcp_key(port)),
+                crate::cluster::node::Place::Node { .. }
+            )
+        });
+        if elsewhere {
+            // Another node's tunnel has it.
+            continue;
+        }
         match claim_port(shared, ip, port, who, policy.clone(), max).await {
             Err(r) if r.error == RefusalKind::PortTaken => continue,
             done => return done,
@@ -125,20 +137,21 @@ async fn reservations(
     shared: &Arc<Shared>,
     who: &Claimant,
 ) -> Result<(Option<TokenId>, HashMap<u16, TokenId>), Refusal> {
-    let (Some(store), Some(thread)) = (shared.config.store.clone(), shared.store_thread.clone())
-    else {
+    let Some(store) = shared.config.store.clone() else {
         return Ok((None, HashMap::new()));
     };
     let hash = who.token;
-    let looked = thread
-        .run(move || -> Result<_, crate::store::StoreError> {
-            let token = match hash {
-                Some(hash) => store.token_by_hash(&hash)?,
-                None => None,
-            };
-            Ok((token, store.reserved_ports()?.into_iter().collect()))
-        })
-        .await;
+    let look = move || -> Result<_, crate::store::StoreError> {
+        let token = match hash {
+            Some(hash) => store.token_by_hash(&hash)?,
+            None => None,
+        };
+        Ok((token, store.reserved_ports()?.into_iter().collect()))
+    };
+    let looked = match &shared.store_thread {
+        Some(thread) => thread.run(look).await,
+        None => Some(look()),
+    };
     match looked {
         Some(Ok(found)) => Ok(found),
         Some(Err(e)) => {
@@ -167,7 +180,13 @@ async fn claim_port(
     let key = tcp_key(port);
     // A live session on the port that the claim may replace (the same client reconnecting
     // before the server noticed it had dropped) still holds the listener for a moment.
-    let replacing = shared.registry.endpoint(&key).is_some();
+    let replacing = shared.registry.endpoint(&key).is_some()
+        // In a cluster, this node may listen on the port for the node that held it.
+        | shared
+            .config
+            .cluster
+            .as_ref()
+            .is_some_and(|node| node.unshadow(port));
     let claim = shared
         .registry
         .claim(Some(&key), who, policy, max)
@@ -341,6 +360,39 @@ async fn visit(
             debug!(%reason, "the client's side ended the connection")
         }
         Some(Failure::Tcp(reason)) => debug!(%reason, "the visitor's side failed"),
+    }
+}
+
+/// Serves a TCP visitor connection that another node of the cluster hopped here, for the
+/// tunnel on `port` this node holds: the tunnel's allowlist judges the visitor's address.
+pub(crate) async fn serve_hopped(shared: &Shared, port: u16, ip: IpAddr, visitor: MuxStream) {
+    let endpoint = shared.registry.endpoint(&tcp_key(port));
+    let Some(endpoint) = endpoint.filter(|e| e.policy.allows(ip)) else {
+        visitor.reset(
+            RESET_REFUSED,
+            "no such TCP tunnel here, or not for this visitor",
+        );
+        return;
+    };
+    let _open = endpoint.metrics.tcp_connection();
+    let peer = SocketAddr::new(ip, 0);
+    match endpoint
+        .mux
+        .open(head::encode_tcp(&peer.to_string()), false)
+        .await
+    {
+        Ok(stream) => {
+            let ended = endpoint.ended.clone();
+            let _ = ggrok_tunnel::stop::until_stopped(
+                ended.cancelled(),
+                splice(visitor.into_io(), stream.into_io()),
+            )
+            .await;
+        }
+        Err(e) => {
+            debug!(%e, "cannot open a stream");
+            visitor.reset(RESET_REFUSED, "the tunnel's client is not answering");
+        }
     }
 }
 

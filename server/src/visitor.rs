@@ -36,6 +36,18 @@ impl Visitor {
         }
     }
 
+    /// The visitor of a request another node of the cluster hopped here, as that node saw it.
+    pub(crate) fn hopped(head: ggrok_tunnel::protocol::HopHead) -> Self {
+        let ip = head.ip.to_canonical();
+        Visitor {
+            peer: SocketAddr::new(ip, 0),
+            ip,
+            ip_value: ip_value(ip),
+            secure: head.secure,
+            proxied: head.proxied,
+        }
+    }
+
     /// Believes `X-Forwarded-Proto`/`-For` only from a trusted proxy.
     pub(crate) fn through(self, trusted: &[ipnet::IpNet], h: &http::HeaderMap) -> Self {
         if !is_trusted(trusted, self.ip) {

@@ -16,7 +16,10 @@ use common::{
     until_listening,
     visitors::visitor,
 };
-use ggrok_server::{store::Store, Config};
+use ggrok_server::{
+    store::{Store, TokenStore},
+    Config,
+};
 use ggrok_tunnel::{
     backoff::Backoff,
     protocol::{Heartbeat, RefusalKind},

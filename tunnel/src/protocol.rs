@@ -334,6 +334,66 @@ pub fn websocket_config() -> tokio_tungstenite::tungstenite::protocol::WebSocket
         .max_write_buffer_size(MAX_WRITE_BUFFER + MAX_MESSAGE)
 }
 
+// ---- Between the nodes of a server cluster ----
+
+/// Path on a node's apex where another node of its cluster opens the session that carries its
+/// hops (`Authorization: Bearer CLUSTER_SECRET` on the upgrade). Each stream of that session is
+/// one visitor's request (or upgraded connection) for a tunnel the accepting node holds: its
+/// OPEN head is a [`HopHead`], its data the request as HTTP/1.1, or for a TCP tunnel the
+/// visitor connection's bytes.
+pub const PEER_PATH: &str = "/_ggrok/peer";
+
+/// Who the visitor of a hopped request is, as the node it reached saw it: the holder enforces
+/// the tunnel's allowlist and writes `X-Forwarded-For` from it, so a hop changes neither.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HopHead {
+    /// The visitor's address.
+    pub ip: std::net::IpAddr,
+    /// Came over TLS (to the first node, or to a proxy it trusts).
+    pub secure: bool,
+    /// Came through a proxy the first node trusts, whose `X-Forwarded-For` already names the
+    /// visitor.
+    pub proxied: bool,
+    /// A connection to this public port of a TCP tunnel, rather than an HTTP request.
+    pub tcp_port: Option<u16>,
+}
+
+impl HopHead {
+    /// `IP SECURE PROXIED`, the flags as `0`/`1`, then ` PORT` for a TCP connection.
+    pub fn encode(&self) -> bytes::Bytes {
+        let flag = |b: bool| if b { '1' } else { '0' };
+        let head = format!("{} {} {}", self.ip, flag(self.secure), flag(self.proxied));
+        match self.tcp_port {
+            Some(port) => format!("{head} {port}").into(),
+            None => head.into(),
+        }
+    }
+
+    /// Reads what [`HopHead::encode`] wrote; `None` for anything else.
+    pub fn decode(head: &[u8]) -> Option<Self> {
+        let text = std::str::from_utf8(head).ok()?;
+        let mut parts = text.split(' ');
+        let ip = parts.next()?.parse().ok()?;
+        let flag = |p: Option<&str>| match p? {
+            "0" => Some(false),
+            "1" => Some(true),
+            _ => None,
+        };
+        let secure = flag(parts.next())?;
+        let proxied = flag(parts.next())?;
+        let tcp_port = match parts.next() {
+            Some(port) => Some(port.parse().ok().filter(|&p: &u16| p > 0)?),
+            None => None,
+        };
+        parts.next().is_none().then_some(Self {
+            ip,
+            secure,
+            proxied,
+            tcp_port,
+        })
+    }
+}
+
 // ---- Multiplexer frames (see `crate::mux`) ----
 
 /// Bytes of a frame header: type (u8), flags (u8), stream id (u32), payload length (u32).
@@ -416,6 +476,38 @@ impl Default for Heartbeat {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hop_heads_round_trip_and_refuse_anything_else() {
+        for head in [
+            HopHead {
+                ip: "203.0.113.5".parse().unwrap(),
+                secure: true,
+                proxied: false,
+                tcp_port: None,
+            },
+            HopHead {
+                ip: "2001:db8::1".parse().unwrap(),
+                secure: false,
+                proxied: true,
+                tcp_port: Some(2222),
+            },
+        ] {
+            assert_eq!(HopHead::decode(&head.encode()), Some(head));
+        }
+        for bad in [
+            "",
+            "1.2.3.4",
+            "1.2.3.4 1",
+            "1.2.3.4 1 2",
+            "x 1 1",
+            "1.2.3.4 1 1 0",
+            "1.2.3.4 1 1 x",
+            "1.2.3.4 1 1 22 1",
+        ] {
+            assert_eq!(HopHead::decode(bad.as_bytes()), None, "{bad}");
+        }
+    }
 
     #[test]
     fn names() {

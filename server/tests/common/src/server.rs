@@ -25,10 +25,11 @@ impl Server {
         Self::serve(listener, config)
     }
 
-    /// Runs the server as the binary does by default on a multi-core machine: connections on
-    /// two shards, a tunnel's visitors on its session's thread. (The unsharded `run`, which the
-    /// desktop app embeds, is tested by the CLI's and the desktop app's tests.)
-    fn serve(listener: TcpListener, config: Config) -> Server {
+    /// Runs the server on `listener` as the binary does by default on a multi-core machine:
+    /// connections on two shards, a tunnel's visitors on its session's thread. (The unsharded
+    /// `run`, which the desktop app embeds, is tested by the CLI's and the desktop app's
+    /// tests.) For a config that needs the address first (a cluster node's).
+    pub fn serve(listener: TcpListener, config: Config) -> Server {
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel();
         let shards = Arc::new(ggrok_server::shard::Shards::start(2).unwrap());

@@ -1,0 +1,142 @@
+#!/usr/bin/env python3
+"""ggrok cluster benchmark: two nodes on one etcd, a tunnel held by the first.
+
+Measures, through the holding node and through the node that does not hold the tunnel (one
+hop), wrk's small-request rate and large-body throughput with their p99, and the ratio of the
+two; then the time to online including the claim in etcd (library, p50/p99), and the idle
+memory per tunnel on a node in cluster mode. Goals (issue 15): the hop at >= 0.6x the direct
+path on small requests, >= 0.8x on large bodies; time to online p99 < 50 ms; <= 64 KiB per idle
+tunnel. Prints a markdown table on stdout, progress on stderr.
+
+Reuses run.py's helpers (nginx origin, wrk, process bookkeeping). Run through bench/cluster.sh.
+Env: DURATION (s per wrk run), QUICK=1, ONLINE_RUNS, CLUSTER_IDLE_TUNNELS (default 1000),
+     IDLE_SECONDS, GGROK_BIN, KEEP_LOGS=1.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import run as b  # noqa: E402
+
+SECRET = "bench-cluster-secret-" + os.urandom(8).hex()
+IDLE_TUNNELS = b.env_int("CLUSTER_IDLE_TUNNELS", 1000, 200)
+
+
+def start_etcd(procs: b.Procs, workdir: str) -> tuple[int, list]:
+    """etcd on ports it picks; its log names the client port."""
+    etcd = shutil.which("etcd") or "/usr/bin/etcd"
+    any_port = "http://127.0.0.1:0"
+    p = procs.start("etcd", [etcd, "--data-dir", os.path.join(workdir, "etcd"),
+                             "--listen-client-urls", any_port, "--advertise-client-urls", any_port,
+                             "--listen-peer-urls", any_port, "--initial-advertise-peer-urls", any_port,
+                             "--initial-cluster", f"default={any_port}"])
+    watched = [("etcd", p)]
+    marker = "serving insecure client requests on 127.0.0.1:"
+    port: list[int] = []
+
+    def probe():
+        for line in procs.logtail("etcd", 200).splitlines():
+            if marker in line:
+                port.append(int(line.split(marker)[1].split()[0].rstrip(",")))
+                return None
+        return "no client port in its log yet"
+
+    b.wait_until(procs, "etcd", probe, watched)
+    b.log(f"etcd ready on 127.0.0.1:{port[0]}")
+    return port[0], watched
+
+
+def start_node(procs: b.Procs, name: str, etcd_port: int) -> tuple[int, list]:
+    port = b.free_port()
+    argv = [os.path.join(b.BIN, "ggrok-server"), "--listen", f"127.0.0.1:{port}", "--domain", "localhost",
+            "--cluster", f"etcd://127.0.0.1:{etcd_port}",
+            "--connect-rate", "0", "--max-conns-per-ip", "0", "--max-conns", "0"]
+    p = procs.start(name, argv, {"RUST_LOG": "warn", "GGROK_CLUSTER_SECRET": SECRET})
+    watched = [(name, p)]
+    b.wait_http(procs, name, port, "/healthz", None, watched)
+    return port, watched
+
+
+def main() -> int:
+    workdir = os.environ.get("BENCH_WORKDIR") or b.tempfile.mkdtemp(prefix="ggrok-cluster-bench.")
+    procs = b.Procs(workdir)
+    t0 = time.monotonic()
+    try:
+        with open(os.path.join(workdir, "report.lua"), "w") as f:
+            f.write(b.WRK_LUA)
+        origin, digests, origin_procs, _echo = b.start_origin(procs, workdir)
+        etcd_port, etcd_procs = start_etcd(procs, workdir)
+        holder, holder_procs = start_node(procs, "node-holder", etcd_port)
+        other, other_procs = start_node(procs, "node-other", etcd_port)
+        cli = procs.start("ggrok-client", b.ggrok_client_argv(origin, holder, b.SUBDOMAIN),
+                          {"RUST_LOG": "warn"}, stdout=subprocess.DEVNULL)
+        watched = holder_procs + other_procs + etcd_procs + [("ggrok-client", cli)]
+        host = lambda port: f"{b.SUBDOMAIN}.localhost:{port}"  # noqa: E731
+        b.wait_http(procs, "tunnel on the holding node", holder, "/small.bin", host(holder), watched)
+        b.wait_http(procs, "tunnel through the other node", other, "/small.bin", host(other), watched)
+
+        results: dict = {}
+        for key, label, args, path in b.WORKLOADS:
+            for where, port in (("direct", origin), ("holder", holder), ("hop", other)):
+                h = None if where == "direct" else host(port)
+                b.log(f"wrk {label} via {where}")
+                results[(where, key)] = b.run_wrk(procs, workdir, f"{key}-{where}", args, port, path, h,
+                                                  b.DURATION)
+
+        b.log(f"time to online including the claim: {b.ONLINE_RUNS} runs")
+        target = ["--server", f"http://127.0.0.1:{holder}", "--port", str(origin)]
+        online = json.loads(b.run_child(procs, workdir, "bench_idle online",
+                                        [os.path.join(b.BENCH_BIN, "bench_idle"), "online", *target,
+                                         "--runs", str(b.ONLINE_RUNS)], 120))
+
+        b.log(f"idle: {IDLE_TUNNELS} tunnels on the holding node")
+        srv = holder_procs[0][1]
+        rss0 = b.rss_bytes(srv.pid)
+        hold = procs.start("bench_idle-hold", [os.path.join(b.BENCH_BIN, "bench_idle"), "hold", *target,
+                                               "--tunnels", str(IDLE_TUNNELS)], {"RUST_LOG": "warn"},
+                           stdout=subprocess.PIPE, stdin=subprocess.PIPE)
+        up = b.Lines(procs, "bench_idle-hold", hold).json(300)
+        time.sleep(b.IDLE_SECONDS)  # the idle window itself, not a wait for readiness
+        per_tunnel = (b.rss_bytes(srv.pid) - rss0) / up["online"] if up["online"] else None
+        hold.stdin.close()
+        hold.stdin = None
+
+        def row(key: str, what: str) -> str:
+            cells = []
+            for where in ("direct", "holder", "hop"):
+                r = results[(where, key)]
+                secs = r["duration_us"] / 1e6
+                rate = (f"{r['requests'] / secs:,.0f} req/s" if key == "small"
+                        else f"{r['bytes'] / secs / 2**20:,.1f} MiB/s")
+                cells.append(f"{rate}, p99 {r['p99_us'] / 1e3:.1f} ms")
+            d, h = results[("holder", key)], results[("hop", key)]
+            ratio = (h["bytes"] / h["duration_us"]) / (d["bytes"] / d["duration_us"])
+            return f"| {what} | " + " | ".join(cells) + f" | {ratio:.2f}× |"
+
+        out = ["## ggrok cluster benchmark", ""] + b.machine_header() + ["",
+               "| workload | direct | holding node | other node (one hop) | hop / holder |",
+               "|---|---|---|---|---|"]
+        for key, label, _args, _path in b.WORKLOADS:
+            out.append(row(key, label))
+        out += ["",
+                f"Time to online including the claim in etcd (library, {online.get('runs')} runs): "
+                f"p50 {online.get('p50_ms', 0):.1f} ms, p99 {online.get('p99_ms', 0):.1f} ms.",
+                f"Idle memory on a node in cluster mode: {up['online']} tunnels, "
+                + (f"{per_tunnel / 1024:.1f} KiB per tunnel." if per_tunnel is not None else "none online."),
+                "", f"Run took {time.monotonic() - t0:.0f} s."]
+        print("\n".join(out), flush=True)
+        return 0
+    except b.Fatal as e:
+        b.log(f"failed: {e}")
+        return 1
+    finally:
+        procs.stop_all()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

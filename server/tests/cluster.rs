@@ -1,0 +1,949 @@
+//! Several server nodes as one cluster on a real etcd (Debian's `etcd-server`), each node in
+//! this process on its own port: one token everywhere, revocation on every node.
+//!
+//! Needs the `etcd` binary (scripts/deps.sh installs it); without it the tests say so and pass.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use common::{
+    origin::Origin,
+    server::{config, Server},
+    tunnels::{tunnel_with, wait_status},
+    visitors::get,
+};
+use ggrok_server::{
+    cluster::{ClusterSecret, EtcdStore, Node},
+    Config,
+};
+use ggrok_tunnel::{protocol::RefusalKind, Secret, Status, Tunnel, TunnelConfig};
+
+fn etcd_binary() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/bin".into(), "/usr/local/bin".into()])
+        .map(|dir| dir.join("etcd"))
+        .find(|p| p.is_file())
+}
+
+/// A one-member etcd on loopback with a throwaway data directory, killed on drop.
+struct Etcd {
+    bin: PathBuf,
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Etcd {
+    /// Starts etcd on ports it picks itself; `None` without the binary.
+    fn start() -> Option<Etcd> {
+        let Some(bin) = etcd_binary() else {
+            eprintln!("skipped: no etcd binary (Debian package etcd-server)");
+            return None;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let (child, port) = Self::spawn(&bin, &dir, 0);
+        Some(Etcd {
+            bin,
+            child,
+            port,
+            dir,
+        })
+    }
+
+    /// Runs etcd on client port `port` (0: any), and waits until it serves clients, which
+    /// its log says with the port it got.
+    fn spawn(bin: &PathBuf, dir: &tempfile::TempDir, port: u16) -> (Child, u16) {
+        let client = format!("http://127.0.0.1:{port}");
+        let mut child = Command::new(bin)
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .args(["--listen-client-urls", &client])
+            .args(["--advertise-client-urls", &client])
+            // Peers: none, but etcd listens for them anyway.
+            .args(["--listen-peer-urls", "http://127.0.0.1:0"])
+            .args(["--initial-advertise-peer-urls", "http://127.0.0.1:0"])
+            .args(["--initial-cluster", "default=http://127.0.0.1:0"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let port = loop {
+            let line = lines
+                .next()
+                .expect("etcd exited before serving clients")
+                .unwrap();
+            if let Some(rest) = line.split("serving insecure client requests on ").nth(1) {
+                let addr: std::net::SocketAddr =
+                    rest.split([',', ' ']).next().unwrap().parse().unwrap();
+                break addr.port();
+            }
+        };
+        // Keep draining its log so it never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        (child, port)
+    }
+
+    /// `--cluster`'s value for this etcd.
+    fn url(&self) -> String {
+        format!("etcd://127.0.0.1:{}", self.port)
+    }
+
+    fn endpoints(&self) -> Vec<String> {
+        vec![format!("http://127.0.0.1:{}", self.port)]
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again on the same port and data.
+    fn restart(&mut self) {
+        let (child, _) = Self::spawn(&self.bin, &self.dir, self.port);
+        self.child = child;
+    }
+
+    /// Runs `ggrok-server --cluster THIS ARGS...` (an admin command); returns stdout.
+    fn admin(&self, args: &[&str]) -> String {
+        let out = Command::new(env!("CARGO_BIN_EXE_ggrok-server"))
+            .args(args)
+            .args(["--cluster", &self.url()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The nodes' shared secret.
+const SECRET: &str = "a-cluster-secret-for-tests";
+/// The nodes' lease: the shortest etcd grants, so fencing tests stay short.
+const TTL: Duration = Duration::from_secs(2);
+
+/// Waits until `server` accepts `token` (its copy of the store, kept by etcd's watch, has it).
+async fn until_known(server: &Server, port: u16, token: &str) {
+    common::eventually(Duration::from_secs(5), || async {
+        attempt(server, port, Some(token), "probe").await.ok()
+    })
+    .await;
+}
+
+/// A node of the cluster on the etcd at `endpoints`, in this process.
+async fn node_on(endpoints: Vec<String>, tweak: impl FnOnce(&mut Config)) -> Server {
+    node_at("127.0.0.1", endpoints, tweak).await
+}
+
+/// Like [`node_on`], listening on `ip` (nodes on one machine need addresses of their own for
+/// the same TCP tunnel ports).
+async fn node_at(ip: &str, endpoints: Vec<String>, tweak: impl FnOnce(&mut Config)) -> Server {
+    let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
+    let advertise = format!("http://{}", listener.local_addr().unwrap());
+    let store = EtcdStore::connect(endpoints).await.unwrap();
+    let node = Node::join(store.clone(), advertise, ClusterSecret::new(SECRET), TTL)
+        .await
+        .unwrap();
+    let mut config = Config {
+        store: Some(store),
+        cluster: Some(node),
+        ..config()
+    };
+    tweak(&mut config);
+    Server::serve(listener, config)
+}
+
+async fn node(etcd: &Etcd, tweak: impl FnOnce(&mut Config)) -> Server {
+    node_on(etcd.endpoints(), tweak).await
+}
+
+async fn attempt(
+    server: &Server,
+    port: u16,
+    token: Option<&str>,
+    name: &str,
+) -> Result<String, Status> {
+    let mut c = TunnelConfig::new(server.url(), port);
+    c.token = token.map(Secret::new);
+    c.subdomain = Some(name.into());
+    let t = Tunnel::start(c).unwrap();
+    let result = t.online().await;
+    t.stop().await;
+    result
+}
+
+fn refusal(r: Result<String, Status>) -> RefusalKind {
+    match r {
+        Err(Status::Failed { kind, .. }) => kind,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+fn open(server: &Server, port: u16, token: &str, name: &str) -> TunnelConfig {
+    let mut c = TunnelConfig::new(server.url(), port);
+    c.token = Some(Secret::new(token));
+    c.subdomain = Some(name.into());
+    c
+}
+
+#[tokio::test]
+async fn a_token_created_once_is_honoured_by_every_node() {
+    let Some(etcd) = Etcd::start() else { return };
+    let (a, b) = (node(&etcd, |_| {}).await, node(&etcd, |_| {}).await);
+    let origin = Origin::start().await;
+
+    // Created while the nodes run, by the admin command against etcd.
+    let laptop = etcd
+        .admin(&["token", "create", "--name", "laptop", "--reserve", "myapp"])
+        .trim()
+        .to_owned();
+    let ci = etcd
+        .admin(&["token", "create", "--name", "ci"])
+        .trim()
+        .to_owned();
+    for server in [&a, &b] {
+        until_known(server, origin.port(), &ci).await;
+        assert_eq!(
+            refusal(attempt(server, origin.port(), None, "free").await),
+            RefusalKind::Unauthorized
+        );
+        assert_eq!(
+            refusal(attempt(server, origin.port(), Some(&ci), "myapp").await),
+            RefusalKind::NameReserved
+        );
+    }
+    assert!(attempt(&a, origin.port(), Some(&laptop), "myapp")
+        .await
+        .is_ok());
+    assert!(attempt(&b, origin.port(), Some(&ci), "ci-app")
+        .await
+        .is_ok());
+
+    let list = etcd.admin(&["token", "list"]);
+    assert!(
+        list.contains("laptop") && list.contains("myapp") && !list.contains(&laptop),
+        "{list}"
+    );
+    etcd.admin(&["release", "myapp"]);
+    etcd.admin(&["reserve", "--port", "20001", "--for", "ci"]);
+    let list = etcd.admin(&["token", "list"]);
+    assert!(
+        list.contains("tcp:20001") && !list.contains("myapp"),
+        "{list}"
+    );
+    // Once released, the name is anyone's, on either node (the watch brought the change).
+    common::eventually(Duration::from_secs(5), || async {
+        attempt(&b, origin.port(), Some(&ci), "myapp").await.ok()
+    })
+    .await;
+    // Stored hashed: the token itself is nowhere in etcd.
+    let dump = Command::new("etcdctl")
+        .args([
+            "--endpoints",
+            &etcd.endpoints()[0],
+            "get",
+            "--prefix",
+            "ggrok/",
+        ])
+        .env("ETCDCTL_API", "3")
+        .output();
+    if let Ok(dump) = dump {
+        let dump = String::from_utf8_lossy(&dump.stdout);
+        assert!(dump.contains("laptop") && !dump.contains(&laptop), "{dump}");
+    }
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn revoking_on_one_node_ends_the_session_on_another_within_two_seconds() {
+    let Some(etcd) = Etcd::start() else { return };
+    // Polling every minute: only the watch can end the session in time.
+    let slow_poll = |c: &mut Config| c.revocation_check = Duration::from_secs(60);
+    let (a, b) = (node(&etcd, slow_poll).await, node(&etcd, slow_poll).await);
+    let origin = Origin::start().await;
+    let laptop = etcd
+        .admin(&["token", "create", "--name", "laptop"])
+        .trim()
+        .to_owned();
+    let ci = etcd
+        .admin(&["token", "create", "--name", "ci"])
+        .trim()
+        .to_owned();
+    until_known(&b, origin.port(), &ci).await;
+    until_known(&a, origin.port(), &ci).await;
+    let (revoked, _) = tunnel_with(open(&b, origin.port(), &laptop, "myapp")).await;
+    let (kept, _) = tunnel_with(open(&b, origin.port(), &ci, "ci-app")).await;
+    assert_eq!(
+        get(&b, "myapp", "/echo").send().await.unwrap().status(),
+        200
+    );
+
+    // Revoked through node A's store, as an admin on another machine would.
+    let a_store = EtcdStore::connect(etcd.endpoints()).await.unwrap();
+    let started = std::time::Instant::now();
+    tokio::task::spawn_blocking(move || {
+        ggrok_server::store::TokenStore::revoke(&*a_store, "laptop").unwrap()
+    })
+    .await
+    .unwrap();
+    let ended = wait_status(&revoked, |s| matches!(s, Status::Failed { .. }));
+    let ended = tokio::time::timeout(Duration::from_secs(2), ended)
+        .await
+        .expect("the session of a revoked token outlived 2 s on another node");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    match ended {
+        Status::Failed { kind, message } => {
+            assert_eq!(kind, RefusalKind::Unauthorized);
+            assert!(message.contains("revoked"), "{message}");
+        }
+        _ => unreachable!(),
+    }
+    assert_eq!(
+        get(&b, "myapp", "/echo").send().await.unwrap().status(),
+        404
+    );
+    assert!(matches!(*kept.status().borrow(), Status::Online { .. }));
+    // And no node accepts it any more.
+    assert_eq!(
+        refusal(attempt(&a, origin.port(), Some(&laptop), "again").await),
+        RefusalKind::Unauthorized
+    );
+    drop((revoked, kept));
+    a.stop().await;
+    b.stop().await;
+}
+
+fn with_id(mut c: TunnelConfig, id: &str) -> TunnelConfig {
+    c.client_id = Some(id.into());
+    c
+}
+
+fn named(server: &Server, port: u16, name: &str) -> TunnelConfig {
+    let mut c = TunnelConfig::new(server.url(), port);
+    c.subdomain = Some(name.into());
+    c
+}
+
+async fn health(server: &Server) -> u16 {
+    reqwest::get(format!("{}/healthz", server.url()))
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn a_name_is_exclusive_across_nodes_and_its_client_takes_it_back_anywhere() {
+    let Some(etcd) = Etcd::start() else { return };
+    let (a, b) = (node(&etcd, |_| {}).await, node(&etcd, |_| {}).await);
+    let origin = Origin::start().await;
+    assert_eq!((health(&a).await, health(&b).await), (200, 200));
+
+    let (first, _) = tunnel_with(with_id(named(&a, origin.port(), "app"), "laptop")).await;
+    // Another client, through the other node: the registry's own refusal.
+    let other = Tunnel::start(with_id(named(&b, origin.port(), "app"), "intruder")).unwrap();
+    match other.online().await {
+        Err(Status::Failed { kind, message }) => {
+            assert_eq!(kind, RefusalKind::NameTaken);
+            assert!(message.contains("in use by another client"), "{message}");
+        }
+        other => panic!("a second client got the name: {other:?}"),
+    }
+    assert_eq!(get(&a, "app", "/echo").send().await.unwrap().status(), 200);
+
+    // The same client reconnecting through the other node takes its name back at once, and
+    // the node it left ends the stale session.
+    let (again, url) = tunnel_with(with_id(named(&b, origin.port(), "app"), "laptop")).await;
+    assert!(url.contains("app."), "{url}");
+    let replaced = wait_status(&first, |s| matches!(s, Status::Failed { .. }));
+    match tokio::time::timeout(Duration::from_secs(5), replaced)
+        .await
+        .expect("the node that lost the name kept its session")
+    {
+        Status::Failed { message, .. } => {
+            assert!(message.contains("took the tunnel over"), "{message}")
+        }
+        _ => unreachable!(),
+    }
+    assert_eq!(get(&b, "app", "/echo").send().await.unwrap().status(), 200);
+    // A client that stops frees the name for anyone, on any node.
+    again.stop().await;
+    common::eventually(Duration::from_secs(5), || async {
+        let t = Tunnel::start(with_id(named(&a, origin.port(), "app"), "next")).unwrap();
+        let online = t.online().await.ok();
+        t.stop().await;
+        online
+    })
+    .await;
+    drop((first, other));
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_node_cut_off_from_etcd_stops_serving_before_its_lease_ends() {
+    let Some(etcd) = Etcd::start() else { return };
+    let etcd_addr = format!("127.0.0.1:{}", etcd.port).parse().unwrap();
+    let link = common::relay::Relay::start(etcd_addr).await;
+    let a = node_on(vec![format!("http://{}", link.addr)], |_| {}).await;
+    let b = node(&etcd, |_| {}).await;
+    let origin = Origin::start().await;
+    let (on_a, _) = tunnel_with(with_id(named(&a, origin.port(), "app"), "laptop")).await;
+    assert_eq!(health(&a).await, 200);
+
+    // A's link to etcd goes silent; B keeps its own.
+    link.pause();
+    let cut = std::time::Instant::now();
+    let left = wait_status(&on_a, |s| !matches!(s, Status::Online { .. }));
+    tokio::time::timeout(TTL, left)
+        .await
+        .expect("the node kept serving past its lease");
+    assert!(cut.elapsed() < TTL, "fenced only after {:?}", cut.elapsed());
+    assert_eq!(health(&a).await, 503, "not ready without its lease");
+    assert_eq!(health(&b).await, 200);
+    assert_ne!(get(&a, "app", "/echo").send().await.unwrap().status(), 200);
+    // Its client takes the name back through B at once, though A's lease may not have ended.
+    let (on_b, _) = tunnel_with(with_id(named(&b, origin.port(), "app"), "laptop")).await;
+    assert_eq!(get(&b, "app", "/echo").send().await.unwrap().status(), 200);
+    drop((on_a, on_b));
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn claims_get_503_while_etcd_is_down_and_recover_when_it_returns() {
+    let Some(mut etcd) = Etcd::start() else {
+        return;
+    };
+    let a = node(&etcd, |_| {}).await;
+    let origin = Origin::start().await;
+    etcd.kill();
+    let waiting = Tunnel::start(named(&a, origin.port(), "later")).unwrap();
+    let refused = wait_status(
+        &waiting,
+        |s| matches!(s, Status::Reconnecting { reason, .. } if reason.contains("cluster store unavailable")),
+    );
+    tokio::time::timeout(Duration::from_secs(8), refused)
+        .await
+        .expect("no 503 while etcd is down");
+    waiting.stop().await;
+    etcd.restart();
+    // The node recovers its lease (or takes a new one) and claims work again, by themselves.
+    common::eventually(Duration::from_secs(15), || async {
+        (health(&a).await == 200).then_some(())
+    })
+    .await;
+    let (_back, _) = tunnel_with(named(&a, origin.port(), "later")).await;
+    assert_eq!(
+        get(&a, "later", "/echo").send().await.unwrap().status(),
+        200
+    );
+    a.stop().await;
+}
+
+#[tokio::test]
+async fn every_node_serves_every_tunnel_with_one_hop() {
+    use futures_util::{SinkExt, StreamExt};
+    use sha2::Digest;
+    use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+
+    let Some(etcd) = Etcd::start() else { return };
+    let nodes = [
+        node(&etcd, |_| {}).await,
+        node(&etcd, |_| {}).await,
+        node(&etcd, |_| {}).await,
+    ];
+    let origin = Origin::start().await;
+    let mut guarded = named(&nodes[0], origin.port(), "app");
+    guarded.basic_auth = Some(Secret::new("alice:wonderland"));
+    let (_app, _) = tunnel_with(guarded).await;
+    let (_big, _) = tunnel_with(named(&nodes[0], origin.port(), "big")).await;
+
+    for (i, node) in nodes.iter().enumerate() {
+        // The holder alone checks the password, once, whichever node the visitor reached (as
+        // soon as etcd's watch told that node where the tunnel is).
+        let denied = common::eventually(Duration::from_secs(5), || async {
+            let r = get(node, "app", "/echo").send().await.unwrap();
+            (r.status() != 404).then_some(r)
+        })
+        .await;
+        assert_eq!(denied.status(), 401, "node {i}");
+        let r = get(node, "app", "/echo")
+            .basic_auth("alice", Some("wonderland"))
+            .header("x-forwarded-for", "203.0.113.9")
+            .body("hello")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "node {i}");
+        let h = r.headers();
+        // The visitor's chain, then the visitor as the first node saw it: once.
+        assert_eq!(
+            h["x-echo-x-forwarded-for"], "203.0.113.9, 127.0.0.1",
+            "node {i}"
+        );
+        assert_eq!(
+            h["x-echo-authorization"], "",
+            "the password stays with ggrok"
+        );
+        assert_eq!(r.text().await.unwrap(), "hello");
+    }
+
+    // The allowlist judges the visitor's address, which the hop carries to the holder.
+    let mut listed = named(&nodes[0], origin.port(), "listed");
+    listed.allow_ips = vec!["127.0.0.2/32".into()];
+    let (_listed, _) = tunnel_with(listed).await;
+    let from = |ip: [u8; 4]| {
+        reqwest::Client::builder()
+            .local_address(std::net::IpAddr::from(ip))
+            .build()
+            .unwrap()
+            .get(format!("{}/echo", nodes[1].url()))
+            .header(http::header::HOST, "listed.localhost")
+    };
+    let allowed = common::eventually(Duration::from_secs(5), || async {
+        let r = from([127, 0, 0, 2]).send().await.unwrap();
+        (r.status() != 404).then_some(r)
+    })
+    .await;
+    assert_eq!(allowed.status(), 200);
+    assert_eq!(allowed.headers()["x-echo-x-forwarded-for"], "127.0.0.2");
+    assert_eq!(from([127, 0, 0, 1]).send().await.unwrap().status(), 403);
+
+    // A large download through a node that does not hold the tunnel, streamed under the
+    // sessions' flow control, and checked whole.
+    const SIZE: u64 = 24 << 20;
+    let r = get(&nodes[1], "big", &format!("/bytes?{SIZE}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut body = r.bytes_stream();
+    let (mut n, mut hash) = (0u64, sha2::Sha256::new());
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.unwrap();
+        n += chunk.len() as u64;
+        hash.update(&chunk);
+    }
+    assert_eq!(n, SIZE);
+    assert_eq!(
+        format!("{:x}", hash.finalize()),
+        common::bodies::big_sha256(SIZE)
+    );
+
+    // Server-Sent Events one by one through the hop: each event arrives before the origin
+    // sends the next.
+    let mut r = get(&nodes[1], "big", "/sse")
+        .header(http::header::ACCEPT, "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    for i in 0..3 {
+        let chunk = r.chunk().await.unwrap().unwrap();
+        assert_eq!(chunk, format!("id: {i}\ndata: event {i}\n\n"));
+        origin.state.gate.notify_one();
+    }
+
+    // An upload streamed the other way.
+    let up = reqwest::Body::wrap_stream(
+        common::bodies::big_chunks(4 << 20).map(Ok::<_, std::io::Error>),
+    );
+    let r = common::visitors::visitor()
+        .post(format!("{}/upload", nodes[2].url()))
+        .header(http::header::HOST, "big.localhost")
+        .body(up)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.text().await.unwrap(),
+        format!("{} {}", 4 << 20, common::bodies::big_sha256(4 << 20))
+    );
+
+    // A WebSocket through a node that does not hold the tunnel.
+    let mut req = format!("ws://{}/ws", nodes[2].addr)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert(http::header::HOST, "big.localhost".parse().unwrap());
+    let (mut ws, resp) = tokio_tungstenite::connect_async(req).await.unwrap();
+    assert_eq!(resp.status(), 101);
+    for text in ["one hop", "and back"] {
+        ws.send(Message::text(text)).await.unwrap();
+        assert_eq!(ws.next().await.unwrap().unwrap(), Message::text(text));
+    }
+    ws.close(None).await.unwrap();
+
+    // Only nodes with the cluster's secret may open a session for hops.
+    for bearer in ["", "Bearer not-the-cluster-secret"] {
+        let r = reqwest::Client::new()
+            .get(format!("{}/_ggrok/peer", nodes[0].url()))
+            .header(http::header::AUTHORIZATION, bearer)
+            .header(http::header::CONNECTION, "upgrade")
+            .header(http::header::UPGRADE, "websocket")
+            .header(http::header::SEC_WEBSOCKET_VERSION, "13")
+            .header(http::header::SEC_WEBSOCKET_KEY, "dGhlIHNhbXBsZSBub25jZQ==")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "{bearer:?}");
+    }
+
+    // Unknown names are still 404 everywhere, and the apex of a node is its own.
+    assert_eq!(
+        get(&nodes[1], "nobody", "/").send().await.unwrap().status(),
+        404
+    );
+    for node in nodes {
+        node.stop().await;
+    }
+}
+
+fn haproxy_binary() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/usr/local/sbin".into()])
+        .map(|dir| dir.join("haproxy"))
+        .find(|p| p.is_file())
+}
+
+/// The real `ggrok-server` binary as a node of the cluster on `etcd`, its log kept; killed
+/// (SIGKILL) on drop.
+struct NodeProcess {
+    child: Child,
+    addr: std::net::SocketAddr,
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl NodeProcess {
+    fn spawn(etcd: &Etcd) -> NodeProcess {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ggrok-server"))
+            .args(["--listen", "127.0.0.1:0", "--domain", "localhost"])
+            .args(["--cluster", &etcd.url()])
+            .env("GGROK_CLUSTER_SECRET", SECRET)
+            .env("GGROK_RECONNECT_GRACE", "2")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start ggrok-server");
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let addr = loop {
+            let line = lines
+                .next()
+                .expect("the node exited before listening")
+                .unwrap();
+            assert!(
+                !line.contains(SECRET),
+                "the cluster secret in a log: {line}"
+            );
+            if line.contains("listening") {
+                if let Some(rest) = line.split("addr=").nth(1) {
+                    break rest.split_whitespace().next().unwrap().parse().unwrap();
+                }
+            }
+            log.lock().unwrap().push(line);
+        };
+        let kept = log.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                kept.lock().unwrap().push(line);
+            }
+        });
+        NodeProcess { child, addr, log }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Whether its log says the session of tunnel `name` came online here.
+    fn serves(&self, name: &str) -> bool {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains(&format!("name={name} ")) && l.contains("tunnel online"))
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// HAProxy in TCP mode in front of `nodes`, health-checking their /healthz; killed on drop.
+struct Balancer {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Balancer {
+    async fn start(bin: &PathBuf, nodes: &[&NodeProcess]) -> Balancer {
+        // HAProxy cannot report a port it chose.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("haproxy.cfg");
+        let servers: String = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                format!(
+                    "  server node{i} {} check inter 200ms fall 1 rise 1\n",
+                    n.addr
+                )
+            })
+            .collect();
+        std::fs::write(
+            &cfg,
+            format!(
+                "global\n  maxconn 256\n\
+                 defaults\n  mode tcp\n  timeout connect 1s\n  timeout client 60s\n  timeout server 60s\n  retries 3\n  option redispatch\n\
+                 frontend front\n  bind 127.0.0.1:{port}\n  default_backend nodes\n\
+                 backend nodes\n  balance roundrobin\n  option httpchk GET /healthz\n{servers}"
+            ),
+        )
+        .unwrap();
+        let child = Command::new(bin)
+            .args(["-db", "-f"])
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        common::until_listening(port).await;
+        Balancer {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Balancer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// GET `/echo` on tunnel `name` at `base`; its status, 0 when the node cannot be reached.
+async fn status_at(base: &str, name: &str) -> u16 {
+    reqwest::Client::new()
+        .get(format!("{base}/echo"))
+        .header(http::header::HOST, format!("{name}.localhost"))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .map_or(0, |r| r.status().as_u16())
+}
+
+#[tokio::test]
+async fn three_nodes_behind_haproxy_survive_a_sigkill_an_etcd_restart_and_a_sigterm() {
+    let Some(mut etcd) = Etcd::start() else {
+        return;
+    };
+    let Some(haproxy) = haproxy_binary() else {
+        return eprintln!("skipped: no haproxy binary (scripts/deps.sh installs it)");
+    };
+    let mut nodes: Vec<NodeProcess> = (0..3).map(|_| NodeProcess::spawn(&etcd)).collect();
+    let balancer = Balancer::start(&haproxy, &nodes.iter().collect::<Vec<_>>()).await;
+    let origin = Origin::start().await;
+    let mut c = TunnelConfig::new(balancer.url(), origin.port());
+    c.subdomain = Some("app".into());
+    c.client_id = Some("laptop".into());
+    let (tunnel, _) = tunnel_with(c).await;
+
+    // Every node serves the tunnel, whichever holds it, once etcd's watch told it where.
+    for node in &nodes {
+        let url = node.url();
+        common::eventually(Duration::from_secs(5), || {
+            let url = url.clone();
+            async move { (status_at(&url, "app").await == 200).then_some(()) }
+        })
+        .await;
+    }
+    assert_eq!(status_at(&balancer.url(), "app").await, 200);
+
+    // SIGKILL the holder: its client reconnects through HAProxy to another node, takes its
+    // name back, and every node left serves it again.
+    let holder = common::eventually(Duration::from_secs(5), || {
+        let found = nodes.iter().position(|n| n.serves("app"));
+        async move { found }
+    })
+    .await;
+    let killed = std::time::Instant::now();
+    drop(nodes.remove(holder));
+    for node in &nodes {
+        let url = node.url();
+        common::eventually(Duration::from_secs(20), || {
+            let url = url.clone();
+            async move { (status_at(&url, "app").await == 200).then_some(()) }
+        })
+        .await;
+    }
+    assert!(killed.elapsed() < Duration::from_secs(20));
+    assert!(matches!(*tunnel.status().borrow(), Status::Online { .. }));
+
+    // etcd restarts: the nodes keep or retake their leases and serve on; new claims work.
+    etcd.kill();
+    etcd.restart();
+    for node in &nodes {
+        let url = node.url();
+        common::eventually(Duration::from_secs(15), || {
+            let url = url.clone();
+            async move {
+                let healthy = reqwest::get(format!("{url}/healthz"))
+                    .await
+                    .is_ok_and(|r| r.status() == 200);
+                (healthy && status_at(&url, "app").await == 200).then_some(())
+            }
+        })
+        .await;
+    }
+    let mut c = TunnelConfig::new(balancer.url(), origin.port());
+    c.subdomain = Some("after".into());
+    let (_after, _) = tunnel_with(c).await;
+    for node in &nodes {
+        let url = node.url();
+        common::eventually(Duration::from_secs(5), || {
+            let url = url.clone();
+            async move { (status_at(&url, "after").await == 200).then_some(()) }
+        })
+        .await;
+    }
+
+    // SIGTERM the node holding "app" now: it drains, then its client moves to the last node.
+    let holder = nodes
+        .iter()
+        .position(|n| n.serves("app"))
+        .expect("a node took the tunnel over");
+    let stopped = Command::new("kill")
+        .args(["-TERM", &nodes[holder].child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+    let _ = nodes[holder].child.wait();
+    let last = nodes[1 - holder].url();
+    common::eventually(Duration::from_secs(20), || {
+        let url = last.clone();
+        async move { (status_at(&url, "app").await == 200).then_some(()) }
+    })
+    .await;
+    assert!(matches!(*tunnel.status().borrow(), Status::Online { .. }));
+}
+
+#[test]
+fn the_example_haproxy_configs_are_valid() {
+    let Some(bin) = haproxy_binary() else {
+        return eprintln!("skipped: no haproxy binary (scripts/deps.sh installs it)");
+    };
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/cluster");
+    for file in ["haproxy.cfg", "haproxy-compose.cfg"] {
+        let out = Command::new(&bin)
+            .arg("-c")
+            .arg("-f")
+            .arg(dir.join(file))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{file}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[tokio::test]
+async fn every_node_listens_for_the_clusters_tcp_tunnels() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let Some(etcd) = Etcd::start() else { return };
+    // A port free on both nodes' addresses.
+    let port = (0..50)
+        .map(|_| {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        })
+        .find(|&p| std::net::TcpListener::bind(("127.0.0.2", p)).is_ok())
+        .unwrap();
+    let tcp = |c: &mut Config| c.tcp_ports = Some(port..=port);
+    let a = node_at("127.0.0.1", etcd.endpoints(), tcp).await;
+    let b = node_at("127.0.0.2", etcd.endpoints(), tcp).await;
+    // A local service that echoes each connection until EOF.
+    let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let echo_port = echo.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = echo.accept().await.unwrap();
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    let tcp_tunnel = |server: &Server| {
+        let mut c = TunnelConfig::new(server.url(), echo_port);
+        c.kind = ggrok_tunnel::TunnelKind::Tcp {
+            remote_port: Some(port),
+        };
+        c.local.host = "127.0.0.1".into();
+        c.client_id = Some("db".into());
+        c
+    };
+    let exchange = |ip: &'static str, data: &'static [u8]| async move {
+        let mut s = tokio::net::TcpStream::connect((ip, port)).await.ok()?;
+        s.write_all(data).await.ok()?;
+        s.shutdown().await.ok()?;
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.ok()?;
+        (out == data).then_some(())
+    };
+
+    let (first, _) = tunnel_with(tcp_tunnel(&a)).await;
+    // The holder serves the port, and so does the other node, through a hop.
+    exchange("127.0.0.1", b"to the holder").await.unwrap();
+    common::eventually(Duration::from_secs(5), || exchange("127.0.0.2", b"one hop")).await;
+
+    // The client moves to B: B serves the port itself now, and A through a hop.
+    let (second, _) = tunnel_with(tcp_tunnel(&b)).await;
+    exchange("127.0.0.2", b"to the new holder").await.unwrap();
+    common::eventually(Duration::from_secs(5), || {
+        exchange("127.0.0.1", b"back the other way")
+    })
+    .await;
+    drop((first, second));
+    a.stop().await;
+    b.stop().await;
+}
