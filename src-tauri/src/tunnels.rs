@@ -12,10 +12,8 @@ use std::{
 
 pub use ggrok_tunnel::inspect::view::{Detail, Summary};
 use ggrok_tunnel::{
-    inspect::export,
-    tcp::End,
-    ConfigError, Connection, Connections, HostHeader, LocalTarget, ReplayEdits, ReplayError, Secret,
-    Status, Traffic, Tunnel, TunnelConfig, TunnelKind,
+    inspect::export, tcp::End, ConfigError, Connection, Connections, HostHeader, LocalTarget,
+    ReplayEdits, ReplayError, Secret, Status, Traffic, Tunnel, TunnelConfig, TunnelKind,
 };
 use serde::Serialize;
 use tokio::sync::broadcast;
