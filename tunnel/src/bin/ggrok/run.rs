@@ -265,12 +265,12 @@ async fn serve(
                                 if first {
                                     println!("{out_prefix}{url}");
                                     eprintln!("{err_prefix}forwarding {url} -> {target}");
-                                    if let Some(addr) = inspector.take() {
-                                        eprintln!("ggrok: inspector on http://{addr}");
-                                    }
                                     if *qr {
                                         // stderr: stdout stays the URL alone, for scripts.
                                         eprint!("{}", screen::qr(&url).unwrap_or_default());
+                                    }
+                                    if let Some(addr) = inspector.take() {
+                                        eprintln!("ggrok: inspector on http://{addr}");
                                     }
                                 } else {
                                     eprintln!("{err_prefix}back online");
