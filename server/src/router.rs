@@ -88,7 +88,9 @@ impl Router {
                 if let (Some(node), false) = (&shared.config.cluster, self.hopped) {
                     if let Place::Node { id, advertise } = node.place(name) {
                         let to = (id.as_str(), advertise.as_str());
-                        return hop::forward(shared, node, &visitor, to, name, req, json).await;
+                        // Boxed: inline, the hop's state would size every request's future.
+                        return Box::pin(hop::forward(shared, node, &visitor, to, name, req, json))
+                            .await;
                     }
                 }
                 proxy::forward(shared, visitor, name, req, json).await
@@ -100,7 +102,7 @@ impl Router {
                 json,
             ),
             Destination::Apex => match req.uri().path() {
-                CONNECT_PATH => connect::accept(shared, visitor, req).await,
+                CONNECT_PATH => Box::pin(connect::accept(shared, visitor, req)).await,
                 PEER_PATH if shared.config.cluster.is_some() => hop::accept(shared, &visitor, req),
                 HEALTH_PATH => pages::health(shared),
                 METRICS_PATH => pages::metrics(shared, &req),
