@@ -22,7 +22,7 @@ use ggrok_tunnel::{
     protocol::{PageKind, HEADER_ERROR, RESET_PROTOCOL},
     stop::until_stopped,
 };
-use http::{header, HeaderName, HeaderValue, Request, Response, StatusCode};
+use http::{header, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Frame;
 use hyper_util::rt::TokioIo;
 use tokio_util::sync::CancellationToken;
@@ -262,10 +262,12 @@ fn respond(
     stream: ggrok_tunnel::mux::MuxStream,
     visitor_upgrade: Option<hyper::upgrade::OnUpgrade>,
 ) -> Response<Body> {
+    // As a `HeaderName`: a `&str` is parsed again on every lookup.
+    const ERROR: http::HeaderName = http::HeaderName::from_static(HEADER_ERROR);
     crate::cookies::narrow(&mut answer.headers, name, &shared.config.domain);
     if let Some(kind) = answer
         .headers
-        .get(HEADER_ERROR)
+        .get(ERROR)
         .and_then(|v| v.to_str().ok())
         .and_then(PageKind::from_code)
     {
@@ -363,9 +365,7 @@ impl http_body::Body for IdleLimited {
 /// Adds `X-Forwarded-For/-Proto/-Host` the way common proxies do (appending to a visitor's
 /// `X-Forwarded-For` rather than trusting or discarding it).
 fn add_forwarded(h: &mut http::HeaderMap, visitor: &Visitor, public_host: Option<HeaderValue>) {
-    const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-    const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-    const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+    use ggrok_tunnel::protocol::{X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO};
     // The chain so far is every line in order (HAProxy adds a line of its own), as one.
     let lines: Option<Vec<&str>> = h
         .get_all(&X_FORWARDED_FOR)

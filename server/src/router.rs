@@ -229,7 +229,12 @@ pub(crate) enum Destination<'a> {
 
 /// Where a request for `host` (as [`request_host`] gives it) goes on a server for `domain`.
 pub(crate) fn classify<'a>(host: &'a str, domain: &str) -> Destination<'a> {
-    if host.is_empty() || host == domain || host.parse::<IpAddr>().is_ok() {
+    // Only hex digits, dots and colons can make an IP literal: names skip the parse.
+    let ip_shaped = || {
+        host.bytes()
+            .all(|b| b.is_ascii_hexdigit() || b == b'.' || b == b':')
+    };
+    if host.is_empty() || host == domain || (ip_shaped() && host.parse::<IpAddr>().is_ok()) {
         return Destination::Apex;
     }
     match host.strip_suffix(domain).and_then(|p| p.strip_suffix('.')) {
@@ -273,7 +278,8 @@ pub(crate) fn request_host<B>(req: &Request<B>) -> Result<String, &'static str> 
         return Err("A host may not carry user information (user@host).");
     }
     // The port plays no part in routing, but a malformed one makes the whole host doubtful.
-    let port = &authority.as_str()[authority.host().len()..];
+    let host = authority.host();
+    let port = &authority.as_str()[host.len()..];
     let port_ok = port.is_empty()
         || port
             .strip_prefix(':')
@@ -281,7 +287,6 @@ pub(crate) fn request_host<B>(req: &Request<B>) -> Result<String, &'static str> 
     if !port_ok {
         return Err("The Host header is not a valid host[:port].");
     }
-    let host = authority.host();
     let host = host
         .strip_prefix('[')
         .and_then(|h| h.strip_suffix(']'))
@@ -465,6 +470,8 @@ mod tests {
         assert_eq!(classify("localhost", "localhost"), Destination::Apex);
         assert_eq!(classify("127.0.0.1", "localhost"), Destination::Apex);
         assert_eq!(classify("::1", "localhost"), Destination::Apex);
+        assert_eq!(classify("fe80::a:1", "localhost"), Destination::Apex);
+        assert_eq!(classify("beef.dead", "dead"), Destination::Tunnel("beef"));
         assert_eq!(classify("a.b.localhost", "localhost"), Destination::Foreign);
         assert_eq!(classify("evil.com", "localhost"), Destination::Foreign);
         assert_eq!(classify("xlocalhost", "localhost"), Destination::Foreign);

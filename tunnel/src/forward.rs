@@ -252,7 +252,7 @@ impl Forwarder {
         };
         let remote = parts
             .headers
-            .get("x-forwarded-for")
+            .get(crate::protocol::X_FORWARDED_FOR)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.rsplit(',').next())
             .map(|v| v.trim().to_owned());
@@ -314,7 +314,7 @@ impl Forwarder {
                 id,
                 started_ms: now_ms(),
                 method: parts.method.to_string(),
-                path: path.clone(),
+                path,
                 status: None,
                 duration_ms: 0,
                 remote_addr: remote,
@@ -327,7 +327,12 @@ impl Forwarder {
                 frames: None,
             },
         );
-        let body = Recorded::new(body, pending.clone(), Side::Request).boxed();
+        // An empty body (most requests) has nothing to record: the exchange's default says so.
+        let body = if http_body::Body::is_end_stream(&body) {
+            body
+        } else {
+            Recorded::new(body, pending.clone(), Side::Request).boxed()
+        };
 
         parts.uri = http_util::origin_form(parts.uri);
         let result = self.send(Request::from_parts(parts, body), !upgrade).await;

@@ -19,7 +19,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 
-use crate::protocol::{OPEN_HTTP, OPEN_TCP};
+use crate::protocol::{OPEN_HTTP, OPEN_TCP, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO};
 
 /// A head that does not decode.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -92,6 +92,19 @@ pub fn encode_trailers(headers: &HeaderMap) -> Bytes {
     out.freeze()
 }
 
+/// The names the server adds to every request it forwards: not among `http`'s standard names,
+/// so parsing would check and copy each into an allocation of its own.
+const FORWARDED: [HeaderName; 3] = [X_FORWARDED_FOR, X_FORWARDED_PROTO, X_FORWARDED_HOST];
+
+fn header_name(bytes: &[u8]) -> Result<HeaderName, HeadError> {
+    if bytes.starts_with(b"x-forwarded-") {
+        if let Some(known) = FORWARDED.iter().find(|k| k.as_str().as_bytes() == bytes) {
+            return Ok(known.clone());
+        }
+    }
+    HeaderName::from_bytes(bytes).map_err(|_| HeadError("bad header name"))
+}
+
 /// Reads a head, handing out zero-copy slices of it.
 struct Reader {
     buf: Bytes,
@@ -99,6 +112,17 @@ struct Reader {
 }
 
 impl Reader {
+    /// The next `n` bytes, borrowed: lengths and names need no reference to the buffer.
+    fn slice(&mut self, n: usize) -> Result<&[u8], HeadError> {
+        if self.buf.len() - self.pos < n {
+            return Err(HeadError("cut off"));
+        }
+        let start = self.pos;
+        self.pos += n;
+        Ok(&self.buf[start..self.pos])
+    }
+
+    /// The next `n` bytes as a zero-copy slice of the buffer (values keep it alive).
     fn take(&mut self, n: usize) -> Result<Bytes, HeadError> {
         if self.buf.len() - self.pos < n {
             return Err(HeadError("cut off"));
@@ -109,16 +133,16 @@ impl Reader {
     }
 
     fn u8(&mut self) -> Result<u8, HeadError> {
-        Ok(self.take(1)?[0])
+        Ok(self.slice(1)?[0])
     }
 
     fn u16(&mut self) -> Result<u16, HeadError> {
-        let b = self.take(2)?;
+        let b = self.slice(2)?;
         Ok(u16::from_be_bytes([b[0], b[1]]))
     }
 
     fn u32(&mut self) -> Result<u32, HeadError> {
-        let b = self.take(4)?;
+        let b = self.slice(4)?;
         Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
     }
 
@@ -131,8 +155,7 @@ impl Reader {
         let mut map = HeaderMap::with_capacity(count);
         for _ in 0..count {
             let n = self.u16()? as usize;
-            let name = self.take(n)?;
-            let name = HeaderName::from_bytes(&name).map_err(|_| HeadError("bad header name"))?;
+            let name = header_name(self.slice(n)?)?;
             let n = self.u32()? as usize;
             let value = self.take(n)?;
             let value =
@@ -157,7 +180,7 @@ pub fn decode_open(buf: Bytes) -> Result<Open, HeadError> {
     match r.u8()? {
         OPEN_HTTP => {
             let n = r.u8()? as usize;
-            let method = Method::from_bytes(&r.take(n)?).map_err(|_| HeadError("bad method"))?;
+            let method = Method::from_bytes(r.slice(n)?).map_err(|_| HeadError("bad method"))?;
             let n = r.u32()? as usize;
             let target = r.take(n)?;
             if target.first() != Some(&b'/') && &target[..] != b"*" {
@@ -174,9 +197,9 @@ pub fn decode_open(buf: Bytes) -> Result<Open, HeadError> {
         }
         OPEN_TCP => {
             let n = r.u16()? as usize;
-            let peer = r.take(n)?;
+            let peer = String::from_utf8_lossy(r.slice(n)?).into_owned();
             r.end()?;
-            Ok(Open::Tcp(String::from_utf8_lossy(&peer).into_owned()))
+            Ok(Open::Tcp(peer))
         }
         _ => Err(HeadError("unknown stream kind")),
     }
@@ -223,6 +246,26 @@ mod tests {
         assert_eq!(parts.headers, h);
         let cookies: Vec<_> = parts.headers.get_all("set-cookie").iter().collect();
         assert_eq!(cookies, ["a=1", "b=2"], "order kept");
+    }
+
+    #[test]
+    fn forwarded_names_decode_like_any_other() {
+        let mut h = HeaderMap::new();
+        for name in [
+            "x-forwarded-for",
+            "x-forwarded-proto",
+            "x-forwarded-host",
+            "x-forwarded-port",
+            "X-Forwarded-For-Real",
+        ] {
+            h.append(name, HeaderValue::from_static("v"));
+        }
+        let head = encode_request(&Method::GET, &"/".parse().unwrap(), &h);
+        let Open::Http(parts) = decode_open(head).unwrap() else {
+            panic!("not http")
+        };
+        assert_eq!(parts.headers, h);
+        assert_eq!(parts.headers[X_FORWARDED_FOR], "v");
     }
 
     #[test]

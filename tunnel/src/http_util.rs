@@ -79,8 +79,23 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Most messages carry none of them: one pass over the names present is then cheaper than
     // a lookup for every hop-by-hop name. Headers named in `Connection` need a `Connection`.
-    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+    let mut present = headers.keys().filter(|name| HOP_BY_HOP.contains(name));
+    let Some(first) = present.next() else {
         return;
+    };
+    // The next most common case: `Connection: keep-alive` (or `close`) alone, which names no
+    // other header. Removing it is all there is to do.
+    if first == header::CONNECTION && present.next().is_none() {
+        let plain = headers.get_all(header::CONNECTION).iter().all(|v| {
+            v.as_bytes().split(|b| *b == b',').all(|t| {
+                let t = t.trim_ascii();
+                t.eq_ignore_ascii_case(b"keep-alive") || t.eq_ignore_ascii_case(b"close")
+            })
+        });
+        if plain {
+            headers.remove(header::CONNECTION);
+            return;
+        }
     }
     let upgrade = is_upgrade(headers);
     let upgrade_value = headers.get(header::UPGRADE).cloned();
@@ -266,6 +281,24 @@ mod tests {
             strip_hop_by_hop(&mut h);
             assert_eq!(h.len(), 1, "{name} is stripped");
         }
+
+        // `Connection` alone: plain tokens take the short path, a named header does not.
+        let mut h = HeaderMap::new();
+        h.append(header::CONNECTION, HeaderValue::from_static("Keep-Alive"));
+        h.append(header::CONNECTION, HeaderValue::from_static("close"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "the header Connection names goes too");
+        assert!(h.contains_key("x-kept"));
 
         let mut h = HeaderMap::new();
         h.insert(header::TE, HeaderValue::from_static("gzip, Trailers"));

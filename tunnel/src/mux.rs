@@ -217,7 +217,9 @@ struct Inner {
 }
 
 struct State {
-    streams: HashMap<u32, StreamState>,
+    /// Looked up several times per frame: keyed by ids the peer picks within a bounded count, so
+    /// a fast seeded hash (foldhash) instead of SipHash, which was ~6% of the server's work.
+    streams: HashMap<u32, StreamState, foldhash::fast::RandomState>,
     /// Next id for a stream we open.
     next_id: u32,
     /// Highest id the peer opened.
@@ -483,7 +485,7 @@ where
     let heartbeat = config.heartbeat;
     let inner = Arc::new(Inner {
         state: Mutex::new(State {
-            streams: HashMap::new(),
+            streams: HashMap::default(),
             next_id: match role {
                 Role::Connector => 2,
                 Role::Acceptor => 1,
