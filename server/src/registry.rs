@@ -83,6 +83,9 @@ pub struct Endpoint {
     pub ended: CancellationToken,
     /// The tunnel's counters.
     pub metrics: TunnelMetrics,
+    /// A TCP tunnel's places under `--max-conns-per-tcp-tunnel`: one count for its own port
+    /// and the connections other nodes of a cluster hop to it (see `crate::tcp`).
+    pub tcp_conns: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 /// The name table.
@@ -261,6 +264,7 @@ impl Registry {
         session: u64,
         mux: ggrok_tunnel::mux::Session,
         metrics: TunnelMetrics,
+        tcp_conns: Option<Arc<tokio::sync::Semaphore>>,
     ) {
         let mut st = self.table.lock().expect("registry lock");
         if let Some(Entry::Live {
@@ -280,6 +284,7 @@ impl Registry {
                     policy: policy.clone(),
                     ended: ended.clone(),
                     metrics,
+                    tcp_conns,
                 }));
             }
         }
@@ -546,6 +551,7 @@ mod tests {
             c.session,
             session,
             crate::metrics::Metrics::default().tunnel("app"),
+            None,
         );
         assert_eq!(waiting.await.unwrap(), Some(c.session));
         assert!(

@@ -886,17 +886,7 @@ async fn every_node_listens_for_the_clusters_tcp_tunnels() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let Some(etcd) = Etcd::start() else { return };
-    // A port free on both nodes' addresses.
-    let port = (0..50)
-        .map(|_| {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port()
-        })
-        .find(|&p| std::net::TcpListener::bind(("127.0.0.2", p)).is_ok())
-        .unwrap();
+    let port = port_free_on(&["127.0.0.2"]);
     let tcp = |c: &mut Config| c.tcp_ports = Some(port..=port);
     let a = node_at("127.0.0.1", etcd.endpoints(), tcp).await;
     let b = node_at("127.0.0.2", etcd.endpoints(), tcp).await;
@@ -946,4 +936,114 @@ async fn every_node_listens_for_the_clusters_tcp_tunnels() {
     drop((first, second));
     a.stop().await;
     b.stop().await;
+}
+
+
+/// A port free on 127.0.0.1 and on each of `others`, for a TCP tunnel whose port nodes on one
+/// machine (each on an address of its own) all listen on.
+fn port_free_on(others: &[&str]) -> u16 {
+    (0..50)
+        .map(|_| {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        })
+        .find(|&p| {
+            others
+                .iter()
+                .all(|ip| std::net::TcpListener::bind((*ip, p)).is_ok())
+        })
+        .unwrap()
+}
+
+#[tokio::test]
+async fn hopped_tcp_visitors_count_under_the_same_limits_as_direct_ones() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let Some(etcd) = Etcd::start() else { return };
+    let port = port_free_on(&["127.0.0.2", "127.0.0.3"]);
+    let range = |c: &mut Config| c.tcp_ports = Some(port..=port);
+    // A holds the tunnel, whose limit of 3 connections counts them through every node; B
+    // allows one connection per address, C two connections in all (its main listener always
+    // keeps one place, so one visitor fills it).
+    let a = node_at("127.0.0.1", etcd.endpoints(), |c| {
+        range(c);
+        c.max_conns_per_tcp_tunnel = 3;
+    })
+    .await;
+    let b = node_at("127.0.0.2", etcd.endpoints(), |c| {
+        range(c);
+        c.max_conns_per_ip = 1;
+    })
+    .await;
+    let c = node_at("127.0.0.3", etcd.endpoints(), |c| {
+        range(c);
+        c.max_conns = 2;
+    })
+    .await;
+    let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let echo_port = echo.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = echo.accept().await.unwrap();
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    let mut tcp = TunnelConfig::new(a.url(), echo_port);
+    tcp.kind = ggrok_tunnel::TunnelKind::Tcp {
+        remote_port: Some(port),
+    };
+    tcp.local.host = "127.0.0.1".into();
+    let (_tunnel, _) = tunnel_with(tcp).await;
+
+    // A visitor from address `from` to the node at `to`: its connection once its bytes came
+    // back through the tunnel, `None` if it was closed without an answer.
+    let visit = |from: &'static str, to: &'static str| async move {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+        let mut s = socket
+            .connect(format!("{to}:{port}").parse().unwrap())
+            .await
+            .ok()?;
+        s.write_all(b"ping").await.ok()?;
+        let mut b = [0u8; 4];
+        let answered = tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut b))
+            .await
+            .expect("neither answered nor closed");
+        (answered.is_ok() && &b == b"ping").then_some(s)
+    };
+    let (holder, node_b, node_c) = ("127.0.0.1", "127.0.0.2", "127.0.0.3");
+
+    // B and C serve the port once etcd's watch told them where the tunnel is.
+    let first = common::eventually(Duration::from_secs(5), || visit("127.0.0.5", node_b)).await;
+    assert!(
+        visit("127.0.0.5", node_b).await.is_none(),
+        "a second connection from one address past B's --max-conns-per-ip"
+    );
+    let second = common::eventually(Duration::from_secs(5), || visit("127.0.0.1", node_c)).await;
+    assert!(
+        visit("127.0.0.1", node_c).await.is_none(),
+        "a connection past C's --max-conns"
+    );
+    let third = visit("127.0.0.1", holder).await.expect("the tunnel's third");
+    assert!(
+        visit("127.0.0.1", holder).await.is_none(),
+        "the holder counts hopped connections under --max-conns-per-tcp-tunnel"
+    );
+    assert!(
+        visit("127.0.0.6", node_b).await.is_none(),
+        "a hopped connection past the tunnel's --max-conns-per-tcp-tunnel"
+    );
+    // A place freed on the holder is anyone's, through any node.
+    drop(third);
+    let fourth = common::eventually(Duration::from_secs(5), || visit("127.0.0.6", node_b)).await;
+    drop((first, second, fourth));
+    for node in [a, b, c] {
+        node.stop().await;
+    }
 }
