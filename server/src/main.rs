@@ -36,10 +36,6 @@ enum LogFormat {
     Json,
 }
 
-/// How long a node's lease outlives its last renewal: a node cut off from etcd stops serving
-/// within two thirds of it, and a dead node's names are free after it.
-const CLUSTER_LEASE_TTL: std::time::Duration = std::time::Duration::from_secs(10);
-
 /// Administration of the token database (or, with --cluster, of the cluster's store in etcd);
 /// takes effect on a running server without a restart.
 #[derive(Subcommand, Debug)]
@@ -283,7 +279,7 @@ async fn serve(
                     _ => cluster.advertise,
                 };
                 let node =
-                    Node::join(store.clone(), advertise, cluster.secret, CLUSTER_LEASE_TTL).await?;
+                    Node::join(store.clone(), advertise, cluster.secret, cluster.lease_ttl).await?;
                 Ok::<_, ggrok_server::store::StoreError>((store, node))
             };
             let (store, node) = joined.await.with_context(|| {

@@ -11,7 +11,10 @@ use serde::Deserialize;
 
 use crate::{
     acme::{Acme, AcmeSettings},
-    cluster::ClusterSecret,
+    cluster::{
+        node::{DEFAULT_LEASE_TTL, LEASE_TTLS},
+        ClusterSecret,
+    },
     config::{hash_token, load_tls, Config, Tokens},
     policy::parse_net,
     store::Store,
@@ -145,6 +148,11 @@ pub struct Settings {
     /// is a specific address].
     #[arg(long, env = "GGROK_ADVERTISE", value_name = "URL")]
     pub advertise: Option<String>,
+    /// Seconds a node's cluster lease outlives its last renewal, from 2 to 3600 [default: 10]:
+    /// a node cut off from etcd stops serving after two thirds of it, a dead node's names are
+    /// free after it.
+    #[arg(long, env = "GGROK_CLUSTER_LEASE_TTL", value_name = "SECONDS")]
+    pub cluster_lease_ttl: Option<u64>,
     /// Threads serving requests [default: one per CPU core]. Each tunnel is served on the thread
     /// of its session; tunnels spread over the threads (see docs/deploy.md, "Threads").
     #[arg(long, env = "GGROK_WORKERS")]
@@ -188,6 +196,7 @@ impl std::fmt::Debug for Settings {
             .field("cluster", &self.cluster)
             .field("cluster_secret", &self.cluster_secret.as_deref().map(mask))
             .field("advertise", &self.advertise)
+            .field("cluster_lease_ttl", &self.cluster_lease_ttl)
             .finish()
     }
 }
@@ -234,6 +243,8 @@ pub struct ClusterSettings {
     pub secret: ClusterSecret,
     /// Where the other nodes reach this one.
     pub advertise: String,
+    /// The TTL of the node's lease.
+    pub lease_ttl: Duration,
 }
 
 impl Settings {
@@ -297,6 +308,7 @@ impl Settings {
             cluster: self.cluster.or(lower.cluster),
             cluster_secret: self.cluster_secret.or(lower.cluster_secret),
             advertise: self.advertise.or(lower.advertise),
+            cluster_lease_ttl: self.cluster_lease_ttl.or(lower.cluster_lease_ttl),
         }
     }
 
@@ -430,10 +442,25 @@ impl Settings {
                 return None;
             }
         };
+        let lease_ttl = match self.cluster_lease_ttl {
+            None => DEFAULT_LEASE_TTL,
+            Some(secs) if LEASE_TTLS.contains(&Duration::from_secs(secs)) => {
+                Duration::from_secs(secs)
+            }
+            Some(secs) => {
+                problems.push(format!(
+                    "cluster_lease_ttl must be from {} to {} seconds, not {secs} (etcd grants no shorter lease; a longer one would keep a dead node's names taken that long)",
+                    LEASE_TTLS.start().as_secs(),
+                    LEASE_TTLS.end().as_secs()
+                ));
+                return None;
+            }
+        };
         Some(ClusterSettings {
             endpoints,
             secret,
             advertise,
+            lease_ttl,
         })
     }
 
@@ -648,9 +675,10 @@ impl Settings {
         ));
         if let Some(cluster) = &resolved.cluster {
             out.push_str(&format!(
-                "ok: cluster on etcd {}, advertised as {}, cluster secret set\n",
+                "ok: cluster on etcd {}, advertised as {}, cluster secret set, lease {}s\n",
                 cluster.endpoints.join(","),
-                cluster.advertise
+                cluster.advertise,
+                cluster.lease_ttl.as_secs()
             ));
         }
         (true, out)
@@ -834,5 +862,30 @@ mod tests {
         assert_eq!(ok.advertise, "http://node1.internal:8080");
         let none = Settings::default().resolve(None).ok().unwrap();
         assert!(none.cluster.is_none());
+    }
+
+    #[test]
+    fn the_cluster_lease_ttl_is_checked() {
+        let with_ttl = |ttl: Option<u64>| {
+            Settings {
+                cluster: Some("etcd://10.0.0.1:2379".into()),
+                cluster_secret: Some("a-long-cluster-secret".into()),
+                listen: Some("10.0.0.5:8080".parse().unwrap()),
+                cluster_lease_ttl: ttl,
+                ..Settings::default()
+            }
+            .resolve(None)
+        };
+        let ttl = |r: Result<Resolved, Vec<String>>| r.ok().unwrap().cluster.unwrap().lease_ttl;
+        assert_eq!(ttl(with_ttl(None)), Duration::from_secs(10));
+        assert_eq!(ttl(with_ttl(Some(2))), Duration::from_secs(2));
+        assert_eq!(ttl(with_ttl(Some(3600))), Duration::from_secs(3600));
+        for bad in [0, 1, 3601, u64::MAX] {
+            let problems = with_ttl(Some(bad)).err().unwrap();
+            assert!(
+                problems[0].contains("cluster_lease_ttl must be from 2 to 3600 seconds"),
+                "{problems:?}"
+            );
+        }
     }
 }

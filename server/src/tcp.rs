@@ -244,10 +244,12 @@ pub(crate) fn public_url(domain: &str, port: u16) -> String {
 
 /// A TCP tunnel's places under `--max-conns-per-tcp-tunnel` (0: no limit).
 pub(crate) fn conn_places(shared: &Shared) -> Arc<Semaphore> {
-    Arc::new(Semaphore::new(match shared.config.max_conns_per_tcp_tunnel {
-        0 => Semaphore::MAX_PERMITS,
-        max => max,
-    }))
+    Arc::new(Semaphore::new(
+        match shared.config.max_conns_per_tcp_tunnel {
+            0 => Semaphore::MAX_PERMITS,
+            max => max,
+        },
+    ))
 }
 
 /// A place under `--max-conns-per-tcp-tunnel` for one more visitor connection of `endpoint`;

@@ -632,11 +632,17 @@ struct NodeProcess {
 
 impl NodeProcess {
     fn spawn(etcd: &Etcd) -> NodeProcess {
+        Self::spawn_with(etcd, &[])
+    }
+
+    /// Like [`NodeProcess::spawn`], with more environment variables.
+    fn spawn_with(etcd: &Etcd, env: &[(&str, &str)]) -> NodeProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_ggrok-server"))
             .args(["--listen", "127.0.0.1:0", "--domain", "localhost"])
             .args(["--cluster", &etcd.url()])
             .env("GGROK_CLUSTER_SECRET", SECRET)
             .env("GGROK_RECONNECT_GRACE", "2")
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -938,7 +944,6 @@ async fn every_node_listens_for_the_clusters_tcp_tunnels() {
     b.stop().await;
 }
 
-
 /// A port free on 127.0.0.1 and on each of `others`, for a TCP tunnel whose port nodes on one
 /// machine (each on an address of its own) all listen on.
 fn port_free_on(others: &[&str]) -> u16 {
@@ -1030,7 +1035,9 @@ async fn hopped_tcp_visitors_count_under_the_same_limits_as_direct_ones() {
         visit("127.0.0.1", node_c).await.is_none(),
         "a connection past C's --max-conns"
     );
-    let third = visit("127.0.0.1", holder).await.expect("the tunnel's third");
+    let third = visit("127.0.0.1", holder)
+        .await
+        .expect("the tunnel's third");
     assert!(
         visit("127.0.0.1", holder).await.is_none(),
         "the holder counts hopped connections under --max-conns-per-tcp-tunnel"
@@ -1046,4 +1053,42 @@ async fn hopped_tcp_visitors_count_under_the_same_limits_as_direct_ones() {
     for node in [a, b, c] {
         node.stop().await;
     }
+}
+
+#[tokio::test]
+async fn a_node_takes_the_lease_ttl_it_is_given() {
+    let Some(etcd) = Etcd::start() else { return };
+    // etcd's own client says what etcd granted.
+    let etcdctl = |args: &[&str]| {
+        Command::new("etcdctl")
+            .args(["--endpoints", &etcd.endpoints()[0]])
+            .args(args)
+            .env("ETCDCTL_API", "3")
+            .output()
+            .ok()
+            .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    if etcdctl(&["version"]).is_none() {
+        return eprintln!("skipped: no etcdctl (Debian package etcd-client)");
+    }
+    let _node = NodeProcess::spawn_with(&etcd, &[("GGROK_CLUSTER_LEASE_TTL", "7")]);
+    let list = etcdctl(&["lease", "list"]).unwrap();
+    let leases: Vec<&str> = list.lines().skip(1).map(str::trim).collect();
+    assert_eq!(leases.len(), 1, "{list}");
+    let granted = etcdctl(&["lease", "timetolive", leases[0]]).unwrap();
+    assert!(granted.contains("granted with TTL(7s)"), "{granted}");
+
+    // Nonsense is refused before anything starts.
+    let out = Command::new(env!("CARGO_BIN_EXE_ggrok-server"))
+        .args(["--listen", "127.0.0.1:0", "--cluster", &etcd.url()])
+        .env("GGROK_CLUSTER_SECRET", SECRET)
+        .env("GGROK_CLUSTER_LEASE_TTL", "1")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cluster_lease_ttl must be from 2 to 3600 seconds, not 1"),
+        "{err}"
+    );
 }

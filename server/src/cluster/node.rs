@@ -32,6 +32,16 @@ use super::{
 };
 use crate::{registry::Claimant, store::StoreError};
 
+/// The lease's TTL without `--cluster-lease-ttl`: a node cut off from etcd stops serving within
+/// about 7 s, and a dead node's names are free after 10 s (its clients take them back at once
+/// through another node anyway, by client id).
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);
+
+/// The TTLs `--cluster-lease-ttl` accepts: etcd grants no lease under 2 s (its minimum TTL, from
+/// its election timeout), and past an hour a dead node's names would stay taken that long.
+pub const LEASE_TTLS: std::ops::RangeInclusive<Duration> =
+    Duration::from_secs(2)..=Duration::from_secs(3600);
+
 /// The sentence of the 503 a connect gets when the node cannot claim names.
 pub const UNAVAILABLE: &str = "cluster store unavailable";
 
@@ -87,8 +97,8 @@ pub(crate) enum Place {
 }
 
 impl Node {
-    /// Joins the cluster of `store`: grants this node's lease of `ttl` (whole seconds, at
-    /// least 2), registers `advertise` under it and keeps it alive.
+    /// Joins the cluster of `store`: grants this node's lease of `ttl` (whole seconds, within
+    /// [`LEASE_TTLS`]), registers `advertise` under it and keeps it alive.
     pub async fn join(
         store: Arc<EtcdStore>,
         advertise: String,
@@ -99,7 +109,7 @@ impl Node {
             id: format!("{:016x}", rand::random::<u64>()),
             advertise,
             secret,
-            ttl: ttl.max(Duration::from_secs(2)),
+            ttl: ttl.clamp(*LEASE_TTLS.start(), *LEASE_TTLS.end()),
             lease: AtomicI64::new(0),
             valid_until: Mutex::new(Instant::now()),
             held: tokio::sync::watch::channel(false).0,
