@@ -17,7 +17,7 @@ use common::{
     visitors::get,
 };
 use ggrok_server::{
-    cluster::{ClusterSecret, EtcdStore, Node},
+    cluster::{node::Membership, ClusterSecret, EtcdStore, Node},
     Config,
 };
 use ggrok_tunnel::{protocol::RefusalKind, Secret, Status, Tunnel, TunnelConfig};
@@ -154,10 +154,28 @@ async fn node_on(endpoints: Vec<String>, tweak: impl FnOnce(&mut Config)) -> Ser
 async fn node_at(ip: &str, endpoints: Vec<String>, tweak: impl FnOnce(&mut Config)) -> Server {
     let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
     let advertise = format!("http://{}", listener.local_addr().unwrap());
+    node_listening(listener, endpoints, membership(advertise), tweak).await
+}
+
+/// This node's part in the test cluster, reached at `advertise`.
+fn membership(advertise: String) -> Membership {
+    Membership {
+        advertise,
+        secret: ClusterSecret::new(SECRET),
+        lease_ttl: TTL,
+        peer_roots: Vec::new(),
+    }
+}
+
+/// A node of the cluster on `listener`, joined as `member`.
+async fn node_listening(
+    listener: tokio::net::TcpListener,
+    endpoints: Vec<String>,
+    member: Membership,
+    tweak: impl FnOnce(&mut Config),
+) -> Server {
     let store = EtcdStore::connect(endpoints).await.unwrap();
-    let node = Node::join(store.clone(), advertise, ClusterSecret::new(SECRET), TTL)
-        .await
-        .unwrap();
+    let node = Node::join(store.clone(), member).await.unwrap();
     let mut config = Config {
         store: Some(store),
         cluster: Some(node),
@@ -1091,4 +1109,115 @@ async fn a_node_takes_the_lease_ttl_it_is_given() {
         err.contains("cluster_lease_ttl must be from 2 to 3600 seconds, not 1"),
         "{err}"
     );
+}
+
+/// A private CA and a certificate it issued for the apex `tunnel.test`, `*.tunnel.test` and
+/// 127.0.0.1, in files.
+struct PrivateCa {
+    dir: tempfile::TempDir,
+    ca_pem: String,
+}
+
+impl PrivateCa {
+    fn new() -> PrivateCa {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "ggrok cluster test CA");
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca_params, ca_key);
+        let key = KeyPair::generate().unwrap();
+        let names = ["tunnel.test", "*.tunnel.test", "127.0.0.1"].map(String::from);
+        let cert = CertificateParams::new(names.to_vec())
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+        std::fs::write(dir.path().join("cert.pem"), cert.pem()).unwrap();
+        std::fs::write(dir.path().join("key.pem"), key.serialize_pem()).unwrap();
+        PrivateCa {
+            dir,
+            ca_pem: ca.pem(),
+        }
+    }
+
+    fn path(&self, file: &str) -> PathBuf {
+        self.dir.path().join(file)
+    }
+}
+
+#[tokio::test]
+async fn nodes_serving_tls_reach_each_other_over_https_checked_against_the_cluster_ca() {
+    let Some(etcd) = Etcd::start() else { return };
+    let pki = PrivateCa::new();
+    let ca_roots = {
+        use rustls_pki_types::{pem::PemObject, CertificateDer};
+        CertificateDer::pem_file_iter(pki.path("ca.pem"))
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap()
+    };
+    // A node serving HTTPS with the CA's certificate, advertising https://ADDRESS, that
+    // trusts `peer_roots` for other nodes' certificates (besides the system's).
+    let tls_node = |peer_roots: Vec<rustls_pki_types::CertificateDer<'static>>| async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let advertise = format!("https://{}", listener.local_addr().unwrap());
+        let tls =
+            ggrok_server::config::load_tls(&pki.path("cert.pem"), &pki.path("key.pem")).unwrap();
+        let member = Membership {
+            peer_roots,
+            ..membership(advertise)
+        };
+        node_listening(listener, etcd.endpoints(), member, |c| {
+            c.domain = "tunnel.test".into();
+            c.tls = Some(tls);
+        })
+        .await
+    };
+    let holder = tls_node(ca_roots.clone()).await;
+    let hop = tls_node(ca_roots).await;
+    let untrusting = tls_node(Vec::new()).await;
+    let origin = Origin::start().await;
+    let mut c = TunnelConfig::new(
+        format!("https://127.0.0.1:{}", holder.addr.port()),
+        origin.port(),
+    );
+    c.subdomain = Some("app".into());
+    c.ca_cert = Some(pki.path("ca.pem"));
+    let (_tunnel, url) = tunnel_with(c).await;
+    assert!(url.starts_with("https://app.tunnel.test"), "{url}");
+
+    let visit = |node: &Server| {
+        let addr = node.addr;
+        let ca = pki.ca_pem.clone();
+        async move {
+            common::tls::https_get(addr, "app.tunnel.test", &ca, "/echo")
+                .await
+                .unwrap()
+                .0
+        }
+    };
+    assert_eq!(visit(&holder).await, 200);
+    // Through a node that does not hold the tunnel, over HTTPS between the nodes, once etcd's
+    // watch told it where the tunnel is.
+    let through = common::eventually(Duration::from_secs(5), || async {
+        let status = visit(&hop).await;
+        (status != 404).then_some(status)
+    })
+    .await;
+    assert_eq!(through, 200);
+    // A node that does not trust the holder's certificate does not send it the cluster secret.
+    let refused = common::eventually(Duration::from_secs(5), || async {
+        let status = visit(&untrusting).await;
+        (status != 404).then_some(status)
+    })
+    .await;
+    assert_eq!(refused, 502);
+    for node in [holder, hop, untrusting] {
+        node.stop().await;
+    }
 }

@@ -23,6 +23,7 @@ use std::{
 
 use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
 use ggrok_tunnel::protocol::{Refusal, RefusalKind};
+use rustls_pki_types::CertificateDer;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
@@ -55,6 +56,19 @@ struct Mine {
     revision: i64,
 }
 
+/// How a node takes part in its cluster.
+#[derive(Debug, Clone)]
+pub struct Membership {
+    /// The URL other nodes reach this one at (`--advertise`).
+    pub advertise: String,
+    /// Authenticates the nodes to each other.
+    pub secret: ClusterSecret,
+    /// The TTL of the node's lease, whole seconds within [`LEASE_TTLS`].
+    pub lease_ttl: Duration,
+    /// CAs trusted for other nodes' certificates besides the system's (`--cluster-ca`).
+    pub peer_roots: Vec<CertificateDer<'static>>,
+}
+
 /// A node of the cluster.
 pub struct Node {
     store: Arc<EtcdStore>,
@@ -62,6 +76,9 @@ pub struct Node {
     advertise: String,
     secret: ClusterSecret,
     ttl: Duration,
+    peer_roots: Vec<CertificateDer<'static>>,
+    /// TLS to the nodes that advertise `https://`, made on the first such connection.
+    peer_tls: std::sync::OnceLock<Arc<rustls::ClientConfig>>,
     lease: AtomicI64,
     /// Until when the lease is surely valid, from the last renewal: past it the node fences.
     valid_until: Mutex<Instant>,
@@ -97,19 +114,18 @@ pub(crate) enum Place {
 }
 
 impl Node {
-    /// Joins the cluster of `store`: grants this node's lease of `ttl` (whole seconds, within
-    /// [`LEASE_TTLS`]), registers `advertise` under it and keeps it alive.
-    pub async fn join(
-        store: Arc<EtcdStore>,
-        advertise: String,
-        secret: ClusterSecret,
-        ttl: Duration,
-    ) -> Result<Arc<Node>, StoreError> {
+    /// Joins the cluster of `store`: grants this node's lease, registers its address under it
+    /// and keeps it alive.
+    pub async fn join(store: Arc<EtcdStore>, member: Membership) -> Result<Arc<Node>, StoreError> {
         let node = Arc::new(Node {
             id: format!("{:016x}", rand::random::<u64>()),
-            advertise,
-            secret,
-            ttl: ttl.clamp(*LEASE_TTLS.start(), *LEASE_TTLS.end()),
+            advertise: member.advertise,
+            secret: member.secret,
+            ttl: member
+                .lease_ttl
+                .clamp(*LEASE_TTLS.start(), *LEASE_TTLS.end()),
+            peer_roots: member.peer_roots,
+            peer_tls: std::sync::OnceLock::new(),
             lease: AtomicI64::new(0),
             valid_until: Mutex::new(Instant::now()),
             held: tokio::sync::watch::channel(false).0,
@@ -146,6 +162,31 @@ impl Node {
     /// The secret nodes authenticate each other with.
     pub fn secret(&self) -> &ClusterSecret {
         &self.secret
+    }
+
+    /// The TLS client configuration for sessions to nodes that advertise `https://`: their
+    /// certificate must chain to the system's roots or to `--cluster-ca`. HTTP/1.1 only, which
+    /// the WebSocket upgrade needs.
+    pub(crate) fn peer_tls(&self) -> Arc<rustls::ClientConfig> {
+        self.peer_tls
+            .get_or_init(|| {
+                let mut roots = rustls::RootCertStore::empty();
+                let system = rustls_native_certs::load_native_certs();
+                for e in &system.errors {
+                    debug!(%e, "a system root certificate could not be read");
+                }
+                roots.add_parsable_certificates(system.certs);
+                for cert in &self.peer_roots {
+                    // Checked when the settings were read.
+                    let _ = roots.add(cert.clone());
+                }
+                let mut config = rustls::ClientConfig::builder()
+                    .with_root_certificates(roots)
+                    .with_no_client_auth();
+                config.alpn_protocols = vec![b"http/1.1".to_vec()];
+                Arc::new(config)
+            })
+            .clone()
     }
 
     /// Whether this node holds its lease: it serves and claims names only then.
