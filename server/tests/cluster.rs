@@ -544,8 +544,11 @@ async fn every_node_serves_every_tunnel_with_one_hop() {
     assert_eq!(from([127, 0, 0, 1]).send().await.unwrap().status(), 403);
 
     // A large download through a node that does not hold the tunnel, streamed under the
-    // sessions' flow control, and checked whole.
-    const SIZE: u64 = 24 << 20;
+    // sessions' flow control, and checked whole: 256 MiB, about 2.5 s in a debug build on a
+    // busy 2-core machine. Every part runs in this process, so its peak memory bounds what
+    // the nodes, the client and the origin buffered between them.
+    const SIZE: u64 = 256 << 20;
+    let peak_before = peak_memory();
     let r = get(&nodes[1], "big", &format!("/bytes?{SIZE}"))
         .send()
         .await
@@ -559,6 +562,13 @@ async fn every_node_serves_every_tunnel_with_one_hop() {
         hash.update(&chunk);
     }
     assert_eq!(n, SIZE);
+    if let (Some(before), Some(after)) = (peak_before, peak_memory()) {
+        assert!(
+            after - before < 64 << 20,
+            "peak memory grew by {} MiB while 256 MiB passed",
+            (after - before) >> 20
+        );
+    }
     assert_eq!(
         format!("{:x}", hash.finalize()),
         common::bodies::big_sha256(SIZE)
@@ -630,6 +640,14 @@ async fn every_node_serves_every_tunnel_with_one_hop() {
     for node in nodes {
         node.stop().await;
     }
+}
+
+/// This process's peak resident memory in bytes (Linux's `VmHWM`); `None` elsewhere.
+fn peak_memory() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib << 10)
 }
 
 fn haproxy_binary() -> Option<PathBuf> {
