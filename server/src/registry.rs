@@ -353,6 +353,15 @@ impl Registry {
         }
     }
 
+    /// Whether `name` has a session here (online or starting), or is held for its client.
+    pub fn knows(&self, name: &str) -> bool {
+        match self.table.lock().expect("registry lock").names.get(name) {
+            Some(Entry::Live { .. }) => true,
+            Some(Entry::Held { until, .. }) => *until > Instant::now(),
+            None => false,
+        }
+    }
+
     /// Whether `name` is held for a client that dropped and may come back.
     pub fn is_held(&self, name: &str) -> bool {
         matches!(

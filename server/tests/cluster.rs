@@ -1239,3 +1239,79 @@ async fn nodes_serving_tls_reach_each_other_over_https_checked_against_the_clust
         node.stop().await;
     }
 }
+
+/// The value of counter `name` in `server`'s /metrics (its metrics token is "metrics-token").
+async fn counter(server: &Server, name: &str) -> u64 {
+    let text = common::visitors::visitor()
+        .get(format!("{}/metrics", server.url()))
+        .bearer_auth("metrics-token")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+}
+
+#[tokio::test]
+async fn a_name_claimed_through_one_node_is_served_through_another_before_the_watch_says_so() {
+    let Some(etcd) = Etcd::start() else { return };
+    let a = node(&etcd, |_| {}).await;
+    // B talks to etcd through a relay that can hold its traffic back, watch included. Its
+    // lease outlasts any hold here.
+    let link =
+        common::relay::Relay::start(format!("127.0.0.1:{}", etcd.port).parse().unwrap()).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let member = Membership {
+        lease_ttl: Duration::from_secs(10),
+        ..membership(format!("http://{}", listener.local_addr().unwrap()))
+    };
+    let endpoints = vec![format!("http://{}", link.addr)];
+    let b = node_listening(listener, endpoints, member, |c| {
+        c.metrics_token = Some(ggrok_server::config::hash_token("metrics-token"));
+    })
+    .await;
+    let origin = Origin::start().await;
+    const LOOKUPS: &str = "ggrok_cluster_lookups_total";
+
+    // The claim goes through A while B's copy of the table cannot hear of it.
+    link.hold();
+    let (_fresh, _) = tunnel_with(named(&a, origin.port(), "fresh")).await;
+    let visit = tokio::spawn({
+        let url = b.url();
+        async move { status_at(&url, "fresh").await }
+    });
+    // B, missing the name, reads it in etcd (held back as well) rather than answering 404.
+    common::eventually(Duration::from_secs(5), || async {
+        (counter(&b, LOOKUPS).await == 1).then_some(())
+    })
+    .await;
+    assert!(!visit.is_finished());
+    link.release();
+    assert_eq!(visit.await.unwrap(), 200);
+
+    // Unknown names stay 404, and a flood of them does not become an etcd read per request:
+    // one read per name at a time, its answer kept a moment...
+    let url = b.url();
+    let same = (0..30).map(|_| status_at(&url, "nobody"));
+    let statuses = futures_util::future::join_all(same).await;
+    assert!(statuses.iter().all(|&s| s == 404), "{statuses:?}");
+    assert_eq!(counter(&b, LOOKUPS).await, 2);
+    // ...and at most 20 reads a second (as many in a burst) over the node, 8 at once.
+    let started = std::time::Instant::now();
+    let names: Vec<String> = (0..100).map(|i| format!("unknown{i}")).collect();
+    let statuses =
+        futures_util::future::join_all(names.iter().map(|name| status_at(&url, name))).await;
+    let took = started.elapsed().as_secs_f64();
+    assert!(statuses.iter().all(|&s| s == 404), "{statuses:?}");
+    let reads = counter(&b, LOOKUPS).await - 2;
+    assert!(
+        reads as f64 <= 20.0 + 20.0 * took,
+        "{reads} etcd reads for 100 unknown names in {took:.2} s"
+    );
+    a.stop().await;
+    b.stop().await;
+}

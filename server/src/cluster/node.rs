@@ -71,7 +71,7 @@ pub struct Membership {
 
 /// A node of the cluster.
 pub struct Node {
-    store: Arc<EtcdStore>,
+    pub(super) store: Arc<EtcdStore>,
     id: String,
     advertise: String,
     secret: ClusterSecret,
@@ -91,6 +91,8 @@ pub struct Node {
     pub(crate) peers: super::hop::Peers,
     /// Listeners on ports of other nodes' TCP tunnels (see `shadow`), by port.
     pub(crate) shadows: Mutex<HashMap<u16, tokio_util::sync::CancellationToken>>,
+    /// Reads of names the local copy misses (see `lookup`).
+    pub(super) lookups: super::lookup::Lookups,
 }
 
 impl std::fmt::Debug for Node {
@@ -107,8 +109,11 @@ impl std::fmt::Debug for Node {
 /// Where a name is served.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Place {
-    /// Here (or nowhere the cluster knows of): the local registry decides.
+    /// Here (or on a node that is gone): the local registry decides.
     Local,
+    /// Nowhere, by the local copy of the table: the local registry decides, unless a claim
+    /// made elsewhere a moment ago has not reached the copy yet (see `lookup`).
+    Nowhere,
     /// On another node, reached at this URL.
     Node { id: String, advertise: String },
 }
@@ -133,6 +138,7 @@ impl Node {
             nonce: AtomicU64::new(1),
             peers: Default::default(),
             shadows: Mutex::new(HashMap::new()),
+            lookups: Default::default(),
             store,
         });
         let first = node.clone();
@@ -217,7 +223,8 @@ impl Node {
                 // Its node is gone (lease expired): the name is on its way out.
                 None => Place::Local,
             },
-            _ => Place::Local,
+            Some(_) => Place::Local,
+            None => Place::Nowhere,
         }
     }
 
