@@ -181,9 +181,10 @@ async fn session(
     let (handle, driver) = mux::start(ws, mux::Role::Acceptor, config);
     let closing = handle.closing();
     let metrics = shared.metrics.tunnel(&claim.name);
+    let tcp_conns = tcp.as_ref().map(|_| crate::tcp::conn_places(&shared));
     shared
         .registry
-        .attach(&claim.name, claim.session, handle, metrics);
+        .attach(&claim.name, claim.session, handle, metrics, tcp_conns);
     if let (Some(listener), Some(endpoint)) = (tcp, shared.registry.endpoint(&claim.name)) {
         shared.spawn(crate::tcp::serve(shared.clone(), listener, endpoint));
     }

@@ -453,7 +453,12 @@ fn settings_checks(text: &str) {
     };
     // Files an input names are not read (it could name /dev/zero); a missing file is still
     // a problem `resolve` must report.
-    for path in [&mut s.tls_cert, &mut s.tls_key, &mut s.acme_directory_ca] {
+    for path in [
+        &mut s.tls_cert,
+        &mut s.tls_key,
+        &mut s.acme_directory_ca,
+        &mut s.cluster_ca,
+    ] {
         if path.is_some() {
             *path = Some(PathBuf::from("/nonexistent/ggrok-fuzz.pem"));
         }

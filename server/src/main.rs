@@ -3,7 +3,7 @@
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use ggrok_server::{
-    cluster::{EtcdStore, Node},
+    cluster::{node::Membership, EtcdStore, Node},
     settings::Settings,
     store::{Store, TokenStore},
     Config,
@@ -35,10 +35,6 @@ enum LogFormat {
     /// One JSON object per line, for log collectors.
     Json,
 }
-
-/// How long a node's lease outlives its last renewal: a node cut off from etcd stops serving
-/// within two thirds of it, and a dead node's names are free after it.
-const CLUSTER_LEASE_TTL: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Administration of the token database (or, with --cluster, of the cluster's store in etcd);
 /// takes effect on a running server without a restart.
@@ -279,11 +275,22 @@ async fn serve(
             let joined = async {
                 let store = EtcdStore::connect(cluster.endpoints.clone()).await?;
                 let advertise = match settings.advertise {
-                    None if listen.port() == 0 => format!("http://{bound}"),
+                    None if listen.port() == 0 => {
+                        let scheme = match resolved.config.tls {
+                            Some(_) => "https",
+                            None => "http",
+                        };
+                        format!("{scheme}://{bound}")
+                    }
                     _ => cluster.advertise,
                 };
-                let node =
-                    Node::join(store.clone(), advertise, cluster.secret, CLUSTER_LEASE_TTL).await?;
+                let membership = Membership {
+                    advertise,
+                    secret: cluster.secret,
+                    lease_ttl: cluster.lease_ttl,
+                    peer_roots: cluster.peer_roots,
+                };
+                let node = Node::join(store.clone(), membership).await?;
                 Ok::<_, ggrok_server::store::StoreError>((store, node))
             };
             let (store, node) = joined.await.with_context(|| {

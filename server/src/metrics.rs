@@ -68,6 +68,7 @@ pub struct Metrics {
     /// Registered only in a cluster (see [`Metrics::cluster`]).
     hops: Counter,
     peers: Gauge,
+    lookups: Counter,
 }
 
 impl Default for Metrics {
@@ -126,6 +127,7 @@ impl Default for Metrics {
             registry: Mutex::new(r),
             hops: Counter::default(),
             peers: Gauge::default(),
+            lookups: Counter::default(),
             tcp_connections,
             tcp_open,
             tunnels_online,
@@ -149,7 +151,8 @@ impl Metrics {
         out
     }
 
-    /// Adds the cluster's series: hops to other nodes, sessions to them, and etcd's latency.
+    /// Adds the cluster's series: hops to other nodes, sessions to them, names read after a
+    /// miss, and etcd's latency.
     pub fn cluster(&self, etcd_latency: Histogram) {
         let mut r = self.registry.lock().expect("metrics lock");
         r.register(
@@ -163,6 +166,11 @@ impl Metrics {
             self.peers.clone(),
         );
         r.register(
+            "cluster_lookups",
+            "Names missing from the node's copy of the name table read from etcd, in case the watch had not brought their claim yet",
+            self.lookups.clone(),
+        );
+        r.register(
             "cluster_etcd_request_seconds",
             "Time etcd took to answer a request (claims, releases, lease renewals, reads)",
             etcd_latency,
@@ -172,6 +180,11 @@ impl Metrics {
     /// Counts a request hopped to the node holding its tunnel.
     pub fn hop(&self) {
         self.hops.inc();
+    }
+
+    /// Counts a name read from etcd after a miss in the local copy.
+    pub fn lookup(&self) {
+        self.lookups.inc();
     }
 
     /// Sets the number of sessions open to other nodes, before an encode.

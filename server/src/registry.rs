@@ -83,6 +83,9 @@ pub struct Endpoint {
     pub ended: CancellationToken,
     /// The tunnel's counters.
     pub metrics: TunnelMetrics,
+    /// A TCP tunnel's places under `--max-conns-per-tcp-tunnel`: one count for its own port
+    /// and the connections other nodes of a cluster hop to it (see `crate::tcp`).
+    pub tcp_conns: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 /// The name table.
@@ -262,6 +265,7 @@ impl Registry {
         session: u64,
         mux: ggrok_tunnel::mux::Session,
         metrics: TunnelMetrics,
+        tcp_conns: Option<Arc<tokio::sync::Semaphore>>,
     ) {
         let mut st = self.table.lock().expect("registry lock");
         if let Some(Entry::Live {
@@ -281,6 +285,7 @@ impl Registry {
                     policy: policy.clone(),
                     ended: ended.clone(),
                     metrics,
+                    tcp_conns,
                 }));
             }
         }
@@ -346,6 +351,15 @@ impl Registry {
             if tokio::time::timeout_at(deadline, changed).await.is_err() {
                 return None;
             }
+        }
+    }
+
+    /// Whether `name` has a session here (online or starting), or is held for its client.
+    pub fn knows(&self, name: &str) -> bool {
+        match self.table.lock().expect("registry lock").names.get(name) {
+            Some(Entry::Live { .. }) => true,
+            Some(Entry::Held { until, .. }) => *until > Instant::now(),
+            None => false,
         }
     }
 
@@ -547,6 +561,7 @@ mod tests {
             c.session,
             session,
             crate::metrics::Metrics::default().tunnel("app"),
+            None,
         );
         assert_eq!(waiting.await.unwrap(), Some(c.session));
         assert!(

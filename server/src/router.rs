@@ -86,7 +86,14 @@ impl Router {
                     return pages::error(shared, status, PageKind::BadRequest, &message, json);
                 }
                 if let (Some(node), false) = (&shared.config.cluster, self.hopped) {
-                    if let Place::Node { id, advertise } = node.place(name) {
+                    let place = match node.place(name) {
+                        // Perhaps claimed through another node a moment ago: see `lookup`.
+                        Place::Nowhere if !shared.registry.knows(name) => {
+                            Box::pin(node.look_up(name, &shared.metrics)).await
+                        }
+                        place => place,
+                    };
+                    if let Place::Node { id, advertise } = place {
                         let to = (id.as_str(), advertise.as_str());
                         // Boxed: inline, the hop's state would size every request's future.
                         return Box::pin(hop::forward(shared, node, &visitor, to, name, req, json))

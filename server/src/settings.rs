@@ -7,11 +7,15 @@
 use std::{net::SocketAddr, ops::RangeInclusive, path::PathBuf, sync::Arc, time::Duration};
 
 use ggrok_tunnel::{protocol::Heartbeat, secrets::mask};
+use rustls_pki_types::CertificateDer;
 use serde::Deserialize;
 
 use crate::{
     acme::{Acme, AcmeSettings},
-    cluster::ClusterSecret,
+    cluster::{
+        node::{DEFAULT_LEASE_TTL, LEASE_TTLS},
+        ClusterSecret,
+    },
     config::{hash_token, load_tls, Config, Tokens},
     policy::parse_net,
     store::Store,
@@ -141,10 +145,19 @@ pub struct Settings {
     /// --cluster.
     #[arg(long, env = "GGROK_CLUSTER_SECRET", hide_env_values = true)]
     pub cluster_secret: Option<String>,
-    /// URL other nodes of the cluster reach this node at [default: http://LISTEN when --listen
-    /// is a specific address].
+    /// URL other nodes of the cluster reach this node at [default: http://LISTEN, or
+    /// https://LISTEN with TLS, when --listen is a specific address].
     #[arg(long, env = "GGROK_ADVERTISE", value_name = "URL")]
     pub advertise: Option<String>,
+    /// Seconds a node's cluster lease outlives its last renewal, from 2 to 3600 [default: 10]:
+    /// a node cut off from etcd stops serving after two thirds of it, a dead node's names are
+    /// free after it.
+    #[arg(long, env = "GGROK_CLUSTER_LEASE_TTL", value_name = "SECONDS")]
+    pub cluster_lease_ttl: Option<u64>,
+    /// PEM file of CA certificates trusted, besides the system's, for the certificates of other
+    /// nodes that advertise an https:// URL (a private CA).
+    #[arg(long, env = "GGROK_CLUSTER_CA", value_name = "FILE")]
+    pub cluster_ca: Option<PathBuf>,
     /// Threads serving requests [default: one per CPU core]. Each tunnel is served on the thread
     /// of its session; tunnels spread over the threads (see docs/deploy.md, "Threads").
     #[arg(long, env = "GGROK_WORKERS")]
@@ -188,6 +201,8 @@ impl std::fmt::Debug for Settings {
             .field("cluster", &self.cluster)
             .field("cluster_secret", &self.cluster_secret.as_deref().map(mask))
             .field("advertise", &self.advertise)
+            .field("cluster_lease_ttl", &self.cluster_lease_ttl)
+            .field("cluster_ca", &self.cluster_ca)
             .finish()
     }
 }
@@ -234,6 +249,10 @@ pub struct ClusterSettings {
     pub secret: ClusterSecret,
     /// Where the other nodes reach this one.
     pub advertise: String,
+    /// The TTL of the node's lease.
+    pub lease_ttl: Duration,
+    /// CAs trusted for other nodes' certificates besides the system's (`--cluster-ca`).
+    pub peer_roots: Vec<CertificateDer<'static>>,
 }
 
 impl Settings {
@@ -297,6 +316,8 @@ impl Settings {
             cluster: self.cluster.or(lower.cluster),
             cluster_secret: self.cluster_secret.or(lower.cluster_secret),
             advertise: self.advertise.or(lower.advertise),
+            cluster_lease_ttl: self.cluster_lease_ttl.or(lower.cluster_lease_ttl),
+            cluster_ca: self.cluster_ca.or(lower.cluster_ca),
         }
     }
 
@@ -312,7 +333,7 @@ impl Settings {
         let tls = acme.as_ref().map(|a| a.server_config()).or(tls);
         let trusted_proxies = self.trusted_proxies(&mut problems);
         let tcp_ports = self.tcp_ports(listen, &mut problems);
-        let cluster = self.cluster(listen, &mut problems);
+        let cluster = self.cluster(listen, tls.is_some(), &mut problems);
         if self.tokens.iter().any(|t| t.trim().len() < 16) {
             problems.push(
                 "tokens must be at least 16 characters (use `ggrok-server token create`)"
@@ -381,7 +402,12 @@ impl Settings {
             .transpose()
     }
 
-    fn cluster(&self, listen: SocketAddr, problems: &mut Vec<String>) -> Option<ClusterSettings> {
+    fn cluster(
+        &self,
+        listen: SocketAddr,
+        tls: bool,
+        problems: &mut Vec<String>,
+    ) -> Option<ClusterSettings> {
         let endpoints = match self.cluster_endpoints() {
             Ok(Some(endpoints)) => endpoints,
             Ok(None) => return None,
@@ -422,7 +448,9 @@ impl Settings {
                 }
                 url.to_owned()
             }
-            None if !listen.ip().is_unspecified() => format!("http://{listen}"),
+            None if !listen.ip().is_unspecified() => {
+                format!("{}://{listen}", if tls { "https" } else { "http" })
+            }
             None => {
                 problems.push(format!(
                     "cluster needs advertise (--advertise or GGROK_ADVERTISE): listening on {listen}, this node cannot tell the others its address"
@@ -430,10 +458,36 @@ impl Settings {
                 return None;
             }
         };
+        let lease_ttl = match self.cluster_lease_ttl {
+            None => DEFAULT_LEASE_TTL,
+            Some(secs) if LEASE_TTLS.contains(&Duration::from_secs(secs)) => {
+                Duration::from_secs(secs)
+            }
+            Some(secs) => {
+                problems.push(format!(
+                    "cluster_lease_ttl must be from {} to {} seconds, not {secs} (etcd grants no shorter lease; a longer one would keep a dead node's names taken that long)",
+                    LEASE_TTLS.start().as_secs(),
+                    LEASE_TTLS.end().as_secs()
+                ));
+                return None;
+            }
+        };
+        let peer_roots = match &self.cluster_ca {
+            None => Vec::new(),
+            Some(path) => match read_certificates(path) {
+                Ok(certs) => certs,
+                Err(e) => {
+                    problems.push(format!("cluster_ca {}: {e}", path.display()));
+                    return None;
+                }
+            },
+        };
         Some(ClusterSettings {
             endpoints,
             secret,
             advertise,
+            lease_ttl,
+            peer_roots,
         })
     }
 
@@ -648,13 +702,30 @@ impl Settings {
         ));
         if let Some(cluster) = &resolved.cluster {
             out.push_str(&format!(
-                "ok: cluster on etcd {}, advertised as {}, cluster secret set\n",
+                "ok: cluster on etcd {}, advertised as {}, cluster secret set, lease {}s\n",
                 cluster.endpoints.join(","),
-                cluster.advertise
+                cluster.advertise,
+                cluster.lease_ttl.as_secs()
             ));
         }
         (true, out)
     }
+}
+
+/// The certificates of the PEM file at `path`: at least one, each one a valid CA root.
+fn read_certificates(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    use rustls_pki_types::pem::PemObject;
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| e.to_string())?;
+    if certs.is_empty() {
+        return Err("no certificate in file".into());
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in &certs {
+        roots.add(cert.clone()).map_err(|e| e.to_string())?;
+    }
+    Ok(certs)
 }
 
 /// Reads `LOW-HIGH` (or a single port) as an inclusive range of ports.
@@ -834,5 +905,63 @@ mod tests {
         assert_eq!(ok.advertise, "http://node1.internal:8080");
         let none = Settings::default().resolve(None).ok().unwrap();
         assert!(none.cluster.is_none());
+    }
+
+    #[test]
+    fn a_node_serving_tls_advertises_https_and_reads_its_cluster_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let ck = rcgen::generate_simple_self_signed(vec!["tunnel.test".to_owned()]).unwrap();
+        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        std::fs::write(&cert, ck.cert.pem()).unwrap();
+        std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+        let node = |ca: Option<PathBuf>| {
+            Settings {
+                cluster: Some("etcd://10.0.0.1:2379".into()),
+                cluster_secret: Some("a-long-cluster-secret".into()),
+                listen: Some("10.0.0.5:443".parse().unwrap()),
+                tls_cert: Some(cert.clone()),
+                tls_key: Some(key.clone()),
+                cluster_ca: ca,
+                ..Settings::default()
+            }
+            .resolve(None)
+        };
+        let cluster = node(None).ok().unwrap().cluster.unwrap();
+        assert_eq!(cluster.advertise, "https://10.0.0.5:443");
+        assert!(cluster.peer_roots.is_empty());
+        let cluster = node(Some(cert.clone())).ok().unwrap().cluster.unwrap();
+        assert_eq!(cluster.peer_roots.len(), 1);
+        for bad in [key.clone(), dir.path().join("missing.pem")] {
+            let problems = node(Some(bad.clone())).err().unwrap();
+            assert!(
+                problems[0].starts_with(&format!("cluster_ca {}: ", bad.display())),
+                "{problems:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_cluster_lease_ttl_is_checked() {
+        let with_ttl = |ttl: Option<u64>| {
+            Settings {
+                cluster: Some("etcd://10.0.0.1:2379".into()),
+                cluster_secret: Some("a-long-cluster-secret".into()),
+                listen: Some("10.0.0.5:8080".parse().unwrap()),
+                cluster_lease_ttl: ttl,
+                ..Settings::default()
+            }
+            .resolve(None)
+        };
+        let ttl = |r: Result<Resolved, Vec<String>>| r.ok().unwrap().cluster.unwrap().lease_ttl;
+        assert_eq!(ttl(with_ttl(None)), Duration::from_secs(10));
+        assert_eq!(ttl(with_ttl(Some(2))), Duration::from_secs(2));
+        assert_eq!(ttl(with_ttl(Some(3600))), Duration::from_secs(3600));
+        for bad in [0, 1, 3601, u64::MAX] {
+            let problems = with_ttl(Some(bad)).err().unwrap();
+            assert!(
+                problems[0].contains("cluster_lease_ttl must be from 2 to 3600 seconds"),
+                "{problems:?}"
+            );
+        }
     }
 }

@@ -25,7 +25,10 @@ use ggrok_tunnel::{
 };
 use http::HeaderMap;
 use rand::Rng;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::{OwnedSemaphorePermit, Semaphore},
+};
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::{
@@ -239,6 +242,34 @@ pub(crate) fn public_url(domain: &str, port: u16) -> String {
     format!("tcp://{domain}:{port}")
 }
 
+/// A TCP tunnel's places under `--max-conns-per-tcp-tunnel` (0: no limit).
+pub(crate) fn conn_places(shared: &Shared) -> Arc<Semaphore> {
+    Arc::new(Semaphore::new(
+        match shared.config.max_conns_per_tcp_tunnel {
+            0 => Semaphore::MAX_PERMITS,
+            max => max,
+        },
+    ))
+}
+
+/// A place under `--max-conns-per-tcp-tunnel` for one more visitor connection of `endpoint`;
+/// `None`: it has as many as allowed.
+fn tunnel_place(endpoint: &Endpoint) -> Option<Option<OwnedSemaphorePermit>> {
+    match &endpoint.tcp_conns {
+        Some(places) => places.clone().try_acquire_owned().ok().map(Some),
+        None => Some(None),
+    }
+}
+
+/// A place under `--max-conns` for a visitor connection to a TCP tunnel's port; `None`: the
+/// server has as many connections as allowed.
+pub(crate) fn server_place(shared: &Shared) -> Option<Option<OwnedSemaphorePermit>> {
+    match &shared.conn_cap {
+        None => Some(None),
+        Some(cap) => cap.clone().try_acquire_owned().ok().map(Some),
+    }
+}
+
 /// Accepts visitors on `listener` until the session of `endpoint` ends.
 ///
 /// A visitor takes a place under `--max-conns` (shared with the main listener) and under the
@@ -248,12 +279,6 @@ pub(crate) fn public_url(domain: &str, port: u16) -> String {
 /// that address is checked against `--allow-ip`, counted under `--max-conns-per-ip` and sent
 /// to the client as the connection's origin.
 pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener, endpoint: Arc<Endpoint>) {
-    let max = shared.config.max_conns_per_tcp_tunnel;
-    let slots = Arc::new(tokio::sync::Semaphore::new(if max == 0 {
-        tokio::sync::Semaphore::MAX_PERMITS
-    } else {
-        max
-    }));
     let mut backoff = ACCEPT_BACKOFF_MIN;
     loop {
         let accepted = tokio::select! {
@@ -272,18 +297,13 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener, endpoint: 
                 continue;
             }
         };
-        let server_slot = match &shared.conn_cap {
-            None => None,
-            Some(cap) => match cap.clone().try_acquire_owned() {
-                Ok(permit) => Some(permit),
-                Err(_) => {
-                    warn!(%peer, max = shared.config.max_conns, "the server has as many connections as allowed (--max-conns): closed");
-                    refuse(socket);
-                    continue;
-                }
-            },
+        let Some(server_slot) = server_place(&shared) else {
+            warn!(%peer, max = shared.config.max_conns, "the server has as many connections as allowed (--max-conns): closed");
+            refuse(socket);
+            continue;
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
+        let Some(slot) = tunnel_place(&endpoint) else {
+            let max = shared.config.max_conns_per_tcp_tunnel;
             warn!(%peer, max, "the tunnel has as many connections as allowed: closed");
             refuse(socket);
             continue;
@@ -364,13 +384,25 @@ async fn visit(
 }
 
 /// Serves a TCP visitor connection that another node of the cluster hopped here, for the
-/// tunnel on `port` this node holds: the tunnel's allowlist judges the visitor's address.
+/// tunnel on `port` this node holds: the tunnel's allowlist judges the visitor's address, and
+/// the connection takes a place under the tunnel's `--max-conns-per-tcp-tunnel` as one to the
+/// port here would, so the limit counts the tunnel's connections through every node. (The node
+/// the visitor reached counted it under its own `--max-conns` and `--max-conns-per-ip`.)
 pub(crate) async fn serve_hopped(shared: &Shared, port: u16, ip: IpAddr, visitor: MuxStream) {
     let endpoint = shared.registry.endpoint(&tcp_key(port));
     let Some(endpoint) = endpoint.filter(|e| e.policy.allows(ip)) else {
         visitor.reset(
             RESET_REFUSED,
             "no such TCP tunnel here, or not for this visitor",
+        );
+        return;
+    };
+    let Some(_place) = tunnel_place(&endpoint) else {
+        let max = shared.config.max_conns_per_tcp_tunnel;
+        warn!(%ip, max, port, "the tunnel has as many connections as allowed: closed");
+        visitor.reset(
+            RESET_REFUSED,
+            "the tunnel has as many connections as allowed",
         );
         return;
     };

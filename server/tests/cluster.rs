@@ -17,7 +17,7 @@ use common::{
     visitors::get,
 };
 use ggrok_server::{
-    cluster::{ClusterSecret, EtcdStore, Node},
+    cluster::{node::Membership, ClusterSecret, EtcdStore, Node},
     Config,
 };
 use ggrok_tunnel::{protocol::RefusalKind, Secret, Status, Tunnel, TunnelConfig};
@@ -154,10 +154,28 @@ async fn node_on(endpoints: Vec<String>, tweak: impl FnOnce(&mut Config)) -> Ser
 async fn node_at(ip: &str, endpoints: Vec<String>, tweak: impl FnOnce(&mut Config)) -> Server {
     let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
     let advertise = format!("http://{}", listener.local_addr().unwrap());
+    node_listening(listener, endpoints, membership(advertise), tweak).await
+}
+
+/// This node's part in the test cluster, reached at `advertise`.
+fn membership(advertise: String) -> Membership {
+    Membership {
+        advertise,
+        secret: ClusterSecret::new(SECRET),
+        lease_ttl: TTL,
+        peer_roots: Vec::new(),
+    }
+}
+
+/// A node of the cluster on `listener`, joined as `member`.
+async fn node_listening(
+    listener: tokio::net::TcpListener,
+    endpoints: Vec<String>,
+    member: Membership,
+    tweak: impl FnOnce(&mut Config),
+) -> Server {
     let store = EtcdStore::connect(endpoints).await.unwrap();
-    let node = Node::join(store.clone(), advertise, ClusterSecret::new(SECRET), TTL)
-        .await
-        .unwrap();
+    let node = Node::join(store.clone(), member).await.unwrap();
     let mut config = Config {
         store: Some(store),
         cluster: Some(node),
@@ -526,8 +544,11 @@ async fn every_node_serves_every_tunnel_with_one_hop() {
     assert_eq!(from([127, 0, 0, 1]).send().await.unwrap().status(), 403);
 
     // A large download through a node that does not hold the tunnel, streamed under the
-    // sessions' flow control, and checked whole.
-    const SIZE: u64 = 24 << 20;
+    // sessions' flow control, and checked whole: 256 MiB, about 2.5 s in a debug build on a
+    // busy 2-core machine. Every part runs in this process, so its peak memory bounds what
+    // the nodes, the client and the origin buffered between them.
+    const SIZE: u64 = 256 << 20;
+    let peak_before = peak_memory();
     let r = get(&nodes[1], "big", &format!("/bytes?{SIZE}"))
         .send()
         .await
@@ -541,6 +562,13 @@ async fn every_node_serves_every_tunnel_with_one_hop() {
         hash.update(&chunk);
     }
     assert_eq!(n, SIZE);
+    if let (Some(before), Some(after)) = (peak_before, peak_memory()) {
+        assert!(
+            after - before < 64 << 20,
+            "peak memory grew by {} MiB while 256 MiB passed",
+            (after - before) >> 20
+        );
+    }
     assert_eq!(
         format!("{:x}", hash.finalize()),
         common::bodies::big_sha256(SIZE)
@@ -614,6 +642,14 @@ async fn every_node_serves_every_tunnel_with_one_hop() {
     }
 }
 
+/// This process's peak resident memory in bytes (Linux's `VmHWM`); `None` elsewhere.
+fn peak_memory() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib << 10)
+}
+
 fn haproxy_binary() -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
@@ -632,11 +668,17 @@ struct NodeProcess {
 
 impl NodeProcess {
     fn spawn(etcd: &Etcd) -> NodeProcess {
+        Self::spawn_with(etcd, &[])
+    }
+
+    /// Like [`NodeProcess::spawn`], with more environment variables.
+    fn spawn_with(etcd: &Etcd, env: &[(&str, &str)]) -> NodeProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_ggrok-server"))
             .args(["--listen", "127.0.0.1:0", "--domain", "localhost"])
             .args(["--cluster", &etcd.url()])
             .env("GGROK_CLUSTER_SECRET", SECRET)
             .env("GGROK_RECONNECT_GRACE", "2")
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -886,17 +928,7 @@ async fn every_node_listens_for_the_clusters_tcp_tunnels() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let Some(etcd) = Etcd::start() else { return };
-    // A port free on both nodes' addresses.
-    let port = (0..50)
-        .map(|_| {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port()
-        })
-        .find(|&p| std::net::TcpListener::bind(("127.0.0.2", p)).is_ok())
-        .unwrap();
+    let port = port_free_on(&["127.0.0.2"]);
     let tcp = |c: &mut Config| c.tcp_ports = Some(port..=port);
     let a = node_at("127.0.0.1", etcd.endpoints(), tcp).await;
     let b = node_at("127.0.0.2", etcd.endpoints(), tcp).await;
@@ -944,6 +976,342 @@ async fn every_node_listens_for_the_clusters_tcp_tunnels() {
     })
     .await;
     drop((first, second));
+    a.stop().await;
+    b.stop().await;
+}
+
+/// A port free on 127.0.0.1 and on each of `others`, for a TCP tunnel whose port nodes on one
+/// machine (each on an address of its own) all listen on.
+fn port_free_on(others: &[&str]) -> u16 {
+    (0..50)
+        .map(|_| {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        })
+        .find(|&p| {
+            others
+                .iter()
+                .all(|ip| std::net::TcpListener::bind((*ip, p)).is_ok())
+        })
+        .unwrap()
+}
+
+#[tokio::test]
+async fn hopped_tcp_visitors_count_under_the_same_limits_as_direct_ones() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let Some(etcd) = Etcd::start() else { return };
+    let port = port_free_on(&["127.0.0.2", "127.0.0.3"]);
+    let range = |c: &mut Config| c.tcp_ports = Some(port..=port);
+    // A holds the tunnel, whose limit of 3 connections counts them through every node; B
+    // allows one connection per address, C two connections in all (its main listener always
+    // keeps one place, so one visitor fills it).
+    let a = node_at("127.0.0.1", etcd.endpoints(), |c| {
+        range(c);
+        c.max_conns_per_tcp_tunnel = 3;
+    })
+    .await;
+    let b = node_at("127.0.0.2", etcd.endpoints(), |c| {
+        range(c);
+        c.max_conns_per_ip = 1;
+    })
+    .await;
+    let c = node_at("127.0.0.3", etcd.endpoints(), |c| {
+        range(c);
+        c.max_conns = 2;
+    })
+    .await;
+    let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let echo_port = echo.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = echo.accept().await.unwrap();
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    let mut tcp = TunnelConfig::new(a.url(), echo_port);
+    tcp.kind = ggrok_tunnel::TunnelKind::Tcp {
+        remote_port: Some(port),
+    };
+    tcp.local.host = "127.0.0.1".into();
+    let (_tunnel, _) = tunnel_with(tcp).await;
+
+    // A visitor from address `from` to the node at `to`: its connection once its bytes came
+    // back through the tunnel, `None` if it was closed without an answer.
+    let visit = |from: &'static str, to: &'static str| async move {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+        let mut s = socket
+            .connect(format!("{to}:{port}").parse().unwrap())
+            .await
+            .ok()?;
+        s.write_all(b"ping").await.ok()?;
+        let mut b = [0u8; 4];
+        let answered = tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut b))
+            .await
+            .expect("neither answered nor closed");
+        (answered.is_ok() && &b == b"ping").then_some(s)
+    };
+    let (holder, node_b, node_c) = ("127.0.0.1", "127.0.0.2", "127.0.0.3");
+
+    // B and C serve the port once etcd's watch told them where the tunnel is.
+    let first = common::eventually(Duration::from_secs(5), || visit("127.0.0.5", node_b)).await;
+    assert!(
+        visit("127.0.0.5", node_b).await.is_none(),
+        "a second connection from one address past B's --max-conns-per-ip"
+    );
+    let second = common::eventually(Duration::from_secs(5), || visit("127.0.0.1", node_c)).await;
+    assert!(
+        visit("127.0.0.1", node_c).await.is_none(),
+        "a connection past C's --max-conns"
+    );
+    let third = visit("127.0.0.1", holder)
+        .await
+        .expect("the tunnel's third");
+    assert!(
+        visit("127.0.0.1", holder).await.is_none(),
+        "the holder counts hopped connections under --max-conns-per-tcp-tunnel"
+    );
+    assert!(
+        visit("127.0.0.6", node_b).await.is_none(),
+        "a hopped connection past the tunnel's --max-conns-per-tcp-tunnel"
+    );
+    // A place freed on the holder is anyone's, through any node.
+    drop(third);
+    let fourth = common::eventually(Duration::from_secs(5), || visit("127.0.0.6", node_b)).await;
+    drop((first, second, fourth));
+    for node in [a, b, c] {
+        node.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_node_takes_the_lease_ttl_it_is_given() {
+    let Some(etcd) = Etcd::start() else { return };
+    // etcd's own client says what etcd granted.
+    let etcdctl = |args: &[&str]| {
+        Command::new("etcdctl")
+            .args(["--endpoints", &etcd.endpoints()[0]])
+            .args(args)
+            .env("ETCDCTL_API", "3")
+            .output()
+            .ok()
+            .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    if etcdctl(&["version"]).is_none() {
+        return eprintln!("skipped: no etcdctl (Debian package etcd-client)");
+    }
+    let _node = NodeProcess::spawn_with(&etcd, &[("GGROK_CLUSTER_LEASE_TTL", "7")]);
+    let list = etcdctl(&["lease", "list"]).unwrap();
+    let leases: Vec<&str> = list.lines().skip(1).map(str::trim).collect();
+    assert_eq!(leases.len(), 1, "{list}");
+    let granted = etcdctl(&["lease", "timetolive", leases[0]]).unwrap();
+    assert!(granted.contains("granted with TTL(7s)"), "{granted}");
+
+    // Nonsense is refused before anything starts.
+    let out = Command::new(env!("CARGO_BIN_EXE_ggrok-server"))
+        .args(["--listen", "127.0.0.1:0", "--cluster", &etcd.url()])
+        .env("GGROK_CLUSTER_SECRET", SECRET)
+        .env("GGROK_CLUSTER_LEASE_TTL", "1")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cluster_lease_ttl must be from 2 to 3600 seconds, not 1"),
+        "{err}"
+    );
+}
+
+/// A private CA and a certificate it issued for the apex `tunnel.test`, `*.tunnel.test` and
+/// 127.0.0.1, in files.
+struct PrivateCa {
+    dir: tempfile::TempDir,
+    ca_pem: String,
+}
+
+impl PrivateCa {
+    fn new() -> PrivateCa {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "ggrok cluster test CA");
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca_params, ca_key);
+        let key = KeyPair::generate().unwrap();
+        let names = ["tunnel.test", "*.tunnel.test", "127.0.0.1"].map(String::from);
+        let cert = CertificateParams::new(names.to_vec())
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+        std::fs::write(dir.path().join("cert.pem"), cert.pem()).unwrap();
+        std::fs::write(dir.path().join("key.pem"), key.serialize_pem()).unwrap();
+        PrivateCa {
+            dir,
+            ca_pem: ca.pem(),
+        }
+    }
+
+    fn path(&self, file: &str) -> PathBuf {
+        self.dir.path().join(file)
+    }
+}
+
+#[tokio::test]
+async fn nodes_serving_tls_reach_each_other_over_https_checked_against_the_cluster_ca() {
+    let Some(etcd) = Etcd::start() else { return };
+    let pki = PrivateCa::new();
+    let ca_roots = {
+        use rustls_pki_types::{pem::PemObject, CertificateDer};
+        CertificateDer::pem_file_iter(pki.path("ca.pem"))
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap()
+    };
+    // A node serving HTTPS with the CA's certificate, advertising https://ADDRESS, that
+    // trusts `peer_roots` for other nodes' certificates (besides the system's).
+    let tls_node = |peer_roots: Vec<rustls_pki_types::CertificateDer<'static>>| async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let advertise = format!("https://{}", listener.local_addr().unwrap());
+        let tls =
+            ggrok_server::config::load_tls(&pki.path("cert.pem"), &pki.path("key.pem")).unwrap();
+        let member = Membership {
+            peer_roots,
+            ..membership(advertise)
+        };
+        node_listening(listener, etcd.endpoints(), member, |c| {
+            c.domain = "tunnel.test".into();
+            c.tls = Some(tls);
+        })
+        .await
+    };
+    let holder = tls_node(ca_roots.clone()).await;
+    let hop = tls_node(ca_roots).await;
+    let untrusting = tls_node(Vec::new()).await;
+    let origin = Origin::start().await;
+    let mut c = TunnelConfig::new(
+        format!("https://127.0.0.1:{}", holder.addr.port()),
+        origin.port(),
+    );
+    c.subdomain = Some("app".into());
+    c.ca_cert = Some(pki.path("ca.pem"));
+    let (_tunnel, url) = tunnel_with(c).await;
+    assert!(url.starts_with("https://app.tunnel.test"), "{url}");
+
+    let visit = |node: &Server| {
+        let addr = node.addr;
+        let ca = pki.ca_pem.clone();
+        async move {
+            common::tls::https_get(addr, "app.tunnel.test", &ca, "/echo")
+                .await
+                .unwrap()
+                .0
+        }
+    };
+    assert_eq!(visit(&holder).await, 200);
+    // Through a node that does not hold the tunnel, over HTTPS between the nodes, once etcd's
+    // watch told it where the tunnel is.
+    let through = common::eventually(Duration::from_secs(5), || async {
+        let status = visit(&hop).await;
+        (status != 404).then_some(status)
+    })
+    .await;
+    assert_eq!(through, 200);
+    // A node that does not trust the holder's certificate does not send it the cluster secret.
+    let refused = common::eventually(Duration::from_secs(5), || async {
+        let status = visit(&untrusting).await;
+        (status != 404).then_some(status)
+    })
+    .await;
+    assert_eq!(refused, 502);
+    for node in [holder, hop, untrusting] {
+        node.stop().await;
+    }
+}
+
+/// The value of counter `name` in `server`'s /metrics (its metrics token is "metrics-token").
+async fn counter(server: &Server, name: &str) -> u64 {
+    let text = common::visitors::visitor()
+        .get(format!("{}/metrics", server.url()))
+        .bearer_auth("metrics-token")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+}
+
+#[tokio::test]
+async fn a_name_claimed_through_one_node_is_served_through_another_before_the_watch_says_so() {
+    let Some(etcd) = Etcd::start() else { return };
+    let a = node(&etcd, |_| {}).await;
+    // B talks to etcd through a relay that can hold its traffic back, watch included. Its
+    // lease outlasts any hold here.
+    let link =
+        common::relay::Relay::start(format!("127.0.0.1:{}", etcd.port).parse().unwrap()).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let member = Membership {
+        lease_ttl: Duration::from_secs(10),
+        ..membership(format!("http://{}", listener.local_addr().unwrap()))
+    };
+    let endpoints = vec![format!("http://{}", link.addr)];
+    let b = node_listening(listener, endpoints, member, |c| {
+        c.metrics_token = Some(ggrok_server::config::hash_token("metrics-token"));
+    })
+    .await;
+    let origin = Origin::start().await;
+    const LOOKUPS: &str = "ggrok_cluster_lookups_total";
+
+    // The claim goes through A while B's copy of the table cannot hear of it.
+    link.hold();
+    let (_fresh, _) = tunnel_with(named(&a, origin.port(), "fresh")).await;
+    let visit = tokio::spawn({
+        let url = b.url();
+        async move { status_at(&url, "fresh").await }
+    });
+    // B, missing the name, reads it in etcd (held back as well) rather than answering 404.
+    common::eventually(Duration::from_secs(5), || async {
+        (counter(&b, LOOKUPS).await == 1).then_some(())
+    })
+    .await;
+    assert!(!visit.is_finished());
+    link.release();
+    assert_eq!(visit.await.unwrap(), 200);
+
+    // Unknown names stay 404, and a flood of them does not become an etcd read per request:
+    // one read per name at a time, its answer kept a moment...
+    let url = b.url();
+    let same = (0..30).map(|_| status_at(&url, "nobody"));
+    let statuses = futures_util::future::join_all(same).await;
+    assert!(statuses.iter().all(|&s| s == 404), "{statuses:?}");
+    assert_eq!(counter(&b, LOOKUPS).await, 2);
+    // ...and at most 20 reads a second (as many in a burst) over the node, 8 at once.
+    let started = std::time::Instant::now();
+    let names: Vec<String> = (0..100).map(|i| format!("unknown{i}")).collect();
+    let statuses =
+        futures_util::future::join_all(names.iter().map(|name| status_at(&url, name))).await;
+    let took = started.elapsed().as_secs_f64();
+    assert!(statuses.iter().all(|&s| s == 404), "{statuses:?}");
+    let reads = counter(&b, LOOKUPS).await - 2;
+    assert!(
+        reads as f64 <= 20.0 + 20.0 * took,
+        "{reads} etcd reads for 100 unknown names in {took:.2} s"
+    );
     a.stop().await;
     b.stop().await;
 }

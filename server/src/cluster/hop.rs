@@ -72,7 +72,9 @@ impl Peers {
 /// Opens the session to the node at `advertise`. Over `https://` the node's certificate is the
 /// one visitors get, for the server's domain (not for the node's address): so the connection
 /// goes to the advertised address, and TLS and the request name the apex domain, where the
-/// node serves [`PEER_PATH`].
+/// node serves [`PEER_PATH`]. The certificate must be valid for that name and chain to the
+/// system's roots or `--cluster-ca` ([`Node::peer_tls`]): the request carries the cluster
+/// secret.
 async fn connect(
     shared: &Arc<Shared>,
     node: &Node,
@@ -104,11 +106,12 @@ async fn connect(
             .await
             .map_err(|e| e.to_string())?;
         let _ = tcp.set_nodelay(true);
+        let connector = tls.then(|| tokio_tungstenite::Connector::Rustls(node.peer_tls()));
         tokio_tungstenite::client_async_tls_with_config(
             req,
             tcp,
             Some(protocol::websocket_config()),
-            None,
+            connector,
         )
         .await
         .map_err(|e| e.to_string())

@@ -5,6 +5,8 @@
 //!   with the table of names and nodes.
 //! - [`node`]: this node's lease, its name claims, and fencing.
 //! - `hop`: visitors of tunnels held by another node, served through it.
+//! - `lookup`: names the local copy misses, read from etcd (a claim the watch has not brought
+//!   yet), within bounds.
 //! - `shadow`: the ports of other nodes' TCP tunnels, listened on here too.
 //! - `background`: the runtime on a thread of its own that does every etcd call.
 //!
@@ -12,6 +14,7 @@
 
 mod background;
 pub(crate) mod hop;
+mod lookup;
 pub mod node;
 mod shadow;
 pub mod store;

@@ -23,6 +23,7 @@ use std::{
 
 use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
 use ggrok_tunnel::protocol::{Refusal, RefusalKind};
+use rustls_pki_types::CertificateDer;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
@@ -31,6 +32,16 @@ use super::{
     ClusterSecret,
 };
 use crate::{registry::Claimant, store::StoreError};
+
+/// The lease's TTL without `--cluster-lease-ttl`: a node cut off from etcd stops serving within
+/// about 7 s, and a dead node's names are free after 10 s (its clients take them back at once
+/// through another node anyway, by client id).
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);
+
+/// The TTLs `--cluster-lease-ttl` accepts: etcd grants no lease under 2 s (its minimum TTL, from
+/// its election timeout), and past an hour a dead node's names would stay taken that long.
+pub const LEASE_TTLS: std::ops::RangeInclusive<Duration> =
+    Duration::from_secs(2)..=Duration::from_secs(3600);
 
 /// The sentence of the 503 a connect gets when the node cannot claim names.
 pub const UNAVAILABLE: &str = "cluster store unavailable";
@@ -45,13 +56,29 @@ struct Mine {
     revision: i64,
 }
 
+/// How a node takes part in its cluster.
+#[derive(Debug, Clone)]
+pub struct Membership {
+    /// The URL other nodes reach this one at (`--advertise`).
+    pub advertise: String,
+    /// Authenticates the nodes to each other.
+    pub secret: ClusterSecret,
+    /// The TTL of the node's lease, whole seconds within [`LEASE_TTLS`].
+    pub lease_ttl: Duration,
+    /// CAs trusted for other nodes' certificates besides the system's (`--cluster-ca`).
+    pub peer_roots: Vec<CertificateDer<'static>>,
+}
+
 /// A node of the cluster.
 pub struct Node {
-    store: Arc<EtcdStore>,
+    pub(super) store: Arc<EtcdStore>,
     id: String,
     advertise: String,
     secret: ClusterSecret,
     ttl: Duration,
+    peer_roots: Vec<CertificateDer<'static>>,
+    /// TLS to the nodes that advertise `https://`, made on the first such connection.
+    peer_tls: std::sync::OnceLock<Arc<rustls::ClientConfig>>,
     lease: AtomicI64,
     /// Until when the lease is surely valid, from the last renewal: past it the node fences.
     valid_until: Mutex<Instant>,
@@ -64,6 +91,8 @@ pub struct Node {
     pub(crate) peers: super::hop::Peers,
     /// Listeners on ports of other nodes' TCP tunnels (see `shadow`), by port.
     pub(crate) shadows: Mutex<HashMap<u16, tokio_util::sync::CancellationToken>>,
+    /// Reads of names the local copy misses (see `lookup`).
+    pub(super) lookups: super::lookup::Lookups,
 }
 
 impl std::fmt::Debug for Node {
@@ -80,26 +109,28 @@ impl std::fmt::Debug for Node {
 /// Where a name is served.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Place {
-    /// Here (or nowhere the cluster knows of): the local registry decides.
+    /// Here (or on a node that is gone): the local registry decides.
     Local,
+    /// Nowhere, by the local copy of the table: the local registry decides, unless a claim
+    /// made elsewhere a moment ago has not reached the copy yet (see `lookup`).
+    Nowhere,
     /// On another node, reached at this URL.
     Node { id: String, advertise: String },
 }
 
 impl Node {
-    /// Joins the cluster of `store`: grants this node's lease of `ttl` (whole seconds, at
-    /// least 2), registers `advertise` under it and keeps it alive.
-    pub async fn join(
-        store: Arc<EtcdStore>,
-        advertise: String,
-        secret: ClusterSecret,
-        ttl: Duration,
-    ) -> Result<Arc<Node>, StoreError> {
+    /// Joins the cluster of `store`: grants this node's lease, registers its address under it
+    /// and keeps it alive.
+    pub async fn join(store: Arc<EtcdStore>, member: Membership) -> Result<Arc<Node>, StoreError> {
         let node = Arc::new(Node {
             id: format!("{:016x}", rand::random::<u64>()),
-            advertise,
-            secret,
-            ttl: ttl.max(Duration::from_secs(2)),
+            advertise: member.advertise,
+            secret: member.secret,
+            ttl: member
+                .lease_ttl
+                .clamp(*LEASE_TTLS.start(), *LEASE_TTLS.end()),
+            peer_roots: member.peer_roots,
+            peer_tls: std::sync::OnceLock::new(),
             lease: AtomicI64::new(0),
             valid_until: Mutex::new(Instant::now()),
             held: tokio::sync::watch::channel(false).0,
@@ -107,6 +138,7 @@ impl Node {
             nonce: AtomicU64::new(1),
             peers: Default::default(),
             shadows: Mutex::new(HashMap::new()),
+            lookups: Default::default(),
             store,
         });
         let first = node.clone();
@@ -138,6 +170,31 @@ impl Node {
         &self.secret
     }
 
+    /// The TLS client configuration for sessions to nodes that advertise `https://`: their
+    /// certificate must chain to the system's roots or to `--cluster-ca`. HTTP/1.1 only, which
+    /// the WebSocket upgrade needs.
+    pub(crate) fn peer_tls(&self) -> Arc<rustls::ClientConfig> {
+        self.peer_tls
+            .get_or_init(|| {
+                let mut roots = rustls::RootCertStore::empty();
+                let system = rustls_native_certs::load_native_certs();
+                for e in &system.errors {
+                    debug!(%e, "a system root certificate could not be read");
+                }
+                roots.add_parsable_certificates(system.certs);
+                for cert in &self.peer_roots {
+                    // Checked when the settings were read.
+                    let _ = roots.add(cert.clone());
+                }
+                let mut config = rustls::ClientConfig::builder()
+                    .with_root_certificates(roots)
+                    .with_no_client_auth();
+                config.alpn_protocols = vec![b"http/1.1".to_vec()];
+                Arc::new(config)
+            })
+            .clone()
+    }
+
     /// Whether this node holds its lease: it serves and claims names only then.
     pub fn is_ready(&self) -> bool {
         *self.held.borrow()
@@ -166,7 +223,8 @@ impl Node {
                 // Its node is gone (lease expired): the name is on its way out.
                 None => Place::Local,
             },
-            _ => Place::Local,
+            Some(_) => Place::Local,
+            None => Place::Nowhere,
         }
     }
 

@@ -6,13 +6,17 @@
 
 use std::{collections::HashSet, net::SocketAddr, ops::RangeInclusive, sync::Arc, time::Duration};
 
-use ggrok_tunnel::{http_util::splice, protocol::HopHead};
+use bytes::BytesMut;
+use ggrok_tunnel::{protocol::HopHead, tcp::splice};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::{node::Place, Node};
-use crate::{registry::tcp_key, state::Shared};
+use crate::{
+    listener::ip_place, registry::tcp_key, state::Shared, tcp::server_place,
+    visitor::behind_balancer,
+};
 
 /// How often the listeners are checked against the table besides its changes: a port that
 /// could not be bound (its previous listener still closing) is tried again.
@@ -65,6 +69,12 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// Accepts visitors of `port` and hops each connection to the port's holder.
+///
+/// A visitor is taken in here as on the holder's own port: a place under this node's
+/// `--max-conns`, the PROXY header of a trusted balancer, a place under this node's
+/// `--max-conns-per-ip`, each refused with a reset. The tunnel's `--allow-ip` and
+/// `--max-conns-per-tcp-tunnel` are the holder's to apply (see `crate::tcp::serve_hopped`),
+/// whose refusal resets the connection the same way.
 async fn serve(
     shared: Arc<Shared>,
     node: Arc<Node>,
@@ -85,37 +95,72 @@ async fn serve(
                 continue;
             }
         };
+        let Some(server_slot) = server_place(&shared) else {
+            warn!(%peer, max = shared.config.max_conns, "the server has as many connections as allowed (--max-conns): closed");
+            refuse(socket);
+            continue;
+        };
         let Place::Node { id, advertise } = node.place(&tcp_key(port)) else {
             refuse(socket);
             continue;
         };
         let (s, n) = (shared.clone(), node.clone());
         shared.spawn(async move {
-            let session = match n.peers.link(&s, &n, &id, &advertise).await {
-                Ok(session) => session,
-                Err(e) => {
-                    debug!(%e, port, "cannot reach the node holding a TCP tunnel");
-                    return refuse(socket);
-                }
-            };
-            let head = HopHead {
-                ip: peer.ip().to_canonical(),
-                secure: false,
-                proxied: false,
-                tcp_port: Some(port),
-            };
-            let stream = match session.open(head.encode(), false).await {
-                Ok(stream) => stream,
-                Err(e) => {
-                    debug!(%e, "cannot open a hop");
-                    return refuse(socket);
-                }
-            };
-            s.metrics.hop();
-            let _ = socket.set_nodelay(true);
-            splice(socket, stream.into_io()).await;
+            let _held = server_slot;
+            hop(s, n, (id, advertise), port, socket, peer).await
         });
     }
+}
+
+/// Hops one visitor connection of `port` to node `id` at `advertise`, which holds the tunnel.
+async fn hop(
+    shared: Arc<Shared>,
+    node: Arc<Node>,
+    (id, advertise): (String, String),
+    port: u16,
+    mut socket: TcpStream,
+    peer: SocketAddr,
+) {
+    let mut early = BytesMut::new();
+    let Some(visitor) = behind_balancer(&shared, &mut socket, &mut early, peer).await else {
+        return refuse(socket);
+    };
+    let Ok(_per_ip) = ip_place(&shared, visitor) else {
+        debug!(%visitor, "too many connections from this address: closed");
+        return refuse(socket);
+    };
+    let session = match node.peers.link(&shared, &node, &id, &advertise).await {
+        Ok(session) => session,
+        Err(e) => {
+            debug!(%e, port, "cannot reach the node holding a TCP tunnel");
+            return refuse(socket);
+        }
+    };
+    let head = HopHead {
+        ip: visitor.ip().to_canonical(),
+        secure: false,
+        proxied: visitor != peer,
+        tcp_port: Some(port),
+    };
+    let stream = match session.open(head.encode(), false).await {
+        Ok(stream) => stream,
+        Err(e) => {
+            debug!(%e, "cannot open a hop");
+            return refuse(socket);
+        }
+    };
+    shared.metrics.hop();
+    let _ = socket.set_nodelay(true);
+    // What came in behind the PROXY header with it is the visitor's first bytes.
+    if !early.is_empty() {
+        if let Err(e) = stream.send(&early).await {
+            debug!(%e, "the hop ended");
+            return refuse(socket);
+        }
+    }
+    // A reset from the holder (a refusal, or the client's side failing) resets the visitor's
+    // connection, as on the holder's own port.
+    splice(socket, stream).await;
 }
 
 /// Closes a visitor's connection with a reset: nothing will be forwarded.

@@ -9,26 +9,38 @@ use tokio::net::TcpListener;
 pub struct Relay {
     pub addr: SocketAddr,
     paused: Arc<tokio::sync::watch::Sender<bool>>,
+    held: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl Relay {
     pub async fn start(target: SocketAddr) -> Relay {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let (tx, _) = tokio::sync::watch::channel(false);
-        let paused = Arc::new(tx);
-        let p = paused.clone();
+        let paused = Arc::new(tokio::sync::watch::channel(false).0);
+        let held = Arc::new(tokio::sync::watch::channel(false).0);
+        let (p, h) = (paused.clone(), held.clone());
         tokio::spawn(async move {
             loop {
                 let (inbound, _) = listener.accept().await.unwrap();
                 let outbound = tokio::net::TcpStream::connect(target).await.unwrap();
                 let (ri, wi) = inbound.into_split();
                 let (ro, wo) = outbound.into_split();
-                tokio::spawn(pump(ri, wo, p.subscribe()));
-                tokio::spawn(pump(ro, wi, p.subscribe()));
+                tokio::spawn(pump(ri, wo, p.subscribe(), h.subscribe()));
+                tokio::spawn(pump(ro, wi, p.subscribe(), h.subscribe()));
             }
         });
-        Relay { addr, paused }
+        Relay { addr, paused, held }
+    }
+
+    /// Holds back everything, both ways, until [`Relay::release`] delivers it: a network that
+    /// is slow for a moment.
+    pub fn hold(&self) {
+        self.held.send_replace(true);
+    }
+
+    /// Delivers what [`Relay::hold`] held back, and everything after it at once again.
+    pub fn release(&self) {
+        self.held.send_replace(false);
     }
 
     pub fn pause(&self) {
@@ -40,6 +52,7 @@ async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     mut paused: tokio::sync::watch::Receiver<bool>,
+    mut held: tokio::sync::watch::Receiver<bool>,
 ) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut buf = vec![0u8; 64 * 1024];
@@ -51,6 +64,9 @@ async fn pump(
         if *paused.borrow_and_update() {
             // Hold everything, and the sockets open, until the test ends.
             std::future::pending::<()>().await;
+        }
+        if held.wait_for(|held| !held).await.is_err() {
+            return;
         }
         if to.write_all(&buf[..n]).await.is_err() {
             return;
