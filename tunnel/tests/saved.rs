@@ -300,3 +300,44 @@ async fn add_server_keeps_the_token_in_the_real_keyring() {
     let file = std::fs::read_to_string(dir.path().join(FILE_NAME)).unwrap();
     assert!(!file.contains(TOKEN));
 }
+
+#[tokio::test]
+async fn a_server_is_removed_only_once_no_saved_tunnel_uses_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = "https://tunnel.example.com";
+    assert!(
+        run(dir.path(), &["config", "add-server", url, "--name", "box"])
+            .await
+            .0
+    );
+    assert!(
+        run(
+            dir.path(),
+            &["config", "add-tunnel", "3000", "--name", "web"]
+        )
+        .await
+        .0
+    );
+
+    let (ok, _, err) = run(dir.path(), &["config", "remove-server", "box"]).await;
+    assert!(!ok, "a server in use stays");
+    assert!(
+        err.contains("saved tunnels use server") && err.contains("web"),
+        "{err}"
+    );
+    let (ok, _, err) = run(dir.path(), &["config", "remove-server", "local"]).await;
+    assert!(!ok && err.contains("built-in server"), "{err}");
+    let (ok, _, err) = run(dir.path(), &["config", "remove-server", "nothing"]).await;
+    assert!(!ok && err.contains("no saved server"), "{err}");
+
+    assert!(run(dir.path(), &["config", "remove-tunnel", "web"]).await.0);
+    let (ok, _, err) = run(dir.path(), &["config", "remove-server", &format!("{url}/")]).await;
+    assert!(ok, "{err}");
+    assert!(err.contains("removed server"), "{err}");
+    let mut saved = Store::load(dir.path().join(FILE_NAME)).0;
+    assert!(
+        saved.fresh().servers.is_empty(),
+        "{:?}",
+        saved.fresh().servers
+    );
+}

@@ -32,6 +32,11 @@ enum ConfigCommand {
         /// Its name, subdomain or id.
         name: String,
     },
+    /// Forget a saved server and its token; refused while saved tunnels use it.
+    RemoveServer {
+        /// Its name, URL or id.
+        server: String,
+    },
     /// Print where the file of saved servers and tunnels is.
     Path,
 }
@@ -133,6 +138,7 @@ pub fn config(args: ConfigArgs) -> anyhow::Result<ExitCode> {
             eprintln!("ggrok: removed tunnel {}", escape_controls(&name));
             Ok(ExitCode::SUCCESS)
         }
+        ConfigCommand::RemoveServer { server } => remove_server(&server),
         ConfigCommand::Path => {
             println!("{}", Store::configured_path().display());
             Ok(ExitCode::SUCCESS)
@@ -188,6 +194,36 @@ fn add_server(a: AddServerArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+fn remove_server(wanted: &str) -> anyhow::Result<ExitCode> {
+    let mut store = load();
+    let data = store.fresh();
+    let id = find_server(data, wanted)?;
+    if id == BUILTIN_SERVER_ID {
+        bail!("the desktop app's built-in server cannot be removed");
+    }
+    let label = server_label(data, &id);
+    let users: Vec<&str> = data
+        .tunnels
+        .iter()
+        .filter(|t| t.server_id == id)
+        .map(|t| t.label())
+        .collect();
+    if !users.is_empty() {
+        bail!(
+            "saved tunnels use server {}: {} (remove them first with `ggrok config remove-tunnel NAME`)",
+            escape_controls(&label),
+            escape_controls(&users.join(", "))
+        );
+    }
+    store.update(|d| d.servers.retain(|s| s.id != id))?;
+    // A missing keyring has no token of it to remove.
+    if let Ok(k) = keyring() {
+        let _ = k.delete(&id);
+    }
+    eprintln!("ggrok: removed server {}", escape_controls(&label));
+    Ok(ExitCode::SUCCESS)
 }
 
 fn add_tunnel(a: AddTunnelArgs) -> anyhow::Result<ExitCode> {
