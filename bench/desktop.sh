@@ -9,7 +9,8 @@
 # Env: RUNS (default 5), SKIP_BUILD=1, APP_BIN (the binary to measure), BENCH_TUNNEL (1, the default:
 #      one saved tunnel started on launch and checked online before memory is read; 0: none), IDLE_S (idle wait before measuring memory, default 10),
 #      POLL_MS (screenshot/window poll interval, default 50), TIMEOUT_S (per run, default 60),
-#      KEEP_FRAMES=1 (keep first-paint screenshots, app logs and raw JSON in /tmp/ggrok-desktop-bench.*).
+#      KEEP_FRAMES=1 (keep first-paint screenshots, app logs and raw JSON in /tmp/ggrok-desktop-bench.*;
+#      kept without it when a run failed, and the failed run's app output is printed on stderr).
 # Needs: xvfb-run (xvfb + xauth), dbus-run-session (dbus), xdotool, ImageMagick (/usr/bin/import,
 #        /usr/bin/convert), python3 (stdlib only). Each run is its own `xvfb-run -a dbus-run-session`
 #        with a fresh GGROK_CONFIG_DIR and XDG dirs; the embedded server binds 127.0.0.1 on a free port.
@@ -45,6 +46,7 @@ work=$(mktemp -d /tmp/ggrok-desktop-bench.XXXXXX)
 export PIDFILE="$work/pids"
 : >"$PIDFILE"
 xpid=""
+failed=""
 
 cleanup() {
     local rc=$?
@@ -68,6 +70,9 @@ cleanup() {
     done <"$PIDFILE"
     if [ "${KEEP_FRAMES:-0}" = 1 ]; then
         echo "[desktop] kept $work" >&2
+    elif [ -n "$failed" ]; then
+        # a failed run's app.log (its panic message) is what the next person needs
+        echo "[desktop] kept $work: run(s)$failed failed; each run's app.log is in run*/" >&2
     else
         rm -rf "$work"
     fi
@@ -96,7 +101,10 @@ for i in $(seq 1 "$RUNS"); do
     xpid=$!
     wait "$xpid" || rc=$?
     xpid=""
-    [ "$rc" -eq 0 ] || echo "[desktop] run $i failed (rc $rc)" >&2
+    if [ "$rc" -ne 0 ]; then
+        echo "[desktop] run $i failed (rc $rc); its app log: $work/run$i/app.log" >&2
+        failed="$failed $i"
+    fi
     results+=("$work/run$i.json")
 done
 
