@@ -2,8 +2,9 @@
 # ggrok desktop app benchmark: cold start (window mapped, first paint) and idle memory of the
 # process tree, under Xvfb. Prints one markdown table on stdout; progress on stderr.
 #
-#   bench/desktop.sh              # builds the release app (several minutes), then RUNS=5 cold starts (~20 s each)
-#   SKIP_BUILD=1 bench/desktop.sh # reuse /work/target-desktop/release/ggrok-desktop (or $CARGO_TARGET_DIR)
+#   bench/desktop.sh              # builds the app as packaged (the `desktop` cargo profile; several minutes),
+#                                 # then RUNS=5 cold starts (~20 s each)
+#   SKIP_BUILD=1 bench/desktop.sh # reuse /work/target-desktop/desktop/ggrok-desktop (or $CARGO_TARGET_DIR)
 #   SKIP_BUILD=1 APP_BIN=/usr/bin/ggrok-desktop bench/desktop.sh   # the installed package (.deb)
 #
 # Env: RUNS (default 5), SKIP_BUILD=1, APP_BIN (the binary to measure), BENCH_TUNNEL (1, the default:
@@ -20,7 +21,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(dirname "$here")
 RUNS=${RUNS:-5}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/work/target-desktop}
-export APP_BIN=${APP_BIN:-"$CARGO_TARGET_DIR/release/ggrok-desktop"}
+export APP_BIN=${APP_BIN:-"$CARGO_TARGET_DIR/desktop/ggrok-desktop"}
 
 missing=()
 command -v xvfb-run >/dev/null || missing+=(xvfb)
@@ -36,9 +37,9 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
-    echo "[desktop] npm run build:ui && cargo build --release -p ggrok-desktop --features tauri/custom-protocol" >&2
+    echo "[desktop] npm run build:ui && cargo build --profile desktop -p ggrok-desktop --features tauri/custom-protocol" >&2
     (cd "$root" && npm run build:ui >&2 \
-        && cargo build --release -p ggrok-desktop --features tauri/custom-protocol >&2)
+        && cargo build --profile desktop -p ggrok-desktop --features tauri/custom-protocol >&2)
 fi
 [ -x "$APP_BIN" ] || { echo "no app binary at $APP_BIN (run without SKIP_BUILD=1)" >&2; exit 1; }
 
