@@ -97,7 +97,7 @@ for i in $(seq 1 "$RUNS"); do
     echo "[desktop] run $i/$RUNS" >&2
     rc=0
     # own process group (setsid), so the trap can take down xvfb-run, Xvfb and dbus with it
-    FRAMES_DIR="$work/run$i" setsid xvfb-run -a -s "-screen 0 1280x1024x24 -nolisten tcp" \
+    FRAMES_DIR="$work/run$i" setsid xvfb-run -a -e "$work/run$i/xvfb.log" -s "-screen 0 1280x1024x24 -nolisten tcp" \
         dbus-run-session -- python3 "$here/desktop_probe.py" run "$work/run$i.json" &
     xpid=$!
     wait "$xpid" || rc=$?
