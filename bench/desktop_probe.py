@@ -368,6 +368,10 @@ def run_once(out_path: str) -> int:
         wid = None
         while wid is None:
             if app.proc.poll() is not None:
+                # Is the display there now? (The status-101 exits were GTK failing to open it.)
+                r = subprocess.run(["xdotool", "getdisplaygeometry"], capture_output=True, text=True)
+                res["display_after_exit"] = (r.stdout or r.stderr).strip() + f" (rc {r.returncode})"
+                log(f"the display after the app exited: {res['display_after_exit']}")
                 raise RuntimeError(f"app exited with {app.proc.returncode} before mapping a window")
             if time.monotonic() > deadline:
                 raise RuntimeError("timeout waiting for the window")
