@@ -2,14 +2,16 @@
 # ggrok desktop app benchmark: cold start (window mapped, first paint) and idle memory of the
 # process tree, under Xvfb. Prints one markdown table on stdout; progress on stderr.
 #
-#   bench/desktop.sh              # builds the release app (several minutes), then RUNS=5 cold starts (~20 s each)
-#   SKIP_BUILD=1 bench/desktop.sh # reuse /work/target-desktop/release/ggrok-desktop (or $CARGO_TARGET_DIR)
+#   bench/desktop.sh              # builds the app as packaged (the `desktop` cargo profile; several minutes),
+#                                 # then RUNS=5 cold starts (~20 s each)
+#   SKIP_BUILD=1 bench/desktop.sh # reuse /work/target-desktop/desktop/ggrok-desktop (or $CARGO_TARGET_DIR)
 #   SKIP_BUILD=1 APP_BIN=/usr/bin/ggrok-desktop bench/desktop.sh   # the installed package (.deb)
 #
 # Env: RUNS (default 5), SKIP_BUILD=1, APP_BIN (the binary to measure), BENCH_TUNNEL (1, the default:
 #      one saved tunnel started on launch and checked online before memory is read; 0: none), IDLE_S (idle wait before measuring memory, default 10),
 #      POLL_MS (screenshot/window poll interval, default 50), TIMEOUT_S (per run, default 60),
-#      KEEP_FRAMES=1 (keep first-paint screenshots, app logs and raw JSON in /tmp/ggrok-desktop-bench.*).
+#      KEEP_FRAMES=1 (keep first-paint screenshots, app logs and raw JSON in /tmp/ggrok-desktop-bench.*;
+#      kept without it when a run failed, and the failed run's app output is printed on stderr).
 # Needs: xvfb-run (xvfb + xauth), dbus-run-session (dbus), xdotool, ImageMagick (/usr/bin/import,
 #        /usr/bin/convert), python3 (stdlib only). Each run is its own `xvfb-run -a dbus-run-session`
 #        with a fresh GGROK_CONFIG_DIR and XDG dirs; the embedded server binds 127.0.0.1 on a free port.
@@ -19,7 +21,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(dirname "$here")
 RUNS=${RUNS:-5}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/work/target-desktop}
-export APP_BIN=${APP_BIN:-"$CARGO_TARGET_DIR/release/ggrok-desktop"}
+export APP_BIN=${APP_BIN:-"$CARGO_TARGET_DIR/desktop/ggrok-desktop"}
 
 missing=()
 command -v xvfb-run >/dev/null || missing+=(xvfb)
@@ -35,9 +37,9 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
-    echo "[desktop] npm run build:ui && cargo build --release -p ggrok-desktop --features tauri/custom-protocol" >&2
+    echo "[desktop] npm run build:ui && cargo build --profile desktop -p ggrok-desktop --features tauri/custom-protocol" >&2
     (cd "$root" && npm run build:ui >&2 \
-        && cargo build --release -p ggrok-desktop --features tauri/custom-protocol >&2)
+        && cargo build --profile desktop -p ggrok-desktop --features tauri/custom-protocol >&2)
 fi
 [ -x "$APP_BIN" ] || { echo "no app binary at $APP_BIN (run without SKIP_BUILD=1)" >&2; exit 1; }
 
@@ -45,6 +47,7 @@ work=$(mktemp -d /tmp/ggrok-desktop-bench.XXXXXX)
 export PIDFILE="$work/pids"
 : >"$PIDFILE"
 xpid=""
+failed=""
 
 cleanup() {
     local rc=$?
@@ -68,6 +71,9 @@ cleanup() {
     done <"$PIDFILE"
     if [ "${KEEP_FRAMES:-0}" = 1 ]; then
         echo "[desktop] kept $work" >&2
+    elif [ -n "$failed" ]; then
+        # a failed run's app.log (its panic message) is what the next person needs
+        echo "[desktop] kept $work: run(s)$failed failed; each run's app.log is in run*/" >&2
     else
         rm -rf "$work"
     fi
@@ -91,12 +97,15 @@ for i in $(seq 1 "$RUNS"); do
     echo "[desktop] run $i/$RUNS" >&2
     rc=0
     # own process group (setsid), so the trap can take down xvfb-run, Xvfb and dbus with it
-    FRAMES_DIR="$work/run$i" setsid xvfb-run -a -s "-screen 0 1280x1024x24 -nolisten tcp" \
+    FRAMES_DIR="$work/run$i" setsid xvfb-run -a -e "$work/run$i/xvfb.log" -s "-screen 0 1280x1024x24 -nolisten tcp" \
         dbus-run-session -- python3 "$here/desktop_probe.py" run "$work/run$i.json" &
     xpid=$!
     wait "$xpid" || rc=$?
     xpid=""
-    [ "$rc" -eq 0 ] || echo "[desktop] run $i failed (rc $rc)" >&2
+    if [ "$rc" -ne 0 ]; then
+        echo "[desktop] run $i failed (rc $rc); its app log: $work/run$i/app.log" >&2
+        failed="$failed $i"
+    fi
     results+=("$work/run$i.json")
 done
 

@@ -368,6 +368,10 @@ def run_once(out_path: str) -> int:
         wid = None
         while wid is None:
             if app.proc.poll() is not None:
+                # Is the display there now? (The status-101 exits were GTK failing to open it.)
+                r = subprocess.run(["xdotool", "getdisplaygeometry"], capture_output=True, text=True)
+                res["display_after_exit"] = (r.stdout or r.stderr).strip() + f" (rc {r.returncode})"
+                log(f"the display after the app exited: {res['display_after_exit']}")
                 raise RuntimeError(f"app exited with {app.proc.returncode} before mapping a window")
             if time.monotonic() > deadline:
                 raise RuntimeError("timeout waiting for the window")
@@ -482,6 +486,17 @@ def run_once(out_path: str) -> int:
     finally:
         app.stop()
         applog.close()
+        if not res.get("ok"):
+            # The app's own words (a panic message and its backtrace go to stderr, which is the
+            # same file): on stderr now, and in the JSON for the report.
+            with open(os.path.join(scratch, "app.log"), "rb") as f:
+                tail = f.read().decode(errors="replace").splitlines()[-60:]
+            res["app_log_tail"] = tail
+            at = next((i for i, ln in enumerate(tail) if "panicked at" in ln), None)
+            if at is not None:
+                # "thread 'main' panicked at FILE:LINE:COL:" and, on the next line, the message
+                res["panic"] = " ".join(ln.strip() for ln in tail[at:at + 2])
+            log("the app's output (last 60 lines):\n" + "\n".join(tail))
         if origin is not None:
             origin.shutdown()
         if frames:
@@ -515,7 +530,10 @@ def report(paths: list[str]) -> int:
            "|---|" + "--:|" * len(cols)]
     for i, r in enumerate(runs, 1):
         if not r.get("ok"):
-            out.append(f"| {i} | failed: {r.get('error')} |" + " |" * (len(cols) - 1))
+            why = r.get("error")
+            if r.get("panic"):
+                why += f" ({r['panic']})".replace("|", "\\|")
+            out.append(f"| {i} | failed: {why} |" + " |" * (len(cols) - 1))
             continue
         out.append(f"| {i} | " + " | ".join(fmt(r.get(k), nd) for _, k, nd in cols) + " |")
     if ok:

@@ -249,7 +249,7 @@ pub fn open_log_folder<R: Runtime>(app: AppHandle<R>) -> Result<(), Error> {
     let dir = log_dir(&app)?;
     std::fs::create_dir_all(&dir)
         .map_err(|err| Error::System(format!("could not create {}: {err}", dir.display())))?;
-    open::that_detached(&dir)
+    crate::webview::open_detached(&dir)
         .map_err(|err| Error::System(format!("could not open {}: {err}", dir.display())))
 }
 

@@ -173,7 +173,7 @@ pub fn copy_url<R: Runtime>(app: AppHandle<R>, state: S<'_>, id: String) -> Resu
 #[tauri::command]
 pub fn open_url(state: S<'_>, id: String) -> Result<String, Error> {
     let url = state.browser_url(&id)?;
-    open::that_detached(&url)
+    crate::webview::open_detached(&url)
         .map_err(|e| Error::System(format!("could not open a browser: {e}")))?;
     Ok(url)
 }

@@ -221,10 +221,12 @@ pub fn run() {
             if let Some(notice) = background::port_notice(&server) {
                 warn!("{notice}");
             }
-            tray::create(&handle, &state.tunnels(), on_tray)?;
+            // The window first: the page is already loading (Tauri created the web view before
+            // this hook), and the tray's libraries and D-Bus registration can come after.
             if !hidden {
                 show_main(&handle);
             }
+            tray::create(&handle, &state.tunnels(), on_tray)?;
             background::spawn_notifier(&handle, state.clone());
             let st = state.clone();
             tauri::async_runtime::spawn(async move {
