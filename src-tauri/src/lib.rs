@@ -193,6 +193,18 @@ async fn boot() -> std::io::Result<(Arc<AppState>, EmbeddedServer)> {
 /// Runs the desktop app.
 pub fn run() {
     webview::configure_before_threads();
+    // Tauri's event loop panics (status 101, a backtrace) when GTK cannot open the display.
+    #[cfg(target_os = "linux")]
+    if let Err(e) = gtk::init() {
+        let var = |name| std::env::var(name).unwrap_or_else(|_| "unset".to_owned());
+        eprintln!(
+            "ggrok: no display to open the window on ({e}; DISPLAY {}, WAYLAND_DISPLAY {}). \
+             The app needs a desktop session; on a server, run the `ggrok` command instead.",
+            var("DISPLAY"),
+            var("WAYLAND_DISPLAY"),
+        );
+        std::process::exit(1);
+    }
     let app = with_commands(Builder::default())
         // First plugin: a second launch hands over to the running app and exits in its setup.
         // The embedded server, settings and keyring come after, in our setup, so a second
