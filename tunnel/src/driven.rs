@@ -8,8 +8,8 @@
 //! ([`DrivenConn::send`]), then while the response body is read ([`DrivenBody`]), which hands the
 //! connection back for the next request once the body has ended.
 //!
-//! The server uses this for its tunnel streams (one per visitor connection), the client for its
-//! connections to the local service. See docs/benchmarks.md for what it saved.
+//! The client uses this for its connections to the local service. See docs/benchmarks.md for
+//! what it saved.
 
 use std::{
     future::{poll_fn, Future},
