@@ -932,19 +932,7 @@ async fn every_node_listens_for_the_clusters_tcp_tunnels() {
     let tcp = |c: &mut Config| c.tcp_ports = Some(port..=port);
     let a = node_at("127.0.0.1", etcd.endpoints(), tcp).await;
     let b = node_at("127.0.0.2", etcd.endpoints(), tcp).await;
-    // A local service that echoes each connection until EOF.
-    let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let echo_port = echo.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        loop {
-            let (mut s, _) = echo.accept().await.unwrap();
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-                let _ = w.shutdown().await;
-            });
-        }
-    });
+    let echo_port = common::origin::tcp_echo().await;
     let tcp_tunnel = |server: &Server| {
         let mut c = TunnelConfig::new(server.url(), echo_port);
         c.kind = ggrok_tunnel::TunnelKind::Tcp {
@@ -1024,17 +1012,7 @@ async fn hopped_tcp_visitors_count_under_the_same_limits_as_direct_ones() {
         c.max_conns = 2;
     })
     .await;
-    let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let echo_port = echo.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        loop {
-            let (mut s, _) = echo.accept().await.unwrap();
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    });
+    let echo_port = common::origin::tcp_echo().await;
     let mut tcp = TunnelConfig::new(a.url(), echo_port);
     tcp.kind = ggrok_tunnel::TunnelKind::Tcp {
         remote_port: Some(port),

@@ -92,23 +92,6 @@ async fn refused(cfg: TunnelConfig) -> (RefusalKind, String) {
     }
 }
 
-/// A local service that echoes each connection until EOF, then closes its side.
-async fn echo() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = l.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        loop {
-            let (mut s, _) = l.accept().await.unwrap();
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-                let _ = w.shutdown().await;
-            });
-        }
-    });
-    port
-}
-
 async fn visit(port: u16) -> TcpStream {
     TcpStream::connect(("127.0.0.1", port)).await.unwrap()
 }
@@ -276,7 +259,7 @@ async fn a_reset_on_either_side_resets_the_other() {
 #[tokio::test]
 async fn a_connection_open_when_the_tunnel_stops_is_recorded_as_cut() {
     let server = Server::start(tcp_config(port_range())).await;
-    let (t, port) = tcp_tunnel(tcp_cfg(&server, echo().await, None)).await;
+    let (t, port) = tcp_tunnel(tcp_cfg(&server, common::origin::tcp_echo().await, None)).await;
     let mut events = t.connections().subscribe();
     let mut v = visit(port).await;
     v.write_all(b"abc").await.unwrap();
@@ -294,7 +277,7 @@ async fn a_connection_open_when_the_tunnel_stops_is_recorded_as_cut() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_connections_at_once() {
     let server = Server::start(tcp_config(port_range())).await;
-    let (_t, port) = tcp_tunnel(tcp_cfg(&server, echo().await, None)).await;
+    let (_t, port) = tcp_tunnel(tcp_cfg(&server, common::origin::tcp_echo().await, None)).await;
     let visits = (0..200u32).map(|i| {
         tokio::spawn(async move {
             let data = format!("connection {i} ").repeat(100 + i as usize);
@@ -387,7 +370,7 @@ async fn a_dead_local_port_closes_the_visitor_at_once_and_says_why() {
 async fn taken_out_of_range_and_disabled_ports_are_refused() {
     let range = port_range();
     let server = Server::start(tcp_config(range.clone())).await;
-    let local = echo().await;
+    let local = common::origin::tcp_echo().await;
     let (_holder, port) = tcp_tunnel(tcp_cfg(&server, local, None)).await;
     let (kind, message) = refused(tcp_cfg(&server, local, Some(port))).await;
     assert_eq!(kind, RefusalKind::PortTaken, "{message}");
@@ -430,7 +413,7 @@ async fn reserved_ports_go_only_to_their_token_and_tcp_tunnels_are_capped_per_to
         ..tcp_config(range)
     })
     .await;
-    let local = echo().await;
+    let local = common::origin::tcp_echo().await;
     let with = |token: &str, remote| {
         let mut c = tcp_cfg(&server, local, remote);
         c.token = Some(ggrok_tunnel::Secret::new(token));
@@ -463,7 +446,7 @@ async fn a_dropped_client_gets_its_port_back_and_nobody_else_meanwhile() {
         ..tcp_config(port_range())
     })
     .await;
-    let local = echo().await;
+    let local = common::origin::tcp_echo().await;
     let relay = Relay::start(server.addr).await;
     let mut cfg = tcp_cfg(&server, local, None);
     cfg.server = format!("http://{}", relay.addr);
@@ -490,7 +473,7 @@ async fn a_dropped_client_gets_its_port_back_and_nobody_else_meanwhile() {
 #[tokio::test]
 async fn a_client_back_before_the_server_noticed_the_drop_gets_its_port_at_once() {
     let server = Server::start(tcp_config(port_range())).await;
-    let local = echo().await;
+    let local = common::origin::tcp_echo().await;
     let relay = Relay::start(server.addr).await;
     let mut cfg = tcp_cfg(&server, local, None);
     cfg.server = format!("http://{}", relay.addr);
@@ -512,7 +495,7 @@ async fn after_a_server_restart_the_client_comes_back_on_the_same_port() {
     let range = port_range();
     let server = Server::start(tcp_config(range.clone())).await;
     let addr = server.addr;
-    let (t, port) = tcp_tunnel(tcp_cfg(&server, echo().await, None)).await;
+    let (t, port) = tcp_tunnel(tcp_cfg(&server, common::origin::tcp_echo().await, None)).await;
     assert_eq!(exchange(port, b"before").await, b"before");
     server.stop().await;
     wait_status(&t, |s| matches!(s, Status::Reconnecting { .. })).await;
@@ -533,7 +516,7 @@ async fn the_allowlist_and_the_connection_limit_apply_to_visitors() {
         ..tcp_config(port_range())
     })
     .await;
-    let local = echo().await;
+    let local = common::origin::tcp_echo().await;
     let mut elsewhere = tcp_cfg(&server, local, None);
     elsewhere.allow_ips = vec!["192.0.2.0/24".into()];
     let (t, port) = tcp_tunnel(elsewhere).await;
@@ -573,7 +556,7 @@ async fn visitors_count_under_the_servers_connection_limit() {
         ..tcp_config(port_range())
     })
     .await;
-    let local = echo().await;
+    let local = common::origin::tcp_echo().await;
     let (_t, port) = tcp_tunnel(tcp_cfg(&server, local, None)).await;
     // The main listener takes a place before it accepts, so it always holds one for its next
     // connection: two visitors fill the server.
@@ -615,7 +598,7 @@ async fn metrics_count_connections_and_bytes_and_anonymous_pages_name_no_port() 
         ..tcp_config(port_range())
     })
     .await;
-    let (_t, port) = tcp_tunnel(tcp_cfg(&server, echo().await, None)).await;
+    let (_t, port) = tcp_tunnel(tcp_cfg(&server, common::origin::tcp_echo().await, None)).await;
     let tunnel = format!("tunnel=\"tcp:{port}\"");
     // Polls /metrics (for at most 5 s) until every series in `want` reads as given.
     let url = format!("{}/metrics", server.url());
@@ -812,7 +795,7 @@ async fn the_admin_command_reserves_and_releases_ports_on_a_running_server() {
         ..tcp_config(range)
     })
     .await;
-    let local = echo().await;
+    let local = common::origin::tcp_echo().await;
     let with = |token: &str| {
         let mut c = tcp_cfg(&server, local, Some(port));
         c.token = Some(ggrok_tunnel::Secret::new(token.trim()));

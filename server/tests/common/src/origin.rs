@@ -303,3 +303,21 @@ pub fn gzip_bytes() -> Vec<u8> {
         0x00,
     ]
 }
+
+/// A raw TCP local service on 127.0.0.1 that echoes each connection until EOF, then closes its
+/// side; returns its port.
+pub async fn tcp_echo() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = l.accept().await.unwrap();
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = tokio::io::AsyncWriteExt::shutdown(&mut w).await;
+            });
+        }
+    });
+    port
+}
