@@ -15,6 +15,7 @@ use hyper_util::rt::TokioIo;
 use crate::{
     driven::{DrivenBody, DrivenConn},
     frames::{FrameLog, FrameTap, Tapped},
+    h1,
     head::{self, Open},
     http_util::{self, boxed, error_page, is_upgrade, strip_hop_by_hop, Body, BoxError},
     mux::{Item, MuxStream},
@@ -112,52 +113,23 @@ const MAX_IDLE_AGE: Duration = Duration::from_secs(4);
 /// long pay for the copy this takes.
 const RESEND_AFTER_IDLE: Duration = Duration::from_millis(500);
 
-/// Connections to the local service that are open and idle, most recently used last.
-///
-/// A request takes one (or opens one), drives it from its own task while the response comes
-/// back ([`DrivenConn`]), and puts it back once the response body has ended: no task per
-/// connection and no hand-offs between tasks per request, unlike a general-purpose pool.
-struct Idle {
-    conns: Mutex<Vec<(DrivenConn, Instant)>>,
-    max_age: Duration,
-    /// See [`RESEND_AFTER_IDLE`].
-    resend_after: Duration,
+/// A connection the pool can keep between requests.
+trait Pooled: Send + Sized + 'static {
+    /// Whether a request can go out on it now.
+    fn is_idle(&mut self) -> bool;
+    /// Lets go of a connection that cannot take another request.
+    fn retire(self);
 }
 
-impl Idle {
-    fn new(max_age: Duration) -> Self {
-        Self {
-            conns: Mutex::new(Vec::new()),
-            max_age,
-            resend_after: RESEND_AFTER_IDLE,
-        }
+impl Pooled for DrivenConn {
+    fn is_idle(&mut self) -> bool {
+        DrivenConn::is_idle(self)
     }
 
-    /// The most recently used idle connection that is still open and young enough, and how long
-    /// it has been idle.
-    fn take(&self) -> Option<(DrivenConn, Duration)> {
-        let mut idle = self.conns.lock().unwrap_or_else(|p| p.into_inner());
-        while let Some((mut conn, since)) = idle.pop() {
-            let idled = since.elapsed();
-            if idled < self.max_age && conn.is_idle() {
-                return Some((conn, idled));
-            }
-        }
-        None
-    }
-
-    /// Keeps `conn` for a later request if it can take one now; otherwise lets it finish the
-    /// exchange on its own (the local service answered before reading the whole request) and
-    /// close.
-    fn put(&self, mut conn: DrivenConn) {
-        if conn.is_idle() {
-            let mut idle = self.conns.lock().unwrap_or_else(|p| p.into_inner());
-            if idle.len() >= MAX_IDLE {
-                idle.remove(0);
-            }
-            idle.push((conn, Instant::now()));
-        } else if let (Some(rest), Ok(rt)) = (conn.detach(), tokio::runtime::Handle::try_current())
-        {
+    /// Lets it finish the exchange on its own (the local service answered before reading the
+    /// whole request) and close.
+    fn retire(mut self) {
+        if let (Some(rest), Ok(rt)) = (self.detach(), tokio::runtime::Handle::try_current()) {
             // (Without a runtime, the process is shutting down: dropping it closes it.)
             rt.spawn(async move {
                 if let Err(e) = rest.await {
@@ -168,14 +140,74 @@ impl Idle {
     }
 }
 
+impl Pooled for h1::Conn {
+    fn is_idle(&mut self) -> bool {
+        h1::Conn::is_idle(self)
+    }
+
+    fn retire(self) {}
+}
+
+/// Connections to the local service that are open and idle, most recently used last.
+///
+/// A request takes one (or opens one), uses it from its own task while the response comes back,
+/// and puts it back once the response body has ended: no task per connection and no hand-offs
+/// between tasks per request, unlike a general-purpose pool.
+struct Idle<C> {
+    conns: Mutex<Vec<(C, Instant)>>,
+    max_age: Duration,
+    /// See [`RESEND_AFTER_IDLE`].
+    resend_after: Duration,
+}
+
+impl<C: Pooled> Idle<C> {
+    fn new(max_age: Duration) -> Self {
+        Self {
+            conns: Mutex::new(Vec::new()),
+            max_age,
+            resend_after: RESEND_AFTER_IDLE,
+        }
+    }
+
+    /// The most recently used idle connection that is still open and young enough, and how long
+    /// it has been idle.
+    fn take(&self) -> Option<(C, Duration)> {
+        let mut idle = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some((mut conn, since)) = idle.pop() {
+            let idled = since.elapsed();
+            if idled < self.max_age && conn.is_idle() {
+                return Some((conn, idled));
+            }
+        }
+        None
+    }
+
+    /// Keeps `conn` for a later request if it can take one now.
+    fn put(&self, mut conn: C) {
+        if conn.is_idle() {
+            let mut idle = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+            if idle.len() >= MAX_IDLE {
+                idle.remove(0);
+            }
+            idle.push((conn, Instant::now()));
+        } else {
+            conn.retire();
+        }
+    }
+}
+
+/// Whether a request is safe to send again (RFC 9110 §9.2.2).
+fn idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
 /// A copy of `req` to send again if it is lost, when that is safe: an idempotent method and no
 /// body. (Extensions are not copied; nothing on this path uses them.)
 fn repeatable(req: &Request<Body>) -> Option<Request<Body>> {
-    let safe = matches!(
-        *req.method(),
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-    );
-    if !safe || !http_body::Body::is_end_stream(req.body()) {
+    if !idempotent(req.method()) || !http_body::Body::is_end_stream(req.body()) {
         return None;
     }
     let mut copy = Request::new(http_util::empty());
@@ -198,7 +230,10 @@ pub struct Forwarder {
     /// The `Host` to send; `None` keeps the visitor's.
     host_header: Option<HeaderValue>,
     connector: Connector,
-    idle: Arc<Idle>,
+    /// hyper's connections (HTTP/1.1 over TLS).
+    idle: Arc<Idle<DrivenConn>>,
+    /// The client's own HTTP/1.1 connections (plain HTTP): see [`h1`].
+    plain: Arc<Idle<h1::Conn>>,
     traffic: Traffic,
 }
 
@@ -222,6 +257,7 @@ impl Forwarder {
             host_header,
             connector,
             idle: Arc::new(Idle::new(MAX_IDLE_AGE)),
+            plain: Arc::new(Idle::new(MAX_IDLE_AGE)),
             traffic,
         })
     }
@@ -262,12 +298,11 @@ impl Forwarder {
         } else {
             boxed(RecvBody::new(stream.clone()))
         };
-        let (_, resp, local_upgrade) = self
+        let (_, answer, local_upgrade) = self
             .forward(Request::from_parts(parts, body), remote, upgrade)
             .await;
-        let (parts, body) = resp.into_parts();
+        let Answer { head, body } = answer;
         let end = http_body::Body::is_end_stream(&body) || local_upgrade.is_some();
-        let head = head::encode_response(parts.status, &parts.headers);
         if let Err(e) = stream
             .send_head(head, false, end && local_upgrade.is_none())
             .await
@@ -286,7 +321,7 @@ impl Forwarder {
         }
     }
 
-    /// Sends `req` to the local service; returns the exchange id, the response to give back and,
+    /// Sends `req` to the local service; returns the exchange id, the answer to give back and,
     /// when `upgrade` was asked for and the local service switched protocols, its upgraded
     /// connection.
     async fn forward(
@@ -294,7 +329,7 @@ impl Forwarder {
         req: Request<Body>,
         remote: Option<String>,
         upgrade: bool,
-    ) -> (u64, Response<Body>, Option<LocalUpgrade>) {
+    ) -> (u64, Answer, Option<LocalUpgrade>) {
         let (mut parts, body) = req.into_parts();
         let path = parts
             .uri
@@ -335,29 +370,18 @@ impl Forwarder {
         };
 
         parts.uri = http_util::origin_form(parts.uri);
+        if !upgrade && self.lean() {
+            let answer = match Box::pin(self.send_lean(&parts, body)).await {
+                Ok(sent) => self.lean_answer(sent, pending),
+                Err(e) => self.unreachable(&e, &pending),
+            };
+            return (id, answer, None);
+        }
         let result = self.send(Request::from_parts(parts, body), !upgrade).await;
 
         let (mut resp, mut conn) = match result {
             Ok(sent) => sent,
-            Err(e) => {
-                let message = format!(
-                    "The tunnel is online, but ggrok could not reach the local service at {} ({e}). \
-                     Is it running?",
-                    self.authority
-                );
-                pending.update(|x| {
-                    x.status = Some(502);
-                    x.error = Some(message.clone());
-                });
-                pending.finish();
-                let page = error_page(
-                    StatusCode::BAD_GATEWAY,
-                    PageKind::LocalUnreachable,
-                    &message,
-                    false,
-                );
-                return (id, page, None);
-            }
+            Err(e) => return (id, self.unreachable(&e, &pending), None),
         };
 
         pending.update(|x| {
@@ -389,8 +413,11 @@ impl Forwarder {
                 pending.update(|x| x.upgraded = true);
             }
             pending.finish();
-            let (parts, _) = resp.into_parts();
-            return (id, Response::from_parts(parts, http_util::empty()), local);
+            let answer = Answer::new(Response::from_parts(
+                resp.into_parts().0,
+                http_util::empty(),
+            ));
+            return (id, answer, local);
         }
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
@@ -408,7 +435,92 @@ impl Forwarder {
             None => boxed(body),
         };
         let body = Recorded::new(body, pending, Side::Response).boxed();
-        (id, Response::from_parts(parts, body), None)
+        (id, Answer::new(Response::from_parts(parts, body)), None)
+    }
+
+    /// Whether requests go through the client's own HTTP/1.1 client ([`h1`]): plain HTTP/1.1.
+    fn lean(&self) -> bool {
+        let upstream = self.connector.upstream();
+        !upstream.tls && !upstream.http2
+    }
+
+    /// The 502 page for a local service that could not be reached, recorded as the answer.
+    fn unreachable(&self, e: &dyn std::fmt::Display, pending: &Pending) -> Answer {
+        let message = format!(
+            "The tunnel is online, but ggrok could not reach the local service at {} ({e}). \
+             Is it running?",
+            self.authority
+        );
+        pending.update(|x| {
+            x.status = Some(502);
+            x.error = Some(message.clone());
+        });
+        pending.finish();
+        Answer::new(error_page(
+            StatusCode::BAD_GATEWAY,
+            PageKind::LocalUnreachable,
+            &message,
+            false,
+        ))
+    }
+
+    /// Sends a request (not an upgrade) with the client's own HTTP/1.1 client, over an idle
+    /// connection or a new one; returns the connection and the answer's head.
+    async fn send_lean(
+        &self,
+        parts: &http::request::Parts,
+        body: Body,
+    ) -> Result<(h1::Conn, h1::ResponseHead), BoxError> {
+        let has_body = !http_body::Body::is_end_stream(&body);
+        let upload = h1::upload_framing(&parts.headers, has_body);
+        let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let head = h1::request_head(&parts.method, target, &parts.headers, upload);
+        let mut body = has_body.then_some((body, upload));
+        let mut reuse = true;
+        loop {
+            let (mut conn, idled) = match reuse.then(|| self.plain.take()).flatten() {
+                Some((conn, idled)) => (conn, Some(idled)),
+                None => (h1::Conn::new(self.connect_tcp().await?), None),
+            };
+            // See `RESEND_AFTER_IDLE`.
+            let again = body.is_none()
+                && idempotent(&parts.method)
+                && idled.is_some_and(|d| d >= self.plain.resend_after);
+            match h1::send(&mut conn, &head, &parts.method, body.take()).await {
+                Ok(answer) => return Ok((conn, answer)),
+                Err(h1::Error::Closed(e)) if again => {
+                    tracing::debug!(%e, "idle local connection closed under a request; sending it again");
+                    reuse = false;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// The answer [`send_lean`](Self::send_lean) got, recorded; its connection goes back to the
+    /// pool once the body has ended.
+    fn lean_answer(
+        &self,
+        (conn, mut head): (h1::Conn, h1::ResponseHead),
+        pending: Arc<Pending>,
+    ) -> Answer {
+        pending.update(|x| {
+            x.status = Some(head.status.as_u16());
+            x.response_headers = std::mem::take(&mut head.recorded);
+        });
+        let body = if head.is_empty() {
+            self.plain.put(conn);
+            http_util::empty()
+        } else {
+            let idle = self.plain.clone();
+            boxed(h1::ResponseBody::new(conn, &mut head, move |conn| {
+                idle.put(conn)
+            }))
+        };
+        Answer {
+            head: head.frame,
+            body: Recorded::new(body, pending, Side::Response).boxed(),
+        }
     }
 
     /// Sends `req` to the local service over an idle connection (if `reuse`) or a new one;
@@ -481,9 +593,14 @@ impl Forwarder {
         Ok(DrivenConn::handshake(self.connect_io().await?).await?)
     }
 
-    /// Opens a connection to the local service (TLS if asked for): to the address that worked
-    /// last, else to each address the host resolves to, in order.
+    /// Opens a connection to the local service (TLS if asked for).
     async fn connect_io(&self) -> Result<crate::upstream::LocalIo, BoxError> {
+        self.connector.wrap(self.connect_tcp().await?).await
+    }
+
+    /// Opens a TCP connection to the local service: to the address that worked last, else to
+    /// each address the host resolves to, in order.
+    async fn connect_tcp(&self) -> Result<tokio::net::TcpStream, BoxError> {
         let known = *self.addr.lock().unwrap_or_else(|p| p.into_inner());
         let stream = match known {
             Some(addr) => match tokio::net::TcpStream::connect(addr).await {
@@ -494,7 +611,7 @@ impl Forwarder {
             None => self.resolve_and_connect().await?,
         };
         stream.set_nodelay(true)?;
-        self.connector.wrap(stream).await
+        Ok(stream)
     }
 
     async fn resolve_and_connect(&self) -> std::io::Result<tokio::net::TcpStream> {
@@ -555,12 +672,28 @@ impl Forwarder {
         let req = builder
             .body(http_util::full(body))
             .map_err(|e| ReplayError::Invalid(e.to_string()))?;
-        let (new_id, resp, _) = self.forward(req, Some("replay".to_owned()), false).await;
+        let (new_id, answer, _) = self.forward(req, Some("replay".to_owned()), false).await;
         // Reading the body to its end publishes the exchange.
-        let _ = resp.into_body().collect().await;
+        let _ = answer.body.collect().await;
         self.traffic
             .get(new_id)
             .ok_or(ReplayError::NotFound(new_id))
+    }
+}
+
+/// What goes back on the stream: the answering head, ready to send, and the body.
+struct Answer {
+    head: Bytes,
+    body: Body,
+}
+
+impl Answer {
+    fn new(resp: Response<Body>) -> Self {
+        let (parts, body) = resp.into_parts();
+        Self {
+            head: head::encode_response(parts.status, &parts.headers),
+            body,
+        }
     }
 }
 
@@ -595,6 +728,12 @@ async fn splice_stream(local: LocalUpgrade, stream: MuxStream) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl Answer {
+        fn status(&self) -> StatusCode {
+            head::decode_response(self.head.clone()).unwrap().status
+        }
+    }
 
     /// An HTTP/1.1 connection over an in-memory pipe (nothing is sent on it), and the pipe's
     /// other end, which must live for the connection to stay open.
@@ -644,13 +783,277 @@ mod tests {
         (addr, log)
     }
 
+    /// What a scripted local service saw: (connection number, request head, request body).
+    type Seen = Arc<Mutex<Vec<(usize, String, Vec<u8>)>>>;
+
+    /// A local service that answers every request with the raw bytes `answer` gives for its
+    /// head, so any framing can be sent; it closes the connection after answers that say so.
+    /// Request bodies are read by `Content-Length` or chunked coding, except for `/early`,
+    /// answered before its body is read.
+    async fn scripted(
+        answer: impl Fn(&str) -> (&'static str, bool) + Send + Sync + 'static,
+    ) -> (std::net::SocketAddr, Seen) {
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen: Seen = Arc::default();
+        let log = seen.clone();
+        let answer = Arc::new(answer);
+        tokio::spawn(async move {
+            for n in 0.. {
+                let (sock, _) = listener.accept().await.unwrap();
+                let (log, answer) = (log.clone(), answer.clone());
+                tokio::spawn(async move {
+                    let mut sock = BufReader::new(sock);
+                    loop {
+                        let mut head = String::new();
+                        loop {
+                            let mut line = String::new();
+                            if sock.read_line(&mut line).await.unwrap_or(0) == 0 {
+                                return;
+                            }
+                            if line == "\r\n" {
+                                break;
+                            }
+                            head.push_str(&line);
+                        }
+                        let lower = head.to_ascii_lowercase();
+                        let mut body = Vec::new();
+                        if head.contains(" /early ") {
+                        } else if let Some(n) = lower
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length: "))
+                        {
+                            body.resize(n.trim().parse().unwrap(), 0);
+                            sock.read_exact(&mut body).await.unwrap();
+                        } else if lower.contains("transfer-encoding: chunked") {
+                            loop {
+                                let mut size = String::new();
+                                sock.read_line(&mut size).await.unwrap();
+                                let size = usize::from_str_radix(size.trim(), 16).unwrap();
+                                let mut chunk = vec![0; size + 2];
+                                if size == 0 {
+                                    break;
+                                }
+                                sock.read_exact(&mut chunk).await.unwrap();
+                                body.extend_from_slice(&chunk[..size]);
+                            }
+                            let mut end = String::new();
+                            sock.read_line(&mut end).await.unwrap();
+                        }
+                        let (text, close) = answer(&head);
+                        log.lock().unwrap().push((n, head, body));
+                        let _ = sock.get_mut().write_all(text.as_bytes()).await;
+                        if close {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (addr, seen)
+    }
+
+    /// Sends `req` through `forwarder`; the status, the body (or its error) and the trailers.
+    async fn exchange(
+        forwarder: &Forwarder,
+        req: Request<Body>,
+    ) -> (StatusCode, Result<String, String>, Option<http::HeaderMap>) {
+        let (_, answer, _) = forwarder.forward(req, None, false).await;
+        let status = answer.status();
+        match answer.body.collect().await {
+            Ok(c) => {
+                let trailers = c.trailers().cloned();
+                let body = String::from_utf8_lossy(&c.to_bytes()).into_owned();
+                (status, Ok(body), trailers)
+            }
+            Err(e) => (status, Err(e.to_string()), None),
+        }
+    }
+
+    fn get(method: Method, path: &str) -> Request<Body> {
+        let req = Request::builder().method(method).uri(path);
+        req.body(http_util::empty()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn every_response_framing_reaches_the_visitor_and_decides_reuse() {
+        let (addr, seen) = scripted(|head| match head.split(' ').nth(1).unwrap() {
+            "/length" => ("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", false),
+            "/head" => ("HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n", false),
+            "/continue" => (
+                "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\nhi",
+                false,
+            ),
+            "/chunked" => (
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: x-sum\r\n\r\n\
+                 5\r\nhello\r\n6\r\n world\r\n0\r\nx-sum: 11\r\n\r\n",
+                false,
+            ),
+            "/close" => ("HTTP/1.1 200 OK\r\n\r\nuntil the close", true),
+            "/both" => (
+                "HTTP/1.1 200 OK\r\ncontent-length: 99\r\ntransfer-encoding: chunked\r\n\r\n\
+                 2\r\nab\r\n0\r\n\r\n",
+                false,
+            ),
+            "/short" => ("HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc", true),
+            "/invalid" => (
+                "HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\nx",
+                true,
+            ),
+            _ => ("HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n", false),
+        })
+        .await;
+        let forwarder = Forwarder::new(
+            LocalTarget::new("127.0.0.1", addr.port()),
+            Traffic::new(64, 1024),
+        );
+        let f = &forwarder;
+        let ok = |s: &str| Ok(s.to_owned());
+
+        let (status, body, _) = exchange(f, get(Method::GET, "/length")).await;
+        assert_eq!((status, body), (StatusCode::OK, ok("ok")));
+        let (status, body, _) = exchange(f, get(Method::HEAD, "/head")).await;
+        assert_eq!(
+            (status, body),
+            (StatusCode::OK, ok("")),
+            "no body after HEAD"
+        );
+        let (status, body, _) = exchange(f, get(Method::GET, "/continue")).await;
+        assert_eq!(
+            (status, body),
+            (StatusCode::CREATED, ok("hi")),
+            "1xx skipped"
+        );
+        let (status, body, trailers) = exchange(f, get(Method::GET, "/chunked")).await;
+        assert_eq!((status, body), (StatusCode::OK, ok("hello world")));
+        assert_eq!(trailers.unwrap()["x-sum"], "11");
+        let (_, body, _) = exchange(f, get(Method::GET, "/close")).await;
+        assert_eq!(body, ok("until the close"));
+        let (_, body, _) = exchange(f, get(Method::GET, "/both")).await;
+        assert_eq!(body, ok("ab"), "chunked coding wins over Content-Length");
+        let (_, body, _) = exchange(f, get(Method::GET, "/next")).await;
+        assert_eq!(body, ok(""));
+        let (status, body, _) = exchange(f, get(Method::GET, "/short")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(body.unwrap_err().contains("before the end of the body"));
+        let (status, body, _) = exchange(f, get(Method::GET, "/invalid")).await;
+        assert_eq!(status, StatusCode::BAD_GATEWAY);
+        assert!(body.unwrap().contains("Content-Length values disagree"));
+
+        // Kept alive through every framing that ends on its own; a new connection after one that
+        // ran to the close and after one framed both ways.
+        let conns: Vec<_> = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(n, h, _)| (*n, h.split(' ').nth(1).unwrap().to_owned()))
+            .collect();
+        let on = |path: &str| conns.iter().find(|(_, p)| p == path).unwrap().0;
+        assert_eq!(on("/length"), on("/head"));
+        assert_eq!(on("/head"), on("/continue"));
+        assert_eq!(on("/continue"), on("/chunked"));
+        assert_eq!(on("/chunked"), on("/close"));
+        assert_ne!(on("/close"), on("/both"));
+        assert_ne!(on("/both"), on("/next"));
+
+        // The inspector saw each exchange as the visitor did.
+        let recent = forwarder.traffic().recent();
+        let chunked = recent.iter().find(|x| x.path == "/chunked").unwrap();
+        assert_eq!(&chunked.response_body.data[..], b"hello world");
+        assert_eq!(chunked.response_headers.get("trailer"), None, "hop-by-hop");
+        let short = recent.iter().find(|x| x.path == "/short").unwrap();
+        assert!(short.error.is_some(), "{short:?}");
+    }
+
+    #[tokio::test]
+    async fn request_bodies_are_framed_and_an_early_answer_closes_the_connection() {
+        let (addr, seen) = scripted(|head| {
+            if head.contains(" /early ") {
+                (
+                    "HTTP/1.1 413 Payload Too Large\r\ncontent-length: 0\r\n\r\n",
+                    false,
+                )
+            } else {
+                ("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n", false)
+            }
+        })
+        .await;
+        let forwarder = Forwarder::new(
+            LocalTarget::new("127.0.0.1", addr.port()),
+            Traffic::new(64, 1024),
+        );
+        let post = |path: &str, length: bool, body: Body| {
+            let mut req = Request::post(path);
+            if length {
+                req = req.header(header::CONTENT_LENGTH, "11");
+            }
+            req.body(body).unwrap()
+        };
+        let (status, _, _) = exchange(
+            &forwarder,
+            post("/sized", true, http_util::full("hello world")),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, _, _) = exchange(
+            &forwarder,
+            post("/unsized", false, http_util::full("hello world")),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+
+        // A body that has not ended when the local service answers.
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<http_body::Frame<Bytes>, BoxError>>(1);
+        tx.send(Ok(http_body::Frame::data(Bytes::from_static(b"part"))))
+            .await
+            .unwrap();
+        let frames = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|frame| (frame, rx))
+        });
+        let open = boxed(http_body_util::StreamBody::new(frames));
+        let (status, _, _) = exchange(&forwarder, post("/early", true, open)).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        drop(tx);
+        let (status, _, _) = exchange(&forwarder, get(Method::GET, "/after")).await;
+        assert_eq!(status, StatusCode::OK);
+
+        let seen = seen.lock().unwrap().clone();
+        let find = |path: &str| {
+            seen.iter()
+                .find(|(_, h, _)| h.contains(path))
+                .unwrap()
+                .clone()
+        };
+        let (sized, unsized_, early, after) = (
+            find("/sized"),
+            find("/unsized"),
+            find("/early"),
+            find("/after"),
+        );
+        assert!(sized.1.contains("content-length: 11"), "{}", sized.1);
+        assert_eq!(sized.2, b"hello world");
+        assert!(
+            unsized_.1.contains("transfer-encoding: chunked"),
+            "{}",
+            unsized_.1
+        );
+        assert_eq!(unsized_.2, b"hello world");
+        assert_eq!(sized.0, unsized_.0, "one connection");
+        assert_eq!(unsized_.0, early.0);
+        assert_ne!(
+            early.0, after.0,
+            "not reused after an answer that came before the body"
+        );
+    }
+
     #[tokio::test]
     async fn a_request_lost_on_a_closing_idle_connection_is_sent_again_when_safe() {
         let (addr, log) = closes_on_second_request().await;
         let target = LocalTarget::new("127.0.0.1", addr.port());
         let mut forwarder = Forwarder::new(target, Traffic::new(16, 1024));
         // Every reused connection counts as long idle.
-        Arc::get_mut(&mut forwarder).unwrap().idle = Arc::new(Idle {
+        Arc::get_mut(&mut forwarder).unwrap().plain = Arc::new(Idle {
             resend_after: Duration::ZERO,
             ..Idle::new(MAX_IDLE_AGE)
         });
@@ -666,9 +1069,9 @@ mod tests {
                 .unwrap();
             let forwarder = forwarder.clone();
             async move {
-                let (_, resp, _) = forwarder.forward(req, None, false).await;
-                let status = resp.status();
-                let body = resp.into_body().collect().await.unwrap().to_bytes();
+                let (_, answer, _) = forwarder.forward(req, None, false).await;
+                let status = answer.status();
+                let body = answer.body.collect().await.unwrap().to_bytes();
                 (status, String::from_utf8_lossy(&body).into_owned())
             }
         };
@@ -717,9 +1120,9 @@ mod tests {
         let forwarder = Forwarder::new(target, Traffic::new(4, 64));
         for _ in 0..3 {
             let req = Request::get("/").body(http_util::empty()).unwrap();
-            let (_, resp, _) = forwarder.forward(req, None, false).await;
-            assert_eq!(resp.status(), StatusCode::OK);
-            let _ = resp.into_body().collect().await;
+            let (_, answer, _) = forwarder.forward(req, None, false).await;
+            assert_eq!(answer.status(), StatusCode::OK);
+            let _ = answer.body.collect().await;
             assert_eq!(
                 *forwarder.addr.lock().unwrap(),
                 Some(addr),

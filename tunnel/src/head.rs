@@ -85,6 +85,43 @@ pub fn encode_response(status: StatusCode, headers: &HeaderMap) -> Bytes {
     out.freeze()
 }
 
+/// An answering head written header by header, as they are parsed off the wire (names are
+/// lowercased, as a header map has them, so the peer's decoding finds its standard names).
+pub struct ResponseHeadWriter {
+    out: BytesMut,
+    count: u16,
+}
+
+impl ResponseHeadWriter {
+    /// A head with `status`, room for `size` bytes of headers (with their lengths).
+    pub fn new(status: StatusCode, size: usize) -> Self {
+        let mut out = BytesMut::with_capacity(4 + size);
+        out.put_u16(status.as_u16());
+        out.put_u16(0);
+        Self { out, count: 0 }
+    }
+
+    /// Adds one header; headers past the format's limit of 65,535 are left out.
+    pub fn push(&mut self, name: &[u8], value: &[u8]) {
+        if self.count == u16::MAX || name.len() > u16::MAX as usize {
+            return;
+        }
+        self.count += 1;
+        self.out.put_u16(name.len() as u16);
+        let start = self.out.len();
+        self.out.put_slice(name);
+        self.out[start..].make_ascii_lowercase();
+        self.out.put_u32(value.len() as u32);
+        self.out.put_slice(value);
+    }
+
+    /// The encoded head, as [`encode_response`] writes it.
+    pub fn finish(mut self) -> Bytes {
+        self.out[2..4].copy_from_slice(&self.count.to_be_bytes());
+        self.out.freeze()
+    }
+}
+
 /// Trailers that end a body.
 pub fn encode_trailers(headers: &HeaderMap) -> Bytes {
     let mut out = BytesMut::with_capacity(headers_len(headers));
@@ -246,6 +283,22 @@ mod tests {
         assert_eq!(parts.headers, h);
         let cookies: Vec<_> = parts.headers.get_all("set-cookie").iter().collect();
         assert_eq!(cookies, ["a=1", "b=2"], "order kept");
+    }
+
+    #[test]
+    fn a_head_written_header_by_header_is_the_encoded_one() {
+        let mut h = HeaderMap::new();
+        h.append("set-cookie", HeaderValue::from_static("a=1"));
+        h.append("set-cookie", HeaderValue::from_static("b=2"));
+        h.insert("content-type", HeaderValue::from_static("text/plain"));
+        let mut w = ResponseHeadWriter::new(StatusCode::CREATED, 0);
+        w.push(b"Set-Cookie", b"a=1");
+        w.push(b"set-cookie", b"b=2");
+        w.push(b"Content-Type", b"text/plain");
+        let written = w.finish();
+        assert_eq!(written, encode_response(StatusCode::CREATED, &h));
+        let parts = decode_response(written).unwrap();
+        assert_eq!((parts.status, parts.headers), (StatusCode::CREATED, h));
     }
 
     #[test]

@@ -18,7 +18,9 @@
 //! - [`forward`]: the client's side of a stream: forward to the local service, replay.
 //! - [`frames`]: WebSocket frames read as they pass an upgraded connection, for the inspector.
 //! - [`upstream`]: TLS, HTTP/2 and the `Host` header towards the local service.
-//! - [`driven`]: HTTP/1.1 client connections driven by the task that uses them.
+//! - `h1`: the client's own HTTP/1.1 client for plain-HTTP local services.
+//! - [`driven`]: hyper's HTTP/1.1 client connections (TLS local services, upgrades), driven by
+//!   the task that uses them.
 //! - [`traffic`]: recorded exchanges for the log, the inspector and replay.
 //! - [`http_util`]: body type, hop-by-hop headers and ggrok's own error pages.
 //! - [`tcp`]: TCP tunnels: a visitor connection spliced to a local one, the connection log.
@@ -41,6 +43,7 @@ pub mod frames;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
+mod h1;
 pub mod head;
 pub mod http_util;
 pub mod inspect;

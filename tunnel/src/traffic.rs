@@ -141,6 +141,25 @@ impl From<&HeaderMap> for Headers {
 }
 
 impl Headers {
+    /// No headers yet, with room for `count` headers of `size` bytes in all.
+    pub(crate) fn with_capacity(size: usize, count: usize) -> Self {
+        Self {
+            text: String::with_capacity(size),
+            ends: Vec::with_capacity(count),
+        }
+    }
+
+    /// Adds one header as it came off the wire: the name lowercased, as a header map has it.
+    pub(crate) fn push_lowercase(&mut self, name: &str, value: &str) {
+        let start = self.text.len();
+        self.text.push_str(name);
+        self.text[start..].make_ascii_lowercase();
+        let name_end = self.text.len();
+        self.text.push_str(value);
+        let end = |n: usize| u32::try_from(n).expect("headers under 4 GiB");
+        self.ends.push((end(name_end), end(self.text.len())));
+    }
+
     /// Adds one header.
     pub fn push(&mut self, name: &str, value: &str) {
         // Every parser in the path bounds a head far below 4 GiB.
