@@ -279,6 +279,20 @@ impl Forwarder {
             Some(Ok(Item::Head(head))) => head,
             _ => return stream.reset(RESET_PROTOCOL, "a stream must open with a head"),
         };
+        let has_body = !stream.peer_finished();
+        if self.lean() {
+            let prepared = match head::decode_request_raw(&head) {
+                Ok(raw) => {
+                    raw.and_then(|raw| h1::prepare(raw, self.host_header.as_ref(), has_body))
+                }
+                Err(e) => return stream.reset(RESET_PROTOCOL, &e.to_string()),
+            };
+            if let Some(prepared) = prepared {
+                let body = has_body.then(|| boxed(RecvBody::new(stream.clone())));
+                let answer = self.forward_prepared(prepared, body).await;
+                return answer_on(stream, answer, None).await;
+            }
+        }
         let parts = match head::decode_open(head) {
             Ok(Open::Http(parts)) => parts,
             Ok(Open::Tcp(_)) => {
@@ -293,32 +307,63 @@ impl Forwarder {
             .and_then(|v| v.rsplit(',').next())
             .map(|v| v.trim().to_owned());
         let upgrade = is_upgrade(&parts.headers);
-        let body = if stream.peer_finished() {
-            http_util::empty()
-        } else {
-            boxed(RecvBody::new(stream.clone()))
+        let body = match has_body {
+            true => boxed(RecvBody::new(stream.clone())),
+            false => http_util::empty(),
         };
-        let (_, answer, local_upgrade) = self
-            .forward(Request::from_parts(parts, body), remote, upgrade)
-            .await;
-        let Answer { head, body } = answer;
-        let end = http_body::Body::is_end_stream(&body) || local_upgrade.is_some();
-        if let Err(e) = stream
-            .send_head(head, false, end && local_upgrade.is_none())
-            .await
-        {
-            return tracing::debug!(%e, "the response head could not be sent");
+        let (_, answer, local_upgrade) =
+            Box::pin(self.forward(Request::from_parts(parts, body), remote, upgrade)).await;
+        answer_on(stream, answer, local_upgrade).await
+    }
+
+    /// Sends a request [prepared](h1::prepare) from the server's head with the client's own
+    /// HTTP/1.1 client, and records it.
+    async fn forward_prepared(&self, prepared: h1::Prepared, body: Option<Body>) -> Answer {
+        let h1::Prepared {
+            method,
+            path,
+            head,
+            upload,
+            recorded,
+            remote,
+        } = prepared;
+        let (_, pending) = self.pending(&method, path, remote, recorded);
+        let body = body.map(|body| {
+            let body = Recorded::new(body, pending.clone(), Side::Request).boxed();
+            (body, upload)
+        });
+        match self.send_lean(&head, &method, body).await {
+            Ok(sent) => self.lean_answer(sent, pending),
+            Err(e) => self.unreachable(&e, &pending),
         }
-        if let Some(local) = local_upgrade {
-            // Boxed, as the rare paths below: their state would otherwise size every request's
-            // future, which is moved on every spawn (it was 70% of the client's instructions).
-            return Box::pin(splice_stream(local, stream)).await;
-        }
-        if !end {
-            if let Err(e) = send_body(&stream, body).await {
-                tracing::debug!(%e, "response body ended early");
-            }
-        }
+    }
+
+    /// A new exchange, recorded once its response has ended.
+    fn pending(
+        &self,
+        method: &Method,
+        path: String,
+        remote: Option<String>,
+        request_headers: Headers,
+    ) -> (u64, Arc<Pending>) {
+        let id = self.traffic.next_id();
+        let exchange = Exchange {
+            id,
+            started_ms: now_ms(),
+            method: method.to_string(),
+            path,
+            status: None,
+            duration_ms: 0,
+            remote_addr: remote,
+            upgraded: false,
+            request_headers,
+            response_headers: Headers::default(),
+            request_body: CapturedBody::default(),
+            response_body: CapturedBody::default(),
+            error: None,
+            frames: None,
+        };
+        (id, Pending::new(self.traffic.clone(), exchange))
     }
 
     /// Sends `req` to the local service; returns the exchange id, the answer to give back and,
@@ -342,26 +387,8 @@ impl Forwarder {
             parts.headers.insert(header::HOST, host.clone());
         }
         let upgrade = upgrade && is_upgrade(&parts.headers);
-        let id = self.traffic.next_id();
-        let pending = Pending::new(
-            self.traffic.clone(),
-            Exchange {
-                id,
-                started_ms: now_ms(),
-                method: parts.method.to_string(),
-                path,
-                status: None,
-                duration_ms: 0,
-                remote_addr: remote,
-                upgraded: false,
-                request_headers: Headers::from(&parts.headers),
-                response_headers: Headers::default(),
-                request_body: CapturedBody::default(),
-                response_body: CapturedBody::default(),
-                error: None,
-                frames: None,
-            },
-        );
+        let (id, pending) =
+            self.pending(&parts.method, path, remote, Headers::from(&parts.headers));
         // An empty body (most requests) has nothing to record: the exchange's default says so.
         let body = if http_body::Body::is_end_stream(&body) {
             body
@@ -371,7 +398,12 @@ impl Forwarder {
 
         parts.uri = http_util::origin_form(parts.uri);
         if !upgrade && self.lean() {
-            let answer = match Box::pin(self.send_lean(&parts, body)).await {
+            let has_body = !http_body::Body::is_end_stream(&body);
+            let upload = h1::upload_framing(&parts.headers, has_body);
+            let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+            let head = h1::request_head(&parts.method, target, &parts.headers, upload);
+            let body = has_body.then_some((body, upload));
+            let answer = match Box::pin(self.send_lean(&head, &parts.method, body)).await {
                 Ok(sent) => self.lean_answer(sent, pending),
                 Err(e) => self.unreachable(&e, &pending),
             };
@@ -468,14 +500,10 @@ impl Forwarder {
     /// connection or a new one; returns the connection and the answer's head.
     async fn send_lean(
         &self,
-        parts: &http::request::Parts,
-        body: Body,
+        head: &[u8],
+        method: &Method,
+        mut body: Option<(Body, h1::Upload)>,
     ) -> Result<(h1::Conn, h1::ResponseHead), BoxError> {
-        let has_body = !http_body::Body::is_end_stream(&body);
-        let upload = h1::upload_framing(&parts.headers, has_body);
-        let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        let head = h1::request_head(&parts.method, target, &parts.headers, upload);
-        let mut body = has_body.then_some((body, upload));
         let mut reuse = true;
         loop {
             let (mut conn, idled) = match reuse.then(|| self.plain.take()).flatten() {
@@ -484,9 +512,9 @@ impl Forwarder {
             };
             // See `RESEND_AFTER_IDLE`.
             let again = body.is_none()
-                && idempotent(&parts.method)
+                && idempotent(method)
                 && idled.is_some_and(|d| d >= self.plain.resend_after);
-            match h1::send(&mut conn, &head, &parts.method, body.take()).await {
+            match h1::send(&mut conn, head, method, body.take()).await {
                 Ok(answer) => return Ok((conn, answer)),
                 Err(h1::Error::Closed(e)) if again => {
                     tracing::debug!(%e, "idle local connection closed under a request; sending it again");
@@ -693,6 +721,28 @@ impl Answer {
         Self {
             head: head::encode_response(parts.status, &parts.headers),
             body,
+        }
+    }
+}
+
+/// Sends `answer` back on `stream`, then splices `local_upgrade` to it if there is one.
+async fn answer_on(stream: MuxStream, answer: Answer, local_upgrade: Option<LocalUpgrade>) {
+    let Answer { head, body } = answer;
+    let end = http_body::Body::is_end_stream(&body) || local_upgrade.is_some();
+    if let Err(e) = stream
+        .send_head(head, false, end && local_upgrade.is_none())
+        .await
+    {
+        return tracing::debug!(%e, "the response head could not be sent");
+    }
+    if let Some(local) = local_upgrade {
+        // Boxed, as the rare paths below: their state would otherwise size every request's
+        // future, which is moved on every spawn (it was 70% of the client's instructions).
+        return Box::pin(splice_stream(local, stream)).await;
+    }
+    if !end {
+        if let Err(e) = send_body(&stream, body).await {
+            tracing::debug!(%e, "response body ended early");
         }
     }
 }

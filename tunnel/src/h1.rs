@@ -159,6 +159,122 @@ pub(crate) fn request_head(
     out
 }
 
+/// A request ready to send: its HTTP/1.1 head and what the inspector records of it.
+pub(crate) struct Prepared {
+    pub(crate) method: Method,
+    pub(crate) path: String,
+    pub(crate) head: BytesMut,
+    pub(crate) upload: Upload,
+    pub(crate) recorded: Headers,
+    /// The visitor's address, from the last `X-Forwarded-For` entry.
+    pub(crate) remote: Option<String>,
+}
+
+/// Writes the HTTP/1.1 head of the request the server sent, read in place: the hop-by-hop
+/// headers left out, `Host` replaced by `host` if given, framed for a body if `has_body`. `None`
+/// for what the general path (a header map, and hyper for upgrades) handles: an upgrade, a
+/// `Connection` naming headers to drop, more than one `Content-Length`.
+pub(crate) fn prepare(
+    raw: crate::head::RawRequest<'_>,
+    host: Option<&HeaderValue>,
+    has_body: bool,
+) -> Option<Prepared> {
+    let size = raw
+        .headers
+        .iter()
+        .map(|(k, v)| k.len() + v.len() + 4)
+        .sum::<usize>();
+    let mut out = BytesMut::with_capacity(raw.method.as_str().len() + raw.target.len() + size + 64);
+    out.put_slice(raw.method.as_str().as_bytes());
+    out.put_u8(b' ');
+    out.put_slice(raw.target.as_bytes());
+    out.put_slice(b" HTTP/1.1\r\n");
+    let mut recorded = Headers::with_capacity(size, raw.headers.len() + 1);
+    let mut put = |out: &mut BytesMut, name: &str, value: &[u8]| {
+        out.put_slice(name.as_bytes());
+        out.put_slice(b": ");
+        out.put_slice(value);
+        out.put_slice(b"\r\n");
+        match std::str::from_utf8(value) {
+            Ok(text) => recorded.push_lowercase(name, text),
+            Err(_) => recorded.push_lowercase(name, &String::from_utf8_lossy(value)),
+        }
+    };
+    let mut host_written = false;
+    let mut length = None;
+    let mut remote = None;
+    for &(name, value) in &raw.headers {
+        if name.len() == 4 && name.eq_ignore_ascii_case("host") {
+            if let Some(host) = host {
+                if !host_written {
+                    put(&mut out, "host", host.as_bytes());
+                }
+                host_written = true;
+                continue;
+            }
+        } else if name.len() == 14 && name.eq_ignore_ascii_case("content-length") {
+            if length.is_some() {
+                return None;
+            }
+            length = Some(content_length(std::iter::once(value)).ok().flatten());
+            if !has_body || length == Some(None) {
+                continue;
+            }
+        } else if name.eq_ignore_ascii_case("x-forwarded-for") {
+            let last = value.rsplit(|b| *b == b',').next().unwrap_or(b"");
+            remote = std::str::from_utf8(last.trim_ascii())
+                .ok()
+                .map(str::to_owned);
+        } else if hop_by_hop(name) {
+            if name.eq_ignore_ascii_case("upgrade") {
+                return None;
+            }
+            if name.eq_ignore_ascii_case("connection") {
+                let plain = value.split(|b| *b == b',').all(|t| {
+                    let t = t.trim_ascii();
+                    t.eq_ignore_ascii_case(b"keep-alive") || t.eq_ignore_ascii_case(b"close")
+                });
+                if !plain {
+                    return None;
+                }
+            }
+            // `TE: trailers` passes (gRPC needs it; see `strip_hop_by_hop`).
+            let trailers = name.eq_ignore_ascii_case("te")
+                && value
+                    .split(|b| *b == b',')
+                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"));
+            if trailers {
+                put(&mut out, "te", b"trailers");
+            }
+            continue;
+        }
+        put(&mut out, name, value);
+    }
+    if let (Some(host), false) = (host, host_written) {
+        put(&mut out, "host", host.as_bytes());
+    }
+    let upload = match (has_body, length) {
+        (false, _) => Upload::None,
+        (true, Some(Some(n))) => Upload::Length(n),
+        (true, _) => Upload::Chunked,
+    };
+    match upload {
+        Upload::Length(_) => {}
+        Upload::Chunked => out.put_slice(b"transfer-encoding: chunked\r\n"),
+        Upload::None if length.is_some() => put(&mut out, "content-length", b"0"),
+        Upload::None => {}
+    }
+    out.put_slice(b"\r\n");
+    Some(Prepared {
+        method: raw.method,
+        path: raw.target.to_owned(),
+        head: out,
+        upload,
+        recorded,
+        remote,
+    })
+}
+
 /// How a request with `headers` and a body (or none) is framed: its `Content-Length` if it has
 /// one valid length, else chunked.
 pub(crate) fn upload_framing(headers: &HeaderMap, has_body: bool) -> Upload {
@@ -936,6 +1052,55 @@ mod tests {
         }
     }
 
+    /// Mutated answers: parsing and decoding never panic and never hand out bytes that are not
+    /// there.
+    #[test]
+    fn mutated_answers_neither_panic_nor_overrun() {
+        use rand::{Rng, SeedableRng};
+        let seeds: [&[u8]; 3] = [
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;a=b\r\nhello\r\n0\r\nx: 1\r\n\r\n",
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 3\r\nconnection: x, close\r\n\r\nabc",
+            b"HTTP/1.0 404 Not Found\r\n\r\nuntil the close",
+        ];
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        for _ in 0..20_000 {
+            let mut wire = seeds[rng.random_range(0..seeds.len())].to_vec();
+            for _ in 0..rng.random_range(1..4) {
+                let at = rng.random_range(0..wire.len());
+                match rng.random_range(0..3) {
+                    0 => wire[at] = rng.random(),
+                    1 => drop(wire.remove(at)),
+                    _ => wire.insert(at, b"0123456789abcdef\r\n;: "[rng.random_range(0..21)]),
+                }
+            }
+            let mut rest = &wire[..];
+            let head = loop {
+                match parse_head(rest, false) {
+                    Ok(Parsed::Informational(n)) => rest = &rest[n..],
+                    Ok(Parsed::Final(n, head, _)) => break Some((n, head)),
+                    Ok(Parsed::Partial) | Err(_) => break None,
+                }
+            };
+            let Some((n, mut head)) = head else { continue };
+            let mut buf = BytesMut::new();
+            let mut fed = n;
+            for _ in 0..wire.len() * 2 + 8 {
+                match head.framing.decode(&mut buf) {
+                    Ok(Decoded::Data(k)) => {
+                        assert!(k > 0 && k <= buf.len(), "{k} of {}", buf.len());
+                        buf.advance(k);
+                    }
+                    Ok(Decoded::End(_)) | Err(_) => break,
+                    Ok(Decoded::More) if fed < rest.len() => {
+                        buf.extend_from_slice(&rest[fed..fed + 1]);
+                        fed += 1;
+                    }
+                    Ok(Decoded::More) => break,
+                }
+            }
+        }
+    }
+
     #[test]
     fn chunked_bodies_decode_whatever_the_reads() {
         let wire = b"5;ext=1\r\nhello\r\n1A\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nx-sum: 9\r\n\r\n";
@@ -956,6 +1121,91 @@ mod tests {
                 "{:?}",
                 String::from_utf8_lossy(bad)
             );
+        }
+    }
+
+    /// The request the server would send for `headers`, prepared.
+    fn prepared(headers: &[(&str, &str)], host: Option<&str>, has_body: bool) -> Option<Prepared> {
+        let mut h = HeaderMap::new();
+        for (k, v) in headers {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        let uri: http::Uri = "/p?q=1".parse().unwrap();
+        let frame = crate::head::encode_request(&Method::POST, &uri, &h);
+        let raw = crate::head::decode_request_raw(&frame).unwrap().unwrap();
+        prepare(
+            raw,
+            host.map(HeaderValue::from_str)
+                .transpose()
+                .unwrap()
+                .as_ref(),
+            has_body,
+        )
+    }
+
+    #[test]
+    fn requests_from_the_server_are_written_as_the_header_map_path_wrote_them() {
+        let headers = [
+            ("user-agent", "ua"),
+            ("host", "app.example.com"),
+            ("connection", "keep-alive"),
+            ("te", "trailers"),
+            ("keep-alive", "timeout=5"),
+            ("content-length", "3"),
+            ("x-forwarded-for", "203.0.113.9, 198.51.100.7"),
+        ];
+        let p = prepared(&headers, Some("localhost:3000"), true).unwrap();
+        assert_eq!(
+            String::from_utf8(p.head.to_vec()).unwrap(),
+            "POST /p?q=1 HTTP/1.1\r\nuser-agent: ua\r\nhost: localhost:3000\r\nte: trailers\r\n\
+             content-length: 3\r\nx-forwarded-for: 203.0.113.9, 198.51.100.7\r\n\r\n"
+        );
+        assert!(matches!(p.upload, Upload::Length(3)));
+        assert_eq!((p.method, p.path.as_str()), (Method::POST, "/p?q=1"));
+        assert_eq!(p.remote.as_deref(), Some("198.51.100.7"));
+        let recorded: Vec<_> = p
+            .recorded
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect();
+        assert_eq!(
+            recorded,
+            [
+                "user-agent: ua",
+                "host: localhost:3000",
+                "te: trailers",
+                "content-length: 3",
+                "x-forwarded-for: 203.0.113.9, 198.51.100.7"
+            ]
+        );
+
+        // The visitor's Host kept; one added where there was none.
+        let p = prepared(&headers, None, true).unwrap();
+        assert!(String::from_utf8_lossy(&p.head).contains("host: app.example.com\r\n"));
+        let p = prepared(&[("accept", "*/*")], Some("localhost:3000"), false).unwrap();
+        assert_eq!(
+            String::from_utf8(p.head.to_vec()).unwrap(),
+            "POST /p?q=1 HTTP/1.1\r\naccept: */*\r\nhost: localhost:3000\r\n\r\n"
+        );
+        // Framing: chunked without a usable length; a length without a body is 0.
+        let p = prepared(&[("content-length", "x")], None, true).unwrap();
+        assert!(matches!(p.upload, Upload::Chunked));
+        assert!(
+            String::from_utf8_lossy(&p.head).ends_with("\r\ntransfer-encoding: chunked\r\n\r\n")
+        );
+        let p = prepared(&[("content-length", "3")], None, false).unwrap();
+        assert!(String::from_utf8_lossy(&p.head).ends_with("\r\ncontent-length: 0\r\n\r\n"));
+
+        // Left to the general path.
+        for general in [
+            &[("connection", "upgrade"), ("upgrade", "websocket")][..],
+            &[("connection", "x-private"), ("x-private", "1")],
+            &[("content-length", "3"), ("content-length", "3")],
+        ] {
+            assert!(prepared(general, None, true).is_none(), "{general:?}");
         }
     }
 

@@ -242,6 +242,87 @@ pub fn decode_open(buf: Bytes) -> Result<Open, HeadError> {
     }
 }
 
+/// An HTTP request's opening head read in place, for a client that writes it out as HTTP/1.1
+/// without building a header map. Validated as [`decode_open`] validates: the method and the names
+/// are tokens, the target is in origin form and the values are what [`HeaderValue`] accepts, so
+/// none can carry a line break into the text written from them.
+#[derive(Debug)]
+pub struct RawRequest<'a> {
+    /// The method.
+    pub method: Method,
+    /// The origin-form target (path and query), or `*`.
+    pub target: &'a str,
+    /// The headers in order: names as sent (the server sends them lowercase), values as bytes.
+    pub headers: Vec<(&'a str, &'a [u8])>,
+}
+
+/// Whether `b` may appear in a header name or a method (RFC 9110 §5.6.2, `tchar`).
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Reads an opening head in place; `Ok(None)` when it opens something other than an HTTP
+/// request (a TCP connection).
+pub fn decode_request_raw(buf: &[u8]) -> Result<Option<RawRequest<'_>>, HeadError> {
+    struct Cursor<'a>(&'a [u8]);
+    impl<'a> Cursor<'a> {
+        fn take(&mut self, n: usize) -> Result<&'a [u8], HeadError> {
+            if self.0.len() < n {
+                return Err(HeadError("cut off"));
+            }
+            let (bytes, rest) = self.0.split_at(n);
+            self.0 = rest;
+            Ok(bytes)
+        }
+    }
+    let mut cursor = Cursor(buf);
+    if cursor.take(1)? != [OPEN_HTTP] {
+        return Ok(None);
+    }
+    let n = cursor.take(1)?[0] as usize;
+    let method = Method::from_bytes(cursor.take(n)?).map_err(|_| HeadError("bad method"))?;
+    let n = u32::from_be_bytes(cursor.take(4)?.try_into().expect("four bytes")) as usize;
+    let target = cursor.take(n)?;
+    // What `Uri` accepts of an origin-form target, as far as it matters here: visible ASCII.
+    if !(target.first() == Some(&b'/') || target == b"*")
+        || !target.iter().all(|b| (0x21..0x7f).contains(b))
+    {
+        return Err(HeadError("the target is not in origin form"));
+    }
+    let target = std::str::from_utf8(target).map_err(|_| HeadError("bad target"))?;
+    let count = u16::from_be_bytes(cursor.take(2)?.try_into().expect("two bytes")) as usize;
+    // Each header takes at least 6 bytes: a count beyond what is left is a lie.
+    if count * 6 > cursor.0.len() {
+        return Err(HeadError("more headers than bytes"));
+    }
+    let mut headers = Vec::with_capacity(count);
+    for _ in 0..count {
+        let n = u16::from_be_bytes(cursor.take(2)?.try_into().expect("two bytes")) as usize;
+        let name = cursor.take(n)?;
+        if name.is_empty() || !name.iter().all(|b| is_tchar(*b)) {
+            return Err(HeadError("bad header name"));
+        }
+        let name = std::str::from_utf8(name).map_err(|_| HeadError("bad header name"))?;
+        let n = u32::from_be_bytes(cursor.take(4)?.try_into().expect("four bytes")) as usize;
+        let value = cursor.take(n)?;
+        if !value
+            .iter()
+            .all(|&b| (b >= 0x20 && b != 0x7f) || b == b'\t')
+        {
+            return Err(HeadError("bad header value"));
+        }
+        headers.push((name, value));
+    }
+    if !cursor.0.is_empty() {
+        return Err(HeadError("bytes after the end"));
+    }
+    Ok(Some(RawRequest {
+        method,
+        target,
+        headers,
+    }))
+}
+
 /// Decodes an answering head.
 pub fn decode_response(buf: Bytes) -> Result<http::response::Parts, HeadError> {
     let mut r = Reader { buf, pos: 0 };
@@ -299,6 +380,48 @@ mod tests {
         assert_eq!(written, encode_response(StatusCode::CREATED, &h));
         let parts = decode_response(written).unwrap();
         assert_eq!((parts.status, parts.headers), (StatusCode::CREATED, h));
+    }
+
+    #[test]
+    fn a_request_read_in_place_is_the_decoded_one() {
+        let mut h = HeaderMap::new();
+        h.append("set-cookie", HeaderValue::from_static("a=1"));
+        h.append("set-cookie", HeaderValue::from_static("b=2"));
+        h.insert(
+            "x-bytes",
+            HeaderValue::from_bytes(b"caf\xc3\xa9\t!").unwrap(),
+        );
+        let uri: Uri = "/p/a%20th?q=1&r".parse().unwrap();
+        let head = encode_request(&Method::PATCH, &uri, &h);
+        let raw = decode_request_raw(&head).unwrap().unwrap();
+        assert_eq!((raw.method, raw.target), (Method::PATCH, "/p/a%20th?q=1&r"));
+        let pairs: Vec<_> = h.iter().map(|(k, v)| (k.as_str(), v.as_bytes())).collect();
+        assert_eq!(raw.headers, pairs);
+        assert!(decode_request_raw(&encode_tcp("1.2.3.4:5"))
+            .unwrap()
+            .is_none());
+
+        // Whatever `decode_open` refuses, this refuses.
+        let mut bad_value = encode_request(&Method::GET, &uri, &h).to_vec();
+        let at = bad_value.len() - 1;
+        bad_value[at] = b'\n';
+        let mut bad_name = encode_request(&Method::GET, &uri, &h).to_vec();
+        let at = bad_name.windows(3).position(|w| w == b"set").unwrap();
+        bad_name[at] = b' ';
+        let mut bad_target = encode_request(&Method::GET, &uri, &h).to_vec();
+        let at = bad_target.iter().position(|b| *b == b'?').unwrap();
+        bad_target[at] = b' ';
+        let cut = encode_request(&Method::GET, &uri, &h);
+        for bad in [
+            bad_value,
+            bad_name,
+            bad_target,
+            cut[..cut.len() - 2].to_vec(),
+            [&cut[..], b"x"].concat(),
+        ] {
+            assert!(decode_request_raw(&bad).is_err(), "{bad:?}");
+            assert!(decode_open(Bytes::from(bad)).is_err());
+        }
     }
 
     #[test]
