@@ -230,18 +230,16 @@ impl VisitorUpgrade {
     }
 
     /// Joins the visitor's side to `stream` until either closes.
-    async fn splice(self, stream: ggrok_tunnel::mux::StreamIo) {
+    async fn splice(self, stream: ggrok_tunnel::mux::MuxStream) {
         match self {
             Self::Connection(on_upgrade) => match on_upgrade.await {
                 Ok(io) => {
-                    http_util::splice(TokioIo::new(io), stream).await;
+                    http_util::splice(TokioIo::new(io), stream.into_io()).await;
                 }
                 Err(e) => debug!(%e, "visitor upgrade failed"),
             },
             Self::Hop(hop) => match hop.wait().await {
-                Some(io) => {
-                    http_util::splice(io, stream).await;
-                }
+                Some(hop) => crate::cluster::hop::splice_streams(hop, stream).await,
                 None => debug!("the hop ended before its upgrade"),
             },
         }
@@ -313,10 +311,7 @@ fn respond(
     if answer.status == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(visitor_io) = visitor_upgrade {
             // Ending with the session closes the visitor's side too, so it sees the end.
-            shared.spawn(until_ended(
-                route.ended.clone(),
-                visitor_io.splice(stream.into_io()),
-            ));
+            shared.spawn(until_ended(route.ended.clone(), visitor_io.splice(stream)));
         }
         return Response::from_parts(answer, http_util::empty());
     }

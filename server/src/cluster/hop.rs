@@ -33,7 +33,7 @@ use bytes::Bytes;
 use ggrok_tunnel::{
     head,
     http_util::{self, boxed, empty, is_upgrade, splice_upgrades, Body, BoxError},
-    mux::{self, Item, MuxError, MuxStream, StreamIo},
+    mux::{self, Item, MuxError, MuxStream},
     mux_body::{send_body, RecvBody},
     protocol::{
         self, HopError, HopHead, HopOpen, PageKind, HEADER_HOP_VERSION, HOP_VERSION, PEER_PATH,
@@ -523,12 +523,44 @@ async fn serve_http1(shared: Arc<Shared>, visitor: HopHead, stream: MuxStream) {
     }
 }
 
+/// Joins two streams that carry bytes (a hop's and a tunnel's: a hopped TCP connection, or a
+/// hopped upgrade) until both directions have ended or either fails. Data passes as the
+/// multiplexer delivered it, with no buffer of our own, so an idle pair holds no memory (a
+/// byte-stream copy holds two 64 KiB buffers from the start); in flight, each direction holds
+/// at most one frame (64 KiB) beyond what the streams' credit bounds. A failure on one stream
+/// resets the other with the same code and reason, so neither end takes a broken connection
+/// for a whole one.
+pub(crate) async fn splice_streams(a: MuxStream, b: MuxStream) {
+    async fn pass(from: &MuxStream, to: &MuxStream) -> Result<(), (u32, String)> {
+        let cancel = |e: MuxError| (protocol::RESET_CANCEL, e.to_string());
+        loop {
+            match from.recv().await {
+                None => return to.finish().map_err(cancel),
+                Some(Ok(Item::Data(data))) => to.send(&data).await.map_err(cancel)?,
+                Some(Ok(_)) => {
+                    return Err((
+                        RESET_PROTOCOL,
+                        "a head on a stream that carries bytes".into(),
+                    ))
+                }
+                Some(Err(MuxError::Reset { code, reason })) => return Err((code, reason)),
+                Some(Err(e)) => return Err(cancel(e)),
+            }
+        }
+    }
+    // The first failure ends both directions; resetting a stream that already failed is a no-op.
+    if let Err((code, reason)) = tokio::try_join!(pass(&a, &b), pass(&b, &a)) {
+        a.reset(code, &reason);
+        b.reset(code, &reason);
+    }
+}
+
 /// A format-2 hop's stream, handed to the proxy as the hopped visitor's upgraded connection
 /// once the `101` is on it: what `hyper::upgrade::on` is for a visitor's own connection.
-pub(crate) struct HandOver(oneshot::Receiver<StreamIo>);
+pub(crate) struct HandOver(oneshot::Receiver<MuxStream>);
 
 /// The giving end of a [`HandOver`].
-struct Giver(oneshot::Sender<StreamIo>);
+struct Giver(oneshot::Sender<MuxStream>);
 
 /// Where the request carries its [`HandOver`]: request extensions must be `Clone`.
 #[derive(Clone)]
@@ -551,7 +583,7 @@ impl HandOver {
     }
 
     /// The stream, once the `101` is on it; `None` if the hop ended first.
-    pub(crate) async fn wait(self) -> Option<StreamIo> {
+    pub(crate) async fn wait(self) -> Option<MuxStream> {
         self.0.await.ok()
     }
 }
@@ -559,6 +591,85 @@ impl HandOver {
 impl Giver {
     /// Hands `stream` over, its `101` sent; dropped (so reset) if nobody waits for it.
     fn give(self, stream: MuxStream) {
-        let _ = self.0.send(stream.into_io());
+        let _ = self.0.send(stream);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio_tungstenite::tungstenite::protocol::Role as WsRole;
+
+    use super::*;
+
+    /// A stream opened on a fresh in-memory session, and its other end as the peer gets it.
+    async fn stream_pair() -> (MuxStream, MuxStream) {
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let cfg = Some(protocol::websocket_config());
+        let a = WebSocketStream::from_raw_socket(a, WsRole::Client, cfg).await;
+        let b = WebSocketStream::from_raw_socket(b, WsRole::Server, cfg).await;
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let (opener, driver) = mux::start(a, mux::Role::Connector, mux::Config::new(false));
+        tokio::spawn(driver.run(|_| {}));
+        let (_accepter, driver) = mux::start(b, mux::Role::Acceptor, mux::Config::new(true));
+        tokio::spawn(driver.run(move |s| {
+            let _ = tx.send(s);
+        }));
+        let ours = opener
+            .open(Bytes::from_static(b"head"), false)
+            .await
+            .unwrap();
+        let theirs = rx.recv().await.unwrap();
+        assert!(matches!(theirs.recv().await, Some(Ok(Item::Head(_)))));
+        (ours, theirs)
+    }
+
+    async fn data(stream: &MuxStream) -> Option<Result<Item, MuxError>> {
+        stream.recv().await
+    }
+
+    #[tokio::test]
+    async fn spliced_streams_pass_bytes_and_ends_both_ways() {
+        let (visitor, hop) = stream_pair().await;
+        let (tunnel, client) = stream_pair().await;
+        let splice = tokio::spawn(splice_streams(hop, tunnel));
+        visitor.send(b"ping").await.unwrap();
+        assert_eq!(
+            data(&client).await,
+            Some(Ok(Item::Data(Bytes::from_static(b"ping"))))
+        );
+        client.send(b"pong").await.unwrap();
+        assert_eq!(
+            data(&visitor).await,
+            Some(Ok(Item::Data(Bytes::from_static(b"pong"))))
+        );
+        // One half ends; the other still carries bytes, then ends too.
+        visitor.finish().unwrap();
+        assert_eq!(data(&client).await, None);
+        client.send(b"late").await.unwrap();
+        assert_eq!(
+            data(&visitor).await,
+            Some(Ok(Item::Data(Bytes::from_static(b"late"))))
+        );
+        client.finish().unwrap();
+        assert_eq!(data(&visitor).await, None);
+        splice.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_failure_on_one_spliced_stream_resets_the_other_with_its_reason() {
+        let (visitor, hop) = stream_pair().await;
+        let (tunnel, client) = stream_pair().await;
+        let splice = tokio::spawn(splice_streams(hop, tunnel));
+        client.reset(protocol::RESET_UNREACHABLE, "connection refused");
+        match data(&visitor).await {
+            Some(Err(MuxError::Reset { code, reason })) => {
+                assert_eq!(
+                    (code, reason.as_str()),
+                    (protocol::RESET_UNREACHABLE, "connection refused")
+                );
+            }
+            other => panic!("expected the reset passed on, got {other:?}"),
+        }
+        splice.await.unwrap();
     }
 }
