@@ -719,6 +719,25 @@ async fn hops_carry_requests_as_frames_and_a_body_cut_at_the_holder_fails_at_the
         .await
         .expect("the cut body did not end");
     assert!(rest.is_err(), "a cut body ended cleanly: {rest:?}");
+
+    // A request body that turns out malformed on the way: the visitor's fault, said as on a
+    // single server (400, closed), not a node that "cannot be reached".
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut raw = tokio::net::TcpStream::connect(b.addr).await.unwrap();
+    raw.write_all(
+        b"POST /echo HTTP/1.1\r\nHost: app.localhost\r\nTransfer-Encoding: chunked\r\n\r\n\
+          5\r\nhello\r\nzz\r\n",
+    )
+    .await
+    .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), raw.read_to_end(&mut answer))
+        .await
+        .expect("the connection was not closed after the refusal")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    assert!(answer.starts_with("http/1.1 400"), "{answer}");
+    assert!(answer.contains("ggrok-error: bad_request"), "{answer}");
     a.stop().await;
     b.stop().await;
 }
