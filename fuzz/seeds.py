@@ -3,7 +3,7 @@
 
 Seeds are small, hand-made and meaningful: each is a valid case or one edge case, so the
 fuzzer starts from inputs that reach deep code. The input formats are documented in
-tunnel/src/fuzzing.rs (frames) and server/src/fuzzing.rs (handshake, config).
+tunnel/src/fuzzing.rs (frames) and server/src/fuzzing.rs (handshake, config, hop).
 """
 import os
 import struct
@@ -197,6 +197,35 @@ tls_key = "key.pem"
     "refusal.txt": b'{"error":"too_many_tunnels","message":"cap"}\n{"error":"nope","message":""}\n',
 }
 
+# hop: the OPEN head of a stream between cluster nodes (tunnel/src/protocol.rs, decode_hop).
+HOP_HTTP = 0
+
+
+def hop_head(flags, ip, req):
+    return bytes([HOP_HTTP, flags, len(ip)]) + ip + req
+
+
+V4 = bytes([203, 0, 113, 5])
+V6 = bytes.fromhex("20010db8000000000000000000000001")
+HOP_HOST = [(b"host", b"app.tunnel.example.com")]
+hop = {
+    "get": hop_head(1, V4, request(b"GET", b"/hello?x=1", HOP_HOST)),
+    "post-v6-proxied": hop_head(2, V6, request(b"POST", b"/api", HOP_HOST
+                                               + [(b"x-forwarded-for", b"198.51.100.1")])),
+    "upgrade": hop_head(3, V4, UPGRADE),
+    "apex": hop_head(0, V4, request(b"GET", b"/", [(b"host", b"tunnel.example.com")])),
+    "bad-name": hop_head(0, V4, request(b"GET", b"/", [(b"host", b"-x.tunnel.example.com")])),
+    "no-host": hop_head(0, V4, request(b"GET", b"/", [])),
+    "gzip-chunked": hop_head(0, V4, request(b"POST", b"/", HOP_HOST
+                                            + [(b"transfer-encoding", b"gzip, chunked")])),
+    "tcp-inside": hop_head(0, V4, b"\x02" + struct.pack(">H", 9) + b"1.2.3.4:5"),
+    "bad-flags": hop_head(8, V4, GET),
+    "bad-ip-len": bytes([HOP_HTTP, 0, 5]) + V4 + b"\x00" + GET,
+    "text-http": b"203.0.113.5 1 0",
+    "text-tcp": b"2001:db8::1 0 1 2222",
+    "text-bad": b"203.0.113.5 1 0 0",
+}
+
 
 def write(target, seeds):
     d = os.path.join(CORPUS, target)
@@ -209,3 +238,4 @@ def write(target, seeds):
 write("frames", frames)
 write("handshake", handshake)
 write("config", config)
+write("hop", hop)

@@ -182,6 +182,10 @@ pub struct Config {
     /// This server as a node of a cluster (`--cluster`): names are claimed in etcd, and
     /// `store` is the cluster's. `None`: a server on its own.
     pub cluster: Option<Arc<crate::cluster::Node>>,
+    /// The newest hop format this node serves and sends between nodes
+    /// ([`ggrok_tunnel::protocol::HOP_VERSION`]). `1` makes it speak only the format of nodes
+    /// from before format 2: what tests of a cluster in the middle of an upgrade need.
+    pub hop_version: u32,
 }
 
 impl std::fmt::Debug for Config {
@@ -200,6 +204,7 @@ impl std::fmt::Debug for Config {
             .field("store", &self.store.is_some())
             .field("revocation_check", &self.revocation_check)
             .field("cluster", &self.cluster)
+            .field("hop_version", &self.hop_version)
             .field("trusted_proxies", &self.trusted_proxies)
             .field("proxy_protocol", &self.proxy_protocol)
             .field("reserved_names", &self.reserved_names)
@@ -282,6 +287,7 @@ impl Config {
             store: None,
             revocation_check: Duration::from_secs(2),
             cluster: None,
+            hop_version: ggrok_tunnel::protocol::HOP_VERSION,
             trusted_proxies: Vec::new(),
             proxy_protocol: false,
             reserved_names: DEFAULT_RESERVED_NAMES

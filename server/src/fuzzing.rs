@@ -657,6 +657,56 @@ fn line_checks(line: &str) {
     }
 }
 
+/// The OPEN head of a stream another node opened on a session between nodes, as the holder
+/// reads it (`protocol::decode_hop`, either hop format); input: the head's bytes.
+///
+/// Checks: decoding never panics; a format-2 head re-encodes to one that decodes to the same
+/// visitor and request, and a format-1 head to the same [`protocol::HopHead`]; a format-2
+/// request goes through the holder's [`Router`] for hopped requests (no tunnel is online) and
+/// is answered at once, as its host's classification says, never with a `101`.
+pub fn hop(data: &[u8]) {
+    let decoded = protocol::decode_hop(bytes::Bytes::copy_from_slice(data));
+    let (visitor, parts) = match decoded {
+        Err(_) => return,
+        Ok(protocol::HopOpen::Text(head)) => {
+            assert_ne!(data.first(), Some(&protocol::HOP_HTTP));
+            assert_eq!(protocol::HopHead::decode(&head.encode()), Some(head));
+            return;
+        }
+        Ok(protocol::HopOpen::Request(visitor, parts)) => (visitor, parts),
+    };
+    assert_eq!(visitor.tcp_port, None, "a format-2 head names no port");
+    let again = visitor.encode_request(&parts.method, &parts.uri, &parts.headers);
+    match protocol::decode_hop(again) {
+        Ok(protocol::HopOpen::Request(v, p)) => {
+            assert_eq!(v, visitor);
+            assert_eq!(
+                (&p.method, &p.uri, &p.headers),
+                (&parts.method, &parts.uri, &parts.headers)
+            );
+        }
+        other => panic!("a decoded hop head does not round-trip: {other:?}"),
+    }
+    let req = Request::from_parts(parts, http_body_util::Empty::<bytes::Bytes>::new());
+    let expected = match request_host(&req) {
+        Err(_) => 400,
+        Ok(h) => match classify(&h, DOMAIN) {
+            Destination::Tunnel(name) if protocol::validate_name(name).is_err() => 400,
+            // Hopped requests are for tunnels only.
+            Destination::Tunnel(_) | Destination::Foreign | Destination::Apex => 404,
+        },
+    };
+    let router = Router::hopped(server(Mode::Open).shared.clone(), Visitor::hopped(visitor));
+    let resp = router
+        .handle(req)
+        .now_or_never()
+        .expect("a hopped request for no tunnel never waits");
+    let status = resp.status().as_u16();
+    // After the host, the transfer coding (501) and the head's size (431) are checked.
+    let unroutable = expected == 404 && matches!(status, 431 | 501);
+    assert!(status == expected || unroutable, "{status}, not {expected}");
+}
+
 /// The [`Router`] answers `GET /` for `host` as the host's classification says, without a
 /// socket: the landing page on the apex, 400 for an unusable host or an invalid name, 404 for
 /// any other name (no tunnel is ever online here) and for foreign hosts.

@@ -61,7 +61,7 @@ where
     if let Some(refused) = refuse.by_policy_or_rate(&route, &visitor, req.headers()) {
         return refused;
     }
-    let visitor_upgrade = is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
+    let visitor_upgrade = is_upgrade(req.headers()).then(|| VisitorUpgrade::of(&mut req));
     let (mut parts, body) = req.into_parts();
     to_origin(&mut parts, &visitor, route.policy.consumes_authorization());
 
@@ -190,22 +190,59 @@ impl Refuse<'_> {
         self.page(StatusCode::BAD_GATEWAY, PageKind::TunnelLost, &message)
     }
 
-    /// The visitor's body stalled or broke before an answer came: the visitor's fault.
     fn body_failed(&self, why: u8) -> Response<Body> {
-        let (status, message) = if why == BODY_STALLED {
-            let secs = self.shared.config.body_idle_timeout.as_secs_f64();
-            let message =
-                format!("The request body stalled for {secs} s; the request was abandoned.");
-            (StatusCode::REQUEST_TIMEOUT, message)
-        } else {
-            let message = "The request body was malformed or cut off.".to_owned();
-            (StatusCode::BAD_REQUEST, message)
-        };
-        let mut resp = self.page(status, PageKind::BadRequest, &message);
-        // The rest of the body may still come: it must not be read as a new request.
-        resp.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        resp
+        body_failed(self.shared, why, self.json)
+    }
+}
+
+/// The visitor's body stalled or broke (`why`, see [`IdleLimited`]) before an answer came: the
+/// visitor's fault.
+pub(crate) fn body_failed(shared: &Shared, why: u8, json: bool) -> Response<Body> {
+    let (status, message) = if why == BODY_STALLED {
+        let secs = shared.config.body_idle_timeout.as_secs_f64();
+        let message = format!("The request body stalled for {secs} s; the request was abandoned.");
+        (StatusCode::REQUEST_TIMEOUT, message)
+    } else {
+        let message = "The request body was malformed or cut off.".to_owned();
+        (StatusCode::BAD_REQUEST, message)
+    };
+    let mut resp = pages::error(shared, status, PageKind::BadRequest, &message, json);
+    // The rest of the body may still come: it must not be read as a new request.
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
+
+/// The visitor's side of an upgraded connection: its own connection, or for a request another
+/// node hopped here, the hop's stream, handed over by `cluster::hop` once the `101` is on it.
+pub(crate) enum VisitorUpgrade {
+    Connection(hyper::upgrade::OnUpgrade),
+    Hop(crate::cluster::hop::HandOver),
+}
+
+impl VisitorUpgrade {
+    /// The upgrade `req` will get if it is answered with a `101`.
+    fn of<B>(req: &mut Request<B>) -> Self {
+        match crate::cluster::hop::HandOver::take(req) {
+            Some(hop) => Self::Hop(hop),
+            None => Self::Connection(hyper::upgrade::on(req)),
+        }
+    }
+
+    /// Joins the visitor's side to `stream` until either closes.
+    async fn splice(self, stream: ggrok_tunnel::mux::MuxStream) {
+        match self {
+            Self::Connection(on_upgrade) => match on_upgrade.await {
+                Ok(io) => {
+                    http_util::splice(TokioIo::new(io), stream.into_io()).await;
+                }
+                Err(e) => debug!(%e, "visitor upgrade failed"),
+            },
+            Self::Hop(hop) => match hop.wait().await {
+                Some(hop) => crate::cluster::hop::splice_streams(hop, stream).await,
+                None => debug!("the hop ended before its upgrade"),
+            },
+        }
     }
 }
 
@@ -237,13 +274,11 @@ fn upload(
     body: Body,
     broken: Arc<AtomicU8>,
 ) {
-    let body = IdleLimited {
-        inner: route.metrics.count_body(true, body),
-        limit: shared.config.body_idle_timeout,
-        deadline: None,
-        waiting: false,
+    let body = IdleLimited::new(
+        route.metrics.count_body(true, body),
+        shared.config.body_idle_timeout,
         broken,
-    };
+    );
     let upload = stream.clone();
     shared.spawn(until_ended(route.ended.clone(), async move {
         if let Err(e) = send_body(&upload, boxed(body)).await {
@@ -260,7 +295,7 @@ fn respond(
     name: &str,
     mut answer: http::response::Parts,
     stream: ggrok_tunnel::mux::MuxStream,
-    visitor_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    visitor_upgrade: Option<VisitorUpgrade>,
 ) -> Response<Body> {
     // As a `HeaderName`: a `&str` is parsed again on every lookup.
     const ERROR: http::HeaderName = http::HeaderName::from_static(HEADER_ERROR);
@@ -276,14 +311,7 @@ fn respond(
     if answer.status == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(visitor_io) = visitor_upgrade {
             // Ending with the session closes the visitor's side too, so it sees the end.
-            shared.spawn(until_ended(route.ended.clone(), async move {
-                match visitor_io.await {
-                    Ok(io) => {
-                        http_util::splice(TokioIo::new(io), stream.into_io()).await;
-                    }
-                    Err(e) => debug!(%e, "visitor upgrade failed"),
-                }
-            }));
+            shared.spawn(until_ended(route.ended.clone(), visitor_io.splice(stream)));
         }
         return Response::from_parts(answer, http_util::empty());
     }
@@ -300,7 +328,7 @@ fn respond(
 /// tunnel waits for more, so a slow sender cannot hold a visitor connection, a tunnel stream
 /// and an origin connection forever. Only time spent waiting on the visitor counts: while the
 /// origin is slow to read, the body is not polled and the clock is stopped.
-struct IdleLimited {
+pub(crate) struct IdleLimited {
     inner: Body,
     limit: std::time::Duration,
     /// Made the first time the body waits: most bodies never do (a GET's is empty).
@@ -311,11 +339,24 @@ struct IdleLimited {
     broken: Arc<AtomicU8>,
 }
 
-const BODY_OK: u8 = 0;
+pub(crate) const BODY_OK: u8 = 0;
 /// Nothing arrived for the idle limit.
 const BODY_STALLED: u8 = 1;
 /// Bad chunked framing, or the visitor hung up mid-body.
 const BODY_BROKEN: u8 = 2;
+
+impl IdleLimited {
+    /// `inner`, failing after `limit` without data; `broken` learns why it failed, if it does.
+    pub(crate) fn new(inner: Body, limit: std::time::Duration, broken: Arc<AtomicU8>) -> Self {
+        Self {
+            inner,
+            limit,
+            deadline: None,
+            waiting: false,
+            broken,
+        }
+    }
+}
 
 impl http_body::Body for IdleLimited {
     type Data = Bytes;

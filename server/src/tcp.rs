@@ -18,7 +18,6 @@ use std::{
 use bytes::BytesMut;
 use ggrok_tunnel::{
     head,
-    http_util::splice,
     mux::MuxStream,
     protocol::{Refusal, RefusalKind, HEADER_TCP_PORT, RESET_REFUSED},
     tcp::{splice_counting, Failure},
@@ -417,7 +416,7 @@ pub(crate) async fn serve_hopped(shared: &Shared, port: u16, ip: IpAddr, visitor
             let ended = endpoint.ended.clone();
             let _ = ggrok_tunnel::stop::until_stopped(
                 ended.cancelled(),
-                splice(visitor.into_io(), stream.into_io()),
+                crate::cluster::hop::splice_streams(visitor, stream),
             )
             .await;
         }

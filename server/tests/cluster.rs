@@ -642,6 +642,214 @@ async fn every_node_serves_every_tunnel_with_one_hop() {
     }
 }
 
+/// Tunnel `name`, held by another node, served through `via`: a GET (once `via` knows where
+/// the tunnel is), a POST of 1 MiB streamed both ways and echoed back whole, and a
+/// WebSocket.
+async fn served_through(via: &Server, name: &str) {
+    use futures_util::{SinkExt, StreamExt};
+    use sha2::Digest;
+    use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+
+    let r = common::eventually(Duration::from_secs(5), || async {
+        let r = get(via, name, "/echo").send().await.unwrap();
+        (r.status() != 404).then_some(r)
+    })
+    .await;
+    assert_eq!(r.status(), 200, "{name} through {}", via.addr);
+
+    // Echoed whole by the origin: small enough not to move the 256 MiB test's memory check when
+    // the two run at once, larger than a stream's window (256 KiB) four times over.
+    const SIZE: u64 = 1 << 20;
+    let up =
+        reqwest::Body::wrap_stream(common::bodies::big_chunks(SIZE).map(Ok::<_, std::io::Error>));
+    let r = common::visitors::visitor()
+        .post(format!("{}/echo", via.url()))
+        .header(http::header::HOST, format!("{name}.localhost"))
+        .body(up)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-echo-method"], "POST");
+    let body = r.bytes().await.unwrap();
+    assert_eq!(body.len() as u64, SIZE);
+    assert_eq!(
+        format!("{:x}", sha2::Sha256::digest(&body)),
+        common::bodies::big_sha256(SIZE)
+    );
+
+    let mut req = format!("ws://{}/ws", via.addr)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut().insert(
+        http::header::HOST,
+        format!("{name}.localhost").parse().unwrap(),
+    );
+    let (mut ws, resp) = tokio_tungstenite::connect_async(req).await.unwrap();
+    assert_eq!(resp.status(), 101);
+    for text in ["one hop", "and back"] {
+        ws.send(Message::text(text)).await.unwrap();
+        assert_eq!(ws.next().await.unwrap().unwrap(), Message::text(text));
+    }
+    ws.close(None).await.unwrap();
+}
+
+#[tokio::test]
+async fn hops_carry_requests_as_frames_and_a_body_cut_at_the_holder_fails_at_the_visitor() {
+    let Some(etcd) = Etcd::start() else { return };
+    let (a, b) = (node(&etcd, |_| {}).await, node(&etcd, |_| {}).await);
+    let origin = Origin::start().await;
+    let (_app, _) = tunnel_with(named(&a, origin.port(), "app")).await;
+    served_through(&b, "app").await;
+
+    // A response without a length, cut when the tunnel's client goes: the visitor who came
+    // through the other node gets a failed body, not one that looks whole.
+    let (cut, _) = tunnel_with(named(&a, origin.port(), "cut")).await;
+    let mut r = common::eventually(Duration::from_secs(5), || async {
+        let r = get(&b, "cut", "/sse").send().await.unwrap();
+        (r.status() != 404).then_some(r)
+    })
+    .await;
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().get(http::header::CONTENT_LENGTH).is_none());
+    assert_eq!(
+        r.chunk().await.unwrap().unwrap(),
+        "id: 0\ndata: event 0\n\n"
+    );
+    drop(cut);
+    let rest = tokio::time::timeout(Duration::from_secs(5), r.chunk())
+        .await
+        .expect("the cut body did not end");
+    assert!(rest.is_err(), "a cut body ended cleanly: {rest:?}");
+
+    // A request body that turns out malformed on the way: the visitor's fault, said as on a
+    // single server (400, closed), not a node that "cannot be reached".
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut raw = tokio::net::TcpStream::connect(b.addr).await.unwrap();
+    raw.write_all(
+        b"POST /echo HTTP/1.1\r\nHost: app.localhost\r\nTransfer-Encoding: chunked\r\n\r\n\
+          5\r\nhello\r\nzz\r\n",
+    )
+    .await
+    .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), raw.read_to_end(&mut answer))
+        .await
+        .expect("the connection was not closed after the refusal")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    assert!(answer.starts_with("http/1.1 400"), "{answer}");
+    assert!(answer.contains("ggrok-error: bad_request"), "{answer}");
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_node_that_speaks_only_the_first_hop_format_is_served_and_serves_in_it() {
+    let Some(etcd) = Etcd::start() else { return };
+    // B is a node from before hop format 2, in a cluster being upgraded node by node.
+    let a = node(&etcd, |_| {}).await;
+    let b = node(&etcd, |c| c.hop_version = 1).await;
+    let origin = Origin::start().await;
+    let (_on_a, _) = tunnel_with(named(&a, origin.port(), "on-a")).await;
+    let (_on_b, _) = tunnel_with(named(&b, origin.port(), "on-b")).await;
+    // The old node sends the first format; the new one serves it.
+    served_through(&b, "on-a").await;
+    // The new node learns from the old one's 101 that it must send the first format.
+    served_through(&a, "on-b").await;
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_hop_whose_head_does_not_decode_is_reset_with_the_reason() {
+    use ggrok_tunnel::{
+        mux,
+        protocol::{self, HopHead},
+    };
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+    let Some(etcd) = Etcd::start() else { return };
+    let new = node(&etcd, |_| {}).await;
+    let old = node(&etcd, |c| c.hop_version = 1).await;
+    // A session as another node opens it.
+    let session = |server: &Server| {
+        let mut req = format!("ws://{}{}", server.addr, protocol::PEER_PATH)
+            .into_client_request()
+            .unwrap();
+        req.headers_mut().insert(
+            http::header::AUTHORIZATION,
+            format!("Bearer {SECRET}").parse().unwrap(),
+        );
+        async move {
+            let (ws, resp) = tokio_tungstenite::connect_async(req).await.unwrap();
+            let hop = resp
+                .headers()
+                .get(protocol::HEADER_HOP_VERSION)
+                .map(|v| v.to_str().unwrap().to_owned());
+            let (session, driver) = mux::start(ws, mux::Role::Connector, mux::Config::new(false));
+            tokio::spawn(driver.run(|_| {}));
+            (session, hop)
+        }
+    };
+    let reset = |stream: mux::MuxStream| async move {
+        match stream.recv().await {
+            Some(Err(mux::MuxError::Reset { code, reason })) => (code, reason),
+            other => panic!("expected a reset, got {other:?}"),
+        }
+    };
+    let (to_new, hop) = session(&new).await;
+    assert_eq!(
+        hop.as_deref(),
+        Some("2"),
+        "the node says the format it serves"
+    );
+    for garbage in [&b"not a visitor"[..], &[protocol::HOP_HTTP, 9, 4]] {
+        let stream = to_new.open(garbage.to_vec().into(), true).await.unwrap();
+        let (code, reason) = reset(stream).await;
+        assert_eq!(code, protocol::RESET_PROTOCOL);
+        assert!(reason.contains("who its visitor is"), "{reason}");
+    }
+    // A visitor part that decodes, then a request head that does not.
+    let mut cut = HopHead {
+        ip: "127.0.0.1".parse().unwrap(),
+        secure: false,
+        proxied: false,
+        tcp_port: None,
+    }
+    .encode_request(
+        &http::Method::GET,
+        &"/".parse().unwrap(),
+        &http::HeaderMap::new(),
+    )
+    .to_vec();
+    cut.truncate(cut.len() - 1);
+    let stream = to_new.open(cut.clone().into(), true).await.unwrap();
+    let (code, reason) = reset(stream).await;
+    assert_eq!(code, protocol::RESET_PROTOCOL);
+    assert!(reason.contains("request head"), "{reason}");
+
+    // A node held to the first format says nothing on its 101 and refuses the second, as
+    // nodes from before it do.
+    let (to_old, hop) = session(&old).await;
+    assert_eq!(hop, None);
+    let whole = HopHead {
+        ip: "127.0.0.1".parse().unwrap(),
+        secure: false,
+        proxied: false,
+        tcp_port: None,
+    }
+    .encode_request(
+        &http::Method::GET,
+        &"/".parse().unwrap(),
+        &http::HeaderMap::new(),
+    );
+    let stream = to_old.open(whole, true).await.unwrap();
+    assert_eq!(reset(stream).await.0, protocol::RESET_PROTOCOL);
+    new.stop().await;
+    old.stop().await;
+}
+
 /// This process's peak resident memory in bytes (Linux's `VmHWM`); `None` elsewhere.
 fn peak_memory() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;

@@ -42,3 +42,8 @@ fn handshake_corpus() {
 fn config_corpus() {
     run("config", ggrok_server::fuzzing::config);
 }
+
+#[test]
+fn hop_corpus() {
+    run("hop", ggrok_server::fuzzing::hop);
+}

@@ -338,10 +338,26 @@ pub fn websocket_config() -> tokio_tungstenite::tungstenite::protocol::WebSocket
 
 /// Path on a node's apex where another node of its cluster opens the session that carries its
 /// hops (`Authorization: Bearer CLUSTER_SECRET` on the upgrade). Each stream of that session is
-/// one visitor's request (or upgraded connection) for a tunnel the accepting node holds: its
-/// OPEN head is a [`HopHead`], its data the request as HTTP/1.1, or for a TCP tunnel the
-/// visitor connection's bytes.
+/// one visitor's request (or upgraded connection) for a tunnel the accepting node holds, in the
+/// hop format both nodes speak ([`HOP_VERSION`]), or one visitor connection of a TCP tunnel: a
+/// text [`HopHead`] with its port, then the connection's bytes.
 pub const PEER_PATH: &str = "/_ggrok/peer";
+
+/// Response header on the `101` that opens a session at [`PEER_PATH`]: the newest hop format
+/// the accepting node serves. Nodes from before format 2 send none, which means format 1.
+pub const HEADER_HOP_VERSION: &str = "ggrok-hop";
+
+/// The newest hop format. A node serves every format up to its own, telling them apart by the
+/// first byte of a stream's OPEN head, and sends the newest both nodes speak, so that a
+/// cluster can be upgraded node by node:
+/// - 1: the OPEN head is a text [`HopHead`]; the stream carries the request as HTTP/1.1.
+/// - 2: the OPEN head is [`HopHead::encode_request`]'s (the visitor, then the request head as
+///   [`crate::head`] writes it), the bodies are DATA frames and the answer a HEADERS frame:
+///   the frames a server and a client exchange. After a `101` the stream is a byte pipe.
+pub const HOP_VERSION: u32 = 2;
+
+/// First byte of a format-2 hop head: a text [`HopHead`] starts with an address, never with it.
+pub const HOP_HTTP: u8 = 0;
 
 /// Who the visitor of a hopped request is, as the node it reached saw it: the holder enforces
 /// the tunnel's allowlist and writes `X-Forwarded-For` from it, so a hop changes neither.
@@ -391,6 +407,95 @@ impl HopHead {
             proxied,
             tcp_port,
         })
+    }
+}
+
+/// What the OPEN head of a stream between nodes asks for.
+#[derive(Debug)]
+// Decoded once per hop and unpacked at once: boxing the request would cost an allocation each.
+#[allow(clippy::large_enum_variant)]
+pub enum HopOpen {
+    /// Format 2: an HTTP request from this visitor; its body follows as DATA frames.
+    Request(HopHead, http::request::Parts),
+    /// Format 1 ([`HopHead::encode`]): a TCP connection when `tcp_port` is set, else a request
+    /// as HTTP/1.1 on the stream.
+    Text(HopHead),
+}
+
+/// Why the OPEN head of a stream between nodes does not decode.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HopError {
+    /// Neither format's visitor part.
+    #[error("a hop starts with who its visitor is")]
+    Visitor,
+    /// A format-2 head whose request part names a TCP connection.
+    #[error("a hop's request head must be an HTTP request")]
+    NotHttp,
+    /// A format-2 head whose request part does not decode.
+    #[error("the hop's request head: {0}")]
+    Head(#[from] crate::head::HeadError),
+}
+
+impl HopHead {
+    /// The OPEN head of a format-2 hop ([`HOP_VERSION`]): [`HOP_HTTP`], flags (`u8`: 1 secure,
+    /// 2 proxied), the address (`u8` length, 4 or 16, then its bytes), then the request head as
+    /// [`crate::head::encode_request`] writes it. `tcp_port` plays no part: TCP connections
+    /// hop with [`HopHead::encode`].
+    pub fn encode_request(
+        &self,
+        method: &http::Method,
+        uri: &http::Uri,
+        headers: &http::HeaderMap,
+    ) -> bytes::Bytes {
+        use bytes::BufMut;
+        let request = crate::head::encode_request(method, uri, headers);
+        let mut out = bytes::BytesMut::with_capacity(3 + 16 + request.len());
+        out.put_u8(HOP_HTTP);
+        out.put_u8(u8::from(self.secure) | u8::from(self.proxied) << 1);
+        match self.ip {
+            std::net::IpAddr::V4(ip) => {
+                out.put_u8(4);
+                out.put_slice(&ip.octets());
+            }
+            std::net::IpAddr::V6(ip) => {
+                out.put_u8(16);
+                out.put_slice(&ip.octets());
+            }
+        }
+        out.put_slice(&request);
+        out.freeze()
+    }
+}
+
+/// Reads a hop's OPEN head in either format (see [`HOP_VERSION`]).
+pub fn decode_hop(head: bytes::Bytes) -> Result<HopOpen, HopError> {
+    if head.first() != Some(&HOP_HTTP) {
+        return HopHead::decode(&head)
+            .map(HopOpen::Text)
+            .ok_or(HopError::Visitor);
+    }
+    let (flags, len) = match head.get(1..3) {
+        Some(&[flags, len]) if flags <= 3 => (flags, usize::from(len)),
+        _ => return Err(HopError::Visitor),
+    };
+    let ip: std::net::IpAddr = match head.get(3..3 + len) {
+        Some(b) if len == 4 => <[u8; 4]>::try_from(b)
+            .map_err(|_| HopError::Visitor)?
+            .into(),
+        Some(b) if len == 16 => <[u8; 16]>::try_from(b)
+            .map_err(|_| HopError::Visitor)?
+            .into(),
+        _ => return Err(HopError::Visitor),
+    };
+    let visitor = HopHead {
+        ip,
+        secure: flags & 1 != 0,
+        proxied: flags & 2 != 0,
+        tcp_port: None,
+    };
+    match crate::head::decode_open(head.slice(3 + len..))? {
+        crate::head::Open::Http(parts) => Ok(HopOpen::Request(visitor, parts)),
+        crate::head::Open::Tcp(_) => Err(HopError::NotHttp),
     }
 }
 
@@ -506,6 +611,92 @@ mod tests {
             "1.2.3.4 1 1 22 1",
         ] {
             assert_eq!(HopHead::decode(bad.as_bytes()), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn format_2_hop_heads_round_trip_and_both_formats_decode() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(http::header::HOST, "app.example.com".parse().unwrap());
+        headers.append("x-a", "1".parse().unwrap());
+        headers.append("x-a", "2".parse().unwrap());
+        let uri: http::Uri = "/p?q=1".parse().unwrap();
+        for (ip, secure, proxied) in [
+            ("203.0.113.5", true, false),
+            ("2001:db8::1", false, true),
+            ("127.0.0.1", true, true),
+        ] {
+            let visitor = HopHead {
+                ip: ip.parse().unwrap(),
+                secure,
+                proxied,
+                tcp_port: None,
+            };
+            let head = visitor.encode_request(&http::Method::POST, &uri, &headers);
+            let Ok(HopOpen::Request(got, parts)) = decode_hop(head) else {
+                panic!("{ip}: not a format-2 request");
+            };
+            assert_eq!(got, visitor);
+            assert_eq!(
+                (parts.method, parts.uri, &parts.headers),
+                (http::Method::POST, uri.clone(), &headers)
+            );
+        }
+        // Format 1 still decodes: TCP hops, and nodes from before format 2.
+        let tcp = HopHead {
+            ip: "192.0.2.7".parse().unwrap(),
+            secure: false,
+            proxied: false,
+            tcp_port: Some(2222),
+        };
+        match decode_hop(tcp.encode()) {
+            Ok(HopOpen::Text(got)) => assert_eq!(got, tcp),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn malformed_hop_heads_are_refused_with_a_reason() {
+        let visitor = HopHead {
+            ip: "203.0.113.5".parse().unwrap(),
+            secure: true,
+            proxied: false,
+            tcp_port: None,
+        };
+        let good = visitor.encode_request(
+            &http::Method::GET,
+            &"/".parse().unwrap(),
+            &http::HeaderMap::new(),
+        );
+        // Every truncation fails cleanly: in the visitor part, then in the request head.
+        for n in 0..good.len() {
+            let err = decode_hop(good.slice(..n)).unwrap_err();
+            let want_visitor = n < 7;
+            assert_eq!(matches!(err, HopError::Visitor), want_visitor, "cut at {n}");
+        }
+        let mut extra = good.to_vec();
+        extra.push(0);
+        assert!(matches!(decode_hop(extra.into()), Err(HopError::Head(_))));
+        // Unknown flags, address lengths other than 4 and 16.
+        for bad in [
+            &[HOP_HTTP, 4, 4, 1, 2, 3, 4][..],
+            &[HOP_HTTP, 0, 5, 1, 2, 3, 4, 5],
+            &[HOP_HTTP, 0, 0],
+        ] {
+            let mut bad = bad.to_vec();
+            bad.extend_from_slice(&good[7..]);
+            assert_eq!(decode_hop(bad.into()).unwrap_err(), HopError::Visitor);
+        }
+        // A TCP connection's head where a request's belongs.
+        let mut tcp = good[..7].to_vec();
+        tcp.extend_from_slice(&crate::head::encode_tcp("192.0.2.1:1"));
+        assert_eq!(decode_hop(tcp.into()).unwrap_err(), HopError::NotHttp);
+        // Neither format.
+        for bad in [&b""[..], b"\x01GET /", b"hello"] {
+            assert_eq!(
+                decode_hop(bytes::Bytes::copy_from_slice(bad)).unwrap_err(),
+                HopError::Visitor
+            );
         }
     }
 

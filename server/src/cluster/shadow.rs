@@ -130,7 +130,8 @@ async fn hop(
         return refuse(socket);
     };
     let session = match node.peers.link(&shared, &node, &id, &advertise).await {
-        Ok(session) => session,
+        // Format 1's text head: every node serves TCP hops with it.
+        Ok(link) => link.session,
         Err(e) => {
             debug!(%e, port, "cannot reach the node holding a TCP tunnel");
             return refuse(socket);
