@@ -36,11 +36,34 @@ struct Etcd {
     child: Child,
     port: u16,
     dir: tempfile::TempDir,
+    _turn: Turn,
+}
+
+/// The tests of this file run side by side in one process, except one that measures the
+/// process's peak memory: it runs alone, so what it measures is its own.
+static MEMORY: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+/// A test's hold on [`MEMORY`], for as long as its etcd lives.
+enum Turn {
+    Shared(#[allow(dead_code)] std::sync::RwLockReadGuard<'static, ()>),
+    Alone(#[allow(dead_code)] std::sync::RwLockWriteGuard<'static, ()>),
 }
 
 impl Etcd {
     /// Starts etcd on ports it picks itself; `None` without the binary.
     fn start() -> Option<Etcd> {
+        let turn = Turn::Shared(MEMORY.read().unwrap_or_else(|p| p.into_inner()));
+        Self::start_taking(turn)
+    }
+
+    /// As [`start`](Self::start), for a test that measures the process's peak memory: once the
+    /// tests that started before it have ended, and before any other starts.
+    fn start_alone() -> Option<Etcd> {
+        let turn = Turn::Alone(MEMORY.write().unwrap_or_else(|p| p.into_inner()));
+        Self::start_taking(turn)
+    }
+
+    fn start_taking(turn: Turn) -> Option<Etcd> {
         let Some(bin) = etcd_binary() else {
             eprintln!("skipped: no etcd binary (Debian package etcd-server)");
             return None;
@@ -52,6 +75,7 @@ impl Etcd {
             child,
             port,
             dir,
+            _turn: turn,
         })
     }
 
@@ -480,7 +504,9 @@ async fn every_node_serves_every_tunnel_with_one_hop() {
     use sha2::Digest;
     use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
 
-    let Some(etcd) = Etcd::start() else { return };
+    let Some(etcd) = Etcd::start_alone() else {
+        return;
+    };
     let nodes = [
         node(&etcd, |_| {}).await,
         node(&etcd, |_| {}).await,
