@@ -322,8 +322,8 @@ fn content_length<'a>(values: impl Iterator<Item = &'a [u8]>) -> Result<Option<u
     Ok(length)
 }
 
-/// The final answer's head, ready to send on: the answering head frame and the inspector's copy
-/// of its headers, both without hop-by-hop headers.
+/// The final answer's head, ready to send on: the answering head frame (without hop-by-hop
+/// headers) and the inspector's copy of the headers as the local service sent them.
 pub(crate) struct ResponseHead {
     pub(crate) status: StatusCode,
     pub(crate) frame: Bytes,
@@ -643,20 +643,20 @@ fn parse_head(buf: &[u8], head_request: bool) -> Result<Parsed, Error> {
     // ASCII) instead of one per value.
     let text = std::str::from_utf8(&buf[..n]).ok();
     for h in headers.iter() {
+        // The inspector shows what the local service sent, framing headers included.
+        let start = h.value.as_ptr() as usize - buf.as_ptr() as usize;
+        match text.and_then(|t| t.get(start..start + h.value.len())) {
+            Some(value) => recorded.push_lowercase(h.name, value),
+            None => recorded.push_lowercase(h.name, &String::from_utf8_lossy(h.value)),
+        }
         let hop = hop_by_hop(h.name)
             || listed
                 .iter()
                 .any(|n| n.eq_ignore_ascii_case(h.name.as_bytes()));
         // A `Content-Length` beside chunked coding is wrong and ignored (RFC 9112 §6.3).
         let ignored = chunked.is_some() && h.name.eq_ignore_ascii_case("content-length");
-        if hop || ignored {
-            continue;
-        }
-        frame.push(h.name.as_bytes(), h.value);
-        let start = h.value.as_ptr() as usize - buf.as_ptr() as usize;
-        match text.and_then(|t| t.get(start..start + h.value.len())) {
-            Some(value) => recorded.push_lowercase(h.name, value),
-            None => recorded.push_lowercase(h.name, &String::from_utf8_lossy(h.value)),
+        if !hop && !ignored {
+            frame.push(h.name.as_bytes(), h.value);
         }
     }
     let head = ResponseHead {
@@ -1011,7 +1011,19 @@ mod tests {
             ]
         );
         let recorded: Vec<_> = head.recorded.iter().collect();
-        assert_eq!(recorded, names, "the inspector sees what the visitor gets");
+        assert_eq!(
+            recorded,
+            [
+                ("connection", "keep-alive, X-Hop"),
+                ("x-hop", "1"),
+                ("keep-alive", "timeout=5"),
+                ("content-type", "text/plain"),
+                ("set-cookie", "a=1"),
+                ("set-cookie", "b=2"),
+                ("content-length", "0")
+            ],
+            "the inspector sees what the local service sent"
+        );
     }
 
     #[test]
