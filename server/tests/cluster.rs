@@ -824,6 +824,20 @@ async fn a_hop_whose_head_does_not_decode_is_reset_with_the_reason() {
             other => panic!("expected a reset, got {other:?}"),
         }
     };
+    // A whole format-2 head: GET / from 127.0.0.1.
+    let get_head = || {
+        HopHead {
+            ip: "127.0.0.1".parse().unwrap(),
+            secure: false,
+            proxied: false,
+            tcp_port: None,
+        }
+        .encode_request(
+            &http::Method::GET,
+            &"/".parse().unwrap(),
+            &http::HeaderMap::new(),
+        )
+    };
     let (to_new, hop) = session(&new).await;
     assert_eq!(
         hop.as_deref(),
@@ -837,18 +851,7 @@ async fn a_hop_whose_head_does_not_decode_is_reset_with_the_reason() {
         assert!(reason.contains("who its visitor is"), "{reason}");
     }
     // A visitor part that decodes, then a request head that does not.
-    let mut cut = HopHead {
-        ip: "127.0.0.1".parse().unwrap(),
-        secure: false,
-        proxied: false,
-        tcp_port: None,
-    }
-    .encode_request(
-        &http::Method::GET,
-        &"/".parse().unwrap(),
-        &http::HeaderMap::new(),
-    )
-    .to_vec();
+    let mut cut = get_head().to_vec();
     cut.truncate(cut.len() - 1);
     let stream = to_new.open(cut.clone().into(), true).await.unwrap();
     let (code, reason) = reset(stream).await;
@@ -859,18 +862,7 @@ async fn a_hop_whose_head_does_not_decode_is_reset_with_the_reason() {
     // nodes from before it do.
     let (to_old, hop) = session(&old).await;
     assert_eq!(hop, None);
-    let whole = HopHead {
-        ip: "127.0.0.1".parse().unwrap(),
-        secure: false,
-        proxied: false,
-        tcp_port: None,
-    }
-    .encode_request(
-        &http::Method::GET,
-        &"/".parse().unwrap(),
-        &http::HeaderMap::new(),
-    );
-    let stream = to_old.open(whole, true).await.unwrap();
+    let stream = to_old.open(get_head(), true).await.unwrap();
     assert_eq!(reset(stream).await.0, protocol::RESET_PROTOCOL);
     new.stop().await;
     old.stop().await;
@@ -1454,15 +1446,7 @@ async fn nodes_serving_tls_reach_each_other_over_https_checked_against_the_clust
 
 /// The value of counter `name` in `server`'s /metrics (its metrics token is "metrics-token").
 async fn counter(server: &Server, name: &str) -> u64 {
-    let text = common::visitors::visitor()
-        .get(format!("{}/metrics", server.url()))
-        .bearer_auth("metrics-token")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = common::visitors::metrics(&server.url(), "metrics-token").await;
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
         .unwrap_or_else(|| panic!("no {name} in {text}"))

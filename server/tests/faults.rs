@@ -256,15 +256,7 @@ async fn a_network_that_stops_delivering_is_detected_and_the_tunnel_heals() {
     // Once the server has let the session go it holds the name for the client. A visitor then
     // waits a while for the client and is told it is reconnecting, not that nothing is there.
     let offline = || async {
-        let metrics = visitor()
-            .get(format!("{}/metrics", server.url()))
-            .bearer_auth("m")
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = common::visitors::metrics(&server.url(), "m").await;
         metrics.lines().any(|l| l == "ggrok_tunnels_online 0")
     };
     while !offline().await {}

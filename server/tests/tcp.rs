@@ -601,21 +601,13 @@ async fn metrics_count_connections_and_bytes_and_anonymous_pages_name_no_port() 
     let (_t, port) = tcp_tunnel(tcp_cfg(&server, common::origin::tcp_echo().await, None)).await;
     let tunnel = format!("tunnel=\"tcp:{port}\"");
     // Polls /metrics (for at most 5 s) until every series in `want` reads as given.
-    let url = format!("{}/metrics", server.url());
+    let url = server.url();
     let until = |want: Vec<String>| {
         let url = url.clone();
         eventually(Duration::from_secs(5), move || {
             let (url, want) = (url.clone(), want.clone());
             async move {
-                let text = visitor()
-                    .get(&url)
-                    .bearer_auth("metrics-secret")
-                    .send()
-                    .await
-                    .unwrap()
-                    .text()
-                    .await
-                    .unwrap();
+                let text = common::visitors::metrics(&url, "metrics-secret").await;
                 want.iter().all(|w| text.contains(w.as_str())).then_some(())
             }
         })

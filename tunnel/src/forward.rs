@@ -792,12 +792,28 @@ mod tests {
         (DrivenConn::handshake(io).await.unwrap(), peer)
     }
 
+    /// A request head read off `sock`, up to its empty line; `None` once the connection closes.
+    async fn read_head(sock: &mut tokio::io::BufReader<tokio::net::TcpStream>) -> Option<String> {
+        use tokio::io::AsyncBufReadExt;
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            if sock.read_line(&mut line).await.unwrap_or(0) == 0 {
+                return None;
+            }
+            if line == "\r\n" {
+                return Some(head);
+            }
+            head.push_str(&line);
+        }
+    }
+
     /// A local service whose every connection answers its first request and then, as if its
     /// keep-alive timeout struck just then, closes on the second without answering. Returns the
     /// address and a log of (connection, request line).
     async fn closes_on_second_request() -> (std::net::SocketAddr, Arc<Mutex<Vec<(usize, String)>>>)
     {
-        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        use tokio::io::{AsyncWriteExt, BufReader};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let log = Arc::new(Mutex::new(Vec::new()));
@@ -809,17 +825,9 @@ mod tests {
                 tokio::spawn(async move {
                     let mut sock = BufReader::new(sock);
                     for answer in [true, false] {
-                        let mut head = String::new();
-                        loop {
-                            let mut line = String::new();
-                            if sock.read_line(&mut line).await.unwrap_or(0) == 0 {
-                                return;
-                            }
-                            if line == "\r\n" {
-                                break;
-                            }
-                            head.push_str(&line);
-                        }
+                        let Some(head) = read_head(&mut sock).await else {
+                            return;
+                        };
                         let first = head.lines().next().unwrap_or("").to_owned();
                         seen.lock().unwrap().push((n, first));
                         if answer {
@@ -856,17 +864,9 @@ mod tests {
                 tokio::spawn(async move {
                     let mut sock = BufReader::new(sock);
                     loop {
-                        let mut head = String::new();
-                        loop {
-                            let mut line = String::new();
-                            if sock.read_line(&mut line).await.unwrap_or(0) == 0 {
-                                return;
-                            }
-                            if line == "\r\n" {
-                                break;
-                            }
-                            head.push_str(&line);
-                        }
+                        let Some(head) = read_head(&mut sock).await else {
+                            return;
+                        };
                         let lower = head.to_ascii_lowercase();
                         let mut body = Vec::new();
                         if head.contains(" /early ") {

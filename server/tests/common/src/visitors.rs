@@ -20,6 +20,19 @@ pub fn visitor() -> reqwest::Client {
         .unwrap()
 }
 
+/// The text of /metrics on the server at `base` (its URL), read with the metrics token `token`.
+pub async fn metrics(base: &str, token: &str) -> String {
+    visitor()
+        .get(format!("{base}/metrics"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 /// GET through the tunnel.
 pub fn get(server: &Server, name: &str, path: &str) -> reqwest::RequestBuilder {
     visitor()
