@@ -399,7 +399,8 @@ impl Forwarder {
         parts.uri = http_util::origin_form(parts.uri);
         if !upgrade && self.lean() {
             let has_body = !http_body::Body::is_end_stream(&body);
-            let upload = h1::upload_framing(&parts.headers, has_body);
+            let exact = http_body::Body::size_hint(&body).exact();
+            let upload = h1::upload_framing(&parts.headers, has_body, exact);
             let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
             let head = h1::request_head(&parts.method, target, &parts.headers, upload);
             let body = has_body.then_some((body, upload));
@@ -1050,11 +1051,19 @@ mod tests {
         )
         .await;
         assert_eq!(status, StatusCode::OK);
+        // Known length, no header (a replay's body): sized all the same.
         let (status, _, _) = exchange(
             &forwarder,
-            post("/unsized", false, http_util::full("hello world")),
+            post("/known", false, http_util::full("hello world")),
         )
         .await;
+        assert_eq!(status, StatusCode::OK);
+        let pieces =
+            futures_util::stream::iter(["hello", " world"].map(|p| {
+                Ok::<_, BoxError>(http_body::Frame::data(Bytes::from_static(p.as_bytes())))
+            }));
+        let unknown = boxed(http_body_util::StreamBody::new(pieces));
+        let (status, _, _) = exchange(&forwarder, post("/unsized", false, unknown)).await;
         assert_eq!(status, StatusCode::OK);
 
         // A body that has not ended when the local service answers.
@@ -1087,6 +1096,9 @@ mod tests {
         );
         assert!(sized.1.contains("content-length: 11"), "{}", sized.1);
         assert_eq!(sized.2, b"hello world");
+        let known = find("/known");
+        assert!(known.1.contains("content-length: 11"), "{}", known.1);
+        assert_eq!(known.2, b"hello world");
         assert!(
             unsized_.1.contains("transfer-encoding: chunked"),
             "{}",

@@ -146,6 +146,9 @@ pub(crate) fn request_head(
         out.put_slice(b"\r\n");
     }
     match upload {
+        Upload::Length(n) if !headers.contains_key(header::CONTENT_LENGTH) => {
+            out.put_slice(format!("content-length: {n}\r\n").as_bytes())
+        }
         Upload::Length(_) => {}
         Upload::Chunked => out.put_slice(b"transfer-encoding: chunked\r\n"),
         // A request without framing has no body; a `Content-Length` the head carried for a body
@@ -276,8 +279,9 @@ pub(crate) fn prepare(
 }
 
 /// How a request with `headers` and a body (or none) is framed: its `Content-Length` if it has
-/// one valid length, else chunked.
-pub(crate) fn upload_framing(headers: &HeaderMap, has_body: bool) -> Upload {
+/// one valid length, else the body's own length if it is known (`exact`, a replayed body), else
+/// chunked.
+pub(crate) fn upload_framing(headers: &HeaderMap, has_body: bool, exact: Option<u64>) -> Upload {
     if !has_body {
         return Upload::None;
     }
@@ -288,7 +292,7 @@ pub(crate) fn upload_framing(headers: &HeaderMap, has_body: bool) -> Upload {
             .map(|v| v.as_bytes()),
     ) {
         Ok(Some(n)) => Upload::Length(n),
-        _ => Upload::Chunked,
+        _ => exact.map_or(Upload::Chunked, Upload::Length),
     }
 }
 
@@ -1231,7 +1235,7 @@ mod tests {
             String::from_utf8(head.to_vec()).unwrap()
         };
         assert_eq!(
-            text(upload_framing(&h, true)),
+            text(upload_framing(&h, true, None)),
             "POST /a?b=1 HTTP/1.1\r\nhost: localhost:3000\r\ncontent-length: 12\r\n\r\n"
         );
         assert_eq!(
@@ -1243,9 +1247,18 @@ mod tests {
             "POST /a?b=1 HTTP/1.1\r\nhost: localhost:3000\r\ncontent-length: 0\r\n\r\n"
         );
         h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("1, 2"));
-        assert!(matches!(upload_framing(&h, true), Upload::Chunked));
+        assert!(matches!(upload_framing(&h, true, None), Upload::Chunked));
         h.remove(header::CONTENT_LENGTH);
-        assert!(matches!(upload_framing(&h, true), Upload::Chunked));
-        assert!(matches!(upload_framing(&h, false), Upload::None));
+        assert!(matches!(upload_framing(&h, true, None), Upload::Chunked));
+        assert!(matches!(upload_framing(&h, false, None), Upload::None));
+        // A body of known length without the header (a replay) is sent with one.
+        assert!(matches!(
+            upload_framing(&h, true, Some(5)),
+            Upload::Length(5)
+        ));
+        assert_eq!(
+            &request_head(&Method::POST, "/a?b=1", &h, Upload::Length(5))[..],
+            b"POST /a?b=1 HTTP/1.1\r\nhost: localhost:3000\r\ncontent-length: 5\r\n\r\n"
+        );
     }
 }
