@@ -1273,6 +1273,13 @@ impl MuxStream {
         s.send_credit -= n as u32;
         st.send_credit -= n as u64;
         let was_empty = st.out.is_empty();
+        if n >= OWN_MESSAGE {
+            // A bulk write: room for all the outbox may hold at once, so the frames that follow
+            // are not copied again each time the buffer doubles (~5% of a large download's CPU).
+            let room = (2 * MAX_OUTBOX + MAX_OUTBOX / 16).saturating_sub(st.out.len());
+            st.out
+                .reserve(room.max(n + FRAME_HEADER_LEN * n.div_ceil(MAX_DATA_FRAME)));
+        }
         for chunk in data[..n].chunks(MAX_DATA_FRAME) {
             st.frame(FRAME_DATA, 0, id, chunk);
         }
