@@ -166,7 +166,7 @@ pub(crate) fn request_head(
 pub(crate) struct Prepared {
     pub(crate) method: Method,
     pub(crate) path: String,
-    pub(crate) head: BytesMut,
+    pub(crate) head: Bytes,
     pub(crate) upload: Upload,
     pub(crate) recorded: Headers,
     /// The visitor's address, from the last `X-Forwarded-For` entry.
@@ -192,16 +192,11 @@ pub(crate) fn prepare(
     out.put_u8(b' ');
     out.put_slice(raw.target.as_bytes());
     out.put_slice(b" HTTP/1.1\r\n");
-    let mut recorded = Headers::with_capacity(size, raw.headers.len() + 1);
-    let mut put = |out: &mut BytesMut, name: &str, value: &[u8]| {
+    let put = |out: &mut BytesMut, name: &str, value: &[u8]| {
         out.put_slice(name.as_bytes());
         out.put_slice(b": ");
         out.put_slice(value);
         out.put_slice(b"\r\n");
-        match std::str::from_utf8(value) {
-            Ok(text) => recorded.push_lowercase(name, text),
-            Err(_) => recorded.push_lowercase(name, &String::from_utf8_lossy(value)),
-        }
     };
     let mut host_written = false;
     let mut length = None;
@@ -268,12 +263,14 @@ pub(crate) fn prepare(
         Upload::None => {}
     }
     out.put_slice(b"\r\n");
+    let head = out.freeze();
     Some(Prepared {
         method: raw.method,
         path: raw.target.to_owned(),
-        head: out,
+        // The inspector shows the request as the local service got it, framing included.
+        recorded: Headers::of_head(head.clone()),
+        head,
         upload,
-        recorded,
         remote,
     })
 }
@@ -642,17 +639,7 @@ fn parse_head(buf: &[u8], head_request: bool) -> Result<Parsed, Error> {
     };
     let size: usize = headers.iter().map(|h| h.name.len() + h.value.len()).sum();
     let mut frame = ResponseHeadWriter::new(status, size + 6 * headers.len());
-    let mut recorded = Headers::with_capacity(size, headers.len());
-    // Values are text for the inspector: one UTF-8 check of the whole head (almost always
-    // ASCII) instead of one per value.
-    let text = std::str::from_utf8(&buf[..n]).ok();
     for h in headers.iter() {
-        // The inspector shows what the local service sent, framing headers included.
-        let start = h.value.as_ptr() as usize - buf.as_ptr() as usize;
-        match text.and_then(|t| t.get(start..start + h.value.len())) {
-            Some(value) => recorded.push_lowercase(h.name, value),
-            None => recorded.push_lowercase(h.name, &String::from_utf8_lossy(h.value)),
-        }
         let hop = hop_by_hop(h.name)
             || listed
                 .iter()
@@ -666,7 +653,8 @@ fn parse_head(buf: &[u8], head_request: bool) -> Result<Parsed, Error> {
     let head = ResponseHead {
         status,
         frame: frame.finish(),
-        recorded,
+        // The inspector shows what the local service sent, framing headers included.
+        recorded: Headers::of_head(Bytes::copy_from_slice(&buf[..n])),
         framing,
     };
     Ok(Parsed::Final(n, head, keep_alive))

@@ -10,7 +10,7 @@ use std::{
     pin::Pin,
     sync::{
         atomic::{AtomicU64, AtomicUsize, Ordering},
-        Arc, Mutex,
+        Arc, Mutex, OnceLock,
     },
     task::{Context, Poll},
     time::{Instant, SystemTime, UNIX_EPOCH},
@@ -108,23 +108,83 @@ pub struct Exchange {
 
 /// Recorded headers, in order, as text: values that are not UTF-8 are kept lossily.
 ///
-/// Every request records two header maps, so they are stored in one string and one list of
-/// offsets, two allocations whatever the number of headers (a `String` per name and value was
-/// about a twelfth of the client's work per small request). A copy, not the `HeaderMap`
-/// itself: its values share the connection's read buffer, which the ring would keep alive.
+/// A plain HTTP/1.1 exchange keeps the heads as they crossed the wire (the request as written to
+/// the local service, the response as it came), copied in one piece, and reads them only when
+/// the exchange is looked at: the CLI records every request and almost none is ever viewed, and
+/// copying each header as text was about a tenth of the client's work per small request.
+/// Decoded headers are one string and one list of offsets, two allocations whatever the number
+/// of headers. A copy, never the connection's buffer, which the ring would keep alive.
 /// Serializes as a list of `[name, value]` pairs.
-#[derive(Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default)]
 pub struct Headers {
+    /// A whole HTTP/1.1 head (start line, headers, empty line), read on first use.
+    raw: Option<Bytes>,
+    decoded: OnceLock<Decoded>,
+}
+
+#[derive(Clone, Default)]
+struct Decoded {
     text: String,
     /// For each header, where its name ends and where its value ends in `text`.
     ends: Vec<(u32, u32)>,
+}
+
+impl Decoded {
+    /// Adds one header.
+    fn push(&mut self, name: &str, value: &str) {
+        self.push_as(name, value, false);
+    }
+
+    /// Adds one header, its name lowercased (as a header map has it) if `lowercase`.
+    fn push_as(&mut self, name: &str, value: &str, lowercase: bool) {
+        // Every parser in the path bounds a head far below 4 GiB.
+        let end = |n: usize| u32::try_from(n).expect("headers under 4 GiB");
+        let start = self.text.len();
+        self.text.push_str(name);
+        if lowercase {
+            self.text[start..].make_ascii_lowercase();
+        }
+        let name_end = self.text.len();
+        self.text.push_str(value);
+        self.ends.push((end(name_end), end(self.text.len())));
+    }
+
+    /// The headers of a whole HTTP/1.1 head, a request's or a response's. The head was parsed
+    /// when it crossed; a head that does not parse now (it cannot happen) records no headers.
+    fn of_head(head: &[u8]) -> Self {
+        // Each header takes a line: enough slots without a limit of our own.
+        let lines = head.iter().filter(|b| **b == b'\n').count();
+        let mut slots = vec![httparse::EMPTY_HEADER; lines];
+        let headers: &[httparse::Header<'_>] = if head.starts_with(b"HTTP/") {
+            let mut resp = httparse::Response::new(&mut slots);
+            match resp.parse(head) {
+                Ok(httparse::Status::Complete(_)) => resp.headers,
+                _ => &[],
+            }
+        } else {
+            let mut req = httparse::Request::new(&mut slots);
+            match req.parse(head) {
+                Ok(httparse::Status::Complete(_)) => req.headers,
+                _ => &[],
+            }
+        };
+        let size = headers.iter().map(|h| h.name.len() + h.value.len()).sum();
+        let mut out = Self {
+            text: String::with_capacity(size),
+            ends: Vec::with_capacity(headers.len()),
+        };
+        for h in headers {
+            out.push_as(h.name, &String::from_utf8_lossy(h.value), true);
+        }
+        out
+    }
 }
 
 impl From<&HeaderMap> for Headers {
     /// A copy of `h`, in its iteration order.
     fn from(h: &HeaderMap) -> Self {
         let size = h.iter().map(|(k, v)| k.as_str().len() + v.len()).sum();
-        let mut out = Self {
+        let mut out = Decoded {
             text: String::with_capacity(size),
             ends: Vec::with_capacity(h.len()),
         };
@@ -136,46 +196,50 @@ impl From<&HeaderMap> for Headers {
                 Err(_) => out.push(k.as_str(), &String::from_utf8_lossy(v.as_bytes())),
             }
         }
-        out
+        Self::decoded(out)
     }
 }
 
 impl Headers {
-    /// No headers yet, with room for `count` headers of `size` bytes in all.
-    pub(crate) fn with_capacity(size: usize, count: usize) -> Self {
+    fn decoded(decoded: Decoded) -> Self {
         Self {
-            text: String::with_capacity(size),
-            ends: Vec::with_capacity(count),
+            raw: None,
+            decoded: OnceLock::from(decoded),
         }
     }
 
-    /// Adds one header as it came off the wire: the name lowercased, as a header map has it.
-    pub(crate) fn push_lowercase(&mut self, name: &str, value: &str) {
-        let start = self.text.len();
-        self.text.push_str(name);
-        self.text[start..].make_ascii_lowercase();
-        let name_end = self.text.len();
-        self.text.push_str(value);
-        let end = |n: usize| u32::try_from(n).expect("headers under 4 GiB");
-        self.ends.push((end(name_end), end(self.text.len())));
+    /// The headers of `head`, a whole HTTP/1.1 request or response head that was parsed when
+    /// it crossed, read only when they are first looked at.
+    pub(crate) fn of_head(head: Bytes) -> Self {
+        Self {
+            raw: Some(head),
+            decoded: OnceLock::new(),
+        }
+    }
+
+    fn get_decoded(&self) -> &Decoded {
+        self.decoded.get_or_init(|| match &self.raw {
+            Some(head) => Decoded::of_head(head),
+            None => Decoded::default(),
+        })
     }
 
     /// Adds one header.
     pub fn push(&mut self, name: &str, value: &str) {
-        // Every parser in the path bounds a head far below 4 GiB.
-        let end = |t: &str| u32::try_from(t.len()).expect("headers under 4 GiB");
-        self.text.push_str(name);
-        let name_end = end(&self.text);
-        self.text.push_str(value);
-        self.ends.push((name_end, end(&self.text)));
+        self.get_decoded();
+        self.decoded
+            .get_mut()
+            .expect("decoded above")
+            .push(name, value);
     }
 
     /// `(name, value)` pairs in order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
+        let d = self.get_decoded();
         let mut start = 0;
-        self.ends.iter().map(move |&(name_end, value_end)| {
+        d.ends.iter().map(move |&(name_end, value_end)| {
             let (name_end, value_end) = (name_end as usize, value_end as usize);
-            let pair = (&self.text[start..name_end], &self.text[name_end..value_end]);
+            let pair = (&d.text[start..name_end], &d.text[name_end..value_end]);
             start = value_end;
             pair
         })
@@ -190,14 +254,22 @@ impl Headers {
 
     /// Number of headers.
     pub fn len(&self) -> usize {
-        self.ends.len()
+        self.get_decoded().ends.len()
     }
 
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
-        self.ends.is_empty()
+        self.len() == 0
     }
 }
+
+impl PartialEq for Headers {
+    fn eq(&self, other: &Self) -> bool {
+        self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for Headers {}
 
 impl<'a> FromIterator<(&'a str, &'a str)> for Headers {
     fn from_iter<I: IntoIterator<Item = (&'a str, &'a str)>>(pairs: I) -> Self {
@@ -605,5 +677,44 @@ mod tests {
         assert!(Headers::default().is_empty());
         let rebuilt: Headers = recorded.iter().collect();
         assert_eq!(rebuilt, recorded);
+    }
+
+    #[test]
+    fn heads_kept_whole_read_as_the_same_headers() {
+        let response = Bytes::from_static(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nSet-Cookie: a=1\r\n\
+              set-cookie: b=2\r\nX-Empty:\r\nX-Bytes: caf\xe9\r\nX-UTF8: caf\xc3\xa9\r\n\r\n",
+        );
+        let recorded = Headers::of_head(response);
+        let pairs: Vec<_> = recorded.iter().collect();
+        assert_eq!(
+            pairs,
+            [
+                ("content-type", "text/plain"),
+                ("set-cookie", "a=1"),
+                ("set-cookie", "b=2"),
+                ("x-empty", ""),
+                ("x-bytes", "caf\u{fffd}"),
+                ("x-utf8", "café"),
+            ]
+        );
+        assert_eq!(recorded.get("SET-COOKIE"), Some("a=1"));
+
+        let mut request = Headers::of_head(Bytes::from_static(
+            b"POST /a?b HTTP/1.1\r\nhost: app.example\r\ncontent-length: 2\r\n\r\n",
+        ));
+        assert_eq!(
+            request.iter().collect::<Vec<_>>(),
+            [("host", "app.example"), ("content-length", "2")]
+        );
+        // Clones and added headers see the decoded form.
+        request.push("x-added", "1");
+        assert_eq!(request.clone().len(), 3);
+        assert_eq!(
+            serde_json::to_string(&request).unwrap(),
+            "[[\"host\",\"app.example\"],[\"content-length\",\"2\"],[\"x-added\",\"1\"]]"
+        );
+        // A head cut short (it cannot happen: heads are kept after they parsed) reads as none.
+        assert!(Headers::of_head(Bytes::from_static(b"HTTP/1.1 200 OK\r\nA: b")).is_empty());
     }
 }
