@@ -3,7 +3,7 @@
 
 Seeds are small, hand-made and meaningful: each is a valid case or one edge case, so the
 fuzzer starts from inputs that reach deep code. The input formats are documented in
-tunnel/src/fuzzing.rs (frames) and server/src/fuzzing.rs (handshake, config, hop).
+tunnel/src/fuzzing.rs (frames, local_answer) and server/src/fuzzing.rs (handshake, config, hop).
 """
 import os
 import struct
@@ -227,6 +227,27 @@ hop = {
 }
 
 
+# local_answer: a local service's answer as the client reads it (tunnel/src/h1.rs): [mode][bytes],
+# mode bit 0 = an answer to HEAD, bits 1-4 = bytes per read - 1.
+def answer(mode, text):
+    return bytes([mode]) + text
+
+
+local_answer = {
+    "length": answer(0, b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 5\r\n\r\nhello"),
+    "chunked-trailers": answer(2, b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+                               b"5;a=b\r\nhello\r\n1A\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nx-sum: 9\r\n\r\n"),
+    "continue-then-close": answer(30, b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n"
+                                  b"connection: x-hop, close\r\nx-hop: 1\r\ncontent-length: 3\r\n\r\nabc"),
+    "http10-to-close": answer(4, b"HTTP/1.0 404 Not Found\r\nServer: old\r\n\r\nuntil the close"),
+    "head-with-length": answer(1, b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n"),
+    "both-framings": answer(6, b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: gzip, chunked\r\n\r\n"
+                            b"3\r\nabc\r\n0\r\n\r\n"),
+    "obs-text-and-204": answer(0, b"\r\nHTTP/1.1 204 No Content\r\nX-Name: caf\xe9\r\nSet-Cookie: a=1\r\n"
+                               b"Set-Cookie: b=2\r\n\r\n"),
+}
+
+
 def write(target, seeds):
     d = os.path.join(CORPUS, target)
     os.makedirs(d, exist_ok=True)
@@ -239,3 +260,4 @@ write("frames", frames)
 write("handshake", handshake)
 write("config", config)
 write("hop", hop)
+write("local_answer", local_answer)

@@ -47,3 +47,8 @@ fn config_corpus() {
 fn hop_corpus() {
     run("hop", ggrok_server::fuzzing::hop);
 }
+
+#[test]
+fn local_answer_corpus() {
+    run("local_answer", ggrok_tunnel::fuzzing::local_answer);
+}

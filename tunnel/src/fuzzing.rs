@@ -243,6 +243,15 @@ pub fn frames(data: &[u8]) {
     });
 }
 
+/// A local service's answer as the client reads it (`h1::check_answer`): `[mode u8][answer]`,
+/// mode bit 0 set for an answer to `HEAD`, bits 1–4 the bytes per read less one (1–16).
+pub fn local_answer(data: &[u8]) {
+    let Some((&mode, wire)) = data.split_first() else {
+        return;
+    };
+    crate::h1::check_answer(wire, mode & 1 == 1, usize::from(mode >> 1 & 15) + 1);
+}
+
 /// How the model expects the session to end, from the first operation that decides it.
 #[derive(Debug, PartialEq)]
 enum End {

@@ -778,6 +778,65 @@ impl Framing {
     }
 }
 
+/// Reads `wire` as a local service's answer to a GET (a HEAD if `head_request`), fed `step`
+/// bytes at a time, the way the client does, and panics where an invariant breaks (for the fuzz
+/// target `local_answer` and the unit tests):
+/// - the answering head frame the client writes decodes on the server, with the same status;
+/// - the inspector's copy of the head reads as every header parsed;
+/// - the body decoder hands out only bytes that arrived, in their order, and always progresses.
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) fn check_answer(wire: &[u8], head_request: bool, step: usize) {
+    let mut rest = wire;
+    let (n, mut head) = loop {
+        match parse_head(rest, head_request) {
+            Ok(Parsed::Informational(n)) => rest = &rest[n..],
+            Ok(Parsed::Final(n, head, _)) => break (n, head),
+            Ok(Parsed::Partial) | Err(_) => return,
+        }
+    };
+    let parts = crate::head::decode_response(head.frame.clone())
+        .unwrap_or_else(|e| panic!("the server refuses the head the client wrote: {e}"));
+    assert_eq!(parts.status, head.status);
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut slots);
+    assert!(parsed.parse(&rest[..n]).is_ok_and(|s| s.is_complete()));
+    assert_eq!(
+        head.recorded.len(),
+        parsed.headers.len(),
+        "the inspector's copy"
+    );
+    assert!(parts.headers.len() <= parsed.headers.len());
+
+    let body = &rest[n..];
+    let (mut buf, mut fed, mut out) = (BytesMut::new(), 0, Vec::new());
+    // Each step feeds bytes, hands some out or ends: a bound turns a decoder that stops
+    // progressing into a finding instead of a hang.
+    let mut steps = 2 * body.len() + 8;
+    loop {
+        steps = steps
+            .checked_sub(1)
+            .expect("the body decoder stopped progressing");
+        match head.framing.decode(&mut buf) {
+            Ok(Decoded::Data(k)) => {
+                assert!(k > 0 && k <= buf.len(), "{k} of {} bytes", buf.len());
+                out.extend_from_slice(&buf[..k]);
+                buf.advance(k);
+            }
+            Ok(Decoded::More) if fed < body.len() => {
+                let end = (fed + step.max(1)).min(body.len());
+                buf.extend_from_slice(&body[fed..end]);
+                fed = end;
+            }
+            Ok(Decoded::End(_) | Decoded::More) | Err(_) => break,
+        }
+    }
+    let mut left = body.iter();
+    assert!(
+        out.iter().all(|b| left.any(|x| x == b)),
+        "the body is not made of the bytes that came, in order"
+    );
+}
+
 /// The answer's body, read from the connection; the connection goes back to the pool through
 /// `release` when the body ended cleanly.
 pub(crate) struct ResponseBody<F: FnOnce(Conn) + Send + Unpin> {
@@ -1077,31 +1136,7 @@ mod tests {
                     _ => wire.insert(at, b"0123456789abcdef\r\n;: "[rng.random_range(0..21)]),
                 }
             }
-            let mut rest = &wire[..];
-            let head = loop {
-                match parse_head(rest, false) {
-                    Ok(Parsed::Informational(n)) => rest = &rest[n..],
-                    Ok(Parsed::Final(n, head, _)) => break Some((n, head)),
-                    Ok(Parsed::Partial) | Err(_) => break None,
-                }
-            };
-            let Some((n, mut head)) = head else { continue };
-            let mut buf = BytesMut::new();
-            let mut fed = n;
-            for _ in 0..wire.len() * 2 + 8 {
-                match head.framing.decode(&mut buf) {
-                    Ok(Decoded::Data(k)) => {
-                        assert!(k > 0 && k <= buf.len(), "{k} of {}", buf.len());
-                        buf.advance(k);
-                    }
-                    Ok(Decoded::End(_)) | Err(_) => break,
-                    Ok(Decoded::More) if fed < rest.len() => {
-                        buf.extend_from_slice(&rest[fed..fed + 1]);
-                        fed += 1;
-                    }
-                    Ok(Decoded::More) => break,
-                }
-            }
+            check_answer(&wire, rng.random_range(0..8) == 0, rng.random_range(1..9));
         }
     }
 

@@ -155,25 +155,25 @@ impl Decoded {
         // Each header takes a line: enough slots without a limit of our own.
         let lines = head.iter().filter(|b| **b == b'\n').count();
         let mut slots = vec![httparse::EMPTY_HEADER; lines];
-        let headers: &[httparse::Header<'_>] = if head.starts_with(b"HTTP/") {
-            let mut resp = httparse::Response::new(&mut slots);
-            match resp.parse(head) {
-                Ok(httparse::Status::Complete(_)) => resp.headers,
-                _ => &[],
-            }
-        } else {
-            let mut req = httparse::Request::new(&mut slots);
-            match req.parse(head) {
-                Ok(httparse::Status::Complete(_)) => req.headers,
-                _ => &[],
-            }
-        };
-        let size = headers.iter().map(|h| h.name.len() + h.value.len()).sum();
+        let mut response = httparse::Response::new(&mut slots);
+        if let Ok(httparse::Status::Complete(_)) = response.parse(head) {
+            return Self::of_fields(response.headers);
+        }
+        let mut slots = vec![httparse::EMPTY_HEADER; lines];
+        let mut request = httparse::Request::new(&mut slots);
+        match request.parse(head) {
+            Ok(httparse::Status::Complete(_)) => Self::of_fields(request.headers),
+            _ => Self::default(),
+        }
+    }
+
+    fn of_fields(fields: &[httparse::Header<'_>]) -> Self {
+        let size = fields.iter().map(|h| h.name.len() + h.value.len()).sum();
         let mut out = Self {
             text: String::with_capacity(size),
-            ends: Vec::with_capacity(headers.len()),
+            ends: Vec::with_capacity(fields.len()),
         };
-        for h in headers {
+        for h in fields {
             out.push_as(h.name, &String::from_utf8_lossy(h.value), true);
         }
         out
@@ -714,6 +714,9 @@ mod tests {
             serde_json::to_string(&request).unwrap(),
             "[[\"host\",\"app.example\"],[\"content-length\",\"2\"],[\"x-added\",\"1\"]]"
         );
+        // Empty lines before the start line are skipped, as the parser skipped them.
+        let late = Headers::of_head(Bytes::from_static(b"\r\nHTTP/1.1 200 OK\r\nA: b\r\n\r\n"));
+        assert_eq!(late.iter().collect::<Vec<_>>(), [("a", "b")]);
         // A head cut short (it cannot happen: heads are kept after they parsed) reads as none.
         assert!(Headers::of_head(Bytes::from_static(b"HTTP/1.1 200 OK\r\nA: b")).is_empty());
     }
