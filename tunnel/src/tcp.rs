@@ -20,6 +20,7 @@ use std::{
     time::{Instant, SystemTime, UNIX_EPOCH},
 };
 
+use bytes::BytesMut;
 use serde::Serialize;
 use tokio::{io::AsyncWriteExt, net::TcpStream, sync::broadcast};
 use tracing::{debug, warn};
@@ -376,8 +377,7 @@ pub async fn splice(tcp: TcpStream, stream: MuxStream) -> Spliced {
 /// (live byte counters for long connections).
 ///
 /// The stream's data goes to the socket as the multiplexer delivered it, without a copy into a
-/// buffer of our own; the other way, a read buffer is allocated only once the connection has
-/// something to read, so idle connections (an SSH session nobody types in) hold none.
+/// buffer of our own; the other way reads into a [`ReadBuffer`].
 pub async fn splice_counting(
     tcp: TcpStream,
     stream: MuxStream,
@@ -388,23 +388,21 @@ pub async fn splice_counting(
     let (mut sent, mut received) = (0u64, 0u64);
     let failure = {
         let up = async {
-            let mut buf = Vec::new();
+            let mut buf = ReadBuffer::default();
             loop {
                 rd.readable()
                     .await
                     .map_err(|e| Failure::Tcp(e.to_string()))?;
-                if buf.is_empty() {
-                    buf = vec![0; SPLICE_BUFFER];
-                }
-                match rd.try_read(&mut buf) {
+                match rd.try_read_buf(buf.get()) {
                     Ok(0) => return stream.finish().map_err(|e| Failure::Stream(e.to_string())),
                     Ok(n) => {
                         from_tcp(n as u64);
                         sent += n as u64;
                         stream
-                            .send(&buf[..n])
+                            .send(&buf.0)
                             .await
                             .map_err(|e| Failure::Stream(e.to_string()))?;
+                        buf.sent();
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                     Err(e) => return Err(Failure::Tcp(e.to_string())),
@@ -469,9 +467,57 @@ pub async fn splice_counting(
     }
 }
 
+/// What one direction of a splice reads into: allocated when the connection has something to
+/// read (without zeroing it), kept while reads fill it (a transfer under way), and given back
+/// after a read that drained the socket, so an idle connection (an SSH session nobody types in,
+/// a pooled database connection) holds none.
+#[derive(Default)]
+struct ReadBuffer(BytesMut);
+
+impl ReadBuffer {
+    /// The buffer to read into (or send what was read from).
+    fn get(&mut self) -> &mut BytesMut {
+        if self.0.capacity() == 0 {
+            self.0.reserve(SPLICE_BUFFER);
+        }
+        &mut self.0
+    }
+
+    /// What was read has been sent on.
+    fn sent(&mut self) {
+        if self.0.len() < self.0.capacity() {
+            self.0 = BytesMut::new();
+        } else {
+            self.0.clear();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_read_buffer_is_kept_only_while_reads_fill_it() {
+        let mut buf = ReadBuffer::default();
+        assert_eq!(buf.0.capacity(), 0, "nothing before the first read");
+        let full = buf.get().capacity();
+        assert!(full >= SPLICE_BUFFER);
+        buf.get().resize(full, 7);
+        buf.sent();
+        assert_eq!(
+            (buf.0.len(), buf.0.capacity()),
+            (0, full),
+            "kept during a transfer"
+        );
+        buf.get().extend_from_slice(b"ls\n");
+        buf.sent();
+        assert_eq!(
+            buf.0.capacity(),
+            0,
+            "given back once a read drained the socket"
+        );
+    }
 
     #[tokio::test]
     async fn the_dialer_keeps_the_address_that_answered() {
