@@ -478,3 +478,29 @@ async fn qr_goes_to_stderr_and_stdout_keeps_the_url_alone() {
     );
     child.kill().await.unwrap();
 }
+
+/// The CLI runs where no D-Bus library is installed (slim containers, minimal servers): libdbus
+/// is built in, and nothing else beyond the C runtime is loaded.
+#[cfg(target_os = "linux")]
+#[test]
+fn the_binary_needs_no_shared_library_beyond_the_c_runtime() {
+    let out = std::process::Command::new("ldd")
+        .arg(env!("CARGO_BIN_EXE_ggrok"))
+        .output()
+        .expect("ldd runs");
+    let libs = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{libs}");
+    for line in libs.lines() {
+        let name = line.split_whitespace().next().unwrap_or("");
+        let c_runtime = [
+            "linux-vdso",
+            "libc.so",
+            "libm.so",
+            "libgcc_s.so",
+            "ld-linux",
+        ]
+        .iter()
+        .any(|lib| name.contains(lib));
+        assert!(c_runtime, "the CLI links {name}: {libs}");
+    }
+}
