@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
-# User-space instructions per small request, for the ggrok server and the ggrok client, counted by
-# valgrind's callgrind. CPU time per request moves by about ±1 µs from run to run on a shared
-# machine; instruction counts repeat within a few percent, so they show what a change to the
-# request path saves (docs/benchmarks.md, "Why it is built this way").
+# User-space instructions per small request, for the server and the client of ggrok and of bore,
+# counted by valgrind's callgrind, beside each process's system calls and context switches per
+# request, counted by perf. CPU time per request moves by about ±1 µs from run to run on a shared
+# machine; these counts repeat within a few percent and depend little on the CPU, so they show
+# what a change to the request path saves and how ggrok's work per request compares with bore's
+# on any machine (docs/benchmarks.md, "Why it is built this way").
 #
 # For each process in turn it runs that process under callgrind and the other natively, in front
 # of an nginx origin serving 100 bytes; warms up, zeroes the counters, sends WRK_SECONDS of
 # `wrk -t1 -c10` through the tunnel, dumps the counters and divides by the requests answered.
+# bore is measured when it is installed and its fixed control port (7835) is free; the kernel
+# columns need perf with access to tracepoints (root, or perf_event_paranoid ≤ -1).
 # Tungstenite zeroes its read buffer before every read; under valgrind's slow pace that is one
 # memset per frame, a large share of the count but under 1% of the time under load, so it is
 # shown apart.
@@ -14,7 +18,8 @@
 #   bench/instructions.sh                 # builds the release binaries first
 #   SKIP_BUILD=1 bench/instructions.sh    # measures the binaries in target/release
 #
-# Env: WRK_SECONDS (5), SKIP_BUILD=1. Needs valgrind, wrk, nginx, curl, python3.
+# Env: WRK_SECONDS (5), SKIP_BUILD=1. Needs valgrind, wrk, nginx, curl, python3; bore and perf
+# optional.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -60,32 +65,56 @@ nginx -c "$work/nginx.conf" &
 pids+=($!)
 wait_for nginx curl -sf "http://127.0.0.1:$origin/small.bin"
 
-measure() { # measure server|client: prints one table row
-  local side=$1 port vg=(valgrind --tool=callgrind --callgrind-out-file="$work/cg.$1.%p")
+# start TUNNEL SIDE: starts TUNNEL's (ggrok or bore) server and client, SIDE (server, client or
+# none) under callgrind; sets s, c (their pids), url and host.
+start() {
+  local tunnel=$1 side=$2 port vg=(valgrind --tool=callgrind --callgrind-out-file="$work/cg.$1.$2.%p")
   port=$(free_port)
-  local server=("$bin/ggrok-server" --listen "127.0.0.1:$port" --domain localhost --db "$work/$side.db")
-  local client=("$bin/ggrok" http "$origin" --server "http://127.0.0.1:$port" --subdomain bench
-    --local-host 127.0.0.1)
-  if [ "$side" = server ]; then server=("${vg[@]}" "${server[@]}"); else client=("${vg[@]}" "${client[@]}"); fi
-  "${server[@]}" >"$work/server.$side.log" 2>&1 &
-  local s=$!
-  wait_for "ggrok-server" curl -s -o /dev/null "http://127.0.0.1:$port/"
-  "${client[@]}" >/dev/null 2>"$work/client.$side.log" &
-  local c=$!
-  pids+=("$s" "$c")
-  wait_for "the tunnel" curl -sf -H "Host: bench.localhost" "http://127.0.0.1:$port/small.bin"
-  local url="http://127.0.0.1:$port/small.bin"
-  wrk -t1 -c10 -d2s -H "Host: bench.localhost" "$url" >/dev/null
-  local vpid
-  vpid=$([ "$side" = server ] && echo "$s" || echo "$c")
-  callgrind_control -z "$vpid" >/dev/null
-  local n
-  n=$(wrk -t1 -c10 -d"${seconds}s" -H "Host: bench.localhost" "$url" | awk '/requests in/{print $1}')
-  callgrind_control -d "$vpid" >/dev/null
+  local server client
+  if [ "$tunnel" = ggrok ]; then
+    server=("$bin/ggrok-server" --listen "127.0.0.1:$port" --domain localhost --db "$work/$side.$RANDOM.db")
+    client=("$bin/ggrok" http "$origin" --server "http://127.0.0.1:$port" --subdomain bench
+      --local-host 127.0.0.1)
+    host=bench.localhost
+  else
+    server=(bore server --bind-addr 127.0.0.1 --min-port "$port" --max-port "$port")
+    client=(bore local "$origin" --local-host 127.0.0.1 --to 127.0.0.1 --port "$port")
+    host=127.0.0.1:$port
+  fi
+  if [ "$side" = server ]; then server=("${vg[@]}" "${server[@]}"); fi
+  if [ "$side" = client ]; then client=("${vg[@]}" "${client[@]}"); fi
+  RUST_LOG=warn "${server[@]}" >"$work/$tunnel.server.$side.log" 2>&1 &
+  s=$!
+  pids+=("$s")
+  if [ "$tunnel" = ggrok ]; then
+    wait_for "ggrok-server" curl -s -o /dev/null "http://127.0.0.1:$port/"
+  else
+    wait_for "bore server" bash -c 'exec 3<>/dev/tcp/127.0.0.1/7835'
+  fi
+  RUST_LOG=warn "${client[@]}" >/dev/null 2>"$work/$tunnel.client.$side.log" &
+  c=$!
+  pids+=("$c")
+  url="http://127.0.0.1:$port/small.bin"
+  wait_for "the $tunnel tunnel" curl -sf -H "Host: $host" "$url"
+  wrk -t1 -c10 -d2s -H "Host: $host" "$url" >/dev/null
+}
+
+stop() {
   kill "$s" "$c" 2>/dev/null || true
   wait "$s" "$c" 2>/dev/null || true
-  local dump
-  dump=$(ls "$work"/cg."$side".*.1 | head -1)
+}
+
+# instructions TUNNEL SIDE: user-space instructions per request of that process, and without
+# the read-buffer memset.
+instructions() {
+  local tunnel=$1 side=$2 vpid n dump
+  start "$tunnel" "$side"
+  vpid=$([ "$side" = server ] && echo "$s" || echo "$c")
+  callgrind_control -z "$vpid" >/dev/null
+  n=$(wrk -t1 -c10 -d"${seconds}s" -H "Host: $host" "$url" | awk '/requests in/{print $1}')
+  callgrind_control -d "$vpid" >/dev/null
+  stop
+  dump=$(ls "$work"/cg."$tunnel.$side".*.1 | head -1)
   callgrind_annotate --threshold=100 "$dump" 2>/dev/null | python3 -c "
 import re, sys
 total = memset = 0
@@ -98,17 +127,58 @@ for line in sys.stdin:
         total = n
     elif 'memset' in m.group(2):
         memset += n
-req = $n
-print(f'| {\"$side\"} | {req:,} | {total / req:,.0f} | {(total - memset) / req:,.0f} |')
+print(f'{total / $n:,.0f} | {(total - memset) / $n:,.0f}')
 "
 }
 
-echo "## ggrok: user-space instructions per small request (callgrind)"
+# kernel TUNNEL: system calls and context switches per request of the server and the client,
+# both native, counted by perf for the same load.
+kernel() {
+  local tunnel=$1 n
+  start "$tunnel" none
+  perf stat -x, -e raw_syscalls:sys_enter,context-switches -p "$s" -o "$work/perf.s" &
+  local ps=$!
+  perf stat -x, -e raw_syscalls:sys_enter,context-switches -p "$c" -o "$work/perf.c" &
+  local pc=$!
+  sleep 0.5
+  n=$(wrk -t1 -c10 -d"${seconds}s" -H "Host: $host" "$url" | awk '/requests in/{print $1}')
+  kill -INT "$ps" "$pc"
+  wait "$ps" "$pc" 2>/dev/null || true
+  stop
+  for f in s c; do
+    python3 -c "
+import sys
+counts = {}
+for line in open('$work/perf.$f'):
+    parts = line.strip().split(',')
+    if len(parts) > 2 and parts[0].replace('.', '').isdigit():
+        counts[parts[2]] = float(parts[0])
+print(f\"{counts.get('raw_syscalls:sys_enter', 0) / $n:.1f} | {counts.get('context-switches', 0) / $n:.2f}\")
+"
+  done
+}
+
+peers=(ggrok)
+if ! command -v bore >/dev/null; then
+  echo "instructions: bore is not installed (cargo install bore-cli): measuring ggrok alone" >&2
+elif (exec 3<>/dev/tcp/127.0.0.1/7835) 2>/dev/null; then
+  echo "instructions: bore's fixed control port 7835 is in use: measuring ggrok alone" >&2
+else
+  peers+=(bore)
+fi
+have_perf=0
+perf stat -e raw_syscalls:sys_enter -- true >/dev/null 2>&1 && have_perf=1
+
+echo "## User-space instructions (callgrind), system calls and context switches (perf) per small request"
 echo
-echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC'); commit: $(git -C "$root" rev-parse --short HEAD)$(git -C "$root" diff --quiet || echo ' + uncommitted changes')"
-echo "- load: \`wrk -t1 -c10 -d${seconds}s\`, 100-byte responses from nginx, through ggrok on 127.0.0.1; the other process runs natively"
+echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC'); commit: $(git -C "$root" rev-parse --short HEAD)$(git -C "$root" diff --quiet || echo ' + uncommitted changes'); CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
+echo "- load: \`wrk -t1 -c10 -d${seconds}s\`, 100-byte responses from nginx, through each tunnel on 127.0.0.1; callgrind runs one process at a time, the other natively; perf counts both, natively, in a run of their own"
 echo
-echo "| process | requests | instructions / request | without the read-buffer memset |"
-echo "|---|--:|--:|--:|"
-measure server
-measure client
+echo "| tunnel | process | instructions / request | without the read-buffer memset | system calls / request | context switches / request |"
+echo "|---|---|--:|--:|--:|--:|"
+for tunnel in "${peers[@]}"; do
+  kernel_rows=("— | —" "— | —")
+  if [ "$have_perf" = 1 ]; then mapfile -t kernel_rows < <(kernel "$tunnel"); fi
+  echo "| $tunnel | server | $(instructions "$tunnel" server) | ${kernel_rows[0]} |"
+  echo "| $tunnel | client | $(instructions "$tunnel" client) | ${kernel_rows[1]} |"
+done
