@@ -21,9 +21,10 @@
 //!   protocol and loses the session.
 //! - A busy stream's window may grow, up to what both sides offered in the handshake
 //!   ([`Config::windows`]), when the stream is the session's only busy one and its reader
-//!   consumes whole windows fast (see `grow`); the growth of all streams together is at most one
-//!   stream's, so the session holds at most that much more, and each stream at most its window.
-//!   The decision runs only when a WINDOW frame goes out, never per frame.
+//!   consumes whole windows fast, and shrinks back when that stops (see `resize`); the growth
+//!   of all streams together is at most one stream's, so the session holds at most that much
+//!   more, and each stream at most its window. The decision runs only when a WINDOW frame goes
+//!   out, never per frame.
 //! - Frames we owe the peer (credit, resets) pile up only while the peer does not read our
 //!   messages: past [`MAX_CONTROL_BACKLOG`] the driver stops reading until the writer has handed
 //!   them to the socket, so a peer that floods without reading gets backpressure, not our memory.
@@ -311,7 +312,7 @@ struct StreamState {
     /// Data consumed since we last gave stream credit back.
     recv_unacked: u32,
     /// The stream's window: what `recv_credit`, `recv_unacked`, `queued_bytes` and `held` add up
-    /// to. [`STREAM_WINDOW`] at first; see [`grow`].
+    /// to. [`STREAM_WINDOW`] at first; see [`resize`].
     window: u32,
     /// Since when, and from which `State::data_consumed`, the reader's current whole window is
     /// measured; set at the stream's first grant.
@@ -388,16 +389,27 @@ impl State {
         s.recv_unacked += n as u32;
         if !s.recv_done && s.recv_unacked >= s.window / 2 {
             let mut grant = std::mem::take(&mut s.recv_unacked);
-            if s.window < self.grow_window {
+            if self.grow_window > STREAM_WINDOW {
                 let budget = self.grow_window - STREAM_WINDOW - self.window_extra;
-                let step = grow(s, grant, self.data_consumed, self.grow_within, budget);
-                let step = step.min(self.grow_window - s.window);
-                s.window += step;
-                self.window_extra += step;
-                grant += step;
+                let window = resize(s, grant, self.data_consumed, self.grow_within, budget)
+                    .min(self.grow_window);
+                if window >= s.window {
+                    let step = window - s.window;
+                    self.window_extra += step;
+                    grant += step;
+                    s.window = window;
+                } else {
+                    // Shrinks by credit not given back: what the peer already has stays its.
+                    let back = (s.window - window).min(grant);
+                    self.window_extra -= back;
+                    grant -= back;
+                    s.window -= back;
+                }
             }
             s.recv_credit += grant;
-            self.control_frame(FRAME_WINDOW, 0, id, &grant.to_be_bytes());
+            if grant > 0 {
+                self.control_frame(FRAME_WINDOW, 0, id, &grant.to_be_bytes());
+            }
         }
     }
 
@@ -487,29 +499,36 @@ impl State {
     }
 }
 
-/// By how much stream `s` grows its window, as it gives back `grant` bytes of credit: by its
-/// window (doubling) when its reader consumed a whole window within `within`, at least two
-/// thirds of what all the session's readers consumed meanwhile came from it (it is the busy
-/// stream; several busy streams together already have enough in flight), and the session's
-/// `budget` for grown windows allows; by what the budget has left when that is less.
-fn grow(s: &mut StreamState, grant: u32, all_consumed: u64, within: Duration, budget: u32) -> u32 {
+/// The window stream `s` should have as it gives back `grant` bytes of credit. Looked at once
+/// its reader has consumed a whole window since the last look: doubled if that took at most
+/// `within` and at least two thirds of what all the session's readers consumed meanwhile came
+/// from this stream (it is the busy one; several busy streams together already have enough in
+/// flight), as far as the session's `budget` for grown windows allows; halved back towards
+/// [`STREAM_WINDOW`] if either fails, so growth stays only while it pays.
+fn resize(
+    s: &mut StreamState,
+    grant: u32,
+    all_consumed: u64,
+    within: Duration,
+    budget: u32,
+) -> u32 {
     let now = Instant::now();
     let Some((start, mark)) = s.cycle else {
         s.cycle = Some((now, all_consumed));
-        return 0;
+        return s.window;
     };
     s.cycle_bytes += grant;
     if s.cycle_bytes < s.window {
-        return 0;
+        return s.window;
     }
     let ours = u64::from(std::mem::take(&mut s.cycle_bytes));
     s.cycle = Some((now, all_consumed));
     let fast = now.duration_since(start) <= within;
     let alone = ours * 3 >= (all_consumed - mark) * 2;
     if fast && alone {
-        s.window.min(budget)
+        s.window.saturating_add(s.window.min(budget))
     } else {
-        0
+        (s.window / 2).max(STREAM_WINDOW)
     }
 }
 
@@ -2249,6 +2268,58 @@ mod tests {
         for r in readers {
             assert_eq!(r.await.unwrap(), n);
         }
+        check_windows(&server);
+    }
+
+    #[tokio::test]
+    async fn a_grown_window_shrinks_back_when_other_streams_get_busy() {
+        let within = Duration::from_secs(30);
+        let (_client, mut accepted, server) =
+            grown_pair(offered(true, within), offered(false, within)).await;
+        let n = 24 * MAX_STREAM_WINDOW as usize;
+        let (first, sender) = download(&server, &mut accepted, n).await;
+        let mut got = 0;
+        while window_of(&server, &first) < MAX_STREAM_WINDOW {
+            if let Some(Ok(Item::Data(d))) = first.recv().await {
+                got += d.len();
+            }
+        }
+        // It keeps reading while three more streams get as busy.
+        let reader = tokio::spawn({
+            let first = first.clone();
+            async move { got + read_bytes(&first).await.len() }
+        });
+        let mut others = Vec::new();
+        for _ in 0..3 {
+            let size = 4 * MAX_STREAM_WINDOW as usize;
+            let (ours, sender) = download(&server, &mut accepted, size).await;
+            let (server, first) = (server.clone(), first.clone());
+            others.push(tokio::spawn(async move {
+                // The first stream's smallest window while this one is busy.
+                let mut smallest = MAX_STREAM_WINDOW;
+                let mut got = 0;
+                while let Some(item) = ours.recv().await {
+                    if let Item::Data(d) = item.unwrap() {
+                        got += d.len();
+                    }
+                    smallest = smallest.min(window_of(&server, &first));
+                    check_windows(&server);
+                }
+                drop(sender.await.unwrap());
+                assert_eq!(got, size);
+                smallest
+            }));
+        }
+        let mut smallest = MAX_STREAM_WINDOW;
+        for o in others {
+            smallest = smallest.min(o.await.unwrap());
+        }
+        assert!(
+            smallest < MAX_STREAM_WINDOW,
+            "the first stream gave growth back"
+        );
+        assert_eq!(reader.await.unwrap(), n);
+        drop(sender.await.unwrap());
         check_windows(&server);
     }
 
