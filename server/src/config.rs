@@ -186,6 +186,12 @@ pub struct Config {
     /// ([`ggrok_tunnel::protocol::HOP_VERSION`]). `1` makes it speak only the format of nodes
     /// from before format 2: what tests of a cluster in the middle of an upgrade need.
     pub hop_version: u32,
+    /// The most credit per stream this server accepts, offered to clients and nodes in
+    /// [`ggrok_tunnel::protocol::HEADER_WINDOW`] (default
+    /// [`ggrok_tunnel::protocol::MAX_STREAM_WINDOW`]): its readers grow a busy stream's window
+    /// up to it for a peer that offers as much. `STREAM_WINDOW` offers nothing and never grows
+    /// one, as servers from before growing windows: what tests of mixed versions need.
+    pub stream_window: u32,
 }
 
 impl std::fmt::Debug for Config {
@@ -205,6 +211,7 @@ impl std::fmt::Debug for Config {
             .field("revocation_check", &self.revocation_check)
             .field("cluster", &self.cluster)
             .field("hop_version", &self.hop_version)
+            .field("stream_window", &self.stream_window)
             .field("trusted_proxies", &self.trusted_proxies)
             .field("proxy_protocol", &self.proxy_protocol)
             .field("reserved_names", &self.reserved_names)
@@ -288,6 +295,7 @@ impl Config {
             revocation_check: Duration::from_secs(2),
             cluster: None,
             hop_version: ggrok_tunnel::protocol::HOP_VERSION,
+            stream_window: ggrok_tunnel::protocol::MAX_STREAM_WINDOW,
             trusted_proxies: Vec::new(),
             proxy_protocol: false,
             reserved_names: DEFAULT_RESERVED_NAMES

@@ -38,6 +38,7 @@ pub(crate) async fn accept<B>(
     mut req: Request<B>,
 ) -> Response<Body> {
     let peer = visitor.peer;
+    let client_window = protocol::window_offer(req.headers());
     let Admitted { claim, key, tcp } = match admit(shared, &visitor, req.headers()).await {
         Ok(admitted) => admitted,
         Err(refusal) => return refuse(shared, peer, &refusal),
@@ -62,8 +63,10 @@ pub(crate) async fn accept<B>(
     // Close frame that tells the client why.
     shared
         .tasks
-        .spawn(session(shared.clone(), claim, tcp, on_upgrade).instrument(span));
-    switching_protocols(&key, &name, &url, tcp_port)
+        .spawn(session(shared.clone(), claim, tcp, on_upgrade, client_window).instrument(span));
+    let mut resp = switching_protocols(&key, &name, &url, tcp_port);
+    offer_window(shared, resp.headers_mut());
+    resp
 }
 
 /// A connect that passed every check and holds its name (or port).
@@ -144,6 +147,7 @@ async fn session(
     claim: Claim,
     tcp: Option<TcpListener>,
     on_upgrade: OnUpgrade,
+    client_window: u32,
 ) {
     // However this task ends, work still running on the session's streams stops too.
     let _ended = claim.ended.clone().drop_guard();
@@ -177,7 +181,8 @@ async fn session(
         stall_timeout: shared.config.body_idle_timeout,
         // Clients have no reason to open streams: one that does breaks the protocol.
         ..mux::Config::new(false)
-    };
+    }
+    .windows(shared.config.stream_window, client_window);
     let (handle, driver) = mux::start(ws, mux::Role::Acceptor, config);
     let closing = handle.closing();
     let metrics = shared.metrics.tunnel(&claim.name);
@@ -263,6 +268,17 @@ fn switching_protocols(key: &str, name: &str, url: &str, tcp_port: Option<u16>) 
         resp = resp.header(protocol::HEADER_TCP_PORT, port);
     }
     resp.body(empty()).expect("valid 101 response")
+}
+
+/// Says on a `101` how much credit per stream this server accepts, unless it is configured as a
+/// server from before growing windows (which says nothing).
+pub(crate) fn offer_window(shared: &Shared, headers: &mut HeaderMap) {
+    if shared.config.stream_window > protocol::STREAM_WINDOW {
+        headers.insert(
+            protocol::HEADER_WINDOW,
+            HeaderValue::from(shared.config.stream_window),
+        );
+    }
 }
 
 /// Validates a connect request; returns who asks, for which name, and the WebSocket key.

@@ -773,9 +773,14 @@ async fn hops_carry_requests_as_frames_and_a_body_cut_at_the_holder_fails_at_the
 #[tokio::test]
 async fn a_node_that_speaks_only_the_first_hop_format_is_served_and_serves_in_it() {
     let Some(etcd) = Etcd::start() else { return };
-    // B is a node from before hop format 2, in a cluster being upgraded node by node.
+    // B is a node from before hop format 2 (and growing stream windows), in a cluster being
+    // upgraded node by node: A never sends it credit beyond 256 KiB, or B would end the session.
     let a = node(&etcd, |_| {}).await;
-    let b = node(&etcd, |c| c.hop_version = 1).await;
+    let b = node(&etcd, |c| {
+        c.hop_version = 1;
+        c.stream_window = ggrok_tunnel::protocol::STREAM_WINDOW;
+    })
+    .await;
     let origin = Origin::start().await;
     let (_on_a, _) = tunnel_with(named(&a, origin.port(), "on-a")).await;
     let (_on_b, _) = tunnel_with(named(&b, origin.port(), "on-b")).await;

@@ -179,6 +179,35 @@ fn connect_request(server: &Server) -> http::Request<()> {
     req
 }
 
+/// The handshake says how much credit per stream each side accepts (`ggrok-window`): the
+/// server answers with its own, whatever the client said; a server configured as one from
+/// before growing windows says nothing, as those do.
+#[tokio::test]
+async fn the_handshake_offers_the_stream_window_unless_the_server_is_an_old_one() {
+    let offer = |resp: &http::Response<Option<Vec<u8>>>| {
+        resp.headers()
+            .get(protocol::HEADER_WINDOW)
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
+    let server = Server::start(config()).await;
+    let mut req = connect_request(&server);
+    req.headers_mut()
+        .insert(protocol::HEADER_WINDOW, protocol::MAX_STREAM_WINDOW.into());
+    let (_ws, resp) = tokio_tungstenite::connect_async(req).await.unwrap();
+    assert_eq!(offer(&resp), Some(protocol::MAX_STREAM_WINDOW.to_string()));
+
+    let old = Server::start(Config {
+        stream_window: protocol::STREAM_WINDOW,
+        ..config()
+    })
+    .await;
+    let mut req = connect_request(&old);
+    req.headers_mut()
+        .insert(protocol::HEADER_WINDOW, protocol::MAX_STREAM_WINDOW.into());
+    let (_ws, resp) = tokio_tungstenite::connect_async(req).await.unwrap();
+    assert_eq!(offer(&resp), None);
+}
+
 async fn refused(req: http::Request<()>) -> (u16, serde_json::Value) {
     match tokio_tungstenite::connect_async(req).await {
         Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {

@@ -177,6 +177,51 @@ async fn bytes_are_exact_both_ways_at_volume() {
     assert_eq!(down, want, "local service to visitor");
 }
 
+/// One connection moving bytes both ways through a TCP tunnel, for each pairing of a client and
+/// a server that offer growing windows (`ggrok-window`) or do not (as before them): the bytes
+/// arrive exact, and no side is sent credit it does not accept (which would end the session
+/// midway).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfers_are_exact_whether_or_not_both_sides_grow_windows() {
+    use ggrok_tunnel::protocol::{MAX_STREAM_WINDOW, STREAM_WINDOW};
+    const SIZE: u64 = 24 << 20;
+    for (client_window, server_window) in [
+        (MAX_STREAM_WINDOW, MAX_STREAM_WINDOW),
+        (STREAM_WINDOW, MAX_STREAM_WINDOW),
+        (MAX_STREAM_WINDOW, STREAM_WINDOW),
+    ] {
+        let server = Server::start(Config {
+            stream_window: server_window,
+            ..tcp_config(port_range())
+        })
+        .await;
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let local = l.local_addr().unwrap().port();
+        let service = tokio::spawn(async move {
+            let (s, _) = l.accept().await.unwrap();
+            let (mut r, mut w) = s.into_split();
+            let writer = tokio::spawn(async move { write_big(&mut w, SIZE).await });
+            let got = read_hashed(&mut r).await;
+            writer.await.unwrap();
+            got
+        });
+        let mut cfg = tcp_cfg(&server, local, None);
+        cfg.stream_window = client_window;
+        let (t, port) = tcp_tunnel(cfg).await;
+        let (mut r, mut w) = visit(port).await.into_split();
+        let writer = tokio::spawn(async move { write_big(&mut w, SIZE).await });
+        let down = read_hashed(&mut r).await;
+        writer.await.unwrap();
+        let up = service.await.unwrap();
+        let want = (SIZE, big_sha256(SIZE));
+        let case = format!("client offering {client_window}, server {server_window}");
+        assert_eq!(down, want, "download, {case}");
+        assert_eq!(up, want, "upload, {case}");
+        t.stop().await;
+        server.stop().await;
+    }
+}
+
 #[tokio::test]
 async fn a_half_close_reaches_the_service_and_its_answer_still_arrives() {
     let server = Server::start(tcp_config(port_range())).await;

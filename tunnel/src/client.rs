@@ -79,6 +79,11 @@ pub struct TunnelConfig {
     /// Where a TCP tunnel records connections; `None` starts an empty one. As with `traffic`,
     /// an app that restarts a tunnel passes the previous run's.
     pub connections: Option<Connections>,
+    /// The most credit per stream this client accepts, offered to the server in
+    /// [`protocol::HEADER_WINDOW`] (default [`protocol::MAX_STREAM_WINDOW`]).
+    /// [`protocol::STREAM_WINDOW`] offers nothing and never grows a window: a client from
+    /// before growing windows, as tests need one.
+    pub stream_window: u32,
 }
 
 impl TunnelConfig {
@@ -100,6 +105,7 @@ impl TunnelConfig {
             client_id: None,
             traffic: None,
             connections: None,
+            stream_window: protocol::MAX_STREAM_WINDOW,
         }
     }
 
@@ -479,6 +485,12 @@ impl Engine {
                 header_value(&self.config.allow_ips.join(","))?,
             );
         }
+        if self.config.stream_window > protocol::STREAM_WINDOW {
+            h.insert(
+                protocol::HEADER_WINDOW,
+                HeaderValue::from(self.config.stream_window),
+            );
+        }
         if let Some(token) = &self.config.token {
             h.insert(
                 http::header::AUTHORIZATION,
@@ -525,6 +537,7 @@ impl Engine {
             name,
             url,
             port,
+            window: protocol::window_offer(resp.headers()),
         })
     }
 
@@ -535,6 +548,7 @@ impl Engine {
             name,
             url,
             port,
+            window,
         } = session;
         info!(%url, "online");
         // Reconnects ask for the same name (or port), so a server restart gives it back.
@@ -546,7 +560,8 @@ impl Engine {
         let config = mux::Config {
             heartbeat: self.config.heartbeat,
             ..mux::Config::new(true)
-        };
+        }
+        .windows(self.config.stream_window, window);
         let (session, driver) = mux::start(ws, mux::Role::Connector, config);
         let closing = session.closing();
         let streams = self.cancel.child_token();
@@ -634,6 +649,8 @@ struct Session {
     url: String,
     /// The public port of a TCP tunnel.
     port: Option<u16>,
+    /// The most stream credit the server accepts.
+    window: u32,
 }
 
 fn header_value(s: &str) -> Result<HeaderValue, ConnectError> {

@@ -19,6 +19,12 @@
 //!   WINDOW frames only as the reader consumes, so unread data is bounded per stream and per
 //!   session whatever the number of streams; a peer that sends beyond its credit breaks the
 //!   protocol and loses the session.
+//! - A busy stream's window may grow, up to what both sides offered in the handshake
+//!   ([`Config::windows`]), when the stream is the session's only busy one and its reader
+//!   consumes whole windows fast, and shrinks back when that stops (see `resize`); the growth
+//!   of all streams together is at most one stream's, so the session holds at most that much
+//!   more, and each stream at most its window. The decision runs only when a WINDOW frame goes
+//!   out, never per frame.
 //! - Frames we owe the peer (credit, resets) pile up only while the peer does not read our
 //!   messages: past [`MAX_CONTROL_BACKLOG`] the driver stops reading until the writer has handed
 //!   them to the socket, so a peer that floods without reading gets backpressure, not our memory.
@@ -95,6 +101,15 @@ pub struct Config {
     pub stall_timeout: Duration,
     /// Streams each side may have open at once.
     pub max_streams: usize,
+    /// The largest window a stream's reader here may grow to (see [`Config::windows`]):
+    /// [`STREAM_WINDOW`], the default, never grows, as a peer that did not say it accepts more
+    /// requires.
+    pub grow_window: u32,
+    /// The most credit per stream we accept from the peer: what we said in the handshake.
+    /// Credit beyond it breaks the protocol.
+    pub accept_window: u32,
+    /// A stream's window grows only if its reader consumed a whole window within this long.
+    pub grow_within: Duration,
 }
 
 impl Config {
@@ -105,9 +120,30 @@ impl Config {
             accept_streams,
             stall_timeout: Duration::from_secs(60),
             max_streams: MAX_STREAMS,
+            grow_window: STREAM_WINDOW,
+            accept_window: STREAM_WINDOW,
+            grow_within: GROW_WITHIN,
+        }
+    }
+
+    /// The stream windows agreed in the handshake: `ours` is the largest stream credit we said
+    /// we accept ([`STREAM_WINDOW`] if we said nothing), `peers` what the peer said
+    /// ([`STREAM_WINDOW`] if it said nothing). Our readers grow windows up to the smaller, so
+    /// neither side is sent credit beyond what it accepts nor holds more than it offered to.
+    pub fn windows(self, ours: u32, peers: u32) -> Self {
+        let ours = ours.max(STREAM_WINDOW);
+        Self {
+            accept_window: ours,
+            grow_window: ours.min(peers).max(STREAM_WINDOW),
+            ..self
         }
     }
 }
+
+/// A stream whose reader consumes a whole window within this long may grow its window: below
+/// 256 KiB per 100 ms (2.5 MiB/s) the window is not what limits a stream on a path whose round
+/// trip is under 100 ms, and a larger one would only hold more data unread.
+pub const GROW_WITHIN: Duration = Duration::from_millis(100);
 
 /// Why an operation on a stream or session failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -246,6 +282,15 @@ struct State {
     recv_unacked: u64,
     /// Streams with unread data, for the stall check.
     queued: usize,
+    /// Data bytes all streams' readers consumed: how a growing stream tells whether it is the
+    /// session's only busy one.
+    data_consumed: u64,
+    /// What streams' windows hold beyond [`STREAM_WINDOW`], in sum: at most `grow_window -
+    /// STREAM_WINDOW`, the extra of one fully grown stream.
+    window_extra: u32,
+    /// [`Config::grow_window`] and [`Config::grow_within`].
+    grow_window: u32,
+    grow_within: Duration,
 
     /// Why the session ended, once it has.
     dead: Option<Arc<str>>,
@@ -266,6 +311,14 @@ struct StreamState {
     recv_credit: u32,
     /// Data consumed since we last gave stream credit back.
     recv_unacked: u32,
+    /// The stream's window: what `recv_credit`, `recv_unacked`, `queued_bytes` and `held` add up
+    /// to. [`STREAM_WINDOW`] at first; see [`resize`].
+    window: u32,
+    /// Since when, and from which `State::data_consumed`, the reader's current whole window is
+    /// measured; set at the stream's first grant.
+    cycle: Option<(Instant, u64)>,
+    /// Credit given back since `cycle` began.
+    cycle_bytes: u32,
     /// The peer's half has ended (FIN or trailers).
     recv_done: bool,
     /// The peer's half ended whole (FIN or trailers, not a reset): a reset that follows only
@@ -326,16 +379,37 @@ impl State {
         }
     }
 
-    /// Stream credit for `n` bytes of data the reader is done with: back to the peer in batches.
+    /// Stream credit for `n` bytes of data the reader is done with: back to the peer in batches
+    /// of half the stream's window, plus what the window grows by.
     fn stream_consumed(&mut self, id: u32, n: usize) {
+        self.data_consumed += n as u64;
         let Some(s) = self.streams.get_mut(&id) else {
             return;
         };
         s.recv_unacked += n as u32;
-        if !s.recv_done && s.recv_unacked >= STREAM_WINDOW / 2 {
-            let grant = std::mem::take(&mut s.recv_unacked);
+        if !s.recv_done && s.recv_unacked >= s.window / 2 {
+            let mut grant = std::mem::take(&mut s.recv_unacked);
+            if self.grow_window > STREAM_WINDOW {
+                let budget = self.grow_window - STREAM_WINDOW - self.window_extra;
+                let window = resize(s, grant, self.data_consumed, self.grow_within, budget)
+                    .min(self.grow_window);
+                if window >= s.window {
+                    let step = window - s.window;
+                    self.window_extra += step;
+                    grant += step;
+                    s.window = window;
+                } else {
+                    // Shrinks by credit not given back: what the peer already has stays its.
+                    let back = (s.window - window).min(grant);
+                    self.window_extra -= back;
+                    grant -= back;
+                    s.window -= back;
+                }
+            }
             s.recv_credit += grant;
-            self.control_frame(FRAME_WINDOW, 0, id, &grant.to_be_bytes());
+            if grant > 0 {
+                self.control_frame(FRAME_WINDOW, 0, id, &grant.to_be_bytes());
+            }
         }
     }
 
@@ -425,6 +499,39 @@ impl State {
     }
 }
 
+/// The window stream `s` should have as it gives back `grant` bytes of credit. Looked at once
+/// its reader has consumed a whole window since the last look: doubled if that took at most
+/// `within` and at least two thirds of what all the session's readers consumed meanwhile came
+/// from this stream (it is the busy one; several busy streams together already have enough in
+/// flight), as far as the session's `budget` for grown windows allows; halved back towards
+/// [`STREAM_WINDOW`] if either fails, so growth stays only while it pays.
+fn resize(
+    s: &mut StreamState,
+    grant: u32,
+    all_consumed: u64,
+    within: Duration,
+    budget: u32,
+) -> u32 {
+    let now = Instant::now();
+    let Some((start, mark)) = s.cycle else {
+        s.cycle = Some((now, all_consumed));
+        return s.window;
+    };
+    s.cycle_bytes += grant;
+    if s.cycle_bytes < s.window {
+        return s.window;
+    }
+    let ours = u64::from(std::mem::take(&mut s.cycle_bytes));
+    s.cycle = Some((now, all_consumed));
+    let fast = now.duration_since(start) <= within;
+    let alone = ours * 3 >= (all_consumed - mark) * 2;
+    if fast && alone {
+        s.window.saturating_add(s.window.min(budget))
+    } else {
+        (s.window / 2).max(STREAM_WINDOW)
+    }
+}
+
 /// Adds `waker` to `list` unless it is there already (a task polled again while it waits).
 fn push_waker(list: &mut Vec<Waker>, waker: &Waker) {
     if !list.iter().any(|w| w.will_wake(waker)) {
@@ -502,6 +609,10 @@ where
             recv_credit: u64::from(SESSION_WINDOW),
             recv_unacked: 0,
             queued: 0,
+            data_consumed: 0,
+            window_extra: 0,
+            grow_window: config.grow_window.max(STREAM_WINDOW),
+            grow_within: config.grow_within,
             dead: None,
             shutdown: false,
         }),
@@ -585,6 +696,7 @@ impl Session {
                 id,
                 StreamState {
                     recv_credit: STREAM_WINDOW,
+                    window: STREAM_WINDOW,
                     send_credit: STREAM_WINDOW,
                     send_done: fin,
                     head_sent: true,
@@ -760,7 +872,7 @@ where
                         waiters.into_iter().for_each(Waker::wake);
                     } else if let Some(s) = st.streams.get_mut(&id) {
                         s.send_credit = s.send_credit.saturating_add(inc);
-                        if s.send_credit > STREAM_WINDOW {
+                        if s.send_credit > self.inner.config.accept_window {
                             return Err(Violation("stream credit beyond the window".into()));
                         }
                         wake(&mut s.send_waker);
@@ -820,6 +932,7 @@ where
                         let fin = flags & FLAG_FIN != 0;
                         let mut s = StreamState {
                             recv_credit: STREAM_WINDOW,
+                            window: STREAM_WINDOW,
                             send_credit: STREAM_WINDOW,
                             recv_done: fin,
                             recv_whole: fin,
@@ -1111,6 +1224,7 @@ impl Drop for Handle {
         }
         st.discard_queue(self.id);
         if let Some(s) = st.streams.remove(&self.id) {
+            st.window_extra -= s.window - STREAM_WINDOW;
             if s.by_peer {
                 st.peer_open -= 1;
             } else {
@@ -1894,8 +2008,13 @@ mod tests {
 
     /// Runs an acceptor against a hostile peer that sends `msgs`; returns how its driver ended.
     async fn acceptor_against(msgs: Vec<Message>) -> Result<(), String> {
+        acceptor_with(Config::new(false), msgs).await
+    }
+
+    /// [`acceptor_against`] with the acceptor's settings.
+    async fn acceptor_with(config: Config, msgs: Vec<Message>) -> Result<(), String> {
         let (peer, ours) = ws_pair(1 << 20).await;
-        let (server, driver) = start(ours, Role::Acceptor, Config::new(false));
+        let (server, driver) = start(ours, Role::Acceptor, config);
         // A stream the server opened, so that frames for id 1 are legitimate.
         let _s = server.open("req".into(), false).await.unwrap();
         let (mut sink, mut read) = peer.split();
@@ -2005,5 +2124,332 @@ mod tests {
         assert_eq!(held.lock().unwrap().len(), 1, "one stream accepted");
         driver.abort();
         let _ = theirs.shutdown().await;
+    }
+
+    // ---- Growing stream windows ----
+
+    use crate::protocol::MAX_STREAM_WINDOW;
+
+    /// A session whose two sides both offered [`MAX_STREAM_WINDOW`] in the handshake, windows
+    /// growing when a whole one is consumed within `within`: `pair` with other settings, over a
+    /// pipe wide enough for fast transfers.
+    async fn grown_pair(
+        client: Config,
+        server: Config,
+    ) -> (
+        Session,
+        tokio::sync::mpsc::UnboundedReceiver<MuxStream>,
+        Session,
+    ) {
+        let (a, b) = ws_pair(64 * 1024).await;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let (client, driver) = start(a, Role::Connector, client);
+        tokio::spawn(driver.run(move |s| {
+            let _ = tx.send(s);
+        }));
+        let (server, driver) = start(b, Role::Acceptor, server);
+        tokio::spawn(driver.run(|_| panic!("the server accepts no streams")));
+        (client, rx, server)
+    }
+
+    /// Both sides offering `MAX_STREAM_WINDOW`; a window grows when consumed within `within`.
+    fn offered(accept_streams: bool, within: Duration) -> Config {
+        Config {
+            grow_within: within,
+            ..Config::new(accept_streams)
+        }
+        .windows(MAX_STREAM_WINDOW, MAX_STREAM_WINDOW)
+    }
+
+    /// The server opens a stream and the client sends `n` pattern bytes on it, then FIN: a
+    /// download that the server's side receives. Returns the server's end and the client's
+    /// sender (its end, once it has sent everything).
+    async fn download(
+        server: &Session,
+        accepted: &mut tokio::sync::mpsc::UnboundedReceiver<MuxStream>,
+        n: usize,
+    ) -> (MuxStream, tokio::task::JoinHandle<MuxStream>) {
+        let ours = server.open("get".into(), true).await.unwrap();
+        let theirs = accepted.recv().await.unwrap();
+        let sender = tokio::spawn(async move {
+            theirs.recv().await.unwrap().unwrap();
+            theirs.send(&pattern(n)).await.unwrap();
+            theirs.finish().unwrap();
+            theirs
+        });
+        (ours, sender)
+    }
+
+    /// Every stream's credit adds up exactly to its window, no window is beyond the largest
+    /// offered, and the grown windows together stay within the session's budget (one stream's
+    /// growth).
+    fn check_windows(session: &Session) -> u32 {
+        let st = session.inner.lock();
+        let mut extra = 0;
+        for (id, s) in &st.streams {
+            assert!(s.window >= STREAM_WINDOW && s.window <= MAX_STREAM_WINDOW);
+            if s.reset.is_none() {
+                let accounted =
+                    s.recv_credit as usize + s.recv_unacked as usize + s.queued_bytes + s.held;
+                assert_eq!(accounted, s.window as usize, "stream {id}");
+            }
+            extra += s.window - STREAM_WINDOW;
+        }
+        assert_eq!(extra, st.window_extra);
+        assert!(st.window_extra <= MAX_STREAM_WINDOW - STREAM_WINDOW);
+        st.window_extra
+    }
+
+    fn window_of(session: &Session, stream: &MuxStream) -> u32 {
+        session.inner.lock().streams[&stream.id()].window
+    }
+
+    #[tokio::test]
+    async fn a_busy_streams_window_grows_to_the_offer_and_its_bytes_stay_exact() {
+        let within = Duration::from_secs(30);
+        let (_client, mut accepted, server) =
+            grown_pair(offered(true, within), offered(false, within)).await;
+        let n = 8 * MAX_STREAM_WINDOW as usize + 4321;
+        let (ours, sender) = download(&server, &mut accepted, n).await;
+        let mut got = Vec::with_capacity(n);
+        while let Some(item) = ours.recv().await {
+            match item.unwrap() {
+                Item::Data(d) => got.extend_from_slice(&d),
+                other => panic!("{other:?}"),
+            }
+            check_windows(&server);
+        }
+        let _theirs = sender.await.unwrap();
+        assert!(got == pattern(n), "download intact ({} bytes)", got.len());
+        assert_eq!(window_of(&server, &ours), MAX_STREAM_WINDOW);
+        assert_eq!(check_windows(&server), MAX_STREAM_WINDOW - STREAM_WINDOW);
+        drop(ours);
+        assert_eq!(
+            server.inner.lock().window_extra,
+            0,
+            "the stream's end gives its growth back"
+        );
+    }
+
+    #[tokio::test]
+    async fn grown_windows_share_one_budget_per_session() {
+        let within = Duration::from_secs(30);
+        let (_client, mut accepted, server) =
+            grown_pair(offered(true, within), offered(false, within)).await;
+        let n = 4 * MAX_STREAM_WINDOW as usize;
+        // One busy stream takes the whole budget, and keeps it while it stays open.
+        let (first, sender) = download(&server, &mut accepted, n).await;
+        assert_eq!(read_bytes(&first).await.len(), n);
+        let _first_sender = sender.await.unwrap();
+        assert_eq!(window_of(&server, &first), MAX_STREAM_WINDOW);
+        // Another busy stream then finds no budget left: it moves its bytes at the base window.
+        let (second, sender) = download(&server, &mut accepted, n).await;
+        assert_eq!(read_bytes(&second).await.len(), n);
+        let _second_sender = sender.await.unwrap();
+        assert_eq!(window_of(&server, &second), STREAM_WINDOW);
+        // Once the first ends, the next busy stream gets the budget.
+        drop(first);
+        let (third, sender) = download(&server, &mut accepted, n).await;
+        assert_eq!(read_bytes(&third).await.len(), n);
+        let _third_sender = sender.await.unwrap();
+        assert_eq!(window_of(&server, &third), MAX_STREAM_WINDOW);
+
+        // Four busy at once, each checked as it reads: the windows' sum stays within the budget.
+        drop((second, third));
+        let mut readers = Vec::new();
+        for _ in 0..4 {
+            let (ours, sender) = download(&server, &mut accepted, n).await;
+            let server = server.clone();
+            readers.push(tokio::spawn(async move {
+                let mut got = 0;
+                while let Some(item) = ours.recv().await {
+                    if let Item::Data(d) = item.unwrap() {
+                        got += d.len();
+                    }
+                    check_windows(&server);
+                }
+                drop(sender.await.unwrap());
+                got
+            }));
+        }
+        for r in readers {
+            assert_eq!(r.await.unwrap(), n);
+        }
+        check_windows(&server);
+    }
+
+    #[tokio::test]
+    async fn a_grown_window_shrinks_back_when_other_streams_get_busy() {
+        let within = Duration::from_secs(30);
+        let (_client, mut accepted, server) =
+            grown_pair(offered(true, within), offered(false, within)).await;
+        let n = 24 * MAX_STREAM_WINDOW as usize;
+        let (first, sender) = download(&server, &mut accepted, n).await;
+        let mut got = 0;
+        while window_of(&server, &first) < MAX_STREAM_WINDOW {
+            if let Some(Ok(Item::Data(d))) = first.recv().await {
+                got += d.len();
+            }
+        }
+        // It keeps reading while three more streams get as busy.
+        let reader = tokio::spawn({
+            let first = first.clone();
+            async move { got + read_bytes(&first).await.len() }
+        });
+        let mut others = Vec::new();
+        for _ in 0..3 {
+            let size = 4 * MAX_STREAM_WINDOW as usize;
+            let (ours, sender) = download(&server, &mut accepted, size).await;
+            let (server, first) = (server.clone(), first.clone());
+            others.push(tokio::spawn(async move {
+                // The first stream's smallest window while this one is busy.
+                let mut smallest = MAX_STREAM_WINDOW;
+                let mut got = 0;
+                while let Some(item) = ours.recv().await {
+                    if let Item::Data(d) = item.unwrap() {
+                        got += d.len();
+                    }
+                    smallest = smallest.min(window_of(&server, &first));
+                    check_windows(&server);
+                }
+                drop(sender.await.unwrap());
+                assert_eq!(got, size);
+                smallest
+            }));
+        }
+        let mut smallest = MAX_STREAM_WINDOW;
+        for o in others {
+            smallest = smallest.min(o.await.unwrap());
+        }
+        assert!(
+            smallest < MAX_STREAM_WINDOW,
+            "the first stream gave growth back"
+        );
+        assert_eq!(reader.await.unwrap(), n);
+        drop(sender.await.unwrap());
+        check_windows(&server);
+    }
+
+    /// The server's end of a [`download`] carries bytes only, as a TCP connection's stream.
+    async fn read_bytes(stream: &MuxStream) -> Vec<u8> {
+        read_all(stream).await.0
+    }
+
+    #[tokio::test]
+    async fn a_slow_or_stalled_reader_does_not_grow_its_window_and_holds_at_most_the_window() {
+        // The default: a window must be consumed within 100 ms to grow.
+        let (_client, mut accepted, server) =
+            grown_pair(offered(true, GROW_WITHIN), offered(false, GROW_WITHIN)).await;
+        // Slow: 64 KiB per 40 ms at most, so a window takes at least 160 ms.
+        let n = 3 * STREAM_WINDOW as usize;
+        let (slow, sender) = download(&server, &mut accepted, n).await;
+        let mut got = 0;
+        while let Some(item) = slow.recv().await {
+            if let Item::Data(d) = item.unwrap() {
+                got += d.len();
+            }
+            tokio::time::sleep(Duration::from_millis(40)).await;
+        }
+        let _slow_sender = sender.await.unwrap();
+        assert_eq!(got, n);
+        assert_eq!(window_of(&server, &slow), STREAM_WINDOW);
+
+        // Stalled: it holds one window unread, and the sender gets no credit beyond it.
+        let (stalled, sender) = download(&server, &mut accepted, n).await;
+        while server.inner.lock().streams[&stalled.id()].recv_credit > 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(
+            server.inner.lock().streams[&stalled.id()].queued_bytes,
+            STREAM_WINDOW as usize
+        );
+        assert!(!sender.is_finished(), "the sender waits for credit");
+        assert_eq!(check_windows(&server), 0);
+        sender.abort();
+    }
+
+    #[tokio::test]
+    async fn a_grown_window_bounds_what_a_reader_that_then_stops_holds() {
+        let within = Duration::from_secs(30);
+        let (_client, mut accepted, server) =
+            grown_pair(offered(true, within), offered(false, within)).await;
+        let n = 16 * MAX_STREAM_WINDOW as usize;
+        let (ours, sender) = download(&server, &mut accepted, n).await;
+        let mut got = 0;
+        while window_of(&server, &ours) < MAX_STREAM_WINDOW {
+            if let Some(Ok(Item::Data(d))) = ours.recv().await {
+                got += d.len();
+            }
+        }
+        // The reader stops: what the sender still has credit for arrives, and nothing more.
+        while server.inner.lock().streams[&ours.id()].recv_credit > 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let st = server.inner.lock();
+        let s = &st.streams[&ours.id()];
+        assert!(s.queued_bytes + s.recv_unacked as usize == MAX_STREAM_WINDOW as usize);
+        assert!(got + s.queued_bytes < n, "the sender is held back");
+        drop(st);
+        assert!(!sender.is_finished());
+        sender.abort();
+    }
+
+    #[tokio::test]
+    async fn without_both_offers_no_window_grows_and_both_sides_interoperate() {
+        let within = Duration::from_secs(30);
+        // The server offered, the client (from before growing windows) did not: neither grows,
+        // and the client, which accepts no credit beyond the base window, is never sent any
+        // (it would end the session as a protocol violation).
+        let old = Config::new(true);
+        let ours_only = Config {
+            grow_within: within,
+            ..Config::new(false)
+        }
+        .windows(MAX_STREAM_WINDOW, STREAM_WINDOW);
+        assert_eq!(ours_only.grow_window, STREAM_WINDOW);
+        let (client, mut accepted, server) = grown_pair(old, ours_only).await;
+        let n = 4 * MAX_STREAM_WINDOW as usize;
+        let (ours, sender) = download(&server, &mut accepted, n).await;
+        assert!(read_bytes(&ours).await == pattern(n));
+        let theirs = sender.await.unwrap();
+        assert_eq!(window_of(&server, &ours), STREAM_WINDOW);
+        drop(theirs);
+        // The other way too: the old client's reader keeps the base window.
+        let up = server.open("put".into(), false).await.unwrap();
+        let theirs = accepted.recv().await.unwrap();
+        theirs.recv().await.unwrap().unwrap();
+        let sent = tokio::spawn({
+            let up = up.clone();
+            async move {
+                up.send(&pattern(n)).await.unwrap();
+                up.finish().unwrap();
+            }
+        });
+        assert!(read_all(&theirs).await.0 == pattern(n));
+        sent.await.unwrap();
+        assert_eq!(window_of(&client, &theirs), STREAM_WINDOW);
+        assert!(!server.is_closed() && !client.is_closed());
+    }
+
+    #[tokio::test]
+    async fn credit_beyond_the_offered_window_is_still_a_violation() {
+        let grant = |inc: u32| frames(&[(FRAME_WINDOW, 0, 1, &inc.to_be_bytes())]);
+        let offering = || Config::new(false).windows(MAX_STREAM_WINDOW, MAX_STREAM_WINDOW);
+        // Up to the offer: fine (what ends the session is the frame after it).
+        let up_to = grant(MAX_STREAM_WINDOW - STREAM_WINDOW);
+        let then = frames(&[(9, 0, 1, b"")]);
+        let err = acceptor_with(offering(), vec![up_to, then])
+            .await
+            .unwrap_err();
+        assert!(err.contains("unknown frame type"), "{err}");
+        // A byte more: the session ends.
+        let beyond = grant(MAX_STREAM_WINDOW - STREAM_WINDOW + 1);
+        let err = acceptor_with(offering(), vec![beyond]).await.unwrap_err();
+        assert!(err.contains("beyond the window"), "{err}");
+        // A side that offered nothing accepts nothing beyond the base window.
+        let err = acceptor_with(Config::new(false), vec![grant(1)])
+            .await
+            .unwrap_err();
+        assert!(err.contains("beyond the window"), "{err}");
     }
 }

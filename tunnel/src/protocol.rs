@@ -9,11 +9,13 @@
 //! - [`HEADER_SUBDOMAIN`] (optional): the name wanted;
 //! - [`HEADER_BASIC_AUTH`], [`HEADER_ALLOW_IPS`] (optional): what visitors must present or where
 //!   they must come from;
-//! - [`HEADER_TCP_PORT`] (optional): a TCP tunnel on this public port (`0`: any).
+//! - [`HEADER_TCP_PORT`] (optional): a TCP tunnel on this public port (`0`: any);
+//! - [`HEADER_WINDOW`] (optional): the most credit per stream the client accepts.
 //!
 //! The server either refuses it with an HTTP error whose JSON body is a [`Refusal`], or answers
 //! `101 Switching Protocols` with the assigned name and public URL in [`HEADER_NAME`] /
-//! [`HEADER_URL`] (and a TCP tunnel's port in [`HEADER_TCP_PORT`]). Pages the server or client writes itself carry a [`PageKind`] code in
+//! [`HEADER_URL`] (and a TCP tunnel's port in [`HEADER_TCP_PORT`], and the server's
+//! [`HEADER_WINDOW`]). Pages the server or client writes itself carry a [`PageKind`] code in
 //! [`HEADER_ERROR`].
 //!
 //! After the upgrade every WebSocket binary message carries one or more whole frames of ggrok's
@@ -59,6 +61,12 @@ pub const HEADER_ALLOW_IPS: &str = "ggrok-allow-ips";
 /// server picks from its range. Response header on `101`: the port the tunnel got. Without it
 /// the session is an HTTP tunnel.
 pub const HEADER_TCP_PORT: &str = "ggrok-tcp-port";
+/// Request header, and response header on `101`: the most credit per stream, in bytes, the
+/// sender of the header accepts from the other side; the other side's readers may grow a busy
+/// stream's window up to it (and up to their own value), see [`crate::mux`]. Absent (a side
+/// from before growing windows), it is [`STREAM_WINDOW`], and credit beyond that breaks the
+/// protocol for such a side. Read with [`window_offer`].
+pub const HEADER_WINDOW: &str = "ggrok-window";
 /// Response header on `101`: the subdomain assigned to this session (for a TCP tunnel, `tcp:N`).
 pub const HEADER_NAME: &str = "ggrok-name";
 /// Response header on `101`: the public URL of the tunnel.
@@ -334,6 +342,16 @@ pub fn websocket_config() -> tokio_tungstenite::tungstenite::protocol::WebSocket
         .max_write_buffer_size(MAX_WRITE_BUFFER + MAX_MESSAGE)
 }
 
+/// The stream credit the sender of `headers` accepts ([`HEADER_WINDOW`]): [`STREAM_WINDOW`]
+/// when it says nothing, something unreadable, or less.
+pub fn window_offer(headers: &http::HeaderMap) -> u32 {
+    headers
+        .get(HEADER_WINDOW)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .map_or(STREAM_WINDOW, |w| w.max(STREAM_WINDOW))
+}
+
 // ---- Between the nodes of a server cluster ----
 
 /// Path on a node's apex where another node of its cluster opens the session that carries its
@@ -540,6 +558,11 @@ pub const MAX_RESET_REASON: usize = 256;
 /// Credit each stream starts with in each direction: the most unread data a stream can make its
 /// reader hold. A full window in flight keeps one large transfer at loopback speed.
 pub const STREAM_WINDOW: u32 = 256 * 1024;
+/// The largest window a busy stream grows to, offered in [`HEADER_WINDOW`]. One download
+/// through a TCP tunnel on loopback went from 0.64–0.72× to 0.77–0.81× bore's throughput with
+/// a fixed window of this size (`docs/benchmarks.md`); four downloads together lost with it,
+/// which the session's budget for grown windows (one stream's growth) prevents.
+pub const MAX_STREAM_WINDOW: u32 = 1024 * 1024;
 /// Credit a session starts with in each direction, shared by its streams: DATA, OPEN and HEADERS
 /// payloads all count, so this bounds what a peer can make us buffer, however many streams.
 pub const SESSION_WINDOW: u32 = 16 * 1024 * 1024;

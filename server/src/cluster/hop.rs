@@ -133,6 +133,12 @@ async fn connect(shared: &Arc<Shared>, node: &Node, advertise: &str) -> Result<L
         protocol::HEADER_VERSION,
         HeaderValue::from(protocol::PROTOCOL_VERSION),
     );
+    if shared.config.stream_window > protocol::STREAM_WINDOW {
+        h.insert(
+            protocol::HEADER_WINDOW,
+            HeaderValue::from(shared.config.stream_window),
+        );
+    }
     let handshake = async {
         let tcp = tokio::net::TcpStream::connect(authority)
             .await
@@ -152,7 +158,8 @@ async fn connect(shared: &Arc<Shared>, node: &Node, advertise: &str) -> Result<L
         .await
         .map_err(|_| "no answer in time".to_owned())??;
     let hop_version = peer_hop_version(resp.headers()).min(shared.config.hop_version);
-    let (session, driver) = mux::start(ws, mux::Role::Connector, peer_config(shared, false));
+    let config = peer_config(shared, false, protocol::window_offer(resp.headers()));
+    let (session, driver) = mux::start(ws, mux::Role::Connector, config);
     shared.spawn(async move {
         if let Err(e) = driver.run(|_| {}).await {
             debug!(%e, "session to a cluster node ended");
@@ -174,12 +181,15 @@ fn peer_hop_version(headers: &http::HeaderMap) -> u32 {
         .unwrap_or(1)
 }
 
-fn peer_config(shared: &Shared, accept_streams: bool) -> mux::Config {
+/// The settings of a session between nodes; `peer_window` is the stream credit the other node
+/// said it accepts (see [`protocol::HEADER_WINDOW`]).
+fn peer_config(shared: &Shared, accept_streams: bool, peer_window: u32) -> mux::Config {
     mux::Config {
         heartbeat: shared.config.heartbeat,
         stall_timeout: shared.config.body_idle_timeout,
         ..mux::Config::new(accept_streams)
     }
+    .windows(shared.config.stream_window, peer_window)
 }
 
 /// Serves a visitor's request for tunnel `name` through node `id`, which holds it.
@@ -380,6 +390,7 @@ pub(crate) fn accept<B>(
     else {
         return refuse(StatusCode::BAD_REQUEST);
     };
+    let peer_window = protocol::window_offer(req.headers());
     let on_upgrade = hyper::upgrade::on(&mut req);
     let span = info_span!("peer", peer = %peer.peer);
     let served = shared.clone();
@@ -398,8 +409,11 @@ pub(crate) fn accept<B>(
                 Some(protocol::websocket_config()),
             )
             .await;
-            let (_session, driver) =
-                mux::start(ws, mux::Role::Acceptor, peer_config(&served, true));
+            let (_session, driver) = mux::start(
+                ws,
+                mux::Role::Acceptor,
+                peer_config(&served, true, peer_window),
+            );
             let result = driver
                 .run(|stream| {
                     let shared = served.clone();
@@ -422,7 +436,9 @@ pub(crate) fn accept<B>(
             shared.config.hop_version.min(HOP_VERSION),
         );
     }
-    resp.body(empty()).expect("valid 101 response")
+    let mut resp = resp.body(empty()).expect("valid 101 response");
+    crate::connect::offer_window(shared, resp.headers_mut());
+    resp
 }
 
 /// Serves one stream of a session another node opened: a hopped request in either format, or
