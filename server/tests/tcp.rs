@@ -156,25 +156,38 @@ async fn turned_away(port: u16) {
 async fn bytes_are_exact_both_ways_at_volume() {
     const SIZE: u64 = 256 << 20;
     let server = Server::start(tcp_config(port_range())).await;
+    let (up, down, _t) = both_ways(&server, SIZE, |_| {}).await;
+    let want = (SIZE, big_sha256(SIZE));
+    assert_eq!(up, want, "visitor to local service");
+    assert_eq!(down, want, "local service to visitor");
+}
+
+/// `size` bytes each way at once through a TCP tunnel of `server` (its client set up by `setup`)
+/// between a visitor and a local service: what the local service read, what the visitor read,
+/// and the tunnel.
+async fn both_ways(
+    server: &Server,
+    size: u64,
+    setup: impl FnOnce(&mut TunnelConfig),
+) -> ((u64, String), (u64, String), Tunnel) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let local = l.local_addr().unwrap().port();
     let service = tokio::spawn(async move {
         let (s, _) = l.accept().await.unwrap();
         let (mut r, mut w) = s.into_split();
-        let writer = tokio::spawn(async move { write_big(&mut w, SIZE).await });
+        let writer = tokio::spawn(async move { write_big(&mut w, size).await });
         let got = read_hashed(&mut r).await;
         writer.await.unwrap();
         got
     });
-    let (_t, port) = tcp_tunnel(tcp_cfg(&server, local, None)).await;
+    let mut cfg = tcp_cfg(server, local, None);
+    setup(&mut cfg);
+    let (t, port) = tcp_tunnel(cfg).await;
     let (mut r, mut w) = visit(port).await.into_split();
-    let writer = tokio::spawn(async move { write_big(&mut w, SIZE).await });
+    let writer = tokio::spawn(async move { write_big(&mut w, size).await });
     let down = read_hashed(&mut r).await;
     writer.await.unwrap();
-    let up = service.await.unwrap();
-    let want = (SIZE, big_sha256(SIZE));
-    assert_eq!(up, want, "visitor to local service");
-    assert_eq!(down, want, "local service to visitor");
+    (service.await.unwrap(), down, t)
 }
 
 /// One connection moving bytes both ways through a TCP tunnel, for each pairing of a client and
@@ -195,24 +208,7 @@ async fn transfers_are_exact_whether_or_not_both_sides_grow_windows() {
             ..tcp_config(port_range())
         })
         .await;
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let local = l.local_addr().unwrap().port();
-        let service = tokio::spawn(async move {
-            let (s, _) = l.accept().await.unwrap();
-            let (mut r, mut w) = s.into_split();
-            let writer = tokio::spawn(async move { write_big(&mut w, SIZE).await });
-            let got = read_hashed(&mut r).await;
-            writer.await.unwrap();
-            got
-        });
-        let mut cfg = tcp_cfg(&server, local, None);
-        cfg.stream_window = client_window;
-        let (t, port) = tcp_tunnel(cfg).await;
-        let (mut r, mut w) = visit(port).await.into_split();
-        let writer = tokio::spawn(async move { write_big(&mut w, SIZE).await });
-        let down = read_hashed(&mut r).await;
-        writer.await.unwrap();
-        let up = service.await.unwrap();
+        let (up, down, t) = both_ways(&server, SIZE, |cfg| cfg.stream_window = client_window).await;
         let want = (SIZE, big_sha256(SIZE));
         let case = format!("client offering {client_window}, server {server_window}");
         assert_eq!(down, want, "download, {case}");
