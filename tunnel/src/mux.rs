@@ -2204,11 +2204,31 @@ mod tests {
         session.inner.lock().streams[&stream.id()].window
     }
 
+    /// Both sides offering `MAX_STREAM_WINDOW`, with a period to consume a window in that no
+    /// test run misses.
+    async fn offering_pair() -> (
+        Session,
+        tokio::sync::mpsc::UnboundedReceiver<MuxStream>,
+        Session,
+    ) {
+        let within = Duration::from_secs(30);
+        grown_pair(offered(true, within), offered(false, within)).await
+    }
+
+    /// Reads `stream` until `server` has grown its window to the most; returns the bytes read.
+    async fn read_until_grown(server: &Session, stream: &MuxStream) -> usize {
+        let mut got = 0;
+        while window_of(server, stream) < MAX_STREAM_WINDOW {
+            if let Some(Ok(Item::Data(d))) = stream.recv().await {
+                got += d.len();
+            }
+        }
+        got
+    }
+
     #[tokio::test]
     async fn a_busy_streams_window_grows_to_the_offer_and_its_bytes_stay_exact() {
-        let within = Duration::from_secs(30);
-        let (_client, mut accepted, server) =
-            grown_pair(offered(true, within), offered(false, within)).await;
+        let (_client, mut accepted, server) = offering_pair().await;
         let n = 8 * MAX_STREAM_WINDOW as usize + 4321;
         let (ours, sender) = download(&server, &mut accepted, n).await;
         let mut got = Vec::with_capacity(n);
@@ -2233,9 +2253,7 @@ mod tests {
 
     #[tokio::test]
     async fn grown_windows_share_one_budget_per_session() {
-        let within = Duration::from_secs(30);
-        let (_client, mut accepted, server) =
-            grown_pair(offered(true, within), offered(false, within)).await;
+        let (_client, mut accepted, server) = offering_pair().await;
         let n = 4 * MAX_STREAM_WINDOW as usize;
         // One busy stream takes the whole budget, and keeps it while it stays open.
         let (first, sender) = download(&server, &mut accepted, n).await;
@@ -2280,17 +2298,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_grown_window_shrinks_back_when_other_streams_get_busy() {
-        let within = Duration::from_secs(30);
-        let (_client, mut accepted, server) =
-            grown_pair(offered(true, within), offered(false, within)).await;
+        let (_client, mut accepted, server) = offering_pair().await;
         let n = 24 * MAX_STREAM_WINDOW as usize;
         let (first, sender) = download(&server, &mut accepted, n).await;
-        let mut got = 0;
-        while window_of(&server, &first) < MAX_STREAM_WINDOW {
-            if let Some(Ok(Item::Data(d))) = first.recv().await {
-                got += d.len();
-            }
-        }
+        let got = read_until_grown(&server, &first).await;
         // It keeps reading while three more streams get as busy.
         let reader = tokio::spawn({
             let first = first.clone();
@@ -2370,17 +2381,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_grown_window_bounds_what_a_reader_that_then_stops_holds() {
-        let within = Duration::from_secs(30);
-        let (_client, mut accepted, server) =
-            grown_pair(offered(true, within), offered(false, within)).await;
+        let (_client, mut accepted, server) = offering_pair().await;
         let n = 16 * MAX_STREAM_WINDOW as usize;
         let (ours, sender) = download(&server, &mut accepted, n).await;
-        let mut got = 0;
-        while window_of(&server, &ours) < MAX_STREAM_WINDOW {
-            if let Some(Ok(Item::Data(d))) = ours.recv().await {
-                got += d.len();
-            }
-        }
+        let got = read_until_grown(&server, &ours).await;
         // The reader stops: what the sender still has credit for arrives, and nothing more.
         while server.inner.lock().streams[&ours.id()].recv_credit > 0 {
             tokio::time::sleep(Duration::from_millis(5)).await;
