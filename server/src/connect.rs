@@ -65,7 +65,7 @@ pub(crate) async fn accept<B>(
         .tasks
         .spawn(session(shared.clone(), claim, tcp, on_upgrade, client_window).instrument(span));
     let mut resp = switching_protocols(&key, &name, &url, tcp_port);
-    offer_window(shared, resp.headers_mut());
+    protocol::offer_window(resp.headers_mut(), shared.config.stream_window);
     resp
 }
 
@@ -268,17 +268,6 @@ fn switching_protocols(key: &str, name: &str, url: &str, tcp_port: Option<u16>) 
         resp = resp.header(protocol::HEADER_TCP_PORT, port);
     }
     resp.body(empty()).expect("valid 101 response")
-}
-
-/// Says on a `101` how much credit per stream this server accepts, unless it is configured as a
-/// server from before growing windows (which says nothing).
-pub(crate) fn offer_window(shared: &Shared, headers: &mut HeaderMap) {
-    if shared.config.stream_window > protocol::STREAM_WINDOW {
-        headers.insert(
-            protocol::HEADER_WINDOW,
-            HeaderValue::from(shared.config.stream_window),
-        );
-    }
 }
 
 /// Validates a connect request; returns who asks, for which name, and the WebSocket key.

@@ -485,12 +485,7 @@ impl Engine {
                 header_value(&self.config.allow_ips.join(","))?,
             );
         }
-        if self.config.stream_window > protocol::STREAM_WINDOW {
-            h.insert(
-                protocol::HEADER_WINDOW,
-                HeaderValue::from(self.config.stream_window),
-            );
-        }
+        protocol::offer_window(h, self.config.stream_window);
         if let Some(token) = &self.config.token {
             h.insert(
                 http::header::AUTHORIZATION,

@@ -342,6 +342,14 @@ pub fn websocket_config() -> tokio_tungstenite::tungstenite::protocol::WebSocket
         .max_write_buffer_size(MAX_WRITE_BUFFER + MAX_MESSAGE)
 }
 
+/// Says in `headers` that we accept `window` bytes of credit per stream ([`HEADER_WINDOW`]);
+/// says nothing for [`STREAM_WINDOW`], as a side from before growing windows.
+pub fn offer_window(headers: &mut http::HeaderMap, window: u32) {
+    if window > STREAM_WINDOW {
+        headers.insert(HEADER_WINDOW, http::HeaderValue::from(window));
+    }
+}
+
 /// The stream credit the sender of `headers` accepts ([`HEADER_WINDOW`]): [`STREAM_WINDOW`]
 /// when it says nothing, something unreadable, or less.
 pub fn window_offer(headers: &http::HeaderMap) -> u32 {

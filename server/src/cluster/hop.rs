@@ -133,12 +133,7 @@ async fn connect(shared: &Arc<Shared>, node: &Node, advertise: &str) -> Result<L
         protocol::HEADER_VERSION,
         HeaderValue::from(protocol::PROTOCOL_VERSION),
     );
-    if shared.config.stream_window > protocol::STREAM_WINDOW {
-        h.insert(
-            protocol::HEADER_WINDOW,
-            HeaderValue::from(shared.config.stream_window),
-        );
-    }
+    protocol::offer_window(h, shared.config.stream_window);
     let handshake = async {
         let tcp = tokio::net::TcpStream::connect(authority)
             .await
@@ -437,7 +432,7 @@ pub(crate) fn accept<B>(
         );
     }
     let mut resp = resp.body(empty()).expect("valid 101 response");
-    crate::connect::offer_window(shared, resp.headers_mut());
+    protocol::offer_window(resp.headers_mut(), shared.config.stream_window);
     resp
 }
 
