@@ -176,6 +176,29 @@ class Driver {
   click(el) {
     return this.s(`/element/${el}/click`, "POST", {});
   }
+  /** Finds and clicks the element matching this selector (the `n`th of them); finds it again when
+   * a view re-rendered between the two steps and the element went stale. */
+  async tapCss(css, n = 0) {
+    let clicked = false;
+    await until(`click ${css}`, async () => {
+      const v = await this.s("/elements", "POST", { using: "css selector", value: css });
+      if (v.length <= n) return false;
+      try {
+        await this.click(Object.values(v[n])[0]);
+      } catch (e) {
+        // Only a stale element is tried again: any other failure may have clicked already.
+        if (/stale element/i.test(String(e))) return false;
+        clicked = e;
+        return true;
+      }
+      clicked = true;
+      return true;
+    });
+    if (clicked !== true) throw clicked;
+  }
+  tap(testid, n = 0) {
+    return this.tapCss(`[data-testid="${testid}"]`, n);
+  }
   type(el, text) {
     return this.s(`/element/${el}/value`, "POST", { text });
   }
@@ -263,7 +286,7 @@ async function main() {
     await driver.waitText("no-tunnels", (t) => t.includes("No tunnels"));
 
     // Expose through the form.
-    await driver.click(await driver.find("expose"));
+    await driver.tap("expose");
     // "Listening on this machine" lists the origin (this node process).
     const pick = `[data-testid="pick-port"][data-port="${originPort}"]`;
     await driver.findCss(pick);
@@ -272,22 +295,22 @@ async function main() {
     await driver.waitText("port-error", (t) => t.includes("between 1 and 65535"));
     await driver.js("document.querySelector('[data-testid=port]').value = ''");
     // A click in the picker fills the port.
-    await driver.click(await driver.findCss(pick));
+    await driver.tapCss(pick);
     assert.equal(await driver.js("return document.querySelector('[data-testid=port]').value"), String(originPort));
     await driver.type(await driver.find("subdomain"), "e2e-demo");
-    await driver.click(await driver.find("submit"));
+    await driver.tap("submit");
     const url = await driver.waitText("result-url", (t) => t.startsWith("http"));
     assert.equal(url, `http://e2e-demo.localhost:${serverPort}`);
     await driver.shot("expose-form.png");
-    await driver.click(await driver.findCss(`[data-testid="expose-result"] [data-testid="qr-toggle"]`));
+    await driver.tapCss(`[data-testid="expose-result"] [data-testid="qr-toggle"]`);
     await driver.waitText("qr", (t) => t.includes(url));
-    await driver.click(await driver.find("cancel"));
+    await driver.tap("cancel");
     await until("form closed", () => driver.js("return !document.querySelector('[data-testid=expose-form]')"));
     // The card's QR code, beside Copy.
-    await driver.click(await driver.find("qr-toggle"));
+    await driver.tap("qr-toggle");
     await driver.waitText("qr", (t) => t.includes(url));
     await driver.shot("qr-code.png");
-    await driver.click(await driver.find("qr-toggle"));
+    await driver.tap("qr-toggle");
 
     // Fetch through the public URL; the row appears.
     const xssPath = "/<img src=x onerror=alert(1)>";
@@ -303,23 +326,23 @@ async function main() {
 
     // Inspect and replay.
     // Click a cell: WebKitWebDriver does not treat <tr> as interactable.
-    await driver.click((await driver.all("row-path"))[1]);
+    await driver.tap("row-path", 1);
     await driver.waitText("res-body", (t) => t.includes('"hello": "from origin"'));
     await driver.shot("traffic-inspector.png");
-    await driver.click(await driver.find("replay"));
+    await driver.tap("replay");
     await until("replayed row", async () => (await driver.all("traffic-row")).length === 3);
     assert.equal(hits, 3);
     await driver.shot("main-window.png");
 
     // Stop: the public URL is gone.
-    await driver.click(await driver.find("toggle"));
+    await driver.tap("toggle");
     await driver.waitText("tunnel-status", (t) => t === "offline");
     const gone = await get(serverPort, `e2e-demo.localhost:${serverPort}`, "/api/hello");
     assert.equal(gone.status, 404);
     assert.equal(hits, 3);
 
     // Start it again at once: a deliberate stop gave the name up, so the same URL comes back.
-    await driver.click(await driver.find("toggle"));
+    await driver.tap("toggle");
     await driver.waitText("tunnel-status", (t) => t === "online");
     const back = await get(serverPort, `e2e-demo.localhost:${serverPort}`, "/api/hello");
     assert.equal(back.status, 200);
@@ -329,20 +352,20 @@ async function main() {
     const ids = await driver.js("return [...document.querySelectorAll('[data-testid=traffic-row]')].map((r) => r.dataset.id)");
     assert.equal(new Set(ids).size, 4, `ids ${ids}`);
     assert.equal((await driver.texts("row-path"))[0], "/api/hello");
-    await driver.click((await driver.all("row-path"))[3]);
+    await driver.tap("row-path", 3);
     await driver.waitText("detail-line", (t) => t === "GET /api/hello?x=1");
 
     // A TCP tunnel: expose a local echo service, connect to the public port, see the
     // connection listed with its bytes and how it ended.
-    await driver.click(await driver.find("expose"));
-    await driver.click(await driver.find("kind-tcp"));
+    await driver.tap("expose");
+    await driver.tap("kind-tcp");
     await driver.type(await driver.find("port"), String(echoPort));
-    await driver.click(await driver.find("submit"));
+    await driver.tap("submit");
     const tcpUrl = await driver.waitText("result-url", (t) => t.startsWith("tcp://"));
     const tcpPort = Number(tcpUrl.match(/^tcp:\/\/localhost:(\d+)$/)?.[1]);
     assert.ok(tcpPort > 0, tcpUrl);
     await driver.shot("expose-tcp.png");
-    await driver.click(await driver.find("cancel"));
+    await driver.tap("cancel");
     await driver.waitText("traffic-title", (t) => t === `Connections of tcp:${tcpPort}`);
     assert.equal(await tcpExchange(tcpPort, "hello over tcp"), "hello over tcp");
     await driver.waitText("conn-end", (t) => t === "closed");
@@ -353,7 +376,7 @@ async function main() {
     await driver.shot("tcp-connections.png");
     await until("the tray lists the TCP tunnel", async () => (await tray.menu()).some((i) => i.label.includes(`tcp:${tcpPort}`)));
     // Back to the HTTP tunnel's traffic for what follows.
-    await driver.click((await driver.all("tunnel-name"))[0]);
+    await driver.tap("tunnel-name", 0);
     await driver.waitText("traffic-title", (t) => t === "Traffic of e2e-demo");
 
     // Closing the window (a window manager's close button: WM_DELETE_WINDOW) hides it; the app
