@@ -28,7 +28,13 @@ pub(crate) fn narrow(h: &mut HeaderMap, name: &str, domain: &str) {
 
 /// `cookie` without its foreign `Domain` attributes, or `None` if it has none.
 fn narrowed(cookie: &HeaderValue, host: &str) -> Option<HeaderValue> {
-    let bytes = cookie.as_bytes();
+    narrowed_bytes(cookie.as_bytes(), host)
+        .map(|v| HeaderValue::from_bytes(&v).expect("a subset of a valid value"))
+}
+
+/// A `Set-Cookie` value of tunnel host `host` without its foreign `Domain` attributes, or `None`
+/// if it has none.
+pub(crate) fn narrowed_bytes(bytes: &[u8], host: &str) -> Option<Vec<u8>> {
     let mut parts = bytes.split(|&b| b == b';');
     let mut kept: Vec<&[u8]> = vec![parts.next().unwrap_or_default()];
     let mut dropped = false;
@@ -48,7 +54,7 @@ fn narrowed(cookie: &HeaderValue, host: &str) -> Option<HeaderValue> {
         }
         kept.push(attr);
     }
-    dropped.then(|| HeaderValue::from_bytes(&kept.join(&b';')).expect("a subset of a valid value"))
+    dropped.then(|| kept.join(&b';'))
 }
 
 #[cfg(test)]

@@ -48,6 +48,7 @@ mod cookies;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
+mod h1;
 mod listener;
 pub mod metrics;
 mod pages;

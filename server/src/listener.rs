@@ -287,7 +287,7 @@ where
     let timeout = shared.config.header_read_timeout;
     let draining = shared.draining.clone();
     let peer = visitor.peer;
-    let router = Router::new(shared, visitor);
+    let router = Router::new(shared.clone(), visitor.clone());
     // `service_fn` over `Router::handle` rather than the `Router` itself: hyper keeps this
     // future inline, where `Service::call` would box one per request.
     let service = hyper::service::service_fn(move |req| {
@@ -302,6 +302,10 @@ where
         tokio::pin!(conn);
         until_drained(conn, &draining, |c| c.graceful_shutdown()).await
     } else {
+        // The plain requests first, on the server's own HTTP/1.1; hyper from the first that is not.
+        let Some(io) = crate::h1::serve(&shared, io, &visitor).await else {
+            return;
+        };
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(timeout)

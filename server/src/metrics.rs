@@ -285,8 +285,8 @@ impl TunnelMetrics {
         TcpConnectionGuard(self.tcp_open.clone())
     }
 
-    /// Counts bytes of a TCP connection as they pass: `inbound` from visitor to local service.
-    pub fn tcp_bytes(&self, inbound: u64, outbound: u64) {
+    /// Counts bytes as they pass: `inbound` from visitor to local service, `outbound` back.
+    pub fn count_bytes(&self, inbound: u64, outbound: u64) {
         if inbound > 0 {
             self.bytes_in.inc_by(inbound);
         }

@@ -99,10 +99,10 @@ where
 }
 
 /// The pages a request through tunnel `name` can get instead of the local service's answer.
-struct Refuse<'a> {
-    shared: &'a Arc<Shared>,
-    name: &'a str,
-    json: bool,
+pub(crate) struct Refuse<'a> {
+    pub(crate) shared: &'a Shared,
+    pub(crate) name: &'a str,
+    pub(crate) json: bool,
 }
 
 impl Refuse<'_> {
@@ -166,7 +166,7 @@ impl Refuse<'_> {
         None
     }
 
-    fn too_many_streams(&self) -> Response<Body> {
+    pub(crate) fn too_many_streams(&self) -> Response<Body> {
         let message = format!(
             "The tunnel {} has as many requests in flight as it may. Try again in a moment.",
             self.name
@@ -182,7 +182,7 @@ impl Refuse<'_> {
     }
 
     /// The client did `what` instead of answering.
-    fn lost(&self, what: &str) -> Response<Body> {
+    pub(crate) fn lost(&self, what: &str) -> Response<Body> {
         let message = format!(
             "The tunnel {} is registered but its client {what}. Try again in a moment.",
             self.name

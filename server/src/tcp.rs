@@ -355,7 +355,7 @@ async fn visit(
     };
     // What came in behind the PROXY header with it is the visitor's first bytes.
     if !early.is_empty() {
-        endpoint.metrics.tcp_bytes(early.len() as u64, 0);
+        endpoint.metrics.count_bytes(early.len() as u64, 0);
         if let Err(e) = stream.send(&early).await {
             debug!(%e, "the client's side ended the connection");
             return refuse(socket);
@@ -365,8 +365,8 @@ async fn visit(
     let spliced = splice_counting(
         socket,
         stream,
-        move |n| up.tcp_bytes(n, 0),
-        move |n| down.tcp_bytes(0, n),
+        move |n| up.count_bytes(n, 0),
+        move |n| down.count_bytes(0, n),
     )
     .await;
     match spliced.failure {

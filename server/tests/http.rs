@@ -641,3 +641,132 @@ async fn h2c_prior_knowledge_visitors_are_served() {
     assert_eq!(r.status(), 200);
     assert_eq!(r.version(), http::Version::HTTP_11);
 }
+
+/// One answer read off a raw connection: status, headers (names lowercased) and body.
+type Answer = (u16, Vec<(String, String)>, Vec<u8>);
+
+/// Reads `n` answers off `bytes`, as a visitor reads them; `head_of` says which ones answer a
+/// `HEAD` (no body whatever the length).
+fn answers(mut bytes: &[u8], head_of: &[bool]) -> Vec<Answer> {
+    let mut out = Vec::new();
+    for &head in head_of {
+        let mut slots = [httparse::EMPTY_HEADER; 64];
+        let mut resp = httparse::Response::new(&mut slots);
+        let httparse::Status::Complete(n) = resp.parse(bytes).unwrap() else {
+            panic!(
+                "answer {} cut off: {:?}",
+                out.len(),
+                String::from_utf8_lossy(bytes)
+            );
+        };
+        let status = resp.code.unwrap();
+        let headers: Vec<(String, String)> = resp
+            .headers
+            .iter()
+            .map(|h| {
+                let value = String::from_utf8(h.value.to_vec()).unwrap();
+                (h.name.to_ascii_lowercase(), value)
+            })
+            .collect();
+        bytes = &bytes[n..];
+        let get = |name: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+        };
+        let mut body = Vec::new();
+        if head || status == 204 || status == 304 {
+        } else if get("transfer-encoding") == Some("chunked") {
+            loop {
+                let line_end = bytes.windows(2).position(|w| w == b"\r\n").unwrap();
+                let size =
+                    usize::from_str_radix(std::str::from_utf8(&bytes[..line_end]).unwrap(), 16)
+                        .unwrap();
+                bytes = &bytes[line_end + 2..];
+                body.extend_from_slice(&bytes[..size]);
+                assert_eq!(&bytes[size..size + 2], b"\r\n");
+                bytes = &bytes[size + 2..];
+                if size == 0 {
+                    break;
+                }
+            }
+        } else {
+            let len: usize = get("content-length").unwrap().parse().unwrap();
+            body.extend_from_slice(&bytes[..len]);
+            bytes = &bytes[len..];
+        }
+        out.push((status, headers, body));
+    }
+    assert!(bytes.is_empty(), "bytes after the last answer: {bytes:?}");
+    out
+}
+
+fn header<'a>(answer: &'a Answer, name: &str) -> Option<&'a str> {
+    answer
+        .1
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// Plain requests sent back to back are answered in order on the server's own HTTP/1.1 path; a
+/// request with a body moves the connection to hyper, which answers it and the rest.
+#[tokio::test]
+async fn pipelined_requests_and_a_body_share_one_visitor_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = Server::start(config()).await;
+    let origin = Origin::start().await;
+    let (_t, _) = tunnel(&server, origin.port(), Some("pipe")).await;
+    let host = host(&server, "pipe");
+    let mut conn = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let requests = format!(
+        "GET /echo?1 HTTP/1.1\r\nHost: {host}\r\nX-Forwarded-For: 203.0.113.9\r\n\
+         Keep-Alive: timeout=5\r\nConnection: keep-alive\r\nX-Forwarded-Proto: https\r\n\r\n\
+         HEAD /bytes?100 HTTP/1.1\r\nHost: {host}\r\n\r\n\
+         GET /cookies HTTP/1.1\r\nHost: {host}\r\n\r\n\
+         POST /echo HTTP/1.1\r\nHost: {host}\r\nContent-Length: 5\r\n\r\nhello\
+         GET /status?204 HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    );
+    conn.write_all(requests.as_bytes()).await.unwrap();
+    let mut bytes = Vec::new();
+    // The server closes after the request that asked it to.
+    conn.read_to_end(&mut bytes).await.unwrap();
+    let got = answers(&bytes, &[false, true, false, false, false]);
+
+    let echo = &got[0];
+    assert_eq!(echo.0, 200);
+    assert_eq!(header(echo, "x-echo-uri"), Some("/echo?1"));
+    assert_eq!(
+        header(echo, "x-echo-x-forwarded-for"),
+        Some("203.0.113.9, 127.0.0.1")
+    );
+    assert_eq!(header(echo, "x-echo-x-forwarded-proto"), Some("http"));
+    assert_eq!(header(echo, "x-echo-x-forwarded-host"), Some(host.as_str()));
+    assert!(header(echo, "date").is_some(), "{echo:?}");
+
+    let head = &got[1];
+    assert_eq!((head.0, header(head, "content-length")), (200, Some("100")));
+    assert!(head.2.is_empty());
+
+    let cookies: Vec<&str> = got[2]
+        .1
+        .iter()
+        .filter(|(k, _)| k == "set-cookie")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    // Narrowed to the tunnel's own host, in order.
+    assert_eq!(
+        cookies,
+        [
+            "a=1; Path=/",
+            "b=2; HttpOnly",
+            "c=3",
+            "toss=1; Path=/",
+            "own=1"
+        ]
+    );
+
+    assert_eq!((got[3].0, &got[3].2[..]), (200, &b"hello"[..]));
+    assert_eq!(got[4].0, 204);
+}

@@ -37,7 +37,7 @@ use tokio::{
 
 use crate::{
     head::ResponseHeadWriter,
-    http_util::{Body, BoxError},
+    http_util::{hop_by_hop, Body, BoxError},
     traffic::Headers,
 };
 
@@ -530,23 +530,6 @@ enum Parsed {
     Informational(usize),
     /// The final answer's head of this many bytes, and whether the connection may be reused.
     Final(usize, ResponseHead, bool),
-}
-
-/// Whether a proxy keeps `name` to itself (RFC 9110 §7.6.1), besides the names `Connection`
-/// lists. Sorted by length first: most names of a response are none of these, and most differ in
-/// length from all of them.
-fn hop_by_hop(name: &str) -> bool {
-    let is = |n: &str| name.eq_ignore_ascii_case(n);
-    match name.len() {
-        2 => is("te"),
-        7 => is("trailer") || is("upgrade"),
-        10 => is("connection") || is("keep-alive"),
-        16 => is("proxy-connection"),
-        17 => is("transfer-encoding"),
-        18 => is("proxy-authenticate"),
-        19 => is("proxy-authorization"),
-        _ => false,
-    }
 }
 
 fn parse_head(buf: &[u8], head_request: bool) -> Result<Parsed, Error> {

@@ -85,20 +85,48 @@ pub fn encode_response(status: StatusCode, headers: &HeaderMap) -> Bytes {
     out.freeze()
 }
 
-/// An answering head written header by header, as they are parsed off the wire (names are
-/// lowercased, as a header map has them, so the peer's decoding finds its standard names).
-pub struct ResponseHeadWriter {
+/// A head written header by header, as they are parsed off the wire: an answering head (the
+/// client, from the local service's answer) or an opening one (the server, from the visitor's
+/// request). Names are lowercased, as a header map has them, so the peer's decoding finds its
+/// standard names.
+pub struct HeadWriter {
     out: BytesMut,
+    /// Where the header count goes, once it is known.
+    count_at: usize,
     count: u16,
 }
 
-impl ResponseHeadWriter {
-    /// A head with `status`, room for `size` bytes of headers (with their lengths).
+/// The answering head's writer, by the name the client knows it.
+pub type ResponseHeadWriter = HeadWriter;
+
+impl HeadWriter {
+    /// An answering head with `status`, room for `size` bytes of headers (with their lengths).
     pub fn new(status: StatusCode, size: usize) -> Self {
         let mut out = BytesMut::with_capacity(4 + size);
         out.put_u16(status.as_u16());
+        Self::headers_from(out)
+    }
+
+    /// An opening head of an HTTP request: `method` (a token), `target` (origin form), room for
+    /// `size` bytes of headers (with their lengths).
+    pub fn request(method: &[u8], target: &[u8], size: usize) -> Self {
+        let mut out = BytesMut::with_capacity(8 + method.len() + target.len() + size);
+        out.put_u8(OPEN_HTTP);
+        out.put_u8(method.len() as u8);
+        out.put_slice(method);
+        out.put_u32(target.len() as u32);
+        out.put_slice(target);
+        Self::headers_from(out)
+    }
+
+    fn headers_from(mut out: BytesMut) -> Self {
+        let count_at = out.len();
         out.put_u16(0);
-        Self { out, count: 0 }
+        Self {
+            out,
+            count_at,
+            count: 0,
+        }
     }
 
     /// Adds one header; headers past the format's limit of 65,535 are left out.
@@ -115,9 +143,10 @@ impl ResponseHeadWriter {
         self.out.put_slice(value);
     }
 
-    /// The encoded head, as [`encode_response`] writes it.
+    /// The encoded head, as [`encode_response`] or [`encode_request`] writes it.
     pub fn finish(mut self) -> Bytes {
-        self.out[2..4].copy_from_slice(&self.count.to_be_bytes());
+        let at = self.count_at;
+        self.out[at..at + 2].copy_from_slice(&self.count.to_be_bytes());
         self.out.freeze()
     }
 }
@@ -306,17 +335,6 @@ fn all_bytes(bytes: &[u8], ok: impl Fn(u8) -> bool) -> bool {
 /// Reads an opening head in place; `Ok(None)` when it opens something other than an HTTP
 /// request (a TCP connection).
 pub fn decode_request_raw(buf: &[u8]) -> Result<Option<RawRequest<'_>>, HeadError> {
-    struct Cursor<'a>(&'a [u8]);
-    impl<'a> Cursor<'a> {
-        fn take(&mut self, n: usize) -> Result<&'a [u8], HeadError> {
-            if self.0.len() < n {
-                return Err(HeadError("cut off"));
-            }
-            let (bytes, rest) = self.0.split_at(n);
-            self.0 = rest;
-            Ok(bytes)
-        }
-    }
     let mut cursor = Cursor(buf);
     if cursor.take(1)? != [OPEN_HTTP] {
         return Ok(None);
@@ -332,34 +350,74 @@ pub fn decode_request_raw(buf: &[u8]) -> Result<Option<RawRequest<'_>>, HeadErro
         return Err(HeadError("the target is not in origin form"));
     }
     let target = std::str::from_utf8(target).map_err(|_| HeadError("bad target"))?;
-    let count = u16::from_be_bytes(cursor.take(2)?.try_into().expect("two bytes")) as usize;
-    // Each header takes at least 6 bytes: a count beyond what is left is a lie.
-    if count * 6 > cursor.0.len() {
-        return Err(HeadError("more headers than bytes"));
-    }
-    let mut headers = Vec::with_capacity(count);
-    for _ in 0..count {
-        let n = u16::from_be_bytes(cursor.take(2)?.try_into().expect("two bytes")) as usize;
-        let name = cursor.take(n)?;
-        if name.is_empty() || !all_bytes(name, is_tchar) {
-            return Err(HeadError("bad header name"));
-        }
-        let name = std::str::from_utf8(name).map_err(|_| HeadError("bad header name"))?;
-        let n = u32::from_be_bytes(cursor.take(4)?.try_into().expect("four bytes")) as usize;
-        let value = cursor.take(n)?;
-        if !all_bytes(value, is_value_byte) {
-            return Err(HeadError("bad header value"));
-        }
-        headers.push((name, value));
-    }
-    if !cursor.0.is_empty() {
-        return Err(HeadError("bytes after the end"));
-    }
+    let headers = cursor.headers()?;
     Ok(Some(RawRequest {
         method,
         target,
         headers,
     }))
+}
+
+/// An answering head read in place, for a server that writes it out as HTTP/1.1 without
+/// building a header map; validated as [`decode_response`] validates.
+#[derive(Debug)]
+pub struct RawResponse<'a> {
+    /// The status.
+    pub status: StatusCode,
+    /// The headers in order, as for [`RawRequest`].
+    pub headers: Vec<(&'a str, &'a [u8])>,
+}
+
+/// Reads an answering head in place.
+pub fn decode_response_raw(buf: &[u8]) -> Result<RawResponse<'_>, HeadError> {
+    let mut cursor = Cursor(buf);
+    let status = u16::from_be_bytes(cursor.take(2)?.try_into().expect("two bytes"));
+    let status = StatusCode::from_u16(status).map_err(|_| HeadError("bad status"))?;
+    let headers = cursor.headers()?;
+    Ok(RawResponse { status, headers })
+}
+
+/// Reads a head in place: the raw decoders' walk over its bytes.
+struct Cursor<'a>(&'a [u8]);
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], HeadError> {
+        if self.0.len() < n {
+            return Err(HeadError("cut off"));
+        }
+        let (bytes, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(bytes)
+    }
+
+    /// The header list that ends every head, checked as header maps check theirs; nothing may
+    /// follow it.
+    fn headers(mut self) -> Result<Vec<(&'a str, &'a [u8])>, HeadError> {
+        let count = u16::from_be_bytes(self.take(2)?.try_into().expect("two bytes")) as usize;
+        // Each header takes at least 6 bytes: a count beyond what is left is a lie.
+        if count * 6 > self.0.len() {
+            return Err(HeadError("more headers than bytes"));
+        }
+        let mut headers = Vec::with_capacity(count);
+        for _ in 0..count {
+            let n = u16::from_be_bytes(self.take(2)?.try_into().expect("two bytes")) as usize;
+            let name = self.take(n)?;
+            if name.is_empty() || !all_bytes(name, is_tchar) {
+                return Err(HeadError("bad header name"));
+            }
+            let name = std::str::from_utf8(name).map_err(|_| HeadError("bad header name"))?;
+            let n = u32::from_be_bytes(self.take(4)?.try_into().expect("four bytes")) as usize;
+            let value = self.take(n)?;
+            if !all_bytes(value, is_value_byte) {
+                return Err(HeadError("bad header value"));
+            }
+            headers.push((name, value));
+        }
+        if !self.0.is_empty() {
+            return Err(HeadError("bytes after the end"));
+        }
+        Ok(headers)
+    }
 }
 
 /// Decodes an answering head.

@@ -47,6 +47,23 @@ const HOP_BY_HOP: [header::HeaderName; 9] = [
     header::HeaderName::from_static("proxy-connection"),
 ];
 
+/// Whether a proxy keeps `name` to itself (RFC 9110 §7.6.1), besides the names `Connection`
+/// lists. Sorted by length first: most names of a response are none of these, and most differ in
+/// length from all of them.
+pub fn hop_by_hop(name: &str) -> bool {
+    let is = |n: &str| name.eq_ignore_ascii_case(n);
+    match name.len() {
+        2 => is("te"),
+        7 => is("trailer") || is("upgrade"),
+        10 => is("connection") || is("keep-alive"),
+        16 => is("proxy-connection"),
+        17 => is("transfer-encoding"),
+        18 => is("proxy-authenticate"),
+        19 => is("proxy-authorization"),
+        _ => false,
+    }
+}
+
 /// `uri` as an origin-form request target (path and query only), as the next hop gets it.
 pub fn origin_form(uri: Uri) -> Uri {
     if uri.scheme().is_none() && uri.authority().is_none() && uri.path_and_query().is_some() {
@@ -166,18 +183,25 @@ where
 
 /// Whether the client prefers JSON (an `Accept` naming `application/json` before any HTML).
 pub fn wants_json(headers: &HeaderMap) -> bool {
-    let accept = headers
+    headers
         .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
+        .is_some_and(|v| accept_wants_json(v.as_bytes()))
+}
+
+/// [`wants_json`] of one `Accept` value.
+pub fn accept_wants_json(accept: &[u8]) -> bool {
     // The first of the two media ranges listed decides. (Every request asks this, and most
     // never need the answer: a pass over the items is cheaper than two substring searches.)
-    for range in accept.split(',') {
-        let media = range.split(';').next().unwrap_or("").trim();
-        if media.eq_ignore_ascii_case("application/json") {
+    for range in accept.split(|b| *b == b',') {
+        let media = range
+            .split(|b| *b == b';')
+            .next()
+            .unwrap_or(b"")
+            .trim_ascii();
+        if media.eq_ignore_ascii_case(b"application/json") {
             return true;
         }
-        if media.eq_ignore_ascii_case("text/html") {
+        if media.eq_ignore_ascii_case(b"text/html") {
             return false;
         }
     }

@@ -1,0 +1,789 @@
+//! The server's own HTTP/1.1 for the request nearly every visitor sends: a plain HTTP/1.1 request
+//! without a body, for a tunnel online on this node. The head is parsed in place by `httparse`,
+//! the stream's opening head is written straight from it, and the client's answering head and
+//! body are written back as HTTP/1.1: no header map on either side, no dispatch between a
+//! request and its connection. hyper's HTTP/1.1 server with its header maps was about half of
+//! the server's instructions per request (docs/benchmarks.md, "Why it is built this way").
+//!
+//! Everything else goes to hyper, with the connection and what was read of it, for the rest of
+//! the connection's life: a request with a body, an upgrade, `Expect`, `TE`, a `Connection`
+//! that names headers, a host or target outside the plain forms, a tunnel not online here or
+//! protected by a password, a refused rate, HTTP/1.0, a head `httparse` refuses or that is too
+//! large, and every connection of a cluster node or from a trusted proxy. The [`Router`] then
+//! serves it exactly as before, so every page, limit and check keeps one implementation; this
+//! path only ever forwards.
+//!
+//! [`Router`]: crate::router::Router
+
+use std::{
+    mem::MaybeUninit,
+    ops::Range,
+    sync::Arc,
+    task::Poll,
+    time::{Instant, SystemTime},
+};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use ggrok_tunnel::{
+    head::{self, HeadWriter},
+    http_util::{accept_wants_json, hop_by_hop, Body},
+    mux::{Item, MuxError, MuxStream},
+    protocol::{self, PageKind, HEADER_ERROR, RESET_PROTOCOL},
+    stop::until_stopped,
+};
+use http::{header, Response, StatusCode};
+use http_body_util::BodyExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tracing::debug;
+
+use crate::{
+    cookies,
+    proxy::Refuse,
+    registry::Endpoint,
+    router::{classify, Destination, MAX_HEAD},
+    shard::Prefixed,
+    state::Shared,
+    visitor::{self, Visitor},
+};
+
+/// Headers a head may have on this path; hyper allows as many, and serves a head with more.
+const MAX_HEADERS: usize = 100;
+
+/// Body bytes gathered behind a head before they are written: a small answer goes out in one
+/// write, a large one in writes of its own frames, not copied.
+const GATHER: usize = 16 * 1024;
+
+/// Serves the requests of `io` on this path for as long as they are plain; `None` once the
+/// connection is done, or the connection with what was read of it put back in front, for hyper
+/// to serve from the request this path does not take.
+pub(crate) async fn serve<I>(
+    shared: &Arc<Shared>,
+    mut io: I,
+    visitor: &Visitor,
+) -> Option<Prefixed<I>>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    // A trusted proxy's requests name their visitor in headers (`Visitor::through`), and a
+    // cluster node may send a request on to another node: both are the router's.
+    let config = &shared.config;
+    if config.cluster.is_some() || visitor::is_trusted(&config.trusted_proxies, visitor.ip) {
+        return Some(Prefixed::new(Bytes::new(), io));
+    }
+    let mut buf = BytesMut::new();
+    loop {
+        // Like hyper, the header-read timeout runs from the moment the connection is idle, and a
+        // connection idle when the server starts draining closes.
+        let next = next_head(shared, visitor, &mut io, &mut buf);
+        let next = until_stopped(
+            shared.draining.cancelled(),
+            tokio::time::timeout(config.header_read_timeout, next),
+        );
+        let plan = match next.await {
+            Ok(Ok(Next::Forward(plan))) => plan,
+            Ok(Ok(Next::Hyper)) => return Some(Prefixed::new(buf.freeze(), io)),
+            Ok(Ok(Next::Closed)) | Err(()) => return None,
+            Ok(Err(_)) => {
+                debug!(peer = %visitor.peer, "connection sent no request head in time");
+                return None;
+            }
+        };
+        let head_len = plan.head_len;
+        let keep_alive = forward(shared, &mut io, &mut buf, plan).await;
+        buf.advance(head_len);
+        if !keep_alive {
+            let _ = io.shutdown().await;
+            return None;
+        }
+    }
+}
+
+/// What the connection holds next.
+enum Next {
+    /// A request this path forwards.
+    Forward(Plan),
+    /// A request for hyper (see the module's documentation).
+    Hyper,
+    /// The connection closed between requests, or failed.
+    Closed,
+}
+
+/// A request this path forwards, decided from its head.
+struct Plan {
+    /// The head's length at the front of the buffer (the buffer keeps it until the answer is
+    /// written: `accept` points into it).
+    head_len: usize,
+    route: Arc<Endpoint>,
+    /// The stream's opening head.
+    open: Bytes,
+    /// A `HEAD` request, whose answer has no body.
+    head_request: bool,
+    /// The visitor asked to close after this request.
+    close: bool,
+    /// Where the `Accept` value is in the buffer: only an error page needs it.
+    accept: Option<Range<usize>>,
+}
+
+/// Reads until `buf` holds a whole head and decides who serves it.
+async fn next_head<I>(shared: &Shared, visitor: &Visitor, io: &mut I, buf: &mut BytesMut) -> Next
+where
+    I: AsyncRead + Unpin,
+{
+    loop {
+        if !buf.is_empty() {
+            match plan(shared, visitor, buf) {
+                Planned::Forward(plan) => return Next::Forward(plan),
+                Planned::Hyper => return Next::Hyper,
+                // hyper answers a head over the limit (431).
+                Planned::Partial if buf.len() >= MAX_HEAD => return Next::Hyper,
+                Planned::Partial => {}
+            }
+        }
+        buf.reserve(4096);
+        match io.read_buf(buf).await {
+            Ok(0) if buf.is_empty() => return Next::Closed,
+            // A head cut off by the close: hyper says what that gets.
+            Ok(0) => return Next::Hyper,
+            Ok(_) => {}
+            Err(e) => {
+                debug!(%e, peer = %visitor.peer, "connection failed");
+                return Next::Closed;
+            }
+        }
+    }
+}
+
+enum Planned {
+    Forward(Plan),
+    Hyper,
+    Partial,
+}
+
+/// Decides what serves the head at the front of `buf`; for a request this path forwards,
+/// writes the stream's opening head: the visitor's headers in order without the hop-by-hop
+/// ones, then `X-Forwarded-For`, `-Proto` and `-Host`, as [`crate::proxy`] writes them.
+fn plan(shared: &Shared, visitor: &Visitor, buf: &[u8]) -> Planned {
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let head_len = match httparse::ParserConfig::default()
+        .parse_request_with_uninit_headers(&mut req, buf, &mut slots)
+    {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Planned::Partial,
+        Err(_) => return Planned::Hyper,
+    };
+    let (Some(method), Some(target), Some(1)) = (req.method, req.path, req.version) else {
+        return Planned::Hyper;
+    };
+    if method == "CONNECT" || !target.starts_with('/') || !all_bytes(target.as_bytes(), target_byte)
+    {
+        return Planned::Hyper;
+    }
+
+    let mut host = None;
+    let mut hosts = 0;
+    let mut close = false;
+    let mut accept = None;
+    let mut forwarded_for = false;
+    let mut size = 0;
+    for h in req.headers.iter() {
+        let (name, value) = (h.name, h.value);
+        size += name.len() + value.len() + 6;
+        let is = |n: &str| name.eq_ignore_ascii_case(n);
+        match name.len() {
+            2 if is("te") => return Planned::Hyper,
+            4 if is("host") => {
+                hosts += 1;
+                host = Some(value);
+            }
+            6 if is("expect") => return Planned::Hyper,
+            6 if is("accept") => accept = Some(offset(buf, value)),
+            7 if is("upgrade") => return Planned::Hyper,
+            10 if is("connection") => {
+                for token in value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+                    if token.eq_ignore_ascii_case(b"close") {
+                        close = true;
+                    } else if !token.eq_ignore_ascii_case(b"keep-alive") && !token.is_empty() {
+                        // An upgrade, or headers named to be dropped.
+                        return Planned::Hyper;
+                    }
+                }
+            }
+            14 if is("content-length") && value.trim_ascii() != b"0" => return Planned::Hyper,
+            15 if is("x-forwarded-for") => forwarded_for = true,
+            17 if is("transfer-encoding") => return Planned::Hyper,
+            _ => {}
+        }
+    }
+    let (Some(host), 1) = (host, hosts) else {
+        return Planned::Hyper;
+    };
+    let Some(name) = tunnel_name(host, &shared.config.domain) else {
+        return Planned::Hyper;
+    };
+    let Some(route) = shared.registry.endpoint(name) else {
+        return Planned::Hyper;
+    };
+    // The password is checked, and the visitor told why not, by the router; so is the rate.
+    if route.policy.consumes_authorization()
+        || !route.policy.allows(visitor.ip)
+        || !shared.request_limit.allow(&route.name)
+    {
+        return Planned::Hyper;
+    }
+
+    let chain = forwarded_for.then(|| forwarded_chain(req.headers, visitor));
+    let ip = visitor.ip_value.as_bytes();
+    let proto: &[u8] = if visitor.secure { b"https" } else { b"http" };
+    let extra = chain.as_ref().map_or(ip.len(), Vec::len) + proto.len() + host.len() + 3 * 22;
+    let mut open = HeadWriter::request(method.as_bytes(), target.as_bytes(), size + extra);
+    for h in req.headers.iter() {
+        if !is_forwarded(h.name) && !hop_by_hop(h.name) {
+            open.push(h.name.as_bytes(), h.value);
+        }
+    }
+    open.push(b"x-forwarded-for", chain.as_deref().unwrap_or(ip));
+    open.push(b"x-forwarded-proto", proto);
+    // The host the visitor reached; `Host` itself goes on unchanged (the client rewrites it for
+    // the local service).
+    open.push(b"x-forwarded-host", host);
+    Planned::Forward(Plan {
+        head_len,
+        route,
+        open: open.finish(),
+        head_request: method == "HEAD",
+        close,
+        accept,
+    })
+}
+
+/// The tunnel a plain `Host` value names (`name.DOMAIN`, lowercase, perhaps with a port and a
+/// trailing dot): any other form of host, valid or not, is left to the router's parsing.
+fn tunnel_name<'a>(host: &'a [u8], domain: &str) -> Option<&'a str> {
+    let (name, port) = match host.iter().position(|b| *b == b':') {
+        Some(i) => (&host[..i], Some(&host[i + 1..])),
+        None => (host, None),
+    };
+    let port_ok = port.is_none_or(|port| {
+        (1..=5).contains(&port.len())
+            && all_bytes(port, |b| b.is_ascii_digit())
+            && std::str::from_utf8(port).is_ok_and(|p| p.parse::<u16>().is_ok())
+    });
+    if !port_ok
+        || !all_bytes(
+            name,
+            |b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.'),
+        )
+    {
+        return None;
+    }
+    let name = std::str::from_utf8(name).ok()?;
+    let name = name.strip_suffix('.').unwrap_or(name);
+    match classify(name, domain) {
+        Destination::Tunnel(tunnel) if protocol::validate_name(tunnel).is_ok() => Some(tunnel),
+        _ => None,
+    }
+}
+
+/// `X-Forwarded-For` as the local service gets it from a visitor that sent one itself: its
+/// lines as one list, then the visitor, as [`crate::proxy`] appends it.
+fn forwarded_chain(headers: &[httparse::Header<'_>], visitor: &Visitor) -> Vec<u8> {
+    let lines: Vec<&[u8]> = headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("x-forwarded-for"))
+        .map(|h| h.value)
+        .collect();
+    // A value that is not visible ASCII counts as no chain at all, as a header map's text does.
+    let text = lines
+        .iter()
+        .all(|l| all_bytes(l, |b| (b == b'\t') | (0x20..0x7f).contains(&b)));
+    let prev = if text {
+        lines.join(&b", "[..])
+    } else {
+        Vec::new()
+    };
+    let ip = visitor.ip_value.as_bytes();
+    match prev.trim_ascii() {
+        [] => ip.to_vec(),
+        prev => [prev, b", ", ip].concat(),
+    }
+}
+
+/// `X-Forwarded-For`, `-Proto` or `-Host`: the names this server writes itself.
+fn is_forwarded(name: &str) -> bool {
+    let Some(rest) = name
+        .get(..12)
+        .filter(|p| p.eq_ignore_ascii_case("x-forwarded-"))
+        .map(|_| &name[12..])
+    else {
+        return false;
+    };
+    ["for", "proto", "host"]
+        .iter()
+        .any(|n| rest.eq_ignore_ascii_case(n))
+}
+
+/// Where `value`, a slice of `buf`, lies in it.
+fn offset(buf: &[u8], value: &[u8]) -> Range<usize> {
+    let start = value.as_ptr() as usize - buf.as_ptr() as usize;
+    start..start + value.len()
+}
+
+fn all_bytes(bytes: &[u8], ok: impl Fn(u8) -> bool) -> bool {
+    bytes.iter().fold(true, |all, &b| all & ok(b))
+}
+
+/// The bytes of an origin-form target taken on this path: RFC 3986's path and query characters,
+/// all of which `http::Uri` accepts too; anything else (a fragment, raw non-ASCII) is the
+/// router's to accept or refuse.
+fn target_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'-' | b'.'
+                | b'_'
+                | b'~'
+                | b'!'
+                | b'$'
+                | b'&'
+                | b'\''
+                | b'('
+                | b')'
+                | b'*'
+                | b'+'
+                | b','
+                | b';'
+                | b'='
+                | b':'
+                | b'@'
+                | b'%'
+                | b'/'
+                | b'?'
+        )
+}
+
+/// How the answer's body is framed for the visitor.
+enum Framing {
+    /// No body (`HEAD`, 204, 304).
+    None,
+    /// `Content-Length`: this many bytes still to come.
+    Length(u64),
+    Chunked,
+}
+
+/// Forwards one request and writes its answer; whether the connection can carry another.
+async fn forward<I>(shared: &Shared, io: &mut I, buf: &mut BytesMut, plan: Plan) -> bool
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    let started = Instant::now();
+    let route = &plan.route;
+    // A draining server answers the request in flight and then closes, as hyper does.
+    let close = plan.close || shared.draining.is_cancelled();
+    // Pages are rare: whether the visitor wants JSON is read only for one.
+    let refuse = |buf: &BytesMut| Refuse {
+        shared,
+        name: &route.name,
+        json: plan
+            .accept
+            .clone()
+            .is_some_and(|r| accept_wants_json(&buf[r])),
+    };
+    let stream = match route.mux.open(plan.open, true).await {
+        Ok(stream) => stream,
+        Err(MuxError::TooManyStreams) => {
+            let page = refuse(buf).too_many_streams();
+            return write_page(io, page, close, plan.head_request).await;
+        }
+        Err(e) => {
+            debug!(%e, "open stream failed");
+            let page = refuse(buf).lost("is not answering (session closing)");
+            return write_page(io, page, close, plan.head_request).await;
+        }
+    };
+    let answer = match next_item(&stream, io, buf).await {
+        Some(Some(Ok(Item::Head(answer)))) => answer,
+        None => return false,
+        other => {
+            debug!(?other, "request through tunnel failed");
+            let page = refuse(buf).lost("went away while handling the request");
+            return write_page(io, page, close, plan.head_request).await;
+        }
+    };
+    let mut out = BytesMut::with_capacity(answer.len() + 128);
+    let framing = match answer_head(
+        shared,
+        route,
+        &answer,
+        plan.head_request,
+        close,
+        &stream,
+        &mut out,
+    ) {
+        Ok(framing) => framing,
+        Err(why) => {
+            stream.reset(RESET_PROTOCOL, why);
+            let page = refuse(buf).lost("sent a malformed response");
+            return write_page(io, page, close, plan.head_request).await;
+        }
+    };
+    route.metrics.request(started.elapsed());
+    drop(answer);
+    body(io, buf, route, &stream, framing, out).await && !close
+}
+
+/// The stream's next item, watching the visitor meanwhile, as hyper does: what it sends is kept
+/// for the requests after this one (up to a bound), and its close (`None`) abandons this one.
+async fn next_item<I>(
+    stream: &MuxStream,
+    io: &mut I,
+    buf: &mut BytesMut,
+) -> Option<Option<Result<Item, MuxError>>>
+where
+    I: AsyncRead + Unpin,
+{
+    loop {
+        let watch = buf.len() < 2 * MAX_HEAD;
+        tokio::select! {
+            biased;
+            item = stream.recv() => return Some(item),
+            read = io.read_buf(buf), if watch => match read {
+                Ok(0) | Err(_) => {
+                    debug!("the visitor left before its answer");
+                    return None;
+                }
+                Ok(_) => {}
+            },
+        }
+    }
+}
+
+/// Writes the client's answering head as HTTP/1.1 into `out`, as [`crate::proxy`] relays it:
+/// hop-by-hop headers dropped, cookies narrowed to the tunnel, ggrok's error pages counted.
+fn answer_head(
+    shared: &Shared,
+    route: &Endpoint,
+    answer: &[u8],
+    head_request: bool,
+    close: bool,
+    stream: &MuxStream,
+    out: &mut BytesMut,
+) -> Result<Framing, &'static str> {
+    let raw = head::decode_response_raw(answer).map_err(|_| "malformed response head")?;
+    let status = raw.status;
+    if status.is_informational() {
+        // No request on this path asked to switch protocols.
+        return Err("an informational status as the answer");
+    }
+    status_line(out, status);
+    // Names a `Connection` lists are hop-by-hop too (an old client may leave them in).
+    let listed: Vec<&[u8]> = raw
+        .headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("connection"))
+        .flat_map(|(_, v)| v.split(|b| *b == b',').map(<[u8]>::trim_ascii))
+        .collect();
+    let mut length = None;
+    let mut date = false;
+    let mut cookie_host = None;
+    for &(name, value) in &raw.headers {
+        if hop_by_hop(name)
+            || listed
+                .iter()
+                .any(|l| l.eq_ignore_ascii_case(name.as_bytes()))
+        {
+            continue;
+        }
+        let is = |n: &str| name.eq_ignore_ascii_case(n);
+        match name.len() {
+            4 if is("date") => date = true,
+            10 if is("set-cookie") => {
+                let host = cookie_host
+                    .get_or_insert_with(|| format!("{}.{}", route.name, shared.config.domain));
+                if let Some(narrowed) = cookies::narrowed_bytes(value, host) {
+                    put_header(out, name.as_bytes(), &narrowed);
+                    continue;
+                }
+            }
+            14 if is("content-length") => {
+                let n = std::str::from_utf8(value)
+                    .ok()
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .ok_or("a malformed Content-Length")?;
+                if length.is_some_and(|l| l != n) {
+                    return Err("two lengths");
+                }
+                if length.replace(n).is_some() {
+                    continue;
+                }
+            }
+            _ if is(HEADER_ERROR) => {
+                let kind = std::str::from_utf8(value)
+                    .ok()
+                    .and_then(PageKind::from_code);
+                if let Some(kind) = kind {
+                    shared.metrics.error(kind);
+                }
+            }
+            _ => {}
+        }
+        put_header(out, name.as_bytes(), value);
+    }
+    let no_body =
+        head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
+    let framing = match length {
+        _ if no_body => Framing::None,
+        Some(n) => Framing::Length(n),
+        None if stream.peer_finished() => {
+            out.put_slice(b"content-length: 0\r\n");
+            Framing::Length(0)
+        }
+        None => {
+            out.put_slice(b"transfer-encoding: chunked\r\n");
+            Framing::Chunked
+        }
+    };
+    if !date {
+        put_date(out);
+    }
+    if close {
+        out.put_slice(b"connection: close\r\n");
+    }
+    out.put_slice(b"\r\n");
+    Ok(framing)
+}
+
+/// Writes the answer's body after its head (in `out`): gathered while the stream has more at
+/// once, written when it has to wait. Whether the body went out whole.
+async fn body<I>(
+    io: &mut I,
+    buf: &mut BytesMut,
+    route: &Endpoint,
+    stream: &MuxStream,
+    mut framing: Framing,
+    mut out: BytesMut,
+) -> bool
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    loop {
+        let item = match std::future::poll_fn(|cx| Poll::Ready(stream.poll_recv(cx))).await {
+            Poll::Ready(item) => item,
+            Poll::Pending => {
+                if io.write_all_buf(&mut out).await.is_err() {
+                    return false;
+                }
+                match next_item(stream, io, buf).await {
+                    Some(item) => item,
+                    None => return false,
+                }
+            }
+        };
+        let data = match item {
+            None => break,
+            Some(Ok(Item::Data(data))) => data,
+            // No request on this path sent `TE: trailers`: they are dropped, as hyper does.
+            Some(Ok(Item::Trailers(_))) => continue,
+            Some(Ok(Item::Head(_))) => {
+                stream.reset(RESET_PROTOCOL, "a second head");
+                return false;
+            }
+            Some(Err(e)) => {
+                // Cut off: closing the connection is all that tells the visitor.
+                debug!(%e, "answer cut off");
+                return false;
+            }
+        };
+        route.metrics.count_bytes(0, data.len() as u64);
+        match &mut framing {
+            Framing::None => continue,
+            Framing::Length(left) => match left.checked_sub(data.len() as u64) {
+                Some(rest) => *left = rest,
+                None => {
+                    stream.reset(RESET_PROTOCOL, "more body than its length");
+                    return false;
+                }
+            },
+            Framing::Chunked => {
+                out.put_slice(format!("{:x}\r\n", data.len()).as_bytes());
+            }
+        }
+        if out.len() + data.len() <= GATHER {
+            out.put_slice(&data);
+        } else if io.write_all_buf(&mut (&mut out).chain(data)).await.is_err() {
+            return false;
+        }
+        if matches!(framing, Framing::Chunked) {
+            out.put_slice(b"\r\n");
+        }
+    }
+    match framing {
+        Framing::Length(left) if left > 0 => {
+            debug!(left, "answer shorter than its length");
+            return false;
+        }
+        Framing::Chunked => out.put_slice(b"0\r\n\r\n"),
+        _ => {}
+    }
+    io.write_all_buf(&mut out).await.is_ok()
+}
+
+/// Writes one of the server's own pages; whether the connection can carry another request.
+async fn write_page<I>(io: &mut I, page: Response<Body>, close: bool, head_request: bool) -> bool
+where
+    I: AsyncWrite + Unpin,
+{
+    let (parts, body) = page.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let close = close
+        || parts
+            .headers
+            .get(header::CONNECTION)
+            .is_some_and(|v| v == "close");
+    let mut out = BytesMut::with_capacity(256 + body.len());
+    status_line(&mut out, parts.status);
+    for (name, value) in &parts.headers {
+        if name != header::CONNECTION && name != header::CONTENT_LENGTH {
+            put_header(&mut out, name.as_str().as_bytes(), value.as_bytes());
+        }
+    }
+    put_header(
+        &mut out,
+        b"content-length",
+        body.len().to_string().as_bytes(),
+    );
+    put_date(&mut out);
+    if close {
+        out.put_slice(b"connection: close\r\n");
+    }
+    out.put_slice(b"\r\n");
+    if !head_request {
+        out.put_slice(&body);
+    }
+    io.write_all(&out).await.is_ok() && !close
+}
+
+fn status_line(out: &mut BytesMut, status: StatusCode) {
+    out.put_slice(b"HTTP/1.1 ");
+    out.put_slice(status.as_str().as_bytes());
+    out.put_u8(b' ');
+    out.put_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.put_slice(b"\r\n");
+}
+
+fn put_header(out: &mut BytesMut, name: &[u8], value: &[u8]) {
+    out.put_slice(name);
+    out.put_slice(b": ");
+    out.put_slice(value);
+    out.put_slice(b"\r\n");
+}
+
+/// `date: ...` of the current second, formatted once per second per thread, as hyper does.
+fn put_date(out: &mut BytesMut) {
+    use std::cell::RefCell;
+    thread_local! {
+        static DATE: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    }
+    let now = SystemTime::now();
+    let second = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    DATE.with_borrow_mut(|(at, text)| {
+        if *at != second {
+            *at = second;
+            *text = httpdate::fmt_http_date(now);
+        }
+        put_header(out, b"date", text.as_bytes());
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_hosts_name_their_tunnel_and_the_rest_go_to_the_router() {
+        fn name(host: &str) -> Option<&str> {
+            tunnel_name(host.as_bytes(), "localhost")
+        }
+        assert_eq!(name("app.localhost"), Some("app"));
+        assert_eq!(name("app.localhost:8080"), Some("app"));
+        assert_eq!(name("app.localhost.:80"), Some("app"));
+        for other in [
+            "localhost",
+            "127.0.0.1",
+            "a.b.localhost",
+            "App.localhost",
+            "app.localhost:99999",
+            "app.localhost:",
+            "app.localhost:+80",
+            "app.localhost..",
+            "-app.localhost",
+            "[::1]:80",
+            "user@app.localhost",
+            "evil.example",
+        ] {
+            assert_eq!(name(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn the_forwarded_names_are_known_in_any_case() {
+        for name in ["x-forwarded-for", "X-Forwarded-Proto", "x-forwarded-HOST"] {
+            assert!(is_forwarded(name), "{name}");
+        }
+        for name in [
+            "x-forwarded",
+            "x-forwarded-port",
+            "x-forwarded-fort",
+            "host",
+            "forwarded",
+        ] {
+            assert!(!is_forwarded(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn a_visitors_own_forwarded_chain_gets_the_visitor_appended() {
+        let visitor = Visitor::direct("192.0.2.7:4000".parse().unwrap(), false);
+        let chain = |values: &[&[u8]]| {
+            let headers: Vec<httparse::Header<'_>> = values
+                .iter()
+                .map(|v| httparse::Header {
+                    name: "X-Forwarded-For",
+                    value: v,
+                })
+                .collect();
+            String::from_utf8(forwarded_chain(&headers, &visitor)).unwrap()
+        };
+        assert_eq!(chain(&[b"203.0.113.9"]), "203.0.113.9, 192.0.2.7");
+        assert_eq!(
+            chain(&[b"10.0.0.1", b" 10.0.0.2 "]),
+            "10.0.0.1,  10.0.0.2, 192.0.2.7"
+        );
+        assert_eq!(chain(&[b"  "]), "192.0.2.7");
+        assert_eq!(chain(&[b"caf\xc3\xa9"]), "192.0.2.7", "not text: no chain");
+    }
+
+    #[test]
+    fn targets_outside_the_plain_characters_go_to_the_router() {
+        assert!(all_bytes(
+            b"/a/b-c_d.e~f?x=1&y=%20;z=(1)*,+!$'@:",
+            target_byte
+        ));
+        for other in [
+            &b"/a#frag"[..],
+            b"/caf\xc3\xa9",
+            b"/a b",
+            b"/a\"b",
+            b"/{x}",
+            b"/a\\b",
+        ] {
+            assert!(!all_bytes(other, target_byte), "{other:?}");
+        }
+    }
+}
