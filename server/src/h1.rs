@@ -1,12 +1,13 @@
 //! The server's own HTTP/1.1 for the request nearly every visitor sends: a plain HTTP/1.1 request
-//! without a body, for a tunnel online on this node. The head is parsed in place by `httparse`,
+//! for a tunnel online on this node, without a body or with a small one that came whole with its
+//! head (a `Content-Length` within [`MAX_HEAD`] with the head, in the buffer already). The head is parsed in place by `httparse`,
 //! the stream's opening head is written straight from it, and the client's answering head and
 //! body are written back as HTTP/1.1: no header map on either side, no dispatch between a
 //! request and its connection. hyper's HTTP/1.1 server with its header maps was about half of
 //! the server's instructions per request (docs/benchmarks.md, "Why it is built this way").
 //!
 //! Everything else goes to hyper, with the connection and what was read of it, for the rest of
-//! the connection's life: a request with a body, an upgrade, `Expect`, `TE`, a `Connection`
+//! the connection's life: a chunked, larger or late body, an upgrade, `Expect`, `TE`, a `Connection`
 //! that names headers, a host or target outside the plain forms, a tunnel not online here or
 //! protected by a password, a refused rate, HTTP/1.0, a head `httparse` refuses or that is too
 //! large, and every connection of a cluster node or from a trusted proxy. The [`Router`] then
@@ -88,9 +89,9 @@ where
                 return None;
             }
         };
-        let head_len = plan.head_len;
+        let len = plan.head_len + plan.body_len;
         let keep_alive = forward(shared, &mut io, &mut buf, plan).await;
-        buf.advance(head_len);
+        buf.advance(len);
         if !keep_alive {
             let _ = io.shutdown().await;
             return None;
@@ -113,6 +114,8 @@ struct Plan {
     /// The head's length at the front of the buffer (the buffer keeps it until the answer is
     /// written: `accept` points into it).
     head_len: usize,
+    /// The body's, after the head.
+    body_len: usize,
     route: Arc<Endpoint>,
     /// The stream's opening head.
     open: Bytes,
@@ -134,7 +137,8 @@ where
             match plan(shared, visitor, buf) {
                 Planned::Forward(plan) => return Next::Forward(plan),
                 Planned::Hyper => return Next::Hyper,
-                // hyper answers a head over the limit (431).
+                // hyper answers a head over the limit (431); a body that does not fit is
+                // streamed by hyper.
                 Planned::Partial if buf.len() >= MAX_HEAD => return Next::Hyper,
                 Planned::Partial => {}
             }
@@ -185,6 +189,8 @@ fn plan(shared: &Shared, visitor: &Visitor, buf: &[u8]) -> Planned {
     let mut close = false;
     let mut accept = None;
     let mut forwarded_for = false;
+    let mut body_len = 0;
+    let mut lengths = 0;
     let mut size = 0;
     for h in req.headers.iter() {
         let (name, value) = (h.name, h.value);
@@ -209,7 +215,13 @@ fn plan(shared: &Shared, visitor: &Visitor, buf: &[u8]) -> Planned {
                     }
                 }
             }
-            14 if is("content-length") && value.trim_ascii() != b"0" => return Planned::Hyper,
+            14 if is("content-length") => {
+                lengths += 1;
+                match decimal(value.trim_ascii()) {
+                    Some(n) if n <= MAX_HEAD as u64 => body_len = n as usize,
+                    _ => return Planned::Hyper,
+                }
+            }
             15 if is("x-forwarded-for") => forwarded_for = true,
             17 if is("transfer-encoding") => return Planned::Hyper,
             _ => {}
@@ -218,6 +230,14 @@ fn plan(shared: &Shared, visitor: &Visitor, buf: &[u8]) -> Planned {
     let (Some(host), 1) = (host, hosts) else {
         return Planned::Hyper;
     };
+    if lengths > 1 || head_len + body_len > MAX_HEAD {
+        return Planned::Hyper;
+    }
+    if buf.len() < head_len + body_len {
+        // A body that did not come with its head may be slow or stall: hyper streams it, under
+        // the body idle limit (`proxy::IdleLimited`), instead of it being waited for here.
+        return Planned::Hyper;
+    }
     let Some(name) = tunnel_name(host, &shared.config.domain) else {
         return Planned::Hyper;
     };
@@ -238,7 +258,7 @@ fn plan(shared: &Shared, visitor: &Visitor, buf: &[u8]) -> Planned {
     let extra = chain.as_ref().map_or(ip.len(), Vec::len) + proto.len() + host.len() + 3 * 22;
     let mut open = HeadWriter::request(method.as_bytes(), target.as_bytes(), size + extra);
     for h in req.headers.iter() {
-        if !is_forwarded(h.name) && !hop_by_hop(h.name) {
+        if !is_forwarded(h.name) && !hop_by_hop(h.name.as_bytes()) {
             open.push(h.name.as_bytes(), h.value);
         }
     }
@@ -249,6 +269,7 @@ fn plan(shared: &Shared, visitor: &Visitor, buf: &[u8]) -> Planned {
     open.push(b"x-forwarded-host", host);
     Planned::Forward(Plan {
         head_len,
+        body_len,
         route,
         open: open.finish(),
         head_request: method == "HEAD",
@@ -264,11 +285,7 @@ fn tunnel_name<'a>(host: &'a [u8], domain: &str) -> Option<&'a str> {
         Some(i) => (&host[..i], Some(&host[i + 1..])),
         None => (host, None),
     };
-    let port_ok = port.is_none_or(|port| {
-        (1..=5).contains(&port.len())
-            && all_bytes(port, |b| b.is_ascii_digit())
-            && std::str::from_utf8(port).is_ok_and(|p| p.parse::<u16>().is_ok())
-    });
+    let port_ok = port.is_none_or(|p| decimal(p).is_some_and(|p| p <= u16::MAX as u64));
     if !port_ok
         || !all_bytes(
             name,
@@ -321,6 +338,14 @@ fn is_forwarded(name: &str) -> bool {
     ["for", "proto", "host"]
         .iter()
         .any(|n| rest.eq_ignore_ascii_case(n))
+}
+
+/// A decimal number of at most 19 digits, nothing else (no sign, no space).
+fn decimal(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || digits.len() > 19 || !all_bytes(digits, |b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(digits.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')))
 }
 
 /// Where `value`, a slice of `buf`, lies in it.
@@ -389,7 +414,7 @@ where
             .clone()
             .is_some_and(|r| accept_wants_json(&buf[r])),
     };
-    let stream = match route.mux.open(plan.open, true).await {
+    let stream = match route.mux.open(plan.open, plan.body_len == 0).await {
         Ok(stream) => stream,
         Err(MuxError::TooManyStreams) => {
             let page = refuse(buf).too_many_streams();
@@ -401,6 +426,14 @@ where
             return write_page(io, page, close, plan.head_request).await;
         }
     };
+    if plan.body_len > 0 {
+        let body = &buf[plan.head_len..plan.head_len + plan.body_len];
+        route.metrics.count_bytes(body.len() as u64, 0);
+        // An answer may come before the body is taken (a refusal): it is read all the same.
+        if let Err(e) = async { stream.send(body).await.and_then(|()| stream.finish()) }.await {
+            debug!(%e, "request body not sent whole");
+        }
+    }
     let answer = match next_item(&stream, io, buf).await {
         Some(Some(Ok(Item::Head(answer)))) => answer,
         None => return false,
@@ -480,36 +513,29 @@ fn answer_head(
     let listed: Vec<&[u8]> = raw
         .headers
         .iter()
-        .filter(|(n, _)| n.eq_ignore_ascii_case("connection"))
+        .filter(|(n, _)| n.eq_ignore_ascii_case(b"connection"))
         .flat_map(|(_, v)| v.split(|b| *b == b',').map(<[u8]>::trim_ascii))
         .collect();
     let mut length = None;
     let mut date = false;
     let mut cookie_host = None;
     for &(name, value) in &raw.headers {
-        if hop_by_hop(name)
-            || listed
-                .iter()
-                .any(|l| l.eq_ignore_ascii_case(name.as_bytes()))
-        {
+        if hop_by_hop(name) || listed.iter().any(|l| l.eq_ignore_ascii_case(name)) {
             continue;
         }
-        let is = |n: &str| name.eq_ignore_ascii_case(n);
+        let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
         match name.len() {
             4 if is("date") => date = true,
             10 if is("set-cookie") => {
                 let host = cookie_host
                     .get_or_insert_with(|| format!("{}.{}", route.name, shared.config.domain));
                 if let Some(narrowed) = cookies::narrowed_bytes(value, host) {
-                    put_header(out, name.as_bytes(), &narrowed);
+                    put_header(out, name, &narrowed);
                     continue;
                 }
             }
             14 if is("content-length") => {
-                let n = std::str::from_utf8(value)
-                    .ok()
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-                    .ok_or("a malformed Content-Length")?;
+                let n = decimal(value.trim_ascii()).ok_or("a malformed Content-Length")?;
                 if length.is_some_and(|l| l != n) {
                     return Err("two lengths");
                 }
@@ -527,7 +553,7 @@ fn answer_head(
             }
             _ => {}
         }
-        put_header(out, name.as_bytes(), value);
+        put_header(out, name, value);
     }
     let no_body =
         head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;

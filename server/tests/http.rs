@@ -710,10 +710,11 @@ fn header<'a>(answer: &'a Answer, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
-/// Plain requests sent back to back are answered in order on the server's own HTTP/1.1 path; a
-/// request with a body moves the connection to hyper, which answers it and the rest.
+/// Plain requests sent back to back are answered in order on the server's own HTTP/1.1 path,
+/// small bodies that came with their heads included; a body in pieces or too large for it moves
+/// the connection to hyper, which answers it and the rest.
 #[tokio::test]
-async fn pipelined_requests_and_a_body_share_one_visitor_connection() {
+async fn pipelined_requests_and_bodies_share_one_visitor_connection() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let server = Server::start(config()).await;
     let origin = Origin::start().await;
@@ -726,13 +727,23 @@ async fn pipelined_requests_and_a_body_share_one_visitor_connection() {
          HEAD /bytes?100 HTTP/1.1\r\nHost: {host}\r\n\r\n\
          GET /cookies HTTP/1.1\r\nHost: {host}\r\n\r\n\
          POST /echo HTTP/1.1\r\nHost: {host}\r\nContent-Length: 5\r\n\r\nhello\
-         GET /status?204 HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+         PUT /echo HTTP/1.1\r\nHost: {host}\r\nContent-Length: 11\r\n\r\nhello"
     );
     conn.write_all(requests.as_bytes()).await.unwrap();
+    let large = pattern(0, 100_000);
+    let rest = format!(
+        " world\
+         POST /echo HTTP/1.1\r\nHost: {host}\r\nContent-Length: {}\r\n\r\n",
+        large.len()
+    );
+    conn.write_all(rest.as_bytes()).await.unwrap();
+    conn.write_all(&large).await.unwrap();
+    let last = format!("GET /status?204 HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    conn.write_all(last.as_bytes()).await.unwrap();
     let mut bytes = Vec::new();
     // The server closes after the request that asked it to.
     conn.read_to_end(&mut bytes).await.unwrap();
-    let got = answers(&bytes, &[false, true, false, false, false]);
+    let got = answers(&bytes, &[false, true, false, false, false, false, false]);
 
     let echo = &got[0];
     assert_eq!(echo.0, 200);
@@ -768,5 +779,8 @@ async fn pipelined_requests_and_a_body_share_one_visitor_connection() {
     );
 
     assert_eq!((got[3].0, &got[3].2[..]), (200, &b"hello"[..]));
-    assert_eq!(got[4].0, 204);
+    assert_eq!(header(&got[4], "x-echo-method"), Some("PUT"));
+    assert_eq!(&got[4].2[..], b"hello world");
+    assert_eq!((got[5].0, got[5].2 == large), (200, true));
+    assert_eq!(got[6].0, 204);
 }

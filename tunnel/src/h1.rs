@@ -223,7 +223,7 @@ pub(crate) fn prepare(
             remote = std::str::from_utf8(last.trim_ascii())
                 .ok()
                 .map(str::to_owned);
-        } else if hop_by_hop(name) {
+        } else if hop_by_hop(name.as_bytes()) {
             if name.eq_ignore_ascii_case("upgrade") {
                 return None;
             }
@@ -623,7 +623,7 @@ fn parse_head(buf: &[u8], head_request: bool) -> Result<Parsed, Error> {
     let size: usize = headers.iter().map(|h| h.name.len() + h.value.len()).sum();
     let mut frame = ResponseHeadWriter::new(status, size + 6 * headers.len());
     for h in headers.iter() {
-        let hop = hop_by_hop(h.name)
+        let hop = hop_by_hop(h.name.as_bytes())
             || listed
                 .iter()
                 .any(|n| n.eq_ignore_ascii_case(h.name.as_bytes()));

@@ -350,7 +350,8 @@ pub fn decode_request_raw(buf: &[u8]) -> Result<Option<RawRequest<'_>>, HeadErro
         return Err(HeadError("the target is not in origin form"));
     }
     let target = std::str::from_utf8(target).map_err(|_| HeadError("bad target"))?;
-    let headers = cursor.headers()?;
+    // Names are tokens, so ASCII: the conversion cannot fail.
+    let headers = cursor.headers(|n| std::str::from_utf8(n).map_err(|_| HeadError("bad name")))?;
     Ok(Some(RawRequest {
         method,
         target,
@@ -364,8 +365,8 @@ pub fn decode_request_raw(buf: &[u8]) -> Result<Option<RawRequest<'_>>, HeadErro
 pub struct RawResponse<'a> {
     /// The status.
     pub status: StatusCode,
-    /// The headers in order, as for [`RawRequest`].
-    pub headers: Vec<(&'a str, &'a [u8])>,
+    /// The headers in order, names (tokens, checked) and values as bytes.
+    pub headers: Vec<(&'a [u8], &'a [u8])>,
 }
 
 /// Reads an answering head in place.
@@ -373,7 +374,7 @@ pub fn decode_response_raw(buf: &[u8]) -> Result<RawResponse<'_>, HeadError> {
     let mut cursor = Cursor(buf);
     let status = u16::from_be_bytes(cursor.take(2)?.try_into().expect("two bytes"));
     let status = StatusCode::from_u16(status).map_err(|_| HeadError("bad status"))?;
-    let headers = cursor.headers()?;
+    let headers = cursor.headers(Ok)?;
     Ok(RawResponse { status, headers })
 }
 
@@ -390,9 +391,12 @@ impl<'a> Cursor<'a> {
         Ok(bytes)
     }
 
-    /// The header list that ends every head, checked as header maps check theirs; nothing may
-    /// follow it.
-    fn headers(mut self) -> Result<Vec<(&'a str, &'a [u8])>, HeadError> {
+    /// The header list that ends every head, checked as header maps check theirs, each name as
+    /// `name` gives it; nothing may follow it.
+    fn headers<N>(
+        mut self,
+        name: impl Fn(&'a [u8]) -> Result<N, HeadError>,
+    ) -> Result<Vec<(N, &'a [u8])>, HeadError> {
         let count = u16::from_be_bytes(self.take(2)?.try_into().expect("two bytes")) as usize;
         // Each header takes at least 6 bytes: a count beyond what is left is a lie.
         if count * 6 > self.0.len() {
@@ -401,11 +405,11 @@ impl<'a> Cursor<'a> {
         let mut headers = Vec::with_capacity(count);
         for _ in 0..count {
             let n = u16::from_be_bytes(self.take(2)?.try_into().expect("two bytes")) as usize;
-            let name = self.take(n)?;
-            if name.is_empty() || !all_bytes(name, is_tchar) {
+            let bytes = self.take(n)?;
+            if bytes.is_empty() || !all_bytes(bytes, is_tchar) {
                 return Err(HeadError("bad header name"));
             }
-            let name = std::str::from_utf8(name).map_err(|_| HeadError("bad header name"))?;
+            let name = name(bytes)?;
             let n = u32::from_be_bytes(self.take(4)?.try_into().expect("four bytes")) as usize;
             let value = self.take(n)?;
             if !all_bytes(value, is_value_byte) {
@@ -461,6 +465,47 @@ mod tests {
         assert_eq!(parts.headers, h);
         let cookies: Vec<_> = parts.headers.get_all("set-cookie").iter().collect();
         assert_eq!(cookies, ["a=1", "b=2"], "order kept");
+    }
+
+    #[test]
+    fn answering_heads_read_in_place_as_decoded() {
+        let mut h = HeaderMap::new();
+        h.append("set-cookie", HeaderValue::from_static("a=1"));
+        h.insert("x-bytes", HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap());
+        h.append("set-cookie", HeaderValue::from_static("b=2"));
+        let head = encode_response(StatusCode::IM_A_TEAPOT, &h);
+        let raw = decode_response_raw(&head).unwrap();
+        assert_eq!(raw.status, StatusCode::IM_A_TEAPOT);
+        let want: Vec<(&[u8], &[u8])> = vec![
+            (b"set-cookie", b"a=1"),
+            (b"set-cookie", b"b=2"),
+            (b"x-bytes", b"caf\xc3\xa9"),
+        ];
+        assert_eq!(raw.headers, want);
+        // A line break in a value, a bad name, a cut: refused as the mapped decoding refuses.
+        let mut w = HeadWriter::new(StatusCode::OK, 0);
+        w.push(b"x-a", b"1\r\nx-injected: 1");
+        let bad_value = w.finish();
+        let mut w = HeadWriter::new(StatusCode::OK, 0);
+        w.push(b"x a", b"1");
+        let bad_name = w.finish();
+        let cut = head.slice(..head.len() - 1);
+        for bad in [bad_value, bad_name, cut, Bytes::from_static(&[0, 99, 0, 0])] {
+            assert!(decode_response_raw(&bad).is_err(), "{bad:?}");
+            assert!(decode_response(bad).is_err());
+        }
+    }
+
+    #[test]
+    fn a_request_head_written_header_by_header_is_the_encoded_one() {
+        let mut h = HeaderMap::new();
+        h.insert("host", HeaderValue::from_static("app.example"));
+        h.insert("x-forwarded-for", HeaderValue::from_static("192.0.2.1"));
+        let uri: Uri = "/p?q=1".parse().unwrap();
+        let mut w = HeadWriter::request(b"GET", b"/p?q=1", 0);
+        w.push(b"Host", b"app.example");
+        w.push(b"x-forwarded-for", b"192.0.2.1");
+        assert_eq!(w.finish(), encode_request(&Method::GET, &uri, &h));
     }
 
     #[test]

@@ -50,8 +50,8 @@ const HOP_BY_HOP: [header::HeaderName; 9] = [
 /// Whether a proxy keeps `name` to itself (RFC 9110 §7.6.1), besides the names `Connection`
 /// lists. Sorted by length first: most names of a response are none of these, and most differ in
 /// length from all of them.
-pub fn hop_by_hop(name: &str) -> bool {
-    let is = |n: &str| name.eq_ignore_ascii_case(n);
+pub fn hop_by_hop(name: &[u8]) -> bool {
+    let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
     match name.len() {
         2 => is("te"),
         7 => is("trailer") || is("upgrade"),
