@@ -3,7 +3,8 @@
 
 Seeds are small, hand-made and meaningful: each is a valid case or one edge case, so the
 fuzzer starts from inputs that reach deep code. The input formats are documented in
-tunnel/src/fuzzing.rs (frames, local_answer) and server/src/fuzzing.rs (handshake, config, hop).
+tunnel/src/fuzzing.rs (frames, local_answer) and server/src/fuzzing.rs (handshake, config, hop,
+visitor_head).
 """
 import os
 import struct
@@ -248,6 +249,27 @@ local_answer = {
 }
 
 
+# visitor_head: the bytes a visitor's connection sends, as the server's own HTTP/1.1 reads them
+# (server/src/h1.rs) beside hyper; DOMAIN is tunnel.example.com.
+def req(line, *headers, body=b""):
+    return line + b"\r\n" + b"".join(h + b"\r\n" for h in headers) + b"\r\n" + body
+
+
+H = b"Host: app.tunnel.example.com"
+visitor_head = {
+    "get": req(b"GET /a/b?c=1 HTTP/1.1", H, b"Accept: */*"),
+    "post-body": req(b"POST /api HTTP/1.1", H, b"Content-Length: 5", b"Content-Type: text/plain", body=b"hello"),
+    "pipelined": req(b"GET / HTTP/1.1", H) + req(b"HEAD /x HTTP/1.1", H, b"Connection: close"),
+    "hop-and-forwarded": req(b"GET / HTTP/1.1", b"HOST: app.tunnel.example.com:8443", b"Keep-Alive: 5",
+                             b"Connection: keep-alive", b"X-Forwarded-For: 203.0.113.9, 10.0.0.1",
+                             b"X-Forwarded-Proto: https", b"Proxy-Authorization: x"),
+    "two-lengths": req(b"POST / HTTP/1.1", H, b"Content-Length: 3", b"Content-Length: 4", body=b"abcd"),
+    "chunked": req(b"POST / HTTP/1.1", H, b"Transfer-Encoding: chunked", body=b"3\r\nabc\r\n0\r\n\r\n"),
+    "odd-target": req(b"GET /caf\xc3\xa9?q=%zz#f HTTP/1.1", H),
+    "http10": req(b"GET / HTTP/1.0", H),
+}
+
+
 def write(target, seeds):
     d = os.path.join(CORPUS, target)
     os.makedirs(d, exist_ok=True)
@@ -261,3 +283,4 @@ write("handshake", handshake)
 write("config", config)
 write("hop", hop)
 write("local_answer", local_answer)
+write("visitor_head", visitor_head)

@@ -14,7 +14,7 @@ seconds=${FUZZ_SECONDS:-20}
 jobs=${FUZZ_JOBS:-1}
 seed=${FUZZ_SEED:-1}
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(frames handshake config hop local_answer)
+[ ${#targets[@]} -gt 0 ] || targets=(frames handshake config hop local_answer visitor_head)
 
 # A debug build of the tool: it only drives the build and the runs, and compiles faster than a release build.
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --debug

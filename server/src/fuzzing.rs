@@ -748,3 +748,105 @@ fn route(host: &str) -> Option<String> {
         _ => None,
     }
 }
+
+/// A visitor's bytes as the server's own HTTP/1.1 reads them (`h1::read_plain`), beside hyper's
+/// reading of the same bytes, which serves every request that path does not take; input: the
+/// bytes a connection sends.
+///
+/// Checks: reading never panics; a request read as plain is one hyper reads too, with the same
+/// method, target and body, so the two can never disagree on where a request ends (smuggling);
+/// its opening head decodes, carries every header hyper saw except hop-by-hop ones and the
+/// `X-Forwarded-*` the server writes itself once each, and a host that names the tunnel read.
+pub fn visitor_head(data: &[u8]) {
+    use crate::h1::{read_plain, Read};
+    use ggrok_tunnel::{head, http_util::hop_by_hop};
+
+    let visitor = Visitor::direct("192.0.2.1:5000".parse().expect("address"), false);
+    let Read::Plain(plain) = read_plain(data, &visitor, DOMAIN) else {
+        return;
+    };
+    assert!(plain.head_len + plain.body_len <= data.len());
+    let Ok(head::Open::Http(open)) = head::decode_open(plain.open.clone()) else {
+        panic!("the opening head of a plain request does not decode");
+    };
+    for name in open.headers.keys() {
+        assert!(!hop_by_hop(name.as_str().as_bytes()), "{name} passed on");
+    }
+    for name in ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"] {
+        assert_eq!(open.headers.get_all(name).iter().count(), 1, "{name}");
+    }
+    let host = open
+        .headers
+        .get(header::HOST)
+        .expect("a plain request has a host");
+    assert_eq!(
+        route(host.to_str().expect("ASCII")).as_deref(),
+        Some(plain.name)
+    );
+
+    let Some(seen) = hyper_reads(data) else {
+        panic!("hyper refuses a request read as plain");
+    };
+    assert_eq!(seen.method(), &open.method);
+    assert_eq!(seen.uri(), &open.uri);
+    let body = &data[plain.head_len..plain.head_len + plain.body_len];
+    let seen_body = seen.body().as_deref();
+    assert_eq!(seen_body, Some(body), "the body ends where hyper ends it");
+    for (name, value) in seen.headers() {
+        let forwarded = name.as_str().starts_with("x-forwarded-");
+        if !forwarded && !hop_by_hop(name.as_str().as_bytes()) {
+            let passed = open.headers.get_all(name).iter().any(|v| v == value);
+            assert!(passed, "{name}: {value:?} was not passed on");
+        }
+    }
+}
+
+/// The first request hyper's HTTP/1.1 server (with `listener.rs`'s limits) reads off `data`, its body `None` if it ended in an error; `None` if hyper read no request.
+fn hyper_reads(data: &[u8]) -> Option<http::Request<Option<bytes::Bytes>>> {
+    use std::sync::Mutex;
+    use tokio::io::AsyncWriteExt;
+
+    let first: Arc<Mutex<Option<http::Request<Option<bytes::Bytes>>>>> = Arc::default();
+    let seen = first.clone();
+    let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+        let seen = seen.clone();
+        async move {
+            let (parts, body) = req.into_parts();
+            let limited = http_body_util::Limited::new(body, 2 * crate::router::MAX_HEAD);
+            let body = limited.collect().await.ok().map(|b| b.to_bytes());
+            seen.lock()
+                .expect("lock")
+                .get_or_insert(Request::from_parts(parts, body));
+            Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Empty::<
+                bytes::Bytes,
+            >::new()))
+        }
+    });
+    runtime().block_on(async {
+        let (mut visitor, server) = tokio::io::duplex(data.len() + 1);
+        visitor.write_all(data).await.expect("pipe");
+        visitor.shutdown().await.expect("pipe");
+        // `half_close`: the end of the input must not abandon the request before it is read
+        // (reading is what is compared; hyper parses the same either way).
+        let conn = hyper::server::conn::http1::Builder::new()
+            .max_buf_size(crate::router::MAX_HEAD)
+            .half_close(true)
+            .serve_connection(hyper_util::rt::TokioIo::new(server), service);
+        // Answers go to the visitor's side of the pipe, which nobody reads: dropping it on
+        // the way lets hyper's writes fail instead of filling the pipe.
+        drop(visitor);
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), conn).await;
+    });
+    let first = first.lock().expect("lock").take();
+    first
+}
+
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime")
+    })
+}

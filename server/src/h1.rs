@@ -163,25 +163,84 @@ enum Planned {
     Partial,
 }
 
-/// Decides what serves the head at the front of `buf`; for a request this path forwards,
-/// writes the stream's opening head: the visitor's headers in order without the hop-by-hop
-/// ones, then `X-Forwarded-For`, `-Proto` and `-Host`, as [`crate::proxy`] writes them.
+/// Decides what serves the head at the front of `buf`: [`read_plain`], then the tunnel online
+/// here and open to this visitor at this rate.
 fn plan(shared: &Shared, visitor: &Visitor, buf: &[u8]) -> Planned {
+    let plain = match read_plain(buf, visitor, &shared.config.domain) {
+        Read::Plain(plain) => plain,
+        Read::Hyper => return Planned::Hyper,
+        Read::Partial => return Planned::Partial,
+    };
+    let Some(route) = shared.registry.endpoint(plain.name) else {
+        return Planned::Hyper;
+    };
+    // The password is checked, and the visitor told why not, by the router; so is the rate.
+    if route.policy.consumes_authorization()
+        || !route.policy.allows(visitor.ip)
+        || !shared.request_limit.allow(&route.name)
+    {
+        return Planned::Hyper;
+    }
+    Planned::Forward(Plan {
+        head_len: plain.head_len,
+        body_len: plain.body_len,
+        route,
+        open: plain.open,
+        head_request: plain.head_request,
+        close: plain.close,
+        accept: plain.accept,
+    })
+}
+
+/// What [`read_plain`] makes of the bytes at the front of a connection's buffer.
+#[derive(Debug)]
+pub(crate) enum Read<'b> {
+    /// A plain request.
+    Plain(Plain<'b>),
+    /// A request for hyper.
+    Hyper,
+    /// Not a whole head yet.
+    Partial,
+}
+
+/// A plain request, read.
+#[derive(Debug)]
+pub(crate) struct Plain<'b> {
+    /// The tunnel it is for (not yet looked up).
+    pub(crate) name: &'b str,
+    /// Its head's length at the front of the buffer.
+    pub(crate) head_len: usize,
+    /// Its body's, after the head (all in the buffer).
+    pub(crate) body_len: usize,
+    /// The stream's opening head.
+    pub(crate) open: Bytes,
+    /// A `HEAD` request.
+    pub(crate) head_request: bool,
+    /// The visitor asked to close after it.
+    pub(crate) close: bool,
+    /// Where its `Accept` value is in the buffer.
+    pub(crate) accept: Option<Range<usize>>,
+}
+
+/// Reads the head at the front of `buf` for a server of `domain`; for a plain request, writes
+/// the stream's opening head: the visitor's headers in order without the hop-by-hop ones, then
+/// `X-Forwarded-For`, `-Proto` and `-Host`, as [`crate::proxy`] writes them.
+pub(crate) fn read_plain<'b>(buf: &'b [u8], visitor: &Visitor, domain: &str) -> Read<'b> {
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut []);
     let head_len = match httparse::ParserConfig::default()
         .parse_request_with_uninit_headers(&mut req, buf, &mut slots)
     {
         Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Planned::Partial,
-        Err(_) => return Planned::Hyper,
+        Ok(httparse::Status::Partial) => return Read::Partial,
+        Err(_) => return Read::Hyper,
     };
     let (Some(method), Some(target), Some(1)) = (req.method, req.path, req.version) else {
-        return Planned::Hyper;
+        return Read::Hyper;
     };
     if method == "CONNECT" || !target.starts_with('/') || !all_bytes(target.as_bytes(), target_byte)
     {
-        return Planned::Hyper;
+        return Read::Hyper;
     }
 
     let mut host = None;
@@ -197,21 +256,21 @@ fn plan(shared: &Shared, visitor: &Visitor, buf: &[u8]) -> Planned {
         size += name.len() + value.len() + 6;
         let is = |n: &str| name.eq_ignore_ascii_case(n);
         match name.len() {
-            2 if is("te") => return Planned::Hyper,
+            2 if is("te") => return Read::Hyper,
             4 if is("host") => {
                 hosts += 1;
                 host = Some(value);
             }
-            6 if is("expect") => return Planned::Hyper,
+            6 if is("expect") => return Read::Hyper,
             6 if is("accept") => accept = Some(offset(buf, value)),
-            7 if is("upgrade") => return Planned::Hyper,
+            7 if is("upgrade") => return Read::Hyper,
             10 if is("connection") => {
                 for token in value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
                     if token.eq_ignore_ascii_case(b"close") {
                         close = true;
                     } else if !token.eq_ignore_ascii_case(b"keep-alive") && !token.is_empty() {
                         // An upgrade, or headers named to be dropped.
-                        return Planned::Hyper;
+                        return Read::Hyper;
                     }
                 }
             }
@@ -219,38 +278,28 @@ fn plan(shared: &Shared, visitor: &Visitor, buf: &[u8]) -> Planned {
                 lengths += 1;
                 match decimal(value.trim_ascii()) {
                     Some(n) if n <= MAX_HEAD as u64 => body_len = n as usize,
-                    _ => return Planned::Hyper,
+                    _ => return Read::Hyper,
                 }
             }
             15 if is("x-forwarded-for") => forwarded_for = true,
-            17 if is("transfer-encoding") => return Planned::Hyper,
+            17 if is("transfer-encoding") => return Read::Hyper,
             _ => {}
         }
     }
     let (Some(host), 1) = (host, hosts) else {
-        return Planned::Hyper;
+        return Read::Hyper;
     };
     if lengths > 1 || head_len + body_len > MAX_HEAD {
-        return Planned::Hyper;
+        return Read::Hyper;
     }
     if buf.len() < head_len + body_len {
         // A body that did not come with its head may be slow or stall: hyper streams it, under
         // the body idle limit (`proxy::IdleLimited`), instead of it being waited for here.
-        return Planned::Hyper;
+        return Read::Hyper;
     }
-    let Some(name) = tunnel_name(host, &shared.config.domain) else {
-        return Planned::Hyper;
+    let Some(name) = tunnel_name(host, domain) else {
+        return Read::Hyper;
     };
-    let Some(route) = shared.registry.endpoint(name) else {
-        return Planned::Hyper;
-    };
-    // The password is checked, and the visitor told why not, by the router; so is the rate.
-    if route.policy.consumes_authorization()
-        || !route.policy.allows(visitor.ip)
-        || !shared.request_limit.allow(&route.name)
-    {
-        return Planned::Hyper;
-    }
 
     let chain = forwarded_for.then(|| forwarded_chain(req.headers, visitor));
     let ip = visitor.ip_value.as_bytes();
@@ -267,10 +316,10 @@ fn plan(shared: &Shared, visitor: &Visitor, buf: &[u8]) -> Planned {
     // The host the visitor reached; `Host` itself goes on unchanged (the client rewrites it for
     // the local service).
     open.push(b"x-forwarded-host", host);
-    Planned::Forward(Plan {
+    Read::Plain(Plain {
+        name,
         head_len,
         body_len,
-        route,
         open: open.finish(),
         head_request: method == "HEAD",
         close,

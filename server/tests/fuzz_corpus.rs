@@ -52,3 +52,8 @@ fn hop_corpus() {
 fn local_answer_corpus() {
     run("local_answer", ggrok_tunnel::fuzzing::local_answer);
 }
+
+#[test]
+fn visitor_head_corpus() {
+    run("visitor_head", ggrok_server::fuzzing::visitor_head);
+}
