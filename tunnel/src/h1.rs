@@ -192,8 +192,8 @@ pub(crate) fn prepare(
     out.put_u8(b' ');
     out.put_slice(raw.target.as_bytes());
     out.put_slice(b" HTTP/1.1\r\n");
-    let put = |out: &mut BytesMut, name: &str, value: &[u8]| {
-        out.put_slice(name.as_bytes());
+    let put = |out: &mut BytesMut, name: &[u8], value: &[u8]| {
+        out.put_slice(name);
         out.put_slice(b": ");
         out.put_slice(value);
         out.put_slice(b"\r\n");
@@ -202,15 +202,15 @@ pub(crate) fn prepare(
     let mut length = None;
     let mut remote = None;
     for &(name, value) in &raw.headers {
-        if name.len() == 4 && name.eq_ignore_ascii_case("host") {
+        if name.len() == 4 && name.eq_ignore_ascii_case(b"host") {
             if let Some(host) = host {
                 if !host_written {
-                    put(&mut out, "host", host.as_bytes());
+                    put(&mut out, b"host", host.as_bytes());
                 }
                 host_written = true;
                 continue;
             }
-        } else if name.len() == 14 && name.eq_ignore_ascii_case("content-length") {
+        } else if name.len() == 14 && name.eq_ignore_ascii_case(b"content-length") {
             if length.is_some() {
                 return None;
             }
@@ -218,16 +218,16 @@ pub(crate) fn prepare(
             if !has_body || length == Some(None) {
                 continue;
             }
-        } else if name.eq_ignore_ascii_case("x-forwarded-for") {
+        } else if name.eq_ignore_ascii_case(b"x-forwarded-for") {
             let last = value.rsplit(|b| *b == b',').next().unwrap_or(b"");
             remote = std::str::from_utf8(last.trim_ascii())
                 .ok()
                 .map(str::to_owned);
         } else if hop_by_hop(name) {
-            if name.eq_ignore_ascii_case("upgrade") {
+            if name.eq_ignore_ascii_case(b"upgrade") {
                 return None;
             }
-            if name.eq_ignore_ascii_case("connection") {
+            if name.eq_ignore_ascii_case(b"connection") {
                 let plain = value.split(|b| *b == b',').all(|t| {
                     let t = t.trim_ascii();
                     t.eq_ignore_ascii_case(b"keep-alive") || t.eq_ignore_ascii_case(b"close")
@@ -237,19 +237,19 @@ pub(crate) fn prepare(
                 }
             }
             // `TE: trailers` passes (gRPC needs it; see `strip_hop_by_hop`).
-            let trailers = name.eq_ignore_ascii_case("te")
+            let trailers = name.eq_ignore_ascii_case(b"te")
                 && value
                     .split(|b| *b == b',')
                     .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"));
             if trailers {
-                put(&mut out, "te", b"trailers");
+                put(&mut out, b"te", b"trailers");
             }
             continue;
         }
         put(&mut out, name, value);
     }
     if let (Some(host), false) = (host, host_written) {
-        put(&mut out, "host", host.as_bytes());
+        put(&mut out, b"host", host.as_bytes());
     }
     let upload = match (has_body, length) {
         (false, _) => Upload::None,
@@ -259,7 +259,7 @@ pub(crate) fn prepare(
     match upload {
         Upload::Length(_) => {}
         Upload::Chunked => out.put_slice(b"transfer-encoding: chunked\r\n"),
-        Upload::None if length.is_some() => put(&mut out, "content-length", b"0"),
+        Upload::None if length.is_some() => put(&mut out, b"content-length", b"0"),
         Upload::None => {}
     }
     out.put_slice(b"\r\n");
@@ -535,8 +535,8 @@ enum Parsed {
 /// Whether a proxy keeps `name` to itself (RFC 9110 §7.6.1), besides the names `Connection`
 /// lists. Sorted by length first: most names of a response are none of these, and most differ in
 /// length from all of them.
-fn hop_by_hop(name: &str) -> bool {
-    let is = |n: &str| name.eq_ignore_ascii_case(n);
+fn hop_by_hop(name: &[u8]) -> bool {
+    let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
     match name.len() {
         2 => is("te"),
         7 => is("trailer") || is("upgrade"),
@@ -640,7 +640,7 @@ fn parse_head(buf: &[u8], head_request: bool) -> Result<Parsed, Error> {
     let size: usize = headers.iter().map(|h| h.name.len() + h.value.len()).sum();
     let mut frame = ResponseHeadWriter::new(status, size + 6 * headers.len());
     for h in headers.iter() {
-        let hop = hop_by_hop(h.name)
+        let hop = hop_by_hop(h.name.as_bytes())
             || listed
                 .iter()
                 .any(|n| n.eq_ignore_ascii_case(h.name.as_bytes()));

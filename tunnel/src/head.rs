@@ -252,8 +252,9 @@ pub struct RawRequest<'a> {
     pub method: Method,
     /// The origin-form target (path and query), or `*`.
     pub target: &'a str,
-    /// The headers in order: names as sent (the server sends them lowercase), values as bytes.
-    pub headers: Vec<(&'a str, &'a [u8])>,
+    /// The headers in order: names as sent (the server sends them lowercase; tokens, so ASCII)
+    /// and values, as bytes.
+    pub headers: Vec<(&'a [u8], &'a [u8])>,
 }
 
 /// Whether `b` may appear in a header name or a method (RFC 9110 §5.6.2, `tchar`).
@@ -344,7 +345,6 @@ pub fn decode_request_raw(buf: &[u8]) -> Result<Option<RawRequest<'_>>, HeadErro
         if name.is_empty() || !all_bytes(name, is_tchar) {
             return Err(HeadError("bad header name"));
         }
-        let name = std::str::from_utf8(name).map_err(|_| HeadError("bad header name"))?;
         let n = u32::from_be_bytes(cursor.take(4)?.try_into().expect("four bytes")) as usize;
         let value = cursor.take(n)?;
         if !all_bytes(value, is_value_byte) {
@@ -434,7 +434,10 @@ mod tests {
         let head = encode_request(&Method::PATCH, &uri, &h);
         let raw = decode_request_raw(&head).unwrap().unwrap();
         assert_eq!((raw.method, raw.target), (Method::PATCH, "/p/a%20th?q=1&r"));
-        let pairs: Vec<_> = h.iter().map(|(k, v)| (k.as_str(), v.as_bytes())).collect();
+        let pairs: Vec<_> = h
+            .iter()
+            .map(|(k, v)| (k.as_str().as_bytes(), v.as_bytes()))
+            .collect();
         assert_eq!(raw.headers, pairs);
         assert!(decode_request_raw(&encode_tcp("1.2.3.4:5"))
             .unwrap()
