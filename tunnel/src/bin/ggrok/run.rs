@@ -323,7 +323,8 @@ fn print_batch<T>(
     prefix: &str,
 ) {
     use std::io::Write;
-    let mut out = String::new();
+    // Room for a few lines at once: a string grown from empty reallocates on every request.
+    let mut out = String::with_capacity(256);
     let mut add = |e: &T| {
         let start = out.len();
         line(&mut out, e);
