@@ -582,9 +582,11 @@ fn parse_head(buf: &[u8], head_request: bool) -> Result<Parsed, Error> {
     let mut chunked = None;
     let mut named = false;
     let mut lengths = 0;
+    let mut length = &b""[..];
     for h in headers.iter() {
         if h.name.len() == 14 && h.name.eq_ignore_ascii_case("content-length") {
             lengths += 1;
+            length = h.value;
         } else if h.name.eq_ignore_ascii_case("connection") {
             for token in h.value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
                 if token.eq_ignore_ascii_case(b"close") {
@@ -607,6 +609,13 @@ fn parse_head(buf: &[u8], head_request: bool) -> Result<Parsed, Error> {
             Some(true) => Framing::Chunked(Chunk::Size),
             Some(false) => Framing::Close,
             None if lengths == 0 => Framing::Close,
+            // One value (nearly always) is the one seen above, not looked for again.
+            None if lengths == 1 => {
+                match content_length(std::iter::once(length)).map_err(Error::Invalid)? {
+                    Some(n) => Framing::Length(n),
+                    None => Framing::Close,
+                }
+            }
             None => match content_length(
                 headers
                     .iter()
