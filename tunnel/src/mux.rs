@@ -939,6 +939,9 @@ where
                             by_peer: true,
                             head_received: true,
                             queued_bytes: len,
+                            // Sized as its first growth would: one allocation, not the growth
+                            // path's, on every stream.
+                            queue: VecDeque::with_capacity(4),
                             ..StreamState::default()
                         };
                         s.queue.push_back(Item::Head(keep(payload)));
