@@ -530,8 +530,14 @@ impl http_body::Body for Recorded {
                 if let Some(data) = frame.data_ref() {
                     this.size += data.len() as u64;
                     let room = this.limit.saturating_sub(this.captured.len());
-                    this.captured
-                        .extend_from_slice(&data[..room.min(data.len())]);
+                    let kept = &data[..room.min(data.len())];
+                    if this.captured.capacity() == 0 {
+                        // The first piece (of most bodies, the only one): allocated at its size
+                        // at once rather than through the growth path.
+                        this.captured = BytesMut::from(kept);
+                    } else {
+                        this.captured.extend_from_slice(kept);
+                    }
                 }
             }
             Poll::Ready(Some(Err(e))) => {
