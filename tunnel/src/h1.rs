@@ -902,6 +902,12 @@ impl<F: FnOnce(Conn) + Send + Unpin> http_body::Body for ResponseBody<F> {
                     } else {
                         conn.buf.split_to(n).freeze()
                     };
+                    // The last bytes of a body of known length: ended now, so that the
+                    // connection is free and `is_end_stream` says so (the answer's last data
+                    // then carries the stream's FIN).
+                    if matches!(this.framing, Framing::Length(0)) {
+                        this.end();
+                    }
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
                 Decoded::End(trailers) => {
