@@ -479,7 +479,7 @@ where
         let body = &buf[plan.head_len..plan.head_len + plan.body_len];
         route.metrics.count_bytes(body.len() as u64, 0);
         // An answer may come before the body is taken (a refusal): it is read all the same.
-        if let Err(e) = async { stream.send(body).await.and_then(|()| stream.finish()) }.await {
+        if let Err(e) = stream.send_last(body).await {
             debug!(%e, "request body not sent whole");
         }
     }

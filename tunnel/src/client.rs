@@ -577,9 +577,11 @@ impl Engine {
                 });
                 return;
             }
-            let forwarder = forwarder.clone();
+            // Boxed: the future is large and spawning moves it several times (into the task,
+            // and its stage on completion), each a copy of its whole size.
+            let served = Box::pin(forwarder.clone().serve_stream(stream));
             tokio::spawn(async move {
-                let _ = until_stopped(cancel.cancelled(), forwarder.serve_stream(stream)).await;
+                let _ = until_stopped(cancel.cancelled(), served).await;
             });
         });
         tokio::pin!(driven);

@@ -350,7 +350,7 @@ impl Forwarder {
         let exchange = Exchange {
             id,
             started_ms: now_ms(),
-            method: method.to_string(),
+            method: method.as_str().to_owned(),
             path,
             status: None,
             duration_ms: 0,

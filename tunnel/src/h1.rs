@@ -192,8 +192,8 @@ pub(crate) fn prepare(
     out.put_u8(b' ');
     out.put_slice(raw.target.as_bytes());
     out.put_slice(b" HTTP/1.1\r\n");
-    let put = |out: &mut BytesMut, name: &str, value: &[u8]| {
-        out.put_slice(name.as_bytes());
+    let put = |out: &mut BytesMut, name: &[u8], value: &[u8]| {
+        out.put_slice(name);
         out.put_slice(b": ");
         out.put_slice(value);
         out.put_slice(b"\r\n");
@@ -202,15 +202,15 @@ pub(crate) fn prepare(
     let mut length = None;
     let mut remote = None;
     for &(name, value) in &raw.headers {
-        if name.len() == 4 && name.eq_ignore_ascii_case("host") {
+        if name.len() == 4 && name.eq_ignore_ascii_case(b"host") {
             if let Some(host) = host {
                 if !host_written {
-                    put(&mut out, "host", host.as_bytes());
+                    put(&mut out, b"host", host.as_bytes());
                 }
                 host_written = true;
                 continue;
             }
-        } else if name.len() == 14 && name.eq_ignore_ascii_case("content-length") {
+        } else if name.len() == 14 && name.eq_ignore_ascii_case(b"content-length") {
             if length.is_some() {
                 return None;
             }
@@ -218,16 +218,16 @@ pub(crate) fn prepare(
             if !has_body || length == Some(None) {
                 continue;
             }
-        } else if name.eq_ignore_ascii_case("x-forwarded-for") {
+        } else if name.eq_ignore_ascii_case(b"x-forwarded-for") {
             let last = value.rsplit(|b| *b == b',').next().unwrap_or(b"");
             remote = std::str::from_utf8(last.trim_ascii())
                 .ok()
                 .map(str::to_owned);
-        } else if hop_by_hop(name.as_bytes()) {
-            if name.eq_ignore_ascii_case("upgrade") {
+        } else if hop_by_hop(name) {
+            if name.eq_ignore_ascii_case(b"upgrade") {
                 return None;
             }
-            if name.eq_ignore_ascii_case("connection") {
+            if name.eq_ignore_ascii_case(b"connection") {
                 let plain = value.split(|b| *b == b',').all(|t| {
                     let t = t.trim_ascii();
                     t.eq_ignore_ascii_case(b"keep-alive") || t.eq_ignore_ascii_case(b"close")
@@ -237,19 +237,19 @@ pub(crate) fn prepare(
                 }
             }
             // `TE: trailers` passes (gRPC needs it; see `strip_hop_by_hop`).
-            let trailers = name.eq_ignore_ascii_case("te")
+            let trailers = name.eq_ignore_ascii_case(b"te")
                 && value
                     .split(|b| *b == b',')
                     .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"));
             if trailers {
-                put(&mut out, "te", b"trailers");
+                put(&mut out, b"te", b"trailers");
             }
             continue;
         }
         put(&mut out, name, value);
     }
     if let (Some(host), false) = (host, host_written) {
-        put(&mut out, "host", host.as_bytes());
+        put(&mut out, b"host", host.as_bytes());
     }
     let upload = match (has_body, length) {
         (false, _) => Upload::None,
@@ -259,7 +259,7 @@ pub(crate) fn prepare(
     match upload {
         Upload::Length(_) => {}
         Upload::Chunked => out.put_slice(b"transfer-encoding: chunked\r\n"),
-        Upload::None if length.is_some() => put(&mut out, "content-length", b"0"),
+        Upload::None if length.is_some() => put(&mut out, b"content-length", b"0"),
         Upload::None => {}
     }
     out.put_slice(b"\r\n");
@@ -565,9 +565,11 @@ fn parse_head(buf: &[u8], head_request: bool) -> Result<Parsed, Error> {
     let mut chunked = None;
     let mut named = false;
     let mut lengths = 0;
+    let mut length = &b""[..];
     for h in headers.iter() {
         if h.name.len() == 14 && h.name.eq_ignore_ascii_case("content-length") {
             lengths += 1;
+            length = h.value;
         } else if h.name.eq_ignore_ascii_case("connection") {
             for token in h.value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
                 if token.eq_ignore_ascii_case(b"close") {
@@ -590,6 +592,13 @@ fn parse_head(buf: &[u8], head_request: bool) -> Result<Parsed, Error> {
             Some(true) => Framing::Chunked(Chunk::Size),
             Some(false) => Framing::Close,
             None if lengths == 0 => Framing::Close,
+            // One value (nearly always) is the one seen above, not looked for again.
+            None if lengths == 1 => {
+                match content_length(std::iter::once(length)).map_err(Error::Invalid)? {
+                    Some(n) => Framing::Length(n),
+                    None => Framing::Close,
+                }
+            }
             None => match content_length(
                 headers
                     .iter()
@@ -876,6 +885,12 @@ impl<F: FnOnce(Conn) + Send + Unpin> http_body::Body for ResponseBody<F> {
                     } else {
                         conn.buf.split_to(n).freeze()
                     };
+                    // The last bytes of a body of known length: ended now, so that the
+                    // connection is free and `is_end_stream` says so (the answer's last data
+                    // then carries the stream's FIN).
+                    if matches!(this.framing, Framing::Length(0)) {
+                        this.end();
+                    }
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
                 Decoded::End(trailers) => {

@@ -281,8 +281,9 @@ pub struct RawRequest<'a> {
     pub method: Method,
     /// The origin-form target (path and query), or `*`.
     pub target: &'a str,
-    /// The headers in order: names as sent (the server sends them lowercase), values as bytes.
-    pub headers: Vec<(&'a str, &'a [u8])>,
+    /// The headers in order: names as sent (the server sends them lowercase; tokens, so ASCII)
+    /// and values, as bytes.
+    pub headers: Vec<(&'a [u8], &'a [u8])>,
 }
 
 /// Whether `b` may appear in a header name or a method (RFC 9110 §5.6.2, `tchar`).
@@ -350,8 +351,7 @@ pub fn decode_request_raw(buf: &[u8]) -> Result<Option<RawRequest<'_>>, HeadErro
         return Err(HeadError("the target is not in origin form"));
     }
     let target = std::str::from_utf8(target).map_err(|_| HeadError("bad target"))?;
-    // Names are tokens, so ASCII: the conversion cannot fail.
-    let headers = cursor.headers(|n| std::str::from_utf8(n).map_err(|_| HeadError("bad name")))?;
+    let headers = cursor.headers(Ok)?;
     Ok(Some(RawRequest {
         method,
         target,
@@ -537,7 +537,10 @@ mod tests {
         let head = encode_request(&Method::PATCH, &uri, &h);
         let raw = decode_request_raw(&head).unwrap().unwrap();
         assert_eq!((raw.method, raw.target), (Method::PATCH, "/p/a%20th?q=1&r"));
-        let pairs: Vec<_> = h.iter().map(|(k, v)| (k.as_str(), v.as_bytes())).collect();
+        let pairs: Vec<_> = h
+            .iter()
+            .map(|(k, v)| (k.as_str().as_bytes(), v.as_bytes()))
+            .collect();
         assert_eq!(raw.headers, pairs);
         assert!(decode_request_raw(&encode_tcp("1.2.3.4:5"))
             .unwrap()

@@ -939,6 +939,9 @@ where
                             by_peer: true,
                             head_received: true,
                             queued_bytes: len,
+                            // Sized as its first growth would: one allocation, not the growth
+                            // path's, on every stream.
+                            queue: VecDeque::with_capacity(4),
                             ..StreamState::default()
                         };
                         s.queue.push_back(Item::Head(keep(payload)));
@@ -1351,6 +1354,17 @@ impl MuxStream {
     /// Sends what fits of `data` now (stream and session credit, outbox room) as DATA frames;
     /// returns how much was taken.
     pub fn poll_send(&self, cx: &mut Context<'_>, data: &[u8]) -> Poll<Result<usize, MuxError>> {
+        self.poll_send_fin(cx, data, false)
+    }
+
+    /// [`poll_send`](Self::poll_send), ending our half with the last frame if `fin` and all of
+    /// `data` was taken.
+    fn poll_send_fin(
+        &self,
+        cx: &mut Context<'_>,
+        data: &[u8],
+        fin: bool,
+    ) -> Poll<Result<usize, MuxError>> {
         let id = self.handle.id;
         let inner = self.inner();
         let mut st = inner.lock();
@@ -1385,6 +1399,8 @@ impl MuxStream {
             .min(st.send_credit as usize)
             .min(MAX_OUTBOX);
         s.send_credit -= n as u32;
+        let last = fin && n == data.len();
+        s.send_done |= last;
         st.send_credit -= n as u64;
         let was_empty = st.out.is_empty();
         if n >= OWN_MESSAGE {
@@ -1394,8 +1410,14 @@ impl MuxStream {
             st.out
                 .reserve(room.max(n + FRAME_HEADER_LEN * n.div_ceil(MAX_DATA_FRAME)));
         }
-        for chunk in data[..n].chunks(MAX_DATA_FRAME) {
-            st.frame(FRAME_DATA, 0, id, chunk);
+        let mut chunks = data[..n].chunks(MAX_DATA_FRAME).peekable();
+        while let Some(chunk) = chunks.next() {
+            let flags = if last && chunks.peek().is_none() {
+                FLAG_FIN
+            } else {
+                0
+            };
+            st.frame(FRAME_DATA, flags, id, chunk);
         }
         if was_empty {
             inner.writer.wake();
@@ -1407,6 +1429,19 @@ impl MuxStream {
     pub async fn send(&self, mut data: &[u8]) -> Result<(), MuxError> {
         while !data.is_empty() {
             let n = poll_fn(|cx| self.poll_send(cx, data)).await?;
+            data = &data[n..];
+        }
+        Ok(())
+    }
+
+    /// Sends all of `data` and ends our half: its last DATA frame carries FIN, one frame fewer
+    /// than [`send`](Self::send) and then [`finish`](Self::finish).
+    pub async fn send_last(&self, mut data: &[u8]) -> Result<(), MuxError> {
+        if data.is_empty() {
+            return self.finish();
+        }
+        while !data.is_empty() {
+            let n = poll_fn(|cx| self.poll_send_fin(cx, data, true)).await?;
             data = &data[n..];
         }
         Ok(())
@@ -2026,6 +2061,62 @@ mod tests {
         drop(sink);
         drain.abort();
         result
+    }
+
+    /// A body that knows it has ended after its data goes out as one DATA frame carrying FIN,
+    /// not the data and then an empty frame to end the stream.
+    #[tokio::test]
+    async fn a_body_s_last_data_carries_the_stream_s_fin() {
+        let (peer, ours) = ws_pair(1 << 20).await;
+        let (_client, driver) = start(ours, Role::Connector, Config::new(true));
+        let (tx, mut accepted) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(driver.run(move |s| {
+            let _ = tx.send(s);
+        }));
+        let (mut sink, mut read) = peer.split();
+        sink.send(frames(&[(FRAME_OPEN, FLAG_FIN, 1, b"req")]))
+            .await
+            .unwrap();
+        let stream = accepted.recv().await.unwrap();
+        assert_eq!(
+            stream.recv().await.unwrap().unwrap(),
+            Item::Head("req".into())
+        );
+        stream
+            .send_head("answer".into(), false, false)
+            .await
+            .unwrap();
+        let body = crate::http_util::full(Bytes::from_static(b"abc"));
+        crate::mux_body::send_body(&stream, body).await.unwrap();
+        assert!(matches!(stream.send(b"x").await, Err(MuxError::Closed)));
+
+        let mut seen = Vec::new();
+        let ended = async {
+            while let Some(Ok(Message::Binary(mut msg))) = read.next().await {
+                while msg.len() >= FRAME_HEADER_LEN {
+                    let (ty, flags) = (msg[0], msg[1]);
+                    let len = u32::from_be_bytes(msg[6..10].try_into().unwrap()) as usize;
+                    let payload = msg.slice(FRAME_HEADER_LEN..FRAME_HEADER_LEN + len);
+                    msg = msg.slice(FRAME_HEADER_LEN + len..);
+                    if ty == FRAME_DATA || ty == FRAME_HEADERS {
+                        seen.push((ty, flags, payload));
+                        if flags & FLAG_FIN != 0 {
+                            return;
+                        }
+                    }
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), ended)
+            .await
+            .expect("the stream ends");
+        assert_eq!(
+            seen,
+            [
+                (FRAME_HEADERS, 0, Bytes::from_static(b"answer")),
+                (FRAME_DATA, FLAG_FIN, Bytes::from_static(b"abc")),
+            ]
+        );
     }
 
     #[tokio::test]

@@ -88,8 +88,12 @@ pub enum SendError {
 /// fails resets the stream, so the peer does not take a cut-off body for a whole one.
 pub async fn send_body(stream: &MuxStream, mut body: Body) -> Result<u64, SendError> {
     let mut sent = 0u64;
+    let mut next = None;
     loop {
-        let frame = poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await;
+        let frame = match next.take() {
+            Some(frame) => frame,
+            None => poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await,
+        };
         match frame {
             None => {
                 stream.finish()?;
@@ -102,6 +106,17 @@ pub async fn send_body(stream: &MuxStream, mut body: Body) -> Result<u64, SendEr
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(data) => {
                     sent += data.len() as u64;
+                    if body.is_end_stream() {
+                        // A body that knows it has ended (read to its length): its end is taken
+                        // now (ready at once; a recorded body publishes there) and the data
+                        // carries FIN, rather than an empty frame after it.
+                        let end = poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await;
+                        if end.is_none() {
+                            stream.send_last(&data).await?;
+                            return Ok(sent);
+                        }
+                        next = Some(end);
+                    }
                     stream.send(&data).await?;
                 }
                 Err(frame) => {

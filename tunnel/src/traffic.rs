@@ -382,7 +382,10 @@ impl Traffic {
 
     /// Stores and broadcasts a finished exchange.
     pub fn publish(&self, exchange: Exchange) {
-        let exchange = Arc::new(exchange);
+        self.publish_shared(Arc::new(exchange));
+    }
+
+    fn publish_shared(&self, exchange: Arc<Exchange>) {
         {
             let mut ring = self.inner.ring.lock().expect("ring lock");
             if self.inner.ring_size == 0 {
@@ -419,7 +422,9 @@ impl Default for Traffic {
 pub(crate) struct Pending {
     traffic: Traffic,
     started: Instant,
-    exchange: Mutex<Option<Exchange>>,
+    /// Allocated where it will be published: the exchange is not moved again (it is large, and
+    /// each move was a copy per request). Not shared until published, so always unique here.
+    exchange: Mutex<Option<Arc<Exchange>>>,
 }
 
 impl Pending {
@@ -427,13 +432,14 @@ impl Pending {
         Arc::new(Self {
             traffic,
             started: Instant::now(),
-            exchange: Mutex::new(Some(exchange)),
+            exchange: Mutex::new(Some(Arc::new(exchange))),
         })
     }
 
     /// Changes the exchange if it is not published yet.
     pub(crate) fn update(&self, f: impl FnOnce(&mut Exchange)) {
-        if let Some(e) = self.exchange.lock().expect("pending lock").as_mut() {
+        let mut exchange = self.exchange.lock().expect("pending lock");
+        if let Some(e) = exchange.as_mut().and_then(Arc::get_mut) {
             f(e);
         }
     }
@@ -442,8 +448,10 @@ impl Pending {
     pub(crate) fn finish(&self) {
         let taken = self.exchange.lock().expect("pending lock").take();
         if let Some(mut e) = taken {
-            e.duration_ms = self.started.elapsed().as_millis() as u64;
-            self.traffic.publish(e);
+            if let Some(e) = Arc::get_mut(&mut e) {
+                e.duration_ms = self.started.elapsed().as_millis() as u64;
+            }
+            self.traffic.publish_shared(e);
         }
     }
 }
@@ -522,8 +530,14 @@ impl http_body::Body for Recorded {
                 if let Some(data) = frame.data_ref() {
                     this.size += data.len() as u64;
                     let room = this.limit.saturating_sub(this.captured.len());
-                    this.captured
-                        .extend_from_slice(&data[..room.min(data.len())]);
+                    let kept = &data[..room.min(data.len())];
+                    if this.captured.capacity() == 0 {
+                        // The first piece (of most bodies, the only one): allocated at its size
+                        // at once rather than through the growth path.
+                        this.captured = BytesMut::from(kept);
+                    } else {
+                        this.captured.extend_from_slice(kept);
+                    }
                 }
             }
             Poll::Ready(Some(Err(e))) => {
