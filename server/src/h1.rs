@@ -238,7 +238,11 @@ pub(crate) fn read_plain<'b>(buf: &'b [u8], visitor: &Visitor, domain: &str) -> 
     let (Some(method), Some(target), Some(1)) = (req.method, req.path, req.version) else {
         return Read::Hyper;
     };
-    if method == "CONNECT" || !target.starts_with('/') || !all_bytes(target.as_bytes(), target_byte)
+    // A head frame carries a method of at most 255 bytes; the router refuses a longer one.
+    if method == "CONNECT"
+        || method.len() > u8::MAX as usize
+        || !target.starts_with('/')
+        || !all_bytes(target.as_bytes(), target_byte)
     {
         return Read::Hyper;
     }

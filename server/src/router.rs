@@ -153,6 +153,8 @@ enum Unroutable {
     Host(&'static str),
     /// A transfer coding other than plain `chunked`.
     TransferCoding,
+    /// A method longer than a head frame carries (255 bytes).
+    MethodTooLong,
     /// A head over [`MAX_HEAD`].
     HeadTooLarge,
 }
@@ -169,6 +171,10 @@ impl Unroutable {
                 let message = "Only the chunked transfer coding is supported.";
                 pages::refuse_and_close(shared, StatusCode::NOT_IMPLEMENTED, message, json)
             }
+            Self::MethodTooLong => {
+                let message = "Methods longer than 255 bytes are not supported.";
+                pages::refuse_and_close(shared, StatusCode::NOT_IMPLEMENTED, message, json)
+            }
             Self::HeadTooLarge => {
                 let message = format!("Request headers over {} KiB are refused.", MAX_HEAD / 1024);
                 let status = StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
@@ -183,6 +189,9 @@ fn checked_host<B>(req: &Request<B>) -> Result<String, Unroutable> {
     let host = request_host(req).map_err(Unroutable::Host)?;
     if unsupported_transfer_coding(req.headers()) {
         return Err(Unroutable::TransferCoding);
+    }
+    if req.method().as_str().len() > u8::MAX as usize {
+        return Err(Unroutable::MethodTooLong);
     }
     if head_len(req) > MAX_HEAD {
         return Err(Unroutable::HeadTooLarge);
@@ -433,9 +442,17 @@ mod tests {
             .header(header::TRANSFER_ENCODING, "gzip, chunked")
             .body(empty())
             .unwrap();
+        // The head frame carries a method of at most 255 bytes.
+        let long = Request::builder()
+            .method(http::Method::from_bytes("M".repeat(256).as_bytes()).unwrap())
+            .uri("/")
+            .header(header::HOST, "app.localhost")
+            .body(empty())
+            .unwrap();
         for (req, want) in [
             (two_hosts, StatusCode::BAD_REQUEST),
             (gzip, StatusCode::NOT_IMPLEMENTED),
+            (long, StatusCode::NOT_IMPLEMENTED),
         ] {
             let (status, h, _) = oneshot(&r, req).await;
             assert_eq!(status, want);
