@@ -1,18 +1,19 @@
 //! The server's own HTTP/1.1 for the request nearly every visitor sends: a plain HTTP/1.1 request
 //! for a tunnel online on this node, without a body or with a small one that came whole with its
-//! head (a `Content-Length` within [`MAX_HEAD`] with the head, in the buffer already). The head is parsed in place by `httparse`,
-//! the stream's opening head is written straight from it, and the client's answering head and
-//! body are written back as HTTP/1.1: no header map on either side, no dispatch between a
-//! request and its connection. hyper's HTTP/1.1 server with its header maps was about half of
-//! the server's instructions per request (docs/benchmarks.md, "Why it is built this way").
+//! head (a `Content-Length` within [`MAX_HEAD`] with the head, in the buffer already). The head
+//! is parsed in place by `httparse`, the stream's opening head is written straight from it, and
+//! the client's answering head and body are written back as HTTP/1.1: no header map on either
+//! side, no dispatch between a request and its connection. hyper's HTTP/1.1 server with its
+//! header maps was about half of the server's instructions per request (docs/benchmarks.md, "Why
+//! it is built this way").
 //!
 //! Everything else goes to hyper, with the connection and what was read of it, for the rest of
-//! the connection's life: a chunked, larger or late body, an upgrade, `Expect`, `TE`, a `Connection`
-//! that names headers, a host or target outside the plain forms, a tunnel not online here or
-//! protected by a password, a refused rate, HTTP/1.0, a head `httparse` refuses or that is too
-//! large, and every connection of a cluster node or from a trusted proxy. The [`Router`] then
-//! serves it exactly as before, so every page, limit and check keeps one implementation; this
-//! path only ever forwards.
+//! the connection's life: a chunked, larger or late body, an upgrade, `Expect`, `TE`, a
+//! `Connection` that names headers, a host or target outside the plain forms, a tunnel not online
+//! here, placed on another node by a cluster's table, or protected by a password, a refused rate,
+//! HTTP/1.0, a head `httparse` refuses or that is too large, and every connection from a trusted
+//! proxy. The [`Router`] then serves it exactly as before, so every page, limit and check keeps
+//! one implementation; this path only ever forwards.
 //!
 //! [`Router`]: crate::router::Router
 
@@ -38,6 +39,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::debug;
 
 use crate::{
+    cluster::node::Place,
     cookies,
     proxy::Refuse,
     registry::Endpoint,
@@ -65,10 +67,10 @@ pub(crate) async fn serve<I>(
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
-    // A trusted proxy's requests name their visitor in headers (`Visitor::through`), and a
-    // cluster node may send a request on to another node: both are the router's.
+    // A trusted proxy's requests name their visitor in headers (`Visitor::through`): the
+    // router's.
     let config = &shared.config;
-    if config.cluster.is_some() || visitor::is_trusted(&config.trusted_proxies, visitor.ip) {
+    if visitor::is_trusted(&config.trusted_proxies, visitor.ip) {
         return Some(Prefixed::new(Bytes::new(), io));
     }
     let mut buf = BytesMut::new();
@@ -171,6 +173,13 @@ fn plan(shared: &Shared, visitor: &Visitor, buf: &[u8]) -> Planned {
         Read::Hyper => return Planned::Hyper,
         Read::Partial => return Planned::Partial,
     };
+    // In a cluster, only a tunnel the cluster's table places here: the router sends requests
+    // for the others on to their node, and looks up names the table does not know yet.
+    if let Some(node) = &shared.config.cluster {
+        if !matches!(node.place(plain.name), Place::Local) {
+            return Planned::Hyper;
+        }
+    }
     let Some(route) = shared.registry.endpoint(plain.name) else {
         return Planned::Hyper;
     };
