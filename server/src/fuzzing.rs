@@ -14,7 +14,7 @@ use std::{
 use base64::Engine;
 use futures_util::FutureExt;
 use ggrok_tunnel::{
-    fuzzing::{client_reads_refusal, ClientVerdict},
+    fuzzing::{client_reads_refusal, runtime, ClientVerdict},
     protocol::{self, Refusal, RefusalKind},
 };
 use http::{header, HeaderMap, HeaderName, HeaderValue, Request};
@@ -839,14 +839,4 @@ fn hyper_reads(data: &[u8]) -> Option<http::Request<Option<bytes::Bytes>>> {
     });
     let first = first.lock().expect("lock").take();
     first
-}
-
-fn runtime() -> &'static tokio::runtime::Runtime {
-    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    RT.get_or_init(|| {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("tokio runtime")
-    })
 }

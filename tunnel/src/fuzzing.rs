@@ -198,7 +198,8 @@ async fn drain<R: AsyncRead + Unpin>(mut r: R) {
     let _ = tokio::io::copy(&mut r, &mut tokio::io::sink()).await;
 }
 
-fn runtime() -> &'static tokio::runtime::Runtime {
+/// The one current-thread runtime the async entry points run on (here and in the server's).
+pub fn runtime() -> &'static tokio::runtime::Runtime {
     static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
     RT.get_or_init(|| {
         tokio::runtime::Builder::new_current_thread()
