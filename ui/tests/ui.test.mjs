@@ -612,6 +612,8 @@ test("QR code of the public URL beside Copy, on the card and in the Expose resul
   assert.equal(await qr.getAttribute("data-modules"), "29");
   assert.ok((await qr.locator("path").getAttribute("d")).length > 100, "modules drawn");
   await page.click(tid("cancel"));
+  // Closing the form hides the QR it opened, at the next render.
+  await page.waitForFunction(() => !document.querySelector('[data-testid="expose-form"]'));
 
   const card = page.locator(tid("tunnel"));
   assert.equal(await card.locator(tid("qr")).count(), 0, "hidden until asked for");
