@@ -14,6 +14,7 @@ CORPUS = os.path.join(HERE, "corpus")
 
 # frames: mode byte, then records [tag u8][len u16 LE][payload].
 MUX, CLIENT, SERVER = 0, 1, 2
+WS_CLIENT, WS_SERVER = 0xFE, 0xFF
 BINARY, TEXT, PING, PONG, CLOSE, FRAME, RAW, BIG, SETTLE = range(9)
 MAX_MESSAGE = 1024 * 1024
 
@@ -105,6 +106,13 @@ frames = {
     "server-second-head": bytes([SERVER]) + rec(SETTLE)
     + rec(BINARY, frame(HEADERS, 0, 1, response(200, [])) + frame(HEADERS, 0, 1, response(200, []))),
     "server-unmasked": bytes([SERVER]) + rec(FRAME, b"\x82\x01" + frame(DATA, 0, 1, b"x")),
+    # The WebSocket framing alone, beside tungstenite (client role, server role).
+    "ws-client-messages": bytes([WS_CLIENT]) + rec(BINARY, b"a" * 200) + rec(PING, b"p")
+    + rec(FRAME, b"\x02\x00frag") + rec(PONG) + rec(FRAME, b"\x80\x00ment") + big(70000)
+    + rec(CLOSE),
+    "ws-server-messages": bytes([WS_SERVER]) + rec(BINARY, b"masked") + big(MAX_MESSAGE)
+    + rec(TEXT, b"\xff") + rec(BINARY, b"after"),
+    "ws-server-cut": bytes([WS_SERVER]) + rec(BINARY, b"whole") + rec(RAW, b"\x82\xfe\x01"),
 }
 
 HS_OK = (b"upgrade: websocket\nconnection: Upgrade\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\n"

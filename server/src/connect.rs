@@ -8,15 +8,13 @@ use ggrok_tunnel::{
     mux,
     protocol::{self, Refusal, RefusalKind},
     stop::until_stopped,
+    ws,
 };
 use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
-use tokio_tungstenite::{
-    tungstenite::{handshake::derive_accept_key, protocol::Role},
-    WebSocketStream,
-};
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tracing::{info, info_span, warn, Instrument};
 
 use crate::{
@@ -168,12 +166,7 @@ async fn session(
             return;
         }
     };
-    let ws = WebSocketStream::from_raw_socket(
-        TokioIo::new(upgraded),
-        Role::Server,
-        Some(protocol::websocket_config()),
-    )
-    .await;
+    let ws = ws::Socket::new(TokioIo::new(upgraded), ws::Role::Server);
     let config = mux::Config {
         heartbeat: shared.config.heartbeat,
         // A stream whose reader stopped (an upload the local service does not read, a visitor

@@ -545,12 +545,7 @@ mod tests {
             }
         });
         let (io, _peer) = tokio::io::duplex(64);
-        let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
-            io,
-            tokio_tungstenite::tungstenite::protocol::Role::Server,
-            None,
-        )
-        .await;
+        let ws = ggrok_tunnel::ws::Socket::new(io, ggrok_tunnel::ws::Role::Server);
         let (session, _driver) = ggrok_tunnel::mux::start(
             ws,
             ggrok_tunnel::mux::Role::Acceptor,

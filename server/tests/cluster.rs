@@ -813,7 +813,7 @@ async fn a_hop_whose_head_does_not_decode_is_reset_with_the_reason() {
             format!("Bearer {SECRET}").parse().unwrap(),
         );
         async move {
-            let (ws, resp) = tokio_tungstenite::connect_async(req).await.unwrap();
+            let (ws, resp) = ggrok_tunnel::ws::connect(req, None).await.unwrap();
             let hop = resp
                 .headers()
                 .get(protocol::HEADER_HOP_VERSION)

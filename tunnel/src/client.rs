@@ -10,7 +10,7 @@ use std::{sync::Arc, time::Duration};
 use http::HeaderValue;
 use serde::Serialize;
 use tokio::sync::watch;
-use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, info_span, Instrument};
 
@@ -371,7 +371,7 @@ impl Drop for Tunnel {
 struct Engine {
     url: String,
     /// TLS settings when a private CA is trusted; `None` uses the system's roots.
-    connector: Option<tokio_tungstenite::Connector>,
+    connector: Option<Arc<rustls::ClientConfig>>,
     config: TunnelConfig,
     client_id: String,
     forwarder: Arc<Forwarder>,
@@ -492,15 +492,9 @@ impl Engine {
                 header_value(&format!("Bearer {}", token.expose()))?,
             );
         }
-        let ws_config = protocol::websocket_config();
         // A black-holed server must not hang the engine: the handshake gets the same budget as
         // a silent peer.
-        let handshake = tokio_tungstenite::connect_async_tls_with_config(
-            req,
-            Some(ws_config),
-            true,
-            self.connector.clone(),
-        );
+        let handshake = crate::ws::connect(req, self.connector.clone());
         let (ws, resp) = tokio::time::timeout(self.config.heartbeat.timeout, handshake)
             .await
             .map_err(|_| {
@@ -616,7 +610,7 @@ impl Engine {
 }
 
 /// A TLS connector trusting the system roots plus the CA in `path`.
-fn tls_connector(path: &std::path::Path) -> Result<tokio_tungstenite::Connector, ConfigError> {
+fn tls_connector(path: &std::path::Path) -> Result<Arc<rustls::ClientConfig>, ConfigError> {
     use rustls_pki_types::{pem::PemObject, CertificateDer};
     let bad = |e: &dyn std::fmt::Display| ConfigError::CaCert(format!("{}: {e}", path.display()));
     let mut roots = rustls::RootCertStore::empty();
@@ -635,13 +629,11 @@ fn tls_connector(path: &std::path::Path) -> Result<tokio_tungstenite::Connector,
     let config = rustls::ClientConfig::builder()
         .with_root_certificates(roots)
         .with_no_client_auth();
-    Ok(tokio_tungstenite::Connector::Rustls(Arc::new(config)))
+    Ok(Arc::new(config))
 }
 
 struct Session {
-    ws: tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >,
+    ws: crate::ws::Socket<crate::ws::ClientStream>,
     name: String,
     url: String,
     /// The public port of a TCP tunnel.
@@ -660,12 +652,11 @@ fn header_value(s: &str) -> Result<HeaderValue, ConnectError> {
 }
 
 /// Turns a failed WebSocket handshake into a refusal (the server said no) or a network error.
-pub(crate) fn refusal_from(e: tungstenite::Error) -> ConnectError {
+pub(crate) fn refusal_from(e: crate::ws::HandshakeError) -> ConnectError {
     match e {
-        tungstenite::Error::Http(resp) => {
+        crate::ws::HandshakeError::Refused(resp) => {
             let status = resp.status();
-            let body = resp.body().as_deref().unwrap_or_default();
-            if let Ok(r) = serde_json::from_slice::<Refusal>(body) {
+            if let Ok(r) = serde_json::from_slice::<Refusal>(resp.body()) {
                 return ConnectError::Refused(r);
             }
             let message = format!("the server answered {status} instead of opening a tunnel: is the URL a ggrok server?");
@@ -675,7 +666,9 @@ pub(crate) fn refusal_from(e: tungstenite::Error) -> ConnectError {
                 ConnectError::Refused(Refusal::new(RefusalKind::BadRequest, message))
             }
         }
-        other => ConnectError::Network(format!("cannot reach the server: {other}")),
+        crate::ws::HandshakeError::Failed(why) => {
+            ConnectError::Network(format!("cannot reach the server: {why}"))
+        }
     }
 }
 

@@ -8,19 +8,20 @@
 
 use std::{sync::OnceLock, time::Duration};
 
+use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     task::JoinSet,
 };
-use tokio_tungstenite::{tungstenite::protocol::Role, WebSocketStream};
 
 use crate::{
     client::{refusal_from, ConnectError},
     forward::{Forwarder, LocalTarget},
     head, mux,
-    protocol::{self, Refusal, MAX_MESSAGE},
+    protocol::{Refusal, MAX_MESSAGE},
     traffic::Traffic,
+    ws,
 };
 
 /// Longest a single input may take before it counts as a hang. Every path ends on its own once
@@ -222,11 +223,23 @@ pub fn runtime() -> &'static tokio::runtime::Runtime {
 ///   real [`Forwarder`] towards a loopback origin.
 /// - `2`: the server's side: the multiplexer in the server's role, refusing streams from the
 ///   peer as `connect.rs` does, with one request sent on a stream it opens, as `proxy.rs` does.
+///
+/// Modes `0xFE` and `0xFF` (client and server role) check the WebSocket framing alone
+/// ([`crate::ws`]) against tungstenite's reading of the same bytes: the same messages in the
+/// same order, and the same kind of end.
 pub fn frames(data: &[u8]) {
     let Some((&mode, rest)) = data.split_first() else {
         return;
     };
     let ops = decode_ops(rest);
+    if mode >= 0xFE {
+        let role = if mode == 0xFE {
+            ws::Role::Client
+        } else {
+            ws::Role::Server
+        };
+        return websocket_against_tungstenite(&ops, role);
+    }
     runtime().block_on(async {
         let run = async {
             match mode % 3 {
@@ -272,9 +285,7 @@ async fn mux_model(ops: &[Op]) {
     });
     let (peer, ours) = tokio::io::duplex(PIPE);
     let (peer_r, peer_w) = tokio::io::split(peer);
-    let ws =
-        WebSocketStream::from_raw_socket(ours, Role::Client, Some(protocol::websocket_config()))
-            .await;
+    let ws = ws::Socket::new(ours, ws::Role::Client);
     let (session, driver) = mux::start(ws, mux::Role::Connector, mux::Config::new(true));
     let closing = session.closing();
     let run = async move {
@@ -317,6 +328,130 @@ async fn mux_model(ops: &[Op]) {
     }
 }
 
+/// What reading a WebSocket gave, as both readers can say it.
+#[derive(Debug, PartialEq)]
+enum Read {
+    Binary(Vec<u8>),
+    Ping(Vec<u8>),
+    Pong,
+    /// The last event: the bytes ran out (in or between messages).
+    End,
+    /// The last event: a Close frame.
+    Close,
+    /// The last event: a text message, which ends a session.
+    Text,
+    /// The last event: a protocol error.
+    Broken,
+}
+
+/// Decodes the bytes `ops` make with our reader and tungstenite's and compares the two.
+fn websocket_against_tungstenite(ops: &[Op], role: ws::Role) {
+    use std::task::{Context, Poll};
+    use tokio_tungstenite::tungstenite::{
+        self, error::ProtocolError, protocol::Role as TRole, Message as TMessage,
+    };
+
+    // What a peer of `role` sends: masked towards a server.
+    let mask = (role == ws::Role::Server).then_some([0x12, 0x34, 0x56, 0x78]);
+    let bytes: Vec<u8> = ops
+        .iter()
+        .filter_map(|op| encode(op, mask))
+        .flatten()
+        .collect();
+
+    let mut ours = Vec::new();
+    let (mut reader, _writer) =
+        ws::Socket::new(tokio::io::join(&bytes[..], tokio::io::sink()), role).split();
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    loop {
+        // Bytes in memory are always ready: the reader never waits.
+        let Poll::Ready(next) = reader.poll_next(&mut cx) else {
+            panic!("a reader of bytes in memory waited");
+        };
+        let event = match next {
+            None => Read::End,
+            Some(Err(e)) if e.contains("middle of a message") => Read::End,
+            Some(Err(_)) => Read::Broken,
+            Some(Ok(ws::Message::Binary(b))) => Read::Binary(b.to_vec()),
+            Some(Ok(ws::Message::Ping(p))) => Read::Ping(p.to_vec()),
+            Some(Ok(ws::Message::Pong)) => Read::Pong,
+            Some(Ok(ws::Message::Close(_))) => Read::Close,
+            Some(Ok(ws::Message::Text)) => Read::Text,
+        };
+        let last = matches!(event, Read::End | Read::Close | Read::Text | Read::Broken);
+        ours.push(event);
+        if last {
+            break;
+        }
+    }
+
+    /// The peer's bytes to read, and a sink for tungstenite's answers (pongs).
+    struct Pipe<'a>(&'a [u8]);
+    impl std::io::Read for Pipe<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            std::io::Read::read(&mut self.0, buf)
+        }
+    }
+    impl std::io::Write for Pipe<'_> {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let trole = match role {
+        ws::Role::Client => TRole::Client,
+        ws::Role::Server => TRole::Server,
+    };
+    let mut theirs_ws = tungstenite::WebSocket::from_raw_socket(
+        Pipe(&bytes),
+        trole,
+        Some(crate::protocol::websocket_config()),
+    );
+    let mut theirs = Vec::new();
+    // Where tungstenite is stricter than we need to be: it checks a Close frame's code and
+    // the UTF-8 of its reason and of text, which the multiplexer never reads.
+    let mut stricter = false;
+    loop {
+        let event = match theirs_ws.read() {
+            Ok(TMessage::Binary(b)) => Read::Binary(b.to_vec()),
+            Ok(TMessage::Ping(p)) => Read::Ping(p.to_vec()),
+            Ok(TMessage::Pong(_)) => Read::Pong,
+            Ok(TMessage::Close(_)) => Read::Close,
+            Ok(TMessage::Text(_)) => Read::Text,
+            Ok(TMessage::Frame(_)) => continue,
+            Err(tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake))
+            | Err(tungstenite::Error::ConnectionClosed)
+            | Err(tungstenite::Error::AlreadyClosed) => Read::End,
+            Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                Read::End
+            }
+            Err(tungstenite::Error::Utf8(_))
+            | Err(tungstenite::Error::Protocol(ProtocolError::InvalidCloseSequence)) => {
+                stricter = true;
+                Read::Broken
+            }
+            Err(_) => Read::Broken,
+        };
+        let last = matches!(event, Read::End | Read::Close | Read::Text | Read::Broken);
+        theirs.push(event);
+        if last {
+            break;
+        }
+    }
+    if stricter && ours.len() == theirs.len() {
+        let (o, t) = (ours.last().expect("an end"), theirs.last().expect("an end"));
+        if matches!((o, t), (Read::Close | Read::Text, Read::Broken)) {
+            return;
+        }
+    }
+    assert_eq!(
+        ours, theirs,
+        "our reading ({role:?}) and tungstenite's differ"
+    );
+}
+
 /// A loopback origin answering every request with a small `200`, for the client's forwarder.
 fn origin() -> LocalTarget {
     static PORT: OnceLock<u16> = OnceLock::new();
@@ -357,12 +492,7 @@ async fn client_session(ops: &[Op]) {
     let (peer, ours) = tokio::io::duplex(PIPE);
     let (peer_r, peer_w) = tokio::io::split(peer);
     let client = async move {
-        let ws = WebSocketStream::from_raw_socket(
-            ours,
-            Role::Client,
-            Some(protocol::websocket_config()),
-        )
-        .await;
+        let ws = ws::Socket::new(ours, ws::Role::Client);
         let (_session, driver) = mux::start(ws, mux::Role::Connector, mux::Config::new(true));
         let forwarder = Forwarder::new(origin(), Traffic::new(8, 4096));
         let mut streams = JoinSet::new();
@@ -380,12 +510,7 @@ async fn server_session(ops: &[Op]) {
     let (peer, ours) = tokio::io::duplex(PIPE);
     let (peer_r, peer_w) = tokio::io::split(peer);
     let server = async move {
-        let ws = WebSocketStream::from_raw_socket(
-            ours,
-            Role::Server,
-            Some(protocol::websocket_config()),
-        )
-        .await;
+        let ws = ws::Socket::new(ours, ws::Role::Server);
         let (session, driver) = mux::start(ws, mux::Role::Acceptor, mux::Config::new(false));
         let request = async move {
             let mut headers = http::HeaderMap::new();
@@ -465,8 +590,11 @@ pub enum ClientVerdict {
 /// The client's reading of a non-`101` answer to its connect request, through the same
 /// function the engine uses. `None` when `status` is not an HTTP status code.
 pub fn client_reads_refusal(status: u16, body: Option<Vec<u8>>) -> Option<ClientVerdict> {
-    let resp = http::Response::builder().status(status).body(body).ok()?;
-    let err = tokio_tungstenite::tungstenite::Error::Http(Box::new(resp));
+    let resp = http::Response::builder()
+        .status(status)
+        .body(body.map(Bytes::from).unwrap_or_default())
+        .ok()?;
+    let err = crate::ws::HandshakeError::Refused(resp);
     Some(match refusal_from(err) {
         ConnectError::Refused(r) => ClientVerdict::Refused(r),
         ConnectError::Network(m) => ClientVerdict::Retry(m),

@@ -61,6 +61,7 @@ pub mod terminal;
 pub mod tokens;
 pub mod traffic;
 pub mod upstream;
+pub mod ws;
 
 pub use backoff::Backoff;
 pub use client::{ConfigError, Status, Tunnel, TunnelConfig, TunnelHandle, TunnelKind};

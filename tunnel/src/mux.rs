@@ -48,21 +48,10 @@ use std::{
 };
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use futures_util::{
-    stream::{SplitSink, SplitStream},
-    task::AtomicWaker,
-    SinkExt, Stream, StreamExt,
-};
+use futures_util::{task::AtomicWaker, Stream};
 use tokio::{
-    io::{AsyncRead, AsyncWrite, ReadBuf},
+    io::{AsyncRead, AsyncWrite, ReadBuf, ReadHalf, WriteHalf},
     time::{Instant, Interval, MissedTickBehavior, Sleep},
-};
-use tokio_tungstenite::{
-    tungstenite::{
-        protocol::{frame::coding::CloseCode, CloseFrame},
-        Message,
-    },
-    WebSocketStream,
 };
 
 use crate::protocol::{
@@ -71,6 +60,7 @@ use crate::protocol::{
     MAX_HEAD_FRAME, MAX_RESET_REASON, MAX_STREAMS, RESET_CANCEL, RESET_REFUSED, RESET_STALLED,
     SESSION_WINDOW, STREAM_WINDOW,
 };
+use crate::ws::{self, Message};
 
 /// Our own frames that may wait in the outbox for the writer before a stream writing data waits.
 pub const MAX_OUTBOX: usize = MAX_CHUNK;
@@ -275,6 +265,8 @@ struct State {
     /// Streams waiting for session credit.
     credit_waiters: Vec<Waker>,
     ping_due: bool,
+    /// The payload of the peer's last ping, until the writer answers it.
+    pong: Option<Bytes>,
 
     /// Session credit the peer still has.
     recv_credit: u64,
@@ -584,11 +576,11 @@ impl Inner {
 
 /// Starts a session on an established WebSocket. Spawns the writer task on the current
 /// runtime; reading happens in the returned [`Driver`], which the caller runs.
-pub fn start<S>(ws: WebSocketStream<S>, role: Role, config: Config) -> (Session, Driver<S>)
+pub fn start<S>(ws: ws::Socket<S>, role: Role, config: Config) -> (Session, Driver<S>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (sink, read) = ws.split();
+    let (read, sink) = ws.split();
     let heartbeat = config.heartbeat;
     let inner = Arc::new(Inner {
         state: Mutex::new(State {
@@ -606,6 +598,7 @@ where
             send_credit: u64::from(SESSION_WINDOW),
             credit_waiters: Vec::new(),
             ping_due: false,
+            pong: None,
             recv_credit: u64::from(SESSION_WINDOW),
             recv_unacked: 0,
             queued: 0,
@@ -719,7 +712,7 @@ impl Session {
 /// Dropping it ends the session.
 pub struct Driver<S> {
     inner: Arc<Inner>,
-    read: SplitStream<WebSocketStream<S>>,
+    read: ws::Reader<ReadHalf<S>>,
     role: Role,
     ping: Interval,
     silence: Pin<Box<Sleep>>,
@@ -791,10 +784,10 @@ where
                     return Poll::Pending;
                 }
             }
-            let msg = match self.read.poll_next_unpin(cx) {
+            let msg = match self.read.poll_next(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(None) => return Poll::Ready(Ok(())),
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(ws_error(e))),
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
                 Poll::Ready(Some(Ok(msg))) => msg,
             };
             let deadline = Instant::now() + self.inner.config.heartbeat.timeout;
@@ -807,19 +800,29 @@ where
                     }
                 }
                 Message::Close(frame) => {
-                    if let Some(f) = frame {
-                        *self.inner.peer_close.lock().expect("close lock") =
-                            Some((u16::from(f.code), f.reason.to_string()));
-                    }
+                    // Answered with a Close of the same code (RFC 6455 §5.5.1), which the
+                    // writer sends as the session shuts down, unless ours went first.
+                    let code = frame.as_ref().map_or(1000, |(code, _)| *code);
+                    self.inner
+                        .close_frame
+                        .lock()
+                        .expect("close lock")
+                        .get_or_insert((code, String::new()));
+                    self.inner.close_requested.store(true, Ordering::SeqCst);
+                    *self.inner.peer_close.lock().expect("close lock") = frame;
                     self.inner.peer_closed.store(true, Ordering::SeqCst);
                     return Poll::Ready(Ok(()));
                 }
-                Message::Text(_) => {
+                Message::Text => {
                     return Poll::Ready(
                         Err("unexpected text message on a ggrok session".to_owned()),
                     )
                 }
-                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+                Message::Ping(payload) => {
+                    self.inner.lock().pong = Some(payload);
+                    self.inner.writer.wake();
+                }
+                Message::Pong => {}
             }
         }
     }
@@ -1071,31 +1074,23 @@ where
     }
 }
 
-fn ws_error(e: tokio_tungstenite::tungstenite::Error) -> String {
-    use tokio_tungstenite::tungstenite::Error;
-    match e {
-        Error::Io(e) => format!("connection error: {e}"),
-        Error::ConnectionClosed | Error::AlreadyClosed => "the connection closed".to_owned(),
-        other => format!("WebSocket error: {other}"),
-    }
-}
-
 /// What the writer task takes from the outbox in one go.
 struct Batch {
-    data: Bytes,
+    data: BytesMut,
     ping: bool,
+    pong: Option<Bytes>,
     close: bool,
     shutdown: bool,
 }
 
 /// Sends what the session's parties queue, in as few messages as the frames fit, until the
 /// session ends.
-async fn write_task<S>(mut sink: SplitSink<WebSocketStream<S>, Message>, inner: Arc<Inner>)
+async fn write_task<S>(mut sink: ws::Writer<WriteHalf<S>>, inner: Arc<Inner>)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut close_sent = false;
-    let result: Result<(), tokio_tungstenite::tungstenite::Error> = async {
+    let result: io::Result<()> = async {
         loop {
             // The wake-up that brings us here waits its turn in the runtime's queue, so frames
             // written meanwhile join the batch (docs/benchmarks.md).
@@ -1103,13 +1098,15 @@ where
                 inner.writer.register(cx.waker());
                 let close = !close_sent && inner.close_requested.load(Ordering::SeqCst);
                 let mut st = inner.lock();
-                if st.out.is_empty() && !st.ping_due && !st.shutdown && !close {
+                if st.out.is_empty() && !st.ping_due && st.pong.is_none() && !st.shutdown && !close
+                {
                     return Poll::Pending;
                 }
                 let batch = Batch {
                     // The buffer goes with the batch: an idle session keeps no outbox.
-                    data: std::mem::take(&mut st.out).freeze(),
+                    data: std::mem::take(&mut st.out),
                     ping: std::mem::take(&mut st.ping_due),
+                    pong: st.pong.take(),
                     close,
                     shutdown: st.shutdown,
                 };
@@ -1126,23 +1123,22 @@ where
             // Nothing may follow our Close frame: what streams write after it is dropped.
             if !close_sent {
                 for msg in messages(batch.data) {
-                    sink.feed(Message::Binary(msg)).await?;
+                    sink.binary(msg);
                 }
                 if batch.ping {
-                    sink.feed(Message::Ping(Bytes::new())).await?;
+                    sink.ping();
+                }
+                if let Some(payload) = batch.pong {
+                    sink.pong(&payload);
                 }
             }
             if batch.close {
                 let given = inner.close_frame.lock().expect("close lock").take();
                 let (code, reason) = given.unwrap_or((1000, "stopped".to_owned()));
-                let frame = CloseFrame {
-                    code: CloseCode::from(code),
-                    reason: reason.into(),
-                };
-                sink.feed(Message::Close(Some(frame))).await?;
+                sink.close(code, &reason);
                 close_sent = true;
             }
-            sink.flush().await?;
+            poll_fn(|cx| sink.poll_flush(cx)).await?;
             if batch.shutdown {
                 return Ok(());
             }
@@ -1150,13 +1146,13 @@ where
     }
     .await;
     if let Err(e) = result {
-        inner.kill(&ws_error(e));
+        inner.kill(&format!("connection error: {e}"));
     }
 }
 
 /// Splits a batch of whole frames into WebSocket messages of at most [`MAX_CHUNK`] bytes, each
 /// frame of [`OWN_MESSAGE`] bytes or more in a message of its own.
-fn messages(mut batch: Bytes) -> impl Iterator<Item = Bytes> {
+fn messages(mut batch: BytesMut) -> impl Iterator<Item = BytesMut> {
     std::iter::from_fn(move || {
         if batch.is_empty() {
             return None;
@@ -1619,20 +1615,30 @@ impl Stream for StreamIo {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures_util::{SinkExt, StreamExt};
     use tokio::io::AsyncWriteExt;
-    use tokio_tungstenite::tungstenite::protocol::Role as WsRole;
+    use tokio_tungstenite::{
+        tungstenite::{protocol::Role as WsRole, Message as TMessage},
+        WebSocketStream,
+    };
 
-    async fn ws_pair(
-        buffer: usize,
-    ) -> (
-        WebSocketStream<tokio::io::DuplexStream>,
-        WebSocketStream<tokio::io::DuplexStream>,
-    ) {
+    type Pipe = tokio::io::DuplexStream;
+
+    /// Both ends of a WebSocket on a pipe of `buffer` bytes: a client's and a server's.
+    async fn ws_pair(buffer: usize) -> (ws::Socket<Pipe>, ws::Socket<Pipe>) {
+        let (a, b) = tokio::io::duplex(buffer);
+        (
+            ws::Socket::new(a, ws::Role::Client),
+            ws::Socket::new(b, ws::Role::Server),
+        )
+    }
+
+    /// A raw peer (tungstenite, the client end) and our server end.
+    async fn peer_pair(buffer: usize) -> (WebSocketStream<Pipe>, ws::Socket<Pipe>) {
         let (a, b) = tokio::io::duplex(buffer);
         let cfg = Some(crate::protocol::websocket_config());
-        let a = WebSocketStream::from_raw_socket(a, WsRole::Client, cfg).await;
-        let b = WebSocketStream::from_raw_socket(b, WsRole::Server, cfg).await;
-        (a, b)
+        let peer = WebSocketStream::from_raw_socket(a, WsRole::Client, cfg).await;
+        (peer, ws::Socket::new(b, ws::Role::Server))
     }
 
     /// A connector (the client, accepting streams) and an acceptor (the server, opening them),
@@ -2032,23 +2038,23 @@ mod tests {
     }
 
     /// Writes raw frames as one binary message.
-    fn frames(list: &[(u8, u8, u32, &[u8])]) -> Message {
+    fn frames(list: &[(u8, u8, u32, &[u8])]) -> TMessage {
         let mut out = BytesMut::new();
         for (ty, flags, id, payload) in list {
             put_header(&mut out, *ty, *flags, *id, payload.len());
             out.extend_from_slice(payload);
         }
-        Message::Binary(out.freeze())
+        TMessage::Binary(out.freeze())
     }
 
     /// Runs an acceptor against a hostile peer that sends `msgs`; returns how its driver ended.
-    async fn acceptor_against(msgs: Vec<Message>) -> Result<(), String> {
+    async fn acceptor_against(msgs: Vec<TMessage>) -> Result<(), String> {
         acceptor_with(Config::new(false), msgs).await
     }
 
     /// [`acceptor_against`] with the acceptor's settings.
-    async fn acceptor_with(config: Config, msgs: Vec<Message>) -> Result<(), String> {
-        let (peer, ours) = ws_pair(1 << 20).await;
+    async fn acceptor_with(config: Config, msgs: Vec<TMessage>) -> Result<(), String> {
+        let (peer, ours) = peer_pair(1 << 20).await;
         let (server, driver) = start(ours, Role::Acceptor, config);
         // A stream the server opened, so that frames for id 1 are legitimate.
         let _s = server.open("req".into(), false).await.unwrap();
@@ -2067,7 +2073,7 @@ mod tests {
     /// not the data and then an empty frame to end the stream.
     #[tokio::test]
     async fn a_body_s_last_data_carries_the_stream_s_fin() {
-        let (peer, ours) = ws_pair(1 << 20).await;
+        let (peer, ours) = peer_pair(1 << 20).await;
         let (_client, driver) = start(ours, Role::Connector, Config::new(true));
         let (tx, mut accepted) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(driver.run(move |s| {
@@ -2092,7 +2098,7 @@ mod tests {
 
         let mut seen = Vec::new();
         let ended = async {
-            while let Some(Ok(Message::Binary(mut msg))) = read.next().await {
+            while let Some(Ok(TMessage::Binary(mut msg))) = read.next().await {
                 while msg.len() >= FRAME_HEADER_LEN {
                     let (ty, flags) = (msg[0], msg[1]);
                     let len = u32::from_be_bytes(msg[6..10].try_into().unwrap()) as usize;
@@ -2122,7 +2128,7 @@ mod tests {
     #[tokio::test]
     async fn protocol_violations_end_the_session_with_a_reason() {
         let too_much = vec![0u8; MAX_DATA_FRAME + 1];
-        let cases: Vec<(Vec<Message>, &str)> = vec![
+        let cases: Vec<(Vec<TMessage>, &str)> = vec![
             (
                 vec![frames(&[(FRAME_OPEN, 0, 2, b"x")])],
                 "does not accept streams",
@@ -2131,13 +2137,13 @@ mod tests {
             (vec![frames(&[(FRAME_DATA, 0, 7, b"x")])], "never opened"),
             (vec![frames(&[(FRAME_DATA, 0, 1, &too_much)])], "too large"),
             (
-                vec![Message::Binary(Bytes::from_static(&[
+                vec![TMessage::Binary(Bytes::from_static(&[
                     0, 0, 0, 0, 0, 1, 0, 0, 0, 9, 1,
                 ]))],
                 "longer than its message",
             ),
             (
-                vec![Message::Binary(Bytes::from_static(&[0, 0, 0]))],
+                vec![TMessage::Binary(Bytes::from_static(&[0, 0, 0]))],
                 "cut off",
             ),
             (
@@ -2151,7 +2157,7 @@ mod tests {
                 ],
                 "after the end",
             ),
-            (vec![Message::text("hi")], "text message"),
+            (vec![TMessage::text("hi")], "text message"),
         ];
         for (msgs, why) in cases {
             let result = acceptor_against(msgs).await;
@@ -2160,7 +2166,7 @@ mod tests {
         }
         // Beyond the stream's credit: a window and one byte.
         let window = vec![0u8; MAX_DATA_FRAME];
-        let mut flood: Vec<Message> = (0..STREAM_WINDOW as usize / MAX_DATA_FRAME)
+        let mut flood: Vec<TMessage> = (0..STREAM_WINDOW as usize / MAX_DATA_FRAME)
             .map(|_| frames(&[(FRAME_DATA, 0, 1, &window)]))
             .collect();
         flood.insert(0, frames(&[(FRAME_HEADERS, 0, 1, b"h")]));
@@ -2174,8 +2180,7 @@ mod tests {
         // A hostile server opens streams the client refuses (it allows one) and never reads the
         // refusals: the client must stop reading rather than queue refusals without end.
         let (ours, theirs) = tokio::io::duplex(16 * 1024);
-        let cfg = Some(crate::protocol::websocket_config());
-        let ours = WebSocketStream::from_raw_socket(ours, WsRole::Client, cfg).await;
+        let ours = ws::Socket::new(ours, ws::Role::Client);
         let config = Config {
             max_streams: 1,
             ..Config::new(true)

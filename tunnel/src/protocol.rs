@@ -104,9 +104,9 @@ pub const MAX_CHUNK: usize = 256 * 1024;
 /// Bytes the WebSocket writer may buffer before a write must wait for the socket, so a slow
 /// network applies backpressure instead of growing memory.
 pub const MAX_WRITE_BUFFER: usize = 4 * MAX_CHUNK;
-/// Most bytes one socket read of the WebSocket takes. tungstenite zeroes and keeps this much
-/// per connection (its default of 128 KiB made an idle tunnel cost ~140 KiB on the server and
-/// zeroed 128 KiB per read); 32 KiB reads still move a large body with few system calls.
+/// Room made for one socket read of the WebSocket ([`crate::ws`]), unless the message being read
+/// needs more; an idle connection keeps none. 32 KiB reads move a large body with few system
+/// calls.
 pub const READ_BUFFER: usize = 32 * 1024;
 
 /// Streams one session may have open at once in each direction. A stream costs a few hundred
@@ -332,7 +332,7 @@ pub fn validate_name(name: &str) -> Result<(), NameError> {
     Ok(())
 }
 
-/// WebSocket limits both sides use.
+/// Our WebSocket limits, for tungstenite where it speaks to a session (tests, tools, fuzzing).
 pub fn websocket_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
     tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
         .max_message_size(Some(MAX_MESSAGE))

@@ -39,17 +39,13 @@ use ggrok_tunnel::{
         self, HopError, HopHead, HopOpen, PageKind, HEADER_HOP_VERSION, HOP_VERSION, PEER_PATH,
         RESET_PROTOCOL,
     },
+    ws,
 };
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
-use tokio_tungstenite::{
-    tungstenite::{
-        client::IntoClientRequest, handshake::derive_accept_key, protocol::Role as WsRole,
-    },
-    WebSocketStream,
-};
+use tokio_tungstenite::tungstenite::{client::IntoClientRequest, handshake::derive_accept_key};
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use super::Node;
@@ -139,15 +135,9 @@ async fn connect(shared: &Arc<Shared>, node: &Node, advertise: &str) -> Result<L
             .await
             .map_err(|e| e.to_string())?;
         let _ = tcp.set_nodelay(true);
-        let connector = tls.then(|| tokio_tungstenite::Connector::Rustls(node.peer_tls()));
-        tokio_tungstenite::client_async_tls_with_config(
-            req,
-            tcp,
-            Some(protocol::websocket_config()),
-            connector,
-        )
-        .await
-        .map_err(|e| e.to_string())
+        ws::connect_on(tcp, req, tls.then(|| node.peer_tls()))
+            .await
+            .map_err(|e| e.to_string())
     };
     let (ws, resp) = tokio::time::timeout(CONNECT_TIMEOUT, handshake)
         .await
@@ -398,12 +388,7 @@ pub(crate) fn accept<B>(
                     return;
                 }
             };
-            let ws = WebSocketStream::from_raw_socket(
-                TokioIo::new(upgraded),
-                WsRole::Server,
-                Some(protocol::websocket_config()),
-            )
-            .await;
+            let ws = ws::Socket::new(TokioIo::new(upgraded), ws::Role::Server);
             let (_session, driver) = mux::start(
                 ws,
                 mux::Role::Acceptor,
@@ -608,16 +593,14 @@ impl Giver {
 
 #[cfg(test)]
 mod tests {
-    use tokio_tungstenite::tungstenite::protocol::Role as WsRole;
 
     use super::*;
 
     /// A stream opened on a fresh in-memory session, and its other end as the peer gets it.
     async fn stream_pair() -> (MuxStream, MuxStream) {
         let (a, b) = tokio::io::duplex(64 * 1024);
-        let cfg = Some(protocol::websocket_config());
-        let a = WebSocketStream::from_raw_socket(a, WsRole::Client, cfg).await;
-        let b = WebSocketStream::from_raw_socket(b, WsRole::Server, cfg).await;
+        let a = ws::Socket::new(a, ws::Role::Client);
+        let b = ws::Socket::new(b, ws::Role::Server);
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let (opener, driver) = mux::start(a, mux::Role::Connector, mux::Config::new(false));
         tokio::spawn(driver.run(|_| {}));
