@@ -201,7 +201,7 @@ fn checked_host<B>(req: &Request<B>) -> Result<String, Unroutable> {
 
 /// The size of `req`'s head as [`MAX_HEAD`] counts it: hyper's read buffer bounds memory, not
 /// the head, so the documented limit is enforced on the parsed parts.
-fn head_len<B>(req: &Request<B>) -> usize {
+pub(crate) fn head_len<B>(req: &Request<B>) -> usize {
     let headers: usize = req
         .headers()
         .iter()

@@ -201,19 +201,7 @@ where
     B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
     B::Error: Into<BoxError>,
 {
-    let unreachable = |why: &str| {
-        debug!(peer = %id, why, "hop failed");
-        let message = format!(
-            "The tunnel {name} is served by another node of this cluster, which cannot be reached right now. Try again in a moment."
-        );
-        pages::error(
-            shared,
-            StatusCode::BAD_GATEWAY,
-            PageKind::TunnelLost,
-            &message,
-            json,
-        )
-    };
+    let unreachable = |why: &str| self::unreachable(shared, id, name, why, json);
     let link = match node.peers.link(shared, node, id, advertise).await {
         Ok(link) => link,
         Err(e) => return unreachable(&e),
@@ -307,6 +295,28 @@ where
         boxed(RecvBody::new(stream))
     };
     Response::from_parts(answer, body)
+}
+
+/// The page of a hop to node `id`, for tunnel `name`, that failed (`why`, for the log): the node
+/// cannot be reached, refused the hop, or did not answer.
+pub(crate) fn unreachable(
+    shared: &Shared,
+    id: &str,
+    name: &str,
+    why: &str,
+    json: bool,
+) -> Response<Body> {
+    debug!(peer = %id, why, "hop failed");
+    let message = format!(
+        "The tunnel {name} is served by another node of this cluster, which cannot be reached right now. Try again in a moment."
+    );
+    pages::error(
+        shared,
+        StatusCode::BAD_GATEWAY,
+        PageKind::TunnelLost,
+        &message,
+        json,
+    )
 }
 
 /// [`forward`] to a node that speaks hop format 1 only: the request as HTTP/1.1 on the stream.
@@ -439,11 +449,15 @@ pub(crate) fn accept<B>(
 /// Serves one stream of a session another node opened: a hopped request in either format, or
 /// a hopped TCP connection.
 async fn serve_hop(shared: Arc<Shared>, stream: MuxStream) {
-    let opened = match stream.recv().await {
-        Some(Ok(Item::Head(head))) => protocol::decode_hop(head),
-        _ => Err(HopError::Visitor),
+    let head = match stream.recv().await {
+        Some(Ok(Item::Head(head))) => head,
+        _ => return refuse_hop(&stream, &HopError::Visitor),
     };
-    match opened {
+    // A plain request is relayed as it is; the router serves the rest.
+    if shared.config.hop_version >= 2 && super::plain::serve(&shared, &head, &stream).await {
+        return;
+    }
+    match protocol::decode_hop(head) {
         Ok(HopOpen::Request(visitor, parts)) if shared.config.hop_version >= 2 => {
             serve_request(shared, visitor, parts, stream).await
         }
@@ -482,6 +496,12 @@ async fn serve_request(
     let resp = Router::hopped(shared, Visitor::hopped(visitor))
         .handle(req)
         .await;
+    answer(stream, resp, handover).await;
+}
+
+/// Writes `resp`, the answer to a format-2 hopped request, on its `stream`: its head, then its
+/// body; after a `101`, hands the stream over to the upgrade that waits for it.
+pub(super) async fn answer(stream: MuxStream, resp: Response<Body>, handover: Option<Giver>) {
     let (mut parts, body) = resp.into_parts();
     let switched = parts.status == StatusCode::SWITCHING_PROTOCOLS;
     let end = switched || http_body::Body::is_end_stream(&body);
@@ -571,7 +591,7 @@ pub(crate) async fn splice_streams(a: MuxStream, b: MuxStream) {
 pub(crate) struct HandOver(oneshot::Receiver<MuxStream>);
 
 /// The giving end of a [`HandOver`].
-struct Giver(oneshot::Sender<MuxStream>);
+pub(super) struct Giver(oneshot::Sender<MuxStream>);
 
 /// Where the request carries its [`HandOver`]: request extensions must be `Clone`.
 #[derive(Clone)]
