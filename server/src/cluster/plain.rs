@@ -286,7 +286,9 @@ fn relayed_head(
     if raw.status.is_informational() {
         return None;
     }
-    let cookie_host = format!("{}.{}", route.name, shared.config.domain);
+    let cookie_host = std::cell::OnceCell::new();
+    let cookie_host =
+        || cookie_host.get_or_init(|| format!("{}.{}", route.name, shared.config.domain));
     let mut rewrite = false;
     let mut error = None;
     for &(name, value) in &raw.headers {
@@ -297,7 +299,7 @@ fn relayed_head(
             }
             rewrite = true;
         } else if is("set-cookie") {
-            rewrite |= cookies::narrowed_bytes(value, &cookie_host).is_some();
+            rewrite |= cookies::narrowed_bytes(value, cookie_host()).is_some();
         } else if is(HEADER_ERROR) && error.is_none() {
             error = Some(value);
         }
@@ -319,7 +321,7 @@ fn relayed_head(
         }
         let narrowed = name
             .eq_ignore_ascii_case(b"set-cookie")
-            .then(|| cookies::narrowed_bytes(value, &cookie_host))
+            .then(|| cookies::narrowed_bytes(value, cookie_host()))
             .flatten();
         out.push(name, narrowed.as_deref().unwrap_or(value));
     }
