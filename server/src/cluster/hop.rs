@@ -11,7 +11,11 @@
 //!   whose body is the stream and routes it as if the visitor had come straight to it, so no
 //!   HTTP/1 is written or parsed and no connection is set up per request. After a `101` the
 //!   stream is a byte pipe: the holder hands it to the proxy as the visitor's upgraded
-//!   connection ([`HandOver`]).
+//!   connection ([`HandOver`]). A plain request skips hyper and the header maps on both nodes:
+//!   the visitor's node writes the OPEN head from the visitor's head as parsed and the answer
+//!   back as HTTP/1.1 (`h1.rs`, the same bytes [`forward`] sends), and the holder reads the
+//!   head in place and relays the client's answer to the stream (`super::plain`); both hand
+//!   everything else to the router, which serves it here.
 //! - Format 1, for nodes from before format 2: the OPEN head is a text [`HopHead`], the stream
 //!   carries the request as HTTP/1.1, spoken by a hyper client here and a hyper server there.
 //!   Every node serves both (the head's first byte tells them apart), so a cluster can be
@@ -19,7 +23,9 @@
 //!
 //! Either way bodies stream both ways under the session's flow control, and the holder alone
 //! enforces the tunnel's Basic auth and allowlist and writes `X-Forwarded-For`. A hopped request
-//! is never hopped again: at most one hop, no loops.
+//! is never hopped again: at most one hop, no loops. The session to a node runs on the shard
+//! that opened it, and the visitors of the tunnels that node holds are placed on that shard
+//! ([`Peers::shard`]), as a tunnel's visitors are on its session's.
 
 use std::{
     collections::HashMap,
@@ -75,6 +81,8 @@ pub(crate) struct Peers {
 pub(crate) struct Link {
     pub(crate) session: mux::Session,
     pub(crate) hop_version: u32,
+    /// The shard whose thread runs the session (see [`crate::shard`]).
+    shard: Option<usize>,
 }
 
 impl Peers {
@@ -95,6 +103,18 @@ impl Peers {
         info!(peer = %id, %advertise, hop_version = link.hop_version, "session to a cluster node open");
         links.insert(id.to_owned(), link.clone());
         Ok(link)
+    }
+
+    /// The shard that runs the open session to node `id`, if there is one (and no one is
+    /// opening a session at this moment): the shard for visitors whose tunnel that node holds,
+    /// so that the hop's streams and the visitor's connection keep to one thread, as a
+    /// tunnel's visitors keep to its session's.
+    pub(crate) fn shard(&self, id: &str) -> Option<usize> {
+        let links = self.links.try_lock().ok()?;
+        links
+            .get(id)
+            .filter(|l| !l.session.is_closed())
+            .and_then(|l| l.shard)
     }
 
     /// How many sessions to other nodes are open.
@@ -163,6 +183,8 @@ async fn connect(shared: &Arc<Shared>, node: &Node, advertise: &str) -> Result<L
     Ok(Link {
         session,
         hop_version,
+        // `shared.spawn` runs the driver here.
+        shard: crate::shard::current(),
     })
 }
 
