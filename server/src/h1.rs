@@ -3,10 +3,10 @@
 //! with a small one that came whole with its head (a `Content-Length` within [`MAX_HEAD`] with
 //! the head, in the buffer already). The head is parsed in place by `httparse`, the stream's
 //! opening head is written straight from it (the tunnel's, or the hop's to the node holding the
-//! tunnel: see `cluster::hop`), and the answering head and body are written back as HTTP/1.1: no
-//! header map on either side, no dispatch between a request and its connection. hyper's HTTP/1.1 server with its
-//! header maps was about half of the server's instructions per request (docs/benchmarks.md, "Why
-//! it is built this way").
+//! tunnel: see `cluster::hop`), and the answering head and body are written back as HTTP/1.1:
+//! no header map on either side, no dispatch between a request and its connection. hyper's
+//! HTTP/1.1 server with its header maps was about half of the server's instructions per request
+//! (docs/benchmarks.md, "Why it is built this way").
 //!
 //! Everything else goes to hyper, with the connection and what was read of it, for the rest of
 //! the connection's life: a chunked, larger or late body, an upgrade, `Expect`, `TE`, a
