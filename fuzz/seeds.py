@@ -227,6 +227,16 @@ hop = {
     "no-host": hop_head(0, V4, request(b"GET", b"/", [])),
     "gzip-chunked": hop_head(0, V4, request(b"POST", b"/", HOP_HOST
                                             + [(b"transfer-encoding", b"gzip, chunked")])),
+    # Plain for the holder's own path (cluster/plain.rs): the tunnel's credentials, a chain of
+    # the visitor's own, JSON pages, hop-by-hop headers to drop; then one that names a header.
+    "plain-auth-forwarded": hop_head(0, V4, request(b"GET", b"/p?q=1", HOP_HOST + [
+        (b"authorization", b"Basic YWxpY2U6czNjcmV0"), (b"accept", b"application/json"),
+        (b"x-forwarded-for", b"198.51.100.1"), (b"X-Forwarded-For", b" 10.0.0.1 "),
+        (b"connection", b"keep-alive"), (b"keep-alive", b"5"), (b"x-forwarded-proto", b"https")])),
+    "plain-v6-port": hop_head(1, V6, request(b"DELETE", b"/x", [
+        (b"Host", b"app.tunnel.example.com.:8443"), (b"content-length", b"0")])),
+    "connection-names-header": hop_head(0, V4, request(b"GET", b"/", HOP_HOST + [
+        (b"connection", b"x-a, close"), (b"x-a", b"1")])),
     "tcp-inside": hop_head(0, V4, b"\x02" + struct.pack(">H", 9) + b"1.2.3.4:5"),
     "bad-flags": hop_head(8, V4, GET),
     "bad-ip-len": bytes([HOP_HTTP, 0, 5]) + V4 + b"\x00" + GET,

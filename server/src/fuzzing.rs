@@ -658,13 +658,16 @@ fn line_checks(line: &str) {
 }
 
 /// The OPEN head of a stream another node opened on a session between nodes, as the holder
-/// reads it (`protocol::decode_hop`, either hop format); input: the head's bytes.
+/// reads it (`protocol::decode_hop`, either hop format, and `cluster::plain::read`, which reads
+/// plain requests in place); input: the head's bytes.
 ///
 /// Checks: decoding never panics; a format-2 head re-encodes to one that decodes to the same
 /// visitor and request, and a format-1 head to the same [`protocol::HopHead`]; a format-2
 /// request goes through the holder's [`Router`] for hopped requests (no tunnel is online) and
-/// is answered at once, as its host's classification says, never with a `101`.
+/// is answered at once, as its host's classification says, never with a `101`. A head read as
+/// plain is one the router would forward to that tunnel ([`hop_plain_checks`]).
 pub fn hop(data: &[u8]) {
+    hop_plain_checks(data);
     let decoded = protocol::decode_hop(bytes::Bytes::copy_from_slice(data));
     let (visitor, parts) = match decoded {
         Err(_) => return,
@@ -709,6 +712,61 @@ pub fn hop(data: &[u8]) {
     assert!(status == expected || unroutable, "{status}, not {expected}");
 }
 
+/// A hop head the holder reads as plain (`cluster::plain::read`) is one `protocol::decode_hop`
+/// decodes, that the router would forward to the tunnel read (a host that routes there, no
+/// transfer coding, a head within its limit), whose password check and JSON preference agree
+/// with the router's, and whose opening head for the tunnel decodes to the one the router's
+/// `proxy::to_origin` makes of it, with or without the tunnel's own credentials.
+fn hop_plain_checks(data: &[u8]) {
+    use crate::cluster::plain;
+    use ggrok_tunnel::head;
+
+    let Some(plain) = plain::read(data, DOMAIN) else {
+        return;
+    };
+    let decode = || match protocol::decode_hop(bytes::Bytes::copy_from_slice(data)) {
+        Ok(protocol::HopOpen::Request(visitor, parts)) => (visitor, parts),
+        other => panic!("a head read as plain does not decode: {other:?}"),
+    };
+    let (visitor, parts) = decode();
+    assert_eq!(Visitor::hopped(visitor).ip, plain.visitor.ip);
+    let req = Request::from_parts(parts, ());
+    let host = request_host(&req).expect("a plain request's host is usable");
+    assert_eq!(classify(&host, DOMAIN), Destination::Tunnel(plain.name));
+    assert!(protocol::validate_name(plain.name).is_ok());
+    assert!(!req.headers().contains_key(header::TRANSFER_ENCODING));
+    assert!(!ggrok_tunnel::http_util::is_upgrade(req.headers()));
+    assert!(crate::router::head_len(&req) <= crate::router::MAX_HEAD);
+    assert_eq!(
+        plain.json(),
+        ggrok_tunnel::http_util::wants_json(req.headers())
+    );
+    let mut h = HeaderMap::new();
+    h.insert(
+        protocol::HEADER_BASIC_AUTH,
+        HeaderValue::from_static(BASIC_CREDS),
+    );
+    let policy = Policy::from_headers(&h).expect("a valid policy");
+    let ip = plain.visitor.ip;
+    assert_eq!(
+        plain.authorized(&policy),
+        policy.check(plain.name, ip, req.headers(), false).is_none()
+    );
+
+    for consumes in [false, true] {
+        let Ok(head::Open::Http(open)) = head::decode_open(plain.open(consumes)) else {
+            panic!("the tunnel's opening head of a plain hop does not decode");
+        };
+        let (visitor, mut expected) = decode();
+        crate::proxy::to_origin(&mut expected, &Visitor::hopped(visitor), consumes);
+        assert_eq!(
+            (&open.method, &open.uri, &open.headers),
+            (&expected.method, &expected.uri, &expected.headers),
+            "consumes_authorization: {consumes}"
+        );
+    }
+}
+
 /// The [`Router`] answers `GET /` for `host` as the host's classification says, without a
 /// socket: the landing page on the apex, 400 for an unusable host or an invalid name, 404 for
 /// any other name (no tunnel is ever online here) and for foreign hosts.
@@ -749,7 +807,7 @@ fn route(host: &str) -> Option<String> {
     }
 }
 
-/// A visitor's bytes as the server's own HTTP/1.1 reads them (`h1::read_plain`), beside hyper's
+/// A visitor's bytes as the server's own HTTP/1.1 reads them (`h1::parse`), beside hyper's
 /// reading of the same bytes, which serves every request that path does not take; input: the
 /// bytes a connection sends.
 ///
@@ -758,15 +816,16 @@ fn route(host: &str) -> Option<String> {
 /// its opening head decodes, carries every header hyper saw except hop-by-hop ones and the
 /// `X-Forwarded-*` the server writes itself once each, and a host that names the tunnel read.
 pub fn visitor_head(data: &[u8]) {
-    use crate::h1::{read_plain, Read};
+    use crate::h1::{parse, Read, MAX_HEADERS};
     use ggrok_tunnel::{head, http_util::hop_by_hop};
 
     let visitor = Visitor::direct("192.0.2.1:5000".parse().expect("address"), false);
-    let Read::Plain(plain) = read_plain(data, &visitor, DOMAIN) else {
+    let mut slots = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+    let Read::Plain(plain) = parse(data, DOMAIN, &mut slots) else {
         return;
     };
     assert!(plain.head_len + plain.body_len <= data.len());
-    let Ok(head::Open::Http(open)) = head::decode_open(plain.open.clone()) else {
+    let Ok(head::Open::Http(open)) = head::decode_open(plain.open_local(&visitor)) else {
         panic!("the opening head of a plain request does not decode");
     };
     for name in open.headers.keys() {
@@ -787,6 +846,18 @@ pub fn visitor_head(data: &[u8]) {
     let Some(seen) = hyper_reads(data) else {
         panic!("hyper refuses a request read as plain");
     };
+    // The hop's opening head to the node holding the tunnel: what `hop::forward` writes of the
+    // request hyper reads, the visitor first.
+    match protocol::decode_hop(plain.open_hop(&visitor)) {
+        Ok(protocol::HopOpen::Request(v, parts)) => {
+            assert_eq!((v.ip, v.secure, v.proxied), (visitor.ip, false, false));
+            assert_eq!(
+                (&parts.method, &parts.uri, &parts.headers),
+                (seen.method(), seen.uri(), seen.headers())
+            );
+        }
+        other => panic!("the hop's opening head of a plain request: {other:?}"),
+    }
     assert_eq!(seen.method(), &open.method);
     assert_eq!(seen.uri(), &open.uri);
     let body = &data[plain.head_len..plain.head_len + plain.body_len];

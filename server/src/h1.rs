@@ -1,19 +1,22 @@
 //! The server's own HTTP/1.1 for the request nearly every visitor sends: a plain HTTP/1.1 request
-//! for a tunnel online on this node, without a body or with a small one that came whole with its
-//! head (a `Content-Length` within [`MAX_HEAD`] with the head, in the buffer already). The head
-//! is parsed in place by `httparse`, the stream's opening head is written straight from it, and
-//! the client's answering head and body are written back as HTTP/1.1: no header map on either
-//! side, no dispatch between a request and its connection. hyper's HTTP/1.1 server with its
-//! header maps was about half of the server's instructions per request (docs/benchmarks.md, "Why
-//! it is built this way").
+//! for a tunnel online on this node, or in a cluster held by another node, without a body or
+//! with a small one that came whole with its head (a `Content-Length` within [`MAX_HEAD`] with
+//! the head, in the buffer already). The head is parsed in place by `httparse`, the stream's
+//! opening head is written straight from it (the tunnel's, or the hop's to the node holding the
+//! tunnel: see `cluster::hop`), and the answering head and body are written back as HTTP/1.1:
+//! no header map on either side, no dispatch between a request and its connection. hyper's
+//! HTTP/1.1 server with its header maps was about half of the server's instructions per request
+//! (docs/benchmarks.md, "Why it is built this way").
 //!
 //! Everything else goes to hyper, with the connection and what was read of it, for the rest of
 //! the connection's life: a chunked, larger or late body, an upgrade, `Expect`, `TE`, a
 //! `Connection` that names headers, a host or target outside the plain forms, a tunnel not online
-//! here, placed on another node by a cluster's table, or protected by a password, a refused rate,
-//! HTTP/1.0, a head `httparse` refuses or that is too large, and every connection from a trusted
-//! proxy. The [`Router`] then serves it exactly as before, so every page, limit and check keeps
-//! one implementation; this path only ever forwards.
+//! here (nor placed on another node by a cluster's table), or protected by a password, a refused
+//! rate, HTTP/1.0, a head `httparse` refuses or that is too large, a hop to a node that speaks
+//! only hop format 1, and every connection from a trusted proxy. The [`Router`] then serves it
+//! exactly as before, so every page, limit and check keeps one implementation; this path only
+//! ever forwards. A hopped request's password, allowlist and rate are the holder's to check, as
+//! for every hop.
 //!
 //! [`Router`]: crate::router::Router
 
@@ -30,16 +33,16 @@ use ggrok_tunnel::{
     head::{self, HeadWriter},
     http_util::{accept_wants_json, hop_by_hop, Body},
     mux::{Item, MuxError, MuxStream},
-    protocol::{self, PageKind, HEADER_ERROR, RESET_PROTOCOL},
+    protocol::{self, HopHead, PageKind, HEADER_ERROR, RESET_PROTOCOL},
     stop::until_stopped,
 };
 use http::{header, Response, StatusCode};
 use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::{
-    cluster::node::Place,
+    cluster::{hop, node::Place},
     cookies,
     proxy::Refuse,
     registry::Endpoint,
@@ -50,7 +53,7 @@ use crate::{
 };
 
 /// Headers a head may have on this path; hyper allows as many, and serves a head with more.
-const MAX_HEADERS: usize = 100;
+pub(crate) const MAX_HEADERS: usize = 100;
 
 /// Body bytes gathered behind a head before they are written: a small answer goes out in one
 /// write, a large one in writes of its own frames, not copied.
@@ -92,11 +95,14 @@ where
             }
         };
         let len = plan.head_len + plan.body_len;
-        let keep_alive = forward(shared, &mut io, &mut buf, plan).await;
-        buf.advance(len);
-        if !keep_alive {
-            let _ = io.shutdown().await;
-            return None;
+        match forward(shared, &mut io, &mut buf, plan).await {
+            After::Next => buf.advance(len),
+            After::Close => {
+                let _ = io.shutdown().await;
+                return None;
+            }
+            // Nothing was written: hyper serves the request from its first byte.
+            After::Hyper => return Some(Prefixed::new(buf.freeze(), io)),
         }
     }
 }
@@ -114,13 +120,15 @@ enum Next {
 /// A request this path forwards, decided from its head.
 struct Plan {
     /// The head's length at the front of the buffer (the buffer keeps it until the answer is
-    /// written: `accept` points into it).
+    /// written: `accept` and `name` point into it).
     head_len: usize,
     /// The body's, after the head.
     body_len: usize,
-    route: Arc<Endpoint>,
+    to: To,
     /// The stream's opening head.
     open: Bytes,
+    /// Where the tunnel's name is in the buffer.
+    name: Range<usize>,
     /// A `HEAD` request, whose answer has no body.
     head_request: bool,
     /// The visitor asked to close after this request.
@@ -159,70 +167,93 @@ where
     }
 }
 
+/// Where a planned request goes.
+enum To {
+    /// The tunnel's session here.
+    Local(Arc<Endpoint>),
+    /// The node of the cluster that holds the tunnel, over the hop.
+    Hop { id: String, advertise: String },
+}
+
 enum Planned {
     Forward(Plan),
     Hyper,
     Partial,
 }
 
-/// Decides what serves the head at the front of `buf`: [`read_plain`], then the tunnel online
-/// here and open to this visitor at this rate.
+/// Decides what serves the head at the front of `buf`: [`parse`], then the node the cluster's
+/// table places the tunnel on, or the tunnel online here and open to this visitor at this rate.
 fn plan(shared: &Shared, visitor: &Visitor, buf: &[u8]) -> Planned {
-    let plain = match read_plain(buf, visitor, &shared.config.domain) {
-        Read::Plain(plain) => plain,
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let parsed = match parse(buf, &shared.config.domain, &mut slots) {
+        Read::Plain(parsed) => parsed,
         Read::Hyper => return Planned::Hyper,
         Read::Partial => return Planned::Partial,
     };
-    // In a cluster, only a tunnel the cluster's table places here: the router sends requests
-    // for the others on to their node, and looks up names the table does not know yet.
-    if let Some(node) = &shared.config.cluster {
-        if !matches!(node.place(plain.name), Place::Local) {
-            return Planned::Hyper;
-        }
-    }
-    let Some(route) = shared.registry.endpoint(plain.name) else {
-        return Planned::Hyper;
+    // In a cluster, a tunnel the cluster's table places here is served here and one it places
+    // on another node is hopped there; the router looks up names the table does not know yet.
+    let place = match &shared.config.cluster {
+        Some(node) => node.place(parsed.name),
+        None => Place::Local,
     };
-    // The password is checked, and the visitor told why not, by the router; so is the rate.
-    if route.policy.consumes_authorization()
-        || !route.policy.allows(visitor.ip)
-        || !shared.request_limit.allow(&route.name)
-    {
-        return Planned::Hyper;
-    }
+    let (to, open) = match place {
+        Place::Local => {
+            let Some(route) = shared.registry.endpoint(parsed.name) else {
+                return Planned::Hyper;
+            };
+            // The password is checked, and the visitor told why not, by the router; so is the
+            // rate.
+            if route.policy.consumes_authorization()
+                || !route.policy.allows(visitor.ip)
+                || !shared.request_limit.allow(&route.name)
+            {
+                return Planned::Hyper;
+            }
+            (To::Local(route), parsed.open_local(visitor))
+        }
+        // The holder checks the password, the allowlist and the rate, as for every hop.
+        Place::Node { id, advertise } => (To::Hop { id, advertise }, parsed.open_hop(visitor)),
+        Place::Nowhere => return Planned::Hyper,
+    };
     Planned::Forward(Plan {
-        head_len: plain.head_len,
-        body_len: plain.body_len,
-        route,
-        open: plain.open,
-        head_request: plain.head_request,
-        close: plain.close,
-        accept: plain.accept,
+        head_len: parsed.head_len,
+        body_len: parsed.body_len,
+        to,
+        open,
+        name: offset(buf, parsed.name.as_bytes()),
+        head_request: parsed.head_request,
+        close: parsed.close,
+        accept: parsed.accept,
     })
 }
 
-/// What [`read_plain`] makes of the bytes at the front of a connection's buffer.
+/// What [`parse`] makes of the bytes at the front of a connection's buffer.
 #[derive(Debug)]
-pub(crate) enum Read<'b> {
+pub(crate) enum Read<P> {
     /// A plain request.
-    Plain(Plain<'b>),
+    Plain(P),
     /// A request for hyper.
     Hyper,
     /// Not a whole head yet.
     Partial,
 }
 
-/// A plain request, read.
-#[derive(Debug)]
-pub(crate) struct Plain<'b> {
+/// A plain request's head, parsed in place: what [`Parsed::open_local`] and
+/// [`Parsed::open_hop`] write opening heads from.
+pub(crate) struct Parsed<'h, 'b> {
+    req: httparse::Request<'h, 'b>,
     /// The tunnel it is for (not yet looked up).
     pub(crate) name: &'b str,
+    /// Its `Host` value.
+    host: &'b [u8],
+    /// Bytes of its headers, as a head frame counts them.
+    size: usize,
+    /// It carries an `X-Forwarded-For` of its own.
+    forwarded_for: bool,
     /// Its head's length at the front of the buffer.
     pub(crate) head_len: usize,
     /// Its body's, after the head (all in the buffer).
     pub(crate) body_len: usize,
-    /// The stream's opening head.
-    pub(crate) open: Bytes,
     /// A `HEAD` request.
     pub(crate) head_request: bool,
     /// The visitor asked to close after it.
@@ -231,14 +262,16 @@ pub(crate) struct Plain<'b> {
     pub(crate) accept: Option<Range<usize>>,
 }
 
-/// Reads the head at the front of `buf` for a server of `domain`; for a plain request, writes
-/// the stream's opening head: the visitor's headers in order without the hop-by-hop ones, then
-/// `X-Forwarded-For`, `-Proto` and `-Host`, as [`crate::proxy`] writes them.
-pub(crate) fn read_plain<'b>(buf: &'b [u8], visitor: &Visitor, domain: &str) -> Read<'b> {
-    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+/// Reads the head at the front of `buf` for a server of `domain` with `slots` for its headers:
+/// a plain request, or one for hyper.
+pub(crate) fn parse<'h, 'b>(
+    buf: &'b [u8],
+    domain: &str,
+    slots: &'h mut [MaybeUninit<httparse::Header<'b>>; MAX_HEADERS],
+) -> Read<Parsed<'h, 'b>> {
     let mut req = httparse::Request::new(&mut []);
     let head_len = match httparse::ParserConfig::default()
-        .parse_request_with_uninit_headers(&mut req, buf, &mut slots)
+        .parse_request_with_uninit_headers(&mut req, buf, slots)
     {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Read::Partial,
@@ -313,36 +346,82 @@ pub(crate) fn read_plain<'b>(buf: &'b [u8], visitor: &Visitor, domain: &str) -> 
     let Some(name) = tunnel_name(host, domain) else {
         return Read::Hyper;
     };
-
-    let chain = forwarded_for.then(|| forwarded_chain(req.headers, visitor));
-    let ip = visitor.ip_value.as_bytes();
-    let proto: &[u8] = if visitor.secure { b"https" } else { b"http" };
-    let extra = chain.as_ref().map_or(ip.len(), Vec::len) + proto.len() + host.len() + 3 * 22;
-    let mut open = HeadWriter::request(method.as_bytes(), target.as_bytes(), size + extra);
-    for h in req.headers.iter() {
-        if !is_forwarded(h.name) && !hop_by_hop(h.name.as_bytes()) {
-            open.push(h.name.as_bytes(), h.value);
-        }
-    }
-    open.push(b"x-forwarded-for", chain.as_deref().unwrap_or(ip));
-    open.push(b"x-forwarded-proto", proto);
-    // The host the visitor reached; `Host` itself goes on unchanged (the client rewrites it for
-    // the local service).
-    open.push(b"x-forwarded-host", host);
-    Read::Plain(Plain {
+    Read::Plain(Parsed {
+        head_request: method == "HEAD",
+        req,
         name,
+        host,
+        size,
+        forwarded_for,
         head_len,
         body_len,
-        open: open.finish(),
-        head_request: method == "HEAD",
         close,
         accept,
     })
 }
 
+impl Parsed<'_, '_> {
+    fn method(&self) -> &[u8] {
+        self.req.method.unwrap_or_default().as_bytes()
+    }
+
+    fn target(&self) -> &[u8] {
+        self.req.path.unwrap_or_default().as_bytes()
+    }
+
+    /// The opening head of the tunnel's stream: the visitor's headers in order without the
+    /// hop-by-hop ones, then `X-Forwarded-For`, `-Proto` and `-Host`, as [`crate::proxy`] writes
+    /// them.
+    pub(crate) fn open_local(&self, visitor: &Visitor) -> Bytes {
+        let headers = &*self.req.headers;
+        let chain = self.forwarded_for.then(|| {
+            let lines = headers
+                .iter()
+                .filter(|h| h.name.eq_ignore_ascii_case("x-forwarded-for"))
+                .map(|h| h.value);
+            forwarded_chain(lines, visitor.ip_value.as_bytes())
+        });
+        let ip = visitor.ip_value.as_bytes();
+        let proto: &[u8] = if visitor.secure { b"https" } else { b"http" };
+        let host = self.host;
+        let extra = chain.as_ref().map_or(ip.len(), Vec::len) + proto.len() + host.len() + 3 * 22;
+        let mut open = HeadWriter::request(self.method(), self.target(), self.size + extra);
+        for h in headers {
+            if !is_forwarded(h.name.as_bytes()) && !hop_by_hop(h.name.as_bytes()) {
+                open.push(h.name.as_bytes(), h.value);
+            }
+        }
+        open.push(b"x-forwarded-for", chain.as_deref().unwrap_or(ip));
+        open.push(b"x-forwarded-proto", proto);
+        // The host the visitor reached; `Host` itself goes on unchanged (the client rewrites it
+        // for the local service).
+        open.push(b"x-forwarded-host", host);
+        open.finish()
+    }
+
+    /// The opening head of the hop's stream to the node that holds the tunnel: who the visitor
+    /// is, then the head as the visitor sent it, every header kept (the holder drops the
+    /// hop-by-hop ones and writes `X-Forwarded-*`): the bytes `hop::forward` writes for the
+    /// same head (`HopHead::encode_request`), but for headers of one name that the visitor did
+    /// not send together, which a header map would have put together.
+    pub(crate) fn open_hop(&self, visitor: &Visitor) -> Bytes {
+        let hop = HopHead {
+            ip: visitor.ip,
+            secure: visitor.secure,
+            proxied: visitor.proxied,
+            tcp_port: None,
+        };
+        let mut open = hop.request_writer(self.method(), self.target(), self.size);
+        for h in &*self.req.headers {
+            open.push(h.name.as_bytes(), h.value);
+        }
+        open.finish()
+    }
+}
+
 /// The tunnel a plain `Host` value names (`name.DOMAIN`, lowercase, perhaps with a port and a
 /// trailing dot): any other form of host, valid or not, is left to the router's parsing.
-fn tunnel_name<'a>(host: &'a [u8], domain: &str) -> Option<&'a str> {
+pub(crate) fn tunnel_name<'a>(host: &'a [u8], domain: &str) -> Option<&'a str> {
     let (name, port) = match host.iter().position(|b| *b == b':') {
         Some(i) => (&host[..i], Some(&host[i + 1..])),
         None => (host, None),
@@ -364,14 +443,10 @@ fn tunnel_name<'a>(host: &'a [u8], domain: &str) -> Option<&'a str> {
     }
 }
 
-/// `X-Forwarded-For` as the local service gets it from a visitor that sent one itself: its
-/// lines as one list, then the visitor, as [`crate::proxy`] appends it.
-fn forwarded_chain(headers: &[httparse::Header<'_>], visitor: &Visitor) -> Vec<u8> {
-    let lines: Vec<&[u8]> = headers
-        .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case("x-forwarded-for"))
-        .map(|h| h.value)
-        .collect();
+/// `X-Forwarded-For` as the local service gets it from a visitor at `ip` that sent these `lines`
+/// of it itself: the lines as one list, then the visitor, as [`crate::proxy`] appends it.
+pub(crate) fn forwarded_chain<'a>(lines: impl Iterator<Item = &'a [u8]>, ip: &[u8]) -> Vec<u8> {
+    let lines: Vec<&[u8]> = lines.collect();
     // A value that is not visible ASCII counts as no chain at all, as a header map's text does.
     let text = lines
         .iter()
@@ -381,7 +456,6 @@ fn forwarded_chain(headers: &[httparse::Header<'_>], visitor: &Visitor) -> Vec<u
     } else {
         Vec::new()
     };
-    let ip = visitor.ip_value.as_bytes();
     match prev.trim_ascii() {
         [] => ip.to_vec(),
         prev => [prev, b", ", ip].concat(),
@@ -389,21 +463,21 @@ fn forwarded_chain(headers: &[httparse::Header<'_>], visitor: &Visitor) -> Vec<u
 }
 
 /// `X-Forwarded-For`, `-Proto` or `-Host`: the names this server writes itself.
-fn is_forwarded(name: &str) -> bool {
+pub(crate) fn is_forwarded(name: &[u8]) -> bool {
     let Some(rest) = name
         .get(..12)
-        .filter(|p| p.eq_ignore_ascii_case("x-forwarded-"))
+        .filter(|p| p.eq_ignore_ascii_case(b"x-forwarded-"))
         .map(|_| &name[12..])
     else {
         return false;
     };
-    ["for", "proto", "host"]
+    [&b"for"[..], b"proto", b"host"]
         .iter()
         .any(|n| rest.eq_ignore_ascii_case(n))
 }
 
 /// A decimal number of at most 19 digits, nothing else (no sign, no space).
-fn decimal(digits: &[u8]) -> Option<u64> {
+pub(crate) fn decimal(digits: &[u8]) -> Option<u64> {
     if digits.is_empty() || digits.len() > 19 || !all_bytes(digits, |b| b.is_ascii_digit()) {
         return None;
     }
@@ -416,14 +490,14 @@ fn offset(buf: &[u8], value: &[u8]) -> Range<usize> {
     start..start + value.len()
 }
 
-fn all_bytes(bytes: &[u8], ok: impl Fn(u8) -> bool) -> bool {
+pub(crate) fn all_bytes(bytes: &[u8], ok: impl Fn(u8) -> bool) -> bool {
     bytes.iter().fold(true, |all, &b| all & ok(b))
 }
 
 /// The bytes of an origin-form target taken on this path: RFC 3986's path and query characters,
 /// all of which `http::Uri` accepts too; anything else (a fragment, raw non-ASCII) is the
 /// router's to accept or refuse.
-fn target_byte(b: u8) -> bool {
+pub(crate) fn target_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric()
         || matches!(
             b,
@@ -458,38 +532,108 @@ enum Framing {
     Chunked,
 }
 
-/// Forwards one request and writes its answer; whether the connection can carry another.
-async fn forward<I>(shared: &Shared, io: &mut I, buf: &mut BytesMut, plan: Plan) -> bool
+/// What the connection does after a request.
+enum After {
+    /// Reads the next one.
+    Next,
+    /// Closes.
+    Close,
+    /// Goes to hyper from this request on: nothing of it was answered.
+    Hyper,
+}
+
+impl After {
+    fn keep_alive(keep_alive: bool) -> Self {
+        if keep_alive {
+            Self::Next
+        } else {
+            Self::Close
+        }
+    }
+}
+
+/// Forwards one request and writes its answer.
+async fn forward<I>(shared: &Arc<Shared>, io: &mut I, buf: &mut BytesMut, plan: Plan) -> After
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    let Plan {
+        head_len,
+        body_len,
+        to,
+        open,
+        name,
+        head_request,
+        close,
+        accept,
+    } = plan;
+    let request = Request {
+        body: head_len..head_len + body_len,
+        head_request,
+        // A draining server answers the request in flight and then closes, as hyper does.
+        close: close || shared.draining.is_cancelled(),
+        accept,
+    };
+    match to {
+        To::Local(route) => forward_local(shared, io, buf, &route, open, request).await,
+        To::Hop { id, advertise } => {
+            let to = (id.as_str(), advertise.as_str());
+            forward_hop(shared, io, buf, to, name, open, request).await
+        }
+    }
+}
+
+/// What the forwarding of a request needs of its plan besides where it goes.
+struct Request {
+    /// Where its body is in the buffer.
+    body: Range<usize>,
+    head_request: bool,
+    close: bool,
+    accept: Option<Range<usize>>,
+}
+
+impl Request {
+    /// Whether the visitor wants an error page in JSON: read only for a page, which is rare.
+    fn json(&self, buf: &[u8]) -> bool {
+        self.accept
+            .clone()
+            .is_some_and(|r| accept_wants_json(&buf[r]))
+    }
+}
+
+/// Forwards a request to the tunnel's session here.
+async fn forward_local<I>(
+    shared: &Shared,
+    io: &mut I,
+    buf: &mut BytesMut,
+    route: &Endpoint,
+    open: Bytes,
+    req: Request,
+) -> After
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
     let started = Instant::now();
-    let route = &plan.route;
-    // A draining server answers the request in flight and then closes, as hyper does.
-    let close = plan.close || shared.draining.is_cancelled();
-    // Pages are rare: whether the visitor wants JSON is read only for one.
+    let mut close = req.close;
     let refuse = |buf: &BytesMut| Refuse {
         shared,
         name: &route.name,
-        json: plan
-            .accept
-            .clone()
-            .is_some_and(|r| accept_wants_json(&buf[r])),
+        json: req.json(buf),
     };
-    let stream = match route.mux.open(plan.open, plan.body_len == 0).await {
+    let stream = match route.mux.open(open, req.body.is_empty()).await {
         Ok(stream) => stream,
         Err(MuxError::TooManyStreams) => {
             let page = refuse(buf).too_many_streams();
-            return write_page(io, page, close, plan.head_request).await;
+            return write_page(io, page, close, req.head_request).await;
         }
         Err(e) => {
             debug!(%e, "open stream failed");
             let page = refuse(buf).lost("is not answering (session closing)");
-            return write_page(io, page, close, plan.head_request).await;
+            return write_page(io, page, close, req.head_request).await;
         }
     };
-    if plan.body_len > 0 {
-        let body = &buf[plan.head_len..plan.head_len + plan.body_len];
+    if !req.body.is_empty() {
+        let body = &buf[req.body.clone()];
         route.metrics.count_bytes(body.len() as u64, 0);
         // An answer may come before the body is taken (a refusal): it is read all the same.
         if let Err(e) = stream.send_last(body).await {
@@ -498,20 +642,20 @@ where
     }
     let answer = match next_item(&stream, io, buf).await {
         Some(Some(Ok(Item::Head(answer)))) => answer,
-        None => return false,
+        None => return After::Close,
         other => {
             debug!(?other, "request through tunnel failed");
             let page = refuse(buf).lost("went away while handling the request");
-            return write_page(io, page, close, plan.head_request).await;
+            return write_page(io, page, close, req.head_request).await;
         }
     };
     let mut out = BytesMut::with_capacity(answer.len() + 128);
+    let from = Source::Local(shared, route);
     let framing = match answer_head(
-        shared,
-        route,
+        from,
         &answer,
-        plan.head_request,
-        close,
+        req.head_request,
+        &mut close,
         &stream,
         &mut out,
     ) {
@@ -519,12 +663,95 @@ where
         Err(why) => {
             stream.reset(RESET_PROTOCOL, why);
             let page = refuse(buf).lost("sent a malformed response");
-            return write_page(io, page, close, plan.head_request).await;
+            return write_page(io, page, close, req.head_request).await;
         }
     };
     route.metrics.request(started.elapsed());
     drop(answer);
-    body(io, buf, route, &stream, framing, out).await && !close
+    After::keep_alive(body(io, buf, Some(route), &stream, framing, out).await && !close)
+}
+
+/// Forwards a request over the hop to node `id` at `advertise`, which holds tunnel `name`, as
+/// `hop::forward` does: the holder answers as if the visitor had come to it, with the password,
+/// the allowlist, the rate, the cookies and the forwarding headers its own to deal with.
+async fn forward_hop<I>(
+    shared: &Arc<Shared>,
+    io: &mut I,
+    buf: &mut BytesMut,
+    (id, advertise): (&str, &str),
+    name: Range<usize>,
+    open: Bytes,
+    req: Request,
+) -> After
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    let node = shared
+        .config
+        .cluster
+        .as_ref()
+        .expect("only a cluster's node plans a hop");
+    let mut close = req.close;
+    let unreachable = |buf: &BytesMut, why: &str| {
+        let name = std::str::from_utf8(&buf[name.clone()]).unwrap_or_default();
+        hop::unreachable(shared, id, name, why, req.json(buf))
+    };
+    let link = match node.peers.link(shared, node, id, advertise).await {
+        Ok(link) if link.hop_version >= 2 => link,
+        // A node that speaks only hop format 1 is spoken to by hyper, inside the stream.
+        Ok(_) => return After::Hyper,
+        Err(e) => {
+            let page = unreachable(buf, &e);
+            return write_page(io, page, close, req.head_request).await;
+        }
+    };
+    let stream = match link.session.open(open, req.body.is_empty()).await {
+        Ok(stream) => stream,
+        Err(e) => {
+            let page = unreachable(buf, &e.to_string());
+            return write_page(io, page, close, req.head_request).await;
+        }
+    };
+    if !req.body.is_empty() {
+        if let Err(e) = stream.send_last(&buf[req.body.clone()]).await {
+            debug!(%e, "hopped request body not sent whole");
+        }
+    }
+    let answer = match next_item(&stream, io, buf).await {
+        Some(Some(Ok(Item::Head(answer)))) => answer,
+        None => return After::Close,
+        Some(Some(Err(MuxError::Reset {
+            code: RESET_PROTOCOL,
+            reason,
+        }))) => {
+            warn!(peer = %id, %reason, "the node holding the tunnel refused the hop");
+            let page = unreachable(buf, &reason);
+            return write_page(io, page, close, req.head_request).await;
+        }
+        Some(other) => {
+            let page = unreachable(buf, &format!("no answer: {other:?}"));
+            return write_page(io, page, close, req.head_request).await;
+        }
+    };
+    let mut out = BytesMut::with_capacity(answer.len() + 128);
+    let framing = match answer_head(
+        Source::Hop,
+        &answer,
+        req.head_request,
+        &mut close,
+        &stream,
+        &mut out,
+    ) {
+        Ok(framing) => framing,
+        Err(why) => {
+            stream.reset(RESET_PROTOCOL, why);
+            let page = unreachable(buf, "a malformed response head");
+            return write_page(io, page, close, req.head_request).await;
+        }
+    };
+    shared.metrics.hop();
+    drop(answer);
+    After::keep_alive(body(io, buf, None, &stream, framing, out).await && !close)
 }
 
 /// The stream's next item, watching the visitor meanwhile, as hyper does: what it sends is kept
@@ -553,14 +780,25 @@ where
     }
 }
 
-/// Writes the client's answering head as HTTP/1.1 into `out`, as [`crate::proxy`] relays it:
-/// hop-by-hop headers dropped, cookies narrowed to the tunnel, ggrok's error pages counted.
+/// Whose answering head [`answer_head`] writes.
+#[derive(Clone, Copy)]
+enum Source<'a> {
+    /// The tunnel's client, here: its cookies are narrowed to the tunnel and ggrok's error pages
+    /// counted, as [`crate::proxy`] does.
+    Local(&'a Shared, &'a Endpoint),
+    /// The node that holds the tunnel, over the hop: it did both. Its `Connection: close` (a
+    /// page refusing the request) closes the visitor's connection, as hyper does.
+    Hop,
+}
+
+/// Writes the answering head as HTTP/1.1 into `out`, as hyper writes the router's answer:
+/// hop-by-hop headers dropped, and for the client's answer, cookies narrowed to the tunnel and
+/// ggrok's error pages counted. `close` is whether the connection closes after it.
 fn answer_head(
-    shared: &Shared,
-    route: &Endpoint,
+    from: Source<'_>,
     answer: &[u8],
     head_request: bool,
-    close: bool,
+    close: &mut bool,
     stream: &MuxStream,
     out: &mut BytesMut,
 ) -> Result<Framing, &'static str> {
@@ -583,17 +821,23 @@ fn answer_head(
     let mut cookie_host = None;
     for &(name, value) in &raw.headers {
         if hop_by_hop(name) || listed.iter().any(|l| l.eq_ignore_ascii_case(name)) {
+            if matches!(from, Source::Hop) && name.eq_ignore_ascii_case(b"connection") {
+                let mut tokens = value.split(|b| *b == b',').map(<[u8]>::trim_ascii);
+                *close |= tokens.any(|t| t.eq_ignore_ascii_case(b"close"));
+            }
             continue;
         }
         let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
         match name.len() {
             4 if is("date") => date = true,
             10 if is("set-cookie") => {
-                let host = cookie_host
-                    .get_or_insert_with(|| format!("{}.{}", route.name, shared.config.domain));
-                if let Some(narrowed) = cookies::narrowed_bytes(value, host) {
-                    put_header(out, name, &narrowed);
-                    continue;
+                if let Source::Local(shared, route) = from {
+                    let host = cookie_host
+                        .get_or_insert_with(|| format!("{}.{}", route.name, shared.config.domain));
+                    if let Some(narrowed) = cookies::narrowed_bytes(value, host) {
+                        put_header(out, name, &narrowed);
+                        continue;
+                    }
                 }
             }
             14 if is("content-length") => {
@@ -609,7 +853,7 @@ fn answer_head(
                 let kind = std::str::from_utf8(value)
                     .ok()
                     .and_then(PageKind::from_code);
-                if let Some(kind) = kind {
+                if let (Some(kind), Source::Local(shared, _)) = (kind, from) {
                     shared.metrics.error(kind);
                 }
             }
@@ -634,7 +878,7 @@ fn answer_head(
     if !date {
         put_date(out);
     }
-    if close {
+    if *close {
         out.put_slice(b"connection: close\r\n");
     }
     out.put_slice(b"\r\n");
@@ -646,7 +890,7 @@ fn answer_head(
 async fn body<I>(
     io: &mut I,
     buf: &mut BytesMut,
-    route: &Endpoint,
+    route: Option<&Endpoint>,
     stream: &MuxStream,
     mut framing: Framing,
     mut out: BytesMut,
@@ -682,7 +926,9 @@ where
                 return false;
             }
         };
-        route.metrics.count_bytes(0, data.len() as u64);
+        if let Some(route) = route {
+            route.metrics.count_bytes(0, data.len() as u64);
+        }
         match &mut framing {
             Framing::None => continue,
             Framing::Length(left) => match left.checked_sub(data.len() as u64) {
@@ -716,8 +962,8 @@ where
     io.write_all_buf(&mut out).await.is_ok()
 }
 
-/// Writes one of the server's own pages; whether the connection can carry another request.
-async fn write_page<I>(io: &mut I, page: Response<Body>, close: bool, head_request: bool) -> bool
+/// Writes one of the server's own pages.
+async fn write_page<I>(io: &mut I, page: Response<Body>, close: bool, head_request: bool) -> After
 where
     I: AsyncWrite + Unpin,
 {
@@ -752,7 +998,7 @@ where
     if !head_request {
         out.put_slice(&body);
     }
-    io.write_all(&out).await.is_ok() && !close
+    After::keep_alive(io.write_all(&out).await.is_ok() && !close)
 }
 
 fn status_line(out: &mut BytesMut, status: StatusCode) {
@@ -822,7 +1068,7 @@ mod tests {
     #[test]
     fn the_forwarded_names_are_known_in_any_case() {
         for name in ["x-forwarded-for", "X-Forwarded-Proto", "x-forwarded-HOST"] {
-            assert!(is_forwarded(name), "{name}");
+            assert!(is_forwarded(name.as_bytes()), "{name}");
         }
         for name in [
             "x-forwarded",
@@ -831,22 +1077,14 @@ mod tests {
             "host",
             "forwarded",
         ] {
-            assert!(!is_forwarded(name), "{name}");
+            assert!(!is_forwarded(name.as_bytes()), "{name}");
         }
     }
 
     #[test]
     fn a_visitors_own_forwarded_chain_gets_the_visitor_appended() {
-        let visitor = Visitor::direct("192.0.2.7:4000".parse().unwrap(), false);
         let chain = |values: &[&[u8]]| {
-            let headers: Vec<httparse::Header<'_>> = values
-                .iter()
-                .map(|v| httparse::Header {
-                    name: "X-Forwarded-For",
-                    value: v,
-                })
-                .collect();
-            String::from_utf8(forwarded_chain(&headers, &visitor)).unwrap()
+            String::from_utf8(forwarded_chain(values.iter().copied(), b"192.0.2.7")).unwrap()
         };
         assert_eq!(chain(&[b"203.0.113.9"]), "203.0.113.9, 192.0.2.7");
         assert_eq!(

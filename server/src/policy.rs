@@ -90,18 +90,9 @@ impl Policy {
                 json,
             ));
         }
-        if let Some(expected) = self.basic_auth {
-            let presented = h
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Basic "))
-                .and_then(|b| {
-                    base64::engine::general_purpose::STANDARD
-                        .decode(b.trim())
-                        .ok()
-                })
-                .map(|creds| <[u8; 32]>::from(Sha256::digest(&creds)));
-            if presented != Some(expected) {
+        if self.basic_auth.is_some() {
+            let presented = h.get(header::AUTHORIZATION).map(|v| v.as_bytes());
+            if !self.authorizes(presented) {
                 return Some(
                     Response::builder()
                         .status(StatusCode::UNAUTHORIZED)
@@ -117,6 +108,27 @@ impl Policy {
             }
         }
         None
+    }
+
+    /// Whether a request whose first `Authorization` value is `presented` passes the tunnel's
+    /// Basic auth (any request does when it has none): the value must be text, `Basic ` and
+    /// the base64 of `user:password`.
+    pub fn authorizes(&self, presented: Option<&[u8]>) -> bool {
+        let Some(expected) = self.basic_auth else {
+            return true;
+        };
+        // What `HeaderValue::to_str` takes as text: visible ASCII, spaces and tabs.
+        let text = |v: &&[u8]| v.iter().all(|&b| b == b'\t' || (0x20..0x7f).contains(&b));
+        let presented = presented
+            .filter(text)
+            .and_then(|v| v.strip_prefix(b"Basic "))
+            .and_then(|b| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(b.trim_ascii())
+                    .ok()
+            })
+            .map(|creds| <[u8; 32]>::from(Sha256::digest(&creds)));
+        presented == Some(expected)
     }
 
     /// Whether the visitor's `Authorization` header belongs to ggrok (and must not reach the
@@ -279,6 +291,19 @@ mod tests {
         assert!(p
             .check("app", "192.0.2.7".parse().unwrap(), &ok, false)
             .is_none());
+        // The raw check the holder of a hopped request uses: the first value, as text.
+        assert!(p.authorizes(Some(b"Basic YWxpY2U6czNjcmV0")));
+        assert!(p.authorizes(Some(b"Basic  YWxpY2U6czNjcmV0\t")));
+        for bad in [
+            &b"Basic YWxpY2U6czNjcmV0\xff"[..],
+            b"basic YWxpY2U6czNjcmV0",
+            b"Basic YWxpY2U6czNjcmV1",
+            b"",
+        ] {
+            assert!(!p.authorizes(Some(bad)), "{bad:?}");
+        }
+        assert!(!p.authorizes(None));
+        assert!(Policy::default().authorizes(None));
         // IPv4-mapped IPv6 peers count as their IPv4 address.
         assert!(p
             .check("app", "::ffff:10.0.0.1".parse().unwrap(), &ok, false)

@@ -190,7 +190,7 @@ impl Refuse<'_> {
         self.page(StatusCode::BAD_GATEWAY, PageKind::TunnelLost, &message)
     }
 
-    fn body_failed(&self, why: u8) -> Response<Body> {
+    pub(crate) fn body_failed(&self, why: u8) -> Response<Body> {
         body_failed(self.shared, why, self.json)
     }
 }
@@ -248,7 +248,11 @@ impl VisitorUpgrade {
 
 /// The visitor's request head as the local service gets it: hop-by-hop headers and the
 /// tunnel's own credentials removed, `X-Forwarded-*` added, the target in origin form.
-fn to_origin(parts: &mut http::request::Parts, visitor: &Visitor, consumes_authorization: bool) {
+pub(crate) fn to_origin(
+    parts: &mut http::request::Parts,
+    visitor: &Visitor,
+    consumes_authorization: bool,
+) {
     // The host the request was routed by: the URI authority (HTTP/2, absolute-form targets)
     // before `Host`, so the origin sees the name the visitor actually reached.
     let public_host = parts
@@ -267,7 +271,7 @@ fn to_origin(parts: &mut http::request::Parts, visitor: &Visitor, consumes_autho
 
 /// Sends the visitor's body into `stream` from a task of its own, so the answer can come
 /// before the upload ends; `broken` says why, if the visitor's side failed it.
-fn upload(
+pub(crate) fn upload(
     shared: &Arc<Shared>,
     route: &Endpoint,
     stream: &ggrok_tunnel::mux::MuxStream,
@@ -289,7 +293,7 @@ fn upload(
 
 /// The client's answer as the visitor gets it: cookies narrowed to the tunnel's host, a 101
 /// spliced to the visitor's upgraded connection, the body read from the stream.
-fn respond(
+pub(crate) fn respond(
     shared: &Arc<Shared>,
     route: &Endpoint,
     name: &str,

@@ -201,7 +201,7 @@ fn checked_host<B>(req: &Request<B>) -> Result<String, Unroutable> {
 
 /// The size of `req`'s head as [`MAX_HEAD`] counts it: hyper's read buffer bounds memory, not
 /// the head, so the documented limit is enforced on the parsed parts.
-fn head_len<B>(req: &Request<B>) -> usize {
+pub(crate) fn head_len<B>(req: &Request<B>) -> usize {
     let headers: usize = req
         .headers()
         .iter()
@@ -223,11 +223,18 @@ pub(crate) fn is_served(shared: &Shared, name: &str) -> bool {
         || matches!(classify(name, domain), Destination::Tunnel(sub) if shared.registry.endpoint(sub).is_some())
 }
 
-/// The shard whose session serves `host`, if a tunnel online now holds it (see
-/// [`crate::shard`]).
+/// The shard whose session serves `host`, if a tunnel online now holds it, or in a cluster the
+/// shard whose session to the node that holds it carries its hops (see [`crate::shard`]).
 pub(crate) fn shard_of(shared: &Shared, host: &str) -> Option<usize> {
-    match classify(host, &shared.config.domain) {
-        Destination::Tunnel(name) => shared.registry.endpoint(name).and_then(|e| e.shard),
+    let Destination::Tunnel(name) = classify(host, &shared.config.domain) else {
+        return None;
+    };
+    if let Some(endpoint) = shared.registry.endpoint(name) {
+        return endpoint.shard;
+    }
+    let node = shared.config.cluster.as_ref()?;
+    match node.place(name) {
+        Place::Node { id, .. } => node.peers.shard(&id),
         _ => None,
     }
 }

@@ -12,8 +12,10 @@
 //! The acceptor (the runtime that calls [`crate::run_sharded`]) reads the start of each new
 //! connection, just enough to learn its host: the TLS ClientHello's server name, or the
 //! request head's `Host` (or absolute target). The connection then moves, with the bytes read,
-//! to the shard whose session holds that name; connections for no live tunnel (the apex, the
-//! client's connect, unknown names) go round the shards in turn, which spreads new sessions.
+//! to the shard whose session holds that name (in a cluster, for a name another node holds, the
+//! shard whose session to that node carries its hops); connections for no live tunnel (the
+//! apex, the client's connect, unknown names) go round the shards in turn, which spreads new
+//! sessions.
 //! Later requests on a connection for another tunnel (HTTP/2 coalescing, a proxy in front) are
 //! still served, by a hand-off to that session's thread.
 

@@ -14,7 +14,7 @@ use common::{
     origin::Origin,
     server::{config, Server},
     tunnels::{tunnel_with, wait_status},
-    visitors::get,
+    visitors::{answers, get, header, header_count, Answer},
 };
 use ggrok_server::{
     cluster::{node::Membership, ClusterSecret, EtcdStore, Node},
@@ -871,6 +871,180 @@ async fn a_hop_whose_head_does_not_decode_is_reset_with_the_reason() {
     assert_eq!(reset(stream).await.0, protocol::RESET_PROTOCOL);
     new.stop().await;
     old.stop().await;
+}
+
+/// Sends `requests` on one connection to `server` from loopback address `from`, and reads the
+/// answers until the server closes (the last request asks it to); `head_of` as in `answers`.
+async fn exchange(server: &Server, from: [u8; 4], requests: &str, head_of: &[bool]) -> Vec<Answer> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind((from, 0).into()).unwrap();
+    let mut conn = socket.connect(server.addr).await.unwrap();
+    conn.write_all(requests.as_bytes()).await.unwrap();
+    let mut bytes = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut bytes))
+        .await
+        .expect("the connection was not closed after the last request")
+        .unwrap();
+    answers(&bytes, head_of)
+}
+
+/// The value of series `series` in `server`'s /metrics (token "metrics-token"); 0 when the
+/// series has not been written yet.
+async fn series(server: &Server, series: &str) -> u64 {
+    let text = common::visitors::metrics(&server.url(), "metrics-token").await;
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Every header of `answer` but `except` is there once.
+fn each_header_once(answer: &Answer, except: &[&str]) {
+    for (name, _) in &answer.1 {
+        if !except.contains(&name.as_str()) {
+            assert_eq!(header_count(answer, name), 1, "{name} in {answer:?}");
+        }
+    }
+}
+
+/// Plain requests through a node that does not hold their tunnel, which both nodes serve on
+/// their own paths (the visitor's node writes the hop's head from the visitor's, the holder
+/// relays the hop to the client: docs/internals.md, "Hop"), pipelined and with a small body,
+/// to a tunnel with a password and to one with an allowlist. The local service gets what a
+/// visitor of the holder would give it, `X-Forwarded-*` once; the visitor gets every answer
+/// header once and the cookies narrowed; refusals are the router's pages, counted once, on the
+/// holder.
+#[tokio::test]
+async fn plain_requests_through_another_node_arrive_as_if_sent_to_the_holder() {
+    let Some(etcd) = Etcd::start() else { return };
+    let metrics = |c: &mut Config| {
+        c.metrics_token = Some(ggrok_server::config::hash_token("metrics-token"));
+    };
+    let (holder, other) = (node(&etcd, metrics).await, node(&etcd, metrics).await);
+    let origin = Origin::start().await;
+    let (_app, _) = tunnel_with(named(&holder, origin.port(), "app")).await;
+    let mut guarded = named(&holder, origin.port(), "guarded");
+    guarded.basic_auth = Some(Secret::new("alice:wonderland"));
+    let (_guarded, _) = tunnel_with(guarded).await;
+    let mut listed = named(&holder, origin.port(), "listed");
+    listed.allow_ips = vec!["127.0.0.2/32".into()];
+    let (_listed, _) = tunnel_with(listed).await;
+    for name in ["app", "guarded", "listed"] {
+        common::eventually(Duration::from_secs(5), || async {
+            (status_at(&other.url(), name).await != 404).then_some(())
+        })
+        .await;
+    }
+    const HOPS: &str = "ggrok_cluster_hops_total";
+    const APP_REQUESTS: &str = r#"ggrok_requests_total{tunnel="app"}"#;
+    const APP_IN: &str = r#"ggrok_bytes_total{tunnel="app",direction="In"}"#;
+    let hops = series(&other, HOPS).await;
+    let app_requests = series(&holder, APP_REQUESTS).await;
+    let app_in = series(&holder, APP_IN).await;
+
+    let host = "app.localhost";
+    let requests = format!(
+        "GET /echo?1 HTTP/1.1\r\nHost: {host}\r\nX-Forwarded-For: 203.0.113.9\r\nX-Multi: 1\r\n\
+         Keep-Alive: timeout=5\r\nConnection: keep-alive\r\nX-Multi: 2\r\n\
+         X-Forwarded-Proto: https\r\nX-Forwarded-Host: evil.example\r\n\r\n\
+         HEAD /bytes?100 HTTP/1.1\r\nHost: {host}\r\n\r\n\
+         GET /cookies HTTP/1.1\r\nHost: {host}\r\n\r\n\
+         POST /echo HTTP/1.1\r\nHost: {host}\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello"
+    );
+    let got = exchange(
+        &other,
+        [127, 0, 0, 1],
+        &requests,
+        &[false, true, false, false],
+    )
+    .await;
+    let echo = &got[0];
+    assert_eq!(echo.0, 200);
+    assert_eq!(header(echo, "x-echo-uri"), Some("/echo?1"));
+    // The visitor's chain, then the visitor as the first node saw it; the rest written anew.
+    assert_eq!(
+        header(echo, "x-echo-x-forwarded-for"),
+        Some("203.0.113.9, 127.0.0.1")
+    );
+    assert_eq!(header(echo, "x-echo-x-forwarded-proto"), Some("http"));
+    assert_eq!(header(echo, "x-echo-x-forwarded-host"), Some(host));
+    assert_eq!(header(echo, "x-echo-x-multi"), Some("1|2"));
+    each_header_once(echo, &[]);
+    assert!(header(echo, "date").is_some());
+    assert_eq!(header(echo, "connection"), None);
+
+    let head = &got[1];
+    assert_eq!((head.0, header(head, "content-length")), (200, Some("100")));
+    assert!(head.2.is_empty());
+    each_header_once(head, &[]);
+
+    let cookies = &got[2];
+    let set: Vec<&str> = cookies
+        .1
+        .iter()
+        .filter(|(k, _)| k == "set-cookie")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    // Narrowed to the tunnel's own host (once: a second narrowing would change nothing, but
+    // the first node leaves them alone), in order.
+    assert_eq!(
+        set,
+        [
+            "a=1; Path=/",
+            "b=2; HttpOnly",
+            "c=3",
+            "toss=1; Path=/",
+            "own=1"
+        ]
+    );
+    assert_eq!(header_count(cookies, "x-multi"), 2);
+    each_header_once(cookies, &["set-cookie", "x-multi"]);
+
+    let post = &got[3];
+    assert_eq!((post.0, &post.2[..]), (200, &b"hello"[..]));
+    assert_eq!(header(post, "x-echo-method"), Some("POST"));
+    assert_eq!(header(post, "connection"), Some("close"));
+    each_header_once(post, &[]);
+
+    // One hop each, counted on the visitor's node; the requests and their bytes on the
+    // holder's tunnel.
+    assert_eq!(series(&other, HOPS).await - hops, 4);
+    assert_eq!(series(&holder, APP_REQUESTS).await - app_requests, 4);
+    assert_eq!(series(&holder, APP_IN).await - app_in, 5);
+
+    // The password: the router's page for a visitor without it, counted by the holder alone;
+    // with it, the request goes on without it.
+    const UNAUTHORIZED: &str = r#"ggrok_errors_total{kind="unauthorized"}"#;
+    let (denied_here, denied_there) = (
+        series(&holder, UNAUTHORIZED).await,
+        series(&other, UNAUTHORIZED).await,
+    );
+    let requests = "GET /echo HTTP/1.1\r\nHost: guarded.localhost\r\n\r\n\
+         GET /echo HTTP/1.1\r\nHost: guarded.localhost\r\n\
+         Authorization: Basic YWxpY2U6d29uZGVybGFuZA==\r\nConnection: close\r\n\r\n";
+    let got = exchange(&other, [127, 0, 0, 1], requests, &[false, false]).await;
+    assert_eq!(got[0].0, 401);
+    assert_eq!(header(&got[0], "ggrok-error"), Some("unauthorized"));
+    each_header_once(&got[0], &[]);
+    assert_eq!(got[1].0, 200);
+    assert_eq!(header(&got[1], "x-echo-authorization"), Some(""));
+    assert_eq!(header(&got[1], "x-echo-x-forwarded-for"), Some("127.0.0.1"));
+    each_header_once(&got[1], &[]);
+    assert_eq!(series(&holder, UNAUTHORIZED).await - denied_here, 1);
+    assert_eq!(series(&other, UNAUTHORIZED).await, denied_there);
+
+    // The allowlist judges the visitor's address, as the first node saw it.
+    const FORBIDDEN: &str = r#"ggrok_errors_total{kind="forbidden"}"#;
+    let forbidden = series(&holder, FORBIDDEN).await;
+    let request = "GET /echo HTTP/1.1\r\nHost: listed.localhost\r\nConnection: close\r\n\r\n";
+    let got = exchange(&other, [127, 0, 0, 2], request, &[false]).await;
+    assert_eq!(got[0].0, 200);
+    assert_eq!(header(&got[0], "x-echo-x-forwarded-for"), Some("127.0.0.2"));
+    let got = exchange(&other, [127, 0, 0, 1], request, &[false]).await;
+    assert_eq!(got[0].0, 403);
+    assert_eq!(series(&holder, FORBIDDEN).await - forbidden, 1);
+    holder.stop().await;
+    other.stop().await;
 }
 
 /// This process's peak resident memory in bytes (Linux's `VmHWM`); `None` elsewhere.

@@ -13,7 +13,7 @@ use common::{
     origin::{gzip_bytes, pattern, sha256, Origin},
     server::{config, Server},
     tunnels::{name_of, tunnel, tunnel_with},
-    visitors::{get, host, visitor},
+    visitors::{answers, get, header, host, visitor},
 };
 use futures_util::{SinkExt, StreamExt};
 use ggrok_tunnel::{LocalTarget, TunnelConfig};
@@ -640,74 +640,6 @@ async fn h2c_prior_knowledge_visitors_are_served() {
     let r = get(&server, "h2c", "/echo").send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.version(), http::Version::HTTP_11);
-}
-
-/// One answer read off a raw connection: status, headers (names lowercased) and body.
-type Answer = (u16, Vec<(String, String)>, Vec<u8>);
-
-/// Reads `n` answers off `bytes`, as a visitor reads them; `head_of` says which ones answer a
-/// `HEAD` (no body whatever the length).
-fn answers(mut bytes: &[u8], head_of: &[bool]) -> Vec<Answer> {
-    let mut out = Vec::new();
-    for &head in head_of {
-        let mut slots = [httparse::EMPTY_HEADER; 64];
-        let mut resp = httparse::Response::new(&mut slots);
-        let httparse::Status::Complete(n) = resp.parse(bytes).unwrap() else {
-            panic!(
-                "answer {} cut off: {:?}",
-                out.len(),
-                String::from_utf8_lossy(bytes)
-            );
-        };
-        let status = resp.code.unwrap();
-        let headers: Vec<(String, String)> = resp
-            .headers
-            .iter()
-            .map(|h| {
-                let value = String::from_utf8(h.value.to_vec()).unwrap();
-                (h.name.to_ascii_lowercase(), value)
-            })
-            .collect();
-        bytes = &bytes[n..];
-        let get = |name: &str| {
-            headers
-                .iter()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.as_str())
-        };
-        let mut body = Vec::new();
-        if head || status == 204 || status == 304 {
-        } else if get("transfer-encoding") == Some("chunked") {
-            loop {
-                let line_end = bytes.windows(2).position(|w| w == b"\r\n").unwrap();
-                let size =
-                    usize::from_str_radix(std::str::from_utf8(&bytes[..line_end]).unwrap(), 16)
-                        .unwrap();
-                bytes = &bytes[line_end + 2..];
-                body.extend_from_slice(&bytes[..size]);
-                assert_eq!(&bytes[size..size + 2], b"\r\n");
-                bytes = &bytes[size + 2..];
-                if size == 0 {
-                    break;
-                }
-            }
-        } else {
-            let len: usize = get("content-length").unwrap().parse().unwrap();
-            body.extend_from_slice(&bytes[..len]);
-            bytes = &bytes[len..];
-        }
-        out.push((status, headers, body));
-    }
-    assert!(bytes.is_empty(), "bytes after the last answer: {bytes:?}");
-    out
-}
-
-fn header<'a>(answer: &'a Answer, name: &str) -> Option<&'a str> {
-    answer
-        .1
-        .iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
 }
 
 /// Plain requests sent back to back are answered in order on the server's own HTTP/1.1 path,

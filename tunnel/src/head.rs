@@ -110,7 +110,15 @@ impl HeadWriter {
     /// An opening head of an HTTP request: `method` (a token), `target` (origin form), room for
     /// `size` bytes of headers (with their lengths).
     pub fn request(method: &[u8], target: &[u8], size: usize) -> Self {
-        let mut out = BytesMut::with_capacity(8 + method.len() + target.len() + size);
+        Self::request_after(&[], method, target, size)
+    }
+
+    /// [`request`](Self::request)'s head after `prefix` (a hop's visitor part, see
+    /// [`crate::protocol::HopHead::request_writer`]).
+    pub fn request_after(prefix: &[u8], method: &[u8], target: &[u8], size: usize) -> Self {
+        let mut out =
+            BytesMut::with_capacity(prefix.len() + 8 + method.len() + target.len() + size);
+        out.put_slice(prefix);
         out.put_u8(OPEN_HTTP);
         out.put_u8(method.len() as u8);
         out.put_slice(method);

@@ -475,7 +475,31 @@ impl HopHead {
     ) -> bytes::Bytes {
         use bytes::BufMut;
         let request = crate::head::encode_request(method, uri, headers);
-        let mut out = bytes::BytesMut::with_capacity(3 + 16 + request.len());
+        let mut out = bytes::BytesMut::with_capacity(MAX_HOP_VISITOR + request.len());
+        self.put_visitor(&mut out);
+        out.put_slice(&request);
+        out.freeze()
+    }
+
+    /// The OPEN head of a format-2 hop written header by header, as they are parsed off the
+    /// visitor's connection: for the same method, target and headers in the same order, the
+    /// bytes [`encode_request`](Self::encode_request) writes. `size`: room for the headers
+    /// (with their lengths).
+    pub fn request_writer(
+        &self,
+        method: &[u8],
+        target: &[u8],
+        size: usize,
+    ) -> crate::head::HeadWriter {
+        let mut prefix = [0u8; MAX_HOP_VISITOR];
+        let mut rest = &mut prefix[..];
+        self.put_visitor(&mut rest);
+        let n = MAX_HOP_VISITOR - rest.len();
+        crate::head::HeadWriter::request_after(&prefix[..n], method, target, size)
+    }
+
+    /// The visitor part of a format-2 head: [`HOP_HTTP`], flags, address.
+    fn put_visitor(&self, out: &mut impl bytes::BufMut) {
         out.put_u8(HOP_HTTP);
         out.put_u8(u8::from(self.secure) | u8::from(self.proxied) << 1);
         match self.ip {
@@ -488,20 +512,16 @@ impl HopHead {
                 out.put_slice(&ip.octets());
             }
         }
-        out.put_slice(&request);
-        out.freeze()
     }
 }
 
-/// Reads a hop's OPEN head in either format (see [`HOP_VERSION`]).
-pub fn decode_hop(head: bytes::Bytes) -> Result<HopOpen, HopError> {
-    if head.first() != Some(&HOP_HTTP) {
-        return HopHead::decode(&head)
-            .map(HopOpen::Text)
-            .ok_or(HopError::Visitor);
-    }
-    let (flags, len) = match head.get(1..3) {
-        Some(&[flags, len]) if flags <= 3 => (flags, usize::from(len)),
+/// The longest visitor part of a format-2 hop head: an IPv6 address's.
+const MAX_HOP_VISITOR: usize = 3 + 16;
+
+/// The visitor part of a format-2 hop head, and where the request head after it starts.
+fn hop_visitor(head: &[u8]) -> Result<(HopHead, usize), HopError> {
+    let (flags, len) = match head.get(..3) {
+        Some(&[HOP_HTTP, flags, len]) if flags <= 3 => (flags, usize::from(len)),
         _ => return Err(HopError::Visitor),
     };
     let ip: std::net::IpAddr = match head.get(3..3 + len) {
@@ -519,9 +539,38 @@ pub fn decode_hop(head: bytes::Bytes) -> Result<HopOpen, HopError> {
         proxied: flags & 2 != 0,
         tcp_port: None,
     };
-    match crate::head::decode_open(head.slice(3 + len..))? {
+    Ok((visitor, 3 + len))
+}
+
+/// Reads a hop's OPEN head in either format (see [`HOP_VERSION`]).
+pub fn decode_hop(head: bytes::Bytes) -> Result<HopOpen, HopError> {
+    if head.first() != Some(&HOP_HTTP) {
+        return HopHead::decode(&head)
+            .map(HopOpen::Text)
+            .ok_or(HopError::Visitor);
+    }
+    let (visitor, at) = hop_visitor(&head)?;
+    match crate::head::decode_open(head.slice(at..))? {
         crate::head::Open::Http(parts) => Ok(HopOpen::Request(visitor, parts)),
         crate::head::Open::Tcp(_) => Err(HopError::NotHttp),
+    }
+}
+
+/// Reads a format-2 hop's OPEN head in place ([`crate::head::decode_request_raw`]), for a holder
+/// that writes the tunnel's opening head from it without building a header map; `Ok(None)` for a
+/// format-1 head. It refuses what [`decode_hop`] refuses (not always for the same reason), except
+/// targets that `http::Uri` would not take: a caller that relies on [`decode_hop`]'s judgement of
+/// the target checks it itself.
+pub fn decode_hop_raw(
+    head: &[u8],
+) -> Result<Option<(HopHead, crate::head::RawRequest<'_>)>, HopError> {
+    if head.first() != Some(&HOP_HTTP) {
+        return Ok(None);
+    }
+    let (visitor, at) = hop_visitor(head)?;
+    match crate::head::decode_request_raw(&head[at..])? {
+        Some(request) => Ok(Some((visitor, request))),
+        None => Err(HopError::NotHttp),
     }
 }
 
@@ -684,6 +733,56 @@ mod tests {
             Ok(HopOpen::Text(got)) => assert_eq!(got, tcp),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn format_2_hop_heads_written_header_by_header_and_read_in_place_are_the_mapped_ones() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(http::header::HOST, "app.example.com".parse().unwrap());
+        headers.append("x-a", "1".parse().unwrap());
+        headers.append("x-a", "2".parse().unwrap());
+        for ip in ["203.0.113.5", "2001:db8::1"] {
+            let visitor = HopHead {
+                ip: ip.parse().unwrap(),
+                secure: true,
+                proxied: ip.contains(':'),
+                tcp_port: None,
+            };
+            let mapped =
+                visitor.encode_request(&http::Method::PUT, &"/p?q".parse().unwrap(), &headers);
+            let mut w = visitor.request_writer(b"PUT", b"/p?q", 0);
+            w.push(b"Host", b"app.example.com");
+            w.push(b"x-a", b"1");
+            w.push(b"X-A", b"2");
+            assert_eq!(w.finish(), mapped, "{ip}");
+
+            let (got, raw) = decode_hop_raw(&mapped).unwrap().unwrap();
+            assert_eq!(got, visitor);
+            assert_eq!((raw.method, raw.target), (http::Method::PUT, "/p?q"));
+            let want: Vec<(&[u8], &[u8])> = vec![
+                (b"host", b"app.example.com"),
+                (b"x-a", b"1"),
+                (b"x-a", b"2"),
+            ];
+            assert_eq!(raw.headers, want);
+            // Whatever the mapped decoding refuses, so does this one (nothing at all is no
+            // format-2 head: format 1's to refuse).
+            assert!(decode_hop_raw(&[]).unwrap().is_none());
+            for n in 1..mapped.len() {
+                assert!(decode_hop(mapped.slice(..n)).is_err());
+                assert!(decode_hop_raw(&mapped[..n]).is_err(), "cut at {n}");
+            }
+        }
+        let text = HopHead {
+            ip: "192.0.2.7".parse().unwrap(),
+            secure: false,
+            proxied: false,
+            tcp_port: Some(2222),
+        };
+        assert!(decode_hop_raw(&text.encode()).unwrap().is_none());
+        let mut tcp = vec![HOP_HTTP, 0, 4, 1, 2, 3, 4];
+        tcp.extend_from_slice(&crate::head::encode_tcp("192.0.2.1:1"));
+        assert_eq!(decode_hop_raw(&tcp).unwrap_err(), HopError::NotHttp);
     }
 
     #[test]

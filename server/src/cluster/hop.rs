@@ -11,7 +11,11 @@
 //!   whose body is the stream and routes it as if the visitor had come straight to it, so no
 //!   HTTP/1 is written or parsed and no connection is set up per request. After a `101` the
 //!   stream is a byte pipe: the holder hands it to the proxy as the visitor's upgraded
-//!   connection ([`HandOver`]).
+//!   connection ([`HandOver`]). A plain request skips hyper and the header maps on both nodes:
+//!   the visitor's node writes the OPEN head from the visitor's head as parsed and the answer
+//!   back as HTTP/1.1 (`h1.rs`, the same bytes [`forward`] sends), and the holder reads the
+//!   head in place and relays the client's answer to the stream (`super::plain`); both hand
+//!   everything else to the router, which serves it here.
 //! - Format 1, for nodes from before format 2: the OPEN head is a text [`HopHead`], the stream
 //!   carries the request as HTTP/1.1, spoken by a hyper client here and a hyper server there.
 //!   Every node serves both (the head's first byte tells them apart), so a cluster can be
@@ -19,7 +23,9 @@
 //!
 //! Either way bodies stream both ways under the session's flow control, and the holder alone
 //! enforces the tunnel's Basic auth and allowlist and writes `X-Forwarded-For`. A hopped request
-//! is never hopped again: at most one hop, no loops.
+//! is never hopped again: at most one hop, no loops. The session to a node runs on the shard
+//! that opened it, and the visitors of the tunnels that node holds are placed on that shard
+//! ([`Peers::shard`]), as a tunnel's visitors are on its session's.
 
 use std::{
     collections::HashMap,
@@ -71,6 +77,8 @@ pub(crate) struct Peers {
 pub(crate) struct Link {
     pub(crate) session: mux::Session,
     pub(crate) hop_version: u32,
+    /// The shard whose thread runs the session (see [`crate::shard`]).
+    shard: Option<usize>,
 }
 
 impl Peers {
@@ -91,6 +99,18 @@ impl Peers {
         info!(peer = %id, %advertise, hop_version = link.hop_version, "session to a cluster node open");
         links.insert(id.to_owned(), link.clone());
         Ok(link)
+    }
+
+    /// The shard that runs the open session to node `id`, if there is one (and no one is
+    /// opening a session at this moment): the shard for visitors whose tunnel that node holds,
+    /// so that the hop's streams and the visitor's connection keep to one thread, as a
+    /// tunnel's visitors keep to its session's.
+    pub(crate) fn shard(&self, id: &str) -> Option<usize> {
+        let links = self.links.try_lock().ok()?;
+        links
+            .get(id)
+            .filter(|l| !l.session.is_closed())
+            .and_then(|l| l.shard)
     }
 
     /// How many sessions to other nodes are open.
@@ -153,6 +173,8 @@ async fn connect(shared: &Arc<Shared>, node: &Node, advertise: &str) -> Result<L
     Ok(Link {
         session,
         hop_version,
+        // `shared.spawn` runs the driver here.
+        shard: crate::shard::current(),
     })
 }
 
@@ -191,19 +213,7 @@ where
     B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
     B::Error: Into<BoxError>,
 {
-    let unreachable = |why: &str| {
-        debug!(peer = %id, why, "hop failed");
-        let message = format!(
-            "The tunnel {name} is served by another node of this cluster, which cannot be reached right now. Try again in a moment."
-        );
-        pages::error(
-            shared,
-            StatusCode::BAD_GATEWAY,
-            PageKind::TunnelLost,
-            &message,
-            json,
-        )
-    };
+    let unreachable = |why: &str| self::unreachable(shared, id, name, why, json);
     let link = match node.peers.link(shared, node, id, advertise).await {
         Ok(link) => link,
         Err(e) => return unreachable(&e),
@@ -297,6 +307,28 @@ where
         boxed(RecvBody::new(stream))
     };
     Response::from_parts(answer, body)
+}
+
+/// The page of a hop to node `id`, for tunnel `name`, that failed (`why`, for the log): the node
+/// cannot be reached, refused the hop, or did not answer.
+pub(crate) fn unreachable(
+    shared: &Shared,
+    id: &str,
+    name: &str,
+    why: &str,
+    json: bool,
+) -> Response<Body> {
+    debug!(peer = %id, why, "hop failed");
+    let message = format!(
+        "The tunnel {name} is served by another node of this cluster, which cannot be reached right now. Try again in a moment."
+    );
+    pages::error(
+        shared,
+        StatusCode::BAD_GATEWAY,
+        PageKind::TunnelLost,
+        &message,
+        json,
+    )
 }
 
 /// [`forward`] to a node that speaks hop format 1 only: the request as HTTP/1.1 on the stream.
@@ -424,11 +456,15 @@ pub(crate) fn accept<B>(
 /// Serves one stream of a session another node opened: a hopped request in either format, or
 /// a hopped TCP connection.
 async fn serve_hop(shared: Arc<Shared>, stream: MuxStream) {
-    let opened = match stream.recv().await {
-        Some(Ok(Item::Head(head))) => protocol::decode_hop(head),
-        _ => Err(HopError::Visitor),
+    let head = match stream.recv().await {
+        Some(Ok(Item::Head(head))) => head,
+        _ => return refuse_hop(&stream, &HopError::Visitor),
     };
-    match opened {
+    // A plain request is relayed as it is; the router serves the rest.
+    if shared.config.hop_version >= 2 && super::plain::serve(&shared, &head, &stream).await {
+        return;
+    }
+    match protocol::decode_hop(head) {
         Ok(HopOpen::Request(visitor, parts)) if shared.config.hop_version >= 2 => {
             serve_request(shared, visitor, parts, stream).await
         }
@@ -467,6 +503,12 @@ async fn serve_request(
     let resp = Router::hopped(shared, Visitor::hopped(visitor))
         .handle(req)
         .await;
+    answer(stream, resp, handover).await;
+}
+
+/// Writes `resp`, the answer to a format-2 hopped request, on its `stream`: its head, then its
+/// body; after a `101`, hands the stream over to the upgrade that waits for it.
+pub(super) async fn answer(stream: MuxStream, resp: Response<Body>, handover: Option<Giver>) {
     let (mut parts, body) = resp.into_parts();
     let switched = parts.status == StatusCode::SWITCHING_PROTOCOLS;
     let end = switched || http_body::Body::is_end_stream(&body);
@@ -556,7 +598,7 @@ pub(crate) async fn splice_streams(a: MuxStream, b: MuxStream) {
 pub(crate) struct HandOver(oneshot::Receiver<MuxStream>);
 
 /// The giving end of a [`HandOver`].
-struct Giver(oneshot::Sender<MuxStream>);
+pub(super) struct Giver(oneshot::Sender<MuxStream>);
 
 /// Where the request carries its [`HandOver`]: request extensions must be `Clone`.
 #[derive(Clone)]

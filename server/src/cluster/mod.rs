@@ -4,7 +4,8 @@
 //! - [`store`]: tokens and reservations in etcd, copied locally and kept current by a watch,
 //!   with the table of names and nodes.
 //! - [`node`]: this node's lease, its name claims, and fencing.
-//! - `hop`: visitors of tunnels held by another node, served through it.
+//! - `hop`: visitors of tunnels held by another node, served through it; `plain`: the
+//!   holder's side of a plain hopped request, relayed without the router.
 //! - `lookup`: names the local copy misses, read from etcd (a claim the watch has not brought
 //!   yet), within bounds.
 //! - `shadow`: the ports of other nodes' TCP tunnels, listened on here too.
@@ -16,6 +17,7 @@ mod background;
 pub(crate) mod hop;
 mod lookup;
 pub mod node;
+pub(crate) mod plain;
 mod shadow;
 pub mod store;
 
