@@ -266,26 +266,8 @@ mod tests {
 
     /// A frame as a client (masked) or a server sends it.
     fn frame(opcode: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
-        let mut out = vec![0x80 | opcode];
-        let m = if mask.is_some() { 0x80 } else { 0 };
-        match payload.len() {
-            n if n < 126 => out.push(m | n as u8),
-            n if n < 65536 => {
-                out.push(m | 126);
-                out.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                out.push(m | 127);
-                out.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        match mask {
-            Some(k) => {
-                out.extend_from_slice(&k);
-                out.extend(payload.iter().enumerate().map(|(i, b)| b ^ k[i % 4]));
-            }
-            None => out.extend_from_slice(payload),
-        }
+        let mut out = Vec::new();
+        crate::ws::encode_frame(&mut out, 0x80 | opcode, payload, mask);
         out
     }
 

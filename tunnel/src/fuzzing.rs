@@ -115,41 +115,17 @@ fn big(n: usize) -> Vec<u8> {
     (0..n).map(|i| (i % 251) as u8).collect()
 }
 
-/// Appends one WebSocket frame (RFC 6455 §5.2). Clients must mask, servers must not.
-fn frame(out: &mut Vec<u8>, b0: u8, payload: &[u8], mask: Option<[u8; 4]>) {
-    out.push(b0);
-    let m = if mask.is_some() { 0x80 } else { 0 };
-    match payload.len() {
-        n if n < 126 => out.push(m | n as u8),
-        n if n <= 0xffff => {
-            out.push(m | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(m | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    match mask {
-        Some(key) => {
-            out.extend_from_slice(&key);
-            out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
-        }
-        None => out.extend_from_slice(payload),
-    }
-}
-
 /// The bytes the peer writes for `op`; `None` for [`Op::Settle`].
 fn encode(op: &Op, mask: Option<[u8; 4]>) -> Option<Vec<u8>> {
     const FIN: u8 = 0x80;
     let control = |p: &[u8]| p[..p.len().min(125)].to_vec();
     let mut out = Vec::new();
     match op {
-        Op::Binary(p) => frame(&mut out, FIN | 0x2, p, mask),
-        Op::Text(p) => frame(&mut out, FIN | 0x1, p, mask),
-        Op::Ping(p) => frame(&mut out, FIN | 0x9, &control(p), mask),
-        Op::Pong(p) => frame(&mut out, FIN | 0xA, &control(p), mask),
-        Op::Close => frame(&mut out, FIN | 0x8, &[], mask),
+        Op::Binary(p) => ws::encode_frame(&mut out, FIN | 0x2, p, mask),
+        Op::Text(p) => ws::encode_frame(&mut out, FIN | 0x1, p, mask),
+        Op::Ping(p) => ws::encode_frame(&mut out, FIN | 0x9, &control(p), mask),
+        Op::Pong(p) => ws::encode_frame(&mut out, FIN | 0xA, &control(p), mask),
+        Op::Close => ws::encode_frame(&mut out, FIN | 0x8, &[], mask),
         Op::Frame {
             b0,
             flip_mask,
@@ -160,10 +136,10 @@ fn encode(op: &Op, mask: Option<[u8; 4]>) -> Option<Vec<u8>> {
                 (Some(_), true) => None,
                 (None, true) => Some([0x5a, 0xa5, 0x0f, 0xf0]),
             };
-            frame(&mut out, *b0, payload, mask)
+            ws::encode_frame(&mut out, *b0, payload, mask)
         }
         Op::Raw(p) => out.extend_from_slice(p),
-        Op::Big(n) => frame(&mut out, FIN | 0x2, &big(*n), mask),
+        Op::Big(n) => ws::encode_frame(&mut out, FIN | 0x2, &big(*n), mask),
         Op::Settle => return None,
     }
     Some(out)

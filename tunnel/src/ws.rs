@@ -320,6 +320,52 @@ struct Head {
     len: u8,
 }
 
+impl Head {
+    /// The header of a frame whose first byte is `b0` (FIN, reserved bits, opcode), with `len`
+    /// bytes of payload masked with `mask`.
+    fn new(b0: u8, len: usize, mask: Option<[u8; 4]>) -> Self {
+        let mut head = Head {
+            bytes: [0; 14],
+            len: 2,
+        };
+        head.bytes[0] = b0;
+        if len < 126 {
+            head.bytes[1] = len as u8;
+        } else if let Ok(n) = u16::try_from(len) {
+            head.bytes[1] = 126;
+            head.bytes[2..4].copy_from_slice(&n.to_be_bytes());
+            head.len = 4;
+        } else {
+            head.bytes[1] = 127;
+            head.bytes[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+            head.len = 10;
+        }
+        if let Some(key) = mask {
+            head.bytes[1] |= 0x80;
+            let at = usize::from(head.len);
+            head.bytes[at..at + 4].copy_from_slice(&key);
+            head.len += 4;
+        }
+        head
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
+/// Appends a whole frame to `out`, any first byte allowed: for tests and fuzzing, which play a
+/// peer that may break the protocol.
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) fn encode_frame(out: &mut Vec<u8>, b0: u8, payload: &[u8], mask: Option<[u8; 4]>) {
+    out.extend_from_slice(Head::new(b0, payload.len(), mask).bytes());
+    let start = out.len();
+    out.extend_from_slice(payload);
+    if let Some(key) = mask {
+        apply_mask(&mut out[start..], key);
+    }
+}
+
 enum Chunk {
     Head(Head),
     Data(Bytes),
@@ -328,7 +374,7 @@ enum Chunk {
 impl Chunk {
     fn bytes(&self) -> &[u8] {
         match self {
-            Chunk::Head(h) => &h.bytes[..usize::from(h.len)],
+            Chunk::Head(h) => h.bytes(),
             Chunk::Data(d) => d,
         }
     }
@@ -372,34 +418,16 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
     }
 
     fn frame(&mut self, opcode: u8, mut payload: BytesMut) {
-        let mut head = Head {
-            bytes: [0; 14],
-            len: 2,
-        };
-        head.bytes[0] = 0x80 | opcode;
         let n = payload.len();
-        if n < 126 {
-            head.bytes[1] = n as u8;
-        } else if let Ok(n) = u16::try_from(n) {
-            head.bytes[1] = 126;
-            head.bytes[2..4].copy_from_slice(&n.to_be_bytes());
-            head.len = 4;
-        } else {
-            head.bytes[1] = 127;
-            head.bytes[2..10].copy_from_slice(&(n as u64).to_be_bytes());
-            head.len = 10;
-        }
-        if self.role == Role::Client {
-            let key: [u8; 4] = rand::random();
-            head.bytes[1] |= 0x80;
-            let at = usize::from(head.len);
-            head.bytes[at..at + 4].copy_from_slice(&key);
-            head.len += 4;
+        // A client masks with a fresh key per frame (RFC 6455 §5.3).
+        let mask = (self.role == Role::Client).then(rand::random::<[u8; 4]>);
+        let head = Head::new(0x80 | opcode, n, mask);
+        if let Some(key) = mask {
             apply_mask(&mut payload, key);
         }
         if !self.vectored && n < COALESCE {
             let mut one = BytesMut::with_capacity(usize::from(head.len) + n);
-            one.extend_from_slice(&head.bytes[..usize::from(head.len)]);
+            one.extend_from_slice(head.bytes());
             one.extend_from_slice(&payload);
             self.queue.push_back(Chunk::Data(one.freeze()));
             return;
@@ -736,25 +764,8 @@ mod tests {
 
     /// Raw frame bytes, masked with `key` when given.
     fn raw(fin: bool, opcode: u8, payload: &[u8], key: Option<[u8; 4]>) -> Vec<u8> {
-        let mut out = vec![if fin { 0x80 } else { 0 } | opcode];
-        let m = if key.is_some() { 0x80 } else { 0 };
-        match payload.len() {
-            n if n < 126 => out.push(m | n as u8),
-            n if n < 65536 => {
-                out.push(m | 126);
-                out.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                out.push(m | 127);
-                out.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        let mut body = payload.to_vec();
-        if let Some(k) = key {
-            out.extend_from_slice(&k);
-            apply_mask(&mut body, k);
-        }
-        out.extend_from_slice(&body);
+        let mut out = Vec::new();
+        encode_frame(&mut out, if fin { 0x80 } else { 0 } | opcode, payload, key);
         out
     }
 
