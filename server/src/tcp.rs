@@ -180,9 +180,11 @@ async fn claim_port(
     max: usize,
 ) -> Result<(Claim, TcpListener), Refusal> {
     let key = tcp_key(port);
-    // A live session on the port that the claim may replace (the same client reconnecting
-    // before the server noticed it had dropped) still holds the listener for a moment.
-    let replacing = shared.registry.endpoint(&key).is_some()
+    // A session on the port that the claim may replace (the same client reconnecting before
+    // the server noticed it had dropped, or just after) may still hold the listener for a
+    // moment: a live one until it has told its client why, a dropped one until its task has
+    // ended, which can come after its name is already held for the reconnect.
+    let replacing = shared.registry.knows(&key)
         // In a cluster, this node may listen on the port for the node that held it.
         | shared
             .config
