@@ -11,9 +11,10 @@
 # `wrk -t1 -c10` through the tunnel, dumps the counters and divides by the requests answered.
 # bore is measured when it is installed and its fixed control port (7835) is free; the kernel
 # columns need perf with access to tracepoints (root, or perf_event_paranoid ≤ -1).
-# Tungstenite zeroes its read buffer before every read; under valgrind's slow pace that is one
-# memset per frame, a large share of the count but under 1% of the time under load, so it is
-# shown apart.
+# Before the session's own WebSocket framing (tunnel/src/ws.rs, 21ac26c), tungstenite zeroed its
+# read buffer before every read: under valgrind's slow pace one memset per frame, a large share
+# of the count but under 1% of the time under load. memset is still shown apart, so that older
+# figures compare.
 #
 #   bench/instructions.sh                 # builds the release binaries first
 #   SKIP_BUILD=1 bench/instructions.sh    # measures the binaries in target/release
