@@ -164,6 +164,12 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         }
     }
 
+    /// What was read and not yet taken: after an error, the frame that broke the protocol.
+    #[cfg(feature = "fuzzing")]
+    pub(crate) fn buffered(&self) -> &[u8] {
+        &self.buf
+    }
+
     /// Takes the next whole message out of the buffer, if it is all there.
     fn parse(&mut self) -> Result<Option<Message>, String> {
         loop {
@@ -223,7 +229,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
                 }
                 OP_PING => return Ok(Some(Message::Ping(payload.freeze()))),
                 OP_PONG => return Ok(Some(Message::Pong)),
-                other => return Err(format!("a WebSocket frame with the unknown opcode {other}")),
+                other => unreachable!("opcode {other} passed parse_header"),
             }
         }
     }
@@ -253,22 +259,22 @@ fn parse_header(buf: &[u8], role: Role) -> Result<Option<Header>, String> {
         return Err("a WebSocket frame with reserved bits set (no extension was agreed)".into());
     }
     let opcode = b0 & 0x0f;
+    if !matches!(
+        opcode,
+        OP_CONTINUATION | OP_TEXT | OP_BINARY | OP_CLOSE | OP_PING | OP_PONG
+    ) {
+        return Err(format!(
+            "a WebSocket frame with the unknown opcode {opcode}"
+        ));
+    }
     let masked = b1 & 0x80 != 0;
     match (role, masked) {
         (Role::Server, false) => return Err("an unmasked frame from the client".into()),
         (Role::Client, true) => return Err("a masked frame from the server".into()),
         _ => {}
     }
-    let (len, mut at) = match b1 & 0x7f {
-        126 => match buf.get(2..4) {
-            Some(n) => (u64::from(u16::from_be_bytes([n[0], n[1]])), 4),
-            None => return Ok(None),
-        },
-        127 => match buf.get(2..10) {
-            Some(n) => (u64::from_be_bytes(n.try_into().expect("8 bytes")), 10),
-            None => return Ok(None),
-        },
-        n => (u64::from(n), 2),
+    let Some((len, header_len)) = announced(buf) else {
+        return Ok(None);
     };
     if opcode & 0x08 != 0 {
         if len > MAX_CONTROL as u64 || !fin {
@@ -277,22 +283,38 @@ fn parse_header(buf: &[u8], role: Role) -> Result<Option<Header>, String> {
     } else if len > MAX_MESSAGE as u64 {
         return Err(too_long());
     }
-    let mask = if masked {
-        let Some(key) = buf.get(at..at + 4) else {
-            return Ok(None);
-        };
-        at += 4;
-        Some(key.try_into().expect("4 bytes"))
-    } else {
-        None
-    };
+    let mask = masked.then(|| buf[header_len - 4..header_len].try_into().expect("4 bytes"));
     Ok(Some(Header {
         fin,
         opcode,
         mask,
-        header_len: at,
+        header_len,
         len: len as usize,
     }))
+}
+
+/// The payload length the frame header at the front of `buf` announces, and the header's own
+/// length, once the whole header is there.
+fn announced(buf: &[u8]) -> Option<(u64, usize)> {
+    let [_, b1, ..] = *buf else {
+        return None;
+    };
+    let (len, at) = match b1 & 0x7f {
+        126 => {
+            let n = buf.get(2..4)?;
+            (u64::from(u16::from_be_bytes([n[0], n[1]])), 4)
+        }
+        127 => (u64::from_be_bytes(buf.get(2..10)?.try_into().ok()?), 10),
+        n => (u64::from(n), 2),
+    };
+    let at = at + if b1 & 0x80 != 0 { 4 } else { 0 };
+    (buf.len() >= at).then_some((len, at))
+}
+
+/// Whether `buf` holds less than the whole frame its header announces (or less than a header).
+#[cfg(feature = "fuzzing")]
+pub(crate) fn cut_short(buf: &[u8]) -> bool {
+    announced(buf).is_none_or(|(len, at)| (buf.len() as u64) < at as u64 + len)
 }
 
 /// XORs `buf` with the repeated 4-byte `key`, eight bytes at a time.
