@@ -121,10 +121,34 @@ const tick = () => new Promise((r) => setTimeout(r, 50));
 // Like the real IPC, every answer is a fresh copy (JSON), never a shared object.
 const wire = (v: unknown) => (v === undefined ? null : JSON.parse(JSON.stringify(v)));
 
+// Calls whose answer has not arrived yet; `settled` waits for them.
+let inflight = 0;
 mockIPC(
-  async (cmd, raw) => wire(await backend(cmd, raw)),
+  async (cmd, raw) => {
+    inflight++;
+    try {
+      return wire(await backend(cmd, raw));
+    } finally {
+      inflight--;
+    }
+  },
   { shouldMockEvents: true },
 );
+
+const frame = () => new Promise<void>((r) => requestAnimationFrame(() => r()));
+/**
+ * Resolves once every call has its answer and the renders those answers asked for are drawn
+ * (the store renders at the next animation frame). Calls a test holds back (`?slow-servers`)
+ * are waited for at most 2 s; such a test waits for its own mark.
+ */
+async function settled(): Promise<void> {
+  const until = performance.now() + 2000;
+  do {
+    while (inflight > 0 && performance.now() < until) await frame();
+    await frame();
+    await frame();
+  } while (inflight > 0 && performance.now() < until);
+}
 
 async function backend(cmd: string, raw: unknown): Promise<unknown> {
   {
@@ -268,6 +292,6 @@ async function backend(cmd: string, raw: unknown): Promise<unknown> {
 }
 
 mockWindows("main");
-(window as any).__fake = { calls, tunnels, servers, listening, addTraffic, connection, setStatus, race, fail, releaseServers: () => releaseServers() };
+(window as any).__fake = { calls, tunnels, servers, listening, addTraffic, connection, setStatus, race, fail, settled, releaseServers: () => releaseServers() };
 await import("../src/main");
 (window as any).__ready = true;

@@ -41,8 +41,29 @@ after(async () => {
   server?.close();
 });
 
+// A user action returns once the UI has settled: the backend calls it made are answered and the
+// render they asked for is drawn. Checks that follow an action then read what the user would see,
+// not a frame that has yet to be drawn.
+const ACTIONS = ["click", "dblclick", "fill", "check", "uncheck", "setChecked", "press", "selectOption"];
+function settleAfterActions(proto) {
+  if (proto.__settles) return;
+  proto.__settles = true;
+  for (const name of ACTIONS) {
+    const act = proto[name];
+    proto[name] = async function (...args) {
+      const result = await act.apply(this, args);
+      const owner = typeof this.page === "function" ? this.page() : this;
+      // A page that is gone (closed) has nothing left to settle.
+      await owner.evaluate(() => window.__fake?.settled()).catch(() => {});
+      return result;
+    };
+  }
+}
+
 beforeEach(async () => {
   page = await browser.newPage();
+  settleAfterActions(Object.getPrototypeOf(page));
+  settleAfterActions(Object.getPrototypeOf(page.locator("body")));
   dialogs = [];
   pageErrors = [];
   page.on("dialog", (d) => {
