@@ -147,7 +147,10 @@ def main() -> int:
                 cells.append(f"{node + other + client:.1f} = {node:.1f} + {other:.1f} + {client:.1f}")
             return f"| {what} ({unit}) | " + " | ".join(cells) + " |"
 
-        out = ["## ggrok cluster benchmark", ""] + b.machine_header() + ["",
+        load = (f"- wrk: `-d{b.DURATION}s --latency`, small = `-t2 -c50`, large = `-t2 -c4` and `-t1 -c1`; "
+                f"origin nginx 1 worker; idle: {IDLE_TUNNELS:,} tunnels after {IDLE_WARM} of warm-up, "
+                f"{b.IDLE_SECONDS} s; time to online: {b.ONLINE_RUNS} runs; everything on 127.0.0.1")
+        out = ["## ggrok cluster benchmark", ""] + b.machine_header(load) + ["",
                "| workload | direct | holding node | other node (one hop) | hop / holder |",
                "|---|---|---|---|---|"]
         for key, label, _args, _path in b.WORKLOADS:
@@ -159,7 +162,7 @@ def main() -> int:
         out += ["",
                 f"Time to online including the claim in etcd (library, {online.get('runs')} runs): "
                 f"p50 {online.get('p50_ms', 0):.1f} ms, p99 {online.get('p99_ms', 0):.1f} ms.",
-                f"Idle memory in cluster mode, {up['online']} tunnels on a fresh node after {IDLE_WARM} of warm-up: "
+                f"Idle memory in cluster mode, {up['online']} tunnels on a fresh node: "
                 + (f"{per_tunnel[0] / 1024:.1f} KiB per tunnel on the node holding them, "
                    f"{per_tunnel[1] / 1024:.1f} KiB on a fresh node that only watches the claims."
                    if per_tunnel is not None else "none online."),

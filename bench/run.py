@@ -1180,7 +1180,9 @@ def release_profile() -> str:
         return "?"
 
 
-def machine_header() -> list[str]:
+def machine_header(load: str | None = None) -> list[str]:
+    """The run's date, commit, machine and tools; `load` replaces the description of this
+    script's own load (for bench/cluster.py)."""
     model = "?"
     with open("/proc/cpuinfo") as f:
         for l in f:
@@ -1203,10 +1205,10 @@ def machine_header() -> list[str]:
         f"open-file limit {resource.getrlimit(resource.RLIMIT_NOFILE)[0]}",
         f"- tools: {sh(['wrk', '-v']).splitlines()[0].split(' Copyright')[0]}; "
         f"{sh(['nginx', '-v']).replace('nginx version: ', '')}; {sh(['rustc', '-V'])}",
-        f"- wrk: `-d{DURATION}s --latency`, small = `-t2 -c50`, large = `-t2 -c4` and `-t1 -c1`; "
-        f"origin nginx 1 worker; WebSockets: {WS_CONNS:,} × 1 message (32 B) per s for {WS_SECONDS} s "
-        f"to a Rust echo origin; idle: {IDLE_TUNNELS:,} tunnels, {IDLE_SECONDS} s; time to online: "
-        f"{ONLINE_RUNS} runs each; everything on 127.0.0.1",
+        load or (f"- wrk: `-d{DURATION}s --latency`, small = `-t2 -c50`, large = `-t2 -c4` and `-t1 -c1`; "
+                 f"origin nginx 1 worker; WebSockets: {WS_CONNS:,} × 1 message (32 B) per s for {WS_SECONDS} s "
+                 f"to a Rust echo origin; idle: {IDLE_TUNNELS:,} tunnels, {IDLE_SECONDS} s; time to online: "
+                 f"{ONLINE_RUNS} runs each; everything on 127.0.0.1"),
     ]
 
 
