@@ -1328,6 +1328,36 @@ fn the_example_haproxy_configs_are_valid() {
     }
 }
 
+/// compose.yml cannot run here (no container registry), so at least the settings it gives the
+/// nodes must be ones the server reads: a misspelt or renamed variable would be ignored silently.
+#[test]
+fn the_compose_file_sets_only_variables_the_server_reads() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/cluster");
+    let compose = std::fs::read_to_string(dir.join("compose.yml")).unwrap();
+    let help = Command::new(env!("CARGO_BIN_EXE_ggrok-server"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8(help.stdout).unwrap();
+    let mut names = std::collections::BTreeSet::new();
+    for line in compose.lines().filter(|l| !l.trim_start().starts_with('#')) {
+        for (at, _) in line.match_indices("GGROK_") {
+            let rest = &line[at..];
+            let end = rest
+                .find(|c: char| !(c.is_ascii_uppercase() || c == '_'))
+                .unwrap_or(rest.len());
+            names.insert(&rest[..end]);
+        }
+    }
+    assert!(names.contains("GGROK_CLUSTER") && names.contains("GGROK_ADVERTISE"));
+    for name in names {
+        assert!(
+            help.contains(&format!("[env: {name}=")) || help.contains(&format!("[env: {name}]")),
+            "compose.yml sets {name}, which `ggrok-server --help` does not list"
+        );
+    }
+}
+
 #[tokio::test]
 async fn every_node_listens_for_the_clusters_tcp_tunnels() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
