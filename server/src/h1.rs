@@ -21,8 +21,10 @@
 //! [`Router`]: crate::router::Router
 
 use std::{
+    future::Future,
     mem::MaybeUninit,
     ops::Range,
+    pin::{pin, Pin},
     sync::Arc,
     task::Poll,
     time::{Instant, SystemTime},
@@ -34,7 +36,7 @@ use ggrok_tunnel::{
     http_util::{accept_wants_json, hop_by_hop, Body},
     mux::{Item, MuxError, MuxStream},
     protocol::{self, HopHead, PageKind, HEADER_ERROR, RESET_PROTOCOL},
-    stop::until_stopped,
+    stop::StopWatch,
 };
 use http::{header, Response, StatusCode};
 use http_body_util::BodyExt;
@@ -77,19 +79,19 @@ where
         return Some(Prefixed::new(Bytes::new(), io));
     }
     let mut buf = BytesMut::new();
+    // Watched for all the connection's requests: set up once, not per request.
+    let mut draining = StopWatch::new(shared.draining.cancelled());
+    let mut timer = pin!(tokio::time::sleep(config.header_read_timeout));
     loop {
         // Like hyper, the header-read timeout runs from the moment the connection is idle, and a
         // connection idle when the server starts draining closes.
+        let deadline = tokio::time::Instant::now() + config.header_read_timeout;
         let next = next_head(shared, visitor, &mut io, &mut buf);
-        let next = until_stopped(
-            shared.draining.cancelled(),
-            tokio::time::timeout(config.header_read_timeout, next),
-        );
-        let plan = match next.await {
-            Ok(Ok(Next::Forward(plan))) => plan,
-            Ok(Ok(Next::Hyper)) => return Some(Prefixed::new(buf.freeze(), io)),
-            Ok(Ok(Next::Closed)) | Err(()) => return None,
-            Ok(Err(_)) => {
+        let plan = match draining.until(within(timer.as_mut(), deadline, next)).await {
+            Ok(Some(Next::Forward(plan))) => plan,
+            Ok(Some(Next::Hyper)) => return Some(Prefixed::new(buf.freeze(), io)),
+            Ok(Some(Next::Closed)) | Err(()) => return None,
+            Ok(None) => {
                 debug!(peer = %visitor.peer, "connection sent no request head in time");
                 return None;
             }
@@ -105,6 +107,30 @@ where
             After::Hyper => return Some(Prefixed::new(buf.freeze(), io)),
         }
     }
+}
+
+/// `work`'s output, or `None` if `deadline` passes first. `timer` lives as long as the
+/// connection and is moved only when it fires (at most once per timeout), not re-armed for every
+/// request: a timeout per request was a timer wheel insertion and removal each time.
+async fn within<W: Future>(
+    mut timer: Pin<&mut tokio::time::Sleep>,
+    deadline: tokio::time::Instant,
+    work: W,
+) -> Option<W::Output> {
+    let mut work = pin!(work);
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(out) = work.as_mut().poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        while timer.as_mut().poll(cx).is_ready() {
+            if timer.deadline() >= deadline {
+                return Poll::Ready(None);
+            }
+            timer.as_mut().reset(deadline);
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 /// What the connection holds next.

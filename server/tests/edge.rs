@@ -429,6 +429,40 @@ async fn a_head_trickled_byte_by_byte_is_cut_off_at_the_header_timeout() {
 }
 
 #[tokio::test]
+async fn a_kept_alive_connection_gets_a_full_header_timeout_after_each_answer() {
+    let timeout = Duration::from_secs(1);
+    let (server, origin, _t) = setup(Config {
+        header_read_timeout: timeout,
+        ..config()
+    })
+    .await;
+    let mut raw = Raw::connect(server.addr).await;
+    // Requests 0.7 s apart: together longer than the timeout, each well within it of the last
+    // answer, so the connection serves them all.
+    for i in 0..3 {
+        if i > 0 {
+            tokio::time::sleep(Duration::from_millis(700)).await;
+        }
+        let request = head(&server, &format!("GET /kept/{i} HTTP/1.1"), "");
+        assert!(
+            raw.send(request.as_bytes()).await,
+            "closed before request {i}"
+        );
+        let answer = raw.response().await;
+        assert_eq!(answer.map(|r| r.status), Some(200), "request {i}");
+    }
+    // Then idle: closed once a whole timeout has passed since the last answer, not before.
+    let idle = std::time::Instant::now();
+    assert!(raw.response().await.is_none());
+    let waited = idle.elapsed();
+    assert!(
+        waited >= timeout.mul_f32(0.8),
+        "closed after {waited:?} of idleness"
+    );
+    assert_eq!(origin.paths(), ["/kept/0", "/kept/1", "/kept/2"]);
+}
+
+#[tokio::test]
 async fn a_stalled_body_is_abandoned_but_a_slow_one_is_not() {
     let (server, origin, _t) = setup(Config {
         body_idle_timeout: Duration::from_secs(2),

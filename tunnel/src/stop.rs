@@ -51,15 +51,72 @@ impl<S: Future, W: Future> Future for UntilStopped<S, W> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        // Registered before the check: a wake-up in between polls us again.
-        this.signal.task.register(cx.waker());
-        if this.signal.fired.swap(false, Ordering::AcqRel) {
-            let mut stop_cx = Context::from_waker(this.stop_waker);
-            if let Poll::Ready(out) = this.stop.poll(&mut stop_cx) {
-                return Poll::Ready(Err(out));
-            }
+        poll_until(this.signal, this.stop_waker, this.stop, this.work, cx)
+    }
+}
+
+/// Polls `work`, and `stop` first if it woke the task (or has not been polled yet).
+fn poll_until<S: Future, W: Future>(
+    signal: &Signal,
+    stop_waker: &Waker,
+    stop: Pin<&mut S>,
+    work: Pin<&mut W>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<W::Output, S::Output>> {
+    // Registered before the check: a wake-up in between polls us again.
+    signal.task.register(cx.waker());
+    if signal.fired.swap(false, Ordering::AcqRel) {
+        let mut stop_cx = Context::from_waker(stop_waker);
+        if let Poll::Ready(out) = stop.poll(&mut stop_cx) {
+            return Poll::Ready(Err(out));
         }
-        this.work.poll(cx).map(Ok)
+    }
+    work.poll(cx).map(Ok)
+}
+
+/// [`until_stopped`] for work that comes in turns, such as the requests of one connection: the
+/// stop signal is set up and registered once for all of them, not once per turn.
+pub struct StopWatch<S> {
+    stop: Pin<Box<S>>,
+    signal: Arc<Signal>,
+    stop_waker: Waker,
+    stopped: bool,
+}
+
+impl<S: Future<Output = ()>> StopWatch<S> {
+    /// Watches `stop` (say, a token's `cancelled()`).
+    pub fn new(stop: S) -> Self {
+        let signal = Arc::new(Signal {
+            fired: AtomicBool::new(true),
+            task: AtomicWaker::new(),
+        });
+        Self {
+            stop: Box::pin(stop),
+            stop_waker: Waker::from(signal.clone()),
+            signal,
+            stopped: false,
+        }
+    }
+
+    /// Runs `work` until it completes (`Ok`) or the stop comes first (`Err`, then at once for
+    /// every later turn).
+    pub async fn until<W: Future>(&mut self, work: W) -> Result<W::Output, ()> {
+        let mut work = std::pin::pin!(work);
+        std::future::poll_fn(|cx| {
+            if self.stopped {
+                return Poll::Ready(Err(()));
+            }
+            let polled = poll_until(
+                &self.signal,
+                &self.stop_waker,
+                self.stop.as_mut(),
+                work.as_mut(),
+                cx,
+            );
+            self.stopped = matches!(polled, Poll::Ready(Err(())));
+            polled
+        })
+        .await
     }
 }
 
@@ -102,6 +159,31 @@ mod tests {
         token.cancel();
         let out = until_stopped(token.cancelled(), std::future::pending::<()>()).await;
         assert_eq!(out, Err(()));
+    }
+
+    #[tokio::test]
+    async fn a_watch_serves_turns_until_the_stop_then_refuses_every_later_one() {
+        let token = CancellationToken::new();
+        let mut watch = StopWatch::new(token.clone().cancelled_owned());
+        for turn in 0..3 {
+            assert_eq!(watch.until(async { turn }).await, Ok(turn));
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let stopper = tokio::spawn(async move {
+            rx.await.unwrap();
+            token.cancel();
+        });
+        // A turn that waits: the stop given meanwhile ends it.
+        let waiting = watch.until(async {
+            tx.send(()).unwrap();
+            std::future::pending::<()>().await
+        });
+        assert_eq!(
+            tokio::time::timeout(Duration::from_secs(10), waiting).await,
+            Ok(Err(()))
+        );
+        stopper.await.unwrap();
+        assert_eq!(watch.until(async { 9 }).await, Err(()));
     }
 
     #[tokio::test]
