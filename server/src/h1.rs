@@ -33,7 +33,7 @@ use std::{
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use ggrok_tunnel::{
     head::{self, HeadWriter},
-    http_util::{accept_wants_json, hop_by_hop, Body},
+    http_util::{accept_wants_json, hop_by_hop, is_name, Body},
     mux::{Item, MuxError, MuxStream},
     protocol::{self, HopHead, PageKind, HEADER_ERROR, RESET_PROTOCOL},
     stop::StopWatch,
@@ -326,7 +326,7 @@ pub(crate) fn parse<'h, 'b>(
     for h in req.headers.iter() {
         let (name, value) = (h.name, h.value);
         size += name.len() + value.len() + 6;
-        let is = |n: &str| name.eq_ignore_ascii_case(n);
+        let is = |n: &str| is_name(name.as_bytes(), n.as_bytes());
         match name.len() {
             2 if is("te") => return Read::Hyper,
             4 if is("host") => {
@@ -853,7 +853,7 @@ fn answer_head(
             }
             continue;
         }
-        let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
+        let is = |n: &str| is_name(name, n.as_bytes());
         match name.len() {
             4 if is("date") => date = true,
             10 if is("set-cookie") => {

@@ -37,7 +37,7 @@ use tokio::{
 
 use crate::{
     head::ResponseHeadWriter,
-    http_util::{hop_by_hop, Body, BoxError},
+    http_util::{hop_by_hop, is_name, Body, BoxError},
     traffic::Headers,
 };
 
@@ -567,10 +567,11 @@ fn parse_head(buf: &[u8], head_request: bool) -> Result<Parsed, Error> {
     let mut lengths = 0;
     let mut length = &b""[..];
     for h in headers.iter() {
-        if h.name.len() == 14 && h.name.eq_ignore_ascii_case("content-length") {
+        let name = h.name.as_bytes();
+        if is_name(name, b"content-length") {
             lengths += 1;
             length = h.value;
-        } else if h.name.eq_ignore_ascii_case("connection") {
+        } else if is_name(name, b"connection") {
             for token in h.value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
                 if token.eq_ignore_ascii_case(b"close") {
                     keep_alive = false;
@@ -578,7 +579,7 @@ fn parse_head(buf: &[u8], head_request: bool) -> Result<Parsed, Error> {
                     named = true;
                 }
             }
-        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+        } else if is_name(name, b"transfer-encoding") {
             let last = h.value.rsplit(|b| *b == b',').next().unwrap_or(b"");
             chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
         }
@@ -637,7 +638,7 @@ fn parse_head(buf: &[u8], head_request: bool) -> Result<Parsed, Error> {
                 .iter()
                 .any(|n| n.eq_ignore_ascii_case(h.name.as_bytes()));
         // A `Content-Length` beside chunked coding is wrong and ignored (RFC 9112 §6.3).
-        let ignored = chunked.is_some() && h.name.eq_ignore_ascii_case("content-length");
+        let ignored = chunked.is_some() && is_name(h.name.as_bytes(), b"content-length");
         if !hop && !ignored {
             frame.push(h.name.as_bytes(), h.value);
         }

@@ -146,7 +146,7 @@ impl HeadWriter {
         self.out.put_u16(name.len() as u16);
         let start = self.out.len();
         self.out.put_slice(name);
-        self.out[start..].make_ascii_lowercase();
+        crate::http_util::make_lowercase(&mut self.out[start..]);
         self.out.put_u32(value.len() as u32);
         self.out.put_slice(value);
     }

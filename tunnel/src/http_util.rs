@@ -47,11 +47,56 @@ const HOP_BY_HOP: [header::HeaderName; 9] = [
     header::HeaderName::from_static("proxy-connection"),
 ];
 
+const HIGH_BITS: u64 = 0x8080_8080_8080_8080;
+
+/// `w`'s ASCII letters lowercased, eight bytes at once; `None` if a byte is not ASCII.
+fn lower_word(w: u64) -> Option<u64> {
+    if w & HIGH_BITS != 0 {
+        return None;
+    }
+    // Below 0x80 nothing carries between bytes: the high bit of `b + 0x3f` is set from 'A' on,
+    // that of `b + 0x25` from '[' on, so the two differ exactly for 'A'..='Z'.
+    let upper =
+        w.wrapping_add(0x3f3f_3f3f_3f3f_3f3f) & !w.wrapping_add(0x2525_2525_2525_2525) & HIGH_BITS;
+    Some(w | upper >> 2)
+}
+
+fn word(bytes: &[u8]) -> u64 {
+    u64::from_ne_bytes(bytes.try_into().expect("eight bytes"))
+}
+
+/// `bytes.make_ascii_lowercase()`, eight bytes at a time: every header name of every request
+/// and answer is lowercased on its way into a stream's head.
+pub fn make_lowercase(bytes: &mut [u8]) {
+    let mut chunks = bytes.chunks_exact_mut(8);
+    for chunk in &mut chunks {
+        match lower_word(word(chunk)) {
+            Some(w) => chunk.copy_from_slice(&w.to_ne_bytes()),
+            None => chunk.make_ascii_lowercase(),
+        }
+    }
+    chunks.into_remainder().make_ascii_lowercase();
+}
+
+/// `name.eq_ignore_ascii_case(lower)` for `lower` in lowercase ASCII, eight bytes at a time.
+pub fn is_name(name: &[u8], lower: &[u8]) -> bool {
+    if name.len() != lower.len() {
+        return false;
+    }
+    let (mut a, mut b) = (name.chunks_exact(8), lower.chunks_exact(8));
+    for (x, y) in (&mut a).zip(&mut b) {
+        if lower_word(word(x)) != Some(word(y)) {
+            return false;
+        }
+    }
+    a.remainder().eq_ignore_ascii_case(b.remainder())
+}
+
 /// Whether a proxy keeps `name` to itself (RFC 9110 §7.6.1), besides the names `Connection`
 /// lists. Sorted by length first: most names of a response are none of these, and most differ in
 /// length from all of them.
 pub fn hop_by_hop(name: &[u8]) -> bool {
-    let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
+    let is = |n: &str| is_name(name, n.as_bytes());
     match name.len() {
         2 => is("te"),
         7 => is("trailer") || is("upgrade"),
@@ -256,6 +301,44 @@ pub fn escape_html(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_lowercase_and_compare_as_the_byte_by_byte_way_does() {
+        // Every byte value, at every position of words and tails.
+        for len in [0, 1, 7, 8, 9, 15, 16, 17, 24] {
+            for b in 0..=255u8 {
+                let mut name: Vec<u8> = (0..len)
+                    .map(|i| b"Content-Length-X-Forwarded"[i % 26])
+                    .collect();
+                if len > 0 {
+                    name[(b as usize) % len] = b;
+                }
+                let mut fast = name.clone();
+                make_lowercase(&mut fast);
+                assert_eq!(fast, name.to_ascii_lowercase(), "{name:?}");
+                let lower = name.to_ascii_lowercase();
+                // (`is_name` compares with ASCII names only.)
+                if lower.is_ascii() {
+                    assert!(is_name(&name, &lower), "{name:?}");
+                }
+                for other in [
+                    &b"content-length"[..],
+                    b"connection",
+                    b"x-forwarded-for",
+                    b"",
+                ] {
+                    assert_eq!(
+                        is_name(&name, other),
+                        name.eq_ignore_ascii_case(other),
+                        "{name:?}"
+                    );
+                }
+            }
+        }
+        assert!(is_name(b"Transfer-Encoding", b"transfer-encoding"));
+        assert!(!is_name(b"Transfer-Encodinh", b"transfer-encoding"));
+        assert!(!is_name(b"Transfer\xc0Encoding", b"transfer-encoding"));
+    }
 
     #[test]
     fn origin_form_keeps_path_and_query_only() {
