@@ -340,19 +340,22 @@ fn is_value_byte(b: u8) -> bool {
 fn valid_value(bytes: &[u8]) -> bool {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
-    let mut chunks = bytes.chunks_exact(8);
-    for chunk in &mut chunks {
+    let word_ok = |chunk: &[u8]| {
         let w = u64::from_ne_bytes(chunk.try_into().expect("eight bytes"));
         // The classic "has a byte less than n" and "has a zero byte" tests: never a miss, and a
         // false hit only costs the check byte by byte.
         let below = w.wrapping_sub(ONES * 0x20) & !w & HIGH;
         let del = w ^ (ONES * 0x7f);
         let del = del.wrapping_sub(ONES) & !del & HIGH;
-        if below | del != 0 && !all_bytes(chunk, is_value_byte) {
-            return false;
-        }
+        below | del == 0 || all_bytes(chunk, is_value_byte)
+    };
+    if bytes.len() < 8 {
+        return all_bytes(bytes, is_value_byte);
     }
-    all_bytes(chunks.remainder(), is_value_byte)
+    let mut chunks = bytes.chunks_exact(8);
+    // The last word overlaps the one before it rather than leaving a tail byte by byte.
+    (&mut chunks).fold(true, |all, chunk| all & word_ok(chunk))
+        & (chunks.remainder().is_empty() || word_ok(&bytes[bytes.len() - 8..]))
 }
 
 /// Whether every byte of `bytes` passes `ok`, without stopping at the first that does not:
