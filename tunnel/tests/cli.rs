@@ -94,6 +94,42 @@ async fn prints_the_url_then_one_line_per_request() {
     );
 }
 
+#[tokio::test]
+async fn ctrl_c_stops_the_tunnel_frees_its_name_and_exits_zero() {
+    let addr = server(ggrok_server::Config::new("localhost")).await;
+    let port = origin().await.to_string();
+    let server_url = format!("http://{addr}");
+    let args = ["http", &port, "--server", &server_url, "--subdomain", "bye"];
+    let mut child = ggrok(&args).spawn().unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+    let url = out.next_line().await.unwrap().unwrap();
+    assert_eq!(url, format!("http://bye.localhost:{}", addr.port()));
+    // Requests first, so that the wait for Ctrl-C has been through the loop's turns.
+    for _ in 0..3 {
+        assert!(raw_get(addr, "bye.localhost", "/").await.ends_with("hello"));
+        out.next_line().await.unwrap().unwrap();
+    }
+    let interrupted = std::process::Command::new("kill")
+        .args(["-INT", &child.id().unwrap().to_string()])
+        .status()
+        .unwrap();
+    assert!(interrupted.success());
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("exits on Ctrl-C")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    // A stop, not a drop: the server freed the name at once, so it is given again.
+    let mut again = ggrok(&args).spawn().unwrap();
+    let mut out = BufReader::new(again.stdout.take().unwrap()).lines();
+    let url = tokio::time::timeout(Duration::from_secs(10), out.next_line())
+        .await
+        .expect("online again")
+        .unwrap()
+        .unwrap();
+    assert_eq!(url, format!("http://bye.localhost:{}", addr.port()));
+}
+
 /// Reads stderr lines until one starts with `prefix`; returns the rest of that line.
 async fn stderr_line(
     lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStderr>>,

@@ -11,7 +11,10 @@ use ggrok_tunnel::{
     inspect, terminal::escape_controls, traffic::Traffic, Connection, Exchange, Status, Tunnel,
     TunnelConfig, TunnelKind,
 };
-use tokio::sync::broadcast::{self, error::RecvError};
+use tokio::sync::{
+    broadcast::{self, error::RecvError},
+    watch,
+};
 
 use crate::screen::{self, DisplayArgs, Live, Row};
 
@@ -240,21 +243,26 @@ async fn serve(
     mut inspector: Option<SocketAddr>,
 ) -> anyhow::Result<ExitCode> {
     let target = run.target;
-    let mut status = tunnel.status();
     let mut traffic = tunnel.traffic().subscribe();
-    let mut connections = tunnel.connections().subscribe();
     let mut shown_url: Option<String> = None;
+    // Requests wake this loop; the rarer events are waited for by futures that live across its
+    // turns, so that a turn does not register and drop a waiter for each of them (the Ctrl-C
+    // listener allocated one) every time a request ends.
+    let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());
+    let mut status = next_change(tunnel.status());
+    let mut connections = next_event(tunnel.connections().subscribe());
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {
+            _ = &mut ctrl_c => {
                 tunnel.stop().await;
                 return Ok(ExitCode::SUCCESS);
             }
-            changed = status.changed() => {
+            (mut rx, changed) = &mut status => {
                 if changed.is_err() {
                     return Ok(ExitCode::FAILURE);
                 }
-                let now = status.borrow_and_update().clone();
+                let now = rx.borrow_and_update().clone();
+                status = next_change(rx);
                 match now {
                     // Everything a server says is untrusted: it must not write to the terminal.
                     Status::Online { url, .. } => {
@@ -304,13 +312,38 @@ async fn serve(
                 Err(RecvError::Lagged(n)) => out.note(format!("{n} requests not shown (log too slow)")),
                 Err(RecvError::Closed) => return Ok(ExitCode::FAILURE),
             },
-            event = connections.recv() => match event {
-                Ok(c) => out.events(c, &mut connections, connection_line, count_connection),
-                Err(RecvError::Lagged(n)) => out.note(format!("{n} connection events not shown (log too slow)")),
-                Err(RecvError::Closed) => return Ok(ExitCode::FAILURE),
-            },
+            (mut rx, event) = &mut connections => {
+                match event {
+                    Ok(c) => out.events(c, &mut rx, connection_line, count_connection),
+                    Err(RecvError::Lagged(n)) => out.note(format!("{n} connection events not shown (log too slow)")),
+                    Err(RecvError::Closed) => return Ok(ExitCode::FAILURE),
+                }
+                connections = next_event(rx);
+            }
         }
     }
+}
+
+type Owned<R, T> = std::pin::Pin<Box<dyn std::future::Future<Output = (R, T)>>>;
+
+/// `rx`'s next change, and `rx` back to wait for the one after.
+fn next_change<T: 'static>(
+    mut rx: watch::Receiver<T>,
+) -> Owned<watch::Receiver<T>, Result<(), watch::error::RecvError>> {
+    Box::pin(async move {
+        let changed = rx.changed().await;
+        (rx, changed)
+    })
+}
+
+/// `rx`'s next event, and `rx` back to wait for the one after.
+fn next_event<T: Clone + 'static>(
+    mut rx: broadcast::Receiver<T>,
+) -> Owned<broadcast::Receiver<T>, Result<T, RecvError>> {
+    Box::pin(async move {
+        let event = rx.recv().await;
+        (rx, event)
+    })
 }
 
 /// Prints `first` and every event already queued behind it with one write, not one per line,
