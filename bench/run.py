@@ -346,9 +346,10 @@ def children_map() -> dict[int, list[int]]:
     return out
 
 
-def tree_cpu(roots: list[int]) -> float:
+def tree_cpu(roots: list[int], user_only: bool = False) -> float:
     """user+system CPU seconds of `roots` and all their descendants, including the time of
-    descendants already exited and reaped (cutime/cstime), from /proc/PID/stat."""
+    descendants already exited and reaped (cutime/cstime), from /proc/PID/stat; user time
+    alone with `user_only`."""
     if not roots:
         return 0.0
     kids = children_map()
@@ -361,7 +362,8 @@ def tree_cpu(roots: list[int]) -> float:
         seen.add(pid)
         try:
             f = stat_fields(pid)
-            total += int(f[11]) + int(f[12]) + int(f[13]) + int(f[14])
+            total += (int(f[11]) + int(f[13]) if user_only
+                      else int(f[11]) + int(f[12]) + int(f[13]) + int(f[14]))
         except (OSError, IndexError, ValueError):
             continue
         stack += kids.get(pid, [])
@@ -426,8 +428,9 @@ class Target:
     def ok(self) -> bool:
         return self.status == "ok"
 
-    def cpu(self) -> tuple[float, float]:
-        return (tree_cpu([p.pid for _, p in self.server]), tree_cpu([p.pid for _, p in self.client]))
+    def cpu(self, user_only: bool = False) -> tuple[float, float]:
+        return (tree_cpu([p.pid for _, p in self.server], user_only),
+                tree_cpu([p.pid for _, p in self.client], user_only))
 
 
 def start_origin(procs: Procs, workdir: str) -> tuple[int, dict[str, str], list, int]:
@@ -768,15 +771,18 @@ class Meter:
     def __enter__(self):
         self.s0, self.a0, self.k0 = system_busy_seconds(), tree_cpu(self.bench_pids), children_cpu()
         self.c0 = self.target.cpu() if self.target else (0.0, 0.0)
+        self.u0 = self.target.cpu(user_only=True) if self.target else (0.0, 0.0)
         self.w0 = time.monotonic()
         return self
 
     def __exit__(self, *exc):
         self.c1 = self.target.cpu() if self.target else (0.0, 0.0)
+        u1 = self.target.cpu(user_only=True) if self.target else (0.0, 0.0)
         self.w1 = time.monotonic()
         s1, a1, k1 = system_busy_seconds(), tree_cpu(self.bench_pids), children_cpu()
         self.wall = self.w1 - self.w0
         self.split = tuple(b - a for a, b in zip(self.c0, self.c1))  # (server, client)
+        self.user = tuple(b - a for a, b in zip(self.u0, u1))  # the same, user time alone
         # CPU used on this machine by anything but the load tool, the origins and every tunnel
         # (other sessions, builds, ...): a noise indicator. Approximate (softirq time is shared).
         self.other = max(0.0, (s1 - self.s0) - (a1 - self.a0) - (k1 - self.k0)) / self.wall
@@ -1270,6 +1276,16 @@ def build_table(targets: list[Target], wrk_res: dict, ws: dict, online: dict) ->
                     f"{(srv + cli) / r['wall']:.2f} cores")
         row(f"{label}: tunnel CPU µs/req (server + client); cores", cpu)
         if key == "small":
+            def split(t, key=key):
+                r = wrk_res[(t.name, key)]
+                if t.name == "direct" or not r["requests"]:
+                    return "—"
+                per = 1e6 / r["requests"]
+                user = sum(r["user"]) * per
+                return f"{user:,.1f} / {sum(r['cpu']) * per - user:,.1f}"
+            # Where the two differ in kind: user-space work moves with the CPU's speed, kernel
+            # work (system calls, wake-ups, loopback TCP) with its cost on that CPU and kernel.
+            row(f"{label}: tunnel CPU µs/req, user / kernel", split)
             row(f"{label}: machine idle under load", lambda t, key=key: f"{wrk_res[(t.name, key)]['idle']:.0%}")
         row(f"{label}: p50 / p99", lambda t, key=key: f"{fmt_ms(wrk_res[(t.name, key)]['p50_us'])} / "
                                                        f"{fmt_ms(wrk_res[(t.name, key)]['p99_us'])}")
@@ -1426,7 +1442,8 @@ def main() -> int:
                     with Meter(t, bench_pids) as m:
                         r = run_wrk(procs, workdir, f"{t.name} / {label}", args, t.port, path, t.host, DURATION)
                     secs = r["duration_us"] / 1e6
-                    r.update(cpu=m.split, wall=m.wall, other=m.other, idle=m.idle, rps=r["requests"] / secs,
+                    r.update(cpu=m.split, user=m.user, wall=m.wall, other=m.other, idle=m.idle,
+                             rps=r["requests"] / secs,
                              mibps=r["bytes"] / secs / 2**20,
                              errors=sum(r[k] for k in ("connect", "read", "write", "status", "timeout")))
                     rounds.setdefault((t.name, key), []).append(r)
