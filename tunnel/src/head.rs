@@ -338,10 +338,10 @@ fn is_value_byte(b: u8) -> bool {
 /// are most of a head's bytes); a word with a byte below 0x20 (a tab, say) or a DEL is checked
 /// byte by byte.
 fn valid_value(bytes: &[u8]) -> bool {
+    use crate::http_util::{word, HIGH_BITS as HIGH};
     const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
     let word_ok = |chunk: &[u8]| {
-        let w = u64::from_ne_bytes(chunk.try_into().expect("eight bytes"));
+        let w = word(chunk);
         // The classic "has a byte less than n" and "has a zero byte" tests: never a miss, and a
         // false hit only costs the check byte by byte.
         let below = w.wrapping_sub(ONES * 0x20) & !w & HIGH;

@@ -47,7 +47,8 @@ const HOP_BY_HOP: [header::HeaderName; 9] = [
     header::HeaderName::from_static("proxy-connection"),
 ];
 
-const HIGH_BITS: u64 = 0x8080_8080_8080_8080;
+/// The high bit of each byte of a word.
+pub(crate) const HIGH_BITS: u64 = 0x8080_8080_8080_8080;
 
 /// `w`'s ASCII letters lowercased, eight bytes at once; `None` if a byte is not ASCII.
 fn lower_word(w: u64) -> Option<u64> {
@@ -61,7 +62,8 @@ fn lower_word(w: u64) -> Option<u64> {
     Some(w | upper >> 2)
 }
 
-fn word(bytes: &[u8]) -> u64 {
+/// Eight bytes as one word, for the byte-parallel checks here and in [`crate::head`].
+pub(crate) fn word(bytes: &[u8]) -> u64 {
     u64::from_ne_bytes(bytes.try_into().expect("eight bytes"))
 }
 

@@ -22,14 +22,11 @@ use futures_util::task::AtomicWaker;
 /// Runs `work` until it completes (`Ok`) or `stop` completes first (`Err`). Like `select!` on
 /// the two, except that `stop` is polled only at the start and after it woke the task.
 pub fn until_stopped<S: Future, W: Future>(stop: S, work: W) -> UntilStopped<S, W> {
-    let signal = Arc::new(Signal {
-        fired: AtomicBool::new(true),
-        task: AtomicWaker::new(),
-    });
+    let (signal, stop_waker) = Signal::new();
     UntilStopped {
         stop,
         work,
-        stop_waker: Waker::from(signal.clone()),
+        stop_waker,
         signal,
     }
 }
@@ -86,13 +83,10 @@ pub struct StopWatch<S> {
 impl<S: Future<Output = ()>> StopWatch<S> {
     /// Watches `stop` (say, a token's `cancelled()`).
     pub fn new(stop: S) -> Self {
-        let signal = Arc::new(Signal {
-            fired: AtomicBool::new(true),
-            task: AtomicWaker::new(),
-        });
+        let (signal, stop_waker) = Signal::new();
         Self {
             stop: Box::pin(stop),
-            stop_waker: Waker::from(signal.clone()),
+            stop_waker,
             signal,
             stopped: false,
         }
@@ -125,6 +119,18 @@ impl<S: Future<Output = ()>> StopWatch<S> {
 struct Signal {
     fired: AtomicBool,
     task: AtomicWaker,
+}
+
+impl Signal {
+    /// A signal that has fired (so that `stop` is polled first), and the waker `stop` gets.
+    fn new() -> (Arc<Self>, Waker) {
+        let signal = Arc::new(Signal {
+            fired: AtomicBool::new(true),
+            task: AtomicWaker::new(),
+        });
+        let waker = Waker::from(signal.clone());
+        (signal, waker)
+    }
 }
 
 impl Wake for Signal {
