@@ -1169,6 +1169,53 @@ def build_tcp_table(targets: list[Target], res: dict) -> list[str]:
 
 # --------------------------------------------------------------------------- report
 
+def build_goals(wrk_res: dict, tcp_res: dict | None) -> list[str]:
+    """Issue 17's goals against bore, from this run: one row per goal, for ggrok as deployed
+    and with the client's default flags, each "met" or "**not met**"; empty without bore."""
+    variants = [n for n in ("ggrok", "ggrok-defaults") if (n, "small") in wrk_res]
+    if ("bore", "small") not in wrk_res or not variants:
+        return []
+
+    def cpu_per_request(name: str) -> float:
+        r = wrk_res[(name, "small")]
+        return sum(r["cpu"]) * 1e6 / r["requests"] if r["requests"] else float("inf")
+
+    # (goal, value of a ggrok variant, bore's, whether the pair meets it, format)
+    goals = [
+        ("tunnel CPU per small request ≤ bore's", cpu_per_request, lambda g, b: g <= b,
+         lambda x: f"{x:.1f} µs"),
+        ("small requests/s ≥ 1.0× bore", lambda n: wrk_res[(n, "small")]["rps"], lambda g, b: g >= b,
+         fmt_rate),
+        ("small p99 ≤ bore's", lambda n: wrk_res[(n, "small")]["p99_us"], lambda g, b: g <= b, fmt_ms),
+        ("large 10 MiB c4 MiB/s ≥ 1.0× bore", lambda n: wrk_res[(n, "c4")]["mibps"],
+         lambda g, b: g >= b, fmt_rate),
+        ("large 10 MiB c1 MiB/s ≥ 2× bore", lambda n: wrk_res[(n, "c1")]["mibps"],
+         lambda g, b: g >= 2 * b, fmt_rate),
+    ]
+    out = ["| goal (issue 17) | " + " | ".join(
+               "ggrok" if n == "ggrok" else "ggrok, client defaults" for n in variants) + " | bore |",
+           "|---|" + "--:|" * (len(variants) + 1)]
+    for goal, value, met, fmt in goals:
+        try:
+            b = value("bore")
+            cells = []
+            for n in variants:
+                g = value(n)
+                cells.append(f"{fmt(g)} ({ratio(g, b)}×): {'met' if met(g, b) else '**not met**'}")
+        except (KeyError, TypeError):
+            continue
+        out.append(f"| {goal} | " + " | ".join(cells) + f" | {fmt(b)} |")
+    if tcp_res and ("bore", "rate") in tcp_res and ("ggrok", "rate") in tcp_res:
+        pad = " | —" * (len(variants) - 1)
+        for key, field, goal in (("c1", "mibps", "TCP, 1 connection, MiB/s ≥ 1.0× bore"),
+                                 ("c4", "mibps", "TCP, 4 connections, MiB/s ≥ 1.0× bore"),
+                                 ("rate", "rate", "TCP connections/s ≥ 1.0× bore")):
+            g, b = tcp_res[("ggrok", key)][field], tcp_res[("bore", key)][field]
+            out.append(f"| {goal} | {fmt_rate(g)} ({ratio(g, b)}×): {'met' if g >= b else '**not met**'}"
+                       f"{pad} | {fmt_rate(b)} |")
+    return out
+
+
 def sh(argv: list[str]) -> str:
     try:
         out = subprocess.run(argv, capture_output=True, text=True, timeout=10, cwd=ROOT)
@@ -1484,6 +1531,7 @@ def main() -> int:
             procs.stop([x for x in procs.live if x[0].startswith(("ggrok-server-idle", "bench_idle", "ggrok-cli"))])
 
         tcp_lines: list[str] = []
+        tcp_res = None
         if BENCH_TCP:
             try:
                 tcp_targets, tcp_res = tcp_phase(procs, workdir)
@@ -1504,6 +1552,9 @@ def main() -> int:
             "tool, the origins and the tunnels during that row (/proc/stat; approximate): well above 0 "
             f"means other work competed and the row is noisy. Run took {time.monotonic() - t0:.0f} s.")]
         out += tcp_lines
+        goals = build_goals(wrk_res, tcp_res)
+        if goals:
+            out += ["", "### Against issue 17's goals (this run, this CPU)", ""] + goals
         print("\n".join(out), flush=True)
         return 0
     except Fatal as e:
