@@ -19,6 +19,7 @@ Phases, each for every target that is available:
      TCP_RATE_WORKERS visitors opening connections back to back for TCP_SECONDS (each sends a
      byte and waits for one byte back): connections per second and p50/p99 of connect → first
      byte. A second table.
+Last, when bore ran: issue 17's goals against bore from this run, each met or not.
 A peer that is not installed or does not start is reported as such and the run goes on.
 
 Environment:
