@@ -19,7 +19,8 @@ Phases, each for every target that is available:
      TCP_RATE_WORKERS visitors opening connections back to back for TCP_SECONDS (each sends a
      byte and waits for one byte back): connections per second and p50/p99 of connect → first
      byte. A second table.
-Last, when bore ran: issue 17's goals against bore from this run, each met or not.
+Last, when bore ran: issue 17's goals against bore from this run, each met or not, and the
+break-even of CPU per small request from the run's user/kernel split (see break_even).
 A peer that is not installed or does not start is reported as such and the run goes on.
 
 Environment:
@@ -1170,6 +1171,30 @@ def build_tcp_table(targets: list[Target], res: dict) -> list[str]:
 
 # --------------------------------------------------------------------------- report
 
+def break_even(wrk_res: dict) -> list[str]:
+    """Where ggrok's CPU per small request meets bore's on another machine, from this run's
+    user/kernel split: user time moves with the CPU's speed, kernel time with what system calls
+    and loopback TCP cost there. A machine whose kernel work costs k times what it costs here,
+    relative to user-space work, gives ggrok U_g + k·K_g against bore's U_b + k·K_b."""
+    g, b = wrk_res.get(("ggrok", "small")), wrk_res.get(("bore", "small"))
+    if not g or not b or not g["requests"] or not b["requests"]:
+        return []
+    per = lambda r, x: x * 1e6 / r["requests"]
+    ug, ub = per(g, sum(g["user"])), per(b, sum(b["user"]))
+    kg, kb = per(g, sum(g["cpu"])) - ug, per(b, sum(b["cpu"])) - ub
+    relative = "what it costs here, relative to user-space work"
+    if ug <= ub and kg <= kb:
+        where = "on every machine: it needs no more user or kernel time than bore"
+    elif kg < kb:
+        where = f"wherever kernel work costs at least {(ug - ub) / (kb - kg):.2f}× {relative}"
+    elif ug < ub:
+        where = f"wherever kernel work costs at most {(ub - ug) / (kg - kb):.2f}× {relative}"
+    else:
+        where = "on no machine: it needs more user and more kernel time than bore"
+    return ["", f"Break-even: ggrok needs no more CPU per small request than bore {where} (this run: "
+                f"user {ug:.1f} µs against bore's {ub:.1f}, kernel {kg:.1f} against {kb:.1f})."]
+
+
 def build_goals(wrk_res: dict, tcp_res: dict | None) -> list[str]:
     """Issue 17's goals against bore, from this run: one row per goal, for ggrok as deployed
     and with the client's default flags, each "met" or "**not met**"; empty without bore."""
@@ -1214,7 +1239,7 @@ def build_goals(wrk_res: dict, tcp_res: dict | None) -> list[str]:
             g, b = tcp_res[("ggrok", key)][field], tcp_res[("bore", key)][field]
             out.append(f"| {goal} | {fmt_rate(g)} ({ratio(g, b)}×): {'met' if g >= b else '**not met**'}"
                        f"{pad} | {fmt_rate(b)} |")
-    return out
+    return out + break_even(wrk_res)
 
 
 def sh(argv: list[str]) -> str:
