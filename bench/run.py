@@ -348,15 +348,14 @@ def children_map() -> dict[int, list[int]]:
     return out
 
 
-def tree_cpu(roots: list[int], user_only: bool = False) -> float:
-    """user+system CPU seconds of `roots` and all their descendants, including the time of
-    descendants already exited and reaped (cutime/cstime), from /proc/PID/stat; user time
-    alone with `user_only`."""
+def tree_times(roots: list[int]) -> tuple[float, float]:
+    """(user, user+system) CPU seconds of `roots` and all their descendants, including the time
+    of descendants already exited and reaped (cutime/cstime), from /proc/PID/stat."""
     if not roots:
-        return 0.0
+        return (0.0, 0.0)
     kids = children_map()
     tck = os.sysconf("SC_CLK_TCK")
-    total, stack, seen = 0, list(roots), set()
+    user, system, stack, seen = 0, 0, list(roots), set()
     while stack:
         pid = stack.pop()
         if pid in seen:
@@ -364,12 +363,17 @@ def tree_cpu(roots: list[int], user_only: bool = False) -> float:
         seen.add(pid)
         try:
             f = stat_fields(pid)
-            total += (int(f[11]) + int(f[13]) if user_only
-                      else int(f[11]) + int(f[12]) + int(f[13]) + int(f[14]))
+            user += int(f[11]) + int(f[13])
+            system += int(f[12]) + int(f[14])
         except (OSError, IndexError, ValueError):
             continue
         stack += kids.get(pid, [])
-    return total / tck
+    return (user / tck, (user + system) / tck)
+
+
+def tree_cpu(roots: list[int]) -> float:
+    """user+system CPU seconds of `roots` and their descendants (see tree_times)."""
+    return tree_times(roots)[1]
 
 
 def rss_bytes(pid: int) -> int:
@@ -430,9 +434,9 @@ class Target:
     def ok(self) -> bool:
         return self.status == "ok"
 
-    def cpu(self, user_only: bool = False) -> tuple[float, float]:
-        return (tree_cpu([p.pid for _, p in self.server], user_only),
-                tree_cpu([p.pid for _, p in self.client], user_only))
+    def times(self) -> tuple[tuple[float, float], tuple[float, float]]:
+        """(user, user+system) CPU seconds of the server's processes, then the client's."""
+        return (tree_times([p.pid for _, p in self.server]), tree_times([p.pid for _, p in self.client]))
 
 
 def start_origin(procs: Procs, workdir: str) -> tuple[int, dict[str, str], list, int]:
@@ -772,19 +776,17 @@ class Meter:
 
     def __enter__(self):
         self.s0, self.a0, self.k0 = system_busy_seconds(), tree_cpu(self.bench_pids), children_cpu()
-        self.c0 = self.target.cpu() if self.target else (0.0, 0.0)
-        self.u0 = self.target.cpu(user_only=True) if self.target else (0.0, 0.0)
+        self.t0 = self.target.times() if self.target else ((0.0, 0.0), (0.0, 0.0))
         self.w0 = time.monotonic()
         return self
 
     def __exit__(self, *exc):
-        self.c1 = self.target.cpu() if self.target else (0.0, 0.0)
-        u1 = self.target.cpu(user_only=True) if self.target else (0.0, 0.0)
+        t1 = self.target.times() if self.target else ((0.0, 0.0), (0.0, 0.0))
         self.w1 = time.monotonic()
         s1, a1, k1 = system_busy_seconds(), tree_cpu(self.bench_pids), children_cpu()
         self.wall = self.w1 - self.w0
-        self.split = tuple(b - a for a, b in zip(self.c0, self.c1))  # (server, client)
-        self.user = tuple(b - a for a, b in zip(self.u0, u1))  # the same, user time alone
+        self.split = tuple(b[1] - a[1] for a, b in zip(self.t0, t1))  # (server, client)
+        self.user = tuple(b[0] - a[0] for a, b in zip(self.t0, t1))  # the same, user time alone
         # CPU used on this machine by anything but the load tool, the origins and every tunnel
         # (other sessions, builds, ...): a noise indicator. Approximate (softirq time is shared).
         self.other = max(0.0, (s1 - self.s0) - (a1 - self.a0) - (k1 - self.k0)) / self.wall
@@ -1171,6 +1173,13 @@ def build_tcp_table(targets: list[Target], res: dict) -> list[str]:
 
 # --------------------------------------------------------------------------- report
 
+def user_kernel_us(r: dict) -> tuple[float, float]:
+    """A wrk result's tunnel CPU per request, in µs: (user, kernel), server and client together."""
+    per = 1e6 / r["requests"]
+    user = sum(r["user"]) * per
+    return (user, sum(r["cpu"]) * per - user)
+
+
 def break_even(wrk_res: dict) -> list[str]:
     """Where ggrok's CPU per small request meets bore's on another machine, from this run's
     user/kernel split: user time moves with the CPU's speed, kernel time with what system calls
@@ -1179,9 +1188,7 @@ def break_even(wrk_res: dict) -> list[str]:
     g, b = wrk_res.get(("ggrok", "small")), wrk_res.get(("bore", "small"))
     if not g or not b or not g["requests"] or not b["requests"]:
         return []
-    per = lambda r, x: x * 1e6 / r["requests"]
-    ug, ub = per(g, sum(g["user"])), per(b, sum(b["user"]))
-    kg, kb = per(g, sum(g["cpu"])) - ug, per(b, sum(b["cpu"])) - ub
+    (ug, kg), (ub, kb) = user_kernel_us(g), user_kernel_us(b)
     relative = "what it costs here, relative to user-space work"
     if ug <= ub and kg <= kb:
         where = "on every machine: it needs no more user or kernel time than bore"
@@ -1218,6 +1225,9 @@ def build_goals(wrk_res: dict, tcp_res: dict | None) -> list[str]:
         ("large 10 MiB c1 MiB/s ≥ 2× bore", lambda n: wrk_res[(n, "c1")]["mibps"],
          lambda g, b: g >= 2 * b, fmt_rate),
     ]
+    def cell(g: float, b: float, met: bool, fmt) -> str:
+        return f"{fmt(g)} ({ratio(g, b)}×): {'met' if met else '**not met**'}"
+
     out = ["| goal (issue 17) | " + " | ".join(
                "ggrok" if n == "ggrok" else "ggrok, client defaults" for n in variants) + " | bore |",
            "|---|" + "--:|" * (len(variants) + 1)]
@@ -1227,7 +1237,7 @@ def build_goals(wrk_res: dict, tcp_res: dict | None) -> list[str]:
             cells = []
             for n in variants:
                 g = value(n)
-                cells.append(f"{fmt(g)} ({ratio(g, b)}×): {'met' if met(g, b) else '**not met**'}")
+                cells.append(cell(g, b, met(g, b), fmt))
         except (KeyError, TypeError):
             continue
         out.append(f"| {goal} | " + " | ".join(cells) + f" | {fmt(b)} |")
@@ -1237,8 +1247,7 @@ def build_goals(wrk_res: dict, tcp_res: dict | None) -> list[str]:
                                  ("c4", "mibps", "TCP, 4 connections, MiB/s ≥ 1.0× bore"),
                                  ("rate", "rate", "TCP connections/s ≥ 1.0× bore")):
             g, b = tcp_res[("ggrok", key)][field], tcp_res[("bore", key)][field]
-            out.append(f"| {goal} | {fmt_rate(g)} ({ratio(g, b)}×): {'met' if g >= b else '**not met**'}"
-                       f"{pad} | {fmt_rate(b)} |")
+            out.append(f"| {goal} | {cell(g, b, g >= b, fmt_rate)}{pad} | {fmt_rate(b)} |")
     return out + break_even(wrk_res)
 
 
@@ -1353,9 +1362,7 @@ def build_table(targets: list[Target], wrk_res: dict, ws: dict, online: dict) ->
                 r = wrk_res[(t.name, key)]
                 if t.name == "direct" or not r["requests"]:
                     return "—"
-                per = 1e6 / r["requests"]
-                user = sum(r["user"]) * per
-                return f"{user:,.1f} / {sum(r['cpu']) * per - user:,.1f}"
+                return "{:,.1f} / {:,.1f}".format(*user_kernel_us(r))
             # Where the two differ in kind: user-space work moves with the CPU's speed, kernel
             # work (system calls, wake-ups, loopback TCP) with its cost on that CPU and kernel.
             row(f"{label}: tunnel CPU µs/req, user / kernel", split)

@@ -168,12 +168,7 @@ fn date(unix: i64) -> String {
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
-    // No transparent huge pages: mimalloc asks for them, and the kernel then zeroes 2 MiB at the
-    // first touch of each, in the middle of serving. A fresh server's first few hundred
-    // connections had echoes delayed by milliseconds (WebSocket p99 4-6 ms against 0.6 ms
-    // without; docs/benchmarks.md). Pages of 4 KiB fault more often but never stall that long.
-    #[cfg(target_os = "linux")]
-    let _ = nix::sys::prctl::set_thp_disable(true);
+    ggrok_tunnel::memory::no_huge_pages();
     let args = Args::parse();
     // Trace-level tungstenite would print visitors' bytes and clients' upgrade requests.
     let filter = ggrok_tunnel::logging::log_filter("info");

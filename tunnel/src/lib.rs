@@ -15,6 +15,7 @@
 //! - [`backoff`]: jittered exponential delays between retries.
 //! - [`secrets`]: [`Secret`] and [`secrets::mask`], so tokens never reach a log.
 //! - [`logging`]: the `tracing` filter every ggrok binary starts with.
+//! - [`memory`]: no transparent huge pages for the binaries that use mimalloc.
 //! - [`forward`]: the client's side of a stream: forward to the local service, replay.
 //! - [`frames`]: WebSocket frames read as they pass an upgraded connection, for the inspector.
 //! - [`upstream`]: TLS, HTTP/2 and the `Host` header towards the local service.
@@ -48,6 +49,7 @@ pub mod head;
 pub mod http_util;
 pub mod inspect;
 pub mod logging;
+pub mod memory;
 pub mod mux;
 pub mod mux_body;
 pub mod protocol;

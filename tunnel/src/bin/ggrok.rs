@@ -180,12 +180,7 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 // switch. On one thread the same chain costs a queue push; see docs/benchmarks.md.
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    // No transparent huge pages, as in the server: mimalloc asks for them, and the kernel then
-    // zeroes 2 MiB at the first touch of each while the first visitors wait (a fresh client's
-    // first WebSocket echoes: p99 0.7-2.8 ms with them, 0.5-1.1 without), and keeps the client
-    // at 20-46 MiB of RSS where 10-18 MiB do (docs/benchmarks.md).
-    #[cfg(target_os = "linux")]
-    let _ = nix::sys::prctl::set_thp_disable(true);
+    ggrok_tunnel::memory::no_huge_pages();
     tracing_subscriber::fmt()
         .with_env_filter(ggrok_tunnel::logging::log_filter("warn"))
         .with_writer(std::io::stderr)
