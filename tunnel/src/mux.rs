@@ -628,6 +628,7 @@ where
         ping,
         silence: Box::pin(tokio::time::sleep(heartbeat.timeout)),
         stall: None,
+        opened: Vec::new(),
     };
     (Session { inner, role }, driver)
 }
@@ -718,6 +719,8 @@ pub struct Driver<S> {
     silence: Pin<Box<Sleep>>,
     /// Armed while some stream has unread data.
     stall: Option<Pin<Box<Sleep>>>,
+    /// The streams a message opened, by id: kept between messages for its allocation.
+    opened: Vec<u32>,
 }
 
 impl<S> Drop for Driver<S> {
@@ -834,7 +837,7 @@ where
         on_open: &mut impl FnMut(MuxStream),
     ) -> Result<(), Violation> {
         let mut rest = &msg[..];
-        let mut opened = Vec::new();
+        let mut opened = std::mem::take(&mut self.opened);
         let mut st = self.inner.lock();
         let was_empty = st.out.is_empty();
         let mut arm_stall = false;
@@ -1003,10 +1006,6 @@ where
             }
         }
         let wake_writer = was_empty && !st.out.is_empty();
-        let streams: Vec<MuxStream> = opened
-            .into_iter()
-            .map(|id| MuxStream::new(id, self.inner.clone()))
-            .collect();
         drop(st);
         if wake_writer {
             self.inner.writer.wake();
@@ -1017,7 +1016,10 @@ where
                 period.max(Duration::from_millis(10)),
             )));
         }
-        streams.into_iter().for_each(&mut *on_open);
+        for id in opened.drain(..) {
+            on_open(MuxStream::new(id, self.inner.clone()));
+        }
+        self.opened = opened;
         Ok(())
     }
 
