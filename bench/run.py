@@ -1379,6 +1379,15 @@ def machine_header(load: str | None = None) -> list[str]:
                               capture_output=True, cwd=ROOT).stdout
         commit += (f" + uncommitted changes in tunnel/, server/ or Cargo files "
                    f"(`git diff HEAD` sha256 {hashlib.sha256(diff).hexdigest()[:10]})")
+    # What the kernel does on every entry and return differs by CPU and boot options, and moves
+    # the cost of system calls and wake-ups (the kernel part of the tunnel CPU) with it.
+    vulns = "/sys/devices/system/cpu/vulnerabilities"
+    mitigations = []
+    for name in sorted(os.listdir(vulns)) if os.path.isdir(vulns) else []:
+        with open(os.path.join(vulns, name)) as f:
+            status = f.read().strip()
+        if status != "Not affected":
+            mitigations.append(f"{name}: {status}")
     built = datetime.datetime.fromtimestamp(os.path.getmtime(os.path.join(BIN, "ggrok-server")),
                                             datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return [
@@ -1386,6 +1395,7 @@ def machine_header(load: str | None = None) -> list[str]:
         f"- commit: {commit}; ggrok binaries built {built}; `[profile.release]` {release_profile()}",
         f"- machine: {os.cpu_count()} CPUs (nproc {sh(['nproc'])}), {model}, Linux {platform.release()}; "
         f"open-file limit {resource.getrlimit(resource.RLIMIT_NOFILE)[0]}",
+        f"- kernel mitigations (/sys/devices/system/cpu/vulnerabilities): {'; '.join(mitigations) or 'none'}",
         f"- tools: {sh(['wrk', '-v']).splitlines()[0].split(' Copyright')[0]}; "
         f"{sh(['nginx', '-v']).replace('nginx version: ', '')}; {sh(['rustc', '-V'])}",
         load or (f"- wrk: `-d{DURATION}s --latency`, small = `-t2 -c50`, large = `-t2 -c4` and `-t1 -c1`; "
