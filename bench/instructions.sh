@@ -19,8 +19,9 @@
 #   bench/instructions.sh                 # builds the release binaries first
 #   SKIP_BUILD=1 bench/instructions.sh    # measures the binaries in target/release
 #
-# Env: WRK_SECONDS (5), SKIP_BUILD=1. Needs valgrind, wrk, nginx, curl, python3; bore and perf
-# optional.
+# Env: WRK_SECONDS (5), SKIP_BUILD=1, GGROK_BIN (the binaries to count; default target/release:
+# an A/B of a change counts a build of each side). Needs valgrind, wrk, nginx, curl, python3;
+# bore and perf optional.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -29,7 +30,7 @@ for tool in valgrind callgrind_control callgrind_annotate wrk nginx curl python3
   command -v "$tool" >/dev/null || { echo "instructions: $tool is missing (apt-get install valgrind wrk nginx-light curl)" >&2; exit 1; }
 done
 [ "${SKIP_BUILD:-0}" = 1 ] || (cd "$root" && cargo build --release -p ggrok-tunnel -p ggrok-server >&2)
-bin="$root/target/release"
+bin="${GGROK_BIN:-$root/target/release}"
 seconds=${WRK_SECONDS:-5}
 
 work=$(mktemp -d /tmp/ggrok-instr.XXXXXX)
