@@ -534,19 +534,27 @@ def start_ggrok(procs: Procs, workdir: str, origin: int, echo: int, workers: int
     srv = procs.start(f"{name}-server", ggrok_server_argv(port, os.path.join(workdir, f"{name}.db"), workers), env)
     t.server = [(f"{name}-server", srv)]
     wait_tcp(procs, f"{name}-server", port, t.server)
-    # The client prints one line per request on stdout: discard it (readiness is checked by
-    # polling the public URL until it answers 200).
-    cli = procs.start(f"{name}-client", ggrok_client_argv(origin, port, SUBDOMAIN, defaults), env,
-                      stdout=subprocess.DEVNULL)
-    ws = procs.start(f"{name}-client-ws", ggrok_client_argv(echo, port, WS_SUBDOMAIN, defaults), env,
-                     stdout=subprocess.DEVNULL)
-    t.client = [(f"{name}-client", cli), (f"{name}-client-ws", ws)]
-    t.port, t.host = port, f"{SUBDOMAIN}.localhost:{port}"
-    t.ws_port, t.ws_host = port, f"{WS_SUBDOMAIN}.localhost:{port}"
-    wait_http(procs, "ggrok tunnel", port, "/small.bin", t.host, t.procs)
-    wait_ws(procs, "ggrok WebSocket tunnel", port, t.ws_host, t.procs)
+    start_clients(procs, t, origin, echo, port, port, defaults)
     log(f"ggrok ready: http://{t.host}, ws://{t.ws_host}")
     return t
+
+
+def start_clients(procs: Procs, t: Target, origin: int, echo: int, server: int, public: int,
+                  defaults: bool = False) -> None:
+    """`t`'s two clients, of the origin and of the WebSocket echo, on the server at `server`,
+    and its URLs on the server at `public`, once both answer there."""
+    env = {"RUST_LOG": "warn"}
+    # The client prints one line per request on stdout: discard it (readiness is checked by
+    # polling the public URL until it answers 200).
+    cli = procs.start(f"{t.name}-client", ggrok_client_argv(origin, server, SUBDOMAIN, defaults), env,
+                      stdout=subprocess.DEVNULL)
+    ws = procs.start(f"{t.name}-client-ws", ggrok_client_argv(echo, server, WS_SUBDOMAIN, defaults), env,
+                     stdout=subprocess.DEVNULL)
+    t.client = [(f"{t.name}-client", cli), (f"{t.name}-client-ws", ws)]
+    t.port, t.host = public, f"{SUBDOMAIN}.localhost:{public}"
+    t.ws_port, t.ws_host = public, f"{WS_SUBDOMAIN}.localhost:{public}"
+    wait_http(procs, f"{t.name} tunnel", public, "/small.bin", t.host, t.procs)
+    wait_ws(procs, f"{t.name} WebSocket tunnel", public, t.ws_host, t.procs)
 
 
 def start_etcd(procs: Procs, workdir: str) -> tuple[int, list]:
@@ -597,16 +605,7 @@ def start_ggrok_hop(procs: Procs, workdir: str, origin: int, echo: int) -> Targe
     t.server = etcd + holder_procs
     other, other_procs = start_node(procs, "ggrok-hop-other", etcd_port)
     t.server += other_procs
-    env = {"RUST_LOG": "warn"}
-    cli = procs.start("ggrok-hop-client", ggrok_client_argv(origin, holder, SUBDOMAIN), env,
-                      stdout=subprocess.DEVNULL)
-    ws = procs.start("ggrok-hop-client-ws", ggrok_client_argv(echo, holder, WS_SUBDOMAIN), env,
-                     stdout=subprocess.DEVNULL)
-    t.client = [("ggrok-hop-client", cli), ("ggrok-hop-client-ws", ws)]
-    t.port, t.host = other, f"{SUBDOMAIN}.localhost:{other}"
-    t.ws_port, t.ws_host = other, f"{WS_SUBDOMAIN}.localhost:{other}"
-    wait_http(procs, "ggrok tunnel through the other node", other, "/small.bin", t.host, t.procs)
-    wait_ws(procs, "ggrok WebSocket tunnel through the other node", other, t.ws_host, t.procs)
+    start_clients(procs, t, origin, echo, holder, other)
     log(f"ggrok cluster ready: http://{t.host} (held by the node on port {holder})")
     return t
 
@@ -1588,20 +1587,28 @@ def main() -> int:
             except PeerFailed as e:
                 raise Fatal(f"ggrok with the client's default flags: {e}")
             targets.append(d)
-        if CLUSTER:
-            t = Target("ggrok-hop", "ggrok cluster, one hop")
+
+        def optional(t: Target, start, missing: str = "not installed") -> Target:
+            """The target `start` starts, serving byte-exact bodies; or `t`, marked with why it
+            did not start, and the run goes on."""
             before = list(procs.live)
             try:
-                t = start_ggrok_hop(procs, workdir, origin, echo)
-                verify(t, digests)
-            except (PeerFailed, Fatal, OSError) as e:
-                # Like a peer: etcd may not be installed where the benchmark runs.
+                started = start()
+                verify(started, digests)
+                return started
+            except (PeerFailed, Fatal, OSError, subprocess.SubprocessError) as e:
                 reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-                log(f"ggrok cluster: {reason} — continuing without it")
+                log(f"{t.name}: {reason} — continuing without it")
                 procs.stop([x for x in procs.live if x not in before])
-                t.status = "etcd not installed" if reason == "not installed" else f"failed: {reason}"
+                t.status = missing if reason == "not installed" else f"failed: {reason}"
                 t.server, t.client = [], []
-            targets.append(t)
+                return t
+
+        if CLUSTER:
+            # Like a peer: etcd may not be installed where the benchmark runs.
+            targets.append(optional(Target("ggrok-hop", "ggrok cluster, one hop"),
+                                    lambda: start_ggrok_hop(procs, workdir, origin, echo),
+                                    "etcd not installed"))
         for name in ALL_PEERS:
             t = Target(name, LABELS[name])
             if name not in PEERS:
@@ -1610,17 +1617,7 @@ def main() -> int:
                 t.status = "skipped (BENCH_PEERS)"
                 targets.append(t)
                 continue
-            before = list(procs.live)
-            try:
-                t = STARTERS[name](procs, workdir, origin, echo)
-                verify(t, digests)
-            except (PeerFailed, Fatal, OSError, subprocess.SubprocessError) as e:
-                reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-                log(f"{name}: {reason} — continuing without it")
-                procs.stop([x for x in procs.live if x not in before])
-                t.status = "not installed" if reason == "not installed" else f"failed: {reason}"
-                t.server, t.client = [], []
-            targets.append(t)
+            targets.append(optional(t, lambda name=name: STARTERS[name](procs, workdir, origin, echo)))
         live = [t for t in targets if t.ok]
         for t in live:
             t.started = True
