@@ -95,6 +95,80 @@ async fn prints_the_url_then_one_line_per_request() {
 }
 
 #[tokio::test]
+async fn a_stdout_nobody_reads_holds_no_request_back_and_loses_no_line_unsaid() {
+    let addr = server(ggrok_server::Config::new("localhost")).await;
+    let port = origin().await.to_string();
+    let server_url = format!("http://{addr}");
+    let mut child = ggrok(&[
+        "http",
+        &port,
+        "--server",
+        &server_url,
+        "--subdomain",
+        "full",
+    ])
+    .spawn()
+    .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+    out.next_line().await.unwrap().unwrap();
+
+    // Then stdout is not read while lines of about 1.1 KB pile up: 2.3 MB, beyond the pipe's
+    // 64 KiB and the 1 MiB the CLI holds for a reader that does not read.
+    const REQUESTS: usize = 2_000;
+    let path = format!("/{}", "p".repeat(1_000));
+    let client = reqwest::Client::builder()
+        .resolve("full.localhost", addr)
+        .build()
+        .unwrap();
+    let url = format!("http://full.localhost:{}{path}", addr.port());
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let (client, url) = (client.clone(), url.clone());
+            tokio::spawn(async move {
+                for _ in 0..REQUESTS / 8 {
+                    let resp =
+                        tokio::time::timeout(Duration::from_secs(10), client.get(&url).send())
+                            .await
+                            .expect("answered while stdout is not read")
+                            .unwrap();
+                    assert_eq!(resp.text().await.unwrap(), "hello");
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+
+    // Read again: every request is a line on stdout or counted on stderr as not shown.
+    let mut err = BufReader::new(child.stderr.take().unwrap()).lines();
+    let (mut shown, mut dropped) = (0, 0);
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while shown + dropped < REQUESTS {
+            tokio::select! {
+                line = out.next_line() => {
+                    let line = line.unwrap().expect("stdout open");
+                    assert!(line.contains(&path), "{line}");
+                    shown += 1;
+                }
+                line = err.next_line() => {
+                    let line = line.unwrap().expect("stderr open");
+                    if let Some(n) = line
+                        .strip_prefix("ggrok: ")
+                        .and_then(|l| l.strip_suffix(" log lines not shown: stdout was not being read"))
+                    {
+                        dropped += n.parse::<usize>().unwrap();
+                    }
+                }
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{shown} shown and {dropped} counted of {REQUESTS}"));
+    assert!(dropped > 0 && shown > 0, "shown {shown}, dropped {dropped}");
+}
+
+#[tokio::test]
 async fn ctrl_c_stops_the_tunnel_frees_its_name_and_exits_zero() {
     let addr = server(ggrok_server::Config::new("localhost")).await;
     let port = origin().await.to_string();

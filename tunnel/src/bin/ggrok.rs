@@ -1,11 +1,13 @@
 //! `ggrok`: expose a local port through a ggrok server.
 //!
 //! Layout: this file has the flags and turns them into tunnels to run;
-//! [`run`] runs them and prints what happens (plain lines, or [`screen`]'s live screen on a
-//! terminal); [`saved_cmds`] has `config`, `list` and `start` over the file shared with the
-//! desktop app; [`upstream_args`] `http`'s target and how to talk to it.
+//! [`run`] runs them and prints what happens (plain lines through [`printer`]'s thread, or
+//! [`screen`]'s live screen on a terminal); [`saved_cmds`] has `config`, `list` and `start` over
+//! the file shared with the desktop app; [`upstream_args`] `http`'s target and how to talk to it.
 
 // In `ggrok/`: files directly in `src/bin/` would each be a binary of their own.
+#[path = "ggrok/printer.rs"]
+mod printer;
 #[path = "ggrok/run.rs"]
 mod run;
 #[path = "ggrok/saved_cmds.rs"]

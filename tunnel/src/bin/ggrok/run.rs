@@ -16,7 +16,13 @@ use tokio::sync::{
     watch,
 };
 
-use crate::screen::{self, DisplayArgs, Live, Row};
+use crate::{
+    printer::Printer,
+    screen::{self, DisplayArgs, Live, Row},
+};
+
+/// How long the end of a run waits for stdout to take the last lines.
+const LAST_LINES_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A tunnel to run.
 pub struct Run {
@@ -82,13 +88,15 @@ pub async fn run_all(
             .collect();
         Rc::new(RefCell::new(Live::new(rows, display.qr)))
     });
+    let printer = live.is_none().then(Printer::start);
     let serves = runs.into_iter().enumerate().map(|(i, (run, tunnel))| {
-        let out = match &live {
-            Some(live) => Output::Live {
+        let out = match (&live, &printer) {
+            (Some(live), _) => Output::Live {
                 live: live.clone(),
                 i,
             },
-            None => Output::lines(run.label.as_deref(), display.qr),
+            (None, Some(stdout)) => Output::lines(run.label.as_deref(), display.qr, stdout.clone()),
+            (None, None) => unreachable!("a printer whenever there is no live screen"),
         };
         serve(run, tunnel, out, inspector.filter(|_| i == 0))
     });
@@ -114,6 +122,9 @@ pub async fn run_all(
         }
         None => all.await,
     };
+    if let Some(printer) = printer {
+        printer.finish(LAST_LINES_WITHIN);
+    }
     let mut code = ExitCode::SUCCESS;
     for result in results {
         match result {
@@ -152,13 +163,14 @@ enum Output {
         out_prefix: String,
         err_prefix: String,
         qr: bool,
+        stdout: Printer,
     },
     /// Row `i` of the live screen.
     Live { live: Rc<RefCell<Live>>, i: usize },
 }
 
 impl Output {
-    fn lines(label: Option<&str>, qr: bool) -> Self {
+    fn lines(label: Option<&str>, qr: bool, stdout: Printer) -> Self {
         let (out_prefix, err_prefix) = match label {
             Some(l) => (format!("{l} "), format!("ggrok: {l}: ")),
             None => (String::new(), "ggrok: ".to_owned()),
@@ -167,6 +179,7 @@ impl Output {
             out_prefix,
             err_prefix,
             qr,
+            stdout,
         }
     }
 
@@ -195,7 +208,9 @@ impl Output {
         counts: fn(&mut Row, &T, u64),
     ) {
         match self {
-            Output::Lines { out_prefix, .. } => print_batch(first, events, line, out_prefix),
+            Output::Lines {
+                out_prefix, stdout, ..
+            } => print_batch(first, events, line, out_prefix, stdout),
             Output::Live { live, i } => {
                 let mut live = live.borrow_mut();
                 let second = live.second();
@@ -269,9 +284,9 @@ async fn serve(
                         let url = escape_controls(&url).into_owned();
                         let first = shown_url.as_deref() != Some(url.as_str());
                         match &out {
-                            Output::Lines { out_prefix, err_prefix, qr } => {
+                            Output::Lines { out_prefix, err_prefix, qr, stdout } => {
                                 if first {
-                                    println!("{out_prefix}{url}");
+                                    stdout.print(&format!("{out_prefix}{url}\n"));
                                     eprintln!("{err_prefix}forwarding {url} -> {target}");
                                     if *qr {
                                         // stderr: stdout stays the URL alone, for scripts.
@@ -346,16 +361,15 @@ fn next_event<T: Clone + 'static>(
     })
 }
 
-/// Prints `first` and every event already queued behind it with one write, not one per line,
-/// each line after `prefix`. Bounded by the broadcast queue; a lag is reported by the next
-/// `recv`.
+/// Prints `first` and every event already queued behind it as one piece, each line after
+/// `prefix`. Bounded by the broadcast queue; a lag is reported by the next `recv`.
 fn print_batch<T>(
     first: std::sync::Arc<T>,
     events: &mut tokio::sync::broadcast::Receiver<std::sync::Arc<T>>,
     line: fn(&mut String, &T),
     prefix: &str,
+    stdout: &Printer,
 ) {
-    use std::io::Write;
     // Room for a few lines at once: a string grown from empty reallocates on every request.
     let mut out = String::with_capacity(256);
     let mut add = |e: &T| {
@@ -369,7 +383,7 @@ fn print_batch<T>(
     while let Ok(e) = events.try_recv() {
         add(&e);
     }
-    let _ = std::io::stdout().write_all(out.as_bytes());
+    stdout.print(&out);
 }
 
 /// Appends `12:01:02 203.0.113.7:51234 1520ms up 1.2 KB down 3.4 KB closed` (UTC time of
