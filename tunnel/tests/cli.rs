@@ -513,6 +513,71 @@ async fn tcp_to_a_dead_local_port_closes_the_visitor_and_says_why() {
 }
 
 #[tokio::test]
+async fn a_stderr_nobody_reads_holds_no_connection_back() {
+    let addr = server(ggrok_server::Config {
+        tcp_ports: Some(tcp_ports()),
+        connect_rate: 0,
+        max_conns_per_ip: 0,
+        ..ggrok_server::Config::new("localhost")
+    })
+    .await;
+    let server_url = format!("http://{addr}");
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port().to_string()
+    };
+    let args = [
+        "tcp",
+        &dead,
+        "--server",
+        &server_url,
+        "--local-host",
+        "127.0.0.1",
+    ];
+    let mut child = ggrok(&args).spawn().unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+    let url = out.next_line().await.unwrap().unwrap();
+    let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
+    // Stdout is read; stderr is not while each visitor logs a warning there: 1,000 of them are
+    // about 150 KB, beyond the pipe's 64 KiB.
+    tokio::spawn(async move { while let Ok(Some(_)) = out.next_line().await {} });
+    const VISITORS: usize = 1_000;
+    let tasks: Vec<_> = (0..4)
+        .map(|_| {
+            tokio::spawn(async move {
+                for _ in 0..VISITORS / 4 {
+                    let got =
+                        tokio::time::timeout(Duration::from_secs(5), tcp_exchange(port, b"hi"))
+                            .await
+                            .expect("closed at once while stderr is not read");
+                    assert!(got.is_empty());
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // Then every warning is there to read.
+    let mut err = BufReader::new(child.stderr.take().unwrap()).lines();
+    let warnings = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut warnings = 0;
+        while warnings < VISITORS {
+            let line = err.next_line().await.unwrap().expect("stderr open");
+            if line.contains("WARN")
+                && line.contains(&format!("cannot connect to 127.0.0.1:{dead}"))
+            {
+                warnings += 1;
+            }
+        }
+        warnings
+    })
+    .await
+    .expect("a warning per visitor");
+    assert_eq!(warnings, VISITORS);
+}
+
+#[tokio::test]
 async fn tcp_refusals_exit_non_zero_with_one_line() {
     let plain = server(ggrok_server::Config::new("localhost")).await;
     let out = ggrok(&["tcp", "22", "--server", &format!("http://{plain}")])

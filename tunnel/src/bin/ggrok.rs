@@ -185,7 +185,7 @@ async fn main() -> ExitCode {
     ggrok_tunnel::memory::no_huge_pages();
     tracing_subscriber::fmt()
         .with_env_filter(ggrok_tunnel::logging::log_filter("warn"))
-        .with_writer(std::io::stderr)
+        .with_writer(printer::log_writer)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let run = match Cli::parse().command {

@@ -1,4 +1,5 @@
-//! Standard output written by a thread of its own, so that the tunnels never wait on its reader.
+//! Standard output and error written by threads of their own, so that the tunnels never wait on
+//! a reader.
 //!
 //! The CLI runs its tunnels on one thread, and a write to a pipe nobody reads (`ggrok http 3000 |
 //! less`, waiting at its first screen) blocks once the pipe's buffer is full: written from that
@@ -7,6 +8,8 @@
 //! and, while lines keep coming, at most one write per [`GATHER`] (a write per batch of requests
 //! was a third of a system call per request). A reader that falls [`LIMIT`] behind loses lines,
 //! counted and reported on stderr when it reads again, rather than holding the tunnels or memory.
+//! While tunnels run, stderr goes the same way: the run's remarks, and the log (a warning per TCP
+//! connection to a dead local port, say) through [`log_writer`].
 
 use std::{
     io::Write,
@@ -22,6 +25,22 @@ const LIMIT: usize = 1 << 20;
 /// A handle to the printing thread. Cheap to clone; [`Printer::finish`] prints what is left.
 #[derive(Clone)]
 pub struct Printer(Arc<Shared>);
+
+/// Which of the two a [`Printer`] writes to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+impl Stream {
+    fn name(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+        }
+    }
+}
 
 struct Shared {
     state: Mutex<State>,
@@ -47,29 +66,33 @@ impl Shared {
 }
 
 impl Printer {
-    /// Starts the printing thread.
-    pub fn start() -> Self {
+    /// Starts a printing thread for `stream`.
+    pub fn start(stream: Stream) -> Self {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
         });
         let printing = shared.clone();
         std::thread::Builder::new()
-            .name("ggrok-stdout".into())
-            .spawn(move || print_until_closed(&printing))
-            .expect("a thread for stdout");
+            .name(format!("ggrok-{}", stream.name()))
+            .spawn(move || print_until_closed(&printing, stream))
+            .expect("a thread for output");
         Printer(shared)
     }
 
-    /// Queues `text` (whole lines) for stdout; drops it if the reader is [`LIMIT`] behind.
+    /// Queues `text` (whole lines); drops it if the reader is [`LIMIT`] behind.
     pub fn print(&self, text: &str) {
+        self.print_bytes(text.as_bytes());
+    }
+
+    fn print_bytes(&self, text: &[u8]) {
         let mut st = self.0.lock();
         let was_empty = st.pending.is_empty();
         if !was_empty && st.pending.len() + text.len() > LIMIT {
-            st.dropped += text.lines().count() as u64;
+            st.dropped += text.iter().filter(|b| **b == b'\n').count().max(1) as u64;
             return;
         }
-        st.pending.extend_from_slice(text.as_bytes());
+        st.pending.extend_from_slice(text);
         drop(st);
         if was_empty {
             self.0.changed.notify_all();
@@ -88,8 +111,11 @@ impl Printer {
 
 /// The printing thread: writes at once what comes after a quiet spell (the URL as soon as the
 /// tunnel is online), and at most one write per [`GATHER`] while lines keep coming.
-fn print_until_closed(shared: &Shared) {
-    let mut out = std::io::stdout();
+fn print_until_closed(shared: &Shared, stream: Stream) {
+    let mut out: Box<dyn Write> = match stream {
+        Stream::Stdout => Box::new(std::io::stdout()),
+        Stream::Stderr => Box::new(std::io::stderr()),
+    };
     let mut spare = Vec::new();
     let mut last_write: Option<Instant> = None;
     loop {
@@ -118,7 +144,49 @@ fn print_until_closed(shared: &Shared) {
         last_write = Some(Instant::now());
         spare.clear();
         if dropped > 0 {
-            eprintln!("ggrok: {dropped} log lines not shown: stdout was not being read");
+            let name = stream.name();
+            eprintln!("ggrok: {dropped} log lines not shown: {name} was not being read");
+        }
+    }
+}
+
+/// Where the log goes while tunnels run (see [`log_to`]); straight to stderr otherwise.
+static LOG: Mutex<Option<Printer>> = Mutex::new(None);
+
+/// Sends the log through `printer` from now on, or (`None`) straight to stderr again.
+pub fn log_to(printer: Option<Printer>) {
+    *LOG.lock().unwrap_or_else(|p| p.into_inner()) = printer;
+}
+
+/// The log's writer, for `tracing_subscriber`: one per event, which it writes in one piece.
+pub fn log_writer() -> LogWriter {
+    match &*LOG.lock().unwrap_or_else(|p| p.into_inner()) {
+        Some(printer) => LogWriter::Printer(printer.clone()),
+        None => LogWriter::Stderr(std::io::stderr()),
+    }
+}
+
+/// See [`log_writer`].
+pub enum LogWriter {
+    Printer(Printer),
+    Stderr(std::io::Stderr),
+}
+
+impl Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            LogWriter::Printer(p) => {
+                p.print_bytes(buf);
+                Ok(buf.len())
+            }
+            LogWriter::Stderr(e) => e.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            LogWriter::Printer(_) => Ok(()),
+            LogWriter::Stderr(e) => e.flush(),
         }
     }
 }

@@ -17,12 +17,12 @@ use tokio::sync::{
 };
 
 use crate::{
-    printer::Printer,
+    printer::{self, Printer, Stream},
     screen::{self, DisplayArgs, Live, Row},
 };
 
-/// How long the end of a run waits for stdout to take the last lines.
-const LAST_LINES_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long the end of a run waits for stdout, then stderr, to take the last lines.
+const LAST_LINES_WITHIN: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A tunnel to run.
 pub struct Run {
@@ -88,15 +88,28 @@ pub async fn run_all(
             .collect();
         Rc::new(RefCell::new(Live::new(rows, display.qr)))
     });
-    let printer = live.is_none().then(Printer::start);
+    // Plain lines: stdout and stderr (the log too) through threads of their own.
+    let printers = live.is_none().then(|| {
+        let printers = (
+            Printer::start(Stream::Stdout),
+            Printer::start(Stream::Stderr),
+        );
+        printer::log_to(Some(printers.1.clone()));
+        printers
+    });
     let serves = runs.into_iter().enumerate().map(|(i, (run, tunnel))| {
-        let out = match (&live, &printer) {
+        let out = match (&live, &printers) {
             (Some(live), _) => Output::Live {
                 live: live.clone(),
                 i,
             },
-            (None, Some(stdout)) => Output::lines(run.label.as_deref(), display.qr, stdout.clone()),
-            (None, None) => unreachable!("a printer whenever there is no live screen"),
+            (None, Some((stdout, stderr))) => Output::lines(
+                run.label.as_deref(),
+                display.qr,
+                stdout.clone(),
+                stderr.clone(),
+            ),
+            (None, None) => unreachable!("printers whenever there is no live screen"),
         };
         serve(run, tunnel, out, inspector.filter(|_| i == 0))
     });
@@ -122,8 +135,10 @@ pub async fn run_all(
         }
         None => all.await,
     };
-    if let Some(printer) = printer {
-        printer.finish(LAST_LINES_WITHIN);
+    if let Some((stdout, stderr)) = printers {
+        printer::log_to(None);
+        stdout.finish(LAST_LINES_WITHIN);
+        stderr.finish(LAST_LINES_WITHIN);
     }
     let mut code = ExitCode::SUCCESS;
     for result in results {
@@ -164,13 +179,14 @@ enum Output {
         err_prefix: String,
         qr: bool,
         stdout: Printer,
+        stderr: Printer,
     },
     /// Row `i` of the live screen.
     Live { live: Rc<RefCell<Live>>, i: usize },
 }
 
 impl Output {
-    fn lines(label: Option<&str>, qr: bool, stdout: Printer) -> Self {
+    fn lines(label: Option<&str>, qr: bool, stdout: Printer, stderr: Printer) -> Self {
         let (out_prefix, err_prefix) = match label {
             Some(l) => (format!("{l} "), format!("ggrok: {l}: ")),
             None => (String::new(), "ggrok: ".to_owned()),
@@ -180,13 +196,16 @@ impl Output {
             err_prefix,
             qr,
             stdout,
+            stderr,
         }
     }
 
     /// A remark for stderr, or a line among the screen's recent ones.
     fn note(&self, text: String) {
         match self {
-            Output::Lines { err_prefix, .. } => eprintln!("{err_prefix}{text}"),
+            Output::Lines {
+                err_prefix, stderr, ..
+            } => stderr.print(&format!("{err_prefix}{text}\n")),
             Output::Live { live, .. } => live.borrow_mut().push_lines(&format!("{text}\n")),
         }
     }
@@ -194,7 +213,9 @@ impl Output {
     /// A status line for stderr, or the screen's status.
     fn status(&self, text: String) {
         match self {
-            Output::Lines { err_prefix, .. } => eprintln!("{err_prefix}{text}"),
+            Output::Lines {
+                err_prefix, stderr, ..
+            } => stderr.print(&format!("{err_prefix}{text}\n")),
             Output::Live { live, i } => live.borrow_mut().status(*i, text),
         }
     }
@@ -284,19 +305,19 @@ async fn serve(
                         let url = escape_controls(&url).into_owned();
                         let first = shown_url.as_deref() != Some(url.as_str());
                         match &out {
-                            Output::Lines { out_prefix, err_prefix, qr, stdout } => {
+                            Output::Lines { out_prefix, err_prefix, qr, stdout, stderr } => {
                                 if first {
                                     stdout.print(&format!("{out_prefix}{url}\n"));
-                                    eprintln!("{err_prefix}forwarding {url} -> {target}");
+                                    stderr.print(&format!("{err_prefix}forwarding {url} -> {target}\n"));
                                     if *qr {
                                         // stderr: stdout stays the URL alone, for scripts.
-                                        eprint!("{}", screen::qr(&url).unwrap_or_default());
+                                        stderr.print(&screen::qr(&url).unwrap_or_default());
                                     }
                                     if let Some(addr) = inspector.take() {
-                                        eprintln!("ggrok: inspector on http://{addr}");
+                                        stderr.print(&format!("ggrok: inspector on http://{addr}\n"));
                                     }
                                 } else {
-                                    eprintln!("{err_prefix}back online");
+                                    stderr.print(&format!("{err_prefix}back online\n"));
                                 }
                             }
                             Output::Live { live, i } => {
