@@ -53,16 +53,31 @@ fn ggrok(args: &[&str]) -> Command {
     c
 }
 
-#[tokio::test]
-async fn prints_the_url_then_one_line_per_request() {
+/// A server, an origin and `ggrok http ORIGIN --subdomain NAME EXTRA…` on it: the server's
+/// address, the process, its stdout's lines and the URL it printed first.
+async fn http_tunnel(
+    name: &str,
+    extra: &[&str],
+) -> (
+    std::net::SocketAddr,
+    tokio::process::Child,
+    tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    String,
+) {
     let addr = server(ggrok_server::Config::new("localhost")).await;
     let port = origin().await.to_string();
     let server_url = format!("http://{addr}");
-    let mut child = ggrok(&["http", &port, "--server", &server_url, "--subdomain", "cli"])
-        .spawn()
-        .unwrap();
+    let mut args = vec!["http", &port, "--server", &server_url, "--subdomain", name];
+    args.extend_from_slice(extra);
+    let mut child = ggrok(&args).spawn().unwrap();
     let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
     let url = out.next_line().await.unwrap().unwrap();
+    (addr, child, out, url)
+}
+
+#[tokio::test]
+async fn prints_the_url_then_one_line_per_request() {
+    let (addr, mut child, mut out, url) = http_tunnel("cli", &[]).await;
     assert_eq!(url, format!("http://cli.localhost:{}", addr.port()));
 
     let body = raw_get(addr, "cli.localhost", "/some/path?x=1").await;
@@ -96,21 +111,7 @@ async fn prints_the_url_then_one_line_per_request() {
 
 #[tokio::test]
 async fn a_stdout_nobody_reads_holds_no_request_back_and_loses_no_line_unsaid() {
-    let addr = server(ggrok_server::Config::new("localhost")).await;
-    let port = origin().await.to_string();
-    let server_url = format!("http://{addr}");
-    let mut child = ggrok(&[
-        "http",
-        &port,
-        "--server",
-        &server_url,
-        "--subdomain",
-        "full",
-    ])
-    .spawn()
-    .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
-    out.next_line().await.unwrap().unwrap();
+    let (addr, mut child, mut out, _url) = http_tunnel("full", &[]).await;
 
     // Then stdout is not read while lines of about 1.1 KB pile up: 2.3 MB, beyond the pipe's
     // 64 KiB and the 1 MiB the CLI holds for a reader that does not read.
@@ -466,11 +467,19 @@ async fn tcp_prints_the_address_then_one_line_per_connection() {
     );
 }
 
-#[tokio::test]
-async fn tcp_to_a_dead_local_port_closes_the_visitor_and_says_why() {
+/// `ggrok tcp` to a local port nothing listens on, through a server with `config` and TCP ports:
+/// the process, its stdout's lines, the public port it printed and the dead local port.
+async fn tcp_tunnel_to_a_dead_port(
+    config: ggrok_server::Config,
+) -> (
+    tokio::process::Child,
+    tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    u16,
+    String,
+) {
     let addr = server(ggrok_server::Config {
         tcp_ports: Some(tcp_ports()),
-        ..ggrok_server::Config::new("localhost")
+        ..config
     })
     .await;
     let server_url = format!("http://{addr}");
@@ -478,20 +487,26 @@ async fn tcp_to_a_dead_local_port_closes_the_visitor_and_says_why() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port().to_string()
     };
-    let mut child = ggrok(&[
+    let args = [
         "tcp",
         &dead,
         "--server",
         &server_url,
         "--local-host",
         "127.0.0.1",
-    ])
-    .spawn()
-    .unwrap();
+    ];
+    let mut child = ggrok(&args).spawn().unwrap();
     let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut err = BufReader::new(child.stderr.take().unwrap()).lines();
     let url = out.next_line().await.unwrap().unwrap();
     let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
+    (child, out, port, dead)
+}
+
+#[tokio::test]
+async fn tcp_to_a_dead_local_port_closes_the_visitor_and_says_why() {
+    let (mut child, mut out, port, dead) =
+        tcp_tunnel_to_a_dead_port(ggrok_server::Config::new("localhost")).await;
+    let mut err = BufReader::new(child.stderr.take().unwrap()).lines();
     let got = tokio::time::timeout(Duration::from_secs(5), tcp_exchange(port, b"hi"))
         .await
         .expect("closed at once");
@@ -514,30 +529,12 @@ async fn tcp_to_a_dead_local_port_closes_the_visitor_and_says_why() {
 
 #[tokio::test]
 async fn a_stderr_nobody_reads_holds_no_connection_back() {
-    let addr = server(ggrok_server::Config {
-        tcp_ports: Some(tcp_ports()),
+    let (mut child, mut out, port, dead) = tcp_tunnel_to_a_dead_port(ggrok_server::Config {
         connect_rate: 0,
         max_conns_per_ip: 0,
         ..ggrok_server::Config::new("localhost")
     })
     .await;
-    let server_url = format!("http://{addr}");
-    let dead = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port().to_string()
-    };
-    let args = [
-        "tcp",
-        &dead,
-        "--server",
-        &server_url,
-        "--local-host",
-        "127.0.0.1",
-    ];
-    let mut child = ggrok(&args).spawn().unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
-    let url = out.next_line().await.unwrap().unwrap();
-    let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
     // Stdout is read; stderr is not while each visitor logs a warning there: 1,000 of them are
     // about 150 KB, beyond the pipe's 64 KiB.
     tokio::spawn(async move { while let Ok(Some(_)) = out.next_line().await {} });
@@ -622,22 +619,7 @@ async fn tcp_refusals_exit_non_zero_with_one_line() {
 /// URL alone, as scripts read it.
 #[tokio::test]
 async fn qr_goes_to_stderr_and_stdout_keeps_the_url_alone() {
-    let addr = server(ggrok_server::Config::new("localhost")).await;
-    let port = origin().await.to_string();
-    let server_url = format!("http://{addr}");
-    let mut child = ggrok(&[
-        "http",
-        &port,
-        "--server",
-        &server_url,
-        "--subdomain",
-        "qr",
-        "--qr",
-    ])
-    .spawn()
-    .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
-    let url = out.next_line().await.unwrap().unwrap();
+    let (addr, mut child, _out, url) = http_tunnel("qr", &["--qr"]).await;
     assert_eq!(url, format!("http://qr.localhost:{}", addr.port()));
     let mut err = BufReader::new(child.stderr.take().unwrap()).lines();
     let forwarding = err.next_line().await.unwrap().unwrap();
