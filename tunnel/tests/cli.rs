@@ -636,6 +636,76 @@ async fn qr_goes_to_stderr_and_stdout_keeps_the_url_alone() {
     child.kill().await.unwrap();
 }
 
+/// A terminal stopped with Ctrl-S (or slow, over SSH) holds the live screen back, never the
+/// tunnels: requests go on through it, and once the terminal takes output again the screen
+/// counts every one of them.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn a_terminal_stopped_with_ctrl_s_holds_no_request_back() {
+    use std::io::{Read, Write};
+    let addr = server(ggrok_server::Config::new("localhost")).await;
+    let port = origin().await.to_string();
+    let server_url = format!("http://{addr}");
+    let size = nix::pty::Winsize {
+        ws_row: 40,
+        ws_col: 120,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    let pty = nix::pty::openpty(&size, None).unwrap();
+    let terminal = std::fs::File::from(pty.slave);
+    let mut child = ggrok(&["http", &port, "--server", &server_url, "--subdomain", "tty"])
+        .stdout(terminal.try_clone().unwrap())
+        .stderr(terminal)
+        .spawn()
+        .unwrap();
+    // The terminal's side: what ggrok draws, read by a thread, and the keys typed.
+    let mut keys = std::fs::File::from(pty.master);
+    let mut shown = keys.try_clone().unwrap();
+    let (tx, mut drawn) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 1 << 16];
+        while let Ok(n @ 1..) = shown.read(&mut buf) {
+            if tx
+                .send(String::from_utf8_lossy(&buf[..n]).into_owned())
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
+    let mut screen = String::new();
+    let mut wait_for = async |text: &str| {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while !screen.contains(text) {
+                screen.push_str(&drawn.recv().await.expect("the terminal open"));
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{text:?} not on the screen: {screen:?}"));
+    };
+    wait_for(&format!("http://tty.localhost:{}", addr.port())).await;
+
+    keys.write_all(b"\x13").unwrap(); // Ctrl-S
+                                      // Long enough for several redraws (one each 200 ms), each of which the terminal holds.
+    let mut answered = 0;
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(2) || answered < 20 {
+        let body = tokio::time::timeout(
+            Duration::from_secs(5),
+            raw_get(addr, "tty.localhost", "/while-stopped"),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("request {} held back by the terminal", answered + 1));
+        assert!(body.ends_with("hello"), "{body}");
+        answered += 1;
+    }
+
+    keys.write_all(b"\x11").unwrap(); // Ctrl-Q
+    wait_for(&format!("requests {answered} total")).await;
+    child.kill().await.unwrap();
+}
+
 /// The CLI runs where no D-Bus library is installed (slim containers, minimal servers): libdbus
 /// is built in, and nothing else beyond the C runtime is loaded.
 #[cfg(target_os = "linux")]

@@ -9,7 +9,9 @@
 //! was a third of a system call per request). A reader that falls [`LIMIT`] behind loses lines,
 //! counted and reported on stderr when it reads again, rather than holding the tunnels or memory.
 //! While tunnels run, stderr goes the same way: the run's remarks, and the log (a warning per TCP
-//! connection to a dead local port, say) through [`log_writer`].
+//! connection to a dead local port, say) through [`log_writer`]. So does the live screen
+//! ([`Printer::show`]): a terminal stopped with Ctrl-S, or slow over SSH, blocks its writes too,
+//! and only the newest screen is kept for it.
 
 use std::{
     io::Write,
@@ -51,6 +53,8 @@ struct Shared {
 #[derive(Default)]
 struct State {
     pending: Vec<u8>,
+    /// The newest screen not yet written, after `pending`; a newer one replaces it.
+    screen: Option<String>,
     /// Lines dropped since the last write, for a reader that fell [`LIMIT`] behind.
     dropped: u64,
     /// No more lines will come: print what is left and stop.
@@ -87,7 +91,7 @@ impl Printer {
 
     fn print_bytes(&self, text: &[u8]) {
         let mut st = self.0.lock();
-        let was_empty = st.pending.is_empty();
+        let was_empty = st.pending.is_empty() && st.screen.is_none();
         if !was_empty && st.pending.len() + text.len() > LIMIT {
             st.dropped += text.iter().filter(|b| **b == b'\n').count().max(1) as u64;
             return;
@@ -97,6 +101,23 @@ impl Printer {
         if was_empty {
             self.0.changed.notify_all();
         }
+    }
+
+    /// Queues `screen`, a whole screen to write after the lines queued so far, in place of any
+    /// screen not written yet: a terminal that is behind gets the newest one only.
+    pub fn show(&self, screen: String) {
+        let mut st = self.0.lock();
+        let was_empty = st.pending.is_empty() && st.screen.is_none();
+        st.screen = Some(screen);
+        drop(st);
+        if was_empty {
+            self.0.changed.notify_all();
+        }
+    }
+
+    /// Drops the screen not written yet, if any, for what ends the screen.
+    pub fn unshow(&self) {
+        self.0.lock().screen = None;
     }
 
     /// Prints what is queued and stops the thread, waiting at most `within` for a reader that
@@ -120,10 +141,10 @@ fn print_until_closed(shared: &Shared, stream: Stream) {
     let mut last_write: Option<Instant> = None;
     loop {
         let mut st = shared.lock();
-        while st.pending.is_empty() && !st.closing {
+        while st.pending.is_empty() && st.screen.is_none() && !st.closing {
             st = shared.changed.wait(st).unwrap_or_else(|p| p.into_inner());
         }
-        if st.pending.is_empty() {
+        if st.pending.is_empty() && st.screen.is_none() {
             st.done = true;
             drop(st);
             shared.changed.notify_all();
@@ -137,6 +158,9 @@ fn print_until_closed(shared: &Shared, stream: Stream) {
                 .map_or_else(|p| p.into_inner().0, |(st, _)| st);
         }
         std::mem::swap(&mut st.pending, &mut spare);
+        if let Some(screen) = st.screen.take() {
+            spare.extend_from_slice(screen.as_bytes());
+        }
         let dropped = std::mem::take(&mut st.dropped);
         drop(st);
         // A reader that went away (EPIPE) is not an error here: the tunnels go on.

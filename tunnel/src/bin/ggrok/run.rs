@@ -88,46 +88,42 @@ pub async fn run_all(
             .collect();
         Rc::new(RefCell::new(Live::new(rows, display.qr)))
     });
-    // Plain lines: stdout and stderr (the log too) through threads of their own.
-    let printers = live.is_none().then(|| {
-        let printers = (
-            Printer::start(Stream::Stdout),
-            Printer::start(Stream::Stderr),
-        );
-        printer::log_to(Some(printers.1.clone()));
-        printers
-    });
+    // Stdout and stderr (the log too) through threads of their own: lines or the screen.
+    let (stdout, stderr) = (
+        Printer::start(Stream::Stdout),
+        Printer::start(Stream::Stderr),
+    );
+    printer::log_to(Some(stderr.clone()));
     let serves = runs.into_iter().enumerate().map(|(i, (run, tunnel))| {
-        let out = match (&live, &printers) {
-            (Some(live), _) => Output::Live {
+        let out = match &live {
+            Some(live) => Output::Live {
                 live: live.clone(),
                 i,
             },
-            (None, Some((stdout, stderr))) => Output::lines(
+            None => Output::lines(
                 run.label.as_deref(),
                 display.qr,
                 stdout.clone(),
                 stderr.clone(),
             ),
-            (None, None) => unreachable!("printers whenever there is no live screen"),
         };
         serve(run, tunnel, out, inspector.filter(|_| i == 0))
     });
     let all = futures_util::future::join_all(serves);
     let results = match &live {
         Some(live) => {
-            let alt = screen::AltScreen::enter();
+            let alt = screen::AltScreen::enter(stdout.clone());
             let results = tokio::select! {
                 r = all => r,
-                never = redraw(live) => match never {},
+                never = redraw(live, &stdout) => match never {},
             };
             drop(alt);
             // What the screen said last about tunnels that ended (refused), now that it is gone.
             for row in &live.borrow().rows {
                 if row.status != "online" && row.status != "connecting" {
                     match &row.label {
-                        Some(l) => eprintln!("ggrok: {l}: {}", row.status),
-                        None => eprintln!("ggrok: {}", row.status),
+                        Some(l) => stderr.print(&format!("ggrok: {l}: {}\n", row.status)),
+                        None => stderr.print(&format!("ggrok: {}\n", row.status)),
                     }
                 }
             }
@@ -135,11 +131,9 @@ pub async fn run_all(
         }
         None => all.await,
     };
-    if let Some((stdout, stderr)) = printers {
-        printer::log_to(None);
-        stdout.finish(LAST_LINES_WITHIN);
-        stderr.finish(LAST_LINES_WITHIN);
-    }
+    printer::log_to(None);
+    stdout.finish(LAST_LINES_WITHIN);
+    stderr.finish(LAST_LINES_WITHIN);
     let mut code = ExitCode::SUCCESS;
     for result in results {
         match result {
@@ -155,7 +149,7 @@ pub async fn run_all(
 }
 
 /// Draws the live screen when something changed, and every second for the rates.
-async fn redraw(live: &RefCell<Live>) -> Infallible {
+async fn redraw(live: &RefCell<Live>, stdout: &Printer) -> Infallible {
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));
     let mut drawn_at = u64::MAX;
     loop {
@@ -164,7 +158,7 @@ async fn redraw(live: &RefCell<Live>) -> Infallible {
         let now = live.second();
         if live.dirty || now != drawn_at {
             let (width, height) = screen::size();
-            screen::draw(&live.render(now, width, height));
+            stdout.show(screen::frame(&live.render(now, width, height)));
             live.dirty = false;
             drawn_at = now;
         }

@@ -1,11 +1,17 @@
 //! The live screen `ggrok` shows when stdout is a terminal: each tunnel's URL and status, its
 //! requests (or connections) and their rate, then the last requests. [`Live::render`] is a pure
-//! function of the state, so tests check it without a terminal; [`draw`] puts it on screen.
+//! function of the state, so tests check it without a terminal; [`frame`] makes the bytes that
+//! put it on screen.
 //! Piped, `ggrok` prints plain lines instead (see the crate root).
 
-use std::{collections::VecDeque, io::Write, time::Instant};
+use std::{
+    collections::VecDeque,
+    time::{Duration, Instant},
+};
 
 use clap::Args;
+
+use crate::printer::Printer;
 
 /// Options about what is shown.
 #[derive(Args, Debug, Clone, Copy)]
@@ -19,6 +25,8 @@ pub struct DisplayArgs {
 const RATE_WINDOW: usize = 10;
 /// Recent lines kept, whatever the terminal's height (bounded memory).
 const RECENT_CAP: usize = 200;
+/// How long leaving the screen waits for a terminal that does not take output (Ctrl-S).
+const LEAVE_WITHIN: Duration = Duration::from_secs(1);
 
 /// One tunnel's line on the screen.
 #[derive(Debug, Clone)]
@@ -219,39 +227,40 @@ pub fn qr(url: &str) -> Option<String> {
     )
 }
 
-/// Puts `lines` on the terminal from the top, each line cleared to its end, and the rest of
-/// the screen cleared: no flicker from clearing everything first.
-pub fn draw(lines: &[String]) {
+/// The bytes that put `lines` on the terminal from the top, each line cleared to its end, and
+/// the rest of the screen cleared: no flicker from clearing everything first.
+pub fn frame(lines: &[String]) -> String {
     let mut out = String::from("\x1b[H");
     for line in lines {
         out.push_str(line);
         out.push_str("\x1b[K\n");
     }
     out.push_str("\x1b[J");
-    let mut stdout = std::io::stdout().lock();
-    let _ = stdout.write_all(out.as_bytes());
-    let _ = stdout.flush();
+    out
 }
 
 /// The terminal's alternate screen, left (and the cursor shown again) when dropped, so the
-/// user's scrollback is as it was.
-pub struct AltScreen;
+/// user's scrollback is as it was. Written through `stdout`'s printing thread, as the
+/// screens are, so that the order holds.
+pub struct AltScreen {
+    stdout: Printer,
+}
 
 impl AltScreen {
     /// Switches to the alternate screen and hides the cursor.
-    pub fn enter() -> Self {
-        let mut stdout = std::io::stdout().lock();
-        let _ = stdout.write_all(b"\x1b[?1049h\x1b[?25l");
-        let _ = stdout.flush();
-        Self
+    pub fn enter(stdout: Printer) -> Self {
+        stdout.print("\x1b[?1049h\x1b[?25l");
+        Self { stdout }
     }
 }
 
 impl Drop for AltScreen {
+    /// Leaves the alternate screen and waits (a while) until the terminal has taken it, so that
+    /// what comes after goes to the shell's screen.
     fn drop(&mut self) {
-        let mut stdout = std::io::stdout().lock();
-        let _ = stdout.write_all(b"\x1b[?25h\x1b[?1049l");
-        let _ = stdout.flush();
+        self.stdout.unshow();
+        self.stdout.print("\x1b[?25h\x1b[?1049l");
+        self.stdout.finish(LEAVE_WITHIN);
     }
 }
 
