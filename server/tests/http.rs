@@ -406,6 +406,75 @@ async fn random_names_and_traffic_records() {
     assert_eq!(again.request_headers.get("x-trace"), Some("t-1"));
 }
 
+/// A visitor that leaves before its answer takes the local request along, as behind nginx: the
+/// local service sees its connection close at once (a long poll is not held for nobody), and
+/// the inspector records the request with why it has no answer. So does a tunnel that stops.
+#[tokio::test]
+async fn a_visitor_that_leaves_before_its_answer_closes_the_local_request() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = Server::start(config()).await;
+    // A local service that never answers: it says when a request arrived, and when its
+    // connection closed.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, mut local) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut got = 0;
+                while !buf[..got].ends_with(b"\r\n\r\n") {
+                    got += s.read(&mut buf[got..]).await.unwrap();
+                }
+                tx.send("request").unwrap();
+                let end = s.read(&mut buf).await;
+                assert!(matches!(end, Ok(0) | Err(_)), "{end:?}");
+                tx.send("closed").unwrap();
+            });
+        }
+    });
+    let (t, _) = tunnel(&server, port, Some("leaver")).await;
+    let mut events = t.traffic().subscribe();
+
+    let mut v = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let head = format!(
+        "GET /long-poll HTTP/1.1\r\nhost: {}\r\n\r\n",
+        host(&server, "leaver")
+    );
+    v.write_all(head.as_bytes()).await.unwrap();
+    assert_eq!(local.recv().await, Some("request"));
+    drop(v);
+    let closed = tokio::time::timeout(Duration::from_secs(10), local.recv()).await;
+    assert_eq!(
+        closed,
+        Ok(Some("closed")),
+        "the local request outlived its visitor"
+    );
+
+    let e = events.recv().await.unwrap();
+    assert_eq!((e.path.as_str(), e.status), ("/long-poll", None));
+    assert_eq!(e.error.as_deref(), Some(ggrok_tunnel::traffic::ABANDONED));
+
+    // So does a tunnel that stops while a visitor waits.
+    let mut v = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    v.write_all(head.replace("long-poll", "at-stop").as_bytes())
+        .await
+        .unwrap();
+    assert_eq!(local.recv().await, Some("request"));
+    t.stop().await;
+    let closed = tokio::time::timeout(Duration::from_secs(10), local.recv()).await;
+    assert_eq!(
+        closed,
+        Ok(Some("closed")),
+        "the local request outlived its tunnel"
+    );
+    let e = events.recv().await.unwrap();
+    assert_eq!((e.path.as_str(), e.status), ("/at-stop", None));
+    assert_eq!(e.error.as_deref(), Some(ggrok_tunnel::traffic::ABANDONED));
+}
+
 #[tokio::test]
 async fn hostile_public_requests_get_clear_errors() {
     let server = Server::start(config()).await;

@@ -562,8 +562,8 @@ impl Engine {
             self.connections.clone(),
         );
         let driven = driver.run(move |stream| {
-            let cancel = spawn_cancel.clone();
             if tcp {
+                let cancel = spawn_cancel.clone();
                 let (local, connections) = (local.clone(), connections.clone());
                 tokio::spawn(async move {
                     let served = crate::tcp::serve_stream(stream, &local, &connections);
@@ -573,9 +573,13 @@ impl Engine {
             }
             // Boxed: the future is large and spawning moves it several times (into the task,
             // and its stage on completion), each a copy of its whole size.
+            let watched = stream.clone();
             let served = Box::pin(forwarder.clone().serve_stream(stream));
             tokio::spawn(async move {
-                let _ = until_stopped(cancel.cancelled(), served).await;
+                // Stopped with the others, or by a visitor that leaves (the server resets the
+                // stream): the local request goes too, and the local service sees its connection
+                // close, as behind nginx.
+                let _ = until_stopped(watched.abandoned(), served).await;
             });
         });
         tokio::pin!(driven);
@@ -585,6 +589,7 @@ impl Engine {
             Ok(Err(e)) => format!("session lost: {e}"),
             Err(()) => {
                 streams.cancel();
+                closing.stop_streams();
                 // A WebSocket Close frame tells the server this is a stop, not a drop, so it
                 // frees the name at once. The driver reads until the server answers it, fails,
                 // or the timeout passes.
@@ -595,6 +600,7 @@ impl Engine {
         };
         // Streams of a dead session cannot finish; end them now rather than at their timeouts.
         streams.cancel();
+        closing.stop_streams();
         // A server that ends a session on purpose says why in its Close frame.
         match closing.peer_close() {
             Some((protocol::CLOSE_REPLACED, why)) => Ended::Final(format!(

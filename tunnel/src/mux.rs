@@ -226,6 +226,15 @@ impl Closing {
     pub fn peer_close(&self) -> Option<(u16, String)> {
         self.0.peer_close.lock().expect("close lock").clone()
     }
+
+    /// Calls off the work of every stream: each [`MuxStream::poll_abandoned`] is ready.
+    pub fn stop_streams(&self) {
+        let mut st = self.0.lock();
+        st.streams_stopped = true;
+        for s in st.streams.values_mut() {
+            wake(&mut s.reset_waker);
+        }
+    }
 }
 
 /// The state every party of a session shares.
@@ -286,6 +295,9 @@ struct State {
 
     /// Why the session ended, once it has.
     dead: Option<Arc<str>>,
+    /// The streams' work was called off ([`Closing::stop_streams`]): every
+    /// [`MuxStream::poll_abandoned`] is ready.
+    streams_stopped: bool,
     /// The driver is gone: the writer sends what is left and stops.
     shutdown: bool,
 }
@@ -332,6 +344,9 @@ struct StreamState {
 
     /// Reset by either side: every later operation fails with this.
     reset: Option<(u32, String)>,
+    /// Who waits in [`MuxStream::poll_abandoned`]: woken by the peer's reset, the session's
+    /// end and [`Closing::stop_streams`] only.
+    reset_waker: Option<Waker>,
     /// Opened by the peer (counts in `peer_open`) or by us (`local_open`).
     by_peer: bool,
 }
@@ -561,6 +576,7 @@ impl Inner {
         for s in st.streams.values_mut() {
             wake(&mut s.recv_waker);
             wake(&mut s.send_waker);
+            wake(&mut s.reset_waker);
         }
         let waiters: Vec<Waker> = st
             .out_waiters
@@ -607,6 +623,7 @@ where
             grow_window: config.grow_window.max(STREAM_WINDOW),
             grow_within: config.grow_within,
             dead: None,
+            streams_stopped: false,
             shutdown: false,
         }),
         config,
@@ -902,6 +919,7 @@ where
                         s.recv_done = true;
                         wake(&mut s.recv_waker);
                         wake(&mut s.send_waker);
+                        wake(&mut s.reset_waker);
                     } else {
                         self.check_closed_id(&st, id)?;
                     }
@@ -1342,6 +1360,34 @@ impl MuxStream {
             inner.writer.wake();
         }
         Poll::Ready(Some(Ok(item)))
+    }
+
+    /// Ready once the stream's work is moot: the peer reset it (on the client: the visitor
+    /// left, so the local request it made can go), the session ended, or the session's streams
+    /// were stopped. A reset of our own is seen only by a poll that comes for another reason.
+    pub fn poll_abandoned(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut st = self.inner().lock();
+        if st.dead.is_some() || st.streams_stopped {
+            return Poll::Ready(());
+        }
+        match st.streams.get_mut(&self.handle.id) {
+            Some(s) if s.reset.is_none() => {
+                if !s
+                    .reset_waker
+                    .as_ref()
+                    .is_some_and(|w| w.will_wake(cx.waker()))
+                {
+                    s.reset_waker = Some(cx.waker().clone());
+                }
+                Poll::Pending
+            }
+            _ => Poll::Ready(()),
+        }
+    }
+
+    /// See [`poll_abandoned`](Self::poll_abandoned).
+    pub async fn abandoned(&self) {
+        poll_fn(|cx| self.poll_abandoned(cx)).await
     }
 
     /// The next item from the peer; `None` once its half has ended.

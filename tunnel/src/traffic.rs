@@ -456,6 +456,25 @@ impl Pending {
     }
 }
 
+impl Drop for Pending {
+    /// An exchange dropped before it was published was cut short with its local request: the
+    /// visitor left before the answer, or the tunnel stopped. Recorded all the same.
+    fn drop(&mut self) {
+        if self.exchange.get_mut().is_ok_and(|e| e.is_some()) {
+            self.update(|x| {
+                if x.error.is_none() {
+                    x.error = Some(ABANDONED.to_owned());
+                }
+            });
+            self.finish();
+        }
+    }
+}
+
+/// The error of an exchange cut short before the local service answered.
+pub const ABANDONED: &str =
+    "the visitor left (or the tunnel stopped) before the local service answered";
+
 /// Which body of the exchange a [`Recorded`] copies.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Side {
