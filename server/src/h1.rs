@@ -48,7 +48,7 @@ use crate::{
     cookies,
     proxy::Refuse,
     registry::Endpoint,
-    router::{classify, Destination, MAX_HEAD},
+    router::MAX_HEAD,
     shard::Prefixed,
     state::Shared,
     visitor::{self, Visitor},
@@ -452,21 +452,18 @@ pub(crate) fn tunnel_name<'a>(host: &'a [u8], domain: &str) -> Option<&'a str> {
         Some(i) => (&host[..i], Some(&host[i + 1..])),
         None => (host, None),
     };
-    let port_ok = port.is_none_or(|p| decimal(p).is_some_and(|p| p <= u16::MAX as u64));
-    if !port_ok
-        || !all_bytes(
-            name,
-            |b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.'),
-        )
-    {
+    if port.is_some_and(|p| decimal(p).is_none_or(|p| p > u16::MAX as u64)) {
         return None;
     }
-    let name = std::str::from_utf8(name).ok()?;
-    let name = name.strip_suffix('.').unwrap_or(name);
-    match classify(name, domain) {
-        Destination::Tunnel(tunnel) if protocol::validate_name(tunnel).is_ok() => Some(tunnel),
-        _ => None,
-    }
+    // One label before the domain, valid as a name (`protocol::validate_name`), checked here
+    // byte by byte rather than parsed: this runs for every request.
+    let name = name.strip_suffix(b".").unwrap_or(name);
+    let label = name.strip_suffix(domain.as_bytes())?.strip_suffix(b".")?;
+    let valid = (1..=protocol::MAX_NAME_LEN).contains(&label.len())
+        && all_bytes(label, |b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'-'))
+        && label.first() != Some(&b'-')
+        && label.last() != Some(&b'-');
+    valid.then(|| std::str::from_utf8(label).ok()).flatten()
 }
 
 /// `X-Forwarded-For` as the local service gets it from a visitor at `ip` that sent these `lines`
@@ -1073,6 +1070,9 @@ mod tests {
         assert_eq!(name("app.localhost"), Some("app"));
         assert_eq!(name("app.localhost:8080"), Some("app"));
         assert_eq!(name("app.localhost.:80"), Some("app"));
+        let longest = "a".repeat(protocol::MAX_NAME_LEN);
+        assert_eq!(name(&format!("{longest}.localhost")), Some(&longest[..]));
+        assert_eq!(name(&format!("{longest}a.localhost")), None);
         for other in [
             "localhost",
             "127.0.0.1",
@@ -1083,6 +1083,8 @@ mod tests {
             "app.localhost:+80",
             "app.localhost..",
             "-app.localhost",
+            "app-.localhost",
+            ".localhost",
             "[::1]:80",
             "user@app.localhost",
             "evil.example",
