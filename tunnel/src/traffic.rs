@@ -472,8 +472,7 @@ impl Drop for Pending {
 }
 
 /// The error of an exchange cut short before the local service answered.
-pub const ABANDONED: &str =
-    "the visitor left (or the tunnel stopped) before the local service answered";
+pub const ABANDONED: &str = "cancelled: the visitor left (or the tunnel stopped) before the answer";
 
 /// Which body of the exchange a [`Recorded`] copies.
 #[derive(Debug, Clone, Copy)]
