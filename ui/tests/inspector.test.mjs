@@ -125,6 +125,9 @@ test("traffic shows as text; replay with edits goes through the API", async () =
   const { page, dialogs, errors } = await openPage();
   await page.waitForSelector(tid("traffic-row"));
   assert.match(await page.textContent(tid("tunnel-url")), /^http:\/\/web\.localhost:/);
+  // No tunnel list here: the traffic takes the page's width, not the app's list column.
+  const share = await page.evaluate(() => document.querySelector(".traffic-root").getBoundingClientRect().width / innerWidth);
+  assert.ok(share > 0.9, `the traffic takes ${share} of the page's width`);
   await page.click(tid("traffic-row"));
   await page.waitForSelector(tid("req-body"));
   assert.equal(await page.textContent(tid("req-body")), XSS_BODY);
