@@ -446,16 +446,7 @@ async fn a_visitor_that_leaves_before_its_answer_closes_the_local_request() {
     v.write_all(head.as_bytes()).await.unwrap();
     assert_eq!(local.recv().await, Some("request"));
     drop(v);
-    let closed = tokio::time::timeout(Duration::from_secs(10), local.recv()).await;
-    assert_eq!(
-        closed,
-        Ok(Some("closed")),
-        "the local request outlived its visitor"
-    );
-
-    let e = events.recv().await.unwrap();
-    assert_eq!((e.path.as_str(), e.status), ("/long-poll", None));
-    assert_eq!(e.error.as_deref(), Some(ggrok_tunnel::traffic::ABANDONED));
+    cut_short(&mut local, &mut events, "/long-poll").await;
 
     // So does a tunnel that stops while a visitor waits.
     let mut v = tokio::net::TcpStream::connect(server.addr).await.unwrap();
@@ -464,14 +455,23 @@ async fn a_visitor_that_leaves_before_its_answer_closes_the_local_request() {
         .unwrap();
     assert_eq!(local.recv().await, Some("request"));
     t.stop().await;
+    cut_short(&mut local, &mut events, "/at-stop").await;
+}
+
+/// The local service's connection for `path` closes, and the exchange is recorded as cut short.
+async fn cut_short(
+    local: &mut tokio::sync::mpsc::UnboundedReceiver<&str>,
+    events: &mut tokio::sync::broadcast::Receiver<Arc<ggrok_tunnel::Exchange>>,
+    path: &str,
+) {
     let closed = tokio::time::timeout(Duration::from_secs(10), local.recv()).await;
     assert_eq!(
         closed,
         Ok(Some("closed")),
-        "the local request outlived its tunnel"
+        "the request for {path} outlived it"
     );
     let e = events.recv().await.unwrap();
-    assert_eq!((e.path.as_str(), e.status), ("/at-stop", None));
+    assert_eq!((e.path.as_str(), e.status), (path, None));
     assert_eq!(e.error.as_deref(), Some(ggrok_tunnel::traffic::ABANDONED));
 }
 
