@@ -17,6 +17,7 @@ use ggrok_tunnel::{
 };
 use serde::Serialize;
 use tokio::sync::broadcast;
+use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, info};
 
 /// Exchanges kept per tunnel (the UI table shows the same number).
@@ -181,6 +182,9 @@ struct Entry {
     local_base: String,
     state: Arc<Mutex<TunnelState>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Forwards the traffic events: past a stop too, for the requests the stop cut short
+    /// (recorded as it ends them); ends with the entry (a restart or a removal).
+    _traffic_task: AbortOnDropHandle<()>,
 }
 
 /// Runs tunnels. Cheap to clone.
@@ -382,7 +386,8 @@ impl Manager {
             open,
             tunnel: Some(tunnel),
             state,
-            tasks: vec![status_task, traffic_task, probe_task, conn_task],
+            tasks: vec![status_task, probe_task, conn_task],
+            _traffic_task: AbortOnDropHandle::new(traffic_task),
         };
         self.entries
             .lock()
@@ -677,6 +682,53 @@ mod tests {
                 return exchange;
             }
         }
+    }
+
+    /// A request the stop cuts short (its visitor still waiting) reaches the window as such,
+    /// although the stop ends the tunnel's other tasks first.
+    #[tokio::test]
+    async fn a_request_cut_short_by_a_stop_is_still_shown() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let server = TestServer::start().await;
+        // A local service that takes requests and never answers.
+        let local = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = local.local_addr().unwrap().port();
+        let (got, mut arrived) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                // The app's probe of the port connects too, and sends nothing.
+                let (mut s, _) = local.accept().await.unwrap();
+                let got = got.clone();
+                tokio::spawn(async move {
+                    if s.read(&mut [0u8; 4096]).await.unwrap_or(0) > 0 {
+                        got.send(()).unwrap();
+                        let _ = s.read(&mut [0u8; 1]).await;
+                    }
+                });
+            }
+        });
+        let mut spec = spec(&server, &Origin::start().await, Some("cut"));
+        spec.local_port = port;
+        let m = Manager::new();
+        let mut events = m.subscribe();
+        m.start("t1", spec).await.unwrap();
+        next_status(&mut events, |s| matches!(s, Status::Online { .. })).await;
+
+        let mut visitor = tokio::net::TcpStream::connect(("127.0.0.1", server.port))
+            .await
+            .unwrap();
+        let head = format!(
+            "GET /waits HTTP/1.1\r\nhost: cut.localhost:{}\r\n\r\n",
+            server.port
+        );
+        visitor.write_all(head.as_bytes()).await.unwrap();
+        arrived.recv().await.unwrap();
+        m.stop("t1").await;
+        let row = tokio::time::timeout(Duration::from_secs(10), next_traffic(&mut events))
+            .await
+            .expect("the cut request shown");
+        assert_eq!((row.path.as_str(), row.status), ("/waits", None));
+        assert_eq!(row.error.as_deref(), Some(ggrok_tunnel::traffic::ABANDONED));
     }
 
     #[tokio::test]
