@@ -236,7 +236,8 @@ export function renderDetail(root: HTMLElement): void {
       "div",
       { class: "detail-head" },
       h("strong", { "data-testid": "detail-line" }, `${d.method} ${d.path}`),
-      h("span", { class: "muted" }, ` → ${d.status ?? d.error ?? "no response"} in ${formatDuration(d.durationMs)}`),
+      // The error, if any, has a line of its own below: here only its absence of a status.
+      h("span", { class: "muted" }, ` → ${d.status ?? "no response"} in ${formatDuration(d.durationMs)}`),
       replayBtn,
       h("button", { "data-testid": "edit-replay", onclick: () => setEditing(ui.editing !== d.id) }, "Edit & replay"),
       h(
