@@ -11,7 +11,7 @@ use common::{
     bodies::{big_chunk, big_sha256, CHUNK},
     eventually,
     relay::Relay,
-    server::{config, Server},
+    server::{config, tcp_port_range, Server},
     tunnels::{tunnel_with, wait_status},
     until_listening,
     visitors::visitor,
@@ -31,17 +31,6 @@ use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
 };
-
-/// A range of 100 ports starting at one the OS just gave out.
-fn port_range() -> RangeInclusive<u16> {
-    let low = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-        .min(65_435);
-    low..=low + 99
-}
 
 /// A port of `range` that nothing holds now.
 fn free_port_in(range: &RangeInclusive<u16>) -> u16 {
@@ -155,7 +144,7 @@ async fn turned_away(port: u16) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bytes_are_exact_both_ways_at_volume() {
     const SIZE: u64 = 256 << 20;
-    let server = Server::start(tcp_config(port_range())).await;
+    let server = Server::start(tcp_config(tcp_port_range())).await;
     let (up, down, _t) = both_ways(&server, SIZE, |_| {}).await;
     let want = (SIZE, big_sha256(SIZE));
     assert_eq!(up, want, "visitor to local service");
@@ -205,7 +194,7 @@ async fn transfers_are_exact_whether_or_not_both_sides_grow_windows() {
     ] {
         let server = Server::start(Config {
             stream_window: server_window,
-            ..tcp_config(port_range())
+            ..tcp_config(tcp_port_range())
         })
         .await;
         let (up, down, t) = both_ways(&server, SIZE, |cfg| cfg.stream_window = client_window).await;
@@ -220,7 +209,7 @@ async fn transfers_are_exact_whether_or_not_both_sides_grow_windows() {
 
 #[tokio::test]
 async fn a_half_close_reaches_the_service_and_its_answer_still_arrives() {
-    let server = Server::start(tcp_config(port_range())).await;
+    let server = Server::start(tcp_config(tcp_port_range())).await;
     // Answers only after the visitor's EOF, with the size of what it got.
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let local = l.local_addr().unwrap().port();
@@ -247,7 +236,7 @@ async fn a_half_close_reaches_the_service_and_its_answer_still_arrives() {
 
 #[tokio::test]
 async fn a_reset_on_either_side_resets_the_other() {
-    let server = Server::start(tcp_config(port_range())).await;
+    let server = Server::start(tcp_config(tcp_port_range())).await;
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let local = l.local_addr().unwrap().port();
     let (t, port) = tcp_tunnel(tcp_cfg(&server, local, None)).await;
@@ -299,7 +288,7 @@ async fn a_reset_on_either_side_resets_the_other() {
 
 #[tokio::test]
 async fn a_connection_open_when_the_tunnel_stops_is_recorded_as_cut() {
-    let server = Server::start(tcp_config(port_range())).await;
+    let server = Server::start(tcp_config(tcp_port_range())).await;
     let (t, port) = tcp_tunnel(tcp_cfg(&server, common::origin::tcp_echo().await, None)).await;
     let mut events = t.connections().subscribe();
     let mut v = visit(port).await;
@@ -317,7 +306,7 @@ async fn a_connection_open_when_the_tunnel_stops_is_recorded_as_cut() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_connections_at_once() {
-    let server = Server::start(tcp_config(port_range())).await;
+    let server = Server::start(tcp_config(tcp_port_range())).await;
     let (_t, port) = tcp_tunnel(tcp_cfg(&server, common::origin::tcp_echo().await, None)).await;
     let visits = (0..200u32).map(|i| {
         tokio::spawn(async move {
@@ -332,7 +321,7 @@ async fn two_hundred_connections_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_visitor_that_stops_reading_holds_up_only_its_own_connection() {
-    let server = Server::start(tcp_config(port_range())).await;
+    let server = Server::start(tcp_config(tcp_port_range())).await;
     // Connection one gets a firehose; its writer counts what the tunnel took.
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let local = l.local_addr().unwrap().port();
@@ -386,7 +375,7 @@ async fn a_visitor_that_stops_reading_holds_up_only_its_own_connection() {
 
 #[tokio::test]
 async fn a_dead_local_port_closes_the_visitor_at_once_and_says_why() {
-    let server = Server::start(tcp_config(port_range())).await;
+    let server = Server::start(tcp_config(tcp_port_range())).await;
     let dead = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
@@ -409,7 +398,7 @@ async fn a_dead_local_port_closes_the_visitor_at_once_and_says_why() {
 
 #[tokio::test]
 async fn taken_out_of_range_and_disabled_ports_are_refused() {
-    let range = port_range();
+    let range = tcp_port_range();
     let server = Server::start(tcp_config(range.clone())).await;
     let local = common::origin::tcp_echo().await;
     let (_holder, port) = tcp_tunnel(tcp_cfg(&server, local, None)).await;
@@ -442,7 +431,7 @@ async fn taken_out_of_range_and_disabled_ports_are_refused() {
 
 #[tokio::test]
 async fn reserved_ports_go_only_to_their_token_and_tcp_tunnels_are_capped_per_token() {
-    let range = port_range();
+    let range = tcp_port_range();
     let store = Store::in_memory().unwrap();
     let ops = store.create_token("ops", &[]).unwrap();
     let dev = store.create_token("dev", &[]).unwrap();
@@ -484,7 +473,7 @@ async fn a_dropped_client_gets_its_port_back_and_nobody_else_meanwhile() {
             timeout: Duration::from_millis(600),
         },
         reconnect_grace: Duration::from_secs(30),
-        ..tcp_config(port_range())
+        ..tcp_config(tcp_port_range())
     })
     .await;
     let local = common::origin::tcp_echo().await;
@@ -513,7 +502,7 @@ async fn a_dropped_client_gets_its_port_back_and_nobody_else_meanwhile() {
 
 #[tokio::test]
 async fn a_client_back_before_the_server_noticed_the_drop_gets_its_port_at_once() {
-    let server = Server::start(tcp_config(port_range())).await;
+    let server = Server::start(tcp_config(tcp_port_range())).await;
     let local = common::origin::tcp_echo().await;
     let relay = Relay::start(server.addr).await;
     let mut cfg = tcp_cfg(&server, local, None);
@@ -533,7 +522,7 @@ async fn a_client_back_before_the_server_noticed_the_drop_gets_its_port_at_once(
 
 #[tokio::test]
 async fn after_a_server_restart_the_client_comes_back_on_the_same_port() {
-    let range = port_range();
+    let range = tcp_port_range();
     let server = Server::start(tcp_config(range.clone())).await;
     let addr = server.addr;
     let (t, port) = tcp_tunnel(tcp_cfg(&server, common::origin::tcp_echo().await, None)).await;
@@ -554,7 +543,7 @@ async fn after_a_server_restart_the_client_comes_back_on_the_same_port() {
 async fn the_allowlist_and_the_connection_limit_apply_to_visitors() {
     let server = Server::start(Config {
         max_conns_per_tcp_tunnel: 2,
-        ..tcp_config(port_range())
+        ..tcp_config(tcp_port_range())
     })
     .await;
     let local = common::origin::tcp_echo().await;
@@ -594,7 +583,7 @@ async fn visitors_count_under_the_servers_connection_limit() {
     let server = Server::start(Config {
         max_conns: 3,
         max_conns_per_ip: 0,
-        ..tcp_config(port_range())
+        ..tcp_config(tcp_port_range())
     })
     .await;
     let local = common::origin::tcp_echo().await;
@@ -636,7 +625,7 @@ async fn visitors_count_under_the_servers_connection_limit() {
 async fn metrics_count_connections_and_bytes_and_anonymous_pages_name_no_port() {
     let server = Server::start(Config {
         metrics_token: Some(ggrok_server::config::hash_token("metrics-secret")),
-        ..tcp_config(port_range())
+        ..tcp_config(tcp_port_range())
     })
     .await;
     let (_t, port) = tcp_tunnel(tcp_cfg(&server, common::origin::tcp_echo().await, None)).await;
@@ -746,7 +735,7 @@ async fn openssh_works_through_the_tunnel() {
     until_listening(ssh_port).await;
     assert!(daemon.0.try_wait().unwrap().is_none(), "sshd exited");
 
-    let server = Server::start(tcp_config(port_range())).await;
+    let server = Server::start(tcp_config(tcp_port_range())).await;
     let (_t, port) = tcp_tunnel(tcp_cfg(&server, ssh_port, None)).await;
     let out = tokio::process::Command::new("ssh")
         .args([
@@ -812,7 +801,7 @@ async fn the_admin_command_reserves_and_releases_ports_on_a_running_server() {
     assert!(ok);
     let (ok, dev, _) = admin(&db, &["token", "create", "--name", "dev"]);
     assert!(ok);
-    let range = port_range();
+    let range = tcp_port_range();
     let port = free_port_in(&range);
     let p = port.to_string();
     let (ok, _, err) = admin(&db, &["reserve", "--port", &p, "--token-name", "ops"]);

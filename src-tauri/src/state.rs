@@ -4,11 +4,11 @@
 use std::{sync::Mutex, time::Duration};
 
 use ggrok_tunnel::{
-    protocol::{validate_name, RefusalKind},
+    protocol::validate_name,
     saved::{new_id, Kind, SavedServer, SavedTunnel, Settings, Store, BUILTIN_SERVER_ID},
     secrets::mask,
     tokens::{basic_auth_key, Secrets, Storage},
-    Secret, Status, TunnelConfig, TunnelKind,
+    Secret, Status, TunnelConfig,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
@@ -46,6 +46,8 @@ pub struct TunnelView {
     pub local_host: String,
     /// Local port.
     pub local_port: u16,
+    /// The local side in a line: `host:port`, `https://host:port`, `tcp://host:port`.
+    pub target: String,
     /// Start on launch.
     pub start_on_launch: bool,
     /// Engine status (`stopped` when not running).
@@ -81,13 +83,13 @@ impl TunnelView {
             return match (&self.status, self.remote_port.or(self.given_port)) {
                 (Status::Online { name, .. }, _) => name.clone(),
                 (_, Some(port)) => format!("tcp:{port}"),
-                _ => format!("tcp {}:{}", self.local_host, self.local_port),
+                _ => format!("tcp {}", self.target),
             };
         }
         match (&self.status, &self.subdomain, &self.given_name) {
             (Status::Online { name, .. }, _, _) => name.clone(),
             (_, Some(s), _) | (_, None, Some(s)) => s.clone(),
-            _ => format!("{}:{}", self.local_host, self.local_port),
+            _ => self.target.clone(),
         }
     }
 }
@@ -291,6 +293,7 @@ impl AppState {
             subdomain: t.subdomain.clone(),
             local_host: t.local_host.clone(),
             local_port: t.local_port,
+            target: t.local_label(),
             start_on_launch: t.start_on_launch,
             status: state.status,
             requests: state.requests,
@@ -463,25 +466,21 @@ impl AppState {
 
     fn spec(&self, t: &SavedTunnel) -> Result<Spec, Error> {
         let (server, _) = self.server_url_and_name(&t.server_id)?;
-        let kind = match t.kind {
-            Kind::Http => TunnelKind::Http,
-            Kind::Tcp => TunnelKind::Tcp {
-                remote_port: t.remote_port.or(t.given_port),
-            },
-        };
+        let ask = t.ask();
         Ok(Spec {
-            kind,
+            kind: ask.kind,
             server,
             token: self.secrets.get(&t.server_id).map(|(s, _)| s),
-            subdomain: t.subdomain.clone().or_else(|| t.given_name.clone()),
-            local_host: t.local_host.clone(),
-            local_port: t.local_port,
+            subdomain: ask.subdomain,
+            given: ask.given,
+            local: t
+                .local_target()
+                .map_err(|e| Error::invalid("host", format!("the saved Host header: {e}")))?,
             // Stable per saved tunnel: the server gives a restarted tunnel its name back at
             // once instead of holding it for the old session.
             client_id: Some(format!("ggrok-desktop-{}", t.id)),
             basic_auth: self.secrets.get(&basic_auth_key(&t.id)).map(|(s, _)| s),
             allow_ips: t.allow_ips.clone(),
-            keep_host: t.keep_host,
         })
     }
 
@@ -490,65 +489,20 @@ impl AppState {
         // Ok or failed, the view shows it; a slow server keeps "connecting" and events follow.
         let _ = tokio::time::timeout(ONLINE_WAIT, self.manager.online(&t.id)).await;
         let view = self.tunnel(&t.id)?;
-        if t.kind == Kind::Tcp {
-            return self.remember_port(t, view).await;
-        }
-        if t.subdomain.is_some() {
-            return Ok(view);
-        }
-        match &view.status {
-            Status::Online { name, .. } if view.given_name.as_ref() != Some(name) => {
-                self.set_given_name(&t.id, Some(name.clone()))?;
-                self.tunnel(&t.id)
+        // The name (or port) the server gave is asked for again next time. The engine itself
+        // takes another when the one remembered has gone to someone else.
+        if let Status::Online { url, name } = &view.status {
+            let remembered = self
+                .store
+                .lock()
+                .expect("store lock")
+                .remember_online(&t.id, url, name)?;
+            if remembered {
+                self.notify();
+                return self.tunnel(&t.id);
             }
-            // The remembered name went to someone else: any name beats a failed tunnel that
-            // never asked for a fixed one.
-            Status::Failed {
-                kind: RefusalKind::NameTaken | RefusalKind::NameReserved,
-                ..
-            } if view.given_name.is_some() => {
-                self.set_given_name(&t.id, None)?;
-                Box::pin(self.run(&self.saved(&t.id)?)).await
-            }
-            _ => Ok(view),
         }
-    }
-
-    /// A TCP tunnel's counterpart of the given name: the port the server picked is asked for
-    /// again next time, and given up when someone else holds it.
-    async fn remember_port(&self, t: &SavedTunnel, view: TunnelView) -> Result<TunnelView, Error> {
-        if t.remote_port.is_some() {
-            return Ok(view);
-        }
-        match &view.status {
-            Status::Online { url, .. } => {
-                let port = url.rsplit(':').next().and_then(|p| p.parse::<u16>().ok());
-                if port.is_some() && port != view.given_port {
-                    self.set_given_port(&t.id, port)?;
-                    return self.tunnel(&t.id);
-                }
-                Ok(view)
-            }
-            Status::Failed {
-                kind:
-                    RefusalKind::PortTaken | RefusalKind::PortReserved | RefusalKind::PortOutOfRange,
-                ..
-            } if view.given_port.is_some() => {
-                self.set_given_port(&t.id, None)?;
-                Box::pin(self.run(&self.saved(&t.id)?)).await
-            }
-            _ => Ok(view),
-        }
-    }
-
-    fn set_given_port(&self, id: &str, port: Option<u16>) -> Result<(), Error> {
-        self.store.lock().expect("store lock").update(|d| {
-            if let Some(slot) = d.tunnels.iter_mut().find(|x| x.id == id) {
-                slot.given_port = port;
-            }
-        })?;
-        self.notify();
-        Ok(())
+        Ok(view)
     }
 
     /// Stores (`Some("u:p")`), removes (`Some("")`) or keeps (`None`) a tunnel's Basic auth;
@@ -567,16 +521,6 @@ impl AppState {
                 old.as_deref() != Some(a)
             }
         }
-    }
-
-    fn set_given_name(&self, id: &str, name: Option<String>) -> Result<(), Error> {
-        self.store.lock().expect("store lock").update(|d| {
-            if let Some(slot) = d.tunnels.iter_mut().find(|x| x.id == id) {
-                slot.given_name = name.clone();
-            }
-        })?;
-        self.notify();
-        Ok(())
     }
 
     /// Validates, saves and starts a new tunnel; answers once it is online (or failed).
@@ -601,8 +545,12 @@ impl AppState {
             t.given_name = old.given_name.clone();
             t.given_port = old.given_port;
         }
-        // What the form does not show (the CLI's name, fields of a newer format) stays.
+        // What the form does not show (the CLI's name, how the CLI saved it speaks to the local
+        // service, fields of a newer format) stays.
         t.name = old.name.clone();
+        if t.kind == Kind::Http {
+            t.upstream = old.upstream.clone();
+        }
         t.unknown = old.unknown.clone();
         let auth_changed = self.save_basic_auth(id, input.basic_auth.as_deref());
         let restart = auth_changed
@@ -975,6 +923,7 @@ mod tests {
             );
             t.name = Some("web".into());
             t.subdomain = Some("from-cli".into());
+            t.upstream.host_header = Some("cli.test".into());
             d.tunnels.push(t);
         })
         .unwrap();
@@ -1002,6 +951,11 @@ mod tests {
         let (cli, _) = Store::load(dir.path().join(FILE_NAME));
         let t = &cli.data().tunnels[0];
         assert_eq!((t.name.as_deref(), t.start_on_launch), (Some("web"), false));
+        assert_eq!(
+            s.spec(t).unwrap().local.host_header,
+            "cli.test".parse().unwrap(),
+            "the Host value the CLI saved is kept and used"
+        );
         s.manager().stop_all().await;
     }
 
@@ -1168,16 +1122,15 @@ mod tests {
             .start(
                 "other",
                 Spec {
-                    kind: TunnelKind::Http,
+                    kind: ggrok_tunnel::TunnelKind::Http,
                     server: server.url.clone(),
                     token: None,
                     subdomain: Some(name.clone()),
-                    local_host: "127.0.0.1".into(),
-                    local_port: origin.port,
+                    given: false,
+                    local: ggrok_tunnel::LocalTarget::new("127.0.0.1", origin.port),
                     client_id: None,
                     basic_auth: None,
                     allow_ips: Vec::new(),
-                    keep_host: false,
                 },
             )
             .await

@@ -65,7 +65,7 @@ pub fn entries(tunnels: &[TunnelView]) -> Vec<Entry> {
         .iter()
         .map(|t| Entry::Toggle {
             id: format!("{MENU_TOGGLE_PREFIX}{}", t.id),
-            text: format!("{} → {}:{}", t.label(), t.local_host, t.local_port),
+            text: format!("{} → {}", t.label(), t.target),
             checked: !matches!(t.status, ggrok_tunnel::Status::Stopped),
         })
         .collect();
@@ -201,6 +201,7 @@ mod tests {
             subdomain: Some(id.into()),
             local_host: "localhost".into(),
             local_port: 3000,
+            target: "localhost:3000".into(),
             start_on_launch: false,
             status,
             requests: 0,
@@ -260,6 +261,7 @@ mod tests {
             kind: ggrok_tunnel::saved::Kind::Tcp,
             subdomain: None,
             local_port: 22,
+            target: "localhost:22".into(),
             ..view(
                 "ssh",
                 Status::Online {
@@ -273,6 +275,7 @@ mod tests {
             subdomain: None,
             given_port: Some(20001),
             local_port: 5432,
+            target: "localhost:5432".into(),
             ..view("db", Status::Stopped)
         };
         let e = entries(&[online, stopped]);

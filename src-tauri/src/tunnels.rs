@@ -12,8 +12,8 @@ use std::{
 
 pub use ggrok_tunnel::inspect::view::{Detail, Summary};
 use ggrok_tunnel::{
-    inspect::export, tcp::End, ConfigError, Connection, Connections, HostHeader, LocalTarget,
-    ReplayEdits, ReplayError, Secret, Status, Traffic, Tunnel, TunnelConfig, TunnelKind,
+    inspect::export, tcp::End, ConfigError, Connection, Connections, LocalTarget, ReplayEdits,
+    ReplayError, Secret, Status, Traffic, Tunnel, TunnelConfig, TunnelKind,
 };
 use serde::Serialize;
 use tokio::sync::broadcast;
@@ -40,18 +40,16 @@ pub struct Spec {
     pub token: Option<Secret>,
     /// Requested subdomain.
     pub subdomain: Option<String>,
-    /// Local host.
-    pub local_host: String,
-    /// Local port.
-    pub local_port: u16,
+    /// The subdomain (or TCP port) is only the one the server gave before: any other will do.
+    pub given: bool,
+    /// Where the traffic goes and how (TLS, HTTP version, `Host`).
+    pub local: LocalTarget,
     /// Identity towards the server, so a restarted tunnel gets its held name back.
     pub client_id: Option<String>,
     /// `user:password` visitors must give.
     pub basic_auth: Option<Secret>,
     /// Visitor addresses allowed; empty lets everyone in.
     pub allow_ips: Vec<String>,
-    /// Pass the public Host header through.
-    pub keep_host: bool,
 }
 
 /// A tunnel's state as the UI shows it.
@@ -237,18 +235,16 @@ impl Manager {
     /// the traffic recorded so far, and exchange ids go on from where they were.
     pub async fn start(&self, id: &str, spec: Spec) -> Result<(), ManagerError> {
         self.stop(id).await;
-        let target = format!("{}:{}", spec.local_host, spec.local_port);
-        let mut config = TunnelConfig::new(spec.server, spec.local_port);
+        let target = spec.local.authority();
+        let mut config = TunnelConfig::new(spec.server, spec.local.port);
         config.kind = spec.kind;
         config.traffic = self.traffic_of(id);
         config.connections = self.connections_of(id);
         config.client_id = spec.client_id;
         config.token = spec.token;
         config.subdomain = spec.subdomain;
-        config.local = LocalTarget::new(spec.local_host, spec.local_port);
-        if spec.keep_host {
-            config.local.host_header = HostHeader::Preserve;
-        }
+        config.given = spec.given;
+        config.local = spec.local;
         config.basic_auth = spec.basic_auth;
         config.allow_ips = spec.allow_ips;
         config.ring_size = self.ring_size;
@@ -667,12 +663,11 @@ mod tests {
             server: server.url.clone(),
             token: None,
             subdomain: name.map(str::to_owned),
-            local_host: "127.0.0.1".into(),
-            local_port: origin.port,
+            given: false,
+            local: LocalTarget::new("127.0.0.1", origin.port),
             client_id: None,
             basic_auth: None,
             allow_ips: Vec::new(),
-            keep_host: false,
         }
     }
 
@@ -708,7 +703,7 @@ mod tests {
             }
         });
         let mut spec = spec(&server, &Origin::start().await, Some("cut"));
-        spec.local_port = port;
+        spec.local.port = port;
         let m = Manager::new();
         let mut events = m.subscribe();
         m.start("t1", spec).await.unwrap();
@@ -915,12 +910,11 @@ mod tests {
             server: server.url.clone(),
             token: None,
             subdomain: Some("dead".into()),
-            local_host: "127.0.0.1".into(),
-            local_port: dead,
+            given: false,
+            local: LocalTarget::new("127.0.0.1", dead),
             client_id: None,
             basic_auth: None,
             allow_ips: Vec::new(),
-            keep_host: false,
         };
         m.start("t", s.clone()).await.unwrap();
         let warned = loop {
@@ -941,7 +935,7 @@ mod tests {
         // A live origin: no warning at start, and a 2xx clears one.
         let origin = Origin::start().await;
         m.stop("t").await;
-        s.local_port = origin.port;
+        s.local.port = origin.port;
         s.subdomain = Some("alive".into());
         m.start("t", s).await.unwrap();
         m.online("t").await.unwrap();
@@ -1012,12 +1006,11 @@ mod tests {
             server: server.url.clone(),
             token: None,
             subdomain: None,
-            local_host: "127.0.0.1".into(),
-            local_port,
+            given: false,
+            local: LocalTarget::new("127.0.0.1", local_port),
             client_id: None,
             basic_auth: None,
             allow_ips: Vec::new(),
-            keep_host: false,
         };
         m.start("t", tcp.clone()).await.unwrap();
         let url = m.online("t").await.unwrap();

@@ -52,6 +52,11 @@ pub struct TunnelConfig {
     pub token: Option<Secret>,
     /// Fixed subdomain; `None` lets the server pick (and the engine then keeps that one).
     pub subdomain: Option<String>,
+    /// `subdomain` (a TCP tunnel's `remote_port`) is only what the server gave this tunnel
+    /// before, remembered by an app or the CLI, not the user's choice: refused as taken or
+    /// reserved now, the tunnel takes any the server picks instead of failing. A name the
+    /// server picked during this run is kept the same way on reconnects.
+    pub given: bool,
     /// The local service.
     pub local: LocalTarget,
     /// Liveness settings.
@@ -94,6 +99,7 @@ impl TunnelConfig {
             server: server.into(),
             token: None,
             subdomain: None,
+            given: false,
             local: LocalTarget::new("localhost", port),
             heartbeat: Heartbeat::default(),
             backoff: Backoff::default(),
@@ -288,6 +294,12 @@ impl Tunnel {
             .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()));
         let (tx, rx) = watch::channel(Status::Connecting);
         let cancel = CancellationToken::new();
+        let mut config = config;
+        // Nothing asked for: what the server picks is given, not chosen.
+        config.given |= match config.kind {
+            TunnelKind::Http => config.subdomain.is_none(),
+            TunnelKind::Tcp { remote_port } => remote_port.is_none(),
+        };
         let engine = Engine {
             url,
             config,
@@ -432,6 +444,10 @@ impl Engine {
                         reason
                     }
                     Err(ConnectError::Refused(r)) if r.error.is_final() => {
+                        if self.forget_given(r.error) {
+                            info!(kind = ?r.error, "what the server gave before is not free now: asking for any ({})", r.message);
+                            continue;
+                        }
                         info!(kind = ?r.error, "server refused the tunnel: {}", r.message);
                         self.status.send_replace(Status::Failed { kind: r.error, message: r.message });
                         return;
@@ -449,6 +465,26 @@ impl Engine {
             }
         }
         self.status.send_replace(Status::Stopped);
+    }
+
+    /// After a refusal of `kind`: whether the name or port asked for was only a given one, now
+    /// dropped so that the next attempt takes any.
+    fn forget_given(&mut self, kind: RefusalKind) -> bool {
+        let taken = matches!(
+            kind,
+            RefusalKind::NameTaken
+                | RefusalKind::NameReserved
+                | RefusalKind::PortTaken
+                | RefusalKind::PortReserved
+                | RefusalKind::PortOutOfRange
+        );
+        if !self.config.given || !taken {
+            return false;
+        }
+        match &mut self.config.kind {
+            TunnelKind::Http => self.config.subdomain.take().is_some(),
+            TunnelKind::Tcp { remote_port } => remote_port.take().is_some(),
+        }
     }
 
     async fn connect(&self) -> Result<Session, ConnectError> {

@@ -23,6 +23,8 @@ use std::{
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
+use crate::{HostHeader, LocalTarget, TunnelKind, Upstream};
+
 /// File name inside the config directory.
 pub const FILE_NAME: &str = "config.json";
 /// Schema version written into the file, for future migrations.
@@ -109,9 +111,52 @@ pub struct SavedTunnel {
     /// Pass the public Host header to the local service instead of rewriting it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub keep_host: bool,
+    /// How to talk to an HTTP tunnel's local service, when not plain HTTP/1.1 (the CLI's
+    /// `https://` target, `--upstream-insecure`, `--upstream-protocol`, `--host-header VALUE`).
+    #[serde(default, skip_serializing_if = "SavedUpstream::is_plain")]
+    pub upstream: SavedUpstream,
     /// Fields of a newer format.
     #[serde(flatten)]
     pub unknown: Unknown,
+}
+
+/// What a saved tunnel asks the server for; see [`SavedTunnel::ask`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ask {
+    /// HTTP, or TCP with the port to ask for.
+    pub kind: TunnelKind,
+    /// The subdomain to ask for (HTTP).
+    pub subdomain: Option<String>,
+    /// Whether the name or port is only the one the server gave before.
+    pub given: bool,
+}
+
+/// A saved HTTP tunnel's way to its local service beyond host and port. The desktop app's form
+/// does not show it; it keeps it through edits.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedUpstream {
+    /// TLS to the local service (an `https://` target).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tls: bool,
+    /// With `tls`, accept any certificate (self-signed development certificates).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure: bool,
+    /// HTTP/2 to the local service (gRPC).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub http2: bool,
+    /// The `Host` the local service gets, as `--host-header` takes it: a value, `rewrite` or
+    /// `preserve` (`keep_host`, the app's checkbox, wins: the public host).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_header: Option<String>,
+    /// Fields of a newer format.
+    #[serde(flatten)]
+    pub unknown: Unknown,
+}
+
+impl SavedUpstream {
+    fn is_plain(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 impl SavedTunnel {
@@ -131,8 +176,101 @@ impl SavedTunnel {
             given_name: None,
             allow_ips: Vec::new(),
             keep_host: false,
+            upstream: SavedUpstream::default(),
             unknown: Unknown::new(),
         }
+    }
+
+    /// Where its traffic goes and how. A `host_header` the file holds that is not a header
+    /// value (the file may have been written by hand) is an error, not a silent default.
+    pub fn local_target(&self) -> Result<LocalTarget, String> {
+        let mut local = LocalTarget::new(self.local_host.clone(), self.local_port);
+        if self.kind == Kind::Tcp {
+            return Ok(local);
+        }
+        let u = &self.upstream;
+        local.upstream = Upstream {
+            tls: u.tls,
+            insecure: u.insecure,
+            http2: u.http2,
+        };
+        local.host_header = match &u.host_header {
+            _ if self.keep_host => HostHeader::Preserve,
+            // As `--host-header` takes it.
+            Some(v) => v.parse()?,
+            None => HostHeader::Rewrite,
+        };
+        Ok(local)
+    }
+
+    /// What to ask the server for: the kind (with a TCP tunnel's port) and subdomain, the
+    /// user's fixed ones or else the ones the server gave last time, and whether they are
+    /// only those ([`TunnelConfig::given`]: not free now, any other will do).
+    ///
+    /// [`TunnelConfig::given`]: crate::TunnelConfig::given
+    pub fn ask(&self) -> Ask {
+        match self.kind {
+            Kind::Http => Ask {
+                kind: TunnelKind::Http,
+                subdomain: self.subdomain.clone().or_else(|| self.given_name.clone()),
+                given: self.subdomain.is_none(),
+            },
+            Kind::Tcp => Ask {
+                kind: TunnelKind::Tcp {
+                    remote_port: self.remote_port.or(self.given_port),
+                },
+                subdomain: None,
+                given: self.remote_port.is_none(),
+            },
+        }
+    }
+
+    /// Remembers the name (a TCP tunnel's port) the server gave it online at `url` as `name`,
+    /// to ask for it again next time; whether that changed anything. A fixed one stays.
+    pub fn remember_online(&mut self, url: &str, name: &str) -> bool {
+        match self.kind {
+            Kind::Http if self.subdomain.is_none() && self.given_name.as_deref() != Some(name) => {
+                self.given_name = Some(name.to_owned());
+                true
+            }
+            Kind::Tcp if self.remote_port.is_none() => {
+                let port = url.rsplit(':').next().and_then(|p| p.parse::<u16>().ok());
+                let changed = port.is_some() && port != self.given_port;
+                if changed {
+                    self.given_port = port;
+                }
+                changed
+            }
+            _ => false,
+        }
+    }
+
+    /// Its local side in a line: `host:port`, or `https://host:port` when TLS is spoken to it
+    /// (`ggrok list`, the app's card and tray).
+    pub fn local_label(&self) -> String {
+        let authority = LocalTarget::new(self.local_host.clone(), self.local_port).authority();
+        if self.kind == Kind::Http && self.upstream.tls {
+            format!("https://{authority}")
+        } else {
+            authority
+        }
+    }
+
+    /// Saves `local` as its target: host, port, TLS, HTTP version and `Host` header.
+    pub fn set_local_target(&mut self, local: &LocalTarget) {
+        self.local_host = local.host.clone();
+        self.local_port = local.port;
+        self.keep_host = local.host_header == HostHeader::Preserve;
+        self.upstream = SavedUpstream {
+            tls: local.upstream.tls,
+            insecure: local.upstream.insecure,
+            http2: local.upstream.http2,
+            host_header: match &local.host_header {
+                HostHeader::Value(v) => Some(String::from_utf8_lossy(v.as_bytes()).into_owned()),
+                _ => None,
+            },
+            unknown: std::mem::take(&mut self.upstream.unknown),
+        };
     }
 
     /// What the CLI lists it as: its name, else its subdomain, else the name the server last
@@ -355,6 +493,22 @@ impl Store {
         Ok(out)
     }
 
+    /// Remembers the name (a TCP tunnel's port) the server gave tunnel `id` online at `url` as
+    /// `name` ([`SavedTunnel::remember_online`]), writing the file only when that changes it;
+    /// whether it did.
+    pub fn remember_online(&mut self, id: &str, url: &str, name: &str) -> Result<bool, StoreError> {
+        let mut probe = self.fresh().tunnels.iter().find(|t| t.id == id).cloned();
+        if !probe.as_mut().is_some_and(|t| t.remember_online(url, name)) {
+            return Ok(false);
+        }
+        self.update(|d| {
+            d.tunnels
+                .iter_mut()
+                .find(|t| t.id == id)
+                .is_some_and(|t| t.remember_online(url, name))
+        })
+    }
+
     /// Holds the advisory lock until dropped. Blocking: the other program holds it only for
     /// one read-modify-write.
     fn lock(&self) -> Result<FileLock, StoreError> {
@@ -467,6 +621,14 @@ mod tests {
         tcp.kind = Kind::Tcp;
         tcp.remote_port = Some(20022);
         tcp.given_port = Some(20022);
+        let mut grpc = SavedTunnel::new("t3".into(), "s1".into(), "localhost".into(), 8443);
+        grpc.upstream = SavedUpstream {
+            tls: true,
+            insecure: true,
+            http2: true,
+            host_header: Some("grpc.test".into()),
+            unknown: Unknown::new(),
+        };
         Data {
             version: VERSION,
             servers: vec![SavedServer {
@@ -475,7 +637,7 @@ mod tests {
                 url: "https://tunnel.example.com".into(),
                 unknown: Unknown::new(),
             }],
-            tunnels: vec![tunnel, tcp],
+            tunnels: vec![tunnel, tcp, grpc],
             settings: Settings {
                 start_hidden: true,
                 notifications_off: true,
@@ -583,6 +745,41 @@ mod tests {
         assert_eq!(written["tunnels"][1]["from_the_future"]["x"], 1);
         assert_eq!(written["also_new"], serde_json::json!([1, 2]));
         assert_eq!(written["tunnels"][0]["name"], "web");
+    }
+
+    /// A target as `ggrok http` takes it survives the file, and becomes the same target again.
+    #[test]
+    fn the_local_target_round_trips_through_the_saved_fields() {
+        let mut t = SavedTunnel::new("t".into(), "s".into(), "x".into(), 1);
+        let plain = LocalTarget::new("localhost", 3000);
+        let mut https = LocalTarget::new("127.0.0.1", 8443);
+        https.upstream = Upstream {
+            tls: true,
+            insecure: true,
+            http2: true,
+        };
+        https.host_header = "myapp.test".parse().unwrap();
+        let mut preserve = LocalTarget::new("::1", 8080);
+        preserve.host_header = HostHeader::Preserve;
+        for local in [plain, https, preserve] {
+            t.set_local_target(&local);
+            let json = serde_json::to_string(&t).unwrap();
+            let back: SavedTunnel = serde_json::from_str(&json).unwrap();
+            assert_eq!(back.local_target(), Ok(local), "{json}");
+        }
+        t.set_local_target(&LocalTarget::new("localhost", 3000));
+        assert_eq!(t.upstream, SavedUpstream::default());
+        assert!(!serde_json::to_string(&t).unwrap().contains("upstream"));
+
+        // Written by hand: a bad value is an error that says which; a TCP tunnel has no HTTP.
+        t.upstream.host_header = Some("a\nb".into());
+        assert_eq!(
+            t.local_target(),
+            Err("\"a\\nb\" is not a valid Host header value".to_owned())
+        );
+        t.kind = Kind::Tcp;
+        t.upstream.tls = true;
+        assert_eq!(t.local_target(), Ok(LocalTarget::new("localhost", 3000)));
     }
 
     #[test]

@@ -392,33 +392,6 @@ async fn raw_get(addr: std::net::SocketAddr, host: &str, path: &str) -> String {
     out
 }
 
-/// A range of 100 ports starting at one the OS just gave out (the server skips taken ones).
-fn tcp_ports() -> std::ops::RangeInclusive<u16> {
-    let low = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-        .min(65_435);
-    low..=low + 99
-}
-
-/// A local service echoing each connection until EOF.
-async fn echo() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        loop {
-            let (mut s, _) = listener.accept().await.unwrap();
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    });
-    port
-}
-
 /// Sends `data`, half-closes and reads until the tunnel closes the connection.
 async fn tcp_exchange(port: u16, data: &[u8]) -> Vec<u8> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -435,12 +408,12 @@ async fn tcp_exchange(port: u16, data: &[u8]) -> Vec<u8> {
 #[tokio::test]
 async fn tcp_prints_the_address_then_one_line_per_connection() {
     let addr = server(ggrok_server::Config {
-        tcp_ports: Some(tcp_ports()),
+        tcp_ports: Some(ggrok_test_support::server::tcp_port_range()),
         ..ggrok_server::Config::new("localhost")
     })
     .await;
     let server_url = format!("http://{addr}");
-    let local = echo().await.to_string();
+    let local = ggrok_test_support::origin::tcp_echo().await.to_string();
     let mut child = ggrok(&["tcp", &local, "--server", &server_url])
         .spawn()
         .unwrap();
@@ -478,7 +451,7 @@ async fn tcp_tunnel_to_a_dead_port(
     String,
 ) {
     let addr = server(ggrok_server::Config {
-        tcp_ports: Some(tcp_ports()),
+        tcp_ports: Some(ggrok_test_support::server::tcp_port_range()),
         ..config
     })
     .await;
@@ -586,7 +559,7 @@ async fn tcp_refusals_exit_non_zero_with_one_line() {
         String::from_utf8(out.stderr).unwrap().trim(),
         "ggrok: refused: this server offers no TCP tunnels (it runs without --tcp-ports)"
     );
-    let range = tcp_ports();
+    let range = ggrok_test_support::server::tcp_port_range();
     let addr = server(ggrok_server::Config {
         tcp_ports: Some(range.clone()),
         ..ggrok_server::Config::new("localhost")

@@ -8,6 +8,7 @@ use std::{path::Path, process::Stdio, time::Duration};
 use ggrok_tunnel::{
     saved::{SavedServer, SavedTunnel, Store, FILE_NAME},
     tokens::{KeyringStore, SecretStore, SERVICE},
+    TunnelConfig,
 };
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
@@ -340,4 +341,173 @@ async fn a_server_is_removed_only_once_no_saved_tunnel_uses_it() {
         "{:?}",
         saved.fresh().servers
     );
+}
+
+/// `config add-tunnel --tcp` saves a TCP tunnel that `ggrok start` runs as `ggrok tcp` does, on
+/// the port it asked for. What only HTTP has is refused with it, and a Basic auth password with
+/// no keyring to keep it saves nothing.
+#[tokio::test]
+async fn a_tcp_tunnel_saved_from_the_terminal_starts_on_its_port() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let range = ggrok_test_support::server::tcp_port_range();
+    let low = *range.start();
+    let config = ggrok_server::Config {
+        tokens: ggrok_server::Tokens::from_plain([TOKEN]),
+        tcp_ports: Some(range),
+        ..ggrok_server::Config::new("localhost")
+    };
+    tokio::spawn(ggrok_server::run(listener, config, std::future::pending()));
+    let echo = ggrok_test_support::origin::tcp_echo().await.to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("http://{addr}");
+    assert!(run(dir.path(), &["config", "add-server", &url]).await.0);
+
+    let refused = [
+        (
+            &["https://localhost:8443", "--tcp"][..],
+            "--tcp forwards raw TCP",
+        ),
+        (
+            &["22", "--tcp", "--upstream-protocol", "http2"][..],
+            "--tcp forwards raw TCP",
+        ),
+        (
+            &["22", "--tcp", "--subdomain", "x"][..],
+            "cannot be used with",
+        ),
+        (&["22", "--remote-port", "2222"][..], "--tcp"),
+    ];
+    for (args, says) in refused {
+        let (ok, _, err) = run(dir.path(), &[&["config", "add-tunnel"][..], args].concat()).await;
+        assert!(!ok && err.contains(says), "{args:?}: {err}");
+    }
+    let (ok, _, err) = run(
+        dir.path(),
+        &[
+            "config",
+            "add-tunnel",
+            "3000",
+            "--name",
+            "guarded",
+            "--basic-auth",
+            "me:secret",
+        ],
+    )
+    .await;
+    assert!(!ok, "{err}");
+    assert!(
+        err.contains("not saved: the system keyring") && err.contains("is not available"),
+        "{err}"
+    );
+    assert!(!err.contains("secret"), "{err}");
+
+    let remote = low.to_string();
+    let (ok, _, err) = run(
+        dir.path(),
+        &[
+            "config",
+            "add-tunnel",
+            &echo,
+            "--tcp",
+            "--remote-port",
+            &remote,
+            "--name",
+            "ssh",
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    let (_, list, _) = run(dir.path(), &["list"]).await;
+    let rows: Vec<&str> = list.lines().skip(1).take_while(|l| !l.is_empty()).collect();
+    assert_eq!(
+        rows.len(),
+        1,
+        "nothing of the refused ones was saved: {list}"
+    );
+    assert!(
+        rows[0].starts_with(&format!("ssh   tcp://localhost:{echo}  -")),
+        "{list}"
+    );
+
+    let mut child = ggrok(dir.path(), &["start", "ssh"])
+        .env("GGROK_TOKEN", TOKEN)
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert_eq!(urls(&mut out, 1).await, [format!("tcp://localhost:{low}")]);
+    let mut s = TcpStream::connect(("127.0.0.1", low)).await.unwrap();
+    s.write_all(b"ping").await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut back = Vec::new();
+    s.read_to_end(&mut back).await.unwrap();
+    assert_eq!(back, b"ping");
+}
+
+/// A saved tunnel without a fixed subdomain keeps the name the server gave it: `ggrok start`
+/// remembers it in the file and asks for it next time; when someone else holds it by then, the
+/// tunnel comes online under a new name instead of failing, and remembers that one.
+#[tokio::test]
+async fn a_name_the_server_gave_is_asked_for_again_next_time() {
+    let addr = server().await;
+    let port = origin().await;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("http://{addr}");
+    assert!(run(dir.path(), &["config", "add-server", &url]).await.0);
+    assert!(
+        run(
+            dir.path(),
+            &["config", "add-tunnel", &port.to_string(), "--name", "web"]
+        )
+        .await
+        .0
+    );
+    let given = || {
+        let (mut store, _) = Store::load(dir.path().join(FILE_NAME));
+        store.fresh().tunnels[0].given_name.clone()
+    };
+    let start = || async {
+        let mut child = ggrok(dir.path(), &["start", "web", "--inspect=false"])
+            .env("GGROK_TOKEN", TOKEN)
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+        let url = urls(&mut out, 1).await.remove(0);
+        (child, url)
+    };
+    // Stopped as Ctrl-C stops it: the server lets the name go at once.
+    let interrupt = |child: &tokio::process::Child| {
+        let pid = child.id().unwrap().to_string();
+        assert!(std::process::Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap()
+            .success());
+    };
+
+    let (mut child, first) = start().await;
+    let name = first
+        .strip_prefix("http://")
+        .and_then(|u| u.split_once('.'))
+        .map(|(n, _)| n.to_owned())
+        .unwrap();
+    assert_eq!(given(), Some(name.clone()), "remembered once online");
+    interrupt(&child);
+    assert!(child.wait().await.unwrap().success());
+    let (mut child, again) = start().await;
+    assert_eq!(again, first, "the same URL on the next start");
+    interrupt(&child);
+    child.wait().await.unwrap();
+
+    // Someone else takes the name while the tunnel is down.
+    let mut squatter = TunnelConfig::new(url.clone(), port);
+    squatter.token = Some(ggrok_tunnel::Secret::new(TOKEN));
+    squatter.subdomain = Some(name.clone());
+    let squatter = ggrok_tunnel::Tunnel::start(squatter).unwrap();
+    squatter.online().await.unwrap();
+    let (_child, moved) = start().await;
+    assert_ne!(moved, first);
+    let new_name = given().expect("a name");
+    assert_ne!(new_name, name);
+    assert!(moved.starts_with(&format!("http://{new_name}.")), "{moved}");
 }

@@ -26,16 +26,26 @@ async fn server() -> std::net::SocketAddr {
 
 /// `ggrok ARGS --server SERVER`, once its URL is printed.
 async fn ggrok(server: std::net::SocketAddr, args: &[&str]) -> Child {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ggrok"))
-        .args(args)
-        .args(["--server", &format!("http://{server}")])
+    let mut cmd = cli(args);
+    cmd.args(["--server", &format!("http://{server}")]);
+    online(cmd).await
+}
+
+/// `ggrok ARGS`, with no token or logging from the environment.
+fn cli(args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ggrok"));
+    cmd.args(args)
         .env_remove("GGROK_TOKEN")
         .env_remove("RUST_LOG")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+        .kill_on_drop(true);
+    cmd
+}
+
+/// `cmd` started, once it printed its URL.
+async fn online(mut cmd: Command) -> Child {
+    let mut child = cmd.spawn().unwrap();
     let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
     let url = tokio::time::timeout(Duration::from_secs(10), out.next_line())
         .await
@@ -171,6 +181,54 @@ async fn the_host_header_is_rewritten_preserved_or_set() {
         assert!(status.contains(" 200 "), "{sub}: {status}");
         assert_eq!(body, want, "{sub}");
     }
+}
+
+/// A tunnel saved with an https:// target, `--upstream-insecure` and a Host value starts from
+/// `ggrok start` speaking TLS to its local service with that Host, as `ggrok http` would.
+#[tokio::test]
+async fn a_saved_tunnel_keeps_how_it_reaches_its_local_service() {
+    let server = server().await;
+    let port = echo_host(true).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = |args: &[&str]| {
+        let mut cmd = cli(args);
+        cmd.env("GGROK_CONFIG_DIR", dir.path())
+            .env("GGROK_NO_KEYRING", "1");
+        cmd
+    };
+    let saved = |args: &[&str]| {
+        let mut cmd = config(args);
+        async move {
+            let out = cmd.output().await.unwrap();
+            assert!(out.status.success(), "{out:?}");
+            String::from_utf8(out.stdout).unwrap()
+        }
+    };
+    saved(&["config", "add-server", &format!("http://{server}")]).await;
+    let target = format!("https://localhost:{port}");
+    saved(&[
+        "config",
+        "add-tunnel",
+        &target,
+        "--subdomain",
+        "secure",
+        "--upstream-insecure",
+        "--host-header",
+        "app.test",
+    ])
+    .await;
+    let list = saved(&["list"]).await;
+    assert!(
+        list.lines()
+            .nth(1)
+            .is_some_and(|l| l.starts_with(&format!("secure  {target}  secure  "))),
+        "{list}"
+    );
+
+    let _child = online(config(&["start", "secure"])).await;
+    let (status, body) = get(server, "secure.localhost").await;
+    assert!(status.contains(" 200 "), "{status}");
+    assert_eq!(body, "app.test");
 }
 
 /// tonic's health service on h2c: unary calls and a server stream through the tunnel, the

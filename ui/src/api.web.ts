@@ -52,6 +52,7 @@ async function request<T>(path: string, init?: RequestInit): Promise<T> {
 interface ApiTunnel {
   name: string;
   public_url: string;
+  config: { addr: string };
   ggrok: { status: Status; requests: number; localHost: string; localPort: number };
 }
 interface ApiRequest<G> {
@@ -82,6 +83,7 @@ export async function listTunnels(): Promise<TunnelView[]> {
     connections: 0,
     localHost: t.ggrok.localHost,
     localPort: t.ggrok.localPort,
+    target: t.config.addr.replace(/^http:\/\//, ""),
     startOnLaunch: false,
     status: t.ggrok.status,
     requests: t.ggrok.requests,

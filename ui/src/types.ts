@@ -31,6 +31,8 @@ export interface TunnelView {
   subdomain: string | null;
   localHost: string;
   localPort: number;
+  /** The local side in a line: `host:port`, or `https://host:port` when TLS is spoken to it. */
+  target: string;
   startOnLaunch: boolean;
   status: Status;
   requests: number;

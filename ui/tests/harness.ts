@@ -77,7 +77,8 @@ function view(input: TunnelInput, id: string): TunnelView {
   return {
     id, kind: input.kind, remotePort: input.remotePort, givenPort: tcp && input.remotePort === null ? tcpPort : null,
     connections: 0, serverId: input.serverId, serverName: "This computer", subdomain: input.subdomain,
-    localHost: input.localHost ?? "localhost", localPort: input.localPort, startOnLaunch: input.startOnLaunch,
+    localHost: input.localHost ?? "localhost", localPort: input.localPort,
+    target: `${input.localHost ?? "localhost"}:${input.localPort}`, startOnLaunch: input.startOnLaunch,
     status: tcp
       ? { state: "online", url: `tcp://localhost:${tcpPort}`, name: `tcp:${tcpPort}` }
       : online(input.subdomain ?? `rand${id}`),

@@ -224,6 +224,7 @@ async fn http(args: HttpArgs) -> anyhow::Result<ExitCode> {
             config,
             target,
             label: None,
+            saved_id: None,
         }],
         args.display,
         args.inspect.port(),
@@ -246,6 +247,7 @@ async fn start(args: saved_cmds::StartArgs) -> anyhow::Result<ExitCode> {
             },
             target: p.target,
             label: labelled.then_some(p.label),
+            saved_id: Some(p.id),
         })
         .collect();
     run_all(runs, display, inspect).await
@@ -271,6 +273,7 @@ async fn tcp(args: TcpArgs) -> anyhow::Result<ExitCode> {
             config,
             target,
             label: None,
+            saved_id: None,
         }],
         args.display,
         None,

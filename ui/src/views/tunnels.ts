@@ -116,7 +116,7 @@ function card(t: TunnelView): HTMLElement {
       { class: "row" },
       h("span", { class: `dot ${t.localWarning && running ? "warn" : t.status.state}` }),
       h("strong", { class: "name", "data-testid": "tunnel-name" }, tunnelLabel(t)),
-      h("span", { class: "target", "data-testid": "tunnel-target" }, `→ ${t.localHost}:${t.localPort}`),
+      h("span", { class: "target", "data-testid": "tunnel-target" }, `→ ${t.target}`),
       t.kind === "tcp"
         ? h("span", { class: "count", "data-testid": "tunnel-count", title: "connections since start" }, `${t.connections} conn`)
         : h("span", { class: "count", "data-testid": "tunnel-count", title: "requests since start" }, `${t.requests} req`),

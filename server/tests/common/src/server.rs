@@ -70,3 +70,15 @@ pub fn config() -> Config {
         ..Config::new("localhost")
     }
 }
+
+/// A range of 100 ports for TCP tunnels, starting at one the OS just gave out (the server skips
+/// ports something else holds when it picks one).
+pub fn tcp_port_range() -> std::ops::RangeInclusive<u16> {
+    let low = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .min(65_435);
+    low..=low + 99
+}

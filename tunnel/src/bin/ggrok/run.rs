@@ -32,6 +32,8 @@ pub struct Run {
     pub target: String,
     /// Its name when several run: every line says which tunnel it is about.
     pub label: Option<String>,
+    /// A saved tunnel's id: the name (or port) the server gives it is remembered there.
+    pub saved_id: Option<String>,
 }
 
 /// Runs `runs` side by side until Ctrl-C or until each is refused; failure if any was. With
@@ -57,19 +59,20 @@ pub async fn run_all(
             Ok((run, tunnel))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let inspector = match inspect {
+    let inspected: Vec<_> = tunnels
+        .iter()
+        .filter(|(run, _)| matches!(run.config.kind, TunnelKind::Http))
+        .map(|(run, tunnel)| inspect::Inspected {
+            name: run
+                .label
+                .clone()
+                .unwrap_or_else(|| inspect::CLI_TUNNEL_NAME.to_owned()),
+            handle: tunnel.handle(),
+        })
+        .collect();
+    // TCP tunnels have nothing to inspect.
+    let inspector = match inspect.filter(|_| !inspected.is_empty()) {
         Some(port) => {
-            let inspected = tunnels
-                .iter()
-                .filter(|(run, _)| matches!(run.config.kind, TunnelKind::Http))
-                .map(|(run, tunnel)| inspect::Inspected {
-                    name: run
-                        .label
-                        .clone()
-                        .unwrap_or_else(|| inspect::CLI_TUNNEL_NAME.to_owned()),
-                    handle: tunnel.handle(),
-                })
-                .collect();
             let addr = inspect::spawn(port, inspected)
                 .await
                 .context("cannot start the inspector (--inspect=false runs without it)")?;
@@ -272,7 +275,7 @@ async fn serve(
     out: Output,
     mut inspector: Option<SocketAddr>,
 ) -> anyhow::Result<ExitCode> {
-    let target = run.target;
+    let target = &run.target;
     let mut traffic = tunnel.traffic().subscribe();
     let mut shown_url: Option<String> = None;
     // Requests wake this loop; the rarer events are waited for by futures that live across its
@@ -295,7 +298,12 @@ async fn serve(
                 status = next_change(rx);
                 match now {
                     // Everything a server says is untrusted: it must not write to the terminal.
-                    Status::Online { url, .. } => {
+                    Status::Online { url, name } => {
+                        if let Some(id) = &run.saved_id {
+                            if let Err(e) = crate::saved_cmds::remember_online(id, &url, &name) {
+                                out.note(format!("the name it was given is not remembered for next time: {e}"));
+                            }
+                        }
                         let url = escape_controls(&url).into_owned();
                         let first = shown_url.as_deref() != Some(url.as_str());
                         match &out {

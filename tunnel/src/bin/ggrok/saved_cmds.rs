@@ -7,12 +7,14 @@ use anyhow::{bail, Context as _};
 use clap::{Args, Parser, Subcommand};
 use ggrok_tunnel::{
     protocol::validate_name,
-    saved::{new_id, Data, Kind, SavedServer, SavedTunnel, Store, BUILTIN_SERVER_ID},
+    saved::{new_id, Data, Kind, SavedServer, SavedTunnel, Store, StoreError, BUILTIN_SERVER_ID},
     secrets::mask,
     terminal::escape_controls,
     tokens::{basic_auth_key, KeyringStore, SecretError, SecretStore, NO_KEYRING_ENV, SERVICE},
-    HostHeader, LocalTarget, Secret, TunnelConfig, TunnelKind,
+    LocalTarget, Secret, TunnelConfig,
 };
+
+use crate::upstream_args::{local_target, Target, UpstreamArgs};
 
 /// `ggrok config`.
 #[derive(Parser, Debug)]
@@ -55,9 +57,16 @@ struct AddServerArgs {
 
 #[derive(Args, Debug)]
 struct AddTunnelArgs {
-    /// Local port to expose.
-    #[arg(value_parser = clap::value_parser!(u16).range(1..))]
-    port: u16,
+    /// Local service, as `ggrok http` takes it: a port, host:port, or http:// or https:// URL.
+    #[arg(value_name = "PORT|URL", value_parser = crate::upstream_args::parse_target)]
+    target: Target,
+    /// A TCP tunnel, as `ggrok tcp` runs, instead of HTTP.
+    #[arg(long, conflicts_with_all = ["subdomain", "basic_auth"])]
+    tcp: bool,
+    /// With --tcp: the public port to ask for, from the server's TCP port range (any free one,
+    /// kept from then on, if omitted).
+    #[arg(long, requires = "tcp", value_parser = clap::value_parser!(u16).range(1..))]
+    remote_port: Option<u16>,
     /// The name to start it by (its subdomain, else the port, if omitted).
     #[arg(long)]
     name: Option<String>,
@@ -74,6 +83,12 @@ struct AddTunnelArgs {
     /// Allow only these visitor addresses (IP or CIDR, repeatable).
     #[arg(long = "allow-ip", value_name = "CIDR")]
     allow_ips: Vec<String>,
+    /// Require visitors to log in with HTTP Basic auth (kept in the OS keyring, as the app
+    /// keeps it).
+    #[arg(long, value_name = "USER:PASSWORD")]
+    basic_auth: Option<String>,
+    #[command(flatten)]
+    upstream: UpstreamArgs,
     /// Start it when the desktop app starts.
     #[arg(long)]
     start_on_launch: bool,
@@ -234,12 +249,26 @@ fn add_tunnel(a: AddTunnelArgs) -> anyhow::Result<ExitCode> {
     if let Some(bad) = a.allow_ips.iter().find(|s| s.trim().is_empty()) {
         bail!("--allow-ip {bad:?} is empty");
     }
+    let basic_auth = a.basic_auth.filter(|s| !s.is_empty());
+    if let Some(auth) = &basic_auth {
+        if !auth.contains(':') || auth.starts_with(':') {
+            bail!("--basic-auth takes USER:PASSWORD");
+        }
+    }
+    let port = a.target.port;
+    let local = local_target(&a.target, a.local_host, a.upstream)?;
+    if a.tcp && local != LocalTarget::new(local.host.clone(), port) {
+        bail!(
+            "--tcp forwards raw TCP: an https:// target, --upstream-insecure, \
+             --upstream-protocol and --host-header are for HTTP tunnels"
+        );
+    }
     let name = a
         .name
         .filter(|n| !n.trim().is_empty())
         .map(|n| n.trim().to_owned())
         .or_else(|| subdomain.clone())
-        .unwrap_or_else(|| a.port.to_string());
+        .unwrap_or_else(|| port.to_string());
     let mut store = load();
     let server_id = match &a.server {
         Some(s) => find_server(store.fresh(), s)?,
@@ -252,18 +281,44 @@ fn add_tunnel(a: AddTunnelArgs) -> anyhow::Result<ExitCode> {
             _ => bail!("several saved servers: choose one with --server NAME"),
         },
     };
-    let mut t = SavedTunnel::new(new_id(), server_id, a.local_host, a.port);
+    if store.fresh().tunnels.iter().any(|x| x.answers_to(&name)) {
+        bail!("a saved tunnel is already called {name:?}: choose another --name");
+    }
+    let mut t = SavedTunnel::new(new_id(), server_id, local.host.clone(), port);
+    t.set_local_target(&local);
+    if a.tcp {
+        t.kind = Kind::Tcp;
+        t.remote_port = a.remote_port;
+    }
     t.name = Some(name.clone());
     t.subdomain = subdomain;
     t.allow_ips = a.allow_ips;
     t.start_on_launch = a.start_on_launch;
-    store.update(|d| {
+    // The password first: without a keyring to keep it, nothing is saved.
+    if let Some(auth) = &basic_auth {
+        keyring()
+            .and_then(|k| k.set(&basic_auth_key(&t.id), auth))
+            .map_err(|err| {
+                anyhow::anyhow!(
+                    "tunnel {name:?} not saved: the system keyring, where its Basic auth \
+                     password would be kept, is not available ({err})"
+                )
+            })?;
+    }
+    let id = t.id.clone();
+    let saved = store.update(|d| {
         if d.tunnels.iter().any(|x| x.answers_to(&name)) {
             bail!("a saved tunnel is already called {name:?}: choose another --name");
         }
         d.tunnels.push(t);
         Ok(())
-    })??;
+    });
+    if !matches!(saved, Ok(Ok(()))) && basic_auth.is_some() {
+        if let Ok(k) = keyring() {
+            let _ = k.delete(&basic_auth_key(&id));
+        }
+    }
+    saved??;
     eprintln!(
         "ggrok: saved tunnel {}; start it with `ggrok start {}`",
         escape_controls(&name),
@@ -341,7 +396,10 @@ fn listing(data: &Data) -> String {
     for t in &data.tunnels {
         rows.push([
             t.label().to_owned(),
-            format!("{}:{}", t.local_host, t.local_port),
+            match t.kind {
+                Kind::Http => t.local_label(),
+                Kind::Tcp => format!("tcp://{}", t.local_label()),
+            },
             t.subdomain.clone().unwrap_or_else(|| "-".to_owned()),
             server_label(data, &t.server_id),
             t.id.clone(),
@@ -392,6 +450,17 @@ pub struct Planned {
     pub config: TunnelConfig,
     /// `http://host:port`, for the "forwarding" line.
     pub target: String,
+    /// Its id in the file, where the name the server gives it is remembered.
+    pub id: String,
+}
+
+/// Remembers the name (or port) the server gave saved tunnel `id` online at `url`, so that the
+/// next `ggrok start` (or the app) asks for it again.
+pub fn remember_online(id: &str, url: &str, name: &str) -> Result<(), StoreError> {
+    Store::load(Store::configured_path())
+        .0
+        .remember_online(id, url, name)
+        .map(drop)
 }
 
 /// The tunnels `ggrok start` runs, with tokens from `--token` or the keyring.
@@ -458,31 +527,26 @@ pub fn plan(args: StartArgs) -> anyhow::Result<Vec<Planned>> {
         let mut config = TunnelConfig::new(server, t.local_port);
         config.token = override_token.clone().or_else(|| lookup(&t.server_id));
         config.basic_auth = lookup(&basic_auth_key(&t.id));
-        config.subdomain = t.subdomain.clone().or_else(|| t.given_name.clone());
         config.allow_ips = t.allow_ips.clone();
         config.ca_cert = args.ca_cert.clone();
         // Not the app's id: were both to run it, the server would let each replace the other
         // in turn. The server still hands a held name over between them (same token).
         config.client_id = Some(format!("ggrok-cli-{}", t.id));
-        config.local = LocalTarget::new(t.local_host.clone(), t.local_port);
+        config.local = t.local_target().map_err(|e| {
+            anyhow::anyhow!(
+                "tunnel {:?}: its host_header: {e}",
+                escape_controls(t.label())
+            )
+        })?;
+        let ask = t.ask();
+        (config.kind, config.subdomain, config.given) = (ask.kind, ask.subdomain, ask.given);
         let target = match t.kind {
-            Kind::Http => {
-                if t.keep_host {
-                    config.local.host_header = HostHeader::Preserve;
-                }
-                config.local.url()
-            }
-            Kind::Tcp => {
-                // The port asked for, else the one the server gave last time (as the app does).
-                config.kind = TunnelKind::Tcp {
-                    remote_port: t.remote_port.or(t.given_port),
-                };
-                config.subdomain = None;
-                format!("tcp://{}", config.local.authority())
-            }
+            Kind::Http => config.local.url(),
+            Kind::Tcp => format!("tcp://{}", config.local.authority()),
         };
         out.push(Planned {
             label: escape_controls(t.label()).into_owned(),
+            id: t.id.clone(),
             target,
             config,
         });
@@ -508,12 +572,17 @@ mod tests {
         web.subdomain = Some("app".into());
         let mut other = SavedTunnel::new("t2".into(), "local".into(), "127.0.0.1".into(), 8080);
         other.given_name = Some("x\u{1b}[2Jy".into());
-        data.tunnels = vec![web, other];
+        other.upstream.tls = true;
+        let mut ssh = SavedTunnel::new("t3".into(), "s1".into(), "::1".into(), 22);
+        ssh.name = Some("ssh".into());
+        ssh.kind = Kind::Tcp;
+        data.tunnels = vec![web, other, ssh];
         assert_eq!(
             listing(&data),
-            "NAME         LOCAL           SUBDOMAIN  SERVER                         ID\n\
-             web          localhost:3000  app        https://tunnel.example.com     t1\n\
-             x\\u{1b}[2Jy  127.0.0.1:8080  -          local (http://localhost:7070)  t2\n\
+            "NAME         LOCAL                   SUBDOMAIN  SERVER                         ID\n\
+             web          localhost:3000          app        https://tunnel.example.com     t1\n\
+             x\\u{1b}[2Jy  https://127.0.0.1:8080  -          local (http://localhost:7070)  t2\n\
+             ssh          tcp://[::1]:22          -          https://tunnel.example.com     t3\n\
              \n\
              servers:\n  \
              work  https://tunnel.example.com\n  \
