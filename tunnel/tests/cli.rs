@@ -392,6 +392,15 @@ async fn raw_get(addr: std::net::SocketAddr, host: &str, path: &str) -> String {
     out
 }
 
+/// A server with a range of TCP ports.
+async fn tcp_server() -> std::net::SocketAddr {
+    server(ggrok_server::Config {
+        tcp_ports: Some(ggrok_test_support::server::tcp_port_range()),
+        ..ggrok_server::Config::new("localhost")
+    })
+    .await
+}
+
 /// Sends `data`, half-closes and reads until the tunnel closes the connection.
 async fn tcp_exchange(port: u16, data: &[u8]) -> Vec<u8> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -407,11 +416,7 @@ async fn tcp_exchange(port: u16, data: &[u8]) -> Vec<u8> {
 
 #[tokio::test]
 async fn tcp_prints_the_address_then_one_line_per_connection() {
-    let addr = server(ggrok_server::Config {
-        tcp_ports: Some(ggrok_test_support::server::tcp_port_range()),
-        ..ggrok_server::Config::new("localhost")
-    })
-    .await;
+    let addr = tcp_server().await;
     let server_url = format!("http://{addr}");
     let local = ggrok_test_support::origin::tcp_echo().await.to_string();
     let mut child = ggrok(&["tcp", &local, "--server", &server_url])
@@ -703,4 +708,171 @@ fn the_binary_needs_no_shared_library_beyond_the_c_runtime() {
         .any(|lib| name.contains(lib));
         assert!(c_runtime, "the CLI links {name}: {libs}");
     }
+}
+
+/// A call to the inspector's API at `at`: status and JSON body.
+async fn api(
+    at: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let client = reqwest::Client::new();
+    let url = format!("http://{at}{path}");
+    let req = match method {
+        "POST" => client
+            .post(url)
+            .header("content-type", "application/json")
+            .body(body.unwrap_or_default().to_string()),
+        "DELETE" => client.delete(url),
+        _ => client.get(url),
+    };
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let bytes = resp.bytes().await.unwrap();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// ngrok's agent API: `POST /api/tunnels` starts a tunnel on the running ggrok's server (HTTP or
+/// TCP), answered once it is online; `DELETE /api/tunnels/{name}` stops one. Neither ends the
+/// run, which lasts until Ctrl-C even with no tunnel left.
+#[tokio::test]
+async fn the_api_starts_and_stops_tunnels_as_ngroks_agent_does() {
+    use serde_json::json;
+    let addr = tcp_server().await;
+    let port = origin().await.to_string();
+    let server_url = format!("http://{addr}");
+    let mut child = ggrok(&[
+        "http",
+        &port,
+        "--server",
+        &server_url,
+        "--subdomain",
+        "main",
+    ])
+    .spawn()
+    .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap()).lines();
+    let at: std::net::SocketAddr = stderr_line(&mut err, "ggrok: inspector on http://")
+        .await
+        .parse()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+    out.next_line().await.unwrap().unwrap();
+
+    let (status, t) = api(
+        at,
+        "POST",
+        "/api/tunnels",
+        Some(json!({"name": "extra", "addr": port, "proto": "http", "subdomain": "extra", "inspect": true})),
+    )
+    .await;
+    assert_eq!(status, 201, "{t}");
+    let extra_url = format!("http://extra.localhost:{}", addr.port());
+    assert_eq!(t["public_url"], extra_url, "{t}");
+    assert_eq!(t["name"], "extra");
+    assert_eq!(
+        out.next_line().await.unwrap().unwrap(),
+        format!("extra {extra_url}")
+    );
+    assert!(raw_get(addr, "extra.localhost", "/")
+        .await
+        .ends_with("hello"));
+    let line = out.next_line().await.unwrap().unwrap();
+    assert!(
+        line.starts_with("extra ") && line.contains(" GET / 200 "),
+        "{line}"
+    );
+
+    for (body, says) in [
+        (json!({"name": "extra", "addr": port}), "is running"),
+        (
+            json!({"name": "x", "addr": port, "proto": "udp"}),
+            "http or tcp",
+        ),
+        (json!({"name": "x", "addr": "nope"}), "addr"),
+        (json!({"addr": port}), "name"),
+    ] {
+        let (status, e) = api(at, "POST", "/api/tunnels", Some(body.clone())).await;
+        assert_eq!(status, 400, "{body}: {e}");
+        assert!(e["msg"].as_str().unwrap().contains(says), "{body}: {e}");
+    }
+
+    let echo = ggrok_test_support::origin::tcp_echo().await.to_string();
+    let (status, t) = api(
+        at,
+        "POST",
+        "/api/tunnels",
+        Some(json!({"name": "ssh", "addr": echo, "proto": "tcp"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{t}");
+    assert_eq!(t["proto"], "tcp");
+    let public: u16 = t["public_url"]
+        .as_str()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(tcp_exchange(public, b"ping").await, b"ping");
+    let (_, list) = api(at, "GET", "/api/tunnels", None).await;
+    let names: Vec<&str> = list["tunnels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["command_line", "extra", "ssh"]);
+
+    // Stopped, each is gone from the server and the list; the run goes on with none left.
+    for name in ["extra", "command_line", "ssh"] {
+        let (status, _) = api(at, "DELETE", &format!("/api/tunnels/{name}"), None).await;
+        assert_eq!(status, 204, "{name}");
+    }
+    // Whichever ends last, the API's stops do not end the run.
+    let mut stopped = Vec::new();
+    while stopped.len() < 3 {
+        let line = tokio::time::timeout(Duration::from_secs(10), err.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .expect("stderr open");
+        if line.ends_with("stopped") {
+            stopped.push(line);
+        }
+    }
+    stopped.sort();
+    assert_eq!(
+        stopped,
+        [
+            "ggrok: extra: stopped",
+            "ggrok: ssh: stopped",
+            "ggrok: stopped"
+        ]
+    );
+    assert!(raw_get(addr, "extra.localhost", "/")
+        .await
+        .starts_with("HTTP/1.1 404"));
+    let (status, _) = api(at, "DELETE", "/api/tunnels/extra", None).await;
+    assert_eq!(status, 404);
+    let (status, t) = api(
+        at,
+        "POST",
+        "/api/tunnels",
+        Some(json!({"name": "again", "addr": port})),
+    )
+    .await;
+    assert_eq!(status, 201, "{t}");
+    assert!(child.try_wait().unwrap().is_none(), "still running");
+    ggrok_test_support::process::interrupt(child.id().unwrap());
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status}");
 }

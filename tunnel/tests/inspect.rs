@@ -22,6 +22,7 @@ struct Setup {
     tunnel: Tunnel,
     url: String,
     inspector: SocketAddr,
+    agent: inspect::Agent,
 }
 
 async fn setup(name: &str) -> Setup {
@@ -34,9 +35,10 @@ async fn setup(name: &str) -> Setup {
         name: CLI_TUNNEL_NAME.to_owned(),
         handle: tunnel.handle(),
     }];
+    let agent = inspect::Agent::new(tunnels);
     tokio::spawn(inspect::serve(
         listener,
-        tunnels,
+        agent.clone(),
         std::future::pending::<()>(),
     ));
     Setup {
@@ -45,6 +47,7 @@ async fn setup(name: &str) -> Setup {
         tunnel,
         url,
         inspector,
+        agent,
     }
 }
 
@@ -447,4 +450,33 @@ async fn websocket_frames_are_listed_capped() {
     assert_eq!(one["ggrok"]["frames"].as_array().unwrap().len(), cap);
     // 4 frames before, 2 per round trip since.
     assert_eq!(one["ggrok"]["framesDropped"], (4 + 2 * cap - cap) as u64);
+}
+
+/// A live page's event stream ends when a tunnel is added or removed (the API started or
+/// stopped one); the page reconnects within the `retry` it was given and loads the lists again.
+#[tokio::test]
+async fn live_pages_reload_when_the_tunnels_change() {
+    let s = setup("events").await;
+    let mut resp = visitor().get(s.api("/api/events")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut got = resp
+        .chunk()
+        .await
+        .unwrap()
+        .expect("the stream starts")
+        .to_vec();
+    s.agent.add(Inspected {
+        name: "more".to_owned(),
+        handle: s.tunnel.handle(),
+    });
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(chunk) = resp.chunk().await.unwrap() {
+            got.extend_from_slice(&chunk);
+        }
+    })
+    .await
+    .expect("the stream ends");
+    let got = String::from_utf8(got).unwrap();
+    assert!(got.starts_with("retry: 500\n\n"), "{got}");
+    assert!(got.contains(r#""type":"status""#), "{got}");
 }

@@ -477,12 +477,7 @@ async fn a_name_the_server_gave_is_asked_for_again_next_time() {
     };
     // Stopped as Ctrl-C stops it: the server lets the name go at once.
     let interrupt = |child: &tokio::process::Child| {
-        let pid = child.id().unwrap().to_string();
-        assert!(std::process::Command::new("kill")
-            .args(["-INT", &pid])
-            .status()
-            .unwrap()
-            .success());
+        ggrok_test_support::process::interrupt(child.id().unwrap());
     };
 
     let (mut child, first) = start().await;

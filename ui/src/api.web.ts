@@ -52,6 +52,7 @@ async function request<T>(path: string, init?: RequestInit): Promise<T> {
 interface ApiTunnel {
   name: string;
   public_url: string;
+  proto: string;
   config: { addr: string };
   ggrok: { status: Status; requests: number; localHost: string; localPort: number };
 }
@@ -77,7 +78,7 @@ export async function listTunnels(): Promise<TunnelView[]> {
     serverId: "",
     serverName: "",
     subdomain: null,
-    kind: "http",
+    kind: t.proto === "tcp" ? "tcp" : "http",
     remotePort: null,
     givenPort: null,
     connections: 0,

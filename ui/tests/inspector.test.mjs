@@ -196,3 +196,40 @@ test("the page is served with a CSP", async () => {
   assert.match(resp.headers.get("content-security-policy"), /script-src 'self'/);
   assert.equal(resp.headers.get("x-frame-options"), "DENY");
 });
+
+test("a tunnel the API starts shows up in an open page, with a picker of tunnels", async () => {
+  const { page, errors } = await openPage();
+  await page.waitForSelector(tid("tunnel-url"));
+  assert.equal(await page.isVisible(tid("tunnel-select")), false, "one tunnel: no picker");
+  const resp = await fetch(`${inspector}/api/tunnels`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ name: "second", addr: String(origin.address().port), proto: "http", subdomain: "second" }),
+  });
+  assert.equal(resp.status, 201);
+  assert.match((await resp.json()).public_url, /^http:\/\/second\.localhost:/);
+  // The live stream ends on the change; the page reconnects and lists both.
+  await page.waitForSelector(tid("tunnel-select"), { state: "visible" });
+  assert.deepEqual(await page.locator(`${tid("tunnel-select")} option`).allTextContents(), ["command_line", "second"]);
+  await page.selectOption(tid("tunnel-select"), "second");
+  await page.waitForFunction(() => document.querySelector('[data-testid="tunnel-url"]')?.textContent?.startsWith("http://second."));
+  const status = await new Promise((resolve, reject) => {
+    const req = request(
+      { host: "127.0.0.1", port: serverPort, path: "/from-second", headers: { host: `second.localhost:${serverPort}` } },
+      (res) => {
+        res.resume();
+        res.on("end", () => resolve(res.statusCode));
+      },
+    );
+    req.on("error", reject);
+    req.end();
+  });
+  assert.equal(status, 200);
+  await page.waitForFunction(() => [...document.querySelectorAll('[data-testid="traffic-row"]')].some((r) => r.textContent.includes("/from-second")));
+
+  assert.equal((await fetch(`${inspector}/api/tunnels/second`, { method: "DELETE" })).status, 204);
+  await page.waitForSelector(tid("tunnel-select"), { state: "hidden" });
+  assert.match(await page.textContent(tid("tunnel-url")), /^http:\/\/web\.localhost:/);
+  assert.deepEqual(errors, []);
+  await page.close();
+});

@@ -18,13 +18,13 @@ use http_body::Frame;
 use http_body_util::{BodyExt, Limited};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use tokio::sync::{broadcast::error::RecvError, mpsc};
+use tokio::sync::{broadcast::error::RecvError, mpsc, oneshot};
 
 use super::{
     assets, export,
     guard::{self, Refusal},
     view::{Detail, Summary},
-    Inspected,
+    Agent, Control, Inspected, StartError, TunnelRequest,
 };
 use crate::{
     client::Status,
@@ -46,7 +46,7 @@ const PAGE_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self';
 
 /// The inspector's state: the tunnels it shows and its own port (for the `Host` check).
 pub struct App {
-    tunnels: Vec<Inspected>,
+    agent: Agent,
     port: u16,
 }
 
@@ -182,8 +182,11 @@ impl ListQuery {
     }
 }
 
-/// A live page's event body: one Server-Sent Event per message.
-struct EventBody(mpsc::Receiver<Bytes>);
+/// A live page's event body: one Server-Sent Event per message, until `ended`.
+struct EventBody {
+    rx: mpsc::Receiver<Bytes>,
+    ended: Pin<Box<dyn std::future::Future<Output = ()> + Send + Sync>>,
+}
 
 impl http_body::Body for EventBody {
     type Data = Bytes;
@@ -193,7 +196,10 @@ impl http_body::Body for EventBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        self.0.poll_recv(cx).map(|m| m.map(|b| Ok(Frame::data(b))))
+        if self.ended.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(None);
+        }
+        self.rx.poll_recv(cx).map(|m| m.map(|b| Ok(Frame::data(b))))
     }
 }
 
@@ -222,9 +228,9 @@ fn header_map(h: &Headers) -> BTreeMap<String, Vec<String>> {
 }
 
 impl App {
-    /// The inspector of `tunnels`, listening on `port`.
-    pub fn new(tunnels: Vec<Inspected>, port: u16) -> Self {
-        Self { tunnels, port }
+    /// The inspector of `agent`'s tunnels, listening on `port`.
+    pub fn new(agent: Agent, port: u16) -> Self {
+        Self { agent, port }
     }
 
     /// Answers one request.
@@ -247,25 +253,27 @@ impl App {
                 &json!({ "uri": "/api", "tunnels": "/api/tunnels", "requests": "/api/requests/http" }),
             )),
             (Method::GET, ["api", "tunnels"]) => {
-                let tunnels: Vec<Value> = self.tunnels.iter().map(tunnel_json).collect();
+                let tunnels: Vec<Value> = self.agent.tunnels().iter().map(tunnel_json).collect();
                 Ok(json_response(
                     StatusCode::OK,
                     &json!({ "tunnels": tunnels, "uri": "/api/tunnels" }),
                 ))
             }
+            (Method::POST, ["api", "tunnels"]) => self.start(req).await,
             (Method::GET, ["api", "tunnels", name]) => {
                 let t = self.tunnel(Some(name))?;
-                Ok(json_response(StatusCode::OK, &tunnel_json(t)))
+                Ok(json_response(StatusCode::OK, &tunnel_json(&t)))
             }
+            (Method::DELETE, ["api", "tunnels", name]) => self.stop(name).await,
             (Method::GET, ["api", "requests", "http"]) => self.list(query.as_deref()),
             (Method::GET, ["api", "requests", "http", id]) => {
                 let (t, e) = self.exchange(id, None)?;
-                Ok(json_response(StatusCode::OK, &request_json(t, &e, true)))
+                Ok(json_response(StatusCode::OK, &request_json(&t, &e, true)))
             }
             (Method::POST, ["api", "requests", "http"]) => self.replay(req).await,
             (Method::DELETE, ["api", "requests", "http"]) => {
                 let name = ListQuery::parse(query.as_deref())?.tunnel_name;
-                for t in &self.tunnels {
+                for t in &self.agent.tunnels() {
                     if name.as_deref().is_none_or(|n| n == t.name) {
                         t.handle.traffic().clear();
                     }
@@ -288,18 +296,64 @@ impl App {
         }
     }
 
-    fn tunnel(&self, name: Option<&str>) -> Result<&Inspected, ApiError> {
+    fn tunnel(&self, name: Option<&str>) -> Result<Inspected, ApiError> {
+        let tunnels = self.agent.tunnels();
         match name {
-            Some(name) => self
-                .tunnels
-                .iter()
+            Some(name) => tunnels
+                .into_iter()
                 .find(|t| t.name == name)
                 .ok_or_else(|| ApiError::not_found(format!("tunnel {name}"))),
-            None => self
-                .tunnels
-                .first()
+            None => tunnels
+                .into_iter()
+                .next()
                 .ok_or_else(|| ApiError::not_found("tunnel")),
         }
+    }
+
+    /// `POST /api/tunnels`: asks the program that runs the tunnels for one more.
+    async fn start(&self, req: Request<hyper::body::Incoming>) -> Result<Response<Body>, ApiError> {
+        let control = self.control()?;
+        let input: TunnelRequest = json_body(req, "a tunnel").await?;
+        let (tx, rx) = oneshot::channel();
+        control
+            .send(Control::Start(input, tx))
+            .await
+            .map_err(|_| stopping())?;
+        match rx.await.map_err(|_| stopping())? {
+            Ok(t) => Ok(json_response(StatusCode::CREATED, &tunnel_json(&t))),
+            Err(e @ StartError::Invalid(_)) => {
+                Err(ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))
+            }
+            Err(e @ StartError::Refused(_)) => {
+                Err(ApiError::new(StatusCode::BAD_GATEWAY, e.to_string()))
+            }
+        }
+    }
+
+    /// `DELETE /api/tunnels/{name}`: asks for the tunnel to be stopped.
+    async fn stop(&self, name: &str) -> Result<Response<Body>, ApiError> {
+        let control = self.control()?;
+        let (tx, rx) = oneshot::channel();
+        control
+            .send(Control::Stop(name.to_owned(), tx))
+            .await
+            .map_err(|_| stopping())?;
+        if !rx.await.map_err(|_| stopping())? {
+            return Err(ApiError::not_found(format!("tunnel {name}")));
+        }
+        Ok(Response::builder()
+            .status(StatusCode::NO_CONTENT)
+            .body(http_util::empty())
+            .expect("static response"))
+    }
+
+    fn control(&self) -> Result<&mpsc::Sender<Control>, ApiError> {
+        self.agent.control.as_ref().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "this inspector does not start or stop tunnels",
+            )
+        })
     }
 
     /// The exchange `id` (ids are unique across the tunnels), and its tunnel.
@@ -307,12 +361,13 @@ impl App {
         &self,
         id: &str,
         tunnel_name: Option<&str>,
-    ) -> Result<(&Inspected, Arc<Exchange>), ApiError> {
+    ) -> Result<(Inspected, Arc<Exchange>), ApiError> {
         let n: u64 = id
             .parse()
             .map_err(|_| ApiError::not_found(format!("request {id}")))?;
-        self.tunnels
-            .iter()
+        self.agent
+            .tunnels()
+            .into_iter()
             .filter(|t| tunnel_name.is_none_or(|name| name == t.name))
             .find_map(|t| t.handle.traffic().get(n).map(|e| (t, e)))
             .ok_or_else(|| ApiError::not_found(format!("request {id}")))
@@ -324,8 +379,8 @@ impl App {
             self.tunnel(Some(name))?;
         }
         // Newest first across the tunnels, as ngrok lists them.
-        let mut rows: Vec<(&Inspected, Arc<Exchange>)> = self
-            .tunnels
+        let tunnels = self.agent.tunnels();
+        let mut rows: Vec<(&Inspected, Arc<Exchange>)> = tunnels
             .iter()
             .filter(|t| q.tunnel_name.as_deref().is_none_or(|n| n == t.name))
             .flat_map(|t| t.handle.traffic().recent().into_iter().map(move |e| (t, e)))
@@ -358,32 +413,19 @@ impl App {
         &self,
         req: Request<hyper::body::Incoming>,
     ) -> Result<Response<Body>, ApiError> {
-        let body = Limited::new(req.into_body(), MAX_BODY)
-            .collect()
-            .await
-            .map_err(|e| {
-                ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("the request body could not be read: {e}"),
-                )
-            })?
-            .to_bytes();
-        let input: ReplayInput = serde_json::from_slice(&body).map_err(|e| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                format!("not a replay request: {e}"),
-            )
-        })?;
+        let input: ReplayInput = json_body(req, "a replay request").await?;
         let (t, e) = self.exchange(&input.id, input.tunnel_name.as_deref())?;
         let new = t.handle.replay(e.id, input.edits).await?;
-        Ok(json_response(StatusCode::OK, &request_json(t, &new, true)))
+        Ok(json_response(StatusCode::OK, &request_json(&t, &new, true)))
     }
 
     /// Live rows and statuses of every tunnel, as Server-Sent Events in the shape the desktop
     /// app's events have (`{type: "traffic" | "status", tunnelId, ...}`).
     fn events(&self) -> Response<Body> {
         let (tx, rx) = mpsc::channel(EVENT_QUEUE);
-        for t in &self.tunnels {
+        // How soon the page reconnects when the stream ends.
+        let _ = tx.try_send(Bytes::from_static(b"retry: 500\n\n"));
+        for t in &self.agent.tunnels() {
             let (tx, name) = (tx.clone(), t.name.clone());
             let mut traffic = t.handle.traffic().subscribe();
             let mut status = t.handle.watch_status();
@@ -419,7 +461,14 @@ impl App {
                 }
             });
         }
-        let mut resp = Response::new(EventBody(rx).boxed());
+        // The set of tunnels changed: the stream ends, and the page reconnects within the
+        // `retry` it was given and loads the lists again.
+        let mut changes = self.agent.changes();
+        changes.mark_unchanged();
+        let ended = Box::pin(async move {
+            let _ = changes.changed().await;
+        });
+        let mut resp = Response::new(EventBody { rx, ended }.boxed());
         let h = resp.headers_mut();
         h.insert(
             header::CONTENT_TYPE,
@@ -460,6 +509,30 @@ impl App {
     }
 }
 
+/// The JSON body of `req`, `what` it should be (for the error).
+async fn json_body<T: serde::de::DeserializeOwned>(
+    req: Request<hyper::body::Incoming>,
+    what: &str,
+) -> Result<T, ApiError> {
+    let body = Limited::new(req.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the request body could not be read: {e}"),
+            )
+        })?
+        .to_bytes();
+    serde_json::from_slice(&body)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("not {what}: {e}")))
+}
+
+/// The program that runs the tunnels is ending.
+fn stopping() -> ApiError {
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "ggrok is stopping")
+}
+
 /// `http://localhost:3000`: where the tunnel's requests go, the base of curl and HAR URLs.
 fn local_base(t: &Inspected) -> String {
     format!("http://{}", t.handle.local().authority())
@@ -473,12 +546,23 @@ fn tunnel_json(t: &Inspected) -> Value {
         _ => String::new(),
     };
     let proto = public_url.split("://").next().unwrap_or("http").to_owned();
+    let proto = if proto.is_empty() {
+        "http".to_owned()
+    } else {
+        proto
+    };
+    // ngrok's `addr`: a URL for HTTP, `host:port` for TCP.
+    let addr = if proto == "tcp" {
+        t.handle.local().authority()
+    } else {
+        local_base(t)
+    };
     json!({
         "name": t.name,
         "uri": format!("/api/tunnels/{}", t.name),
         "public_url": public_url,
-        "proto": if proto.is_empty() { "http".to_owned() } else { proto },
-        "config": { "addr": local_base(t), "inspect": true },
+        "proto": proto,
+        "config": { "addr": addr, "inspect": proto != "tcp" },
         "ggrok": {
             "status": status,
             "requests": t.handle.traffic().recent().len(),

@@ -70,3 +70,12 @@ pub fn proc_status_kb(pid: &str, key: &str) -> u64 {
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"))
 }
+
+/// Sends SIGINT to process `pid`, as Ctrl-C in its terminal would.
+pub fn interrupt(pid: u32) {
+    let sent = std::process::Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success(), "kill -INT {pid}: {sent}");
+}

@@ -3,24 +3,32 @@
 //! live screen of [`screen`](crate::screen) when it is a terminal.
 
 use std::{
-    cell::RefCell, convert::Infallible, io::IsTerminal, net::SocketAddr, process::ExitCode, rc::Rc,
+    cell::RefCell, collections::HashMap, convert::Infallible, io::IsTerminal, net::SocketAddr,
+    process::ExitCode, rc::Rc,
 };
 
 use anyhow::Context as _;
+use futures_util::{
+    future::LocalBoxFuture, stream::FuturesUnordered, FutureExt as _, StreamExt as _,
+};
 use ggrok_tunnel::{
-    inspect, terminal::escape_controls, traffic::Traffic, Connection, Exchange, Status, Tunnel,
-    TunnelConfig, TunnelKind,
+    inspect, terminal::escape_controls, traffic::Traffic, Connection, Exchange, LocalTarget,
+    Secret, Status, Tunnel, TunnelConfig, TunnelKind,
 };
 use tokio::sync::{
     broadcast::{self, error::RecvError},
-    watch,
+    mpsc, oneshot, watch,
 };
+use tokio_util::sync::CancellationToken;
 
 use crate::{
     printer::{self, Printer, Stream},
     screen::{self, DisplayArgs, Live, Row},
+    upstream_args::parse_target,
 };
 
+/// How long `POST /api/tunnels` waits for the new tunnel to come online before answering.
+const API_START_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 /// How long the end of a run waits for stdout, then stderr, to take the last lines.
 const LAST_LINES_WITHIN: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -38,19 +46,22 @@ pub struct Run {
 
 /// Runs `runs` side by side until Ctrl-C or until each is refused; failure if any was. With
 /// `inspect`, one inspector for all of them listens from that port on (bound at once, announced
-/// once the first tunnel is online).
+/// once the first tunnel is online), and its API can start more (`POST /api/tunnels`, on the
+/// first tunnel's server with its token) and stop any: those end without ending the run.
 pub async fn run_all(
     mut runs: Vec<Run>,
     display: DisplayArgs,
     inspect: Option<u16>,
 ) -> anyhow::Result<ExitCode> {
+    let Some(first) = runs.first() else {
+        anyhow::bail!("no tunnel to run");
+    };
     // One id counter for all: the inspector lists their requests together.
-    if let Some(first) = runs.first() {
-        let ids = Traffic::new(first.config.ring_size, first.config.capture_limit);
-        for run in &mut runs {
-            let c = &mut run.config;
-            c.traffic = Some(ids.sharing_ids(c.ring_size, c.capture_limit));
-        }
+    let ids = Traffic::new(first.config.ring_size, first.config.capture_limit);
+    let template = first.config.clone();
+    for run in &mut runs {
+        let c = &mut run.config;
+        c.traffic = Some(ids.sharing_ids(c.ring_size, c.capture_limit));
     }
     let tunnels = runs
         .into_iter()
@@ -59,81 +70,148 @@ pub async fn run_all(
             Ok((run, tunnel))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let inspected: Vec<_> = tunnels
-        .iter()
-        .filter(|(run, _)| matches!(run.config.kind, TunnelKind::Http))
-        .map(|(run, tunnel)| inspect::Inspected {
-            name: run
-                .label
-                .clone()
-                .unwrap_or_else(|| inspect::CLI_TUNNEL_NAME.to_owned()),
-            handle: tunnel.handle(),
-        })
-        .collect();
-    // TCP tunnels have nothing to inspect.
-    let inspector = match inspect.filter(|_| !inspected.is_empty()) {
-        Some(port) => {
-            let addr = inspect::spawn(port, inspected)
+    let (control, controls) = mpsc::channel(8);
+    let agent = inspect::Agent::new(
+        tunnels
+            .iter()
+            .map(|(run, tunnel)| inspect::Inspected {
+                name: api_name(run),
+                handle: tunnel.handle(),
+            })
+            .collect(),
+    )
+    .with_control(control);
+    let inspector = match inspect {
+        Some(port) => Some(
+            inspect::spawn(port, agent.clone())
                 .await
-                .context("cannot start the inspector (--inspect=false runs without it)")?;
-            Some(addr)
-        }
+                .context("cannot start the inspector (--inspect=false runs without it)")?,
+        ),
         None => None,
     };
-    let runs = tunnels;
-    let live = std::io::stdout().is_terminal().then(|| {
-        let rows = runs
-            .iter()
-            .map(|(r, _)| {
-                let tcp = matches!(r.config.kind, TunnelKind::Tcp { .. });
-                Row::new(r.label.clone(), r.target.clone(), tcp)
-            })
-            .collect();
-        Rc::new(RefCell::new(Live::new(rows, display.qr)))
-    });
+    // Its rows are added as the tunnels start.
+    let live = std::io::stdout()
+        .is_terminal()
+        .then(|| Rc::new(RefCell::new(Live::new(Vec::new(), display.qr))));
     // Stdout and stderr (the log too) through threads of their own: lines or the screen.
     let (stdout, stderr) = (
         Printer::start(Stream::Stdout),
         Printer::start(Stream::Stderr),
     );
     printer::log_to(Some(stderr.clone()));
-    let serves = runs.into_iter().enumerate().map(|(i, (run, tunnel))| {
-        let out = match &live {
-            Some(live) => Output::Live {
-                live: live.clone(),
-                i,
-            },
-            None => Output::lines(
-                run.label.as_deref(),
-                display.qr,
-                stdout.clone(),
-                stderr.clone(),
-            ),
-        };
-        serve(run, tunnel, out, inspector.filter(|_| i == 0))
-    });
-    let all = futures_util::future::join_all(serves);
-    let results = match &live {
-        Some(live) => {
-            let alt = screen::AltScreen::enter(stdout.clone());
-            let results = tokio::select! {
-                r = all => r,
-                never = redraw(live, &stdout) => match never {},
-            };
-            drop(alt);
-            // What the screen said last about tunnels that ended (refused), now that it is gone.
-            for row in &live.borrow().rows {
-                if row.status != "online" && row.status != "connecting" {
-                    match &row.label {
-                        Some(l) => stderr.print(&format!("ggrok: {l}: {}\n", row.status)),
-                        None => stderr.print(&format!("ggrok: {}\n", row.status)),
-                    }
+    let runner = Runner {
+        live: live.clone(),
+        qr: display.qr,
+        stdout: stdout.clone(),
+        stderr: stderr.clone(),
+        quit: CancellationToken::new(),
+    };
+    // What the run waits for, in one set: a request wakes only its tunnel's future.
+    let mut events: FuturesUnordered<LocalBoxFuture<'_, Event>> = FuturesUnordered::new();
+    let mut running = 0;
+    let mut stops = HashMap::new();
+    for (i, (run, tunnel)) in tunnels.into_iter().enumerate() {
+        let announce = inspector.filter(|_| i == 0);
+        let served = runner.serve(run, tunnel, false, announce, &mut stops);
+        events.push(served.map(Event::Ended).boxed_local());
+        running += 1;
+    }
+    events.push(next_control(controls).boxed_local());
+    events.push(
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+            Event::Quit
+        }
+        .boxed_local(),
+    );
+    let alt = live
+        .as_ref()
+        .map(|_| screen::AltScreen::enter(stdout.clone()));
+    if let Some(live) = &live {
+        let stdout = &stdout;
+        events.push(
+            async move {
+                let never = redraw(live, stdout).await;
+                match never {}
+            }
+            .boxed_local(),
+        );
+    }
+    let mut results = Vec::new();
+    while let Some(event) = events.next().await {
+        match event {
+            Event::Ended((name, from_api, result)) => {
+                running -= 1;
+                let stopped_by_api = stops
+                    .remove(&name)
+                    .is_some_and(|stop| stop.is_cancelled() && !runner.quit.is_cancelled());
+                agent.remove(&name);
+                // A tunnel the API started ends without failing the run; one the API started
+                // or stopped, without ending it.
+                if !from_api {
+                    results.push(result);
+                }
+                if running == 0 && (runner.quit.is_cancelled() || !(from_api || stopped_by_api)) {
+                    break;
                 }
             }
-            results
+            Event::Control(control, rx) => {
+                match control {
+                    Some(inspect::Control::Start(request, reply)) => {
+                        let started = api_run(request, &template, &ids, &stops).and_then(|run| {
+                            let tunnel =
+                                Tunnel::start(run.config.clone()).map_err(|e| e.to_string())?;
+                            Ok((run, tunnel))
+                        });
+                        match started {
+                            Ok((run, tunnel)) => {
+                                let shown = inspect::Inspected {
+                                    name: api_name(&run),
+                                    handle: tunnel.handle(),
+                                };
+                                agent.add(shown.clone());
+                                tokio::spawn(answer_once_online(shown, reply));
+                                let served = runner.serve(run, tunnel, true, None, &mut stops);
+                                events.push(served.map(Event::Ended).boxed_local());
+                                running += 1;
+                            }
+                            Err(e) => {
+                                let _ = reply.send(Err(inspect::StartError::Invalid(e)));
+                            }
+                        }
+                    }
+                    Some(inspect::Control::Stop(name, reply)) => {
+                        let stop = stops.get(&name);
+                        if let Some(stop) = stop {
+                            stop.cancel();
+                        }
+                        let _ = reply.send(stop.is_some());
+                    }
+                    // The agent, which holds the sender, lives as long as this run.
+                    None => continue,
+                }
+                events.push(next_control(rx).boxed_local());
+            }
+            Event::Quit => {
+                runner.quit.cancel();
+                if running == 0 {
+                    break;
+                }
+            }
         }
-        None => all.await,
-    };
+    }
+    if let (Some(alt), Some(live)) = (alt, &live) {
+        drop(alt);
+        // What the screen said last about tunnels that ended (refused), now that it is gone.
+        for row in &live.borrow().rows {
+            if row.status != "online" && row.status != "connecting" {
+                match &row.label {
+                    Some(l) => stderr.print(&format!("ggrok: {l}: {}\n", row.status)),
+                    None => stderr.print(&format!("ggrok: {}\n", row.status)),
+                }
+            }
+        }
+    }
     printer::log_to(None);
     stdout.finish(LAST_LINES_WITHIN);
     stderr.finish(LAST_LINES_WITHIN);
@@ -149,6 +227,185 @@ pub async fn run_all(
         }
     }
     Ok(code)
+}
+
+/// What a run waits for.
+enum Event {
+    /// A tunnel ended.
+    Ended(Served),
+    /// The inspector's API asked for a change (`None`: it is gone); the receiver of the next.
+    Control(Option<inspect::Control>, mpsc::Receiver<inspect::Control>),
+    /// Ctrl-C.
+    Quit,
+}
+
+/// The API's next call.
+async fn next_control(mut rx: mpsc::Receiver<inspect::Control>) -> Event {
+    let control = rx.recv().await;
+    Event::Control(control, rx)
+}
+
+/// A tunnel's name in the inspector's API: its label, or ngrok's name for the one tunnel of
+/// the command line.
+fn api_name(run: &Run) -> String {
+    run.label
+        .clone()
+        .unwrap_or_else(|| inspect::CLI_TUNNEL_NAME.to_owned())
+}
+
+/// What a running tunnel's output and end need.
+struct Runner {
+    live: Option<Rc<RefCell<Live>>>,
+    qr: bool,
+    stdout: Printer,
+    stderr: Printer,
+    /// Ctrl-C: every tunnel stops.
+    quit: CancellationToken,
+}
+
+/// A running tunnel's end: its API name, whether the API started it, and how it ended.
+type Served = (String, bool, anyhow::Result<ExitCode>);
+
+impl Runner {
+    /// Runs `run` until Ctrl-C, a final refusal or its stop, which it puts in `stops`. On the
+    /// live screen it gets a row of its own, or the row of the tunnel the API last ran under
+    /// its name.
+    fn serve(
+        &self,
+        run: Run,
+        tunnel: Tunnel,
+        from_api: bool,
+        inspector: Option<SocketAddr>,
+        stops: &mut HashMap<String, CancellationToken>,
+    ) -> LocalBoxFuture<'static, Served> {
+        let name = api_name(&run);
+        let out = match &self.live {
+            Some(live) => {
+                let mut screen = live.borrow_mut();
+                let i = match screen
+                    .rows
+                    .iter()
+                    .position(|r| r.label == run.label && from_api)
+                {
+                    // A name the API used before, on its row again.
+                    Some(i) => i,
+                    None => {
+                        let tcp = matches!(run.config.kind, TunnelKind::Tcp { .. });
+                        screen
+                            .rows
+                            .push(Row::new(run.label.clone(), run.target.clone(), tcp));
+                        screen.rows.len() - 1
+                    }
+                };
+                screen.dirty = true;
+                Output::Live {
+                    live: live.clone(),
+                    i,
+                }
+            }
+            None => Output::lines(
+                run.label.as_deref(),
+                self.qr,
+                self.stdout.clone(),
+                self.stderr.clone(),
+            ),
+        };
+        let stop = self.quit.child_token();
+        stops.insert(name.clone(), stop.clone());
+        let quit = self.quit.clone();
+        Box::pin(async move {
+            let result = serve(run, tunnel, out, inspector, stop, quit).await;
+            (name, from_api, result)
+        })
+    }
+}
+
+/// Answers `POST /api/tunnels` once `tunnel` is online, refused, or still connecting after a
+/// while (then without its URL yet, as `GET /api/tunnels` would show it).
+async fn answer_once_online(
+    tunnel: inspect::Inspected,
+    reply: oneshot::Sender<Result<inspect::Inspected, inspect::StartError>>,
+) {
+    let mut status = tunnel.handle.watch_status();
+    let settled = status.wait_for(|s| matches!(s, Status::Online { .. } | Status::Failed { .. }));
+    let answer = match tokio::time::timeout(API_START_WAIT, settled).await {
+        Ok(Ok(s)) => match &*s {
+            Status::Failed { message, .. } => Err(inspect::StartError::Refused(format!(
+                "the server refused the tunnel: {message}"
+            ))),
+            _ => Ok(()),
+        },
+        _ => Ok(()),
+    };
+    let _ = reply.send(answer.map(|()| tunnel));
+}
+
+/// A tunnel `POST /api/tunnels` asks for, on `template`'s server with its token and limits.
+fn api_run(
+    req: inspect::TunnelRequest,
+    template: &TunnelConfig,
+    ids: &Traffic,
+    running: &HashMap<String, CancellationToken>,
+) -> Result<Run, String> {
+    let name = req.name.trim().to_owned();
+    if name.is_empty() {
+        return Err("a tunnel needs a name".to_owned());
+    }
+    if running.contains_key(&name) {
+        return Err(format!("a tunnel named {name:?} is running"));
+    }
+    let target = parse_target(&req.addr).map_err(|e| format!("addr: {e}"))?;
+    let mut config = TunnelConfig::new(template.server.clone(), target.port);
+    config.token = template.token.clone();
+    config.ca_cert = template.ca_cert.clone();
+    config.heartbeat = template.heartbeat;
+    config.ring_size = template.ring_size;
+    config.capture_limit = template.capture_limit;
+    config.traffic = Some(ids.sharing_ids(config.ring_size, config.capture_limit));
+    config.local = LocalTarget::new(target.host.as_deref().unwrap_or("localhost"), target.port);
+    let http_only = |what: &str| format!("{what} is for HTTP tunnels");
+    let target = match req.proto.as_str() {
+        "http" | "https" => {
+            config.local.upstream.tls = target.tls;
+            if let Some(h) = &req.host_header {
+                config.local.host_header = h.parse().map_err(|e| format!("host_header: {e}"))?;
+            }
+            config.subdomain = req.subdomain.filter(|s| !s.is_empty());
+            config.basic_auth = match req.basic_auth.as_slice() {
+                [] => None,
+                [one] => Some(Secret::new(one.clone())),
+                _ => return Err("basic_auth: ggrok takes one user:password".to_owned()),
+            };
+            config.local.url()
+        }
+        "tcp" => {
+            if target.tls {
+                return Err(http_only("an https:// addr"));
+            }
+            if req.host_header.is_some() || req.subdomain.is_some() || !req.basic_auth.is_empty() {
+                return Err(http_only("host_header, subdomain and basic_auth"));
+            }
+            let remote_port = match &req.remote_addr {
+                Some(a) => Some(
+                    a.rsplit(':')
+                        .next()
+                        .and_then(|p| p.parse::<u16>().ok())
+                        .filter(|p| *p != 0)
+                        .ok_or_else(|| format!("remote_addr {a:?}: host:port or a port"))?,
+                ),
+                None => None,
+            };
+            config.kind = TunnelKind::Tcp { remote_port };
+            format!("tcp://{}", config.local.authority())
+        }
+        other => return Err(format!("proto {other:?}: http or tcp")),
+    };
+    Ok(Run {
+        config,
+        target,
+        label: Some(name),
+        saved_id: None,
+    })
 }
 
 /// Draws the live screen when something changed, and every second for the rates.
@@ -268,12 +525,15 @@ fn count_connection(row: &mut Row, c: &Connection, second: u64) {
     }
 }
 
-/// Runs one tunnel until Ctrl-C or a final refusal; announces `inspector` once it is online.
+/// Runs one tunnel until `stop` (Ctrl-C is `quit`, which stops all) or a final refusal;
+/// announces `inspector` once it is online.
 async fn serve(
     run: Run,
     tunnel: Tunnel,
     out: Output,
     mut inspector: Option<SocketAddr>,
+    stop: CancellationToken,
+    quit: CancellationToken,
 ) -> anyhow::Result<ExitCode> {
     let target = &run.target;
     let mut traffic = tunnel.traffic().subscribe();
@@ -281,13 +541,16 @@ async fn serve(
     // Requests wake this loop; the rarer events are waited for by futures that live across its
     // turns, so that a turn does not register and drop a waiter for each of them (the Ctrl-C
     // listener allocated one) every time a request ends.
-    let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());
+    let mut stopped = std::pin::pin!(stop.cancelled());
     let mut status = next_change(tunnel.status());
     let mut connections = next_event(tunnel.connections().subscribe());
     loop {
         tokio::select! {
-            _ = &mut ctrl_c => {
+            _ = &mut stopped => {
                 tunnel.stop().await;
+                if !quit.is_cancelled() {
+                    out.status("stopped".to_owned());
+                }
                 return Ok(ExitCode::SUCCESS);
             }
             (mut rx, changed) = &mut status => {
