@@ -94,10 +94,25 @@ pub fn forward_events<R: Runtime>(app: &AppHandle<R>, state: Arc<AppState>) {
     let app = app.clone();
     tauri::async_runtime::spawn(async move {
         let mut shown = None;
+        let mut online_as = std::collections::HashMap::new();
         loop {
             tokio::select! {
                 ev = events.recv() => match ev {
-                    Ok(ev) => { let _ = app.emit(EVENT_TUNNEL, &ev); }
+                    Ok(ev) => {
+                        // Status events come with request counts too: the file is looked at
+                        // only when a tunnel comes online under a name not seen yet.
+                        if let tunnels::Event::Status { tunnel_id, state: s } = &ev {
+                            if let ggrok_tunnel::Status::Online { url, name } = &s.status {
+                                if online_as.get(tunnel_id) != Some(url) {
+                                    online_as.insert(tunnel_id.clone(), url.clone());
+                                    if let Err(err) = state.remember_online(tunnel_id, url, name) {
+                                        warn!(%err, "could not remember the tunnel's name");
+                                    }
+                                }
+                            }
+                        }
+                        let _ = app.emit(EVENT_TUNNEL, &ev);
+                    }
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                         // Missed some: have the window re-read everything.
                         let _ = app.emit(EVENT_CHANGED, ());

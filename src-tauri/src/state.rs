@@ -489,20 +489,28 @@ impl AppState {
         // Ok or failed, the view shows it; a slow server keeps "connecting" and events follow.
         let _ = tokio::time::timeout(ONLINE_WAIT, self.manager.online(&t.id)).await;
         let view = self.tunnel(&t.id)?;
-        // The name (or port) the server gave is asked for again next time. The engine itself
-        // takes another when the one remembered has gone to someone else.
         if let Status::Online { url, name } = &view.status {
-            let remembered = self
-                .store
-                .lock()
-                .expect("store lock")
-                .remember_online(&t.id, url, name)?;
-            if remembered {
-                self.notify();
+            if self.remember_online(&t.id, url, name)? {
                 return self.tunnel(&t.id);
             }
         }
         Ok(view)
+    }
+
+    /// Remembers the name (or port) the server gave tunnel `id` online at `url`, to ask for it
+    /// again next time (the engine itself takes another when the one remembered has gone to
+    /// someone else); whether that changed the saved tunnel. Called on start and on every
+    /// status event, so a tunnel that came online late or under a new name is remembered too.
+    pub fn remember_online(&self, id: &str, url: &str, name: &str) -> Result<bool, Error> {
+        let changed = self
+            .store
+            .lock()
+            .expect("store lock")
+            .remember_online(id, url, name)?;
+        if changed {
+            self.notify();
+        }
+        Ok(changed)
     }
 
     /// Stores (`Some("u:p")`), removes (`Some("")`) or keeps (`None`) a tunnel's Basic auth;

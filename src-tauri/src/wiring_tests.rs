@@ -258,3 +258,65 @@ fn the_window_asks_for_the_dark_theme() {
         .expect("main window in tauri.conf.json");
     assert_eq!(main["theme"], "Dark");
 }
+
+/// A tunnel that comes online outside a start (late, or under a new name after a reconnect)
+/// has the name the server gave it remembered all the same: the events forwarder saves it.
+#[test]
+fn a_name_given_outside_a_start_is_remembered() {
+    use ggrok_tunnel::{
+        saved::{SavedTunnel, BUILTIN_SERVER_ID},
+        LocalTarget, Status, TunnelKind,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let server = rt(TestServer::start());
+    let origin = rt(Origin::start());
+    let path = dir.path().join(FILE_NAME);
+    Store::load(&path)
+        .0
+        .update(|d| {
+            d.tunnels.push(SavedTunnel::new(
+                "late".into(),
+                BUILTIN_SERVER_ID.into(),
+                "127.0.0.1".into(),
+                origin.port,
+            ))
+        })
+        .unwrap();
+    let state = Arc::new(AppState::new(
+        Store::load(&path).0,
+        None,
+        Secrets::in_memory(),
+        Manager::new(),
+        server.url.clone(),
+    ));
+    let app = builder(mock_builder(), state.clone())
+        .build(mock_context(noop_assets()))
+        .unwrap();
+    let handle = app.handle().clone();
+    let mut changes = state.subscribe_changes();
+    rt(async { forward_events(&handle, state.clone()) });
+    let spec = crate::tunnels::Spec {
+        kind: TunnelKind::Http,
+        server: server.url.clone(),
+        token: None,
+        subdomain: None,
+        given: true,
+        local: LocalTarget::new("127.0.0.1", origin.port),
+        client_id: None,
+        basic_auth: None,
+        allow_ips: Vec::new(),
+    };
+    // Started past `AppState::start`, which remembers what it sees itself.
+    rt(state.manager().start("late", spec)).unwrap();
+    rt(async { tokio::time::timeout(Duration::from_secs(10), changes.recv()).await })
+        .expect("the name is saved in time")
+        .unwrap();
+    let Status::Online { name, .. } = state.tunnel("late").unwrap().status else {
+        panic!("online")
+    };
+    assert_eq!(
+        Store::load(&path).0.data().tunnels[0].given_name,
+        Some(name)
+    );
+    rt(state.manager().stop_all());
+}
