@@ -73,6 +73,8 @@ fn ggrok(dir: &Path, args: &[&str]) -> Command {
         .env_remove("GGROK_TOKEN")
         .env_remove("GGROK_SERVER")
         .env_remove("RUST_LOG")
+        // The inspector on any free port, not 4040 and up.
+        .env("GGROK_INSPECT_PORT", "0")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -449,11 +451,8 @@ async fn a_tcp_tunnel_saved_from_the_terminal_starts_on_its_port() {
 /// tunnel comes online under a new name instead of failing, and remembers that one.
 #[tokio::test]
 async fn a_name_the_server_gave_is_asked_for_again_next_time() {
-    let addr = server().await;
-    let port = origin().await;
-    let dir = tempfile::tempdir().unwrap();
+    let (addr, port, dir) = saved_server().await;
     let url = format!("http://{addr}");
-    assert!(run(dir.path(), &["config", "add-server", &url]).await.0);
     assert!(
         run(
             dir.path(),
@@ -505,4 +504,144 @@ async fn a_name_the_server_gave_is_asked_for_again_next_time() {
     let new_name = given().expect("a name");
     assert_ne!(new_name, name);
     assert!(moved.starts_with(&format!("http://{new_name}.")), "{moved}");
+}
+
+/// A server that wants [`TOKEN`], an origin, and a config directory with that server saved.
+async fn saved_server() -> (std::net::SocketAddr, u16, tempfile::TempDir) {
+    let addr = server().await;
+    let port = origin().await;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("http://{addr}");
+    let (ok, _, err) = run(dir.path(), &["config", "add-server", &url]).await;
+    assert!(ok, "{err}");
+    (addr, port, dir)
+}
+
+/// `ggrok` with the real keyring when the test runs under a Secret Service.
+fn with_real_keyring(mut cmd: Command) -> Command {
+    cmd.env_remove("DBUS_SESSION_BUS_ADDRESS");
+    if let Some(bus) = std::env::var_os("DBUS_SESSION_BUS_ADDRESS") {
+        cmd.env("DBUS_SESSION_BUS_ADDRESS", bus);
+    }
+    cmd
+}
+
+/// A tunnel saved with Basic auth keeps it when `ggrok start` is given the server's token on
+/// the command line: the password comes from the keyring all the same. Runs under
+/// `GGROK_TEST_SECRET_SERVICE=1` (scripts/test.sh); skipped otherwise.
+#[tokio::test]
+async fn basic_auth_from_the_keyring_holds_with_a_token_on_the_command_line() {
+    if std::env::var("GGROK_TEST_SECRET_SERVICE").as_deref() != Ok("1") {
+        eprintln!("skipped: set GGROK_TEST_SECRET_SERVICE=1 under dbus-run-session");
+        return;
+    }
+    let (addr, port, dir) = saved_server().await;
+    let port = port.to_string();
+    let out = with_real_keyring(ggrok(
+        dir.path(),
+        &[
+            "config",
+            "add-tunnel",
+            &port,
+            "--subdomain",
+            "guarded",
+            "--basic-auth",
+            "ann:s3cret",
+        ],
+    ))
+    .output()
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let mut child = with_real_keyring(ggrok(dir.path(), &["start", "guarded", "--token", TOKEN]))
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+    urls(&mut out, 1).await;
+    assert!(get(addr, "guarded.localhost")
+        .await
+        .starts_with("HTTP/1.1 401"));
+    let (mut store, _) = Store::load(dir.path().join(FILE_NAME));
+    let id = store.fresh().tunnels[0].id.clone();
+    KeyringStore::new(SERVICE)
+        .delete(&ggrok_tunnel::tokens::basic_auth_key(&id))
+        .unwrap();
+}
+
+/// `POST /api/tunnels` with only a name starts that saved tunnel, as ngrok starts a tunnel of
+/// its config file: on its own server, with the run's token when the keyring has none. A saved
+/// tunnel already running is not started twice.
+#[tokio::test]
+async fn the_api_starts_a_saved_tunnel_by_name() {
+    let (addr, port, dir) = saved_server().await;
+    let port = port.to_string();
+    for name in ["web", "docs"] {
+        let (ok, _, err) = run(
+            dir.path(),
+            &[
+                "config",
+                "add-tunnel",
+                &port,
+                "--name",
+                name,
+                "--subdomain",
+                name,
+            ],
+        )
+        .await;
+        assert!(ok, "{err}");
+    }
+    let mut child = ggrok(dir.path(), &["start", "web"])
+        .env("GGROK_TOKEN", TOKEN)
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap()).lines();
+    let inspector = loop {
+        let line = tokio::time::timeout(Duration::from_secs(10), err.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .expect("stderr open");
+        if let Some(at) = line.strip_prefix("ggrok: inspector on ") {
+            break at.to_owned();
+        }
+    };
+    let post = |body: &'static str| {
+        let url = format!("{inspector}/api/tunnels");
+        async move {
+            let resp = reqwest::Client::new()
+                .post(url)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status().as_u16();
+            (status, resp.text().await.unwrap())
+        }
+    };
+    let (status, body) = post(r#"{"name": "docs"}"#).await;
+    assert_eq!(status, 201, "{body}");
+    assert!(
+        body.contains(&format!(
+            r#""public_url":"http://docs.localhost:{}""#,
+            addr.port()
+        )),
+        "{body}"
+    );
+    assert!(get(addr, "docs.localhost")
+        .await
+        .ends_with(&format!("hello from {port}")));
+    let (status, body) = post(r#"{"name": "web"}"#).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.contains(r#"is running, as \"command_line\""#),
+        "{body}"
+    );
+    let (status, body) = post(r#"{"name": "nope"}"#).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("no saved tunnel"), "{body}");
+    let (status, body) = post(r#"{"name": "docs2", "subdomain": "x"}"#).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("give addr"), "{body}");
 }

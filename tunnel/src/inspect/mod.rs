@@ -139,8 +139,10 @@ pub enum StartError {
 pub struct TunnelRequest {
     /// Its name in the API.
     pub name: String,
-    /// The local service: a port, `host:port`, or an `http://` or `https://` URL.
-    pub addr: String,
+    /// The local service: a port, `host:port`, or an `http://` or `https://` URL. Without it,
+    /// `name` is a saved tunnel (as `ggrok start NAME` takes it), started as saved.
+    #[serde(default)]
+    pub addr: Option<String>,
     /// `http` (the default) or `tcp`.
     #[serde(default = "http_proto")]
     pub proto: String,

@@ -144,7 +144,7 @@ pub async fn run_all(
                 running -= 1;
                 let stopped_by_api = stops
                     .remove(&name)
-                    .is_some_and(|stop| stop.is_cancelled() && !runner.quit.is_cancelled());
+                    .is_some_and(|r: Running| r.stop.is_cancelled() && !runner.quit.is_cancelled());
                 agent.remove(&name);
                 // A tunnel the API started ends without failing the run; one the API started
                 // or stopped, without ending it.
@@ -181,11 +181,11 @@ pub async fn run_all(
                         }
                     }
                     Some(inspect::Control::Stop(name, reply)) => {
-                        let stop = stops.get(&name);
-                        if let Some(stop) = stop {
-                            stop.cancel();
+                        let running = stops.get(&name);
+                        if let Some(r) = running {
+                            r.stop.cancel();
                         }
-                        let _ = reply.send(stop.is_some());
+                        let _ = reply.send(running.is_some());
                     }
                     // The agent, which holds the sender, lives as long as this run.
                     None => continue,
@@ -263,6 +263,14 @@ struct Runner {
     quit: CancellationToken,
 }
 
+/// A running tunnel, by its API name.
+struct Running {
+    /// Stops it (`DELETE /api/tunnels/{name}`).
+    stop: CancellationToken,
+    /// The saved tunnel it is, if it is one.
+    saved_id: Option<String>,
+}
+
 /// A running tunnel's end: its API name, whether the API started it, and how it ended.
 type Served = (String, bool, anyhow::Result<ExitCode>);
 
@@ -276,7 +284,7 @@ impl Runner {
         tunnel: Tunnel,
         from_api: bool,
         inspector: Option<SocketAddr>,
-        stops: &mut HashMap<String, CancellationToken>,
+        stops: &mut HashMap<String, Running>,
     ) -> LocalBoxFuture<'static, Served> {
         let name = api_name(&run);
         let out = match &self.live {
@@ -311,7 +319,14 @@ impl Runner {
             ),
         };
         let stop = self.quit.child_token();
-        stops.insert(name.clone(), stop.clone());
+        let saved_id = run.saved_id.clone();
+        stops.insert(
+            name.clone(),
+            Running {
+                stop: stop.clone(),
+                saved_id,
+            },
+        );
         let quit = self.quit.clone();
         Box::pin(async move {
             let result = serve(run, tunnel, out, inspector, stop, quit).await;
@@ -345,7 +360,7 @@ fn api_run(
     req: inspect::TunnelRequest,
     template: &TunnelConfig,
     ids: &Traffic,
-    running: &HashMap<String, CancellationToken>,
+    running: &HashMap<String, Running>,
 ) -> Result<Run, String> {
     let name = req.name.trim().to_owned();
     if name.is_empty() {
@@ -354,14 +369,46 @@ fn api_run(
     if running.contains_key(&name) {
         return Err(format!("a tunnel named {name:?} is running"));
     }
-    let target = parse_target(&req.addr).map_err(|e| format!("addr: {e}"))?;
+    let inherit = |config: &mut TunnelConfig| {
+        config.heartbeat = template.heartbeat;
+        config.ring_size = template.ring_size;
+        config.capture_limit = template.capture_limit;
+        config.traffic = Some(ids.sharing_ids(config.ring_size, config.capture_limit));
+    };
+    let Some(addr) = &req.addr else {
+        // A saved tunnel, as saved.
+        if req.subdomain.is_some()
+            || req.host_header.is_some()
+            || !req.basic_auth.is_empty()
+            || req.remote_addr.is_some()
+        {
+            return Err(format!(
+                "{name:?} without addr is a saved tunnel, started as saved: give addr for a new one"
+            ));
+        }
+        let run_token = template.token.clone().map(|t| (template.server.clone(), t));
+        let mut p = crate::saved_cmds::plan_saved(&name, run_token, template.ca_cert.clone())
+            .map_err(|e| format!("{e:#}"))?;
+        // Twice at once, each would take the name from the other in turn.
+        if let Some((other, _)) = running
+            .iter()
+            .find(|(_, r)| r.saved_id.as_deref() == Some(p.id.as_str()))
+        {
+            return Err(format!("saved tunnel {name:?} is running, as {other:?}"));
+        }
+        inherit(&mut p.config);
+        return Ok(Run {
+            config: p.config,
+            target: p.target,
+            label: Some(name),
+            saved_id: Some(p.id),
+        });
+    };
+    let target = parse_target(addr).map_err(|e| format!("addr: {e}"))?;
     let mut config = TunnelConfig::new(template.server.clone(), target.port);
     config.token = template.token.clone();
     config.ca_cert = template.ca_cert.clone();
-    config.heartbeat = template.heartbeat;
-    config.ring_size = template.ring_size;
-    config.capture_limit = template.capture_limit;
-    config.traffic = Some(ids.sharing_ids(config.ring_size, config.capture_limit));
+    inherit(&mut config);
     config.local = LocalTarget::new(target.host.as_deref().unwrap_or("localhost"), target.port);
     let http_only = |what: &str| format!("{what} is for HTTP tunnels");
     let target = match req.proto.as_str() {

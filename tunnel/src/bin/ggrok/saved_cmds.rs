@@ -482,23 +482,59 @@ pub fn plan(args: StartArgs) -> anyhow::Result<Vec<Planned>> {
         }
         chosen
     };
-    let override_token = args.token.filter(|t| !t.is_empty()).map(Secret::new);
-    let keyring = match &override_token {
-        Some(_) => None,
-        None => Some(keyring()),
-    };
-    let mut keyring_reported = false;
-    let mut lookup = |key: &str| -> Option<Secret> {
-        match keyring.as_ref()? {
+    let token = args.token.filter(|t| !t.is_empty()).map(Secret::new);
+    let mut secrets = SavedSecrets::new();
+    chosen
+        .into_iter()
+        .map(|t| planned(&data, t, &mut secrets, token.clone(), args.ca_cert.clone()))
+        .collect()
+}
+
+/// Saved tunnel `wanted` (name, subdomain or id) made ready to run, for the inspector's
+/// `POST /api/tunnels`: its server's token from the keyring, else `token` (the run's own)
+/// when it is the run's server.
+pub fn plan_saved(
+    wanted: &str,
+    token: Option<(String, Secret)>,
+    ca_cert: Option<PathBuf>,
+) -> anyhow::Result<Planned> {
+    let data = load().fresh().clone();
+    let t = find(&data, wanted)?;
+    let mut secrets = SavedSecrets::new();
+    let mut p = planned(&data, t, &mut secrets, None, ca_cert)?;
+    if p.config.token.is_none() {
+        p.config.token = token
+            .filter(|(server, _)| *server == p.config.server)
+            .map(|(_, t)| t);
+    }
+    Ok(p)
+}
+
+/// Tokens and Basic-auth passwords from the keyring, saying once that it is not available.
+struct SavedSecrets {
+    keyring: Result<KeyringStore, SecretError>,
+    reported: bool,
+}
+
+impl SavedSecrets {
+    fn new() -> Self {
+        Self {
+            keyring: keyring(),
+            reported: false,
+        }
+    }
+
+    fn get(&mut self, key: &str) -> Option<Secret> {
+        match &self.keyring {
             Ok(k) => match k.get(key) {
                 Ok(v) => v.map(Secret::new),
                 Err(err) => {
-                    if !keyring_reported {
-                        keyring_reported = true;
+                    if !self.reported {
+                        self.reported = true;
                         eprintln!(
                             "ggrok: the system keyring is not available ({err}); starting \
-                             without saved tokens. Pass --token or set GGROK_TOKEN if the server \
-                             needs one."
+                             without saved tokens or Basic auth passwords. Pass --token or set \
+                             GGROK_TOKEN if the server needs one."
                         );
                     }
                     None
@@ -507,51 +543,58 @@ pub fn plan(args: StartArgs) -> anyhow::Result<Vec<Planned>> {
             // Asked not to use it: say nothing.
             Err(_) => None,
         }
-    };
-    let mut out = Vec::new();
-    for t in chosen {
-        let server = if t.server_id == BUILTIN_SERVER_ID {
-            data.builtin_server_url()
-        } else {
-            data.servers
-                .iter()
-                .find(|s| s.id == t.server_id)
-                .map(|s| s.url.clone())
-                .with_context(|| {
-                    format!(
-                        "tunnel {:?}: its server was deleted",
-                        escape_controls(t.label())
-                    )
-                })?
-        };
-        let mut config = TunnelConfig::new(server, t.local_port);
-        config.token = override_token.clone().or_else(|| lookup(&t.server_id));
-        config.basic_auth = lookup(&basic_auth_key(&t.id));
-        config.allow_ips = t.allow_ips.clone();
-        config.ca_cert = args.ca_cert.clone();
-        // Not the app's id: were both to run it, the server would let each replace the other
-        // in turn. The server still hands a held name over between them (same token).
-        config.client_id = Some(format!("ggrok-cli-{}", t.id));
-        config.local = t.local_target().map_err(|e| {
-            anyhow::anyhow!(
-                "tunnel {:?}: its host_header: {e}",
-                escape_controls(t.label())
-            )
-        })?;
-        let ask = t.ask();
-        (config.kind, config.subdomain, config.given) = (ask.kind, ask.subdomain, ask.given);
-        let target = match t.kind {
-            Kind::Http => config.local.url(),
-            Kind::Tcp => format!("tcp://{}", config.local.authority()),
-        };
-        out.push(Planned {
-            label: escape_controls(t.label()).into_owned(),
-            id: t.id.clone(),
-            target,
-            config,
-        });
     }
-    Ok(out)
+}
+
+/// Saved tunnel `t` made ready to run: `token` if given, else its server's from the keyring;
+/// its Basic auth from the keyring either way.
+fn planned(
+    data: &Data,
+    t: &SavedTunnel,
+    secrets: &mut SavedSecrets,
+    token: Option<Secret>,
+    ca_cert: Option<PathBuf>,
+) -> anyhow::Result<Planned> {
+    let server = if t.server_id == BUILTIN_SERVER_ID {
+        data.builtin_server_url()
+    } else {
+        data.servers
+            .iter()
+            .find(|s| s.id == t.server_id)
+            .map(|s| s.url.clone())
+            .with_context(|| {
+                format!(
+                    "tunnel {:?}: its server was deleted",
+                    escape_controls(t.label())
+                )
+            })?
+    };
+    let mut config = TunnelConfig::new(server, t.local_port);
+    config.token = token.or_else(|| secrets.get(&t.server_id));
+    config.basic_auth = secrets.get(&basic_auth_key(&t.id));
+    config.allow_ips = t.allow_ips.clone();
+    config.ca_cert = ca_cert;
+    // Not the app's id: were both to run it, the server would let each replace the other in
+    // turn. The server still hands a held name over between them (same token).
+    config.client_id = Some(format!("ggrok-cli-{}", t.id));
+    config.local = t.local_target().map_err(|e| {
+        anyhow::anyhow!(
+            "tunnel {:?}: its host_header: {e}",
+            escape_controls(t.label())
+        )
+    })?;
+    let ask = t.ask();
+    (config.kind, config.subdomain, config.given) = (ask.kind, ask.subdomain, ask.given);
+    let target = match t.kind {
+        Kind::Http => config.local.url(),
+        Kind::Tcp => format!("tcp://{}", config.local.authority()),
+    };
+    Ok(Planned {
+        label: escape_controls(t.label()).into_owned(),
+        id: t.id.clone(),
+        target,
+        config,
+    })
 }
 
 #[cfg(test)]
