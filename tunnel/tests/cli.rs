@@ -614,58 +614,94 @@ async fn qr_goes_to_stderr_and_stdout_keeps_the_url_alone() {
     child.kill().await.unwrap();
 }
 
+/// `ggrok` on a pseudo-terminal of 120 × 40: what it draws, and the keys typed.
+#[cfg(target_os = "linux")]
+struct Terminal {
+    child: tokio::process::Child,
+    keys: std::fs::File,
+    drawn: tokio::sync::mpsc::UnboundedReceiver<String>,
+    screen: String,
+}
+
+#[cfg(target_os = "linux")]
+impl Terminal {
+    fn spawn(mut cmd: Command) -> Self {
+        use std::io::Read;
+        let size = nix::pty::Winsize {
+            ws_row: 40,
+            ws_col: 120,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        let pty = nix::pty::openpty(&size, None).unwrap();
+        let terminal = std::fs::File::from(pty.slave);
+        let child = cmd
+            .stdout(terminal.try_clone().unwrap())
+            .stderr(terminal)
+            .spawn()
+            .unwrap();
+        // The terminal's side: what ggrok draws, read by a thread.
+        let keys = std::fs::File::from(pty.master);
+        let mut shown = keys.try_clone().unwrap();
+        let (tx, drawn) = tokio::sync::mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 1 << 16];
+            while let Ok(n @ 1..) = shown.read(&mut buf) {
+                if tx
+                    .send(String::from_utf8_lossy(&buf[..n]).into_owned())
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        });
+        Self {
+            child,
+            keys,
+            drawn,
+            screen: String::new(),
+        }
+    }
+
+    /// Waits until `text` was drawn.
+    async fn wait_for(&mut self, text: &str) {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while !self.screen.contains(text) {
+                let more = self.drawn.recv().await.expect("the terminal open");
+                self.screen.push_str(&more);
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{text:?} not on the screen: {:?}", self.screen));
+    }
+
+    fn type_keys(&mut self, keys: &[u8]) {
+        std::io::Write::write_all(&mut self.keys, keys).unwrap();
+    }
+}
+
 /// A terminal stopped with Ctrl-S (or slow, over SSH) holds the live screen back, never the
 /// tunnels: requests go on through it, and once the terminal takes output again the screen
 /// counts every one of them.
 #[cfg(target_os = "linux")]
 #[tokio::test]
 async fn a_terminal_stopped_with_ctrl_s_holds_no_request_back() {
-    use std::io::{Read, Write};
     let addr = server(ggrok_server::Config::new("localhost")).await;
     let port = origin().await.to_string();
     let server_url = format!("http://{addr}");
-    let size = nix::pty::Winsize {
-        ws_row: 40,
-        ws_col: 120,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    let pty = nix::pty::openpty(&size, None).unwrap();
-    let terminal = std::fs::File::from(pty.slave);
-    let mut child = ggrok(&["http", &port, "--server", &server_url, "--subdomain", "tty"])
-        .stdout(terminal.try_clone().unwrap())
-        .stderr(terminal)
-        .spawn()
-        .unwrap();
-    // The terminal's side: what ggrok draws, read by a thread, and the keys typed.
-    let mut keys = std::fs::File::from(pty.master);
-    let mut shown = keys.try_clone().unwrap();
-    let (tx, mut drawn) = tokio::sync::mpsc::unbounded_channel();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 1 << 16];
-        while let Ok(n @ 1..) = shown.read(&mut buf) {
-            if tx
-                .send(String::from_utf8_lossy(&buf[..n]).into_owned())
-                .is_err()
-            {
-                break;
-            }
-        }
-    });
-    let mut screen = String::new();
-    let mut wait_for = async |text: &str| {
-        tokio::time::timeout(Duration::from_secs(10), async {
-            while !screen.contains(text) {
-                screen.push_str(&drawn.recv().await.expect("the terminal open"));
-            }
-        })
-        .await
-        .unwrap_or_else(|_| panic!("{text:?} not on the screen: {screen:?}"));
-    };
-    wait_for(&format!("http://tty.localhost:{}", addr.port())).await;
+    let mut t = Terminal::spawn(ggrok(&[
+        "http",
+        &port,
+        "--server",
+        &server_url,
+        "--subdomain",
+        "tty",
+    ]));
+    t.wait_for(&format!("http://tty.localhost:{}", addr.port()))
+        .await;
 
-    keys.write_all(b"\x13").unwrap(); // Ctrl-S
-                                      // Long enough for several redraws (one each 200 ms), each of which the terminal holds.
+    t.type_keys(b"\x13"); // Ctrl-S
+                          // Long enough for several redraws (one each 200 ms), each of which the terminal holds.
     let mut answered = 0;
     let start = std::time::Instant::now();
     while start.elapsed() < Duration::from_secs(2) || answered < 20 {
@@ -679,9 +715,39 @@ async fn a_terminal_stopped_with_ctrl_s_holds_no_request_back() {
         answered += 1;
     }
 
-    keys.write_all(b"\x11").unwrap(); // Ctrl-Q
-    wait_for(&format!("requests {answered} total")).await;
-    child.kill().await.unwrap();
+    t.type_keys(b"\x11"); // Ctrl-Q
+    t.wait_for(&format!("requests {answered} total")).await;
+    t.child.kill().await.unwrap();
+}
+
+/// On the live screen the log shows among the last lines, plain: written to the terminal as
+/// it came (in colour) it would land on top of the screen until the next draw.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn the_log_shows_on_the_live_screen_not_over_it() {
+    let addr = server(ggrok_server::Config::new("localhost")).await;
+    let port = origin().await.to_string();
+    let server_url = format!("http://{addr}");
+    let mut cmd = ggrok(&[
+        "http",
+        &port,
+        "--server",
+        &server_url,
+        "--subdomain",
+        "logged",
+    ]);
+    cmd.env("RUST_LOG", "ggrok_tunnel::client=info");
+    let mut t = Terminal::spawn(cmd);
+    // The engine's "online" line, after the screen's URL.
+    t.wait_for(&format!("http://logged.localhost:{}", addr.port()))
+        .await;
+    t.wait_for("ggrok_tunnel::client: online").await;
+    assert!(
+        !t.screen.contains("\x1b[32m INFO"),
+        "the log was written as it came: {:?}",
+        t.screen
+    );
+    t.child.kill().await.unwrap();
 }
 
 /// The CLI runs where no D-Bus library is installed (slim containers, minimal servers): libdbus

@@ -175,42 +175,81 @@ fn print_until_closed(shared: &Shared, stream: Stream) {
 }
 
 /// Where the log goes while tunnels run (see [`log_to`]); straight to stderr otherwise.
-static LOG: Mutex<Option<Printer>> = Mutex::new(None);
+static LOG: Mutex<Option<LogSink>> = Mutex::new(None);
 
-/// Sends the log through `printer` from now on, or (`None`) straight to stderr again.
-pub fn log_to(printer: Option<Printer>) {
-    *LOG.lock().unwrap_or_else(|p| p.into_inner()) = printer;
+/// Log bytes kept for the live screen between two draws; more are dropped.
+const CAPTURED_MAX: usize = 64 * 1024;
+
+/// Where the log goes while tunnels run.
+#[derive(Clone)]
+pub enum LogSink {
+    /// Through this printer (stderr's, when the output is plain lines).
+    Printer(Printer),
+    /// Kept for the live screen, which shows the lines among its last ones: written to the
+    /// terminal they would land on top of the screen.
+    Captured(Arc<Mutex<String>>),
+}
+
+/// Sends the log to `sink` from now on, or (`None`) straight to stderr again.
+pub fn log_to(sink: Option<LogSink>) {
+    *LOG.lock().unwrap_or_else(|p| p.into_inner()) = sink;
 }
 
 /// The log's writer, for `tracing_subscriber`: one per event, which it writes in one piece.
 pub fn log_writer() -> LogWriter {
     match &*LOG.lock().unwrap_or_else(|p| p.into_inner()) {
-        Some(printer) => LogWriter::Printer(printer.clone()),
+        Some(sink) => LogWriter::Sink(sink.clone()),
         None => LogWriter::Stderr(std::io::stderr()),
     }
 }
 
 /// See [`log_writer`].
 pub enum LogWriter {
-    Printer(Printer),
+    Sink(LogSink),
     Stderr(std::io::Stderr),
 }
 
 impl Write for LogWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         match self {
-            LogWriter::Printer(p) => {
-                p.print_bytes(buf);
-                Ok(buf.len())
+            LogWriter::Sink(LogSink::Printer(p)) => p.print_bytes(buf),
+            LogWriter::Sink(LogSink::Captured(kept)) => {
+                let mut kept = kept.lock().unwrap_or_else(|p| p.into_inner());
+                if kept.len() + buf.len() <= CAPTURED_MAX {
+                    kept.push_str(&String::from_utf8_lossy(buf));
+                }
             }
-            LogWriter::Stderr(e) => e.write(buf),
+            LogWriter::Stderr(e) => return e.write(buf),
         }
+        Ok(buf.len())
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
         match self {
-            LogWriter::Printer(_) => Ok(()),
+            LogWriter::Sink(_) => Ok(()),
             LogWriter::Stderr(e) => e.flush(),
         }
     }
+}
+
+/// `text` without its ANSI escape sequences (the log's colours).
+pub fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c != '\x1b' {
+            out.push(c);
+            continue;
+        }
+        // CSI: ESC [ parameters, then a final byte in @..~.
+        if chars.clone().next() == Some('[') {
+            chars.next();
+            for c in chars.by_ref() {
+                if ('@'..='~').contains(&c) {
+                    break;
+                }
+            }
+        }
+    }
+    out
 }

@@ -4,7 +4,7 @@
 
 use std::{
     cell::RefCell, collections::HashMap, convert::Infallible, io::IsTerminal, net::SocketAddr,
-    process::ExitCode, rc::Rc,
+    process::ExitCode, rc::Rc, sync::Arc,
 };
 
 use anyhow::Context as _;
@@ -98,7 +98,12 @@ pub async fn run_all(
         Printer::start(Stream::Stdout),
         Printer::start(Stream::Stderr),
     );
-    printer::log_to(Some(stderr.clone()));
+    // On the live screen the log is shown among its last lines, not written over it.
+    let captured = Arc::new(std::sync::Mutex::new(String::new()));
+    printer::log_to(Some(match &live {
+        Some(_) => printer::LogSink::Captured(captured.clone()),
+        None => printer::LogSink::Printer(stderr.clone()),
+    }));
     let runner = Runner {
         live: live.clone(),
         qr: display.qr,
@@ -128,10 +133,10 @@ pub async fn run_all(
         .as_ref()
         .map(|_| screen::AltScreen::enter(stdout.clone()));
     if let Some(live) = &live {
-        let stdout = &stdout;
+        let (stdout, captured) = (&stdout, &captured);
         events.push(
             async move {
-                let never = redraw(live, stdout).await;
+                let never = redraw(live, stdout, captured).await;
                 match never {}
             }
             .boxed_local(),
@@ -202,13 +207,15 @@ pub async fn run_all(
     }
     if let (Some(alt), Some(live)) = (alt, &live) {
         drop(alt);
+        // The log's lines the screen had no time to show.
+        stderr.print(&printer::strip_ansi(&std::mem::take(
+            &mut *captured.lock().unwrap_or_else(|p| p.into_inner()),
+        )));
         // What the screen said last about tunnels that ended (refused), now that it is gone.
         for row in &live.borrow().rows {
             if row.status != "online" && row.status != "connecting" {
-                match &row.label {
-                    Some(l) => stderr.print(&format!("ggrok: {l}: {}\n", row.status)),
-                    None => stderr.print(&format!("ggrok: {}\n", row.status)),
-                }
+                Output::lines(row.label.as_deref(), false, stdout.clone(), stderr.clone())
+                    .status(row.status.clone());
             }
         }
     }
@@ -456,12 +463,25 @@ fn api_run(
 }
 
 /// Draws the live screen when something changed, and every second for the rates.
-async fn redraw(live: &RefCell<Live>, stdout: &Printer) -> Infallible {
+async fn redraw(
+    live: &RefCell<Live>,
+    stdout: &Printer,
+    log: &std::sync::Mutex<String>,
+) -> Infallible {
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));
     let mut drawn_at = u64::MAX;
     loop {
         tick.tick().await;
         let mut live = live.borrow_mut();
+        let logged = std::mem::take(&mut *log.lock().unwrap_or_else(|p| p.into_inner()));
+        if !logged.is_empty() {
+            let mut lines = String::new();
+            for line in printer::strip_ansi(&logged).lines() {
+                lines.push_str(&escape_controls(line));
+                lines.push('\n');
+            }
+            live.push_lines(&lines);
+        }
         let now = live.second();
         if live.dirty || now != drawn_at {
             let (width, height) = screen::size();
