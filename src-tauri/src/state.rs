@@ -8,7 +8,7 @@ use ggrok_tunnel::{
     saved::{new_id, Kind, SavedServer, SavedTunnel, Settings, Store, BUILTIN_SERVER_ID},
     secrets::mask,
     tokens::{basic_auth_key, Secrets, Storage},
-    Secret, Status, TunnelConfig,
+    HostHeader, Secret, Status, TunnelConfig,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
@@ -66,6 +66,14 @@ pub struct TunnelView {
     pub allow_ips: Vec<String>,
     /// Pass the public Host header through.
     pub keep_host: bool,
+    /// TLS to the local service.
+    pub local_tls: bool,
+    /// With `local_tls`, any certificate accepted.
+    pub upstream_insecure: bool,
+    /// HTTP/2 to the local service.
+    pub upstream_http2: bool,
+    /// A `Host` value the local service gets.
+    pub host_header: Option<String>,
 }
 
 impl TunnelView {
@@ -127,7 +135,7 @@ pub struct AppInfo {
 }
 
 /// Expose / edit form input.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TunnelInput {
     /// HTTP (the default) or TCP.
@@ -158,6 +166,19 @@ pub struct TunnelInput {
     /// Pass the public Host header through.
     #[serde(default)]
     pub keep_host: bool,
+    /// TLS to the local service (an `https://` one).
+    #[serde(default)]
+    pub local_tls: bool,
+    /// With `local_tls`, accept its certificate whoever signed it (self-signed ones).
+    #[serde(default)]
+    pub upstream_insecure: bool,
+    /// HTTP/2 to the local service (gRPC).
+    #[serde(default)]
+    pub upstream_http2: bool,
+    /// A `Host` value for the local service; empty rewrites it to the local `host:port`
+    /// (`keep_host` wins).
+    #[serde(default)]
+    pub host_header: Option<String>,
 }
 
 /// Server form input.
@@ -306,6 +327,10 @@ impl AppState {
                 .and_then(|(s, _)| s.expose().split_once(':').map(|(u, _)| u.to_owned())),
             allow_ips: t.allow_ips.clone(),
             keep_host: t.keep_host,
+            local_tls: t.upstream.tls,
+            upstream_insecure: t.upstream.insecure,
+            upstream_http2: t.upstream.http2,
+            host_header: t.upstream.host_header.clone(),
         }
     }
 
@@ -459,8 +484,22 @@ impl AppState {
         t.subdomain = subdomain;
         t.start_on_launch = input.start_on_launch;
         t.allow_ips = allow_ips;
-        // The Host header is HTTP's.
-        t.keep_host = input.keep_host && !tcp;
+        // How to reach the local service, as `ggrok http` takes it: HTTP's only.
+        if !tcp {
+            t.keep_host = input.keep_host;
+            t.upstream.tls = input.local_tls;
+            t.upstream.insecure = input.local_tls && input.upstream_insecure;
+            t.upstream.http2 = input.upstream_http2;
+            match input.host_header.as_deref().map(str::trim) {
+                None | Some("") => {}
+                Some(v) => match v.parse::<HostHeader>() {
+                    Ok(HostHeader::Rewrite) => {}
+                    Ok(HostHeader::Preserve) => t.keep_host = true,
+                    Ok(HostHeader::Value(_)) => t.upstream.host_header = Some(v.to_owned()),
+                    Err(e) => return Err(Error::invalid("hostHeader", e)),
+                },
+            }
+        }
         Ok(t)
     }
 
@@ -553,12 +592,9 @@ impl AppState {
             t.given_name = old.given_name.clone();
             t.given_port = old.given_port;
         }
-        // What the form does not show (the CLI's name, how the CLI saved it speaks to the local
-        // service, fields of a newer format) stays.
+        // What the form does not show (the CLI's name, fields of a newer format) stays.
         t.name = old.name.clone();
-        if t.kind == Kind::Http {
-            t.upstream = old.upstream.clone();
-        }
+        t.upstream.unknown = old.upstream.unknown.clone();
         t.unknown = old.unknown.clone();
         let auth_changed = self.save_basic_auth(id, input.basic_auth.as_deref());
         let restart = auth_changed
@@ -866,9 +902,7 @@ mod tests {
             local_host: Some("127.0.0.1".into()),
             local_port: port,
             start_on_launch: true,
-            basic_auth: None,
-            allow_ips: Vec::new(),
-            keep_host: false,
+            ..TunnelInput::default()
         }
     }
 
@@ -940,6 +974,7 @@ mod tests {
 
         let listed = s.tunnels();
         assert_eq!(listed.len(), 1, "the app sees the CLI's save");
+        assert_eq!(listed[0].host_header.as_deref(), Some("cli.test"));
         let view = s.start("c11").await.unwrap();
         assert_eq!(
             view.url(),
@@ -951,6 +986,8 @@ mod tests {
             "c11",
             TunnelInput {
                 start_on_launch: false,
+                // As the form shows it.
+                host_header: listed[0].host_header.clone(),
                 ..input(origin.port as i64, Some("from-cli"))
             },
         )
@@ -964,6 +1001,56 @@ mod tests {
             "cli.test".parse().unwrap(),
             "the Host value the CLI saved is kept and used"
         );
+        s.manager().stop_all().await;
+    }
+
+    /// The form's HTTPS, HTTP/2 and Host value reach the file as the CLI saves them, the view,
+    /// and the tunnel's local target; an edit that clears them clears them.
+    #[tokio::test]
+    async fn the_local_services_protocol_and_host_are_saved_and_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = TestServer::start().await;
+        let s = state(dir.path(), &server);
+        match s
+            .expose(TunnelInput {
+                host_header: Some("bad\nvalue".into()),
+                ..input(8443, None)
+            })
+            .await
+        {
+            Err(Error::Invalid { field, .. }) => assert_eq!(field, "hostHeader"),
+            other => panic!("{other:?}"),
+        }
+        let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = i64::from(dead.local_addr().unwrap().port());
+        drop(dead);
+        let v = s
+            .expose(TunnelInput {
+                local_tls: true,
+                upstream_insecure: true,
+                upstream_http2: true,
+                host_header: Some(" app.test ".into()),
+                ..input(port, Some("secure"))
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            (v.local_tls, v.upstream_insecure, v.upstream_http2),
+            (true, true, true)
+        );
+        assert_eq!(v.host_header.as_deref(), Some("app.test"));
+        assert_eq!(v.target, format!("https://127.0.0.1:{port}"));
+        let saved = s.saved(&v.id).unwrap();
+        let local = s.spec(&saved).unwrap().local;
+        assert!(local.upstream.tls && local.upstream.insecure && local.upstream.http2);
+        assert_eq!(local.host_header, "app.test".parse().unwrap());
+
+        let v = s
+            .update_tunnel(&v.id, input(port, Some("secure")))
+            .await
+            .unwrap();
+        assert!(!v.local_tls && !v.upstream_http2 && v.host_header.is_none());
+        assert_eq!(s.saved(&v.id).unwrap().upstream, Default::default());
         s.manager().stop_all().await;
     }
 

@@ -211,6 +211,10 @@ mod tests {
             basic_auth_user: None,
             allow_ips: Vec::new(),
             keep_host: false,
+            local_tls: false,
+            upstream_insecure: false,
+            upstream_http2: false,
+            host_header: None,
         }
     }
 

@@ -54,16 +54,11 @@ fn the_log_file_has_the_apps_events_and_never_a_token() {
             .unwrap();
         let t = state
             .expose(TunnelInput {
-                kind: Default::default(),
-                remote_port: None,
                 server_id: saved.id,
                 subdomain: Some("logged".into()),
                 local_host: Some("127.0.0.1".into()),
                 local_port: origin.local_addr().unwrap().port().into(),
-                start_on_launch: false,
-                basic_auth: None,
-                allow_ips: Vec::new(),
-                keep_host: false,
+                ..TunnelInput::default()
             })
             .await
             .unwrap();

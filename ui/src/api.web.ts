@@ -93,6 +93,10 @@ export async function listTunnels(): Promise<TunnelView[]> {
     basicAuthUser: null,
     allowIps: [],
     keepHost: false,
+    localTls: t.config.addr.startsWith("https://"),
+    upstreamInsecure: false,
+    upstreamHttp2: false,
+    hostHeader: null,
   }));
 }
 

@@ -288,7 +288,8 @@ export async function exposeQuickly(port: number): Promise<void> {
   const t = await upsertTunnel(() =>
     api.expose({
       kind: "http", remotePort: null, serverId: "local", subdomain: null, localHost: null, localPort: port, startOnLaunch: false,
-      basicAuth: "", allowIps: [], keepHost: false,
+      basicAuth: "", allowIps: [], keepHost: false, localTls: false, upstreamInsecure: false, upstreamHttp2: false,
+      hostHeader: null,
     }),
   );
   await select(t.id);

@@ -44,6 +44,14 @@ export interface TunnelView {
   basicAuthUser: string | null;
   allowIps: string[];
   keepHost: boolean;
+  /** The local service speaks HTTPS. */
+  localTls: boolean;
+  /** With localTls, its certificate is accepted whoever signed it. */
+  upstreamInsecure: boolean;
+  /** HTTP/2 to the local service (gRPC). */
+  upstreamHttp2: boolean;
+  /** A Host value the local service gets; null rewrites it to the local host:port. */
+  hostHeader: string | null;
 }
 
 export interface ServerView {
@@ -84,6 +92,11 @@ export interface TunnelInput {
   basicAuth: string | null;
   allowIps: string[];
   keepHost: boolean;
+  localTls: boolean;
+  upstreamInsecure: boolean;
+  upstreamHttp2: boolean;
+  /** A Host value; null or "" rewrites it to the local host:port. */
+  hostHeader: string | null;
 }
 
 export interface ServerInput {

@@ -78,7 +78,7 @@ function view(input: TunnelInput, id: string): TunnelView {
     id, kind: input.kind, remotePort: input.remotePort, givenPort: tcp && input.remotePort === null ? tcpPort : null,
     connections: 0, serverId: input.serverId, serverName: "This computer", subdomain: input.subdomain,
     localHost: input.localHost ?? "localhost", localPort: input.localPort,
-    target: `${input.localHost ?? "localhost"}:${input.localPort}`, startOnLaunch: input.startOnLaunch,
+    target: `${input.localTls ? "https://" : ""}${input.localHost ?? "localhost"}:${input.localPort}`, startOnLaunch: input.startOnLaunch,
     status: tcp
       ? { state: "online", url: `tcp://localhost:${tcpPort}`, name: `tcp:${tcpPort}` }
       : online(input.subdomain ?? `rand${id}`),
@@ -86,6 +86,8 @@ function view(input: TunnelInput, id: string): TunnelView {
     givenName: input.subdomain || tcp ? null : `rand${id}`,
     basicAuthUser: input.basicAuth ? input.basicAuth.split(":")[0] : null,
     allowIps: input.allowIps, keepHost: input.keepHost,
+    localTls: input.localTls, upstreamInsecure: input.upstreamInsecure, upstreamHttp2: input.upstreamHttp2,
+    hostHeader: input.hostHeader || null,
   };
 }
 

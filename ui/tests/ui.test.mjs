@@ -124,7 +124,7 @@ test("expose starts, saves and shows the URL; list shows the tunnel", async () =
   const expose = await page.evaluate(() => window.__fake.calls.find((c) => c.cmd === "expose").args.input);
   assert.deepEqual(expose, {
     kind: "http", remotePort: null, serverId: "local", subdomain: "my-app", localHost: "localhost", localPort: 3000, startOnLaunch: false,
-    basicAuth: "", allowIps: [], keepHost: false,
+    basicAuth: "", allowIps: [], keepHost: false, localTls: false, upstreamInsecure: false, upstreamHttp2: false, hostHeader: null,
   });
   await page.click(tid("result-copy"));
   await page.click(tid("cancel"));
@@ -543,6 +543,41 @@ test("More: basic auth, IP allowlist and host header, as the CLI has them", asyn
   assert.equal(update.basicAuth, null, "kept");
 });
 
+test("More: an HTTPS or HTTP/2 local service and a Host value, as ggrok http takes them", async () => {
+  await page.click(tid("expose"));
+  await page.fill(tid("port"), "5173");
+  await page.fill(tid("subdomain"), "vite");
+  await page.click(`${tid("more")} summary`);
+  assert.equal(await page.isDisabled(tid("upstream-insecure")), true, "for HTTPS only");
+  await page.check(tid("local-tls"));
+  await page.check(tid("upstream-insecure"));
+  await page.fill(tid("host-header"), "app.test");
+  await page.check(tid("keep-host"));
+  assert.equal(await page.isDisabled(tid("host-header")), true, "the public host wins");
+  await page.uncheck(tid("keep-host"));
+  await page.click(tid("submit"));
+  await page.waitForSelector(tid("result-url"));
+  const input = await page.evaluate(() => window.__fake.calls.filter((c) => c.cmd === "expose").at(-1).args.input);
+  assert.deepEqual(
+    [input.localTls, input.upstreamInsecure, input.upstreamHttp2, input.hostHeader, input.keepHost],
+    [true, true, false, "app.test", false],
+  );
+  await page.click(tid("cancel"));
+  const card = page.locator(tid("tunnel"), { hasText: "vite" });
+  assert.equal(await card.locator(tid("tunnel-target")).textContent(), "→ https://localhost:5173");
+  // Editing shows them, folded open; HTTPS off takes its certificate setting along.
+  await card.locator(tid("edit")).click();
+  assert.equal(await page.isVisible(tid("local-tls")), true, "More is open");
+  assert.equal(await page.isChecked(tid("upstream-insecure")), true);
+  assert.equal(await page.inputValue(tid("host-header")), "app.test");
+  await page.uncheck(tid("local-tls"));
+  await page.check(tid("upstream-http2"));
+  await page.click(tid("submit"));
+  await page.waitForFunction(() => !document.querySelector('[data-testid="expose-form"]'));
+  const update = await page.evaluate(() => window.__fake.calls.filter((c) => c.cmd === "update_tunnel").at(-1).args.input);
+  assert.deepEqual([update.localTls, update.upstreamInsecure, update.upstreamHttp2], [false, false, true]);
+});
+
 test("a failed replay is said next to Replay, not in a banner", async () => {
   await exposeDemo();
   await page.click(tid("cancel"));
@@ -715,7 +750,8 @@ test("TCP: the form offers TCP with an optional public port; the card shows tcp:
   const input = await page.evaluate(() => window.__fake.calls.find((c) => c.cmd === "expose").args.input);
   assert.deepEqual(input, {
     kind: "tcp", remotePort: null, serverId: "local", subdomain: null, localHost: "localhost", localPort: 22,
-    startOnLaunch: false, basicAuth: "", allowIps: [], keepHost: false,
+    startOnLaunch: false, basicAuth: "", allowIps: [], keepHost: false, localTls: false, upstreamInsecure: false,
+    upstreamHttp2: false, hostHeader: null,
   });
   assert.equal(await page.textContent(tid("result-hint")), "Connect any TCP client to host localhost, port 20001.");
   // No browser for a TCP address.

@@ -235,6 +235,30 @@ function buildForm(modal: HTMLElement, editing: TunnelView | null): void {
     value: editing?.allowIps.join(", ") ?? "",
   });
   const keepHost = h("input", { id: "f-keep-host", type: "checkbox", "data-testid": "keep-host", checked: editing?.keepHost ?? false });
+  // How to talk to the local service (`ggrok http https://...`, --upstream-insecure,
+  // --upstream-protocol http2, --host-header VALUE).
+  const hostValue = h("input", {
+    id: "f-host-header",
+    autocomplete: "off",
+    "data-testid": "host-header",
+    placeholder: "e.g. myapp.test",
+    value: editing?.hostHeader ?? "",
+    disabled: editing?.keepHost ?? false,
+  });
+  keepHost.addEventListener("change", () => {
+    hostValue.disabled = keepHost.checked;
+  });
+  const tls = h("input", { type: "checkbox", "data-testid": "local-tls", checked: editing?.localTls ?? false });
+  const insecure = h("input", {
+    type: "checkbox",
+    "data-testid": "upstream-insecure",
+    checked: editing?.upstreamInsecure ?? false,
+    disabled: !(editing?.localTls ?? false),
+  });
+  tls.addEventListener("change", () => {
+    insecure.disabled = !tls.checked;
+  });
+  const http2 = h("input", { type: "checkbox", "data-testid": "upstream-http2", checked: editing?.upstreamHttp2 ?? false });
   const clearAuth = h("input", { type: "checkbox", "data-testid": "clear-auth" });
   const picker = h("div", { class: "picker", "data-testid": "listening" });
   const onLaunch = h("input", {
@@ -251,6 +275,7 @@ function buildForm(modal: HTMLElement, editing: TunnelView | null): void {
     serverId: h("div", { class: "field-error", "data-testid": "server-error", role: "alert" }),
     basicAuth: h("div", { class: "field-error", "data-testid": "basic-auth-error", role: "alert" }),
     allowIps: h("div", { class: "field-error", "data-testid": "allow-ips-error", role: "alert" }),
+    hostHeader: h("div", { class: "field-error", "data-testid": "host-header-error", role: "alert" }),
     form: h("div", { class: "field-error", "data-testid": "form-error", role: "alert" }),
   };
   const result = h("div", { class: "result", "data-testid": "expose-result" });
@@ -349,7 +374,19 @@ function buildForm(modal: HTMLElement, editing: TunnelView | null): void {
     h("label", { class: "check" }, onLaunch, " Start on launch"),
     h(
       "details",
-      { class: "more", "data-testid": "more", open: Boolean(editing && (editing.basicAuthUser || editing.allowIps.length || editing.keepHost)) },
+      {
+        class: "more",
+        "data-testid": "more",
+        open: Boolean(
+          editing &&
+            (editing.basicAuthUser ||
+              editing.allowIps.length ||
+              editing.keepHost ||
+              editing.localTls ||
+              editing.upstreamHttp2 ||
+              editing.hostHeader),
+        ),
+      },
       h("summary", {}, "More"),
       h(
         "label",
@@ -368,6 +405,17 @@ function buildForm(modal: HTMLElement, editing: TunnelView | null): void {
       allow,
       errs.allowIps,
       h("label", { class: "check http-only" }, keepHost, " Keep the Host header (pass the public host to the local service)"),
+      h(
+        "label",
+        { for: "f-host-header", class: "http-only" },
+        "Host header value ",
+        h("span", { class: "hint" }, "optional; what the local service gets instead of its host:port"),
+      ),
+      h("div", { class: "http-only" }, hostValue),
+      errs.hostHeader,
+      h("label", { class: "check http-only" }, tls, " The local service speaks HTTPS"),
+      h("label", { class: "check http-only" }, insecure, " Accept its certificate whoever signed it (self-signed development ones)"),
+      h("label", { class: "check http-only" }, http2, " HTTP/2 to the local service (gRPC)"),
     ),
     errs.form,
     h(
@@ -403,6 +451,10 @@ function buildForm(modal: HTMLElement, editing: TunnelView | null): void {
       basicAuth: tcp ? (editing ? null : "") : clearAuth.checked ? "" : auth.value === "" ? (editing ? null : "") : auth.value,
       allowIps: allow.value.split(/[\s,]+/).filter(Boolean),
       keepHost: !tcp && keepHost.checked,
+      localTls: !tcp && tls.checked,
+      upstreamInsecure: !tcp && tls.checked && insecure.checked,
+      upstreamHttp2: !tcp && http2.checked,
+      hostHeader: tcp || keepHost.checked ? null : hostValue.value.trim() || null,
     };
     upsertTunnel(() => (editing ? api.updateTunnel(editing.id, input) : api.expose(input)))
       .then(async (t) => {
