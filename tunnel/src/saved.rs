@@ -131,8 +131,8 @@ pub struct Ask {
     pub given: bool,
 }
 
-/// A saved HTTP tunnel's way to its local service beyond host and port. The desktop app's form
-/// does not show it; it keeps it through edits.
+/// A saved HTTP tunnel's way to its local service beyond host and port, as `ggrok http` takes
+/// it; the desktop app's Expose form has it under "More".
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SavedUpstream {
     /// TLS to the local service (an `https://` target).

@@ -867,6 +867,17 @@ async fn the_api_starts_and_stops_tunnels_as_ngroks_agent_does() {
         assert!(e["msg"].as_str().unwrap().contains(says), "{body}: {e}");
     }
 
+    // A page of another origin cannot start one (nor a rebinding name reach the API at all).
+    let refused = reqwest::Client::new()
+        .post(format!("http://{at}/api/tunnels"))
+        .header("content-type", "application/json")
+        .header("origin", "http://evil.example")
+        .body(json!({"name": "evil", "addr": "22"}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+
     let echo = ggrok_test_support::origin::tcp_echo().await.to_string();
     let (status, t) = api(
         at,

@@ -425,6 +425,11 @@ impl App {
         let (tx, rx) = mpsc::channel(EVENT_QUEUE);
         // How soon the page reconnects when the stream ends.
         let _ = tx.try_send(Bytes::from_static(b"retry: 500\n\n"));
+        // The set of tunnels changed: the stream ends, and the page reconnects within the
+        // `retry` it was given and loads the lists again. Watched before the set is read, so
+        // that no change in between goes unseen.
+        let mut changes = self.agent.changes();
+        changes.mark_unchanged();
         for t in &self.agent.tunnels() {
             let (tx, name) = (tx.clone(), t.name.clone());
             let mut traffic = t.handle.traffic().subscribe();
@@ -461,10 +466,6 @@ impl App {
                 }
             });
         }
-        // The set of tunnels changed: the stream ends, and the page reconnects within the
-        // `retry` it was given and loads the lists again.
-        let mut changes = self.agent.changes();
-        changes.mark_unchanged();
         let ended = Box::pin(async move {
             let _ = changes.changed().await;
         });

@@ -303,7 +303,11 @@ impl Runner {
                     .position(|r| r.label == run.label && from_api)
                 {
                     // A name the API used before, on its row again.
-                    Some(i) => i,
+                    Some(i) => {
+                        screen.rows[i].target = run.target.clone();
+                        screen.rows[i].status = "connecting".to_owned();
+                        i
+                    }
                     None => {
                         let tcp = matches!(run.config.kind, TunnelKind::Tcp { .. });
                         screen
