@@ -102,7 +102,35 @@ function flush(): void {
   scheduled = false;
   const what = new Set(pending);
   pending.clear();
+  if (what.has("detail")) watchFrames();
   for (const l of listeners) l(what);
+}
+
+/** While a WebSocket exchange is shown, its frames are read again this often. */
+const FRAMES_REFRESH_MS = 1000;
+let framesTimer: ReturnType<typeof setInterval> | null = null;
+
+/** Keeps the shown WebSocket exchange's frames live: read again each second while it is open. */
+function watchFrames(): void {
+  const live = ui.detail?.upgraded ?? false;
+  if (live && !framesTimer) {
+    framesTimer = setInterval(() => refreshFrames().catch(() => {}), FRAMES_REFRESH_MS);
+  } else if (!live && framesTimer) {
+    clearInterval(framesTimer);
+    framesTimer = null;
+  }
+}
+
+/** Shows frames that passed since the detail was read; the rest of it stays as it is. */
+async function refreshFrames(): Promise<void> {
+  const [d, tunnel] = [ui.detail, ui.selected];
+  if (!d?.upgraded || !tunnel) return;
+  const fresh = await api.getExchange(tunnel, d.id);
+  if (ui.detail !== d) return;
+  if (fresh.frames.length !== d.frames.length || fresh.framesDropped !== d.framesDropped) {
+    ui.detail = { ...d, frames: fresh.frames, framesDropped: fresh.framesDropped };
+    changed("detail");
+  }
 }
 
 let nextBanner = 1;

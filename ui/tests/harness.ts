@@ -295,6 +295,15 @@ async function backend(cmd: string, raw: unknown): Promise<unknown> {
 }
 
 mockWindows("main");
-(window as any).__fake = { calls, tunnels, servers, listening, addTraffic, connection, setStatus, race, fail, settled, releaseServers: () => releaseServers() };
+/** More frames of a WebSocket exchange, as they pass. */
+function addFrames(tunnelId: string, exchange: number, frames: Detail["frames"]): void {
+  const d = (traffic.get(tunnelId) ?? []).find((x) => x.id === exchange)!;
+  d.frames.push(...frames);
+}
+
+(window as any).__fake = {
+  calls, tunnels, servers, listening, addTraffic, addFrames, connection, setStatus, race, fail, settled,
+  releaseServers: () => releaseServers(),
+};
 await import("../src/main");
 (window as any).__ready = true;

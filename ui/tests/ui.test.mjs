@@ -285,6 +285,13 @@ test("WebSocket frames: direction, time, kind, size and data as text", async () 
   assert.match(await page.textContent(".frames h3"), /3 more not kept/);
   assert.equal(await page.locator("#app img").count(), 0);
   assert.deepEqual(dialogs, []);
+  // Live: frames that pass while the exchange is shown appear without a click.
+  const id = await page.evaluate(() => window.__fake.calls.filter((c) => c.cmd === "get_exchange").at(-1).args.exchange);
+  await page.evaluate((id) => window.__fake.addFrames("1", id, [
+    { fromVisitor: true, atMs: 2500, kind: "text", size: 5, text: "later", truncated: false },
+  ]), id);
+  await page.waitForFunction(() => document.querySelectorAll('[data-testid="frame"]').length === 3);
+  assert.match((await page.locator(tid("frame")).allInnerTexts())[2], /later/);
 });
 
 test("traffic table is capped", async () => {

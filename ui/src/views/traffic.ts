@@ -258,7 +258,7 @@ export function renderDetail(root: HTMLElement): void {
       pane("Request", d.requestHeaders, d.requestBody, "req"),
       pane("Response", d.responseHeaders, d.responseBody, "res"),
     ),
-    d.frames.length > 0 ? frames(d) : null,
+    d.upgraded ? frames(d) : null,
   );
 }
 
@@ -268,7 +268,7 @@ function frames(d: Detail): HTMLElement {
   return h(
     "div",
     { class: "frames" },
-    h("h3", {}, `WebSocket frames${more}`, " ", h("button", { "data-testid": "frames-refresh", onclick: () => showDetail(d.id).catch(reportError) }, "Refresh")),
+    h("h3", {}, `WebSocket frames${more}`),
     h(
       "table",
       { class: "headers", "data-testid": "frames" },
