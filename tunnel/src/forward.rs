@@ -390,7 +390,9 @@ impl Forwarder {
         let (id, pending) =
             self.pending(&parts.method, path, remote, Headers::from(&parts.headers));
         // An empty body (most requests) has nothing to record: the exchange's default says so.
-        let body = if http_body::Body::is_end_stream(&body) {
+        // Nor has an upgrade: what follows its head is the upgraded connection (its WebSocket
+        // frames are recorded as such), which no HTTP body ever ends.
+        let body = if upgrade || http_body::Body::is_end_stream(&body) {
             body
         } else {
             Recorded::new(body, pending.clone(), Side::Request).boxed()

@@ -450,6 +450,13 @@ async fn websocket_frames_are_listed_capped() {
     assert_eq!(one["ggrok"]["frames"].as_array().unwrap().len(), cap);
     // 4 frames before, 2 per round trip since.
     assert_eq!(one["ggrok"]["framesDropped"], (4 + 2 * cap - cap) as u64);
+    // An upgrade has no body to end: no error (it said "body not read to the end").
+    assert_eq!(one["ggrok"]["error"], Value::Null, "{one}");
+    drop(ws);
+    let (_, closed) = s
+        .get_json(&format!("/api/requests/http/{}", exchange.id))
+        .await;
+    assert_eq!(closed["ggrok"]["error"], Value::Null, "{closed}");
 }
 
 /// A live page's event stream ends when a tunnel is added or removed (the API started or
