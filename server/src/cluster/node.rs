@@ -372,13 +372,15 @@ impl Node {
         };
         let node = self.clone();
         let key_owned = key.to_owned();
+        let claiming = holder.clone();
         let claimed = self
             .store
             .background
-            .run(async move { node.claim_in_etcd(&key_owned, holder).await })
+            .run(async move { node.claim_in_etcd(&key_owned, claiming).await })
             .await;
         match claimed {
             Some(Ok(Some((value, revision)))) => {
+                self.store.claimed(key, holder, revision);
                 let mine = Mine {
                     session,
                     value,

@@ -105,9 +105,26 @@ struct Touched {
 }
 
 impl Cache {
-    fn apply(&mut self, key: &str, kv: Option<&KeyValue>) -> Touched {
+    /// `name` is `holder`'s since `revision`, unless the copy knows of a later change; whether
+    /// it changed the copy.
+    fn claimed(&mut self, name: &str, holder: Holder, revision: i64) -> bool {
+        if self.names.get(name).is_some_and(|h| h.revision >= revision) {
+            return false;
+        }
+        self.names
+            .insert(name.to_owned(), Holder { revision, ..holder });
+        true
+    }
+
+    /// Applies a change of `key` made at `revision`: `kv` put, or (`None`) the key deleted.
+    fn apply(&mut self, key: &str, kv: Option<&KeyValue>, revision: i64) -> Touched {
         let json = |kv: Option<&KeyValue>| kv.map(|kv| kv.value().to_vec());
         if let Some(name) = key.strip_prefix(NAMES) {
+            // This node's own claim, written through at its revision, is newer than what the
+            // watch may still bring of the name before it.
+            if self.names.get(name).is_some_and(|h| h.revision > revision) {
+                return Touched::default();
+            }
             let holder = kv.and_then(|kv| {
                 let holder = serde_json::from_slice::<Holder>(kv.value()).ok()?;
                 Some(Holder {
@@ -261,6 +278,15 @@ impl EtcdStore {
         self.cache.lock().expect("cluster cache lock")
     }
 
+    /// This node claimed `name` for `holder` at `revision`: its copy says so at once, so that
+    /// its router sends the name's visitors to the session here rather than, until the watch
+    /// brings the claim back, to the node that held the name before.
+    pub(crate) fn claimed(&self, name: &str, holder: Holder, revision: i64) {
+        if self.cache().claimed(name, holder, revision) {
+            self.names_changes.send_modify(|n| *n += 1);
+        }
+    }
+
     fn changed(&self) {
         self.changes.send_modify(|n| *n += 1);
     }
@@ -275,7 +301,7 @@ impl EtcdStore {
         };
         for kv in resp.kvs() {
             if let Ok(key) = kv.key_str() {
-                fresh.apply(key, Some(kv));
+                fresh.apply(key, Some(kv), kv.mod_revision());
             }
         }
         *self.cache() = fresh;
@@ -334,7 +360,11 @@ impl EtcdStore {
                                     EventType::Put => Some(kv),
                                     EventType::Delete => None,
                                 };
-                                let t = cache.apply(key, kv);
+                                let t = cache.apply(
+                                    key,
+                                    kv,
+                                    event.kv().map_or(0, KeyValue::mod_revision),
+                                );
                                 touched.tokens |= t.tokens;
                                 touched.names |= t.names;
                             }
@@ -679,6 +709,29 @@ fn from_hex(hex: &str) -> Option<TokenHash> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A node's own claim is in its copy at once, and what the watch still brings of the
+    /// name from before it does not undo it; what comes after it does.
+    #[test]
+    fn a_claim_is_in_the_copy_before_the_watch_brings_it() {
+        let holder = |node: &str| Holder {
+            node: node.to_owned(),
+            client: "laptop".to_owned(),
+            token: None,
+            nonce: 0,
+            revision: 0,
+        };
+        let key = format!("{NAMES}app");
+        let mut cache = Cache::default();
+        assert!(cache.claimed("app", holder("b"), 7));
+        // The other node's release of its earlier claim, at revision 6, arrives late.
+        cache.apply(&key, None, 6);
+        assert_eq!(cache.names["app"].node, "b");
+        assert!(!cache.claimed("app", holder("b"), 7), "nothing new");
+        // A later release does remove it.
+        cache.apply(&key, None, 8);
+        assert!(!cache.names.contains_key("app"));
+    }
 
     #[test]
     fn hashes_round_trip_through_hex() {
