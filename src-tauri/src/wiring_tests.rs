@@ -40,12 +40,10 @@ fn invoke(w: &WebviewWindow<MockRuntime>, cmd: &str, args: Value) -> Result<Valu
     .map(|b| b.deserialize::<Value>().unwrap())
 }
 
-#[test]
-fn commands_drive_a_real_tunnel() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = rt(TestServer::start());
-    let origin = rt(Origin::start());
-    let (store, warning) = Store::load(dir.path().join(FILE_NAME));
+/// The app's state over the file in `dir` and `server`, the real command builder on Tauri's mock
+/// runtime, and its events forwarded as the app forwards them.
+fn wired(dir: &std::path::Path, server: &TestServer) -> (Arc<AppState>, tauri::App<MockRuntime>) {
+    let (store, warning) = Store::load(dir.join(FILE_NAME));
     let state = Arc::new(AppState::new(
         store,
         warning,
@@ -56,6 +54,17 @@ fn commands_drive_a_real_tunnel() {
     let app = builder(mock_builder(), state.clone())
         .build(mock_context(noop_assets()))
         .unwrap();
+    let handle = app.handle().clone();
+    rt(async { forward_events(&handle, state.clone()) });
+    (state, app)
+}
+
+#[test]
+fn commands_drive_a_real_tunnel() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = rt(TestServer::start());
+    let origin = rt(Origin::start());
+    let (_state, app) = wired(dir.path(), &server);
     let w = WebviewWindowBuilder::new(&app, "main", Default::default())
         .build()
         .unwrap();
@@ -63,8 +72,6 @@ fn commands_drive_a_real_tunnel() {
     app.listen_any(EVENT_TUNNEL, move |e| {
         let _ = tx.send(serde_json::from_str(e.payload()).unwrap());
     });
-    let handle = app.handle().clone();
-    rt(async { forward_events(&handle, state.clone()) });
 
     let info = invoke(&w, "app_info", json!({})).unwrap();
     assert_eq!(info["builtinServerUrl"], server.url);
@@ -167,17 +174,7 @@ fn commands_drive_a_tcp_tunnel() {
             });
         }
     });
-    let (store, warning) = Store::load(dir.path().join(FILE_NAME));
-    let state = Arc::new(AppState::new(
-        store,
-        warning,
-        Secrets::in_memory(),
-        Manager::new(),
-        server.url.clone(),
-    ));
-    let app = builder(mock_builder(), state.clone())
-        .build(mock_context(noop_assets()))
-        .unwrap();
+    let (_state, app) = wired(dir.path(), &server);
     let w = WebviewWindowBuilder::new(&app, "main", Default::default())
         .build()
         .unwrap();
@@ -185,8 +182,6 @@ fn commands_drive_a_tcp_tunnel() {
     app.listen_any(EVENT_TUNNEL, move |e| {
         let _ = tx.send(serde_json::from_str(e.payload()).unwrap());
     });
-    let handle = app.handle().clone();
-    rt(async { forward_events(&handle, state.clone()) });
 
     let bad = invoke(
         &w,
@@ -282,19 +277,8 @@ fn a_name_given_outside_a_start_is_remembered() {
             ))
         })
         .unwrap();
-    let state = Arc::new(AppState::new(
-        Store::load(&path).0,
-        None,
-        Secrets::in_memory(),
-        Manager::new(),
-        server.url.clone(),
-    ));
-    let app = builder(mock_builder(), state.clone())
-        .build(mock_context(noop_assets()))
-        .unwrap();
-    let handle = app.handle().clone();
+    let (state, _app) = wired(dir.path(), &server);
     let mut changes = state.subscribe_changes();
-    rt(async { forward_events(&handle, state.clone()) });
     let spec = crate::tunnels::Spec {
         kind: TunnelKind::Http,
         server: server.url.clone(),

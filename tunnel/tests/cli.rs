@@ -53,6 +53,20 @@ fn ggrok(args: &[&str]) -> Command {
     c
 }
 
+/// `ggrok http PORT --server http://ADDR --subdomain NAME EXTRA…`.
+fn ggrok_http(addr: std::net::SocketAddr, port: &str, name: &str, extra: &[&str]) -> Command {
+    let mut cmd = ggrok(&[
+        "http",
+        port,
+        "--server",
+        &format!("http://{addr}"),
+        "--subdomain",
+        name,
+    ]);
+    cmd.args(extra);
+    cmd
+}
+
 /// A server, an origin and `ggrok http ORIGIN --subdomain NAME EXTRA…` on it: the server's
 /// address, the process, its stdout's lines and the URL it printed first.
 async fn http_tunnel(
@@ -66,10 +80,7 @@ async fn http_tunnel(
 ) {
     let addr = server(ggrok_server::Config::new("localhost")).await;
     let port = origin().await.to_string();
-    let server_url = format!("http://{addr}");
-    let mut args = vec!["http", &port, "--server", &server_url, "--subdomain", name];
-    args.extend_from_slice(extra);
-    let mut child = ggrok(&args).spawn().unwrap();
+    let mut child = ggrok_http(addr, &port, name, extra).spawn().unwrap();
     let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
     let url = out.next_line().await.unwrap().unwrap();
     (addr, child, out, url)
@@ -226,21 +237,13 @@ async fn stderr_line(
 async fn the_inspector_is_served_from_the_next_free_port_and_can_be_turned_off() {
     let addr = server(ggrok_server::Config::new("localhost")).await;
     let port = origin().await.to_string();
-    let server_url = format!("http://{addr}");
     // The first port is taken: the inspector takes a later one and says which.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let first = taken.local_addr().unwrap().port().to_string();
-    let mut child = ggrok(&[
-        "http",
-        &port,
-        "--server",
-        &server_url,
-        "--subdomain",
-        "insp",
-    ])
-    .env("GGROK_INSPECT_PORT", &first)
-    .spawn()
-    .unwrap();
+    let mut child = ggrok_http(addr, &port, "insp", &[])
+        .env("GGROK_INSPECT_PORT", &first)
+        .spawn()
+        .unwrap();
     let mut err = BufReader::new(child.stderr.take().unwrap()).lines();
     let at = stderr_line(&mut err, "ggrok: inspector on http://").await;
     let at: std::net::SocketAddr = at.parse().unwrap();
@@ -257,17 +260,9 @@ async fn the_inspector_is_served_from_the_next_free_port_and_can_be_turned_off()
     );
     child.kill().await.unwrap();
 
-    let mut child = ggrok(&[
-        "http",
-        &port,
-        "--server",
-        &server_url,
-        "--subdomain",
-        "noinsp",
-        "--inspect=false",
-    ])
-    .spawn()
-    .unwrap();
+    let mut child = ggrok_http(addr, &port, "noinsp", &["--inspect=false"])
+        .spawn()
+        .unwrap();
     let mut err = BufReader::new(child.stderr.take().unwrap()).lines();
     stderr_line(&mut err, "ggrok: forwarding ").await;
     // A request's log line comes after anything said on going online.
@@ -688,15 +683,7 @@ impl Terminal {
 async fn a_terminal_stopped_with_ctrl_s_holds_no_request_back() {
     let addr = server(ggrok_server::Config::new("localhost")).await;
     let port = origin().await.to_string();
-    let server_url = format!("http://{addr}");
-    let mut t = Terminal::spawn(ggrok(&[
-        "http",
-        &port,
-        "--server",
-        &server_url,
-        "--subdomain",
-        "tty",
-    ]));
+    let mut t = Terminal::spawn(ggrok_http(addr, &port, "tty", &[]));
     t.wait_for(&format!("http://tty.localhost:{}", addr.port()))
         .await;
 
@@ -727,15 +714,7 @@ async fn a_terminal_stopped_with_ctrl_s_holds_no_request_back() {
 async fn the_log_shows_on_the_live_screen_not_over_it() {
     let addr = server(ggrok_server::Config::new("localhost")).await;
     let port = origin().await.to_string();
-    let server_url = format!("http://{addr}");
-    let mut cmd = ggrok(&[
-        "http",
-        &port,
-        "--server",
-        &server_url,
-        "--subdomain",
-        "logged",
-    ]);
+    let mut cmd = ggrok_http(addr, &port, "logged", &[]);
     cmd.env("RUST_LOG", "ggrok_tunnel::client=info");
     let mut t = Terminal::spawn(cmd);
     // The engine's "online" line, after the screen's URL.
@@ -810,17 +789,7 @@ async fn the_api_starts_and_stops_tunnels_as_ngroks_agent_does() {
     use serde_json::json;
     let addr = tcp_server().await;
     let port = origin().await.to_string();
-    let server_url = format!("http://{addr}");
-    let mut child = ggrok(&[
-        "http",
-        &port,
-        "--server",
-        &server_url,
-        "--subdomain",
-        "main",
-    ])
-    .spawn()
-    .unwrap();
+    let mut child = ggrok_http(addr, &port, "main", &[]).spawn().unwrap();
     let mut err = BufReader::new(child.stderr.take().unwrap()).lines();
     let at: std::net::SocketAddr = stderr_line(&mut err, "ggrok: inspector on http://")
         .await
